@@ -1,0 +1,35 @@
+# The few entry points of the project. `make test` and `make demo` work on a fresh
+# Debian 12 machine: they install what is missing first.
+CARGO ?= cargo
+BENCH ?=
+BENCHES := kvstore
+
+.PHONY: all deps build test lint demo bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) nextest run --workspace --profile ci --no-tests=warn
+
+demo: deps
+	@scripts/demo.sh
+
+# `make bench` runs every benchmark, `make bench BENCH=kvstore` one of them.
+# Each prints one JSON object per line on stdout; progress goes to stderr.
+bench: deps
+	@set -e; for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
+	  $(CARGO) bench -q --bench $$b || { echo "bench $$b failed" >&2; exit 1; }; \
+	done
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,1 @@
+//! bpf (work in progress)

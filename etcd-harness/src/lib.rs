@@ -1,0 +1,16 @@
+//! A real etcd server for tests and benchmarks.
+//!
+//! [`TestEtcd::start`] runs the Debian `etcd` binary on free 127.0.0.1 ports with
+//! its data in a fresh temporary directory, and returns once the server answers
+//! `/health`. The handle can stop, kill, pause and restart the same server (same
+//! data, same ports) for outage tests, and removes everything on drop, also when
+//! the test panics. etcd is started with `PR_SET_PDEATHSIG`, so even a test
+//! process killed by a timeout does not leave an etcd behind.
+//!
+//! Not for production: the product's binaries connect to an etcd they are given.
+
+mod etcd;
+mod port;
+
+pub use etcd::{EtcdOptions, ServerTls, TestEtcd};
+pub use port::free_port;

@@ -1,0 +1,1 @@
+//! kvstore (work in progress)

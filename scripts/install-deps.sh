@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what `make test`, `make demo` and `make bench` need on Debian 12, and
+# nothing when everything is already there (so a ready machine starts at once).
+set -euo pipefail
+
+# command or file -> Debian package that provides it
+declare -A need=(
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [protoc]=protobuf-compiler
+  [clang]=clang
+  [llc]=llvm
+  [/usr/include/bpf/bpf_helpers.h]=libbpf-dev
+  [bpftool]=bpftool
+  [ip]=iproute2
+  [ping]=iputils-ping
+  [iperf3]=iperf3
+  [openssl]=openssl
+  [nft]=nftables
+)
+
+missing=()
+for what in "${!need[@]}"; do
+  if [[ $what == /* ]]; then
+    [[ -e $what ]] || missing+=("${need[$what]}")
+  else
+    command -v "$what" >/dev/null 2>&1 || [[ -x /usr/sbin/$what ]] || missing+=("${need[$what]}")
+  fi
+done
+
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "install-deps: installing ${missing[*]}" >&2
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-nextest (one-time, a few minutes)" >&2
+  cargo install --locked cargo-nextest >&2
+fi
