@@ -1,0 +1,1 @@
+//! netns (work in progress)
