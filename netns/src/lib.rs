@@ -1,1 +1,34 @@
-//! netns (work in progress)
+//! RAII network namespaces, veth pairs, addresses, routes and processes for
+//! kernel tests and the local mesh.
+//!
+//! Everything a test creates is removed when its guard drops, also when the
+//! test panics: [`NetNs`] deletes the namespace (and with it every interface,
+//! address and route inside), [`Veth`] deletes the pair, [`Address`] and
+//! [`Route`] remove themselves, [`Process`] kills its child. Configuration
+//! shells out to `ip` (iproute2); errors carry the command line and its
+//! stderr. Code that must run inside a namespace (a `TcpListener`, a netlink
+//! call) uses [`NetNs::enter`], which runs a closure on a dedicated thread
+//! that has joined the namespace; sockets created there stay in it.
+//!
+//! Not for production network management: there is no netlink API here, and
+//! names are expected to be unique per process ([`unique_name`]).
+
+mod address;
+mod command;
+mod name;
+mod namespace;
+mod process;
+mod root;
+mod route;
+mod veth;
+mod wait;
+
+pub use address::Address;
+pub use command::CommandError;
+pub use name::unique_name;
+pub use namespace::{NetNs, NetNsError};
+pub use process::{Process, ProcessError, ProcessOutput};
+pub use root::is_root;
+pub use route::Route;
+pub use veth::Veth;
+pub use wait::wait_until;
