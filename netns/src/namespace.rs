@@ -72,8 +72,10 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// Creates the namespace `name` with its loopback up. A stale namespace
-    /// of the same name (left by a dead process) is replaced.
+    /// Creates the namespace `name` with its loopback up and IPv6 duplicate
+    /// address detection off (so IPv6 addresses, link-local ones included,
+    /// are usable at once instead of "tentative" for a second or two). A
+    /// stale namespace of the same name (left by a dead process) is replaced.
     pub fn new(name: &str) -> Result<Self, NetNsError> {
         let create = |name: &str| command::ip(None, &["netns", "add", name]);
         if let Err(error) = create(name) {
@@ -93,6 +95,9 @@ impl NetNs {
             name: name.to_owned(),
             path: Path::new(NETNS_RUN_DIR).join(name),
         };
+        for scope in ["all", "default"] {
+            ns.sysctl(&format!("net/ipv6/conf/{scope}/accept_dad"), "0")?;
+        }
         ns.link_up("lo").map_err(|source| NetNsError::Create {
             name: name.to_owned(),
             source,
