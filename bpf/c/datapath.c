@@ -1,0 +1,603 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * clustermesh datapath: two TC programs for each endpoint's host-side veth.
+ *
+ *   pod eth0 ──veth──> host side   TC ingress of the host side sees what the
+ *                                  pod SENDS: cm_from_endpoint (service load
+ *                                  balancing, conntrack of outgoing connections)
+ *   pod eth0 <──veth── host side   TC egress of the host side sees what is
+ *                                  DELIVERED to the pod: cm_to_endpoint
+ *                                  (replies + reverse NAT, ingress policy)
+ *
+ * Both programs find the endpoint through cm_endpoints[skb->ifindex]; an
+ * interface without an entry is not managed and passes untouched.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "datapath.h"
+
+char _license[] SEC("license") = "Dual BSD/GPL";
+
+/* max_entries are defaults; the loader overrides them from its config. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 524288);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct backend_key);
+	__type(value, struct backend_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_flows SEC(".maps");
+
+/* Flow events are ring buffer records, which no map definition names; this
+ * unused variable in a section of its own (ignored by the loader) keeps
+ * the struct in the object's BTF for the layout test. */
+struct flow_event cm_btf_flow_event __attribute__((section(".cm_btf"), used));
+
+#define IPPROTO_ICMPV6_ 58
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+
+#define CT_REFRESH_NS 1000000000ull
+
+struct pkt {
+	struct ct_key t; /* scope 0 */
+	__u32 l3_off;
+	__u32 l4_off;
+	__u8 control; /* ND, MLD, ICMP errors: pass without policy */
+	__u8 has_ports;
+};
+
+/* Returns 0 for a parsed IP packet, 1 for a non-IP packet, -1 if malformed. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 nexthdr;
+	__u32 off;
+	int nonfirst_frag = 0;
+
+	p->l3_off = ETH_HLEN;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		if (ip.ihl < 5 || ip.version != 4)
+			return -1;
+		p->t.family = CM_FAMILY_V4;
+		__builtin_memcpy(p->t.saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->t.daddr, &ip.daddr, 4);
+		nexthdr = ip.protocol;
+		off = ETH_HLEN + ip.ihl * 4;
+		if (ip.frag_off & bpf_htons(0x1fff))
+			nonfirst_frag = 1;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return -1;
+		p->t.family = CM_FAMILY_V6;
+		__builtin_memcpy(p->t.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->t.daddr, &ip6.daddr, 16);
+		nexthdr = ip6.nexthdr;
+		off = ETH_HLEN + sizeof(ip6);
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			__u8 ext[8];
+
+			if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
+			    nexthdr != NEXTHDR_DEST && nexthdr != NEXTHDR_FRAGMENT)
+				break;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return -1;
+			if (nexthdr == NEXTHDR_FRAGMENT) {
+				if ((ext[2] << 8 | ext[3]) & 0xfff8)
+					nonfirst_frag = 1;
+				off += 8;
+			} else {
+				off += (ext[1] + 1) * 8;
+			}
+			nexthdr = ext[0];
+		}
+	} else {
+		return 1;
+	}
+
+	p->t.protocol = nexthdr;
+	p->l4_off = off;
+	if (nonfirst_frag)
+		return 0;
+
+	switch (nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP: {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+			return -1;
+		p->t.sport = ports[0];
+		p->t.dport = ports[1];
+		p->has_ports = 1;
+		break;
+	}
+	case IPPROTO_ICMP: {
+		__u8 icmp[8];
+		__be16 id;
+
+		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
+			return -1;
+		__builtin_memcpy(&id, &icmp[4], 2);
+		if (icmp[0] == 8) /* echo request */
+			p->t.sport = id;
+		else if (icmp[0] == 0) /* echo reply */
+			p->t.dport = id;
+		else
+			p->control = 1;
+		break;
+	}
+	case IPPROTO_ICMPV6_: {
+		__u8 icmp[8];
+		__be16 id;
+
+		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
+			return -1;
+		__builtin_memcpy(&id, &icmp[4], 2);
+		if (icmp[0] == 128)
+			p->t.sport = id;
+		else if (icmp[0] == 129)
+			p->t.dport = id;
+		else
+			p->control = 1; /* neighbour discovery, MLD, errors */
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+static __always_inline void ct_reverse(const struct ct_key *in, struct ct_key *out, __u8 scope)
+{
+	__builtin_memcpy(out->saddr, in->daddr, 16);
+	__builtin_memcpy(out->daddr, in->saddr, 16);
+	out->sport = in->dport;
+	out->dport = in->sport;
+	out->protocol = in->protocol;
+	out->family = in->family;
+	out->scope = scope;
+	out->pad = 0;
+}
+
+static __always_inline void ct_touch(struct ct_value *v)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (now - v->last_seen_ns > CT_REFRESH_NS)
+		v->last_seen_ns = now;
+}
+
+static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity, __u32 backend_id,
+				     const __u8 *rev_addr, __be16 rev_port)
+{
+	struct ct_value v = {};
+
+	v.created_ns = bpf_ktime_get_ns();
+	v.last_seen_ns = v.created_ns;
+	v.src_identity = src_identity;
+	v.backend_id = backend_id;
+	if (rev_addr) {
+		__builtin_memcpy(v.rev_nat_addr, rev_addr, 16);
+		v.rev_nat_port = rev_port;
+		v.flags = CM_CT_F_REVNAT;
+	}
+	return bpf_map_update_elem(&cm_ct, k, &v, BPF_ANY);
+}
+
+static __always_inline __u32 lookup_identity(const __u8 *addr, __u8 family)
+{
+	struct ipcache_key k = {};
+	struct ipcache_value *v;
+
+	k.family = family;
+	k.prefixlen = 32 + (family == CM_FAMILY_V4 ? 32 : 128);
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&cm_ipcache, &k);
+	return v ? v->sec_identity : CM_ID_WORLD;
+}
+
+/* Deny wins over allow at any specificity; otherwise the first allow. */
+static __always_inline int policy_check(__u32 endpoint_id, __u32 identity, __u8 proto, __be16 dport,
+					__u8 *reason)
+{
+	struct policy_key k = {};
+	struct policy_value *v;
+	int allowed = 0;
+
+	k.endpoint_id = endpoint_id;
+	k.direction = CM_DIR_INGRESS;
+#pragma unroll
+	for (int i = 0; i < 6; i++) {
+		k.sec_identity = i < 3 ? identity : 0;
+		k.protocol = (i % 3) == 2 ? 0 : proto;
+		k.dport = (i % 3) == 0 ? dport : 0;
+		v = bpf_map_lookup_elem(&cm_policy, &k);
+		if (!v)
+			continue;
+		if (v->action == CM_POLICY_DENY) {
+			*reason = CM_DROP_POLICY_DENY;
+			return 0;
+		}
+		if (v->action == CM_POLICY_ALLOW)
+			allowed = 1;
+	}
+	if (!allowed)
+		*reason = CM_DROP_POLICY;
+	return allowed;
+}
+
+static __always_inline void emit(const struct pkt *p, __u32 ifindex, __u8 verdict, __u8 reason,
+				 __u32 src_id, __u32 dst_id, __u8 direction)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&cm_flows, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	e->timestamp_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(e->saddr, p->t.saddr, 16);
+	__builtin_memcpy(e->daddr, p->t.daddr, 16);
+	e->sport = p->t.sport;
+	e->dport = p->t.dport;
+	e->protocol = p->t.protocol;
+	e->family = p->t.family;
+	e->verdict = verdict;
+	e->drop_reason = reason;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->ifindex = ifindex;
+	e->direction = direction;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad[2] = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Rewrites the destination (dst = 1) or the source (dst = 0) address and
+ * port of a TCP or UDP packet, with checksum updates. */
+static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int dst, const __u8 *addr,
+				   __be16 port)
+{
+	__u8 new_addr[16];
+	__u8 old_addr[16];
+	__be16 old_port = dst ? p->t.dport : p->t.sport;
+	__u32 csum_off, port_off = p->l4_off + (dst ? 2 : 0);
+	__u64 l4flags;
+
+	__builtin_memcpy(new_addr, addr, 16);
+	__builtin_memcpy(old_addr, dst ? p->t.daddr : p->t.saddr, 16);
+	if (p->t.protocol == IPPROTO_TCP) {
+		csum_off = p->l4_off + 16;
+		l4flags = 0;
+	} else if (p->t.protocol == IPPROTO_UDP) {
+		csum_off = p->l4_off + 6;
+		l4flags = BPF_F_MARK_MANGLED_0;
+	} else {
+		return -1;
+	}
+
+	if (p->t.family == CM_FAMILY_V4) {
+		__be32 o, n;
+		__u32 addr_off = p->l3_off + (dst ? 16 : 12);
+
+		__builtin_memcpy(&o, old_addr, 4);
+		__builtin_memcpy(&n, new_addr, 4);
+		if (o != n) {
+			if (bpf_l4_csum_replace(skb, csum_off, o, n, l4flags | BPF_F_PSEUDO_HDR | 4))
+				return -1;
+			if (bpf_l3_csum_replace(skb, p->l3_off + 10, o, n, 4))
+				return -1;
+			if (bpf_skb_store_bytes(skb, addr_off, &n, 4, 0))
+				return -1;
+		}
+	} else {
+		__u32 addr_off = p->l3_off + (dst ? 24 : 8);
+		__s64 diff = bpf_csum_diff((__be32 *)old_addr, 16, (__be32 *)new_addr, 16, 0);
+
+		if (diff < 0)
+			return -1;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR))
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, new_addr, 16, 0))
+			return -1;
+	}
+	if (old_port != port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, l4flags | 2))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &port, 2, 0))
+			return -1;
+	}
+	if (dst) {
+		__builtin_memcpy(p->t.daddr, new_addr, 16);
+		p->t.dport = port;
+	} else {
+		__builtin_memcpy(p->t.saddr, new_addr, 16);
+		p->t.sport = port;
+	}
+	return 0;
+}
+
+/* FNV-1a over the 5-tuple: picks a service slot for a new connection. */
+static __always_inline __u32 tuple_hash(const struct ct_key *t)
+{
+	const __u8 *b = (const __u8 *)t;
+	__u32 h = 2166136261u;
+
+#pragma unroll
+	for (int i = 0; i < 37; i++) {
+		h ^= b[i];
+		h *= 16777619u;
+	}
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	return h;
+}
+
+/* Traffic delivered to the endpoint (TC egress of the host-side veth):
+ * replies of the endpoint's own connections pass (with reverse NAT of
+ * service connections); established inbound connections pass; a new
+ * inbound connection is checked against the endpoint's ingress policy
+ * with the source identity from the ipcache (unknown source = world). */
+SEC("classifier")
+int cm_to_endpoint(struct __sk_buff *skb)
+{
+	struct endpoint_key ek = { .ifindex = skb->ifindex };
+	struct endpoint_info *ep;
+	struct ct_value *ct;
+	struct ct_key k;
+	struct pkt p = {};
+	__u32 src_id;
+	__u8 reason = CM_DROP_NONE;
+	int ret;
+
+	ep = bpf_map_lookup_elem(&cm_endpoints, &ek);
+	if (!ep)
+		return TC_ACT_OK;
+	ret = parse(skb, &p);
+	if (ret > 0)
+		return TC_ACT_OK;
+	if (ret < 0) {
+		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, 0, ep->sec_identity,
+		     CM_FLOW_TO_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	if (p.control)
+		return TC_ACT_OK;
+
+	/* 1. a reply to a connection the endpoint opened */
+	ct_reverse(&p.t, &k, CM_CT_EGRESS);
+	ct = bpf_map_lookup_elem(&cm_ct, &k);
+	if (ct) {
+		ct_touch(ct);
+		if (ct->flags & CM_CT_F_REVNAT) {
+			__u8 addr[16];
+			__be16 port = ct->rev_nat_port;
+
+			__builtin_memcpy(addr, ct->rev_nat_addr, 16);
+			if (rewrite(skb, &p, 0, addr, port)) {
+				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT, 0,
+				     ep->sec_identity, CM_FLOW_TO_ENDPOINT);
+				return TC_ACT_SHOT;
+			}
+		}
+		return TC_ACT_OK;
+	}
+
+	/* 2. an inbound connection that policy already allowed */
+	p.t.scope = CM_CT_INGRESS;
+	ct = bpf_map_lookup_elem(&cm_ct, &p.t);
+	if (ct) {
+		ct_touch(ct);
+		return TC_ACT_OK;
+	}
+
+	/* 3. a new inbound connection */
+	src_id = lookup_identity(p.t.saddr, p.t.family);
+	if ((ep->flags & CM_EP_POLICY_INGRESS) &&
+	    !policy_check(ep->endpoint_id, src_id, p.t.protocol, p.t.dport, &reason)) {
+		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, reason, src_id, ep->sec_identity,
+		     CM_FLOW_TO_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	if (ct_create(&p.t, src_id, 0, 0, 0)) {
+		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, src_id,
+		     ep->sec_identity, CM_FLOW_TO_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	emit(&p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, src_id, ep->sec_identity,
+	     CM_FLOW_TO_ENDPOINT);
+	return TC_ACT_OK;
+}
+
+/* Traffic sent by the endpoint (TC ingress of the host-side veth): replies
+ * of accepted connections pass; a connection to a service frontend is
+ * translated to a backend (chosen once per connection, sticky through the
+ * service conntrack entry); new connections get an egress conntrack entry
+ * so that their replies pass the peer's and our own ingress policy. */
+SEC("classifier")
+int cm_from_endpoint(struct __sk_buff *skb)
+{
+	struct endpoint_key ek = { .ifindex = skb->ifindex };
+	struct endpoint_info *ep;
+	struct ct_value *ct;
+	struct ct_key k;
+	struct pkt p = {};
+	struct service_key sk = {};
+	struct service_value *svc;
+	__u8 front_addr[16];
+	__be16 front_port = 0;
+	int translated = 0;
+	int ret;
+
+	ep = bpf_map_lookup_elem(&cm_endpoints, &ek);
+	if (!ep)
+		return TC_ACT_OK;
+	ret = parse(skb, &p);
+	if (ret > 0)
+		return TC_ACT_OK;
+	if (ret < 0) {
+		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, ep->sec_identity, 0,
+		     CM_FLOW_FROM_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	if (p.control)
+		return TC_ACT_OK;
+
+	/* 1. a reply of a connection the endpoint accepted */
+	ct_reverse(&p.t, &k, CM_CT_INGRESS);
+	ct = bpf_map_lookup_elem(&cm_ct, &k);
+	if (ct) {
+		ct_touch(ct);
+		return TC_ACT_OK;
+	}
+
+	/* 2. service load balancing */
+	if (p.has_ports) {
+		__builtin_memcpy(sk.addr, p.t.daddr, 16);
+		sk.dport = p.t.dport;
+		sk.protocol = p.t.protocol;
+		sk.family = p.t.family;
+		svc = bpf_map_lookup_elem(&cm_services, &sk);
+		if (svc) {
+			struct backend_value *be = 0;
+			struct ct_value *sct;
+			__u32 backend_id = 0;
+			__u8 baddr[16];
+			__be16 bport;
+
+			p.t.scope = CM_CT_SERVICE;
+			sct = bpf_map_lookup_elem(&cm_ct, &p.t);
+			if (sct) {
+				backend_id = sct->backend_id;
+				be = bpf_map_lookup_elem(&cm_backends, &backend_id);
+			}
+			if (!be) {
+				struct service_value *slot;
+				__u16 count = svc->count;
+
+				if (count == 0)
+					goto no_backend;
+				sk.slot = (tuple_hash(&p.t) % count) + 1;
+				slot = bpf_map_lookup_elem(&cm_services, &sk);
+				if (!slot)
+					goto no_backend;
+				backend_id = slot->backend_id;
+				be = bpf_map_lookup_elem(&cm_backends, &backend_id);
+				if (!be || be->family != p.t.family)
+					goto no_backend;
+				if (ct_create(&p.t, ep->sec_identity, backend_id, 0, 0)) {
+					p.t.scope = 0;
+					emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL,
+					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT);
+					return TC_ACT_SHOT;
+				}
+				translated = 1;
+			} else if (be->family != p.t.family) {
+				goto no_backend;
+			}
+			p.t.scope = 0;
+			__builtin_memcpy(baddr, be->addr, 16);
+			bport = be->port;
+			__builtin_memcpy(front_addr, p.t.daddr, 16);
+			front_port = p.t.dport;
+			if (rewrite(skb, &p, 1, baddr, bport)) {
+				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT,
+				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT);
+				return TC_ACT_SHOT;
+			}
+			if (translated)
+				emit(&p, skb->ifindex, CM_VERDICT_TRANSLATED, CM_DROP_NONE,
+				     ep->sec_identity, lookup_identity(p.t.daddr, p.t.family),
+				     CM_FLOW_FROM_ENDPOINT);
+			translated = 1;
+		}
+	}
+
+	/* 3. the endpoint's own connection (after translation) */
+	p.t.scope = CM_CT_EGRESS;
+	ct = bpf_map_lookup_elem(&cm_ct, &p.t);
+	if (ct) {
+		ct_touch(ct);
+		if (translated && !(ct->flags & CM_CT_F_REVNAT))
+			ct_create(&p.t, ep->sec_identity, 0, front_addr, front_port);
+		return TC_ACT_OK;
+	}
+	if (ct_create(&p.t, ep->sec_identity, 0, translated ? front_addr : 0, front_port)) {
+		p.t.scope = 0;
+		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, ep->sec_identity, 0,
+		     CM_FLOW_FROM_ENDPOINT);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+
+no_backend:
+	p.t.scope = 0;
+	emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NO_BACKEND, ep->sec_identity, 0,
+	     CM_FLOW_FROM_ENDPOINT);
+	return TC_ACT_SHOT;
+}

@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Map layouts shared between the eBPF programs and the Rust side
+ * (the Rust modules under bpf/src mirror every struct with #[repr(C)]; the test
+ * tests/layout.rs compares sizes and field offsets against the BTF of the
+ * compiled object). Every padding byte is an explicit field so that keys
+ * hash and compare the same in the kernel and in user space.
+ *
+ * Addresses are 16 bytes for both families: an IPv4 address occupies the
+ * first 4 bytes and the other 12 are zero; `family` is 4 or 6.
+ */
+#ifndef CLUSTERMESH_DATAPATH_H
+#define CLUSTERMESH_DATAPATH_H
+
+#include <linux/types.h>
+
+#define CM_FAMILY_V4 4
+#define CM_FAMILY_V6 6
+
+/* Reserved identities (DESIGN §4). */
+#define CM_ID_UNKNOWN 0
+#define CM_ID_HOST 1
+#define CM_ID_WORLD 2
+#define CM_ID_REMOTE_NODE 6
+
+/* ipcache: LPM trie. `prefixlen` counts the bits AFTER itself, so the
+ * cluster_id/pad/family bytes are always part of the match:
+ * prefixlen = 32 + prefix bits of the address. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u16 cluster_id;
+	__u8 pad;
+	__u8 family;
+	__u8 addr[16];
+};
+
+struct ipcache_value {
+	__u32 sec_identity;
+	__u8 tunnel_endpoint[16];
+	__u8 tunnel_family;
+	__u8 key;
+	__u8 flags;
+	__u8 pad;
+};
+
+/* endpoints: host-side ifindex -> endpoint configuration. */
+#define CM_EP_POLICY_INGRESS 1u /* ingress policy enforced (default deny) */
+#define CM_EP_POLICY_EGRESS 2u  /* reserved: egress policy is not enforced yet */
+
+struct endpoint_key {
+	__u32 ifindex;
+};
+
+struct endpoint_info {
+	__u32 endpoint_id;
+	__u32 sec_identity;
+	__u32 flags;
+	__u32 pad;
+};
+
+/* policy: one hash map shared by all endpoints, keyed by endpoint id.
+ * sec_identity 0 = any identity; dport 0 = any port; protocol 0 = any
+ * protocol (only together with dport 0). */
+#define CM_DIR_INGRESS 0
+#define CM_DIR_EGRESS 1
+
+struct policy_key {
+	__u32 endpoint_id;
+	__u32 sec_identity;
+	__be16 dport;
+	__u8 protocol;
+	__u8 direction;
+};
+
+#define CM_POLICY_ALLOW 1
+#define CM_POLICY_DENY 2
+
+struct policy_value {
+	__u8 action;
+	__u8 pad[3];
+};
+
+/* conntrack: LRU hash for both families. The scope separates the three
+ * views of one 5-tuple: a connection opened by an endpoint (egress), a
+ * connection accepted by an endpoint after policy (ingress) and the
+ * frontend tuple of a service connection (service -> backend_id). */
+#define CM_CT_EGRESS 0
+#define CM_CT_INGRESS 1
+#define CM_CT_SERVICE 2
+
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;
+	__u8 scope;
+	__u8 pad;
+};
+
+#define CM_CT_F_REVNAT 1u /* replies get their source rewritten to rev_nat_* */
+
+struct ct_value {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u8 rev_nat_addr[16];
+	__be16 rev_nat_port;
+	__u16 flags;
+	__u32 backend_id;
+	__u32 src_identity;
+	__u32 pad;
+};
+
+/* services: (frontend, slot) -> backend. Slot 0 is the master entry that
+ * holds the number of slots; slots 1..=count hold backend ids. */
+struct service_key {
+	__u8 addr[16];
+	__be16 dport;
+	__u16 slot;
+	__u8 protocol;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct service_value {
+	__u32 backend_id;
+	__u16 count;
+	__u16 flags;
+};
+
+/* backends: id -> address. */
+struct backend_key {
+	__u32 backend_id;
+};
+
+struct backend_value {
+	__u8 addr[16];
+	__be16 port;
+	__u8 protocol;
+	__u8 family;
+	__u16 cluster_id;
+	__u16 flags;
+};
+
+/* flow events (ring buffer records). */
+#define CM_VERDICT_FORWARDED 1
+#define CM_VERDICT_DROPPED 2
+#define CM_VERDICT_TRANSLATED 3
+
+#define CM_DROP_NONE 0
+#define CM_DROP_POLICY 1      /* no rule allows it (default deny) */
+#define CM_DROP_POLICY_DENY 2 /* a deny rule matched */
+#define CM_DROP_NO_BACKEND 3  /* service without backends */
+#define CM_DROP_CT_FULL 4     /* conntrack entry could not be created */
+#define CM_DROP_MALFORMED 5   /* headers could not be parsed */
+#define CM_DROP_NAT 6         /* rewriting the packet failed */
+
+#define CM_FLOW_TO_ENDPOINT 0
+#define CM_FLOW_FROM_ENDPOINT 1
+
+struct flow_event {
+	__u64 timestamp_ns;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;
+	__u8 verdict;
+	__u8 drop_reason;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;
+	__u8 direction;
+	__u8 pad[3];
+};
+
+_Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key");
+_Static_assert(sizeof(struct ipcache_value) == 24, "ipcache_value");
+_Static_assert(sizeof(struct endpoint_info) == 16, "endpoint_info");
+_Static_assert(sizeof(struct policy_key) == 12, "policy_key");
+_Static_assert(sizeof(struct policy_value) == 4, "policy_value");
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key");
+_Static_assert(sizeof(struct ct_value) == 48, "ct_value");
+_Static_assert(sizeof(struct service_key) == 24, "service_key");
+_Static_assert(sizeof(struct service_value) == 8, "service_value");
+_Static_assert(sizeof(struct backend_value) == 24, "backend_value");
+_Static_assert(sizeof(struct flow_event) == 64, "flow_event");
+
+#endif

@@ -1,0 +1,115 @@
+//! The conntrack map (LRU, both families): what the datapath remembers about
+//! connections. Written by the programs; user space reads it (and may
+//! flush it).
+
+use std::net::SocketAddr;
+
+use crate::{address::decode, protocol::Protocol, record::Record, typed_map::TypedMap};
+
+/// Pin name of the conntrack map.
+pub const CONNTRACK_MAP: &str = "cm_ct";
+
+/// Which view of a 5-tuple a conntrack entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CtScope {
+    /// A connection an endpoint opened (after service translation); its
+    /// replies pass the endpoint's ingress policy and get reverse-NATed.
+    Egress,
+    /// A connection an endpoint accepted after its ingress policy allowed it.
+    Ingress,
+    /// The frontend tuple of a service connection -> the chosen backend.
+    Service,
+    /// An unknown scope byte.
+    Other(u8),
+}
+
+/// conntrack key (`struct ct_key`); ICMP echo uses the echo id as the
+/// source port of requests and the destination port of replies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: [u8; 2],
+    pub(crate) dport: [u8; 2],
+    pub(crate) protocol: u8,
+    pub(crate) family: u8,
+    pub(crate) scope: u8,
+    pub(crate) pad: u8,
+}
+
+// SAFETY: repr(C), padding-free (40 bytes), any bits.
+unsafe impl Record for CtKey {}
+
+impl CtKey {
+    /// Source address and port.
+    pub fn src(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            decode(&self.saddr, self.family)?,
+            u16::from_be_bytes(self.sport),
+        ))
+    }
+
+    /// Destination address and port.
+    pub fn dst(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            decode(&self.daddr, self.family)?,
+            u16::from_be_bytes(self.dport),
+        ))
+    }
+
+    /// The L4 protocol.
+    pub fn protocol(&self) -> Protocol {
+        Protocol::from_number(self.protocol)
+    }
+
+    /// The view this entry records.
+    pub fn scope(&self) -> CtScope {
+        match self.scope {
+            0 => CtScope::Egress,
+            1 => CtScope::Ingress,
+            2 => CtScope::Service,
+            n => CtScope::Other(n),
+        }
+    }
+}
+
+const REVNAT: u16 = 1;
+
+/// conntrack value (`struct ct_value`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` when last seen (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    pub(crate) rev_nat_addr: [u8; 16],
+    pub(crate) rev_nat_port: [u8; 2],
+    pub(crate) flags: u16,
+    /// Chosen backend ([`CtScope::Service`] entries).
+    pub backend_id: u32,
+    /// Identity of the peer (ingress) or of the endpoint (egress) at creation.
+    pub src_identity: u32,
+    pub(crate) pad: u32,
+}
+
+// SAFETY: repr(C), padding-free (48 bytes), any bits.
+unsafe impl Record for CtValue {}
+
+impl CtValue {
+    /// The frontend that replies are rewritten to (service connections),
+    /// given the family of the entry's key.
+    pub fn rev_nat(&self, key: &CtKey) -> Option<SocketAddr> {
+        if self.flags & REVNAT == 0 {
+            return None;
+        }
+        Some(SocketAddr::new(
+            decode(&self.rev_nat_addr, key.family)?,
+            u16::from_be_bytes(self.rev_nat_port),
+        ))
+    }
+}
+
+/// Handle on the pinned conntrack map.
+pub type ConntrackMap = TypedMap<CtKey, CtValue>;

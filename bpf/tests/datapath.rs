@@ -1,0 +1,485 @@
+//! Kernel tests: real packets (ping, TCP, UDP; IPv4 and IPv6) between
+//! network namespaces through the datapath programs on endpoint veths.
+//! Each test builds its own node namespace, pods and bpffs pin directory.
+
+mod harness;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::Result;
+use bpf::{
+    BackendKey, BackendValue, Datapath, DropReason, EndpointDetach, FlowDirection, FlowEvent,
+    FlowReader, IDENTITY_ANY, IDENTITY_WORLD, IpCacheKey, IpCacheValue, L4Match, PolicyKey,
+    PolicyValue, Protocol, ReconcileStats, Verdict, service_entries,
+};
+use harness::{
+    Node, Server, ping_denied, ping_ok, tcp_denied, tcp_request, udp_denied, udp_request,
+};
+use netns::skip_unless_root;
+
+const CLIENT: u32 = 1001;
+const OTHER: u32 = 1002;
+const SERVER: u32 = 2000;
+const PORT: u16 = 8080;
+
+fn sock(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// Collects flow events until `pred` finds one (or 3 s pass).
+fn wait_event(
+    reader: &mut FlowReader,
+    mut pred: impl FnMut(&FlowEvent) -> bool,
+) -> Option<FlowEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(e)) = reader.next_timeout(Duration::from_millis(200))
+            && pred(&e)
+        {
+            return Some(e);
+        }
+    }
+    None
+}
+
+#[test]
+fn policy_allows_by_identity_and_port_and_replies_pass() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let other = node.add_pod("other", OTHER)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    // Every pod is default-deny: the clients receive replies only through
+    // conntrack, the server only what its policy allows.
+    for pod in [client, other, server] {
+        node.attach(pod, true)?;
+    }
+    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Udp))?;
+    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmp))?;
+    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmpv6))?;
+    let _srv = Server::start(node.pod(server), PORT)?;
+    let _srv2 = Server::start(node.pod(server), PORT + 1)?;
+
+    for ip in node.pod(server).ips() {
+        // allowed identity, port and protocol; replies pass the client
+        assert!(ping_ok(node.pod(client), ip), "client ping {ip}");
+        let (name, _) = tcp_request(node.pod(client), sock(ip, PORT))?;
+        assert_eq!(name, "server");
+        assert_eq!(udp_request(node.pod(client), sock(ip, PORT))?, "server");
+        // allowed identity, port not allowed
+        assert!(
+            tcp_denied(node.pod(client), sock(ip, PORT + 1)),
+            "port {ip}"
+        );
+        // identity not allowed
+        assert!(ping_denied(node.pod(other), ip), "other ping {ip}");
+        assert!(
+            tcp_denied(node.pod(other), sock(ip, PORT)),
+            "other tcp {ip}"
+        );
+        assert!(
+            udp_denied(node.pod(other), sock(ip, PORT)),
+            "other udp {ip}"
+        );
+        // the server cannot open connections to the default-deny client
+        assert!(ping_denied(node.pod(server), node.pod(client).ips()[0]));
+    }
+
+    // a deny entry wins over the allow
+    node.dp().policy().upsert(
+        &PolicyKey::ingress(node.pod(server).endpoint_id, CLIENT, L4Match::Any),
+        &PolicyValue::DENY,
+    )?;
+    assert!(tcp_denied(
+        node.pod(client),
+        sock(node.pod(server).ips()[0], PORT)
+    ));
+    Ok(())
+}
+
+#[test]
+fn unknown_source_is_world_and_denied_once_a_policy_applies() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let stranger = node.add_pod("stranger", 0)?;
+    let server = node.add_pod("server", SERVER)?;
+    // only the server is in the ipcache: the stranger's source is unknown
+    let server_ips = node.pod(server).ips();
+    for ip in server_ips {
+        node.dp()
+            .ipcache()
+            .upsert(&IpCacheKey::host(ip), &IpCacheValue::new(SERVER))?;
+    }
+    node.attach(stranger, false)?;
+    let ifindex = node.attach(server, false)?;
+    let mut flows = node.dp().flow_reader()?;
+    for ip in server_ips {
+        assert!(
+            ping_ok(node.pod(stranger), ip),
+            "no policy selects the server yet"
+        );
+    }
+
+    // a policy now selects the server and allows only CLIENT
+    node.allow(server, CLIENT, L4Match::Any)?;
+    node.attach(server, true)?;
+    for ip in server_ips {
+        assert!(
+            ping_denied(node.pod(stranger), ip),
+            "unknown source denied {ip}"
+        );
+    }
+    let drop = wait_event(&mut flows, |e| e.verdict == Verdict::Dropped).expect("a drop event");
+    assert_eq!(drop.src_identity, IDENTITY_WORLD);
+    assert_eq!(drop.dst_identity, SERVER);
+    assert_eq!(drop.drop_reason, Some(DropReason::Policy));
+    assert_eq!(drop.ifindex, ifindex);
+
+    // allowing world lets it in again
+    node.allow(server, IDENTITY_WORLD, L4Match::Any)?;
+    for ip in server_ips {
+        assert!(ping_ok(node.pod(stranger), ip));
+    }
+    Ok(())
+}
+
+#[test]
+fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, false)?;
+    let server_if = node.attach(server, true)?;
+    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+    let _srv = Server::start(node.pod(server), PORT)?;
+    let mut flows = node.dp().flow_reader()?;
+    let server_ip = node.pod(server).ips()[1];
+    let client_ip = node.pod(client).ips()[1];
+
+    tcp_request(node.pod(client), sock(server_ip, PORT))?;
+    let fwd = wait_event(&mut flows, |e| {
+        e.verdict == Verdict::Forwarded && e.dport == PORT
+    })
+    .expect("forwarded event");
+    assert_eq!((fwd.src, fwd.dst), (client_ip, server_ip));
+    assert_eq!((fwd.src_identity, fwd.dst_identity), (CLIENT, SERVER));
+    assert_eq!(fwd.protocol, Protocol::Tcp);
+    assert_eq!(fwd.direction, FlowDirection::ToEndpoint);
+    assert_eq!(fwd.ifindex, server_if);
+
+    assert!(tcp_denied(node.pod(client), sock(server_ip, PORT + 1)));
+    let drop = wait_event(&mut flows, |e| {
+        e.verdict == Verdict::Dropped && e.dport == PORT + 1
+    })
+    .expect("dropped event");
+    assert_eq!(drop.drop_reason, Some(DropReason::Policy));
+    assert_eq!(drop.src_identity, CLIENT);
+
+    // a service frontend -> translated event naming the backend
+    let vip: SocketAddr = "[fd00:96::10]:80".parse()?;
+    let backend = sock(server_ip, PORT);
+    node.dp().backends().upsert(
+        &BackendKey { backend_id: 1 },
+        &BackendValue::new(backend, Protocol::Tcp, 2),
+    )?;
+    node.dp()
+        .services()
+        .batch_upsert(&service_entries(vip, Protocol::Tcp, &[1]))?;
+    let (name, peer) = tcp_request(node.pod(client), vip)?;
+    assert_eq!((name.as_str(), peer), ("server", vip));
+    let tr =
+        wait_event(&mut flows, |e| e.verdict == Verdict::Translated).expect("translated event");
+    assert_eq!((tr.dst, tr.dport), (server_ip, PORT));
+    assert_eq!(tr.direction, FlowDirection::FromEndpoint);
+    assert_eq!((tr.src_identity, tr.dst_identity), (CLIENT, SERVER));
+    Ok(())
+}
+
+#[test]
+fn service_balances_across_backends_and_replies_come_from_the_frontend() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let b1 = node.add_pod("backend1", SERVER)?;
+    let b2 = node.add_pod("backend2", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, true)?;
+    for b in [b1, b2] {
+        node.attach(b, true)?;
+        node.allow(b, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+        node.allow(b, CLIENT, L4Match::Port(Protocol::Udp, PORT))?;
+    }
+    let _s1 = Server::start(node.pod(b1), PORT)?;
+    let _s2 = Server::start(node.pod(b2), PORT)?;
+
+    for family in 0..2 {
+        let vip: SocketAddr = if family == 0 {
+            "10.96.0.10:80".parse()?
+        } else {
+            "[fd00:96::10]:80".parse()?
+        };
+        let base = 10 * family as u32;
+        // backends "in two clusters"
+        let mut backends = BTreeMap::new();
+        for (i, b) in [b1, b2].into_iter().enumerate() {
+            let addr = sock(node.pod(b).ips()[family], PORT);
+            backends.insert(
+                BackendKey {
+                    backend_id: base + 1 + i as u32,
+                },
+                BackendValue::new(addr, Protocol::Tcp, 1 + i as u16),
+            );
+        }
+        node.dp()
+            .backends()
+            .batch_upsert(&backends.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>())?;
+        let mut services: BTreeMap<_, _> =
+            service_entries(vip, Protocol::Tcp, &[base + 1, base + 2])
+                .into_iter()
+                .collect();
+        services.extend(service_entries(vip, Protocol::Udp, &[base + 1, base + 2]));
+        node.dp().services().reconcile(&services)?;
+
+        let mut seen = BTreeSet::new();
+        for _ in 0..24 {
+            let (name, peer) = tcp_request(node.pod(client), vip)?;
+            assert_eq!(peer, vip, "the client talks to the frontend");
+            seen.insert(name);
+        }
+        assert_eq!(seen.len(), 2, "both backends used: {seen:?}");
+        // UDP: the connected socket only accepts answers from the frontend
+        let mut udp_seen = BTreeSet::new();
+        for _ in 0..16 {
+            udp_seen.insert(udp_request(node.pod(client), vip)?);
+        }
+        assert!(!udp_seen.is_empty());
+
+        // remove backend1: new connections all go to backend2
+        let mut services: BTreeMap<_, _> = service_entries(vip, Protocol::Tcp, &[base + 2])
+            .into_iter()
+            .collect();
+        services.extend(service_entries(vip, Protocol::Udp, &[base + 2]));
+        let stats = node.dp().services().reconcile(&services)?;
+        assert_eq!(
+            stats,
+            ReconcileStats {
+                inserted: 0,
+                updated: 4,
+                deleted: 2
+            }
+        );
+        node.dp().backends().delete(&BackendKey {
+            backend_id: base + 1,
+        })?;
+        for _ in 0..12 {
+            let (name, peer) = tcp_request(node.pod(client), vip)?;
+            assert_eq!((name.as_str(), peer), ("backend2", vip));
+        }
+        for _ in 0..4 {
+            assert_eq!(udp_request(node.pod(client), vip)?, "backend2");
+        }
+        // no backends left: the datapath drops instead of leaking the frontend
+        let empty: BTreeMap<_, _> = service_entries(vip, Protocol::Tcp, &[])
+            .into_iter()
+            .collect();
+        node.dp().services().reconcile(&empty)?;
+        assert!(tcp_denied(node.pod(client), vip));
+        node.dp().services().clear()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn loader_restart_under_continuous_ping_loses_no_packet() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let other = node.add_pod("other", OTHER)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    for pod in [client, other, server] {
+        node.attach(pod, true)?;
+    }
+    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmp))?;
+    let server_ip = node.pod(server).ips()[0];
+    assert!(ping_ok(node.pod(client), server_ip));
+    let before = node.dp().policy().dump()?;
+
+    let count = 400;
+    let pinger = node.pod(client).ns.spawn(
+        "ping",
+        &[
+            "-q",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            &server_ip.to_string(),
+        ],
+    )?;
+    for round in 0..3 {
+        // the loader goes away: programs stay attached and keep enforcing
+        node.datapath = None;
+        assert!(
+            ping_denied(node.pod(other), server_ip),
+            "round {round}: enforcement without a loader"
+        );
+        // a new loader reuses the pinned maps and replaces the programs
+        node.datapath = Some(Node::open_datapath(&node.pin_dir)?);
+        assert_eq!(node.dp().policy().dump()?, before, "pinned maps kept");
+        for pod in [client, other, server] {
+            node.attach(pod, true)?;
+        }
+    }
+    let out = pinger.wait_timeout(Duration::from_secs(30))?;
+    let summary = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        summary.starts_with(&format!("{count} packets transmitted, {count} received")),
+        "{summary}"
+    );
+    Ok(())
+}
+
+#[test]
+fn detach_withdraws_enforcement_and_reopen_keeps_the_maps() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let other = node.add_pod("other", OTHER)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(other, false)?;
+    let ifindex = node.attach(server, true)?;
+    let server_ip = node.pod(server).ips()[1];
+    assert!(ping_denied(node.pod(other), server_ip));
+    let ipcache = node.dp().ipcache().dump()?;
+    assert_eq!(ipcache.len(), 4);
+
+    let detach = EndpointDetach {
+        ifname: node.pod(server).host_if.clone(),
+        netns: Some(node.ns.path().to_owned()),
+    };
+    node.datapath
+        .as_mut()
+        .expect("open")
+        .detach_endpoint(&detach)?;
+    assert!(
+        ping_ok(node.pod(other), server_ip),
+        "no program, no enforcement"
+    );
+    assert!(
+        node.dp()
+            .endpoints()
+            .get(&bpf::EndpointKey { ifindex })?
+            .is_none()
+    );
+    let filters = node.ns.ip(&["link", "show", &node.pod(server).host_if])?;
+    assert!(!filters.is_empty());
+
+    node.datapath = None;
+    let reopened = Datapath::open(node_config(&node))?;
+    assert_eq!(
+        reopened.ipcache().dump()?,
+        ipcache,
+        "a second open reuses the pinned maps"
+    );
+    Ok(())
+}
+
+fn node_config(node: &Node) -> bpf::DatapathConfig {
+    bpf::DatapathConfig {
+        bpffs_dir: node.pin_dir.clone(),
+        conntrack_max_entries: 16 * 1024,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reconcile_writes_only_the_difference() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let node = Node::new()?;
+    let dp = node.dp();
+
+    let entry = |i: u32| {
+        let ip = IpAddr::from([10, 50, (i >> 8) as u8, i as u8]);
+        (IpCacheKey::host(ip), IpCacheValue::new(1000 + i))
+    };
+    let mut desired: BTreeMap<_, _> = (0..2000).map(entry).collect();
+    desired.insert(
+        IpCacheKey::new("10.60.0.0/16".parse()?),
+        IpCacheValue::new(77),
+    );
+    let stats = dp.ipcache().reconcile(&desired)?;
+    assert_eq!(
+        stats,
+        ReconcileStats {
+            inserted: 2001,
+            updated: 0,
+            deleted: 0
+        }
+    );
+    assert_eq!(dp.ipcache().reconcile(&desired)?, ReconcileStats::default());
+
+    for i in 0..10 {
+        desired.insert(entry(i).0, IpCacheValue::new(5));
+    }
+    for i in 10..15 {
+        desired.remove(&entry(i).0);
+    }
+    for i in 3000..3003 {
+        let (k, v) = entry(i);
+        desired.insert(k, v);
+    }
+    let stats = dp.ipcache().reconcile(&desired)?;
+    assert_eq!(
+        stats,
+        ReconcileStats {
+            inserted: 3,
+            updated: 10,
+            deleted: 5
+        }
+    );
+    assert_eq!(dp.ipcache().dump()?, desired);
+    // longest-prefix match
+    let hit = dp.ipcache().get(&IpCacheKey::host("10.60.3.4".parse()?))?;
+    assert_eq!(hit.map(|v| v.sec_identity), Some(77));
+
+    // per-endpoint reconcile leaves other endpoints' entries alone
+    let mine = |id: u32| PolicyKey::ingress(1, id, L4Match::Any);
+    dp.policy()
+        .upsert(&PolicyKey::ingress(2, 9, L4Match::Any), &PolicyValue::ALLOW)?;
+    dp.policy().upsert(&mine(8), &PolicyValue::ALLOW)?;
+    let want: BTreeMap<_, _> = [
+        (mine(IDENTITY_ANY), PolicyValue::DENY),
+        (mine(7), PolicyValue::ALLOW),
+    ]
+    .into();
+    let stats = dp
+        .policy()
+        .reconcile_subset(&want, |k| k.endpoint_id == 1)?;
+    assert_eq!(
+        stats,
+        ReconcileStats {
+            inserted: 2,
+            updated: 0,
+            deleted: 1
+        }
+    );
+    assert_eq!(dp.policy().dump()?.len(), 3);
+    assert_eq!(dp.policy().clear()?, 3);
+    Ok(())
+}
