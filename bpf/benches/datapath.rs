@@ -1,1 +1,269 @@
-fn main() {}
+//! Datapath benchmarks; prints one JSON object per line on stdout
+//! (progress on stderr):
+//!
+//! * `ipcache_1m_batch_insert_s` vs `ipcache_1m_single_insert_s`: 1,000,000
+//!   /32 ipcache entries written with `BPF_MAP_UPDATE_BATCH` vs one
+//!   `BPF_MAP_UPDATE_ELEM` each, each into a fresh map;
+//! * `ingress_ns_per_packet_1m`: the ingress program (`cm_to_endpoint`) on a
+//!   TCP SYN from a source among the 1M ipcache entries, through
+//!   `BPF_PROG_TEST_RUN`, on the full policy path (two conntrack misses, the
+//!   LPM look-up, six policy look-ups, a drop and its flow event);
+//! * `tcp_throughput_gbps` vs `tcp_throughput_gbps_no_program`: iperf3 over
+//!   veths between two pod namespaces through a node namespace, with both
+//!   endpoints' programs attached (policy enforced, allowed by identity and
+//!   port) vs without programs, alternating in the same run.
+//!
+//! Needs root (bpffs, namespaces); without root it says so and prints
+//! nothing.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bpf::{
+    Datapath, DatapathConfig, EndpointAttach, EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue,
+    L4Match, PolicyKey, PolicyValue, Program, Protocol,
+};
+use netns::{NetNs, Veth, unique_name, wait_until};
+
+const ENTRIES: u32 = 1_000_000;
+const IPERF_SECONDS: &str = "3";
+const IPERF_PORT: u16 = 5201;
+
+/// One result line, fields in the documented order.
+fn emit(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
+    let mut line = format!(
+        r#"{{"bench":"datapath","metric":"{metric}","value":{},"unit":"{unit}""#,
+        round(value)
+    );
+    if let Some((name, base)) = baseline {
+        line.push_str(&format!(
+            r#","baseline_metric":"{name}","baseline":{},"ratio":{}"#,
+            round(base),
+            round(value / base)
+        ));
+    }
+    line.push('}');
+    println!("{line}");
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Pin directories removed on drop (also when the bench fails).
+struct Pins(Vec<PathBuf>);
+
+impl Pins {
+    fn open(&mut self, tag: &str) -> Result<Datapath> {
+        let dir = PathBuf::from("/sys/fs/bpf").join(unique_name(&format!("cmb{tag}-")));
+        self.0.push(dir.clone());
+        Datapath::open(DatapathConfig {
+            bpffs_dir: dir,
+            ipcache_max_entries: 2 * ENTRIES,
+            conntrack_max_entries: 16 * 1024,
+            ..DatapathConfig::default()
+        })
+        .context("open datapath")
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = Datapath::remove_pins(dir);
+        }
+    }
+}
+
+fn source(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 + i)
+}
+
+fn main() -> Result<()> {
+    if !netns::is_root() {
+        eprintln!("datapath bench: needs root (bpffs, network namespaces); skipped");
+        return Ok(());
+    }
+    let mut pins = Pins(Vec::new());
+    let entries: Vec<(IpCacheKey, IpCacheValue)> = (0..ENTRIES)
+        .map(|i| {
+            (
+                IpCacheKey::host(IpAddr::V4(source(i))),
+                IpCacheValue::new(256 + i % 60_000),
+            )
+        })
+        .collect();
+
+    eprintln!("ipcache: {ENTRIES} single inserts");
+    let single = pins.open("s")?;
+    let start = Instant::now();
+    for (k, v) in &entries {
+        single.ipcache().upsert(k, v)?;
+    }
+    let single_s = start.elapsed().as_secs_f64();
+    drop(single);
+    let _ = Datapath::remove_pins(&pins.0[0]);
+
+    eprintln!("ipcache: {ENTRIES} batched inserts");
+    let dp = pins.open("b")?;
+    let start = Instant::now();
+    dp.ipcache().batch_upsert(&entries)?;
+    let batch_s = start.elapsed().as_secs_f64();
+    emit(
+        "ipcache_1m_batch_insert_s",
+        batch_s,
+        "s",
+        Some(("ipcache_1m_single_insert_s", single_s)),
+    );
+
+    eprintln!("ingress program: BPF_PROG_TEST_RUN on a 1M-entry ipcache");
+    let ns = ingress_ns_per_packet(&dp)?;
+    emit("ingress_ns_per_packet_1m", ns, "ns", None);
+    drop(dp);
+
+    eprintln!("tcp throughput: iperf3 over veths, with and without programs");
+    let (with, without) = throughput(&mut pins)?;
+    emit(
+        "tcp_throughput_gbps",
+        with,
+        "Gbit/s",
+        Some(("tcp_throughput_gbps_no_program", without)),
+    );
+    Ok(())
+}
+
+/// An Ethernet/IPv4/TCP SYN from `src` to 10.200.1.2:8080.
+fn syn_packet(src: Ipv4Addr) -> Vec<u8> {
+    let mut p = Vec::with_capacity(54);
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&[10, 200, 1, 2]);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    p.extend_from_slice(&tcp);
+    p
+}
+
+fn ingress_ns_per_packet(dp: &Datapath) -> Result<f64> {
+    // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1): configure
+    // it as a policy-enforced endpoint that allows another identity only.
+    dp.endpoints().upsert(
+        &EndpointKey { ifindex: 1 },
+        &EndpointInfo::new(9, 3000, true),
+    )?;
+    dp.policy().upsert(
+        &PolicyKey::ingress(9, 5, L4Match::Port(Protocol::Tcp, 8080)),
+        &PolicyValue::ALLOW,
+    )?;
+    let packet = syn_packet(source(ENTRIES / 2 + 12_345));
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let run = dp.test_run(Program::ToEndpoint, &packet, 200_000)?;
+        if run.retval != 2 {
+            bail!("expected TC_ACT_SHOT (2), got {}", run.retval);
+        }
+        runs.push(run.ns_per_run);
+    }
+    runs.sort_unstable();
+    Ok(f64::from(runs[runs.len() / 2]))
+}
+
+/// Returns (Gbit/s with programs, Gbit/s without), means of two runs each.
+fn throughput(pins: &mut Pins) -> Result<(f64, f64)> {
+    let node = NetNs::unique("cmbn")?;
+    node.enable_forwarding()?;
+    let client = NetNs::unique("cmbc")?;
+    let server = NetNs::unique("cmbs")?;
+    let (hc, hs) = (unique_name("hc"), unique_name("hs"));
+    let _vc = Veth::create(&hc, Some(&node), "eth0", Some(&client))?;
+    let _vs = Veth::create(&hs, Some(&node), "eth0", Some(&server))?;
+    node.add_addr(&hc, "10.210.1.1/24")?.keep();
+    node.add_addr(&hs, "10.210.2.1/24")?.keep();
+    client.add_addr("eth0", "10.210.1.2/24")?.keep();
+    server.add_addr("eth0", "10.210.2.2/24")?.keep();
+    client
+        .add_route("default", Some("10.210.1.1"), None)?
+        .keep();
+    server
+        .add_route("default", Some("10.210.2.1"), None)?
+        .keep();
+
+    let mut dp = pins.open("t")?;
+    for (ip, id) in [("10.210.1.2", 1001), ("10.210.2.2", 2000)] {
+        dp.ipcache()
+            .upsert(&IpCacheKey::host(ip.parse()?), &IpCacheValue::new(id))?;
+    }
+    dp.policy().upsert(
+        &PolicyKey::ingress(2, 1001, L4Match::Port(Protocol::Tcp, IPERF_PORT)),
+        &PolicyValue::ALLOW,
+    )?;
+
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..2 {
+        without.push(iperf(&client, &server)?);
+        eprintln!(
+            "  round {round}: without programs {:.2} Gbit/s",
+            without[round]
+        );
+        for (ifname, endpoint_id, identity) in [(&hc, 1, 1001), (&hs, 2, 2000)] {
+            dp.attach_endpoint(&EndpointAttach {
+                ifname: ifname.clone(),
+                netns: Some(node.path().to_owned()),
+                endpoint_id,
+                identity,
+                policy_enforced: true,
+            })?;
+        }
+        with.push(iperf(&client, &server)?);
+        eprintln!("  round {round}: with programs {:.2} Gbit/s", with[round]);
+        for ifname in [&hc, &hs] {
+            dp.detach_endpoint(&bpf::EndpointDetach {
+                ifname: ifname.clone(),
+                netns: Some(node.path().to_owned()),
+            })?;
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    Ok((mean(&with), mean(&without)))
+}
+
+fn iperf(client: &NetNs, server: &NetNs) -> Result<f64> {
+    let port = IPERF_PORT.to_string();
+    let srv = server.spawn("iperf3", &["-s", "-1", "--forceflush", "-p", &port])?;
+    if !wait_until(Duration::from_secs(5), || {
+        srv.stdout_so_far().contains("listening")
+    }) {
+        bail!("iperf3 server did not start");
+    }
+    let out = client.run(
+        "iperf3",
+        &["-c", "10.210.2.2", "-p", &port, "-t", IPERF_SECONDS, "-J"],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 json")?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result")?;
+    let _ = srv.wait_timeout(Duration::from_secs(5));
+    Ok(bps / 1e9)
+}
