@@ -91,7 +91,11 @@ impl TestEtcd {
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
-        let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
@@ -183,6 +187,18 @@ impl TestEtcd {
         self.spawn_and_wait().await
     }
 
+    /// Replaces the server with a new, empty one on the same ports (a new etcd
+    /// cluster ID, revisions from 1), like an etcd pod rescheduled without
+    /// persistent storage.
+    pub async fn wipe_and_restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).context("remove the etcd data dir")?;
+        }
+        self.spawn_and_wait().await
+    }
+
     /// Fetches etcd's Prometheus metrics.
     pub async fn metrics(&self) -> Result<String> {
         let (status, body) = http_get(self.metrics_port, "/metrics").await?;
@@ -202,7 +218,8 @@ impl TestEtcd {
     /// An `etcdctl` command (API v3) pointed at this server.
     pub fn etcdctl(&self) -> Command {
         let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", self.endpoint()));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()));
         cmd
     }
 
@@ -230,7 +247,10 @@ impl TestEtcd {
         let client = self.endpoint();
         let mut cmd = Command::new("etcd");
         cmd.arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -272,17 +292,21 @@ impl TestEtcd {
     async fn wait_ready(&mut self, log_start: u64) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!(
                     "etcd exited with {status} before it was ready; log:\n{}",
                     self.log_since(log_start)
                 );
             }
-            if let Ok((200, body)) = http_get(self.metrics_port, "/health").await {
-                if body.contains("true") {
-                    return Ok(());
-                }
+            if let Ok((200, body)) = http_get(self.metrics_port, "/health").await
+                && body.contains("true")
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -319,10 +343,10 @@ fn temp_dir() -> std::io::Result<TempDir> {
         b
     };
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return Ok(dir);
-        }
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return Ok(dir);
     }
     builder.tempdir()
 }
@@ -390,14 +414,26 @@ mod tests {
         assert!(etcd.is_running());
 
         let put = etcd.etcdctl().args(["put", "k", "v"]).output().unwrap();
-        assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
 
         etcd.kill();
         assert!(!etcd.is_running());
         etcd.restart().await.expect("restart");
         assert_ne!(etcd.pid(), Some(pid));
-        let get = etcd.etcdctl().args(["get", "k", "--print-value-only"]).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v", "data survives a restart");
+        let get = etcd
+            .etcdctl()
+            .args(["get", "k", "--print-value-only"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&get.stdout).trim(),
+            "v",
+            "data survives a restart"
+        );
         assert!(etcd.metric("etcd_server_has_leader").await.unwrap() >= 1.0);
 
         let pid = etcd.pid().unwrap();

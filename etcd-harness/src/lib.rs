@@ -7,10 +7,15 @@
 //! the test panics. etcd is started with `PR_SET_PDEATHSIG`, so even a test
 //! process killed by a timeout does not leave an etcd behind.
 //!
+//! [`TcpProxy`] sits between a client and a server and can cut and restore
+//! the connection, to partition a watcher from an etcd that keeps running.
+//!
 //! Not for production: the product's binaries connect to an etcd they are given.
 
 mod etcd;
 mod port;
+mod proxy;
 
 pub use etcd::{EtcdOptions, ServerTls, TestEtcd};
 pub use port::free_port;
+pub use proxy::TcpProxy;
