@@ -1,1 +1,50 @@
-//! kvstore (work in progress)
+//! The etcd-backed store of clustermesh.
+//!
+//! - [`Client`]: the etcd operations the mesh needs (get, paginated list,
+//!   create-only, compare-and-swap, leases, locks) with clear errors and a
+//!   deadline on every request; plain or mutual TLS.
+//! - [`Session`]: one lease per process, kept alive; its loss is detected and a
+//!   new lease replaces it.
+//! - [`WatchStore`]: the read side, list-then-watch of a prefix that survives
+//!   etcd restarts and compaction without missing or repeating an event.
+//! - [`SyncStore`]: the write side, the keys a process owns, re-created when the
+//!   session or someone else removes them, with a canary once the initial set
+//!   is written.
+//! - The key layout ([`keys`]) and Cilium-compatible values ([`values`]), with
+//!   the newtypes they are made of ([`ClusterName`], [`ClusterId`],
+//!   [`NumericIdentity`], [`Labels`], [`KeyPrefix`]).
+//!
+//! Not for: talking to a Kubernetes API server, or storing anything but mesh
+//! state (the value types validate what Cilium's agents would).
+
+mod backoff;
+mod client;
+mod cluster;
+mod error;
+mod identity;
+pub mod keys;
+mod labels;
+mod prefix;
+mod session;
+mod sync_store;
+mod value;
+pub mod values;
+mod watch_store;
+
+pub use backoff::Backoff;
+pub use client::{
+    Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig, TlsFiles,
+};
+pub use cluster::{
+    ClusterError, ClusterId, ClusterName, MAX_CLUSTER_NAME_LEN, MaxConnectedClusters,
+};
+pub use error::{Error, ErrorKind};
+pub use identity::{IdentityRange, NumericIdentity};
+pub use labels::{
+    CLUSTER_LABEL, Label, LabelError, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
+};
+pub use prefix::KeyPrefix;
+pub use session::{DEFAULT_SESSION_TTL, Session, SessionHandle, SessionState};
+pub use sync_store::{SyncStatus, SyncStore, SyncStoreConfig, SyncStoreRunner};
+pub use value::{DecodeError, InvalidReason, RawEntry, StoreValue};
+pub use watch_store::{Event, Validator, WatchStore, WatchStoreConfig, WatchStoreStats};

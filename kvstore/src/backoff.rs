@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Capped exponential backoff with jitter, for reconnects and retries.
+///
+/// Each delay is drawn uniformly from `[d/2, d]` where `d` doubles from `min`
+/// up to `max`; the jitter keeps many agents from retrying in lockstep after a
+/// shared outage.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            current: min,
+            attempts: 0,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        self.attempts += 1;
+        let low = d / 2;
+        low + rand::rng().random_range(Duration::ZERO..=d - low)
+    }
+
+    /// Sleeps for the next delay; returns `false` if `shutdown` fired first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Back to the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+        self.attempts = 0;
+    }
+
+    /// Failed attempts since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        for d in &delays[4..] {
+            assert!(
+                *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1),
+                "{d:?}"
+            );
+        }
+        assert_eq!(b.attempts(), 8);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

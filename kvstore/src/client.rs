@@ -1,0 +1,612 @@
+use std::{
+    fmt,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use etcd_client::{
+    Certificate, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    LockOptions, PutOptions, TlsOptions, Txn, TxnOp,
+};
+
+use crate::{error::Error, prefix::KeyPrefix};
+
+/// Largest response the client accepts: pages of a list and watch batches can
+/// be large (tonic's default is 4 MiB).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// TLS to etcd (or to a `clustermesh-apiserver`, which speaks etcd's API).
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    /// PEM CA bundle that signs the server's certificate.
+    pub ca_pem: Vec<u8>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the server certificate against, when it differs from
+    /// the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("client_identity", &self.identity_pem.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Reads the CA bundle and, when given, the client certificate and key.
+    pub fn from_files(ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> Result<Self, Error> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| Error::ReadFile {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            ca_pem: read(ca)?,
+            identity_pem: match cert_and_key {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+            server_name: None,
+        })
+    }
+}
+
+/// How to reach an etcd cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` or `https://host:port`; requests are balanced.
+    pub endpoints: Vec<String>,
+    /// Required for `https` endpoints.
+    pub tls: Option<TlsConfig>,
+    /// Time to establish a connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time a single unary request may take. Default 15 s. (Watches are
+    /// streams and have no deadline; HTTP/2 keep-alive detects dead peers.)
+    pub request_timeout: Duration,
+    /// HTTP/2 PING interval on idle and busy connections, so a dead peer is
+    /// noticed within `keepalive_interval + keepalive_timeout`. Default 5 s.
+    pub keepalive_interval: Duration,
+    /// Default 5 s.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Plain endpoints with default timeouts.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::Config("no endpoints given".into()));
+        }
+        for e in &self.endpoints {
+            let https = e.starts_with("https://");
+            if !https && !e.starts_with("http://") {
+                return Err(Error::Config(format!(
+                    "endpoint {e:?} must start with http:// or https://"
+                )));
+            }
+            if https && self.tls.is_none() {
+                return Err(Error::Config(format!(
+                    "endpoint {e:?} uses https but no TLS configuration (CA bundle) was given"
+                )));
+            }
+            if !https && self.tls.is_some() {
+                return Err(Error::Config(format!(
+                    "endpoint {e:?} uses http but TLS was configured; use https://"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A key and its value with etcd's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl Kv {
+    pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
+        Self {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            version: kv.version(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+/// An etcd lease ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// What `Maintenance.Status` and response headers say about the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    pub version: String,
+    /// The etcd cluster's ID: changes when a different etcd answers.
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub leader: u64,
+    pub revision: i64,
+    pub db_size: i64,
+}
+
+/// A held distributed lock; release it with [`Client::unlock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockGuard {
+    pub name: String,
+    /// The key etcd created for the lock (ownership is tied to its lease).
+    pub key: Vec<u8>,
+}
+
+/// An etcd v3 client: the operations clustermesh needs, with clear errors and
+/// a deadline on every unary request. Cheap to clone (clones share the
+/// connection).
+#[derive(Clone)]
+pub struct Client {
+    inner: etcd_client::Client,
+    endpoints: String,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects and checks that the server answers (one `Status` call), so a
+    /// wrong address, an untrusted certificate or a refused client certificate
+    /// fails here with the reason rather than at the first request.
+    pub async fn connect(config: &ClientConfig) -> Result<Self, Error> {
+        let client = Self::connect_lazy(config).await?;
+        let endpoints = client.endpoints.clone();
+        let mut maintenance = client.inner.maintenance_client();
+        match tokio::time::timeout(config.connect_timeout * 2, maintenance.status()).await {
+            Ok(Ok(_)) => Ok(client),
+            Ok(Err(source)) => Err(Error::Connect { endpoints, source }),
+            Err(_) => Err(Error::ConnectTimeout {
+                endpoints,
+                timeout: config.connect_timeout * 2,
+            }),
+        }
+    }
+
+    /// Builds the client without contacting the server; connections are made
+    /// on first use (for components that must start while etcd is down).
+    pub async fn connect_lazy(config: &ClientConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let endpoints = config.endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(config.keepalive_interval, config.keepalive_timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = &config.tls {
+            let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity_pem {
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(name) = &tls.server_name {
+                t = t.domain_name(name.clone());
+            }
+            options = options.with_tls(t);
+        }
+        // `connect` only builds the balanced channel; it does no I/O while no
+        // user/password is configured, so it finishes immediately.
+        let inner = etcd_client::Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|source| Error::Connect {
+                endpoints: endpoints.clone(),
+                source,
+            })?;
+        Ok(Self {
+            inner,
+            endpoints,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The endpoints, comma-separated (for messages).
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The underlying etcd-client, for streams this type does not wrap.
+    pub fn raw(&self) -> etcd_client::Client {
+        self.inner.clone()
+    }
+
+    async fn call<T, F>(&self, op: &'static str, key: &str, fut: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(Error::Request {
+                op,
+                key: key.to_string(),
+                source,
+            }),
+            Err(_) => Err(Error::RequestTimeout {
+                op,
+                key: key.to_string(),
+                timeout: self.request_timeout,
+            }),
+        }
+    }
+
+    pub(crate) fn watch_client(&self) -> etcd_client::WatchClient {
+        self.inner
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.inner
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Server status: version, etcd cluster ID, revision.
+    pub async fn status(&self) -> Result<ServerStatus, Error> {
+        let mut m = self.inner.maintenance_client();
+        let s = self.call("status", "", m.status()).await?;
+        let header = s.header();
+        Ok(ServerStatus {
+            version: s.version().to_string(),
+            cluster_id: header.map(|h| h.cluster_id()).unwrap_or_default(),
+            member_id: header.map(|h| h.member_id()).unwrap_or_default(),
+            leader: s.leader(),
+            revision: header.map(|h| h.revision()).unwrap_or_default(),
+            db_size: s.db_size(),
+        })
+    }
+
+    /// One key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, Error> {
+        Ok(self.get_at(key).await?.0)
+    }
+
+    /// One key, if it exists, and the revision of the read.
+    pub async fn get_at(&self, key: &str) -> Result<(Option<Kv>, i64), Error> {
+        let mut kv = self.kv();
+        let resp = self.call("get", key, kv.get(key, None)).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((resp.kvs().first().map(Kv::from_etcd), revision))
+    }
+
+    /// Every key under `prefix` at one revision, fetched in pages of
+    /// `page_size` keys. Returns the keys and the revision they were read at.
+    pub async fn list(
+        &self,
+        prefix: &KeyPrefix,
+        page_size: usize,
+    ) -> Result<(Vec<Kv>, i64), Error> {
+        let mut pager = self.pager(prefix, page_size);
+        let mut all = Vec::new();
+        while let Some(page) = pager.next_page().await? {
+            all.extend(page);
+        }
+        Ok((all, pager.revision()))
+    }
+
+    /// A paginated list of `prefix` at one revision; see [`Pager`].
+    pub fn pager(&self, prefix: &KeyPrefix, page_size: usize) -> Pager {
+        Pager {
+            client: self.clone(),
+            prefix: prefix.clone(),
+            next_key: Some(prefix.as_str().as_bytes().to_vec()),
+            range_end: prefix.range_end(),
+            page_size: page_size.max(1) as i64,
+            revision: 0,
+            cluster_id: 0,
+        }
+    }
+
+    /// Number of keys under `prefix`.
+    pub async fn count(&self, prefix: &KeyPrefix) -> Result<i64, Error> {
+        let mut kv = self.kv();
+        let opts = GetOptions::new()
+            .with_range(prefix.range_end())
+            .with_count_only();
+        let resp = self
+            .call(
+                "count",
+                prefix.as_str(),
+                kv.get(prefix.as_str(), Some(opts)),
+            )
+            .await?;
+        Ok(resp.count())
+    }
+
+    /// Writes a key without a lease. Returns the new revision.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64, Error> {
+        self.put_with(key, value.into(), None).await
+    }
+
+    /// Writes a key attached to `lease`: it disappears when the lease expires.
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Result<i64, Error> {
+        self.put_with(key, value.into(), Some(lease)).await
+    }
+
+    async fn put_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, Error> {
+        let mut kv = self.kv();
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let resp = self.call("put", key, kv.put(key, value, opts)).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    /// Creates `key` only if it does not exist (`create_revision == 0`).
+    /// Returns whether it was created.
+    pub async fn create(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Option<LeaseId>,
+    ) -> Result<bool, Error> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, opts)]);
+        let mut kv = self.kv();
+        Ok(self.call("create", key, kv.txn(txn)).await?.succeeded())
+    }
+
+    /// Writes `key` only if its `mod_revision` is still `expected` (0 = the
+    /// key must not exist). Returns whether it was written.
+    pub async fn update_if(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        expected: i64,
+        lease: Option<LeaseId>,
+    ) -> Result<bool, Error> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, opts)]);
+        let mut kv = self.kv();
+        Ok(self.call("update", key, kv.txn(txn)).await?.succeeded())
+    }
+
+    /// Deletes a key. Returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let mut kv = self.kv();
+        Ok(self
+            .call("delete", key, kv.delete(key, None))
+            .await?
+            .deleted()
+            > 0)
+    }
+
+    /// Deletes `key` only if its `mod_revision` is still `expected`.
+    pub async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, Error> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut kv = self.kv();
+        Ok(self.call("delete", key, kv.txn(txn)).await?.succeeded())
+    }
+
+    /// Deletes every key under `prefix`. Returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &KeyPrefix) -> Result<i64, Error> {
+        let mut kv = self.kv();
+        let opts = DeleteOptions::new().with_range(prefix.range_end());
+        Ok(self
+            .call(
+                "delete prefix",
+                prefix.as_str(),
+                kv.delete(prefix.as_str(), Some(opts)),
+            )
+            .await?
+            .deleted())
+    }
+
+    /// Compacts the history up to `revision` (tests and maintenance).
+    pub async fn compact(&self, revision: i64) -> Result<(), Error> {
+        let mut kv = self.kv();
+        self.call("compact", "", kv.compact(revision, None)).await?;
+        Ok(())
+    }
+
+    /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s).
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, Error> {
+        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let mut lease = self.inner.lease_client();
+        let resp = self
+            .call("grant lease", "", lease.grant(secs, None))
+            .await?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    /// Revokes a lease: every key attached to it is deleted.
+    pub async fn revoke_lease(&self, id: LeaseId) -> Result<(), Error> {
+        let mut lease = self.inner.lease_client();
+        self.call("revoke lease", "", lease.revoke(id.0)).await?;
+        Ok(())
+    }
+
+    /// Remaining TTL of a lease in seconds, `None` if it has expired.
+    pub async fn lease_ttl(&self, id: LeaseId) -> Result<Option<i64>, Error> {
+        let mut lease = self.inner.lease_client();
+        let resp = self
+            .call("lease ttl", "", lease.time_to_live(id.0, None))
+            .await?;
+        Ok((resp.ttl() > 0).then_some(resp.ttl()))
+    }
+
+    /// Acquires the distributed lock `name`, owned by `lease` (the lock is
+    /// released when the lease ends). Waits at most `timeout`.
+    pub async fn lock(
+        &self,
+        name: &str,
+        lease: LeaseId,
+        timeout: Duration,
+    ) -> Result<LockGuard, Error> {
+        let mut lock = self.inner.lock_client();
+        let fut = lock.lock(name, Some(LockOptions::new().with_lease(lease.0)));
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(resp)) => Ok(LockGuard {
+                name: name.to_string(),
+                key: resp.key().to_vec(),
+            }),
+            Ok(Err(source)) => Err(Error::Request {
+                op: "lock",
+                key: name.to_string(),
+                source,
+            }),
+            Err(_) => Err(Error::LockTimeout {
+                name: name.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Releases a lock.
+    pub async fn unlock(&self, guard: LockGuard) -> Result<(), Error> {
+        let mut lock = self.inner.lock_client();
+        self.call("unlock", &guard.name, lock.unlock(guard.key))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A paginated list of a prefix at one revision: the first page fixes the
+/// revision, later pages read at it, so the result is one consistent snapshot.
+#[derive(Debug)]
+pub struct Pager {
+    client: Client,
+    prefix: KeyPrefix,
+    next_key: Option<Vec<u8>>,
+    range_end: Vec<u8>,
+    page_size: i64,
+    revision: i64,
+    cluster_id: u64,
+}
+
+impl Pager {
+    /// The next page, `None` when the list is complete.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Kv>>, Error> {
+        let Some(start) = self.next_key.take() else {
+            return Ok(None);
+        };
+        let mut opts = GetOptions::new()
+            .with_range(self.range_end.clone())
+            .with_limit(self.page_size);
+        if self.revision > 0 {
+            opts = opts.with_revision(self.revision);
+        }
+        let mut kv = self.client.kv();
+        let resp = self
+            .client
+            .call("list", self.prefix.as_str(), kv.get(start, Some(opts)))
+            .await?;
+        if self.revision == 0
+            && let Some(h) = resp.header()
+        {
+            self.revision = h.revision();
+            self.cluster_id = h.cluster_id();
+        }
+        let page: Vec<Kv> = resp.kvs().iter().map(Kv::from_etcd).collect();
+        if resp.more()
+            && let Some(last) = resp.kvs().last()
+        {
+            let mut next = last.key().to_vec();
+            next.push(0);
+            self.next_key = Some(next);
+        }
+        Ok(Some(page))
+    }
+
+    /// The revision the list is read at (known after the first page).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The etcd cluster ID that answered (known after the first page).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+}
+
+/// Paths of TLS material for a client, as found in configuration files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files into a [`TlsConfig`].
+    pub fn load(&self) -> Result<TlsConfig, Error> {
+        let pair = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "a client certificate needs both a cert file and a key file".into(),
+                ));
+            }
+        };
+        TlsConfig::from_files(&self.ca, pair)
+    }
+}

@@ -1,0 +1,220 @@
+use std::{error::Error as _, path::PathBuf, time::Duration};
+
+/// Errors of the etcd client and the stores built on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid etcd client configuration: {0}")]
+    Config(String),
+    #[error("read {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to etcd at {endpoints}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoints} did not answer within {timeout:?}")]
+    ConnectTimeout {
+        endpoints: String,
+        timeout: Duration,
+    },
+    #[error("etcd {op} {key:?}")]
+    Request {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op} {key:?} did not finish within {timeout:?}")]
+    RequestTimeout {
+        op: &'static str,
+        key: String,
+        timeout: Duration,
+    },
+    #[error("lease {0:x} has expired or was revoked")]
+    LeaseExpired(i64),
+    #[error("watch of {prefix} broke: {reason}")]
+    WatchBroken { prefix: String, reason: String },
+    #[error("lock {name:?} was not acquired within {timeout:?}")]
+    LockTimeout { name: String, timeout: Duration },
+}
+
+/// The class of a failure, for status output and metrics: what an operator
+/// needs to know first about why etcd is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Nothing answered (refused, no route, DNS, timeout while connecting).
+    Unreachable,
+    /// The server's certificate is signed by a CA we do not trust.
+    UnknownCa,
+    /// TLS failed for another reason (bad certificate, handshake refused, SAN mismatch).
+    Tls,
+    /// The server refused the request for our identity.
+    PermissionDenied,
+    /// The request took too long.
+    Timeout,
+    /// A key or revision is gone (compaction).
+    Compacted,
+    /// A lease expired.
+    LeaseExpired,
+    /// Configuration or anything else.
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::UnknownCa => "unknown-ca",
+            Self::Tls => "tls",
+            Self::PermissionDenied => "permission-denied",
+            Self::Timeout => "timeout",
+            Self::Compacted => "compacted",
+            Self::LeaseExpired => "lease-expired",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// Classifies the failure by walking the source chain (gRPC status codes
+    /// first, then the TLS and I/O errors beneath the transport).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::ConnectTimeout { .. } => return ErrorKind::Unreachable,
+            Self::RequestTimeout { .. } | Self::LockTimeout { .. } => return ErrorKind::Timeout,
+            Self::LeaseExpired(_) => return ErrorKind::LeaseExpired,
+            Self::Config(_) | Self::ReadFile { .. } => return ErrorKind::Other,
+            _ => {}
+        }
+        classify(self.full_message().as_str(), self.grpc_code())
+    }
+
+    /// The gRPC status code, if the server answered with one.
+    pub fn grpc_code(&self) -> Option<tonic::Code> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(etcd_client::Error::GRpcStatus(status)) =
+                e.downcast_ref::<etcd_client::Error>()
+            {
+                return Some(status.code());
+            }
+            source = e.source();
+        }
+        None
+    }
+
+    /// This error and all its sources, joined with `: `.
+    pub fn full_message(&self) -> String {
+        let mut msg = self.to_string();
+        let mut source = self.source();
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !msg.ends_with(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+            source = e.source();
+        }
+        msg
+    }
+
+    /// Whether the revision asked for has been compacted away.
+    pub fn is_compacted(&self) -> bool {
+        self.kind() == ErrorKind::Compacted
+    }
+}
+
+fn classify(message: &str, code: Option<tonic::Code>) -> ErrorKind {
+    use tonic::Code;
+    let m = message.to_ascii_lowercase();
+    if m.contains("compacted") {
+        return ErrorKind::Compacted;
+    }
+    if m.contains("unknownissuer")
+        || m.contains("unknown issuer")
+        || m.contains("unknown ca")
+        || m.contains("unknown_ca")
+    {
+        return ErrorKind::UnknownCa;
+    }
+    if m.contains("certificate")
+        || m.contains("tls")
+        || m.contains("handshake")
+        || m.contains("alert")
+    {
+        return ErrorKind::Tls;
+    }
+    match code {
+        Some(Code::PermissionDenied | Code::Unauthenticated) => return ErrorKind::PermissionDenied,
+        Some(Code::DeadlineExceeded) => return ErrorKind::Timeout,
+        Some(Code::Unavailable | Code::Cancelled) => return ErrorKind::Unreachable,
+        _ => {}
+    }
+    if m.contains("permission denied") {
+        return ErrorKind::PermissionDenied;
+    }
+    if m.contains("connection refused")
+        || m.contains("connect error")
+        || m.contains("transport error")
+        || m.contains("dns error")
+        || m.contains("no route")
+        || m.contains("broken pipe")
+        || m.contains("connection reset")
+        || m.contains("connection closed")
+    {
+        return ErrorKind::Unreachable;
+    }
+    ErrorKind::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_messages() {
+        use tonic::Code;
+        assert_eq!(
+            classify("invalid peer certificate: UnknownIssuer", None),
+            ErrorKind::UnknownCa
+        );
+        assert_eq!(
+            classify("received fatal alert: BadCertificate", None),
+            ErrorKind::Tls
+        );
+        assert_eq!(
+            classify(
+                "etcdserver: permission denied",
+                Some(Code::PermissionDenied)
+            ),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            classify("tcp connect error: Connection refused (os error 111)", None),
+            ErrorKind::Unreachable
+        );
+        assert_eq!(
+            classify(
+                "mvcc: required revision has been compacted",
+                Some(Code::OutOfRange)
+            ),
+            ErrorKind::Compacted
+        );
+        assert_eq!(
+            classify("something", Some(Code::Unavailable)),
+            ErrorKind::Unreachable
+        );
+        assert_eq!(classify("something", None), ErrorKind::Other);
+    }
+}

@@ -1,0 +1,157 @@
+//! The key layout, compatible with Cilium's (DESIGN §3).
+
+use crate::{cluster::ClusterName, identity::NumericIdentity, prefix::KeyPrefix};
+
+/// Root of everything clustermesh stores.
+pub const BASE: &str = "cilium";
+/// Root of the state that remote clusters may read.
+pub const STATE: &str = "cilium/state";
+/// Root of the kvstoremesh mirror of remote clusters.
+pub const CACHE: &str = "cilium/cache";
+/// Rewritten every minute by the operator; remote readers use it to detect a
+/// dead cluster.
+pub const HEARTBEAT: &str = "cilium/.heartbeat";
+/// `cilium/cluster-config/<cluster>`.
+pub const CLUSTER_CONFIG: &str = "cilium/cluster-config";
+/// `cilium/synced/<cluster>/<store>`: canaries.
+pub const SYNCED: &str = "cilium/synced";
+
+/// Name of the identities store (also its canary name).
+pub const IDENTITIES_STORE: &str = "cilium/state/identities/v1";
+/// Name of the ipcache store.
+pub const IPCACHE_STORE: &str = "cilium/state/ip/v1";
+/// Name of the nodes store.
+pub const NODES_STORE: &str = "cilium/state/nodes/v1";
+/// Name of the services store.
+pub const SERVICES_STORE: &str = "cilium/state/services/v1";
+/// Policies (our extension; local to a cluster, outside `cilium/state/`).
+pub const POLICIES: &str = "cilium/policies/v1";
+/// Service definitions for clusters without Kubernetes (our extension, local).
+pub const SERVICE_DEFS: &str = "cilium/servicedefs/v1";
+
+/// `cilium/state/identities/v1/`.
+pub fn identities() -> KeyPrefix {
+    KeyPrefix::new(IDENTITIES_STORE)
+}
+
+/// `cilium/state/identities/v1/id/`: master keys, `<ID>` → canonical labels.
+pub fn identity_masters() -> KeyPrefix {
+    identities().child("id")
+}
+
+/// `cilium/state/identities/v1/id/<ID>`.
+pub fn identity_master(id: NumericIdentity) -> String {
+    identity_masters().key(&id.to_string())
+}
+
+/// `cilium/state/identities/v1/value/`: slave keys,
+/// `<labels>/<node-ip>` → ID.
+pub fn identity_slaves() -> KeyPrefix {
+    identities().child("value")
+}
+
+/// `cilium/state/identities/v1/value/<labels>/`: every node's slave key for
+/// one label set. The canonical label string ends in `;`, and the `/` that
+/// follows makes the match exact (`a;` never matches `a;b;`).
+pub fn identity_slaves_of(canonical_labels: &str) -> KeyPrefix {
+    identity_slaves().child(canonical_labels)
+}
+
+/// `cilium/state/identities/v1/locks/`.
+pub fn identity_locks() -> KeyPrefix {
+    identities().child("locks")
+}
+
+/// `cilium/state/ip/v1/default/`: ipcache entries, `<IP>` → `IPIdentityPair`.
+pub fn ipcache() -> KeyPrefix {
+    KeyPrefix::new(IPCACHE_STORE).child("default")
+}
+
+/// `cilium/state/nodes/v1/`.
+pub fn nodes() -> KeyPrefix {
+    KeyPrefix::new(NODES_STORE)
+}
+
+/// `cilium/state/nodes/v1/<cluster>/`.
+pub fn nodes_of(cluster: &ClusterName) -> KeyPrefix {
+    nodes().child(cluster.as_str())
+}
+
+/// `cilium/state/services/v1/`.
+pub fn services() -> KeyPrefix {
+    KeyPrefix::new(SERVICES_STORE)
+}
+
+/// `cilium/state/services/v1/<cluster>/`: `<ns>/<name>` → `ClusterService`.
+pub fn services_of(cluster: &ClusterName) -> KeyPrefix {
+    services().child(cluster.as_str())
+}
+
+/// `cilium/cluster-config/<cluster>`.
+pub fn cluster_config(cluster: &ClusterName) -> String {
+    format!("{CLUSTER_CONFIG}/{cluster}")
+}
+
+/// `cilium/synced/<cluster>/`.
+pub fn canaries_of(cluster: &ClusterName) -> KeyPrefix {
+    KeyPrefix::new(SYNCED).child(cluster.as_str())
+}
+
+/// `cilium/synced/<cluster>/<store>`, e.g.
+/// `cilium/synced/c1/cilium/state/ip/v1`.
+pub fn canary(cluster: &ClusterName, store: &str) -> String {
+    canaries_of(cluster).key(store.trim_end_matches('/'))
+}
+
+/// `cilium/policies/v1/`.
+pub fn policies() -> KeyPrefix {
+    KeyPrefix::new(POLICIES)
+}
+
+/// `cilium/servicedefs/v1/`.
+pub fn service_defs() -> KeyPrefix {
+    KeyPrefix::new(SERVICE_DEFS)
+}
+
+/// `cilium/cache/<kind>/v1/<remote>/`: where kvstoremesh mirrors a remote's
+/// `cilium/state/<kind>/v1/…`.
+pub fn cache_of(kind: &str, remote: &ClusterName) -> KeyPrefix {
+    KeyPrefix::new(format!("{CACHE}/{kind}/v1/{remote}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_cilium() {
+        let c3 = ClusterName::new("cluster3").unwrap();
+        assert_eq!(
+            identity_master(NumericIdentity::new(199472)),
+            "cilium/state/identities/v1/id/199472"
+        );
+        assert_eq!(
+            identity_slaves_of("k8s:a=b;").key("172.18.0.2"),
+            "cilium/state/identities/v1/value/k8s:a=b;/172.18.0.2"
+        );
+        assert_eq!(
+            ipcache().key("10.244.1.79"),
+            "cilium/state/ip/v1/default/10.244.1.79"
+        );
+        assert_eq!(nodes_of(&c3).key("n1"), "cilium/state/nodes/v1/cluster3/n1");
+        assert_eq!(
+            services_of(&c3).key("ns-alpha/echo-service"),
+            "cilium/state/services/v1/cluster3/ns-alpha/echo-service"
+        );
+        assert_eq!(cluster_config(&c3), "cilium/cluster-config/cluster3");
+        assert_eq!(
+            canary(&c3, IPCACHE_STORE),
+            "cilium/synced/cluster3/cilium/state/ip/v1"
+        );
+        assert_eq!(
+            canary(&c3, "cilium/state/nodes/v1/"),
+            "cilium/synced/cluster3/cilium/state/nodes/v1"
+        );
+        assert_eq!(cache_of("ip", &c3).as_str(), "cilium/cache/ip/v1/cluster3/");
+    }
+}

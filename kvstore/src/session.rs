@@ -1,0 +1,198 @@
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    backoff::Backoff,
+    client::{Client, LeaseId},
+    error::Error,
+};
+
+/// Default TTL of a process's session lease, as Cilium's agents use: long
+/// enough that an agent restart or a short etcd outage keeps the keys the
+/// process published, short enough that a dead node's keys go away.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The current lease of a session. `generation` grows every time a new lease
+/// replaces a lost one, so writers know to re-create their keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionState {
+    pub lease: Option<LeaseId>,
+    pub generation: u64,
+}
+
+/// A process's session with etcd: one lease kept alive for as long as the
+/// process runs. When the lease is lost (it expired while etcd was
+/// unreachable, or was revoked), the loss is logged and published and a new
+/// lease is granted; [`crate::SyncStore`]s then re-create their keys on it.
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    ttl: Duration,
+    revoke_on_shutdown: bool,
+    state: watch::Sender<SessionState>,
+}
+
+/// Read side of a [`Session`]: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    state: watch::Receiver<SessionState>,
+}
+
+impl Session {
+    /// A session with leases of `ttl`. Nothing happens until [`Session::run`].
+    pub fn new(client: Client, ttl: Duration) -> (Self, SessionHandle) {
+        let (tx, rx) = watch::channel(SessionState::default());
+        (
+            Self {
+                client,
+                ttl,
+                revoke_on_shutdown: false,
+                state: tx,
+            },
+            SessionHandle { state: rx },
+        )
+    }
+
+    /// Revoke the lease on shutdown, so the process's keys vanish at once
+    /// (default: keep them until the TTL runs out, so a restart keeps state).
+    pub fn revoke_on_shutdown(mut self, revoke: bool) -> Self {
+        self.revoke_on_shutdown = revoke;
+        self
+    }
+
+    /// Grants the lease and keeps it alive until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut generation = 0;
+        loop {
+            let lease = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.client.grant_lease(self.ttl) => r,
+            };
+            let lease = match lease {
+                Ok(lease) => lease,
+                Err(e) => {
+                    warn!(error = %e.full_message(), "cannot grant the session lease; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            generation += 1;
+            info!(lease = %lease, ttl = ?self.ttl, generation, "session lease granted");
+            self.state.send_replace(SessionState {
+                lease: Some(lease),
+                generation,
+            });
+            match self.keep_alive(lease, &shutdown).await {
+                Ok(()) => {
+                    if self.revoke_on_shutdown {
+                        let _ = self.client.revoke_lease(lease).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(lease = %lease, error = %e.full_message(), "session lease lost; keys will be re-created on a new lease");
+                    self.state.send_replace(SessionState {
+                        lease: None,
+                        generation,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Refreshes `lease` every third of its TTL. Returns `Ok` on shutdown and
+    /// an error once the lease is gone: etcd says so, or no refresh succeeded
+    /// for a whole TTL.
+    async fn keep_alive(&self, lease: LeaseId, shutdown: &CancellationToken) -> Result<(), Error> {
+        let interval = (self.ttl / 3).max(Duration::from_millis(300));
+        let mut last_refresh = tokio::time::Instant::now();
+        let mut stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> =
+            None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.refresh(lease, &mut stream).await {
+                Ok(true) => last_refresh = tokio::time::Instant::now(),
+                Ok(false) => return Err(Error::LeaseExpired(lease.0)),
+                Err(e) => {
+                    stream = None;
+                    if last_refresh.elapsed() >= self.ttl {
+                        return Err(e);
+                    }
+                    warn!(lease = %lease, error = %e.full_message(), "session keep-alive failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// One keep-alive round trip: `Ok(false)` if etcd no longer knows the lease.
+    async fn refresh(
+        &self,
+        lease: LeaseId,
+        stream: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    ) -> Result<bool, Error> {
+        let timeout = (self.ttl / 3).max(Duration::from_secs(1));
+        let round_trip = async {
+            if stream.is_none() {
+                *stream = Some(self.client.raw().lease_client().keep_alive(lease.0).await?);
+            }
+            let (keeper, responses) = stream.as_mut().expect("set above");
+            keeper.keep_alive().await?;
+            match responses.message().await? {
+                Some(resp) => Ok(resp.ttl() > 0),
+                None => Err(etcd_client::Error::LeaseKeepAliveError(
+                    "keep-alive stream closed".into(),
+                )),
+            }
+        };
+        match tokio::time::timeout(timeout, round_trip).await {
+            Ok(Ok(alive)) => Ok(alive),
+            Ok(Err(source)) => Err(Error::Request {
+                op: "keep-alive lease",
+                key: lease.to_string(),
+                source,
+            }),
+            Err(_) => Err(Error::RequestTimeout {
+                op: "keep-alive lease",
+                key: lease.to_string(),
+                timeout,
+            }),
+        }
+    }
+}
+
+impl SessionHandle {
+    /// The current lease, waiting until there is one.
+    pub async fn lease(&self) -> LeaseId {
+        let mut rx = self.state.clone();
+        loop {
+            if let Some(lease) = rx.borrow_and_update().lease {
+                return lease;
+            }
+            if rx.changed().await.is_err() {
+                // The session stopped; keep waiting forever is wrong, but a
+                // stopped session only happens at shutdown.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The current state without waiting.
+    pub fn current(&self) -> SessionState {
+        *self.state.borrow()
+    }
+
+    /// A receiver that is notified on every lease change.
+    pub fn subscribe(&self) -> watch::Receiver<SessionState> {
+        self.state.clone()
+    }
+}

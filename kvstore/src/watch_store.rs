@@ -1,0 +1,561 @@
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
+    marker::PhantomData,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_client::{EventType, WatchOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    backoff::Backoff,
+    client::{Client, Kv},
+    error::{Error, ErrorKind},
+    prefix::KeyPrefix,
+    value::{DecodeError, InvalidReason, StoreValue},
+};
+
+/// What a [`WatchStore`] reports. Keys are relative to the store's prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<V> {
+    /// The key was created or its value changed.
+    Upsert { key: String, value: V },
+    /// The key is gone (deleted, expired, vanished while disconnected, or its
+    /// new value is invalid).
+    Delete { key: String },
+    /// The initial list is complete: the consumer has seen every key that
+    /// exists. Sent once per store.
+    Synced,
+}
+
+/// Checks a decoded value against what the consumer knows (e.g. that a remote
+/// cluster's identity is in its range). A refusal is treated like a value that
+/// failed to decode.
+pub type Validator<V> = Arc<dyn Fn(&str, &V) -> Result<(), DecodeError> + Send + Sync>;
+
+/// How a [`WatchStore`] runs.
+#[derive(Debug, Clone)]
+pub struct WatchStoreConfig {
+    /// What to watch.
+    pub prefix: KeyPrefix,
+    /// Full key of a canary to wait for before the first list (the writer's
+    /// "initial sync done" mark). Default: none.
+    pub canary: Option<String>,
+    /// Keys per page of the initial list. Default 5,000.
+    pub page_size: usize,
+    /// Events buffered for a slow consumer before the store waits. Default 4,096.
+    pub channel_capacity: usize,
+    /// Retry delays after a failure: from 100 ms, doubling, up to 5 s.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Name for logs (e.g. `c2/ipcache`). Default: the prefix.
+    pub name: String,
+}
+
+impl WatchStoreConfig {
+    pub fn new(prefix: KeyPrefix) -> Self {
+        Self {
+            name: prefix.to_string(),
+            prefix,
+            canary: None,
+            page_size: 5_000,
+            channel_capacity: 4_096,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    pub fn with_canary(mut self, canary: impl Into<String>) -> Self {
+        self.canary = Some(canary.into());
+        self
+    }
+
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// Counters of a [`WatchStore`], readable while it runs (status, metrics).
+#[derive(Debug, Default)]
+pub struct WatchStoreStats {
+    entries: AtomicU64,
+    upserts: AtomicU64,
+    deletes: AtomicU64,
+    invalid: AtomicU64,
+    lists: AtomicU64,
+    watch_starts: AtomicU64,
+    errors: AtomicU64,
+    revision: AtomicI64,
+    synced: AtomicBool,
+    watching: AtomicBool,
+    waiting_for_canary: AtomicBool,
+    invalid_by_reason: Mutex<BTreeMap<InvalidReason, u64>>,
+    last_error: Mutex<Option<(ErrorKind, String)>>,
+}
+
+impl WatchStoreStats {
+    /// Valid keys currently known.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+    /// Upsert events emitted.
+    pub fn upserts(&self) -> u64 {
+        self.upserts.load(Ordering::Relaxed)
+    }
+    /// Delete events emitted.
+    pub fn deletes(&self) -> u64 {
+        self.deletes.load(Ordering::Relaxed)
+    }
+    /// Values skipped because they failed to decode or validate.
+    pub fn invalid(&self) -> u64 {
+        self.invalid.load(Ordering::Relaxed)
+    }
+    /// Invalid values by reason.
+    pub fn invalid_by_reason(&self) -> BTreeMap<InvalidReason, u64> {
+        self.invalid_by_reason.lock().expect("stats lock").clone()
+    }
+    /// Full lists done (1 + re-lists after compaction or data loss).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::Relaxed)
+    }
+    /// Watches started (1 + resumes after breaks).
+    pub fn watch_starts(&self) -> u64 {
+        self.watch_starts.load(Ordering::Relaxed)
+    }
+    /// Failures (each followed by a retry).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+    /// Revision the store has seen everything up to.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+    /// Whether the initial list completed.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+    /// Whether a watch is established right now.
+    pub fn is_watching(&self) -> bool {
+        self.watching.load(Ordering::Relaxed)
+    }
+    /// Whether the store is waiting for its canary before the first list.
+    pub fn is_waiting_for_canary(&self) -> bool {
+        self.waiting_for_canary.load(Ordering::Relaxed)
+    }
+    /// The last failure, if any, with its class.
+    pub fn last_error(&self) -> Option<(ErrorKind, String)> {
+        self.last_error.lock().expect("stats lock").clone()
+    }
+}
+
+/// List-then-watch of one prefix, delivering typed events in order.
+///
+/// Algorithm:
+/// 1. Optionally wait for the canary key.
+/// 2. List the prefix at one revision `R` (paginated). For each key, emit
+///    `Upsert` unless the consumer already has that exact value; afterwards
+///    emit `Delete` for every key the consumer has that the list did not
+///    contain (mark and sweep), then `Synced` the first time.
+/// 3. Watch from `R + 1` and emit each change, remembering the last revision.
+/// 4. When the watch breaks (network error, etcd restart), resume from the
+///    last revision + 1: nothing is missed and nothing repeated. When that
+///    revision was compacted, or the etcd behind the endpoint lost its data
+///    (cluster ID changed, revision went backwards), go back to 2.
+///
+/// The store remembers a hash of every valid value it delivered, so a re-list
+/// emits only real changes. Values that fail to decode (or that the
+/// [`Validator`] refuses) are skipped, counted by reason and logged once per
+/// key; a key whose new value is invalid is reported deleted.
+pub struct WatchStore<V> {
+    client: Client,
+    config: WatchStoreConfig,
+    tx: mpsc::Sender<Event<V>>,
+    validator: Option<Validator<V>>,
+    stats: Arc<WatchStoreStats>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> std::fmt::Debug for WatchStore<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStore")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// What the store remembers between list and watch cycles.
+#[derive(Default)]
+struct State {
+    /// Valid keys delivered to the consumer → (hash of value, list generation).
+    known: HashMap<String, (u64, u64)>,
+    /// Keys with an invalid value that were already logged.
+    logged_invalid: HashSet<String>,
+    /// Everything up to this revision has been delivered.
+    revision: i64,
+    /// etcd cluster ID of the data delivered.
+    cluster_id: u64,
+    generation: u64,
+    need_list: bool,
+    canary_seen: bool,
+    synced: bool,
+}
+
+/// Why a cycle ended without an error.
+enum Flow {
+    /// The consumer went away.
+    Stop,
+    /// The watch cannot resume (compaction): list again at once.
+    Relist,
+}
+
+impl<V: StoreValue> WatchStore<V> {
+    /// A store and the receiver of its events. Nothing happens until
+    /// [`WatchStore::run`].
+    pub fn new(client: Client, config: WatchStoreConfig) -> (Self, mpsc::Receiver<Event<V>>) {
+        let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+        (
+            Self {
+                client,
+                config,
+                tx,
+                validator: None,
+                stats: Arc::default(),
+                _value: PhantomData,
+            },
+            rx,
+        )
+    }
+
+    /// Adds a check that every decoded value must pass.
+    pub fn with_validator(mut self, validator: Validator<V>) -> Self {
+        self.validator = Some(validator);
+        self
+    }
+
+    /// Counters, shared with the running store.
+    pub fn stats(&self) -> Arc<WatchStoreStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` or until the receiver is dropped. Failures are
+    /// retried forever with backoff; they are visible in [`WatchStoreStats`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut state = State {
+            need_list: true,
+            ..State::default()
+        };
+        let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.cycle(&mut state, &mut backoff) => r,
+            };
+            self.stats.watching.store(false, Ordering::Relaxed);
+            match result {
+                Ok(Flow::Stop) => return Ok(()),
+                Ok(Flow::Relist) => state.need_list = true,
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let message = e.full_message();
+                    warn!(store = %self.config.name, error = %message, "watch store interrupted; retrying");
+                    *self.stats.last_error.lock().expect("stats lock") = Some((e.kind(), message));
+                    if !backoff.wait(&shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cycle(&self, st: &mut State, backoff: &mut Backoff) -> Result<Flow, Error> {
+        if !st.canary_seen {
+            if let Some(canary) = &self.config.canary {
+                self.stats.waiting_for_canary.store(true, Ordering::Relaxed);
+                self.wait_for_key(canary).await?;
+                self.stats
+                    .waiting_for_canary
+                    .store(false, Ordering::Relaxed);
+            }
+            st.canary_seen = true;
+        }
+        if st.need_list {
+            if self.list(st).await?.is_some() {
+                return Ok(Flow::Stop);
+            }
+            st.need_list = false;
+            backoff.reset();
+        }
+        self.watch(st, backoff).await
+    }
+
+    /// Waits until `key` exists.
+    async fn wait_for_key(&self, key: &str) -> Result<(), Error> {
+        let (kv, revision) = self.client.get_at(key).await?;
+        if kv.is_some() {
+            return Ok(());
+        }
+        info!(store = %self.config.name, canary = key, "waiting for the canary before listing");
+        let opts = WatchOptions::new().with_start_revision(revision + 1);
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(key, Some(opts))
+            .await
+            .map_err(|source| watch_error(key, source))?;
+        loop {
+            let Some(resp) = stream
+                .message()
+                .await
+                .map_err(|source| watch_error(key, source))?
+            else {
+                return Err(Error::WatchBroken {
+                    prefix: key.to_string(),
+                    reason: "stream closed by the server".into(),
+                });
+            };
+            if resp.canceled() {
+                return Err(Error::WatchBroken {
+                    prefix: key.to_string(),
+                    reason: format!("canceled: {}", resp.cancel_reason()),
+                });
+            }
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Put)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Lists the prefix and reconciles the consumer's view with it. Returns
+    /// `Some(Flow::Stop)` if the consumer went away.
+    async fn list(&self, st: &mut State) -> Result<Option<Flow>, Error> {
+        let mut pager = self
+            .client
+            .pager(&self.config.prefix, self.config.page_size);
+        st.generation += 1;
+        let generation = st.generation;
+        let mut upserts = Vec::new();
+        while let Some(page) = pager.next_page().await? {
+            for kv in page {
+                if let Some(event) = self.apply_put(st, &kv, generation) {
+                    upserts.push(event);
+                }
+            }
+            // Deliver page by page so memory stays bounded on large lists.
+            for event in upserts.drain(..) {
+                if self.send(event).await.is_err() {
+                    return Ok(Some(Flow::Stop));
+                }
+            }
+        }
+        // Sweep: whatever the consumer has and the list did not contain is gone.
+        let vanished: Vec<String> = st
+            .known
+            .iter()
+            .filter(|(_, (_, g))| *g != generation)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in vanished {
+            st.known.remove(&key);
+            self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+            if self.send(Event::Delete { key }).await.is_err() {
+                return Ok(Some(Flow::Stop));
+            }
+        }
+        st.revision = pager.revision();
+        st.cluster_id = pager.cluster_id();
+        self.stats
+            .entries
+            .store(st.known.len() as u64, Ordering::Relaxed);
+        self.stats.revision.store(st.revision, Ordering::Relaxed);
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        debug!(store = %self.config.name, revision = st.revision, entries = st.known.len(), "listed");
+        if !st.synced {
+            st.synced = true;
+            self.stats.synced.store(true, Ordering::Relaxed);
+            if self.send(Event::Synced).await.is_err() {
+                return Ok(Some(Flow::Stop));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Watches from the last revision until the watch breaks.
+    async fn watch(&self, st: &mut State, backoff: &mut Backoff) -> Result<Flow, Error> {
+        let prefix = &self.config.prefix;
+        let opts = WatchOptions::new()
+            .with_range(prefix.range_end())
+            .with_start_revision(st.revision + 1)
+            .with_progress_notify();
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(prefix.as_str(), Some(opts))
+            .await
+            .map_err(|source| watch_error(prefix.as_str(), source))?;
+        let broken = |reason: String| Error::WatchBroken {
+            prefix: prefix.to_string(),
+            reason,
+        };
+        loop {
+            let Some(resp) = stream
+                .message()
+                .await
+                .map_err(|source| watch_error(prefix.as_str(), source))?
+            else {
+                return Err(broken("stream closed by the server".into()));
+            };
+            if let Some(header) = resp.header() {
+                if st.cluster_id != 0
+                    && header.cluster_id() != 0
+                    && header.cluster_id() != st.cluster_id
+                {
+                    warn!(store = %self.config.name, "a different etcd cluster answers now; listing again");
+                    return Ok(Flow::Relist);
+                }
+                if resp.created() && header.revision() < st.revision {
+                    warn!(
+                        store = %self.config.name,
+                        revision = header.revision(),
+                        seen = st.revision,
+                        "etcd's revision went backwards (its data was lost); listing again"
+                    );
+                    return Ok(Flow::Relist);
+                }
+            }
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    info!(
+                        store = %self.config.name,
+                        from = st.revision + 1,
+                        compacted = resp.compact_revision(),
+                        "watch revision was compacted; listing again"
+                    );
+                    return Ok(Flow::Relist);
+                }
+                return Err(broken(format!(
+                    "canceled by the server: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            if resp.created() {
+                self.stats.watch_starts.fetch_add(1, Ordering::Relaxed);
+                self.stats.watching.store(true, Ordering::Relaxed);
+                backoff.reset();
+            }
+            if resp.events().is_empty() {
+                // A progress notification: everything up to the header's
+                // revision has been delivered to this (synced) watcher.
+                if !resp.created()
+                    && let Some(header) = resp.header()
+                {
+                    st.revision = st.revision.max(header.revision());
+                }
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let kv = Kv::from_etcd(kv);
+                st.revision = st.revision.max(kv.mod_revision);
+                let outgoing = match event.event_type() {
+                    EventType::Put => self.apply_put(st, &kv, st.generation),
+                    EventType::Delete => self.apply_delete(st, &kv.key),
+                };
+                if let Some(event) = outgoing
+                    && self.send(event).await.is_err()
+                {
+                    return Ok(Flow::Stop);
+                }
+            }
+            self.stats
+                .entries
+                .store(st.known.len() as u64, Ordering::Relaxed);
+            self.stats.revision.store(st.revision, Ordering::Relaxed);
+        }
+    }
+
+    /// Decodes a put; returns the event to emit, if any.
+    fn apply_put(&self, st: &mut State, kv: &Kv, generation: u64) -> Option<Event<V>> {
+        let key = self.config.prefix.strip(&kv.key)?;
+        let hash = hash_bytes(&kv.value);
+        if let Some(entry) = st.known.get_mut(key)
+            && entry.0 == hash
+        {
+            entry.1 = generation;
+            return None;
+        }
+        let decoded = V::decode(key, &kv.value).and_then(|value| match &self.validator {
+            Some(validate) => validate(key, &value).map(|()| value),
+            None => Ok(value),
+        });
+        match decoded {
+            Ok(value) => {
+                st.logged_invalid.remove(key);
+                st.known.insert(key.to_string(), (hash, generation));
+                self.stats.upserts.fetch_add(1, Ordering::Relaxed);
+                Some(Event::Upsert {
+                    key: key.to_string(),
+                    value,
+                })
+            }
+            Err(e) => {
+                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .stats
+                    .invalid_by_reason
+                    .lock()
+                    .expect("stats lock")
+                    .entry(e.reason)
+                    .or_default() += 1;
+                if st.logged_invalid.insert(key.to_string()) {
+                    warn!(store = %self.config.name, error = %e, "skipping an invalid value");
+                }
+                // The consumer must not keep acting on the previous value.
+                st.known.remove(key).map(|_| {
+                    self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+                    Event::Delete {
+                        key: key.to_string(),
+                    }
+                })
+            }
+        }
+    }
+
+    fn apply_delete(&self, st: &mut State, full_key: &str) -> Option<Event<V>> {
+        let key = self.config.prefix.strip(full_key)?;
+        st.logged_invalid.remove(key);
+        st.known.remove(key)?;
+        self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+        Some(Event::Delete {
+            key: key.to_string(),
+        })
+    }
+
+    async fn send(&self, event: Event<V>) -> Result<(), ()> {
+        self.tx.send(event).await.map_err(|_| ())
+    }
+}
+
+fn watch_error(prefix: &str, source: etcd_client::Error) -> Error {
+    Error::Request {
+        op: "watch",
+        key: prefix.to_string(),
+        source,
+    }
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,233 @@
+//! Session and SyncStore against a real etcd: keys on the session lease,
+//! canaries, re-creation after loss and after deletes behind its back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, wait_until};
+use etcd_harness::TestEtcd;
+use kvstore::{
+    Client, ClusterName, KeyPrefix, NumericIdentity, Session, SessionHandle, StoreValue, SyncStore,
+    SyncStoreConfig, keys, values::IpIdentityPair,
+};
+use tokio_util::sync::CancellationToken;
+
+fn entry(i: u8) -> IpIdentityPair {
+    IpIdentityPair::host(
+        format!("10.1.0.{i}").parse().unwrap(),
+        NumericIdentity::new(65536 + 300 + i as u32),
+        Some("192.168.0.1".parse().unwrap()),
+    )
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+fn start_session(
+    c: &Client,
+    ttl: Duration,
+    revoke: bool,
+    shutdown: &CancellationToken,
+) -> (SessionHandle, tokio::task::JoinHandle<()>) {
+    let (session, handle) = Session::new(c.clone(), ttl);
+    let session = session.revoke_on_shutdown(revoke);
+    let token = shutdown.clone();
+    (
+        handle,
+        tokio::spawn(async move { session.run(token).await.unwrap() }),
+    )
+}
+
+fn start_store(
+    c: &Client,
+    ttl: Duration,
+    canary: Option<String>,
+) -> (SyncStore<IpIdentityPair>, SessionHandle, Running) {
+    let shutdown = CancellationToken::new();
+    let (handle, session_task) = start_session(c, ttl, false, &shutdown);
+    let mut config = SyncStoreConfig::new(keys::ipcache());
+    config.canary = canary;
+    let (store, runner) = SyncStore::new(c.clone(), handle.clone(), config);
+    let token = shutdown.clone();
+    let runner_task = tokio::spawn(async move { runner.run(token).await.unwrap() });
+    (
+        store,
+        handle,
+        Running {
+            shutdown,
+            tasks: vec![session_task, runner_task],
+        },
+    )
+}
+
+async fn stored(c: &Client, e: &IpIdentityPair) -> Option<IpIdentityPair> {
+    let kv = c.get(&keys::ipcache().key(&e.key())).await.unwrap()?;
+    Some(IpIdentityPair::decode(&e.key(), &kv.value).unwrap())
+}
+
+#[tokio::test]
+async fn writes_on_the_session_lease_and_sets_the_canary_after_the_initial_set() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let c1 = ClusterName::new("c1").unwrap();
+    let canary = keys::canary(&c1, keys::IPCACHE_STORE);
+    let (store, session, running) = start_store(&c, Duration::from_secs(30), Some(canary.clone()));
+
+    for i in 1..=20 {
+        store.upsert(&entry(i));
+    }
+    assert!(store.flushed().await);
+    assert!(
+        c.get(&canary).await.unwrap().is_none(),
+        "no canary before synced()"
+    );
+    store.synced();
+    assert!(store.flushed().await);
+    let canary_kv = c.get(&canary).await.unwrap().expect("canary written");
+    assert!(kvstore::values::Timestamp::decode("", &canary_kv.value).is_ok());
+    assert_eq!(c.count(&keys::ipcache()).await.unwrap(), 20);
+
+    let lease = session.current().lease.unwrap();
+    let kv = c
+        .get(&keys::ipcache().key(&entry(1).key()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.lease, lease.0, "keys carry the session lease");
+    assert_eq!(canary_kv.lease, lease.0);
+
+    // Updates and deletes.
+    let mut changed = entry(2);
+    changed.id = NumericIdentity::new(65536 + 999);
+    store.upsert(&changed);
+    store.delete(&entry(3).key());
+    assert!(store.flushed().await);
+    assert_eq!(stored(&c, &changed).await.unwrap().id, changed.id);
+    assert!(stored(&c, &entry(3)).await.is_none());
+    assert_eq!(store.status().keys, 19);
+
+    // An unchanged upsert writes nothing.
+    let revision = c.status().await.unwrap().revision;
+    store.upsert(&changed);
+    assert!(store.flushed().await);
+    assert_eq!(c.status().await.unwrap().revision, revision);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn rewrites_keys_deleted_or_changed_behind_its_back() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let (store, _session, running) = start_store(&c, Duration::from_secs(30), None);
+    store.upsert(&entry(1));
+    store.upsert(&entry(2));
+    assert!(store.flushed().await);
+
+    c.delete(&keys::ipcache().key(&entry(1).key()))
+        .await
+        .unwrap();
+    let mut tampered = entry(2);
+    tampered.id = NumericIdentity::new(2);
+    c.put(&keys::ipcache().key(&tampered.key()), tampered.encode())
+        .await
+        .unwrap();
+    // A key someone else owns under the same prefix is left alone.
+    c.put(&keys::ipcache().key(&entry(9).key()), entry(9).encode())
+        .await
+        .unwrap();
+
+    wait_until("deleted key re-created", || async {
+        stored(&c, &entry(1)).await.is_some()
+    })
+    .await;
+    wait_until("changed key restored", || async {
+        stored(&c, &entry(2)).await == Some(entry(2))
+    })
+    .await;
+    assert_eq!(stored(&c, &entry(9)).await, Some(entry(9)));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn session_loss_is_detected_and_keys_are_recreated_on_a_new_lease() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let c1 = ClusterName::new("c1").unwrap();
+    let canary = keys::canary(&c1, keys::IPCACHE_STORE);
+    let (store, session, running) = start_store(&c, Duration::from_secs(3), Some(canary.clone()));
+    store.upsert(&entry(1));
+    store.synced();
+    assert!(store.flushed().await);
+    let first = session.current();
+
+    // The lease is lost (as if it had expired while etcd was unreachable).
+    c.revoke_lease(first.lease.unwrap()).await.unwrap();
+    assert!(stored(&c, &entry(1)).await.is_none());
+
+    wait_until("a new lease replaces the lost one", || async {
+        session.current().generation > first.generation && session.current().lease.is_some()
+    })
+    .await;
+    let second = session.current().lease.unwrap();
+    assert_ne!(Some(second), first.lease);
+    wait_until("keys re-created on the new lease", || async {
+        c.get(&keys::ipcache().key(&entry(1).key()))
+            .await
+            .unwrap()
+            .is_some_and(|kv| kv.lease == second.0)
+    })
+    .await;
+    wait_until("canary re-created", || async {
+        c.get(&canary)
+            .await
+            .unwrap()
+            .is_some_and(|kv| kv.lease == second.0)
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn session_keeps_its_lease_alive_across_an_etcd_restart() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let shutdown = CancellationToken::new();
+    let (session, task) = start_session(&c, Duration::from_secs(3), true, &shutdown);
+    let lease = session.lease().await;
+    c.put_leased("k", "v", lease).await.unwrap();
+
+    etcd.kill();
+    etcd.restart().await.unwrap();
+    // Outlive the TTL several times: the keep-alive must carry the lease.
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        assert!(
+            c.get("k").await.map(|kv| kv.is_some()).unwrap_or(true),
+            "leased key vanished"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        session.current().lease,
+        Some(lease),
+        "same lease, never lost"
+    );
+
+    // revoke_on_shutdown removes the keys at once.
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(c.get("k").await.unwrap().is_none());
+    let _ = KeyPrefix::new("unused");
+}

@@ -1,0 +1,350 @@
+//! WatchStore against a real etcd: list-then-watch, canaries, outages,
+//! compaction and malformed values.
+
+mod common;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use common::{Mirror, client, client_at, etcd_content, raw_content, wait_until};
+use etcd_harness::{TcpProxy, TestEtcd};
+use kvstore::{
+    DecodeError, Event, InvalidReason, KeyPrefix, NumericIdentity, RawEntry, StoreValue,
+    WatchStore, WatchStoreConfig, keys, values::IpIdentityPair,
+};
+
+fn config(prefix: &str) -> WatchStoreConfig {
+    let mut c = WatchStoreConfig::new(KeyPrefix::new(prefix));
+    c.page_size = 7;
+    c.min_backoff = Duration::from_millis(20);
+    c.max_backoff = Duration::from_millis(200);
+    c
+}
+
+#[tokio::test]
+async fn lists_then_watches_in_order() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    for i in 0..40 {
+        c.put(&format!("p/k{i:02}"), format!("v{i}")).await.unwrap();
+    }
+    let mirror = Mirror::<RawEntry>::watch(&c, config("p"));
+    wait_until("synced", || async { mirror.synced() }).await;
+    {
+        let events = mirror.events.lock().unwrap();
+        assert_eq!(events.len(), 41, "40 upserts then Synced");
+        assert!(matches!(events[40], Event::Synced));
+    }
+    c.put("p/k00", "changed").await.unwrap();
+    c.delete("p/k01").await.unwrap();
+    c.put("p/new", "n").await.unwrap();
+    wait_until("live changes arrive", || async {
+        raw_content(&mirror) == etcd_content(&c, &KeyPrefix::new("p")).await
+    })
+    .await;
+    let events = mirror.events.lock().unwrap().clone();
+    assert_eq!(
+        events.len(),
+        44,
+        "exactly one event per change: {:?}",
+        &events[41..]
+    );
+    assert_eq!(events[42], Event::Delete { key: "k01".into() });
+    assert_eq!(mirror.stats.entries(), 40);
+    assert_eq!(mirror.duplicate_count(), 0);
+}
+
+#[tokio::test]
+async fn prefix_c1_never_sees_c10() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    c.put("nodes/c1/a", "1").await.unwrap();
+    c.put("nodes/c10/a", "10").await.unwrap();
+    let mirror = Mirror::<RawEntry>::watch(&c, config("nodes/c1"));
+    wait_until("synced", || async { mirror.synced() }).await;
+    c.put("nodes/c10/b", "10").await.unwrap();
+    c.put("nodes/c1/b", "1").await.unwrap();
+    c.put("nodes/c1", "no slash").await.unwrap();
+    wait_until("b arrives", || async {
+        mirror.snapshot().contains_key("b")
+    })
+    .await;
+    let keys: Vec<String> = mirror.snapshot().into_keys().collect();
+    assert_eq!(keys, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn waits_for_the_canary() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    c.put("p/a", "1").await.unwrap();
+    let mirror = Mirror::<RawEntry>::watch(&c, config("p").with_canary("cilium/synced/c1/p"));
+    wait_until("the store waits for its canary", || async {
+        mirror.stats.is_waiting_for_canary()
+    })
+    .await;
+    assert_eq!(mirror.stats.lists(), 0);
+    assert!(!mirror.synced());
+    c.put("cilium/synced/c1/p", "2026-11-26T09:00:00Z")
+        .await
+        .unwrap();
+    wait_until("synced after the canary", || async { mirror.synced() }).await;
+    assert_eq!(mirror.snapshot().len(), 1);
+}
+
+#[tokio::test]
+async fn survives_etcd_kill_and_restart_with_changes_in_between() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
+        .await
+        .unwrap();
+    let direct = client(&etcd).await;
+    let through_proxy = client_at(&proxy.url()).await;
+    for i in 0..50 {
+        direct
+            .put(&format!("p/k{i:02}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let mirror = Mirror::<RawEntry>::watch(&through_proxy, config("p"));
+    wait_until("synced", || async { mirror.synced() }).await;
+
+    // The watcher stays cut off until the changes are done.
+    proxy.cut();
+    etcd.kill();
+    etcd.restart().await.unwrap();
+    for i in 0..10 {
+        direct.delete(&format!("p/k{i:02}")).await.unwrap();
+        direct
+            .put(&format!("p/k{:02}", 10 + i), "updated")
+            .await
+            .unwrap();
+        direct.put(&format!("p/new{i}"), "new").await.unwrap();
+    }
+    proxy.restore();
+
+    let prefix = KeyPrefix::new("p");
+    wait_until("the store converges to etcd's state", || async {
+        raw_content(&mirror) == etcd_content(&direct, &prefix).await
+    })
+    .await;
+    assert_eq!(
+        mirror.stats.lists(),
+        1,
+        "resumed from its revision, no re-list"
+    );
+    assert!(mirror.stats.watch_starts() >= 2, "the watch was restarted");
+    assert!(mirror.stats.errors() >= 1);
+    assert_eq!(mirror.duplicate_count(), 0, "no event repeated");
+    assert_eq!(mirror.snapshot().len(), 50);
+}
+
+#[tokio::test]
+async fn relists_after_compaction_past_its_revision() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
+        .await
+        .unwrap();
+    let direct = client(&etcd).await;
+    let through_proxy = client_at(&proxy.url()).await;
+    for i in 0..30 {
+        direct
+            .put(&format!("p/k{i:02}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let mirror = Mirror::<RawEntry>::watch(&through_proxy, config("p"));
+    wait_until("synced", || async { mirror.synced() }).await;
+
+    proxy.cut();
+    for i in 0..10 {
+        direct.delete(&format!("p/k{i:02}")).await.unwrap();
+        direct
+            .put(&format!("p/k{:02}", 10 + i), "updated")
+            .await
+            .unwrap();
+    }
+    direct.put("p/new", "new").await.unwrap();
+    let revision = direct.status().await.unwrap().revision;
+    direct.compact(revision).await.unwrap();
+    proxy.restore();
+
+    let prefix = KeyPrefix::new("p");
+    wait_until("the store converges after a re-list", || async {
+        raw_content(&mirror) == etcd_content(&direct, &prefix).await
+    })
+    .await;
+    assert_eq!(
+        mirror.stats.lists(),
+        2,
+        "compaction forced exactly one re-list"
+    );
+    assert_eq!(
+        mirror.duplicate_count(),
+        0,
+        "the re-list repeated no unchanged value"
+    );
+    let deletes = mirror
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Delete { .. }))
+        .count();
+    assert_eq!(deletes, 10, "the sweep reported each vanished key once");
+    assert_eq!(
+        mirror
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::Synced))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_malformed_values_do_not_stop_the_watch() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let prefix = keys::ipcache();
+    let valid = |i: u32| {
+        IpIdentityPair::host(
+            format!("10.0.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
+            NumericIdentity::new(65536 + 256 + i),
+            None,
+        )
+    };
+    for i in 0..50 {
+        let v = valid(i);
+        c.put(&prefix.key(&v.key()), v.encode()).await.unwrap();
+    }
+    for i in 0..500 {
+        c.put(
+            &prefix.key(&format!("10.9.{}.{}", i / 200, i % 200)),
+            "{not json",
+        )
+        .await
+        .unwrap();
+    }
+    let mirror = Mirror::<IpIdentityPair>::watch(&c, WatchStoreConfig::new(prefix.clone()));
+    wait_until("synced", || async { mirror.synced() }).await;
+    assert_eq!(mirror.snapshot().len(), 50);
+
+    // 500 more while watching, interleaved with valid ones.
+    for i in 500..1000 {
+        c.put(
+            &prefix.key(&format!("10.9.{}.{}", i / 200, i % 200)),
+            r#"{"IP":"1.2.3.4","ID":7}"#,
+        )
+        .await
+        .unwrap();
+        if i % 10 == 0 {
+            let v = valid(i);
+            c.put(&prefix.key(&v.key()), v.encode()).await.unwrap();
+        }
+    }
+    wait_until("every valid value arrives", || async {
+        mirror.snapshot().len() == 100
+    })
+    .await;
+    assert_eq!(mirror.stats.invalid(), 1000);
+    let by_reason = mirror.stats.invalid_by_reason();
+    assert_eq!(by_reason.get(&InvalidReason::Malformed), Some(&500));
+    assert_eq!(by_reason.get(&InvalidReason::KeyMismatch), Some(&500));
+
+    // A valid entry overwritten with garbage is withdrawn, not kept stale.
+    let v = valid(0);
+    c.put(&prefix.key(&v.key()), "garbage").await.unwrap();
+    wait_until("the entry is withdrawn", || async {
+        !mirror.snapshot().contains_key(&v.key())
+    })
+    .await;
+    assert_eq!(mirror.stats.invalid(), 1001);
+}
+
+#[tokio::test]
+async fn validator_refusals_are_counted() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    c.put("p/good", "1").await.unwrap();
+    c.put("p/bad", "2").await.unwrap();
+    let (store, rx) = WatchStore::<RawEntry>::new(c.clone(), config("p"));
+    let store = store.with_validator(Arc::new(|key: &str, value: &RawEntry| {
+        if value.value == b"2" {
+            Err(DecodeError::new(
+                "value",
+                key,
+                InvalidReason::IdentityOutOfRange,
+                "two is out of range",
+            ))
+        } else {
+            Ok(())
+        }
+    }));
+    let mirror = Mirror::start(store, rx);
+    wait_until("synced", || async { mirror.synced() }).await;
+    let keys: Vec<String> = mirror.snapshot().into_keys().collect();
+    assert_eq!(keys, ["good"]);
+    assert_eq!(
+        mirror.stats.invalid_by_reason(),
+        BTreeMap::from([(InvalidReason::IdentityOutOfRange, 1)])
+    );
+}
+
+#[tokio::test]
+async fn expired_leases_become_deletes() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let lease = c.grant_lease(Duration::from_secs(2)).await.unwrap();
+    c.put_leased("p/leased", "1", lease).await.unwrap();
+    c.put("p/kept", "1").await.unwrap();
+    let mirror = Mirror::<RawEntry>::watch(&c, config("p"));
+    wait_until("synced", || async { mirror.synced() }).await;
+    assert_eq!(mirror.snapshot().len(), 2);
+    wait_until("the lease expires", || async {
+        !mirror.snapshot().contains_key("leased")
+    })
+    .await;
+    assert!(mirror.snapshot().contains_key("kept"));
+}
+
+#[tokio::test]
+async fn stops_when_the_consumer_goes_away() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let (store, rx) = WatchStore::<RawEntry>::new(c.clone(), config("p"));
+    drop(rx);
+    c.put("p/a", "1").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::time::timeout(Duration::from_secs(10), store.run(shutdown))
+        .await
+        .expect("the store stops on its own")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn relists_when_etcd_lost_its_data() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    for i in 0..20 {
+        c.put(&format!("p/k{i:02}"), "old").await.unwrap();
+    }
+    let mirror = Mirror::<RawEntry>::watch(&c, config("p"));
+    wait_until("synced", || async { mirror.synced() }).await;
+
+    // A fresh etcd on the same address, holding fewer keys and at a lower
+    // revision than the watcher has seen.
+    etcd.wipe_and_restart().await.unwrap();
+    c.put("p/k00", "old").await.unwrap();
+    c.put("p/k01", "new").await.unwrap();
+    c.put("p/fresh", "new").await.unwrap();
+
+    let prefix = KeyPrefix::new("p");
+    wait_until("the store converges to the new etcd", || async {
+        raw_content(&mirror) == etcd_content(&c, &prefix).await
+    })
+    .await;
+    assert!(mirror.stats.lists() >= 2, "data loss forced a re-list");
+    assert_eq!(mirror.duplicate_count(), 0);
+}
