@@ -30,7 +30,12 @@ pub enum FlowReaderError {
 
 /// A consumer of the flow ring buffer. There must be one consumer per ring
 /// buffer: two readers would each see part of the events. The reader is
-/// pollable (`AsFd`), so an async runtime can wait on it.
+/// pollable (`AsFd`), so an async runtime can wait on it (e.g. tokio's
+/// `AsyncFd`). While nobody reads, events accumulate up to the buffer size
+/// and later ones are dropped by the datapath (never the packets).
+///
+/// Events: every drop; one `Forwarded` per new inbound connection that
+/// passed policy; one `Translated` per new service connection.
 pub struct FlowReader {
     ring: RingBuf<MapData>,
 }

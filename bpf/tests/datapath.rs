@@ -341,6 +341,23 @@ fn loader_restart_under_continuous_ping_loses_no_packet() -> Result<()> {
             node.attach(pod, true)?;
         }
     }
+    // each restart replaced our filters in place instead of adding more
+    for (hook, program) in [
+        ("egress", "cm_to_endpoint"),
+        ("ingress", "cm_from_endpoint"),
+    ] {
+        let filters = node.ns.run(
+            "tc",
+            &["filter", "show", "dev", &node.pod(server).host_if, hook],
+        )?;
+        let ours = filters.lines().filter(|l| l.contains(program)).count();
+        assert_eq!(ours, 1, "{filters}");
+        assert_eq!(
+            filters.lines().filter(|l| l.contains("handle")).count(),
+            1,
+            "{filters}"
+        );
+    }
     let out = pinger.wait_timeout(Duration::from_secs(30))?;
     let summary = out
         .stdout
