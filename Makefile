@@ -2,7 +2,7 @@
 # Debian 12 machine: they install what is missing first.
 CARGO ?= cargo
 BENCH ?=
-BENCHES := kvstore
+BENCHES := kvstore allocator datapath
 
 .PHONY: all deps build test lint demo bench clean
 

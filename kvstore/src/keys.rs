@@ -28,6 +28,10 @@ pub const SERVICES_STORE: &str = "cilium/state/services/v1";
 pub const POLICIES: &str = "cilium/policies/v1";
 /// Service definitions for clusters without Kubernetes (our extension, local).
 pub const SERVICE_DEFS: &str = "cilium/servicedefs/v1";
+/// Pod CIDR assignments by the operator's IPAM (our extension, local).
+pub const IPAM: &str = "cilium/ipam/v1";
+/// Operator leader election (our extension, local).
+pub const OPERATOR_LEADER: &str = "cilium/operator/leader";
 
 /// `cilium/state/identities/v1/`.
 pub fn identities() -> KeyPrefix {
@@ -111,6 +115,23 @@ pub fn policies() -> KeyPrefix {
 /// `cilium/servicedefs/v1/`.
 pub fn service_defs() -> KeyPrefix {
     KeyPrefix::new(SERVICE_DEFS)
+}
+
+/// `cilium/ipam/v1/nodes/`: node name → its pod CIDRs
+/// ([`crate::values::IpamAssignment`]).
+pub fn ipam_nodes() -> KeyPrefix {
+    KeyPrefix::new(IPAM).child("nodes")
+}
+
+/// `cilium/ipam/v1/cidrs/`: one key per assigned CIDR (`10.1.3.0_24` → node
+/// name), created only if absent so that no CIDR is handed out twice.
+pub fn ipam_cidrs() -> KeyPrefix {
+    KeyPrefix::new(IPAM).child("cidrs")
+}
+
+/// The key of an assigned CIDR under [`ipam_cidrs`] (`/` replaced by `_`).
+pub fn ipam_cidr(cidr: &ipnet::IpNet) -> String {
+    ipam_cidrs().key(&cidr.to_string().replace('/', "_"))
 }
 
 /// `cilium/cache/<kind>/v1/<remote>/`: where kvstoremesh mirrors a remote's

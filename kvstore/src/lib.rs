@@ -10,6 +10,9 @@
 //! - [`SyncStore`]: the write side, the keys a process owns, re-created when the
 //!   session or someone else removes them, with a canary once the initial set
 //!   is written.
+//! - [`Allocator`]: lock-free, cluster-wide identity allocation;
+//!   [`IdentityCache`]: the identities of a cluster (local or remote, validated);
+//!   [`IdentityGc`]: the operator's collector of unused identities.
 //! - The key layout ([`keys`]) and Cilium-compatible values ([`values`]), with
 //!   the newtypes they are made of ([`ClusterName`], [`ClusterId`],
 //!   [`NumericIdentity`], [`Labels`], [`KeyPrefix`]).
@@ -17,11 +20,14 @@
 //! Not for: talking to a Kubernetes API server, or storing anything but mesh
 //! state (the value types validate what Cilium's agents would).
 
+mod allocator;
 mod backoff;
 mod client;
 mod cluster;
 mod error;
 mod identity;
+mod identity_cache;
+mod identity_gc;
 pub mod keys;
 mod labels;
 mod prefix;
@@ -31,6 +37,9 @@ mod value;
 pub mod values;
 mod watch_store;
 
+pub use allocator::{
+    Allocation, Allocator, AllocatorConfig, AllocatorError, AllocatorRunner, AllocatorStats,
+};
 pub use backoff::Backoff;
 pub use client::{
     Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig, TlsFiles,
@@ -40,6 +49,8 @@ pub use cluster::{
 };
 pub use error::{Error, ErrorKind};
 pub use identity::{IdentityRange, NumericIdentity};
+pub use identity_cache::{IdentityCache, IdentityCacheRunner, remote_identity_validator};
+pub use identity_gc::{GcRound, IdentityGc, IdentityGcConfig};
 pub use labels::{
     CLUSTER_LABEL, Label, LabelError, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
 };
