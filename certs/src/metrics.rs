@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{CertificateInfo, TlsHandle, reloader::Reloader};
+use crate::{CertificateInfo, TlsHandle, TlsMaterial, reloader::Reloader};
 
 /// Prometheus metrics of every TLS identity it tracks, computed at scrape time
 /// from the material in use, so "seconds until expiry" is never stale:
@@ -22,8 +22,9 @@ use crate::{CertificateInfo, TlsHandle, reloader::Reloader};
 /// - `clustermesh_tls_reloads_total{role}` and
 ///   `clustermesh_tls_reload_failures_total{role}`.
 ///
-/// Register it once per registry, then [`TlsMetrics::track`] each identity.
-/// Clones share the tracked set. Identities dropped by their owner disappear.
+/// Register it once per registry, then [`TlsMetrics::track`] each watched
+/// identity (or [`TlsMetrics::track_material`] material loaded once). Clones
+/// share the tracked set. Identities dropped by their owner disappear.
 #[derive(Clone, Default)]
 pub struct TlsMetrics {
     sources: Arc<Mutex<Vec<Source>>>,
@@ -31,7 +32,39 @@ pub struct TlsMetrics {
 
 struct Source {
     role: String,
-    reloader: Weak<Reloader>,
+    target: Target,
+}
+
+/// What a source exports; weak, so that tracking never keeps an identity alive.
+enum Target {
+    /// A watched identity: expiry of its current material and reload counts.
+    Reloader(Weak<Reloader>),
+    /// Material loaded once (e.g. PEM handed to `etcd-client`): expiry only.
+    Material(Weak<TlsMaterial>),
+}
+
+/// A live source at scrape time.
+enum Live {
+    Reloader(Arc<Reloader>),
+    Material(Arc<TlsMaterial>),
+}
+
+impl Target {
+    fn upgrade(&self) -> Option<Live> {
+        match self {
+            Self::Reloader(weak) => weak.upgrade().map(Live::Reloader),
+            Self::Material(weak) => weak.upgrade().map(Live::Material),
+        }
+    }
+}
+
+impl Live {
+    fn material(&self) -> Arc<TlsMaterial> {
+        match self {
+            Self::Reloader(reloader) => reloader.current(),
+            Self::Material(material) => material.clone(),
+        }
+    }
 }
 
 impl TlsMetrics {
@@ -49,13 +82,24 @@ impl TlsMetrics {
     /// Exports the identity behind `handle` under the label `role`, e.g.
     /// `apiserver-server` or `remote-c2`.
     pub fn track(&self, role: impl Into<String>, handle: &TlsHandle) {
+        self.add(
+            role.into(),
+            Target::Reloader(Arc::downgrade(handle.reloader())),
+        );
+    }
+
+    /// Exports the expiry of material loaded without a watcher, such as the PEM
+    /// an agent hands to `etcd-client` for one remote cluster. The series go
+    /// away when the last `Arc` of `material` is dropped.
+    pub fn track_material(&self, role: impl Into<String>, material: &Arc<TlsMaterial>) {
+        self.add(role.into(), Target::Material(Arc::downgrade(material)));
+    }
+
+    fn add(&self, role: String, target: Target) {
         self.sources
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Source {
-                role: role.into(),
-                reloader: Arc::downgrade(handle.reloader()),
-            });
+            .push(Source { role, target });
     }
 }
 
@@ -83,13 +127,17 @@ impl fmt::Debug for TlsCollector {
 
 impl Collector for TlsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let live: Vec<(String, Arc<Reloader>)> = {
+        let live: Vec<(String, Live)> = {
             let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-            sources.retain(|s| s.reloader.strong_count() > 0);
-            sources
-                .iter()
-                .filter_map(|s| Some((s.role.clone(), s.reloader.upgrade()?)))
-                .collect()
+            let mut live = Vec::with_capacity(sources.len());
+            sources.retain(|s| match s.target.upgrade() {
+                Some(target) => {
+                    live.push((s.role.clone(), target));
+                    true
+                }
+                None => false,
+            });
+            live
         };
         let now = SystemTime::now();
 
@@ -99,8 +147,8 @@ impl Collector for TlsCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (role, reloader) in &live {
-            let material = reloader.current();
+        for (role, source) in &live {
+            let material = source.material();
             let files = material.files();
             let cert_file = files.cert.display().to_string();
             let ca_file = files.ca_bundle.display().to_string();
@@ -128,7 +176,10 @@ impl Collector for TlsCollector {
             ),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (role, reloader) in &live {
+            for (role, source) in &live {
+                let Live::Reloader(reloader) = source else {
+                    continue;
+                };
                 let value = count(*reloader.stats().borrow());
                 let labels = [("role", role.as_str())];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;

@@ -1,6 +1,8 @@
 //! The Prometheus view of loaded certificates.
 
-use certs::{ServerTls, TlsMetrics};
+use std::sync::Arc;
+
+use certs::{ServerTls, TlsMaterial, TlsMetrics};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use crate::support::{Pki, fast_config};
@@ -78,4 +80,34 @@ fn exports_seconds_until_expiry_and_reload_counts_per_role() {
     let mut text = String::new();
     encode(&mut text, &registry).unwrap();
     assert!(!text.contains("apiserver-server"), "{text}");
+}
+
+#[test]
+fn exports_expiry_of_material_loaded_without_a_watcher() {
+    let pki = Pki::new("mesh-ca");
+    let material = Arc::new(TlsMaterial::load(&pki.client("remote-c2")).unwrap());
+    let metrics = TlsMetrics::new();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    metrics.track_material("remote-c2", &material);
+
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    let leaf = sample(
+        &text,
+        "clustermesh_tls_certificate_expiry_seconds",
+        &[
+            "role=\"remote-c2\"",
+            "kind=\"cert\"",
+            "subject=\"CN=remote-c2, O=clustermesh\"",
+        ],
+    );
+    assert!((86_000.0..=86_400.0).contains(&leaf), "{leaf}");
+    // No watcher, so no reload counters.
+    assert!(!text.contains("clustermesh_tls_reloads_total{"), "{text}");
+
+    drop(material);
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    assert!(!text.contains("remote-c2"), "{text}");
 }
