@@ -4,15 +4,24 @@ mod cluster_config;
 mod identity_entry;
 mod ipam;
 mod ipcache;
+mod label_selector;
 mod node;
+mod policy;
 mod serde_util;
 mod service;
+mod service_def;
 mod timestamp;
 
 pub use cluster_config::{ClusterConfig, ClusterConfigCapabilities};
 pub use identity_entry::IdentityEntry;
 pub use ipam::IpamAssignment;
 pub use ipcache::{IpIdentityPair, NamedPort};
+pub use label_selector::{LabelSelector, Operator, Requirement};
 pub use node::{Node, NodeAddress, NodeCidr};
+pub use policy::{
+    CLUSTERWIDE, Entity, IngressRule, L4Protocol, PolicyDocument, PolicyKind, PolicyMetadata,
+    PolicySpec, PortProtocol, PortRule,
+};
 pub use service::{ClusterService, L4Addr, PortConfiguration};
+pub use service_def::{Affinity, ServiceDef, ServicePort, ServiceProtocol};
 pub use timestamp::Timestamp;

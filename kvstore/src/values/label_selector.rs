@@ -1,0 +1,200 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+
+/// A Kubernetes-style label selector: every `matchLabels` pair and every
+/// `matchExpressions` requirement must hold.
+///
+/// A key may name its source (`k8s:app`) or not (`app`, any source).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// The operator of a [`Requirement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// A selector of exactly these labels.
+    pub fn labels(pairs: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>) -> Self {
+        Self {
+            match_labels: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// Whether the selector mentions `key` (in `matchLabels` or an expression).
+    pub fn mentions(&self, key: &str) -> bool {
+        self.match_labels.keys().any(|k| strip_source(k).1 == key)
+            || self
+                .match_expressions
+                .iter()
+                .any(|r| strip_source(&r.key).1 == key)
+    }
+
+    /// Whether `labels` satisfy the selector.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| value_of(labels, k) == Some(v.as_str()))
+            && self.match_expressions.iter().all(|r| {
+                let value = value_of(labels, &r.key);
+                match r.operator {
+                    Operator::In => value.is_some_and(|v| r.values.iter().any(|x| x == v)),
+                    Operator::NotIn => value.is_none_or(|v| !r.values.iter().any(|x| x == v)),
+                    Operator::Exists => value.is_some(),
+                    Operator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+
+    /// Checks the selector's shape; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        for k in self.match_labels.keys() {
+            if strip_source(k).1.is_empty() {
+                return Err(format!("matchLabels has an empty key {k:?}"));
+            }
+        }
+        for r in &self.match_expressions {
+            if strip_source(&r.key).1.is_empty() {
+                return Err("a matchExpressions entry has an empty key".into());
+            }
+            match r.operator {
+                Operator::In | Operator::NotIn if r.values.is_empty() => {
+                    return Err(format!(
+                        "matchExpressions {:?} {:?} needs at least one value",
+                        r.key, r.operator
+                    ));
+                }
+                Operator::Exists | Operator::DoesNotExist if !r.values.is_empty() => {
+                    return Err(format!(
+                        "matchExpressions {:?} {:?} takes no values",
+                        r.key, r.operator
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `k8s:app` → (`Some("k8s")`, `app`); `app` → (`None`, `app`). Sources are
+/// short words; a key with dots before the colon is not split.
+fn strip_source(key: &str) -> (Option<&str>, &str) {
+    match key.split_once(':') {
+        Some((source, rest)) if !source.contains('.') && !source.contains('/') => {
+            (Some(source), rest)
+        }
+        _ => (None, key),
+    }
+}
+
+fn value_of<'a>(labels: &'a Labels, selector_key: &str) -> Option<&'a str> {
+    let (source, key) = strip_source(selector_key);
+    let label = labels.get(key)?;
+    match source {
+        Some(s) if s != "any" && s != label.source => None,
+        _ => Some(label.value.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Label;
+
+    fn labels() -> Labels {
+        [
+            Label::k8s("app", "web"),
+            Label::k8s("tier", "front"),
+            Label::new("reserved", "host", ""),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn expr(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![Requirement {
+                key: key.into(),
+                operator,
+                values: values.iter().map(|v| v.to_string()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn match_labels_with_and_without_source() {
+        assert!(LabelSelector::labels([("app", "web")]).matches(&labels()));
+        assert!(LabelSelector::labels([("k8s:app", "web")]).matches(&labels()));
+        assert!(LabelSelector::labels([("any:app", "web")]).matches(&labels()));
+        assert!(!LabelSelector::labels([("reserved:app", "web")]).matches(&labels()));
+        assert!(!LabelSelector::labels([("app", "db")]).matches(&labels()));
+        assert!(
+            LabelSelector::default().matches(&labels()),
+            "empty selector selects everything"
+        );
+    }
+
+    #[test]
+    fn expressions() {
+        assert!(expr("app", Operator::In, &["db", "web"]).matches(&labels()));
+        assert!(!expr("app", Operator::NotIn, &["web"]).matches(&labels()));
+        assert!(expr("missing", Operator::NotIn, &["x"]).matches(&labels()));
+        assert!(expr("tier", Operator::Exists, &[]).matches(&labels()));
+        assert!(expr("missing", Operator::DoesNotExist, &[]).matches(&labels()));
+        assert!(!expr("tier", Operator::DoesNotExist, &[]).matches(&labels()));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(
+            expr("a", Operator::In, &[])
+                .validate()
+                .unwrap_err()
+                .contains("at least one value")
+        );
+        assert!(
+            expr("a", Operator::Exists, &["x"])
+                .validate()
+                .unwrap_err()
+                .contains("takes no values")
+        );
+        assert!(LabelSelector::labels([("k8s:", "x")]).validate().is_err());
+        assert!(
+            serde_json::from_str::<LabelSelector>(r#"{"matchLabel":{"a":"b"}}"#).is_err(),
+            "typos are refused"
+        );
+        let sel: LabelSelector =
+            serde_json::from_str(r#"{"matchExpressions":[{"key":"a","operator":"Exists"}]}"#)
+                .unwrap();
+        assert!(sel.mentions("a"));
+    }
+}

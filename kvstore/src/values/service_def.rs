@@ -1,0 +1,236 @@
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cluster::ClusterName,
+    value::{DecodeError, InvalidReason, StoreValue},
+};
+
+/// A service definition for clusters without Kubernetes, stored at
+/// `cilium/servicedefs/v1/<namespace>/<name>` (our extension, local to a
+/// cluster). The operator exports it as a `ClusterService` with the backends
+/// its selector picks; agents program its frontend with backends merged from
+/// every cluster, by its affinity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceDef {
+    pub namespace: String,
+    pub name: String,
+    /// The virtual IP clients connect to.
+    pub frontend: IpAddr,
+    pub ports: Vec<ServicePort>,
+    /// Endpoints (of this namespace) whose labels match are the backends.
+    pub selector: BTreeMap<String, String>,
+    /// `service.cilium.io/global`: merge backends of the same namespace/name
+    /// from every cluster.
+    #[serde(default)]
+    pub global: bool,
+    /// `service.cilium.io/shared`: offer this cluster's backends to the mesh
+    /// (default: true when global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// `service.cilium.io/affinity`.
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// Graded failover: with affinity `local`, remote backends are added
+    /// once fewer than this many local backends remain (default 1, i.e.
+    /// Cilium's "only when none is left"); with affinity `remote`, local ones
+    /// once fewer than this many remote backends remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy: Option<u32>,
+    /// Load-balancing slots per backend of each cluster (default 1), so a
+    /// cluster's share of new connections is its weight times its backends;
+    /// 0 takes a cluster out of rotation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_weights: BTreeMap<String, u32>,
+}
+
+/// One port of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub name: String,
+    /// Port on the frontend.
+    pub port: u16,
+    /// Port on the backends (default: `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ServiceProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl ServiceProtocol {
+    /// As written in `ClusterService` (`TCP`, `UDP`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+/// Which cluster's backends a global service prefers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Every backend of every cluster.
+    #[default]
+    None,
+    /// Local backends; remote ones only below `minHealthy` local ones.
+    Local,
+    /// Remote backends; local ones only below `minHealthy` remote ones.
+    Remote,
+}
+
+impl ServicePort {
+    pub fn target(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+}
+
+impl ServiceDef {
+    /// Parses JSON or YAML and validates.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let def: Self = match serde_json::from_str(text) {
+            Ok(def) => def,
+            Err(e) if text.trim_start().starts_with('{') => {
+                return Err(format!("invalid JSON service: {e}"));
+            }
+            Err(_) => serde_norway::from_str(text).map_err(|e| format!("invalid service: {e}"))?,
+        };
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// `shared` with its default.
+    pub fn is_shared(&self) -> bool {
+        self.shared.unwrap_or(self.global)
+    }
+
+    /// The failover threshold with its default.
+    pub fn min_healthy(&self) -> u32 {
+        self.min_healthy.unwrap_or(1)
+    }
+
+    /// The weight of `cluster` (default 1).
+    pub fn weight(&self, cluster: &str) -> u32 {
+        self.cluster_weights.get(cluster).copied().unwrap_or(1)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, v) in [("namespace", &self.namespace), ("name", &self.name)] {
+            if v.is_empty() || v.contains('/') {
+                return Err(format!("{what} {v:?} must be non-empty and contain no '/'"));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err("a service needs at least one port".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.ports {
+            if p.port == 0 || p.target() == 0 {
+                return Err(format!("port {:?}: ports must be 1-65535", p.name));
+            }
+            if !names.insert(&p.name) {
+                return Err(format!("port name {:?} is used twice", p.name));
+            }
+        }
+        if self.selector.is_empty() {
+            return Err(
+                "a service needs a selector (an empty one would select every endpoint)".into(),
+            );
+        }
+        for cluster in self.cluster_weights.keys() {
+            ClusterName::new(cluster.as_str()).map_err(|e| format!("clusterWeights: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl StoreValue for ServiceDef {
+    const KIND: &'static str = "service definition";
+
+    /// `key` is `<namespace>/<name>`.
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| DecodeError::new(Self::KIND, key, InvalidReason::Malformed, e))?;
+        let def = Self::parse(text)
+            .map_err(|e| DecodeError::new(Self::KIND, key, InvalidReason::Malformed, e))?;
+        if def.key() != key {
+            return Err(DecodeError::new(
+                Self::KIND,
+                key,
+                InvalidReason::KeyMismatch,
+                format!("definition is {}", def.key()),
+            ));
+        }
+        Ok(def)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("service definitions always serialize")
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+namespace: demo
+name: echo
+frontend: 10.96.0.10
+ports:
+- {name: http, port: 80, targetPort: 8080}
+selector: {app: echo}
+global: true
+affinity: local
+minHealthy: 2
+clusterWeights: {c1: 3, c2: 1}
+"#;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let def = ServiceDef::parse(YAML).unwrap();
+        assert_eq!(def.key(), "demo/echo");
+        assert!(def.is_shared());
+        assert_eq!(def.affinity, Affinity::Local);
+        assert_eq!(
+            (def.min_healthy(), def.weight("c1"), def.weight("c9")),
+            (2, 3, 1)
+        );
+        assert_eq!(def.ports[0].target(), 8080);
+        assert_eq!(def.ports[0].protocol, ServiceProtocol::Tcp);
+        assert_eq!(ServiceDef::decode("demo/echo", &def.encode()).unwrap(), def);
+    }
+
+    #[test]
+    fn refuses_bad_definitions() {
+        let bad = |t: &str| ServiceDef::parse(t).unwrap_err();
+        assert!(
+            bad(&YAML.replace("selector: {app: echo}", "selector: {}"))
+                .contains("needs a selector")
+        );
+        assert!(
+            bad(&YAML.replace("affinity: local", "affinity: nearest")).contains("unknown variant")
+        );
+        assert!(
+            bad(&YAML.replace("frontend: 10.96.0.10", "frontend: nowhere")).contains("invalid")
+        );
+        assert!(bad(&YAML.replace("port: 80,", "port: 0,")).contains("1-65535"));
+        assert!(bad(&YAML.replace("c2: 1", "C2: 1")).contains("clusterWeights"));
+    }
+}
