@@ -1,0 +1,153 @@
+use std::net::SocketAddr;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use kvstore::{ClusterName, IdentityCache, SessionHandle};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{leader_election::LeaderHandle, metrics::OperatorMetrics};
+
+/// Why the health server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthServerError {
+    #[error("listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve health and metrics")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The body of `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HealthReport {
+    /// `ok`, or `degraded` while the operator holds no etcd session lease
+    /// (etcd unreachable): the HTTP status is 200 either way, since a
+    /// restart would not help.
+    pub status: String,
+    pub id: String,
+    pub cluster: String,
+    /// Whether this instance leads.
+    pub leader: bool,
+    /// Who leads, as far as this instance knows.
+    pub leader_id: Option<String>,
+    /// The session lease (hex), if one is held.
+    pub session_lease: Option<String>,
+    /// Whether the identity cache completed its initial list.
+    pub identities_synced: bool,
+}
+
+#[derive(Clone)]
+struct Sources {
+    id: String,
+    cluster: ClusterName,
+    leader: LeaderHandle,
+    session: SessionHandle,
+    identities: IdentityCache,
+    metrics: OperatorMetrics,
+}
+
+/// Serves `/healthz` (JSON [`HealthReport`]) and `/metrics` (Prometheus
+/// text) over plain HTTP. Binds in [`HealthServer::run`]; the bound address
+/// (useful with port 0) is published on the receiver given by `new`.
+pub struct HealthServer {
+    listen: SocketAddr,
+    sources: Sources,
+    bound: watch::Sender<Option<SocketAddr>>,
+}
+
+impl std::fmt::Debug for HealthServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthServer")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthServer {
+    pub fn new(
+        listen: SocketAddr,
+        cluster: ClusterName,
+        leader: LeaderHandle,
+        session: SessionHandle,
+        identities: IdentityCache,
+        metrics: OperatorMetrics,
+    ) -> (Self, watch::Receiver<Option<SocketAddr>>) {
+        let (bound, rx) = watch::channel(None);
+        (
+            Self {
+                listen,
+                sources: Sources {
+                    id: leader.id().to_string(),
+                    cluster,
+                    leader,
+                    session,
+                    identities,
+                    metrics,
+                },
+                bound,
+            },
+            rx,
+        )
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), HealthServerError> {
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| HealthServerError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| HealthServerError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        info!(%addr, "serving /healthz and /metrics");
+        self.bound.send_replace(Some(addr));
+        let app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .with_state(self.sources);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(HealthServerError::Serve)
+    }
+}
+
+async fn healthz(State(s): State<Sources>) -> Json<HealthReport> {
+    let lease = s.session.current().lease;
+    Json(HealthReport {
+        status: if lease.is_some() { "ok" } else { "degraded" }.to_string(),
+        id: s.id.clone(),
+        cluster: s.cluster.to_string(),
+        leader: s.leader.is_leader(),
+        leader_id: s.leader.leader(),
+        session_lease: lease.map(|l| l.to_string()),
+        identities_synced: s.identities.is_synced(),
+    })
+}
+
+async fn metrics(State(s): State<Sources>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,69 @@
+//! The clustermesh operator: the one process per cluster that cleans up after
+//! the agents and hands out what must be unique in the cluster.
+//!
+//! - [`LeaderElection`]: instances campaign on an etcd lease
+//!   (`cilium/operator/leader`); exactly one leads, a crashed leader is
+//!   replaced within a session TTL, and a leader that cannot renew its lease
+//!   stops its duties before the lease can expire.
+//! - While leading: [`IdentityCollector`] (periodic [`kvstore::IdentityGc`]
+//!   rounds over the local cluster's identity range), [`Heartbeat`]
+//!   (`cilium/.heartbeat`), and [`IpamReconciler`] (one pod CIDR per node and
+//!   family from the cluster's pool, decided by the sans-IO [`IpamPlanner`]
+//!   over a [`CidrPool`]).
+//! - [`HealthServer`]: `/healthz` and Prometheus `/metrics` ([`OperatorMetrics`]).
+//! - [`Operator`] composes all of it from an [`OperatorConfig`]; the
+//!   `clustermesh-operator` binary builds that config from [`Flags`].
+//! - For agents: [`wait_for_assignment`] and [`get_assignment`] read the pod
+//!   CIDRs the operator assigned to a node.
+//!
+//! Not for: allocating identities (that is the agents' [`kvstore::Allocator`])
+//! or anything that needs a Kubernetes API server.
+
+mod cidr_pool;
+mod cluster_node;
+mod config;
+mod flags;
+mod health_server;
+mod heartbeat;
+mod identity_collector;
+mod ipam_planner;
+mod ipam_reconciler;
+mod leader_election;
+mod metrics;
+mod operator;
+mod pod_cidr_assignment;
+mod txn;
+
+pub use cidr_pool::{CidrPool, CidrPoolError, FreeCidrs, IpFamily};
+pub use config::{
+    DEFAULT_HEALTH_LISTEN, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDENTITY_GC_INTERVAL,
+    DEFAULT_IDENTITY_GC_RATE_LIMIT, DEFAULT_NODE_CIDR_MASK_SIZE, DEFAULT_NODE_CIDR_MASK_SIZE_V6,
+    DEFAULT_SESSION_TTL, OperatorConfig, default_id,
+};
+pub use flags::{ConfigError, Flags};
+pub use health_server::{HealthReport, HealthServer, HealthServerError};
+pub use heartbeat::{Heartbeat, HeartbeatError};
+pub use identity_collector::{IdentityCollector, IdentityCollectorError};
+pub use ipam_planner::{IpamAction, IpamPlan, IpamPlanner, PoolUsage};
+pub use ipam_reconciler::{DEFAULT_RELEASE_DELAY, IpamConfig, IpamError, IpamReconciler};
+pub use leader_election::{
+    LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle, Leadership, Term,
+};
+pub use metrics::{METRICS_PREFIX, OperatorMetrics};
+pub use operator::{Operator, OperatorError, OperatorHandle};
+pub use pod_cidr_assignment::{AssignmentError, get_assignment, wait_for_assignment};
+
+/// An error and its sources, joined with `: ` (for logs and exit messages).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
