@@ -1,0 +1,348 @@
+//! Wires the agent together: etcd session, datapath, control loop, watches
+//! of the local cluster (and, through the remote cluster manager, of every
+//! remote one), node registration, endpoints, API and metrics.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use bpf::{Datapath, DatapathConfig};
+use ipnet::{IpNet, Ipv4Net};
+use kvstore::{
+    Allocator, AllocatorConfig, Client, Event, IdentityCache, RawEntry, Session, StoreValue,
+    SyncStore, SyncStoreConfig, WatchStore, WatchStoreConfig, keys,
+    values::{
+        IpIdentityPair, IpamAssignment, Node, NodeAddress, NodeCidr, PolicyDocument, ServiceDef,
+        Timestamp,
+    },
+};
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::ApiServer,
+    config::AgentConfig,
+    control_loop::{ControlLoop, Input, LoopConfig, LoopHandle},
+    datapath_sync::DatapathSync,
+    endpoint_manager::{EndpointManager, EndpointManagerConfig},
+    health::HealthServer,
+    metrics::AgentMetrics,
+    plumbing,
+    remote_clusters::RemoteClusters,
+    tables::SourceId,
+};
+
+/// How long shutdown waits for components before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The node agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Self {
+        Self { config }
+    }
+
+    /// Runs until `shutdown`. The datapath keeps enforcing after the agent
+    /// stops (programs stay attached, maps stay pinned).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let c = self.config;
+        let metrics = Arc::new(AgentMetrics::new());
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        let inner = shutdown.child_token();
+
+        // etcd: components retry on their own, so the agent starts (and the
+        // datapath keeps its state) while etcd is down.
+        let client = Client::connect_lazy(&c.etcd)
+            .await
+            .context("etcd client configuration")?;
+        let (session, session_handle) = Session::new(client.clone(), c.session_ttl);
+        tasks.spawn(task(session.run(inner.clone())));
+
+        plumbing::prepare_node(c.node_netns.as_deref())
+            .context("preparing the node's network namespace")?;
+        let datapath = Datapath::open(DatapathConfig {
+            bpffs_dir: c.bpffs_dir.clone(),
+            ..DatapathConfig::default()
+        })
+        .with_context(|| {
+            format!(
+                "opening the datapath with maps pinned in {}",
+                c.bpffs_dir.display()
+            )
+        })?;
+        for (name, capacity) in [
+            ("ipcache", datapath.config().ipcache_max_entries),
+            ("policy", datapath.config().policy_max_entries),
+        ] {
+            metrics.set_map_capacity(name, capacity);
+        }
+        let sync =
+            DatapathSync::new(datapath, c.node_netns.clone()).context("reading the pinned maps")?;
+        let (mut control, handle) = ControlLoop::new(
+            LoopConfig {
+                cluster: c.cluster.clone(),
+                cluster_id: c.cluster_id.get(),
+                node_name: c.node_name.clone(),
+                node_ip: c.node_ip,
+                node_netns: c.node_netns.clone(),
+                sync_timeout: c.sync_timeout,
+            },
+            sync,
+            metrics.clone(),
+        );
+
+        // Identities of the local cluster feed both the allocator and the loop.
+        let (identity_events_tx, identity_events) = mpsc::channel(4096);
+        let (cache, cache_runner) = IdentityCache::local(client.clone());
+        tasks.spawn(task(cache_runner.forward_to(identity_events_tx).run(inner.clone())));
+        tasks.spawn(forward(identity_events, handle.clone(), |e| {
+            Input::Identity(SourceId::LOCAL_CLUSTER, e)
+        }));
+        let node_key_ip = c.node_ip.to_string();
+        let (allocator, allocator_runner) = Allocator::new(
+            client.clone(),
+            session_handle.clone(),
+            cache.clone(),
+            AllocatorConfig::new(c.cluster_id, c.mode, node_key_ip),
+        );
+        tasks.spawn(task(allocator_runner.run(inner.clone())));
+
+        spawn_watch::<IpIdentityPair>(
+            &mut tasks,
+            &client,
+            keys::ipcache(),
+            "ipcache",
+            &handle,
+            &inner,
+            |e| Input::Ip(SourceId::LOCAL_CLUSTER, e),
+        );
+        spawn_watch::<Node>(
+            &mut tasks,
+            &client,
+            keys::nodes(),
+            "nodes",
+            &handle,
+            &inner,
+            |e| Input::Node(SourceId::LOCAL_CLUSTER, e),
+        );
+        spawn_watch::<PolicyDocument>(
+            &mut tasks,
+            &client,
+            keys::policies(),
+            "policies",
+            &handle,
+            &inner,
+            Input::Policy,
+        );
+        spawn_watch::<ServiceDef>(
+            &mut tasks,
+            &client,
+            keys::service_defs(),
+            "servicedefs",
+            &handle,
+            &inner,
+            Input::ServiceDef,
+        );
+
+        // Write side: this node's ipcache entries and node entry.
+        let (ipcache_store, ipcache_runner) = SyncStore::<IpIdentityPair>::new(
+            client.clone(),
+            session_handle.clone(),
+            SyncStoreConfig::new(keys::ipcache())
+                .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE)),
+        );
+        tasks.spawn(task(ipcache_runner.run(inner.clone())));
+        let (node_store, node_runner) = SyncStore::<Node>::new(
+            client.clone(),
+            session_handle.clone(),
+            SyncStoreConfig::new(keys::nodes())
+                .with_canary(keys::canary(&c.cluster, keys::NODES_STORE)),
+        );
+        tasks.spawn(task(node_runner.run(inner.clone())));
+        let (canary_store, canary_runner) = SyncStore::<RawEntry>::new(
+            client.clone(),
+            session_handle.clone(),
+            SyncStoreConfig::new(keys::canaries_of(&c.cluster)),
+        );
+        tasks.spawn(task(canary_runner.run(inner.clone())));
+        {
+            let cache = cache.clone();
+            let token = inner.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = cache.wait_synced() => {
+                        canary_store.upsert(&RawEntry { key: keys::IDENTITIES_STORE.into(), value: Timestamp::now().encode() });
+                        canary_store.synced();
+                    }
+                }
+                Ok(())
+            });
+        }
+
+        let mut node = Node::new(&c.cluster, c.node_name.clone(), c.cluster_id.get());
+        node.ip_addresses.push(NodeAddress {
+            kind: NodeAddress::INTERNAL_IP.into(),
+            ip: c.node_ip,
+        });
+        let pod_cidr = match c.pod_cidr {
+            Some(cidr) => cidr,
+            None => {
+                node_store.upsert(&node);
+                info!(
+                    node = c.node_name,
+                    "waiting for a pod CIDR from the operator's IPAM"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return drain(tasks, inner).await,
+                    cidr = wait_for_pod_cidr(&client, &c.node_name) => cidr,
+                }
+            }
+        };
+        info!(%pod_cidr, "pod CIDR");
+        node.ipv4_alloc_cidr = Some(NodeCidr::from_net(IpNet::V4(pod_cidr)));
+        node.ip_addresses.push(NodeAddress {
+            kind: NodeAddress::CILIUM_INTERNAL_IP.into(),
+            ip: IpAddr::V4(EndpointManager::gateway(pod_cidr)),
+        });
+        node_store.upsert(&node);
+        node_store.synced();
+        control.set_pod_cidr(Some(IpNet::V4(pod_cidr)));
+        tasks.spawn(control.run(inner.clone()));
+
+        let endpoints = Arc::new(EndpointManager::new(
+            EndpointManagerConfig {
+                cluster: c.cluster.clone(),
+                node_ip: c.node_ip,
+                node_netns: c.node_netns.clone(),
+                state_file: c.state_dir.join("endpoints.json"),
+            },
+            allocator,
+            ipcache_store,
+            handle.clone(),
+        ));
+        endpoints.set_pod_cidr(pod_cidr).await;
+        let (restored, dropped) = endpoints.restore().await.context("restoring endpoints")?;
+        info!(restored, dropped, "endpoints restored from the snapshot");
+        endpoints.mark_synced();
+
+        if let Some(dir) = &c.clustermesh_config_dir {
+            let remotes = RemoteClusters::new(
+                dir.clone(),
+                c.cluster.clone(),
+                c.cluster_id,
+                c.mode,
+                handle.clone(),
+                metrics.clone(),
+            );
+            tasks.spawn(remotes.run(inner.clone()));
+        }
+        tasks.spawn(task(ApiServer::new(c.api_socket.clone(), endpoints, handle.clone()).run(inner.clone())));
+        if let Some(addr) = c.health_listen {
+            tasks
+                .spawn(HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()));
+        }
+        info!(cluster = %c.cluster, node = c.node_name, "agent running");
+
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(result) = tasks.join_next() => {
+                let error = match result {
+                    Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+                };
+                inner.cancel();
+                let _ = drain(tasks, inner).await;
+                return Err(error);
+            }
+        }
+        drain(tasks, inner).await
+    }
+}
+
+async fn drain(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    token.cancel();
+    let all = async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                warn!(error = %format!("{e:#}"), "component failed during shutdown");
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        warn!("components did not stop within {SHUTDOWN_GRACE:?}; aborting them");
+    }
+    Ok(())
+}
+
+/// A local watch store whose events go to the control loop.
+fn spawn_watch<V: StoreValue>(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    client: &Client,
+    prefix: kvstore::KeyPrefix,
+    name: &str,
+    handle: &LoopHandle,
+    token: &CancellationToken,
+    wrap: fn(Event<V>) -> Input,
+) {
+    let (store, rx) = WatchStore::<V>::new(
+        client.clone(),
+        WatchStoreConfig::new(prefix).with_name(name),
+    );
+    tasks.spawn(task(store.run(token.clone())));
+    tasks.spawn(forward(rx, handle.clone(), wrap));
+}
+
+/// Forwards a store's events into the control loop.
+pub(crate) async fn forward<V>(
+    mut rx: mpsc::Receiver<Event<V>>,
+    handle: LoopHandle,
+    wrap: impl Fn(Event<V>) -> Input,
+) -> anyhow::Result<()> {
+    while let Some(event) = rx.recv().await {
+        if !handle.send(wrap(event)).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the operator to assign this node an IPv4 pod CIDR.
+async fn wait_for_pod_cidr(client: &Client, node: &str) -> Ipv4Net {
+    let (store, mut rx) = WatchStore::<IpamAssignment>::new(
+        client.clone(),
+        WatchStoreConfig::new(keys::ipam_nodes()).with_name("ipam"),
+    );
+    let token = CancellationToken::new();
+    let run = store.run(token.clone());
+    tokio::pin!(run);
+    let cidr = loop {
+        tokio::select! {
+            _ = &mut run => std::future::pending::<()>().await,
+            event = rx.recv() => match event {
+                Some(Event::Upsert { key, value }) if key == node => {
+                    if let Some(IpNet::V4(cidr)) = value.ipv4 {
+                        break cidr;
+                    }
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            },
+        }
+    };
+    token.cancel();
+    cidr
+}
+
+/// A component's `run` future as a task of the set.
+async fn task<E: std::error::Error + Send + Sync + 'static>(run: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()> {
+    run.await.map_err(anyhow::Error::from)
+}

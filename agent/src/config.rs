@@ -1,0 +1,413 @@
+//! The agent's configuration: flags, environment variables (`CLUSTERMESH_…`)
+//! and an optional YAML file (`--config`; keys are the long flag names;
+//! flags and environment win over the file).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::Parser;
+use ipnet::Ipv4Net;
+use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsFiles};
+
+/// Environment variable names, in one place.
+pub mod env {
+    pub const CONFIG: &str = "CLUSTERMESH_CONFIG";
+    pub const CLUSTER_NAME: &str = "CLUSTERMESH_CLUSTER_NAME";
+    pub const CLUSTER_ID: &str = "CLUSTERMESH_CLUSTER_ID";
+    pub const MAX_CONNECTED_CLUSTERS: &str = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS";
+    pub const NODE_NAME: &str = "CLUSTERMESH_NODE_NAME";
+    pub const NODE_IP: &str = "CLUSTERMESH_NODE_IP";
+    pub const ETCD_ENDPOINTS: &str = "CLUSTERMESH_ETCD_ENDPOINTS";
+    pub const ETCD_CA: &str = "CLUSTERMESH_ETCD_CA";
+    pub const ETCD_CERT: &str = "CLUSTERMESH_ETCD_CERT";
+    pub const ETCD_KEY: &str = "CLUSTERMESH_ETCD_KEY";
+    pub const CLUSTERMESH_CONFIG_DIR: &str = "CLUSTERMESH_CLUSTERMESH_CONFIG";
+    pub const BPFFS_DIR: &str = "CLUSTERMESH_BPFFS_DIR";
+    pub const API_SOCKET: &str = "CLUSTERMESH_API_SOCKET";
+    pub const STATE_DIR: &str = "CLUSTERMESH_STATE_DIR";
+    pub const NODE_NETNS: &str = "CLUSTERMESH_NODE_NETNS";
+    pub const POD_CIDR: &str = "CLUSTERMESH_POD_CIDR";
+    pub const HEALTH_LISTEN: &str = "CLUSTERMESH_HEALTH_LISTEN";
+    pub const SESSION_TTL: &str = "CLUSTERMESH_SESSION_TTL";
+    pub const SYNC_TIMEOUT: &str = "CLUSTERMESH_SYNC_TIMEOUT";
+    pub const LOG: &str = "CLUSTERMESH_LOG";
+}
+
+/// Default API socket of the agent (and of the CNI plugin and debug client).
+pub const DEFAULT_API_SOCKET: &str = "/run/clustermesh/agent.sock";
+
+/// `clustermesh-agent run` flags.
+#[derive(Debug, Clone, Parser)]
+pub struct AgentArgs {
+    /// YAML file with defaults for any of these flags (keys are the long flag names).
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// This cluster's name.
+    #[arg(long, env = env::CLUSTER_NAME)]
+    pub cluster_name: String,
+    /// This cluster's ID (1-255, or 1-511 with --max-connected-clusters 511).
+    #[arg(long, env = env::CLUSTER_ID)]
+    pub cluster_id: u32,
+    /// 255 or 511: how many clusters the mesh may hold.
+    #[arg(long, env = env::MAX_CONNECTED_CLUSTERS, default_value = "255")]
+    pub max_connected_clusters: u32,
+    /// This node's name (unique in the cluster).
+    #[arg(long, env = env::NODE_NAME)]
+    pub node_name: String,
+    /// This node's IP: other nodes route its pod CIDR through it.
+    #[arg(long, env = env::NODE_IP)]
+    pub node_ip: IpAddr,
+    /// The local cluster's etcd, comma-separated URLs.
+    #[arg(long, env = env::ETCD_ENDPOINTS, value_delimiter = ',', required = true)]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle for an etcd that uses TLS.
+    #[arg(long, env = env::ETCD_CA)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, env = env::ETCD_CERT)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, env = env::ETCD_KEY)]
+    pub etcd_key: Option<PathBuf>,
+    /// Directory with one file per remote cluster (file name = cluster name).
+    #[arg(long = "clustermesh-config", env = env::CLUSTERMESH_CONFIG_DIR)]
+    pub clustermesh_config: Option<PathBuf>,
+    /// bpffs directory for this node's pinned maps.
+    #[arg(long, env = env::BPFFS_DIR, default_value = "/sys/fs/bpf/clustermesh")]
+    pub bpffs_dir: PathBuf,
+    /// Unix socket of the REST API (endpoints, debug).
+    #[arg(long, env = env::API_SOCKET, default_value = DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
+    /// Where the endpoint snapshot is kept.
+    #[arg(long, env = env::STATE_DIR, default_value = "/var/lib/clustermesh")]
+    pub state_dir: PathBuf,
+    /// The network namespace the node's interfaces live in (a name under
+    /// /run/netns or a path); default: the agent's own.
+    #[arg(long, env = env::NODE_NETNS)]
+    pub node_netns: Option<String>,
+    /// A fixed pod CIDR for this node; without it the operator's IPAM assigns one.
+    #[arg(long, env = env::POD_CIDR)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Address for /healthz and /metrics (e.g. 127.0.0.1:9876); off when unset.
+    #[arg(long, env = env::HEALTH_LISTEN)]
+    pub health_listen: Option<SocketAddr>,
+    /// TTL of the agent's etcd session lease: its keys outlive a crash this long.
+    #[arg(long, env = env::SESSION_TTL, default_value = "15m", value_parser = humantime_duration)]
+    pub session_ttl: Duration,
+    /// How long a (re)starting agent waits for every cluster's initial sync
+    /// before it removes stale datapath entries anyway.
+    #[arg(long, env = env::SYNC_TIMEOUT, default_value = "60s", value_parser = humantime_duration)]
+    pub sync_timeout: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime_parse(s)
+}
+
+/// Parses `500ms`, `15s`, `2m`, `1h`.
+pub fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 15s, 2m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Why the configuration is unusable (the binary exits with 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--cluster-name: {0}")]
+    ClusterName(#[source] kvstore::ClusterError),
+    #[error("--cluster-id: {0}")]
+    ClusterId(#[source] kvstore::ClusterError),
+    #[error("--cluster-id 0 cannot join a mesh; use 1-{0}")]
+    ClusterIdZero(u32),
+    #[error("--max-connected-clusters: {0}")]
+    Mode(#[source] kvstore::ClusterError),
+    #[error("--node-name must be a non-empty name without '/'")]
+    NodeName,
+    #[error("--etcd-cert and --etcd-key go together, with --etcd-ca")]
+    EtcdTls,
+    #[error("reading etcd TLS files")]
+    EtcdFiles(#[source] kvstore::Error),
+    #[error("--pod-cidr {0} is too small (at least /30)")]
+    PodCidr(Ipv4Net),
+    #[error("--node-netns {0} does not exist")]
+    NodeNetns(PathBuf),
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The validated configuration of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub cluster: ClusterName,
+    pub cluster_id: ClusterId,
+    pub mode: MaxConnectedClusters,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub etcd: ClientConfig,
+    pub clustermesh_config_dir: Option<PathBuf>,
+    pub bpffs_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub node_netns: Option<PathBuf>,
+    pub pod_cidr: Option<Ipv4Net>,
+    pub health_listen: Option<SocketAddr>,
+    pub session_ttl: Duration,
+    pub sync_timeout: Duration,
+}
+
+impl AgentArgs {
+    /// Parses the command line, with `--config FILE` values as defaults.
+    pub fn parse_with_file(args: Vec<String>) -> Result<Self, clap::Error> {
+        let file = args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--config=").map(str::to_string))
+            })
+            .or_else(|| std::env::var(env::CONFIG).ok());
+        let mut full = vec![
+            args.first()
+                .cloned()
+                .unwrap_or_else(|| "clustermesh-agent".into()),
+        ];
+        if let Some(path) = file {
+            match file_args(&PathBuf::from(&path)) {
+                Ok(extra) => full.extend(extra),
+                Err(reason) => {
+                    return Err(clap::Error::raw(
+                        clap::error::ErrorKind::ValueValidation,
+                        format!("config file {path}: {reason}\n"),
+                    ));
+                }
+            }
+        }
+        full.extend(args.into_iter().skip(1));
+        // Later flags win: command-line values come after the file's.
+        Self::try_parse_from(dedupe_flags(full))
+    }
+
+    /// Validates and builds the configuration.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let mode = MaxConnectedClusters::from_u32(self.max_connected_clusters)
+            .map_err(ConfigError::Mode)?;
+        let cluster = ClusterName::new(self.cluster_name).map_err(ConfigError::ClusterName)?;
+        let cluster_id = ClusterId::new(self.cluster_id, mode).map_err(ConfigError::ClusterId)?;
+        if !cluster_id.is_meshable() {
+            return Err(ConfigError::ClusterIdZero(mode.max_cluster_id()));
+        }
+        if self.node_name.is_empty() || self.node_name.contains('/') {
+            return Err(ConfigError::NodeName);
+        }
+        let mut etcd = ClientConfig::new(self.etcd_endpoints);
+        match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (None, None, None) => {}
+            (Some(ca), cert, key) if cert.is_some() == key.is_some() => {
+                let files = TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                etcd.tls = Some(files.load().map_err(ConfigError::EtcdFiles)?);
+            }
+            _ => return Err(ConfigError::EtcdTls),
+        }
+        if let Some(cidr) = self.pod_cidr
+            && cidr.prefix_len() > 30
+        {
+            return Err(ConfigError::PodCidr(cidr));
+        }
+        let node_netns = self.node_netns.as_deref().map(crate::plumbing::netns_path);
+        if let Some(path) = &node_netns
+            && !path.exists()
+        {
+            return Err(ConfigError::NodeNetns(path.clone()));
+        }
+        Ok(AgentConfig {
+            cluster,
+            cluster_id,
+            mode,
+            node_name: self.node_name,
+            node_ip: self.node_ip,
+            etcd,
+            clustermesh_config_dir: self.clustermesh_config,
+            bpffs_dir: self.bpffs_dir,
+            api_socket: self.api_socket,
+            state_dir: self.state_dir,
+            node_netns,
+            pod_cidr: self.pod_cidr,
+            health_listen: self.health_listen,
+            session_ttl: self.session_ttl,
+            sync_timeout: self.sync_timeout,
+        })
+    }
+}
+
+/// The YAML file as `--key value` arguments.
+fn file_args(path: &PathBuf) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let map: BTreeMap<String, serde_norway::Value> =
+        serde_norway::from_str(&text).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (key, value) in map {
+        if key == "config" {
+            continue;
+        }
+        let text = match value {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Sequence(items) => items
+                .iter()
+                .map(|v| match v {
+                    serde_norway::Value::String(s) => s.clone(),
+                    other => serde_norway::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => return Err(format!("{key}: unsupported value {other:?}")),
+        };
+        out.push(format!("--{key}"));
+        out.push(text);
+    }
+    Ok(out)
+}
+
+/// Keeps only the last occurrence of each `--flag value` pair (the file's
+/// values come first, so the command line wins). `--config` is dropped.
+fn dedupe_flags(args: Vec<String>) -> Vec<String> {
+    let mut pairs: Vec<(String, Option<String>)> = Vec::new();
+    let mut iter = args.into_iter();
+    let program = iter.next().unwrap_or_default();
+    let mut rest: Vec<String> = iter.collect();
+    rest.reverse();
+    while let Some(arg) = rest.pop() {
+        if let Some((flag, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
+            pairs.push((flag.to_string(), Some(value.to_string())));
+        } else if arg.starts_with("--") {
+            let value = if rest.last().is_some_and(|next| !next.starts_with("--")) {
+                rest.pop()
+            } else {
+                None
+            };
+            pairs.push((arg, value));
+        } else {
+            pairs.push((arg, None));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<(String, Option<String>)> = pairs
+        .into_iter()
+        .rev()
+        .filter(|(flag, _)| {
+            flag != "--config" && (!flag.starts_with("--") || seen.insert(flag.clone()))
+        })
+        .collect();
+    kept.reverse();
+    let mut out = vec![program];
+    for (flag, value) in kept {
+        out.push(flag);
+        out.extend(value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        std::iter::once("clustermesh-agent")
+            .chain(list.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    const BASE: &[&str] = &[
+        "--cluster-name",
+        "c1",
+        "--cluster-id",
+        "1",
+        "--node-name",
+        "n1",
+        "--node-ip",
+        "192.168.0.1",
+        "--etcd-endpoints",
+        "http://127.0.0.1:2379",
+    ];
+
+    #[test]
+    fn parses_and_validates() {
+        let c = AgentArgs::parse_with_file(args(BASE))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.cluster.as_str(), "c1");
+        assert_eq!(c.session_ttl, Duration::from_secs(900));
+        let bad = |extra: &[&str]| {
+            let mut a = BASE.to_vec();
+            a.extend(extra);
+            AgentArgs::parse_with_file(args(&a))
+                .unwrap()
+                .into_config()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&["--cluster-id", "0"]).contains("cannot join a mesh"));
+        assert!(bad(&["--cluster-id", "300"]).contains("out of range"));
+        assert!(bad(&["--cluster-name", "C1"]).contains("invalid"));
+        assert!(bad(&["--etcd-cert", "/x"]).contains("go together"));
+        assert!(bad(&["--pod-cidr", "10.0.0.0/31"]).contains("too small"));
+        assert!(bad(&["--node-netns", "no-such-ns-for-test"]).contains("does not exist"));
+    }
+
+    #[test]
+    fn file_values_are_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, "cluster-name: c2\ncluster-id: 2\nnode-name: from-file\nnode-ip: 10.0.0.1\netcd-endpoints: [http://a:1, http://b:2]\nsync-timeout: 5s\n").unwrap();
+        let a = AgentArgs::parse_with_file(args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--node-name",
+            "from-flag",
+        ]))
+        .unwrap();
+        assert_eq!(a.node_name, "from-flag", "flags win over the file");
+        assert_eq!(a.cluster_name, "c2");
+        assert_eq!(a.etcd_endpoints, ["http://a:1", "http://b:2"]);
+        assert_eq!(a.sync_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            humantime_parse("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(humantime_parse("2m").unwrap(), Duration::from_secs(120));
+        assert!(humantime_parse("2 weeks").is_err());
+    }
+}

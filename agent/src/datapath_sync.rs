@@ -1,0 +1,394 @@
+//! Keeps the eBPF maps equal to what the agent computed, with as few and as
+//! batched writes as possible.
+//!
+//! The agent hands over desired content incrementally (one prefix, one
+//! endpoint's policy, the services); this keeps a copy of what it wrote,
+//! queues only the differences and writes them in batches on
+//! [`DatapathSync::flush`]. Until the sources are synced after a start,
+//! deletions are held back ([`DatapathSync::finish_sync`] then removes what
+//! is stale), so an agent restart never withdraws entries that the pinned
+//! maps still hold and the new view simply has not seen yet.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+};
+
+use bpf::{
+    BackendKey, BackendValue, Datapath, DatapathError, EndpointAttach, EndpointDetach,
+    EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue, L4Match, MapError, PolicyKey, PolicyValue,
+    ServiceKey, ServiceValue, TypedMap, plan, service_entries,
+};
+use ipnet::IpNet;
+use tracing::debug;
+
+use crate::{service_merger::MergedFrontend, tables::IpEntry};
+
+/// What a flush wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FlushStats {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+/// Pending writes of one map.
+struct Pending<K, V> {
+    upserts: BTreeMap<K, V>,
+    deletes: BTreeSet<K>,
+}
+
+impl<K: Ord + Copy, V: Copy> Default for Pending<K, V> {
+    fn default() -> Self {
+        Self {
+            upserts: BTreeMap::new(),
+            deletes: BTreeSet::new(),
+        }
+    }
+}
+
+/// The agent's view of one map: what it last wrote, and what is queued.
+struct MapState<K, V> {
+    written: BTreeMap<K, V>,
+    pending: Pending<K, V>,
+}
+
+impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
+    fn new(written: BTreeMap<K, V>) -> Self {
+        Self {
+            written,
+            pending: Pending::default(),
+        }
+    }
+
+    /// The desired value of `key` (`None`: absent).
+    fn set(&mut self, key: K, value: Option<V>) {
+        match value {
+            Some(v) => {
+                self.pending.deletes.remove(&key);
+                if self.written.get(&key) == Some(&v) {
+                    self.pending.upserts.remove(&key);
+                } else {
+                    self.pending.upserts.insert(key, v);
+                }
+            }
+            None => {
+                self.pending.upserts.remove(&key);
+                if self.written.contains_key(&key) {
+                    self.pending.deletes.insert(key);
+                }
+            }
+        }
+    }
+
+    /// The desired value after pending writes.
+    fn desired(&self, key: &K) -> Option<V> {
+        if self.pending.deletes.contains(key) {
+            return None;
+        }
+        self.pending
+            .upserts
+            .get(key)
+            .or_else(|| self.written.get(key))
+            .copied()
+    }
+
+    /// Writes what is pending. With `hold_deletes`, deletions stay queued.
+    fn flush(&mut self, map: &TypedMap<K, V>, hold_deletes: bool) -> Result<FlushStats, MapError>
+    where
+        K: bpf::Record + std::fmt::Debug,
+        V: bpf::Record + std::fmt::Debug,
+    {
+        let mut stats = FlushStats::default();
+        if !self.pending.upserts.is_empty() {
+            let batch: Vec<(K, V)> = std::mem::take(&mut self.pending.upserts)
+                .into_iter()
+                .collect();
+            map.batch_upsert(&batch)?;
+            stats.upserts = batch.len();
+            self.written.extend(batch);
+        }
+        if !hold_deletes && !self.pending.deletes.is_empty() {
+            let batch: Vec<K> = std::mem::take(&mut self.pending.deletes)
+                .into_iter()
+                .collect();
+            map.batch_delete(&batch)?;
+            stats.deletes = batch.len();
+            for k in &batch {
+                self.written.remove(k);
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The agent's handle on the datapath: endpoints and maps.
+pub(crate) struct DatapathSync {
+    dp: Datapath,
+    node_netns: Option<PathBuf>,
+    ipcache: MapState<IpCacheKey, IpCacheValue>,
+    policy: MapState<PolicyKey, PolicyValue>,
+    endpoints: MapState<EndpointKey, EndpointInfo>,
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    backends: BTreeMap<BackendKey, BackendValue>,
+    backend_ids: HashMap<(SocketAddr, u8, u32), u32>,
+    next_backend_id: u32,
+    hold_deletes: bool,
+}
+
+impl std::fmt::Debug for DatapathSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatapathSync")
+            .field("hold_deletes", &self.hold_deletes)
+            .finish()
+    }
+}
+
+impl DatapathSync {
+    /// Takes over an opened datapath; what its pinned maps hold is the
+    /// starting point (kept until [`DatapathSync::finish_sync`]).
+    pub(crate) fn new(dp: Datapath, node_netns: Option<PathBuf>) -> Result<Self, MapError> {
+        let services = dp.services().dump()?;
+        let backends = dp.backends().dump()?;
+        let mut backend_ids = HashMap::new();
+        let mut next_backend_id = 1;
+        for (k, v) in &backends {
+            if let Some(addr) = v.addr() {
+                backend_ids.insert(
+                    (addr, v.protocol().number(), v.cluster_id as u32),
+                    k.backend_id,
+                );
+                next_backend_id = next_backend_id.max(k.backend_id + 1);
+            }
+        }
+        Ok(Self {
+            ipcache: MapState::new(dp.ipcache().dump()?),
+            policy: MapState::new(dp.policy().dump()?),
+            endpoints: MapState::new(dp.endpoints().dump()?),
+            services,
+            backends,
+            backend_ids,
+            next_backend_id,
+            dp,
+            node_netns,
+            hold_deletes: true,
+        })
+    }
+
+    /// The datapath (for dumps and flow events).
+    pub(crate) fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
+    /// The ipcache entry for `prefix` (`None`: remove it).
+    pub(crate) fn set_ip(&mut self, prefix: IpNet, entry: Option<IpEntry>) {
+        let value = entry.map(|e| {
+            let v = IpCacheValue::new(e.identity.get());
+            match e.host_ip {
+                Some(host) => v.with_tunnel_endpoint(host),
+                None => v,
+            }
+        });
+        self.ipcache.set(IpCacheKey::new(prefix), value);
+    }
+
+    /// Replaces the policy entries of endpoint `endpoint_id` with `keys`.
+    pub(crate) fn set_endpoint_policy(&mut self, endpoint_id: u32, keys: &BTreeSet<PolicyKey>) {
+        for old in self.policy_keys_of(endpoint_id) {
+            if !keys.contains(&old) {
+                self.policy.set(old, None);
+            }
+        }
+        for key in keys {
+            self.policy.set(*key, Some(PolicyValue::ALLOW));
+        }
+    }
+
+    /// Adds policy entries (an identity that a rule now admits).
+    pub(crate) fn add_policy_keys(&mut self, keys: impl IntoIterator<Item = PolicyKey>) {
+        for key in keys {
+            self.policy.set(key, Some(PolicyValue::ALLOW));
+        }
+    }
+
+    /// Removes the entries of `endpoint_id` that name identity `identity`.
+    pub(crate) fn remove_policy_identity(&mut self, endpoint_id: u32, identity: u32) {
+        for key in self.policy_keys_of(endpoint_id) {
+            if key.sec_identity == identity {
+                self.policy.set(key, None);
+            }
+        }
+    }
+
+    /// The desired policy entries of an endpoint.
+    pub(crate) fn policy_keys_of(&self, endpoint_id: u32) -> Vec<PolicyKey> {
+        let lo = PolicyKey::ingress(endpoint_id, 0, L4Match::Any);
+        let hi = PolicyKey::ingress(endpoint_id.saturating_add(1), 0, L4Match::Any);
+        let written = self.policy.written.range(lo..hi).map(|(k, _)| *k);
+        let pending = self.policy.pending.upserts.range(lo..hi).map(|(k, _)| *k);
+        let mut all: BTreeSet<PolicyKey> = written.chain(pending).collect();
+        all.retain(|k| self.policy.desired(k).is_some());
+        all.into_iter().collect()
+    }
+
+    /// Sets an endpoint's configuration (its identity, enforcement).
+    pub(crate) fn set_endpoint_info(&mut self, ifindex: u32, info: Option<EndpointInfo>) {
+        self.endpoints.set(EndpointKey { ifindex }, info);
+    }
+
+    /// Programs the services: every frontend with its slots; frontends not
+    /// listed are removed, and backends no slot uses.
+    pub(crate) fn set_services(
+        &mut self,
+        frontends: &[MergedFrontend],
+    ) -> Result<FlushStats, MapError> {
+        let mut desired_services = BTreeMap::new();
+        let mut desired_backends = BTreeMap::new();
+        for fe in frontends {
+            let mut ids = Vec::with_capacity(fe.slots.len());
+            for slot in &fe.slots {
+                let key = (slot.backend, fe.protocol.number(), slot.cluster_id);
+                let id = match self.backend_ids.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.next_backend_id;
+                        self.next_backend_id += 1;
+                        self.backend_ids.insert(key, id);
+                        id
+                    }
+                };
+                desired_backends.insert(
+                    BackendKey { backend_id: id },
+                    BackendValue::new(slot.backend, fe.protocol, slot.cluster_id as u16),
+                );
+                ids.push(id);
+            }
+            desired_services.extend(service_entries(fe.frontend, fe.protocol, &ids));
+        }
+        self.backend_ids
+            .retain(|_, id| desired_backends.contains_key(&BackendKey { backend_id: *id }));
+        let mut stats = FlushStats::default();
+        // New backends first, then slots (the plan orders slots before
+        // masters when growing and masters before slots when shrinking),
+        // then backends nothing points to any more.
+        let backends_plan = plan(&self.backends, &desired_backends);
+        if !backends_plan.upserts.is_empty() {
+            self.dp.backends().batch_upsert(&backends_plan.upserts)?;
+            stats.upserts += backends_plan.upserts.len();
+        }
+        let services_plan = plan(&self.services, &desired_services);
+        for (k, v) in &services_plan.upserts {
+            self.dp.services().upsert(k, v)?;
+        }
+        stats.upserts += services_plan.upserts.len();
+        for k in &services_plan.deletes {
+            self.dp.services().delete(k)?;
+        }
+        stats.deletes += services_plan.deletes.len();
+        if !backends_plan.deletes.is_empty() {
+            self.dp.backends().batch_delete(&backends_plan.deletes)?;
+            stats.deletes += backends_plan.deletes.len();
+        }
+        self.services = desired_services;
+        self.backends = desired_backends;
+        Ok(stats)
+    }
+
+    /// Writes everything queued.
+    pub(crate) fn flush(&mut self) -> Result<FlushStats, MapError> {
+        let mut stats = FlushStats::default();
+        for s in [
+            self.ipcache.flush(self.dp.ipcache(), self.hold_deletes)?,
+            self.policy.flush(self.dp.policy(), self.hold_deletes)?,
+            self.endpoints
+                .flush(self.dp.endpoints(), self.hold_deletes)?,
+        ] {
+            stats.upserts += s.upserts;
+            stats.deletes += s.deletes;
+        }
+        Ok(stats)
+    }
+
+    /// The sources are synced: from now on deletions are written, starting
+    /// with every entry that is no longer desired.
+    pub(crate) fn finish_sync(&mut self) -> Result<FlushStats, MapError> {
+        self.hold_deletes = false;
+        let stats = self.flush()?;
+        debug!(deleted = stats.deletes, "datapath reconciled after sync");
+        Ok(stats)
+    }
+
+    /// Attaches the programs to an endpoint's host-side veth with its
+    /// configuration; returns the interface index.
+    pub(crate) fn attach(
+        &mut self,
+        host_ifname: &str,
+        endpoint_id: u32,
+        identity: u32,
+        enforced: bool,
+    ) -> Result<u32, DatapathError> {
+        let ifindex = self.dp.attach_endpoint(&EndpointAttach {
+            ifname: host_ifname.to_string(),
+            netns: self.node_netns.clone(),
+            endpoint_id,
+            identity,
+            policy_enforced: enforced,
+        })?;
+        // attach wrote the endpoint entry itself.
+        self.endpoints.written.insert(
+            EndpointKey { ifindex },
+            EndpointInfo::new(endpoint_id, identity, enforced),
+        );
+        self.endpoints
+            .pending
+            .deletes
+            .remove(&EndpointKey { ifindex });
+        self.endpoints
+            .pending
+            .upserts
+            .remove(&EndpointKey { ifindex });
+        Ok(ifindex)
+    }
+
+    /// Detaches the programs and removes the endpoint's entries.
+    pub(crate) fn detach(
+        &mut self,
+        host_ifname: &str,
+        ifindex: Option<u32>,
+        endpoint_id: u32,
+    ) -> Result<(), DatapathError> {
+        let result = self.dp.detach_endpoint(&EndpointDetach {
+            ifname: host_ifname.to_string(),
+            netns: self.node_netns.clone(),
+        });
+        if let Some(ifindex) = ifindex {
+            self.endpoints.written.remove(&EndpointKey { ifindex });
+            self.endpoints
+                .pending
+                .upserts
+                .remove(&EndpointKey { ifindex });
+        }
+        self.set_endpoint_policy(endpoint_id, &BTreeSet::new());
+        match result {
+            // The veth is already gone: nothing is attached any more.
+            Err(DatapathError::NoInterface { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Entry counts of the maps as written (for metrics and status).
+    pub(crate) fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("ipcache", self.ipcache.written.len()),
+            ("policy", self.policy.written.len()),
+            ("endpoints", self.endpoints.written.len()),
+            ("services", self.services.len()),
+            ("backends", self.backends.len()),
+        ]
+    }
+
+    /// The ipcache as written.
+    pub(crate) fn ipcache(&self) -> &BTreeMap<IpCacheKey, IpCacheValue> {
+        &self.ipcache.written
+    }
+}

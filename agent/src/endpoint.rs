@@ -1,0 +1,166 @@
+//! Endpoints: one workload (pod) with one IP on this node.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use kvstore::{CLUSTER_LABEL, ClusterName, Label, Labels, NAMESPACE_LABEL, SOURCE_K8S};
+use serde::{Deserialize, Serialize};
+
+/// An endpoint as the agent keeps it (and snapshots it to disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Node-local ID; keys the endpoint's policy entries.
+    pub id: u32,
+    /// Unique on the node (the CNI container ID, or a name given by the API).
+    pub name: String,
+    pub namespace: String,
+    /// The pod's network namespace (a path).
+    pub netns: PathBuf,
+    /// The interface name inside the pod.
+    pub ifname: String,
+    /// The host side of the veth, in the node's namespace.
+    pub host_ifname: String,
+    pub ip: Ipv4Addr,
+    /// The labels given (without the automatic namespace and cluster labels).
+    pub labels: BTreeMap<String, String>,
+    /// The security identity of its labels.
+    pub identity: u32,
+    /// Interface index of `host_ifname` once attached.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+}
+
+/// A request to add an endpoint (REST API and CNI plugin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    /// Unique on the node; adding an existing name with the same namespace
+    /// path returns the existing endpoint (a retried CNI ADD).
+    pub name: String,
+    /// Default `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The pod's network namespace: a path, or a name under `/run/netns`.
+    pub netns: String,
+    /// Interface name inside the pod (default `eth0`).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// Labels (source `k8s` unless a key says `source:key`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A specific address from the node's pod CIDR (default: the next free).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl Endpoint {
+    /// The labels that define the endpoint's identity: its own labels plus
+    /// `io.kubernetes.pod.namespace` and `io.cilium.k8s.policy.cluster`.
+    pub fn security_labels(&self, cluster: &ClusterName) -> Labels {
+        security_labels(&self.labels, &self.namespace, cluster)
+    }
+}
+
+/// See [`Endpoint::security_labels`].
+pub(crate) fn security_labels(
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+    cluster: &ClusterName,
+) -> Labels {
+    let mut set: Labels = labels
+        .iter()
+        .map(|(k, v)| match k.split_once(':') {
+            Some((source, key)) if !source.contains('.') && !source.contains('/') => {
+                Label::new(source, key, v.clone())
+            }
+            _ => Label::new(SOURCE_K8S, k.clone(), v.clone()),
+        })
+        .collect();
+    set.insert(Label::k8s(NAMESPACE_LABEL, namespace));
+    set.insert(Label::k8s(CLUSTER_LABEL, cluster.as_str()));
+    set
+}
+
+/// Checks a request before anything is created.
+pub(crate) fn validate_request(req: &EndpointRequest) -> Result<(), String> {
+    if req.name.is_empty() || req.name.len() > 128 || req.name.contains('/') {
+        return Err(format!(
+            "endpoint name {:?} must be 1-128 characters without '/'",
+            req.name
+        ));
+    }
+    if let Some(ns) = &req.namespace
+        && (ns.is_empty() || ns.contains('/') || ns.contains('_'))
+    {
+        return Err(format!("namespace {ns:?} is not valid"));
+    }
+    if req.netns.is_empty() {
+        return Err("netns is required".into());
+    }
+    if let Some(ifname) = &req.ifname
+        && (ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(' '))
+    {
+        return Err(format!("interface name {ifname:?} must be 1-15 characters"));
+    }
+    for (k, v) in &req.labels {
+        if k.is_empty() || k.contains(';') || k.contains('=') || v.contains(';') {
+            return Err(format!("label {k:?}={v:?} is not valid"));
+        }
+        let key = k.rsplit(':').next().unwrap_or(k);
+        if key == NAMESPACE_LABEL || key == CLUSTER_LABEL {
+            return Err(format!("label {key:?} is set by the agent"));
+        }
+    }
+    Ok(())
+}
+
+/// A host-side interface name for an endpoint (≤ 15 characters).
+pub(crate) fn host_ifname(id: u32) -> String {
+    format!("cm{id:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_labels_add_namespace_and_cluster() {
+        let c1 = ClusterName::new("c1").unwrap();
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("custom:team".to_string(), "a".to_string()),
+        ]);
+        let l = security_labels(&labels, "demo", &c1);
+        assert_eq!(
+            l.canonical(),
+            "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=demo;custom:team=a;"
+        );
+    }
+
+    #[test]
+    fn requests_are_validated() {
+        let ok = EndpointRequest {
+            name: "pod-1".into(),
+            namespace: None,
+            netns: "/run/netns/x".into(),
+            ifname: None,
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            ip: None,
+        };
+        assert!(validate_request(&ok).is_ok());
+        let bad = |f: fn(&mut EndpointRequest)| {
+            let mut r = ok.clone();
+            f(&mut r);
+            validate_request(&r).unwrap_err()
+        };
+        assert!(bad(|r| r.name.clear()).contains("name"));
+        assert!(bad(|r| r.netns.clear()).contains("netns"));
+        assert!(bad(|r| r.ifname = Some("a-very-long-interface".into())).contains("15"));
+        assert!(
+            bad(|r| {
+                r.labels.insert(CLUSTER_LABEL.into(), "c9".into());
+            })
+            .contains("set by the agent")
+        );
+        assert_eq!(host_ifname(0x1f), "cm0000001f");
+    }
+}

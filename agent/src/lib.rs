@@ -1,0 +1,47 @@
+//! The clustermesh node agent.
+//!
+//! It registers its node, hands out pod addresses, turns each endpoint's
+//! labels into a cluster-wide identity, publishes the endpoint's ipcache
+//! entry, and programs the eBPF datapath from one global view of identities,
+//! IPs, nodes, policies and services gathered from the local cluster and
+//! every remote cluster. `clustermesh-cni` creates endpoints through the
+//! agent's REST API; `clustermesh-agent debug …` reads its state.
+//!
+//! Not for: running without the operator's IPAM unless `--pod-cidr` is set,
+//! or on a node where another CNI owns the interfaces it manages.
+
+mod agent;
+mod api;
+mod api_client;
+mod cni;
+mod config;
+mod control_loop;
+mod datapath_sync;
+mod debug;
+mod endpoint;
+mod endpoint_manager;
+mod health;
+mod metrics;
+mod plumbing;
+mod policy_resolver;
+mod remote_clusters;
+mod service_merger;
+mod tables;
+mod views;
+
+pub use agent::Agent;
+pub use api_client::{ApiClient, ClientError};
+pub use cni::{CniError, run_cni};
+pub use config::{env, AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, humantime_parse};
+pub use debug::{DebugArgs, run_debug};
+pub use endpoint::{Endpoint, EndpointRequest};
+pub use metrics::AgentMetrics;
+pub use policy_resolver::{
+    EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
+};
+pub use remote_clusters::{RemoteClusterConfig, RemoteClusters};
+pub use service_merger::{MergedFrontend, RemoteService, Slot, merge};
+pub use views::{
+    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView, RemoteView,
+    ServiceView, SourceView, StatusView,
+};

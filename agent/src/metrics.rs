@@ -1,0 +1,197 @@
+//! The agent's Prometheus metrics.
+
+use std::{sync::Mutex, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MapLabel {
+    pub map: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteLabel {
+    pub target_cluster: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteKindLabel {
+    pub target_cluster: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteReasonLabel {
+    pub target_cluster: String,
+    pub reason: String,
+}
+
+/// Every metric of the agent, registered in one registry.
+pub struct AgentMetrics {
+    registry: Mutex<Registry>,
+    pub endpoints: Gauge,
+    pub services: Gauge,
+    pub policies: Gauge,
+    map_entries: Family<MapLabel, Gauge>,
+    map_capacity: Family<MapLabel, Gauge>,
+    pub reconcile_seconds: Histogram,
+    propagation: Family<SourceLabel, Histogram>,
+    pub remote_clusters: Gauge,
+    pub remote_ready: Family<RemoteLabel, Gauge>,
+    pub remote_failures: Family<RemoteLabel, Counter>,
+    pub remote_last_failure: Family<RemoteLabel, Gauge>,
+    pub remote_entries: Family<RemoteKindLabel, Gauge>,
+    pub remote_invalid: Family<RemoteReasonLabel, Gauge>,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clustermesh_agent");
+        let endpoints = Gauge::default();
+        let services = Gauge::default();
+        let policies = Gauge::default();
+        let map_entries = Family::<MapLabel, Gauge>::default();
+        let map_capacity = Family::<MapLabel, Gauge>::default();
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let propagation = Family::<SourceLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let remote_clusters = Gauge::default();
+        let remote_ready = Family::<RemoteLabel, Gauge>::default();
+        let remote_failures = Family::<RemoteLabel, Counter>::default();
+        let remote_last_failure = Family::<RemoteLabel, Gauge>::default();
+        let remote_entries = Family::<RemoteKindLabel, Gauge>::default();
+        let remote_invalid = Family::<RemoteReasonLabel, Gauge>::default();
+        registry.register("endpoints", "Endpoints on this node", endpoints.clone());
+        registry.register("services", "Service frontends programmed", services.clone());
+        registry.register("policies", "Policy documents known", policies.clone());
+        registry.register(
+            "map_entries",
+            "Entries in each eBPF map",
+            map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Capacity of each eBPF map",
+            map_capacity.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to write one batch of changes to the datapath",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "propagation_delay_seconds",
+            "Time from an event's arrival to the datapath being programmed, by source cluster",
+            propagation.clone(),
+        );
+        registry.register(
+            "remote_clusters",
+            "Remote clusters configured",
+            remote_clusters.clone(),
+        );
+        registry.register(
+            "remote_cluster_readiness_status",
+            "1 when the remote cluster is connected and synced",
+            remote_ready.clone(),
+        );
+        registry.register(
+            "remote_cluster_failures",
+            "Connection failures to the remote cluster",
+            remote_failures.clone(),
+        );
+        registry.register(
+            "remote_cluster_last_failure_ts",
+            "Unix time of the last failure to the remote cluster",
+            remote_last_failure.clone(),
+        );
+        registry.register(
+            "remote_cluster_entries",
+            "Entries received from the remote cluster, by kind",
+            remote_entries.clone(),
+        );
+        registry.register(
+            "remote_cluster_invalid_values",
+            "Values from the remote cluster that were skipped, by reason",
+            remote_invalid.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            endpoints,
+            services,
+            policies,
+            map_entries,
+            map_capacity,
+            reconcile_seconds,
+            propagation,
+            remote_clusters,
+            remote_ready,
+            remote_failures,
+            remote_last_failure,
+            remote_entries,
+            remote_invalid,
+        }
+    }
+
+    pub fn set_map_size(&self, map: &str, entries: usize) {
+        self.map_entries
+            .get_or_create(&MapLabel {
+                map: map.to_string(),
+            })
+            .set(entries as i64);
+    }
+
+    pub fn set_map_capacity(&self, map: &str, capacity: u32) {
+        self.map_capacity
+            .get_or_create(&MapLabel {
+                map: map.to_string(),
+            })
+            .set(capacity as i64);
+    }
+
+    pub fn observe_propagation(&self, source: &str, delay: Duration) {
+        self.propagation
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .observe(delay.as_secs_f64());
+    }
+
+    /// Registers more metrics (e.g. TLS certificate expiry).
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.registry.lock().expect("metrics lock"))
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().expect("metrics lock"));
+        out
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

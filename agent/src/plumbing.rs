@@ -1,0 +1,270 @@
+//! Kernel networking for endpoints and routes, done with iproute2 inside the
+//! right network namespaces.
+//!
+//! An endpoint is a veth pair: the host side (`cm…`) stays in the node's
+//! namespace and carries the datapath programs; the other end moves into
+//! the pod's namespace under the requested name. The pod gets its address
+//! as a /32 and a default route via the node's router IP (the first address
+//! of the pod CIDR), which every host-side veth carries, so the pod's ARP
+//! for its gateway is answered by its own veth and no bridge is needed.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use ipnet::IpNet;
+
+/// An iproute2 or sysctl step failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlumbingError {
+    #[error("cannot open network namespace {path}")]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
+/// Runs `program args…` inside the namespace at `netns` (`None`: the
+/// agent's own) and returns its stdout.
+pub(crate) fn run_in(
+    netns: Option<&Path>,
+    program: &str,
+    args: &[&str],
+) -> Result<String, PlumbingError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // The file must stay open until the child has joined the namespace.
+    let ns_file = match netns {
+        Some(path) => Some(File::open(path).map_err(|source| PlumbingError::OpenNetns {
+            path: path.to_path_buf(),
+            source,
+        })?),
+        None => None,
+    };
+    if let Some(f) = &ns_file {
+        let fd = f.as_raw_fd();
+        // SAFETY: setns(2) is async-signal-safe; the fd is open in the parent
+        // and inherited by the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = cmd.output().map_err(|source| PlumbingError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(PlumbingError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(netns: Option<&Path>, args: &[&str]) -> Result<String, PlumbingError> {
+    run_in(netns, "ip", args)
+}
+
+fn sysctl(netns: Option<&Path>, key: &str, value: &str) -> Result<(), PlumbingError> {
+    run_in(netns, "sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+}
+
+/// One endpoint's link, as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointLink<'a> {
+    /// The node's namespace (where the host side lives).
+    pub node_netns: Option<&'a Path>,
+    /// The pod's namespace.
+    pub pod_netns: &'a Path,
+    pub host_ifname: &'a str,
+    pub pod_ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+/// Prepares the node's namespace: forwarding on, reverse-path filtering
+/// loose (traffic from other nodes arrives on whatever interface routes it).
+pub(crate) fn prepare_node(node_netns: Option<&Path>) -> Result<(), PlumbingError> {
+    sysctl(node_netns, "net.ipv4.ip_forward", "1")?;
+    sysctl(node_netns, "net.ipv4.conf.all.rp_filter", "0")?;
+    sysctl(node_netns, "net.ipv4.conf.default.rp_filter", "0")?;
+    Ok(())
+}
+
+/// Creates the veth pair, moves the peer into the pod and configures both
+/// ends. Replaces a leftover host interface of the same name.
+pub(crate) fn create_endpoint_link(link: &EndpointLink<'_>) -> Result<(), PlumbingError> {
+    let node = link.node_netns;
+    let tmp_peer = format!("{}p", &link.host_ifname[..link.host_ifname.len().min(14)]);
+    if link_exists(node, link.host_ifname) {
+        delete_endpoint_link(node, link.host_ifname)?;
+    }
+    ip(
+        node,
+        &[
+            "link",
+            "add",
+            link.host_ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &tmp_peer,
+        ],
+    )?;
+    let result = configure(link, &tmp_peer);
+    if result.is_err() {
+        let _ = delete_endpoint_link(node, link.host_ifname);
+    }
+    result
+}
+
+fn configure(link: &EndpointLink<'_>, tmp_peer: &str) -> Result<(), PlumbingError> {
+    let node = link.node_netns;
+    let pod = Some(link.pod_netns);
+    let pod_path = link.pod_netns.to_string_lossy();
+    ip(node, &["link", "set", tmp_peer, "netns", &pod_path])?;
+    ip(pod, &["link", "set", tmp_peer, "name", link.pod_ifname])?;
+    ip(
+        pod,
+        &[
+            "addr",
+            "add",
+            &format!("{}/32", link.ip),
+            "dev",
+            link.pod_ifname,
+        ],
+    )?;
+    ip(pod, &["link", "set", link.pod_ifname, "up"])?;
+    ip(pod, &["link", "set", "lo", "up"])?;
+    let gw = link.gateway.to_string();
+    ip(
+        pod,
+        &[
+            "route",
+            "replace",
+            &gw,
+            "dev",
+            link.pod_ifname,
+            "scope",
+            "link",
+        ],
+    )?;
+    ip(
+        pod,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gw,
+            "dev",
+            link.pod_ifname,
+        ],
+    )?;
+    sysctl(
+        node,
+        &format!("net.ipv4.conf.{}.rp_filter", link.host_ifname),
+        "0",
+    )?;
+    ip(
+        node,
+        &[
+            "addr",
+            "add",
+            &format!("{gw}/32"),
+            "dev",
+            link.host_ifname,
+            "scope",
+            "link",
+        ],
+    )?;
+    ip(node, &["link", "set", link.host_ifname, "up"])?;
+    ip(
+        node,
+        &[
+            "route",
+            "replace",
+            &format!("{}/32", link.ip),
+            "dev",
+            link.host_ifname,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Deletes the pair (the peer goes with it). Missing is fine.
+pub(crate) fn delete_endpoint_link(
+    node_netns: Option<&Path>,
+    host_ifname: &str,
+) -> Result<(), PlumbingError> {
+    match ip(node_netns, &["link", "del", host_ifname]) {
+        Ok(_) => Ok(()),
+        Err(PlumbingError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an interface exists in the namespace.
+pub(crate) fn link_exists(netns: Option<&Path>, ifname: &str) -> bool {
+    ip(netns, &["link", "show", ifname]).is_ok()
+}
+
+/// Routes `cidr` via `gateway` (another node), replacing what was there.
+pub(crate) fn replace_route(
+    netns: Option<&Path>,
+    cidr: IpNet,
+    gateway: IpAddr,
+) -> Result<(), PlumbingError> {
+    ip(
+        netns,
+        &[
+            "route",
+            "replace",
+            &cidr.to_string(),
+            "via",
+            &gateway.to_string(),
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Removes the route to `cidr`; missing is fine.
+pub(crate) fn delete_route(netns: Option<&Path>, cidr: IpNet) -> Result<(), PlumbingError> {
+    match ip(netns, &["route", "del", &cidr.to_string()]) {
+        Ok(_) => Ok(()),
+        Err(PlumbingError::Failed { stderr, .. }) if stderr.contains("No such process") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The namespace path for a name (`/run/netns/<name>`) or a path.
+pub(crate) fn netns_path(name_or_path: &str) -> PathBuf {
+    if name_or_path.contains('/') {
+        PathBuf::from(name_or_path)
+    } else {
+        Path::new("/run/netns").join(name_or_path)
+    }
+}

@@ -1,0 +1,899 @@
+//! Remote clusters: one connection per file of the clustermesh config
+//! directory, each feeding the control loop as one more source.
+//!
+//! For every remote (DESIGN §5):
+//! - connect through its `clustermesh-apiserver` with the TLS files named in
+//!   its config file, read `cilium/cluster-config/<name>` and validate it
+//!   (ID ≠ 0, in range, not ours, not used by another remote, same
+//!   max-connected-clusters);
+//! - pin the remote etcd's cluster ID; a different one means a different
+//!   etcd answers and the connection starts over (with a full re-list);
+//! - watch identities, ipcache, nodes and services, each after its canary,
+//!   validating every value (IDs in the remote's range, its cluster label,
+//!   its name and ID in services and nodes);
+//! - on a failure, retry forever with capped, jittered backoff; the data
+//!   already received is KEPT, and after a reconnect a re-list with
+//!   mark-and-sweep (in the control loop) leaves exactly the remote's state;
+//! - on removal of the config file, drain everything it delivered.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use kvstore::{
+    Backoff, Client, ClientConfig, ClusterId, ClusterName, DecodeError, IdentityRange,
+    InvalidReason, MaxConnectedClusters, StoreValue, TlsFiles, Validator, WatchStore,
+    WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
+    values::{ClusterConfig, ClusterService, IdentityEntry, IpIdentityPair, Node},
+};
+use notify::{RecursiveMode, Watcher};
+use serde::Deserialize;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    agent::forward,
+    control_loop::{Input, LoopHandle, StoreKind},
+    metrics::{AgentMetrics, RemoteKindLabel, RemoteLabel, RemoteReasonLabel},
+    tables::SourceId,
+    views::RemoteView,
+};
+
+/// How often the connection is checked and status published.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Rescan of the config directory in case a file event was missed.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One remote cluster's config file (YAML).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RemoteClusterConfig {
+    pub endpoints: Vec<String>,
+    pub trusted_ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Drop the remote's services after it has been unreachable this long
+    /// (our extension; default: keep them, as Cilium does).
+    #[serde(default, with = "opt_duration")]
+    pub service_cache_ttl: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => crate::config::humantime_parse(&s)
+                .map(Some)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Every remote cluster of the config directory.
+pub struct RemoteClusters {
+    dir: PathBuf,
+    local: ClusterName,
+    local_id: ClusterId,
+    mode: MaxConnectedClusters,
+    control: LoopHandle,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Shared between connections: which remote holds which cluster ID.
+type IdRegistry = Arc<Mutex<HashMap<u32, String>>>;
+
+struct Running {
+    fingerprint: u64,
+    source: SourceId,
+    token: CancellationToken,
+    status: Arc<Mutex<RemoteView>>,
+}
+
+impl RemoteClusters {
+    pub fn new(
+        dir: PathBuf,
+        local: ClusterName,
+        local_id: ClusterId,
+        mode: MaxConnectedClusters,
+        control: LoopHandle,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        Self {
+            dir,
+            local,
+            local_id,
+            mode,
+            control,
+            metrics,
+        }
+    }
+
+    /// Follows the config directory until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (tx, mut changed) = mpsc::channel::<()>(16);
+        let _ = std::fs::create_dir_all(&self.dir);
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = tx.try_send(());
+        })?;
+        if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");
+        }
+        let registry: IdRegistry = Arc::default();
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut tasks = JoinSet::new();
+        let mut next_source = 2u16;
+        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        let mut publish = tokio::time::interval(CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = changed.recv() => {
+                    // Let a burst of events (a symlink swap) settle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while changed.try_recv().is_ok() {}
+                }
+                _ = rescan.tick() => {}
+                _ = publish.tick() => {
+                    self.publish_status(&running).await;
+                    continue;
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            }
+            let wanted = scan(&self.dir, &self.local);
+            // Removed or changed: stop; removed ones are drained.
+            let names: Vec<String> = running.keys().cloned().collect();
+            for name in names {
+                let fingerprint = wanted.get(&name).map(|(_, f)| *f);
+                if fingerprint == Some(running[&name].fingerprint) {
+                    continue;
+                }
+                let r = running.remove(&name).expect("present");
+                r.token.cancel();
+                registry.lock().expect("registry").retain(|_, n| *n != name);
+                let Some(fingerprint) = fingerprint else {
+                    info!(
+                        remote = name,
+                        "remote cluster config removed; draining its entries"
+                    );
+                    self.control.send(Input::DrainSource(r.source)).await;
+                    self.clear_metrics(&name);
+                    continue;
+                };
+                {
+                    info!(remote = name, "remote cluster config changed; reconnecting");
+                    // Same source: the data stays until the new connection re-lists.
+                    running.insert(
+                        name.clone(),
+                        self.start(
+                            &mut tasks,
+                            &name,
+                            &wanted[&name].0,
+                            fingerprint,
+                            r.source,
+                            &registry,
+                            &shutdown,
+                        ),
+                    );
+                }
+            }
+            for (name, (config, fingerprint)) in &wanted {
+                if running.contains_key(name) {
+                    continue;
+                }
+                let source = SourceId(next_source);
+                next_source += 1;
+                info!(remote = name, "remote cluster configured");
+                running.insert(
+                    name.clone(),
+                    self.start(
+                        &mut tasks,
+                        name,
+                        config,
+                        *fingerprint,
+                        source,
+                        &registry,
+                        &shutdown,
+                    ),
+                );
+            }
+            self.metrics.remote_clusters.set(running.len() as i64);
+            self.publish_status(&running).await;
+        }
+        for r in running.values() {
+            r.token.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        tasks: &mut JoinSet<()>,
+        name: &str,
+        config: &Result<RemoteClusterConfig, String>,
+        fingerprint: u64,
+        source: SourceId,
+        registry: &IdRegistry,
+        shutdown: &CancellationToken,
+    ) -> Running {
+        let token = shutdown.child_token();
+        let status = Arc::new(Mutex::new(RemoteView {
+            name: name.to_string(),
+            ..RemoteView::default()
+        }));
+        let remote = RemoteCluster {
+            name: name.to_string(),
+            config: config.clone(),
+            local_id: self.local_id,
+            mode: self.mode,
+            source,
+            control: self.control.clone(),
+            registry: registry.clone(),
+            status: status.clone(),
+            metrics: self.metrics.clone(),
+        };
+        tasks.spawn(remote.run(token.clone()));
+        Running {
+            fingerprint,
+            source,
+            token,
+            status,
+        }
+    }
+
+    async fn publish_status(&self, running: &BTreeMap<String, Running>) {
+        let views: Vec<RemoteView> = running
+            .values()
+            .map(|r| r.status.lock().expect("status").clone())
+            .collect();
+        for v in &views {
+            let label = RemoteLabel {
+                target_cluster: v.name.clone(),
+            };
+            self.metrics
+                .remote_ready
+                .get_or_create(&label)
+                .set(v.ready as i64);
+            for (kind, n) in &v.entries {
+                self.metrics
+                    .remote_entries
+                    .get_or_create(&RemoteKindLabel {
+                        target_cluster: v.name.clone(),
+                        kind: kind.clone(),
+                    })
+                    .set(*n as i64);
+            }
+            for (reason, n) in &v.invalid {
+                self.metrics
+                    .remote_invalid
+                    .get_or_create(&RemoteReasonLabel {
+                        target_cluster: v.name.clone(),
+                        reason: reason.clone(),
+                    })
+                    .set(*n as i64);
+            }
+        }
+        self.control.send(Input::RemoteStatus(views)).await;
+    }
+
+    fn clear_metrics(&self, name: &str) {
+        let label = RemoteLabel {
+            target_cluster: name.to_string(),
+        };
+        self.metrics.remote_ready.remove(&label);
+        self.metrics.remote_failures.remove(&label);
+        self.metrics.remote_last_failure.remove(&label);
+    }
+}
+
+/// The config files of the directory: name → (parsed config or why not,
+/// fingerprint of the file and the files it names).
+fn scan(
+    dir: &Path,
+    local: &ClusterName,
+) -> BTreeMap<String, (Result<RemoteClusterConfig, String>, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        // Kubernetes secret mounts keep `..data` and timestamped directories.
+        if name.starts_with('.')
+            || name == local.as_str()
+            || ClusterName::new(name.as_str()).is_err()
+        {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            continue;
+        }
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let mut h = DefaultHasher::new();
+        text.hash(&mut h);
+        let parsed = serde_norway::from_slice::<RemoteClusterConfig>(&text)
+            .map_err(|e| format!("config file {}: {e}", path.display()));
+        if let Ok(c) = &parsed {
+            for f in [&c.trusted_ca_file, &c.cert_file, &c.key_file] {
+                std::fs::read(f).unwrap_or_default().hash(&mut h);
+            }
+        }
+        out.insert(name, (parsed, h.finish()));
+    }
+    out
+}
+
+/// One remote cluster's connection.
+struct RemoteCluster {
+    name: String,
+    config: Result<RemoteClusterConfig, String>,
+    local_id: ClusterId,
+    mode: MaxConnectedClusters,
+    source: SourceId,
+    control: LoopHandle,
+    registry: IdRegistry,
+    status: Arc<Mutex<RemoteView>>,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Why a connection attempt failed, with the kind shown in status.
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn from_etcd(e: &kvstore::Error) -> Self {
+        let kind = match e.kind() {
+            kvstore::ErrorKind::Unreachable => "unreachable",
+            kvstore::ErrorKind::UnknownCa => "unknown-ca",
+            kvstore::ErrorKind::Tls => "tls",
+            kvstore::ErrorKind::PermissionDenied => "permission-denied",
+            kvstore::ErrorKind::Timeout => "timeout",
+            _ => "error",
+        };
+        Self::new(kind, e.full_message())
+    }
+}
+
+impl RemoteCluster {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut pinned_cluster_id: Option<u64> = None;
+        loop {
+            let failure = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                f = self.session(&shutdown, &mut pinned_cluster_id, &mut backoff) => f,
+            };
+            let Some(failure) = failure else { break };
+            self.fail(&failure);
+            if !backoff.wait(&shutdown).await {
+                break;
+            }
+        }
+        self.registry
+            .lock()
+            .expect("registry")
+            .retain(|_, n| *n != self.name);
+    }
+
+    fn fail(&self, f: &Failure) {
+        warn!(
+            remote = self.name,
+            kind = f.kind,
+            error = f.message,
+            "remote cluster not ready"
+        );
+        let label = RemoteLabel {
+            target_cluster: self.name.clone(),
+        };
+        self.metrics.remote_failures.get_or_create(&label).inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics
+            .remote_last_failure
+            .get_or_create(&label)
+            .set(now as i64);
+        let mut s = self.status.lock().expect("status");
+        s.connected = false;
+        s.ready = false;
+        s.failures += 1;
+        s.last_error = Some(f.message.clone());
+        s.last_error_kind = Some(f.kind.to_string());
+    }
+
+    /// One connection: returns the failure that ended it, or `None` on shutdown.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        pinned: &mut Option<u64>,
+        backoff: &mut Backoff,
+    ) -> Option<Failure> {
+        let config = match &self.config {
+            Ok(c) => c,
+            Err(e) => return Some(Failure::new("config-invalid", e.clone())),
+        };
+        let tls = match (TlsFiles {
+            ca: config.trusted_ca_file.clone(),
+            cert: Some(config.cert_file.clone()),
+            key: Some(config.key_file.clone()),
+        })
+        .load()
+        {
+            Ok(t) => t,
+            Err(e) => return Some(Failure::new("config-invalid", e.full_message())),
+        };
+        let mut client_config = ClientConfig::new(config.endpoints.clone()).with_tls(tls);
+        client_config.connect_timeout = Duration::from_secs(3);
+        client_config.keepalive_interval = Duration::from_secs(2);
+        client_config.keepalive_timeout = Duration::from_secs(3);
+        client_config.request_timeout = Duration::from_secs(5);
+        let client = match Client::connect(&client_config).await {
+            Ok(c) => c,
+            Err(e) => return Some(Failure::from_etcd(&e)),
+        };
+        let status = match client.status().await {
+            Ok(s) => s,
+            Err(e) => return Some(Failure::from_etcd(&e)),
+        };
+        if let Some(old) = *pinned
+            && old != status.cluster_id
+        {
+            info!(
+                remote = self.name,
+                old,
+                new = status.cluster_id,
+                "a different etcd cluster answers; re-listing everything"
+            );
+        }
+        *pinned = Some(status.cluster_id);
+        let remote_name =
+            ClusterName::new(self.name.as_str()).expect("scan only keeps valid names");
+        let cluster_config = match client.get(&keys::cluster_config(&remote_name)).await {
+            Ok(Some(kv)) => match ClusterConfig::decode(&self.name, &kv.value) {
+                Ok(c) => c,
+                Err(e) => return Some(Failure::new("config-invalid", e.to_string())),
+            },
+            Ok(None) => {
+                return Some(Failure::new(
+                    "config-missing",
+                    format!(
+                        "{} has no cilium/cluster-config/{} (is its clustermesh-apiserver for this cluster?)",
+                        config.endpoints.join(","),
+                        self.name
+                    ),
+                ));
+            }
+            Err(e) => return Some(Failure::from_etcd(&e)),
+        };
+        let remote_id = match self.validate(&cluster_config) {
+            Ok(id) => id,
+            Err(f) => return Some(f),
+        };
+        {
+            let mut s = self.status.lock().expect("status");
+            s.connected = true;
+            s.config = Some(format!(
+                "id={} maxConnectedClusters={}",
+                cluster_config.id, self.mode
+            ));
+        }
+        info!(
+            remote = self.name,
+            id = remote_id.get(),
+            "connected to remote cluster"
+        );
+        let result = self
+            .watch(
+                &client,
+                &remote_name,
+                remote_id,
+                &cluster_config,
+                shutdown,
+                pinned,
+                backoff,
+            )
+            .await;
+        self.registry
+            .lock()
+            .expect("registry")
+            .retain(|_, n| *n != self.name);
+        result
+    }
+
+    fn validate(&self, config: &ClusterConfig) -> Result<ClusterId, Failure> {
+        let remote_mode = config
+            .mode()
+            .map_err(|e| Failure::new("config-invalid", e.to_string()))?;
+        if remote_mode != self.mode {
+            return Err(Failure::new(
+                "config-invalid",
+                format!(
+                    "max-connected-clusters differs: remote {remote_mode}, local {}",
+                    self.mode
+                ),
+            ));
+        }
+        let id = ClusterId::new(config.id, self.mode)
+            .map_err(|e| Failure::new("config-invalid", e.to_string()))?;
+        if !id.is_meshable() {
+            return Err(Failure::new("config-invalid", "remote cluster ID is 0"));
+        }
+        if id == self.local_id {
+            return Err(Failure::new(
+                "id-conflict",
+                format!("remote cluster ID {id} is this cluster's own ID"),
+            ));
+        }
+        let mut registry = self.registry.lock().expect("registry");
+        match registry.get(&id.get()) {
+            Some(other) if *other != self.name => {
+                return Err(Failure::new(
+                    "id-conflict",
+                    format!("cluster ID {id} is already used by remote cluster {other}"),
+                ));
+            }
+            _ => {
+                registry.insert(id.get(), self.name.clone());
+            }
+        }
+        Ok(id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        client: &Client,
+        name: &ClusterName,
+        id: ClusterId,
+        config: &ClusterConfig,
+        shutdown: &CancellationToken,
+        pinned: &Option<u64>,
+        backoff: &mut Backoff,
+    ) -> Option<Failure> {
+        let kinds = vec![
+            StoreKind::Identities,
+            StoreKind::IpCache,
+            StoreKind::Nodes,
+            StoreKind::Services,
+        ];
+        self.control
+            .send(Input::RegisterSource {
+                id: self.source,
+                name: self.name.clone(),
+                cluster_id: id.get(),
+                kinds,
+            })
+            .await;
+        self.control.send(Input::BeginResync(self.source)).await;
+        let token = shutdown.child_token();
+        let canaries = config.capabilities.synced_canaries;
+        let store_config = |prefix: kvstore::KeyPrefix, store: &str| {
+            let mut c = WatchStoreConfig::new(prefix).with_name(format!(
+                "{name}/{}",
+                store.rsplit('/').nth(1).unwrap_or(store)
+            ));
+            if canaries {
+                c = c.with_canary(keys::canary(name, store));
+            }
+            c
+        };
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut stats: Vec<(StoreKind, Arc<WatchStoreStats>)> = Vec::new();
+        let source = self.source;
+        let mode = self.mode;
+        {
+            let (store, rx) = WatchStore::<IdentityEntry>::new(
+                client.clone(),
+                store_config(keys::identity_masters(), keys::IDENTITIES_STORE),
+            );
+            let store = store.with_validator(remote_identity_validator(name, id, mode));
+            stats.push((StoreKind::Identities, store.stats()));
+            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
+                Input::Identity(source, e)
+            });
+        }
+        {
+            let (store, rx) = WatchStore::<IpIdentityPair>::new(
+                client.clone(),
+                store_config(keys::ipcache(), keys::IPCACHE_STORE),
+            );
+            let store = store.with_validator(ipcache_validator(name, id, mode));
+            stats.push((StoreKind::IpCache, store.stats()));
+            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
+                Input::Ip(source, e)
+            });
+        }
+        {
+            let (store, rx) = WatchStore::<Node>::new(
+                client.clone(),
+                store_config(keys::nodes(), keys::NODES_STORE),
+            );
+            let store = store.with_validator(node_validator(name, id));
+            stats.push((StoreKind::Nodes, store.stats()));
+            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
+                Input::Node(source, e)
+            });
+        }
+        {
+            let (store, rx) = WatchStore::<ClusterService>::new(
+                client.clone(),
+                store_config(keys::services(), keys::SERVICES_STORE),
+            );
+            let store = store.with_validator(service_validator(name, id));
+            stats.push((StoreKind::Services, store.stats()));
+            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
+                Input::Service(source, e)
+            });
+        }
+
+        let ttl = self.config.as_ref().ok().and_then(|c| c.service_cache_ttl);
+        let mut unreachable_since: Option<Instant> = None;
+        let mut services_dropped = false;
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        let failure = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                _ = check.tick() => {}
+            }
+            let reachable = match client.status().await {
+                Ok(s) if Some(s.cluster_id) != *pinned => {
+                    break Some(Failure::new(
+                        "etcd-changed",
+                        format!(
+                            "etcd cluster ID changed from {:?} to {}",
+                            pinned, s.cluster_id
+                        ),
+                    ));
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    let f = Failure::from_etcd(&e);
+                    let mut s = self.status.lock().expect("status");
+                    s.connected = false;
+                    s.ready = false;
+                    s.last_error = Some(f.message.clone());
+                    s.last_error_kind = Some(f.kind.to_string());
+                    false
+                }
+            };
+            if reachable {
+                unreachable_since = None;
+                if services_dropped {
+                    // The services store re-lists on its own; nothing to undo.
+                    services_dropped = false;
+                }
+                backoff.reset();
+            } else {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if let Some(ttl) = ttl
+                    && !services_dropped
+                    && since.elapsed() >= ttl
+                {
+                    warn!(
+                        remote = self.name,
+                        ?ttl,
+                        "remote unreachable longer than its service cache TTL; dropping its services"
+                    );
+                    self.control.send(Input::DropServices(self.source)).await;
+                    services_dropped = true;
+                }
+            }
+            self.update_status(reachable, &stats);
+        };
+        token.cancel();
+        while tasks.join_next().await.is_some() {}
+        failure
+    }
+
+    fn update_status(&self, reachable: bool, stats: &[(StoreKind, Arc<WatchStoreStats>)]) {
+        let mut s = self.status.lock().expect("status");
+        s.connected = reachable;
+        s.synced = stats
+            .iter()
+            .map(|(k, st)| (k.as_str().to_string(), st.is_synced()))
+            .collect();
+        s.entries = stats
+            .iter()
+            .map(|(k, st)| (k.as_str().to_string(), st.entries()))
+            .collect();
+        let mut invalid = BTreeMap::new();
+        for (_, st) in stats {
+            for (reason, n) in st.invalid_by_reason() {
+                *invalid.entry(reason.as_str().to_string()).or_insert(0) += n;
+            }
+        }
+        s.invalid = invalid;
+        s.ready = reachable
+            && stats
+                .iter()
+                .all(|(_, st)| st.is_synced() && st.is_watching());
+        if let Some((kind, message)) = stats
+            .iter()
+            .find_map(|(_, st)| st.last_error().filter(|_| !st.is_watching()))
+        {
+            s.last_error_kind = Some(kind.as_str().to_string());
+            s.last_error = Some(message);
+        } else if s.ready {
+            s.last_error = None;
+            s.last_error_kind = None;
+        }
+        if let Some(waiting) = stats.iter().find(|(_, st)| st.is_waiting_for_canary()) {
+            s.last_error_kind = Some("not-synced".into());
+            s.last_error = Some(format!(
+                "waiting for the {} canary of {}",
+                waiting.0.as_str(),
+                self.name
+            ));
+        }
+    }
+}
+
+fn spawn_store<V: StoreValue>(
+    tasks: &mut JoinSet<()>,
+    store: WatchStore<V>,
+    rx: mpsc::Receiver<kvstore::Event<V>>,
+    control: &LoopHandle,
+    token: &CancellationToken,
+    wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
+) {
+    let t = token.clone();
+    tasks.spawn(async move {
+        let _ = store.run(t).await;
+    });
+    let handle = control.clone();
+    tasks.spawn(async move {
+        let _ = forward(rx, handle, wrap).await;
+    });
+}
+
+/// ipcache entries of a remote: identity in its block or reserved.
+fn ipcache_validator(
+    name: &ClusterName,
+    id: ClusterId,
+    mode: MaxConnectedClusters,
+) -> Validator<IpIdentityPair> {
+    let block = IdentityRange::block(id, mode);
+    let name = name.clone();
+    Arc::new(move |key: &str, pair: &IpIdentityPair| {
+        if pair.id.is_reserved() || block.contains(pair.id) {
+            Ok(())
+        } else {
+            Err(DecodeError::new(
+                "ipcache entry",
+                key,
+                InvalidReason::IdentityOutOfRange,
+                format!(
+                    "identity {} is outside cluster {name}'s range {block}",
+                    pair.id
+                ),
+            ))
+        }
+    })
+}
+
+fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
+    let name = name.clone();
+    Arc::new(move |key: &str, node: &Node| {
+        if node.cluster != name.as_str() {
+            return Err(DecodeError::new(
+                "node",
+                key,
+                InvalidReason::InvalidCluster,
+                format!("node of cluster {:?}, not {name}", node.cluster),
+            ));
+        }
+        if node.cluster_id != 0 && node.cluster_id != id.get() {
+            return Err(DecodeError::new(
+                "node",
+                key,
+                InvalidReason::InvalidCluster,
+                format!("ClusterID {} is not {id}", node.cluster_id),
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
+    let name = name.clone();
+    Arc::new(move |key: &str, svc: &ClusterService| {
+        if svc.cluster != name.as_str() {
+            return Err(DecodeError::new(
+                "service",
+                key,
+                InvalidReason::InvalidCluster,
+                format!("service of cluster {:?}, not {name}", svc.cluster),
+            ));
+        }
+        if svc.cluster_id != id.get() {
+            return Err(DecodeError::new(
+                "service",
+                key,
+                InvalidReason::InvalidCluster,
+                format!("clusterID {} is not {id}", svc.cluster_id),
+            ));
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use kvstore::NumericIdentity;
+
+    use super::*;
+
+    #[test]
+    fn config_file() {
+        let c: RemoteClusterConfig = serde_norway::from_str(
+            "endpoints:\n- https://127.0.0.1:2379\ntrusted-ca-file: /a/ca.crt\ncert-file: /a/c.crt\nkey-file: /a/c.key\nservice-cache-ttl: 30s\n",
+        )
+        .unwrap();
+        assert_eq!(c.service_cache_ttl, Some(Duration::from_secs(30)));
+        assert!(serde_norway::from_str::<RemoteClusterConfig>("endpoint: []").is_err());
+    }
+
+    #[test]
+    fn validators() {
+        let c2 = ClusterName::new("c2").unwrap();
+        let mode = MaxConnectedClusters::C255;
+        let id = ClusterId::new(2, mode).unwrap();
+        let v = ipcache_validator(&c2, id, mode);
+        let pair = |n: u32| {
+            IpIdentityPair::host("10.0.0.1".parse().unwrap(), NumericIdentity::new(n), None)
+        };
+        assert!(v("k", &pair(2 << 16 | 300)).is_ok());
+        assert!(v("k", &pair(6)).is_ok());
+        assert_eq!(
+            v("k", &pair(3 << 16 | 300)).unwrap_err().reason,
+            InvalidReason::IdentityOutOfRange
+        );
+        let sv = service_validator(&c2, id);
+        let svc = ClusterService::new(&c2, 2, "ns", "s");
+        assert!(sv("k", &svc).is_ok());
+        assert!(sv("k", &ClusterService::new(&c2, 3, "ns", "s")).is_err());
+        let c3 = ClusterName::new("c3").unwrap();
+        assert!(sv("k", &ClusterService::new(&c3, 2, "ns", "s")).is_err());
+    }
+
+    #[test]
+    fn scan_skips_own_hidden_and_invalid_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let body =
+            "endpoints: [https://x:1]\ntrusted-ca-file: /nope\ncert-file: /nope\nkey-file: /nope\n";
+        for name in ["c1", "c2", "..data", "Bad_Name"] {
+            std::fs::write(dir.path().join(name), body).unwrap();
+        }
+        std::fs::write(dir.path().join("c3"), "not: [valid").unwrap();
+        let found = scan(dir.path(), &ClusterName::new("c1").unwrap());
+        let names: Vec<&String> = found.keys().collect();
+        assert_eq!(names, ["c2", "c3"]);
+        assert!(found["c2"].0.is_ok());
+        assert!(found["c3"].0.is_err());
+    }
+}

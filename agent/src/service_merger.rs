@@ -1,0 +1,146 @@
+//! Pure service merging: the backends a frontend balances over, from the
+//! local cluster's endpoints and the `ClusterService`s of remote clusters,
+//! by the service's affinity, failover threshold and cluster weights.
+//!
+//! - A service that is not `global` uses local backends only.
+//! - Remote clusters contribute backends (never frontends) when their
+//!   service of the same namespace/name is `shared`.
+//! - Affinity `none`: every backend. `local`: local backends while at least
+//!   `minHealthy` are left, else local and remote together (graded: the
+//!   remaining local ones stay in rotation). `remote`: the mirror image.
+//! - Weights: each backend of cluster `c` gets `weight(c)` slots, so new
+//!   connections split by cluster in that ratio; weight 0 removes a cluster.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bpf::Protocol;
+use kvstore::values::{Affinity, ClusterService, ServiceDef, ServiceProtocol};
+
+/// A remote cluster's service of the same namespace/name.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteService<'a> {
+    pub cluster: &'a str,
+    pub cluster_id: u32,
+    pub service: &'a ClusterService,
+}
+
+/// One backend slot of a frontend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Slot {
+    pub backend: SocketAddr,
+    pub cluster_id: u32,
+}
+
+/// What a frontend port balances over, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedFrontend {
+    pub frontend: SocketAddr,
+    pub protocol: Protocol,
+    pub slots: Vec<Slot>,
+    /// Clusters whose backends are in rotation.
+    pub active_clusters: Vec<String>,
+    /// One line for status output, e.g. `local only (2 local >= minHealthy 1)`.
+    pub reason: String,
+}
+
+struct Candidate<'a> {
+    cluster: &'a str,
+    cluster_id: u32,
+    addr: SocketAddr,
+}
+
+/// Merges the backends of `def`'s ports.
+pub fn merge(
+    def: &ServiceDef,
+    local_cluster: &str,
+    local_cluster_id: u32,
+    local_backends: &[IpAddr],
+    remotes: &[RemoteService<'_>],
+) -> Vec<MergedFrontend> {
+    def.ports
+        .iter()
+        .map(|port| {
+            let protocol = match port.protocol {
+                ServiceProtocol::Tcp => Protocol::Tcp,
+                ServiceProtocol::Udp => Protocol::Udp,
+            };
+            let local: Vec<Candidate<'_>> = local_backends
+                .iter()
+                .map(|ip| Candidate {
+                    cluster: local_cluster,
+                    cluster_id: local_cluster_id,
+                    addr: SocketAddr::new(*ip, port.target()),
+                })
+                .collect();
+            let remote: Vec<Candidate<'_>> = if def.global {
+                remotes
+                    .iter()
+                    .filter(|r| r.service.shared && r.cluster != local_cluster)
+                    .flat_map(|r| {
+                        r.service.backend_ips().filter_map(move |(ip, ports)| {
+                            let l4 = ports.get(&port.name)?;
+                            (l4.protocol.eq_ignore_ascii_case(port.protocol.as_str())).then(|| {
+                                Candidate {
+                                    cluster: r.cluster,
+                                    cluster_id: r.cluster_id,
+                                    addr: SocketAddr::new(ip, l4.port),
+                                }
+                            })
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let weighted = |c: &Candidate<'_>| def.weight(c.cluster) > 0;
+            let local_n = local.iter().filter(|c| weighted(c)).count() as u32;
+            let remote_n = remote.iter().filter(|c| weighted(c)).count() as u32;
+            let min = def.min_healthy();
+            let (chosen, reason): (Vec<&Candidate<'_>>, String) = match (def.global, def.affinity) {
+                (false, _) => (local.iter().collect(), "local service".into()),
+                (true, Affinity::None) => {
+                    (local.iter().chain(&remote).collect(), "all clusters".into())
+                }
+                (true, Affinity::Local) if local_n >= min => (
+                    local.iter().collect(),
+                    format!("local only ({local_n} local >= minHealthy {min})"),
+                ),
+                (true, Affinity::Local) => (
+                    local.iter().chain(&remote).collect(),
+                    format!("failover to remote ({local_n} local < minHealthy {min})"),
+                ),
+                (true, Affinity::Remote) if remote_n >= min => (
+                    remote.iter().collect(),
+                    format!("remote only ({remote_n} remote >= minHealthy {min})"),
+                ),
+                (true, Affinity::Remote) => (
+                    local.iter().chain(&remote).collect(),
+                    format!("failover to local ({remote_n} remote < minHealthy {min})"),
+                ),
+            };
+            let mut slots = Vec::new();
+            let mut active = Vec::new();
+            let mut chosen = chosen;
+            chosen.sort_by(|a, b| (a.cluster, a.addr).cmp(&(b.cluster, b.addr)));
+            for c in chosen {
+                let w = def.weight(c.cluster);
+                if w > 0 && !active.iter().any(|a: &String| a == c.cluster) {
+                    active.push(c.cluster.to_string());
+                }
+                for _ in 0..w {
+                    slots.push(Slot {
+                        backend: c.addr,
+                        cluster_id: c.cluster_id,
+                    });
+                }
+            }
+            MergedFrontend {
+                frontend: SocketAddr::new(def.frontend, port.port),
+                protocol,
+                slots,
+                active_clusters: active,
+                reason,
+            }
+        })
+        .collect()
+}
