@@ -51,8 +51,8 @@ impl Agent {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let c = self.config;
         let metrics = Arc::new(AgentMetrics::new());
-        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         let inner = shutdown.child_token();
+        let mut tasks = Components { set: JoinSet::new(), token: inner.clone() };
 
         // etcd: components retry on their own, so the agent starts (and the
         // datapath keeps its state) while etcd is down.
@@ -60,7 +60,7 @@ impl Agent {
             .await
             .context("etcd client configuration")?;
         let (session, session_handle) = Session::new(client.clone(), c.session_ttl);
-        tasks.spawn(task(session.run(inner.clone())));
+        tasks.spawn("session", session.run(inner.clone()));
 
         plumbing::prepare_node(c.node_netns.as_deref())
             .context("preparing the node's network namespace")?;
@@ -98,8 +98,8 @@ impl Agent {
         // Identities of the local cluster feed both the allocator and the loop.
         let (identity_events_tx, identity_events) = mpsc::channel(4096);
         let (cache, cache_runner) = IdentityCache::local(client.clone());
-        tasks.spawn(task(cache_runner.forward_to(identity_events_tx).run(inner.clone())));
-        tasks.spawn(forward(identity_events, handle.clone(), |e| {
+        tasks.spawn("identity cache", cache_runner.forward_to(identity_events_tx).run(inner.clone()));
+        tasks.spawn("identity events", forward(identity_events, handle.clone(), |e| {
             Input::Identity(SourceId::LOCAL_CLUSTER, e)
         }));
         let node_key_ip = c.node_ip.to_string();
@@ -109,7 +109,7 @@ impl Agent {
             cache.clone(),
             AllocatorConfig::new(c.cluster_id, c.mode, node_key_ip),
         );
-        tasks.spawn(task(allocator_runner.run(inner.clone())));
+        tasks.spawn("allocator", allocator_runner.run(inner.clone()));
 
         spawn_watch::<IpIdentityPair>(
             &mut tasks,
@@ -155,32 +155,33 @@ impl Agent {
             SyncStoreConfig::new(keys::ipcache())
                 .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE)),
         );
-        tasks.spawn(task(ipcache_runner.run(inner.clone())));
+        tasks.spawn("ipcache sync store", ipcache_runner.run(inner.clone()));
         let (node_store, node_runner) = SyncStore::<Node>::new(
             client.clone(),
             session_handle.clone(),
             SyncStoreConfig::new(keys::nodes())
                 .with_canary(keys::canary(&c.cluster, keys::NODES_STORE)),
         );
-        tasks.spawn(task(node_runner.run(inner.clone())));
+        tasks.spawn("node sync store", node_runner.run(inner.clone()));
         let (canary_store, canary_runner) = SyncStore::<RawEntry>::new(
             client.clone(),
             session_handle.clone(),
             SyncStoreConfig::new(keys::canaries_of(&c.cluster)),
         );
-        tasks.spawn(task(canary_runner.run(inner.clone())));
+        tasks.spawn("canary sync store", canary_runner.run(inner.clone()));
         {
             let cache = cache.clone();
             let token = inner.clone();
-            tasks.spawn(async move {
+            tasks.spawn("identities canary", async move {
                 tokio::select! {
                     _ = token.cancelled() => {}
                     _ = cache.wait_synced() => {
                         canary_store.upsert(&RawEntry { key: keys::IDENTITIES_STORE.into(), value: Timestamp::now().encode() });
                         canary_store.synced();
+                        token.cancelled().await;
                     }
                 }
-                Ok(())
+                anyhow::Ok(())
             });
         }
 
@@ -212,7 +213,7 @@ impl Agent {
         node_store.upsert(&node);
         node_store.synced();
         control.set_pod_cidr(Some(IpNet::V4(pod_cidr)));
-        tasks.spawn(control.run(inner.clone()));
+        tasks.spawn("control loop", control.run(inner.clone()));
 
         let endpoints = Arc::new(EndpointManager::new(
             EndpointManagerConfig {
@@ -239,20 +240,19 @@ impl Agent {
                 handle.clone(),
                 metrics.clone(),
             );
-            tasks.spawn(remotes.run(inner.clone()));
+            tasks.spawn("remote clusters", remotes.run(inner.clone()));
         }
-        tasks.spawn(task(ApiServer::new(c.api_socket.clone(), endpoints, handle.clone()).run(inner.clone())));
+        tasks.spawn("API server", ApiServer::new(c.api_socket.clone(), endpoints, handle.clone()).run(inner.clone()));
         if let Some(addr) = c.health_listen {
-            tasks
-                .spawn(HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()));
+            tasks.spawn("health server", HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()));
         }
         info!(cluster = %c.cluster, node = c.node_name, "agent running");
 
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            Some(result) = tasks.join_next() => {
+            Some(result) = tasks.set.join_next() => {
                 let error = match result {
-                    Ok(Ok(())) => anyhow::anyhow!("a component stopped unexpectedly"),
+                    Ok(Ok(())) => anyhow::anyhow!("a component stopped"),
                     Ok(Err(e)) => e,
                     Err(e) => anyhow::anyhow!("a component panicked: {e}"),
                 };
@@ -266,12 +266,12 @@ impl Agent {
 }
 
 async fn drain(
-    mut tasks: JoinSet<anyhow::Result<()>>,
+    mut tasks: Components,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     token.cancel();
     let all = async {
-        while let Some(r) = tasks.join_next().await {
+        while let Some(r) = tasks.set.join_next().await {
             if let Ok(Err(e)) = r {
                 warn!(error = %format!("{e:#}"), "component failed during shutdown");
             }
@@ -285,10 +285,10 @@ async fn drain(
 
 /// A local watch store whose events go to the control loop.
 fn spawn_watch<V: StoreValue>(
-    tasks: &mut JoinSet<anyhow::Result<()>>,
+    tasks: &mut Components,
     client: &Client,
     prefix: kvstore::KeyPrefix,
-    name: &str,
+    name: &'static str,
     handle: &LoopHandle,
     token: &CancellationToken,
     wrap: fn(Event<V>) -> Input,
@@ -297,8 +297,8 @@ fn spawn_watch<V: StoreValue>(
         client.clone(),
         WatchStoreConfig::new(prefix).with_name(name),
     );
-    tasks.spawn(task(store.run(token.clone())));
-    tasks.spawn(forward(rx, handle.clone(), wrap));
+    tasks.spawn(name, store.run(token.clone()));
+    tasks.spawn(name, forward(rx, handle.clone(), wrap));
 }
 
 /// Forwards a store's events into the control loop.
@@ -342,7 +342,25 @@ async fn wait_for_pod_cidr(client: &Client, node: &str) -> Ipv4Net {
     cidr
 }
 
-/// A component's `run` future as a task of the set.
-async fn task<E: std::error::Error + Send + Sync + 'static>(run: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()> {
-    run.await.map_err(anyhow::Error::from)
+/// The agent's long-lived components, stopped together.
+struct Components {
+    set: JoinSet<anyhow::Result<()>>,
+    token: CancellationToken,
+}
+
+impl Components {
+    /// Runs a component; its end before shutdown is an error naming it.
+    fn spawn<E>(&mut self, name: &'static str, run: impl std::future::Future<Output = Result<(), E>> + Send + 'static)
+    where
+        E: Into<anyhow::Error> + Send + 'static,
+    {
+        let token = self.token.clone();
+        self.set.spawn(async move {
+            match run.await {
+                Ok(()) if token.is_cancelled() => Ok(()),
+                Ok(()) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+                Err(e) => Err(e.into().context(name)),
+            }
+        });
+    }
 }
