@@ -180,7 +180,10 @@ impl IpamReconciler {
         let mut wake_at: Option<Instant> = None;
         let mut reported: HashSet<(String, IpFamily)> = HashSet::new();
         loop {
+            // Biased: once `shutdown` fires the stores stop too, and their
+            // closed channels must not be mistaken for a failure.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 e = nodes_rx.recv() => view.node(&mut planner, e.ok_or(IpamError::WatchStopped { store: "nodes" })?),
                 e = assignments_rx.recv() => view.assignment(&mut planner, e.ok_or(IpamError::WatchStopped { store: "assignments" })?),
@@ -281,7 +284,10 @@ impl IpamReconciler {
             };
             match result {
                 Ok(true) => outcome.done += 1,
-                Ok(false) => outcome.stale += 1,
+                Ok(false) => {
+                    self.metrics.ipam_conflicts.inc();
+                    outcome.stale += 1;
+                }
                 Err(source) => {
                     let e = IpamError::Apply {
                         action: name,

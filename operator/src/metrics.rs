@@ -28,7 +28,8 @@ type FamilyLabel = [(&'static str, &'static str); 1];
 ///   `ipam_nodes_waiting{family}` (nodes without a CIDR because the pool is
 ///   exhausted), `ipam_exhausted_total{family}` (nodes refused for that
 ///   reason, counted once per node and episode). Reported by the leader;
-///   a follower keeps the values of its last term.
+///   a follower keeps the values of its last term. `ipam_conflicts_total`:
+///   conditional IPAM writes that lost a race (each is re-planned).
 ///
 /// Cheap to clone: clones update the same metrics.
 #[derive(Clone)]
@@ -45,6 +46,7 @@ pub struct OperatorMetrics {
     pub(crate) ipam_free: Family<FamilyLabel, Gauge>,
     pub(crate) ipam_waiting: Family<FamilyLabel, Gauge>,
     pub(crate) ipam_exhausted: Family<FamilyLabel, Counter>,
+    pub(crate) ipam_conflicts: Counter,
 }
 
 impl fmt::Debug for OperatorMetrics {
@@ -72,6 +74,7 @@ impl OperatorMetrics {
             ipam_free: Family::default(),
             ipam_waiting: Family::default(),
             ipam_exhausted: Family::default(),
+            ipam_conflicts: Counter::default(),
         };
         registry.register(
             "leader",
@@ -128,6 +131,11 @@ impl OperatorMetrics {
             "Nodes refused a pod CIDR because the pool was exhausted",
             m.ipam_exhausted.clone(),
         );
+        registry.register(
+            "ipam_conflicts",
+            "IPAM writes refused because another writer got there first or the view was stale",
+            m.ipam_conflicts.clone(),
+        );
         registry.register_collector(Box::new(IdentityCount {
             cache: identities,
             range,
@@ -151,6 +159,11 @@ impl OperatorMetrics {
     /// Whether this instance currently leads, as the `leader` gauge says.
     pub fn is_leader(&self) -> bool {
         self.leader.get() == 1
+    }
+
+    /// IPAM writes that lost a race so far.
+    pub fn ipam_conflicts(&self) -> u64 {
+        self.ipam_conflicts.get()
     }
 
     pub(crate) fn family(family: IpFamily) -> FamilyLabel {
