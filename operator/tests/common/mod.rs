@@ -67,6 +67,25 @@ where
     }
 }
 
+/// Polls `f` every 20 ms until it returns a value; panics after `DEADLINE`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A test configuration: short TTL and intervals, health on a free port.
 pub fn config(endpoint: &str, id: &str) -> OperatorConfig {
     let mut c = OperatorConfig::new(cluster(), cluster_id(), MODE, etcd_config(endpoint));
@@ -219,6 +238,15 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == name_and_labels).then(|| value.parse().ok())?
     })
+}
+
+/// The ID in the leader key, if any.
+pub async fn get_leader(client: &Client) -> Option<String> {
+    client
+        .get(keys::OPERATOR_LEADER)
+        .await
+        .expect("read the leader key")
+        .map(|kv| String::from_utf8(kv.value).unwrap())
 }
 
 /// Registers a node (no lease: tests delete it explicitly).
