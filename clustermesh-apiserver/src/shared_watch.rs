@@ -1,0 +1,690 @@
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
+use kvstore::Backoff;
+use prost::bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tracing::{debug, info, warn};
+
+use crate::{
+    etcd_error::EtcdError,
+    outbox::Outbox,
+    upstream::path,
+    watch_hub::{Subscription, WatchHub, WatchKey},
+    watch_message::{WatchMessage, encode_shared},
+};
+
+/// Events per response when history is replayed to a joining watcher (etcd
+/// sends catch-up batches of this order too), so a long replay is a few
+/// messages rather than one per revision.
+const REPLAY_EVENTS_PER_RESPONSE: usize = 1_000;
+
+/// etcd's `WatchCreateRequest.FilterType` values a watcher may ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EventFilter {
+    no_put: bool,
+    no_delete: bool,
+}
+
+impl EventFilter {
+    /// From `WatchCreateRequest.filters` (`NOPUT = 0`, `NODELETE = 1`).
+    pub(crate) fn from_request(filters: &[i32]) -> Self {
+        Self {
+            no_put: filters.contains(&0),
+            no_delete: filters.contains(&1),
+        }
+    }
+
+    fn is_empty(self) -> bool {
+        !self.no_put && !self.no_delete
+    }
+
+    fn passes(self, event: &PbEvent) -> bool {
+        match event.r#type {
+            0 => !self.no_put,
+            1 => !self.no_delete,
+            _ => true,
+        }
+    }
+}
+
+/// Whether a watcher joined a shared watch.
+#[derive(Debug)]
+pub(crate) enum JoinOutcome {
+    /// It receives the history above its cursor and then live events.
+    Joined,
+    /// It starts before the shared watch's history: a catch-up must replay
+    /// etcd's history first. The token is cancelled when the watcher leaves.
+    NeedsCatchUp(CancellationToken),
+    /// The shared watch ended; the subscription is handed back.
+    Finished(Subscription),
+}
+
+/// What a catch-up should do after handing over a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUpStep {
+    /// Keep reading; everything up to `cursor` is delivered.
+    Continue { cursor: i64 },
+    /// The watcher now follows the shared watch.
+    Joined,
+    /// The watcher left.
+    Gone,
+}
+
+/// One upstream response, decoded for filtering and replay and encoded once
+/// (without a watch ID) for the watchers that take it whole.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    header: PbResponseHeader,
+    events: Vec<PbEvent>,
+    min_rev: i64,
+    max_rev: i64,
+    body: Bytes,
+}
+
+impl Batch {
+    fn new(header: PbResponseHeader, events: Vec<PbEvent>) -> Self {
+        let revisions = events.iter().map(revision);
+        let min_rev = revisions.clone().min().unwrap_or(header.revision);
+        let max_rev = revisions.max().unwrap_or(header.revision);
+        let response = PbWatchResponse {
+            header: Some(header),
+            events,
+            ..PbWatchResponse::default()
+        };
+        let body = encode_shared(&response);
+        Self {
+            header,
+            events: response.events,
+            min_rev,
+            max_rev,
+            body,
+        }
+    }
+}
+
+fn revision(event: &PbEvent) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its history comes from a catch-up; live events are not sent yet.
+    CatchingUp,
+    Live,
+    /// Its outbox overflowed or closed; its stream is going away.
+    Dead,
+}
+
+/// A downstream watcher of a shared watch.
+struct Subscriber {
+    id: u64,
+    watch_id: i64,
+    cursor: i64,
+    shared_cursor: Arc<AtomicI64>,
+    filter: EventFilter,
+    progress_notify: bool,
+    outbox: Outbox,
+    phase: Phase,
+    left: CancellationToken,
+}
+
+impl Subscriber {
+    fn advance(&mut self, revision: i64) {
+        if revision > self.cursor {
+            self.cursor = revision;
+            self.shared_cursor.store(revision, Ordering::Release);
+        }
+    }
+
+    fn push(&mut self, message: WatchMessage) {
+        if !self.outbox.push(message) {
+            self.phase = Phase::Dead;
+        }
+    }
+
+    /// Queues the events of `batch` above the cursor that pass the filter;
+    /// returns how many.
+    fn send_batch(&mut self, batch: &Batch) -> u64 {
+        if batch.max_rev <= self.cursor {
+            return 0;
+        }
+        let sent = if batch.min_rev > self.cursor && self.filter.is_empty() {
+            self.push(WatchMessage::Shared {
+                watch_id: self.watch_id,
+                body: batch.body.clone(),
+            });
+            batch.events.len()
+        } else {
+            let events: Vec<PbEvent> = batch
+                .events
+                .iter()
+                .filter(|e| revision(e) > self.cursor && self.filter.passes(e))
+                .cloned()
+                .collect();
+            let n = events.len();
+            if n > 0 {
+                self.push(self.response(batch.header, events));
+            }
+            n
+        };
+        self.advance(batch.max_rev);
+        sent as u64
+    }
+
+    /// Queues the history above the cursor in responses of up to
+    /// [`REPLAY_EVENTS_PER_RESPONSE`] events, then takes the cursor to
+    /// `complete_to` (everything up to it was in the history).
+    fn replay(&mut self, history: &VecDeque<Arc<Batch>>, complete_to: i64) -> u64 {
+        let mut sent = 0;
+        let mut pending: Vec<PbEvent> = Vec::new();
+        let mut header = PbResponseHeader::default();
+        let (cursor, filter) = (self.cursor, self.filter);
+        for batch in history.iter().filter(|b| b.max_rev > cursor) {
+            pending.extend(
+                batch
+                    .events
+                    .iter()
+                    .filter(|e| revision(e) > cursor && filter.passes(e))
+                    .cloned(),
+            );
+            header = batch.header;
+            if pending.len() >= REPLAY_EVENTS_PER_RESPONSE {
+                sent += pending.len();
+                let events = std::mem::take(&mut pending);
+                self.push(self.response(header, events));
+            }
+        }
+        if !pending.is_empty() {
+            sent += pending.len();
+            self.push(self.response(header, pending));
+        }
+        self.advance(complete_to);
+        sent as u64
+    }
+
+    fn response(&self, header: PbResponseHeader, events: Vec<PbEvent>) -> WatchMessage {
+        WatchMessage::owned(PbWatchResponse {
+            header: Some(header),
+            watch_id: self.watch_id,
+            events,
+            ..PbWatchResponse::default()
+        })
+    }
+
+    fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+}
+
+struct State {
+    subscribers: Vec<Subscriber>,
+    /// Recent responses, oldest first: together they hold every event with a
+    /// revision above `floor` up to `revision`.
+    history: VecDeque<Arc<Batch>>,
+    history_events: usize,
+    floor: i64,
+    /// Every event up to this revision has been received from etcd.
+    revision: i64,
+    /// The etcd cluster the history comes from (0 until the first watch).
+    cluster_id: u64,
+    finished: bool,
+}
+
+/// How a pass over an upstream stream ended.
+enum Ended {
+    /// Shutdown, or the last watcher left.
+    Stopped,
+    /// Re-open at once (after a compaction that left watchers).
+    Restart,
+    /// A failure; re-open after a backoff.
+    Error(String),
+}
+
+/// One upstream etcd watch of a range, shared by every downstream watcher of
+/// that range (see [`WatchHub`] for how watchers join).
+///
+/// Its task reads etcd's responses, fans each out to the live watchers
+/// (pushing into their outboxes without waiting), and keeps the recent ones
+/// as history. When the upstream stream breaks (etcd restarts, the network
+/// fails) it re-opens the watch at the next revision it has not seen, so the
+/// watchers notice nothing: not a gap, not a duplicate. When etcd compacted
+/// that revision meanwhile, watchers that still needed older events get
+/// etcd's compaction response, as a direct watch would.
+pub(crate) struct SharedWatch {
+    key: WatchKey,
+    state: Mutex<State>,
+    stop: CancellationToken,
+}
+
+impl fmt::Debug for SharedWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedWatch")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedWatch {
+    /// A shared watch whose first watcher has `cursor`: the upstream watch
+    /// starts at `cursor + 1`.
+    pub(crate) fn new(key: WatchKey, cursor: i64, stop: CancellationToken) -> Self {
+        Self {
+            key,
+            state: Mutex::new(State {
+                subscribers: Vec::new(),
+                history: VecDeque::new(),
+                history_events: 0,
+                floor: cursor,
+                revision: cursor,
+                cluster_id: 0,
+                finished: false,
+            }),
+            stop,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn key(&self) -> &WatchKey {
+        &self.key
+    }
+
+    /// Marks the watch finished and stops its task.
+    pub(crate) fn finish(&self) {
+        self.lock().finished = true;
+        self.stop.cancel();
+    }
+
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    pub(crate) fn has_subscriber(&self, id: u64) -> bool {
+        self.lock().subscribers.iter().any(|s| s.id == id)
+    }
+
+    /// Adds a watcher; see [`JoinOutcome`].
+    pub(crate) fn join(
+        &self,
+        id: u64,
+        subscription: Subscription,
+        shared_cursor: Arc<AtomicI64>,
+    ) -> (JoinOutcome, u64) {
+        let mut st = self.lock();
+        if st.finished {
+            return (JoinOutcome::Finished(subscription), 0);
+        }
+        let mut subscriber = Subscriber {
+            id,
+            watch_id: subscription.watch_id,
+            cursor: subscription.cursor,
+            shared_cursor,
+            filter: subscription.filter,
+            progress_notify: subscription.progress_notify,
+            outbox: subscription.outbox,
+            phase: Phase::CatchingUp,
+            left: self.stop.child_token(),
+        };
+        let (outcome, sent) = if subscriber.cursor >= st.floor {
+            subscriber.phase = Phase::Live;
+            let sent = subscriber.replay(&st.history, st.revision);
+            (JoinOutcome::Joined, sent)
+        } else {
+            (JoinOutcome::NeedsCatchUp(subscriber.left.clone()), 0)
+        };
+        st.subscribers.push(subscriber);
+        (outcome, sent)
+    }
+
+    /// Removes a watcher. Returns whether it was there and whether the watch
+    /// has no watcher left.
+    pub(crate) fn remove_subscriber(&self, id: u64) -> (bool, bool) {
+        let mut st = self.lock();
+        let before = st.subscribers.len();
+        st.subscribers.retain(|s| {
+            if s.id == id {
+                s.left.cancel();
+                false
+            } else {
+                true
+            }
+        });
+        (st.subscribers.len() < before, st.subscribers.is_empty())
+    }
+
+    /// Finishes the watch if it has no watcher (called with the hub's
+    /// registry locked, so no watcher can join meanwhile).
+    pub(crate) fn finish_if_empty(&self) -> bool {
+        let mut st = self.lock();
+        if st.subscribers.is_empty() {
+            st.finished = true;
+            self.stop.cancel();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A catch-up's upstream response with events; see [`crate::watch_catch_up::CatchUp`].
+    pub(crate) fn catch_up_events(
+        &self,
+        id: u64,
+        header: PbResponseHeader,
+        mut events: Vec<PbEvent>,
+    ) -> (CatchUpStep, u64) {
+        let mut st = self.lock();
+        let State {
+            subscribers,
+            history,
+            floor,
+            revision: complete_to,
+            ..
+        } = &mut *st;
+        let Some(sub) = subscribers
+            .iter_mut()
+            .find(|s| s.id == id && s.phase == Phase::CatchingUp)
+        else {
+            return (CatchUpStep::Gone, 0);
+        };
+        // The catch-up delivers what the shared history does not have: the
+        // events up to `floor`. The first event above it proves that
+        // everything up to `floor` has been delivered (responses are ordered
+        // and complete), and the shared history holds everything above.
+        let split = events
+            .iter()
+            .position(|e| revision(e) > *floor)
+            .unwrap_or(events.len());
+        let beyond_floor = split < events.len();
+        events.truncate(split);
+        let mut sent = 0;
+        if let Some(last) = events.last().map(revision) {
+            let wanted: Vec<PbEvent> = events
+                .into_iter()
+                .filter(|e| revision(e) > sub.cursor && sub.filter.passes(e))
+                .collect();
+            if !wanted.is_empty() {
+                sent += wanted.len() as u64;
+                let message = sub.response(header, wanted);
+                sub.push(message);
+            }
+            sub.advance(last);
+        }
+        if beyond_floor {
+            sub.phase = Phase::Live;
+            sent += sub.replay(history, *complete_to);
+            return (CatchUpStep::Joined, sent);
+        }
+        (CatchUpStep::Continue { cursor: sub.cursor }, sent)
+    }
+
+    /// A catch-up's progress notification: its own upstream watch has sent
+    /// everything up to `header.revision`.
+    pub(crate) fn catch_up_progress(
+        &self,
+        id: u64,
+        header: PbResponseHeader,
+    ) -> (CatchUpStep, u64) {
+        let mut st = self.lock();
+        let State {
+            subscribers,
+            history,
+            floor,
+            revision: complete_to,
+            ..
+        } = &mut *st;
+        let Some(sub) = subscribers
+            .iter_mut()
+            .find(|s| s.id == id && s.phase == Phase::CatchingUp)
+        else {
+            return (CatchUpStep::Gone, 0);
+        };
+        let progress = header.revision;
+        if progress >= *floor {
+            sub.advance(progress);
+            sub.phase = Phase::Live;
+            let sent = sub.replay(history, *complete_to);
+            return (CatchUpStep::Joined, sent);
+        }
+        if progress > sub.cursor {
+            sub.advance(progress);
+            if sub.progress_notify {
+                let message = sub.response(header, Vec::new());
+                sub.push(message);
+            }
+        }
+        (CatchUpStep::Continue { cursor: sub.cursor }, 0)
+    }
+
+    /// A catch-up's start revision was compacted: the watcher gets etcd's
+    /// compaction response. Returns whether it was still there.
+    pub(crate) fn catch_up_compacted(&self, id: u64, response: &PbWatchResponse) -> bool {
+        let mut st = self.lock();
+        let Some(sub) = st.subscribers.iter_mut().find(|s| s.id == id) else {
+            return false;
+        };
+        sub.push(compaction_response(sub.watch_id, response));
+        true
+    }
+
+    /// Runs the upstream watch until the last watcher leaves or the hub stops.
+    pub(crate) async fn run(self: Arc<Self>, hub: Arc<WatchHub>) {
+        let config = hub.config().clone();
+        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        let mut first = true;
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            if !first {
+                hub.metrics().upstream_watch_restarted();
+            }
+            first = false;
+            let start = self.lock().revision + 1;
+            let request = self.key.create_request(start);
+            let opened = tokio::select! {
+                () = self.stop.cancelled() => break,
+                opened = hub.upstream().streaming(path::WATCH, futures::stream::iter([request])) => opened,
+            };
+            let ended = match opened {
+                Ok(stream) => self.pump(&hub, stream, &mut backoff).await,
+                Err(status) => Ended::Error(format!("opening the watch failed: {status}")),
+            };
+            match ended {
+                Ended::Stopped => break,
+                Ended::Restart => {}
+                Ended::Error(reason) => {
+                    debug!(range = %self.key, start, %reason, "upstream watch interrupted; resuming");
+                    if !backoff.wait(&self.stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        hub.finished(&self);
+    }
+
+    /// Reads one upstream stream until it ends.
+    async fn pump(
+        &self,
+        hub: &WatchHub,
+        mut stream: Streaming<PbWatchResponse>,
+        backoff: &mut Backoff,
+    ) -> Ended {
+        loop {
+            let message = tokio::select! {
+                () = self.stop.cancelled() => return Ended::Stopped,
+                message = stream.message() => message,
+            };
+            let response = match message {
+                Ok(Some(response)) => response,
+                Ok(None) => return Ended::Error("etcd closed the stream".into()),
+                Err(status) => return Ended::Error(status.to_string()),
+            };
+            hub.observe(response.header.as_ref());
+            if response.created {
+                if response.canceled {
+                    return Ended::Error(format!(
+                        "etcd refused the watch: {}",
+                        response.cancel_reason
+                    ));
+                }
+                backoff.reset();
+                if !self.same_cluster(hub, &response) {
+                    return Ended::Stopped;
+                }
+                continue;
+            }
+            if response.canceled {
+                if response.compact_revision > 0 {
+                    return self.compacted(hub, &response);
+                }
+                return Ended::Error(format!(
+                    "etcd canceled the watch: {}",
+                    response.cancel_reason
+                ));
+            }
+            let header = response.header.unwrap_or_default();
+            if response.events.is_empty() {
+                self.progress(header);
+            } else {
+                let sent = self.fan_out(hub, Batch::new(header, response.events));
+                hub.metrics().events_sent(sent);
+            }
+        }
+    }
+
+    /// Sends a batch to every live watcher and keeps it as history.
+    fn fan_out(&self, hub: &WatchHub, batch: Batch) -> u64 {
+        let batch = Arc::new(batch);
+        let capacity = hub.config().history_events;
+        let mut st = self.lock();
+        let mut sent = 0;
+        for sub in st.subscribers.iter_mut().filter(|s| s.is_live()) {
+            sent += sub.send_batch(&batch);
+        }
+        st.revision = st.revision.max(batch.max_rev);
+        st.history_events += batch.events.len();
+        st.history.push_back(batch);
+        while st.history_events > capacity && st.history.len() > 1 {
+            if let Some(old) = st.history.pop_front() {
+                st.history_events -= old.events.len();
+                st.floor = st.floor.max(old.max_rev);
+            }
+        }
+        sent
+    }
+
+    /// A progress notification: etcd has sent everything up to its revision.
+    fn progress(&self, header: PbResponseHeader) {
+        let progress = header.revision;
+        let mut st = self.lock();
+        st.revision = st.revision.max(progress);
+        let mut body = None;
+        for sub in st.subscribers.iter_mut().filter(|s| s.is_live()) {
+            if progress < sub.cursor {
+                continue;
+            }
+            sub.advance(progress);
+            if sub.progress_notify {
+                let body = body
+                    .get_or_insert_with(|| {
+                        encode_shared(&PbWatchResponse {
+                            header: Some(header),
+                            ..PbWatchResponse::default()
+                        })
+                    })
+                    .clone();
+                sub.push(WatchMessage::Shared {
+                    watch_id: sub.watch_id,
+                    body,
+                });
+            }
+        }
+    }
+
+    /// Checks the etcd cluster ID of a (re-)created watch. A different etcd
+    /// cluster (the data was wiped and etcd re-created) has a different
+    /// history; every watcher is canceled and must list again.
+    fn same_cluster(&self, hub: &WatchHub, response: &PbWatchResponse) -> bool {
+        let cluster_id = response.header.map_or(0, |h| h.cluster_id);
+        let mut st = self.lock();
+        if cluster_id == 0 || st.cluster_id == 0 || st.cluster_id == cluster_id {
+            if cluster_id != 0 {
+                st.cluster_id = cluster_id;
+            }
+            return true;
+        }
+        warn!(range = %self.key, old = st.cluster_id, new = cluster_id, "a different etcd cluster answers; canceling the watchers of this range");
+        let reason = EtcdError::ClusterIdMismatch.cancel_reason();
+        let removed = st.subscribers.len() as i64;
+        for mut sub in st.subscribers.drain(..) {
+            sub.left.cancel();
+            sub.push(WatchMessage::owned(PbWatchResponse {
+                header: response.header,
+                watch_id: sub.watch_id,
+                canceled: true,
+                cancel_reason: reason.clone(),
+                ..PbWatchResponse::default()
+            }));
+        }
+        st.finished = true;
+        drop(st);
+        hub.metrics().downstream_watchers().dec_by(removed);
+        false
+    }
+
+    /// etcd compacted the revision the watch resumes at. Watchers that still
+    /// need older events get etcd's compaction response; the others continue
+    /// from the compaction revision.
+    fn compacted(&self, hub: &WatchHub, response: &PbWatchResponse) -> Ended {
+        let compact = response.compact_revision;
+        let mut st = self.lock();
+        let before = st.subscribers.len();
+        st.subscribers.retain_mut(|sub| {
+            if sub.is_live() && sub.cursor + 1 < compact {
+                sub.left.cancel();
+                sub.push(compaction_response(sub.watch_id, response));
+                false
+            } else {
+                true
+            }
+        });
+        let removed = (before - st.subscribers.len()) as i64;
+        info!(range = %self.key, compact, canceled = removed, "upstream watch revision was compacted");
+        st.revision = st.revision.max(compact - 1);
+        st.floor = st.revision;
+        st.history.clear();
+        st.history_events = 0;
+        let empty = st.subscribers.is_empty();
+        drop(st);
+        hub.metrics().downstream_watchers().dec_by(removed);
+        if empty && hub.finish_if_empty(self) {
+            Ended::Stopped
+        } else {
+            Ended::Restart
+        }
+    }
+}
+
+/// etcd's response to a watcher whose start revision was compacted.
+fn compaction_response(watch_id: i64, upstream: &PbWatchResponse) -> WatchMessage {
+    WatchMessage::owned(PbWatchResponse {
+        header: upstream.header,
+        watch_id,
+        canceled: true,
+        compact_revision: upstream.compact_revision,
+        cancel_reason: upstream.cancel_reason.clone(),
+        ..PbWatchResponse::default()
+    })
+}

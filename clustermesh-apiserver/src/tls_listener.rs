@@ -1,0 +1,208 @@
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    task::JoinSet,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Who is on the other end of a connection: the common name of the
+/// certificate it proved it owns (empty if the certificate has none). Every
+/// RPC finds it in its request extensions and authorizes on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub common_name: String,
+    pub remote_addr: SocketAddr,
+}
+
+/// A connection whose mutual TLS handshake succeeded, handed to tonic.
+#[derive(Debug)]
+pub(crate) struct PeerStream {
+    stream: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TCP connections and completes the mutual TLS handshake on each,
+/// concurrently and with a deadline, so a slow or silent client never holds
+/// up the others. A client without a certificate, or with one that does not
+/// chain to the client CA bundle, fails the handshake and never reaches gRPC.
+/// The acceptor's configuration follows certificate reloads by itself
+/// ([`certs::ServerTls`]); established connections are not touched.
+pub struct TlsListener {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    pub(crate) fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            listener,
+            acceptor,
+            handshake_timeout,
+            metrics,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `shutdown` (or until the receiver of `accepted` is
+    /// gone), sending each authenticated connection to `accepted`.
+    pub(crate) async fn run(
+        self,
+        accepted: mpsc::Sender<io::Result<PeerStream>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut handshakes = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = accepted.closed() => break,
+                Some(done) = handshakes.join_next() => {
+                    if let Ok(Some(stream)) = done
+                        && accepted.send(Ok(stream)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                incoming = self.listener.accept() => match incoming {
+                    Ok((tcp, remote_addr)) => {
+                        let acceptor = self.acceptor.clone();
+                        let metrics = self.metrics.clone();
+                        let timeout = self.handshake_timeout;
+                        handshakes.spawn(handshake(acceptor, tcp, remote_addr, timeout, metrics));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a
+                        // little instead of spinning.
+                        warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    timeout: Duration,
+    metrics: Metrics,
+) -> Option<PeerStream> {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let reason = failure_reason(&e);
+            metrics.tls_handshake_failed(reason);
+            debug!(%remote_addr, reason, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            metrics.tls_handshake_failed("timeout");
+            debug!(%remote_addr, ?timeout, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let common_name =
+        certs::peer_common_name(stream.get_ref().1.peer_certificates().unwrap_or(&[]))
+            .unwrap_or_default();
+    Some(PeerStream {
+        stream,
+        info: PeerInfo {
+            common_name,
+            remote_addr,
+        },
+    })
+}
+
+/// A short, bounded label for a failed handshake.
+fn failure_reason(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no-certificate",
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown-ca",
+        Some(Error::InvalidCertificate(_)) => "bad-certificate",
+        _ => "other",
+    }
+}

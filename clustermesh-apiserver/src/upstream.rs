@@ -1,0 +1,237 @@
+use std::{fmt, time::Duration};
+
+use etcd_client::proto::{
+    PbRangeRequest, PbRangeResponse, PbResponseHeader, PbStatusRequest, PbStatusResponse,
+};
+use futures::Stream;
+use prost::{Message, bytes::Bytes};
+use tonic::{
+    Request, Status, Streaming,
+    client::Grpc,
+    codegen::http::uri::PathAndQuery,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+use crate::{
+    etcd_error::EtcdError,
+    proto_codec::{ProtoCodec, RawCodec},
+};
+
+/// gRPC paths of the etcd RPCs the apiserver forwards.
+pub(crate) mod path {
+    pub(crate) const KV_RANGE: &str = "/etcdserverpb.KV/Range";
+    pub(crate) const KV_PUT: &str = "/etcdserverpb.KV/Put";
+    pub(crate) const KV_DELETE_RANGE: &str = "/etcdserverpb.KV/DeleteRange";
+    pub(crate) const KV_TXN: &str = "/etcdserverpb.KV/Txn";
+    pub(crate) const KV_COMPACT: &str = "/etcdserverpb.KV/Compact";
+    pub(crate) const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    pub(crate) const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+    pub(crate) const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
+    pub(crate) const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+    pub(crate) const LEASE_TIME_TO_LIVE: &str = "/etcdserverpb.Lease/LeaseTimeToLive";
+    pub(crate) const LEASE_LEASES: &str = "/etcdserverpb.Lease/LeaseLeases";
+    pub(crate) const MAINTENANCE_STATUS: &str = "/etcdserverpb.Maintenance/Status";
+    pub(crate) const LOCK_LOCK: &str = "/v3lockpb.Lock/Lock";
+    pub(crate) const LOCK_UNLOCK: &str = "/v3lockpb.Lock/Unlock";
+}
+
+/// Largest message accepted from etcd: a big range response (a whole prefix
+/// without pagination) or a watch catch-up batch can exceed tonic's 4 MiB.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Why the upstream channel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no etcd endpoints given")]
+    NoEndpoints,
+    #[error("invalid etcd endpoint {endpoint:?}")]
+    InvalidEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("etcd endpoint {endpoint:?} uses https but no CA bundle was given (--etcd-ca)")]
+    MissingCa { endpoint: String },
+}
+
+/// The apiserver's own connection to the cluster's etcd: raw gRPC calls that
+/// forward requests as they are (same fields, same errors), over one
+/// balanced HTTP/2 channel. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    channel: Channel,
+    endpoints: String,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the channel; connections are made on first use (so the
+    /// apiserver can start while etcd is down). Must run inside a tokio
+    /// runtime.
+    pub fn new(config: &kvstore::ClientConfig) -> Result<Self, UpstreamError> {
+        if config.endpoints.is_empty() {
+            return Err(UpstreamError::NoEndpoints);
+        }
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for url in &config.endpoints {
+            let invalid = |source| UpstreamError::InvalidEndpoint {
+                endpoint: url.clone(),
+                source,
+            };
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(invalid)?
+                .connect_timeout(config.connect_timeout)
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(true)
+                .tcp_nodelay(true);
+            if url.starts_with("https://") {
+                let Some(tls) = &config.tls else {
+                    return Err(UpstreamError::MissingCa {
+                        endpoint: url.clone(),
+                    });
+                };
+                let mut tls_config =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity_pem {
+                    tls_config = tls_config.identity(Identity::from_pem(cert, key));
+                }
+                if let Some(name) = &tls.server_name {
+                    tls_config = tls_config.domain_name(name.clone());
+                }
+                endpoint = endpoint.tls_config(tls_config).map_err(invalid)?;
+            }
+            endpoints.push(endpoint);
+        }
+        let channel = if endpoints.len() == 1 {
+            endpoints.remove(0).connect_lazy()
+        } else {
+            Channel::balance_list(endpoints.into_iter())
+        };
+        Ok(Self {
+            channel,
+            endpoints: config.endpoints.join(","),
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The endpoints, comma-separated (for messages).
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    fn grpc(&self) -> Grpc<Channel> {
+        Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// One unary call with the request timeout. etcd's own errors are
+    /// returned unchanged, so clients see exactly what etcd said.
+    pub(crate) async fn unary<Req, Resp>(
+        &self,
+        path: &'static str,
+        req: Req,
+    ) -> Result<Resp, Status>
+    where
+        Req: Message + Send + Sync + 'static,
+        Resp: Message + Default + Send + Sync + 'static,
+    {
+        let call = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| unreachable(&e))?;
+            grpc.unary(
+                Request::new(req),
+                PathAndQuery::from_static(path),
+                ProtoCodec::<Req, Resp>::default(),
+            )
+            .await
+        };
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(EtcdError::Unavailable(format!(
+                "no answer within {:?}",
+                self.request_timeout
+            ))
+            .into()),
+        }
+    }
+
+    /// One unary call whose messages are passed through as bytes.
+    pub(crate) async fn unary_raw(&self, path: &'static str, req: Bytes) -> Result<Bytes, Status> {
+        let call = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| unreachable(&e))?;
+            grpc.unary(Request::new(req), PathAndQuery::from_static(path), RawCodec)
+                .await
+        };
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(EtcdError::Unavailable(format!(
+                "no answer within {:?}",
+                self.request_timeout
+            ))
+            .into()),
+        }
+    }
+
+    /// A bidirectional stream (watch, lease keep-alive). No deadline: the
+    /// channel's HTTP/2 keep-alive notices a dead etcd.
+    pub(crate) async fn streaming<Req, Resp, S>(
+        &self,
+        path: &'static str,
+        requests: S,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        S: Stream<Item = Req> + Send + 'static,
+        Req: Message + Send + Sync + 'static,
+        Resp: Message + Default + Send + Sync + 'static,
+    {
+        let open = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| unreachable(&e))?;
+            grpc.streaming(
+                Request::new(requests),
+                PathAndQuery::from_static(path),
+                ProtoCodec::<Req, Resp>::default(),
+            )
+            .await
+        };
+        match tokio::time::timeout(self.request_timeout, open).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(EtcdError::Unavailable(format!(
+                "stream not opened within {:?}",
+                self.request_timeout
+            ))
+            .into()),
+        }
+    }
+
+    /// etcd's status (version, revision, leader).
+    pub async fn status(&self) -> Result<PbStatusResponse, Status> {
+        self.unary(path::MAINTENANCE_STATUS, PbStatusRequest::default())
+            .await
+    }
+
+    /// The header of a linearizable read: etcd's current revision and its
+    /// cluster and member IDs.
+    pub(crate) async fn current_header(&self, key: &[u8]) -> Result<PbResponseHeader, Status> {
+        let request = PbRangeRequest {
+            key: key.to_vec(),
+            count_only: true,
+            ..PbRangeRequest::default()
+        };
+        let response: PbRangeResponse = self.unary(path::KV_RANGE, request).await?;
+        Ok(response.header.unwrap_or_default())
+    }
+}
+
+fn unreachable(e: &tonic::transport::Error) -> Status {
+    EtcdError::Unavailable(e.to_string()).into()
+}

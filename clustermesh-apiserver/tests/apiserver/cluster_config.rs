@@ -1,0 +1,61 @@
+//! `cilium/cluster-config/c1` is published on a lease, rewritten after it
+//! is deleted or changed, and readiness follows etcd.
+
+use etcd_harness::TestEtcd;
+
+use crate::support::{TestApiserver, direct_client, eventually, http_get};
+
+const KEY: &str = "cilium/cluster-config/c1";
+const EXPECTED: &str =
+    r#"{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#;
+
+async fn published(client: &mut etcd_client::Client) -> Option<(String, i64)> {
+    let got = client.get(KEY, None).await.ok()?;
+    let kv = got.kvs().first()?;
+    Some((String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_config_is_published_and_rewritten() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let api = TestApiserver::start(&etcd).await;
+    let mut direct = direct_client(&etcd).await;
+
+    let (value, lease) = published(&mut direct).await.expect("published once ready");
+    assert_eq!(value, EXPECTED);
+    assert_ne!(lease, 0, "the key is attached to a lease");
+
+    direct.delete(KEY, None).await.unwrap();
+    eventually("the deleted cluster config to be rewritten", || async {
+        published(&mut direct.clone())
+            .await
+            .filter(|(v, _)| v == EXPECTED)
+    })
+    .await;
+
+    direct.put(KEY, r#"{"id":99}"#, None).await.unwrap();
+    eventually("the changed cluster config to be rewritten", || async {
+        published(&mut direct.clone())
+            .await
+            .filter(|(v, l)| v == EXPECTED && *l != 0)
+    })
+    .await;
+    let (status, body) = http_get(api.health_addr, "/readyz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, _) = http_get(api.health_addr, "/healthz").await.unwrap();
+    assert_eq!(status, 200);
+
+    // Not ready while etcd is down; ready again once it is back.
+    etcd.kill();
+    let body = eventually("/readyz to report etcd down", || async {
+        match http_get(api.health_addr, "/readyz").await {
+            Ok((503, body)) => Some(body),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(body.contains("etcd at http://127.0.0.1:"), "{body}");
+    etcd.restart().await.unwrap();
+    api.wait_ready().await;
+    api.stop().await;
+}
