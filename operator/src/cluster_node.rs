@@ -1,36 +1,38 @@
-use std::sync::Arc;
+use kvstore::{ClusterName, DecodeError, InvalidReason, StoreValue, values::Node};
 
-use kvstore::{ClusterName, DecodeError, InvalidReason, StoreValue, Validator, values::Node};
-
-/// A [`Node`] read under `cilium/state/nodes/v1/<cluster>/`, whose keys are
-/// bare node names.
+/// A key under `cilium/state/nodes/v1/<cluster>/` (whose keys are bare node
+/// names) and its decoded [`Node`], or why it did not decode.
 ///
-/// `Node`'s own decoding expects keys relative to `cilium/state/nodes/v1/`
-/// (`<cluster>/<name>`), so a `WatchStore<Node>` on one cluster's prefix
+/// For IPAM a node exists exactly while its key exists: that is what the
+/// conditional writes in etcd check. So decoding never fails here; a value
+/// that is not a valid node of this cluster is kept as an error for the
+/// reconciler to log, instead of hiding the key (which would make the view
+/// and the etcd guards disagree and a release retry forever).
+///
+/// (`Node`'s own decoding expects keys relative to `cilium/state/nodes/v1/`,
+/// i.e. `<cluster>/<name>`, so a `WatchStore<Node>` on one cluster's prefix
 /// would refuse every value; this wrapper decodes with the cluster the value
-/// names and [`ClusterNode::validator`] checks that it is the watched one.
+/// names and checks it against the watched one.)
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ClusterNode(pub(crate) Node);
+pub(crate) struct ClusterNode {
+    pub(crate) name: String,
+    pub(crate) node: Result<Node, DecodeError>,
+}
 
 impl ClusterNode {
-    /// Refuses nodes of another cluster under `cluster`'s prefix.
-    pub(crate) fn validator(cluster: &ClusterName) -> Validator<Self> {
-        let cluster = cluster.clone();
-        Arc::new(move |key: &str, node: &ClusterNode| {
-            if node.0.cluster == cluster.as_str() {
-                Ok(())
-            } else {
-                Err(DecodeError::new(
-                    Node::KIND,
-                    key,
-                    InvalidReason::KeyMismatch,
-                    format!(
-                        "node of cluster {:?} under cluster {cluster}",
-                        node.0.cluster
-                    ),
-                ))
-            }
-        })
+    /// The node, if its value is a valid node of `cluster`.
+    pub(crate) fn check(&self, cluster: &ClusterName) -> Result<&Node, DecodeError> {
+        let node = self.node.as_ref().map_err(Clone::clone)?;
+        if node.cluster == cluster.as_str() {
+            Ok(node)
+        } else {
+            Err(DecodeError::new(
+                Node::KIND,
+                &self.name,
+                InvalidReason::KeyMismatch,
+                format!("node of cluster {:?} under cluster {cluster}", node.cluster),
+            ))
+        }
     }
 }
 
@@ -44,17 +46,21 @@ impl StoreValue for ClusterNode {
             #[serde(rename = "Cluster", default)]
             cluster: String,
         }
-        let ClusterOnly { cluster } = serde_json::from_slice(bytes)
-            .map_err(|e| DecodeError::new(Self::KIND, key, InvalidReason::Malformed, e))?;
-        Node::decode(&format!("{cluster}/{key}"), bytes).map(Self)
+        let node = serde_json::from_slice::<ClusterOnly>(bytes)
+            .map_err(|e| DecodeError::new(Self::KIND, key, InvalidReason::Malformed, e))
+            .and_then(|c| Node::decode(&format!("{}/{key}", c.cluster), bytes));
+        Ok(Self {
+            name: key.to_string(),
+            node,
+        })
     }
 
     fn encode(&self) -> Vec<u8> {
-        self.0.encode()
+        self.node.as_ref().map(Node::encode).unwrap_or_default()
     }
 
     fn key(&self) -> String {
-        self.0.name.clone()
+        self.name.clone()
     }
 }
 
@@ -67,23 +73,25 @@ mod tests {
         let c1 = ClusterName::new("c1").unwrap();
         let node = Node::new(&c1, "n1", 1);
         let decoded = ClusterNode::decode("n1", &node.encode()).unwrap();
-        assert_eq!(decoded.0, node);
-        assert!(ClusterNode::validator(&c1)("n1", &decoded).is_ok());
+        assert_eq!(decoded.check(&c1), Ok(&node));
         let c10 = ClusterName::new("c10").unwrap();
         assert_eq!(
-            ClusterNode::validator(&c10)("n1", &decoded)
-                .unwrap_err()
-                .reason,
+            decoded.check(&c10).unwrap_err().reason,
+            InvalidReason::KeyMismatch
+        );
+        // Invalid values still name a node key.
+        let wrong_name = ClusterNode::decode("n2", &node.encode()).unwrap();
+        assert_eq!(wrong_name.name, "n2");
+        assert_eq!(
+            wrong_name.check(&c1).unwrap_err().reason,
             InvalidReason::KeyMismatch
         );
         assert_eq!(
-            ClusterNode::decode("n2", &node.encode())
+            ClusterNode::decode("n1", b"{")
+                .unwrap()
+                .check(&c1)
                 .unwrap_err()
                 .reason,
-            InvalidReason::KeyMismatch
-        );
-        assert_eq!(
-            ClusterNode::decode("n1", b"{").unwrap_err().reason,
             InvalidReason::Malformed
         );
     }

@@ -131,7 +131,6 @@ impl IpamReconciler {
             self.client.clone(),
             WatchStoreConfig::new(keys::nodes_of(&self.cluster)).with_name("ipam nodes"),
         );
-        let nodes = nodes.with_validator(ClusterNode::validator(&self.cluster));
         let (assignments, mut assignments_rx) = WatchStore::<IpamAssignment>::new(
             self.client.clone(),
             WatchStoreConfig::new(keys::ipam_nodes()).with_name("ipam assignments"),
@@ -175,7 +174,16 @@ impl IpamReconciler {
         cidrs_rx: &mut mpsc::Receiver<Event<RawEntry>>,
     ) -> Result<(), IpamError> {
         let mut planner = IpamPlanner::new(self.config.pools(), self.config.release_delay);
-        let mut view = View::default();
+        let mut view = View {
+            cluster: self.cluster.clone(),
+            nodes_synced: false,
+            assignments_synced: false,
+            cidrs_synced: false,
+            reconciled: false,
+            retrying: false,
+            bad_nodes: HashSet::new(),
+            bad_cidr_keys: HashSet::new(),
+        };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut wake_at: Option<Instant> = None;
         let mut reported: HashSet<(String, IpFamily)> = HashSet::new();
@@ -519,14 +527,18 @@ impl IpamReconciler {
 }
 
 /// What the watches reported so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct View {
+    cluster: ClusterName,
     nodes_synced: bool,
     assignments_synced: bool,
     cidrs_synced: bool,
     reconciled: bool,
     retrying: bool,
-    logged_bad_keys: HashSet<String>,
+    /// Node keys with an invalid value, logged once.
+    bad_nodes: HashSet<String>,
+    /// CIDR keys that do not name a CIDR, logged once.
+    bad_cidr_keys: HashSet<String>,
 }
 
 impl View {
@@ -536,8 +548,25 @@ impl View {
 
     fn node(&mut self, planner: &mut IpamPlanner, event: Event<ClusterNode>) {
         match event {
-            Event::Upsert { key, .. } => planner.upsert_node(&key),
-            Event::Delete { key } => planner.delete_node(&key),
+            Event::Upsert { key, value } => {
+                // The key is what counts (the etcd guards check it); a bad
+                // value is worth a warning, once.
+                match value.check(&self.cluster) {
+                    Ok(_) => {
+                        self.bad_nodes.remove(&key);
+                    }
+                    Err(e) => {
+                        if self.bad_nodes.insert(key.clone()) {
+                            warn!(error = %e, "a node key holds an invalid node; IPAM treats it as a node all the same");
+                        }
+                    }
+                }
+                planner.upsert_node(&key);
+            }
+            Event::Delete { key } => {
+                self.bad_nodes.remove(&key);
+                planner.delete_node(&key);
+            }
             Event::Synced => self.nodes_synced = true,
         }
     }
@@ -555,7 +584,7 @@ impl View {
             Event::Upsert { key, value } => match cidr_of_key(&key) {
                 Some(cidr) => planner.upsert_cidr(cidr, &String::from_utf8_lossy(&value.value)),
                 None => {
-                    if self.logged_bad_keys.insert(key.clone()) {
+                    if self.bad_cidr_keys.insert(key.clone()) {
                         warn!(key, "ignoring an IPAM CIDR key that does not name a CIDR");
                     }
                 }

@@ -363,3 +363,32 @@ async fn a_new_leader_cleans_up_what_it_finds() {
     assert_ipam_consistent(&c).await;
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_key_with_an_invalid_value_is_still_a_node() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let mut cfg = config(&etcd.endpoint(), "op-a");
+    cfg.ipam = Some(ipam("10.1.0.0/16", 24, Duration::from_millis(500)));
+    let op = InProcess::start(cfg).await;
+    let key = keys::nodes_of(&cluster()).key("odd");
+    c.put(&key, "not a node").await.unwrap();
+    wait_until("the odd node is assigned", || async {
+        get_assignment(&c, "odd").await.unwrap().is_some()
+    })
+    .await;
+    c.delete(&key).await.unwrap();
+    wait_until("and released once its key is gone", || async {
+        get_assignment(&c, "odd").await.unwrap().is_none() && cidr_keys(&c).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &op.metrics().await,
+            "clustermesh_operator_ipam_conflicts_total"
+        ),
+        Some(0.0),
+        "no write was refused: the view and etcd agree on which nodes exist"
+    );
+    op.stop().await;
+}
