@@ -52,7 +52,10 @@ impl Agent {
         let c = self.config;
         let metrics = Arc::new(AgentMetrics::new());
         let inner = shutdown.child_token();
-        let mut tasks = Components { set: JoinSet::new(), token: inner.clone() };
+        let mut tasks = Components {
+            set: JoinSet::new(),
+            token: inner.clone(),
+        };
 
         // etcd: components retry on their own, so the agent starts (and the
         // datapath keeps its state) while etcd is down.
@@ -98,10 +101,18 @@ impl Agent {
         // Identities of the local cluster feed both the allocator and the loop.
         let (identity_events_tx, identity_events) = mpsc::channel(4096);
         let (cache, cache_runner) = IdentityCache::local(client.clone());
-        tasks.spawn("identity cache", cache_runner.forward_to(identity_events_tx).run(inner.clone()));
-        tasks.spawn("identity events", forward(identity_events, handle.clone(), |e| {
-            Input::Identity(SourceId::LOCAL_CLUSTER, e)
-        }));
+        tasks.spawn(
+            "identity cache",
+            cache_runner
+                .forward_to(identity_events_tx)
+                .run(inner.clone()),
+        );
+        tasks.spawn(
+            "identity events",
+            forward(identity_events, handle.clone(), |e| {
+                Input::Identity(SourceId::LOCAL_CLUSTER, e)
+            }),
+        );
         let node_key_ip = c.node_ip.to_string();
         let (allocator, allocator_runner) = Allocator::new(
             client.clone(),
@@ -242,9 +253,15 @@ impl Agent {
             );
             tasks.spawn("remote clusters", remotes.run(inner.clone()));
         }
-        tasks.spawn("API server", ApiServer::new(c.api_socket.clone(), endpoints, handle.clone()).run(inner.clone()));
+        tasks.spawn(
+            "API server",
+            ApiServer::new(c.api_socket.clone(), endpoints, handle.clone()).run(inner.clone()),
+        );
         if let Some(addr) = c.health_listen {
-            tasks.spawn("health server", HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()));
+            tasks.spawn(
+                "health server",
+                HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()),
+            );
         }
         info!(cluster = %c.cluster, node = c.node_name, "agent running");
 
@@ -265,10 +282,7 @@ impl Agent {
     }
 }
 
-async fn drain(
-    mut tasks: Components,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
+async fn drain(mut tasks: Components, token: CancellationToken) -> anyhow::Result<()> {
     token.cancel();
     let all = async {
         while let Some(r) = tasks.set.join_next().await {
@@ -350,8 +364,11 @@ struct Components {
 
 impl Components {
     /// Runs a component; its end before shutdown is an error naming it.
-    fn spawn<E>(&mut self, name: &'static str, run: impl std::future::Future<Output = Result<(), E>> + Send + 'static)
-    where
+    fn spawn<E>(
+        &mut self,
+        name: &'static str,
+        run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    ) where
         E: Into<anyhow::Error> + Send + 'static,
     {
         let token = self.token.clone();

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-
 /// One identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {
@@ -99,7 +98,6 @@ pub struct StatusView {
     pub sources: Vec<SourceView>,
     pub remotes: Vec<RemoteView>,
 }
-
 
 /// One raw map entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

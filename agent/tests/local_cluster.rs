@@ -22,7 +22,9 @@ fn policy(yaml: &str) -> PolicyDocument {
 }
 
 async fn put_policy(c: &Client, doc: &PolicyDocument) {
-    c.put(&keys::policies().key(&doc.key()), doc.encode()).await.unwrap();
+    c.put(&keys::policies().key(&doc.key()), doc.encode())
+        .await
+        .unwrap();
 }
 
 const ALLOW_CLIENT: &str = r#"
@@ -67,15 +69,23 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
     n1.start_agent()?;
     n2.start_agent()?;
     wait_for("routes between the nodes' pod CIDRs", || {
-        n1.ns.ip(&["route", "show", "10.11.2.0/24"]).is_ok_and(|r| r.contains("via 192.168.77.2"))
-            && n2.ns.ip(&["route", "show", "10.11.1.0/24"]).is_ok_and(|r| r.contains("via 192.168.77.1"))
+        n1.ns
+            .ip(&["route", "show", "10.11.2.0/24"])
+            .is_ok_and(|r| r.contains("via 192.168.77.2"))
+            && n2
+                .ns
+                .ip(&["route", "show", "10.11.1.0/24"])
+                .is_ok_and(|r| r.contains("via 192.168.77.1"))
     });
 
     let client = n1.add_pod("client", &[("app", "client")])?;
     let other = n1.add_pod("other", &[("app", "other")])?;
     let echo1 = n1.add_pod("echo-1", &[("app", "echo")])?;
     let echo2 = n2.add_pod("echo-2", &[("app", "echo")])?;
-    assert_eq!(echo1.endpoint.identity, echo2.endpoint.identity, "same labels, same identity on both nodes");
+    assert_eq!(
+        echo1.endpoint.identity, echo2.endpoint.identity,
+        "same labels, same identity on both nodes"
+    );
     assert_ne!(client.endpoint.identity, other.endpoint.identity);
     let s1 = EchoServer::start(&echo1, 8080)?;
     let s1_other_port = EchoServer::start(&echo1, 8081)?;
@@ -84,27 +94,60 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
     let t = Duration::from_secs(2);
 
     // No policy selects anyone: everything is allowed, across nodes too.
-    wait_for("client reaches echo-2 on the other node", || request(&client, s2.addr(), t).is_ok());
+    wait_for("client reaches echo-2 on the other node", || {
+        request(&client, s2.addr(), t).is_ok()
+    });
     assert!(request(&other, s1.addr(), t).is_ok());
     assert!(request(&echo1, on_client.addr(), t).is_ok());
 
     rt.block_on(put_policy(&kv, &policy(ALLOW_CLIENT)));
     rt.block_on(put_policy(&kv, &policy(LOCK_CLIENT)));
-    wait_for("the policy denies `other`", || denied(&other, s1.addr()) && denied(&other, s2.addr()));
-    assert_eq!(request(&client, s1.addr(), t)?.0, "echo-1", "allowed identity and port, and its replies pass");
-    assert_eq!(request(&client, s2.addr(), t)?.0, "echo-2", "allowed across nodes");
-    assert!(denied(&client, s1_other_port.addr()), "another port is denied");
-    assert!(denied(&echo1, on_client.addr()), "the reverse direction is a new connection and is denied");
-    let policy_view: agent::PolicyView = n1.api().get(&format!("/v1/policy/{}", echo1.endpoint.id))?;
+    wait_for("the policy denies `other`", || {
+        denied(&other, s1.addr()) && denied(&other, s2.addr())
+    });
+    assert_eq!(
+        request(&client, s1.addr(), t)?.0,
+        "echo-1",
+        "allowed identity and port, and its replies pass"
+    );
+    assert_eq!(
+        request(&client, s2.addr(), t)?.0,
+        "echo-2",
+        "allowed across nodes"
+    );
+    assert!(
+        denied(&client, s1_other_port.addr()),
+        "another port is denied"
+    );
+    assert!(
+        denied(&echo1, on_client.addr()),
+        "the reverse direction is a new connection and is denied"
+    );
+    let policy_view: agent::PolicyView =
+        n1.api().get(&format!("/v1/policy/{}", echo1.endpoint.id))?;
     assert!(policy_view.enforced);
-    assert!(policy_view.entries.iter().any(|e| e.identity == client.endpoint.identity && e.port == 8080));
+    assert!(
+        policy_view
+            .entries
+            .iter()
+            .any(|e| e.identity == client.endpoint.identity && e.port == 8080)
+    );
 
     // A policy change reaches existing endpoints.
-    rt.block_on(put_policy(&kv, &policy(&ALLOW_CLIENT.replace("app: client", "app: other"))));
-    wait_for("the changed policy admits `other`", || request(&other, s1.addr(), t).is_ok());
-    wait_for("the changed policy denies `client`", || denied(&client, s1.addr()));
+    rt.block_on(put_policy(
+        &kv,
+        &policy(&ALLOW_CLIENT.replace("app: client", "app: other")),
+    ));
+    wait_for("the changed policy admits `other`", || {
+        request(&other, s1.addr(), t).is_ok()
+    });
+    wait_for("the changed policy denies `client`", || {
+        denied(&client, s1.addr())
+    });
     rt.block_on(put_policy(&kv, &policy(ALLOW_CLIENT)));
-    wait_for("client admitted again", || request(&client, s1.addr(), t).is_ok() && request(&client, s2.addr(), t).is_ok());
+    wait_for("client admitted again", || {
+        request(&client, s1.addr(), t).is_ok() && request(&client, s2.addr(), t).is_ok()
+    });
 
     // A service over backends on both nodes.
     let def = ServiceDef::parse(
@@ -134,13 +177,24 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
     }
 
     // An agent restart under continuous traffic loses no allowed packet.
-    let ping = client.ns.spawn("ping", &["-i", "0.02", "-c", "300", "-W", "1", &echo1.ip.to_string()])?;
+    let ping = client.ns.spawn(
+        "ping",
+        &["-i", "0.02", "-c", "300", "-W", "1", &echo1.ip.to_string()],
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     n1.kill_agent();
     n1.start_agent()?;
     let out = ping.wait_timeout(Duration::from_secs(30))?;
-    assert!(out.stdout.contains(" 0% packet loss"), "ping lost packets across the agent restart:\n{}", out.stdout);
-    assert_eq!(request(&client, s1.addr(), t)?.0, "echo-1", "enforcement still right after the restart");
+    assert!(
+        out.stdout.contains(" 0% packet loss"),
+        "ping lost packets across the agent restart:\n{}",
+        out.stdout
+    );
+    assert_eq!(
+        request(&client, s1.addr(), t)?.0,
+        "echo-1",
+        "enforcement still right after the restart"
+    );
     assert!(denied(&other, s1.addr()));
     let status = n1.status();
     assert_eq!(status.endpoints, 3, "restored endpoints: {status:?}");

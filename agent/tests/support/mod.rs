@@ -29,7 +29,10 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -45,7 +48,10 @@ impl Fabric {
         let ns = NetNs::unique("cmfab")?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
-        Ok(Self { ns, links: Vec::new() })
+        Ok(Self {
+            ns,
+            links: Vec::new(),
+        })
     }
 
     /// Plugs `node` in with `ip/24` on its `fab0`.
@@ -117,7 +123,10 @@ impl Node {
             .args(["--pod-cidr", &s.pod_cidr])
             .args(["--bpffs-dir", &self.bpffs.to_string_lossy()])
             .args(["--api-socket", &self.socket().to_string_lossy()])
-            .args(["--state-dir", &self.dir.path().join("state").to_string_lossy()])
+            .args([
+                "--state-dir",
+                &self.dir.path().join("state").to_string_lossy(),
+            ])
             .args(["--session-ttl", "30s", "--sync-timeout", "20s"]);
         if let Some(dir) = &s.clustermesh_dir {
             cmd.args(["--clustermesh-config", &dir.to_string_lossy()]);
@@ -125,7 +134,10 @@ impl Node {
         cmd.env("CLUSTERMESH_LOG", "info,agent=debug");
         self.agent = Some(AgentProcess::spawn(cmd, &log)?);
         wait_for(&format!("agent {} to be synced", s.name), || {
-            self.api().get::<StatusView>("/v1/status").map(|st| st.synced).unwrap_or(false)
+            self.api()
+                .get::<StatusView>("/v1/status")
+                .map(|st| st.synced)
+                .unwrap_or(false)
         });
         Ok(())
     }
@@ -142,8 +154,10 @@ impl Node {
     /// Creates a pod namespace and adds it through the CNI plugin.
     pub fn add_pod(&self, name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
         let ns = NetNs::unique("cmpod")?;
-        let labels: serde_json::Map<String, serde_json::Value> =
-            labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "clustermesh",
@@ -153,13 +167,25 @@ impl Node {
         });
         let out = run_cni("ADD", name, Some(&ns), &conf.to_string())?;
         if !out.status.success() {
-            bail!("CNI ADD failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "CNI ADD failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).context("CNI result")?;
-        let address = result["ips"][0]["address"].as_str().context("CNI result has an address")?;
+        let result: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("CNI result")?;
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .context("CNI result has an address")?;
         let ip: Ipv4Addr = address.split('/').next().unwrap().parse()?;
         let endpoint: Endpoint = self.api().get(&format!("/v1/endpoints/{name}"))?;
-        Ok(Pod { name: name.to_string(), ns, ip, endpoint })
+        Ok(Pod {
+            name: name.to_string(),
+            ns,
+            ip,
+            endpoint,
+        })
     }
 
     /// Removes a pod through the CNI plugin.
@@ -181,7 +207,12 @@ impl Drop for Node {
 }
 
 /// Runs the real CNI binary the way a container runtime does.
-pub fn run_cni(command: &str, container: &str, ns: Option<&NetNs>, stdin: &str) -> Result<std::process::Output> {
+pub fn run_cni(
+    command: &str,
+    container: &str,
+    ns: Option<&NetNs>,
+    stdin: &str,
+) -> Result<std::process::Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clustermesh-cni"));
     cmd.env_clear()
         .env("CNI_COMMAND", command)
@@ -226,7 +257,10 @@ impl AgentProcess {
             });
         }
         let child = cmd.spawn().context("start clustermesh-agent")?;
-        Ok(Self { child, log: log.to_path_buf() })
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -282,7 +316,11 @@ impl EchoServer {
                 }
             }
         });
-        Ok(Self { stop, addr, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            addr,
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -302,7 +340,9 @@ impl Drop for EchoServer {
 /// Connects from `pod` to `to`, sends a line, and returns (server name,
 /// the peer address the client saw). Fails on refusal or after `timeout`.
 pub fn request(pod: &Pod, to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
-    let stream = pod.ns.enter(move || TcpStream::connect_timeout(&to, timeout))??;
+    let stream = pod
+        .ns
+        .enter(move || TcpStream::connect_timeout(&to, timeout))??;
     stream.set_read_timeout(Some(timeout))?;
     let peer = stream.peer_addr()?;
     let mut stream = stream;

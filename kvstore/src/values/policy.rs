@@ -146,11 +146,15 @@ impl PolicyDocument {
     /// Parses JSON or YAML and validates; the error says what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
         let doc: Self = match serde_json::from_str(text) {
-            Ok(doc) => doc,
-            Err(json_err) if text.trim_start().starts_with('{') => {
-                return Err(format!("invalid JSON policy: {json_err}"));
-            }
-            Err(_) => serde_norway::from_str(text).map_err(|e| format!("invalid policy: {e}"))?,
+            Ok(v) => v,
+            Err(json_err) => match serde_norway::from_str(text) {
+                Ok(v) => v,
+                // Show the JSON error for what was clearly meant as JSON.
+                Err(_) if text.trim_start().starts_with("{\"") => {
+                    return Err(format!("invalid JSON policy: {json_err}"));
+                }
+                Err(e) => return Err(format!("invalid policy: {e}")),
+            },
         };
         doc.validate()?;
         Ok(doc)

@@ -101,11 +101,15 @@ impl ServiceDef {
     /// Parses JSON or YAML and validates.
     pub fn parse(text: &str) -> Result<Self, String> {
         let def: Self = match serde_json::from_str(text) {
-            Ok(def) => def,
-            Err(e) if text.trim_start().starts_with('{') => {
-                return Err(format!("invalid JSON service: {e}"));
-            }
-            Err(_) => serde_norway::from_str(text).map_err(|e| format!("invalid service: {e}"))?,
+            Ok(v) => v,
+            Err(json_err) => match serde_norway::from_str(text) {
+                Ok(v) => v,
+                // Show the JSON error for what was clearly meant as JSON.
+                Err(_) if text.trim_start().starts_with("{\"") => {
+                    return Err(format!("invalid JSON service: {json_err}"));
+                }
+                Err(e) => return Err(format!("invalid service: {e}")),
+            },
         };
         def.validate()?;
         Ok(def)

@@ -1,0 +1,194 @@
+//! Data-driven golden tests of the agent's pure decisions: policy resolution
+//! (`testdata/policy/*.txt`) and service merging (`testdata/services/*.txt`).
+//!
+//! Each file has sections `-- name --`; the `expect` section is compared
+//! with what the code computes. `UPDATE_GOLDEN=1` rewrites it.
+
+use std::{collections::BTreeMap, fmt::Write, net::IpAddr, path::Path};
+
+use agent::{RemoteService, merge, resolve, rules_for_endpoint};
+use bpf::L4Match;
+use kvstore::{
+    Labels, NumericIdentity,
+    values::{ClusterService, PolicyDocument, ServiceDef},
+};
+
+fn sections(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("-- ").and_then(|l| l.strip_suffix(" --")) {
+            current = Some(name.to_string());
+            out.insert(name.to_string(), String::new());
+        } else if let Some(name) = &current {
+            let body = out.get_mut(name).expect("section");
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+fn check(path: &Path, compute: impl Fn(&BTreeMap<String, String>) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let s = sections(&text);
+    let got = compute(&s);
+    let want = s.get("expect").cloned().unwrap_or_default();
+    if got.trim() == want.trim() {
+        return;
+    }
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        let head = text.split("-- expect --").next().unwrap();
+        std::fs::write(path, format!("{head}-- expect --\n{got}")).unwrap();
+        return;
+    }
+    panic!("{}: computed\n{got}\nexpected\n{want}", path.display());
+}
+
+fn files(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(dir);
+    let mut all: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    all.sort();
+    assert!(!all.is_empty(), "no golden files in {}", dir.display());
+    all
+}
+
+#[test]
+fn policy_resolution() {
+    for path in files("policy") {
+        check(&path, |s| {
+            let cluster = s["cluster"].trim();
+            let identities: Vec<(NumericIdentity, Labels)> = s["identities"]
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let (id, labels) = l.trim().split_once(' ').expect("`<id> <labels>`");
+                    (
+                        NumericIdentity::new(id.parse().unwrap()),
+                        Labels::parse_canonical(labels.trim()).unwrap(),
+                    )
+                })
+                .collect();
+            let policies: Vec<PolicyDocument> = s["policies"]
+                .split("\n---\n")
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| {
+                    PolicyDocument::parse(d).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                })
+                .collect();
+            let mut out = String::new();
+            for line in s["endpoints"].lines().filter(|l| !l.trim().is_empty()) {
+                let (id, labels) = line
+                    .trim()
+                    .split_once(' ')
+                    .expect("`<endpoint id> <labels>`");
+                let id: u32 = id.parse().unwrap();
+                let labels = Labels::parse_canonical(labels.trim()).unwrap();
+                let rules = rules_for_endpoint(&labels, &policies, cluster);
+                let keys = resolve(id, &rules, identities.iter().map(|(i, l)| (*i, l)));
+                writeln!(
+                    out,
+                    "endpoint {id}: enforced={} policies={}",
+                    rules.enforced,
+                    rules.policies.join(",")
+                )
+                .unwrap();
+                for k in keys {
+                    let peer = if k.sec_identity == 0 {
+                        "any".to_string()
+                    } else {
+                        k.sec_identity.to_string()
+                    };
+                    let l4 = match k.l4() {
+                        L4Match::Any => "any".to_string(),
+                        L4Match::Protocol(p) => format!("{p:?}").to_lowercase(),
+                        L4Match::Port(p, port) => {
+                            format!("{}/{port}", format!("{p:?}").to_lowercase())
+                        }
+                    };
+                    writeln!(out, "  allow from {peer} {l4}").unwrap();
+                }
+            }
+            out
+        });
+    }
+}
+
+#[test]
+fn service_merging() {
+    for path in files("services") {
+        check(&path, |s| {
+            let local_cluster = s["cluster"].trim();
+            let def = ServiceDef::parse(&s["service"])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let local: Vec<IpAddr> = s
+                .get("local-backends")
+                .map(|b| b.split_whitespace().map(|ip| ip.parse().unwrap()).collect())
+                .unwrap_or_default();
+            let remotes: Vec<(String, u32, ClusterService)> = s
+                .get("remote")
+                .map(|r| {
+                    r.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| {
+                            let mut parts = l.trim().splitn(4, ' ');
+                            let cluster = parts.next().unwrap().to_string();
+                            let id: u32 = parts.next().unwrap().parse().unwrap();
+                            let shared = parts.next().unwrap() == "shared";
+                            let name = kvstore::ClusterName::new(cluster.as_str()).unwrap();
+                            let mut svc = ClusterService::new(&name, id, &def.namespace, &def.name);
+                            svc.shared = shared;
+                            for ip in parts.next().unwrap_or_default().split_whitespace() {
+                                let ports = def
+                                    .ports
+                                    .iter()
+                                    .map(|p| {
+                                        (
+                                            p.name.clone(),
+                                            kvstore::values::L4Addr {
+                                                protocol: p.protocol.as_str().into(),
+                                                port: p.target(),
+                                            },
+                                        )
+                                    })
+                                    .collect();
+                                svc.backends.insert(ip.to_string(), ports);
+                            }
+                            (cluster, id, svc)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let remote_refs: Vec<RemoteService<'_>> = remotes
+                .iter()
+                .map(|(c, id, svc)| RemoteService {
+                    cluster: c,
+                    cluster_id: *id,
+                    service: svc,
+                })
+                .collect();
+            let mut out = String::new();
+            for fe in merge(&def, local_cluster, 1, &local, &remote_refs) {
+                writeln!(
+                    out,
+                    "{} {:?}: {} [{}]",
+                    fe.frontend,
+                    fe.protocol,
+                    fe.reason,
+                    fe.active_clusters.join(",")
+                )
+                .unwrap();
+                for slot in &fe.slots {
+                    writeln!(out, "  {} cluster {}", slot.backend, slot.cluster_id).unwrap();
+                }
+            }
+            out
+        });
+    }
+}
