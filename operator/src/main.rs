@@ -8,7 +8,7 @@ use clap::Parser;
 use operator::{Flags, Operator, error_chain};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 /// Exit code for bad flags or configuration files (BSD `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
@@ -53,7 +53,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("clustermesh-operator: {e:#}");
             ExitCode::FAILURE
         }
