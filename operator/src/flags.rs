@@ -92,7 +92,7 @@ pub struct Flags {
     #[arg(long, env = "CLUSTERMESH_ETCD_KEY", value_name = "FILE")]
     pub etcd_key: Option<PathBuf>,
 
-    /// ID of this operator instance, the value of the leader key [default: <hostname>-<pid>].
+    /// ID of this operator instance, the value of the leader key [default: HOSTNAME-PID].
     #[arg(long, env = "CLUSTERMESH_OPERATOR_ID", value_name = "ID")]
     pub id: Option<String>,
 
