@@ -13,11 +13,8 @@ use std::{
 use bpf::{EndpointInfo, IpCacheKey, L4Match, Protocol};
 use ipnet::IpNet;
 use kvstore::{
-    ClusterName, Event, Labels, NAMESPACE_LABEL, NumericIdentity,
-    values::{
-        ClusterService, IdentityEntry, IpIdentityPair, LabelSelector, Node, PolicyDocument,
-        ServiceDef,
-    },
+    ClusterName, Event, Labels, NumericIdentity,
+    values::{ClusterService, IdentityEntry, IpIdentityPair, Node, PolicyDocument, ServiceDef},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -850,15 +847,13 @@ impl ControlLoop {
         let local_ips = self.tables.local_cluster_ips();
         let mut out = Vec::new();
         for (key, def) in &self.tables.service_defs {
-            let selector =
-                LabelSelector::labels(def.selector.iter().map(|(k, v)| (k.clone(), v.clone())));
             let local: Vec<IpAddr> = local_ips
                 .iter()
                 .filter(|(_, id)| {
-                    self.tables.identities.get(id).is_some_and(|l| {
-                        l.value(NAMESPACE_LABEL) == Some(def.namespace.as_str())
-                            && selector.matches(l)
-                    })
+                    self.tables
+                        .identities
+                        .get(id)
+                        .is_some_and(|l| def.selects(l))
                 })
                 .map(|(ip, _)| *ip)
                 .collect();

@@ -32,6 +32,7 @@ mod leader_election;
 mod metrics;
 mod operator;
 mod pod_cidr_assignment;
+mod service_exporter;
 mod txn;
 
 pub use cidr_pool::{CidrPool, CidrPoolError, FreeCidrs, IpFamily};
@@ -52,6 +53,7 @@ pub use leader_election::{
 pub use metrics::{METRICS_PREFIX, OperatorMetrics};
 pub use operator::{Operator, OperatorError, OperatorHandle};
 pub use pod_cidr_assignment::{AssignmentError, get_assignment, wait_for_assignment};
+pub use service_exporter::{ExportState, ServiceExporter, ServiceExporterError, exported_services};
 
 /// An error and its sources, joined with `: ` (for logs and exit messages).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

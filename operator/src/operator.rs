@@ -17,6 +17,7 @@ use crate::{
     ipam_reconciler::IpamReconciler,
     leader_election::{LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle},
     metrics::OperatorMetrics,
+    service_exporter::ServiceExporter,
 };
 
 /// Why the operator could not start or stopped.
@@ -102,6 +103,7 @@ impl OperatorHandle {
 /// What a term of leadership runs.
 struct Duties {
     client: Client,
+    session: SessionHandle,
     config: OperatorConfig,
     metrics: OperatorMetrics,
 }
@@ -184,6 +186,7 @@ impl Operator {
         );
         let duties = Duties {
             client: self.client.clone(),
+            session: self.handle.session.clone(),
             config: self.config.clone(),
             metrics: self.handle.metrics.clone(),
         };
@@ -265,6 +268,19 @@ impl Duties {
             tasks.spawn(
                 async move { ("identity GC", gc.run(t).await.map_err(|e| error_chain(&e))) },
             );
+            let exporter = ServiceExporter::new(
+                self.client.clone(),
+                self.session.clone(),
+                c.cluster_name.clone(),
+                c.cluster_id,
+            );
+            let t = token.clone();
+            tasks.spawn(async move {
+                (
+                    "service export",
+                    exporter.run(t).await.map_err(|e| error_chain(&e)),
+                )
+            });
             if let Some(ipam) = &c.ipam {
                 let reconciler = IpamReconciler::new(
                     self.client.clone(),

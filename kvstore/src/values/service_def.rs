@@ -125,6 +125,51 @@ impl ServiceDef {
         self.min_healthy.unwrap_or(1)
     }
 
+    /// Whether an endpoint with `labels` is a backend: same namespace, and
+    /// the selector matches (keys without a source match any source).
+    pub fn selects(&self, labels: &crate::labels::Labels) -> bool {
+        labels.value(crate::labels::NAMESPACE_LABEL) == Some(self.namespace.as_str())
+            && self.selector.iter().all(|(k, v)| {
+                let key = k.rsplit_once(':').map_or(k.as_str(), |(_, key)| key);
+                labels.value(key) == Some(v.as_str())
+            })
+    }
+
+    /// The `ClusterService` a cluster exports for this definition, with the
+    /// given backend addresses.
+    pub fn export(
+        &self,
+        cluster: &ClusterName,
+        cluster_id: u32,
+        backends: impl IntoIterator<Item = IpAddr>,
+    ) -> super::ClusterService {
+        let mut svc = super::ClusterService::new(cluster, cluster_id, &self.namespace, &self.name);
+        let port_config = |target: bool| -> super::PortConfiguration {
+            self.ports
+                .iter()
+                .map(|p| {
+                    let port = if target { p.target() } else { p.port };
+                    (
+                        p.name.clone(),
+                        super::L4Addr {
+                            protocol: p.protocol.as_str().to_string(),
+                            port,
+                        },
+                    )
+                })
+                .collect()
+        };
+        svc.frontends
+            .insert(self.frontend.to_string(), port_config(false));
+        for ip in backends {
+            svc.backends.insert(ip.to_string(), port_config(true));
+        }
+        svc.selector = self.selector.clone();
+        svc.shared = self.is_shared();
+        svc.include_external = self.global;
+        svc
+    }
+
     /// The weight of `cluster` (default 1).
     pub fn weight(&self, cluster: &str) -> u32 {
         self.cluster_weights.get(cluster).copied().unwrap_or(1)
@@ -219,6 +264,35 @@ clusterWeights: {c1: 3, c2: 1}
         assert_eq!(def.ports[0].target(), 8080);
         assert_eq!(def.ports[0].protocol, ServiceProtocol::Tcp);
         assert_eq!(ServiceDef::decode("demo/echo", &def.encode()).unwrap(), def);
+    }
+
+    #[test]
+    fn selects_and_exports() {
+        use crate::labels::{CLUSTER_LABEL, Label, Labels, NAMESPACE_LABEL};
+        let def = ServiceDef::parse(YAML).unwrap();
+        let labels = |ns: &str, app: &str| -> Labels {
+            [
+                Label::k8s("app", app),
+                Label::k8s(NAMESPACE_LABEL, ns),
+                Label::k8s(CLUSTER_LABEL, "c1"),
+            ]
+            .into_iter()
+            .collect()
+        };
+        assert!(def.selects(&labels("demo", "echo")));
+        assert!(!def.selects(&labels("prod", "echo")));
+        assert!(!def.selects(&labels("demo", "web")));
+        let c1 = ClusterName::new("c1").unwrap();
+        let svc = def.export(&c1, 1, ["10.1.0.5".parse().unwrap()]);
+        assert_eq!(svc.key(), "c1/demo/echo");
+        assert_eq!(svc.frontends["10.96.0.10"]["http"].port, 80);
+        assert_eq!(svc.backends["10.1.0.5"]["http"].port, 8080);
+        assert!(svc.shared && svc.include_external);
+        assert!(
+            crate::value::StoreValue::decode(&svc.key(), &crate::value::StoreValue::encode(&svc))
+                .map(|s: super::super::ClusterService| s == svc)
+                .unwrap()
+        );
     }
 
     #[test]
