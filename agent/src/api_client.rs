@@ -46,6 +46,11 @@ impl ApiClient {
         }
     }
 
+    /// How long to wait for an answer (default 60 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// One request; returns the status and body.
     pub fn request(
         &self,

@@ -1,10 +1,13 @@
-//! The `clustermesh` command: manage the mesh PKI (and, later, connect
-//! clusters and show their status). `main` only parses flags, runs the chosen
+//! The `clustermesh` command: the mesh PKI, a real local mesh (`up`,
+//! `down`), connecting clusters, status, policies and services. `main` only parses flags, runs the chosen
 //! command and maps its error to an exit code: 64 for bad usage or
 //! configuration, 1 for anything else.
 
 mod certs_cmd;
 mod command_error;
+mod mesh_cmd;
+mod store_cmd;
+mod tool_cmd;
 
 use std::process::ExitCode;
 
@@ -23,6 +26,26 @@ struct Cli {
 enum Command {
     /// Create the mesh CA, issue server and client certificates, inspect them.
     Certs(certs_cmd::CertsArgs),
+    /// Start a real local mesh: per cluster etcd, operator and apiserver; per
+    /// node a network namespace with an agent; sample workloads.
+    Up(mesh_cmd::UpArgs),
+    /// Remove a local mesh: processes, namespaces, pinned maps, files.
+    Down(mesh_cmd::DirArgs),
+    /// Check that two clusters can be connected, then connect them.
+    Connect(mesh_cmd::ConnectArgs),
+    /// Remove the connection between two clusters.
+    Disconnect(mesh_cmd::ConnectArgs),
+    /// Per cluster, node and remote: connected, synced, entries, errors.
+    Status(mesh_cmd::StatusArgs),
+    /// Policies of a cluster without Kubernetes: apply, delete, list.
+    Policy(store_cmd::StoreArgs),
+    /// Service definitions of a cluster without Kubernetes: apply, delete, list.
+    Service(store_cmd::StoreArgs),
+    /// Drive a local mesh: stop/start components, partitions, workloads, requests.
+    Mesh(mesh_cmd::MeshArgs),
+    /// Programs the local mesh runs inside pods.
+    #[command(hide = true)]
+    Tool(tool_cmd::ToolArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,8 +61,18 @@ fn main() -> ExitCode {
             };
         }
     };
+    let out = &mut std::io::stdout().lock();
     let result: Result<(), CommandError> = match cli.command {
-        Command::Certs(args) => certs_cmd::run(args, &mut std::io::stdout().lock()),
+        Command::Certs(args) => certs_cmd::run(args, out),
+        Command::Up(args) => mesh_cmd::up(args, out),
+        Command::Down(args) => mesh_cmd::down(args, out),
+        Command::Connect(args) => mesh_cmd::connect(args, out, false),
+        Command::Disconnect(args) => mesh_cmd::connect(args, out, true),
+        Command::Status(args) => mesh_cmd::status(args, out),
+        Command::Policy(args) => store_cmd::run(store_cmd::Kind::Policy, args, out),
+        Command::Service(args) => store_cmd::run(store_cmd::Kind::Service, args, out),
+        Command::Mesh(args) => mesh_cmd::mesh(args, out),
+        Command::Tool(args) => tool_cmd::run(args, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

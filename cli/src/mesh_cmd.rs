@@ -1,0 +1,348 @@
+//! `clustermesh up | down | connect | disconnect | status | mesh …`: the local
+//! mesh and the connections between its clusters.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand, ValueEnum};
+use localmesh::{Mesh, MeshSpec};
+
+use crate::command_error::CommandError;
+
+/// Where `up` puts the mesh unless told otherwise.
+pub(crate) const DEFAULT_DIR: &str = ".mesh";
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Number of clusters (c1…cN, IDs 1…N).
+    #[arg(long, default_value_t = 2)]
+    clusters: u8,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// Directory for the mesh (certificates, data, logs, mesh.json).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Directory of the clustermesh binaries (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Leave out the sample client, echo servers and global service.
+    #[arg(long)]
+    no_workloads: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DirArgs {
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    Bidirectional,
+    Unicast,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The cluster whose agents connect.
+    #[arg(long)]
+    from: String,
+    /// The cluster they connect to.
+    #[arg(long)]
+    to: String,
+    /// `bidirectional` also connects `to` to `from`.
+    #[arg(long, value_enum, default_value = "bidirectional")]
+    mode: Mode,
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusOutput {
+    Summary,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Wait until every agent is synced and every configured remote is ready.
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits (e.g. 90s, 5m).
+    #[arg(long, default_value = "2m", value_parser = agent::humantime_parse)]
+    wait_duration: Duration,
+    #[arg(short = 'o', long, value_enum, default_value = "summary")]
+    output: StatusOutput,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MeshArgs {
+    #[arg(long, default_value = DEFAULT_DIR, global = true)]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: MeshCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Stop a component of a cluster: etcd, apiserver, or agent NODE.
+    Stop { component: String, cluster: String, node: Option<String> },
+    /// Start it again.
+    Start { component: String, cluster: String, node: Option<String> },
+    /// Partition two clusters (both directions, data and control plane).
+    Cut { a: String, b: String },
+    /// Heal a partition.
+    Heal { a: String, b: String },
+    /// Add a pod through the CNI plugin (with an echo server on --port).
+    AddWorkload {
+        cluster: String,
+        node: String,
+        name: String,
+        /// Labels KEY=VALUE.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Remove a pod through the CNI plugin.
+    RemoveWorkload { cluster: String, name: String },
+    /// Send requests from a pod (`CLUSTER/POD`) to an address and print who answered.
+    Request {
+        from: String,
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value = "2s", value_parser = agent::humantime_parse)]
+        timeout: Duration,
+    },
+}
+
+pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    require_root()?;
+    let mut spec = MeshSpec::new(&args.dir);
+    spec.clusters = args.clusters;
+    spec.nodes = args.nodes;
+    spec.workloads = !args.no_workloads;
+    if let Some(b) = args.bin_dir {
+        spec.bin_dir = b;
+    }
+    let start = Instant::now();
+    let mut step = 0;
+    let mesh = Mesh::up(&spec, &mut |msg| {
+        step += 1;
+        eprintln!("[{:>5.1}s] {step:>2}. {msg}", start.elapsed().as_secs_f64());
+    })
+    .map_err(CommandError::failed)?;
+    writeln!(out, "mesh up in {:.1}s: {}", start.elapsed().as_secs_f64(), mesh.state.dir.join("mesh.json").display()).map_err(CommandError::failed)?;
+    for c in &mesh.state.clusters {
+        writeln!(out, "  {} (id {}): apiserver {}, etcd {}, {} nodes", c.name, c.id, c.apiserver_endpoint, c.etcd_endpoint, c.nodes.len())
+            .map_err(CommandError::failed)?;
+    }
+    if let Some(fe) = &mesh.state.service_frontend {
+        writeln!(out, "  global service demo/echo at {fe}; try: clustermesh mesh request c1/client {fe} --count 5 --dir {}", args.dir.display())
+            .map_err(CommandError::failed)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn down(args: DirArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    require_root()?;
+    Mesh::down(&args.dir, &mut |msg| eprintln!("  {msg}")).map_err(CommandError::failed)?;
+    writeln!(out, "mesh at {} removed", args.dir.display()).map_err(CommandError::failed)
+}
+
+pub(crate) fn connect(args: ConnectArgs, out: &mut dyn Write, disconnect: bool) -> Result<(), CommandError> {
+    let mut mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
+    let both = args.mode == Mode::Bidirectional;
+    if disconnect {
+        mesh.disconnect(&args.from, &args.to, both).map_err(CommandError::failed)?;
+        writeln!(out, "disconnected {} {} {}", args.from, if both { "<->" } else { "->" }, args.to).map_err(CommandError::failed)?;
+        return Ok(());
+    }
+    let checks = mesh.connect(&args.from, &args.to, both).map_err(|e| CommandError::failed(e.context("connect refused; nothing was changed")))?;
+    for c in checks {
+        writeln!(out, "  ok  {c}").map_err(CommandError::failed)?;
+    }
+    writeln!(out, "connected {} {} {}; agents pick up the remote configs now", args.from, if both { "<->" } else { "->" }, args.to)
+        .map_err(CommandError::failed)
+}
+
+pub(crate) fn status(args: StatusArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
+    if args.wait {
+        let start = Instant::now();
+        let mut last_report = Instant::now() - Duration::from_secs(10);
+        loop {
+            let missing = mesh.not_ready();
+            if missing.is_empty() {
+                break;
+            }
+            if start.elapsed() > args.wait_duration {
+                print_status(&mesh, args.output, out)?;
+                return Err(CommandError::failed(anyhow!(
+                    "not ready after {:?}; still waiting for:\n  {}",
+                    args.wait_duration,
+                    missing.join("\n  ")
+                )));
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                eprintln!("waiting for: {}", missing.join("; "));
+                last_report = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    print_status(&mesh, args.output, out)
+}
+
+fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Result<(), CommandError> {
+    let statuses = mesh.agent_statuses();
+    if output == StatusOutput::Json {
+        let json: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|(c, n, s)| serde_json::json!({"cluster": c, "node": n, "agent": s}))
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&json).map_err(CommandError::failed)?).map_err(CommandError::failed)?;
+        return Ok(());
+    }
+    let mut agents_ok = 0;
+    let mut remotes = (0, 0);
+    for c in &mesh.state.clusters {
+        let days = cert_days_left(&c.certs.server_cert).map(|d| format!(", certificates expire in {d} days")).unwrap_or_default();
+        writeln!(out, "cluster {} (id {}){days}", c.name, c.id).map_err(CommandError::failed)?;
+        for (_, node, s) in statuses.iter().filter(|(cl, _, _)| cl == &c.name) {
+            let Some(s) = s else {
+                writeln!(out, "  node {node}: agent not answering").map_err(CommandError::failed)?;
+                continue;
+            };
+            agents_ok += usize::from(s.synced);
+            writeln!(
+                out,
+                "  node {node}: {}{}, pod CIDR {}, {} endpoints, ipcache {}, policy {}",
+                if s.synced { "synced" } else { "NOT synced" },
+                if s.sync_timed_out { " (sync timeout passed)" } else { "" },
+                s.pod_cidr.as_deref().unwrap_or("-"),
+                s.endpoints,
+                s.maps.get("ipcache").copied().unwrap_or(0),
+                s.maps.get("policy").copied().unwrap_or(0)
+            )
+            .map_err(CommandError::failed)?;
+            for r in &s.remotes {
+                remotes.1 += 1;
+                remotes.0 += usize::from(r.ready);
+                let synced: Vec<String> = r.synced.iter().map(|(k, v)| format!("{k}:{}", if *v { "yes" } else { "no" })).collect();
+                let entries: Vec<String> = r.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(
+                    out,
+                    "    remote {}: {} connected={} config={} synced[{}] entries[{}]{}{}",
+                    r.name,
+                    if r.ready { "ready" } else { "NOT READY" },
+                    r.connected,
+                    r.config.as_deref().unwrap_or("-"),
+                    synced.join(" "),
+                    entries.join(" "),
+                    if r.invalid.is_empty() { String::new() } else { format!(" invalid{:?}", r.invalid) },
+                    match (&r.last_error_kind, &r.last_error) {
+                        (Some(k), Some(e)) if !r.ready => format!("\n      why: {k}: {e}"),
+                        _ => String::new(),
+                    }
+                )
+                .map_err(CommandError::failed)?;
+            }
+        }
+    }
+    let total: usize = statuses.len();
+    writeln!(out, "{agents_ok}/{total} agents synced, {}/{} remote connections ready", remotes.0, remotes.1).map_err(CommandError::failed)
+}
+
+fn cert_days_left(path: &Path) -> Option<i64> {
+    let infos = certs::CertificateInfo::from_pem_file(path).ok()?;
+    infos.first().map(|i| i.days_left(std::time::SystemTime::now()))
+}
+
+pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    require_root()?;
+    let mut mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CommandError::failed);
+    match args.command {
+        MeshCommand::Stop { component, cluster, node } => {
+            match (component.as_str(), node) {
+                ("etcd", _) => mesh.stop_etcd(&cluster),
+                ("apiserver", _) => mesh.stop_apiserver(&cluster),
+                ("agent", Some(node)) => mesh.kill_agent(&cluster, &node),
+                _ => return Err(CommandError::usage(anyhow!("component must be etcd, apiserver or `agent NODE`"))),
+            }
+            .map_err(CommandError::failed)?;
+            w(out, format!("stopped {component} of {cluster}"))
+        }
+        MeshCommand::Start { component, cluster, node } => {
+            match (component.as_str(), node) {
+                ("etcd", _) => mesh.start_etcd(&cluster),
+                ("apiserver", _) => mesh.start_apiserver(&cluster),
+                ("agent", Some(node)) => mesh.start_agent(&cluster, &node),
+                _ => return Err(CommandError::usage(anyhow!("component must be etcd, apiserver or `agent NODE`"))),
+            }
+            .map_err(CommandError::failed)?;
+            w(out, format!("started {component} of {cluster}"))
+        }
+        MeshCommand::Cut { a, b } => {
+            mesh.cut(&a, &b).map_err(CommandError::failed)?;
+            w(out, format!("{a} and {b} are partitioned"))
+        }
+        MeshCommand::Heal { a, b } => {
+            mesh.heal(&a, &b).map_err(CommandError::failed)?;
+            w(out, format!("partition between {a} and {b} healed"))
+        }
+        MeshCommand::AddWorkload { cluster, node, name, labels, port } => {
+            let pairs: Vec<(String, String)> = labels
+                .iter()
+                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE")))
+                .collect::<Result<_, _>>()
+                .map_err(CommandError::usage)?;
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let e = mesh.add_endpoint(&cluster, &node, &name, &refs, port).map_err(CommandError::failed)?;
+            w(out, format!("{cluster}/{name} on {node}: {}", e.ip))
+        }
+        MeshCommand::RemoveWorkload { cluster, name } => {
+            mesh.remove_endpoint(&cluster, &name).map_err(CommandError::failed)?;
+            w(out, format!("{cluster}/{name} removed"))
+        }
+        MeshCommand::Request { from, to, count, timeout } => {
+            let (cluster, pod) = from.split_once('/').ok_or_else(|| CommandError::usage(anyhow!("--from is CLUSTER/POD")))?;
+            let mut failures = 0;
+            for i in 1..=count {
+                match mesh.request(cluster, pod, to, timeout) {
+                    Ok((server, peer)) => w(out, format!("  {i}: answered by {server} (client saw {peer})"))?,
+                    Err(e) => {
+                        failures += 1;
+                        w(out, format!("  {i}: no answer: {}", chain(&e)))?
+                    }
+                }
+            }
+            if failures == count {
+                return Err(CommandError::failed(anyhow!("no request from {from} to {to} was answered")));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+fn require_root() -> Result<(), CommandError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(CommandError::usage(anyhow!("this command needs root (network namespaces and eBPF)")));
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! A real local mesh on one machine, for `clustermesh up`, the demo and the
+//! end-to-end tests.
+//!
+//! Per cluster: a control-plane network namespace running a real etcd, the
+//! operator and the `clustermesh-apiserver` (mutual TLS); per node: a network
+//! namespace running an agent with the eBPF datapath. All namespaces plug
+//! into one fabric bridge (its own namespace, subnet `172.(16+k).0.0/16`),
+//! where partitions between clusters are cut with nftables rules. The root
+//! namespace gets a port on the fabric so the CLI reaches etcd and the
+//! apiservers. Everything is described in `DIR/mesh.json` as it is built, so
+//! [`Mesh::down`] removes it all, also after a crash.
+//!
+//! Not for production: processes are plain daemons, etcd has no TLS on the
+//! fabric, and all clusters share one CA.
+
+mod mesh;
+mod pki;
+mod process;
+mod state;
+mod subnet;
+mod topology;
+
+pub use mesh::{
+    ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir, in_netns, request,
+};
+pub use process::{is_running, log_tail};
+pub use state::{ClusterCerts, ClusterInfo, EndpointInfo, MeshState, NodeInfo, ProcessInfo};

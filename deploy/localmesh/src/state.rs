@@ -1,0 +1,157 @@
+//! `mesh.json`: everything a local mesh consists of, written as it is built
+//! so that `down` can remove it even after a crash half-way through `up`.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A process the mesh started (a daemon in its own session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The program, to recognise the process before killing it.
+    pub program: String,
+    pub log: PathBuf,
+}
+
+/// One node: a network namespace with an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub api_socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub health: String,
+    pub state_dir: PathBuf,
+    pub agent: Option<ProcessInfo>,
+}
+
+/// Certificates of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCerts {
+    /// The apiserver's server certificate and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// `admin-<cluster>`: full access to the cluster's apiserver.
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+    /// `remote-<cluster>`: what this cluster's agents present to remote apiservers.
+    pub remote_cert: PathBuf,
+    pub remote_key: PathBuf,
+    /// The CA bundle this cluster trusts.
+    pub ca: PathBuf,
+}
+
+/// One cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub id: u32,
+    /// Namespace of the control plane (etcd, operator, apiserver).
+    pub cp_netns: String,
+    pub cp_ip: Ipv4Addr,
+    pub etcd_endpoint: String,
+    pub etcd_data: PathBuf,
+    pub apiserver_endpoint: String,
+    pub apiserver_health: String,
+    pub operator_health: String,
+    pub pod_cidr_pool: String,
+    pub certs: ClusterCerts,
+    /// The directory agents read remote cluster configs from.
+    pub clustermesh_dir: PathBuf,
+    pub etcd: Option<ProcessInfo>,
+    pub operator: Option<ProcessInfo>,
+    pub apiserver: Option<ProcessInfo>,
+    pub nodes: Vec<NodeInfo>,
+    /// Clusters this one's agents are connected to.
+    pub remotes: Vec<String>,
+}
+
+/// A sample workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub cluster: String,
+    pub node: String,
+    pub name: String,
+    pub namespace: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    /// The echo server running in the pod, if any.
+    pub server: Option<ProcessInfo>,
+    pub port: Option<u16>,
+}
+
+/// The whole mesh (`DIR/mesh.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshState {
+    pub dir: PathBuf,
+    /// Index of the mesh's fabric subnet `172.(16+k).0.0/16` (lets several
+    /// meshes exist at once).
+    pub subnet: u8,
+    /// Prefix of every namespace and interface name of this mesh.
+    pub prefix: String,
+    pub fabric_netns: String,
+    /// The root namespace's port on the fabric (so the CLI reaches etcd and
+    /// the apiservers).
+    pub host_link: String,
+    pub host_ip: Ipv4Addr,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub bin_dir: PathBuf,
+    pub clusters: Vec<ClusterInfo>,
+    pub endpoints: Vec<EndpointInfo>,
+    /// The global service frontend, when workloads were created.
+    pub service_frontend: Option<String>,
+    /// Pairs of clusters currently partitioned.
+    pub cuts: Vec<(String, String)>,
+}
+
+impl MeshState {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("mesh.json")
+    }
+
+    /// Reads `DIR/mesh.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(dir);
+        let text = std::fs::read(&path).map_err(|e| anyhow::anyhow!("no mesh at {} ({e}); run `clustermesh up --dir {}` first", dir.display(), dir.display()))?;
+        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{} is not a mesh description: {e}", path.display()))
+    }
+
+    /// Writes `DIR/mesh.json` atomically.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let path = Self::path(&self.dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    pub fn cluster(&self, name: &str) -> anyhow::Result<&ClusterInfo> {
+        self.clusters.iter().find(|c| c.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+            anyhow::anyhow!("no cluster {name:?} in this mesh (clusters: {})", names.join(", "))
+        })
+    }
+
+    pub fn cluster_mut(&mut self, name: &str) -> anyhow::Result<&mut ClusterInfo> {
+        let names: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no cluster {name:?} in this mesh (clusters: {})", names.join(", ")))
+    }
+
+    pub fn endpoint(&self, cluster: &str, name: &str) -> anyhow::Result<&EndpointInfo> {
+        self.endpoints
+            .iter()
+            .find(|e| e.cluster == cluster && e.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no endpoint {name:?} in cluster {cluster:?}"))
+    }
+}
