@@ -45,7 +45,7 @@ use crate::{
 };
 
 /// How often the connection is checked and status published.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Rescan of the config directory in case a file event was missed.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 

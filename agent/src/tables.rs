@@ -103,13 +103,20 @@ impl Tables {
         self.identities.insert(id, labels.clone()) != Some(labels)
     }
 
-    /// Removes an identity a source withdrew; returns whether it existed.
-    pub(crate) fn delete_identity(&mut self, source: SourceId, id: NumericIdentity) -> bool {
+    /// Removes an identity a source withdrew; returns whether it is gone
+    /// (no other source still delivers it).
+    pub fn delete_identity(&mut self, source: SourceId, id: NumericIdentity) -> bool {
         let owned = self
             .identity_sources
             .get_mut(&source)
             .is_some_and(|s| s.remove(&id));
-        owned && !id.is_reserved() && self.identities.remove(&id).is_some()
+        if !owned || id.is_reserved() {
+            return false;
+        }
+        if self.identity_sources.values().any(|s| s.contains(&id)) {
+            return false;
+        }
+        self.identities.remove(&id).is_some()
     }
 
     /// Identities a source delivered (to drain it).
@@ -233,6 +240,22 @@ mod tests {
         assert!(!t.upsert_identity(SourceId(2), NumericIdentity::new(70000), labels));
         assert_eq!(t.identities_of(SourceId(2)).len(), 1);
         assert!(t.delete_identity(SourceId(2), NumericIdentity::new(70000)));
+    }
+
+    #[test]
+    fn an_identity_stays_while_another_source_delivers_it() {
+        let mut t = Tables::new();
+        let id = NumericIdentity::new(70000);
+        let labels: Labels = [Label::k8s("app", "x")].into_iter().collect();
+        t.upsert_identity(SourceId::LOCAL_ENDPOINTS, id, labels.clone());
+        t.upsert_identity(SourceId::LOCAL_CLUSTER, id, labels);
+        assert!(
+            !t.delete_identity(SourceId::LOCAL_ENDPOINTS, id),
+            "etcd still has it"
+        );
+        assert!(t.identities.contains_key(&id));
+        assert!(t.delete_identity(SourceId::LOCAL_CLUSTER, id));
+        assert!(!t.identities.contains_key(&id));
     }
 
     #[test]

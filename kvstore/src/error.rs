@@ -22,14 +22,14 @@ pub enum Error {
         endpoints: String,
         timeout: Duration,
     },
-    #[error("etcd {op} {key:?}")]
+    #[error("etcd {op}{}", key_suffix(key))]
     Request {
         op: &'static str,
         key: String,
         #[source]
         source: etcd_client::Error,
     },
-    #[error("etcd {op} {key:?} did not finish within {timeout:?}")]
+    #[error("etcd {op}{} did not finish within {timeout:?}", key_suffix(key))]
     RequestTimeout {
         op: &'static str,
         key: String,
@@ -41,6 +41,14 @@ pub enum Error {
     WatchBroken { prefix: String, reason: String },
     #[error("lock {name:?} was not acquired within {timeout:?}")]
     LockTimeout { name: String, timeout: Duration },
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" {key:?}")
+    }
 }
 
 /// The class of a failure, for status output and metrics: what an operator

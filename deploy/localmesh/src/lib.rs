@@ -21,7 +21,8 @@ mod subnet;
 mod topology;
 
 pub use mesh::{
-    ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir, in_netns, request,
+    ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir,
+    in_netns, request,
 };
 pub use process::{is_running, log_tail};
 pub use state::{ClusterCerts, ClusterInfo, EndpointInfo, MeshState, NodeInfo, ProcessInfo};

@@ -58,7 +58,11 @@ impl MeshSpec {
 pub fn default_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir }
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 /// The service every mesh with workloads offers.
@@ -85,9 +89,19 @@ impl Mesh {
             bail!("--clusters and --nodes must be 1-8");
         }
         if MeshState::path(&spec.dir).exists() {
-            bail!("{} already holds a mesh; run `clustermesh down --dir {}` first", spec.dir.display(), spec.dir.display());
+            bail!(
+                "{} already holds a mesh; run `clustermesh down --dir {}` first",
+                spec.dir.display(),
+                spec.dir.display()
+            );
         }
-        for name in ["clustermesh", "clustermesh-agent", "clustermesh-cni", "clustermesh-operator", "clustermesh-apiserver"] {
+        for name in [
+            "clustermesh",
+            "clustermesh-agent",
+            "clustermesh-cni",
+            "clustermesh-operator",
+            "clustermesh-apiserver",
+        ] {
             binary(&spec.bin_dir, name)?;
         }
         std::fs::create_dir_all(&spec.dir)?;
@@ -113,15 +127,30 @@ impl Mesh {
         };
         state.save()?;
         let mut mesh = Self { state };
-        mesh.build(spec, progress).with_context(|| format!("building the mesh failed; `clustermesh down --dir {}` removes what was started", dir.display()))?;
+        mesh.build(spec, progress).with_context(|| {
+            format!(
+                "building the mesh failed; `clustermesh down --dir {}` removes what was started",
+                dir.display()
+            )
+        })?;
         Ok(mesh)
     }
 
     fn build(&mut self, spec: &MeshSpec, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let s = &mut self.state;
-        progress(&format!("fabric {} (172.{}.0.0/16)", s.fabric_netns, 16 + s.subnet));
+        progress(&format!(
+            "fabric {} (172.{}.0.0/16)",
+            s.fabric_netns,
+            16 + s.subnet
+        ));
         topology::create_fabric(&s.fabric_netns)?;
-        topology::plug(&s.fabric_netns, None, &s.host_link, &format!("{}h", s.prefix), s.host_ip)?;
+        topology::plug(
+            &s.fabric_netns,
+            None,
+            &s.host_link,
+            &format!("{}h", s.prefix),
+            s.host_ip,
+        )?;
         progress("mesh CA");
         let ca = pki::ca(s.ca_cert.parent().expect("pki dir"))?;
         for i in 1..=spec.clusters {
@@ -137,7 +166,9 @@ impl Mesh {
                         netns: format!("{}-c{i}-n{j}", s.prefix),
                         ip,
                         api_socket: cdir.join(format!("n{j}")).join("agent.sock"),
-                        bpffs: PathBuf::from("/sys/fs/bpf").join(&s.prefix).join(format!("c{i}-n{j}")),
+                        bpffs: PathBuf::from("/sys/fs/bpf")
+                            .join(&s.prefix)
+                            .join(format!("c{i}-n{j}")),
                         health: format!("{ip}:9876"),
                         state_dir: cdir.join(format!("n{j}")).join("state"),
                         agent: None,
@@ -167,11 +198,19 @@ impl Mesh {
         self.state.save()?;
         let names: Vec<String> = self.state.clusters.iter().map(|c| c.name.clone()).collect();
         for name in &names {
-            progress(&format!("{name}: control plane (etcd, operator, clustermesh-apiserver)"));
+            progress(&format!(
+                "{name}: control plane (etcd, operator, clustermesh-apiserver)"
+            ));
             self.start_control_plane(name)?;
         }
         for name in &names {
-            let nodes: Vec<String> = self.state.cluster(name)?.nodes.iter().map(|n| n.name.clone()).collect();
+            let nodes: Vec<String> = self
+                .state
+                .cluster(name)?
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect();
             for node in &nodes {
                 progress(&format!("{name}/{node}: network namespace and agent"));
                 self.start_node(name, node)?;
@@ -179,9 +218,12 @@ impl Mesh {
         }
         for name in &names {
             for node in self.state.cluster(name)?.nodes.clone() {
-                wait_until(&format!("agent {name}/{} to be synced", node.name), STARTUP_TIMEOUT, node.agent.as_ref(), || {
-                    agent_status(&node).is_some_and(|s| s.synced && s.pod_cidr.is_some())
-                })?;
+                wait_until(
+                    &format!("agent {name}/{} to be synced", node.name),
+                    STARTUP_TIMEOUT,
+                    node.agent.as_ref(),
+                    || agent_status(&node).is_some_and(|s| s.synced && s.pod_cidr.is_some()),
+                )?;
             }
         }
         if spec.connect && names.len() > 1 {
@@ -203,7 +245,9 @@ impl Mesh {
 
     /// Reads the mesh in `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
-        Ok(Self { state: MeshState::load(dir)? })
+        Ok(Self {
+            state: MeshState::load(dir)?,
+        })
     }
 
     /// Removes everything of the mesh in `dir`: processes, namespaces,
@@ -253,7 +297,8 @@ impl Mesh {
         let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&state.prefix));
         subnet::release(state.subnet);
         progress(&format!("removing {}", state.dir.display()));
-        std::fs::remove_dir_all(&state.dir).with_context(|| format!("remove {}", state.dir.display()))?;
+        std::fs::remove_dir_all(&state.dir)
+            .with_context(|| format!("remove {}", state.dir.display()))?;
         Ok(())
     }
 
@@ -266,7 +311,13 @@ impl Mesh {
         let c = self.state.cluster(cluster)?.clone();
         let fabric = self.state.fabric_netns.clone();
         topology::create_netns(&c.cp_netns)?;
-        topology::plug(&fabric, Some(&c.cp_netns), "fab0", &format!("{}c{}", self.state.prefix, c.id), c.cp_ip)?;
+        topology::plug(
+            &fabric,
+            Some(&c.cp_netns),
+            "fab0",
+            &format!("{}c{}", self.state.prefix, c.id),
+            c.cp_ip,
+        )?;
         self.start_etcd(cluster)?;
         let logs = self.state.dir.join(cluster).join("logs");
         let operator = spawn_daemon(
@@ -296,7 +347,12 @@ impl Mesh {
         self.state.cluster_mut(cluster)?.operator = Some(operator.clone());
         self.state.save()?;
         self.start_apiserver(cluster)?;
-        wait_until(&format!("{cluster} operator"), STARTUP_TIMEOUT, Some(&operator), || http_ok(&c.operator_health, "/healthz"))?;
+        wait_until(
+            &format!("{cluster} operator"),
+            STARTUP_TIMEOUT,
+            Some(&operator),
+            || http_ok(&c.operator_health, "/healthz"),
+        )?;
         Ok(())
     }
 
@@ -324,7 +380,12 @@ impl Mesh {
         )?;
         self.state.cluster_mut(cluster)?.etcd = Some(etcd.clone());
         self.state.save()?;
-        wait_until(&format!("{cluster} etcd"), STARTUP_TIMEOUT, Some(&etcd), || http_ok(&format!("{}:2381", c.cp_ip), "/health"))
+        wait_until(
+            &format!("{cluster} etcd"),
+            STARTUP_TIMEOUT,
+            Some(&etcd),
+            || http_ok(&format!("{}:2381", c.cp_ip), "/health"),
+        )
     }
 
     /// Stops a cluster's etcd (its data stays).
@@ -337,6 +398,18 @@ impl Mesh {
 
     /// Starts a cluster's apiserver and waits until it is ready.
     pub fn start_apiserver(&mut self, cluster: &str) -> Result<()> {
+        let id = self.state.cluster(cluster)?.id;
+        self.start_apiserver_as(cluster, id)
+    }
+
+    /// Restarts a cluster's apiserver publishing another cluster ID (to test
+    /// how peers refuse a misconfigured cluster).
+    pub fn restart_apiserver_with_id(&mut self, cluster: &str, id: u32) -> Result<()> {
+        self.stop_apiserver(cluster)?;
+        self.start_apiserver_as(cluster, id)
+    }
+
+    fn start_apiserver_as(&mut self, cluster: &str, id: u32) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
         let logs = self.state.dir.join(cluster).join("logs");
         let apiserver = spawn_daemon(
@@ -346,11 +419,13 @@ impl Mesh {
                 "--cluster-name".into(),
                 c.name.clone(),
                 "--cluster-id".into(),
-                c.id.to_string(),
+                id.to_string(),
                 "--etcd-endpoints".into(),
                 c.etcd_endpoint.clone(),
                 "--listen".into(),
-                c.apiserver_endpoint.trim_start_matches("https://").to_string(),
+                c.apiserver_endpoint
+                    .trim_start_matches("https://")
+                    .to_string(),
                 "--tls-cert".into(),
                 c.certs.server_cert.display().to_string(),
                 "--tls-key".into(),
@@ -365,9 +440,12 @@ impl Mesh {
         )?;
         self.state.cluster_mut(cluster)?.apiserver = Some(apiserver.clone());
         self.state.save()?;
-        wait_until(&format!("{cluster} clustermesh-apiserver"), STARTUP_TIMEOUT, Some(&apiserver), || {
-            http_ok(&c.apiserver_health, "/readyz")
-        })
+        wait_until(
+            &format!("{cluster} clustermesh-apiserver"),
+            STARTUP_TIMEOUT,
+            Some(&apiserver),
+            || http_ok(&c.apiserver_health, "/readyz"),
+        )
     }
 
     /// Stops a cluster's apiserver.
@@ -380,10 +458,21 @@ impl Mesh {
 
     fn start_node(&mut self, cluster: &str, node: &str) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
-        let n = c.nodes.iter().find(|n| n.name == node).context("node")?.clone();
+        let n = c
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .context("node")?
+            .clone();
         topology::create_netns(&n.netns)?;
         let j = node.trim_start_matches('n');
-        topology::plug(&self.state.fabric_netns, Some(&n.netns), "fab0", &format!("{}c{}n{j}", self.state.prefix, c.id), n.ip)?;
+        topology::plug(
+            &self.state.fabric_netns,
+            Some(&n.netns),
+            "fab0",
+            &format!("{}c{}n{j}", self.state.prefix, c.id),
+            n.ip,
+        )?;
         std::fs::create_dir_all(&c.clustermesh_dir)?;
         self.start_agent(cluster, node)
     }
@@ -391,7 +480,12 @@ impl Mesh {
     /// Starts (or restarts) a node's agent; returns once its API answers.
     pub fn start_agent(&mut self, cluster: &str, node: &str) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
-        let n = c.nodes.iter().find(|n| n.name == node).context("node")?.clone();
+        let n = c
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .context("node")?
+            .clone();
         if let Some(dir) = n.api_socket.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -426,18 +520,40 @@ impl Mesh {
                 "30s".into(),
             ],
             &[("CLUSTERMESH_LOG", "info")],
-            &self.state.dir.join(cluster).join("logs").join(format!("agent-{node}.log")),
+            &self
+                .state
+                .dir
+                .join(cluster)
+                .join("logs")
+                .join(format!("agent-{node}.log")),
         )?;
-        let n_mut = self.state.cluster_mut(cluster)?.nodes.iter_mut().find(|x| x.name == node).context("node")?;
+        let n_mut = self
+            .state
+            .cluster_mut(cluster)?
+            .nodes
+            .iter_mut()
+            .find(|x| x.name == node)
+            .context("node")?;
         n_mut.agent = Some(agent.clone());
         self.state.save()?;
         let info = self.node(cluster, node)?.clone();
-        wait_until(&format!("agent {cluster}/{node} API"), STARTUP_TIMEOUT, Some(&agent), || agent_status(&info).is_some())
+        wait_until(
+            &format!("agent {cluster}/{node} API"),
+            STARTUP_TIMEOUT,
+            Some(&agent),
+            || agent_status(&info).is_some(),
+        )
     }
 
     /// Kills a node's agent as a crash would. The datapath keeps working.
     pub fn kill_agent(&mut self, cluster: &str, node: &str) -> Result<()> {
-        let n = self.state.cluster_mut(cluster)?.nodes.iter_mut().find(|x| x.name == node).context("node")?;
+        let n = self
+            .state
+            .cluster_mut(cluster)?
+            .nodes
+            .iter_mut()
+            .find(|x| x.name == node)
+            .context("node")?;
         if let Some(p) = n.agent.take() {
             process::kill(&p);
         }
@@ -445,7 +561,12 @@ impl Mesh {
     }
 
     pub fn node(&self, cluster: &str, node: &str) -> Result<&NodeInfo> {
-        self.state.cluster(cluster)?.nodes.iter().find(|n| n.name == node).with_context(|| format!("no node {node} in {cluster}"))
+        self.state
+            .cluster(cluster)?
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node {node} in {cluster}"))
     }
 
     /// The agent API of a node.
@@ -458,7 +579,11 @@ impl Mesh {
         self.state
             .clusters
             .iter()
-            .flat_map(|c| c.nodes.iter().map(move |n| (c.name.clone(), n.name.clone(), agent_status(n))))
+            .flat_map(|c| {
+                c.nodes
+                    .iter()
+                    .map(move |n| (c.name.clone(), n.name.clone(), agent_status(n)))
+            })
             .collect()
     }
 
@@ -471,7 +596,10 @@ impl Mesh {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("still waiting after {timeout:?} for: {}", missing.join("; "));
+                bail!(
+                    "still waiting after {timeout:?} for: {}",
+                    missing.join("; ")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -484,7 +612,9 @@ impl Mesh {
             for n in &c.nodes {
                 match agent_status(n) {
                     None => missing.push(format!("{}/{}: agent not answering", c.name, n.name)),
-                    Some(s) if !s.synced => missing.push(format!("{}/{}: not synced", c.name, n.name)),
+                    Some(s) if !s.synced => {
+                        missing.push(format!("{}/{}: not synced", c.name, n.name))
+                    }
                     Some(s) => {
                         for remote in &c.remotes {
                             match s.remotes.iter().find(|r| &r.name == remote) {
@@ -495,7 +625,10 @@ impl Mesh {
                                     n.name,
                                     r.last_error.clone().unwrap_or_else(|| "not ready".into())
                                 )),
-                                None => missing.push(format!("{}/{} -> {remote}: not configured yet", c.name, n.name)),
+                                None => missing.push(format!(
+                                    "{}/{} -> {remote}: not configured yet",
+                                    c.name, n.name
+                                )),
                             }
                         }
                     }
@@ -522,12 +655,23 @@ impl Mesh {
 
     /// Removes the remote config(s); agents drain that cluster's entries.
     pub fn disconnect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<()> {
-        let pairs: Vec<(&str, &str)> = if bidirectional { vec![(from, to), (to, from)] } else { vec![(from, to)] };
+        let pairs: Vec<(&str, &str)> = if bidirectional {
+            vec![(from, to), (to, from)]
+        } else {
+            vec![(from, to)]
+        };
         for (a, b) in pairs {
             let c = self.state.cluster_mut(a)?;
             let _ = std::fs::remove_file(c.clustermesh_dir.join(b));
             c.remotes.retain(|r| r != b);
         }
+        self.state.save()
+    }
+
+    /// Writes the remote config without `connect`'s checks (to test what
+    /// agents do with a bad peer).
+    pub fn write_remote_config_unchecked(&mut self, from: &str, to: &str) -> Result<()> {
+        self.write_remote_config(from, to)?;
         self.state.save()
     }
 
@@ -561,24 +705,37 @@ impl Mesh {
             bail!("cannot connect {from} to itself");
         }
         for c in [a, b] {
-            kvstore::ClusterName::new(c.name.as_str()).map_err(|e| anyhow::anyhow!("cluster name {:?}: {e}", c.name))?;
+            kvstore::ClusterName::new(c.name.as_str())
+                .map_err(|e| anyhow::anyhow!("cluster name {:?}: {e}", c.name))?;
         }
         checks.push(format!("names {from} and {to} are valid and distinct"));
         let remote = runtime()?.block_on(read_cluster_config(a, b))?;
         if remote.id != b.id {
-            bail!("{to}'s apiserver publishes cluster ID {} but the mesh expects {}", remote.id, b.id);
+            bail!(
+                "{to}'s apiserver publishes cluster ID {} but the mesh expects {}",
+                remote.id,
+                b.id
+            );
         }
         if remote.id == a.id || remote.id == 0 {
-            bail!("{to} has cluster ID {} which {from} cannot accept (0 or its own ID {})", remote.id, a.id);
+            bail!(
+                "{to} has cluster ID {} which {from} cannot accept (0 or its own ID {})",
+                remote.id,
+                a.id
+            );
         }
-        checks.push(format!("cluster IDs {} and {} are distinct and in range", a.id, b.id));
+        checks.push(format!(
+            "cluster IDs {} and {} are distinct and in range",
+            a.id, b.id
+        ));
         let mode = remote.mode().map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
         if mode != kvstore::MaxConnectedClusters::C255 {
             bail!("max-connected-clusters differs: {from} 255, {to} {mode}");
         }
         checks.push("max-connected-clusters is 255 on both".into());
         checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
-        let (pa, pb): (ipnet::IpNet, ipnet::IpNet) = (a.pod_cidr_pool.parse()?, b.pod_cidr_pool.parse()?);
+        let (pa, pb): (ipnet::IpNet, ipnet::IpNet) =
+            (a.pod_cidr_pool.parse()?, b.pod_cidr_pool.parse()?);
         if pa.contains(&pb.network()) || pb.contains(&pa.network()) {
             bail!("pod CIDR pools overlap: {from} {pa}, {to} {pb}");
         }
@@ -593,19 +750,33 @@ impl Mesh {
             ))
         })?;
         let range = kvstore::IdentityRange::allocation(kvstore::ClusterId::new(a.id, mode)?, mode);
-        checks.push(format!("identity headroom in {from}: {ids_a} used of {}", range.len()));
+        checks.push(format!(
+            "identity headroom in {from}: {ids_a} used of {}",
+            range.len()
+        ));
         let capacity = 512 * 1024;
         if (ips_a + ips_b) as u64 > capacity {
-            bail!("ipcache map would overflow: {} entries for {capacity} slots", ips_a + ips_b);
+            bail!(
+                "ipcache map would overflow: {} entries for {capacity} slots",
+                ips_a + ips_b
+            );
         }
-        checks.push(format!("ipcache map headroom: {} entries of {capacity}", ips_a + ips_b));
+        checks.push(format!(
+            "ipcache map headroom: {} entries of {capacity}",
+            ips_a + ips_b
+        ));
         Ok(checks)
     }
 
     /// Partitions two clusters: nodes and control planes of one cannot
     /// reach those of the other (both ways).
     pub fn cut(&mut self, a: &str, b: &str) -> Result<()> {
-        let nets = |c: &ClusterInfo| vec![format!("172.{}.{}.0/24", 16 + self.state.subnet, c.id), c.pod_cidr_pool.clone()];
+        let nets = |c: &ClusterInfo| {
+            vec![
+                format!("172.{}.{}.0/24", 16 + self.state.subnet, c.id),
+                c.pod_cidr_pool.clone(),
+            ]
+        };
         let (na, nb) = (nets(self.state.cluster(a)?), nets(self.state.cluster(b)?));
         topology::cut(&self.state.fabric_netns, &chain_name(a, b), &na, &nb)?;
         self.state.cuts.push((a.to_string(), b.to_string()));
@@ -621,11 +792,21 @@ impl Mesh {
 
     /// Creates a pod on a node through the CNI plugin, optionally with an
     /// echo server on `port`.
-    pub fn add_endpoint(&mut self, cluster: &str, node: &str, name: &str, labels: &[(&str, &str)], echo_port: Option<u16>) -> Result<EndpointInfo> {
+    pub fn add_endpoint(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        echo_port: Option<u16>,
+    ) -> Result<EndpointInfo> {
         let n = self.node(cluster, node)?.clone();
         let netns = format!("{}-{cluster}-{name}", self.state.prefix);
         topology::create_netns(&netns)?;
-        let labels_map: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels_map: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "clustermesh",
@@ -633,7 +814,13 @@ impl Mesh {
             "agentSocket": n.api_socket,
             "runtimeConfig": {"labels": labels_map, "namespace": WORKLOAD_NAMESPACE},
         });
-        let out = run_cni(&self.bin("clustermesh-cni")?, "ADD", &format!("{cluster}-{name}"), &netns, &conf.to_string())?;
+        let out = run_cni(
+            &self.bin("clustermesh-cni")?,
+            "ADD",
+            &format!("{cluster}-{name}"),
+            &netns,
+            &conf.to_string(),
+        )?;
         let result: serde_json::Value = serde_json::from_slice(&out).context("CNI result")?;
         let ip: Ipv4Addr = result["ips"][0]["address"]
             .as_str()
@@ -644,9 +831,21 @@ impl Mesh {
             Some(port) => Some(spawn_daemon(
                 Some(&netns),
                 &self.bin("clustermesh")?,
-                &["tool".into(), "echo-server".into(), "--name".into(), format!("{cluster}/{name}"), "--port".into(), port.to_string()],
+                &[
+                    "tool".into(),
+                    "echo-server".into(),
+                    "--name".into(),
+                    format!("{cluster}/{name}"),
+                    "--port".into(),
+                    port.to_string(),
+                ],
                 &[],
-                &self.state.dir.join(cluster).join("logs").join(format!("pod-{name}.log")),
+                &self
+                    .state
+                    .dir
+                    .join(cluster)
+                    .join("logs")
+                    .join(format!("pod-{name}.log")),
             )?),
             None => None,
         };
@@ -666,9 +865,17 @@ impl Mesh {
         if let Some(port) = echo_port {
             let addr = SocketAddr::from((ip, port));
             let ns = info.netns.clone();
-            wait_until(&format!("echo server in {cluster}/{name}"), Duration::from_secs(10), info.server.as_ref(), || {
-                in_netns(&ns, move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()).unwrap_or(false)
-            })?;
+            wait_until(
+                &format!("echo server in {cluster}/{name}"),
+                Duration::from_secs(10),
+                info.server.as_ref(),
+                || {
+                    in_netns(&ns, move || {
+                        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    })
+                    .unwrap_or(false)
+                },
+            )?;
         }
         Ok(info)
     }
@@ -678,21 +885,41 @@ impl Mesh {
         let e = self.state.endpoint(cluster, name)?.clone();
         let n = self.node(cluster, &e.node)?.clone();
         let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "clustermesh", "agentSocket": n.api_socket});
-        run_cni(&self.bin("clustermesh-cni")?, "DEL", &format!("{cluster}-{name}"), &e.netns, &conf.to_string())?;
+        run_cni(
+            &self.bin("clustermesh-cni")?,
+            "DEL",
+            &format!("{cluster}-{name}"),
+            &e.netns,
+            &conf.to_string(),
+        )?;
         if let Some(p) = &e.server {
             process::kill(p);
         }
         topology::delete_netns(&e.netns);
-        self.state.endpoints.retain(|x| !(x.cluster == cluster && x.name == name));
+        self.state
+            .endpoints
+            .retain(|x| !(x.cluster == cluster && x.name == name));
         self.state.save()
     }
 
     fn add_workloads(&mut self) -> Result<()> {
         let clusters = self.state.clusters.clone();
         for c in &clusters {
-            self.add_endpoint(&c.name, &c.nodes[0].name, "client", &[("app", "client")], None)?;
+            self.add_endpoint(
+                &c.name,
+                &c.nodes[0].name,
+                "client",
+                &[("app", "client")],
+                None,
+            )?;
             for n in &c.nodes {
-                self.add_endpoint(&c.name, &n.name, &format!("echo-{}", n.name), &[("app", "echo")], Some(ECHO_PORT))?;
+                self.add_endpoint(
+                    &c.name,
+                    &n.name,
+                    &format!("echo-{}", n.name),
+                    &[("app", "echo")],
+                    Some(ECHO_PORT),
+                )?;
             }
         }
         let def = kvstore::values::ServiceDef::parse(&format!(
@@ -732,7 +959,13 @@ impl Mesh {
 
     /// A request from a pod: connects to `to`, sends a line and returns
     /// (the server's name, the address the client saw).
-    pub fn request(&self, cluster: &str, endpoint: &str, to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
+    pub fn request(
+        &self,
+        cluster: &str,
+        endpoint: &str,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(String, SocketAddr)> {
         let e = self.state.endpoint(cluster, endpoint)?;
         in_netns(&e.netns, move || request(to, timeout))?
     }
@@ -745,7 +978,9 @@ fn chain_name(a: &str, b: &str) -> String {
 
 /// A small runtime for the async etcd client from sync code.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// A client of a cluster's etcd, straight (the admin's path).
@@ -753,19 +988,34 @@ pub async fn admin_client(c: &ClusterInfo) -> Result<Client> {
     let mut config = ClientConfig::new([c.etcd_endpoint.clone()]);
     config.connect_timeout = Duration::from_secs(3);
     config.request_timeout = Duration::from_secs(5);
-    Client::connect(&config).await.with_context(|| format!("cluster {} etcd", c.name))
+    Client::connect(&config)
+        .await
+        .with_context(|| format!("cluster {} etcd", c.name))
 }
 
 /// Reads `to`'s cluster config through its apiserver with `from`'s remote
 /// certificate: proves reachability, mutual TLS trust and authorization.
-async fn read_cluster_config(from: &ClusterInfo, to: &ClusterInfo) -> Result<kvstore::values::ClusterConfig> {
-    let tls = TlsConfig::from_files(&from.certs.ca, Some((&from.certs.remote_cert, &from.certs.remote_key)))?;
+async fn read_cluster_config(
+    from: &ClusterInfo,
+    to: &ClusterInfo,
+) -> Result<kvstore::values::ClusterConfig> {
+    let tls = TlsConfig::from_files(
+        &from.certs.ca,
+        Some((&from.certs.remote_cert, &from.certs.remote_key)),
+    )?;
     let mut config = ClientConfig::new([to.apiserver_endpoint.clone()]).with_tls(tls);
     config.connect_timeout = Duration::from_secs(3);
     config.request_timeout = Duration::from_secs(5);
-    let client = Client::connect(&config)
-        .await
-        .map_err(|e| anyhow::anyhow!("{} cannot use {}'s apiserver at {} ({}): {}", from.name, to.name, to.apiserver_endpoint, e.kind(), e.full_message()))?;
+    let client = Client::connect(&config).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{} cannot use {}'s apiserver at {} ({}): {}",
+            from.name,
+            to.name,
+            to.apiserver_endpoint,
+            e.kind(),
+            e.full_message()
+        )
+    })?;
     let name = kvstore::ClusterName::new(to.name.as_str())?;
     let kv = client
         .get(&keys::cluster_config(&name))
@@ -782,16 +1032,27 @@ fn agent_status(n: &NodeInfo) -> Option<StatusView> {
 }
 
 /// Polls `ok` until it holds; fails after `timeout` with the process's log.
-fn wait_until(what: &str, timeout: Duration, process: Option<&ProcessInfo>, mut ok: impl FnMut() -> bool) -> Result<()> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    process: Option<&ProcessInfo>,
+    mut ok: impl FnMut() -> bool,
+) -> Result<()> {
     let start = Instant::now();
     while !ok() {
         if let Some(p) = process
             && !process::is_running(p)
         {
-            bail!("{what}: the process exited; its log ({}):\n{}", p.log.display(), log_tail(&p.log, 30));
+            bail!(
+                "{what}: the process exited; its log ({}):\n{}",
+                p.log.display(),
+                log_tail(&p.log, 30)
+            );
         }
         if start.elapsed() > timeout {
-            let log = process.map(|p| format!("; log ({}):\n{}", p.log.display(), log_tail(&p.log, 30))).unwrap_or_default();
+            let log = process
+                .map(|p| format!("; log ({}):\n{}", p.log.display(), log_tail(&p.log, 30)))
+                .unwrap_or_default();
             bail!("{what} not ready within {timeout:?}{log}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -801,15 +1062,22 @@ fn wait_until(what: &str, timeout: Duration, process: Option<&ProcessInfo>, mut 
 
 /// GET `path` on `addr` (plain HTTP) returns 200.
 fn http_ok(addr: &str, path: &str) -> bool {
-    let Ok(addr) = addr.parse::<SocketAddr>() else { return false };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200") || String::from_utf8_lossy(&buf).starts_with("HTTP/1.0 200")
+    String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200")
+        || String::from_utf8_lossy(&buf).starts_with("HTTP/1.0 200")
 }
 
 fn run_cni(cni: &Path, command: &str, container: &str, netns: &str, conf: &str) -> Result<Vec<u8>> {
@@ -825,23 +1093,34 @@ fn run_cni(cni: &Path, command: &str, container: &str, netns: &str, conf: &str) 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("run clustermesh-cni")?;
-    child.stdin.take().expect("stdin").write_all(conf.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("CNI {command} for {container} failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        bail!(
+            "CNI {command} for {container} failed: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
     Ok(out.stdout)
 }
 
 /// Runs `f` on a thread inside the named network namespace.
 pub fn in_netns<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let file = std::fs::File::open(Path::new("/run/netns").join(netns)).with_context(|| format!("open network namespace {netns}"))?;
+    let file = std::fs::File::open(Path::new("/run/netns").join(netns))
+        .with_context(|| format!("open network namespace {netns}"))?;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 // SAFETY: setns on a dedicated, short-lived thread.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow::anyhow!("enter {netns}: {}", std::io::Error::last_os_error()));
+                    return Err(anyhow::anyhow!(
+                        "enter {netns}: {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
                 Ok(f())
             })
@@ -852,7 +1131,8 @@ pub fn in_netns<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> Result<R>
 
 /// Connects, sends `hello\n`, and reads the echo server's answer.
 pub fn request(to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
-    let mut s = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connect to {to}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connect to {to}"))?;
     s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr()?;
     s.write_all(b"hello\n")?;
@@ -860,7 +1140,9 @@ pub fn request(to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)
     let mut chunk = [0u8; 512];
     let deadline = Instant::now() + timeout;
     while !String::from_utf8_lossy(&buf).contains("hello") && Instant::now() < deadline {
-        let n = s.read(&mut chunk).with_context(|| format!("read from {to}"))?;
+        let n = s
+            .read(&mut chunk)
+            .with_context(|| format!("read from {to}"))?;
         if n == 0 {
             break;
         }

@@ -14,24 +14,38 @@ pub(crate) fn ca(dir: &Path) -> Result<Ca> {
     if Ca::exists_in(dir) {
         return Ca::load(dir).context("load the mesh CA");
     }
-    let ca = Ca::generate("clustermesh local mesh CA", Validity::days(3650)?).context("generate the mesh CA")?;
+    let ca = Ca::generate("clustermesh local mesh CA", Validity::days(3650)?)
+        .context("generate the mesh CA")?;
     ca.write(dir).context("write the mesh CA")?;
     Ok(ca)
 }
 
 /// Issues a cluster's certificates into `dir`.
-pub(crate) fn cluster(ca: &Ca, ca_path: &Path, dir: &Path, cluster: &str, apiserver_ip: IpAddr) -> Result<ClusterCerts> {
+pub(crate) fn cluster(
+    ca: &Ca,
+    ca_path: &Path,
+    dir: &Path,
+    cluster: &str,
+    apiserver_ip: IpAddr,
+) -> Result<ClusterCerts> {
     std::fs::create_dir_all(dir)?;
     let validity = Validity::days(365)?;
     let server = ca.issue_server(
         &CertName::new(format!("clustermesh-apiserver-{cluster}"))?,
-        &["clustermesh-apiserver.cilium.io".to_string(), format!("{cluster}.mesh.cilium.io")],
+        &[
+            "clustermesh-apiserver.cilium.io".to_string(),
+            format!("{cluster}.mesh.cilium.io"),
+        ],
         &[apiserver_ip, IpAddr::from([127, 0, 0, 1])],
         validity,
     )?;
     let server_files = server.write(dir)?;
-    let admin = ca.issue_client(&CertName::new(format!("admin-{cluster}"))?, validity)?.write(dir)?;
-    let remote = ca.issue_client(&CertName::new(format!("remote-{cluster}"))?, validity)?.write(dir)?;
+    let admin = ca
+        .issue_client(&CertName::new(format!("admin-{cluster}"))?, validity)?
+        .write(dir)?;
+    let remote = ca
+        .issue_client(&CertName::new(format!("remote-{cluster}"))?, validity)?
+        .write(dir)?;
     Ok(ClusterCerts {
         server_cert: server_files.cert,
         server_key: server_files.key,

@@ -16,18 +16,34 @@ use crate::state::ProcessInfo;
 
 /// Starts `program args` as a daemon inside `netns` (a name under
 /// /run/netns; `None` = the root namespace).
-pub(crate) fn spawn_daemon(netns: Option<&str>, program: &Path, args: &[String], envs: &[(&str, &str)], log: &Path) -> Result<ProcessInfo> {
+pub(crate) fn spawn_daemon(
+    netns: Option<&str>,
+    program: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> Result<ProcessInfo> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let out = File::options().create(true).append(true).open(log).with_context(|| format!("open {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     for (k, v) in envs {
         cmd.env(k, v);
     }
     let ns_file = match netns {
-        Some(name) => Some(File::open(Path::new("/run/netns").join(name)).with_context(|| format!("open network namespace {name}"))?),
+        Some(name) => Some(
+            File::open(Path::new("/run/netns").join(name))
+                .with_context(|| format!("open network namespace {name}"))?,
+        ),
         None => None,
     };
     let fd = ns_file.as_ref().map(|f| f.as_raw_fd());
@@ -46,14 +62,19 @@ pub(crate) fn spawn_daemon(netns: Option<&str>, program: &Path, args: &[String],
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("start {}", program.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", program.display()))?;
     let pid = child.id();
     // The child is a daemon: nobody waits for it here; the kernel reaps it
     // when this process exits (or `down` kills it).
     std::mem::forget(child);
     Ok(ProcessInfo {
         pid,
-        program: program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        program: program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         log: log.to_path_buf(),
     })
 }
@@ -65,7 +86,10 @@ pub fn is_running(p: &ProcessInfo) -> bool {
     };
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
     // A zombie has exited.
-    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     !zombie && String::from_utf8_lossy(&cmdline).contains(&p.program)
 }
 
@@ -130,7 +154,10 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
 pub(crate) fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
     let path = bin_dir.join(name);
     if !path.is_file() {
-        anyhow::bail!("{} not found; build the workspace first (`cargo build --workspace`, or `make demo`)", path.display());
+        anyhow::bail!(
+            "{} not found; build the workspace first (`cargo build --workspace`, or `make demo`)",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -120,8 +120,15 @@ impl MeshState {
     /// Reads `DIR/mesh.json`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = Self::path(dir);
-        let text = std::fs::read(&path).map_err(|e| anyhow::anyhow!("no mesh at {} ({e}); run `clustermesh up --dir {}` first", dir.display(), dir.display()))?;
-        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{} is not a mesh description: {e}", path.display()))
+        let text = std::fs::read(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "no mesh at {} ({e}); run `clustermesh up --dir {}` first",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_slice(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a mesh description: {e}", path.display()))
     }
 
     /// Writes `DIR/mesh.json` atomically.
@@ -134,10 +141,16 @@ impl MeshState {
     }
 
     pub fn cluster(&self, name: &str) -> anyhow::Result<&ClusterInfo> {
-        self.clusters.iter().find(|c| c.name == name).ok_or_else(|| {
-            let names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
-            anyhow::anyhow!("no cluster {name:?} in this mesh (clusters: {})", names.join(", "))
-        })
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "no cluster {name:?} in this mesh (clusters: {})",
+                    names.join(", ")
+                )
+            })
     }
 
     pub fn cluster_mut(&mut self, name: &str) -> anyhow::Result<&mut ClusterInfo> {
@@ -145,7 +158,12 @@ impl MeshState {
         self.clusters
             .iter_mut()
             .find(|c| c.name == name)
-            .ok_or_else(|| anyhow::anyhow!("no cluster {name:?} in this mesh (clusters: {})", names.join(", ")))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no cluster {name:?} in this mesh (clusters: {})",
+                    names.join(", ")
+                )
+            })
     }
 
     pub fn endpoint(&self, cluster: &str, name: &str) -> anyhow::Result<&EndpointInfo> {

@@ -20,7 +20,12 @@ pub(crate) fn run(netns: Option<&str>, program: &str, args: &[&str]) -> Result<S
     cmd.args(args);
     let out = cmd.output().with_context(|| format!("run {program}"))?;
     if !out.status.success() {
-        bail!("`{program} {}`{} failed: {}", args.join(" "), netns.map(|n| format!(" in {n}")).unwrap_or_default(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{program} {}`{} failed: {}",
+            args.join(" "),
+            netns.map(|n| format!(" in {n}")).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -57,24 +62,49 @@ pub(crate) fn create_fabric(fabric: &str) -> Result<()> {
     ip(&["-n", fabric, "link", "set", "br0", "up"])?;
     // A table for partitions; empty until a cut.
     run(Some(fabric), "nft", &["add", "table", "bridge", "mesh"])?;
-    run(Some(fabric), "nft", &["add chain bridge mesh forward { type filter hook forward priority 0 ; policy accept ; }"])?;
+    run(
+        Some(fabric),
+        "nft",
+        &[
+            "add chain bridge mesh forward { type filter hook forward priority 0 ; policy accept ; }",
+        ],
+    )?;
     Ok(())
 }
 
 /// Plugs namespace `ns` (or the root namespace, with `ns` = `None`) into
 /// the fabric with `ip/16` on interface `ifname`; `peer` names the fabric side.
-pub(crate) fn plug(fabric: &str, ns: Option<&str>, ifname: &str, peer: &str, ip_addr: Ipv4Addr) -> Result<()> {
+pub(crate) fn plug(
+    fabric: &str,
+    ns: Option<&str>,
+    ifname: &str,
+    peer: &str,
+    ip_addr: Ipv4Addr,
+) -> Result<()> {
     match ns {
         Some(ns) => {
-            ip(&["-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", fabric])?;
-            ip(&["-n", ns, "addr", "add", &format!("{ip_addr}/16"), "dev", ifname])?;
+            ip(&[
+                "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns",
+                fabric,
+            ])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip_addr}/16"),
+                "dev",
+                ifname,
+            ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
         None => {
             if ip(&["link", "show", ifname]).is_ok() {
                 let _ = ip(&["link", "del", ifname]);
             }
-            ip(&["link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", fabric])?;
+            ip(&[
+                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", fabric,
+            ])?;
             ip(&["addr", "add", &format!("{ip_addr}/16"), "dev", ifname])?;
             ip(&["link", "set", ifname, "up"])?;
         }
@@ -86,27 +116,69 @@ pub(crate) fn plug(fabric: &str, ns: Option<&str>, ifname: &str, peer: &str, ip_
 
 /// Drops all IPv4 traffic between two sets of prefixes, both ways.
 pub(crate) fn cut(fabric: &str, chain: &str, a: &[String], b: &[String]) -> Result<()> {
-    let _ = run(Some(fabric), "nft", &[&format!("delete chain bridge mesh {chain}")]);
-    run(Some(fabric), "nft", &[&format!("add chain bridge mesh {chain}")])?;
+    let _ = run(
+        Some(fabric),
+        "nft",
+        &[&format!("delete chain bridge mesh {chain}")],
+    );
+    run(
+        Some(fabric),
+        "nft",
+        &[&format!("add chain bridge mesh {chain}")],
+    )?;
     for x in a {
         for y in b {
-            run(Some(fabric), "nft", &[&format!("add rule bridge mesh {chain} ip saddr {x} ip daddr {y} drop")])?;
-            run(Some(fabric), "nft", &[&format!("add rule bridge mesh {chain} ip saddr {y} ip daddr {x} drop")])?;
+            run(
+                Some(fabric),
+                "nft",
+                &[&format!(
+                    "add rule bridge mesh {chain} ip saddr {x} ip daddr {y} drop"
+                )],
+            )?;
+            run(
+                Some(fabric),
+                "nft",
+                &[&format!(
+                    "add rule bridge mesh {chain} ip saddr {y} ip daddr {x} drop"
+                )],
+            )?;
         }
     }
-    run(Some(fabric), "nft", &[&format!("add rule bridge mesh forward jump {chain}")])?;
+    run(
+        Some(fabric),
+        "nft",
+        &[&format!("add rule bridge mesh forward jump {chain}")],
+    )?;
     Ok(())
 }
 
 /// Removes a cut.
 pub(crate) fn heal(fabric: &str, chain: &str) -> Result<()> {
     // The jump rule references the chain: delete it first, by handle.
-    let listing = run(Some(fabric), "nft", &["-a", "list", "chain", "bridge", "mesh", "forward"])?;
-    for line in listing.lines().filter(|l| l.contains(&format!("jump {chain} "))) {
+    let listing = run(
+        Some(fabric),
+        "nft",
+        &["-a", "list", "chain", "bridge", "mesh", "forward"],
+    )?;
+    for line in listing
+        .lines()
+        .filter(|l| l.contains(&format!("jump {chain} ")))
+    {
         if let Some(handle) = line.rsplit("handle ").next() {
-            run(Some(fabric), "nft", &[&format!("delete rule bridge mesh forward handle {}", handle.trim())])?;
+            run(
+                Some(fabric),
+                "nft",
+                &[&format!(
+                    "delete rule bridge mesh forward handle {}",
+                    handle.trim()
+                )],
+            )?;
         }
     }
-    let _ = run(Some(fabric), "nft", &[&format!("delete chain bridge mesh {chain}")]);
+    let _ = run(
+        Some(fabric),
+        "nft",
+        &[&format!("delete chain bridge mesh {chain}")],
+    );
     Ok(())
 }

@@ -1,0 +1,152 @@
+//! Helpers for the multi-cluster tests and benchmarks: a [`TestMesh`] that
+//! is removed when dropped (also when a test panics), polling with
+//! deadlines, and shortcuts into the mesh's agents.
+//!
+//! The tests run the workspace's binaries from `target/<profile>/`; build the
+//! workspace first (`make test` does, through `cargo nextest run --workspace`).
+
+use std::{
+    net::SocketAddr,
+    ops::{Deref, DerefMut},
+    time::{Duration, Instant},
+};
+
+use agent::{IpCacheView, StatusView};
+use localmesh::{Mesh, MeshSpec};
+
+/// How long tests wait for the mesh to react before failing.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Whether the test can run; prints why not otherwise.
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root (network namespaces and eBPF)");
+        return false;
+    }
+    true
+}
+
+/// A mesh that is torn down on drop.
+pub struct TestMesh {
+    mesh: Option<Mesh>,
+    dir: tempfile::TempDir,
+}
+
+impl TestMesh {
+    /// A mesh of `clusters` × `nodes`, connected, with the sample workloads.
+    pub fn up(clusters: u8, nodes: u8) -> anyhow::Result<Self> {
+        Self::up_with(clusters, nodes, |_| {})
+    }
+
+    pub fn up_with(
+        clusters: u8,
+        nodes: u8,
+        configure: impl FnOnce(&mut MeshSpec),
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("clustermesh-test-")
+            .tempdir()?;
+        let mut spec = MeshSpec::new(dir.path().join("mesh"));
+        spec.clusters = clusters;
+        spec.nodes = nodes;
+        configure(&mut spec);
+        let started = Instant::now();
+        let result = Mesh::up(&spec, &mut |msg| {
+            eprintln!("[{:>5.1}s] {msg}", started.elapsed().as_secs_f64())
+        });
+        match result {
+            Ok(mesh) => Ok(Self {
+                mesh: Some(mesh),
+                dir,
+            }),
+            Err(e) => {
+                let _ = Mesh::down(&spec.dir, &mut |_| {});
+                Err(e)
+            }
+        }
+    }
+
+    /// The status of one agent.
+    pub fn status(&self, cluster: &str, node: &str) -> StatusView {
+        self.agent_api(cluster, node)
+            .unwrap()
+            .get("/v1/status")
+            .expect("agent status")
+    }
+
+    /// The ipcache of one agent, as programmed.
+    pub fn ipcache(&self, cluster: &str, node: &str) -> Vec<IpCacheView> {
+        self.agent_api(cluster, node)
+            .unwrap()
+            .get("/v1/ipcache")
+            .expect("agent ipcache")
+    }
+
+    /// Whether a request from `cluster/pod` to `to` is answered (short timeout).
+    pub fn reaches(&self, cluster: &str, pod: &str, to: SocketAddr) -> bool {
+        self.request(cluster, pod, to, Duration::from_millis(800))
+            .is_ok()
+    }
+
+    /// The address of a workload's echo server.
+    pub fn echo_addr(&self, cluster: &str, pod: &str) -> SocketAddr {
+        let e = self.state.endpoint(cluster, pod).expect("endpoint");
+        SocketAddr::from((e.ip, e.port.expect("an echo server")))
+    }
+}
+
+impl Deref for TestMesh {
+    type Target = Mesh;
+    fn deref(&self) -> &Mesh {
+        self.mesh.as_ref().expect("mesh")
+    }
+}
+
+impl DerefMut for TestMesh {
+    fn deref_mut(&mut self) -> &mut Mesh {
+        self.mesh.as_mut().expect("mesh")
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        if let Some(mesh) = self.mesh.take() {
+            if std::thread::panicking() {
+                print_logs(&mesh);
+            }
+            if let Err(e) = Mesh::down(&mesh.state.dir, &mut |_| {}) {
+                eprintln!("removing the test mesh failed: {e:#}");
+            }
+        }
+        let _ = &self.dir;
+    }
+}
+
+fn print_logs(mesh: &Mesh) {
+    for c in &mesh.state.clusters {
+        let procs = [&c.etcd, &c.operator, &c.apiserver]
+            .into_iter()
+            .flatten()
+            .chain(c.nodes.iter().filter_map(|n| n.agent.as_ref()));
+        for p in procs {
+            eprintln!(
+                "---- {} (last lines) ----\n{}",
+                p.log.display(),
+                localmesh::log_tail(&p.log, 25)
+            );
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics after [`DEADLINE`].
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,351 @@
+//! Remote clusters (issue 8) on a real local mesh: cross-cluster policy,
+//! validation of remote values, restarts under traffic, convergence after an
+//! outage, removal, ID conflicts, and global service failover.
+
+use std::{net::SocketAddr, time::Duration};
+
+use integration::{TestMesh, can_run, wait_for};
+use kvstore::{
+    Label, Labels, NumericIdentity, StoreValue, keys,
+    values::{IpIdentityPair, PolicyDocument},
+};
+
+const FRONTEND: &str = "10.96.0.10:80";
+
+fn echo_policy(extra_selector: &str) -> PolicyDocument {
+    PolicyDocument::parse(&format!(
+        r#"
+kind: CiliumNetworkPolicy
+metadata: {{name: echo-ingress, namespace: demo}}
+spec:
+  endpointSelector: {{matchLabels: {{app: echo}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{app: client{extra_selector}}}}}]
+    toPorts: [{{ports: [{{port: "8080", protocol: TCP}}, {{port: "0", protocol: ICMP}}]}}]
+"#
+    ))
+    .unwrap()
+}
+
+fn apply(mesh: &TestMesh, cluster: &str, doc: &PolicyDocument) {
+    mesh.put(cluster, &keys::policies().key(&doc.key()), doc.encode())
+        .unwrap();
+}
+
+#[test]
+fn cross_cluster_policy_admits_the_selected_remote_identity_only() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    mesh.add_endpoint("c1", "n2", "other", &[("app", "other")], None)?;
+    let echo = mesh.echo_addr("c2", "echo-n1");
+    wait_for("no policy: c1's client reaches c2", || {
+        mesh.reaches("c1", "client", echo)
+    });
+
+    // Without a cluster label the rule admits c2's own clients only.
+    apply(&mesh, "c2", &echo_policy(""));
+    wait_for("c1's client denied", || !mesh.reaches("c1", "client", echo));
+    // Naming c1 admits c1's client, and only it.
+    apply(
+        &mesh,
+        "c2",
+        &echo_policy(", io.cilium.k8s.policy.cluster: c1"),
+    );
+    wait_for("c1's client admitted", || {
+        mesh.reaches("c1", "client", echo)
+    });
+    assert!(
+        !mesh.reaches("c1", "other", echo),
+        "another identity of c1 stays denied"
+    );
+    assert!(
+        !mesh.reaches("c2", "client", echo),
+        "c2's own client is not named any more"
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_remote_values_are_ignored_and_counted() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mesh = TestMesh::up(2, 1)?;
+    let labels = |cluster: &str| -> Labels {
+        [
+            Label::k8s("app", "evil"),
+            Label::k8s(kvstore::CLUSTER_LABEL, cluster),
+            Label::k8s(kvstore::NAMESPACE_LABEL, "demo"),
+        ]
+        .into_iter()
+        .collect()
+    };
+    // In c2's etcd: an identity of c3's range, one with c3's label, and an
+    // ipcache entry naming an identity outside c2's range.
+    let outside = NumericIdentity::new(3 << 16 | 500);
+    let wrong_label = NumericIdentity::new(2 << 16 | 501);
+    mesh.put(
+        "c2",
+        &keys::identity_master(outside),
+        labels("c2").canonical().into_bytes(),
+    )?;
+    mesh.put(
+        "c2",
+        &keys::identity_master(wrong_label),
+        labels("c3").canonical().into_bytes(),
+    )?;
+    let pair = IpIdentityPair::host(
+        "10.2.200.1".parse()?,
+        NumericIdentity::new(5 << 16 | 300),
+        None,
+    );
+    mesh.put("c2", &keys::ipcache().key(&pair.key()), pair.encode())?;
+
+    wait_for("c1 counts the invalid values", || {
+        let s = mesh.status("c1", "n1");
+        let r = s.remotes.iter().find(|r| r.name == "c2");
+        r.is_some_and(|r| {
+            r.invalid.get("identity-out-of-range").copied().unwrap_or(0) >= 2
+                && r.invalid.get("invalid-labels").copied().unwrap_or(0) >= 1
+        })
+    });
+    let identities: Vec<agent::IdentityView> = mesh.agent_api("c1", "n1")?.get("/v1/identities")?;
+    assert!(
+        !identities
+            .iter()
+            .any(|i| i.id == outside.get() || i.id == wrong_label.get()),
+        "invalid identities were not accepted"
+    );
+    assert!(
+        !mesh
+            .ipcache("c1", "n1")
+            .iter()
+            .any(|e| e.prefix == "10.2.200.1/32"),
+        "invalid ipcache entry was not programmed"
+    );
+    let s = mesh.status("c1", "n1");
+    assert!(
+        s.remotes.iter().all(|r| r.ready),
+        "the remote stays ready: {:?}",
+        s.remotes
+    );
+    Ok(())
+}
+
+#[test]
+fn restarts_under_cross_cluster_traffic_lose_no_allowed_packet() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    apply(
+        &mesh,
+        "c2",
+        &echo_policy(", io.cilium.k8s.policy.cluster: c1"),
+    );
+    let echo = mesh.echo_addr("c2", "echo-n1");
+    wait_for("policy admits c1's client", || {
+        mesh.reaches("c1", "client", echo)
+    });
+    let client_ns = mesh.state.endpoint("c1", "client")?.netns.clone();
+    let ping = |count: u32| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client_ns,
+                "ping",
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                &echo.ip().to_string(),
+            ])
+            .spawn()
+    };
+    let check = |child: std::process::Child, what: &str| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ping failed across {what}");
+    };
+
+    // Restart of the agent that enforces the policy (it must keep c1's
+    // identities until it has re-listed them).
+    let p = ping(160)?;
+    mesh.kill_agent("c2", "n1")?;
+    mesh.start_agent("c2", "n1")?;
+    check(p, "an agent restart");
+
+    let p = ping(160)?;
+    mesh.stop_apiserver("c2")?;
+    mesh.start_apiserver("c2")?;
+    check(p, "a remote apiserver restart");
+
+    let p = ping(160)?;
+    mesh.stop_etcd("c2")?;
+    mesh.start_etcd("c2")?;
+    check(p, "a remote etcd restart");
+
+    mesh.wait_ready(integration::DEADLINE)?;
+    assert!(mesh.reaches("c1", "client", echo));
+    Ok(())
+}
+
+/// What c1's agent has programmed for c2's pod CIDR pool.
+fn c2_entries(mesh: &TestMesh) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = mesh
+        .ipcache("c1", "n1")
+        .into_iter()
+        .filter(|e| e.prefix.starts_with("10.2."))
+        .map(|e| (e.prefix, e.identity))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What c2's etcd holds.
+fn c2_truth(mesh: &TestMesh) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = mesh
+        .list("c2", &keys::ipcache())
+        .unwrap()
+        .into_iter()
+        .filter_map(|kv| {
+            let key = keys::ipcache().strip(&kv.key)?.to_string();
+            let pair = IpIdentityPair::decode(&key, &kv.value).ok()?;
+            Some((pair.prefix().to_string(), pair.id.get()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    wait_for("c1 has c2's entries", || {
+        c2_entries(&mesh) == c2_truth(&mesh) && !c2_truth(&mesh).is_empty()
+    });
+    mesh.stop_apiserver("c2")?;
+    wait_for("c1 sees c2 unreachable", || {
+        mesh.status("c1", "n1")
+            .remotes
+            .iter()
+            .any(|r| r.name == "c2" && !r.ready)
+    });
+    let before = c2_entries(&mesh);
+    mesh.remove_endpoint("c2", "echo-n2")?;
+    mesh.add_endpoint("c2", "n2", "late-1", &[("app", "late")], None)?;
+    mesh.add_endpoint("c2", "n1", "late-2", &[("app", "late")], None)?;
+    assert_eq!(
+        c2_entries(&mesh),
+        before,
+        "state is kept while the remote is away"
+    );
+    mesh.start_apiserver("c2")?;
+    wait_for("c1 converges to exactly c2's state", || {
+        c2_entries(&mesh) == c2_truth(&mesh)
+    });
+    assert_eq!(c2_entries(&mesh).len(), before.len() + 1);
+    Ok(())
+}
+
+#[test]
+fn removing_a_remote_config_withdraws_its_entries() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 1)?;
+    wait_for("c1 has c2's entries", || !c2_entries(&mesh).is_empty());
+    mesh.disconnect("c1", "c2", false)?;
+    wait_for("c2's entries withdrawn from c1", || {
+        c2_entries(&mesh).is_empty()
+    });
+    let identities: Vec<agent::IdentityView> = mesh.agent_api("c1", "n1")?.get("/v1/identities")?;
+    assert!(
+        !identities.iter().any(|i| i.labels.contains("cluster=c2")),
+        "c2's identities drained"
+    );
+    assert!(mesh.status("c1", "n1").remotes.is_empty());
+    Ok(())
+}
+
+#[test]
+fn two_remotes_claiming_one_cluster_id_second_is_refused() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up_with(3, 1, |s| s.connect = false)?;
+    mesh.connect("c1", "c2", false)?;
+    mesh.wait_ready(integration::DEADLINE)?;
+    // c3's apiserver now claims c2's ID.
+    mesh.restart_apiserver_with_id("c3", 2)?;
+    mesh.write_remote_config_unchecked("c1", "c3")?;
+    wait_for("c3 refused with an ID conflict", || {
+        mesh.status("c1", "n1").remotes.iter().any(|r| {
+            r.name == "c3"
+                && !r.ready
+                && r.last_error_kind.as_deref() == Some("id-conflict")
+                && r.last_error.as_deref().is_some_and(|e| e.contains("c2"))
+        })
+    });
+    let s = mesh.status("c1", "n1");
+    assert!(
+        s.remotes.iter().any(|r| r.name == "c2" && r.ready),
+        "the first remote keeps working: {:?}",
+        s.remotes
+    );
+    Ok(())
+}
+
+#[test]
+fn global_service_fails_over_to_the_remote_cluster_and_back() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    let frontend: SocketAddr = FRONTEND.parse()?;
+    let answered_by = |mesh: &TestMesh| {
+        mesh.request("c1", "client", frontend, Duration::from_secs(1))
+            .map(|(s, peer)| {
+                assert_eq!(peer, frontend, "the client sees the frontend");
+                s
+            })
+    };
+    wait_for("answered in c1", || {
+        answered_by(&mesh).is_ok_and(|s| s.starts_with("c1/"))
+    });
+    for _ in 0..10 {
+        assert!(
+            answered_by(&mesh)?.starts_with("c1/"),
+            "affinity local keeps traffic in c1"
+        );
+    }
+    mesh.remove_endpoint("c1", "echo-n1")?;
+    mesh.remove_endpoint("c1", "echo-n2")?;
+    wait_for("failover to c2", || {
+        answered_by(&mesh).is_ok_and(|s| s.starts_with("c2/"))
+    });
+    for _ in 0..10 {
+        assert!(answered_by(&mesh)?.starts_with("c2/"));
+    }
+    mesh.add_endpoint(
+        "c1",
+        "n2",
+        "echo-back",
+        &[("app", "echo")],
+        Some(localmesh::ECHO_PORT),
+    )?;
+    wait_for("back to c1", || {
+        answered_by(&mesh).is_ok_and(|s| s == "c1/echo-back")
+    });
+    for _ in 0..10 {
+        assert_eq!(answered_by(&mesh)?, "c1/echo-back");
+    }
+    Ok(())
+}
