@@ -105,7 +105,7 @@ impl Tables {
 
     /// Removes an identity a source withdrew; returns whether it is gone
     /// (no other source still delivers it).
-    pub fn delete_identity(&mut self, source: SourceId, id: NumericIdentity) -> bool {
+    pub(crate) fn delete_identity(&mut self, source: SourceId, id: NumericIdentity) -> bool {
         let owned = self
             .identity_sources
             .get_mut(&source)
