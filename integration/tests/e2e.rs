@@ -1,0 +1,302 @@
+//! End-to-end (issue 9): the demo's scenarios as assertions, a partition
+//! between clusters and its healing, a rejoin after a long outage with
+//! changes made meanwhile, and `clustermesh connect` refusing a wrong CA and
+//! a wrong cluster ID. The CLI is exercised as a user runs it.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use integration::{TestMesh, can_run, wait_for};
+use kvstore::{
+    StoreValue, keys,
+    values::{IpIdentityPair, PolicyDocument},
+};
+
+fn cli(mesh: &TestMesh, args: &[&str]) -> Output {
+    Command::new(localmesh::default_bin_dir().join("clustermesh"))
+        .args(args)
+        .args(["--dir", &mesh.state.dir.to_string_lossy()])
+        .output()
+        .expect("run clustermesh")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn remote_ready(mesh: &TestMesh, cluster: &str, remote: &str) -> bool {
+    mesh.status(cluster, "n1")
+        .remotes
+        .iter()
+        .any(|r| r.name == remote && r.ready)
+}
+
+fn ipcache_of(mesh: &TestMesh, cluster: &str, pool: &str) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = mesh
+        .ipcache(cluster, "n1")
+        .into_iter()
+        .filter(|e| e.prefix.starts_with(pool))
+        .map(|e| (e.prefix, e.identity))
+        .collect();
+    v.sort();
+    v
+}
+
+fn etcd_ipcache(mesh: &TestMesh, cluster: &str) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = mesh
+        .list(cluster, &keys::ipcache())
+        .unwrap()
+        .into_iter()
+        .filter_map(|kv| {
+            let key = keys::ipcache().strip(&kv.key)?.to_string();
+            let pair = IpIdentityPair::decode(&key, &kv.value).ok()?;
+            Some((pair.prefix().to_string(), pair.id.get()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    let echo = mesh.echo_addr("c2", "echo-n1");
+    let frontend: SocketAddr = localmesh::SERVICE_FRONTEND.parse()?;
+    wait_for("c1 reaches c2", || mesh.reaches("c1", "client", echo));
+    let status = cli(&mesh, &["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        text(&status).contains("4/4 agents synced, 4/4 remote connections ready"),
+        "{}",
+        text(&status)
+    );
+
+    mesh.stop_etcd("c2")?;
+    for _ in 0..20 {
+        assert!(
+            mesh.reaches("c1", "client", echo),
+            "traffic to c2 stopped with its etcd"
+        );
+        assert!(
+            mesh.reaches("c1", "client", frontend),
+            "the service stopped with c2's etcd"
+        );
+    }
+    wait_for("status shows c2 degraded", || {
+        let t = text(&cli(&mesh, &["status"]));
+        t.contains("remote c2: NOT READY") && t.contains("why:")
+    });
+    let waited = cli(&mesh, &["status", "--wait", "--wait-duration", "2s"]);
+    assert!(
+        !waited.status.success(),
+        "status --wait must not report ready: {}",
+        text(&waited)
+    );
+    assert!(
+        text(&waited).contains("still waiting for"),
+        "says what it waits for: {}",
+        text(&waited)
+    );
+
+    mesh.start_etcd("c2")?;
+    let waited = cli(&mesh, &["status", "--wait", "--wait-duration", "60s"]);
+    assert!(waited.status.success(), "{}", text(&waited));
+    assert!(mesh.reaches("c1", "client", echo));
+    Ok(())
+}
+
+#[test]
+fn partition_between_clusters_and_its_healing() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 1)?;
+    let echo2 = mesh.echo_addr("c2", "echo-n1");
+    let echo1 = mesh.echo_addr("c1", "echo-n1");
+    let frontend: SocketAddr = localmesh::SERVICE_FRONTEND.parse()?;
+    wait_for("c1 reaches c2", || mesh.reaches("c1", "client", echo2));
+
+    mesh.cut("c1", "c2")?;
+    wait_for("both sides see the partition", || {
+        !remote_ready(&mesh, "c1", "c2") && !remote_ready(&mesh, "c2", "c1")
+    });
+    assert!(
+        !mesh.reaches("c1", "client", echo2),
+        "the partition cuts the data plane too"
+    );
+    assert!(
+        mesh.reaches("c1", "client", echo1),
+        "traffic inside a cluster is untouched"
+    );
+    assert!(
+        mesh.request("c1", "client", frontend, Duration::from_secs(1))?
+            .0
+            .starts_with("c1/"),
+        "the service answers locally"
+    );
+    let entries_during = ipcache_of(&mesh, "c1", "10.2.");
+    assert!(
+        !entries_during.is_empty(),
+        "c2's entries are kept during the partition"
+    );
+
+    mesh.heal("c1", "c2")?;
+    wait_for("both sides ready again", || {
+        remote_ready(&mesh, "c1", "c2") && remote_ready(&mesh, "c2", "c1")
+    });
+    wait_for("traffic flows again", || {
+        mesh.reaches("c1", "client", echo2)
+    });
+    Ok(())
+}
+
+#[test]
+fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    wait_for("c1 has c2's state", || {
+        ipcache_of(&mesh, "c1", "10.2.") == etcd_ipcache(&mesh, "c2")
+    });
+    mesh.cut("c1", "c2")?;
+    wait_for("c1 sees the partition", || !remote_ready(&mesh, "c1", "c2"));
+    // Meanwhile in c2: workloads come and go, a policy appears.
+    mesh.remove_endpoint("c2", "echo-n1")?;
+    mesh.remove_endpoint("c2", "client")?;
+    for i in 0..3 {
+        mesh.add_endpoint(
+            "c2",
+            "n2",
+            &format!("new-{i}"),
+            &[("app", "new"), ("gen", &i.to_string())],
+            None,
+        )?;
+    }
+    let policy = PolicyDocument::parse("kind: CiliumNetworkPolicy\nmetadata: {name: lock, namespace: demo}\nspec:\n  endpointSelector: {matchLabels: {app: new}}\n").unwrap();
+    mesh.put("c2", &keys::policies().key(&policy.key()), policy.encode())?;
+    // A long outage: longer than the remote's reconnect backoff grows to.
+    std::thread::sleep(Duration::from_secs(15));
+    mesh.heal("c1", "c2")?;
+    wait_for("c1 converges to exactly c2's ipcache", || {
+        ipcache_of(&mesh, "c1", "10.2.") == etcd_ipcache(&mesh, "c2")
+    });
+    let identities: Vec<agent::IdentityView> = mesh.agent_api("c1", "n1")?.get("/v1/identities")?;
+    for i in 0..3 {
+        assert!(
+            identities
+                .iter()
+                .any(|id| id.labels.contains(&format!("gen={i}"))
+                    && id.labels.contains("cluster=c2")),
+            "new identity {i} arrived"
+        );
+    }
+    assert!(
+        !identities
+            .iter()
+            .any(|id| id.labels.contains("app=client") && id.labels.contains("cluster=c2"))
+            || {
+                // The client's identity master may survive until GC; it is only kept
+                // if c2 still publishes it.
+                mesh.list("c2", &keys::identity_masters())?
+                    .iter()
+                    .any(|kv| String::from_utf8_lossy(&kv.value).contains("app=client"))
+            }
+    );
+    Ok(())
+}
+
+#[test]
+fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up_with(3, 1, |s| {
+        s.connect = false;
+        s.workloads = false;
+    })?;
+    // A working connect prints what it checked.
+    let ok = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    for check in ["distinct", "mutual TLS", "do not overlap", "headroom"] {
+        assert!(
+            text(&ok).contains(check),
+            "connect checks {check}: {}",
+            text(&ok)
+        );
+    }
+    cli(&mesh, &["disconnect", "--from", "c1", "--to", "c2"]);
+
+    // c2's apiserver now presents a certificate of another CA.
+    let other = certs::Ca::generate("another CA", certs::Validity::days(30)?)?;
+    let c2 = mesh.state.cluster("c2")?.clone();
+    let cert = other.issue_server(
+        &certs::CertName::new("impostor")?,
+        &[],
+        &[c2.cp_ip.into()],
+        certs::Validity::days(10)?,
+    )?;
+    cert.write_to(&c2.certs.server_cert, &c2.certs.server_key)?;
+    let refused = {
+        let mut out = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
+        // The apiserver reloads its certificate within a moment.
+        for _ in 0..50 {
+            if !out.status.success() {
+                break;
+            }
+            cli(&mesh, &["disconnect", "--from", "c1", "--to", "c2"]);
+            std::thread::sleep(Duration::from_millis(200));
+            out = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
+        }
+        out
+    };
+    assert!(
+        !refused.status.success(),
+        "connect with a server of an unknown CA must fail: {}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains("unknown-ca") || text(&refused).contains("UnknownIssuer"),
+        "{}",
+        text(&refused)
+    );
+    assert!(text(&refused).contains("nothing was changed"));
+    assert!(
+        !mesh
+            .state
+            .cluster("c1")?
+            .clustermesh_dir
+            .join("c2")
+            .exists(),
+        "no remote config written"
+    );
+
+    // c3's apiserver claims c1's own ID.
+    mesh.restart_apiserver_with_id("c3", 1)?;
+    let refused = cli(&mesh, &["connect", "--from", "c1", "--to", "c3"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("cluster ID 1"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !mesh
+            .state
+            .cluster("c1")?
+            .clustermesh_dir
+            .join("c3")
+            .exists()
+    );
+    Ok(())
+}
