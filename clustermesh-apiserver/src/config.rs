@@ -78,6 +78,12 @@ pub struct WatchConfig {
     /// revision) joins from memory instead of opening its own etcd watch.
     /// Default 10,000.
     pub history_events: usize,
+    /// While events of a shared watch arrive faster than one per this
+    /// period, they are sent to watchers together once per period instead of
+    /// one response each; a lone event goes out at once. Trades at most this
+    /// much delivery delay for far fewer responses at high rates. Zero sends
+    /// every etcd response on its own. Default 5 ms.
+    pub fan_out_linger: Duration,
     /// Delay before re-opening a broken upstream watch: from `min_backoff`,
     /// doubling up to `max_backoff`. Defaults 100 ms and 5 s.
     pub min_backoff: Duration,
@@ -89,6 +95,7 @@ impl Default for WatchConfig {
         Self {
             outbox_capacity: 10_000,
             history_events: 10_000,
+            fan_out_linger: Duration::from_millis(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }

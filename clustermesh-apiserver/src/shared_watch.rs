@@ -9,7 +9,8 @@ use std::{
 
 use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
 use kvstore::Backoff;
-use prost::bytes::Bytes;
+use prost::bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
@@ -161,6 +162,7 @@ impl Subscriber {
             self.push(WatchMessage::Shared {
                 watch_id: self.watch_id,
                 body: batch.body.clone(),
+                events: true,
             });
             batch.events.len()
         } else {
@@ -515,23 +517,62 @@ impl SharedWatch {
     }
 
     /// Reads one upstream stream until it ends.
+    ///
+    /// Events are fanned out at once when the previous fan-out is at least
+    /// `fan_out_linger` old; while they arrive faster, they are collected
+    /// and fanned out together when the linger period is over (or a batch
+    /// grows large), one response per watcher for the lot: at high rates
+    /// that divides the responses, and the CPU spent on each, by the number
+    /// of events per period, for at most `fan_out_linger` of delay.
     async fn pump(
         &self,
         hub: &WatchHub,
         mut stream: Streaming<PbWatchResponse>,
         backoff: &mut Backoff,
     ) -> Ended {
+        let linger = hub.config().fan_out_linger;
+        let mut pending: Vec<Batch> = Vec::new();
+        let mut last_fan_out: Option<Instant> = None;
         loop {
+            let flush_at = last_fan_out
+                .filter(|_| !pending.is_empty())
+                .map(|at| at + linger);
             let message = tokio::select! {
                 () = self.stop.cancelled() => return Ended::Stopped,
+                () = sleep_until(flush_at) => {
+                    self.fan_out(hub, std::mem::take(&mut pending));
+                    last_fan_out = Some(Instant::now());
+                    continue;
+                }
                 message = stream.message() => message,
             };
             let response = match message {
                 Ok(Some(response)) => response,
-                Ok(None) => return Ended::Error("etcd closed the stream".into()),
-                Err(status) => return Ended::Error(status.to_string()),
+                Ok(None) => {
+                    self.fan_out(hub, pending);
+                    return Ended::Error("etcd closed the stream".into());
+                }
+                Err(status) => {
+                    self.fan_out(hub, pending);
+                    return Ended::Error(status.to_string());
+                }
             };
             hub.observe(response.header.as_ref());
+            let header = response.header.unwrap_or_default();
+            if !response.created && !response.canceled && !response.events.is_empty() {
+                pending.push(Batch::new(header, response.events));
+                let now = Instant::now();
+                let events: usize = pending.iter().map(|b| b.events.len()).sum();
+                if last_fan_out.is_none_or(|at| now >= at + linger)
+                    || events >= REPLAY_EVENTS_PER_RESPONSE
+                {
+                    self.fan_out(hub, std::mem::take(&mut pending));
+                    last_fan_out = Some(now);
+                }
+                continue;
+            }
+            // Anything else is ordered after the events before it.
+            self.fan_out(hub, std::mem::take(&mut pending));
             if response.created {
                 if response.canceled {
                     return Ended::Error(format!(
@@ -554,35 +595,62 @@ impl SharedWatch {
                     response.cancel_reason
                 ));
             }
-            let header = response.header.unwrap_or_default();
-            if response.events.is_empty() {
-                self.progress(header);
-            } else {
-                let sent = self.fan_out(hub, Batch::new(header, response.events));
-                hub.metrics().events_sent(sent);
-            }
+            self.progress(header);
         }
     }
 
-    /// Sends a batch to every live watcher and keeps it as history.
-    fn fan_out(&self, hub: &WatchHub, batch: Batch) -> u64 {
-        let batch = Arc::new(batch);
+    /// Sends batches (in revision order) to every live watcher and keeps
+    /// them as history. A watcher that takes them all whole gets one
+    /// response: the encoded batches back to back, which is one
+    /// `WatchResponse` with every event and the last header.
+    fn fan_out(&self, hub: &WatchHub, batches: Vec<Batch>) {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return;
+        };
+        let (min_rev, max_rev) = (first.min_rev, last.max_rev);
+        let events: usize = batches.iter().map(|b| b.events.len()).sum();
+        let body = if batches.len() == 1 {
+            first.body.clone()
+        } else {
+            let mut body = BytesMut::with_capacity(batches.iter().map(|b| b.body.len()).sum());
+            for batch in &batches {
+                body.extend_from_slice(&batch.body);
+            }
+            body.freeze()
+        };
+        let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
         let capacity = hub.config().history_events;
         let mut st = self.lock();
         let mut sent = 0;
         for sub in st.subscribers.iter_mut().filter(|s| s.is_live()) {
-            sent += sub.send_batch(&batch);
+            if max_rev <= sub.cursor {
+                continue;
+            }
+            if min_rev > sub.cursor && sub.filter.is_empty() {
+                sub.push(WatchMessage::Shared {
+                    watch_id: sub.watch_id,
+                    body: body.clone(),
+                    events: true,
+                });
+                sub.advance(max_rev);
+                sent += events as u64;
+            } else {
+                for batch in &batches {
+                    sent += sub.send_batch(batch);
+                }
+            }
         }
-        st.revision = st.revision.max(batch.max_rev);
-        st.history_events += batch.events.len();
-        st.history.push_back(batch);
+        st.revision = st.revision.max(max_rev);
+        st.history_events += events;
+        st.history.extend(batches);
         while st.history_events > capacity && st.history.len() > 1 {
             if let Some(old) = st.history.pop_front() {
                 st.history_events -= old.events.len();
                 st.floor = st.floor.max(old.max_rev);
             }
         }
-        sent
+        drop(st);
+        hub.metrics().events_sent(sent);
     }
 
     /// A progress notification: etcd has sent everything up to its revision.
@@ -608,6 +676,7 @@ impl SharedWatch {
                 sub.push(WatchMessage::Shared {
                     watch_id: sub.watch_id,
                     body,
+                    events: false,
                 });
             }
         }
@@ -674,6 +743,14 @@ impl SharedWatch {
         } else {
             Ended::Restart
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

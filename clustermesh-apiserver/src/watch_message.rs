@@ -23,7 +23,22 @@ pub(crate) enum WatchMessage {
     /// result is an ordinary `WatchResponse` to the client, and fanning an
     /// upstream response out to N watchers costs N reference counts and N
     /// copies into the socket buffer instead of N encodings.
-    Shared { watch_id: i64, body: Bytes },
+    ///
+    /// `events` says whether the body carries events (and not only a
+    /// progress header); consecutive event bodies of one watcher may be
+    /// merged, see [`WatchMessage::Merged`].
+    Shared {
+        watch_id: i64,
+        body: Bytes,
+        events: bool,
+    },
+    /// Several event bodies of one watcher, queued while the client was
+    /// behind, sent as one response. Concatenated protobuf messages are one
+    /// message whose repeated fields are appended and whose singular fields
+    /// take the last value: one `WatchResponse` with every event, in order,
+    /// and the last header, as etcd itself sends to a watcher that is
+    /// catching up.
+    Merged { watch_id: i64, bodies: Vec<Bytes> },
     /// A response for one watcher (created, canceled, filtered, catch-up).
     Owned(Box<PbWatchResponse>),
     /// Ends the stream with this error.
@@ -75,8 +90,12 @@ impl Encoder for WatchEncoder {
 
     fn encode(&mut self, item: WatchMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            WatchMessage::Shared { watch_id, body } => {
-                put_shared(watch_id, body, dst);
+            WatchMessage::Shared { watch_id, body, .. } => {
+                put_shared(watch_id, [body], dst);
+                Ok(())
+            }
+            WatchMessage::Merged { watch_id, bodies } => {
+                put_shared(watch_id, bodies, dst);
                 Ok(())
             }
             WatchMessage::Owned(response) => response
@@ -89,15 +108,18 @@ impl Encoder for WatchEncoder {
     }
 }
 
-/// Writes a [`WatchMessage::Shared`]: the watch ID field, then the body.
-fn put_shared(watch_id: i64, body: Bytes, dst: &mut impl BufMut) {
+/// Writes a [`WatchMessage::Shared`] or [`WatchMessage::Merged`]: the watch
+/// ID field, then the bodies.
+fn put_shared(watch_id: i64, bodies: impl IntoIterator<Item = Bytes>, dst: &mut impl BufMut) {
     if watch_id != 0 {
         encode_key(WATCH_ID_FIELD, WireType::Varint, dst);
         // Negative IDs (-1 for progress responses) are ten-byte varints, as
         // protobuf encodes every negative int64.
         encode_varint(watch_id as u64, dst);
     }
-    dst.put(body);
+    for body in bodies {
+        dst.put(body);
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +154,7 @@ mod tests {
         let body = encode_shared(&response);
         for watch_id in [0, 1, 300, -1] {
             let mut out = BytesMut::new();
-            put_shared(watch_id, body.clone(), &mut out);
+            put_shared(watch_id, [body.clone()], &mut out);
             let decoded = PbWatchResponse::decode(&out[..]).unwrap();
             assert_eq!(
                 decoded,
@@ -142,5 +164,37 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn merged_bodies_are_one_response_with_all_events_and_the_last_header() {
+        let response = |revision: i64, key: &str| PbWatchResponse {
+            header: Some(PbResponseHeader {
+                cluster_id: 7,
+                member_id: 8,
+                revision,
+                raft_term: 2,
+            }),
+            events: vec![PbEvent {
+                r#type: 1,
+                kv: Some(PbKeyValue {
+                    key: key.as_bytes().to_vec(),
+                    mod_revision: revision,
+                    ..PbKeyValue::default()
+                }),
+                prev_kv: None,
+            }],
+            ..PbWatchResponse::default()
+        };
+        let (first, second) = (response(10, "a"), response(11, "b"));
+        let mut out = BytesMut::new();
+        put_shared(5, [encode_shared(&first), encode_shared(&second)], &mut out);
+        let decoded = PbWatchResponse::decode(&out[..]).unwrap();
+        assert_eq!(decoded.watch_id, 5);
+        assert_eq!(decoded.header, second.header);
+        assert_eq!(
+            decoded.events,
+            [first.events[0].clone(), second.events[0].clone()]
+        );
     }
 }
