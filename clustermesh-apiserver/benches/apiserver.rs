@@ -1,0 +1,892 @@
+//! Watch fan-out benchmark: 500 watchers of `cilium/state/ip/v1/` while a
+//! writer puts 1,000 values a second for 10 s, connected three ways in the
+//! same run, with the same clients (10 HTTP/2 connections × 50 watch
+//! streams):
+//!
+//! 1. straight to etcd (the baseline for etcd's load),
+//! 2. through `clustermesh-apiserver` (mutual TLS, per-cluster
+//!    authorization, one shared upstream watch), run as a child process,
+//! 3. through `etcd grpc-proxy` (plain TCP, no authorization; it also
+//!    coalesces watches), the peer to beat.
+//!
+//! Measured per setup: delivery latency (put sent → event received, from a
+//! timestamp in the value), etcd's own watcher count, etcd's CPU time and the
+//! proxy's CPU time (from /proc) over the write window plus the drain.
+//! stdout carries only JSON lines; progress goes to stderr.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use certs::{Ca, CertName, Validity};
+use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion};
+use etcd_harness::{TestEtcd, free_port};
+use futures::StreamExt;
+use prost::{
+    Message,
+    bytes::{Buf, Bytes},
+};
+use tokio::{io::AsyncReadExt, io::AsyncWriteExt, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    client::Grpc,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+const PREFIX: &str = "cilium/state/ip/v1/";
+const CONNECTIONS: usize = 10;
+const STREAMS_PER_CONNECTION: usize = 50;
+const WATCHERS: usize = CONNECTIONS * STREAMS_PER_CONNECTION;
+const PUTS_PER_SECOND: u64 = 1_000;
+const WRITE_SECONDS: u64 = 10;
+const PUTS: u64 = PUTS_PER_SECOND * WRITE_SECONDS;
+/// Size of each value: an ipcache entry is about this big.
+const VALUE_BYTES: usize = 200;
+/// How long after the last put every event must have arrived.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The clock shared by the writer and the watchers (same process).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ns() -> u64 {
+    EPOCH.elapsed().as_nanos() as u64
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+/// What one setup measured.
+#[derive(Debug, Default)]
+struct Outcome {
+    etcd_watchers: f64,
+    etcd_cpu_s: f64,
+    proxy_cpu_s: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    missing_events: u64,
+    write_rate: f64,
+    /// The benchmark process's own CPU (writer and watchers).
+    client_cpu_s: f64,
+    /// Watch streams the server ended during the run.
+    disconnected_watchers: usize,
+}
+
+async fn run() -> Result<()> {
+    LazyLock::force(&EPOCH);
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let server = pki.server()?;
+    let tls = pki.client_tls("remote-c2")?;
+
+    // Each setup gets a fresh etcd, so that none inherits another's garbage
+    // or backlog; the direct one, which saturates etcd, runs last.
+    let writes_only = {
+        let etcd = start_etcd().await?;
+        measure_writes_only(&etcd).await?
+    };
+    let (ours, idle_watchers) = {
+        let etcd = start_etcd().await?;
+        let apiserver = start_apiserver(&etcd, &server, dir.path()).await?;
+        // Its own watch: the cluster-config store's.
+        let idle = etcd.metric("etcd_debugging_mvcc_watcher_total").await?;
+        let target = Target::Tls {
+            url: format!("https://{}", apiserver.addr),
+            tls: tls.clone(),
+        };
+        let pid = apiserver.child.id();
+        (
+            measure("clustermesh-apiserver", &etcd, target, Some(pid)).await?,
+            idle,
+        )
+    };
+    let peer = {
+        let etcd = start_etcd().await?;
+        let proxy = start_grpc_proxy(&etcd, dir.path(), None, &pki).await?;
+        let target = Target::Plain(format!("http://{}", proxy.addr));
+        measure("etcd grpc-proxy", &etcd, target, Some(proxy.child.id())).await?
+    };
+    let peer_tls = {
+        let etcd = start_etcd().await?;
+        let proxy = start_grpc_proxy(&etcd, dir.path(), Some(&server), &pki).await?;
+        let target = Target::Tls {
+            url: format!("https://{}", proxy.addr),
+            tls: tls.clone(),
+        };
+        measure(
+            "etcd grpc-proxy with mutual TLS",
+            &etcd,
+            target,
+            Some(proxy.child.id()),
+        )
+        .await?
+    };
+    let direct = {
+        let etcd = start_etcd().await?;
+        measure("direct", &etcd, Target::Plain(etcd.endpoint()), None).await?
+    };
+
+    let cpu = |o: &Outcome| o.proxy_cpu_s.unwrap_or_default();
+    emit(
+        "proxy_upstream_etcd_watchers",
+        ours.etcd_watchers,
+        "watchers",
+        Some(("direct_etcd_watchers", direct.etcd_watchers)),
+    );
+    emit("proxy_idle_etcd_watchers", idle_watchers, "watchers", None);
+    emit(
+        "grpc_proxy_upstream_etcd_watchers",
+        peer.etcd_watchers,
+        "watchers",
+        None,
+    );
+    emit(
+        "etcd_cpu_s",
+        ours.etcd_cpu_s,
+        "s",
+        Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
+    );
+    emit("etcd_cpu_s_writes_only", writes_only, "s", None);
+    emit(
+        "etcd_watch_cpu_s",
+        ours.etcd_cpu_s - writes_only,
+        "s",
+        Some(("etcd_watch_cpu_s_direct", direct.etcd_cpu_s - writes_only)),
+    );
+    emit(
+        "grpc_proxy_etcd_cpu_s",
+        peer.etcd_cpu_s,
+        "s",
+        Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
+    );
+    emit(
+        "delivery_p50_ms",
+        ours.p50_ms,
+        "ms",
+        Some(("grpc_proxy_delivery_p50_ms", peer.p50_ms)),
+    );
+    emit(
+        "delivery_p99_ms",
+        ours.p99_ms,
+        "ms",
+        Some(("grpc_proxy_delivery_p99_ms", peer.p99_ms)),
+    );
+    emit(
+        "delivery_p99_ms_vs_mtls",
+        ours.p99_ms,
+        "ms",
+        Some(("grpc_proxy_mtls_delivery_p99_ms", peer_tls.p99_ms)),
+    );
+    emit("direct_delivery_p50_ms", direct.p50_ms, "ms", None);
+    emit("direct_delivery_p99_ms", direct.p99_ms, "ms", None);
+    emit(
+        "proxy_cpu_s",
+        cpu(&ours),
+        "s",
+        Some(("grpc_proxy_cpu_s", cpu(&peer))),
+    );
+    emit(
+        "proxy_cpu_s_vs_mtls",
+        cpu(&ours),
+        "s",
+        Some(("grpc_proxy_mtls_cpu_s", cpu(&peer_tls))),
+    );
+    for (name, outcome) in [
+        ("direct", &direct),
+        ("proxy", &ours),
+        ("grpc_proxy", &peer),
+        ("grpc_proxy_mtls", &peer_tls),
+    ] {
+        emit(
+            &format!("{name}_client_cpu_s"),
+            outcome.client_cpu_s,
+            "s",
+            None,
+        );
+        emit(
+            &format!("{name}_missing_events"),
+            outcome.missing_events as f64,
+            "events",
+            None,
+        );
+        emit(
+            &format!("{name}_disconnected_watchers"),
+            outcome.disconnected_watchers as f64,
+            "watchers",
+            None,
+        );
+        emit(
+            &format!("{name}_write_rate"),
+            outcome.write_rate,
+            "puts/s",
+            None,
+        );
+    }
+    Ok(())
+}
+
+async fn start_etcd() -> Result<TestEtcd> {
+    TestEtcd::start().await.context("start etcd")
+}
+
+/// etcd's CPU for the writes alone, with no watcher.
+async fn measure_writes_only(etcd: &TestEtcd) -> Result<f64> {
+    eprintln!("[writes only] writing {PUTS} puts at {PUTS_PER_SECOND}/s with no watcher");
+    let before = etcd.metric("process_cpu_seconds_total").await?;
+    write(etcd).await?;
+    let cpu = etcd.metric("process_cpu_seconds_total").await? - before;
+    eprintln!("[writes only] etcd used {cpu:.2} s of CPU");
+    Ok(cpu)
+}
+
+fn emit(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
+    let mut line = serde_json::json!({
+        "bench": "apiserver",
+        "metric": metric,
+        "value": round(value),
+        "unit": unit,
+    });
+    if let Some((name, base)) = baseline {
+        line["baseline_metric"] = name.into();
+        line["baseline"] = round(base).into();
+        if base != 0.0 {
+            line["ratio"] = round(value / base).into();
+        }
+    }
+    println!("{line}");
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+enum Target {
+    Plain(String),
+    Tls { url: String, tls: ClientTlsConfig },
+}
+
+/// One setup: connect the watchers, write, wait for every event, measure.
+async fn measure(
+    name: &str,
+    etcd: &TestEtcd,
+    target: Target,
+    proxy_pid: Option<u32>,
+) -> Result<Outcome> {
+    let pid = proxy_pid.map_or_else(String::new, |pid| format!(" (proxy pid {pid})"));
+    eprintln!("[{name}] connecting {WATCHERS} watchers over {CONNECTIONS} connections{pid}");
+    let baseline_watchers = etcd.metric("etcd_debugging_mvcc_watcher_total").await?;
+    let stop = CancellationToken::new();
+    let created = Arc::new(AtomicUsize::new(0));
+    let received: Arc<Vec<AtomicU64>> =
+        Arc::new((0..WATCHERS).map(|_| AtomicU64::new(0)).collect());
+    let mut watchers = JoinSet::new();
+    for c in 0..CONNECTIONS {
+        let channel = connect(&target).await?;
+        for s in 0..STREAMS_PER_CONNECTION {
+            let index = c * STREAMS_PER_CONNECTION + s;
+            watchers.spawn(watcher(
+                channel.clone(),
+                created.clone(),
+                received.clone(),
+                index,
+                stop.clone(),
+            ));
+        }
+    }
+    wait_until(Duration::from_secs(60), || {
+        created.load(Ordering::Relaxed) == WATCHERS
+    })
+    .await
+    .context("watchers were not created")?;
+    // etcd registers its watchers asynchronously to the created responses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let etcd_watchers = etcd.metric("etcd_debugging_mvcc_watcher_total").await? - baseline_watchers;
+    eprintln!(
+        "[{name}] all created; etcd holds {etcd_watchers} watchers for them; writing {PUTS} puts at {PUTS_PER_SECOND}/s"
+    );
+
+    let etcd_cpu_before = etcd.metric("process_cpu_seconds_total").await?;
+    let proxy_cpu_before = proxy_pid.map(process_cpu_seconds).transpose()?;
+    let client_cpu_before = own_cpu_seconds();
+    let write_started = Instant::now();
+    let written = write(etcd).await?;
+    let write_rate = written as f64 / write_started.elapsed().as_secs_f64();
+    let expected = written * WATCHERS as u64;
+    let total = |r: &[AtomicU64]| r.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    let drained = wait_until(DRAIN_TIMEOUT, || total(&received) >= expected).await;
+    let etcd_cpu_s = etcd.metric("process_cpu_seconds_total").await? - etcd_cpu_before;
+    let proxy_cpu_s = match (proxy_pid, proxy_cpu_before) {
+        (Some(pid), Some(before)) => Some(process_cpu_seconds(pid)? - before),
+        _ => None,
+    };
+    let client_cpu_s = own_cpu_seconds() - client_cpu_before;
+    let got = total(&received);
+    if drained.is_err() {
+        eprintln!("[{name}] only {got} of {expected} events arrived within {DRAIN_TIMEOUT:?}");
+    }
+    stop.cancel();
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let mut disconnected_watchers = 0;
+    while let Some(result) = watchers.join_next().await {
+        let end = result??;
+        latencies.extend(end.latencies);
+        disconnected_watchers += usize::from(end.disconnected);
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
+    };
+    let outcome = Outcome {
+        etcd_watchers,
+        etcd_cpu_s,
+        proxy_cpu_s,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        missing_events: expected.saturating_sub(got),
+        write_rate,
+        client_cpu_s,
+        disconnected_watchers,
+    };
+    eprintln!("[{name}] {outcome:?}");
+    // The watchers' connections are closed: wait for etcd to drop their
+    // watches before the next setup.
+    let settle = Instant::now();
+    while etcd.metric("etcd_debugging_mvcc_watcher_total").await? > baseline_watchers
+        && settle.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(outcome)
+}
+
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn connect(target: &Target) -> Result<Channel> {
+    let endpoint = |url: &str| -> Result<Endpoint> {
+        Ok(Endpoint::from_shared(url.to_owned())?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20))
+    };
+    let endpoint = match target {
+        Target::Plain(url) => endpoint(url)?,
+        Target::Tls { url, tls } => endpoint(url)?.tls_config(tls.clone())?,
+    };
+    Ok(endpoint.connect().await?)
+}
+
+/// How one watch stream ended.
+struct WatcherEnd {
+    /// Delivery latencies in microseconds.
+    latencies: Vec<u32>,
+    /// The server ended the stream (a proxy dropping a watcher it found too
+    /// slow) before `stop`.
+    disconnected: bool,
+}
+
+/// One watch stream: creates the watch, then records the delivery latency of
+/// every event until `stop` or until the server ends the stream.
+async fn watcher(
+    channel: Channel,
+    created: Arc<AtomicUsize>,
+    received: Arc<Vec<AtomicU64>>,
+    index: usize,
+    stop: CancellationToken,
+) -> Result<WatcherEnd> {
+    let mut grpc = Grpc::new(channel);
+    grpc.ready().await?;
+    let mut create = PbWatchRequestUnion::CreateRequest(Default::default());
+    if let PbWatchRequestUnion::CreateRequest(c) = &mut create {
+        c.key = PREFIX.as_bytes().to_vec();
+        c.range_end = prefix_end(PREFIX);
+    }
+    let request = PbWatchRequest {
+        request_union: Some(create),
+    };
+    // Keep the request side open: a half-closed stream ends the watch on
+    // grpc-proxy.
+    let requests = futures::stream::iter([request]).chain(futures::stream::pending());
+    let mut stream = grpc
+        .streaming(
+            Request::new(requests),
+            PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
+            BenchCodec,
+        )
+        .await?
+        .into_inner();
+    let mut latencies = Vec::with_capacity(PUTS as usize);
+    let mut disconnected = false;
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            message = stream.message() => message,
+        };
+        let Ok(Some(bytes)) = message else {
+            disconnected = true;
+            break;
+        };
+        let now = now_ns();
+        let response = parse_response(&bytes);
+        if response.created {
+            created.fetch_add(1, Ordering::Relaxed);
+        }
+        if response.canceled {
+            bail!("watch canceled");
+        }
+        for sent in &response.sent {
+            latencies.push(((now.saturating_sub(*sent)) / 1_000).min(u64::from(u32::MAX)) as u32);
+        }
+        if !response.sent.is_empty() {
+            received[index].fetch_add(response.sent.len() as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(WatcherEnd {
+        latencies,
+        disconnected,
+    })
+}
+
+/// Puts `PUTS` values at `PUTS_PER_SECOND`, each carrying its send time.
+async fn write(etcd: &TestEtcd) -> Result<u64> {
+    let client = etcd_client::Client::connect(etcd.endpoints(), None).await?;
+    let mut interval = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PUTS_PER_SECOND));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let padding = "x".repeat(VALUE_BYTES - 21);
+    let mut written = 0;
+    for i in 0..PUTS {
+        interval.tick().await;
+        while in_flight.len() >= 64 {
+            if let Some(result) = in_flight.next().await {
+                let _: () = result?;
+                written += 1;
+            }
+        }
+        let mut kv = client.kv_client();
+        let key = format!("{PREFIX}default/10.0.{}.{}", (i % 1000) / 250, i % 250);
+        let value = format!("{:020} {padding}", now_ns());
+        in_flight.push(async move {
+            kv.put(key, value, None)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        });
+        // Drive completions without waiting.
+        while let Some(Some(result)) = futures::FutureExt::now_or_never(in_flight.next()) {
+            result?;
+            written += 1;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The parts of a `WatchResponse` the benchmark needs, read straight from
+/// the wire (decoding 500,000 events a second into structs would make the
+/// load generator the bottleneck).
+struct ParsedResponse {
+    created: bool,
+    canceled: bool,
+    /// Send timestamps found in the events' values.
+    sent: Vec<u64>,
+}
+
+fn parse_response(bytes: &[u8]) -> ParsedResponse {
+    let mut response = ParsedResponse {
+        created: false,
+        canceled: false,
+        sent: Vec::new(),
+    };
+    for (field, value) in Fields::new(bytes) {
+        match (field, value) {
+            (3, Value::Varint(v)) => response.created = v != 0,
+            (4, Value::Varint(v)) => response.canceled = v != 0,
+            (11, Value::Bytes(event)) => {
+                let kv = Fields::new(event).find_map(|(f, v)| match (f, v) {
+                    (2, Value::Bytes(kv)) => Some(kv),
+                    _ => None,
+                });
+                let value = kv.and_then(|kv| {
+                    Fields::new(kv).find_map(|(f, v)| match (f, v) {
+                        (5, Value::Bytes(value)) => Some(value),
+                        _ => None,
+                    })
+                });
+                if let Some(sent) = value
+                    .and_then(|v| v.get(..20))
+                    .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok())
+                {
+                    response.sent.push(sent);
+                }
+            }
+            _ => {}
+        }
+    }
+    response
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of one protobuf message.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.buf.split_first()?;
+            self.buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (u32, Value<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let key = self.varint()?;
+        let field = (key >> 3) as u32;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.buf = self.buf.get(8..)?;
+                Value::Fixed
+            }
+            2 => {
+                let len = self.varint()? as usize;
+                let (bytes, rest) = (self.buf.get(..len)?, self.buf.get(len..)?);
+                self.buf = rest;
+                Value::Bytes(bytes)
+            }
+            5 => {
+                self.buf = self.buf.get(4..)?;
+                Value::Fixed
+            }
+            _ => return None,
+        };
+        Some((field, value))
+    }
+}
+
+/// Encodes watch requests with prost, hands responses over as bytes.
+#[derive(Clone, Copy)]
+struct BenchCodec;
+
+impl Codec for BenchCodec {
+    type Encode = PbWatchRequest;
+    type Decode = Bytes;
+    type Encoder = BenchCodec;
+    type Decoder = BenchCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for BenchCodec {
+    type Item = PbWatchRequest;
+    type Error = Status;
+
+    fn encode(&mut self, item: PbWatchRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for BenchCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    end
+}
+
+/// CPU time (user + system) of a process so far, from /proc.
+fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); the slice starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// CPU time (user + system) of this process so far.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The mesh CA, the apiserver's server certificate and client certificates.
+struct Pki {
+    dir: std::path::PathBuf,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Result<Self> {
+        let dir = dir.join("pki");
+        let ca = Ca::generate("bench-ca", Validity::days(2)?)?;
+        ca.write(&dir)?;
+        Ok(Self { dir, ca })
+    }
+
+    fn server(&self) -> Result<certs::TlsFiles> {
+        Ok(self
+            .ca
+            .issue_server(
+                &CertName::new("apiserver")?,
+                &["localhost".to_owned()],
+                &[std::net::Ipv4Addr::LOCALHOST.into()],
+                Validity::days(1)?,
+            )?
+            .write(&self.dir)?)
+    }
+
+    fn client_tls(&self, cn: &str) -> Result<ClientTlsConfig> {
+        let issued = self
+            .ca
+            .issue_client(&CertName::new(cn)?, Validity::days(1)?)?;
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .identity(Identity::from_pem(issued.cert_pem(), issued.key_pem())))
+    }
+}
+
+/// A child process killed on drop.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_apiserver(etcd: &TestEtcd, server: &certs::TlsFiles, dir: &Path) -> Result<Proxy> {
+    let (port, health) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join("apiserver.log"))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_clustermesh-apiserver"))
+        .args(["--cluster-name=c1", "--cluster-id=1"])
+        .arg(format!("--etcd-endpoints={}", etcd.endpoint()))
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--health-listen=127.0.0.1:{health}"))
+        .arg(format!("--tls-cert={}", server.cert.display()))
+        .arg(format!("--tls-key={}", server.key.display()))
+        .arg(format!("--tls-client-ca={}", server.ca_bundle.display()))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("run clustermesh-apiserver")?;
+    let proxy = Proxy {
+        child,
+        addr: format!("127.0.0.1:{port}").parse()?,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http_status(health, "/readyz").await == Some(200) {
+            return Ok(proxy);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "clustermesh-apiserver did not become ready; log:\n{}",
+                std::fs::read_to_string(dir.join("apiserver.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `etcd grpc-proxy` in front of `etcd`; with `tls`, it serves TLS and
+/// requires client certificates signed by the mesh CA.
+async fn start_grpc_proxy(
+    etcd: &TestEtcd,
+    dir: &Path,
+    tls: Option<&certs::TlsFiles>,
+    pki: &Pki,
+) -> Result<Proxy> {
+    let port = free_port();
+    let name = if tls.is_some() {
+        "grpc-proxy-tls"
+    } else {
+        "grpc-proxy"
+    };
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut cmd = Command::new("etcd");
+    cmd.args(["grpc-proxy", "start"])
+        .arg(format!("--endpoints=127.0.0.1:{}", etcd.client_port()))
+        .arg(format!("--listen-addr=127.0.0.1:{port}"))
+        .arg(format!("--advertise-client-url=127.0.0.1:{port}"))
+        .arg(format!("--data-dir={}", dir.join(name).display()));
+    if let Some(tls) = tls {
+        cmd.arg(format!("--cert-file={}", tls.cert.display()))
+            .arg(format!("--key-file={}", tls.key.display()))
+            .arg(format!("--trusted-ca-file={}", tls.ca_bundle.display()));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("run etcd grpc-proxy")?;
+    let proxy = Proxy {
+        child,
+        addr: format!("127.0.0.1:{port}").parse()?,
+    };
+    let target = match tls {
+        Some(_) => Target::Tls {
+            url: format!("https://127.0.0.1:{port}"),
+            tls: pki.client_tls("remote-c2")?,
+        },
+        None => Target::Plain(format!("http://127.0.0.1:{port}")),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = connect(&target).await
+            && probe(channel).await.is_ok()
+        {
+            return Ok(proxy);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd grpc-proxy did not answer; log:\n{}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One range request, to see that a server answers.
+async fn probe(channel: Channel) -> Result<()> {
+    let mut grpc = Grpc::new(channel);
+    grpc.ready().await?;
+    let request = etcd_client::proto::PbRangeRequest {
+        key: b"probe".to_vec(),
+        ..Default::default()
+    };
+    grpc.unary(
+        Request::new(request),
+        PathAndQuery::from_static("/etcdserverpb.KV/Range"),
+        ProbeCodec,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Encodes a range request; ignores the response's content.
+#[derive(Clone, Copy)]
+struct ProbeCodec;
+
+impl Codec for ProbeCodec {
+    type Encode = etcd_client::proto::PbRangeRequest;
+    type Decode = Bytes;
+    type Encoder = ProbeCodec;
+    type Decoder = BenchCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BenchCodec
+    }
+}
+
+impl Encoder for ProbeCodec {
+    type Item = etcd_client::proto::PbRangeRequest;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
