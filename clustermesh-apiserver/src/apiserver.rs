@@ -151,9 +151,6 @@ impl Apiserver {
             registry,
         );
         let hub = WatchHub::new(upstream.clone(), config.watch.clone(), metrics.clone());
-        // Keep the tracked handle alive as long as the server (the metrics
-        // hold only a weak reference).
-        drop(tls_metrics);
         Ok(Self {
             config,
             tls,

@@ -88,6 +88,38 @@ async fn admin_can_write_lease_and_lock() {
     let revision = admin.status().await.unwrap().header().unwrap().revision();
     admin.compact(revision, None).await.unwrap();
 
+    // RPCs the apiserver does not serve answer as a gRPC server answers an
+    // unknown method or service.
+    for (result, message) in [
+        (
+            admin
+                .alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                )
+                .await
+                .map(|_| ()),
+            Some("unknown method Alarm for service etcdserverpb.Maintenance"),
+        ),
+        (
+            admin.defragment().await.map(|_| ()),
+            Some("unknown method Defragment for service etcdserverpb.Maintenance"),
+        ),
+        (admin.member_list().await.map(|_| ()), None),
+        (admin.user_list().await.map(|_| ()), None),
+    ] {
+        match result {
+            Err(etcd_client::Error::GRpcStatus(s)) => {
+                assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
+                if let Some(message) = message {
+                    assert_eq!(s.message(), message);
+                }
+            }
+            other => panic!("expected Unimplemented, got {other:?}"),
+        }
+    }
+
     // A remote may not do any of it.
     let mut remote = api.etcd_client("remote-c2").await;
     for result in [
