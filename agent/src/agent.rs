@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::{
     api::ApiServer,
     config::AgentConfig,
-    control_loop::{ControlLoop, Input, LoopConfig, LoopHandle},
+    control_loop::{ControlLoop, Input, IpEvent, LoopConfig, LoopHandle},
     datapath_sync::DatapathSync,
     endpoint_manager::{EndpointManager, EndpointManagerConfig},
     health::HealthServer,
@@ -129,7 +129,7 @@ impl Agent {
             "ipcache",
             &handle,
             &inner,
-            |e| Input::Ip(SourceId::LOCAL_CLUSTER, e),
+            |e| Input::Ip(SourceId::LOCAL_CLUSTER, IpEvent::from_event(e, false)),
         );
         spawn_watch::<Node>(
             &mut tasks,

@@ -162,7 +162,6 @@ async fn query(State(s): State<Arc<ApiState>>, q: Query) -> Response {
         Some(Answer::Policy(Some(v))) => json(StatusCode::OK, &v),
         Some(Answer::Policy(None)) => error(404, "no such endpoint"),
         Some(Answer::Services(v)) => json(StatusCode::OK, &v),
-        Some(Answer::Endpoints(v)) => json(StatusCode::OK, &v),
         Some(Answer::Map(Ok(v))) => json(StatusCode::OK, &v),
         Some(Answer::Map(Err(e))) => error(404, e),
         None => error(503, "the agent is shutting down"),

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf::{EndpointInfo, IpCacheKey, L4Match, Protocol};
+use bpf::{EndpointInfo, L4Match, Protocol};
 use ipnet::IpNet;
 use kvstore::{
     ClusterName, Event, Labels, NumericIdentity,
@@ -37,7 +37,7 @@ use crate::{
 /// The kinds of data a source delivers; a source is synced when each kind
 /// it registered is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StoreKind {
+pub(crate) enum StoreKind {
     Identities,
     IpCache,
     Nodes,
@@ -47,7 +47,7 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Identities => "identities",
             Self::IpCache => "ipcache",
@@ -60,9 +60,9 @@ impl StoreKind {
 }
 
 /// Why the loop is woken.
-pub enum Input {
+pub(crate) enum Input {
     Identity(SourceId, Event<IdentityEntry>),
-    Ip(SourceId, Event<IpIdentityPair>),
+    Ip(SourceId, IpEvent),
     Node(SourceId, Event<Node>),
     Service(SourceId, Event<ClusterService>),
     Policy(Event<PolicyDocument>),
@@ -88,27 +88,50 @@ pub enum Input {
     Query(Query, oneshot::Sender<Answer>),
 }
 
+/// An ipcache change reduced to what the datapath needs, computed where the
+/// event is received so that the loop's queue stays small under a burst
+/// (an initial list of a large remote cluster).
+pub(crate) enum IpEvent {
+    Upsert(IpNet, IpEntry),
+    Delete(IpNet),
+    /// A delete whose key is not a prefix (nothing to do).
+    Ignore,
+    Synced,
+}
+
+impl IpEvent {
+    /// Reduces a store event; `remote` rewrites the host identity to
+    /// remote-node as Cilium does.
+    pub(crate) fn from_event(event: Event<IpIdentityPair>, remote: bool) -> Self {
+        match event {
+            Event::Upsert { value, .. } => {
+                Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote))
+            }
+            Event::Delete { key } => parse_prefix(&key).map_or(Self::Ignore, Self::Delete),
+            Event::Synced => Self::Synced,
+        }
+    }
+}
+
 /// A read of the agent's state.
 #[derive(Debug, Clone)]
-pub enum Query {
+pub(crate) enum Query {
     Status,
     Identities,
     IpCache,
     Policy(u32),
     Services,
-    Endpoints,
     /// The raw content of a BPF map.
     Map(String),
 }
 
 #[derive(Debug, Clone)]
-pub enum Answer {
+pub(crate) enum Answer {
     Status(Box<StatusView>),
     Identities(Vec<IdentityView>),
     IpCache(Vec<IpCacheView>),
     Policy(Option<PolicyView>),
     Services(Vec<ServiceView>),
-    Endpoints(Vec<Endpoint>),
     Map(Result<Vec<MapEntryView>, String>),
 }
 
@@ -120,12 +143,12 @@ pub(crate) struct Timed {
 
 /// Where the loop sends its inputs.
 #[derive(Debug, Clone)]
-pub struct LoopHandle {
+pub(crate) struct LoopHandle {
     tx: mpsc::Sender<Timed>,
 }
 
 impl LoopHandle {
-    pub async fn send(&self, input: Input) -> bool {
+    pub(crate) async fn send(&self, input: Input) -> bool {
         self.tx
             .send(Timed {
                 at: Instant::now(),
@@ -136,7 +159,7 @@ impl LoopHandle {
     }
 
     /// Asks the loop something; `None` if it stopped.
-    pub async fn query(&self, query: Query) -> Option<Answer> {
+    pub(crate) async fn query(&self, query: Query) -> Option<Answer> {
         let (tx, rx) = oneshot::channel();
         if !self.send(Input::Query(query, tx)).await {
             return None;
@@ -287,10 +310,18 @@ impl ControlLoop {
                 .iter()
                 .map(|t| (t.at, self.source_label(&t.input)))
                 .collect();
+            // Queries see the result of the whole batch.
+            let mut queries = Vec::new();
             for timed in batch.drain(..) {
-                self.handle(timed.input);
+                match timed.input {
+                    Input::Query(q, reply) => queries.push((q, reply)),
+                    input => self.handle(input),
+                }
             }
             self.apply();
+            for (q, reply) in queries {
+                let _ = reply.send(self.answer(q));
+            }
             let now = Instant::now();
             for (at, source) in received {
                 if let Some(source) = source {
@@ -330,6 +361,9 @@ impl ControlLoop {
         if let Some(s) = self.sources.get_mut(&source) {
             s.synced.insert(kind);
         }
+        // An initial list is a burst of short-lived allocations (decoded
+        // values, channel buffers); give what is free back to the system.
+        release_free_memory();
         if !self.synced && self.unsynced_sources().is_empty() {
             info!("every source is synced; reconciling the datapath");
             self.complete_sync();
@@ -343,7 +377,8 @@ impl ControlLoop {
         self.services_dirty = true;
         self.routes_dirty = true;
         self.apply_services_and_routes();
-        if let Err(e) = self.dp.finish_sync() {
+        let tables = &self.tables;
+        if let Err(e) = self.dp.finish_sync(|p| tables.ip_winner(p).is_some()) {
             warn!(error = %e, "reconciling the datapath after sync failed");
         }
     }
@@ -486,27 +521,18 @@ impl ControlLoop {
         }
     }
 
-    fn on_ip(&mut self, source: SourceId, event: Event<IpIdentityPair>) {
+    fn on_ip(&mut self, source: SourceId, event: IpEvent) {
         let remote = !source.is_local();
         let (prefix, change) = match event {
-            Event::Upsert { value, .. } => {
-                let prefix = value.prefix();
+            IpEvent::Upsert(prefix, entry) => {
                 if let Some(stale) = self.stale.get_mut(&source) {
                     stale.ips.remove(&prefix);
                 }
-                (
-                    prefix,
-                    self.tables
-                        .upsert_ip(source, prefix, IpEntry::from_pair(&value, remote)),
-                )
+                (prefix, self.tables.upsert_ip(source, prefix, entry))
             }
-            Event::Delete { key } => {
-                let Some(prefix) = parse_prefix(&key) else {
-                    return;
-                };
-                (prefix, self.tables.delete_ip(source, prefix))
-            }
-            Event::Synced => {
+            IpEvent::Delete(prefix) => (prefix, self.tables.delete_ip(source, prefix)),
+            IpEvent::Ignore => return,
+            IpEvent::Synced => {
                 let stale: Vec<IpNet> = self
                     .stale
                     .get_mut(&source)
@@ -817,12 +843,19 @@ impl ControlLoop {
                 warn!(error = %e, "writing the datapath failed; will retry with the next change")
             }
         }
-        for (name, size) in self.dp.sizes() {
+        for (name, size) in self.map_sizes() {
             self.metrics.set_map_size(name, size);
         }
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Entries per map: the ipcache's from the tables (it is not copied).
+    fn map_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut sizes = vec![("ipcache", self.tables.ip_prefixes())];
+        sizes.extend(self.dp.sizes());
+        sizes
     }
 
     fn apply_services_and_routes(&mut self) {
@@ -956,9 +989,12 @@ impl ControlLoop {
             }
             Query::IpCache => Answer::IpCache(
                 self.dp
+                    .datapath()
                     .ipcache()
-                    .iter()
-                    .map(|(k, v): (&IpCacheKey, _)| IpCacheView {
+                    .dump()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| IpCacheView {
                         prefix: k.net().map(|n| n.to_string()).unwrap_or_default(),
                         identity: v.sec_identity,
                         host_ip: v.tunnel_endpoint().map(|ip| ip.to_string()),
@@ -1012,12 +1048,6 @@ impl ControlLoop {
                         active_clusters: fe.active_clusters.clone(),
                         reason: fe.reason.clone(),
                     })
-                    .collect(),
-            ),
-            Query::Endpoints => Answer::Endpoints(
-                self.endpoints
-                    .values()
-                    .map(|e| e.endpoint.clone())
                     .collect(),
             ),
             Query::Map(name) => Answer::Map(self.dump_map(&name)),
@@ -1085,8 +1115,7 @@ impl ControlLoop {
             sync_timed_out: self.sync_timed_out,
             endpoints: self.endpoints.len(),
             maps: self
-                .dp
-                .sizes()
+                .map_sizes()
                 .into_iter()
                 .map(|(n, s)| (n.to_string(), s))
                 .collect(),
@@ -1134,4 +1163,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Returns freed heap memory to the operating system (glibc keeps it).
+fn release_free_memory() {
+    // SAFETY: malloc_trim only touches the allocator's free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

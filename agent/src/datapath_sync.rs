@@ -47,6 +47,30 @@ impl<K: Ord + Copy, V: Copy> Default for Pending<K, V> {
     }
 }
 
+/// Writes what is pending in a map without a copy of its content.
+fn flush_pending<K, V>(
+    pending: &mut Pending<K, V>,
+    map: &TypedMap<K, V>,
+    hold_deletes: bool,
+) -> Result<FlushStats, MapError>
+where
+    K: bpf::Record + Ord + Copy + std::fmt::Debug,
+    V: bpf::Record + PartialEq + Copy + std::fmt::Debug,
+{
+    let mut stats = FlushStats::default();
+    if !pending.upserts.is_empty() {
+        let batch: Vec<(K, V)> = std::mem::take(&mut pending.upserts).into_iter().collect();
+        map.batch_upsert(&batch)?;
+        stats.upserts = batch.len();
+    }
+    if !hold_deletes && !pending.deletes.is_empty() {
+        let batch: Vec<K> = std::mem::take(&mut pending.deletes).into_iter().collect();
+        map.batch_delete(&batch)?;
+        stats.deletes = batch.len();
+    }
+    Ok(stats)
+}
+
 /// The agent's view of one map: what it last wrote, and what is queued.
 struct MapState<K, V> {
     written: BTreeMap<K, V>,
@@ -126,7 +150,9 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
 pub(crate) struct DatapathSync {
     dp: Datapath,
     node_netns: Option<PathBuf>,
-    ipcache: MapState<IpCacheKey, IpCacheValue>,
+    /// The ipcache is the big map (every IP of the mesh): no copy of it is
+    /// kept here, the tables know what it should hold; only writes queue.
+    ipcache: Pending<IpCacheKey, IpCacheValue>,
     policy: MapState<PolicyKey, PolicyValue>,
     endpoints: MapState<EndpointKey, EndpointInfo>,
     services: BTreeMap<ServiceKey, ServiceValue>,
@@ -162,7 +188,7 @@ impl DatapathSync {
             }
         }
         Ok(Self {
-            ipcache: MapState::new(dp.ipcache().dump()?),
+            ipcache: Pending::default(),
             policy: MapState::new(dp.policy().dump()?),
             endpoints: MapState::new(dp.endpoints().dump()?),
             services,
@@ -189,7 +215,17 @@ impl DatapathSync {
                 None => v,
             }
         });
-        self.ipcache.set(IpCacheKey::new(prefix), value);
+        let key = IpCacheKey::new(prefix);
+        match value {
+            Some(v) => {
+                self.ipcache.deletes.remove(&key);
+                self.ipcache.upserts.insert(key, v);
+            }
+            None => {
+                self.ipcache.upserts.remove(&key);
+                self.ipcache.deletes.insert(key);
+            }
+        }
     }
 
     /// Replaces the policy entries of endpoint `endpoint_id` with `keys`.
@@ -298,7 +334,7 @@ impl DatapathSync {
     pub(crate) fn flush(&mut self) -> Result<FlushStats, MapError> {
         let mut stats = FlushStats::default();
         for s in [
-            self.ipcache.flush(self.dp.ipcache(), self.hold_deletes)?,
+            flush_pending(&mut self.ipcache, self.dp.ipcache(), self.hold_deletes)?,
             self.policy.flush(self.dp.policy(), self.hold_deletes)?,
             self.endpoints
                 .flush(self.dp.endpoints(), self.hold_deletes)?,
@@ -310,10 +346,25 @@ impl DatapathSync {
     }
 
     /// The sources are synced: from now on deletions are written, starting
-    /// with every entry that is no longer desired.
-    pub(crate) fn finish_sync(&mut self) -> Result<FlushStats, MapError> {
+    /// with every entry that is no longer desired (`wanted` says which
+    /// ipcache prefixes are).
+    pub(crate) fn finish_sync(
+        &mut self,
+        wanted: impl Fn(&IpNet) -> bool,
+    ) -> Result<FlushStats, MapError> {
         self.hold_deletes = false;
-        let stats = self.flush()?;
+        let mut stats = self.flush()?;
+        let stale: Vec<IpCacheKey> = self
+            .dp
+            .ipcache()
+            .dump()?
+            .into_keys()
+            .filter(|k| !k.net().is_some_and(|n| wanted(&n)))
+            .collect();
+        if !stale.is_empty() {
+            self.dp.ipcache().batch_delete(&stale)?;
+            stats.deletes += stale.len();
+        }
         debug!(deleted = stats.deletes, "datapath reconciled after sync");
         Ok(stats)
     }
@@ -376,19 +427,14 @@ impl DatapathSync {
         }
     }
 
-    /// Entry counts of the maps as written (for metrics and status).
-    pub(crate) fn sizes(&self) -> [(&'static str, usize); 5] {
+    /// Entry counts of the maps as written (for metrics and status); the
+    /// ipcache's comes from the tables.
+    pub(crate) fn sizes(&self) -> [(&'static str, usize); 4] {
         [
-            ("ipcache", self.ipcache.written.len()),
             ("policy", self.policy.written.len()),
             ("endpoints", self.endpoints.written.len()),
             ("services", self.services.len()),
             ("backends", self.backends.len()),
         ]
-    }
-
-    /// The ipcache as written.
-    pub(crate) fn ipcache(&self) -> &BTreeMap<IpCacheKey, IpCacheValue> {
-        &self.ipcache.written
     }
 }

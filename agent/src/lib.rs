@@ -39,7 +39,7 @@ pub use metrics::AgentMetrics;
 pub use policy_resolver::{
     EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
 };
-pub use remote_clusters::{RemoteClusterConfig, RemoteClusters};
+pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{MergedFrontend, RemoteService, Slot, merge};
 pub use views::{
     BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView, RemoteView,

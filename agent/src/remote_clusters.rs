@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::{
     agent::forward,
-    control_loop::{Input, LoopHandle, StoreKind},
+    control_loop::{Input, IpEvent, LoopHandle, StoreKind},
     metrics::{AgentMetrics, RemoteKindLabel, RemoteLabel, RemoteReasonLabel},
     tables::SourceId,
     views::RemoteView,
@@ -81,7 +81,7 @@ mod opt_duration {
 }
 
 /// Every remote cluster of the config directory.
-pub struct RemoteClusters {
+pub(crate) struct RemoteClusters {
     dir: PathBuf,
     local: ClusterName,
     local_id: ClusterId,
@@ -101,7 +101,7 @@ struct Running {
 }
 
 impl RemoteClusters {
-    pub fn new(
+    pub(crate) fn new(
         dir: PathBuf,
         local: ClusterName,
         local_id: ClusterId,
@@ -120,7 +120,7 @@ impl RemoteClusters {
     }
 
     /// Follows the config directory until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (tx, mut changed) = mpsc::channel::<()>(16);
         let _ = std::fs::create_dir_all(&self.dir);
         let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
@@ -625,7 +625,7 @@ impl RemoteCluster {
             let store = store.with_validator(ipcache_validator(name, id, mode));
             stats.push((StoreKind::IpCache, store.stats()));
             spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
-                Input::Ip(source, e)
+                Input::Ip(source, IpEvent::from_event(e, true))
             });
         }
         {

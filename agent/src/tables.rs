@@ -15,15 +15,15 @@ use kvstore::{
 
 /// Where data comes from. Lower wins when two sources claim the same IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SourceId(pub u16);
+pub(crate) struct SourceId(pub(crate) u16);
 
 impl SourceId {
     /// This node's endpoints, known before etcd echoes them back.
-    pub const LOCAL_ENDPOINTS: Self = Self(0);
+    pub(crate) const LOCAL_ENDPOINTS: Self = Self(0);
     /// The local cluster's etcd.
-    pub const LOCAL_CLUSTER: Self = Self(1);
+    pub(crate) const LOCAL_CLUSTER: Self = Self(1);
 
-    pub fn is_local(self) -> bool {
+    pub(crate) fn is_local(self) -> bool {
         self <= Self::LOCAL_CLUSTER
     }
 }
@@ -58,8 +58,12 @@ pub(crate) struct Tables {
     /// Which source delivered each identity (to drain a source).
     identity_sources: HashMap<SourceId, HashSet<NumericIdentity>>,
     /// Prefix → what each source says about it.
-    ipcache: HashMap<IpNet, BTreeMap<SourceId, IpEntry>>,
-    ipcache_by_source: HashMap<SourceId, HashSet<IpNet>>,
+    ipcache: HashMap<IpNet, Claims>,
+    /// Prefixes per source (counts only; listing scans, as only draining
+    /// and re-syncing a source need it).
+    ip_counts: HashMap<SourceId, usize>,
+    /// Prefixes the local cluster claims (service backends are chosen there).
+    local_ips: HashSet<IpNet>,
     /// Cluster → node name → node.
     pub nodes: BTreeMap<String, BTreeMap<String, Node>>,
     /// `<ns>/<name>` → cluster → service.
@@ -136,14 +140,19 @@ impl Tables {
         entry: IpEntry,
     ) -> (Option<IpEntry>, Option<IpEntry>) {
         let before = self.ip_winner(&prefix);
-        self.ipcache
-            .entry(prefix)
-            .or_default()
-            .insert(source, entry);
-        self.ipcache_by_source
-            .entry(source)
-            .or_default()
-            .insert(prefix);
+        let added = match self.ipcache.get_mut(&prefix) {
+            Some(claims) => claims.set(source, entry),
+            None => {
+                self.ipcache.insert(prefix, Claims::One(source, entry));
+                true
+            }
+        };
+        if added {
+            *self.ip_counts.entry(source).or_default() += 1;
+            if source.is_local() {
+                self.local_ips.insert(prefix);
+            }
+        }
         (before, self.ip_winner(&prefix))
     }
 
@@ -155,48 +164,128 @@ impl Tables {
         prefix: IpNet,
     ) -> (Option<IpEntry>, Option<IpEntry>) {
         let before = self.ip_winner(&prefix);
-        if let Some(by_source) = self.ipcache.get_mut(&prefix) {
-            by_source.remove(&source);
-            if by_source.is_empty() {
+        if let Some(claims) = self.ipcache.get_mut(&prefix)
+            && let Some(now_empty) = claims.remove(source)
+        {
+            if now_empty {
                 self.ipcache.remove(&prefix);
             }
-        }
-        if let Some(set) = self.ipcache_by_source.get_mut(&source) {
-            set.remove(&prefix);
+            if let Some(n) = self.ip_counts.get_mut(&source) {
+                *n = n.saturating_sub(1);
+            }
+            if source.is_local()
+                && !self
+                    .ipcache
+                    .get(&prefix)
+                    .is_some_and(|c| c.sources().any(SourceId::is_local))
+            {
+                self.local_ips.remove(&prefix);
+            }
         }
         (before, self.ip_winner(&prefix))
     }
 
     /// The entry the datapath uses for `prefix`: the lowest source's.
     pub(crate) fn ip_winner(&self, prefix: &IpNet) -> Option<IpEntry> {
-        self.ipcache
-            .get(prefix)
-            .and_then(|m| m.values().next().copied())
+        self.ipcache.get(prefix).map(Claims::winner)
     }
 
-    /// Prefixes a source delivered.
+    /// Prefixes a source delivered (a scan: for draining and re-syncing).
     pub(crate) fn ips_of(&self, source: SourceId) -> Vec<IpNet> {
-        self.ipcache_by_source
-            .get(&source)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+        self.ipcache
+            .iter()
+            .filter(|(_, c)| c.sources().any(|s| s == source))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Number of prefixes with an entry.
+    pub(crate) fn ip_prefixes(&self) -> usize {
+        self.ipcache.len()
     }
 
     /// Number of prefixes a source delivered.
     pub(crate) fn ip_count(&self, source: SourceId) -> usize {
-        self.ipcache_by_source.get(&source).map_or(0, HashSet::len)
+        self.ip_counts.get(&source).copied().unwrap_or(0)
     }
 
     /// Addresses of the local cluster (endpoints of every node) with their
     /// identity, for selecting service backends.
     pub(crate) fn local_cluster_ips(&self) -> Vec<(IpAddr, NumericIdentity)> {
-        let mut seen = HashSet::new();
-        [SourceId::LOCAL_ENDPOINTS, SourceId::LOCAL_CLUSTER]
+        self.local_ips
             .iter()
-            .flat_map(|s| self.ipcache_by_source.get(s).into_iter().flatten())
-            .filter(|p| p.prefix_len() == p.max_prefix_len() && seen.insert(**p))
+            .filter(|p| p.prefix_len() == p.max_prefix_len())
             .filter_map(|p| Some((p.addr(), self.ip_winner(p)?.identity)))
             .collect()
+    }
+}
+
+/// What the sources say about one prefix; almost always a single claim, kept
+/// inline (an agent holds one per IP of the whole mesh).
+#[derive(Debug, Clone)]
+enum Claims {
+    One(SourceId, IpEntry),
+    /// Sorted by source.
+    Many(Vec<(SourceId, IpEntry)>),
+}
+
+impl Claims {
+    fn winner(&self) -> IpEntry {
+        match self {
+            Self::One(_, e) => *e,
+            Self::Many(v) => v[0].1,
+        }
+    }
+
+    fn sources(&self) -> impl Iterator<Item = SourceId> + '_ {
+        let (one, many) = match self {
+            Self::One(s, _) => (Some(*s), None),
+            Self::Many(v) => (None, Some(v.iter().map(|(s, _)| *s))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Sets a source's claim; returns whether the source is new here.
+    fn set(&mut self, source: SourceId, entry: IpEntry) -> bool {
+        match self {
+            Self::One(s, e) if *s == source => {
+                *e = entry;
+                false
+            }
+            Self::One(s, e) => {
+                let mut v = vec![(*s, *e), (source, entry)];
+                v.sort_by_key(|(s, _)| *s);
+                *self = Self::Many(v);
+                true
+            }
+            Self::Many(v) => match v.binary_search_by_key(&source, |(s, _)| *s) {
+                Ok(i) => {
+                    v[i].1 = entry;
+                    false
+                }
+                Err(i) => {
+                    v.insert(i, (source, entry));
+                    true
+                }
+            },
+        }
+    }
+
+    /// Removes a source's claim: `None` if it had none, else whether no
+    /// claim is left.
+    fn remove(&mut self, source: SourceId) -> Option<bool> {
+        match self {
+            Self::One(s, _) if *s == source => Some(true),
+            Self::One(..) => None,
+            Self::Many(v) => {
+                let i = v.binary_search_by_key(&source, |(s, _)| *s).ok()?;
+                v.remove(i);
+                if v.len() == 1 {
+                    *self = Self::One(v[0].0, v[0].1);
+                }
+                Some(false)
+            }
+        }
     }
 }
 
@@ -227,6 +316,33 @@ mod tests {
         );
         assert_eq!(t.delete_ip(remote, p), (Some(entry(700)), None));
         assert_eq!(t.ip_count(remote), 0);
+    }
+
+    #[test]
+    fn three_claims_and_local_addresses() {
+        let mut t = Tables::new();
+        let p: IpNet = "10.0.0.1/32".parse().unwrap();
+        t.upsert_ip(SourceId(3), p, entry(3));
+        t.upsert_ip(SourceId(2), p, entry(2));
+        t.upsert_ip(SourceId::LOCAL_CLUSTER, p, entry(1));
+        assert_eq!(t.ip_winner(&p), Some(entry(1)));
+        assert_eq!(
+            t.local_cluster_ips(),
+            vec![(p.addr(), NumericIdentity::new(1))]
+        );
+        assert_eq!(
+            t.delete_ip(SourceId(2), p),
+            (Some(entry(1)), Some(entry(1)))
+        );
+        assert_eq!(t.delete_ip(SourceId::LOCAL_CLUSTER, p).1, Some(entry(3)));
+        assert!(t.local_cluster_ips().is_empty());
+        assert_eq!(t.ips_of(SourceId(3)), vec![p]);
+        assert_eq!((t.ip_count(SourceId(2)), t.ip_count(SourceId(3))), (0, 1));
+        assert_eq!(
+            t.delete_ip(SourceId(9), p),
+            (Some(entry(3)), Some(entry(3))),
+            "unknown source changes nothing"
+        );
     }
 
     #[test]

@@ -1,1 +1,361 @@
-fn main() {}
+//! `make bench BENCH=e2e` (root): on a real local mesh (release binaries),
+//!
+//! - propagation: ipcache entries published in cluster c1 at 1,000 changes/s
+//!   until each is in the BPF ipcache map of every node of c2; p50/p99, next
+//!   to a raw etcd watch on c1 in the same run;
+//! - initial sync: c2 holds 100,000 ipcache entries and 10,000 identities;
+//!   time from connecting c1 to c2 until the last node of c1 has programmed
+//!   them, next to a raw list of the same keys; the agents' memory per entry.
+//!
+//! Prints one JSON object per line on stdout; progress on stderr.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bpf::{IPCACHE_MAP, IpCacheKey, IpCacheMap};
+use etcd_client::{PutOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt;
+use integration::TestMesh;
+use kvstore::{Client, Label, Labels, NumericIdentity, StoreValue, keys, values::IpIdentityPair};
+
+const CHANGES_PER_S: u64 = 1_000;
+const PROPAGATION_SECONDS: u64 = 10;
+const SYNC_ENTRIES: usize = 100_000;
+const SYNC_IDENTITIES: usize = 10_000;
+
+fn report(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
+    let mut line =
+        format!(r#"{{"bench":"e2e","metric":"{metric}","value":{value:.3},"unit":"{unit}""#);
+    if let Some((name, base)) = baseline {
+        line.push_str(&format!(
+            r#","baseline_metric":"{name}","baseline":{base:.3},"ratio":{:.3}"#,
+            value / base
+        ));
+    }
+    line.push('}');
+    println!("{line}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// An IP for index `i` in a /16 block starting at `a.b.0.0`.
+fn ip(a: u8, b: u8, i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        a,
+        b + (i >> 16) as u8,
+        (i >> 8) as u8,
+        i as u8,
+    ))
+}
+
+fn identity_labels(cluster: &str, i: usize) -> Labels {
+    [
+        Label::k8s("app", format!("bench-{i}")),
+        Label::k8s(kvstore::CLUSTER_LABEL, cluster),
+        Label::k8s(kvstore::NAMESPACE_LABEL, "bench"),
+    ]
+    .into_iter()
+    .collect()
+}
+
+async fn put_all(client: &Client, items: Vec<(String, Vec<u8>)>) -> Result<()> {
+    let chunks: Vec<Vec<(String, Vec<u8>)>> = items.chunks(128).map(<[_]>::to_vec).collect();
+    let mut pending = futures::stream::iter(chunks.into_iter().map(|chunk| {
+        let mut kv = client.raw().kv_client();
+        async move {
+            let ops: Vec<TxnOp> = chunk
+                .into_iter()
+                .map(|(k, v)| TxnOp::put(k, v, None::<PutOptions>))
+                .collect();
+            kv.txn(Txn::new().and_then(ops)).await
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Propagation from c1's etcd to the BPF maps of c2's nodes.
+async fn propagation(mesh: &TestMesh) -> Result<()> {
+    let c1 = mesh.state.cluster("c1")?.clone();
+    let client = localmesh::admin_client(&c1).await?;
+    let maps: Vec<IpCacheMap> = mesh
+        .state
+        .cluster("c2")?
+        .nodes
+        .iter()
+        .map(|n| IpCacheMap::open_pinned(&n.bpffs, IPCACHE_MAP))
+        .collect::<Result<_, _>>()?;
+    // A raw watcher on c1's etcd, as the baseline.
+    let prefix = keys::ipcache();
+    let mut watch = client
+        .raw()
+        .watch_client()
+        .watch(
+            prefix.as_str(),
+            Some(WatchOptions::new().with_range(prefix.range_end())),
+        )
+        .await?;
+    watch.message().await?;
+    let total = (CHANGES_PER_S * PROPAGATION_SECONDS) as usize;
+    let id = NumericIdentity::new(1 << 16 | 300);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(IpAddr, Instant)>();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let per_tick = (CHANGES_PER_S / 100) as usize;
+            let mut n = 0;
+            while n < total {
+                tick.tick().await;
+                for _ in 0..per_tick {
+                    let addr = ip(10, 150, n);
+                    let pair = IpIdentityPair::host(addr, id, Some("172.16.1.11".parse().unwrap()));
+                    let start = Instant::now();
+                    client
+                        .put(&keys::ipcache().key(&pair.key()), pair.encode())
+                        .await?;
+                    let _ = tx.send((addr, start));
+                    n += 1;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Raw watch latencies.
+    let raw = tokio::spawn(async move {
+        let mut seen = 0;
+        let mut arrivals: HashMap<String, Instant> = HashMap::new();
+        while seen < total {
+            let Ok(Some(resp)) = watch.message().await else {
+                break;
+            };
+            for e in resp.events() {
+                if let Some(kv) = e.kv() {
+                    arrivals.insert(
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        Instant::now(),
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        arrivals
+    });
+    // Poll the BPF maps for pending keys.
+    let mut pending: Vec<(IpAddr, Instant, Vec<bool>)> = Vec::new();
+    let mut latencies = Vec::with_capacity(total * maps.len());
+    let mut written_at = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(PROPAGATION_SECONDS + 30);
+    let mut received = 0;
+    while (received < total || !pending.is_empty()) && Instant::now() < deadline {
+        while let Ok((addr, at)) = rx.try_recv() {
+            pending.push((addr, at, vec![false; maps.len()]));
+            written_at.insert(keys::ipcache().key(&addr.to_string()), at);
+            received += 1;
+        }
+        pending.retain_mut(|(addr, at, done)| {
+            for (i, map) in maps.iter().enumerate() {
+                if !done[i]
+                    && map
+                        .get(&IpCacheKey::host(*addr))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.sec_identity == id.get())
+                {
+                    done[i] = true;
+                    latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            !done.iter().all(|d| *d)
+        });
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    writer.await??;
+    if !pending.is_empty() {
+        bail!("{} entries never reached c2's maps", pending.len());
+    }
+    let arrivals = raw.await?;
+    let mut raw_latencies: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|(k, t)| {
+            written_at
+                .get(k)
+                .map(|w| t.duration_since(*w).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    raw_latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "  {} observations; raw watch p50 {:.2} ms p99 {:.2} ms",
+        latencies.len(),
+        percentile(&raw_latencies, 0.5),
+        percentile(&raw_latencies, 0.99)
+    );
+    report(
+        "propagation_p50_ms",
+        percentile(&latencies, 0.5),
+        "ms",
+        Some(("raw_watch_p50_ms", percentile(&raw_latencies, 0.5))),
+    );
+    report(
+        "propagation_p99_ms",
+        percentile(&latencies, 0.99),
+        "ms",
+        Some(("raw_watch_p99_ms", percentile(&raw_latencies, 0.99))),
+    );
+    Ok(())
+}
+
+/// Initial sync of a large remote.
+async fn initial_sync(mesh: &mut TestMesh) -> Result<()> {
+    let c2 = mesh.state.cluster("c2")?.clone();
+    let client = localmesh::admin_client(&c2).await?;
+    eprintln!("  loading {SYNC_IDENTITIES} identities and {SYNC_ENTRIES} ipcache entries into c2");
+    let ids: Vec<NumericIdentity> = (0..SYNC_IDENTITIES)
+        .map(|i| NumericIdentity::new(2 << 16 | (1000 + i as u32)))
+        .collect();
+    let masters: Vec<(String, Vec<u8>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                keys::identity_master(*id),
+                identity_labels("c2", i).canonical().into_bytes(),
+            )
+        })
+        .collect();
+    put_all(&client, masters).await?;
+    let entries: Vec<(String, Vec<u8>)> = (0..SYNC_ENTRIES)
+        .map(|i| {
+            let mut pair = IpIdentityPair::host(
+                ip(10, 100, i),
+                ids[i % ids.len()],
+                Some("172.16.2.11".parse().unwrap()),
+            );
+            pair.k8s_namespace = "bench".into();
+            pair.k8s_pod_name = format!("pod-{i}");
+            (keys::ipcache().key(&pair.key()), pair.encode())
+        })
+        .collect();
+    put_all(&client, entries).await?;
+    let start = Instant::now();
+    let listed = client.list(&keys::ipcache(), 5_000).await?.0.len();
+    let raw_list = start.elapsed().as_secs_f64();
+    if listed < SYNC_ENTRIES {
+        bail!("c2 holds {listed} entries");
+    }
+
+    let nodes = mesh.state.cluster("c1")?.nodes.clone();
+    let before: Vec<usize> = nodes.iter().map(|n| ipcache_size(mesh, &n.name)).collect();
+    let rss_before: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.agent.as_ref().map_or(0, |p| rss_bytes(p.pid)))
+        .collect();
+    eprintln!("  connecting c1 -> c2");
+    let start = Instant::now();
+    mesh.write_remote_config_unchecked("c1", "c2")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done_at = vec![None; nodes.len()];
+    while done_at.iter().any(Option::is_none) {
+        if Instant::now() > deadline {
+            bail!("c1's nodes did not finish syncing: {done_at:?}");
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            if done_at[i].is_none() && ipcache_size(mesh, &n.name) >= before[i] + SYNC_ENTRIES {
+                done_at[i] = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sync_s = done_at.iter().flatten().max().expect("nodes").as_secs_f64();
+    // Memory per entry: RSS growth of each agent over what it now holds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_entry: Vec<f64> = nodes
+        .iter()
+        .zip(rss_before)
+        .map(|(n, before)| {
+            let after = n.agent.as_ref().map_or(0, |p| rss_bytes(p.pid));
+            after.saturating_sub(before) as f64 / (SYNC_ENTRIES + SYNC_IDENTITIES) as f64
+        })
+        .collect();
+    let bytes_per_entry = per_entry.iter().copied().fold(0.0, f64::max);
+    report(
+        "initial_sync_100k_s",
+        sync_s,
+        "s",
+        Some(("raw_list_100k_s", raw_list)),
+    );
+    report("agent_bytes_per_entry", bytes_per_entry, "B", None);
+    Ok(())
+}
+
+fn ipcache_size(mesh: &TestMesh, node: &str) -> usize {
+    mesh.status("c1", node)
+        .maps
+        .get("ipcache")
+        .copied()
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    if !integration::can_run() {
+        return Ok(());
+    }
+    for bin in [
+        "clustermesh-agent",
+        "clustermesh-apiserver",
+        "clustermesh-operator",
+        "clustermesh-cni",
+        "clustermesh",
+    ] {
+        let path = localmesh::default_bin_dir().join(bin);
+        if !Path::new(&path).exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --workspace --bins` first (make bench does)",
+                path.display()
+            );
+        }
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    eprintln!(
+        "e2e bench: propagation at {CHANGES_PER_S} changes/s for {PROPAGATION_SECONDS} s (2 clusters x 2 nodes)"
+    );
+    {
+        let mesh =
+            TestMesh::up_with(2, 2, |s| s.workloads = false).context("mesh for propagation")?;
+        rt.block_on(propagation(&mesh))?;
+    }
+    eprintln!("e2e bench: initial sync of {SYNC_ENTRIES} entries");
+    let mut mesh = TestMesh::up_with(2, 2, |s| {
+        s.workloads = false;
+        s.connect = false;
+    })
+    .context("mesh for initial sync")?;
+    rt.block_on(initial_sync(&mut mesh))?;
+    Ok(())
+}

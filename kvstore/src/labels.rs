@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{fmt, str::FromStr};
 
 /// Label naming the cluster of a workload; part of every identity in a mesh.
 pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
@@ -81,8 +81,11 @@ impl fmt::Display for Label {
 /// The canonical string, used in identity keys and as identity master values,
 /// lists every label as `source:key=value;` in key order, e.g.
 /// `k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=default;`.
+///
+/// Stored as a sorted vector: an agent keeps one per identity of the whole
+/// mesh, and a handful of labels fit a vector far better than a tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Labels(BTreeMap<String, Label>);
+pub struct Labels(Vec<Label>);
 
 impl Labels {
     pub fn new() -> Self {
@@ -93,29 +96,36 @@ impl Labels {
     pub fn from_labels(labels: impl IntoIterator<Item = Label>) -> Result<Self, LabelError> {
         let mut set = Self::new();
         for label in labels {
-            if let Some(prev) = set.0.get(&label.key) {
+            if let Some(prev) = set.get(&label.key) {
                 return Err(LabelError::DuplicateKey {
                     first: prev.to_string(),
                     second: label.to_string(),
                 });
             }
-            set.0.insert(label.key.clone(), label);
+            set.insert(label);
         }
         Ok(set)
     }
 
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|l| l.key.as_str().cmp(key))
+    }
+
     /// Adds or replaces the label with this key.
     pub fn insert(&mut self, label: Label) {
-        self.0.insert(label.key.clone(), label);
+        match self.position(&label.key) {
+            Ok(i) => self.0[i] = label,
+            Err(i) => self.0.insert(i, label),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&Label> {
-        self.0.get(key)
+        self.position(key).ok().map(|i| &self.0[i])
     }
 
     /// The value of the label with this key.
     pub fn value(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|l| l.value.as_str())
+        self.get(key).map(|l| l.value.as_str())
     }
 
     /// The cluster named by the `io.cilium.k8s.policy.cluster` label.
@@ -124,7 +134,7 @@ impl Labels {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Label> {
-        self.0.values()
+        self.0.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -138,7 +148,7 @@ impl Labels {
     /// The canonical `source:key=value;…` string.
     pub fn canonical(&self) -> String {
         let mut s = String::with_capacity(self.0.len() * 32);
-        for l in self.0.values() {
+        for l in &self.0 {
             s.push_str(&l.source);
             s.push(':');
             s.push_str(&l.key);

@@ -194,15 +194,16 @@ impl<V> std::fmt::Debug for WatchStore<V> {
 /// What the store remembers between list and watch cycles.
 #[derive(Default)]
 struct State {
-    /// Valid keys delivered to the consumer → (hash of value, list generation).
-    known: HashMap<String, (u64, u64)>,
+    /// Valid keys delivered to the consumer → (hash of value, list
+    /// generation). Compact: a remote cluster's store holds one per entry.
+    known: HashMap<Box<str>, (u64, u32)>,
     /// Keys with an invalid value that were already logged.
     logged_invalid: HashSet<String>,
     /// Everything up to this revision has been delivered.
     revision: i64,
     /// etcd cluster ID of the data delivered.
     cluster_id: u64,
-    generation: u64,
+    generation: u32,
     need_list: bool,
     canary_seen: bool,
     synced: bool,
@@ -343,7 +344,7 @@ impl<V: StoreValue> WatchStore<V> {
         let mut pager = self
             .client
             .pager(&self.config.prefix, self.config.page_size);
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         let generation = st.generation;
         let mut upserts = Vec::new();
         while let Some(page) = pager.next_page().await? {
@@ -360,7 +361,7 @@ impl<V: StoreValue> WatchStore<V> {
             }
         }
         // Sweep: whatever the consumer has and the list did not contain is gone.
-        let vanished: Vec<String> = st
+        let vanished: Vec<Box<str>> = st
             .known
             .iter()
             .filter(|(_, (_, g))| *g != generation)
@@ -369,7 +370,7 @@ impl<V: StoreValue> WatchStore<V> {
         for key in vanished {
             st.known.remove(&key);
             self.stats.deletes.fetch_add(1, Ordering::Relaxed);
-            if self.send(Event::Delete { key }).await.is_err() {
+            if self.send(Event::Delete { key: key.into() }).await.is_err() {
                 return Ok(Some(Flow::Stop));
             }
         }
@@ -485,7 +486,7 @@ impl<V: StoreValue> WatchStore<V> {
     }
 
     /// Decodes a put; returns the event to emit, if any.
-    fn apply_put(&self, st: &mut State, kv: &Kv, generation: u64) -> Option<Event<V>> {
+    fn apply_put(&self, st: &mut State, kv: &Kv, generation: u32) -> Option<Event<V>> {
         let key = self.config.prefix.strip(&kv.key)?;
         let hash = hash_bytes(&kv.value);
         if let Some(entry) = st.known.get_mut(key)
@@ -501,7 +502,7 @@ impl<V: StoreValue> WatchStore<V> {
         match decoded {
             Ok(value) => {
                 st.logged_invalid.remove(key);
-                st.known.insert(key.to_string(), (hash, generation));
+                st.known.insert(key.into(), (hash, generation));
                 self.stats.upserts.fetch_add(1, Ordering::Relaxed);
                 Some(Event::Upsert {
                     key: key.to_string(),
