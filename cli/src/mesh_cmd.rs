@@ -94,9 +94,17 @@ pub(crate) struct MeshArgs {
 #[derive(Debug, Subcommand)]
 enum MeshCommand {
     /// Stop a component of a cluster: etcd, apiserver, or agent NODE.
-    Stop { component: String, cluster: String, node: Option<String> },
+    Stop {
+        component: String,
+        cluster: String,
+        node: Option<String>,
+    },
     /// Start it again.
-    Start { component: String, cluster: String, node: Option<String> },
+    Start {
+        component: String,
+        cluster: String,
+        node: Option<String>,
+    },
     /// Partition two clusters (both directions, data and control plane).
     Cut { a: String, b: String },
     /// Heal a partition.
@@ -141,10 +149,24 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
         eprintln!("[{:>5.1}s] {step:>2}. {msg}", start.elapsed().as_secs_f64());
     })
     .map_err(CommandError::failed)?;
-    writeln!(out, "mesh up in {:.1}s: {}", start.elapsed().as_secs_f64(), mesh.state.dir.join("mesh.json").display()).map_err(CommandError::failed)?;
+    writeln!(
+        out,
+        "mesh up in {:.1}s: {}",
+        start.elapsed().as_secs_f64(),
+        mesh.state.dir.join("mesh.json").display()
+    )
+    .map_err(CommandError::failed)?;
     for c in &mesh.state.clusters {
-        writeln!(out, "  {} (id {}): apiserver {}, etcd {}, {} nodes", c.name, c.id, c.apiserver_endpoint, c.etcd_endpoint, c.nodes.len())
-            .map_err(CommandError::failed)?;
+        writeln!(
+            out,
+            "  {} (id {}): apiserver {}, etcd {}, {} nodes",
+            c.name,
+            c.id,
+            c.apiserver_endpoint,
+            c.etcd_endpoint,
+            c.nodes.len()
+        )
+        .map_err(CommandError::failed)?;
     }
     if let Some(fe) = &mesh.state.service_frontend {
         writeln!(out, "  global service demo/echo at {fe}; try: clustermesh mesh request c1/client {fe} --count 5 --dir {}", args.dir.display())
@@ -159,20 +181,40 @@ pub(crate) fn down(args: DirArgs, out: &mut dyn Write) -> Result<(), CommandErro
     writeln!(out, "mesh at {} removed", args.dir.display()).map_err(CommandError::failed)
 }
 
-pub(crate) fn connect(args: ConnectArgs, out: &mut dyn Write, disconnect: bool) -> Result<(), CommandError> {
+pub(crate) fn connect(
+    args: ConnectArgs,
+    out: &mut dyn Write,
+    disconnect: bool,
+) -> Result<(), CommandError> {
     let mut mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
     let both = args.mode == Mode::Bidirectional;
     if disconnect {
-        mesh.disconnect(&args.from, &args.to, both).map_err(CommandError::failed)?;
-        writeln!(out, "disconnected {} {} {}", args.from, if both { "<->" } else { "->" }, args.to).map_err(CommandError::failed)?;
+        mesh.disconnect(&args.from, &args.to, both)
+            .map_err(CommandError::failed)?;
+        writeln!(
+            out,
+            "disconnected {} {} {}",
+            args.from,
+            if both { "<->" } else { "->" },
+            args.to
+        )
+        .map_err(CommandError::failed)?;
         return Ok(());
     }
-    let checks = mesh.connect(&args.from, &args.to, both).map_err(|e| CommandError::failed(e.context("connect refused; nothing was changed")))?;
+    let checks = mesh
+        .connect(&args.from, &args.to, both)
+        .map_err(|e| CommandError::failed(e.context("connect refused; nothing was changed")))?;
     for c in checks {
         writeln!(out, "  ok  {c}").map_err(CommandError::failed)?;
     }
-    writeln!(out, "connected {} {} {}; agents pick up the remote configs now", args.from, if both { "<->" } else { "->" }, args.to)
-        .map_err(CommandError::failed)
+    writeln!(
+        out,
+        "connected {} {} {}; agents pick up the remote configs now",
+        args.from,
+        if both { "<->" } else { "->" },
+        args.to
+    )
+    .map_err(CommandError::failed)
 }
 
 pub(crate) fn status(args: StatusArgs, out: &mut dyn Write) -> Result<(), CommandError> {
@@ -203,24 +245,36 @@ pub(crate) fn status(args: StatusArgs, out: &mut dyn Write) -> Result<(), Comman
     print_status(&mesh, args.output, out)
 }
 
-fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Result<(), CommandError> {
+fn print_status(
+    mesh: &Mesh,
+    output: StatusOutput,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
     let statuses = mesh.agent_statuses();
     if output == StatusOutput::Json {
         let json: Vec<serde_json::Value> = statuses
             .iter()
             .map(|(c, n, s)| serde_json::json!({"cluster": c, "node": n, "agent": s}))
             .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&json).map_err(CommandError::failed)?).map_err(CommandError::failed)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json).map_err(CommandError::failed)?
+        )
+        .map_err(CommandError::failed)?;
         return Ok(());
     }
     let mut agents_ok = 0;
     let mut remotes = (0, 0);
     for c in &mesh.state.clusters {
-        let days = cert_days_left(&c.certs.server_cert).map(|d| format!(", certificates expire in {d} days")).unwrap_or_default();
+        let days = cert_days_left(&c.certs.server_cert)
+            .map(|d| format!(", certificates expire in {d} days"))
+            .unwrap_or_default();
         writeln!(out, "cluster {} (id {}){days}", c.name, c.id).map_err(CommandError::failed)?;
         for (_, node, s) in statuses.iter().filter(|(cl, _, _)| cl == &c.name) {
             let Some(s) = s else {
-                writeln!(out, "  node {node}: agent not answering").map_err(CommandError::failed)?;
+                writeln!(out, "  node {node}: agent not answering")
+                    .map_err(CommandError::failed)?;
                 continue;
             };
             agents_ok += usize::from(s.synced);
@@ -228,7 +282,11 @@ fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Resul
                 out,
                 "  node {node}: {}{}, pod CIDR {}, {} endpoints, ipcache {}, policy {}",
                 if s.synced { "synced" } else { "NOT synced" },
-                if s.sync_timed_out { " (sync timeout passed)" } else { "" },
+                if s.sync_timed_out {
+                    " (sync timeout passed)"
+                } else {
+                    ""
+                },
                 s.pod_cidr.as_deref().unwrap_or("-"),
                 s.endpoints,
                 s.maps.get("ipcache").copied().unwrap_or(0),
@@ -238,8 +296,13 @@ fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Resul
             for r in &s.remotes {
                 remotes.1 += 1;
                 remotes.0 += usize::from(r.ready);
-                let synced: Vec<String> = r.synced.iter().map(|(k, v)| format!("{k}:{}", if *v { "yes" } else { "no" })).collect();
-                let entries: Vec<String> = r.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let synced: Vec<String> = r
+                    .synced
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", if *v { "yes" } else { "no" }))
+                    .collect();
+                let entries: Vec<String> =
+                    r.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 writeln!(
                     out,
                     "    remote {}: {} connected={} config={} synced[{}] entries[{}]{}{}",
@@ -249,7 +312,11 @@ fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Resul
                     r.config.as_deref().unwrap_or("-"),
                     synced.join(" "),
                     entries.join(" "),
-                    if r.invalid.is_empty() { String::new() } else { format!(" invalid{:?}", r.invalid) },
+                    if r.invalid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" invalid{:?}", r.invalid)
+                    },
                     match (&r.last_error_kind, &r.last_error) {
                         (Some(k), Some(e)) if !r.ready => format!("\n      why: {k}: {e}"),
                         _ => String::new(),
@@ -260,12 +327,19 @@ fn print_status(mesh: &Mesh, output: StatusOutput, out: &mut dyn Write) -> Resul
         }
     }
     let total: usize = statuses.len();
-    writeln!(out, "{agents_ok}/{total} agents synced, {}/{} remote connections ready", remotes.0, remotes.1).map_err(CommandError::failed)
+    writeln!(
+        out,
+        "{agents_ok}/{total} agents synced, {}/{} remote connections ready",
+        remotes.0, remotes.1
+    )
+    .map_err(CommandError::failed)
 }
 
 fn cert_days_left(path: &Path) -> Option<i64> {
     let infos = certs::CertificateInfo::from_pem_file(path).ok()?;
-    infos.first().map(|i| i.days_left(std::time::SystemTime::now()))
+    infos
+        .first()
+        .map(|i| i.days_left(std::time::SystemTime::now()))
 }
 
 pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandError> {
@@ -273,22 +347,38 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
     let mut mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CommandError::failed);
     match args.command {
-        MeshCommand::Stop { component, cluster, node } => {
+        MeshCommand::Stop {
+            component,
+            cluster,
+            node,
+        } => {
             match (component.as_str(), node) {
                 ("etcd", _) => mesh.stop_etcd(&cluster),
                 ("apiserver", _) => mesh.stop_apiserver(&cluster),
                 ("agent", Some(node)) => mesh.kill_agent(&cluster, &node),
-                _ => return Err(CommandError::usage(anyhow!("component must be etcd, apiserver or `agent NODE`"))),
+                _ => {
+                    return Err(CommandError::usage(anyhow!(
+                        "component must be etcd, apiserver or `agent NODE`"
+                    )));
+                }
             }
             .map_err(CommandError::failed)?;
             w(out, format!("stopped {component} of {cluster}"))
         }
-        MeshCommand::Start { component, cluster, node } => {
+        MeshCommand::Start {
+            component,
+            cluster,
+            node,
+        } => {
             match (component.as_str(), node) {
                 ("etcd", _) => mesh.start_etcd(&cluster),
                 ("apiserver", _) => mesh.start_apiserver(&cluster),
                 ("agent", Some(node)) => mesh.start_agent(&cluster, &node),
-                _ => return Err(CommandError::usage(anyhow!("component must be etcd, apiserver or `agent NODE`"))),
+                _ => {
+                    return Err(CommandError::usage(anyhow!(
+                        "component must be etcd, apiserver or `agent NODE`"
+                    )));
+                }
             }
             .map_err(CommandError::failed)?;
             w(out, format!("started {component} of {cluster}"))
@@ -301,26 +391,52 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             mesh.heal(&a, &b).map_err(CommandError::failed)?;
             w(out, format!("partition between {a} and {b} healed"))
         }
-        MeshCommand::AddWorkload { cluster, node, name, labels, port } => {
+        MeshCommand::AddWorkload {
+            cluster,
+            node,
+            name,
+            labels,
+            port,
+        } => {
             let pairs: Vec<(String, String)> = labels
                 .iter()
-                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE")))
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow!("label {l:?} is not KEY=VALUE"))
+                })
                 .collect::<Result<_, _>>()
                 .map_err(CommandError::usage)?;
-            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let e = mesh.add_endpoint(&cluster, &node, &name, &refs, port).map_err(CommandError::failed)?;
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let e = mesh
+                .add_endpoint(&cluster, &node, &name, &refs, port)
+                .map_err(CommandError::failed)?;
             w(out, format!("{cluster}/{name} on {node}: {}", e.ip))
         }
         MeshCommand::RemoveWorkload { cluster, name } => {
-            mesh.remove_endpoint(&cluster, &name).map_err(CommandError::failed)?;
+            mesh.remove_endpoint(&cluster, &name)
+                .map_err(CommandError::failed)?;
             w(out, format!("{cluster}/{name} removed"))
         }
-        MeshCommand::Request { from, to, count, timeout } => {
-            let (cluster, pod) = from.split_once('/').ok_or_else(|| CommandError::usage(anyhow!("--from is CLUSTER/POD")))?;
+        MeshCommand::Request {
+            from,
+            to,
+            count,
+            timeout,
+        } => {
+            let (cluster, pod) = from
+                .split_once('/')
+                .ok_or_else(|| CommandError::usage(anyhow!("--from is CLUSTER/POD")))?;
             let mut failures = 0;
             for i in 1..=count {
                 match mesh.request(cluster, pod, to, timeout) {
-                    Ok((server, peer)) => w(out, format!("  {i}: answered by {server} (client saw {peer})"))?,
+                    Ok((server, peer)) => w(
+                        out,
+                        format!("  {i}: answered by {server} (client saw {peer})"),
+                    )?,
                     Err(e) => {
                         failures += 1;
                         w(out, format!("  {i}: no answer: {}", chain(&e)))?
@@ -328,7 +444,9 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
                 }
             }
             if failures == count {
-                return Err(CommandError::failed(anyhow!("no request from {from} to {to} was answered")));
+                return Err(CommandError::failed(anyhow!(
+                    "no request from {from} to {to} was answered"
+                )));
             }
             Ok(())
         }
@@ -342,7 +460,9 @@ fn chain(e: &anyhow::Error) -> String {
 fn require_root() -> Result<(), CommandError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(CommandError::usage(anyhow!("this command needs root (network namespaces and eBPF)")));
+        return Err(CommandError::usage(anyhow!(
+            "this command needs root (network namespaces and eBPF)"
+        )));
     }
     Ok(())
 }

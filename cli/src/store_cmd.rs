@@ -36,12 +36,20 @@ impl Target {
         if !self.etcd_endpoints.is_empty() {
             let mut c = ClientConfig::new(self.etcd_endpoints.clone());
             if let Some(ca) = &self.etcd_ca {
-                let files = TlsFiles { ca: ca.clone(), cert: self.etcd_cert.clone(), key: self.etcd_key.clone() };
+                let files = TlsFiles {
+                    ca: ca.clone(),
+                    cert: self.etcd_cert.clone(),
+                    key: self.etcd_key.clone(),
+                };
                 c.tls = Some(files.load().map_err(CommandError::usage)?);
             }
             return Ok(c);
         }
-        let cluster = self.cluster.as_deref().ok_or_else(|| CommandError::usage(anyhow!("give --cluster NAME (a local mesh) or --etcd-endpoints URL")))?;
+        let cluster = self.cluster.as_deref().ok_or_else(|| {
+            CommandError::usage(anyhow!(
+                "give --cluster NAME (a local mesh) or --etcd-endpoints URL"
+            ))
+        })?;
         let mesh = localmesh::Mesh::load(&self.dir).map_err(CommandError::usage)?;
         let c = mesh.state.cluster(cluster).map_err(CommandError::usage)?;
         Ok(ClientConfig::new([c.etcd_endpoint.clone()]))
@@ -101,19 +109,33 @@ impl Kind {
 
 pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let config = args.target.client_config()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CommandError::failed)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CommandError::failed)?;
     rt.block_on(async move {
         match args.command {
             StoreCommand::Apply { file } => {
-                let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display())).map_err(CommandError::usage)?;
-                let (key, value) = kind.parse(&text).map_err(|e| CommandError::usage(anyhow!("{}: {e}", file.display())))?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("read {}", file.display()))
+                    .map_err(CommandError::usage)?;
+                let (key, value) = kind
+                    .parse(&text)
+                    .map_err(|e| CommandError::usage(anyhow!("{}: {e}", file.display())))?;
                 let client = connect(&config).await?;
-                client.put(&kind.prefix().key(&key), value).await.map_err(CommandError::failed)?;
+                client
+                    .put(&kind.prefix().key(&key), value)
+                    .await
+                    .map_err(CommandError::failed)?;
                 writeln!(out, "{} {key} applied", kind.name()).map_err(CommandError::failed)
             }
             StoreCommand::Delete { name } => {
                 let client = connect(&config).await?;
-                if client.delete(&kind.prefix().key(&name)).await.map_err(CommandError::failed)? {
+                if client
+                    .delete(&kind.prefix().key(&name))
+                    .await
+                    .map_err(CommandError::failed)?
+                {
                     writeln!(out, "{} {name} deleted", kind.name()).map_err(CommandError::failed)
                 } else {
                     Err(CommandError::usage(anyhow!("no {} {name}", kind.name())))
@@ -121,7 +143,10 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
             }
             StoreCommand::List => {
                 let client = connect(&config).await?;
-                let (kvs, _) = client.list(&kind.prefix(), 1000).await.map_err(CommandError::failed)?;
+                let (kvs, _) = client
+                    .list(&kind.prefix(), 1000)
+                    .await
+                    .map_err(CommandError::failed)?;
                 for kv in kvs {
                     let key = kind.prefix().strip(&kv.key).unwrap_or_default().to_string();
                     let valid = match kind.parse(&String::from_utf8_lossy(&kv.value)) {
@@ -137,5 +162,7 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
 }
 
 async fn connect(config: &ClientConfig) -> Result<Client, CommandError> {
-    Client::connect(config).await.map_err(|e| CommandError::failed(anyhow!("{}", e.full_message())))
+    Client::connect(config)
+        .await
+        .map_err(|e| CommandError::failed(anyhow!("{}", e.full_message())))
 }

@@ -36,7 +36,9 @@ enum ToolCommand {
 
 pub(crate) fn run(args: ToolArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     match args.command {
-        ToolCommand::EchoServer { name, port } => echo_server(&name, port).map_err(CommandError::failed),
+        ToolCommand::EchoServer { name, port } => {
+            echo_server(&name, port).map_err(CommandError::failed)
+        }
         ToolCommand::Request { to, timeout } => {
             let (server, peer) = localmesh::request(to, timeout).map_err(CommandError::failed)?;
             writeln!(out, "{server} (via {peer})").map_err(CommandError::failed)
@@ -45,7 +47,8 @@ pub(crate) fn run(args: ToolArgs, out: &mut dyn Write) -> Result<(), CommandErro
 }
 
 fn echo_server(name: &str, port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("listen on port {port}"))?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("listen on port {port}"))?;
     for conn in listener.incoming() {
         let Ok(mut stream) = conn else { continue };
         let name = name.to_string();
