@@ -2,7 +2,7 @@
 # Debian 12 machine: they install what is missing first.
 CARGO ?= cargo
 BENCH ?=
-BENCHES := kvstore allocator datapath
+BENCHES := kvstore allocator datapath apiserver e2e
 
 .PHONY: all deps build test lint demo bench clean
 
@@ -27,6 +27,7 @@ demo: deps
 # `make bench` runs every benchmark, `make bench BENCH=kvstore` one of them.
 # Each prints one JSON object per line on stdout; progress goes to stderr.
 bench: deps
+	$(CARGO) build --release --workspace --bins
 	@set -e; for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
 	  $(CARGO) bench -q --bench $$b || { echo "bench $$b failed" >&2; exit 1; }; \
 	done

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The CNI versions this plugin speaks.
-pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
 /// A CNI error: the spec's error object and a non-zero exit.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let version = serde_json::from_slice::<serde_json::Value>(&stdin)
         .ok()
         .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .filter(|v| agent::SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.0.0".into());
     match agent::run_cni(&env, &stdin) {
         Ok(out) => {
