@@ -166,7 +166,8 @@ impl Node {
 impl StoreValue for Node {
     const KIND: &'static str = "node";
 
-    /// `key` is `<cluster>/<name>` (relative to `cilium/state/nodes/v1/`).
+    /// `key` is `<cluster>/<name>` (relative to `cilium/state/nodes/v1/`) or
+    /// `<name>` (relative to `cilium/state/nodes/v1/<cluster>/`).
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let node: Self = decode_json(Self::KIND, key, bytes)?;
         let invalid = |reason, detail: String| DecodeError::new(Self::KIND, key, reason, detail);
