@@ -107,14 +107,8 @@ fn error(status: u16, message: impl std::fmt::Display) -> Response {
 }
 
 fn endpoint_error(e: EndpointError) -> Response {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    error(e.status(), message)
+    let status = e.status();
+    error(status, format!("{:#}", anyhow::Error::new(e)))
 }
 
 async fn list_endpoints(State(s): State<Arc<ApiState>>) -> Response {

@@ -738,9 +738,9 @@ impl ControlLoop {
             )
             .map_err(|e| {
                 format!(
-                    "attaching the datapath to {}: {}",
+                    "attaching the datapath to {}: {:#}",
                     endpoint.host_ifname,
-                    error_chain(&e)
+                    anyhow::Error::new(e)
                 )
             })?;
         let mut endpoint = endpoint;
@@ -786,9 +786,9 @@ impl ControlLoop {
         self.metrics.endpoints.set(self.endpoints.len() as i64);
         result.map_err(|e| {
             format!(
-                "detaching from {}: {}",
+                "detaching from {}: {:#}",
                 endpoint.host_ifname,
-                error_chain(&e)
+                anyhow::Error::new(e)
             )
         })
     }
@@ -1152,17 +1152,6 @@ fn protocol_name(p: Protocol) -> String {
         Protocol::Icmpv6 => "icmpv6".into(),
         Protocol::Other(n) => n.to_string(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Returns freed heap memory to the operating system (glibc keeps it).

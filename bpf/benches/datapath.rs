@@ -34,25 +34,7 @@ const IPERF_SECONDS: &str = "3";
 const IPERF_PORT: u16 = 5201;
 
 /// One result line, fields in the documented order.
-fn emit(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-    let mut line = format!(
-        r#"{{"bench":"datapath","metric":"{metric}","value":{},"unit":"{unit}""#,
-        round(value)
-    );
-    if let Some((name, base)) = baseline {
-        line.push_str(&format!(
-            r#","baseline_metric":"{name}","baseline":{},"ratio":{}"#,
-            round(base),
-            round(value / base)
-        ));
-    }
-    line.push('}');
-    println!("{line}");
-}
-
-fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
+const BENCH: bench_report::Bench = bench_report::Bench::new("datapath");
 
 /// Pin directories removed on drop (also when the bench fails).
 struct Pins(Vec<PathBuf>);
@@ -113,7 +95,7 @@ fn main() -> Result<()> {
     let start = Instant::now();
     dp.ipcache().batch_upsert(&entries)?;
     let batch_s = start.elapsed().as_secs_f64();
-    emit(
+    BENCH.emit(
         "ipcache_1m_batch_insert_s",
         batch_s,
         "s",
@@ -122,12 +104,12 @@ fn main() -> Result<()> {
 
     eprintln!("ingress program: BPF_PROG_TEST_RUN on a 1M-entry ipcache");
     let ns = ingress_ns_per_packet(&dp)?;
-    emit("ingress_ns_per_packet_1m", ns, "ns", None);
+    BENCH.emit("ingress_ns_per_packet_1m", ns, "ns", None);
     drop(dp);
 
     eprintln!("tcp throughput: iperf3 over veths, with and without programs");
     let (with, without) = throughput(&mut pins)?;
-    emit(
+    BENCH.emit(
         "tcp_throughput_gbps",
         with,
         "Gbit/s",

@@ -142,65 +142,65 @@ async fn run() -> Result<()> {
     };
 
     let cpu = |o: &Outcome| o.proxy_cpu_s.unwrap_or_default();
-    emit(
+    BENCH.emit(
         "proxy_upstream_etcd_watchers",
         ours.etcd_watchers,
         "watchers",
         Some(("direct_etcd_watchers", direct.etcd_watchers)),
     );
-    emit("proxy_idle_etcd_watchers", idle_watchers, "watchers", None);
-    emit(
+    BENCH.emit("proxy_idle_etcd_watchers", idle_watchers, "watchers", None);
+    BENCH.emit(
         "grpc_proxy_upstream_etcd_watchers",
         peer.etcd_watchers,
         "watchers",
         None,
     );
-    emit(
+    BENCH.emit(
         "etcd_cpu_s",
         ours.etcd_cpu_s,
         "s",
         Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
     );
-    emit("etcd_cpu_s_writes_only", writes_only, "s", None);
-    emit(
+    BENCH.emit("etcd_cpu_s_writes_only", writes_only, "s", None);
+    BENCH.emit(
         "etcd_watch_cpu_s",
         ours.etcd_cpu_s - writes_only,
         "s",
         Some(("etcd_watch_cpu_s_direct", direct.etcd_cpu_s - writes_only)),
     );
-    emit(
+    BENCH.emit(
         "grpc_proxy_etcd_cpu_s",
         peer.etcd_cpu_s,
         "s",
         Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
     );
-    emit(
+    BENCH.emit(
         "delivery_p50_ms",
         ours.p50_ms,
         "ms",
         Some(("grpc_proxy_delivery_p50_ms", peer.p50_ms)),
     );
-    emit(
+    BENCH.emit(
         "delivery_p99_ms",
         ours.p99_ms,
         "ms",
         Some(("grpc_proxy_delivery_p99_ms", peer.p99_ms)),
     );
-    emit(
+    BENCH.emit(
         "delivery_p99_ms_vs_mtls",
         ours.p99_ms,
         "ms",
         Some(("grpc_proxy_mtls_delivery_p99_ms", peer_tls.p99_ms)),
     );
-    emit("direct_delivery_p50_ms", direct.p50_ms, "ms", None);
-    emit("direct_delivery_p99_ms", direct.p99_ms, "ms", None);
-    emit(
+    BENCH.emit("direct_delivery_p50_ms", direct.p50_ms, "ms", None);
+    BENCH.emit("direct_delivery_p99_ms", direct.p99_ms, "ms", None);
+    BENCH.emit(
         "proxy_cpu_s",
         cpu(&ours),
         "s",
         Some(("grpc_proxy_cpu_s", cpu(&peer))),
     );
-    emit(
+    BENCH.emit(
         "proxy_cpu_s_vs_mtls",
         cpu(&ours),
         "s",
@@ -212,25 +212,25 @@ async fn run() -> Result<()> {
         ("grpc_proxy", &peer),
         ("grpc_proxy_mtls", &peer_tls),
     ] {
-        emit(
+        BENCH.emit(
             &format!("{name}_client_cpu_s"),
             outcome.client_cpu_s,
             "s",
             None,
         );
-        emit(
+        BENCH.emit(
             &format!("{name}_missing_events"),
             outcome.missing_events as f64,
             "events",
             None,
         );
-        emit(
+        BENCH.emit(
             &format!("{name}_disconnected_watchers"),
             outcome.disconnected_watchers as f64,
             "watchers",
             None,
         );
-        emit(
+        BENCH.emit(
             &format!("{name}_write_rate"),
             outcome.write_rate,
             "puts/s",
@@ -254,26 +254,7 @@ async fn measure_writes_only(etcd: &TestEtcd) -> Result<f64> {
     Ok(cpu)
 }
 
-fn emit(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-    let mut line = serde_json::json!({
-        "bench": "apiserver",
-        "metric": metric,
-        "value": round(value),
-        "unit": unit,
-    });
-    if let Some((name, base)) = baseline {
-        line["baseline_metric"] = name.into();
-        line["baseline"] = round(base).into();
-        if base != 0.0 {
-            line["ratio"] = round(value / base).into();
-        }
-    }
-    println!("{line}");
-}
-
-fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
+const BENCH: bench_report::Bench = bench_report::Bench::new("apiserver");
 
 enum Target {
     Plain(String),

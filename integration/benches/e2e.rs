@@ -28,18 +28,7 @@ const PROPAGATION_SECONDS: u64 = 10;
 const SYNC_ENTRIES: usize = 100_000;
 const SYNC_IDENTITIES: usize = 10_000;
 
-fn report(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-    let mut line =
-        format!(r#"{{"bench":"e2e","metric":"{metric}","value":{value:.3},"unit":"{unit}""#);
-    if let Some((name, base)) = baseline {
-        line.push_str(&format!(
-            r#","baseline_metric":"{name}","baseline":{base:.3},"ratio":{:.3}"#,
-            value / base
-        ));
-    }
-    line.push('}');
-    println!("{line}");
-}
+const BENCH: bench_report::Bench = bench_report::Bench::new("e2e");
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -216,13 +205,13 @@ async fn propagation(mesh: &TestMesh) -> Result<()> {
         percentile(&raw_latencies, 0.5),
         percentile(&raw_latencies, 0.99)
     );
-    report(
+    BENCH.emit(
         "propagation_p50_ms",
         percentile(&latencies, 0.5),
         "ms",
         Some(("raw_watch_p50_ms", percentile(&raw_latencies, 0.5))),
     );
-    report(
+    BENCH.emit(
         "propagation_p99_ms",
         percentile(&latencies, 0.99),
         "ms",
@@ -304,13 +293,13 @@ async fn initial_sync(mesh: &mut TestMesh) -> Result<()> {
         })
         .collect();
     let bytes_per_entry = per_entry.iter().copied().fold(0.0, f64::max);
-    report(
+    BENCH.emit(
         "initial_sync_100k_s",
         sync_s,
         "s",
         Some(("raw_list_100k_s", raw_list)),
     );
-    report("agent_bytes_per_entry", bytes_per_entry, "B", None);
+    BENCH.emit("agent_bytes_per_entry", bytes_per_entry, "B", None);
     Ok(())
 }
 

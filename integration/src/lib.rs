@@ -83,6 +83,38 @@ impl TestMesh {
             .expect("agent ipcache")
     }
 
+    /// `(prefix, identity)` of the ipcache entries a node has programmed whose
+    /// prefix starts with `pool` (e.g. `10.2.` for cluster c2's pods), sorted.
+    pub fn programmed(&self, cluster: &str, node: &str, pool: &str) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self
+            .ipcache(cluster, node)
+            .into_iter()
+            .filter(|e| e.prefix.starts_with(pool))
+            .map(|e| (e.prefix, e.identity))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `(prefix, identity)` of the ipcache entries in a cluster's etcd, sorted.
+    pub fn published(&self, cluster: &str) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self
+            .list(cluster, &kvstore::keys::ipcache())
+            .expect("list the cluster's ipcache")
+            .into_iter()
+            .filter_map(|kv| {
+                let key = kvstore::keys::ipcache().strip(&kv.key)?.to_string();
+                let pair = <kvstore::values::IpIdentityPair as kvstore::StoreValue>::decode(
+                    &key, &kv.value,
+                )
+                .ok()?;
+                Some((pair.prefix().to_string(), pair.id.get()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether a request from `cluster/pod` to `to` is answered (short timeout).
     pub fn reaches(&self, cluster: &str, pod: &str, to: SocketAddr) -> bool {
         self.request(cluster, pod, to, Duration::from_millis(800))

@@ -10,10 +10,7 @@ use std::{
 };
 
 use integration::{TestMesh, can_run, wait_for};
-use kvstore::{
-    StoreValue, keys,
-    values::{IpIdentityPair, PolicyDocument},
-};
+use kvstore::{StoreValue, keys, values::PolicyDocument};
 
 fn cli(mesh: &TestMesh, args: &[&str]) -> Output {
     Command::new(localmesh::default_bin_dir().join("clustermesh"))
@@ -36,32 +33,6 @@ fn remote_ready(mesh: &TestMesh, cluster: &str, remote: &str) -> bool {
         .remotes
         .iter()
         .any(|r| r.name == remote && r.ready)
-}
-
-fn ipcache_of(mesh: &TestMesh, cluster: &str, pool: &str) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = mesh
-        .ipcache(cluster, "n1")
-        .into_iter()
-        .filter(|e| e.prefix.starts_with(pool))
-        .map(|e| (e.prefix, e.identity))
-        .collect();
-    v.sort();
-    v
-}
-
-fn etcd_ipcache(mesh: &TestMesh, cluster: &str) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = mesh
-        .list(cluster, &keys::ipcache())
-        .unwrap()
-        .into_iter()
-        .filter_map(|kv| {
-            let key = keys::ipcache().strip(&kv.key)?.to_string();
-            let pair = IpIdentityPair::decode(&key, &kv.value).ok()?;
-            Some((pair.prefix().to_string(), pair.id.get()))
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -144,7 +115,7 @@ fn partition_between_clusters_and_its_healing() -> anyhow::Result<()> {
             .starts_with("c1/"),
         "the service answers locally"
     );
-    let entries_during = ipcache_of(&mesh, "c1", "10.2.");
+    let entries_during = mesh.programmed("c1", "n1", "10.2.");
     assert!(
         !entries_during.is_empty(),
         "c2's entries are kept during the partition"
@@ -167,7 +138,7 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
     }
     let mut mesh = TestMesh::up(2, 2)?;
     wait_for("c1 has c2's state", || {
-        ipcache_of(&mesh, "c1", "10.2.") == etcd_ipcache(&mesh, "c2")
+        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
     });
     mesh.cut("c1", "c2")?;
     wait_for("c1 sees the partition", || !remote_ready(&mesh, "c1", "c2"));
@@ -189,7 +160,7 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
     std::thread::sleep(Duration::from_secs(15));
     mesh.heal("c1", "c2")?;
     wait_for("c1 converges to exactly c2's ipcache", || {
-        ipcache_of(&mesh, "c1", "10.2.") == etcd_ipcache(&mesh, "c2")
+        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
     });
     let identities: Vec<agent::IdentityView> = mesh.agent_api("c1", "n1")?.get("/v1/identities")?;
     for i in 0..3 {

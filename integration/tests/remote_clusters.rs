@@ -194,34 +194,6 @@ fn restarts_under_cross_cluster_traffic_lose_no_allowed_packet() -> anyhow::Resu
     Ok(())
 }
 
-/// What c1's agent has programmed for c2's pod CIDR pool.
-fn c2_entries(mesh: &TestMesh) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = mesh
-        .ipcache("c1", "n1")
-        .into_iter()
-        .filter(|e| e.prefix.starts_with("10.2."))
-        .map(|e| (e.prefix, e.identity))
-        .collect();
-    v.sort();
-    v
-}
-
-/// What c2's etcd holds.
-fn c2_truth(mesh: &TestMesh) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = mesh
-        .list("c2", &keys::ipcache())
-        .unwrap()
-        .into_iter()
-        .filter_map(|kv| {
-            let key = keys::ipcache().strip(&kv.key)?.to_string();
-            let pair = IpIdentityPair::decode(&key, &kv.value).ok()?;
-            Some((pair.prefix().to_string(), pair.id.get()))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Result<()> {
     if !can_run() {
@@ -229,7 +201,8 @@ fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Re
     }
     let mut mesh = TestMesh::up(2, 2)?;
     wait_for("c1 has c2's entries", || {
-        c2_entries(&mesh) == c2_truth(&mesh) && !c2_truth(&mesh).is_empty()
+        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+            && !mesh.published("c2").is_empty()
     });
     mesh.stop_apiserver("c2")?;
     wait_for("c1 sees c2 unreachable", || {
@@ -238,20 +211,20 @@ fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Re
             .iter()
             .any(|r| r.name == "c2" && !r.ready)
     });
-    let before = c2_entries(&mesh);
+    let before = mesh.programmed("c1", "n1", "10.2.");
     mesh.remove_endpoint("c2", "echo-n2")?;
     mesh.add_endpoint("c2", "n2", "late-1", &[("app", "late")], None)?;
     mesh.add_endpoint("c2", "n1", "late-2", &[("app", "late")], None)?;
     assert_eq!(
-        c2_entries(&mesh),
+        mesh.programmed("c1", "n1", "10.2."),
         before,
         "state is kept while the remote is away"
     );
     mesh.start_apiserver("c2")?;
     wait_for("c1 converges to exactly c2's state", || {
-        c2_entries(&mesh) == c2_truth(&mesh)
+        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
     });
-    assert_eq!(c2_entries(&mesh).len(), before.len() + 1);
+    assert_eq!(mesh.programmed("c1", "n1", "10.2.").len(), before.len() + 1);
     Ok(())
 }
 
@@ -261,10 +234,12 @@ fn removing_a_remote_config_withdraws_its_entries() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut mesh = TestMesh::up(2, 1)?;
-    wait_for("c1 has c2's entries", || !c2_entries(&mesh).is_empty());
+    wait_for("c1 has c2's entries", || {
+        !mesh.programmed("c1", "n1", "10.2.").is_empty()
+    });
     mesh.disconnect("c1", "c2", false)?;
     wait_for("c2's entries withdrawn from c1", || {
-        c2_entries(&mesh).is_empty()
+        mesh.programmed("c1", "n1", "10.2.").is_empty()
     });
     let identities: Vec<agent::IdentityView> = mesh.agent_api("c1", "n1")?.get("/v1/identities")?;
     assert!(

@@ -21,18 +21,7 @@ use tokio_util::sync::CancellationToken;
 const PER_RUN: usize = 4_000;
 const CACHED: usize = 1_000_000;
 
-fn report(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-    let mut line =
-        format!(r#"{{"bench":"allocator","metric":"{metric}","value":{value:.1},"unit":"{unit}""#);
-    if let Some((name, base)) = baseline {
-        line.push_str(&format!(
-            r#","baseline_metric":"{name}","baseline":{base:.1},"ratio":{:.3}"#,
-            value / base
-        ));
-    }
-    line.push('}');
-    println!("{line}");
-}
+const BENCH: bench_report::Bench = bench_report::Bench::new("allocator");
 
 fn labels(run: &str, i: usize) -> Labels {
     [
@@ -109,7 +98,7 @@ async fn main() -> Result<()> {
                 allocations(&allocator, &format!("c{concurrency}r{round}"), concurrency).await?,
             );
         }
-        report(
+        BENCH.emit(
             &format!("allocations_per_s_c{concurrency}"),
             alloc_best,
             "1/s",
@@ -123,7 +112,7 @@ async fn main() -> Result<()> {
     for _ in 0..CACHED {
         allocator.allocate(&held).await?;
     }
-    report(
+    BENCH.emit(
         "cached_allocations_per_s",
         CACHED as f64 / start.elapsed().as_secs_f64(),
         "1/s",

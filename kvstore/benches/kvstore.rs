@@ -23,18 +23,7 @@ const SYNC_KEYS: usize = 100_000;
 const WATCH_EVENTS: usize = 50_000;
 const RUNS: usize = 3;
 
-fn report(metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-    let mut line =
-        format!(r#"{{"bench":"kvstore","metric":"{metric}","value":{value:.3},"unit":"{unit}""#);
-    if let Some((name, base)) = baseline {
-        line.push_str(&format!(
-            r#","baseline_metric":"{name}","baseline":{base:.3},"ratio":{:.3}"#,
-            value / base
-        ));
-    }
-    line.push('}');
-    println!("{line}");
-}
+const BENCH: bench_report::Bench = bench_report::Bench::new("kvstore");
 
 fn entry(i: usize) -> IpIdentityPair {
     let mut e = IpIdentityPair::host(
@@ -238,13 +227,13 @@ async fn main() -> Result<()> {
         rss_mb = rss_mb.max(mb);
         eprintln!("  run {run}: etcdctl {t:.3}s, watch store {secs:.3}s, peak RSS {mb:.1} MB");
     }
-    report(
+    BENCH.emit(
         "watchstore_sync_s",
         store_best,
         "s",
         Some(("etcdctl_get_prefix_s", etcdctl_best)),
     );
-    report(
+    BENCH.emit(
         "watchstore_sync_keys_per_s",
         SYNC_KEYS as f64 / store_best,
         "1/s",
@@ -253,13 +242,13 @@ async fn main() -> Result<()> {
             SYNC_KEYS as f64 / etcdctl_best,
         )),
     );
-    report("watchstore_peak_rss_mb", rss_mb, "MB", None);
+    BENCH.emit("watchstore_peak_rss_mb", rss_mb, "MB", None);
 
     eprintln!("kvstore bench: steady watch, {WATCH_EVENTS} updates");
     let writer = client(&etcd.endpoint()).await?;
     let raw = raw_watch_throughput(&c, &writer, "raw").await?;
     let ours = watch_store_throughput(&c, &writer, "store").await?;
-    report(
+    BENCH.emit(
         "watch_events_per_s",
         ours,
         "1/s",

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             let config = match a.into_config() {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("clustermesh-agent: {}", chain(&e));
+                    eprintln!("clustermesh-agent: {:#}", anyhow::Error::new(e));
                     return ExitCode::from(64);
                 }
             };
@@ -88,17 +88,6 @@ fn exit_usage(e: clap::Error) -> ! {
     };
     let _ = e.print();
     std::process::exit(code);
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 fn init_logging() {
