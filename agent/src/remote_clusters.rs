@@ -366,6 +366,23 @@ impl Failure {
     }
 
     fn from_etcd(e: &kvstore::Error) -> Self {
+        let message = e.full_message();
+        if message.contains("etcd unreachable") {
+            return Self::new(
+                "remote-etcd-unreachable",
+                format!("the remote apiserver answers but its etcd does not: {message}"),
+            );
+        }
+        // Under TLS 1.3 a server that refuses our client certificate closes
+        // the connection after the handshake; the client sees only that.
+        if e.kind() == kvstore::ErrorKind::Unreachable && message.contains("connection closed") {
+            return Self::new(
+                "tls",
+                format!(
+                    "the remote apiserver closed the connection during TLS setup (does it trust our client certificate's CA?): {message}"
+                ),
+            );
+        }
         let kind = match e.kind() {
             kvstore::ErrorKind::Unreachable => "unreachable",
             kvstore::ErrorKind::UnknownCa => "unknown-ca",
@@ -374,7 +391,7 @@ impl Failure {
             kvstore::ErrorKind::Timeout => "timeout",
             _ => "error",
         };
-        Self::new(kind, e.full_message())
+        Self::new(kind, message)
     }
 }
 

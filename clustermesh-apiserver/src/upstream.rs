@@ -154,7 +154,9 @@ impl Upstream {
             .await
         };
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
+            Ok(result) => result
+                .map(tonic::Response::into_inner)
+                .map_err(transport_failure),
             Err(_) => Err(EtcdError::Unavailable(format!(
                 "no answer within {:?}",
                 self.request_timeout
@@ -172,7 +174,9 @@ impl Upstream {
                 .await
         };
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
+            Ok(result) => result
+                .map(tonic::Response::into_inner)
+                .map_err(transport_failure),
             Err(_) => Err(EtcdError::Unavailable(format!(
                 "no answer within {:?}",
                 self.request_timeout
@@ -234,4 +238,16 @@ impl Upstream {
 
 fn unreachable(e: &tonic::transport::Error) -> Status {
     EtcdError::Unavailable(e.to_string()).into()
+}
+
+/// The channel's own failures (etcd down) reach clients worded as etcd's
+/// unavailability, so that a remote cluster can tell "your apiserver
+/// answers but its etcd does not" from "your apiserver is unreachable".
+/// etcd's own answers pass unchanged.
+fn transport_failure(status: Status) -> Status {
+    if status.code() == tonic::Code::Unavailable && !status.message().starts_with("etcdserver:") {
+        EtcdError::Unavailable(status.message().to_string()).into()
+    } else {
+        status
+    }
 }

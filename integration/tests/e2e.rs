@@ -65,7 +65,10 @@ fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
     }
     wait_for("status shows c2 degraded", || {
         let t = text(&cli(&mesh, &["status"]));
-        t.contains("remote c2: NOT READY") && t.contains("why:")
+        t.contains("remote c2: NOT READY")
+            && t.contains(
+                "why: remote-etcd-unreachable: the remote apiserver answers but its etcd does not",
+            )
     });
     let waited = cli(&mesh, &["status", "--wait", "--wait-duration", "2s"]);
     assert!(
