@@ -27,7 +27,7 @@ demo: deps
 # `make bench` runs every benchmark, `make bench BENCH=kvstore` one of them.
 # Each prints one JSON object per line on stdout; progress goes to stderr.
 bench: deps
-	$(CARGO) build --release --workspace --bins
+	@$(CARGO) build --release --workspace --bins >&2
 	@set -e; for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
 	  $(CARGO) bench -q --bench $$b || { echo "bench $$b failed" >&2; exit 1; }; \
 	done
