@@ -77,9 +77,13 @@ impl Agent {
                 c.bpffs_dir.display()
             )
         })?;
+        let sizes = datapath.config();
         for (name, capacity) in [
-            ("ipcache", datapath.config().ipcache_max_entries),
-            ("policy", datapath.config().policy_max_entries),
+            ("ipcache", sizes.ipcache_max_entries),
+            ("policy", sizes.policy_max_entries),
+            ("endpoints", sizes.endpoints_max_entries),
+            ("services", sizes.services_max_entries),
+            ("backends", sizes.backends_max_entries),
         ] {
             metrics.set_map_capacity(name, capacity);
         }

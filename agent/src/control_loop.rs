@@ -846,6 +846,10 @@ impl ControlLoop {
         for (name, size) in self.map_sizes() {
             self.metrics.set_map_size(name, size);
         }
+        self.metrics.policies.set(self.tables.policies.len() as i64);
+        self.metrics
+            .identities
+            .set(self.tables.identities.len() as i64);
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());

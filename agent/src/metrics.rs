@@ -46,6 +46,7 @@ pub struct AgentMetrics {
     pub endpoints: Gauge,
     pub services: Gauge,
     pub policies: Gauge,
+    pub identities: Gauge,
     map_entries: Family<MapLabel, Gauge>,
     map_capacity: Family<MapLabel, Gauge>,
     pub reconcile_seconds: Histogram,
@@ -70,6 +71,7 @@ impl AgentMetrics {
         let endpoints = Gauge::default();
         let services = Gauge::default();
         let policies = Gauge::default();
+        let identities = Gauge::default();
         let map_entries = Family::<MapLabel, Gauge>::default();
         let map_capacity = Family::<MapLabel, Gauge>::default();
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -85,6 +87,11 @@ impl AgentMetrics {
         registry.register("endpoints", "Endpoints on this node", endpoints.clone());
         registry.register("services", "Service frontends programmed", services.clone());
         registry.register("policies", "Policy documents known", policies.clone());
+        registry.register(
+            "identities",
+            "Identities known, of every cluster",
+            identities.clone(),
+        );
         registry.register(
             "map_entries",
             "Entries in each eBPF map",
@@ -140,6 +147,7 @@ impl AgentMetrics {
             endpoints,
             services,
             policies,
+            identities,
             map_entries,
             map_capacity,
             reconcile_seconds,

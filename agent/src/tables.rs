@@ -64,6 +64,10 @@ pub(crate) struct Tables {
     ip_counts: HashMap<SourceId, usize>,
     /// Prefixes the local cluster claims (service backends are chosen there).
     local_ips: HashSet<IpNet>,
+    /// Host IPs of ipcache entries, interned (a mesh has few nodes and
+    /// many entries): index + 1 in [`Stored::host`], 0 = none.
+    hosts: Vec<IpAddr>,
+    host_index: HashMap<IpAddr, u32>,
     /// Cluster → node name → node.
     pub nodes: BTreeMap<String, BTreeMap<String, Node>>,
     /// `<ns>/<name>` → cluster → service.
@@ -140,10 +144,11 @@ impl Tables {
         entry: IpEntry,
     ) -> (Option<IpEntry>, Option<IpEntry>) {
         let before = self.ip_winner(&prefix);
+        let stored = self.store(entry);
         let added = match self.ipcache.get_mut(&prefix) {
-            Some(claims) => claims.set(source, entry),
+            Some(claims) => claims.set(source, stored),
             None => {
-                self.ipcache.insert(prefix, Claims::One(source, entry));
+                self.ipcache.insert(prefix, Claims::One(source, stored));
                 true
             }
         };
@@ -187,7 +192,33 @@ impl Tables {
 
     /// The entry the datapath uses for `prefix`: the lowest source's.
     pub(crate) fn ip_winner(&self, prefix: &IpNet) -> Option<IpEntry> {
-        self.ipcache.get(prefix).map(Claims::winner)
+        self.ipcache.get(prefix).map(|c| self.load(c.winner()))
+    }
+
+    fn store(&mut self, entry: IpEntry) -> Stored {
+        let host = match entry.host_ip {
+            None => 0,
+            Some(ip) => match self.host_index.get(&ip) {
+                Some(i) => *i,
+                None => {
+                    self.hosts.push(ip);
+                    let i = self.hosts.len() as u32;
+                    self.host_index.insert(ip, i);
+                    i
+                }
+            },
+        };
+        Stored {
+            identity: entry.identity.get(),
+            host,
+        }
+    }
+
+    fn load(&self, s: Stored) -> IpEntry {
+        IpEntry {
+            identity: NumericIdentity::new(s.identity),
+            host_ip: s.host.checked_sub(1).map(|i| self.hosts[i as usize]),
+        }
     }
 
     /// Prefixes a source delivered (a scan: for draining and re-syncing).
@@ -220,17 +251,25 @@ impl Tables {
     }
 }
 
+/// An ipcache entry as the tables keep it (8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    identity: u32,
+    host: u32,
+}
+
 /// What the sources say about one prefix; almost always a single claim, kept
 /// inline (an agent holds one per IP of the whole mesh).
 #[derive(Debug, Clone)]
 enum Claims {
-    One(SourceId, IpEntry),
-    /// Sorted by source.
-    Many(Vec<(SourceId, IpEntry)>),
+    One(SourceId, Stored),
+    /// Sorted by source. Boxed so that a claim stays 16 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(SourceId, Stored)>>),
 }
 
 impl Claims {
-    fn winner(&self) -> IpEntry {
+    fn winner(&self) -> Stored {
         match self {
             Self::One(_, e) => *e,
             Self::Many(v) => v[0].1,
@@ -246,7 +285,7 @@ impl Claims {
     }
 
     /// Sets a source's claim; returns whether the source is new here.
-    fn set(&mut self, source: SourceId, entry: IpEntry) -> bool {
+    fn set(&mut self, source: SourceId, entry: Stored) -> bool {
         match self {
             Self::One(s, e) if *s == source => {
                 *e = entry;
@@ -255,7 +294,7 @@ impl Claims {
             Self::One(s, e) => {
                 let mut v = vec![(*s, *e), (source, entry)];
                 v.sort_by_key(|(s, _)| *s);
-                *self = Self::Many(v);
+                *self = Self::Many(Box::new(v));
                 true
             }
             Self::Many(v) => match v.binary_search_by_key(&source, |(s, _)| *s) {
@@ -316,6 +355,11 @@ mod tests {
         );
         assert_eq!(t.delete_ip(remote, p), (Some(entry(700)), None));
         assert_eq!(t.ip_count(remote), 0);
+    }
+
+    #[test]
+    fn claims_stay_small() {
+        assert_eq!(std::mem::size_of::<Claims>(), 16);
     }
 
     #[test]

@@ -35,6 +35,16 @@ fn remote_ready(mesh: &TestMesh, cluster: &str, remote: &str) -> bool {
         .any(|r| r.name == remote && r.ready)
 }
 
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent's health port");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 #[test]
 fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
     if !can_run() {
@@ -51,6 +61,20 @@ fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
         "{}",
         text(&status)
     );
+
+    // The agent's metrics say the same.
+    let metrics = http_get(&mesh.node("c1", "n1")?.health, "/metrics");
+    for series in [
+        "clustermesh_agent_remote_cluster_readiness_status{target_cluster=\"c2\"} 1",
+        "clustermesh_agent_propagation_delay_seconds_count{source=\"c2\"}",
+        "clustermesh_agent_map_capacity{map=\"ipcache\"} 524288",
+        "clustermesh_agent_endpoints 2",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "metrics have {series}:\n{metrics}"
+        );
+    }
 
     mesh.stop_etcd("c2")?;
     for _ in 0..20 {

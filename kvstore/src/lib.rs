@@ -32,6 +32,7 @@ pub mod keys;
 mod labels;
 mod prefix;
 mod session;
+mod short_key;
 mod sync_store;
 mod value;
 pub mod values;

@@ -19,6 +19,7 @@ use crate::{
     client::{Client, Kv},
     error::{Error, ErrorKind},
     prefix::KeyPrefix,
+    short_key::ShortKey,
     value::{DecodeError, InvalidReason, StoreValue},
 };
 
@@ -196,7 +197,7 @@ impl<V> std::fmt::Debug for WatchStore<V> {
 struct State {
     /// Valid keys delivered to the consumer → (hash of value, list
     /// generation). Compact: a remote cluster's store holds one per entry.
-    known: HashMap<Box<str>, (u64, u32)>,
+    known: HashMap<ShortKey, (u64, u32)>,
     /// Keys with an invalid value that were already logged.
     logged_invalid: HashSet<String>,
     /// Everything up to this revision has been delivered.
@@ -361,16 +362,22 @@ impl<V: StoreValue> WatchStore<V> {
             }
         }
         // Sweep: whatever the consumer has and the list did not contain is gone.
-        let vanished: Vec<Box<str>> = st
+        let vanished: Vec<ShortKey> = st
             .known
             .iter()
             .filter(|(_, (_, g))| *g != generation)
             .map(|(k, _)| k.clone())
             .collect();
         for key in vanished {
-            st.known.remove(&key);
+            st.known.remove(key.as_str());
             self.stats.deletes.fetch_add(1, Ordering::Relaxed);
-            if self.send(Event::Delete { key: key.into() }).await.is_err() {
+            if self
+                .send(Event::Delete {
+                    key: key.as_str().to_string(),
+                })
+                .await
+                .is_err()
+            {
                 return Ok(Some(Flow::Stop));
             }
         }
@@ -502,7 +509,7 @@ impl<V: StoreValue> WatchStore<V> {
         match decoded {
             Ok(value) => {
                 st.logged_invalid.remove(key);
-                st.known.insert(key.into(), (hash, generation));
+                st.known.insert(ShortKey::new(key), (hash, generation));
                 self.stats.upserts.fetch_add(1, Ordering::Relaxed);
                 Some(Event::Upsert {
                     key: key.to_string(),
