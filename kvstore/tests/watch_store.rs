@@ -244,11 +244,17 @@ async fn a_thousand_malformed_values_do_not_stop_the_watch() {
             c.put(&prefix.key(&v.key()), v.encode()).await.unwrap();
         }
     }
-    wait_until("every valid value arrives", || async {
-        mirror.snapshot().len() == 100
-    })
+    // The last write is an invalid one: wait for it to be seen too.
+    wait_until(
+        "every valid value arrives and every invalid one is counted",
+        || async { mirror.snapshot().len() == 100 && mirror.stats.invalid() >= 1000 },
+    )
     .await;
-    assert_eq!(mirror.stats.invalid(), 1000);
+    assert_eq!(
+        mirror.stats.invalid(),
+        1000,
+        "each invalid value counted once"
+    );
     let by_reason = mirror.stats.invalid_by_reason();
     assert_eq!(by_reason.get(&InvalidReason::Malformed), Some(&500));
     assert_eq!(by_reason.get(&InvalidReason::KeyMismatch), Some(&500));
