@@ -623,50 +623,37 @@ impl RemoteCluster {
         let mut stats: Vec<(StoreKind, Arc<WatchStoreStats>)> = Vec::new();
         let source = self.source;
         let mode = self.mode;
-        {
-            let (store, rx) = WatchStore::<IdentityEntry>::new(
-                client.clone(),
-                store_config(keys::identity_masters(), keys::IDENTITIES_STORE),
-            );
-            let store = store.with_validator(remote_identity_validator(name, id, mode));
-            stats.push((StoreKind::Identities, store.stats()));
-            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
-                Input::Identity(source, e)
-            });
-        }
-        {
-            let (store, rx) = WatchStore::<IpIdentityPair>::new(
-                client.clone(),
-                store_config(keys::ipcache(), keys::IPCACHE_STORE),
-            );
-            let store = store.with_validator(ipcache_validator(name, id, mode));
-            stats.push((StoreKind::IpCache, store.stats()));
-            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
-                Input::Ip(source, IpEvent::from_event(e, true))
-            });
-        }
-        {
-            let (store, rx) = WatchStore::<Node>::new(
-                client.clone(),
-                store_config(keys::nodes(), keys::NODES_STORE),
-            );
-            let store = store.with_validator(node_validator(name, id));
-            stats.push((StoreKind::Nodes, store.stats()));
-            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
-                Input::Node(source, e)
-            });
-        }
-        {
-            let (store, rx) = WatchStore::<ClusterService>::new(
-                client.clone(),
-                store_config(keys::services(), keys::SERVICES_STORE),
-            );
-            let store = store.with_validator(service_validator(name, id));
-            stats.push((StoreKind::Services, store.stats()));
-            spawn_store(&mut tasks, store, rx, &self.control, &token, move |e| {
-                Input::Service(source, e)
-            });
-        }
+        let mut watch = Watches {
+            tasks: &mut tasks,
+            stats: &mut stats,
+            client,
+            control: &self.control,
+            token: &token,
+        };
+        watch.spawn::<IdentityEntry>(
+            StoreKind::Identities,
+            store_config(keys::identity_masters(), keys::IDENTITIES_STORE),
+            remote_identity_validator(name, id, mode),
+            move |e| Input::Identity(source, e),
+        );
+        watch.spawn::<IpIdentityPair>(
+            StoreKind::IpCache,
+            store_config(keys::ipcache(), keys::IPCACHE_STORE),
+            ipcache_validator(name, id, mode),
+            move |e| Input::Ip(source, IpEvent::from_event(e, true)),
+        );
+        watch.spawn::<Node>(
+            StoreKind::Nodes,
+            store_config(keys::nodes(), keys::NODES_STORE),
+            node_validator(name, id),
+            move |e| Input::Node(source, e),
+        );
+        watch.spawn::<ClusterService>(
+            StoreKind::Services,
+            store_config(keys::services(), keys::SERVICES_STORE),
+            service_validator(name, id),
+            move |e| Input::Service(source, e),
+        );
 
         let ttl = self.config.as_ref().ok().and_then(|c| c.service_cache_ttl);
         let mut unreachable_since: Option<Instant> = None;
@@ -770,22 +757,35 @@ impl RemoteCluster {
     }
 }
 
-fn spawn_store<V: StoreValue>(
-    tasks: &mut JoinSet<()>,
-    store: WatchStore<V>,
-    rx: mpsc::Receiver<kvstore::Event<V>>,
-    control: &LoopHandle,
-    token: &CancellationToken,
-    wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
-) {
-    let t = token.clone();
-    tasks.spawn(async move {
-        let _ = store.run(t).await;
-    });
-    let handle = control.clone();
-    tasks.spawn(async move {
-        let _ = forward(rx, handle, wrap).await;
-    });
+/// The watch stores of one connection, each forwarding into the loop.
+struct Watches<'a> {
+    tasks: &'a mut JoinSet<()>,
+    stats: &'a mut Vec<(StoreKind, Arc<WatchStoreStats>)>,
+    client: &'a Client,
+    control: &'a LoopHandle,
+    token: &'a CancellationToken,
+}
+
+impl Watches<'_> {
+    fn spawn<V: StoreValue>(
+        &mut self,
+        kind: StoreKind,
+        config: WatchStoreConfig,
+        validator: Validator<V>,
+        wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
+    ) {
+        let (store, rx) = WatchStore::<V>::new(self.client.clone(), config);
+        let store = store.with_validator(validator);
+        self.stats.push((kind, store.stats()));
+        let t = self.token.clone();
+        self.tasks.spawn(async move {
+            let _ = store.run(t).await;
+        });
+        let handle = self.control.clone();
+        self.tasks.spawn(async move {
+            let _ = forward(rx, handle, wrap).await;
+        });
+    }
 }
 
 /// ipcache entries of a remote: identity in its block or reserved.
@@ -816,47 +816,53 @@ fn ipcache_validator(
 fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
     let name = name.clone();
     Arc::new(move |key: &str, node: &Node| {
-        if node.cluster != name.as_str() {
-            return Err(DecodeError::new(
-                "node",
-                key,
-                InvalidReason::InvalidCluster,
-                format!("node of cluster {:?}, not {name}", node.cluster),
-            ));
-        }
-        if node.cluster_id != 0 && node.cluster_id != id.get() {
-            return Err(DecodeError::new(
-                "node",
-                key,
-                InvalidReason::InvalidCluster,
-                format!("ClusterID {} is not {id}", node.cluster_id),
-            ));
-        }
-        Ok(())
+        check_cluster("node", key, &node.cluster, node.cluster_id, &name, id, true)
     })
 }
 
 fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
     let name = name.clone();
     Arc::new(move |key: &str, svc: &ClusterService| {
-        if svc.cluster != name.as_str() {
-            return Err(DecodeError::new(
-                "service",
-                key,
-                InvalidReason::InvalidCluster,
-                format!("service of cluster {:?}, not {name}", svc.cluster),
-            ));
-        }
-        if svc.cluster_id != id.get() {
-            return Err(DecodeError::new(
-                "service",
-                key,
-                InvalidReason::InvalidCluster,
-                format!("clusterID {} is not {id}", svc.cluster_id),
-            ));
-        }
-        Ok(())
+        check_cluster(
+            "service",
+            key,
+            &svc.cluster,
+            svc.cluster_id,
+            &name,
+            id,
+            false,
+        )
     })
+}
+
+/// A remote's value must name the remote and its ID (nodes may leave the
+/// ID at 0, as older Cilium versions do).
+fn check_cluster(
+    kind: &'static str,
+    key: &str,
+    cluster: &str,
+    cluster_id: u32,
+    name: &ClusterName,
+    id: ClusterId,
+    zero_id_ok: bool,
+) -> Result<(), DecodeError> {
+    if cluster != name.as_str() {
+        return Err(DecodeError::new(
+            kind,
+            key,
+            InvalidReason::InvalidCluster,
+            format!("{kind} of cluster {cluster:?}, not {name}"),
+        ));
+    }
+    if cluster_id != id.get() && !(zero_id_ok && cluster_id == 0) {
+        return Err(DecodeError::new(
+            kind,
+            key,
+            InvalidReason::InvalidCluster,
+            format!("cluster ID {cluster_id} is not {id}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
