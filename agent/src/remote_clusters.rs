@@ -44,6 +44,9 @@ use crate::{
     views::RemoteView,
 };
 
+/// The kind of a "failure" that only asks for a fresh connection.
+const RESYNC: &str = "resync";
+
 /// How often the connection is checked and status published.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Rescan of the config directory in case a file event was missed.
@@ -405,6 +408,10 @@ impl RemoteCluster {
                 f = self.session(&shutdown, &mut pinned_cluster_id, &mut backoff) => f,
             };
             let Some(failure) = failure else { break };
+            if failure.kind == RESYNC {
+                info!(remote = self.name, "{}", failure.message);
+                continue;
+            }
             self.fail(&failure);
             if !backoff.wait(&shutdown).await {
                 break;
@@ -688,8 +695,13 @@ impl RemoteCluster {
             if reachable {
                 unreachable_since = None;
                 if services_dropped {
-                    // The services store re-lists on its own; nothing to undo.
-                    services_dropped = false;
+                    // The watch resumes where it stopped and would not
+                    // deliver the unchanged services again: reconnect, so
+                    // that a re-list (with mark and sweep) restores them.
+                    break Some(Failure::new(
+                        RESYNC,
+                        "reachable again after its services were dropped; re-listing",
+                    ));
                 }
                 backoff.reset();
             } else {

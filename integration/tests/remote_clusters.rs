@@ -324,3 +324,42 @@ fn global_service_fails_over_to_the_remote_cluster_and_back() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[test]
+fn service_cache_ttl_moves_traffic_off_an_unreachable_cluster() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    // c1 has no backends of its own; c2 and c3 serve its global service.
+    let mut mesh = TestMesh::up(3, 1)?;
+    mesh.remove_endpoint("c1", "echo-n1")?;
+    mesh.set_service_cache_ttl("c1", "c2", "2s")?;
+    mesh.set_service_cache_ttl("c1", "c3", "2s")?;
+    mesh.wait_ready(integration::DEADLINE)?;
+    let frontend: SocketAddr = FRONTEND.parse()?;
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("both remote clusters answer", || {
+        if let Ok((server, _)) = mesh.request("c1", "client", frontend, Duration::from_secs(1)) {
+            seen.insert(server.split('/').next().unwrap_or_default().to_string());
+        }
+        seen.contains("c2") && seen.contains("c3")
+    });
+
+    // c2 becomes unreachable: once its cache TTL passes, c1 stops sending
+    // new connections there, and every request is answered by c3.
+    mesh.cut("c1", "c2")?;
+    wait_for("twenty requests in a row answered by c3", || {
+        (0..20).all(|_| {
+            mesh.request("c1", "client", frontend, Duration::from_millis(500))
+                .is_ok_and(|(s, _)| s.starts_with("c3/"))
+        })
+    });
+
+    // Healed, c2's services come back with the re-list.
+    mesh.heal("c1", "c2")?;
+    wait_for("c2 answers again", || {
+        mesh.request("c1", "client", frontend, Duration::from_secs(1))
+            .is_ok_and(|(s, _)| s.starts_with("c2/"))
+    });
+    Ok(())
+}

@@ -675,17 +675,36 @@ impl Mesh {
         self.state.save()
     }
 
+    /// Sets how long `from`'s agents keep `to`'s services while `to` is
+    /// unreachable (rewrites the remote config; agents reconnect).
+    pub fn set_service_cache_ttl(&mut self, from: &str, to: &str, ttl: &str) -> Result<()> {
+        self.write_remote_config_with(from, to, Some(ttl))?;
+        self.state.save()
+    }
+
     fn write_remote_config(&mut self, from: &str, to: &str) -> Result<()> {
+        self.write_remote_config_with(from, to, None)
+    }
+
+    fn write_remote_config_with(
+        &mut self,
+        from: &str,
+        to: &str,
+        service_cache_ttl: Option<&str>,
+    ) -> Result<()> {
         let target = self.state.cluster(to)?.clone();
         let c = self.state.cluster_mut(from)?;
         std::fs::create_dir_all(&c.clustermesh_dir)?;
-        let text = format!(
+        let mut text = format!(
             "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
             target.apiserver_endpoint,
             c.certs.ca.display(),
             c.certs.remote_cert.display(),
             c.certs.remote_key.display()
         );
+        if let Some(ttl) = service_cache_ttl {
+            text.push_str(&format!("service-cache-ttl: {ttl}\n"));
+        }
         let path = c.clustermesh_dir.join(to);
         let tmp = c.clustermesh_dir.join(format!(".{to}.tmp"));
         std::fs::write(&tmp, text)?;
