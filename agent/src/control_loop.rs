@@ -283,7 +283,7 @@ impl ControlLoop {
         let mut batch: Vec<Timed> = Vec::with_capacity(1024);
         loop {
             let sync_wait = async {
-                if self.synced {
+                if self.synced || self.sync_timed_out {
                     std::future::pending::<()>().await
                 } else {
                     tokio::time::sleep_until(sync_deadline).await
@@ -293,9 +293,16 @@ impl ControlLoop {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = sync_wait => {
                     let waiting = self.unsynced_sources();
-                    warn!(timeout = ?self.config.sync_timeout, waiting = ?waiting, "sync timeout: programming the datapath without a complete view");
+                    warn!(
+                        timeout = ?self.config.sync_timeout,
+                        waiting = ?waiting,
+                        "sync timeout: proceeding without a complete view (routes and services are programmed; \
+                         policy removals and stale entries wait until every source has synced)"
+                    );
                     self.sync_timed_out = true;
-                    self.complete_sync();
+                    self.routes_dirty = true;
+                    self.services_dirty = true;
+                    self.apply();
                 }
                 n = self.rx.recv_many(&mut batch, 4096) => {
                     if n == 0 {
@@ -874,7 +881,7 @@ impl ControlLoop {
             }
             self.metrics.services.set(self.merged.len() as i64);
         }
-        if self.routes_dirty && self.synced {
+        if self.routes_dirty && (self.synced || self.sync_timed_out) {
             self.routes_dirty = false;
             self.sync_routes();
         }

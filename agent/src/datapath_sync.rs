@@ -4,10 +4,12 @@
 //! The agent hands over desired content incrementally (one prefix, one
 //! endpoint's policy, the services); this keeps a copy of what it wrote,
 //! queues only the differences and writes them in batches on
-//! [`DatapathSync::flush`]. Until the sources are synced after a start,
-//! deletions are held back ([`DatapathSync::finish_sync`] then removes what
-//! is stale), so an agent restart never withdraws entries that the pinned
-//! maps still hold and the new view simply has not seen yet.
+//! [`DatapathSync::flush`]. Until every source has synced after a start,
+//! policy and endpoint deletions are held back and what the pinned maps held
+//! before the restart stays ([`DatapathSync::finish_sync`] then removes what
+//! is stale), so a restart never withdraws an entry that the new, still
+//! partial view simply has not seen yet. This holds past the sync timeout
+//! too: availability first, and removals catch up once the view is complete.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -160,6 +162,9 @@ pub(crate) struct DatapathSync {
     backend_ids: HashMap<(SocketAddr, u8, u32), u32>,
     next_backend_id: u32,
     hold_deletes: bool,
+    /// Endpoints whose enforcement the partial view would switch off before
+    /// the sync: written enforced, with the configuration to write after.
+    held_enforcement: BTreeMap<EndpointKey, EndpointInfo>,
 }
 
 impl std::fmt::Debug for DatapathSync {
@@ -198,6 +203,7 @@ impl DatapathSync {
             dp,
             node_netns,
             hold_deletes: true,
+            held_enforcement: BTreeMap::new(),
         })
     }
 
@@ -267,9 +273,25 @@ impl DatapathSync {
         all.into_iter().collect()
     }
 
-    /// Sets an endpoint's configuration (its identity, enforcement).
+    /// Sets an endpoint's configuration (its identity, enforcement). Before
+    /// the sync, enforcement is never switched off: a rule the partial view
+    /// lacks would otherwise open the endpoint to everything.
     pub(crate) fn set_endpoint_info(&mut self, ifindex: u32, info: Option<EndpointInfo>) {
-        self.endpoints.set(EndpointKey { ifindex }, info);
+        let key = EndpointKey { ifindex };
+        self.held_enforcement.remove(&key);
+        let info = info.map(|info| {
+            let was_enforced = self
+                .endpoints
+                .desired(&key)
+                .is_some_and(|i| i.policy_enforced());
+            if self.hold_deletes && was_enforced && !info.policy_enforced() {
+                self.held_enforcement.insert(key, info);
+                info.with_policy_enforced(true)
+            } else {
+                info
+            }
+        });
+        self.endpoints.set(key, info);
     }
 
     /// Programs the services: every frontend with its slots; frontends not
@@ -334,7 +356,10 @@ impl DatapathSync {
     pub(crate) fn flush(&mut self) -> Result<FlushStats, MapError> {
         let mut stats = FlushStats::default();
         for s in [
-            flush_pending(&mut self.ipcache, self.dp.ipcache(), self.hold_deletes)?,
+            // An ipcache removal is a source saying an IP is gone: always
+            // true, so it is written at once. Only the sweep of what the
+            // pinned map held before the restart waits for the sync.
+            flush_pending(&mut self.ipcache, self.dp.ipcache(), false)?,
             self.policy.flush(self.dp.policy(), self.hold_deletes)?,
             self.endpoints
                 .flush(self.dp.endpoints(), self.hold_deletes)?,
@@ -353,6 +378,9 @@ impl DatapathSync {
         wanted: impl Fn(&IpNet) -> bool,
     ) -> Result<FlushStats, MapError> {
         self.hold_deletes = false;
+        for (key, info) in std::mem::take(&mut self.held_enforcement) {
+            self.endpoints.set(key, Some(info));
+        }
         let mut stats = self.flush()?;
         let stale: Vec<IpCacheKey> = self
             .dp
@@ -378,18 +406,33 @@ impl DatapathSync {
         identity: u32,
         enforced: bool,
     ) -> Result<u32, DatapathError> {
+        // Before the sync, an endpoint that was enforced before the restart
+        // stays enforced (its old policy entries are still in place).
+        let was_enforced = self.hold_deletes
+            && self
+                .endpoints
+                .written
+                .values()
+                .any(|i| i.endpoint_id == endpoint_id && i.policy_enforced());
+        let written_enforced = enforced || was_enforced;
         let ifindex = self.dp.attach_endpoint(&EndpointAttach {
             ifname: host_ifname.to_string(),
             netns: self.node_netns.clone(),
             endpoint_id,
             identity,
-            policy_enforced: enforced,
+            policy_enforced: written_enforced,
         })?;
+        let key = EndpointKey { ifindex };
+        let info = EndpointInfo::new(endpoint_id, identity, enforced);
+        if written_enforced != enforced {
+            self.held_enforcement.insert(key, info);
+        } else {
+            self.held_enforcement.remove(&key);
+        }
         // attach wrote the endpoint entry itself.
-        self.endpoints.written.insert(
-            EndpointKey { ifindex },
-            EndpointInfo::new(endpoint_id, identity, enforced),
-        );
+        self.endpoints
+            .written
+            .insert(key, info.with_policy_enforced(written_enforced));
         self.endpoints
             .pending
             .deletes
@@ -413,6 +456,7 @@ impl DatapathSync {
             netns: self.node_netns.clone(),
         });
         if let Some(ifindex) = ifindex {
+            self.held_enforcement.remove(&EndpointKey { ifindex });
             self.endpoints.written.remove(&EndpointKey { ifindex });
             self.endpoints
                 .pending

@@ -90,7 +90,7 @@ pub struct StatusView {
     pub node: String,
     pub node_ip: String,
     pub pod_cidr: Option<String>,
-    /// All sources synced (or the sync timeout passed).
+    /// All sources synced (removals of stale entries are written only then).
     pub synced: bool,
     pub sync_timed_out: bool,
     pub endpoints: usize,
