@@ -205,9 +205,34 @@ impl Agent {
             kind: NodeAddress::INTERNAL_IP.into(),
             ip: c.node_ip,
         });
-        let pod_cidr = match c.pod_cidr {
-            Some(cidr) => cidr,
-            None => {
+        // A restarted agent reuses its pod CIDR, so it comes back (and keeps
+        // its endpoints' addresses) while etcd or the operator is down.
+        let cidr_file = c.state_dir.join("pod-cidr");
+        let remembered = std::fs::read_to_string(&cidr_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv4Net>().ok());
+        let pod_cidr = match (c.pod_cidr, remembered) {
+            (Some(cidr), _) => cidr,
+            (None, Some(cidr)) => {
+                info!(%cidr, "reusing the pod CIDR of the previous run");
+                node_store.upsert(&node);
+                let (client, node_name, token) =
+                    (client.clone(), c.node_name.clone(), inner.clone());
+                tasks.spawn("IPAM check", async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        assigned = wait_for_pod_cidr(&client, &node_name) => {
+                            if assigned != cidr {
+                                tracing::error!(%cidr, %assigned, "the operator assigned this node another pod CIDR; restart the agent with its state dir cleared to adopt it");
+                            }
+                            token.cancelled().await;
+                        }
+                    }
+                    anyhow::Ok(())
+                });
+                cidr
+            }
+            (None, None) => {
                 node_store.upsert(&node);
                 info!(
                     node = c.node_name,
@@ -220,6 +245,11 @@ impl Agent {
             }
         };
         info!(%pod_cidr, "pod CIDR");
+        if let Err(e) = std::fs::create_dir_all(&c.state_dir)
+            .and_then(|()| std::fs::write(&cidr_file, pod_cidr.to_string()))
+        {
+            warn!(error = %e, file = %cidr_file.display(), "cannot remember the pod CIDR");
+        }
         node.ipv4_alloc_cidr = Some(NodeCidr::from_net(IpNet::V4(pod_cidr)));
         node.ip_addresses.push(NodeAddress {
             kind: NodeAddress::CILIUM_INTERNAL_IP.into(),
@@ -245,6 +275,18 @@ impl Agent {
         let (restored, dropped) = endpoints.restore().await.context("restoring endpoints")?;
         info!(restored, dropped, "endpoints restored from the snapshot");
         endpoints.mark_synced();
+        {
+            let (endpoints, token) = (endpoints.clone(), inner.clone());
+            tasks.spawn("identity confirmation", async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return anyhow::Ok(()),
+                        _ = tick.tick() => endpoints.retry_deferred().await,
+                    }
+                }
+            });
+        }
 
         if let Some(dir) = &c.clustermesh_config_dir {
             let remotes = RemoteClusters::new(

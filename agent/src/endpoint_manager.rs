@@ -87,7 +87,12 @@ pub(crate) struct EndpointManager {
     ipcache: SyncStore<IpIdentityPair>,
     control: LoopHandle,
     inner: Mutex<Inner>,
+    /// Restored endpoints whose identity is not confirmed yet.
+    deferred: Mutex<Vec<String>>,
 }
+
+/// How long a restore waits for etcd to confirm an identity.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for EndpointManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +118,7 @@ impl EndpointManager {
                 endpoints: BTreeMap::new(),
                 pod_cidr: None,
             }),
+            deferred: Mutex::default(),
         }
     }
 
@@ -326,6 +332,7 @@ impl EndpointManager {
         let saved = load_snapshot(&self.config.state_file);
         let mut inner = self.inner.lock().await;
         let (mut restored, mut dropped) = (0, 0);
+        let mut etcd_away = false;
         for mut endpoint in saved {
             let node = self.config.node_netns.clone();
             let (host_if, netns) = (endpoint.host_ifname.clone(), endpoint.netns.clone());
@@ -344,16 +351,35 @@ impl EndpointManager {
                 continue;
             }
             let labels = endpoint.security_labels(&self.config.cluster);
-            match self.allocator.allocate(&labels).await {
-                Ok(a) => {
+            // After one timeout, etcd is known to be away: defer the rest at once.
+            let wait = if etcd_away {
+                std::time::Duration::ZERO
+            } else {
+                CONFIRM_TIMEOUT
+            };
+            match tokio::time::timeout(wait, self.allocator.allocate(&labels)).await {
+                Ok(Ok(a)) => {
                     if a.id.get() != endpoint.identity {
                         warn!(name = endpoint.name, old = endpoint.identity, new = %a.id, "endpoint identity changed across the restart");
                     }
                     endpoint.identity = a.id.get();
                 }
-                Err(e) => {
-                    // Keep the old identity in the datapath; etcd is unreachable.
-                    warn!(name = endpoint.name, error = %e, "cannot confirm the endpoint's identity; keeping the previous one");
+                outcome => {
+                    // etcd is unreachable: keep the identity the datapath
+                    // already enforces, and confirm it once etcd answers.
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => {
+                            etcd_away = true;
+                            format!("no answer within {CONFIRM_TIMEOUT:?}")
+                        }
+                    };
+                    warn!(
+                        name = endpoint.name,
+                        error = why,
+                        "cannot confirm the endpoint's identity yet; keeping the previous one"
+                    );
+                    self.deferred.lock().await.push(endpoint.name.clone());
                 }
             }
             match self.attach(&endpoint).await {
@@ -370,6 +396,33 @@ impl EndpointManager {
         }
         self.save(&inner.endpoints)?;
         Ok((restored, dropped))
+    }
+
+    /// Confirms the identities that could not be allocated at restore (etcd
+    /// was down): takes their reference and slave key now.
+    pub(crate) async fn retry_deferred(&self) {
+        let names: Vec<String> = self.deferred.lock().await.clone();
+        for name in names {
+            let Some(endpoint) = self.get(&name).await else {
+                self.deferred.lock().await.retain(|n| n != &name);
+                continue;
+            };
+            let labels = endpoint.security_labels(&self.config.cluster);
+            if let Ok(Ok(a)) =
+                tokio::time::timeout(CONFIRM_TIMEOUT, self.allocator.allocate(&labels)).await
+            {
+                if a.id.get() != endpoint.identity {
+                    warn!(name, old = endpoint.identity, new = %a.id, "the endpoint's identity changed while etcd was away; re-add the endpoint to adopt it");
+                } else {
+                    info!(
+                        name,
+                        identity = endpoint.identity,
+                        "endpoint identity confirmed"
+                    );
+                }
+                self.deferred.lock().await.retain(|n| n != &name);
+            }
+        }
     }
 
     /// The initial set of this node's ipcache entries is published.
