@@ -363,3 +363,113 @@ fn service_cache_ttl_moves_traffic_off_an_unreachable_cluster() -> anyhow::Resul
     });
     Ok(())
 }
+
+/// Sends pings until stopped; [`Pinger::stop`] says how many were sent and
+/// how many answered.
+struct Pinger(std::process::Child);
+
+impl Pinger {
+    fn start(netns: &str, to: std::net::IpAddr) -> std::io::Result<Self> {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "ping", "-n", "-i", "0.1", "-W", "1"])
+            .arg(to.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map(Self)
+    }
+
+    /// Interrupts ping (it prints its summary) and returns (sent, received).
+    fn stop(mut self) -> (u32, u32) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let out = std::mem::replace(
+            &mut self.0,
+            std::process::Command::new("true").spawn().unwrap(),
+        )
+        .wait_with_output()
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in: {text}"));
+        let numbers: Vec<u32> = summary
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn agent_restarted_while_its_etcd_is_down_keeps_policy_and_traffic() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    mesh.add_endpoint("c1", "n2", "other", &[("app", "other")], None)?;
+    apply(
+        &mesh,
+        "c2",
+        &echo_policy(", io.cilium.k8s.policy.cluster: c1"),
+    );
+    let echo = mesh.echo_addr("c2", "echo-n1");
+    wait_for("policy admits c1's client", || {
+        mesh.reaches("c1", "client", echo)
+    });
+    wait_for("policy denies c1's other", || {
+        !mesh.reaches("c1", "other", echo)
+    });
+    let client_ns = mesh.state.endpoint("c1", "client")?.netns.clone();
+
+    // c2's etcd is down, and c2/n1's agent restarts: it cannot read the
+    // policy, its endpoints' identities or anything of its own cluster.
+    let endpoints = mesh.status("c2", "n1").endpoints;
+    mesh.stop_etcd("c2")?;
+    let pinger = Pinger::start(&client_ns, echo.ip())?;
+    mesh.kill_agent("c2", "n1")?;
+    mesh.start_agent("c2", "n1")?;
+    // Past the sync timeout the agent works with what it has; the policy
+    // it cannot see stays enforced as it was.
+    wait_for("c2/n1's sync times out", || {
+        mesh.status("c2", "n1").sync_timed_out
+    });
+    let s = mesh.status("c2", "n1");
+    assert!(!s.synced, "c2/n1 cannot be synced without its etcd");
+    assert_eq!(s.endpoints, endpoints, "the endpoints were restored");
+    assert!(
+        mesh.reaches("c1", "client", echo),
+        "the admitted client still reaches echo"
+    );
+    assert!(
+        !mesh.reaches("c1", "other", echo),
+        "enforcement was not dropped while the policy is unreadable"
+    );
+    let (sent, received) = pinger.stop();
+    assert!(sent >= 100, "pinged across the restart ({sent} sent)");
+    assert_eq!(received, sent, "no ping lost across the restart");
+
+    // The etcd returns: the agent syncs and the policy is still exact.
+    mesh.start_etcd("c2")?;
+    wait_for("c2/n1 synced", || mesh.status("c2", "n1").synced);
+    mesh.wait_ready(integration::DEADLINE)?;
+    assert!(mesh.reaches("c1", "client", echo));
+    assert!(!mesh.reaches("c1", "other", echo));
+    // An endpoint created after the etcd returned gets an identity too.
+    mesh.add_endpoint("c2", "n1", "late", &[("app", "late")], None)?;
+    let late = format!("{}/32", mesh.state.endpoint("c2", "late")?.ip);
+    wait_for("c1 learns c2's new endpoint", || {
+        mesh.ipcache("c1", "n1")
+            .iter()
+            .any(|e| e.prefix == late && e.identity >> 16 == 2)
+    });
+    Ok(())
+}
