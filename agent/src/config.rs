@@ -99,7 +99,8 @@ pub struct AgentArgs {
     #[arg(long, env = env::SESSION_TTL, default_value = "15m", value_parser = humantime_duration)]
     pub session_ttl: Duration,
     /// How long a (re)starting agent waits for every cluster's initial sync
-    /// before it removes stale datapath entries anyway.
+    /// before it programs routes and services from a partial view (stale
+    /// entries are removed only once every source has synced).
     #[arg(long, env = env::SYNC_TIMEOUT, default_value = "60s", value_parser = humantime_duration)]
     pub sync_timeout: Duration,
 }
