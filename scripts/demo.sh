@@ -21,9 +21,11 @@ cargo build --release --workspace --bins
 CM=target/release/clustermesh
 AGENT=target/release/clustermesh-agent
 DIR=$(mktemp -d /tmp/clustermesh-demo.XXXXXX)
+POLICY=$(mktemp /tmp/clustermesh-demo-policy.XXXXXX.yaml)
 cleanup() {
   bold "== Tearing down"
   "$CM" down --dir "$DIR" || true
+  rm -f "$POLICY"
 }
 trap cleanup EXIT
 
@@ -38,7 +40,6 @@ request() { "$CM" mesh request --dir "$DIR" "$@"; }
 denied() { ! request "$@" --timeout 1s >/dev/null 2>&1; }
 
 ECHO2=$(ip_of c2 echo-n1):8080
-POLICY=$(mktemp /tmp/clustermesh-demo-policy.XXXXXX.yaml)
 
 bold "== 2. Policy: c2's echo servers accept clients of their own cluster only"
 cat >"$POLICY" <<'EOF'
