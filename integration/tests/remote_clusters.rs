@@ -134,14 +134,11 @@ fn invalid_remote_values_are_ignored_and_counted() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn restarts_under_cross_cluster_traffic_lose_no_allowed_packet() -> anyhow::Result<()> {
-    if !can_run() {
-        return Ok(());
-    }
-    let mut mesh = TestMesh::up(2, 2)?;
+/// c2's echo servers admit c1's client only; returns the echo address and
+/// the client's namespace once the policy is in force.
+fn admit_c1_client(mesh: &TestMesh) -> anyhow::Result<(SocketAddr, String)> {
     apply(
-        &mesh,
+        mesh,
         "c2",
         &echo_policy(", io.cilium.k8s.policy.cluster: c1"),
     );
@@ -149,47 +146,89 @@ fn restarts_under_cross_cluster_traffic_lose_no_allowed_packet() -> anyhow::Resu
     wait_for("policy admits c1's client", || {
         mesh.reaches("c1", "client", echo)
     });
-    let client_ns = mesh.state.endpoint("c1", "client")?.netns.clone();
-    let ping = |count: u32| {
+    Ok((echo, mesh.state.endpoint("c1", "client")?.netns.clone()))
+}
+
+/// Sends pings until stopped; [`Pinger::stop`] says how many were sent and
+/// how many answered.
+struct Pinger(std::process::Child);
+
+impl Pinger {
+    fn start(netns: &str, to: std::net::IpAddr) -> std::io::Result<Self> {
         std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &client_ns,
-                "ping",
-                "-i",
-                "0.05",
-                "-W",
-                "1",
-                "-c",
-                &count.to_string(),
-                &echo.ip().to_string(),
-            ])
+            .args(["netns", "exec", netns, "ping", "-n", "-i", "0.1", "-W", "1"])
+            .arg(to.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
+            .map(Self)
+    }
+
+    /// Interrupts ping (it prints its summary) and returns (sent, received).
+    fn stop(mut self) -> (u32, u32) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let out = std::mem::replace(
+            &mut self.0,
+            std::process::Command::new("true").spawn().unwrap(),
+        )
+        .wait_with_output()
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in: {text}"));
+        let numbers: Vec<u32> = summary
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn restarts_under_cross_cluster_traffic_lose_no_allowed_packet() -> anyhow::Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut mesh = TestMesh::up(2, 2)?;
+    let (echo, client_ns) = admit_c1_client(&mesh)?;
+    // Each restart is pinged across until the mesh is ready again (for an
+    // agent: its re-list and the sweep of stale entries after it).
+    let mut across = |what: &str,
+                      restart: &mut dyn FnMut(&mut TestMesh) -> anyhow::Result<()>|
+     -> anyhow::Result<()> {
+        let pinger = Pinger::start(&client_ns, echo.ip())?;
+        restart(&mut mesh)?;
+        mesh.wait_ready(integration::DEADLINE)?;
+        let (sent, received) = pinger.stop();
+        assert!(sent > 0, "pinged across {what}");
+        assert_eq!(received, sent, "no ping lost across {what}");
+        Ok(())
     };
-    let check = |child: std::process::Child, what: &str| {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "ping failed across {what}");
-    };
 
-    // Restart of the agent that enforces the policy (it must keep c1's
-    // identities until it has re-listed them).
-    let p = ping(160)?;
-    mesh.kill_agent("c2", "n1")?;
-    mesh.start_agent("c2", "n1")?;
-    check(p, "an agent restart");
-
-    let p = ping(160)?;
-    mesh.stop_apiserver("c2")?;
-    mesh.start_apiserver("c2")?;
-    check(p, "a remote apiserver restart");
-
-    let p = ping(160)?;
-    mesh.stop_etcd("c2")?;
-    mesh.start_etcd("c2")?;
-    check(p, "a remote etcd restart");
-
-    mesh.wait_ready(integration::DEADLINE)?;
+    // The agent that enforces the policy must keep c1's identities until
+    // it has re-listed them.
+    across("an agent restart", &mut |m| {
+        m.kill_agent("c2", "n1")?;
+        m.start_agent("c2", "n1")
+    })?;
+    across("a remote apiserver restart", &mut |m| {
+        m.stop_apiserver("c2")?;
+        m.start_apiserver("c2")
+    })?;
+    across("a remote etcd restart", &mut |m| {
+        m.stop_etcd("c2")?;
+        m.start_etcd("c2")
+    })?;
     assert!(mesh.reaches("c1", "client", echo));
     Ok(())
 }
@@ -364,51 +403,6 @@ fn service_cache_ttl_moves_traffic_off_an_unreachable_cluster() -> anyhow::Resul
     Ok(())
 }
 
-/// Sends pings until stopped; [`Pinger::stop`] says how many were sent and
-/// how many answered.
-struct Pinger(std::process::Child);
-
-impl Pinger {
-    fn start(netns: &str, to: std::net::IpAddr) -> std::io::Result<Self> {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", netns, "ping", "-n", "-i", "0.1", "-W", "1"])
-            .arg(to.to_string())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map(Self)
-    }
-
-    /// Interrupts ping (it prints its summary) and returns (sent, received).
-    fn stop(mut self) -> (u32, u32) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let out = std::mem::replace(
-            &mut self.0,
-            std::process::Command::new("true").spawn().unwrap(),
-        )
-        .wait_with_output()
-        .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let summary = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping summary in: {text}"));
-        let numbers: Vec<u32> = summary
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        (numbers[0], numbers[1])
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn agent_restarted_while_its_etcd_is_down_keeps_policy_and_traffic() -> anyhow::Result<()> {
     if !can_run() {
@@ -416,19 +410,10 @@ fn agent_restarted_while_its_etcd_is_down_keeps_policy_and_traffic() -> anyhow::
     }
     let mut mesh = TestMesh::up(2, 2)?;
     mesh.add_endpoint("c1", "n2", "other", &[("app", "other")], None)?;
-    apply(
-        &mesh,
-        "c2",
-        &echo_policy(", io.cilium.k8s.policy.cluster: c1"),
-    );
-    let echo = mesh.echo_addr("c2", "echo-n1");
-    wait_for("policy admits c1's client", || {
-        mesh.reaches("c1", "client", echo)
-    });
+    let (echo, client_ns) = admit_c1_client(&mesh)?;
     wait_for("policy denies c1's other", || {
         !mesh.reaches("c1", "other", echo)
     });
-    let client_ns = mesh.state.endpoint("c1", "client")?.netns.clone();
 
     // c2's etcd is down, and c2/n1's agent restarts: it cannot read the
     // policy, its endpoints' identities or anything of its own cluster.
