@@ -7,7 +7,7 @@ use std::{
 
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    LockOptions, PutOptions, TlsOptions, Txn, TxnOp,
+    LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
 };
 
 use crate::{error::Error, prefix::KeyPrefix};
@@ -406,8 +406,7 @@ impl Client {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, opts)]);
-        let mut kv = self.kv();
-        Ok(self.call("create", key, kv.txn(txn)).await?.succeeded())
+        Ok(self.txn("create", key, txn).await?.succeeded())
     }
 
     /// Writes `key` only if its `mod_revision` is still `expected` (0 = the
@@ -423,8 +422,15 @@ impl Client {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, opts)]);
+        Ok(self.txn("update", key, txn).await?.succeeded())
+    }
+
+    /// Runs a transaction of several keys (the single-key conditional
+    /// writes above cover the common cases) with the request timeout; `op`
+    /// and `key` name it in errors.
+    pub async fn txn(&self, op: &'static str, key: &str, txn: Txn) -> Result<TxnResponse, Error> {
         let mut kv = self.kv();
-        Ok(self.call("update", key, kv.txn(txn)).await?.succeeded())
+        self.call(op, key, kv.txn(txn)).await
     }
 
     /// Deletes a key. Returns whether it existed.
@@ -442,8 +448,7 @@ impl Client {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::delete(key, None)]);
-        let mut kv = self.kv();
-        Ok(self.call("delete", key, kv.txn(txn)).await?.succeeded())
+        Ok(self.txn("delete", key, txn).await?.succeeded())
     }
 
     /// Deletes every key under `prefix`. Returns how many were deleted.

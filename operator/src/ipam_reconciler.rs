@@ -16,7 +16,6 @@ use crate::{
     error_chain,
     ipam_planner::{IpamAction, IpamPlanner},
     metrics::OperatorMetrics,
-    txn::txn,
 };
 
 /// Default of [`IpamConfig::release_delay`]: 5 minutes. A node's key is on
@@ -359,7 +358,9 @@ impl IpamReconciler {
         let t = Txn::new()
             .when(compares)
             .and_then([TxnOp::put(key.as_str(), want.encode(), None)]);
-        if !txn(&self.client, "assign pod CIDRs", &key, t)
+        if !self
+            .client
+            .txn("assign pod CIDRs", &key, t)
             .await?
             .succeeded()
         {
@@ -402,7 +403,9 @@ impl IpamReconciler {
             ops.push(TxnOp::delete(cidr_key, None));
         }
         let t = Txn::new().when(compares).and_then(ops);
-        if !txn(&self.client, "release pod CIDRs", &key, t)
+        if !self
+            .client
+            .txn("release pod CIDRs", &key, t)
             .await?
             .succeeded()
         {
@@ -447,7 +450,9 @@ impl IpamReconciler {
                 Compare::value(cidr_key.as_str(), CompareOp::Equal, node),
             ])
             .and_then([TxnOp::delete(cidr_key.as_str(), None)]);
-        if !txn(&self.client, "delete orphan CIDR key", &cidr_key, t)
+        if !self
+            .client
+            .txn("delete orphan CIDR key", &cidr_key, t)
             .await?
             .succeeded()
         {

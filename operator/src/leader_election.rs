@@ -12,7 +12,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{error_chain, metrics::OperatorMetrics, txn::txn};
+use crate::{error_chain, metrics::OperatorMetrics};
 
 /// Why a step of the election failed (each is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +314,9 @@ impl LeaderElection {
                 Some(PutOptions::new().with_lease(lease.0)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let resp = txn(&self.client, "campaign", key, t)
+        let resp = self
+            .client
+            .txn("campaign", key, t)
             .await
             .map_err(|source| LeaderElectionError::Campaign {
                 key: key.clone(),
@@ -625,7 +627,7 @@ impl LeaderElection {
             .config
             .ttl
             .clamp(Duration::from_secs(1), Duration::from_secs(5));
-        match tokio::time::timeout(timeout, txn(&self.client, "resign", key, t)).await {
+        match tokio::time::timeout(timeout, self.client.txn("resign", key, t)).await {
             Ok(Ok(resp)) if resp.succeeded() => {
                 info!(id = %self.config.id, "resigned the leadership")
             }

@@ -33,7 +33,6 @@ mod metrics;
 mod operator;
 mod pod_cidr_assignment;
 mod service_exporter;
-mod txn;
 
 pub use cidr_pool::{CidrPool, CidrPoolError, FreeCidrs, IpFamily};
 pub use config::{
