@@ -128,8 +128,11 @@ impl Upstream {
         &self.endpoints
     }
 
-    fn grpc(&self) -> Grpc<Channel> {
-        Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    /// A gRPC client on the channel once it is ready (connected).
+    async fn ready_grpc(&self) -> Result<Grpc<Channel>, Status> {
+        let mut grpc = Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        grpc.ready().await.map_err(|e| unreachable(&e))?;
+        Ok(grpc)
     }
 
     /// One unary call with the request timeout. etcd's own errors are
@@ -144,45 +147,31 @@ impl Upstream {
         Resp: Message + Default + Send + Sync + 'static,
     {
         let call = async {
-            let mut grpc = self.grpc();
-            grpc.ready().await.map_err(|e| unreachable(&e))?;
-            grpc.unary(
-                Request::new(req),
-                PathAndQuery::from_static(path),
-                ProtoCodec::<Req, Resp>::default(),
-            )
-            .await
+            self.ready_grpc()
+                .await?
+                .unary(
+                    Request::new(req),
+                    PathAndQuery::from_static(path),
+                    ProtoCodec::<Req, Resp>::default(),
+                )
+                .await
         };
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result
-                .map(tonic::Response::into_inner)
-                .map_err(transport_failure),
-            Err(_) => Err(EtcdError::Unavailable(format!(
-                "no answer within {:?}",
-                self.request_timeout
-            ))
-            .into()),
-        }
+        self.within("no answer", call)
+            .await?
+            .map_err(transport_failure)
     }
 
     /// One unary call whose messages are passed through as bytes.
     pub(crate) async fn unary_raw(&self, path: &'static str, req: Bytes) -> Result<Bytes, Status> {
         let call = async {
-            let mut grpc = self.grpc();
-            grpc.ready().await.map_err(|e| unreachable(&e))?;
-            grpc.unary(Request::new(req), PathAndQuery::from_static(path), RawCodec)
+            self.ready_grpc()
+                .await?
+                .unary(Request::new(req), PathAndQuery::from_static(path), RawCodec)
                 .await
         };
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result
-                .map(tonic::Response::into_inner)
-                .map_err(transport_failure),
-            Err(_) => Err(EtcdError::Unavailable(format!(
-                "no answer within {:?}",
-                self.request_timeout
-            ))
-            .into()),
-        }
+        self.within("no answer", call)
+            .await?
+            .map_err(transport_failure)
     }
 
     /// A bidirectional stream (watch, lease keep-alive). No deadline: the
@@ -198,19 +187,29 @@ impl Upstream {
         Resp: Message + Default + Send + Sync + 'static,
     {
         let open = async {
-            let mut grpc = self.grpc();
-            grpc.ready().await.map_err(|e| unreachable(&e))?;
-            grpc.streaming(
-                Request::new(requests),
-                PathAndQuery::from_static(path),
-                ProtoCodec::<Req, Resp>::default(),
-            )
-            .await
+            self.ready_grpc()
+                .await?
+                .streaming(
+                    Request::new(requests),
+                    PathAndQuery::from_static(path),
+                    ProtoCodec::<Req, Resp>::default(),
+                )
+                .await
         };
-        match tokio::time::timeout(self.request_timeout, open).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
+        self.within("stream not opened", open).await?
+    }
+
+    /// Runs `call` with the request timeout. The outer error is the timeout
+    /// (etcd counts as unavailable); the inner result is the call's own.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<Result<T, Status>, Status> {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(result) => Ok(result.map(tonic::Response::into_inner)),
             Err(_) => Err(EtcdError::Unavailable(format!(
-                "stream not opened within {:?}",
+                "{what} within {:?}",
                 self.request_timeout
             ))
             .into()),
