@@ -10,12 +10,16 @@
 //! [`TcpProxy`] sits between a client and a server and can cut and restore
 //! the connection, to partition a watcher from an etcd that keeps running.
 //!
+//! [`wait_until`] and [`eventually`] wait for a condition with a deadline.
+//!
 //! Not for production: the product's binaries connect to an etcd they are given.
 
 mod etcd;
 mod port;
 mod proxy;
+mod wait;
 
 pub use etcd::{EtcdOptions, ServerTls, TestEtcd};
 pub use port::free_port;
 pub use proxy::TcpProxy;
+pub use wait::{eventually, wait_until};

@@ -171,14 +171,10 @@ fn print_logs(mesh: &Mesh) {
     }
 }
 
-/// Polls `f` every 100 ms until it holds; panics after [`DEADLINE`].
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Polls `f` until it returns true; panics with `what` after `DEADLINE`.
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        netns::wait_until(DEADLINE, f),
+        "timed out after {DEADLINE:?} waiting for {what}"
+    );
 }

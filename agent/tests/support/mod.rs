@@ -24,17 +24,12 @@ use netns::{NetNs, Veth, unique_name};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Polls `f` every 50 ms until it returns true; panics with `what` after
-/// `DEADLINE`.
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Polls `f` until it returns true; panics with `what` after `DEADLINE`.
+pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        netns::wait_until(DEADLINE, f),
+        "timed out after {DEADLINE:?} waiting for {what}"
+    );
 }
 
 /// A bridge in its own namespace that node namespaces plug into.

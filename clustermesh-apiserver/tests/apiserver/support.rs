@@ -22,21 +22,13 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for something that should happen.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Polls `check` every 20 ms until it returns `Some`, failing after
-/// [`DEADLINE`] with `what`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `check` until it returns `Some`, failing after [`DEADLINE`] with
+/// `what`.
+pub(crate) async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    check: impl FnMut() -> Fut,
+) -> T {
+    etcd_harness::eventually(what, DEADLINE, check).await
 }
 
 /// A CA and the certificates issued by it, in a temp dir.

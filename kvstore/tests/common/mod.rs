@@ -31,20 +31,9 @@ pub async fn client_at(endpoint: &str) -> Client {
         .expect("connect to the test etcd")
 }
 
-/// Polls `condition` every 20 ms until it holds; panics after `DEADLINE`.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `condition` until it holds; panics after `DEADLINE`.
+pub async fn wait_until<Fut: Future<Output = bool>>(what: &str, condition: impl FnMut() -> Fut) {
+    etcd_harness::wait_until(what, DEADLINE, condition).await
 }
 
 /// A consumer of a watch store: applies events to a map, as an agent would.

@@ -51,39 +51,14 @@ pub async fn client(etcd: &TestEtcd) -> Client {
         .expect("connect to the test etcd")
 }
 
-/// Polls `condition` every 20 ms until it holds; panics after `DEADLINE`.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `condition` until it holds; panics after `DEADLINE`.
+pub async fn wait_until<Fut: Future<Output = bool>>(what: &str, condition: impl FnMut() -> Fut) {
+    etcd_harness::wait_until(what, DEADLINE, condition).await
 }
 
-/// Polls `f` every 20 ms until it returns a value; panics after `DEADLINE`.
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `f` until it returns a value; panics after `DEADLINE`.
+pub async fn wait_for<T, Fut: Future<Output = Option<T>>>(what: &str, f: impl FnMut() -> Fut) -> T {
+    etcd_harness::eventually(what, DEADLINE, f).await
 }
 
 /// A test configuration: short TTL and intervals, health on a free port.
