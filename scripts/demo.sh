@@ -25,6 +25,8 @@ POLICY=$(mktemp /tmp/clustermesh-demo-policy.XXXXXX.yaml)
 cleanup() {
   bold "== Tearing down"
   "$CM" down --dir "$DIR" || true
+  # mktemp made the directory, `down` removed only what `up` made in it.
+  rmdir "$DIR" 2>/dev/null || true
   rm -f "$POLICY"
 }
 trap cleanup EXIT

@@ -1,5 +1,13 @@
-/// Exit code for bad usage or configuration (BSD `EX_USAGE`).
+//! Exit codes, the same in every subcommand (and in the daemons):
+//! 0 success, 64 usage or input error, 69 a service the command needs is
+//! unavailable, 1 any other failure.
+
+/// Exit code for bad usage or input (BSD `EX_USAGE`): a bad flag, an unknown
+/// cluster, an invalid document.
 pub(crate) const EXIT_USAGE: u8 = 64;
+/// Exit code when a service the command needs does not answer
+/// (BSD `EX_UNAVAILABLE`): an agent, an etcd, an apiserver.
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code for any other failure.
 pub(crate) const EXIT_FAILURE: u8 = 1;
 
@@ -20,13 +28,31 @@ impl CommandError {
         }
     }
 
-    /// The request was fine but carrying it out failed (e.g. writing files).
-    /// Exit code 1.
-    pub(crate) fn failed(error: impl Into<anyhow::Error>) -> Self {
+    /// Something the command needs does not answer. Exit code 69.
+    pub(crate) fn unavailable(error: impl Into<anyhow::Error>) -> Self {
         Self {
-            code: EXIT_FAILURE,
+            code: EXIT_UNAVAILABLE,
             error: error.into(),
         }
+    }
+
+    /// Carrying out the request failed. Exit code 1, unless the error says
+    /// it was refused as given (64) or that a service did not answer (69).
+    pub(crate) fn failed(error: impl Into<anyhow::Error>) -> Self {
+        let error = error.into();
+        let code = error
+            .chain()
+            .find_map(|e| {
+                if e.is::<localmesh::Refused>() {
+                    Some(EXIT_USAGE)
+                } else if e.is::<localmesh::Unavailable>() {
+                    Some(EXIT_UNAVAILABLE)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(EXIT_FAILURE);
+        Self { code, error }
     }
 
     pub(crate) fn exit_code(&self) -> u8 {
@@ -35,5 +61,12 @@ impl CommandError {
 
     pub(crate) fn error(&self) -> &anyhow::Error {
         &self.error
+    }
+}
+
+impl From<std::io::Error> for CommandError {
+    /// Writing the command's output failed (a closed pipe is handled before).
+    fn from(error: std::io::Error) -> Self {
+        Self::failed(error)
     }
 }

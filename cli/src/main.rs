@@ -76,9 +76,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `clustermesh … | head`: the reader has all it wants.
+        Err(err) if is_broken_pipe(err.error()) => ExitCode::SUCCESS,
+        Err(err) if err.error().is::<localmesh::Interrupted>() => {
+            eprintln!("clustermesh: interrupted; what was started has been removed");
+            ExitCode::from(130)
+        }
         Err(err) => {
             eprintln!("clustermesh: error: {:#}", err.error());
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

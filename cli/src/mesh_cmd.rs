@@ -19,13 +19,14 @@ pub(crate) const DEFAULT_DIR: &str = ".mesh";
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// Number of clusters (c1…cN, IDs 1…N).
-    #[arg(long, default_value_t = 2)]
+    /// Number of clusters, 1-8 (c1…cN, IDs 1…N).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
     clusters: u8,
-    /// Nodes per cluster.
-    #[arg(long, default_value_t = 2)]
+    /// Nodes per cluster, 1-8.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
     nodes: u8,
-    /// Directory for the mesh (certificates, data, logs, mesh.json).
+    /// Directory for the mesh (certificates, data, logs, mesh.json): new or
+    /// empty; `down` removes only what `up` made in it.
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
     /// Directory of the clustermesh binaries (default: next to this one).
@@ -38,39 +39,46 @@ pub(crate) struct UpArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DirArgs {
+    /// Directory of the mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
+    /// Both directions.
     Bidirectional,
+    /// Only from `--from` to `--to`.
     Unicast,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// The cluster whose agents connect.
+    /// The cluster whose agents connect (or disconnect).
     #[arg(long)]
     from: String,
-    /// The cluster they connect to.
+    /// The cluster they connect to (or disconnect from).
     #[arg(long)]
     to: String,
-    /// `bidirectional` also connects `to` to `from`.
+    /// `bidirectional` acts on both directions, `unicast` only on `--from` → `--to`.
     #[arg(long, value_enum, default_value = "bidirectional")]
     mode: Mode,
+    /// Directory of the mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum StatusOutput {
+    /// One line per cluster, node and remote.
     Summary,
+    /// The agents' status as JSON.
     Json,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
+    /// Directory of the mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
     /// Wait until every agent is synced and every configured remote is ready.
@@ -79,12 +87,14 @@ pub(crate) struct StatusArgs {
     /// How long `--wait` waits (e.g. 90s, 5m).
     #[arg(long, default_value = "2m", value_parser = agent::humantime_parse)]
     wait_duration: Duration,
+    /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "summary")]
     output: StatusOutput,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct MeshArgs {
+    /// Directory of the mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR, global = true)]
     dir: PathBuf,
     #[command(subcommand)]
@@ -93,41 +103,70 @@ pub(crate) struct MeshArgs {
 
 #[derive(Debug, Subcommand)]
 enum MeshCommand {
-    /// Stop a component of a cluster: etcd, apiserver, or agent NODE.
+    /// Stop a component of a cluster: etcd, operator, apiserver, or agent NODE.
     Stop {
+        /// etcd, operator, apiserver or agent.
         component: String,
+        /// The cluster (c1, c2, …).
         cluster: String,
+        /// The node, for an agent (n1, n2, …).
         node: Option<String>,
     },
-    /// Start it again.
+    /// Start a stopped component again (refused while it runs).
     Start {
+        /// etcd, operator, apiserver or agent.
         component: String,
+        /// The cluster (c1, c2, …).
         cluster: String,
+        /// The node, for an agent (n1, n2, …).
         node: Option<String>,
     },
     /// Partition two clusters (both directions, data and control plane).
-    Cut { a: String, b: String },
+    Cut {
+        /// One cluster.
+        a: String,
+        /// Another cluster.
+        b: String,
+    },
     /// Heal a partition.
-    Heal { a: String, b: String },
+    Heal {
+        /// One cluster.
+        a: String,
+        /// The other cluster.
+        b: String,
+    },
     /// Add a pod through the CNI plugin (with an echo server on --port).
     AddWorkload {
+        /// The cluster.
         cluster: String,
+        /// The node to run the pod on.
         node: String,
+        /// The pod's name.
         name: String,
-        /// Labels KEY=VALUE.
+        /// A label KEY=VALUE (repeat for more).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Run an echo server in the pod on this TCP port.
         #[arg(long)]
         port: Option<u16>,
     },
     /// Remove a pod through the CNI plugin.
-    RemoveWorkload { cluster: String, name: String },
+    RemoveWorkload {
+        /// The cluster.
+        cluster: String,
+        /// The pod's name.
+        name: String,
+    },
     /// Send requests from a pod (`CLUSTER/POD`) to an address and print who answered.
     Request {
+        /// The client pod, CLUSTER/POD.
         from: String,
+        /// The address to connect to, IP:PORT.
         to: SocketAddr,
+        /// How many requests to send.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// How long each request may take (e.g. 500ms, 2s).
         #[arg(long, default_value = "2s", value_parser = agent::humantime_parse)]
         timeout: Duration,
     },
@@ -135,6 +174,8 @@ enum MeshCommand {
 
 pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     require_root()?;
+    // Ctrl-C stops at the next step and removes what was started so far.
+    localmesh::catch_interrupts();
     let mut spec = MeshSpec::new(&args.dir);
     spec.clusters = args.clusters;
     spec.nodes = args.nodes;
@@ -254,7 +295,10 @@ fn print_status(
     if output == StatusOutput::Json {
         let json: Vec<serde_json::Value> = statuses
             .iter()
-            .map(|(c, n, s)| serde_json::json!({"cluster": c, "node": n, "agent": s}))
+            .map(|(c, n, s)| match s {
+                Ok(s) => serde_json::json!({"cluster": c, "node": n, "agent": s}),
+                Err(e) => serde_json::json!({"cluster": c, "node": n, "agent": null, "error": e}),
+            })
             .collect();
         writeln!(
             out,
@@ -272,15 +316,17 @@ fn print_status(
             .unwrap_or_default();
         writeln!(out, "cluster {} (id {}){days}", c.name, c.id).map_err(CommandError::failed)?;
         for (_, node, s) in statuses.iter().filter(|(cl, _, _)| cl == &c.name) {
-            let Some(s) = s else {
-                writeln!(out, "  node {node}: agent not answering")
-                    .map_err(CommandError::failed)?;
-                continue;
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => {
+                    writeln!(out, "  node {node}: agent not answering: {e}")?;
+                    continue;
+                }
             };
             agents_ok += usize::from(s.synced);
             writeln!(
                 out,
-                "  node {node}: {}{}, pod CIDR {}, {} endpoints, ipcache {}, policy {}",
+                "  node {node}: {}{}, pod CIDR {}, {}, ipcache {}, policy {}",
                 if s.synced { "synced" } else { "NOT synced" },
                 if s.sync_timed_out {
                     " (sync timeout passed)"
@@ -288,7 +334,7 @@ fn print_status(
                     ""
                 },
                 s.pod_cidr.as_deref().unwrap_or("-"),
-                s.endpoints,
+                plural(s.endpoints, "endpoint"),
                 s.maps.get("ipcache").copied().unwrap_or(0),
                 s.maps.get("policy").copied().unwrap_or(0)
             )
@@ -315,7 +361,9 @@ fn print_status(
                     if r.invalid.is_empty() {
                         String::new()
                     } else {
-                        format!(" invalid{:?}", r.invalid)
+                        let skipped: Vec<String> =
+                            r.invalid.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!(" skipped[{}]", skipped.join(" "))
                     },
                     match (&r.last_error_kind, &r.last_error) {
                         (Some(k), Some(e)) if !r.ready => format!("\n      why: {k}: {e}"),
@@ -335,6 +383,15 @@ fn print_status(
     .map_err(CommandError::failed)
 }
 
+/// `1 endpoint`, `2 endpoints`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn cert_days_left(path: &Path) -> Option<i64> {
     let infos = certs::CertificateInfo::from_pem_file(path).ok()?;
     infos
@@ -352,15 +409,13 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             cluster,
             node,
         } => {
+            mesh.state.cluster(&cluster).map_err(CommandError::usage)?;
             match (component.as_str(), node) {
-                ("etcd", _) => mesh.stop_etcd(&cluster),
-                ("apiserver", _) => mesh.stop_apiserver(&cluster),
+                ("etcd", None) => mesh.stop_etcd(&cluster),
+                ("apiserver", None) => mesh.stop_apiserver(&cluster),
+                ("operator", None) => mesh.stop_operator(&cluster),
                 ("agent", Some(node)) => mesh.kill_agent(&cluster, &node),
-                _ => {
-                    return Err(CommandError::usage(anyhow!(
-                        "component must be etcd, apiserver or `agent NODE`"
-                    )));
-                }
+                _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
             }
             .map_err(CommandError::failed)?;
             w(out, format!("stopped {component} of {cluster}"))
@@ -370,15 +425,13 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             cluster,
             node,
         } => {
+            mesh.state.cluster(&cluster).map_err(CommandError::usage)?;
             match (component.as_str(), node) {
-                ("etcd", _) => mesh.start_etcd(&cluster),
-                ("apiserver", _) => mesh.start_apiserver(&cluster),
+                ("etcd", None) => mesh.start_etcd(&cluster),
+                ("apiserver", None) => mesh.start_apiserver(&cluster),
+                ("operator", None) => mesh.start_operator(&cluster),
                 ("agent", Some(node)) => mesh.start_agent(&cluster, &node),
-                _ => {
-                    return Err(CommandError::usage(anyhow!(
-                        "component must be etcd, apiserver or `agent NODE`"
-                    )));
-                }
+                _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
             }
             .map_err(CommandError::failed)?;
             w(out, format!("started {component} of {cluster}"))
@@ -452,6 +505,9 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
         }
     }
 }
+
+const COMPONENTS: &str = "the component is etcd CLUSTER, operator CLUSTER, apiserver CLUSTER \
+                          or agent CLUSTER NODE";
 
 fn chain(e: &anyhow::Error) -> String {
     format!("{e:#}")

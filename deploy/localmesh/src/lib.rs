@@ -8,18 +8,25 @@
 //! where partitions between clusters are cut with nftables rules. The root
 //! namespace gets a port on the fabric so the CLI reaches etcd and the
 //! apiservers. Everything is described in `DIR/mesh.json` as it is built, so
-//! [`Mesh::down`] removes it all, also after a crash.
+//! [`Mesh::down`] removes it all, also after a crash, and nothing else: `up`
+//! takes only a new or empty directory outside any other mesh, records each
+//! file and directory it makes there, and `down` removes only those.
 //!
 //! Not for production: processes are plain daemons, etcd has no TLS on the
 //! fabric, and all clusters share one CA.
 
+mod error;
+mod interrupt;
 mod mesh;
+mod mesh_dir;
 mod pki;
 mod process;
 mod state;
 mod subnet;
 mod topology;
 
+pub use error::{Refused, Unavailable};
+pub use interrupt::{Interrupted, catch_interrupts, interrupted};
 pub use mesh::{
     ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir,
     in_netns, request,

@@ -14,8 +14,10 @@ use anyhow::{Context, Result, bail};
 use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys};
 
 use crate::{
-    pki,
-    process::{self, binary, log_tail, spawn_daemon},
+    error::refuse,
+    interrupt::{self, Interrupted},
+    mesh_dir, pki,
+    process::{self, binary, failure_cause, spawn_daemon},
     state::{ClusterInfo, EndpointInfo, MeshState, NodeInfo, ProcessInfo},
     subnet, topology,
 };
@@ -85,15 +87,11 @@ impl Mesh {
     /// Builds the mesh described by `spec`, reporting each step. On failure
     /// what was started stays described in `mesh.json`; `down` removes it.
     pub fn up(spec: &MeshSpec, progress: &mut dyn FnMut(&str)) -> Result<Self> {
-        if !(1..=8).contains(&spec.clusters) || !(1..=8).contains(&spec.nodes) {
-            bail!("--clusters and --nodes must be 1-8");
+        if !(1..=8).contains(&spec.clusters) {
+            refuse!("--clusters must be 1-8, not {}", spec.clusters);
         }
-        if MeshState::path(&spec.dir).exists() {
-            bail!(
-                "{} already holds a mesh; run `clustermesh down --dir {}` first",
-                spec.dir.display(),
-                spec.dir.display()
-            );
+        if !(1..=8).contains(&spec.nodes) {
+            refuse!("--nodes must be 1-8, not {}", spec.nodes);
         }
         for name in [
             "clustermesh",
@@ -104,13 +102,16 @@ impl Mesh {
         ] {
             binary(&spec.bin_dir, name)?;
         }
-        std::fs::create_dir_all(&spec.dir)?;
-        let dir = std::fs::canonicalize(&spec.dir)?;
-        let k = subnet::acquire(&dir)?;
+        let (dir, created_dir) = mesh_dir::prepare(&spec.dir)?;
+        let k = subnet::acquire(&dir).inspect_err(|_| {
+            if created_dir {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        })?;
         let prefix = format!("cm{k}");
         let base = |c: u8, host: u8| Ipv4Addr::new(172, 16 + k, c, host);
         let pki_dir = dir.join("pki");
-        let state = MeshState {
+        let mut state = MeshState {
             dir: dir.clone(),
             subnet: k,
             prefix: prefix.clone(),
@@ -124,25 +125,48 @@ impl Mesh {
             endpoints: Vec::new(),
             service_frontend: None,
             cuts: Vec::new(),
+            owned: Vec::new(),
+            created_dir,
         };
         state.save()?;
+        state.own("pki")?;
         let mut mesh = Self { state };
-        mesh.build(spec, progress).with_context(|| {
-            format!(
+        let mut step = |msg: &str| {
+            progress(msg);
+            interrupt::check()
+        };
+        if let Err(e) = mesh.build(spec, &mut step) {
+            if interrupt::interrupted() {
+                progress("interrupted: removing what was started");
+                return match Self::down(&dir, progress) {
+                    Ok(()) => Err(Interrupted.into()),
+                    Err(down) => Err(down.context(format!(
+                        "interrupted, and removing what was started failed; \
+                         `clustermesh down --dir {}` removes the rest",
+                        dir.display()
+                    ))),
+                };
+            }
+            return Err(e.context(format!(
                 "building the mesh failed; `clustermesh down --dir {}` removes what was started",
                 dir.display()
-            )
-        })?;
+            )));
+        }
         Ok(mesh)
     }
 
-    fn build(&mut self, spec: &MeshSpec, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    /// `progress` reports a step and fails once `up` was interrupted.
+    fn build(
+        &mut self,
+        spec: &MeshSpec,
+        progress: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
         let s = &mut self.state;
         progress(&format!(
             "fabric {} (172.{}.0.0/16)",
             s.fabric_netns,
             16 + s.subnet
-        ));
+        ))?;
         topology::create_fabric(&s.fabric_netns)?;
         topology::plug(
             &s.fabric_netns,
@@ -151,12 +175,12 @@ impl Mesh {
             &format!("{}h", s.prefix),
             s.host_ip,
         )?;
-        progress("mesh CA");
+        progress("mesh CA")?;
         let ca = pki::ca(s.ca_cert.parent().expect("pki dir"))?;
         for i in 1..=spec.clusters {
             let name = format!("c{i}");
             let cp_ip = Ipv4Addr::new(172, 16 + s.subnet, i, 2);
-            let cdir = s.dir.join(&name);
+            let cdir = s.own(&name)?;
             let certs = pki::cluster(&ca, &s.ca_cert, &cdir.join("certs"), &name, cp_ip.into())?;
             let nodes = (1..=spec.nodes)
                 .map(|j| {
@@ -200,7 +224,7 @@ impl Mesh {
         for name in &names {
             progress(&format!(
                 "{name}: control plane (etcd, operator, clustermesh-apiserver)"
-            ));
+            ))?;
             self.start_control_plane(name)?;
         }
         for name in &names {
@@ -212,7 +236,7 @@ impl Mesh {
                 .map(|n| n.name.clone())
                 .collect();
             for node in &nodes {
-                progress(&format!("{name}/{node}: network namespace and agent"));
+                progress(&format!("{name}/{node}: network namespace and agent"))?;
                 self.start_node(name, node)?;
             }
         }
@@ -222,22 +246,22 @@ impl Mesh {
                     &format!("agent {name}/{} to be synced", node.name),
                     STARTUP_TIMEOUT,
                     node.agent.as_ref(),
-                    || agent_status(&node).is_some_and(|s| s.synced && s.pod_cidr.is_some()),
+                    || agent_status(&node).is_ok_and(|s| s.synced && s.pod_cidr.is_some()),
                 )?;
             }
         }
         if spec.connect && names.len() > 1 {
             for (x, a) in names.iter().enumerate() {
                 for b in &names[x + 1..] {
-                    progress(&format!("connect {a} <-> {b}"));
+                    progress(&format!("connect {a} <-> {b}"))?;
                     self.connect(a, b, true)?;
                 }
             }
-            progress("waiting for every remote cluster to be ready");
+            progress("waiting for every remote cluster to be ready")?;
             self.wait_ready(STARTUP_TIMEOUT)?;
         }
         if spec.workloads {
-            progress("workloads: client and echo servers, global service demo/echo");
+            progress("workloads: client and echo servers, global service demo/echo")?;
             self.add_workloads()?;
         }
         self.state.save()
@@ -254,6 +278,7 @@ impl Mesh {
     /// pinned maps, files. Works on a half-built mesh too.
     pub fn down(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let state = MeshState::load(dir)?;
+        mesh_dir::check_owner(dir, &state)?;
         progress("stopping workloads and agents");
         for e in &state.endpoints {
             if let Some(p) = &e.server {
@@ -296,10 +321,11 @@ impl Mesh {
         let _ = topology::ip(&["link", "del", &state.host_link]);
         let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&state.prefix));
         subnet::release(state.subnet);
-        progress(&format!("removing {}", state.dir.display()));
-        std::fs::remove_dir_all(&state.dir)
-            .with_context(|| format!("remove {}", state.dir.display()))?;
-        Ok(())
+        progress(&format!(
+            "removing what the mesh made in {}",
+            state.dir.display()
+        ));
+        mesh_dir::remove_owned(&state, progress)
     }
 
     fn bin(&self, name: &str) -> Result<PathBuf> {
@@ -319,6 +345,15 @@ impl Mesh {
             c.cp_ip,
         )?;
         self.start_etcd(cluster)?;
+        self.start_operator(cluster)?;
+        self.start_apiserver(cluster)?;
+        Ok(())
+    }
+
+    /// Starts a cluster's operator and waits until it is healthy.
+    pub fn start_operator(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?.clone();
+        refuse_running("operator", cluster, c.operator.as_ref())?;
         let logs = self.state.dir.join(cluster).join("logs");
         let operator = spawn_daemon(
             Some(&c.cp_netns),
@@ -346,19 +381,26 @@ impl Mesh {
         )?;
         self.state.cluster_mut(cluster)?.operator = Some(operator.clone());
         self.state.save()?;
-        self.start_apiserver(cluster)?;
         wait_until(
             &format!("{cluster} operator"),
             STARTUP_TIMEOUT,
             Some(&operator),
             || http_ok(&c.operator_health, "/healthz"),
-        )?;
-        Ok(())
+        )
+    }
+
+    /// Stops a cluster's operator.
+    pub fn stop_operator(&mut self, cluster: &str) -> Result<()> {
+        if let Some(p) = self.state.cluster_mut(cluster)?.operator.take() {
+            process::stop(&p, STOP_GRACE);
+        }
+        self.state.save()
     }
 
     /// Starts a cluster's etcd and waits until it is healthy.
     pub fn start_etcd(&mut self, cluster: &str) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
+        refuse_running("etcd", cluster, c.etcd.as_ref())?;
         let logs = self.state.dir.join(cluster).join("logs");
         let etcd = spawn_daemon(
             Some(&c.cp_netns),
@@ -411,6 +453,7 @@ impl Mesh {
 
     fn start_apiserver_as(&mut self, cluster: &str, id: u32) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
+        refuse_running("apiserver", cluster, c.apiserver.as_ref())?;
         let logs = self.state.dir.join(cluster).join("logs");
         let apiserver = spawn_daemon(
             Some(&c.cp_netns),
@@ -486,6 +529,7 @@ impl Mesh {
             .find(|n| n.name == node)
             .context("node")?
             .clone();
+        refuse_running(&format!("agent {node}"), cluster, n.agent.as_ref())?;
         if let Some(dir) = n.api_socket.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -541,7 +585,7 @@ impl Mesh {
             &format!("agent {cluster}/{node} API"),
             STARTUP_TIMEOUT,
             Some(&agent),
-            || agent_status(&info).is_some(),
+            || agent_status(&info).is_ok(),
         )
     }
 
@@ -574,8 +618,8 @@ impl Mesh {
         Ok(ApiClient::new(&self.node(cluster, node)?.api_socket))
     }
 
-    /// Status of every agent (`None` where the agent does not answer).
-    pub fn agent_statuses(&self) -> Vec<(String, String, Option<StatusView>)> {
+    /// Status of every agent (or why it does not answer).
+    pub fn agent_statuses(&self) -> Vec<(String, String, Result<StatusView, String>)> {
         self.state
             .clusters
             .iter()
@@ -611,11 +655,11 @@ impl Mesh {
         for c in &self.state.clusters {
             for n in &c.nodes {
                 match agent_status(n) {
-                    None => missing.push(format!("{}/{}: agent not answering", c.name, n.name)),
-                    Some(s) if !s.synced => {
+                    Err(e) => missing.push(format!("{}/{}: {e}", c.name, n.name)),
+                    Ok(s) if !s.synced => {
                         missing.push(format!("{}/{}: not synced", c.name, n.name))
                     }
-                    Some(s) => {
+                    Ok(s) => {
                         for remote in &c.remotes {
                             match s.remotes.iter().find(|r| &r.name == remote) {
                                 Some(r) if r.ready => {}
@@ -631,6 +675,14 @@ impl Mesh {
                                 )),
                             }
                         }
+                        // A disconnected remote the agent still has is not the
+                        // configured state yet (`status --wait` after `disconnect`).
+                        for r in s.remotes.iter().filter(|r| !c.remotes.contains(&r.name)) {
+                            missing.push(format!(
+                                "{}/{} -> {}: still connected after disconnect",
+                                c.name, n.name, r.name
+                            ));
+                        }
                     }
                 }
             }
@@ -641,6 +693,7 @@ impl Mesh {
     /// Checks that `from`'s agents can use `to`, then writes the remote
     /// config (and, bidirectionally, the reverse). Returns what was checked.
     pub fn connect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<Vec<String>> {
+        self.distinct_clusters("connect", from, to)?;
         let mut checks = self.check_connect(from, to)?;
         if bidirectional {
             checks.extend(self.check_connect(to, from)?);
@@ -655,6 +708,7 @@ impl Mesh {
 
     /// Removes the remote config(s); agents drain that cluster's entries.
     pub fn disconnect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<()> {
+        self.distinct_clusters("disconnect", from, to)?;
         let pairs: Vec<(&str, &str)> = if bidirectional {
             vec![(from, to), (to, from)]
         } else {
@@ -787,9 +841,28 @@ impl Mesh {
         Ok(checks)
     }
 
+    /// Both clusters exist and are two, not one.
+    fn distinct_clusters(&self, verb: &str, a: &str, b: &str) -> Result<()> {
+        self.state.cluster(a)?;
+        self.state.cluster(b)?;
+        if a == b {
+            refuse!("cannot {verb} {a} with itself: name two different clusters");
+        }
+        Ok(())
+    }
+
     /// Partitions two clusters: nodes and control planes of one cannot
     /// reach those of the other (both ways).
     pub fn cut(&mut self, a: &str, b: &str) -> Result<()> {
+        self.distinct_clusters("partition", a, b)?;
+        if self
+            .state
+            .cuts
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+        {
+            refuse!("{a} and {b} are already partitioned");
+        }
         let nets = |c: &ClusterInfo| {
             vec![
                 format!("172.{}.{}.0/24", 16 + self.state.subnet, c.id),
@@ -804,6 +877,17 @@ impl Mesh {
 
     /// Heals a partition made by [`Mesh::cut`].
     pub fn heal(&mut self, a: &str, b: &str) -> Result<()> {
+        self.distinct_clusters("heal", a, b)?;
+        let Some((a, b)) = self
+            .state
+            .cuts
+            .iter()
+            .find(|(x, y)| (x == a && y == b) || (x == b && y == a))
+            .cloned()
+        else {
+            refuse!("{a} and {b} are not partitioned");
+        };
+        let (a, b) = (a.as_str(), b.as_str());
         topology::heal(&self.state.fabric_netns, &chain_name(a, b))?;
         self.state.cuts.retain(|(x, y)| !(x == a && y == b));
         self.state.save()
@@ -1044,10 +1128,25 @@ async fn read_cluster_config(
     Ok(kvstore::values::ClusterConfig::decode(&to.name, &kv.value)?)
 }
 
-fn agent_status(n: &NodeInfo) -> Option<StatusView> {
+fn agent_status(n: &NodeInfo) -> Result<StatusView, String> {
     let mut client = ApiClient::new(&n.api_socket);
     client.set_timeout(Duration::from_secs(5));
-    client.get("/v1/status").ok()
+    client.get("/v1/status").map_err(|e| e.to_string())
+}
+
+/// Refuses to start what runs already: a second copy would fail on its
+/// ports and overwrite the first one's PID, which nothing could stop then.
+fn refuse_running(what: &str, cluster: &str, process: Option<&ProcessInfo>) -> Result<()> {
+    if let Some(p) = process
+        && process::is_running(p)
+    {
+        refuse!(
+            "{what} of {cluster} is already running (pid {}); stop it first with \
+             `clustermesh mesh stop {what} {cluster}`",
+            p.pid
+        );
+    }
+    Ok(())
 }
 
 /// Polls `ok` until it holds; fails after `timeout` with the process's log.
@@ -1059,18 +1158,25 @@ fn wait_until(
 ) -> Result<()> {
     let start = Instant::now();
     while !ok() {
+        interrupt::check()?;
         if let Some(p) = process
             && !process::is_running(p)
         {
             bail!(
-                "{what}: the process exited; its log ({}):\n{}",
-                p.log.display(),
-                log_tail(&p.log, 30)
+                "{what}: the process exited: {} (log: {})",
+                failure_cause(&p.log),
+                p.log.display()
             );
         }
         if start.elapsed() > timeout {
             let log = process
-                .map(|p| format!("; log ({}):\n{}", p.log.display(), log_tail(&p.log, 30)))
+                .map(|p| {
+                    format!(
+                        "; last log line: {} (log: {})",
+                        failure_cause(&p.log),
+                        p.log.display()
+                    )
+                })
                 .unwrap_or_default();
             bail!("{what} not ready within {timeout:?}{log}");
         }

@@ -150,6 +150,56 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The line of a log that says why a daemon failed: the last one that
+/// reads like an error (else the last line), without colour codes, short.
+pub(crate) fn failure_cause(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let is_error = |l: &&String| {
+        let l = l.to_ascii_lowercase();
+        ["error", "fatal", "panicked", "refused", "in use", "denied"]
+            .iter()
+            .any(|w| l.contains(w))
+    };
+    let line = lines
+        .iter()
+        .rev()
+        .find(is_error)
+        .or(lines.last())
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| "(empty log)".into());
+    const MAX: usize = 300;
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Where the mesh's binaries are: `bin_dir/<name>`, with a clear error.
 pub(crate) fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
     let path = bin_dir.join(name);
@@ -160,4 +210,29 @@ pub(crate) fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_cause_is_the_last_error_line_without_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        std::fs::write(
+            &log,
+            "\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m starting\n\
+             \u{1b}[31mERROR\u{1b}[0m bind 172.16.1.2:2443: Address already in use (os error 98)\n\
+             INFO shutting down\n",
+        )
+        .unwrap();
+        assert_eq!(
+            failure_cause(&log),
+            "ERROR bind 172.16.1.2:2443: Address already in use (os error 98)"
+        );
+        std::fs::write(&log, "only line\n").unwrap();
+        assert_eq!(failure_cause(&log), "only line");
+        assert_eq!(failure_cause(&dir.path().join("none")), "(empty log)");
+    }
 }

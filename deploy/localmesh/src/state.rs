@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Refused;
+
 /// A process the mesh started (a daemon in its own session).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
@@ -110,6 +112,14 @@ pub struct MeshState {
     pub service_frontend: Option<String>,
     /// Pairs of clusters currently partitioned.
     pub cuts: Vec<(String, String)>,
+    /// What `up` made inside `dir` (names relative to it), recorded before
+    /// it is made: all that `down` removes there.
+    #[serde(default)]
+    pub owned: Vec<PathBuf>,
+    /// Whether `up` created `dir` itself (then `down` removes it when it is
+    /// empty afterwards; otherwise it stays).
+    #[serde(default)]
+    pub created_dir: bool,
 }
 
 impl MeshState {
@@ -131,6 +141,17 @@ impl MeshState {
             .map_err(|e| anyhow::anyhow!("{} is not a mesh description: {e}", path.display()))
     }
 
+    /// Records that the mesh owns `dir/name` before creating it, so that
+    /// `down` removes it even after a crash half-way through.
+    pub fn own(&mut self, name: impl Into<PathBuf>) -> anyhow::Result<PathBuf> {
+        let name = name.into();
+        if !self.owned.contains(&name) {
+            self.owned.push(name.clone());
+            self.save()?;
+        }
+        Ok(self.dir.join(name))
+    }
+
     /// Writes `DIR/mesh.json` atomically.
     pub fn save(&self) -> anyhow::Result<()> {
         let path = Self::path(&self.dir);
@@ -146,10 +167,10 @@ impl MeshState {
             .find(|c| c.name == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
-                anyhow::anyhow!(
+                anyhow::Error::new(Refused(format!(
                     "no cluster {name:?} in this mesh (clusters: {})",
                     names.join(", ")
-                )
+                )))
             })
     }
 
@@ -159,10 +180,10 @@ impl MeshState {
             .iter_mut()
             .find(|c| c.name == name)
             .ok_or_else(|| {
-                anyhow::anyhow!(
+                anyhow::Error::new(Refused(format!(
                     "no cluster {name:?} in this mesh (clusters: {})",
                     names.join(", ")
-                )
+                )))
             })
     }
 
@@ -170,6 +191,10 @@ impl MeshState {
         self.endpoints
             .iter()
             .find(|e| e.cluster == cluster && e.name == name)
-            .ok_or_else(|| anyhow::anyhow!("no endpoint {name:?} in cluster {cluster:?}"))
+            .ok_or_else(|| {
+                anyhow::Error::new(Refused(format!(
+                    "no endpoint {name:?} in cluster {cluster:?}"
+                )))
+            })
     }
 }

@@ -1,0 +1,193 @@
+//! `clustermesh up | down | mesh …` as a user runs them: the built binary,
+//! a real local mesh (root), and what must never happen to a user's files.
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Output},
+};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn clustermesh(args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: status.code().expect("exited normally"),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let run = clustermesh(args);
+    assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
+    run.stdout
+}
+
+/// Refused with exit code 64, the reason on one line of stderr.
+fn refused(args: &[&str], message: &str) -> String {
+    let run = clustermesh(args);
+    assert_eq!(run.code, 64, "{args:?}: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(message),
+        "{args:?}: expected {message:?} in:\n{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    run.stderr
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Root runs the test; elsewhere it is skipped with a reason, except in CI
+/// (`CI=true`), where nothing may pass unrun.
+fn needs_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: this test needs root (network namespaces and eBPF)"
+    );
+    eprintln!("skipping: needs root (network namespaces and eBPF)");
+    false
+}
+
+/// Tears a mesh down when a test ends, also when it fails.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if self.0.join("mesh.json").exists() {
+            let _ = clustermesh(&["down", "--dir", s(self.0)]);
+        }
+    }
+}
+
+#[test]
+fn up_refuses_a_directory_with_user_files_and_changes_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("important.txt"), "notes").unwrap();
+    refused(
+        &["up", "--dir", s(&d), "--clusters", "1", "--nodes", "1"],
+        "is not empty",
+    );
+    let entries: Vec<_> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["important.txt"]);
+    assert_eq!(
+        fs::read_to_string(d.join("important.txt")).unwrap(),
+        "notes"
+    );
+    // Nothing to take down: `down` there refuses and keeps the file too.
+    let run = clustermesh(&["down", "--dir", s(&d)]);
+    assert_ne!(run.code, 0);
+    assert_eq!(
+        fs::read_to_string(d.join("important.txt")).unwrap(),
+        "notes"
+    );
+}
+
+#[test]
+fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
+    if !needs_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m");
+    let _down = Down(&m);
+    ok(&[
+        "up",
+        "--dir",
+        s(&m),
+        "--clusters",
+        "1",
+        "--nodes",
+        "1",
+        "--no-workloads",
+    ]);
+    assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
+
+    // A second mesh inside this one, in an existing or a new directory.
+    refused(&["up", "--dir", s(&m.join("c1"))], "inside the mesh");
+    refused(&["up", "--dir", s(&m.join("c1/new"))], "inside the mesh");
+    assert!(!m.join("c1/new").exists());
+    assert!(
+        m.join("c1/etcd").is_dir(),
+        "the refused up touched the mesh"
+    );
+    // Starting what runs is refused with one line, and tracking is kept.
+    let before = fs::read_to_string(m.join("mesh.json")).unwrap();
+    refused(
+        &["mesh", "start", "apiserver", "c1", "--dir", s(&m)],
+        "already running",
+    );
+    refused(&["mesh", "cut", "c1", "c1", "--dir", s(&m)], "with itself");
+    refused(
+        &["disconnect", "--from", "c1", "--to", "c1", "--dir", s(&m)],
+        "with itself",
+    );
+    refused(
+        &["mesh", "stop", "etcd", "c9", "--dir", s(&m)],
+        "no cluster",
+    );
+    assert_eq!(fs::read_to_string(m.join("mesh.json")).unwrap(), before);
+
+    // The user keeps notes next to the mesh; `down` leaves them alone.
+    fs::write(m.join("notes.txt"), "mine").unwrap();
+    ok(&["down", "--dir", s(&m)]);
+    let entries: Vec<_> = fs::read_dir(&m)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["notes.txt"]);
+    // An empty directory the user made stays after `down` (only a directory
+    // `up` created itself goes, see the unit tests).
+    fs::remove_file(m.join("notes.txt")).unwrap();
+    ok(&[
+        "up",
+        "--dir",
+        s(&m),
+        "--clusters",
+        "1",
+        "--nodes",
+        "1",
+        "--no-workloads",
+    ]);
+    ok(&["down", "--dir", s(&m)]);
+    assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_flags_name_the_flag_and_its_range() {
+    for bad in ["0", "20"] {
+        let run = clustermesh(&["up", "--clusters", bad, "--dir", "/nonexistent/x"]);
+        assert_eq!(run.code, 64, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("--clusters") && run.stderr.contains("1..=8"),
+            "{}",
+            run.stderr
+        );
+    }
+}
