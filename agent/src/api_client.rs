@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// The agent could not be asked, or said no.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {socket}: {source} (is clustermesh-agent running?)")]
+    #[error("{}", connect_message(socket, source))]
     Connect {
         socket: PathBuf,
         #[source]
@@ -29,6 +29,23 @@ pub enum ClientError {
     Malformed(String),
     #[error("agent answered {status}: {message}")]
     Status { status: u16, message: String },
+}
+
+/// Why the socket did not answer, in the words a user acts on.
+fn connect_message(socket: &Path, source: &std::io::Error) -> String {
+    let socket = socket.display();
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            format!("permission denied on the agent socket {socket}: run as root")
+        }
+        std::io::ErrorKind::NotFound => {
+            format!("no agent socket at {socket} (is clustermesh-agent running?)")
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused on {socket}: clustermesh-agent is not running")
+        }
+        _ => format!("cannot reach the agent at {socket}: {source}"),
+    }
 }
 
 /// See the module documentation.

@@ -18,15 +18,19 @@ pub(crate) struct Target {
     /// A cluster of the local mesh in --dir.
     #[arg(long, global = true)]
     cluster: Option<String>,
+    /// Directory of the local mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR, global = true)]
     dir: PathBuf,
     /// The cluster's etcd (instead of --cluster), comma-separated.
     #[arg(long, value_delimiter = ',', global = true)]
     etcd_endpoints: Vec<String>,
+    /// CA bundle that signs the etcd server's certificate (enables TLS).
     #[arg(long, global = true)]
     etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (mutual TLS).
     #[arg(long, global = true)]
     etcd_cert: Option<PathBuf>,
+    /// Key of the client certificate.
     #[arg(long, global = true)]
     etcd_key: Option<PathBuf>,
 }
@@ -68,11 +72,15 @@ pub(crate) struct StoreArgs {
 enum StoreCommand {
     /// Validate a file (YAML or JSON) and store it; nothing is stored if it is invalid.
     Apply {
+        /// The file to apply (YAML or JSON).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// Delete by `NAMESPACE/NAME`.
-    Delete { name: String },
+    Delete {
+        /// `NAMESPACE/NAME` of what to delete.
+        name: String,
+    },
     /// List what is stored.
     List,
 }
@@ -164,5 +172,5 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
 async fn connect(config: &ClientConfig) -> Result<Client, CommandError> {
     Client::connect(config)
         .await
-        .map_err(|e| CommandError::failed(anyhow!("{}", e.full_message())))
+        .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))
 }
