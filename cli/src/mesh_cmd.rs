@@ -35,6 +35,10 @@ pub(crate) struct UpArgs {
     /// Leave out the sample client, echo servers and global service.
     #[arg(long)]
     no_workloads: bool,
+    /// The fabric subnet, one of 172.16.0.0/16 … 172.31.0.0/16 (default: the
+    /// first free one that clashes with no address or route of this host).
+    #[arg(long)]
+    subnet: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +184,9 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
     spec.clusters = args.clusters;
     spec.nodes = args.nodes;
     spec.workloads = !args.no_workloads;
+    if let Some(subnet) = &args.subnet {
+        spec.subnet = Some(localmesh::parse_subnet(subnet).map_err(CommandError::failed)?);
+    }
     if let Some(b) = args.bin_dir {
         spec.bin_dir = b;
     }

@@ -191,3 +191,58 @@ fn bad_flags_name_the_flag_and_its_range() {
         );
     }
 }
+
+/// Runs `ip ARGS`, panicking with its message on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn up_refuses_a_subnet_that_clashes_with_a_host_route_at_once() {
+    if !needs_root() {
+        return;
+    }
+    // A host route inside 172.31.0.0/16 (a /32 nobody uses, so that a mesh of
+    // another test on that subnet keeps working), on a veth of this test.
+    let link = format!("cmclash{}", std::process::id() % 100_000);
+    let peer = format!("{link}p");
+    ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+    struct DelLink(String);
+    impl Drop for DelLink {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _del = DelLink(link.clone());
+    ip(&["link", "set", &link, "up"]);
+    ip(&["route", "add", "172.31.254.254/32", "dev", &link]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let started = std::time::Instant::now();
+    let err = refused(
+        &[
+            "up",
+            "--dir",
+            s(&d),
+            "--subnet",
+            "172.31.0.0/16",
+            "--clusters",
+            "1",
+            "--nodes",
+            "1",
+        ],
+        "clashes with the host's `172.31.254.254",
+    );
+    assert!(err.contains(&link), "{err}");
+    eprintln!("refused in {:?}: {err}", started.elapsed());
+    assert!(!d.exists(), "the refused up left {}", d.display());
+    let run = clustermesh(&["up", "--dir", s(&d), "--subnet", "10.0.0.0/16"]);
+    assert_eq!(run.code, 64, "{}", run.stderr);
+    assert!(run.stderr.contains("172.16.0.0/16"), "{}", run.stderr);
+}

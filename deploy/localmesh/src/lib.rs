@@ -33,3 +33,4 @@ pub use mesh::{
 };
 pub use process::{is_running, log_tail};
 pub use state::{ClusterCerts, ClusterInfo, EndpointInfo, MeshState, NodeInfo, ProcessInfo};
+pub use subnet::parse as parse_subnet;

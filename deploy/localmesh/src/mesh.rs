@@ -38,6 +38,10 @@ pub struct MeshSpec {
     pub workloads: bool,
     /// Connect every pair of clusters.
     pub connect: bool,
+    /// The fabric subnet's index (`172.(16+k).0.0/16`, see
+    /// [`crate::parse_subnet`]); `None` takes the first free one that
+    /// clashes with no address or route of the host.
+    pub subnet: Option<u8>,
 }
 
 impl MeshSpec {
@@ -51,6 +55,7 @@ impl MeshSpec {
             bin_dir: default_bin_dir(),
             workloads: true,
             connect: true,
+            subnet: None,
         }
     }
 }
@@ -103,7 +108,7 @@ impl Mesh {
             binary(&spec.bin_dir, name)?;
         }
         let (dir, created_dir) = mesh_dir::prepare(&spec.dir)?;
-        let k = subnet::acquire(&dir).inspect_err(|_| {
+        let k = subnet::acquire(&dir, spec.subnet).inspect_err(|_| {
             if created_dir {
                 let _ = std::fs::remove_dir(&dir);
             }
