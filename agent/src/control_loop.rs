@@ -1065,42 +1065,33 @@ impl ControlLoop {
         }
     }
 
-    /// The content of a pinned map as the kernel has it (not the agent's view).
+    /// The content of a pinned map as the kernel has it (not the agent's
+    /// view), decoded: addresses, host-order ports, identities with labels.
     fn dump_map(&self, name: &str) -> Result<Vec<MapEntryView>, String> {
-        fn rows<K: std::fmt::Debug, V: std::fmt::Debug>(
+        let dp = self.dp.datapath();
+        let labels = |id: u64| {
+            u32::try_from(id)
+                .ok()
+                .and_then(|id| self.tables.identities.get(&NumericIdentity::new(id)))
+                .map(|l| l.to_string())
+        };
+        let view =
+            |key: bpf::Fields, value: bpf::Fields| crate::views::map_entry(key, value, &labels);
+        fn rows<K: bpf::Describe, V: bpf::DescribeValue<K>>(
             m: std::collections::BTreeMap<K, V>,
+            view: impl Fn(bpf::Fields, bpf::Fields) -> MapEntryView,
         ) -> Vec<MapEntryView> {
             m.into_iter()
-                .map(|(k, v)| MapEntryView {
-                    key: format!("{k:?}"),
-                    value: format!("{v:?}"),
-                })
+                .map(|(k, v)| view(k.describe(), v.describe(&k)))
                 .collect()
         }
-        let dp = self.dp.datapath();
         let result = match name {
-            "ipcache" => dp.ipcache().dump().map(|m| {
-                m.into_iter()
-                    .map(|(k, v)| MapEntryView {
-                        key: k
-                            .net()
-                            .map(|n| n.to_string())
-                            .unwrap_or_else(|| format!("{k:?}")),
-                        value: format!(
-                            "identity={} host={}",
-                            v.sec_identity,
-                            v.tunnel_endpoint()
-                                .map(|i| i.to_string())
-                                .unwrap_or_else(|| "-".into())
-                        ),
-                    })
-                    .collect()
-            }),
-            "policy" => dp.policy().dump().map(rows),
-            "endpoints" => dp.endpoints().dump().map(rows),
-            "services" => dp.services().dump().map(rows),
-            "backends" => dp.backends().dump().map(rows),
-            "conntrack" => dp.conntrack().dump().map(rows),
+            "ipcache" => dp.ipcache().dump().map(|m| rows(m, view)),
+            "policy" => dp.policy().dump().map(|m| rows(m, view)),
+            "endpoints" => dp.endpoints().dump().map(|m| rows(m, view)),
+            "services" => dp.services().dump().map(|m| rows(m, view)),
+            "backends" => dp.backends().dump().map(|m| rows(m, view)),
+            "conntrack" => dp.conntrack().dump().map(|m| rows(m, view)),
             other => {
                 return Err(format!(
                     "unknown map {other:?}; one of ipcache, policy, endpoints, services, backends, conntrack"

@@ -27,7 +27,9 @@ pub struct DebugArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Aligned columns for people.
     Table,
+    /// JSON with one field per value, for programs.
     Json,
 }
 
@@ -42,11 +44,17 @@ pub enum DebugCommand {
     /// The ipcache as programmed.
     Ipcache,
     /// The policy entries of an endpoint (by endpoint ID).
-    Policy { endpoint: u32 },
+    Policy {
+        /// The endpoint's ID (see `debug endpoints`).
+        endpoint: u32,
+    },
     /// Services with their backends and why.
     Services,
-    /// Raw content of a BPF map: ipcache, policy, endpoints, services, backends, conntrack.
-    Map { name: String },
+    /// Content of a BPF map as the kernel holds it, decoded.
+    Map {
+        /// ipcache, policy, endpoints, services, backends or conntrack.
+        name: String,
+    },
 }
 
 /// Runs a debug command; the output goes to stdout.

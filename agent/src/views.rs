@@ -102,6 +102,65 @@ pub struct StatusView {
 /// One raw map entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapEntryView {
+    /// The key in words (`prefix=10.1.0.0/24 cluster_id=0`).
     pub key: String,
+    /// The value in words, identities followed by their labels.
     pub value: String,
+    /// The key's fields (`-o json`): numbers as numbers.
+    pub key_fields: serde_json::Map<String, serde_json::Value>,
+    /// The value's fields.
+    pub value_fields: serde_json::Map<String, serde_json::Value>,
+    /// Labels of every identity in the entry, by identity.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A map entry from its decoded key and value; `labels` names identities.
+pub(crate) fn map_entry(
+    key: bpf::Fields,
+    value: bpf::Fields,
+    labels: &dyn Fn(u64) -> Option<String>,
+) -> MapEntryView {
+    let mut found = BTreeMap::new();
+    let mut json = |fields: &bpf::Fields| {
+        fields
+            .iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    bpf::FieldValue::Number(n) => {
+                        if (*name == "identity" || name.ends_with("_identity"))
+                            && let Some(l) = labels(*n)
+                        {
+                            found.insert(n.to_string(), l);
+                        }
+                        serde_json::Value::from(*n)
+                    }
+                    bpf::FieldValue::Text(t) => serde_json::Value::from(t.clone()),
+                    bpf::FieldValue::Bool(b) => serde_json::Value::from(*b),
+                };
+                (name.to_string(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let key_fields = json(&key);
+    let value_fields = json(&value);
+    let words = |fields: &bpf::Fields| {
+        fields
+            .iter()
+            .map(|(name, v)| match v {
+                bpf::FieldValue::Number(n) if found.contains_key(&n.to_string()) => {
+                    format!("{name}={n} ({})", found[&n.to_string()])
+                }
+                v => format!("{name}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    MapEntryView {
+        key: words(&key),
+        value: words(&value),
+        key_fields,
+        value_fields,
+        labels: found.clone(),
+    }
 }

@@ -29,6 +29,7 @@ mod backend;
 mod bpffs;
 mod conntrack;
 mod datapath;
+mod describe;
 mod endpoint;
 mod flow_event;
 mod flow_reader;
@@ -52,6 +53,7 @@ pub use datapath::{
     Datapath, DatapathConfig, DatapathError, EndpointAttach, EndpointDetach, Program, TestRun,
     datapath_object,
 };
+pub use describe::{Describe, DescribeValue, FieldValue, Fields, fields_line, protocol_name};
 pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap};
 pub use flow_event::{DropReason, FlowDirection, FlowEvent, Verdict};
 pub use flow_reader::{FLOWS_MAP, FlowReader, FlowReaderError};

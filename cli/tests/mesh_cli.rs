@@ -125,9 +125,9 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
         "1",
         "--nodes",
         "1",
-        "--no-workloads",
     ]);
     assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
+    maps_read_in_words(&m.join("c1/n1/agent.sock"));
 
     // A second mesh inside this one, in an existing or a new directory.
     refused(&["up", "--dir", s(&m.join("c1"))], "inside the mesh");
@@ -177,6 +177,63 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     ]);
     ok(&["down", "--dir", s(&m)]);
     assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+}
+
+/// `clustermesh-agent debug map NAME`: decoded entries, never struct dumps.
+fn maps_read_in_words(socket: &Path) {
+    let agent = Path::new(env!("CARGO_BIN_EXE_clustermesh")).with_file_name("clustermesh-agent");
+    let debug = |args: &[&str]| {
+        let out = Command::new(&agent)
+            .args(["debug", "--api-socket", s(socket)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for map in [
+        "ipcache",
+        "policy",
+        "endpoints",
+        "services",
+        "backends",
+        "conntrack",
+    ] {
+        let text = debug(&["map", map]);
+        assert!(
+            !text.contains("[") && !text.contains("{"),
+            "{map}: raw structs:\n{text}"
+        );
+    }
+    // The sample workloads: the global service on port 80 to echo servers on 8080.
+    let services = debug(&["map", "services"]);
+    assert!(
+        services.contains("frontend=10.96.0.10:80 protocol=tcp"),
+        "{services}"
+    );
+    let backends: serde_json::Value =
+        serde_json::from_str(&debug(&["map", "backends", "-o", "json"])).unwrap();
+    let first = &backends[0]["value_fields"];
+    assert!(
+        first["address"].as_str().unwrap().ends_with(":8080"),
+        "{backends}"
+    );
+    assert_eq!(first["protocol"], "tcp");
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&debug(&["map", "endpoints", "-o", "json"])).unwrap();
+    let ep = &endpoints[0];
+    assert!(ep["value_fields"]["identity"].is_u64(), "{endpoints}");
+    let id = ep["value_fields"]["identity"].to_string();
+    assert!(
+        ep["labels"][&id]
+            .as_str()
+            .is_some_and(|l| l.contains("k8s:app=")),
+        "identities come with their labels: {endpoints}"
+    );
 }
 
 #[test]

@@ -1,0 +1,273 @@
+//! Map entries in the words of the datapath: addresses, ports in host
+//! order, identities, protocols and flags by name; for `debug map` and its
+//! JSON output. Never raw struct dumps.
+
+use std::fmt;
+
+use crate::{
+    BackendKey, BackendValue, CtKey, CtScope, CtValue, Direction, EndpointInfo, EndpointKey,
+    IpCacheKey, IpCacheValue, L4Match, PolicyKey, PolicyValue, Protocol, ServiceKey, ServiceValue,
+};
+
+/// One decoded field of a map key or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    /// A number (identities, IDs, counts, ports).
+    Number(u64),
+    /// Text (addresses, names).
+    Text(String),
+    /// A flag.
+    Bool(bool),
+}
+
+impl fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Text(t) => f.write_str(t),
+            Self::Bool(b) => write!(f, "{}", if *b { "yes" } else { "no" }),
+        }
+    }
+}
+
+/// Named fields in a fixed order. Fields named `identity` or ending in
+/// `_identity` hold security identities (the agent adds their labels).
+pub type Fields = Vec<(&'static str, FieldValue)>;
+
+/// A map key or value that can say what it holds.
+pub trait Describe {
+    fn describe(&self) -> Fields;
+}
+
+/// A map value, which may need its key to be read (addresses take the
+/// key's family).
+pub trait DescribeValue<K> {
+    fn describe(&self, key: &K) -> Fields;
+}
+
+fn text(v: impl ToString) -> FieldValue {
+    FieldValue::Text(v.to_string())
+}
+
+fn num(v: impl Into<u64>) -> FieldValue {
+    FieldValue::Number(v.into())
+}
+
+fn addr_or_invalid<T: ToString>(v: Option<T>) -> FieldValue {
+    v.map(text).unwrap_or_else(|| text("invalid"))
+}
+
+/// `tcp`, `udp`, `icmp`, `icmpv6`, or the number.
+pub fn protocol_name(p: Protocol) -> String {
+    match p {
+        Protocol::Tcp => "tcp".into(),
+        Protocol::Udp => "udp".into(),
+        Protocol::Icmp => "icmp".into(),
+        Protocol::Icmpv6 => "icmpv6".into(),
+        Protocol::Other(n) => format!("proto-{n}"),
+    }
+}
+
+impl Describe for IpCacheKey {
+    fn describe(&self) -> Fields {
+        vec![
+            ("prefix", addr_or_invalid(self.net())),
+            ("cluster_id", num(self.cluster_id)),
+        ]
+    }
+}
+
+impl DescribeValue<IpCacheKey> for IpCacheValue {
+    fn describe(&self, _: &IpCacheKey) -> Fields {
+        vec![
+            ("identity", num(self.sec_identity)),
+            (
+                "host",
+                self.tunnel_endpoint()
+                    .map(text)
+                    .unwrap_or_else(|| text("-")),
+            ),
+        ]
+    }
+}
+
+impl Describe for PolicyKey {
+    fn describe(&self) -> Fields {
+        let (protocol, port) = match self.l4() {
+            L4Match::Any => ("any".to_string(), 0),
+            L4Match::Protocol(p) => (protocol_name(p), 0),
+            L4Match::Port(p, port) => (protocol_name(p), port),
+        };
+        vec![
+            ("endpoint", num(self.endpoint_id)),
+            (
+                "direction",
+                text(match self.direction() {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                }),
+            ),
+            (
+                "identity",
+                if self.sec_identity == crate::IDENTITY_ANY {
+                    text("any")
+                } else {
+                    num(self.sec_identity)
+                },
+            ),
+            ("protocol", text(protocol)),
+            ("port", if port == 0 { text("any") } else { num(port) }),
+        ]
+    }
+}
+
+impl DescribeValue<PolicyKey> for PolicyValue {
+    fn describe(&self, _: &PolicyKey) -> Fields {
+        let action = match self.action() {
+            Some(crate::PolicyAction::Allow) => "allow".to_string(),
+            Some(crate::PolicyAction::Deny) => "deny".to_string(),
+            None => format!("unknown-{}", self.action),
+        };
+        vec![("action", text(action))]
+    }
+}
+
+impl Describe for EndpointKey {
+    fn describe(&self) -> Fields {
+        vec![("ifindex", num(self.ifindex))]
+    }
+}
+
+impl DescribeValue<EndpointKey> for EndpointInfo {
+    fn describe(&self, _: &EndpointKey) -> Fields {
+        vec![
+            ("endpoint", num(self.endpoint_id)),
+            ("identity", num(self.sec_identity)),
+            ("policy_enforced", FieldValue::Bool(self.policy_enforced())),
+        ]
+    }
+}
+
+impl Describe for ServiceKey {
+    fn describe(&self) -> Fields {
+        vec![
+            ("frontend", addr_or_invalid(self.frontend())),
+            ("protocol", text(protocol_name(self.protocol()))),
+            ("slot", num(self.slot)),
+        ]
+    }
+}
+
+impl DescribeValue<ServiceKey> for ServiceValue {
+    fn describe(&self, key: &ServiceKey) -> Fields {
+        if key.slot == 0 {
+            vec![("backend_slots", num(self.count))]
+        } else {
+            vec![("backend", num(self.backend_id))]
+        }
+    }
+}
+
+impl Describe for BackendKey {
+    fn describe(&self) -> Fields {
+        vec![("backend", num(self.backend_id))]
+    }
+}
+
+impl DescribeValue<BackendKey> for BackendValue {
+    fn describe(&self, _: &BackendKey) -> Fields {
+        vec![
+            ("address", addr_or_invalid(self.addr())),
+            ("protocol", text(protocol_name(self.protocol()))),
+            ("cluster_id", num(self.cluster_id)),
+        ]
+    }
+}
+
+impl Describe for CtKey {
+    fn describe(&self) -> Fields {
+        vec![
+            (
+                "scope",
+                text(match self.scope() {
+                    CtScope::Egress => "egress".to_string(),
+                    CtScope::Ingress => "ingress".to_string(),
+                    CtScope::Service => "service".to_string(),
+                    CtScope::Other(n) => format!("unknown-{n}"),
+                }),
+            ),
+            ("protocol", text(protocol_name(self.protocol()))),
+            ("source", addr_or_invalid(self.src())),
+            ("destination", addr_or_invalid(self.dst())),
+        ]
+    }
+}
+
+impl DescribeValue<CtKey> for CtValue {
+    fn describe(&self, key: &CtKey) -> Fields {
+        let mut fields = vec![
+            ("src_identity", num(self.src_identity)),
+            ("created_ns", num(self.created_ns)),
+            ("last_seen_ns", num(self.last_seen_ns)),
+        ];
+        if self.backend_id != 0 {
+            fields.push(("backend", num(self.backend_id)));
+        }
+        if let Some(rev) = self.rev_nat(key) {
+            fields.push(("reverse_nat", text(rev)));
+        }
+        fields
+    }
+}
+
+/// `name=value name=value`, for one line of a table.
+pub fn fields_line(fields: &Fields) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_in_host_order_and_flags_by_name() {
+        let key = PolicyKey::ingress(7, 65_800, L4Match::Port(Protocol::Tcp, 8080));
+        assert_eq!(
+            fields_line(&key.describe()),
+            "endpoint=7 direction=ingress identity=65800 protocol=tcp port=8080"
+        );
+        assert_eq!(
+            fields_line(&PolicyValue::ALLOW.describe(&key)),
+            "action=allow"
+        );
+        let any = PolicyKey::ingress(7, crate::IDENTITY_ANY, L4Match::Any);
+        assert_eq!(
+            fields_line(&any.describe()),
+            "endpoint=7 direction=ingress identity=any protocol=any port=any"
+        );
+        let ep = EndpointInfo::new(3, 65_900, true);
+        assert_eq!(
+            fields_line(&ep.describe(&EndpointKey { ifindex: 12 })),
+            "endpoint=3 identity=65900 policy_enforced=yes"
+        );
+    }
+
+    #[test]
+    fn addresses_read_as_addresses() {
+        let key = IpCacheKey::new("10.1.2.0/24".parse().unwrap());
+        assert_eq!(
+            fields_line(&key.describe()),
+            "prefix=10.1.2.0/24 cluster_id=0"
+        );
+        let fe: std::net::SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let skey = ServiceKey::new(fe, Protocol::Tcp, 0);
+        assert_eq!(
+            fields_line(&skey.describe()),
+            "frontend=10.96.0.10:80 protocol=tcp slot=0"
+        );
+    }
+}
