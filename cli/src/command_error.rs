@@ -62,6 +62,18 @@ impl CommandError {
     pub(crate) fn error(&self) -> &anyhow::Error {
         &self.error
     }
+
+    /// The error and its causes on one line, each said once.
+    pub(crate) fn message(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for e in self.error.chain() {
+            let text = e.to_string();
+            if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+        }
+        parts.join(": ")
+    }
 }
 
 impl From<std::io::Error> for CommandError {

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(err) => {
-            eprintln!("clustermesh: error: {:#}", err.error());
+            eprintln!("clustermesh: error: {}", err.message());
             ExitCode::from(err.exit_code())
         }
     }

@@ -1,13 +1,19 @@
 //! `clustermesh policy …` and `clustermesh service …`: policy documents and
 //! service definitions of a cluster without Kubernetes, in its etcd.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, anyhow};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use kvstore::{
     Client, ClientConfig, KeyPrefix, StoreValue, TlsFiles, keys,
-    values::{PolicyDocument, ServiceDef},
+    values::{IpIdentityPair, Node, PolicyDocument, Requirement, ServiceDef},
 };
 
 use crate::{command_error::CommandError, mesh_cmd::DEFAULT_DIR};
@@ -58,6 +64,13 @@ impl Target {
         let c = mesh.state.cluster(cluster).map_err(CommandError::usage)?;
         Ok(ClientConfig::new([c.etcd_endpoint.clone()]))
     }
+
+    /// The cluster's pod CIDR pool, when it is a cluster of a local mesh.
+    fn pod_pool(&self) -> Option<IpNet> {
+        let mesh = localmesh::Mesh::load(&self.dir).ok()?;
+        let c = mesh.state.cluster(self.cluster.as_deref()?).ok()?;
+        c.pod_cidr_pool.parse().ok()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -68,21 +81,39 @@ pub(crate) struct StoreArgs {
     command: StoreCommand,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ListOutput {
+    /// One line per document: key, validity, what it selects.
+    Table,
+    /// The stored documents with what they select, as JSON.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum StoreCommand {
-    /// Validate a file (YAML or JSON) and store it; nothing is stored if it is invalid.
+    /// Validate documents (YAML, several separated by `---`, or JSON) and
+    /// store them; nothing is stored unless every one is valid.
     Apply {
-        /// The file to apply (YAML or JSON).
+        /// The file to apply; `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// Delete by `NAMESPACE/NAME`.
+    /// Delete by `[NAMESPACE/]NAME` (namespace `default` when left out, as
+    /// `apply` defaults it), or what a file names.
     Delete {
-        /// `NAMESPACE/NAME` of what to delete.
-        name: String,
+        /// `NAMESPACE/NAME`, or `NAME` in namespace `default`.
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// Delete every document this file names; `-` reads standard input.
+        #[arg(short = 'f', long = "file", conflicts_with = "name")]
+        file: Option<PathBuf>,
     },
-    /// List what is stored.
-    List,
+    /// List what is stored and what each document selects.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ListOutput,
+    },
 }
 
 /// What kind of document the command manages.
@@ -90,6 +121,14 @@ enum StoreCommand {
 pub(crate) enum Kind {
     Policy,
     Service,
+}
+
+/// One parsed document: its key and stored value, and what it selects.
+struct Parsed {
+    key: String,
+    value: Vec<u8>,
+    selects: Vec<String>,
+    service: Option<ServiceDef>,
 }
 
 impl Kind {
@@ -100,10 +139,24 @@ impl Kind {
         }
     }
 
-    fn parse(self, text: &str) -> Result<(String, Vec<u8>), String> {
+    fn parse(self, text: &str) -> Result<Parsed, String> {
         match self {
-            Self::Policy => PolicyDocument::parse(text).map(|d| (d.key(), d.encode())),
-            Self::Service => ServiceDef::parse(text).map(|d| (d.key(), d.encode())),
+            Self::Policy => PolicyDocument::parse(text).map(|d| Parsed {
+                key: d.key(),
+                value: d.encode(),
+                selects: policy_selects(&d),
+                service: None,
+            }),
+            Self::Service => ServiceDef::parse(text).map(|d| Parsed {
+                key: d.key(),
+                value: d.encode(),
+                selects: vec![format!(
+                    "{} -> endpoints {}",
+                    d.frontend,
+                    selector_words(&d.selector, &[])
+                )],
+                service: Some(d),
+            }),
         }
     }
 
@@ -115,53 +168,322 @@ impl Kind {
     }
 }
 
+fn selector_words(labels: &BTreeMap<String, String>, expressions: &[Requirement]) -> String {
+    let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.extend(
+        expressions
+            .iter()
+            .map(|r| format!("{} {:?} ({})", r.key, r.operator, r.values.join(","))),
+    );
+    if parts.is_empty() {
+        "all".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn policy_selects(doc: &PolicyDocument) -> Vec<String> {
+    doc.rules()
+        .map(|rule| {
+            let sel = &rule.endpoint_selector;
+            let mut from: Vec<String> = Vec::new();
+            for ingress in &rule.ingress {
+                for peer in ingress.from_endpoints.iter().flatten() {
+                    from.push(selector_words(&peer.match_labels, &peer.match_expressions));
+                }
+                for entity in ingress.from_entities.iter().flatten() {
+                    from.push(format!("entity {entity:?}").to_lowercase());
+                }
+            }
+            let from = if rule.ingress.is_empty() {
+                "nobody (ingress default-deny)".to_string()
+            } else if from.is_empty() {
+                "anyone".to_string()
+            } else {
+                from.join(" | ")
+            };
+            format!(
+                "endpoints {} <- {from}",
+                selector_words(&sel.match_labels, &sel.match_expressions)
+            )
+        })
+        .collect()
+}
+
+/// The documents of a file (or of standard input for `-`): YAML documents
+/// separated by `---` lines, each parsed whole; errors name the document and
+/// the line it starts on.
+fn read_documents(kind: Kind, file: &Path) -> Result<Vec<Parsed>, CommandError> {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("read standard input")
+            .map_err(CommandError::usage)?;
+        text
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("read {}", file.display()))
+            .map_err(CommandError::usage)?
+    };
+    let name = if file == Path::new("-") {
+        "<stdin>".to_string()
+    } else {
+        file.display().to_string()
+    };
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    let mut chunks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            chunks.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    chunks.push((start, current));
+    let chunks: Vec<_> = chunks
+        .into_iter()
+        .filter(|(_, c)| {
+            c.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect();
+    if chunks.is_empty() {
+        return Err(CommandError::usage(anyhow!("{name}: no document")));
+    }
+    let several = chunks.len() > 1;
+    for (n, (line, chunk)) in chunks.iter().enumerate() {
+        let parsed = kind.parse(chunk).map_err(|e| {
+            let at = if several {
+                format!("{name}: document {} (line {line})", n + 1)
+            } else {
+                name.clone()
+            };
+            CommandError::usage(anyhow!("{at}: {e}; nothing was applied"))
+        })?;
+        docs.push(parsed);
+    }
+    let mut seen = BTreeMap::new();
+    for d in &docs {
+        if seen.insert(d.key.clone(), ()).is_some() {
+            return Err(CommandError::usage(anyhow!(
+                "{name}: {} {} appears twice; nothing was applied",
+                kind.name(),
+                d.key
+            )));
+        }
+    }
+    Ok(docs)
+}
+
+/// Service frontends must be addresses of their own: not another service's
+/// (in the store or in the same file), not a pod's, not inside a node's pod
+/// CIDR or the cluster's pod pool.
+async fn check_frontends(
+    client: &Client,
+    docs: &[Parsed],
+    pod_pool: Option<IpNet>,
+) -> Result<(), CommandError> {
+    let (stored, _) = client
+        .list(&keys::service_defs(), 10_000)
+        .await
+        .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+    let mut taken: Vec<(IpAddr, String)> = stored
+        .iter()
+        .filter_map(|kv| {
+            let key = keys::service_defs().strip(&kv.key)?.to_string();
+            let def = ServiceDef::decode(&key, &kv.value).ok()?;
+            Some((def.frontend, key))
+        })
+        .collect();
+    let (pods, _) = client
+        .list(&keys::ipcache(), 100_000)
+        .await
+        .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+    let pod_ips: Vec<IpAddr> = pods
+        .iter()
+        .filter_map(|kv| IpIdentityPair::decode(keys::ipcache().strip(&kv.key)?, &kv.value).ok())
+        .map(|p| p.ip)
+        .collect();
+    let (nodes, _) = client
+        .list(&keys::nodes(), 10_000)
+        .await
+        .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+    let mut cidrs: Vec<(IpNet, String)> = nodes
+        .iter()
+        .filter_map(|kv| Node::decode(keys::nodes().strip(&kv.key)?, &kv.value).ok())
+        .flat_map(|n| {
+            [n.ipv4_alloc_cidr.clone(), n.ipv6_alloc_cidr.clone()]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.to_net())
+                .map(move |net| {
+                    (
+                        net,
+                        format!("the pod CIDR of node {}/{}", n.cluster, n.name),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if let Some(pool) = pod_pool {
+        cidrs.push((pool, "the cluster's pod CIDR pool".into()));
+    }
+    for d in docs {
+        let Some(def) = &d.service else { continue };
+        let fe = def.frontend;
+        if let Some((_, other)) = taken.iter().find(|(ip, k)| *ip == fe && *k != d.key) {
+            return Err(CommandError::usage(anyhow!(
+                "service {}: frontend {fe} is already used by service {other}; nothing was applied",
+                d.key
+            )));
+        }
+        if pod_ips.contains(&fe) {
+            return Err(CommandError::usage(anyhow!(
+                "service {}: frontend {fe} is a pod's address; nothing was applied",
+                d.key
+            )));
+        }
+        if let Some((net, what)) = cidrs.iter().find(|(net, _)| net.contains(&fe)) {
+            return Err(CommandError::usage(anyhow!(
+                "service {}: frontend {fe} is inside {what} ({net}); nothing was applied",
+                d.key
+            )));
+        }
+        taken.push((fe, d.key.clone()));
+    }
+    Ok(())
+}
+
+/// `NAME` means `default/NAME`, as `apply` stores a document without a
+/// namespace.
+fn qualified(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("default/{name}")
+    }
+}
+
 pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    // Read and validate input before connecting: a bad document is a usage
+    // error whether or not the cluster answers.
+    let docs = match &args.command {
+        StoreCommand::Apply { file } => Some(read_documents(kind, file)?),
+        StoreCommand::Delete {
+            file: Some(file), ..
+        } => Some(read_documents(kind, file)?),
+        _ => None,
+    };
     let config = args.target.client_config()?;
+    let pod_pool = args.target.pod_pool();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CommandError::failed)?;
     rt.block_on(async move {
         match args.command {
-            StoreCommand::Apply { file } => {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("read {}", file.display()))
-                    .map_err(CommandError::usage)?;
-                let (key, value) = kind
-                    .parse(&text)
-                    .map_err(|e| CommandError::usage(anyhow!("{}: {e}", file.display())))?;
+            StoreCommand::Apply { .. } => {
+                let docs = docs.unwrap_or_default();
                 let client = connect(&config).await?;
+                if matches!(kind, Kind::Service) {
+                    check_frontends(&client, &docs, pod_pool).await?;
+                }
+                let ops: Vec<(String, Vec<u8>)> = docs
+                    .iter()
+                    .map(|d| (kind.prefix().key(&d.key), d.value.clone()))
+                    .collect();
                 client
-                    .put(&kind.prefix().key(&key), value)
+                    .put_all(ops)
                     .await
-                    .map_err(CommandError::failed)?;
-                writeln!(out, "{} {key} applied", kind.name()).map_err(CommandError::failed)
+                    .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+                for d in &docs {
+                    writeln!(out, "{} {} applied", kind.name(), d.key)?;
+                }
+                Ok(())
             }
-            StoreCommand::Delete { name } => {
+            StoreCommand::Delete { name, .. } => {
+                let names: Vec<String> = match docs {
+                    Some(docs) => docs.into_iter().map(|d| d.key).collect(),
+                    None => vec![qualified(name.as_deref().unwrap_or_default())],
+                };
                 let client = connect(&config).await?;
-                if client
-                    .delete(&kind.prefix().key(&name))
-                    .await
-                    .map_err(CommandError::failed)?
-                {
-                    writeln!(out, "{} {name} deleted", kind.name()).map_err(CommandError::failed)
+                let mut missing = Vec::new();
+                for name in &names {
+                    let deleted = client
+                        .delete(&kind.prefix().key(name))
+                        .await
+                        .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+                    if deleted {
+                        writeln!(out, "{} {name} deleted", kind.name())?;
+                    } else {
+                        missing.push(name.clone());
+                    }
+                }
+                if missing.is_empty() {
+                    Ok(())
                 } else {
-                    Err(CommandError::usage(anyhow!("no {} {name}", kind.name())))
+                    Err(CommandError::usage(anyhow!(
+                        "no {} {} (see `clustermesh {} list`)",
+                        kind.name(),
+                        missing.join(", "),
+                        kind.name()
+                    )))
                 }
             }
-            StoreCommand::List => {
+            StoreCommand::List { output } => {
                 let client = connect(&config).await?;
                 let (kvs, _) = client
-                    .list(&kind.prefix(), 1000)
+                    .list(&kind.prefix(), 10_000)
                     .await
-                    .map_err(CommandError::failed)?;
+                    .map_err(|e| CommandError::unavailable(anyhow!("{}", e.full_message())))?;
+                let mut rows = Vec::new();
                 for kv in kvs {
                     let key = kind.prefix().strip(&kv.key).unwrap_or_default().to_string();
-                    let valid = match kind.parse(&String::from_utf8_lossy(&kv.value)) {
-                        Ok(_) => "valid".to_string(),
-                        Err(e) => format!("INVALID: {e}"),
+                    let text = String::from_utf8_lossy(&kv.value).into_owned();
+                    let (valid, selects, document) = match kind.parse(&text) {
+                        Ok(p) => (
+                            None,
+                            p.selects,
+                            serde_json::from_slice::<serde_json::Value>(&p.value).ok(),
+                        ),
+                        Err(e) => (Some(e), Vec::new(), None),
                     };
-                    writeln!(out, "{key}  {valid}").map_err(CommandError::failed)?;
+                    rows.push(serde_json::json!({
+                        "name": key,
+                        "valid": valid.is_none(),
+                        "error": valid,
+                        "selects": selects,
+                        "document": document,
+                    }));
+                }
+                match output {
+                    ListOutput::Json => {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::to_string_pretty(&rows).map_err(CommandError::failed)?
+                        )?;
+                    }
+                    ListOutput::Table => {
+                        if rows.is_empty() {
+                            writeln!(out, "no {}", kind.name())?;
+                        }
+                        for r in rows {
+                            let state = match r["error"].as_str() {
+                                None => "valid".to_string(),
+                                Some(e) => format!("INVALID: {e}"),
+                            };
+                            writeln!(out, "{}  {state}", r["name"].as_str().unwrap_or_default())?;
+                            for s in r["selects"].as_array().into_iter().flatten() {
+                                writeln!(out, "    {}", s.as_str().unwrap_or_default())?;
+                            }
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -117,15 +117,7 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m");
     let _down = Down(&m);
-    ok(&[
-        "up",
-        "--dir",
-        s(&m),
-        "--clusters",
-        "1",
-        "--nodes",
-        "1",
-    ]);
+    ok(&["up", "--dir", s(&m), "--clusters", "1", "--nodes", "1"]);
     assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
     maps_read_in_words(&m.join("c1/n1/agent.sock"));
 

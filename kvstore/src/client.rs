@@ -433,6 +433,19 @@ impl Client {
         self.call(op, key, kv.txn(txn)).await
     }
 
+    /// Writes several keys at once, in one transaction: all or none.
+    pub async fn put_all(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+        let Some(first) = entries.first().map(|(k, _)| k.clone()) else {
+            return Ok(());
+        };
+        let ops: Vec<TxnOp> = entries
+            .into_iter()
+            .map(|(k, v)| TxnOp::put(k, v, None))
+            .collect();
+        self.txn("put", &first, Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
     /// Deletes a key. Returns whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let mut kv = self.kv();

@@ -122,19 +122,33 @@ impl Error {
         None
     }
 
-    /// This error and all its sources, joined with `: `.
+    /// This error and all its sources, joined with `: ` and in words: the
+    /// gRPC status by its message, no debug dumps of transport errors, no
+    /// part said twice (`connect to etcd at URL: tcp connect error:
+    /// Connection refused (os error 111)`).
     pub fn full_message(&self) -> String {
-        let mut msg = self.to_string();
+        let mut parts: Vec<String> = vec![self.to_string()];
         let mut source = self.source();
         while let Some(e) = source {
-            let text = e.to_string();
-            if !msg.ends_with(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
+            let status = match e.downcast_ref::<etcd_client::Error>() {
+                Some(etcd_client::Error::GRpcStatus(status)) => Some(status),
+                _ => e.downcast_ref::<tonic::Status>(),
+            };
+            let text = match status {
+                Some(status) => status.message().to_string(),
+                None => e.to_string(),
+            };
+            // tonic's wrappers say nothing their sources do not.
+            let noise = text.is_empty() || text == "transport error";
+            if !noise && !parts.iter().any(|p| p.ends_with(&text)) {
+                parts.push(text);
             }
-            source = e.source();
+            source = match status {
+                Some(status) => std::error::Error::source(status),
+                None => e.source(),
+            };
         }
-        msg
+        parts.join(": ")
     }
 
     /// Whether the revision asked for has been compacted away.

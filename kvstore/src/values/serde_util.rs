@@ -98,3 +98,74 @@ mod tests {
         assert_eq!(STANDARD.encode(prefix_len_mask(24, 4)), "////AA==");
     }
 }
+
+/// A label map whose values must be strings: YAML's `app: 5` or `x: true`
+/// is refused (quote it: `app: "5"`), so a selector never matches a label
+/// value nobody wrote.
+pub(crate) mod string_map {
+    use std::{collections::BTreeMap, fmt};
+
+    use serde::{
+        Deserializer,
+        de::{self, MapAccess, Visitor},
+    };
+
+    struct StrictString;
+
+    impl<'de> Visitor<'de> for StrictString {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string (quote numbers and booleans, e.g. \"5\")")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+    }
+
+    struct Value;
+
+    impl<'de> de::DeserializeSeed<'de> for Value {
+        type Value = String;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            d.deserialize_any(StrictString)
+        }
+    }
+
+    struct Map;
+
+    impl<'de> Visitor<'de> for Map {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of label keys to string values")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let value = access
+                    .next_value_seed(Value)
+                    .map_err(|e| de::Error::custom(format_args!("label {key:?}: {e}")))?;
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        d.deserialize_any(Map)
+    }
+}

@@ -21,6 +21,7 @@ pub struct ServiceDef {
     pub frontend: IpAddr,
     pub ports: Vec<ServicePort>,
     /// Endpoints (of this namespace) whose labels match are the backends.
+    #[serde(deserialize_with = "super::serde_util::string_map::deserialize")]
     pub selector: BTreeMap<String, String>,
     /// `service.cilium.io/global`: merge backends of the same namespace/name
     /// from every cluster.
@@ -237,6 +238,30 @@ impl StoreValue for ServiceDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_must_be_strings() {
+        let with = |selector: &str| YAML.replace("selector: {app: echo}", selector);
+        for bad in [
+            "selector: {app: 5}",
+            "selector: {app: true}",
+            "selector: {app: [a]}",
+        ] {
+            let e = ServiceDef::parse(&with(bad)).unwrap_err();
+            assert!(
+                e.contains("label \"app\"") && e.contains("a string"),
+                "{bad}: {e}"
+            );
+        }
+        let quoted = ServiceDef::parse(&with("selector: {app: \"5\"}")).unwrap();
+        assert_eq!(quoted.selector["app"], "5");
+        let json = r#"{"namespace":"d","name":"e","frontend":"10.96.0.1","ports":[{"port":80}],"selector":{"app":5}}"#;
+        assert!(ServiceDef::parse(json).is_err());
+        let doc = crate::values::PolicyDocument::parse(
+            "kind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {tier: 1}}\n",
+        );
+        assert!(doc.unwrap_err().contains("label \"tier\""));
+    }
 
     const YAML: &str = r#"
 namespace: demo
