@@ -23,6 +23,8 @@ pub enum ConfigError {
     MaxConnectedClusters(#[source] ClusterError),
     #[error("invalid --cluster-id")]
     ClusterId(#[source] ClusterError),
+    #[error("invalid --cluster-id 0: a meshed cluster needs an ID from 1 to {0}")]
+    ClusterIdZero(u32),
     #[error("invalid --etcd-endpoints {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
     #[error("invalid etcd TLS settings: {0}")]
@@ -172,6 +174,9 @@ impl Flags {
             ClusterName::new(self.cluster_name.as_str()).map_err(ConfigError::ClusterName)?;
         let mode = MaxConnectedClusters::from_u32(self.max_connected_clusters)
             .map_err(ConfigError::MaxConnectedClusters)?;
+        if self.cluster_id == 0 {
+            return Err(ConfigError::ClusterIdZero(mode.max_cluster_id()));
+        }
         let cluster_id = ClusterId::new(self.cluster_id, mode).map_err(ConfigError::ClusterId)?;
         let etcd = self.etcd()?;
         let mut config = OperatorConfig::new(cluster_name, cluster_id, mode, etcd);
@@ -400,6 +405,7 @@ mod tests {
             "cannot load the etcd TLS files: read /nonexistent/ca.pem: No such file or directory (os error 2)"
         );
         assert!(err(&["--cluster-id", "256"]).starts_with("invalid --cluster-id: cluster ID 256"));
+        assert!(err(&["--cluster-id", "0"]).starts_with("invalid --cluster-id 0: a meshed cluster"));
         assert!(
             err(&["--max-connected-clusters", "300"])
                 .starts_with("invalid --max-connected-clusters")
