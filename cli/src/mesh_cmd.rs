@@ -207,12 +207,12 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
     for c in &mesh.state.clusters {
         writeln!(
             out,
-            "  {} (id {}): apiserver {}, etcd {}, {} nodes",
+            "  {} (id {}): apiserver {}, etcd {}, {}",
             c.name,
             c.id,
             c.apiserver_endpoint,
             c.etcd_endpoint,
-            c.nodes.len()
+            plural(c.nodes.len(), "node")
         )
         .map_err(CommandError::failed)?;
     }

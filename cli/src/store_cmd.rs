@@ -62,7 +62,7 @@ impl Target {
         })?;
         let mesh = localmesh::Mesh::load(&self.dir).map_err(CommandError::usage)?;
         let c = mesh.state.cluster(cluster).map_err(CommandError::usage)?;
-        Ok(ClientConfig::new([c.etcd_endpoint.clone()]))
+        localmesh::etcd_admin_config(c).map_err(CommandError::failed)
     }
 
     /// The cluster's pod CIDR pool, when it is a cluster of a local mesh.

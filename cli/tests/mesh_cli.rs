@@ -120,6 +120,7 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     ok(&["up", "--dir", s(&m), "--clusters", "1", "--nodes", "1"]);
     assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
     maps_read_in_words(&m.join("c1/n1/agent.sock"));
+    only_root_reads_the_clusters_etcd(&m);
 
     // A second mesh inside this one, in an existing or a new directory.
     refused(&["up", "--dir", s(&m.join("c1"))], "inside the mesh");
@@ -169,6 +170,75 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     ]);
     ok(&["down", "--dir", s(&m)]);
     assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+}
+
+/// The cluster's etcd takes mutual TLS only, and its keys are root's: the
+/// admin (root) lists policies, an unprivileged user on the host cannot,
+/// with the CLI or with etcdctl.
+fn only_root_reads_the_clusters_etcd(m: &Path) {
+    let list = ["policy", "list", "--cluster", "c1", "--dir", s(m)];
+    ok(&list);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_clustermesh"))
+        .args(list)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody listed c1's policies");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let mesh: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(m.join("mesh.json")).unwrap()).unwrap();
+    let endpoint = mesh["clusters"][0]["etcd_endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    // etcdctl with the admin certificate reads (root can read its key)…
+    let tls = &mesh["clusters"][0]["etcd_tls"];
+    let out = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+        ])
+        .args(["--cacert", tls["ca"].as_str().unwrap()])
+        .args(["--cert", tls["admin_cert"].as_str().unwrap()])
+        .args(["--key", tls["admin_key"].as_str().unwrap()])
+        .args(["get", "--prefix", "cilium/cluster-config/", "--keys-only"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cilium/cluster-config/c1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …and without a client certificate etcd refuses the handshake.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "etcdctl",
+        ])
+        .args([
+            "--endpoints",
+            endpoint,
+            "--insecure-skip-tls-verify",
+            "--dial-timeout=2s",
+        ])
+        .args([
+            "--command-timeout=3s",
+            "get",
+            "--prefix",
+            "cilium/",
+            "--keys-only",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "etcdctl without a client certificate read: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// `clustermesh-agent debug map NAME`: decoded entries, never struct dumps.

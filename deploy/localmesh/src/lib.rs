@@ -12,8 +12,11 @@
 //! takes only a new or empty directory outside any other mesh, records each
 //! file and directory it makes there, and `down` removes only those.
 //!
-//! Not for production: processes are plain daemons, etcd has no TLS on the
-//! fabric, and all clusters share one CA.
+//! Each cluster's etcd takes only mutual TLS with certificates of that
+//! cluster's own etcd CA (its components and its admin).
+//!
+//! Not for production: processes are plain daemons, and all clusters share
+//! one mesh CA.
 
 mod error;
 mod interrupt;
@@ -29,8 +32,10 @@ pub use error::{Refused, Unavailable};
 pub use interrupt::{Interrupted, catch_interrupts, interrupted};
 pub use mesh::{
     ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir,
-    in_netns, request,
+    etcd_admin_config, in_netns, request,
 };
 pub use process::{is_running, log_tail};
-pub use state::{ClusterCerts, ClusterInfo, EndpointInfo, MeshState, NodeInfo, ProcessInfo};
+pub use state::{
+    ClusterCerts, ClusterInfo, EndpointInfo, EtcdCerts, MeshState, NodeInfo, ProcessInfo,
+};
 pub use subnet::parse as parse_subnet;

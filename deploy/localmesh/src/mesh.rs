@@ -187,6 +187,7 @@ impl Mesh {
             let cp_ip = Ipv4Addr::new(172, 16 + s.subnet, i, 2);
             let cdir = s.own(&name)?;
             let certs = pki::cluster(&ca, &s.ca_cert, &cdir.join("certs"), &name, cp_ip.into())?;
+            let etcd_tls = pki::etcd(&cdir.join("certs"), &name, cp_ip.into())?;
             let nodes = (1..=spec.nodes)
                 .map(|j| {
                     let ip = Ipv4Addr::new(172, 16 + s.subnet, i, 10 + j);
@@ -209,7 +210,8 @@ impl Mesh {
                 id: i as u32,
                 cp_netns: format!("{}-c{i}", s.prefix),
                 cp_ip,
-                etcd_endpoint: format!("http://{cp_ip}:2379"),
+                etcd_endpoint: format!("https://{cp_ip}:2379"),
+                etcd_tls: Some(etcd_tls),
                 etcd_data: cdir.join("etcd"),
                 apiserver_endpoint: format!("https://{cp_ip}:2443"),
                 apiserver_health: format!("{cp_ip}:9880"),
@@ -363,24 +365,25 @@ impl Mesh {
         let operator = spawn_daemon(
             Some(&c.cp_netns),
             &self.bin("clustermesh-operator")?,
-            &[
-                "--cluster-name".into(),
-                c.name.clone(),
-                "--cluster-id".into(),
-                c.id.to_string(),
-                "--etcd-endpoints".into(),
-                c.etcd_endpoint.clone(),
-                "--pod-cidr-pool".into(),
-                c.pod_cidr_pool.clone(),
-                "--node-cidr-mask-size".into(),
-                "24".into(),
-                "--health-listen".into(),
-                c.operator_health.clone(),
-                "--heartbeat-interval".into(),
-                "10s".into(),
-                "--id".into(),
-                format!("{}-operator", c.name),
-            ],
+            &with_etcd(
+                &c,
+                vec![
+                    "--cluster-name".into(),
+                    c.name.clone(),
+                    "--cluster-id".into(),
+                    c.id.to_string(),
+                    "--pod-cidr-pool".into(),
+                    c.pod_cidr_pool.clone(),
+                    "--node-cidr-mask-size".into(),
+                    "24".into(),
+                    "--health-listen".into(),
+                    c.operator_health.clone(),
+                    "--heartbeat-interval".into(),
+                    "10s".into(),
+                    "--id".into(),
+                    format!("{}-operator", c.name),
+                ],
+            ),
             &[],
             &logs.join("operator.log"),
         )?;
@@ -421,7 +424,17 @@ impl Mesh {
                 format!("--listen-metrics-urls=http://{}:2381", c.cp_ip),
                 "--logger=zap".into(),
                 "--log-outputs=stderr".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(c.etcd_tls.iter().flat_map(|t| {
+                [
+                    format!("--cert-file={}", t.server_cert.display()),
+                    format!("--key-file={}", t.server_key.display()),
+                    format!("--trusted-ca-file={}", t.ca.display()),
+                    "--client-cert-auth=true".into(),
+                ]
+            }))
+            .collect::<Vec<_>>(),
             &[],
             &logs.join("etcd.log"),
         )?;
@@ -463,26 +476,27 @@ impl Mesh {
         let apiserver = spawn_daemon(
             Some(&c.cp_netns),
             &self.bin("clustermesh-apiserver")?,
-            &[
-                "--cluster-name".into(),
-                c.name.clone(),
-                "--cluster-id".into(),
-                id.to_string(),
-                "--etcd-endpoints".into(),
-                c.etcd_endpoint.clone(),
-                "--listen".into(),
-                c.apiserver_endpoint
-                    .trim_start_matches("https://")
-                    .to_string(),
-                "--tls-cert".into(),
-                c.certs.server_cert.display().to_string(),
-                "--tls-key".into(),
-                c.certs.server_key.display().to_string(),
-                "--tls-client-ca".into(),
-                c.certs.ca.display().to_string(),
-                "--health-listen".into(),
-                c.apiserver_health.clone(),
-            ],
+            &with_etcd(
+                &c,
+                vec![
+                    "--cluster-name".into(),
+                    c.name.clone(),
+                    "--cluster-id".into(),
+                    id.to_string(),
+                    "--listen".into(),
+                    c.apiserver_endpoint
+                        .trim_start_matches("https://")
+                        .to_string(),
+                    "--tls-cert".into(),
+                    c.certs.server_cert.display().to_string(),
+                    "--tls-key".into(),
+                    c.certs.server_key.display().to_string(),
+                    "--tls-client-ca".into(),
+                    c.certs.ca.display().to_string(),
+                    "--health-listen".into(),
+                    c.apiserver_health.clone(),
+                ],
+            ),
             &[],
             &logs.join("apiserver.log"),
         )?;
@@ -541,33 +555,34 @@ impl Mesh {
         let agent = spawn_daemon(
             Some(&n.netns),
             &self.bin("clustermesh-agent")?,
-            &[
-                "run".into(),
-                "--cluster-name".into(),
-                c.name.clone(),
-                "--cluster-id".into(),
-                c.id.to_string(),
-                "--node-name".into(),
-                n.name.clone(),
-                "--node-ip".into(),
-                n.ip.to_string(),
-                "--etcd-endpoints".into(),
-                c.etcd_endpoint.clone(),
-                "--clustermesh-config".into(),
-                c.clustermesh_dir.display().to_string(),
-                "--bpffs-dir".into(),
-                n.bpffs.display().to_string(),
-                "--api-socket".into(),
-                n.api_socket.display().to_string(),
-                "--state-dir".into(),
-                n.state_dir.display().to_string(),
-                "--health-listen".into(),
-                n.health.clone(),
-                "--session-ttl".into(),
-                "2m".into(),
-                "--sync-timeout".into(),
-                "30s".into(),
-            ],
+            &with_etcd(
+                &c,
+                vec![
+                    "run".into(),
+                    "--cluster-name".into(),
+                    c.name.clone(),
+                    "--cluster-id".into(),
+                    c.id.to_string(),
+                    "--node-name".into(),
+                    n.name.clone(),
+                    "--node-ip".into(),
+                    n.ip.to_string(),
+                    "--clustermesh-config".into(),
+                    c.clustermesh_dir.display().to_string(),
+                    "--bpffs-dir".into(),
+                    n.bpffs.display().to_string(),
+                    "--api-socket".into(),
+                    n.api_socket.display().to_string(),
+                    "--state-dir".into(),
+                    n.state_dir.display().to_string(),
+                    "--health-listen".into(),
+                    n.health.clone(),
+                    "--session-ttl".into(),
+                    "2m".into(),
+                    "--sync-timeout".into(),
+                    "30s".into(),
+                ],
+            ),
             &[("CLUSTERMESH_LOG", "info")],
             &self
                 .state
@@ -1093,9 +1108,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A client of a cluster's etcd, straight (the admin's path).
 pub async fn admin_client(c: &ClusterInfo) -> Result<Client> {
-    let mut config = ClientConfig::new([c.etcd_endpoint.clone()]);
-    config.connect_timeout = Duration::from_secs(3);
-    config.request_timeout = Duration::from_secs(5);
+    let config = etcd_admin_config(c)?;
     Client::connect(&config)
         .await
         .with_context(|| format!("cluster {} etcd", c.name))
@@ -1137,6 +1150,37 @@ fn agent_status(n: &NodeInfo) -> Result<StatusView, String> {
     let mut client = ApiClient::new(&n.api_socket);
     client.set_timeout(Duration::from_secs(5));
     client.get("/v1/status").map_err(|e| e.to_string())
+}
+
+/// A daemon's flags followed by how it reaches its cluster's etcd (with
+/// the components' client certificate when etcd is served with TLS).
+fn with_etcd(c: &ClusterInfo, mut args: Vec<String>) -> Vec<String> {
+    args.extend(["--etcd-endpoints".to_string(), c.etcd_endpoint.clone()]);
+    if let Some(t) = &c.etcd_tls {
+        args.extend([
+            "--etcd-ca".to_string(),
+            t.ca.display().to_string(),
+            "--etcd-cert".to_string(),
+            t.client_cert.display().to_string(),
+            "--etcd-key".to_string(),
+            t.client_key.display().to_string(),
+        ]);
+    }
+    args
+}
+
+/// How the admin (the CLI, tests) reaches a cluster's etcd.
+pub fn etcd_admin_config(c: &ClusterInfo) -> Result<ClientConfig> {
+    let mut config = ClientConfig::new([c.etcd_endpoint.clone()]);
+    if let Some(t) = &c.etcd_tls {
+        config = config.with_tls(
+            TlsConfig::from_files(&t.ca, Some((&t.admin_cert, &t.admin_key)))
+                .with_context(|| format!("cluster {}'s etcd admin certificate", c.name))?,
+        );
+    }
+    config.connect_timeout = Duration::from_secs(3);
+    config.request_timeout = Duration::from_secs(5);
+    Ok(config)
 }
 
 /// Refuses to start what runs already: a second copy would fail on its

@@ -1,13 +1,15 @@
 //! The mesh's certificates: one CA, and per cluster the apiserver's server
 //! certificate, an `admin-<cluster>` and a `remote-<cluster>` client
-//! certificate.
+//! certificate; per cluster also a CA of its own for its etcd, so that only
+//! that cluster's components and its admin reach it (a certificate of the
+//! mesh CA, another cluster's included, is refused).
 
 use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context, Result};
 use certs::{Ca, CertName, Validity};
 
-use crate::state::ClusterCerts;
+use crate::state::{ClusterCerts, EtcdCerts};
 
 /// Creates the mesh CA in `dir` (or loads it when present).
 pub(crate) fn ca(dir: &Path) -> Result<Ca> {
@@ -54,5 +56,48 @@ pub(crate) fn cluster(
         remote_cert: remote.cert,
         remote_key: remote.key,
         ca: ca_path.to_path_buf(),
+    })
+}
+
+/// Issues a cluster's etcd CA, server and client certificates into `dir`.
+pub(crate) fn etcd(dir: &Path, cluster: &str, etcd_ip: IpAddr) -> Result<EtcdCerts> {
+    let ca_dir = dir.join("etcd-ca");
+    let ca = if Ca::exists_in(&ca_dir) {
+        Ca::load(&ca_dir).context("load the etcd CA")?
+    } else {
+        let ca = Ca::generate(
+            &format!("etcd CA of cluster {cluster}"),
+            Validity::days(3650)?,
+        )
+        .context("generate the etcd CA")?;
+        ca.write(&ca_dir).context("write the etcd CA")?;
+        ca
+    };
+    let validity = Validity::days(365)?;
+    let server = ca
+        .issue_server(
+            &CertName::new(format!("etcd-{cluster}"))?,
+            &["localhost".to_string()],
+            &[etcd_ip, IpAddr::from([127, 0, 0, 1])],
+            validity,
+        )?
+        .write(dir)?;
+    let components = ca
+        .issue_client(
+            &CertName::new(format!("etcd-components-{cluster}"))?,
+            validity,
+        )?
+        .write(dir)?;
+    let admin = ca
+        .issue_client(&CertName::new(format!("etcd-admin-{cluster}"))?, validity)?
+        .write(dir)?;
+    Ok(EtcdCerts {
+        ca: ca_dir.join("ca.crt"),
+        server_cert: server.cert,
+        server_key: server.key,
+        client_cert: components.cert,
+        client_key: components.key,
+        admin_cert: admin.cert,
+        admin_key: admin.key,
     })
 }

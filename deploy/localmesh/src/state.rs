@@ -49,6 +49,19 @@ pub struct ClusterCerts {
     pub ca: PathBuf,
 }
 
+/// A cluster's etcd certificates: its own CA, the server's, and client
+/// certificates for its components and for its admin (the CLI, tests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
 /// One cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -58,6 +71,10 @@ pub struct ClusterInfo {
     pub cp_netns: String,
     pub cp_ip: Ipv4Addr,
     pub etcd_endpoint: String,
+    /// Mutual TLS of the cluster's etcd (`None`: a mesh from before it was
+    /// served with TLS, plain HTTP).
+    #[serde(default)]
+    pub etcd_tls: Option<EtcdCerts>,
     pub etcd_data: PathBuf,
     pub apiserver_endpoint: String,
     pub apiserver_health: String,
