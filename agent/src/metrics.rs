@@ -67,7 +67,9 @@ impl std::fmt::Debug for AgentMetrics {
 
 impl AgentMetrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("clustermesh_agent");
+        let mut root = Registry::default();
+        daemon::register_process_metrics(&mut root, "clustermesh-agent", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("clustermesh_agent");
         let endpoints = Gauge::default();
         let services = Gauge::default();
         let policies = Gauge::default();
@@ -143,7 +145,7 @@ impl AgentMetrics {
             remote_invalid.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry: Mutex::new(root),
             endpoints,
             services,
             policies,

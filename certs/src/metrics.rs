@@ -16,7 +16,8 @@ use crate::{CertificateInfo, TlsHandle, TlsMaterial, reloader::Reloader};
 /// Prometheus metrics of every TLS identity it tracks, computed at scrape time
 /// from the material in use, so "seconds until expiry" is never stale:
 ///
-/// - `clustermesh_tls_certificate_expiry_seconds{role, kind, file, subject, serial}`:
+/// - `clustermesh_tls_certificate_expiry_seconds{role, kind, subject, serial}`:
+///   (no file paths: a scrape says what expires, not where it is stored)
 ///   seconds until not-after (negative once expired), for the certificate
 ///   (`kind="cert"`) and each CA of the bundle (`kind="ca"`).
 /// - `clustermesh_tls_reloads_total{role}` and
@@ -149,17 +150,10 @@ impl Collector for TlsCollector {
         )?;
         for (role, source) in &live {
             let material = source.material();
-            let files = material.files();
-            let cert_file = files.cert.display().to_string();
-            let ca_file = files.ca_bundle.display().to_string();
-            let entries = std::iter::once(("cert", &cert_file, material.certificate())).chain(
-                material
-                    .ca_certificates()
-                    .iter()
-                    .map(|ca| ("ca", &ca_file, ca)),
-            );
-            for (kind, file, info) in entries {
-                encode_expiry(&mut expiry, role, kind, file, info, now)?;
+            let entries = std::iter::once(("cert", material.certificate()))
+                .chain(material.ca_certificates().iter().map(|ca| ("ca", ca)));
+            for (kind, info) in entries {
+                encode_expiry(&mut expiry, role, kind, info, now)?;
             }
         }
 
@@ -193,14 +187,12 @@ fn encode_expiry(
     family: &mut prometheus_client::encoding::MetricEncoder<'_>,
     role: &str,
     kind: &str,
-    file: &str,
     info: &CertificateInfo,
     now: SystemTime,
 ) -> Result<(), fmt::Error> {
     let labels = [
         ("role", role),
         ("kind", kind),
-        ("file", file),
         ("subject", info.subject.as_str()),
         ("serial", info.serial.as_str()),
     ];

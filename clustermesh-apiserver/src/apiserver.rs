@@ -104,6 +104,11 @@ impl Apiserver {
             ServerTls::load(config.tls.clone(), tls_config).map_err(ApiserverError::LoadTls)?;
 
         let mut registry = Registry::default();
+        daemon::register_process_metrics(
+            &mut registry,
+            "clustermesh-apiserver",
+            env!("CARGO_PKG_VERSION"),
+        );
         let metrics = Metrics::register(&mut registry);
         let tls_metrics = TlsMetrics::new();
         tls_metrics.register(&mut registry);

@@ -10,9 +10,10 @@ use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters};
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 32379));
 /// `/healthz`, `/readyz` and `/metrics`: Cilium's clustermesh-apiserver
-/// health port.
+/// health port, on localhost unless told otherwise (metrics say how the
+/// cluster is built; they are not for every network the host is on).
 pub const DEFAULT_HEALTH_LISTEN: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9880));
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9880));
 
 /// How the apiserver runs. Built by the binary from [`crate::Args`]; tests
 /// build it directly.
@@ -34,7 +35,7 @@ pub struct Config {
     pub tls: certs::TlsFiles,
     /// How the TLS files are watched and reloaded (`h2` is always offered).
     pub tls_reload: certs::Config,
-    /// Plain HTTP `/healthz`, `/readyz`, `/metrics`. Default 0.0.0.0:9880.
+    /// Plain HTTP `/healthz`, `/readyz`, `/metrics`. Default 127.0.0.1:9880.
     pub health_listen: SocketAddr,
     /// How long a client may take to complete the TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,

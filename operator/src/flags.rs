@@ -405,7 +405,9 @@ mod tests {
             "cannot load the etcd TLS files: read /nonexistent/ca.pem: No such file or directory (os error 2)"
         );
         assert!(err(&["--cluster-id", "256"]).starts_with("invalid --cluster-id: cluster ID 256"));
-        assert!(err(&["--cluster-id", "0"]).starts_with("invalid --cluster-id 0: a meshed cluster"));
+        assert!(
+            err(&["--cluster-id", "0"]).starts_with("invalid --cluster-id 0: a meshed cluster")
+        );
         assert!(
             err(&["--max-connected-clusters", "300"])
                 .starts_with("invalid --max-connected-clusters")

@@ -60,7 +60,13 @@ impl fmt::Debug for OperatorMetrics {
 impl OperatorMetrics {
     /// Registers every metric; `identities` and `range` feed the identity count.
     pub fn new(identities: IdentityCache, range: IdentityRange) -> Self {
-        let mut registry = Registry::with_prefix(METRICS_PREFIX);
+        let mut root = Registry::default();
+        daemon::register_process_metrics(
+            &mut root,
+            "clustermesh-operator",
+            env!("CARGO_PKG_VERSION"),
+        );
+        let registry = root.sub_registry_with_prefix(METRICS_PREFIX);
         let m = Self {
             registry: Arc::new(Registry::default()),
             leader: Gauge::default(),
@@ -143,7 +149,7 @@ impl OperatorMetrics {
         let _ = m.leader_transitions.get_or_create(&[("to", "leader")]);
         let _ = m.leader_transitions.get_or_create(&[("to", "follower")]);
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             ..m
         }
     }
