@@ -191,8 +191,8 @@ impl AgentArgs {
                 .cloned()
                 .unwrap_or_else(|| "clustermesh-agent".into()),
         ];
-        if let Some(path) = file {
-            match file_args(&PathBuf::from(&path)) {
+        if let Some(path) = &file {
+            match file_args(&PathBuf::from(path)) {
                 Ok(extra) => full.extend(extra),
                 Err(reason) => {
                     return Err(clap::Error::raw(
@@ -202,9 +202,26 @@ impl AgentArgs {
                 }
             }
         }
+        let from_file: Vec<String> = full[1..].to_vec();
         full.extend(args.into_iter().skip(1));
         // Later flags win: command-line values come after the file's.
-        Self::try_parse_from(dedupe_flags(full))
+        let deduped = dedupe_flags(full);
+        Self::try_parse_from(&deduped).map_err(|e| match &file {
+            // Say where a bad value came from: the file's keys are the flags.
+            Some(path) if blames_file(&e, &from_file, &deduped) => {
+                let message = e.to_string();
+                let first = message.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                clap::Error::raw(
+                    e.kind(),
+                    format!(
+                        "config file {path}: {}\n",
+                        first.replace("'--", "'").replace("argument '", "key '")
+                    ),
+                )
+            }
+            _ => e,
+        })
     }
 
     /// Validates and builds the configuration.
@@ -335,6 +352,20 @@ fn dedupe_flags(args: Vec<String>) -> Vec<String> {
     out
 }
 
+/// Whether a parse error is about a flag that came from the config file
+/// (and was not given again on the command line).
+fn blames_file(e: &clap::Error, from_file: &[String], parsed: &[String]) -> bool {
+    let text = e.to_string();
+    from_file
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .any(|flag| {
+            let named = text.contains(&format!("'{flag}")) || text.contains(&format!("'{flag} "));
+            named && parsed.iter().filter(|p| p.starts_with(flag)).count() <= 1
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +431,36 @@ mod tests {
         assert_eq!(a.cluster_name, "c2");
         assert_eq!(a.etcd_endpoints, ["http://a:1", "http://b:2"]);
         assert_eq!(a.sync_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_file_values_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        let path = file.to_str().unwrap();
+        let parse = |body: &str, extra: &[&str]| {
+            std::fs::write(&file, body).unwrap();
+            let mut a = vec!["--config", path];
+            a.extend(extra);
+            AgentArgs::parse_with_file(args(&a))
+                .unwrap_err()
+                .to_string()
+        };
+        let base =
+            "cluster-name: c2\nnode-name: n\nnode-ip: 10.0.0.1\netcd-endpoints: [http://a:1]\n";
+        let e = parse(&format!("{base}cluster-id: abc\n"), &[]);
+        assert!(
+            e.contains(&format!("config file {path}")) && e.contains("'cluster-id"),
+            "{e}"
+        );
+        let e = parse(&format!("{base}cluster-id: 2\nbogus: 1\n"), &[]);
+        assert!(
+            e.contains(&format!("config file {path}")) && e.contains("'bogus'"),
+            "{e}"
+        );
+        // A bad flag on the command line is the command line's, not the file's.
+        let e = parse(&format!("{base}cluster-id: 2\n"), &["--session-ttl", "x"]);
+        assert!(!e.contains("config file"), "{e}");
     }
 
     #[test]

@@ -44,12 +44,19 @@ fn main() -> ExitCode {
     match command {
         Command::Debug(d) => match run_debug(&d) {
             Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
+                use std::io::Write;
+                match std::io::stdout().lock().write_all(out.as_bytes()) {
+                    // `debug map conntrack | head`: the reader has enough.
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("clustermesh-agent debug: write the output: {e}");
+                        ExitCode::from(1)
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("clustermesh-agent debug: {e}");
-                ExitCode::from(1)
+                ExitCode::from(debug_exit_code(&e))
             }
         },
         Command::Run(a) => {
@@ -78,6 +85,17 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// The same exit codes as every clustermesh command: 69 when the agent does
+/// not answer, 64 when it refuses the request (an unknown endpoint or map),
+/// 1 otherwise.
+fn debug_exit_code(e: &agent::ClientError) -> u8 {
+    match e {
+        agent::ClientError::Connect { .. } | agent::ClientError::Io { .. } => 69,
+        agent::ClientError::Status { status, .. } if (400..500).contains(status) => 64,
+        _ => 1,
     }
 }
 
