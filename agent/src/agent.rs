@@ -25,6 +25,7 @@ use crate::{
     control_loop::{ControlLoop, Input, IpEvent, LoopConfig, LoopHandle},
     datapath_sync::DatapathSync,
     endpoint_manager::{EndpointManager, EndpointManagerConfig},
+    flow_counter::FlowCounter,
     health::HealthServer,
     metrics::AgentMetrics,
     plumbing,
@@ -259,6 +260,10 @@ impl Agent {
         node_store.synced();
         control.set_pod_cidr(Some(IpNet::V4(pod_cidr)));
         tasks.spawn("control loop", control.run(inner.clone()));
+        tasks.spawn(
+            "flow counter",
+            FlowCounter::new(c.bpffs_dir.clone(), metrics.clone()).run(inner.clone()),
+        );
 
         let endpoints = Arc::new(EndpointManager::new(
             EndpointManagerConfig {

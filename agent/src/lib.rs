@@ -20,6 +20,7 @@ mod datapath_sync;
 mod debug;
 mod endpoint;
 mod endpoint_manager;
+mod flow_counter;
 mod health;
 mod metrics;
 mod plumbing;

@@ -40,6 +40,18 @@ pub struct RemoteReasonLabel {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct VerdictLabel {
+    pub direction: String,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DropLabel {
+    pub direction: String,
+    pub reason: String,
+}
+
 /// Every metric of the agent, registered in one registry.
 pub struct AgentMetrics {
     registry: Mutex<Registry>,
@@ -57,6 +69,8 @@ pub struct AgentMetrics {
     pub remote_last_failure: Family<RemoteLabel, Gauge>,
     pub remote_entries: Family<RemoteKindLabel, Gauge>,
     pub remote_invalid: Family<RemoteReasonLabel, Gauge>,
+    policy_verdicts: Family<VerdictLabel, Counter>,
+    drops: Family<DropLabel, Counter>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -86,6 +100,18 @@ impl AgentMetrics {
         let remote_last_failure = Family::<RemoteLabel, Gauge>::default();
         let remote_entries = Family::<RemoteKindLabel, Gauge>::default();
         let remote_invalid = Family::<RemoteReasonLabel, Gauge>::default();
+        let policy_verdicts = Family::<VerdictLabel, Counter>::default();
+        let drops = Family::<DropLabel, Counter>::default();
+        registry.register(
+            "policy_verdicts",
+            "Flows the datapath decided on, by direction and verdict",
+            policy_verdicts.clone(),
+        );
+        registry.register(
+            "drops",
+            "Packets the datapath dropped, by direction and reason",
+            drops.clone(),
+        );
         registry.register("endpoints", "Endpoints on this node", endpoints.clone());
         registry.register("services", "Service frontends programmed", services.clone());
         registry.register("policies", "Policy documents known", policies.clone());
@@ -160,6 +186,26 @@ impl AgentMetrics {
             remote_last_failure,
             remote_entries,
             remote_invalid,
+            policy_verdicts,
+            drops,
+        }
+    }
+
+    /// Counts one flow event: its verdict, and its drop reason if dropped.
+    pub(crate) fn count_flow(&self, (direction, verdict, reason): &(&str, &str, Option<&str>)) {
+        self.policy_verdicts
+            .get_or_create(&VerdictLabel {
+                direction: direction.to_string(),
+                verdict: verdict.to_string(),
+            })
+            .inc();
+        if let Some(reason) = reason {
+            self.drops
+                .get_or_create(&DropLabel {
+                    direction: direction.to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc();
         }
     }
 

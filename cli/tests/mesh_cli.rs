@@ -121,6 +121,7 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
     maps_read_in_words(&m.join("c1/n1/agent.sock"));
     only_root_reads_the_clusters_etcd(&m);
+    metrics_explain_verdicts_and_every_daemon_says_what_it_is(&m);
 
     // A second mesh inside this one, in an existing or a new directory.
     refused(&["up", "--dir", s(&m.join("c1"))], "inside the mesh");
@@ -239,6 +240,159 @@ fn only_root_reads_the_clusters_etcd(m: &Path) {
         "etcdctl without a client certificate read: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A plain HTTP GET; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (head, value) = rest.rsplit_once(' ')?;
+        (head.is_empty() || head.starts_with('{') && head.contains(labels))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Waits up to 30 s for `f` to hold.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The agent counts what its datapath decided (allowed first, then denied),
+/// and every daemon exports its build and process metrics.
+fn metrics_explain_verdicts_and_every_daemon_says_what_it_is(m: &Path) {
+    let mesh: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(m.join("mesh.json")).unwrap()).unwrap();
+    let c1 = &mesh["clusters"][0];
+    let agent = c1["nodes"][0]["health"].as_str().unwrap().to_string();
+    let echo = mesh["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "echo-n1")
+        .unwrap();
+    let target = format!("{}:8080", echo["ip"].as_str().unwrap());
+    let policy = |from: &str| {
+        format!(
+            "kind: CiliumNetworkPolicy\nmetadata: {{name: echo, namespace: demo}}\nspec:\n  endpointSelector: {{matchLabels: {{app: echo}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: {from}}}}}]\n"
+        )
+    };
+    let apply = |doc: String| {
+        let path = m.with_extension("policy.yaml");
+        fs::write(&path, doc).unwrap();
+        ok(&[
+            "policy",
+            "apply",
+            "-f",
+            s(&path),
+            "--cluster",
+            "c1",
+            "--dir",
+            s(m),
+        ]);
+        fs::remove_file(&path).unwrap();
+    };
+    let request = || {
+        clustermesh(&[
+            "mesh",
+            "request",
+            "c1/client",
+            &target,
+            "--timeout",
+            "1s",
+            "--dir",
+            s(m),
+        ])
+        .code
+            == 0
+    };
+    let forwarded = || {
+        sample(
+            &http_get(&agent, "/metrics"),
+            "clustermesh_agent_policy_verdicts_total",
+            "verdict=\"forwarded\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let denied = || {
+        sample(
+            &http_get(&agent, "/metrics"),
+            "clustermesh_agent_drops_total",
+            "reason=\"policy-denied\"",
+        )
+        .unwrap_or(0.0)
+    };
+    apply(policy("client"));
+    eventually("the admitted client is answered", request);
+    eventually("a forwarded verdict is counted", || forwarded() >= 1.0);
+    let before = denied();
+    apply(policy("nobody"));
+    eventually("the client is denied", || !request());
+    eventually("the policy drop is counted", || denied() > before);
+    ok(&[
+        "policy",
+        "delete",
+        "demo/echo",
+        "--cluster",
+        "c1",
+        "--dir",
+        s(m),
+    ]);
+
+    for (daemon, addr) in [
+        ("clustermesh-agent", agent.clone()),
+        (
+            "clustermesh-operator",
+            c1["operator_health"].as_str().unwrap().to_string(),
+        ),
+        (
+            "clustermesh-apiserver",
+            c1["apiserver_health"].as_str().unwrap().to_string(),
+        ),
+    ] {
+        let text = http_get(&addr, "/metrics");
+        assert_eq!(
+            sample(
+                &text,
+                "clustermesh_build_info",
+                &format!("binary=\"{daemon}\"")
+            ),
+            Some(1.0),
+            "{daemon}:\n{text}"
+        );
+        assert!(
+            sample(&text, "process_resident_memory_bytes", "").is_some_and(|v| v > 0.0),
+            "{daemon}"
+        );
+        assert!(
+            sample(&text, "process_cpu_seconds_total", "").is_some(),
+            "{daemon}"
+        );
+        assert!(
+            !text.contains("file=\"/"),
+            "{daemon} lists a file path:\n{text}"
+        );
+    }
 }
 
 /// `clustermesh-agent debug map NAME`: decoded entries, never struct dumps.
