@@ -1,4 +1,5 @@
-//! `/healthz` and Prometheus `/metrics` over TCP.
+//! `/healthz`, `/readyz` (the JSON body every daemon uses) and Prometheus
+//! `/metrics` over TCP.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -34,6 +35,7 @@ impl HealthServer {
         info!(addr = %self.addr, "health and metrics listening");
         let app = Router::new()
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state((self.metrics, self.control));
         axum::serve(listener, app)
@@ -43,18 +45,42 @@ impl HealthServer {
     }
 }
 
+fn json(health: &daemon::Health) -> impl IntoResponse + use<> {
+    (
+        StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        [("content-type", "application/json")],
+        health.to_json(),
+    )
+}
+
+/// 200 while the control loop answers.
 async fn healthz(State((_, control)): State<(Arc<AgentMetrics>, LoopHandle)>) -> impl IntoResponse {
-    match control.query(Query::Status).await {
-        Some(Answer::Status(s)) if s.synced => (StatusCode::OK, "ok\n".to_string()),
-        Some(Answer::Status(_)) => (
-            StatusCode::OK,
-            "ok (waiting for the initial sync)\n".to_string(),
-        ),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "control loop stopped\n".to_string(),
-        ),
-    }
+    use daemon::Check;
+    let check = match control.query(Query::Status).await {
+        Some(Answer::Status(_)) => Check::ok("answering"),
+        _ => Check::failed("the control loop stopped"),
+    };
+    json(&daemon::Health::liveness([("control-loop", check)]))
+}
+
+/// 200 once every source finished its initial sync (or the sync timeout
+/// passed and the agent works with what it has).
+async fn readyz(State((_, control)): State<(Arc<AgentMetrics>, LoopHandle)>) -> impl IntoResponse {
+    use daemon::Check;
+    let checks = match control.query(Query::Status).await {
+        Some(Answer::Status(s)) => {
+            let sync = if s.synced {
+                Check::ok("every source synced")
+            } else if s.sync_timed_out {
+                Check::ok("sync timeout passed; programming from a partial view")
+            } else {
+                Check::failed("waiting for the initial sync")
+            };
+            vec![("control-loop", Check::ok("answering")), ("sync", sync)]
+        }
+        _ => vec![("control-loop", Check::failed("the control loop stopped"))],
+    };
+    json(&daemon::Health::readiness(checks))
 }
 
 async fn metrics(State((metrics, _)): State<(Arc<AgentMetrics>, LoopHandle)>) -> impl IntoResponse {

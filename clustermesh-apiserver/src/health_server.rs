@@ -27,6 +27,7 @@ pub enum HealthServerError {
 ///
 /// - `/healthz`: 200 while the process serves.
 /// - `/readyz`: 200 when etcd answers and the cluster config is published;
+///   both answer with the JSON body every daemon uses ([`daemon::Health`]);
 ///   503 with the reason otherwise.
 /// - `/metrics`: Prometheus text format.
 pub struct HealthServer {
@@ -71,7 +72,7 @@ impl HealthServer {
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), HealthServerError> {
         let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.state);
@@ -82,31 +83,44 @@ impl HealthServer {
     }
 }
 
+fn json(health: &daemon::Health) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    (
+        StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        [(header::CONTENT_TYPE, "application/json")],
+        health.to_json(),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    json(&daemon::Health::liveness([(
+        "process",
+        daemon::Check::ok("serving"),
+    )]))
+}
+
 async fn readyz(State(state): State<Arc<HealthState>>) -> impl IntoResponse {
-    let mut problems = Vec::new();
-    match tokio::time::timeout(ETCD_CHECK_TIMEOUT, state.upstream.status()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(status)) => problems.push(format!(
+    use daemon::Check;
+    let etcd = match tokio::time::timeout(ETCD_CHECK_TIMEOUT, state.upstream.status()).await {
+        Ok(Ok(_)) => Check::ok(format!("etcd at {} answers", state.upstream.endpoints())),
+        Ok(Err(status)) => Check::failed(format!(
             "etcd at {} does not answer: {}",
             state.upstream.endpoints(),
             status.message()
         )),
-        Err(_) => problems.push(format!(
+        Err(_) => Check::failed(format!(
             "etcd at {} did not answer within {ETCD_CHECK_TIMEOUT:?}",
             state.upstream.endpoints()
         )),
-    }
-    if !state.publisher.is_published() {
-        problems.push(state.publisher.describe());
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+    };
+    let config = if state.publisher.is_published() {
+        Check::ok("published")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
-    }
+        Check::failed(state.publisher.describe())
+    };
+    json(&daemon::Health::readiness([
+        ("etcd", etcd),
+        ("cluster-config", config),
+    ]))
 }
 
 async fn metrics(State(state): State<Arc<HealthState>>) -> impl IntoResponse {

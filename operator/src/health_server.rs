@@ -45,6 +45,8 @@ pub struct HealthReport {
     pub session_lease: Option<String>,
     /// Whether the identity cache completed its initial list.
     pub identities_synced: bool,
+    /// The same checks as every daemon's report ([`daemon::Health`]).
+    pub checks: std::collections::BTreeMap<String, daemon::Check>,
 }
 
 #[derive(Clone)]
@@ -115,10 +117,11 @@ impl HealthServer {
                 addr: self.listen,
                 source,
             })?;
-        info!(%addr, "serving /healthz and /metrics");
+        info!(%addr, "serving /healthz and /metrics (and /readyz)");
         self.bound.send_replace(Some(addr));
         let app = Router::new()
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.sources);
         axum::serve(listener, app)
@@ -126,6 +129,29 @@ impl HealthServer {
             .await
             .map_err(HealthServerError::Serve)
     }
+}
+
+/// The operator's checks: its etcd session and its identity cache.
+fn checks(s: &Sources) -> Vec<(&'static str, daemon::Check)> {
+    use daemon::Check;
+    let lease = s.session.current().lease;
+    vec![
+        (
+            "etcd-session",
+            match lease {
+                Some(l) => Check::ok(format!("lease {l}")),
+                None => Check::failed("no etcd session lease (etcd unreachable)"),
+            },
+        ),
+        (
+            "identities",
+            if s.identities.is_synced() {
+                Check::ok("initial list done")
+            } else {
+                Check::failed("waiting for the initial list")
+            },
+        ),
+    ]
 }
 
 async fn healthz(State(s): State<Sources>) -> Json<HealthReport> {
@@ -138,7 +164,23 @@ async fn healthz(State(s): State<Sources>) -> Json<HealthReport> {
         leader_id: s.leader.leader(),
         session_lease: lease.map(|l| l.to_string()),
         identities_synced: s.identities.is_synced(),
+        checks: checks(&s)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     })
+}
+
+/// 200 once the operator holds a session and has listed the identities.
+async fn readyz(State(s): State<Sources>) -> Response {
+    let health = daemon::Health::readiness(checks(&s));
+    (
+        axum::http::StatusCode::from_u16(health.http_status())
+            .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+        [(header::CONTENT_TYPE, "application/json")],
+        health.to_json(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<Sources>) -> Response {

@@ -41,7 +41,13 @@ async fn cluster_config_is_published_and_rewritten() {
     })
     .await;
     let (status, body) = http_get(api.health_addr, "/readyz").await.unwrap();
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(status, 200, "{body}");
+    let ready: daemon::Health = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready.status, "ready", "{body}");
+    assert!(
+        ready.checks["cluster-config"].ok && ready.checks["etcd"].ok,
+        "{body}"
+    );
     let (status, _) = http_get(api.health_addr, "/healthz").await.unwrap();
     assert_eq!(status, 200);
 
