@@ -519,3 +519,55 @@ fn up_refuses_a_subnet_that_clashes_with_a_host_route_at_once() {
     assert_eq!(run.code, 64, "{}", run.stderr);
     assert!(run.stderr.contains("172.16.0.0/16"), "{}", run.stderr);
 }
+
+#[test]
+fn ctrl_c_during_up_removes_what_was_started() {
+    if !needs_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
+        .args(["up", "--dir", s(&d), "--clusters", "2", "--nodes", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _down = Down(&d);
+    // Interrupt once the first cluster's control plane runs.
+    eventually("the first etcd to be started", || {
+        fs::read_to_string(d.join("mesh.json")).is_ok_and(|j| j.contains("\"etcd\": {"))
+    });
+    let (prefix, etcd_pid) = {
+        let mesh: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(d.join("mesh.json")).unwrap()).unwrap();
+        (
+            mesh["prefix"].as_str().unwrap().to_string(),
+            mesh["clusters"][0]["etcd"]["pid"].as_u64().unwrap(),
+        )
+    };
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    let out = up.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        !d.exists(),
+        "up created {} and removed it again",
+        d.display()
+    );
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    assert!(
+        !Path::new("/sys/fs/bpf").join(&prefix).exists(),
+        "pinned maps left behind"
+    );
+    let cmdline = fs::read_to_string(format!("/proc/{etcd_pid}/cmdline")).unwrap_or_default();
+    assert!(!cmdline.contains("etcd"), "etcd {etcd_pid} still runs");
+}
