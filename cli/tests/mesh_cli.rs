@@ -117,7 +117,7 @@ fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m");
     let _down = Down(&m);
-    ok(&["up", "--dir", s(&m), "--clusters", "1", "--nodes", "1"]);
+    ok(&["up", "--dir", s(&m), "--clusters", "2", "--nodes", "1"]);
     assert!(m.join("c1/etcd").is_dir() && m.join("pki/ca.crt").is_file());
     maps_read_in_words(&m.join("c1/n1/agent.sock"));
     only_root_reads_the_clusters_etcd(&m);
@@ -211,6 +211,26 @@ fn only_root_reads_the_clusters_etcd(m: &Path) {
         String::from_utf8_lossy(&out.stdout).contains("cilium/cluster-config/c1"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // …another cluster's admin certificate does not…
+    let c2 = &mesh["clusters"][1]["etcd_tls"];
+    let out = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+        ])
+        .args(["--cacert", tls["ca"].as_str().unwrap()])
+        .args(["--cert", c2["admin_cert"].as_str().unwrap()])
+        .args(["--key", c2["admin_key"].as_str().unwrap()])
+        .args(["get", "--prefix", "cilium/", "--keys-only"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "c2's admin read c1's etcd: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
     // …and without a client certificate etcd refuses the handshake.
     let out = Command::new("setpriv")
