@@ -1,58 +1,14 @@
 //! `clustermesh certs` end to end: the built binary in a temp dir.
 
-use std::{
-    fs,
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    process::{Command, Output},
-};
+use std::{fs, os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use certs::{TlsFiles, TlsMaterial};
+use support::{ok, s, usage_error};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn clustermesh(args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: status.code().expect("exited normally"),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let run = clustermesh(args);
-    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
-    run.stdout
-}
-
-fn usage_error(args: &[&str], message: &str) {
-    let run = clustermesh(args);
-    assert_eq!(run.code, 64, "{args:?}: {}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr.contains(message),
-        "{args:?}: expected {message:?} in:\n{}",
-        run.stderr
-    );
-}
+mod support;
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// The `key: value` line of `show` output.

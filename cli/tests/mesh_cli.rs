@@ -1,55 +1,17 @@
 //! `clustermesh up | down | mesh …` as a user runs them: the built binary,
 //! a real local mesh (root), and what must never happen to a user's files.
 
-use std::{
-    fs,
-    path::Path,
-    process::{Command, Output},
-};
+use std::{fs, path::Path, process::Command};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use support::{clustermesh, ok, s, usage_error};
 
-fn clustermesh(args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: status.code().expect("exited normally"),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let run = clustermesh(args);
-    assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
-    run.stdout
-}
+mod support;
 
 /// Refused with exit code 64, the reason on one line of stderr.
 fn refused(args: &[&str], message: &str) -> String {
-    let run = clustermesh(args);
-    assert_eq!(run.code, 64, "{args:?}: {}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr.contains(message),
-        "{args:?}: expected {message:?} in:\n{}",
-        run.stderr
-    );
-    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    run.stderr
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
+    let stderr = usage_error(args, message);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
 }
 
 /// Root runs the test; elsewhere it is skipped with a reason, except in CI
@@ -192,73 +154,64 @@ fn only_root_reads_the_clusters_etcd(m: &Path) {
         serde_json::from_str(&fs::read_to_string(m.join("mesh.json")).unwrap()).unwrap();
     let endpoint = mesh["clusters"][0]["etcd_endpoint"].as_str().unwrap();
     assert!(endpoint.starts_with("https://"), "{endpoint}");
+    // `etcdctl get --prefix PREFIX` on c1's etcd, as `user`, with `tls`
+    // files (ca, cert, key) or none: (succeeded, keys).
+    let etcdctl = |user: Option<&str>, tls: Option<[&str; 3]>, prefix: &str| {
+        let mut cmd = match user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "etcdctl",
+                ]);
+                c
+            }
+            None => Command::new("etcdctl"),
+        };
+        cmd.args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+        ]);
+        match tls {
+            Some([ca, cert, key]) => cmd.args(["--cacert", ca, "--cert", cert, "--key", key]),
+            None => cmd.arg("--insecure-skip-tls-verify"),
+        };
+        let out = cmd
+            .args(["get", "--prefix", prefix, "--keys-only"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let files = |cluster: usize, who: &str| {
+        let t = &mesh["clusters"][cluster]["etcd_tls"];
+        let ca = &mesh["clusters"][0]["etcd_tls"]["ca"];
+        [
+            ca.as_str().unwrap(),
+            t[format!("{who}_cert")].as_str().unwrap(),
+            t[format!("{who}_key")].as_str().unwrap(),
+        ]
+    };
     // etcdctl with the admin certificate reads (root can read its key)…
-    let tls = &mesh["clusters"][0]["etcd_tls"];
-    let out = Command::new("etcdctl")
-        .args([
-            "--endpoints",
-            endpoint,
-            "--dial-timeout=2s",
-            "--command-timeout=3s",
-        ])
-        .args(["--cacert", tls["ca"].as_str().unwrap()])
-        .args(["--cert", tls["admin_cert"].as_str().unwrap()])
-        .args(["--key", tls["admin_key"].as_str().unwrap()])
-        .args(["get", "--prefix", "cilium/cluster-config/", "--keys-only"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("cilium/cluster-config/c1"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (read, keys) = etcdctl(None, Some(files(0, "admin")), "cilium/cluster-config/");
+    assert!(read && keys.contains("cilium/cluster-config/c1"), "{keys}");
     // …another cluster's admin certificate does not…
-    let c2 = &mesh["clusters"][1]["etcd_tls"];
-    let out = Command::new("etcdctl")
-        .args([
-            "--endpoints",
-            endpoint,
-            "--dial-timeout=2s",
-            "--command-timeout=3s",
-        ])
-        .args(["--cacert", tls["ca"].as_str().unwrap()])
-        .args(["--cert", c2["admin_cert"].as_str().unwrap()])
-        .args(["--key", c2["admin_key"].as_str().unwrap()])
-        .args(["get", "--prefix", "cilium/", "--keys-only"])
-        .output()
-        .unwrap();
+    let (read, keys) = etcdctl(None, Some(files(1, "admin")), "cilium/");
     assert!(
-        !out.status.success() && out.stdout.is_empty(),
-        "c2's admin read c1's etcd: {}",
-        String::from_utf8_lossy(&out.stdout)
+        !read && keys.is_empty(),
+        "c2's admin read c1's etcd: {keys}"
     );
     // …and without a client certificate etcd refuses the handshake.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "etcdctl",
-        ])
-        .args([
-            "--endpoints",
-            endpoint,
-            "--insecure-skip-tls-verify",
-            "--dial-timeout=2s",
-        ])
-        .args([
-            "--command-timeout=3s",
-            "get",
-            "--prefix",
-            "cilium/",
-            "--keys-only",
-        ])
-        .output()
-        .unwrap();
+    let (read, keys) = etcdctl(Some("65534"), None, "cilium/");
     assert!(
-        !out.status.success() && out.stdout.is_empty(),
-        "etcdctl without a client certificate read: {}",
-        String::from_utf8_lossy(&out.stdout)
+        !read && keys.is_empty(),
+        "etcdctl without a client certificate read: {keys}"
     );
 }
 
@@ -547,7 +500,7 @@ fn ctrl_c_during_up_removes_what_was_started() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
+    let up = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
         .args(["up", "--dir", s(&d), "--clusters", "2", "--nodes", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -2,43 +2,15 @@
 //! several documents at once, standard input, the namespace default, and
 //! input refused with a reason, exit code 64 and nothing stored.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-};
-
 use etcd_harness::TestEtcd;
+use support::clustermesh_with_input as clustermesh;
+
+mod support;
+
 use kvstore::{
     Client, ClientConfig, ClusterName, NumericIdentity, StoreValue, keys,
     values::{IpIdentityPair, Node, NodeCidr},
 };
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn clustermesh(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().expect("exited normally"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 const POLICIES: &str = r#"
 kind: CiliumNetworkPolicy
