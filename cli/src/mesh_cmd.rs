@@ -416,15 +416,7 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             cluster,
             node,
         } => {
-            mesh.state.cluster(&cluster).map_err(CommandError::usage)?;
-            match (component.as_str(), node) {
-                ("etcd", None) => mesh.stop_etcd(&cluster),
-                ("apiserver", None) => mesh.stop_apiserver(&cluster),
-                ("operator", None) => mesh.stop_operator(&cluster),
-                ("agent", Some(node)) => mesh.kill_agent(&cluster, &node),
-                _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
-            }
-            .map_err(CommandError::failed)?;
+            start_or_stop(&mut mesh, false, &component, &cluster, node)?;
             w(out, format!("stopped {component} of {cluster}"))
         }
         MeshCommand::Start {
@@ -432,15 +424,7 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             cluster,
             node,
         } => {
-            mesh.state.cluster(&cluster).map_err(CommandError::usage)?;
-            match (component.as_str(), node) {
-                ("etcd", None) => mesh.start_etcd(&cluster),
-                ("apiserver", None) => mesh.start_apiserver(&cluster),
-                ("operator", None) => mesh.start_operator(&cluster),
-                ("agent", Some(node)) => mesh.start_agent(&cluster, &node),
-                _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
-            }
-            .map_err(CommandError::failed)?;
+            start_or_stop(&mut mesh, true, &component, &cluster, node)?;
             w(out, format!("started {component} of {cluster}"))
         }
         MeshCommand::Cut { a, b } => {
@@ -511,6 +495,29 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             Ok(())
         }
     }
+}
+
+/// `mesh start|stop COMPONENT CLUSTER [NODE]`.
+fn start_or_stop(
+    mesh: &mut Mesh,
+    start: bool,
+    component: &str,
+    cluster: &str,
+    node: Option<String>,
+) -> Result<(), CommandError> {
+    mesh.state.cluster(cluster).map_err(CommandError::usage)?;
+    match (component, node, start) {
+        ("etcd", None, true) => mesh.start_etcd(cluster),
+        ("etcd", None, false) => mesh.stop_etcd(cluster),
+        ("apiserver", None, true) => mesh.start_apiserver(cluster),
+        ("apiserver", None, false) => mesh.stop_apiserver(cluster),
+        ("operator", None, true) => mesh.start_operator(cluster),
+        ("operator", None, false) => mesh.stop_operator(cluster),
+        ("agent", Some(node), true) => mesh.start_agent(cluster, &node),
+        ("agent", Some(node), false) => mesh.kill_agent(cluster, &node),
+        _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
+    }
+    .map_err(CommandError::failed)
 }
 
 const COMPONENTS: &str = "the component is etcd CLUSTER, operator CLUSTER, apiserver CLUSTER \

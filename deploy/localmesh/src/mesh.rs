@@ -360,100 +360,80 @@ impl Mesh {
     /// Starts a cluster's operator and waits until it is healthy.
     pub fn start_operator(&mut self, cluster: &str) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
-        refuse_running("operator", cluster, c.operator.as_ref())?;
-        let logs = self.state.dir.join(cluster).join("logs");
-        let operator = spawn_daemon(
-            Some(&c.cp_netns),
-            &self.bin("clustermesh-operator")?,
-            &with_etcd(
-                &c,
-                vec![
-                    "--cluster-name".into(),
-                    c.name.clone(),
-                    "--cluster-id".into(),
-                    c.id.to_string(),
-                    "--pod-cidr-pool".into(),
-                    c.pod_cidr_pool.clone(),
-                    "--node-cidr-mask-size".into(),
-                    "24".into(),
-                    "--health-listen".into(),
-                    c.operator_health.clone(),
-                    "--heartbeat-interval".into(),
-                    "10s".into(),
-                    "--id".into(),
-                    format!("{}-operator", c.name),
-                ],
-            ),
-            &[],
-            &logs.join("operator.log"),
-        )?;
-        self.state.cluster_mut(cluster)?.operator = Some(operator.clone());
-        self.state.save()?;
-        wait_until(
-            &format!("{cluster} operator"),
-            STARTUP_TIMEOUT,
-            Some(&operator),
-            || http_ok(&c.operator_health, "/healthz"),
+        let args = with_etcd(
+            &c,
+            vec![
+                "--cluster-name".into(),
+                c.name.clone(),
+                "--cluster-id".into(),
+                c.id.to_string(),
+                "--pod-cidr-pool".into(),
+                c.pod_cidr_pool.clone(),
+                "--node-cidr-mask-size".into(),
+                "24".into(),
+                "--health-listen".into(),
+                c.operator_health.clone(),
+                "--heartbeat-interval".into(),
+                "10s".into(),
+                "--id".into(),
+                format!("{}-operator", c.name),
+            ],
+        );
+        let program = self.bin("clustermesh-operator")?;
+        self.launch(
+            cluster,
+            ControlPlane::Operator,
+            &program,
+            &args,
+            &c.operator_health,
+            "/healthz",
         )
     }
 
     /// Stops a cluster's operator.
     pub fn stop_operator(&mut self, cluster: &str) -> Result<()> {
-        if let Some(p) = self.state.cluster_mut(cluster)?.operator.take() {
-            process::stop(&p, STOP_GRACE);
-        }
-        self.state.save()
+        self.stop_control_plane(cluster, ControlPlane::Operator)
     }
 
     /// Starts a cluster's etcd and waits until it is healthy.
     pub fn start_etcd(&mut self, cluster: &str) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
-        refuse_running("etcd", cluster, c.etcd.as_ref())?;
-        let logs = self.state.dir.join(cluster).join("logs");
-        let etcd = spawn_daemon(
-            Some(&c.cp_netns),
-            Path::new("/usr/bin/etcd"),
-            &[
-                format!("--name={}", c.name),
-                format!("--data-dir={}", c.etcd_data.display()),
-                format!("--listen-client-urls={}", c.etcd_endpoint),
-                format!("--advertise-client-urls={}", c.etcd_endpoint),
-                "--listen-peer-urls=http://127.0.0.1:2380".into(),
-                "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-                format!("--initial-cluster={}=http://127.0.0.1:2380", c.name),
-                format!("--listen-metrics-urls=http://{}:2381", c.cp_ip),
-                "--logger=zap".into(),
-                "--log-outputs=stderr".into(),
+        let args: Vec<String> = vec![
+            format!("--name={}", c.name),
+            format!("--data-dir={}", c.etcd_data.display()),
+            format!("--listen-client-urls={}", c.etcd_endpoint),
+            format!("--advertise-client-urls={}", c.etcd_endpoint),
+            "--listen-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+            format!("--initial-cluster={}=http://127.0.0.1:2380", c.name),
+            format!("--listen-metrics-urls=http://{}:2381", c.cp_ip),
+            "--logger=zap".into(),
+            "--log-outputs=stderr".into(),
+        ]
+        .into_iter()
+        .chain(c.etcd_tls.iter().flat_map(|t| {
+            [
+                format!("--cert-file={}", t.server_cert.display()),
+                format!("--key-file={}", t.server_key.display()),
+                format!("--trusted-ca-file={}", t.ca.display()),
+                "--client-cert-auth=true".into(),
             ]
-            .into_iter()
-            .chain(c.etcd_tls.iter().flat_map(|t| {
-                [
-                    format!("--cert-file={}", t.server_cert.display()),
-                    format!("--key-file={}", t.server_key.display()),
-                    format!("--trusted-ca-file={}", t.ca.display()),
-                    "--client-cert-auth=true".into(),
-                ]
-            }))
-            .collect::<Vec<_>>(),
-            &[],
-            &logs.join("etcd.log"),
-        )?;
-        self.state.cluster_mut(cluster)?.etcd = Some(etcd.clone());
-        self.state.save()?;
-        wait_until(
-            &format!("{cluster} etcd"),
-            STARTUP_TIMEOUT,
-            Some(&etcd),
-            || http_ok(&format!("{}:2381", c.cp_ip), "/health"),
+        }))
+        .collect::<Vec<_>>();
+        let health = format!("{}:2381", c.cp_ip);
+        self.launch(
+            cluster,
+            ControlPlane::Etcd,
+            Path::new("/usr/bin/etcd"),
+            &args,
+            &health,
+            "/health",
         )
     }
 
     /// Stops a cluster's etcd (its data stays).
     pub fn stop_etcd(&mut self, cluster: &str) -> Result<()> {
-        if let Some(p) = self.state.cluster_mut(cluster)?.etcd.take() {
-            process::stop(&p, STOP_GRACE);
-        }
-        self.state.save()
+        self.stop_control_plane(cluster, ControlPlane::Etcd)
     }
 
     /// Starts a cluster's apiserver and waits until it is ready.
@@ -471,48 +451,78 @@ impl Mesh {
 
     fn start_apiserver_as(&mut self, cluster: &str, id: u32) -> Result<()> {
         let c = self.state.cluster(cluster)?.clone();
-        refuse_running("apiserver", cluster, c.apiserver.as_ref())?;
-        let logs = self.state.dir.join(cluster).join("logs");
-        let apiserver = spawn_daemon(
-            Some(&c.cp_netns),
-            &self.bin("clustermesh-apiserver")?,
-            &with_etcd(
-                &c,
-                vec![
-                    "--cluster-name".into(),
-                    c.name.clone(),
-                    "--cluster-id".into(),
-                    id.to_string(),
-                    "--listen".into(),
-                    c.apiserver_endpoint
-                        .trim_start_matches("https://")
-                        .to_string(),
-                    "--tls-cert".into(),
-                    c.certs.server_cert.display().to_string(),
-                    "--tls-key".into(),
-                    c.certs.server_key.display().to_string(),
-                    "--tls-client-ca".into(),
-                    c.certs.ca.display().to_string(),
-                    "--health-listen".into(),
-                    c.apiserver_health.clone(),
-                ],
-            ),
-            &[],
-            &logs.join("apiserver.log"),
-        )?;
-        self.state.cluster_mut(cluster)?.apiserver = Some(apiserver.clone());
-        self.state.save()?;
-        wait_until(
-            &format!("{cluster} clustermesh-apiserver"),
-            STARTUP_TIMEOUT,
-            Some(&apiserver),
-            || http_ok(&c.apiserver_health, "/readyz"),
+        let args = with_etcd(
+            &c,
+            vec![
+                "--cluster-name".into(),
+                c.name.clone(),
+                "--cluster-id".into(),
+                id.to_string(),
+                "--listen".into(),
+                c.apiserver_endpoint
+                    .trim_start_matches("https://")
+                    .to_string(),
+                "--tls-cert".into(),
+                c.certs.server_cert.display().to_string(),
+                "--tls-key".into(),
+                c.certs.server_key.display().to_string(),
+                "--tls-client-ca".into(),
+                c.certs.ca.display().to_string(),
+                "--health-listen".into(),
+                c.apiserver_health.clone(),
+            ],
+        );
+        let program = self.bin("clustermesh-apiserver")?;
+        self.launch(
+            cluster,
+            ControlPlane::Apiserver,
+            &program,
+            &args,
+            &c.apiserver_health,
+            "/readyz",
         )
     }
 
     /// Stops a cluster's apiserver.
     pub fn stop_apiserver(&mut self, cluster: &str) -> Result<()> {
-        if let Some(p) = self.state.cluster_mut(cluster)?.apiserver.take() {
+        self.stop_control_plane(cluster, ControlPlane::Apiserver)
+    }
+
+    /// Starts a control-plane daemon of `cluster` in its namespace (refused
+    /// while it runs), tracks it in `mesh.json` at once, and waits until
+    /// `health` answers 200 on `path`.
+    fn launch(
+        &mut self,
+        cluster: &str,
+        which: ControlPlane,
+        program: &Path,
+        args: &[String],
+        health: &str,
+        path: &str,
+    ) -> Result<()> {
+        let c = self.state.cluster(cluster)?.clone();
+        let name = which.name();
+        refuse_running(name, cluster, which.slot(&c).as_ref())?;
+        let log = self
+            .state
+            .dir
+            .join(cluster)
+            .join("logs")
+            .join(format!("{name}.log"));
+        let process = spawn_daemon(Some(&c.cp_netns), program, args, &[], &log)?;
+        *which.slot_mut(self.state.cluster_mut(cluster)?) = Some(process.clone());
+        self.state.save()?;
+        wait_until(
+            &format!("{cluster} {name}"),
+            STARTUP_TIMEOUT,
+            Some(&process),
+            || http_ok(health, path),
+        )
+    }
+
+    /// Stops a control-plane daemon of `cluster` (SIGTERM, then SIGKILL).
+    fn stop_control_plane(&mut self, cluster: &str, which: ControlPlane) -> Result<()> {
+        if let Some(p) = which.slot_mut(self.state.cluster_mut(cluster)?).take() {
             process::stop(&p, STOP_GRACE);
         }
         self.state.save()
@@ -1150,6 +1160,40 @@ fn agent_status(n: &NodeInfo) -> Result<StatusView, String> {
     let mut client = ApiClient::new(&n.api_socket);
     client.set_timeout(Duration::from_secs(5));
     client.get("/v1/status").map_err(|e| e.to_string())
+}
+
+/// The daemons of a cluster's control-plane namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ControlPlane {
+    Etcd,
+    Operator,
+    Apiserver,
+}
+
+impl ControlPlane {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Operator => "operator",
+            Self::Apiserver => "apiserver",
+        }
+    }
+
+    fn slot(self, c: &ClusterInfo) -> &Option<ProcessInfo> {
+        match self {
+            Self::Etcd => &c.etcd,
+            Self::Operator => &c.operator,
+            Self::Apiserver => &c.apiserver,
+        }
+    }
+
+    fn slot_mut(self, c: &mut ClusterInfo) -> &mut Option<ProcessInfo> {
+        match self {
+            Self::Etcd => &mut c.etcd,
+            Self::Operator => &mut c.operator,
+            Self::Apiserver => &mut c.apiserver,
+        }
+    }
 }
 
 /// A daemon's flags followed by how it reaches its cluster's etcd (with
