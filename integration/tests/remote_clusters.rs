@@ -324,6 +324,12 @@ fn removing_a_remote_config_withdraws_its_entries() -> anyhow::Result<()> {
         !mesh.programmed("c1", "n1", "10.2.").is_empty()
     });
     mesh.disconnect("c1", "c2", false)?;
+    // Ready means the configured state: c1's agent no longer has c2.
+    mesh.wait_ready(integration::DEADLINE)?;
+    assert!(
+        mesh.status("c1", "n1").remotes.is_empty(),
+        "ready while c1 still had the disconnected c2"
+    );
     wait_for("c2's entries withdrawn from c1", || {
         mesh.programmed("c1", "n1", "10.2.").is_empty()
     });
