@@ -97,6 +97,7 @@ impl Agent {
                 node_ip: c.node_ip,
                 node_netns: c.node_netns.clone(),
                 sync_timeout: c.sync_timeout,
+                pod_cidr_pools: c.pod_cidr_pools.clone(),
             },
             sync,
             metrics.clone(),

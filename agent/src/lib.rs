@@ -25,6 +25,7 @@ mod metrics;
 mod plumbing;
 mod policy_resolver;
 mod remote_clusters;
+mod route_plan;
 mod service_merger;
 mod tables;
 mod views;
@@ -42,6 +43,6 @@ pub use policy_resolver::{
 pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{MergedFrontend, RemoteService, Slot, merge};
 pub use views::{
-    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView, RemoteView,
-    ServiceView, SourceView, StatusView,
+    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
+    RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
 };

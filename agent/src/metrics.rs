@@ -57,6 +57,7 @@ pub struct AgentMetrics {
     pub remote_last_failure: Family<RemoteLabel, Gauge>,
     pub remote_entries: Family<RemoteKindLabel, Gauge>,
     pub remote_invalid: Family<RemoteReasonLabel, Gauge>,
+    pub remote_refused_routes: Family<RemoteReasonLabel, Gauge>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -84,6 +85,7 @@ impl AgentMetrics {
         let remote_last_failure = Family::<RemoteLabel, Gauge>::default();
         let remote_entries = Family::<RemoteKindLabel, Gauge>::default();
         let remote_invalid = Family::<RemoteReasonLabel, Gauge>::default();
+        let remote_refused_routes = Family::<RemoteReasonLabel, Gauge>::default();
         registry.register("endpoints", "Endpoints on this node", endpoints.clone());
         registry.register("services", "Service frontends programmed", services.clone());
         registry.register("policies", "Policy documents known", policies.clone());
@@ -142,6 +144,11 @@ impl AgentMetrics {
             "Values from the remote cluster that were skipped, by reason",
             remote_invalid.clone(),
         );
+        registry.register(
+            "remote_cluster_refused_routes",
+            "Pod CIDRs of the remote cluster's nodes that are not routed, by reason",
+            remote_refused_routes.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             endpoints,
@@ -158,6 +165,7 @@ impl AgentMetrics {
             remote_last_failure,
             remote_entries,
             remote_invalid,
+            remote_refused_routes,
         }
     }
 

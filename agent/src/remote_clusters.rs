@@ -26,8 +26,8 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClientConfig, ClusterId, ClusterName, DecodeError, IdentityRange,
-    InvalidReason, MaxConnectedClusters, StoreValue, TlsFiles, Validator, WatchStore,
-    WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
+    InvalidReason, MaxConnectedClusters, NumericIdentity, StoreValue, TlsFiles, Validator,
+    WatchStore, WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
     values::{ClusterConfig, ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
 use notify::{RecursiveMode, Watcher};
@@ -64,6 +64,12 @@ pub struct RemoteClusterConfig {
     /// (our extension; default: keep them, as Cilium does).
     #[serde(default, with = "opt_duration")]
     pub service_cache_ttl: Option<Duration>,
+    /// The remote's pod CIDR pools (its operator's `--pod-cidr-pool`), as
+    /// the one who connected the clusters knows them: its nodes' pod CIDRs
+    /// are routed only inside (our extension; default: not known, and any
+    /// CIDR outside the local space is accepted).
+    #[serde(default)]
+    pub pod_cidr_pools: Vec<ipnet::IpNet>,
 }
 
 mod opt_duration {
@@ -611,6 +617,11 @@ impl RemoteCluster {
                 name: self.name.clone(),
                 cluster_id: id.get(),
                 kinds,
+                pod_cidr_pools: self
+                    .config
+                    .as_ref()
+                    .map(|c| c.pod_cidr_pools.clone())
+                    .unwrap_or_default(),
             })
             .await;
         self.control.send(Input::BeginResync(self.source)).await;
@@ -800,8 +811,20 @@ impl Watches<'_> {
     }
 }
 
-/// ipcache entries of a remote: identity in its block or reserved.
-fn ipcache_validator(
+/// Reserved identities a remote's ipcache entry may name: its nodes (host,
+/// rewritten to remote-node as Cilium does, or remote-node itself) and its
+/// health endpoints. Any other reserved identity (world, kube-apiserver,
+/// ingress, init, unmanaged, user-reserved…) would let a remote address
+/// pass a local policy written for that entity.
+pub(crate) const REMOTE_IPCACHE_RESERVED: [NumericIdentity; 3] = [
+    NumericIdentity::HOST,
+    NumericIdentity::REMOTE_NODE,
+    NumericIdentity::HEALTH,
+];
+
+/// ipcache entries of a remote: one address (not a prefix), whose identity
+/// is in the remote's block or one of [`REMOTE_IPCACHE_RESERVED`].
+pub(crate) fn ipcache_validator(
     name: &ClusterName,
     id: ClusterId,
     mode: MaxConnectedClusters,
@@ -809,30 +832,52 @@ fn ipcache_validator(
     let block = IdentityRange::block(id, mode);
     let name = name.clone();
     Arc::new(move |key: &str, pair: &IpIdentityPair| {
-        if pair.id.is_reserved() || block.contains(pair.id) {
+        let invalid =
+            |reason, detail: String| Err(DecodeError::new("ipcache entry", key, reason, detail));
+        let prefix = pair.prefix();
+        if prefix.prefix_len() != prefix.max_prefix_len() {
+            // An endpoint or node has one address; a prefix would claim
+            // every address in it, local ones and the world included.
+            return invalid(
+                InvalidReason::PrefixNotAllowed,
+                format!("{prefix} is a prefix; a remote cluster may only publish single addresses"),
+            );
+        }
+        if pair.id.is_reserved() {
+            if REMOTE_IPCACHE_RESERVED.contains(&pair.id) {
+                return Ok(());
+            }
+            return invalid(
+                InvalidReason::ReservedIdentity,
+                format!(
+                    "reserved identity {} ({}) is not one a remote address may have",
+                    pair.id,
+                    pair.id.reserved_name().unwrap_or("reserved")
+                ),
+            );
+        }
+        if block.contains(pair.id) {
             Ok(())
         } else {
-            Err(DecodeError::new(
-                "ipcache entry",
-                key,
+            invalid(
                 InvalidReason::IdentityOutOfRange,
                 format!(
                     "identity {} is outside cluster {name}'s range {block}",
                     pair.id
                 ),
-            ))
+            )
         }
     })
 }
 
-fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
+pub(crate) fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
     let name = name.clone();
     Arc::new(move |key: &str, node: &Node| {
         check_cluster("node", key, &node.cluster, node.cluster_id, &name, id, true)
     })
 }
 
-fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
+pub(crate) fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
     let name = name.clone();
     Arc::new(move |key: &str, svc: &ClusterService| {
         check_cluster(
@@ -879,8 +924,6 @@ fn check_cluster(
 
 #[cfg(test)]
 mod tests {
-    use kvstore::NumericIdentity;
-
     use super::*;
 
     #[test]
@@ -904,6 +947,24 @@ mod tests {
         };
         assert!(v("k", &pair(2 << 16 | 300)).is_ok());
         assert!(v("k", &pair(6)).is_ok());
+        assert!(v("k", &pair(1)).is_ok());
+        for reserved in [0, 2, 3, 7, 8, 200, 255] {
+            assert_eq!(
+                v("k", &pair(reserved)).unwrap_err().reason,
+                InvalidReason::ReservedIdentity,
+                "{reserved}"
+            );
+        }
+        let wide = IpIdentityPair::host(
+            "0.0.0.0".parse().unwrap(),
+            NumericIdentity::new(2 << 16 | 300),
+            None,
+        )
+        .with_prefix_len(1);
+        assert_eq!(
+            v("k", &wide).unwrap_err().reason,
+            InvalidReason::PrefixNotAllowed
+        );
         assert_eq!(
             v("k", &pair(3 << 16 | 300)).unwrap_err().reason,
             InvalidReason::IdentityOutOfRange

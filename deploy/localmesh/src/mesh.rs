@@ -518,6 +518,8 @@ impl Mesh {
                 "2m".into(),
                 "--sync-timeout".into(),
                 "30s".into(),
+                "--pod-cidr-pool".into(),
+                c.pod_cidr_pool.clone(),
             ],
             &[("CLUSTERMESH_LOG", "info")],
             &self
@@ -705,6 +707,7 @@ impl Mesh {
         if let Some(ttl) = service_cache_ttl {
             text.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
+        text.push_str(&format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool));
         let path = c.clustermesh_dir.join(to);
         let tmp = c.clustermesh_dir.join(format!(".{to}.tmp"));
         std::fs::write(&tmp, text)?;
