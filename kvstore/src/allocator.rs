@@ -150,6 +150,8 @@ pub struct Allocator {
     reserved: Mutex<HashSet<NumericIdentity>>,
     /// Label sets whose slave key deletion failed; retried by the runner.
     pending_release: Mutex<HashSet<String>>,
+    /// The session generation whose lease holds every held identity's keys.
+    restored: tokio::sync::watch::Sender<u64>,
     stats: AllocatorStats,
 }
 
@@ -210,6 +212,7 @@ impl Allocator {
             label_locks: Mutex::default(),
             reserved: Mutex::default(),
             pending_release: Mutex::default(),
+            restored: tokio::sync::watch::channel(0).0,
             stats: AllocatorStats::default(),
         });
         (allocator.clone(), AllocatorRunner { allocator })
@@ -222,6 +225,15 @@ impl Allocator {
 
     pub fn stats(&self) -> &AllocatorStats {
         &self.stats
+    }
+
+    /// The session generation up to which the keys of every identity this
+    /// node holds have been (re-)created: after a lost lease or a wiped
+    /// etcd, it reaches the new generation only once the identities exist
+    /// again. Gate writers of keys that name identities on it
+    /// ([`crate::SyncStoreConfig::after`]).
+    pub fn restored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.restored.subscribe()
     }
 
     /// The identity this node holds for `labels`, without touching etcd.
@@ -686,6 +698,8 @@ impl AllocatorRunner {
         let a = &self.allocator;
         let mut session = a.session.subscribe();
         let mut generation = session.borrow_and_update().generation;
+        // Keys written so far are on the current lease.
+        a.restored.send_replace(generation);
         let mut tick = tokio::time::interval(a.config.resync_interval);
         tick.tick().await;
         let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -703,6 +717,7 @@ impl AllocatorRunner {
                             info!("new session lease; re-creating identity keys");
                             a.resync().await;
                         }
+                        a.restored.send_replace(generation);
                     }
                 }
                 _ = tick.tick() => {
