@@ -29,11 +29,12 @@ pub struct SessionState {
 /// published and a new lease is granted at once; [`crate::SyncStore`]s then
 /// re-create their keys on it.
 ///
-/// A loss is found quickly, not after a TTL: after a failed keep-alive the
-/// next one follows within [`SESSION_RETRY_INTERVAL`] (so a restarted etcd that
-/// forgot the lease is asked as soon as it answers), and a writer that etcd
-/// tells "requested lease not found" reports it
-/// ([`SessionHandle::report_lost`]), which checks the lease at once.
+/// A loss is found quickly, not after a TTL: when the keep-alive stream
+/// breaks (etcd restarted), or after a failed keep-alive, the next one follows
+/// within [`SESSION_RETRY_INTERVAL`] (so a restarted etcd that forgot the
+/// lease is asked as soon as it answers), and a writer that etcd tells
+/// "requested lease not found" reports it ([`SessionHandle::report_lost`]),
+/// which checks the lease at once.
 #[derive(Debug)]
 pub struct Session {
     client: Client,
@@ -48,6 +49,9 @@ pub const SESSION_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What etcd-client says when etcd answers a keep-alive with TTL 0.
 const LEASE_NOT_FOUND: &str = "lease not found";
+
+/// Pause before checking the lease after the keep-alive stream ended.
+const STREAM_END_PAUSE: Duration = Duration::from_millis(200);
 
 /// Longest wait for one keep-alive answer.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,19 +144,39 @@ impl Session {
             Duration::from_millis(100).min(interval),
             SESSION_RETRY_INTERVAL.min(interval),
         );
-        let mut wait = interval;
+        // The first keep-alive at once: it opens the stream whose end tells
+        // of an etcd restart.
+        let mut wait = Duration::ZERO;
         let mut last_refresh = tokio::time::Instant::now();
         let mut stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> =
             None;
         loop {
+            let (mut reopen, mut ended) = (false, false);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.check_now.notified() => {
                     debug!(lease = %lease, "a writer reports the session lease lost; checking now");
-                    // The stream may be from before an etcd restart: ask on
-                    // a new one.
-                    stream = None;
+                    // The stream may be from before an etcd restart.
+                    reopen = true;
+                }
+                _ = stream_ended(&mut stream) => {
+                    // etcd restarted (or the connection broke): it may have
+                    // come back without our lease, so ask at once.
+                    debug!(lease = %lease, "the keep-alive stream ended; checking the lease now");
+                    reopen = true;
+                    ended = true;
+                }
+            }
+            if reopen {
+                stream = None;
+            }
+            if ended {
+                // Give a restarting etcd a moment, and bound the rate if a
+                // server ends every stream at once.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(STREAM_END_PAUSE) => {}
                 }
             }
             match self.refresh(lease, &mut stream).await {
@@ -217,6 +241,19 @@ impl Session {
                 timeout,
             }),
         }
+    }
+}
+
+/// Returns when the open keep-alive stream ends (or says anything unasked:
+/// its answers are read by [`Session::refresh`]); never without a stream.
+async fn stream_ended(
+    stream: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+) {
+    match stream {
+        Some((_, responses)) => {
+            let _ = responses.message().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
