@@ -194,6 +194,12 @@ impl WatchHub {
         }
     }
 
+    /// etcd lost its data (or another etcd answers): forget the headers of
+    /// the old history.
+    pub(crate) fn reset_latest(&self, header: PbResponseHeader) {
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = header;
+    }
+
     /// The newest response header seen from etcd (for responses that etcd
     /// would stamp with its current revision, like cancel confirmations).
     pub(crate) fn latest_header(&self) -> PbResponseHeader {
