@@ -169,7 +169,10 @@ impl Agent {
             client.clone(),
             session_handle.clone(),
             SyncStoreConfig::new(keys::ipcache())
-                .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE)),
+                .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE))
+                // After a lost lease (or a wiped etcd), endpoints are
+                // re-announced only once their identities exist again.
+                .after(allocator.restored()),
         );
         tasks.spawn("ipcache sync store", ipcache_runner.run(inner.clone()));
         let (node_store, node_runner) = SyncStore::<Node>::new(
