@@ -25,6 +25,8 @@ mod metrics;
 mod plumbing;
 mod policy_resolver;
 mod remote_clusters;
+#[cfg(test)]
+mod remote_properties;
 mod route_plan;
 mod service_merger;
 mod tables;
