@@ -396,6 +396,19 @@ impl Mesh {
         self.state.save()
     }
 
+    /// Stops a cluster's etcd, deletes its data and starts it again: the
+    /// same etcd cluster ID with revisions from 1, as an etcd without
+    /// persistent storage comes back.
+    pub fn wipe_etcd(&mut self, cluster: &str) -> Result<()> {
+        self.stop_etcd(cluster)?;
+        let data = self.state.cluster(cluster)?.etcd_data.clone();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+        }
+        self.start_etcd(cluster)
+    }
+
     /// Starts a cluster's apiserver and waits until it is ready.
     pub fn start_apiserver(&mut self, cluster: &str) -> Result<()> {
         let id = self.state.cluster(cluster)?.id;
