@@ -223,6 +223,8 @@ pub(crate) struct ControlLoop {
     routes: BTreeMap<IpNet, IpAddr>,
     /// Remote nodes' pod CIDRs not routed, from the last route plan.
     refused_routes: Vec<RefusedRoute>,
+    /// Remote ipcache entries refused for lying in the local pods' space.
+    refused_ips: HashMap<SourceId, BTreeSet<IpNet>>,
     pod_cidr: Option<IpNet>,
     remotes: Vec<RemoteView>,
     metrics: Arc<AgentMetrics>,
@@ -271,6 +273,7 @@ impl ControlLoop {
                 merged: Vec::new(),
                 routes: BTreeMap::new(),
                 refused_routes: Vec::new(),
+                refused_ips: HashMap::new(),
                 pod_cidr: None,
                 remotes: Vec::new(),
                 metrics,
@@ -556,9 +559,28 @@ impl ControlLoop {
                 if let Some(stale) = self.stale.get_mut(&source) {
                     stale.ips.remove(&prefix);
                 }
-                (prefix, self.tables.upsert_ip(source, prefix, entry))
+                if remote && self.in_local_pod_space(&prefix) {
+                    // A remote address inside the local pods' space would
+                    // give a local address the remote's identity: refused,
+                    // counted, and any earlier claim of it withdrawn.
+                    if self.refused_ips.entry(source).or_default().insert(prefix) {
+                        warn!(
+                            source = self.sources.get(&source).map(|s| s.name.as_str()),
+                            %prefix,
+                            "a remote ipcache entry lies in the local pods' address space; ignored"
+                        );
+                    }
+                    (prefix, self.tables.delete_ip(source, prefix))
+                } else {
+                    (prefix, self.tables.upsert_ip(source, prefix, entry))
+                }
             }
-            IpEvent::Delete(prefix) => (prefix, self.tables.delete_ip(source, prefix)),
+            IpEvent::Delete(prefix) => {
+                if let Some(refused) = self.refused_ips.get_mut(&source) {
+                    refused.remove(&prefix);
+                }
+                (prefix, self.tables.delete_ip(source, prefix))
+            }
             IpEvent::Ignore => return,
             IpEvent::Synced => {
                 let stale: Vec<IpNet> = self
@@ -581,6 +603,25 @@ impl ControlLoop {
                 self.services_dirty = true;
             }
         }
+    }
+
+    /// Whether `prefix` overlaps the local cluster's pods: its configured
+    /// pools, this node's CIDR, and the CIDRs of the local nodes known.
+    fn in_local_pod_space(&self, prefix: &IpNet) -> bool {
+        let local_nodes = self
+            .tables
+            .nodes
+            .get(self.config.cluster.as_str())
+            .into_iter()
+            .flat_map(|nodes| nodes.values())
+            .flat_map(Node::pod_cidrs);
+        self.config
+            .pod_cidr_pools
+            .iter()
+            .copied()
+            .chain(self.pod_cidr)
+            .chain(local_nodes)
+            .any(|local| route_plan::overlaps(&local, prefix))
     }
 
     fn on_node(&mut self, source: SourceId, event: Event<Node>) {
@@ -700,6 +741,7 @@ impl ControlLoop {
             return;
         };
         info!(source = state.name, "draining a removed source");
+        self.refused_ips.remove(&source);
         for reason in route_plan::RouteRefusal::ALL {
             self.metrics
                 .remote_refused_routes
@@ -1228,6 +1270,16 @@ impl ControlLoop {
                 .iter()
                 .cloned()
                 .map(|mut r| {
+                    let refused_ips = self
+                        .sources
+                        .iter()
+                        .find(|(_, s)| s.name == r.name)
+                        .and_then(|(id, _)| self.refused_ips.get(id))
+                        .map_or(0, BTreeSet::len);
+                    if refused_ips > 0 {
+                        r.invalid
+                            .insert(IPCACHE_IN_LOCAL_SPACE.to_string(), refused_ips as u64);
+                    }
                     r.refused_routes = self
                         .refused_routes
                         .iter()
@@ -1244,6 +1296,9 @@ impl ControlLoop {
         }
     }
 }
+
+/// Status reason of remote ipcache entries inside the local pods' space.
+const IPCACHE_IN_LOCAL_SPACE: &str = "ipcache-in-local-pod-space";
 
 fn parse_prefix(key: &str) -> Option<IpNet> {
     key.parse::<IpNet>()

@@ -41,9 +41,12 @@
 //! - **ipcache** (`…/ip/v1/default/<IP>`): one address (never a prefix, which
 //!   would claim local addresses or the world), whose identity is in the
 //!   remote's block or one of [`REMOTE_IPCACHE_RESERVED`] (its nodes and health
-//!   endpoints; host becomes remote-node). The value must match its key. For an
-//!   address a local source also claims, the local claim wins.
-//!   [`ipcache_validator`]
+//!   endpoints; host becomes remote-node). The value must match its key.
+//!   [`ipcache_validator`] It may not lie in the local pods' space (the local
+//!   pools, this and the other local nodes' CIDRs): such an entry is refused
+//!   and counted as `ipcache-in-local-pod-space` (the control loop's
+//!   `on_ip`); for any address a local source also claims, the local claim
+//!   wins.
 //! - **Nodes** (`…/nodes/v1/<remote>/<name>`): the remote's own name and ID (or
 //!   ID 0, as older Cilium writes), a name without `/` that matches the key.
 //!   [`node_validator`], `Node::decode`. Their pod CIDRs are routed only when
