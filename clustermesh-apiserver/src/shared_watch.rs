@@ -701,14 +701,15 @@ impl SharedWatch {
             }
             return true;
         }
-        let reason = if other_cluster {
-            warn!(range = %self.key, old = st.cluster_id, new = cluster_id, "a different etcd cluster answers; canceling the watchers of this range");
-            EtcdError::ClusterIdMismatch.cancel_reason()
-        } else {
-            warn!(range = %self.key, seen = st.revision, now = header.revision, "etcd's revision went backwards (its data was lost); canceling the watchers of this range");
-            EtcdError::RevisionWentBackwards.cancel_reason()
-        };
         hub.reset_latest(header);
+        if !other_cluster {
+            warn!(range = %self.key, seen = st.revision, now = header.revision, "etcd's revision went backwards (its data was lost); its watchers must list again");
+            drop(st);
+            self.cancel_for_relist(hub);
+            return false;
+        }
+        warn!(range = %self.key, old = st.cluster_id, new = cluster_id, "a different etcd cluster answers; canceling the watchers of this range");
+        let reason = EtcdError::ClusterIdMismatch.cancel_reason();
         let removed = st.subscribers.len() as i64;
         for mut sub in st.subscribers.drain(..) {
             sub.left.cancel();
@@ -724,6 +725,32 @@ impl SharedWatch {
         drop(st);
         hub.metrics().downstream_watchers().dec_by(removed);
         false
+    }
+
+    /// etcd lost its data (wiped and restarted): the history the watchers
+    /// have is gone, and a resumed watch would skip whatever the new history
+    /// wrote up to their revision. Every watcher gets etcd's compaction
+    /// response (clients then list again, as after a compaction) and the
+    /// watch ends.
+    pub(crate) fn cancel_for_relist(&self, hub: &WatchHub) {
+        let header = hub.latest_header();
+        let mut st = self.lock();
+        let removed = st.subscribers.len() as i64;
+        for mut sub in st.subscribers.drain(..) {
+            sub.left.cancel();
+            sub.push(WatchMessage::owned(PbWatchResponse {
+                header: Some(header),
+                watch_id: sub.watch_id,
+                canceled: true,
+                compact_revision: sub.cursor + 1,
+                cancel_reason: EtcdError::RevisionWentBackwards.cancel_reason(),
+                ..PbWatchResponse::default()
+            }));
+        }
+        st.finished = true;
+        drop(st);
+        hub.metrics().downstream_watchers().dec_by(removed);
+        self.stop.cancel();
     }
 
     /// etcd compacted the revision the watch resumes at. Watchers that still
