@@ -240,6 +240,29 @@ fn a_remote_node_cannot_route_local_address_space_through_itself() -> anyhow::Re
         mesh.reaches("c1", "client", echo_n2),
         "local traffic keeps flowing"
     );
+
+    // ipcache: an address of c2's pool is taken; the same entry for an
+    // address of c1's pool is refused and counted.
+    let (_, c2_id) = mesh.published("c2")[0].clone();
+    for ip in ["10.2.250.1", "10.1.250.1"] {
+        let pair = IpIdentityPair::host(ip.parse()?, NumericIdentity::new(c2_id), Some(c2_gateway));
+        mesh.put("c2", &keys::ipcache().key(&pair.key()), pair.encode())?;
+    }
+    wait_for("c1/n1 programs c2's own address", || {
+        mesh.ipcache("c1", "n1")
+            .iter()
+            .any(|e| e.prefix == "10.2.250.1/32")
+    });
+    wait_for("c1/n1 refuses c2's claim on c1's pool", || {
+        invalid(&mesh, "ipcache-in-local-pod-space") >= 1
+    });
+    assert!(
+        !mesh
+            .ipcache("c1", "n1")
+            .iter()
+            .any(|e| e.prefix == "10.1.250.1/32"),
+        "a local address never gets a remote identity"
+    );
     Ok(())
 }
 
