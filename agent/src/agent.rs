@@ -98,6 +98,7 @@ impl Agent {
                 node_ip: c.node_ip,
                 node_netns: c.node_netns.clone(),
                 sync_timeout: c.sync_timeout,
+                pod_cidr_pools: c.pod_cidr_pools.clone(),
             },
             sync,
             metrics.clone(),
@@ -169,7 +170,10 @@ impl Agent {
             client.clone(),
             session_handle.clone(),
             SyncStoreConfig::new(keys::ipcache())
-                .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE)),
+                .with_canary(keys::canary(&c.cluster, keys::IPCACHE_STORE))
+                // After a lost lease (or a wiped etcd), endpoints are
+                // re-announced only once their identities exist again.
+                .after(allocator.restored()),
         );
         tasks.spawn("ipcache sync store", ipcache_runner.run(inner.clone()));
         let (node_store, node_runner) = SyncStore::<Node>::new(

@@ -107,6 +107,15 @@ pub fn run_cni(env_vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Stri
     let client = ApiClient::new(&socket);
     let container = var("CNI_CONTAINERID")
         .ok_or_else(|| CniError::new(INVALID_ENV, "CNI_CONTAINERID is not set", ""))?;
+    // It becomes part of the agent's request path: refuse anything the
+    // spec does not allow before it gets there.
+    if !is_valid_container_id(&container) {
+        return Err(CniError::new(
+            INVALID_ENV,
+            format!("CNI_CONTAINERID {container:?} is invalid"),
+            "it must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
+        ));
+    }
     let args = parse_cni_args(&var("CNI_ARGS").unwrap_or_default());
     match command.as_str() {
         "ADD" => {
@@ -207,6 +216,15 @@ fn add_result(version: &str, ep: &Endpoint, netns: &str) -> String {
     .to_string()
 }
 
+/// The CNI spec's container ID: non-empty, an ASCII letter or digit first,
+/// then letters, digits, `_`, `.` or `-` (libcni's
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`).
+fn is_valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// `K8S_POD_NAMESPACE=a;K8S_POD_NAME=b` → map.
 fn parse_cni_args(s: &str) -> BTreeMap<String, String> {
     s.split(';')
@@ -278,5 +296,28 @@ mod tests {
             parse_cni_args("K8S_POD_NAMESPACE=a;IgnoreUnknown=1")["K8S_POD_NAMESPACE"],
             "a"
         );
+    }
+
+    #[test]
+    fn container_id_is_checked_before_the_agent_is_asked() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"x","agentSocket":"/nonexistent/agent.sock"}"#;
+        let del = |id: &str| {
+            run_cni(
+                &env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", id)]),
+                conf,
+            )
+        };
+        // Allowed: the request goes on and fails only because no agent runs.
+        for id in ["c", "0abc", "a_b.c-d", "4f2a9c1e8b7d"] {
+            assert_eq!(del(id).unwrap_err().code, TRY_AGAIN_LATER, "{id:?}");
+        }
+        for id in [
+            "../x", "a/b", "-a", "_a", ".a", "a b", "a?x=1", "a%2f", "é", "a\nb",
+        ] {
+            let err = del(id).unwrap_err();
+            assert_eq!(err.code, INVALID_ENV, "{id:?}: {err:?}");
+        }
+        assert!(is_valid_container_id("A9"));
+        assert!(!is_valid_container_id(""));
     }
 }

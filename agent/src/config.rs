@@ -10,7 +10,7 @@ use std::{
 };
 
 use clap::Parser;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsFiles};
 
 /// Environment variable names, in one place.
@@ -31,6 +31,7 @@ pub mod env {
     pub const STATE_DIR: &str = "CLUSTERMESH_STATE_DIR";
     pub const NODE_NETNS: &str = "CLUSTERMESH_NODE_NETNS";
     pub const POD_CIDR: &str = "CLUSTERMESH_POD_CIDR";
+    pub const POD_CIDR_POOL: &str = "CLUSTERMESH_POD_CIDR_POOL";
     pub const HEALTH_LISTEN: &str = "CLUSTERMESH_HEALTH_LISTEN";
     pub const SESSION_TTL: &str = "CLUSTERMESH_SESSION_TTL";
     pub const SYNC_TIMEOUT: &str = "CLUSTERMESH_SYNC_TIMEOUT";
@@ -92,6 +93,11 @@ pub struct AgentArgs {
     /// A fixed pod CIDR for this node; without it the operator's IPAM assigns one.
     #[arg(long, env = env::POD_CIDR)]
     pub pod_cidr: Option<Ipv4Net>,
+    /// The local cluster's pod CIDR pools (the operator's `--pod-cidr-pool`),
+    /// comma-separated: no remote node's route may overlap them. Default:
+    /// none known (the local nodes' CIDRs are protected all the same).
+    #[arg(long, env = env::POD_CIDR_POOL, value_delimiter = ',')]
+    pub pod_cidr_pool: Vec<IpNet>,
     /// Address for /healthz and /metrics (e.g. 127.0.0.1:9876); off when unset.
     #[arg(long, env = env::HEALTH_LISTEN)]
     pub health_listen: Option<SocketAddr>,
@@ -169,6 +175,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub node_netns: Option<PathBuf>,
     pub pod_cidr: Option<Ipv4Net>,
+    /// The local cluster's pod pools.
+    pub pod_cidr_pools: Vec<IpNet>,
     pub health_listen: Option<SocketAddr>,
     pub session_ttl: Duration,
     pub sync_timeout: Duration,
@@ -273,6 +281,7 @@ impl AgentArgs {
             state_dir: self.state_dir,
             node_netns,
             pod_cidr: self.pod_cidr,
+            pod_cidr_pools: self.pod_cidr_pool.iter().map(IpNet::trunc).collect(),
             health_listen: self.health_listen,
             session_ttl: self.session_ttl,
             sync_timeout: self.sync_timeout,

@@ -23,14 +23,15 @@ use tracing::{debug, info, warn};
 use crate::{
     datapath_sync::DatapathSync,
     endpoint::Endpoint,
-    metrics::AgentMetrics,
+    metrics::{AgentMetrics, RemoteReasonLabel},
     plumbing,
     policy_resolver::{self, EndpointRules},
+    route_plan::{self, RefusedRoute, RouteInputs},
     service_merger::{self, MergedFrontend, RemoteService},
-    tables::{IpEntry, SourceId, Tables},
+    tables::{IdentityUpsert, IpEntry, SourceId, Tables},
     views::{
         BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
-        RemoteView, ServiceView, SourceView, StatusView,
+        RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
     },
 };
 
@@ -73,6 +74,9 @@ pub(crate) enum Input {
         name: String,
         cluster_id: u32,
         kinds: Vec<StoreKind>,
+        /// Its pod pools, where its config names them: its nodes' routes
+        /// must lie inside.
+        pod_cidr_pools: Vec<IpNet>,
     },
     /// A source's data must go (its configuration was removed).
     DrainSource(SourceId),
@@ -171,6 +175,7 @@ impl LoopHandle {
 struct SourceState {
     name: String,
     cluster_id: u32,
+    pod_cidr_pools: Vec<IpNet>,
     expected: BTreeSet<StoreKind>,
     synced: BTreeSet<StoreKind>,
 }
@@ -201,6 +206,8 @@ pub(crate) struct LoopConfig {
     /// How long to wait for every source's initial sync before deletions are
     /// written anyway.
     pub sync_timeout: Duration,
+    /// The local cluster's pod pools (no remote route may overlap them).
+    pub pod_cidr_pools: Vec<IpNet>,
 }
 
 /// The loop itself; see the module documentation.
@@ -214,6 +221,10 @@ pub(crate) struct ControlLoop {
     endpoints: BTreeMap<u32, LocalEndpoint>,
     merged: Vec<(String, MergedFrontend)>,
     routes: BTreeMap<IpNet, IpAddr>,
+    /// Remote nodes' pod CIDRs not routed, from the last route plan.
+    refused_routes: Vec<RefusedRoute>,
+    /// Remote ipcache entries refused for lying in the local pods' space.
+    refused_ips: HashMap<SourceId, BTreeSet<IpNet>>,
     pod_cidr: Option<IpNet>,
     remotes: Vec<RemoteView>,
     metrics: Arc<AgentMetrics>,
@@ -237,6 +248,7 @@ impl ControlLoop {
             SourceState {
                 name: config.cluster.to_string(),
                 cluster_id: config.cluster_id,
+                pod_cidr_pools: config.pod_cidr_pools.clone(),
                 expected: [
                     StoreKind::Identities,
                     StoreKind::IpCache,
@@ -260,6 +272,8 @@ impl ControlLoop {
                 endpoints: BTreeMap::new(),
                 merged: Vec::new(),
                 routes: BTreeMap::new(),
+                refused_routes: Vec::new(),
+                refused_ips: HashMap::new(),
                 pod_cidr: None,
                 remotes: Vec::new(),
                 metrics,
@@ -427,6 +441,7 @@ impl ControlLoop {
                 name,
                 cluster_id,
                 kinds,
+                pod_cidr_pools,
             } => {
                 info!(source = name, "remote source registered");
                 let synced = self
@@ -439,6 +454,7 @@ impl ControlLoop {
                     SourceState {
                         name,
                         cluster_id,
+                        pod_cidr_pools,
                         expected: kinds.into_iter().collect(),
                         synced,
                     },
@@ -477,12 +493,20 @@ impl ControlLoop {
                 if let Some(stale) = self.stale.get_mut(&source) {
                     stale.identities.remove(&value.id);
                 }
-                if self
+                match self
                     .tables
                     .upsert_identity(source, value.id, value.labels.clone())
                 {
-                    self.identity_changed(value.id, Some(&value.labels));
-                    self.services_dirty |= local;
+                    IdentityUpsert::Changed => {
+                        self.identity_changed(value.id, Some(&value.labels));
+                        self.services_dirty |= local;
+                    }
+                    IdentityUpsert::Unchanged => {}
+                    IdentityUpsert::Refused => warn!(
+                        source = self.sources.get(&source).map(|s| s.name.as_str()),
+                        id = value.id.get(),
+                        "a remote tried to set a reserved or local identity; ignored"
+                    ),
                 }
             }
             Event::Delete { key } => {
@@ -535,9 +559,28 @@ impl ControlLoop {
                 if let Some(stale) = self.stale.get_mut(&source) {
                     stale.ips.remove(&prefix);
                 }
-                (prefix, self.tables.upsert_ip(source, prefix, entry))
+                if remote && self.in_local_pod_space(&prefix) {
+                    // A remote address inside the local pods' space would
+                    // give a local address the remote's identity: refused,
+                    // counted, and any earlier claim of it withdrawn.
+                    if self.refused_ips.entry(source).or_default().insert(prefix) {
+                        warn!(
+                            source = self.sources.get(&source).map(|s| s.name.as_str()),
+                            %prefix,
+                            "a remote ipcache entry lies in the local pods' address space; ignored"
+                        );
+                    }
+                    (prefix, self.tables.delete_ip(source, prefix))
+                } else {
+                    (prefix, self.tables.upsert_ip(source, prefix, entry))
+                }
             }
-            IpEvent::Delete(prefix) => (prefix, self.tables.delete_ip(source, prefix)),
+            IpEvent::Delete(prefix) => {
+                if let Some(refused) = self.refused_ips.get_mut(&source) {
+                    refused.remove(&prefix);
+                }
+                (prefix, self.tables.delete_ip(source, prefix))
+            }
             IpEvent::Ignore => return,
             IpEvent::Synced => {
                 let stale: Vec<IpNet> = self
@@ -560,6 +603,25 @@ impl ControlLoop {
                 self.services_dirty = true;
             }
         }
+    }
+
+    /// Whether `prefix` overlaps the local cluster's pods: its configured
+    /// pools, this node's CIDR, and the CIDRs of the local nodes known.
+    fn in_local_pod_space(&self, prefix: &IpNet) -> bool {
+        let local_nodes = self
+            .tables
+            .nodes
+            .get(self.config.cluster.as_str())
+            .into_iter()
+            .flat_map(|nodes| nodes.values())
+            .flat_map(Node::pod_cidrs);
+        self.config
+            .pod_cidr_pools
+            .iter()
+            .copied()
+            .chain(self.pod_cidr)
+            .chain(local_nodes)
+            .any(|local| route_plan::overlaps(&local, prefix))
     }
 
     fn on_node(&mut self, source: SourceId, event: Event<Node>) {
@@ -679,6 +741,15 @@ impl ControlLoop {
             return;
         };
         info!(source = state.name, "draining a removed source");
+        self.refused_ips.remove(&source);
+        for reason in route_plan::RouteRefusal::ALL {
+            self.metrics
+                .remote_refused_routes
+                .remove(&RemoteReasonLabel {
+                    target_cluster: state.name.clone(),
+                    reason: reason.as_str().to_string(),
+                });
+        }
         for prefix in self.tables.ips_of(source) {
             let (before, after) = self.tables.delete_ip(source, prefix);
             if before != after {
@@ -938,24 +1009,50 @@ impl ControlLoop {
         out
     }
 
+    /// Installs the routes of [`route_plan::plan`], the one place that
+    /// decides which node CIDRs are routed.
     fn sync_routes(&mut self) {
-        let mut desired = BTreeMap::new();
-        for (cluster, nodes) in &self.tables.nodes {
-            for node in nodes.values() {
-                if cluster == self.config.cluster.as_str() && node.name == self.config.node_name {
-                    continue;
-                }
-                let Some(via) = node.internal_ip() else {
-                    continue;
-                };
-                for cidr in node.pod_cidrs() {
-                    if cidr.addr().is_ipv4() && Some(cidr) != self.pod_cidr {
-                        desired.insert(cidr, via);
-                    }
-                }
+        let netns = self.config.node_netns.as_deref();
+        let host_networks = match plumbing::host_networks(netns) {
+            Ok(n) => n,
+            Err(e) => {
+                // Without them no remote claim can be checked: route nothing
+                // new from remotes until they can be read.
+                warn!(error = %e, "cannot read the node's own networks; retrying with the next change");
+                self.routes_dirty = true;
+                return;
+            }
+        };
+        let remote_pools: BTreeMap<String, Vec<IpNet>> = self
+            .sources
+            .iter()
+            .filter(|(id, _)| !id.is_local())
+            .map(|(_, s)| (s.name.clone(), s.pod_cidr_pools.clone()))
+            .collect();
+        let plan = route_plan::plan(&RouteInputs {
+            local_cluster: self.config.cluster.as_str(),
+            local_node: &self.config.node_name,
+            own_pod_cidr: self.pod_cidr,
+            local_pools: &self.config.pod_cidr_pools,
+            host_networks: &host_networks,
+            nodes: &self.tables.nodes,
+            remote_pools: &remote_pools,
+            installed: &self.routes,
+        });
+        for r in &plan.refused {
+            if !self.refused_routes.contains(r) {
+                warn!(
+                    remote = r.cluster,
+                    node = r.node,
+                    cidr = %r.cidr,
+                    reason = %r.reason,
+                    "refusing to route a remote node's pod CIDR"
+                );
             }
         }
-        let netns = self.config.node_netns.as_deref();
+        self.refused_routes = plan.refused;
+        self.publish_refused_routes();
+        let desired = plan.routes;
         for (cidr, via) in &desired {
             if self.routes.get(cidr) != Some(via) {
                 match plumbing::replace_route(netns, *cidr, *via) {
@@ -979,6 +1076,30 @@ impl ControlLoop {
             if plumbing::delete_route(netns, cidr).is_ok() {
                 self.routes.remove(&cidr);
             }
+        }
+    }
+
+    /// The refused-routes gauge: current refusals by remote and reason.
+    fn publish_refused_routes(&self) {
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for s in self.sources.iter().filter(|(id, _)| !id.is_local()) {
+            for reason in route_plan::RouteRefusal::ALL {
+                counts.insert((s.1.name.clone(), reason.as_str()), 0);
+            }
+        }
+        for r in &self.refused_routes {
+            *counts
+                .entry((r.cluster.clone(), r.reason.as_str()))
+                .or_default() += 1;
+        }
+        for ((cluster, reason), n) in counts {
+            self.metrics
+                .remote_refused_routes
+                .get_or_create(&RemoteReasonLabel {
+                    target_cluster: cluster,
+                    reason: reason.to_string(),
+                })
+                .set(n);
         }
     }
 
@@ -1135,10 +1256,40 @@ impl ControlLoop {
                     identities: identities_by_source.get(id).copied().unwrap_or(0),
                 })
                 .collect(),
-            remotes: self.remotes.clone(),
+            remotes: self
+                .remotes
+                .iter()
+                .cloned()
+                .map(|mut r| {
+                    let refused_ips = self
+                        .sources
+                        .iter()
+                        .find(|(_, s)| s.name == r.name)
+                        .and_then(|(id, _)| self.refused_ips.get(id))
+                        .map_or(0, BTreeSet::len);
+                    if refused_ips > 0 {
+                        r.invalid
+                            .insert(IPCACHE_IN_LOCAL_SPACE.to_string(), refused_ips as u64);
+                    }
+                    r.refused_routes = self
+                        .refused_routes
+                        .iter()
+                        .filter(|x| x.cluster == r.name)
+                        .map(|x| RefusedRouteView {
+                            node: x.node.clone(),
+                            cidr: x.cidr.to_string(),
+                            reason: x.reason.as_str().to_string(),
+                        })
+                        .collect();
+                    r
+                })
+                .collect(),
         }
     }
 }
+
+/// Status reason of remote ipcache entries inside the local pods' space.
+const IPCACHE_IN_LOCAL_SPACE: &str = "ipcache-in-local-pod-space";
 
 fn parse_prefix(key: &str) -> Option<IpNet> {
     key.parse::<IpNet>()

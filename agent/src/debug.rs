@@ -297,6 +297,28 @@ fn status_table(s: &StatusView) -> String {
                 })
                 .collect(),
         ));
+        let refused: Vec<Vec<String>> = s
+            .remotes
+            .iter()
+            .flat_map(|r| {
+                r.refused_routes.iter().map(|x| {
+                    vec![
+                        r.name.clone(),
+                        x.node.clone(),
+                        x.cidr.clone(),
+                        x.reason.clone(),
+                    ]
+                })
+            })
+            .collect();
+        if !refused.is_empty() {
+            out.push_str(
+                "
+refused routes (remote pod CIDRs not routed):
+",
+            );
+            out.push_str(&table(&["REMOTE", "NODE", "CIDR", "REASON"], refused));
+        }
     }
     out
 }

@@ -26,6 +26,9 @@ mod metrics;
 mod plumbing;
 mod policy_resolver;
 mod remote_clusters;
+#[cfg(test)]
+mod remote_properties;
+mod route_plan;
 mod service_merger;
 mod tables;
 mod views;
@@ -43,6 +46,6 @@ pub use policy_resolver::{
 pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{MergedFrontend, RemoteService, Slot, merge};
 pub use views::{
-    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView, RemoteView,
-    ServiceView, SourceView, StatusView,
+    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
+    RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
 };

@@ -69,6 +69,7 @@ pub struct AgentMetrics {
     pub remote_last_failure: Family<RemoteLabel, Gauge>,
     pub remote_entries: Family<RemoteKindLabel, Gauge>,
     pub remote_invalid: Family<RemoteReasonLabel, Gauge>,
+    pub remote_refused_routes: Family<RemoteReasonLabel, Gauge>,
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
 }
@@ -100,6 +101,7 @@ impl AgentMetrics {
         let remote_last_failure = Family::<RemoteLabel, Gauge>::default();
         let remote_entries = Family::<RemoteKindLabel, Gauge>::default();
         let remote_invalid = Family::<RemoteReasonLabel, Gauge>::default();
+        let remote_refused_routes = Family::<RemoteReasonLabel, Gauge>::default();
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
         registry.register(
@@ -170,6 +172,11 @@ impl AgentMetrics {
             "Values from the remote cluster that were skipped, by reason",
             remote_invalid.clone(),
         );
+        registry.register(
+            "remote_cluster_refused_routes",
+            "Pod CIDRs of the remote cluster's nodes that are not routed, by reason",
+            remote_refused_routes.clone(),
+        );
         Self {
             registry: Mutex::new(root),
             endpoints,
@@ -186,6 +193,7 @@ impl AgentMetrics {
             remote_last_failure,
             remote_entries,
             remote_invalid,
+            remote_refused_routes,
             policy_verdicts,
             drops,
         }

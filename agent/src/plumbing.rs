@@ -35,6 +35,12 @@ pub(crate) enum PlumbingError {
     },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("cannot parse the output of `{command}`")]
+    Parse {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Runs `program args…` inside the namespace at `netns` (`None`: the
@@ -258,6 +264,54 @@ pub(crate) fn delete_route(netns: Option<&Path>, cidr: IpNet) -> Result<(), Plum
         Err(PlumbingError::Failed { stderr, .. }) if stderr.contains("No such process") => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The networks this namespace reaches directly: the prefix of every address
+/// on its interfaces, and the routes the kernel, DHCP or an administrator
+/// (`proto static`) put there. Routes this agent installs (`proto boot`,
+/// through a gateway) are not among them.
+pub(crate) fn host_networks(netns: Option<&Path>) -> Result<Vec<IpNet>, PlumbingError> {
+    let parse = |args: &[&str]| -> Result<serde_json::Value, PlumbingError> {
+        let out = ip(netns, args)?;
+        serde_json::from_str(&out).map_err(|source| PlumbingError::Parse {
+            command: format!("ip {}", args.join(" ")),
+            source,
+        })
+    };
+    let mut nets = Vec::new();
+    let addrs = parse(&["-j", "addr", "show"])?;
+    for link in addrs.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
+                continue;
+            };
+            if let Ok(ip) = local.parse::<IpAddr>()
+                && let Ok(net) = IpNet::new(ip, len as u8)
+            {
+                nets.push(net.trunc());
+            }
+        }
+    }
+    for family in ["-4", "-6"] {
+        let routes = parse(&["-j", family, "route", "show"])?;
+        for r in routes.as_array().into_iter().flatten() {
+            let proto = r["protocol"].as_str().unwrap_or("boot");
+            if !matches!(proto, "kernel" | "dhcp" | "static") {
+                continue;
+            }
+            if let Some(dst) = r["dst"].as_str()
+                && let Some(net) = dst
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| dst.parse::<IpAddr>().ok().map(IpNet::from))
+            {
+                nets.push(net.trunc());
+            }
+        }
+    }
+    nets.sort();
+    nets.dedup();
+    Ok(nets)
 }
 
 /// The namespace path for a name (`/run/netns/<name>`) or a path.

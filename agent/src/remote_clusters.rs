@@ -7,14 +7,62 @@
 //!   (ID ≠ 0, in range, not ours, not used by another remote, same
 //!   max-connected-clusters);
 //! - pin the remote etcd's cluster ID; a different one means a different
-//!   etcd answers and the connection starts over (with a full re-list);
+//!   etcd answers and the connection starts over (with a full re-list); so
+//!   does a revision lower than one already seen (the remote etcd was wiped
+//!   and restarted with the same cluster ID);
 //! - watch identities, ipcache, nodes and services, each after its canary,
-//!   validating every value (IDs in the remote's range, its cluster label,
-//!   its name and ID in services and nodes);
+//!   validating every value;
 //! - on a failure, retry forever with capped, jittered backoff; the data
 //!   already received is KEPT, and after a reconnect a re-list with
 //!   mark-and-sweep (in the control loop) leaves exactly the remote's state;
-//! - on removal of the config file, drain everything it delivered.
+//! - on removal of the config file, or when the remote's cluster config is
+//!   refused, drain everything it delivered.
+//!
+//! # What a remote may claim
+//!
+//! A remote cluster is untrusted input: whatever it writes into its own etcd
+//! reaches every agent of this cluster. Each rule below is enforced at one
+//! place (named in brackets); a value that breaks one is skipped, counted by
+//! reason (`remote_cluster_invalid_values`, or `remote_cluster_refused_routes`
+//! for routes; both in `status`) and logged once per key, and never stops or
+//! stalls a watch.
+//!
+//! - **Cluster config** (`cilium/cluster-config/<name>`): must decode, name an
+//!   ID that is not 0, within the mesh mode, not ours and not another
+//!   remote's, in the same max-connected-clusters mode. Otherwise the remote
+//!   is refused: nothing of it stays in effect and `status` shows no entries
+//!   for it. [`RemoteCluster::validate`]
+//! - **Identities** (`…/identities/v1/id/<ID>`): only IDs inside the remote's
+//!   own block (`IdentityRange::block`), never a reserved one (< 256), always
+//!   with `io.cilium.k8s.policy.cluster=<remote>`. [`remote_identity_validator`]
+//!   A remote never replaces a reserved identity or one a local source holds,
+//!   and deleting its key never removes one (the tables' own invariant,
+//!   behind the validator). [`Tables::upsert_identity`](crate::tables::Tables)
+//! - **ipcache** (`…/ip/v1/default/<IP>`): one address (never a prefix, which
+//!   would claim local addresses or the world), whose identity is in the
+//!   remote's block or one of [`REMOTE_IPCACHE_RESERVED`] (its nodes and health
+//!   endpoints; host becomes remote-node). The value must match its key.
+//!   [`ipcache_validator`] It may not lie in the local pods' space (the local
+//!   pools, this and the other local nodes' CIDRs): such an entry is refused
+//!   and counted as `ipcache-in-local-pod-space` (the control loop's
+//!   `on_ip`); for any address a local source also claims, the local claim
+//!   wins.
+//! - **Nodes** (`…/nodes/v1/<remote>/<name>`): the remote's own name and ID (or
+//!   ID 0, as older Cilium writes), a name without `/` that matches the key.
+//!   [`node_validator`], `Node::decode`. Their pod CIDRs are routed only when
+//!   narrower than a minimum, outside every local address space (this and
+//!   other local nodes' CIDRs, the local pod pools, the host's own networks),
+//!   inside the remote's pool where its config names one (`pod-cidr-pools`),
+//!   not overlapping another remote's routed CIDRs, with a next hop outside
+//!   the local pods. [`crate::route_plan::plan`]
+//! - **Services** (`…/services/v1/<remote>/<ns>/<name>`): the remote's own name
+//!   and ID, backends that are unicast addresses (not loopback, unspecified,
+//!   link-local, multicast or broadcast). They only add backends to a local
+//!   service definition of the same namespace and name that is global; a
+//!   remote never defines frontends. [`service_validator`], the service merger.
+//! - **Service exports** (`cilium/state/serviceexports/…`): not read from
+//!   remotes; a remote's `serviceExportsEnabled` changes nothing here.
+//! - **Canaries and heartbeat**: only waited for; their values are not used.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,8 +74,8 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClientConfig, ClusterId, ClusterName, DecodeError, IdentityRange,
-    InvalidReason, MaxConnectedClusters, StoreValue, TlsFiles, Validator, WatchStore,
-    WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
+    InvalidReason, MaxConnectedClusters, NumericIdentity, StoreValue, TlsFiles, Validator,
+    WatchStore, WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
     values::{ClusterConfig, ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
 use notify::{RecursiveMode, Watcher};
@@ -64,6 +112,12 @@ pub struct RemoteClusterConfig {
     /// (our extension; default: keep them, as Cilium does).
     #[serde(default, with = "opt_duration")]
     pub service_cache_ttl: Option<Duration>,
+    /// The remote's pod CIDR pools (its operator's `--pod-cidr-pool`), as
+    /// the one who connected the clusters knows them: its nodes' pod CIDRs
+    /// are routed only inside (our extension; default: not known, and any
+    /// CIDR outside the local space is accepted).
+    #[serde(default)]
+    pub pod_cidr_pools: Vec<ipnet::IpNet>,
 }
 
 mod opt_duration {
@@ -269,14 +323,27 @@ impl RemoteClusters {
                 .remote_ready
                 .get_or_create(&label)
                 .set(v.ready as i64);
-            for (kind, n) in &v.entries {
-                self.metrics
-                    .remote_entries
-                    .get_or_create(&RemoteKindLabel {
-                        target_cluster: v.name.clone(),
-                        kind: kind.clone(),
-                    })
-                    .set(*n as i64);
+            for kind in [
+                StoreKind::Identities,
+                StoreKind::IpCache,
+                StoreKind::Nodes,
+                StoreKind::Services,
+            ] {
+                let label = RemoteKindLabel {
+                    target_cluster: v.name.clone(),
+                    kind: kind.as_str().to_string(),
+                };
+                match v.entries.get(kind.as_str()) {
+                    Some(n) => {
+                        self.metrics
+                            .remote_entries
+                            .get_or_create(&label)
+                            .set(*n as i64);
+                    }
+                    None => {
+                        self.metrics.remote_entries.remove(&label);
+                    }
+                }
             }
             for (reason, n) in &v.invalid {
                 self.metrics
@@ -358,6 +425,9 @@ struct RemoteCluster {
 struct Failure {
     kind: &'static str,
     message: String,
+    /// The remote's own config was refused (invalid, or its ID conflicts):
+    /// nothing it delivered may stay in effect.
+    refused: bool,
 }
 
 impl Failure {
@@ -365,6 +435,14 @@ impl Failure {
         Self {
             kind,
             message: message.into(),
+            refused: false,
+        }
+    }
+
+    fn refused(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            refused: true,
+            ..Self::new(kind, message)
         }
     }
 
@@ -413,6 +491,9 @@ impl RemoteCluster {
                 continue;
             }
             self.fail(&failure);
+            if failure.refused {
+                self.withdraw().await;
+            }
             if !backoff.wait(&shutdown).await {
                 break;
             }
@@ -448,6 +529,22 @@ impl RemoteCluster {
         s.failures += 1;
         s.last_error = Some(f.message.clone());
         s.last_error_kind = Some(f.kind.to_string());
+    }
+
+    /// The remote's config was refused: what it delivered goes, and status
+    /// shows no entries for it (its connection is not in use).
+    async fn withdraw(&self) {
+        {
+            let mut s = self.status.lock().expect("status");
+            s.synced.clear();
+            s.entries.clear();
+            s.invalid.clear();
+        }
+        warn!(
+            remote = self.name,
+            "the remote's cluster config is refused; withdrawing its entries"
+        );
+        self.control.send(Input::DrainSource(self.source)).await;
     }
 
     /// One connection: returns the failure that ended it, or `None` on shutdown.
@@ -500,7 +597,7 @@ impl RemoteCluster {
         let cluster_config = match client.get(&keys::cluster_config(&remote_name)).await {
             Ok(Some(kv)) => match ClusterConfig::decode(&self.name, &kv.value) {
                 Ok(c) => c,
-                Err(e) => return Some(Failure::new("config-invalid", e.to_string())),
+                Err(e) => return Some(Failure::refused("config-invalid", e.to_string())),
             },
             Ok(None) => {
                 return Some(Failure::new(
@@ -552,9 +649,9 @@ impl RemoteCluster {
     fn validate(&self, config: &ClusterConfig) -> Result<ClusterId, Failure> {
         let remote_mode = config
             .mode()
-            .map_err(|e| Failure::new("config-invalid", e.to_string()))?;
+            .map_err(|e| Failure::refused("config-invalid", e.to_string()))?;
         if remote_mode != self.mode {
-            return Err(Failure::new(
+            return Err(Failure::refused(
                 "config-invalid",
                 format!(
                     "max-connected-clusters differs: remote {remote_mode}, local {}",
@@ -563,12 +660,12 @@ impl RemoteCluster {
             ));
         }
         let id = ClusterId::new(config.id, self.mode)
-            .map_err(|e| Failure::new("config-invalid", e.to_string()))?;
+            .map_err(|e| Failure::refused("config-invalid", e.to_string()))?;
         if !id.is_meshable() {
-            return Err(Failure::new("config-invalid", "remote cluster ID is 0"));
+            return Err(Failure::refused("config-invalid", "remote cluster ID is 0"));
         }
         if id == self.local_id {
-            return Err(Failure::new(
+            return Err(Failure::refused(
                 "id-conflict",
                 format!("remote cluster ID {id} is this cluster's own ID"),
             ));
@@ -576,7 +673,7 @@ impl RemoteCluster {
         let mut registry = self.registry.lock().expect("registry");
         match registry.get(&id.get()) {
             Some(other) if *other != self.name => {
-                return Err(Failure::new(
+                return Err(Failure::refused(
                     "id-conflict",
                     format!("cluster ID {id} is already used by remote cluster {other}"),
                 ));
@@ -611,6 +708,11 @@ impl RemoteCluster {
                 name: self.name.clone(),
                 cluster_id: id.get(),
                 kinds,
+                pod_cidr_pools: self
+                    .config
+                    .as_ref()
+                    .map(|c| c.pod_cidr_pools.clone())
+                    .unwrap_or_default(),
             })
             .await;
         self.control.send(Input::BeginResync(self.source)).await;
@@ -665,6 +767,7 @@ impl RemoteCluster {
         let ttl = self.config.as_ref().ok().and_then(|c| c.service_cache_ttl);
         let mut unreachable_since: Option<Instant> = None;
         let mut services_dropped = false;
+        let mut highest_revision = 0;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         let failure = loop {
             tokio::select! {
@@ -681,7 +784,22 @@ impl RemoteCluster {
                         ),
                     ));
                 }
-                Ok(_) => true,
+                Ok(s) if s.revision > 0 && s.revision < highest_revision => {
+                    // The remote etcd lost its data (wiped, same cluster
+                    // ID): start over with a full list and an exact sweep,
+                    // whatever its watches noticed.
+                    break Some(Failure::new(
+                        RESYNC,
+                        format!(
+                            "the remote etcd's revision went backwards ({highest_revision} → {}); re-listing",
+                            s.revision
+                        ),
+                    ));
+                }
+                Ok(s) => {
+                    highest_revision = highest_revision.max(s.revision);
+                    true
+                }
                 Err(e) => {
                     let f = Failure::from_etcd(&e);
                     let mut s = self.status.lock().expect("status");
@@ -800,8 +918,20 @@ impl Watches<'_> {
     }
 }
 
-/// ipcache entries of a remote: identity in its block or reserved.
-fn ipcache_validator(
+/// Reserved identities a remote's ipcache entry may name: its nodes (host,
+/// rewritten to remote-node as Cilium does, or remote-node itself) and its
+/// health endpoints. Any other reserved identity (world, kube-apiserver,
+/// ingress, init, unmanaged, user-reserved…) would let a remote address
+/// pass a local policy written for that entity.
+pub(crate) const REMOTE_IPCACHE_RESERVED: [NumericIdentity; 3] = [
+    NumericIdentity::HOST,
+    NumericIdentity::REMOTE_NODE,
+    NumericIdentity::HEALTH,
+];
+
+/// ipcache entries of a remote: one address (not a prefix), whose identity
+/// is in the remote's block or one of [`REMOTE_IPCACHE_RESERVED`].
+pub(crate) fn ipcache_validator(
     name: &ClusterName,
     id: ClusterId,
     mode: MaxConnectedClusters,
@@ -809,30 +939,52 @@ fn ipcache_validator(
     let block = IdentityRange::block(id, mode);
     let name = name.clone();
     Arc::new(move |key: &str, pair: &IpIdentityPair| {
-        if pair.id.is_reserved() || block.contains(pair.id) {
+        let invalid =
+            |reason, detail: String| Err(DecodeError::new("ipcache entry", key, reason, detail));
+        let prefix = pair.prefix();
+        if prefix.prefix_len() != prefix.max_prefix_len() {
+            // An endpoint or node has one address; a prefix would claim
+            // every address in it, local ones and the world included.
+            return invalid(
+                InvalidReason::PrefixNotAllowed,
+                format!("{prefix} is a prefix; a remote cluster may only publish single addresses"),
+            );
+        }
+        if pair.id.is_reserved() {
+            if REMOTE_IPCACHE_RESERVED.contains(&pair.id) {
+                return Ok(());
+            }
+            return invalid(
+                InvalidReason::ReservedIdentity,
+                format!(
+                    "reserved identity {} ({}) is not one a remote address may have",
+                    pair.id,
+                    pair.id.reserved_name().unwrap_or("reserved")
+                ),
+            );
+        }
+        if block.contains(pair.id) {
             Ok(())
         } else {
-            Err(DecodeError::new(
-                "ipcache entry",
-                key,
+            invalid(
                 InvalidReason::IdentityOutOfRange,
                 format!(
                     "identity {} is outside cluster {name}'s range {block}",
                     pair.id
                 ),
-            ))
+            )
         }
     })
 }
 
-fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
+pub(crate) fn node_validator(name: &ClusterName, id: ClusterId) -> Validator<Node> {
     let name = name.clone();
     Arc::new(move |key: &str, node: &Node| {
         check_cluster("node", key, &node.cluster, node.cluster_id, &name, id, true)
     })
 }
 
-fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
+pub(crate) fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterService> {
     let name = name.clone();
     Arc::new(move |key: &str, svc: &ClusterService| {
         check_cluster(
@@ -843,8 +995,38 @@ fn service_validator(name: &ClusterName, id: ClusterId) -> Validator<ClusterServ
             &name,
             id,
             false,
-        )
+        )?;
+        if let Some((ip, _)) = svc.backend_ips().find(|(ip, _)| !is_routable_unicast(ip)) {
+            return Err(DecodeError::new(
+                "service",
+                key,
+                InvalidReason::InvalidAddress,
+                format!("backend {ip} is not a unicast address another cluster can serve"),
+            ));
+        }
+        Ok(())
     })
+}
+
+/// An address a remote backend may have: not loopback, unspecified,
+/// link-local, multicast or broadcast (those would send a client to itself,
+/// its node or nowhere).
+fn is_routable_unicast(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast())
+        }
+        std::net::IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local())
+        }
+    }
 }
 
 /// A remote's value must name the remote and its ID (nodes may leave the
@@ -879,8 +1061,6 @@ fn check_cluster(
 
 #[cfg(test)]
 mod tests {
-    use kvstore::NumericIdentity;
-
     use super::*;
 
     #[test]
@@ -904,6 +1084,24 @@ mod tests {
         };
         assert!(v("k", &pair(2 << 16 | 300)).is_ok());
         assert!(v("k", &pair(6)).is_ok());
+        assert!(v("k", &pair(1)).is_ok());
+        for reserved in [0, 2, 3, 7, 8, 200, 255] {
+            assert_eq!(
+                v("k", &pair(reserved)).unwrap_err().reason,
+                InvalidReason::ReservedIdentity,
+                "{reserved}"
+            );
+        }
+        let wide = IpIdentityPair::host(
+            "0.0.0.0".parse().unwrap(),
+            NumericIdentity::new(2 << 16 | 300),
+            None,
+        )
+        .with_prefix_len(1);
+        assert_eq!(
+            v("k", &wide).unwrap_err().reason,
+            InvalidReason::PrefixNotAllowed
+        );
         assert_eq!(
             v("k", &pair(3 << 16 | 300)).unwrap_err().reason,
             InvalidReason::IdentityOutOfRange

@@ -50,6 +50,17 @@ impl IpEntry {
     }
 }
 
+/// What [`Tables::upsert_identity`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdentityUpsert {
+    /// New, or its labels changed.
+    Changed,
+    /// Already known with these labels.
+    Unchanged,
+    /// A remote tried to set a reserved or local identity; nothing changed.
+    Refused,
+}
+
 /// Everything the agent knows, by source.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
@@ -101,14 +112,39 @@ impl Tables {
     }
 
     /// Sets an identity; returns whether its labels changed.
+    ///
+    /// A remote source never replaces a reserved identity or one that a
+    /// local source holds: those are the local agent's own, and a remote
+    /// that could relabel them could make a local policy admit anything.
+    /// (The remote's validators refuse such values first, counted; this is
+    /// the table's own invariant, so no path around them can break it.)
     pub(crate) fn upsert_identity(
         &mut self,
         source: SourceId,
         id: NumericIdentity,
         labels: Labels,
-    ) -> bool {
+    ) -> IdentityUpsert {
+        if !source.is_local() && (id.is_reserved() || self.held_locally(id)) {
+            return IdentityUpsert::Refused;
+        }
         self.identity_sources.entry(source).or_default().insert(id);
-        self.identities.insert(id, labels.clone()) != Some(labels)
+        if self.identities.insert(id, labels.clone()) != Some(labels) {
+            IdentityUpsert::Changed
+        } else {
+            IdentityUpsert::Unchanged
+        }
+    }
+
+    /// Whether a local source (this node's endpoints, the local etcd)
+    /// delivered `id`.
+    fn held_locally(&self, id: NumericIdentity) -> bool {
+        [SourceId::LOCAL_ENDPOINTS, SourceId::LOCAL_CLUSTER]
+            .iter()
+            .any(|s| {
+                self.identity_sources
+                    .get(s)
+                    .is_some_and(|ids| ids.contains(&id))
+            })
     }
 
     /// Removes an identity a source withdrew; returns whether it is gone
@@ -396,10 +432,38 @@ mod tests {
         assert!(!t.delete_identity(SourceId(2), NumericIdentity::WORLD));
         assert!(t.identities.contains_key(&NumericIdentity::WORLD));
         let labels: Labels = [Label::k8s("app", "x")].into_iter().collect();
-        assert!(t.upsert_identity(SourceId(2), NumericIdentity::new(70000), labels.clone()));
-        assert!(!t.upsert_identity(SourceId(2), NumericIdentity::new(70000), labels));
+        assert_eq!(
+            t.upsert_identity(SourceId(2), NumericIdentity::new(70000), labels.clone()),
+            IdentityUpsert::Changed
+        );
+        assert_eq!(
+            t.upsert_identity(SourceId(2), NumericIdentity::new(70000), labels),
+            IdentityUpsert::Unchanged
+        );
         assert_eq!(t.identities_of(SourceId(2)).len(), 1);
         assert!(t.delete_identity(SourceId(2), NumericIdentity::new(70000)));
+    }
+
+    #[test]
+    fn a_remote_never_replaces_a_reserved_or_local_identity() {
+        let mut t = Tables::new();
+        let world = t.identities[&NumericIdentity::WORLD].clone();
+        let local_workload: Labels = [Label::k8s("app", "db")].into_iter().collect();
+        let mine = NumericIdentity::new(1 << 16 | 300);
+        t.upsert_identity(SourceId::LOCAL_CLUSTER, mine, local_workload.clone());
+        let remote = SourceId(2);
+        for id in [NumericIdentity::WORLD, NumericIdentity::new(200), mine] {
+            assert_eq!(
+                t.upsert_identity(remote, id, local_workload.clone()),
+                IdentityUpsert::Refused,
+                "{id}"
+            );
+            assert!(!t.delete_identity(remote, id), "{id}");
+        }
+        assert_eq!(t.identities[&NumericIdentity::WORLD], world);
+        assert!(!t.identities.contains_key(&NumericIdentity::new(200)));
+        assert_eq!(t.identities[&mine], local_workload);
+        assert!(t.identities_of(remote).is_empty());
     }
 
     #[test]

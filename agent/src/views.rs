@@ -80,6 +80,18 @@ pub struct RemoteView {
     pub last_error: Option<String>,
     pub last_error_kind: Option<String>,
     pub failures: u64,
+    /// Pod CIDRs of the remote's nodes that are not routed, and why.
+    #[serde(default)]
+    pub refused_routes: Vec<RefusedRouteView>,
+}
+
+/// A remote node's pod CIDR that the agent refuses to route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedRouteView {
+    pub node: String,
+    pub cidr: String,
+    /// `route-too-wide`, `route-overlaps-local-pods`, …
+    pub reason: String,
 }
 
 /// The agent as a whole.

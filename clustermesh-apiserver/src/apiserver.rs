@@ -201,12 +201,12 @@ impl Apiserver {
             listener,
             health,
             publisher,
+            publisher_status,
             upstream,
             hub,
             metrics,
             local_addr,
             health_addr,
-            ..
         } = self;
         // A child, so that a server failing on its own stops the other tasks
         // without touching the caller's token.
@@ -241,6 +241,11 @@ impl Apiserver {
             }
         });
         tasks.spawn(hub.clone().run(shutdown.clone()));
+        tasks.spawn(relist_on_lost_lease(
+            publisher_status.session_changes(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
 
         let authorizer = Arc::new(Authorizer::new(config.cluster_name.clone()));
         let guard = AccessGuard::new(authorizer.clone(), metrics.clone());
@@ -292,5 +297,38 @@ impl Apiserver {
         tasks.wait().await;
         drop(tls_handle);
         result
+    }
+}
+
+/// The apiserver's session lease was lost and replaced: etcd may have lost
+/// its data (wiped and restarted with the same cluster ID, when revisions
+/// cannot tell). Every watcher is told to list again, so that no remote
+/// agent keeps a history that is gone.
+async fn relist_on_lost_lease(
+    mut session: tokio::sync::watch::Receiver<kvstore::SessionState>,
+    hub: Arc<WatchHub>,
+    shutdown: CancellationToken,
+) {
+    let mut generation = session.borrow_and_update().generation;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = session.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let state = *session.borrow_and_update();
+        if state.lease.is_some() && state.generation != generation {
+            if generation > 0 {
+                tracing::warn!(
+                    generation = state.generation,
+                    "the apiserver's session lease was lost; watchers list again"
+                );
+                hub.data_lost();
+            }
+            generation = state.generation;
+        }
     }
 }

@@ -54,6 +54,12 @@ impl PublisherStatus {
             && status.flushed > 0
     }
 
+    /// Notified on every change of the apiserver's session lease (a new
+    /// generation after a lost lease means etcd may have lost its data).
+    pub fn session_changes(&self) -> tokio::sync::watch::Receiver<kvstore::SessionState> {
+        self.session.subscribe()
+    }
+
     /// Why it is not published, for `/readyz`.
     pub fn describe(&self) -> String {
         let status = self.store.status();

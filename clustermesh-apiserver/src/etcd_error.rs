@@ -31,6 +31,11 @@ pub enum EtcdError {
     /// came from (its data was wiped): the watcher must list again.
     #[error("etcdserver: cluster ID mismatch")]
     ClusterIdMismatch,
+    /// etcd answers with a revision below one it already sent (its data was
+    /// wiped and it restarted with the same cluster ID): the watcher must
+    /// list again.
+    #[error("etcdserver: revision went backwards, the data was lost")]
+    RevisionWentBackwards,
     /// A watch asked for an ID the stream already uses (etcd's mvcc error).
     #[error("mvcc: duplicate watch ID provided on the WatchStream")]
     DuplicateWatchId,
@@ -44,7 +49,7 @@ impl EtcdError {
             Self::TooManyRequests => Code::ResourceExhausted,
             Self::Unimplemented { .. } => Code::Unimplemented,
             Self::DuplicateWatchId => Code::InvalidArgument,
-            Self::ClusterIdMismatch => Code::FailedPrecondition,
+            Self::ClusterIdMismatch | Self::RevisionWentBackwards => Code::FailedPrecondition,
         }
     }
 

@@ -581,7 +581,7 @@ impl SharedWatch {
                     ));
                 }
                 backoff.reset();
-                if !self.same_cluster(hub, &response) {
+                if !self.same_history(hub, &response) {
                     return Ended::Stopped;
                 }
                 continue;
@@ -682,17 +682,31 @@ impl SharedWatch {
         }
     }
 
-    /// Checks the etcd cluster ID of a (re-)created watch. A different etcd
-    /// cluster (the data was wiped and etcd re-created) has a different
-    /// history; every watcher is canceled and must list again.
-    fn same_cluster(&self, hub: &WatchHub, response: &PbWatchResponse) -> bool {
-        let cluster_id = response.header.map_or(0, |h| h.cluster_id);
+    /// Checks that a (re-)created watch continues the history the watchers
+    /// have: the same etcd cluster ID, and a revision not below the one
+    /// already seen. A different etcd cluster, or the same one whose data
+    /// was wiped (it restarts at revision 1 with the same cluster ID, and a
+    /// watch resumed at the old revision would silently skip everything
+    /// written until then), has another history: every watcher is canceled
+    /// and must list again.
+    fn same_history(&self, hub: &WatchHub, response: &PbWatchResponse) -> bool {
+        let header = response.header.unwrap_or_default();
+        let cluster_id = header.cluster_id;
         let mut st = self.lock();
-        if cluster_id == 0 || st.cluster_id == 0 || st.cluster_id == cluster_id {
+        let other_cluster = cluster_id != 0 && st.cluster_id != 0 && st.cluster_id != cluster_id;
+        let went_back = header.revision > 0 && header.revision < st.revision;
+        if !other_cluster && !went_back {
             if cluster_id != 0 {
                 st.cluster_id = cluster_id;
             }
             return true;
+        }
+        hub.reset_latest(header);
+        if !other_cluster {
+            warn!(range = %self.key, seen = st.revision, now = header.revision, "etcd's revision went backwards (its data was lost); its watchers must list again");
+            drop(st);
+            self.cancel_for_relist(hub);
+            return false;
         }
         warn!(range = %self.key, old = st.cluster_id, new = cluster_id, "a different etcd cluster answers; canceling the watchers of this range");
         let reason = EtcdError::ClusterIdMismatch.cancel_reason();
@@ -711,6 +725,32 @@ impl SharedWatch {
         drop(st);
         hub.metrics().downstream_watchers().dec_by(removed);
         false
+    }
+
+    /// etcd lost its data (wiped and restarted): the history the watchers
+    /// have is gone, and a resumed watch would skip whatever the new history
+    /// wrote up to their revision. Every watcher gets etcd's compaction
+    /// response (clients then list again, as after a compaction) and the
+    /// watch ends.
+    pub(crate) fn cancel_for_relist(&self, hub: &WatchHub) {
+        let header = hub.latest_header();
+        let mut st = self.lock();
+        let removed = st.subscribers.len() as i64;
+        for mut sub in st.subscribers.drain(..) {
+            sub.left.cancel();
+            sub.push(WatchMessage::owned(PbWatchResponse {
+                header: Some(header),
+                watch_id: sub.watch_id,
+                canceled: true,
+                compact_revision: sub.cursor + 1,
+                cancel_reason: EtcdError::RevisionWentBackwards.cancel_reason(),
+                ..PbWatchResponse::default()
+            }));
+        }
+        st.finished = true;
+        drop(st);
+        hub.metrics().downstream_watchers().dec_by(removed);
+        self.stop.cancel();
     }
 
     /// etcd compacted the revision the watch resumes at. Watchers that still

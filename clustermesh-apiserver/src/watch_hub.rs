@@ -194,6 +194,26 @@ impl WatchHub {
         }
     }
 
+    /// etcd lost its data (the apiserver's own lease vanished, or a watch's
+    /// revision went backwards): every shared watch ends and its watchers
+    /// are told to list again (see [`SharedWatch::cancel_for_relist`]).
+    pub(crate) fn data_lost(&self) {
+        let all: Vec<Arc<SharedWatch>> = {
+            let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+            watches.drain().map(|(_, w)| w).collect()
+        };
+        for watch in all {
+            self.metrics.upstream_watches().dec();
+            watch.cancel_for_relist(self);
+        }
+    }
+
+    /// etcd lost its data (or another etcd answers): forget the headers of
+    /// the old history.
+    pub(crate) fn reset_latest(&self, header: PbResponseHeader) {
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = header;
+    }
+
     /// The newest response header seen from etcd (for responses that etcd
     /// would stamp with its current revision, like cancel confirmations).
     pub(crate) fn latest_header(&self) -> PbResponseHeader {

@@ -17,11 +17,17 @@ use localmesh::{Mesh, MeshSpec};
 /// How long tests wait for the mesh to react before failing.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Whether the test can run; prints why not otherwise.
+/// Whether the test can run; prints why not otherwise. Under CI
+/// (`CI=true`) a test that cannot run fails instead of skipping.
 pub fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (network namespaces and eBPF)");
+        let why = "needs root (network namespaces and eBPF)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and the test cannot run: {why}"
+        );
+        eprintln!("skipping: {why}");
         return false;
     }
     true

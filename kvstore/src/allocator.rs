@@ -150,6 +150,8 @@ pub struct Allocator {
     reserved: Mutex<HashSet<NumericIdentity>>,
     /// Label sets whose slave key deletion failed; retried by the runner.
     pending_release: Mutex<HashSet<String>>,
+    /// The session generation whose lease holds every held identity's keys.
+    restored: tokio::sync::watch::Sender<u64>,
     stats: AllocatorStats,
 }
 
@@ -210,6 +212,7 @@ impl Allocator {
             label_locks: Mutex::default(),
             reserved: Mutex::default(),
             pending_release: Mutex::default(),
+            restored: tokio::sync::watch::channel(0).0,
             stats: AllocatorStats::default(),
         });
         (allocator.clone(), AllocatorRunner { allocator })
@@ -222,6 +225,15 @@ impl Allocator {
 
     pub fn stats(&self) -> &AllocatorStats {
         &self.stats
+    }
+
+    /// The session generation up to which the keys of every identity this
+    /// node holds have been (re-)created: after a lost lease or a wiped
+    /// etcd, it reaches the new generation only once the identities exist
+    /// again. Gate writers of keys that name identities on it
+    /// ([`crate::SyncStoreConfig::after`]).
+    pub fn restored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.restored.subscribe()
     }
 
     /// The identity this node holds for `labels`, without touching etcd.
@@ -375,11 +387,21 @@ impl Allocator {
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.min_backoff * 64);
         // Start from what we know: our previous ID, or the cache's.
         let mut target = prefer.or_else(|| self.cache.lookup_canonical(canonical));
+        // When nobody holds it any more (the etcd lost its data), re-create
+        // our previous ID rather than a random one: the ipcache entries and
+        // policies that name it stay right.
+        let mut recreate = prefer;
         for attempt in 1..=self.config.max_attempts {
             let outcome = match target.take() {
                 Some(id) => self.attach(canonical, id, lease).await?,
                 None => {
-                    let candidate = self.pick_candidate()?;
+                    let candidate = match recreate.take() {
+                        Some(id) => {
+                            self.reserved.lock().expect("allocator lock").insert(id);
+                            id
+                        }
+                        None => self.pick_candidate()?,
+                    };
                     let outcome = self.create(canonical, candidate, lease).await;
                     self.reserved
                         .lock()
@@ -586,8 +608,9 @@ impl Allocator {
 
     /// Re-creates the keys of every held identity (after a new session lease,
     /// and periodically: master-key protection). An identity whose master now
-    /// belongs to other labels is re-allocated and reported.
-    async fn resync(&self) -> Vec<(String, NumericIdentity, NumericIdentity)> {
+    /// belongs to other labels is re-allocated and reported. Returns whether
+    /// every held identity's keys exist now.
+    async fn resync(&self) -> bool {
         let lease = self.session.lease().await;
         let held: Vec<(String, NumericIdentity)> = self
             .held
@@ -596,7 +619,7 @@ impl Allocator {
             .iter()
             .map(|(l, h)| (l.clone(), h.id))
             .collect();
-        let mut changed = Vec::new();
+        let mut complete = true;
         for (canonical, id) in held {
             let lock = self.label_lock(&canonical);
             let guard = lock.lock().await;
@@ -619,10 +642,10 @@ impl Allocator {
                         {
                             h.id = new_id;
                         }
-                        changed.push((canonical.clone(), id, new_id));
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        complete = false;
                         warn!(labels = canonical, error = %e, "re-creating identity keys failed; will retry")
                     }
                 }
@@ -630,7 +653,7 @@ impl Allocator {
             drop(guard);
             self.drop_label_lock(&canonical, lock);
         }
-        changed
+        complete
     }
 
     /// Makes sure master and slave of a held identity exist (attaching
@@ -686,6 +709,9 @@ impl AllocatorRunner {
         let a = &self.allocator;
         let mut session = a.session.subscribe();
         let mut generation = session.borrow_and_update().generation;
+        // Keys written so far are on the current lease.
+        a.restored.send_replace(generation);
+        let mut restoring: Option<u64> = None;
         let mut tick = tokio::time::interval(a.config.resync_interval);
         tick.tick().await;
         let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -699,9 +725,13 @@ impl AllocatorRunner {
                     let state = *session.borrow_and_update();
                     if state.lease.is_some() && state.generation != generation {
                         generation = state.generation;
+                        restoring = Some(generation);
                         if generation > 1 {
                             info!("new session lease; re-creating identity keys");
-                            a.resync().await;
+                        }
+                        if generation <= 1 || a.resync().await {
+                            a.restored.send_replace(generation);
+                            restoring = None;
                         }
                     }
                 }
@@ -711,6 +741,13 @@ impl AllocatorRunner {
                 _ = retry.tick() => {
                     if !a.pending_release.lock().expect("allocator lock").is_empty() {
                         a.retry_releases().await;
+                    }
+                    // Writers gated on the restore wait until it is complete.
+                    if let Some(generation) = restoring
+                        && a.resync().await
+                    {
+                        a.restored.send_replace(generation);
+                        restoring = None;
                     }
                 }
             }

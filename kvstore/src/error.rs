@@ -163,6 +163,11 @@ fn classify(message: &str, code: Option<tonic::Code>) -> ErrorKind {
     if m.contains("compacted") {
         return ErrorKind::Compacted;
     }
+    // etcd's `ErrGRPCLeaseNotFound`: the lease expired, was revoked, or the
+    // etcd lost its data; a write on it can only fail until a new lease.
+    if code == Some(tonic::Code::NotFound) && m.contains("requested lease not found") {
+        return ErrorKind::LeaseExpired;
+    }
     if m.contains("unknownissuer")
         || m.contains("unknown issuer")
         || m.contains("unknown ca")
@@ -238,5 +243,12 @@ mod tests {
             ErrorKind::Unreachable
         );
         assert_eq!(classify("something", None), ErrorKind::Other);
+        assert_eq!(
+            classify(
+                "etcd put: etcdserver: requested lease not found",
+                Some(Code::NotFound)
+            ),
+            ErrorKind::LeaseExpired
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::{
 ///
 /// One writer (the [`IdentityCacheRunner`]), many readers; cheap to clone.
 /// For a remote cluster, [`IdentityCache::remote`] accepts only identities in
-/// that cluster's ID block (or reserved ones) whose labels name that cluster.
+/// that cluster's ID block whose labels name that cluster.
 #[derive(Debug, Clone)]
 pub struct IdentityCache {
     inner: Arc<RwLock<Tables>>,
@@ -65,7 +65,7 @@ impl IdentityCache {
     }
 
     /// A remote cluster's identities, read-only and validated: an identity is
-    /// accepted only inside `cluster`'s ID block (or reserved) and only with
+    /// accepted only inside `cluster`'s ID block (never reserved) and only with
     /// the label `io.cilium.k8s.policy.cluster=<name>`. Waits for the remote's
     /// identities canary before listing.
     pub fn remote(
@@ -248,8 +248,16 @@ fn remove_label_index(t: &mut Tables, canonical: &str, id: NumericIdentity) {
 }
 
 /// The checks for identities read from remote cluster `name` (DESIGN §4):
-/// the ID is reserved or inside the cluster's block, and a non-reserved
-/// identity carries `io.cilium.k8s.policy.cluster=<name>`.
+/// the ID is inside the cluster's block and the identity carries
+/// `io.cilium.k8s.policy.cluster=<name>`.
+///
+/// Reserved identities (below 256) are refused: they mean the same in every
+/// cluster, only the local agent defines them, and their master keys never
+/// reach etcd. Accepting one would let a remote give a reserved ID (say
+/// `world`) the labels of a local workload, and so pass a policy written for
+/// that workload. A remote block never holds a reserved ID (a remote's
+/// cluster ID is never 0), so this check comes first only to count it under
+/// its own reason.
 pub fn remote_identity_validator(
     name: &ClusterName,
     cluster: ClusterId,
@@ -259,7 +267,15 @@ pub fn remote_identity_validator(
     let block = IdentityRange::block(cluster, mode);
     Arc::new(move |key: &str, entry: &IdentityEntry| {
         if entry.id.is_reserved() {
-            return Ok(());
+            return Err(DecodeError::new(
+                "identity",
+                key,
+                InvalidReason::ReservedIdentity,
+                format!(
+                    "{} is a reserved identity; only the local agent defines it",
+                    entry.id
+                ),
+            ));
         }
         if !block.contains(entry.id) {
             return Err(DecodeError::new(
@@ -316,10 +332,13 @@ mod tests {
                 .reason,
             InvalidReason::InvalidLabels
         );
-        assert!(
-            validate("k", &entry(2, "anything")).is_ok(),
-            "reserved identities are the same everywhere"
-        );
+        for id in [0, 1, 2, 6, 200, 255] {
+            assert_eq!(
+                validate("k", &entry(id, "c3")).unwrap_err().reason,
+                InvalidReason::ReservedIdentity,
+                "reserved identities are the local agent's alone ({id})"
+            );
+        }
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub use labels::{
     CLUSTER_LABEL, Label, LabelError, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
 };
 pub use prefix::KeyPrefix;
-pub use session::{DEFAULT_SESSION_TTL, Session, SessionHandle, SessionState};
+pub use session::{
+    DEFAULT_SESSION_TTL, SESSION_RETRY_INTERVAL, Session, SessionHandle, SessionState,
+};
 pub use sync_store::{SyncStatus, SyncStore, SyncStoreConfig, SyncStoreRunner};
 pub use value::{DecodeError, InvalidReason, RawEntry, StoreValue};
 pub use watch_store::{Event, Validator, WatchStore, WatchStoreConfig, WatchStoreStats};

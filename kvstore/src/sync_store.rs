@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use crate::{
     backoff::Backoff,
     client::{Client, LeaseId},
-    error::Error,
+    error::{Error, ErrorKind},
     prefix::KeyPrefix,
     session::SessionHandle,
     value::{RawEntry, StoreValue},
@@ -38,6 +38,12 @@ pub struct SyncStoreConfig {
     pub batch: usize,
     /// Name for logs. Default: the prefix.
     pub name: String,
+    /// Keys are written on a lease of session generation `g` only once this
+    /// reaches `g`: e.g. the allocator's [`crate::Allocator::restored`], so
+    /// that after a lost lease (or a wiped etcd) ipcache entries are
+    /// re-announced only when the identities they name exist again.
+    /// Default: none (write at once).
+    pub after: Option<watch::Receiver<u64>>,
 }
 
 impl SyncStoreConfig {
@@ -48,7 +54,15 @@ impl SyncStoreConfig {
             canary: None,
             concurrency: 32,
             batch: 1_024,
+            after: None,
         }
+    }
+
+    /// Writes only after `gate` reached the session's generation (see
+    /// [`SyncStoreConfig::after`]).
+    pub fn after(mut self, gate: watch::Receiver<u64>) -> Self {
+        self.after = Some(gate);
+        self
     }
 
     pub fn with_canary(mut self, canary: impl Into<String>) -> Self {
@@ -229,6 +243,7 @@ impl SyncStoreRunner {
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut commands_open = true;
         let mut watch_done = false;
+        let mut gate = self.config.after.clone();
 
         loop {
             let retry = async {
@@ -265,18 +280,37 @@ impl SyncStoreRunner {
                 }
                 _ = &mut watch_task, if !watch_done => watch_done = true,
                 _ = retry => retry_at = None,
+                opened = gate_changed(&mut gate) => {
+                    if !opened {
+                        // Whoever kept the gate is gone: do not wait for it.
+                        gate = None;
+                    }
+                }
             }
             if retry_at.is_some() {
                 self.publish(&desired);
                 continue;
             }
-            let Some(lease) = self.session.current().lease else {
+            let current = self.session.current();
+            let Some(lease) = current.lease else {
                 self.publish(&desired);
                 continue;
             };
+            if gate
+                .as_ref()
+                .is_some_and(|g| *g.borrow() < current.generation)
+            {
+                self.publish(&desired);
+                continue;
+            }
             match self.flush(&mut desired, lease).await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
+                    if e.kind() == ErrorKind::LeaseExpired {
+                        // etcd forgot the lease (expired, or its data was
+                        // lost): have the session replace it now.
+                        self.session.report_lost(lease);
+                    }
                     desired.errors += 1;
                     let message = e.full_message();
                     warn!(store = %self.config.name, error = %message, "writing to etcd failed; retrying");
@@ -359,6 +393,15 @@ impl SyncStoreRunner {
             errors: desired.errors,
             last_error: desired.last_error.clone(),
         });
+    }
+}
+
+/// Waits for the gate to change; `false` if its sender is gone. Without a
+/// gate, never returns.
+async fn gate_changed(gate: &mut Option<watch::Receiver<u64>>) -> bool {
+    match gate {
+        Some(g) => g.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -62,6 +62,14 @@ pub enum InvalidReason {
     IdentityOutOfRange,
     /// Labels do not parse, or the cluster label names another cluster.
     InvalidLabels,
+    /// A remote claims a reserved identity (below 256) that only the local
+    /// agent defines.
+    ReservedIdentity,
+    /// A remote claims a prefix it may not (wider than one address, or in
+    /// address space that is not its own).
+    PrefixNotAllowed,
+    /// A name (of a node, a service) that cannot be part of a key.
+    InvalidName,
 }
 
 impl InvalidReason {
@@ -74,6 +82,9 @@ impl InvalidReason {
             Self::InvalidCluster => "invalid-cluster",
             Self::IdentityOutOfRange => "identity-out-of-range",
             Self::InvalidLabels => "invalid-labels",
+            Self::ReservedIdentity => "reserved-identity",
+            Self::PrefixNotAllowed => "prefix-not-allowed",
+            Self::InvalidName => "invalid-name",
         }
     }
 }

@@ -169,7 +169,8 @@ impl WatchStoreStats {
 /// 4. When the watch breaks (network error, etcd restart), resume from the
 ///    last revision + 1: nothing is missed and nothing repeated. When that
 ///    revision was compacted, or the etcd behind the endpoint lost its data
-///    (cluster ID changed, revision went backwards), go back to 2.
+///    (cluster ID changed, or any response's revision is below one already
+///    seen), go back to 2: the re-list's sweep leaves exactly what exists.
 ///
 /// The store remembers a hash of every valid value it delivered, so a re-list
 /// emits only real changes. Values that fail to decode (or that the
@@ -432,7 +433,12 @@ impl<V: StoreValue> WatchStore<V> {
                     warn!(store = %self.config.name, "a different etcd cluster answers now; listing again");
                     return Ok(Flow::Relist);
                 }
-                if resp.created() && header.revision() < st.revision {
+                // etcd stamps every response with its current revision, which
+                // never goes below what it already sent. Lower means the data
+                // behind the endpoint was lost (etcd wiped and restarted with
+                // the same cluster ID), whether the watch was re-created or a
+                // proxy's stream stayed open across the loss.
+                if header.revision() > 0 && header.revision() < st.revision {
                     warn!(
                         store = %self.config.name,
                         revision = header.revision(),

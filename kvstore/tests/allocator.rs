@@ -399,6 +399,45 @@ async fn lost_session_and_deleted_master_are_repaired() {
 }
 
 #[tokio::test]
+async fn a_wiped_etcd_gets_the_same_identities_back_before_the_gate_opens() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let node = Node::start(&etcd, "n1", |_| {}).await;
+    let held: Vec<(Labels, NumericIdentity)> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            let l = labels(i);
+            let id = node.allocator.allocate(&l).await.unwrap().id;
+            v.push((l, id));
+        }
+        v
+    };
+    let restored = node.allocator.restored();
+    let first = node.session.current().generation;
+    assert_eq!(*restored.borrow(), first);
+
+    // The etcd loses everything: masters, slaves and the lease.
+    etcd.wipe_and_restart().await.unwrap();
+    let mut restored = node.allocator.restored();
+    tokio::time::timeout(common::DEADLINE, restored.wait_for(|g| *g > first))
+        .await
+        .expect("the restore completes in time")
+        .unwrap();
+    // When the gate opens, every identity exists again with the same ID.
+    let c = client(&etcd).await;
+    for (l, id) in &held {
+        let master = c.get(&keys::identity_master(*id)).await.unwrap();
+        assert_eq!(
+            master.map(|kv| kv.value),
+            Some(l.canonical().into_bytes()),
+            "{id} is back with its labels"
+        );
+        assert_eq!(node.allocator.held(l), Some(*id), "same identity kept");
+        assert_eq!(slave_ids(&c, l).await, vec![id.to_string()]);
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn remote_cache_accepts_only_valid_identities() {
     let etcd = TestEtcd::start().await.unwrap();
     let c = client(&etcd).await;

@@ -174,7 +174,15 @@ async fn session_loss_is_detected_and_keys_are_recreated_on_a_new_lease() {
 
     // The lease is lost (as if it had expired while etcd was unreachable).
     c.revoke_lease(first.lease.unwrap()).await.unwrap();
-    assert!(stored(&c, &entry(1)).await.is_none());
+    // Revoking deleted the key; the store may have put it back already (a
+    // write on the revoked lease makes the session check it at once).
+    assert!(
+        c.get(&keys::ipcache().key(&entry(1).key()))
+            .await
+            .unwrap()
+            .is_none_or(|kv| Some(kv.lease) != first.lease.map(|l| l.0)),
+        "not on the revoked lease"
+    );
 
     wait_until("a new lease replaces the lost one", || async {
         session.current().generation > first.generation && session.current().lease.is_some()
@@ -230,4 +238,101 @@ async fn session_keeps_its_lease_alive_across_an_etcd_restart() {
     task.await.unwrap();
     assert!(c.get("k").await.unwrap().is_none());
     let _ = KeyPrefix::new("unused");
+}
+
+#[tokio::test]
+async fn a_wiped_etcd_gets_the_keys_back_on_a_new_lease_long_before_the_ttl() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    // Keep-alives every 200 s: only a fast detection re-creates the keys
+    // within the deadline.
+    let (store, session, running) = start_store(&c, Duration::from_secs(600), None);
+    store.upsert(&entry(1));
+    assert!(store.flushed().await);
+    let first = session.current();
+    assert!(stored(&c, &entry(1)).await.is_some());
+
+    etcd.wipe_and_restart().await.unwrap();
+    let c = client(&etcd).await;
+    wait_until(
+        "a new lease replaces the one the wiped etcd forgot",
+        || async {
+            session.current().generation > first.generation && session.current().lease.is_some()
+        },
+    )
+    .await;
+    let second = session.current().lease.unwrap();
+    wait_until("the key is back on the new lease", || async {
+        c.get(&keys::ipcache().key(&entry(1).key()))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|kv| kv.lease == second.0)
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn gated_keys_wait_for_the_gate_on_every_new_lease() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let shutdown = CancellationToken::new();
+    let (session, session_task) = start_session(&c, Duration::from_secs(5), false, &shutdown);
+    let (gate, gate_rx) = tokio::sync::watch::channel(0u64);
+    let (store, runner) = SyncStore::<IpIdentityPair>::new(
+        c.clone(),
+        session.clone(),
+        SyncStoreConfig::new(keys::ipcache()).after(gate_rx),
+    );
+    let runner_task = tokio::spawn({
+        let token = shutdown.clone();
+        async move { runner.run(token).await.unwrap() }
+    });
+    let first = session.lease().await;
+    store.upsert(&entry(1));
+    // Shown first: the same write goes through once the gate is open.
+    let (control, control_runner) = SyncStore::<IpIdentityPair>::new(
+        c.clone(),
+        session.clone(),
+        SyncStoreConfig::new(keys::ipcache()),
+    );
+    let control_task = tokio::spawn({
+        let token = shutdown.clone();
+        async move { control_runner.run(token).await.unwrap() }
+    });
+    control.upsert(&entry(2));
+    assert!(control.flushed().await);
+    assert!(stored(&c, &entry(2)).await.is_some(), "ungated: written");
+    assert!(
+        stored(&c, &entry(1)).await.is_none(),
+        "gated: not written while the gate is below the lease's generation"
+    );
+    gate.send_replace(session.current().generation);
+    assert!(store.flushed().await);
+    assert!(stored(&c, &entry(1)).await.is_some());
+
+    // A lost lease: the gated key comes back only after the gate follows.
+    c.revoke_lease(first).await.unwrap();
+    wait_until("a new lease", || async {
+        session.current().lease.is_some_and(|l| l != first)
+    })
+    .await;
+    wait_until("the ungated key is back", || async {
+        stored(&c, &entry(2)).await.is_some()
+    })
+    .await;
+    assert!(
+        stored(&c, &entry(1)).await.is_none(),
+        "the gated key waits for the gate"
+    );
+    gate.send_replace(session.current().generation);
+    wait_until("the gated key is back", || async {
+        stored(&c, &entry(1)).await.is_some()
+    })
+    .await;
+    shutdown.cancel();
+    for t in [session_task, runner_task, control_task] {
+        t.await.unwrap();
+    }
 }

@@ -89,3 +89,101 @@ async fn watch_store_lists_and_watches_through_the_apiserver() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// The keys under `prefix` as etcd has them now.
+async fn etcd_keys(direct: &mut etcd_client::Client, prefix: &kvstore::KeyPrefix) -> Vec<String> {
+    let resp = direct
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| prefix.strip(kv.key_str().ok()?).map(str::to_owned))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_store_through_the_apiserver_converges_after_etcd_is_wiped() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let api = TestApiserver::start(&etcd).await;
+    let mut direct = direct_client(&etcd).await;
+    let prefix = keys::ipcache();
+    for i in 0..20 {
+        direct
+            .put(prefix.key(&format!("10.0.0.{i}")), "old", None)
+            .await
+            .unwrap();
+    }
+    let client = api.client("remote-c2").await.unwrap();
+    let (store, mut rx) =
+        WatchStore::<RawEntry>::new(client, WatchStoreConfig::new(prefix.clone()));
+    let stats = store.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(store.run(shutdown.clone()));
+    let mirror = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let forward = tokio::spawn({
+        let mirror = mirror.clone();
+        async move {
+            while let Some(event) = rx.recv().await {
+                let mut m = mirror.lock().unwrap();
+                match event {
+                    Event::Upsert { key, .. } => {
+                        m.insert(key);
+                    }
+                    Event::Delete { key } => {
+                        m.remove(&key);
+                    }
+                    Event::Synced => {}
+                }
+            }
+        }
+    });
+    let seen = |mirror: &std::sync::Mutex<std::collections::BTreeSet<String>>| {
+        mirror.lock().unwrap().iter().cloned().collect::<Vec<_>>()
+    };
+    crate::support::eventually("the store lists everything", || async {
+        (seen(&mirror) == etcd_keys(&mut direct.clone(), &prefix).await).then_some(())
+    })
+    .await;
+    // The same history continues: a write is seen.
+    direct
+        .put(prefix.key("10.0.1.1"), "live", None)
+        .await
+        .unwrap();
+    crate::support::eventually("a live write", || async {
+        seen(&mirror).contains(&"10.0.1.1".to_owned()).then_some(())
+    })
+    .await;
+
+    // The etcd loses its data and comes back at revision 1 on the same
+    // address: fewer keys, at revisions the store has long passed.
+    etcd.wipe_and_restart().await.unwrap();
+    let mut direct = direct_client(&etcd).await;
+    for ip in ["10.0.0.1", "10.0.2.1", "10.0.2.2"] {
+        direct.put(prefix.key(ip), "new", None).await.unwrap();
+    }
+    crate::support::eventually("the store converges to the wiped etcd exactly", || async {
+        let want = etcd_keys(&mut direct.clone(), &prefix).await;
+        (want.len() == 3 && seen(&mirror) == want).then_some(())
+    })
+    .await;
+    assert!(stats.lists() >= 2, "the loss forced a re-list");
+    // And it keeps watching the new history.
+    direct
+        .put(prefix.key("10.0.3.1"), "later", None)
+        .await
+        .unwrap();
+    crate::support::eventually("a write after the loss", || async {
+        seen(&mirror).contains(&"10.0.3.1".to_owned()).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    forward.abort();
+}

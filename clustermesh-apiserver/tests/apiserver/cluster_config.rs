@@ -65,3 +65,26 @@ async fn cluster_config_is_published_and_rewritten() {
     api.wait_ready().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_config_returns_at_once_after_etcd_is_wiped() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let api = TestApiserver::start(&etcd).await;
+    let mut direct = direct_client(&etcd).await;
+    let (_, first_lease) = published(&mut direct).await.expect("published once ready");
+
+    // A wiped etcd forgets the key and the lease. The session's TTL is 15
+    // minutes: the key must come back on a new lease long before that.
+    etcd.wipe_and_restart().await.unwrap();
+    let direct = direct_client(&etcd).await;
+    let (value, lease) = eventually("the cluster config back on a new lease", || async {
+        published(&mut direct.clone())
+            .await
+            .filter(|(_, l)| *l != 0 && *l != first_lease)
+    })
+    .await;
+    assert_eq!(value, EXPECTED);
+    assert_ne!(lease, first_lease);
+    api.wait_ready().await;
+    api.stop().await;
+}

@@ -436,6 +436,19 @@ impl Mesh {
         self.stop_control_plane(cluster, ControlPlane::Etcd)
     }
 
+    /// Stops a cluster's etcd, deletes its data and starts it again: the
+    /// same etcd cluster ID with revisions from 1, as an etcd without
+    /// persistent storage comes back.
+    pub fn wipe_etcd(&mut self, cluster: &str) -> Result<()> {
+        self.stop_etcd(cluster)?;
+        let data = self.state.cluster(cluster)?.etcd_data.clone();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+        }
+        self.start_etcd(cluster)
+    }
+
     /// Starts a cluster's apiserver and waits until it is ready.
     pub fn start_apiserver(&mut self, cluster: &str) -> Result<()> {
         let id = self.state.cluster(cluster)?.id;
@@ -591,6 +604,8 @@ impl Mesh {
                     "2m".into(),
                     "--sync-timeout".into(),
                     "30s".into(),
+                    "--pod-cidr-pool".into(),
+                    c.pod_cidr_pool.clone(),
                 ],
             ),
             &[("CLUSTERMESH_LOG", "info")],
@@ -789,6 +804,7 @@ impl Mesh {
         if let Some(ttl) = service_cache_ttl {
             text.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
+        text.push_str(&format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool));
         let path = c.clustermesh_dir.join(to);
         let tmp = c.clustermesh_dir.join(format!(".{to}.tmp"));
         std::fs::write(&tmp, text)?;

@@ -174,6 +174,9 @@ impl StoreValue for Node {
         if node.name.is_empty() {
             return Err(invalid(InvalidReason::MissingField, "Name is empty".into()));
         }
+        if let Err(why) = check_node_name(&node.name) {
+            return Err(invalid(InvalidReason::InvalidName, why));
+        }
         if let Err(e) = ClusterName::new(node.cluster.as_str()) {
             return Err(invalid(InvalidReason::InvalidCluster, e.to_string()));
         }
@@ -210,6 +213,32 @@ impl StoreValue for Node {
     fn key(&self) -> String {
         format!("{}/{}", self.cluster, self.name)
     }
+}
+
+/// Longest node name (a Kubernetes object name).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+
+/// A node name is the last segment of its key: it may not contain `/`
+/// (`c2/a/b` would read as node `b` of a cluster `c2/a` to some consumers,
+/// and a key ending in `/` or a `..` segment to others), nor control
+/// characters, and is at most [`MAX_NODE_NAME_LEN`] bytes.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NODE_NAME_LEN {
+        return Err(format!(
+            "Name is {} bytes long, more than {MAX_NODE_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name.contains('/') {
+        return Err(format!("Name {name:?} contains '/'"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("Name {name:?} is a path segment"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("Name {name:?} contains a control character"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -264,6 +293,23 @@ mod tests {
         assert_eq!(
             Node::decode("c1/", no_name.as_bytes()).unwrap_err().reason,
             InvalidReason::MissingField
+        );
+        // `c1/a/b` matches the key of node "a/b": the name itself is refused.
+        for (key, name) in [("c1/a/b", "a/b"), ("c1/..", ".."), ("c1/a\nb", "a\nb")] {
+            let json = serde_json::json!({"Name": name, "Cluster": "c1"}).to_string();
+            assert_eq!(
+                Node::decode(key, json.as_bytes()).unwrap_err().reason,
+                InvalidReason::InvalidName,
+                "{name:?}"
+            );
+        }
+        let long = "n".repeat(MAX_NODE_NAME_LEN + 1);
+        let json = serde_json::json!({"Name": long, "Cluster": "c1"}).to_string();
+        assert_eq!(
+            Node::decode(&format!("c1/{long}"), json.as_bytes())
+                .unwrap_err()
+                .reason,
+            InvalidReason::InvalidName
         );
         let bad_ip =
             r#"{"Name":"n","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"x"}]}"#;
