@@ -746,7 +746,7 @@ impl ControlLoop {
             self.metrics
                 .remote_refused_routes
                 .remove(&RemoteReasonLabel {
-                    target_cluster: state.name.clone(),
+                    cluster: state.name.clone(),
                     reason: reason.as_str().to_string(),
                 });
         }
@@ -1096,7 +1096,7 @@ impl ControlLoop {
             self.metrics
                 .remote_refused_routes
                 .get_or_create(&RemoteReasonLabel {
-                    target_cluster: cluster,
+                    cluster: cluster,
                     reason: reason.to_string(),
                 })
                 .set(n);

@@ -20,23 +20,24 @@ pub(crate) struct MapLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SourceLabel {
-    pub source: String,
+    /// The cluster the change came from (this one's name for local changes).
+    pub cluster: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RemoteLabel {
-    pub target_cluster: String,
+    pub cluster: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RemoteKindLabel {
-    pub target_cluster: String,
+    pub cluster: String,
     pub kind: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RemoteReasonLabel {
-    pub target_cluster: String,
+    pub cluster: String,
     pub reason: String,
 }
 
@@ -72,6 +73,9 @@ pub struct AgentMetrics {
     pub remote_refused_routes: Family<RemoteReasonLabel, Gauge>,
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
+    /// Expiry of the client certificates the agent presents to remote
+    /// clusters (`clustermesh_tls_certificate_expiry_seconds{role="remote-cluster-NAME"}`).
+    pub tls: certs::TlsMetrics,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -84,6 +88,8 @@ impl AgentMetrics {
     pub fn new() -> Self {
         let mut root = Registry::default();
         daemon::register_process_metrics(&mut root, "clustermesh-agent", env!("CARGO_PKG_VERSION"));
+        let tls = certs::TlsMetrics::new();
+        tls.register(&mut root);
         let registry = root.sub_registry_with_prefix("clustermesh_agent");
         let endpoints = Gauge::default();
         let services = Gauge::default();
@@ -196,6 +202,7 @@ impl AgentMetrics {
             remote_refused_routes,
             policy_verdicts,
             drops,
+            tls,
         }
     }
 
@@ -236,7 +243,7 @@ impl AgentMetrics {
     pub fn observe_propagation(&self, source: &str, delay: Duration) {
         self.propagation
             .get_or_create(&SourceLabel {
-                source: source.to_string(),
+                cluster: source.to_string(),
             })
             .observe(delay.as_secs_f64());
     }

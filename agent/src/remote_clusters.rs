@@ -317,7 +317,7 @@ impl RemoteClusters {
             .collect();
         for v in &views {
             let label = RemoteLabel {
-                target_cluster: v.name.clone(),
+                cluster: v.name.clone(),
             };
             self.metrics
                 .remote_ready
@@ -330,7 +330,7 @@ impl RemoteClusters {
                 StoreKind::Services,
             ] {
                 let label = RemoteKindLabel {
-                    target_cluster: v.name.clone(),
+                    cluster: v.name.clone(),
                     kind: kind.as_str().to_string(),
                 };
                 match v.entries.get(kind.as_str()) {
@@ -349,7 +349,7 @@ impl RemoteClusters {
                 self.metrics
                     .remote_invalid
                     .get_or_create(&RemoteReasonLabel {
-                        target_cluster: v.name.clone(),
+                        cluster: v.name.clone(),
                         reason: reason.clone(),
                     })
                     .set(*n as i64);
@@ -360,7 +360,7 @@ impl RemoteClusters {
 
     fn clear_metrics(&self, name: &str) {
         let label = RemoteLabel {
-            target_cluster: name.to_string(),
+            cluster: name.to_string(),
         };
         self.metrics.remote_ready.remove(&label);
         self.metrics.remote_failures.remove(&label);
@@ -478,6 +478,9 @@ impl Failure {
 
 impl RemoteCluster {
     async fn run(self, shutdown: CancellationToken) {
+        // Exported while the remote is configured, connected or not: an
+        // expired certificate is a reason not to connect.
+        let _certificate = self.track_certificate();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut pinned_cluster_id: Option<u64> = None;
         loop {
@@ -512,7 +515,7 @@ impl RemoteCluster {
             "remote cluster not ready"
         );
         let label = RemoteLabel {
-            target_cluster: self.name.clone(),
+            cluster: self.name.clone(),
         };
         self.metrics.remote_failures.get_or_create(&label).inc();
         let now = SystemTime::now()
@@ -545,6 +548,19 @@ impl RemoteCluster {
             "the remote's cluster config is refused; withdrawing its entries"
         );
         self.control.send(Input::DrainSource(self.source)).await;
+    }
+
+    /// Loads the client certificate of this remote's config for the expiry
+    /// metric; kept alive by the caller as long as it should be exported.
+    fn track_certificate(&self) -> Option<Arc<certs::TlsMaterial>> {
+        let config = self.config.as_ref().ok()?;
+        let files =
+            certs::TlsFiles::new(&config.cert_file, &config.key_file, &config.trusted_ca_file);
+        let material = Arc::new(certs::TlsMaterial::load(&files).ok()?);
+        self.metrics
+            .tls
+            .track_material(format!("remote-cluster-{}", self.name), &material);
+        Some(material)
     }
 
     /// One connection: returns the failure that ended it, or `None` on shutdown.

@@ -65,10 +65,13 @@ fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
     // The agent's metrics say the same.
     let metrics = http_get(&mesh.node("c1", "n1")?.health, "/metrics");
     for series in [
-        "clustermesh_agent_remote_cluster_readiness_status{target_cluster=\"c2\"} 1",
-        "clustermesh_agent_propagation_delay_seconds_count{source=\"c2\"}",
+        "clustermesh_agent_remote_cluster_readiness_status{cluster=\"c2\"} 1",
+        "clustermesh_agent_propagation_delay_seconds_count{cluster=\"c2\"}",
         "clustermesh_agent_map_capacity{map=\"ipcache\"} 524288",
         "clustermesh_agent_endpoints 2",
+        // The client certificate c1's agents present to c2.
+        "clustermesh_tls_certificate_expiry_seconds{role=\"remote-cluster-c2\",kind=\"cert\"",
+        "clustermesh_build_info{binary=\"clustermesh-agent\"",
     ] {
         assert!(
             metrics.contains(series),
