@@ -1096,7 +1096,7 @@ impl ControlLoop {
             self.metrics
                 .remote_refused_routes
                 .get_or_create(&RemoteReasonLabel {
-                    cluster: cluster,
+                    cluster,
                     reason: reason.to_string(),
                 })
                 .set(n);
