@@ -66,8 +66,7 @@ fn source(i: u32) -> Ipv4Addr {
 }
 
 fn main() -> Result<()> {
-    if !netns::is_root() {
-        eprintln!("datapath bench: needs root (bpffs, network namespaces); skipped");
+    if !netns::root_or_skip("the datapath bench") {
         return Ok(());
     }
     let mut pins = Pins(Vec::new());

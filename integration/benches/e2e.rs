@@ -312,7 +312,7 @@ fn ipcache_size(mesh: &TestMesh, node: &str) -> usize {
 }
 
 fn main() -> Result<()> {
-    if !integration::can_run() {
+    if !integration::can_run("the e2e bench") {
         return Ok(());
     }
     for bin in [
