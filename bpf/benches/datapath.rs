@@ -98,12 +98,19 @@ fn main() -> Result<()> {
         "ipcache_1m_batch_insert_s",
         batch_s,
         "s",
+        bench_report::Better::Lower,
         Some(("ipcache_1m_single_insert_s", single_s)),
     );
 
     eprintln!("ingress program: BPF_PROG_TEST_RUN on a 1M-entry ipcache");
     let ns = ingress_ns_per_packet(&dp)?;
-    BENCH.emit("ingress_ns_per_packet_1m", ns, "ns", None);
+    BENCH.emit(
+        "ingress_ns_per_packet_1m",
+        ns,
+        "ns",
+        bench_report::Better::Lower,
+        None,
+    );
     drop(dp);
 
     eprintln!("tcp throughput: iperf3 over veths, with and without programs");
@@ -112,6 +119,7 @@ fn main() -> Result<()> {
         "tcp_throughput_gbps",
         with,
         "Gbit/s",
+        bench_report::Better::Higher,
         Some(("tcp_throughput_gbps_no_program", without)),
     );
     Ok(())

@@ -146,64 +146,98 @@ async fn run() -> Result<()> {
         "proxy_upstream_etcd_watchers",
         ours.etcd_watchers,
         "watchers",
+        bench_report::Better::Lower,
         Some(("direct_etcd_watchers", direct.etcd_watchers)),
     );
-    BENCH.emit("proxy_idle_etcd_watchers", idle_watchers, "watchers", None);
+    BENCH.emit(
+        "proxy_idle_etcd_watchers",
+        idle_watchers,
+        "watchers",
+        bench_report::Better::Lower,
+        None,
+    );
     BENCH.emit(
         "grpc_proxy_upstream_etcd_watchers",
         peer.etcd_watchers,
         "watchers",
+        bench_report::Better::Lower,
         None,
     );
     BENCH.emit(
         "etcd_cpu_s",
         ours.etcd_cpu_s,
         "s",
+        bench_report::Better::Lower,
         Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
     );
-    BENCH.emit("etcd_cpu_s_writes_only", writes_only, "s", None);
+    BENCH.emit(
+        "etcd_cpu_s_writes_only",
+        writes_only,
+        "s",
+        bench_report::Better::Lower,
+        None,
+    );
     BENCH.emit(
         "etcd_watch_cpu_s",
         ours.etcd_cpu_s - writes_only,
         "s",
+        bench_report::Better::Lower,
         Some(("etcd_watch_cpu_s_direct", direct.etcd_cpu_s - writes_only)),
     );
     BENCH.emit(
         "grpc_proxy_etcd_cpu_s",
         peer.etcd_cpu_s,
         "s",
+        bench_report::Better::Lower,
         Some(("etcd_cpu_s_direct", direct.etcd_cpu_s)),
     );
     BENCH.emit(
         "delivery_p50_ms",
         ours.p50_ms,
         "ms",
+        bench_report::Better::Lower,
         Some(("grpc_proxy_delivery_p50_ms", peer.p50_ms)),
     );
     BENCH.emit(
         "delivery_p99_ms",
         ours.p99_ms,
         "ms",
+        bench_report::Better::Lower,
         Some(("grpc_proxy_delivery_p99_ms", peer.p99_ms)),
     );
     BENCH.emit(
         "delivery_p99_ms_vs_mtls",
         ours.p99_ms,
         "ms",
+        bench_report::Better::Lower,
         Some(("grpc_proxy_mtls_delivery_p99_ms", peer_tls.p99_ms)),
     );
-    BENCH.emit("direct_delivery_p50_ms", direct.p50_ms, "ms", None);
-    BENCH.emit("direct_delivery_p99_ms", direct.p99_ms, "ms", None);
+    BENCH.emit(
+        "direct_delivery_p50_ms",
+        direct.p50_ms,
+        "ms",
+        bench_report::Better::Lower,
+        None,
+    );
+    BENCH.emit(
+        "direct_delivery_p99_ms",
+        direct.p99_ms,
+        "ms",
+        bench_report::Better::Lower,
+        None,
+    );
     BENCH.emit(
         "proxy_cpu_s",
         cpu(&ours),
         "s",
+        bench_report::Better::Lower,
         Some(("grpc_proxy_cpu_s", cpu(&peer))),
     );
     BENCH.emit(
         "proxy_cpu_s_vs_mtls",
         cpu(&ours),
         "s",
+        bench_report::Better::Lower,
         Some(("grpc_proxy_mtls_cpu_s", cpu(&peer_tls))),
     );
     for (name, outcome) in [
@@ -216,24 +250,28 @@ async fn run() -> Result<()> {
             &format!("{name}_client_cpu_s"),
             outcome.client_cpu_s,
             "s",
+            bench_report::Better::Lower,
             None,
         );
         BENCH.emit(
             &format!("{name}_missing_events"),
             outcome.missing_events as f64,
             "events",
+            bench_report::Better::Lower,
             None,
         );
         BENCH.emit(
             &format!("{name}_disconnected_watchers"),
             outcome.disconnected_watchers as f64,
             "watchers",
+            bench_report::Better::Lower,
             None,
         );
         BENCH.emit(
             &format!("{name}_write_rate"),
             outcome.write_rate,
             "puts/s",
+            bench_report::Better::Higher,
             None,
         );
     }

@@ -209,12 +209,14 @@ async fn propagation(mesh: &TestMesh) -> Result<()> {
         "propagation_p50_ms",
         percentile(&latencies, 0.5),
         "ms",
+        bench_report::Better::Lower,
         Some(("raw_watch_p50_ms", percentile(&raw_latencies, 0.5))),
     );
     BENCH.emit(
         "propagation_p99_ms",
         percentile(&latencies, 0.99),
         "ms",
+        bench_report::Better::Lower,
         Some(("raw_watch_p99_ms", percentile(&raw_latencies, 0.99))),
     );
     Ok(())
@@ -297,9 +299,16 @@ async fn initial_sync(mesh: &mut TestMesh) -> Result<()> {
         "initial_sync_100k_s",
         sync_s,
         "s",
+        bench_report::Better::Lower,
         Some(("raw_list_100k_s", raw_list)),
     );
-    BENCH.emit("agent_bytes_per_entry", bytes_per_entry, "B", None);
+    BENCH.emit(
+        "agent_bytes_per_entry",
+        bytes_per_entry,
+        "B",
+        bench_report::Better::Lower,
+        None,
+    );
     Ok(())
 }
 

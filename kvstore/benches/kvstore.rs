@@ -231,18 +231,26 @@ async fn main() -> Result<()> {
         "watchstore_sync_s",
         store_best,
         "s",
+        bench_report::Better::Lower,
         Some(("etcdctl_get_prefix_s", etcdctl_best)),
     );
     BENCH.emit(
         "watchstore_sync_keys_per_s",
         SYNC_KEYS as f64 / store_best,
         "1/s",
+        bench_report::Better::Higher,
         Some((
             "etcdctl_get_prefix_keys_per_s",
             SYNC_KEYS as f64 / etcdctl_best,
         )),
     );
-    BENCH.emit("watchstore_peak_rss_mb", rss_mb, "MB", None);
+    BENCH.emit(
+        "watchstore_peak_rss_mb",
+        rss_mb,
+        "MB",
+        bench_report::Better::Lower,
+        None,
+    );
 
     eprintln!("kvstore bench: steady watch, {WATCH_EVENTS} updates");
     let writer = client(&etcd.endpoint()).await?;
@@ -252,6 +260,7 @@ async fn main() -> Result<()> {
         "watch_events_per_s",
         ours,
         "1/s",
+        bench_report::Better::Higher,
         Some(("raw_etcd_watch_events_per_s", raw)),
     );
     Ok(())
