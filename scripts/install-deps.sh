@@ -12,6 +12,7 @@ declare -A need=(
   [python3]=python3
   [sysctl]=procps
   [gcc]=gcc
+  [/usr/include/stdio.h]=libc6-dev
   [make]=make
   [pkg-config]=pkg-config
   [clang]=clang
@@ -23,6 +24,8 @@ declare -A need=(
   [iperf3]=iperf3
   [openssl]=openssl
   [nft]=nftables
+  # cargo install (cargo-nextest below) fetches crates over HTTPS
+  [/etc/ssl/certs/ca-certificates.crt]=ca-certificates
 )
 
 missing=()
