@@ -8,6 +8,13 @@ declare -A need=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [protoc]=protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
+  [python3]=python3
+  [sysctl]=procps
+  [gcc]=gcc
+  [/usr/include/stdio.h]=libc6-dev
+  [make]=make
+  [pkg-config]=pkg-config
   [clang]=clang
   [llc]=llvm
   [/usr/include/bpf/bpf_helpers.h]=libbpf-dev
@@ -17,6 +24,8 @@ declare -A need=(
   [iperf3]=iperf3
   [openssl]=openssl
   [nft]=nftables
+  # cargo install (cargo-nextest below) fetches crates over HTTPS
+  [/etc/ssl/certs/ca-certificates.crt]=ca-certificates
 )
 
 missing=()

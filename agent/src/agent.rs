@@ -78,14 +78,7 @@ impl Agent {
                 c.bpffs_dir.display()
             )
         })?;
-        let sizes = datapath.config();
-        for (name, capacity) in [
-            ("ipcache", sizes.ipcache_max_entries),
-            ("policy", sizes.policy_max_entries),
-            ("endpoints", sizes.endpoints_max_entries),
-            ("services", sizes.services_max_entries),
-            ("backends", sizes.backends_max_entries),
-        ] {
+        for (name, capacity) in datapath.capacities() {
             metrics.set_map_capacity(name, capacity);
         }
         let sync =

@@ -1242,6 +1242,13 @@ impl ControlLoop {
                 .into_iter()
                 .map(|(n, s)| (n.to_string(), s))
                 .collect(),
+            map_capacity: self
+                .dp
+                .datapath()
+                .capacities()
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c as usize))
+                .collect(),
             sources: self
                 .sources
                 .iter()

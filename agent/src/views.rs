@@ -107,6 +107,10 @@ pub struct StatusView {
     pub sync_timed_out: bool,
     pub endpoints: usize,
     pub maps: BTreeMap<String, usize>,
+    /// Max entries of each map as the kernel holds it (`connect` checks
+    /// headroom against these).
+    #[serde(default)]
+    pub map_capacity: BTreeMap<String, usize>,
     pub sources: Vec<SourceView>,
     pub remotes: Vec<RemoteView>,
 }

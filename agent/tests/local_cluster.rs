@@ -46,8 +46,7 @@ spec:
 
 #[test]
 fn two_nodes_policy_services_and_restart() -> Result<()> {
-    if !support::is_root() {
-        eprintln!("skipping: needs root (network namespaces and eBPF)");
+    if !netns::root_or_skip("two_nodes_policy_services_and_restart") {
         return Ok(());
     }
     let rt = tokio::runtime::Runtime::new()?;
@@ -94,11 +93,25 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
     let t = Duration::from_secs(2);
 
     // No policy selects anyone: everything is allowed, across nodes too.
+    // These are the positive controls of every denial checked below: the
+    // same pod reaches the same server while allowed.
     wait_for("client reaches echo-2 on the other node", || {
         request(&client, s2.addr(), t).is_ok()
     });
-    assert!(request(&other, s1.addr(), t).is_ok());
-    assert!(request(&echo1, on_client.addr(), t).is_ok());
+    for (pod, server) in [
+        (&client, &s1),
+        (&client, &s1_other_port),
+        (&other, &s1),
+        (&other, &s2),
+        (&echo1, &on_client),
+    ] {
+        assert!(
+            request(pod, server.addr(), t).is_ok(),
+            "without a policy {} reaches {}",
+            pod.name,
+            server.addr()
+        );
+    }
 
     rt.block_on(put_policy(&kv, &policy(ALLOW_CLIENT)));
     rt.block_on(put_policy(&kv, &policy(LOCK_CLIENT)));
@@ -177,14 +190,25 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
     }
 
     // An agent restart under continuous traffic loses no allowed packet.
+    // ping runs until interrupted; the restart starts once ping has an answer
+    // and ends when the new agent is synced, and ping must still be running
+    // and answered after that: the restart happened while ping ran.
     let ping = client.ns.spawn(
         "ping",
-        &["-i", "0.02", "-c", "300", "-W", "1", &echo1.ip.to_string()],
+        &["-n", "-i", "0.02", "-W", "1", &echo1.ip.to_string()],
     )?;
-    std::thread::sleep(Duration::from_millis(500));
+    let answers = |ping: &netns::Process| ping.stdout_so_far().matches(" bytes from ").count();
+    wait_for("ping answered before the restart", || answers(&ping) > 0);
+    let old_agent = n1.agent_pid().expect("the agent runs");
     n1.kill_agent();
-    n1.start_agent()?;
-    let out = ping.wait_timeout(Duration::from_secs(30))?;
+    n1.start_agent()?; // returns once the new agent is synced
+    assert_ne!(n1.agent_pid(), Some(old_agent), "a new agent process");
+    let at_ready = answers(&ping);
+    wait_for("ping answered after the restarted agent is synced", || {
+        answers(&ping) > at_ready
+    });
+    ping.signal(libc::SIGINT)?;
+    let out = ping.wait_timeout(Duration::from_secs(10))?;
     assert!(
         out.stdout.contains(" 0% packet loss"),
         "ping lost packets across the agent restart:\n{}",

@@ -1,12 +1,31 @@
 //! The one output format of every benchmark (`make bench`): one JSON object
 //! per line on stdout,
-//! `{"bench":"allocator","metric":"allocations_per_s_c16","value":2100.0,"unit":"1/s","baseline_metric":"raw_create_txn_per_s_c16","baseline":4200.0,"ratio":0.5}`,
-//! with `baseline*` and `ratio` (value / baseline) only where a baseline was
-//! measured in the same run. Progress belongs on stderr.
+//! `{"bench":"allocator","metric":"allocations_per_s_c16","value":2100.0,"unit":"1/s","better":"higher","baseline_metric":"raw_create_txn_per_s_c16","baseline":4200.0,"ratio":0.5}`,
+//! where `better` says which direction is an improvement, and `baseline*` and
+//! `ratio` (value / baseline) appear only where a baseline was measured in the
+//! same run. Progress belongs on stderr.
 //!
 //! Not for: anything but benchmark output.
 
 use serde_json::Value;
+
+/// Which direction of a metric is an improvement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Rates, throughput.
+    Higher,
+    /// Latencies, durations, sizes, losses, CPU time.
+    Lower,
+}
+
+impl Better {
+    fn as_str(self) -> &'static str {
+        match self {
+            Better::Higher => "higher",
+            Better::Lower => "lower",
+        }
+    }
+}
 
 /// The reporter of one benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -19,29 +38,16 @@ impl Bench {
         Self { name }
     }
 
-    /// Prints a result, with its baseline when there is one.
-    pub fn emit(&self, metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
-        println!("{}", self.line(metric, value, unit, baseline));
-    }
-
-    /// Prints a result without a baseline.
-    pub fn report(&self, metric: &str, value: f64, unit: &str) {
-        println!("{}", self.line(metric, value, unit, None));
-    }
-
-    /// Prints a result next to its baseline from the same run.
-    pub fn compare(
+    /// Prints a result, with its baseline from the same run when there is one.
+    pub fn emit(
         &self,
         metric: &str,
         value: f64,
         unit: &str,
-        baseline_metric: &str,
-        baseline: f64,
+        better: Better,
+        baseline: Option<(&str, f64)>,
     ) {
-        println!(
-            "{}",
-            self.line(metric, value, unit, Some((baseline_metric, baseline)))
-        );
+        println!("{}", self.line(metric, value, unit, better, baseline));
     }
 
     /// The JSON line, fields in the documented order.
@@ -50,14 +56,16 @@ impl Bench {
         metric: &str,
         value: f64,
         unit: &str,
+        better: Better,
         baseline: Option<(&str, f64)>,
     ) -> String {
         let mut line = format!(
-            r#"{{"bench":{},"metric":{},"value":{},"unit":{}"#,
+            r#"{{"bench":{},"metric":{},"value":{},"unit":{},"better":{}"#,
             text(self.name),
             text(metric),
             number(value),
-            text(unit)
+            text(unit),
+            text(better.as_str())
         );
         if let Some((name, base)) = baseline {
             let ratio = if base == 0.0 {
@@ -98,13 +106,14 @@ mod tests {
                 "allocations_per_s_c16",
                 2100.0,
                 "1/s",
+                Better::Higher,
                 Some(("raw_create_txn_per_s_c16", 4200.0))
             ),
-            r#"{"bench":"allocator","metric":"allocations_per_s_c16","value":2100.0,"unit":"1/s","baseline_metric":"raw_create_txn_per_s_c16","baseline":4200.0,"ratio":0.5}"#
+            r#"{"bench":"allocator","metric":"allocations_per_s_c16","value":2100.0,"unit":"1/s","better":"higher","baseline_metric":"raw_create_txn_per_s_c16","baseline":4200.0,"ratio":0.5}"#
         );
         assert_eq!(
-            b.line("cached", 1.23456, "1/s", None),
-            r#"{"bench":"allocator","metric":"cached","value":1.235,"unit":"1/s"}"#
+            b.line("cached", 1.23456, "1/s", Better::Lower, None),
+            r#"{"bench":"allocator","metric":"cached","value":1.235,"unit":"1/s","better":"lower"}"#
         );
     }
 }

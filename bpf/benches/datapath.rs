@@ -4,14 +4,22 @@
 //! * `ipcache_1m_batch_insert_s` vs `ipcache_1m_single_insert_s`: 1,000,000
 //!   /32 ipcache entries written with `BPF_MAP_UPDATE_BATCH` vs one
 //!   `BPF_MAP_UPDATE_ELEM` each, each into a fresh map;
-//! * `ingress_ns_per_packet_1m`: the ingress program (`cm_to_endpoint`) on a
-//!   TCP SYN from a source among the 1M ipcache entries, through
-//!   `BPF_PROG_TEST_RUN`, on the full policy path (two conntrack misses, the
-//!   LPM look-up, six policy look-ups, a drop and its flow event);
-//! * `tcp_throughput_gbps` vs `tcp_throughput_gbps_no_program`: iperf3 over
-//!   veths between two pod namespaces through a node namespace, with both
-//!   endpoints' programs attached (policy enforced, allowed by identity and
-//!   port) vs without programs, alternating in the same run.
+//! * `ingress_ns_per_packet_1m` vs `ingress_ns_per_packet_empty_program`: the
+//!   ingress program (`cm_to_endpoint`) on a TCP SYN from a source among the
+//!   1M ipcache entries, through `BPF_PROG_TEST_RUN`, on the full policy path
+//!   (two conntrack misses, the LPM look-up, six policy look-ups, a drop and
+//!   its flow event), next to the same packets through an empty classifier.
+//!   The flow ring buffer is sized for every event of a run and drained after
+//!   each; `flow_events_lost` counts the drops whose event did not arrive;
+//! * `ingress_allowed_ns_per_packet_1m`: the allowed path, a conntrack hit;
+//! * `tcp_throughput_gbps` vs `tcp_throughput_gbps_no_program`: iperf3 (four
+//!   streams, 5 s) over veths between two pod namespaces through a node
+//!   namespace, with both endpoints' programs attached (policy enforced,
+//!   allowed by identity and port) vs without programs, alternating in the
+//!   same run, three rounds; `tcp_throughput_spread_pct*` is (max - min) /
+//!   mean over the rounds;
+//! * `small_udp_pps` vs `small_udp_pps_no_program`: 64-byte UDP datagrams
+//!   received per second (iperf3, unlimited rate), the same way.
 //!
 //! Needs root (bpffs, namespaces); without root it says so and prints
 //! nothing.
@@ -30,8 +38,18 @@ use bpf::{
 use netns::{NetNs, Veth, unique_name, wait_until};
 
 const ENTRIES: u32 = 1_000_000;
-const IPERF_SECONDS: &str = "3";
+const IPERF_SECONDS: &str = "5";
+const IPERF_STREAMS: &str = "4";
 const IPERF_PORT: u16 = 5201;
+const ROUNDS: usize = 3;
+/// Packets per `BPF_PROG_TEST_RUN` call, and calls per measurement.
+const REPEAT: u32 = 200_000;
+const RUNS: usize = 5;
+/// Room for every flow event of one call (64-byte records and their 8-byte
+/// headers), as a power of two.
+const FLOW_RING_BYTES: u32 = 1 << 25;
+/// The identity the measured endpoint admits (TCP 8080).
+const ALLOWED_IDENTITY: u32 = 5;
 
 /// One result line, fields in the documented order.
 const BENCH: bench_report::Bench = bench_report::Bench::new("datapath");
@@ -47,6 +65,7 @@ impl Pins {
             bpffs_dir: dir,
             ipcache_max_entries: 2 * ENTRIES,
             conntrack_max_entries: 16 * 1024,
+            flow_ring_bytes: FLOW_RING_BYTES,
             ..DatapathConfig::default()
         })
         .context("open datapath")
@@ -66,8 +85,7 @@ fn source(i: u32) -> Ipv4Addr {
 }
 
 fn main() -> Result<()> {
-    if !netns::is_root() {
-        eprintln!("datapath bench: needs root (bpffs, network namespaces); skipped");
+    if !netns::root_or_skip("the datapath bench") {
         return Ok(());
     }
     let mut pins = Pins(Vec::new());
@@ -99,23 +117,187 @@ fn main() -> Result<()> {
         "ipcache_1m_batch_insert_s",
         batch_s,
         "s",
+        bench_report::Better::Lower,
         Some(("ipcache_1m_single_insert_s", single_s)),
     );
 
     eprintln!("ingress program: BPF_PROG_TEST_RUN on a 1M-entry ipcache");
-    let ns = ingress_ns_per_packet(&dp)?;
-    BENCH.emit("ingress_ns_per_packet_1m", ns, "ns", None);
+    let ingress = ingress_ns_per_packet(&dp)?;
+    BENCH.emit(
+        "ingress_ns_per_packet_1m",
+        ingress.denied_ns,
+        "ns",
+        bench_report::Better::Lower,
+        Some(("ingress_ns_per_packet_empty_program", ingress.empty_ns)),
+    );
+    BENCH.emit(
+        "flow_events_lost",
+        ingress.events_lost as f64,
+        "events",
+        bench_report::Better::Lower,
+        None,
+    );
+    BENCH.emit(
+        "ingress_allowed_ns_per_packet_1m",
+        ingress.allowed_ns,
+        "ns",
+        bench_report::Better::Lower,
+        Some(("ingress_ns_per_packet_empty_program", ingress.empty_ns)),
+    );
     drop(dp);
 
-    eprintln!("tcp throughput: iperf3 over veths, with and without programs");
-    let (with, without) = throughput(&mut pins)?;
+    eprintln!("throughput: iperf3 over veths, with and without programs");
+    let t = throughput(&mut pins)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let spread = |v: &[f64]| {
+        let (min, max) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        100.0 * (max - min) / mean(v)
+    };
     BENCH.emit(
         "tcp_throughput_gbps",
-        with,
+        mean(&t.tcp_with),
         "Gbit/s",
-        Some(("tcp_throughput_gbps_no_program", without)),
+        bench_report::Better::Higher,
+        Some(("tcp_throughput_gbps_no_program", mean(&t.tcp_without))),
+    );
+    BENCH.emit(
+        "tcp_throughput_spread_pct",
+        spread(&t.tcp_with),
+        "%",
+        bench_report::Better::Lower,
+        Some((
+            "tcp_throughput_spread_pct_no_program",
+            spread(&t.tcp_without),
+        )),
+    );
+    BENCH.emit(
+        "small_udp_pps",
+        mean(&t.udp_with),
+        "1/s",
+        bench_report::Better::Higher,
+        Some(("small_udp_pps_no_program", mean(&t.udp_without))),
     );
     Ok(())
+}
+
+/// Per-packet costs of the ingress program and of an empty classifier.
+struct Ingress {
+    denied_ns: f64,
+    allowed_ns: f64,
+    empty_ns: f64,
+    events_lost: u64,
+}
+
+/// An empty classifier (`r0 = TC_ACT_OK; exit`) loaded with `BPF_PROG_LOAD`:
+/// the baseline of the per-packet cost.
+fn empty_classifier() -> Result<std::os::fd::OwnedFd> {
+    #[repr(C)]
+    struct Insn {
+        code: u8,
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct LoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    let insns = [
+        Insn {
+            code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0 (TC_ACT_OK)
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+        Insn {
+            code: 0x95, // BPF_JMP | BPF_EXIT
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    let mut attr = LoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: attr is a zero-padded bpf_attr prefix whose pointers reference
+    // live buffers; the kernel returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut LoadAttr as *mut libc::c_void,
+            size_of::<LoadAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("load an empty classifier");
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_PROG_TEST_RUN` of `packet` `repeat` times on `prog`: (return value,
+/// mean ns per run as the kernel measured it).
+fn test_run_fd(prog: &std::os::fd::OwnedFd, packet: &[u8], repeat: u32) -> Result<(u32, u32)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(prog) as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: as above; the buffers outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr as *mut libc::c_void,
+            size_of::<TestRunAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error()).context("test run the empty classifier");
+    }
+    Ok((attr.retval, attr.duration))
+}
+
+fn median(mut v: Vec<u32>) -> f64 {
+    v.sort_unstable();
+    f64::from(v[v.len() / 2])
 }
 
 /// An Ethernet/IPv4/TCP SYN from `src` to 10.200.1.2:8080.
@@ -146,7 +328,7 @@ fn syn_packet(src: Ipv4Addr) -> Vec<u8> {
     p
 }
 
-fn ingress_ns_per_packet(dp: &Datapath) -> Result<f64> {
+fn ingress_ns_per_packet(dp: &Datapath) -> Result<Ingress> {
     // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1): configure
     // it as a policy-enforced endpoint that allows another identity only.
     dp.endpoints().upsert(
@@ -154,24 +336,88 @@ fn ingress_ns_per_packet(dp: &Datapath) -> Result<f64> {
         &EndpointInfo::new(9, 3000, true),
     )?;
     dp.policy().upsert(
-        &PolicyKey::ingress(9, 5, L4Match::Port(Protocol::Tcp, 8080)),
+        &PolicyKey::ingress(9, ALLOWED_IDENTITY, L4Match::Port(Protocol::Tcp, 8080)),
         &PolicyValue::ALLOW,
     )?;
-    let packet = syn_packet(source(ENTRIES / 2 + 12_345));
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        let run = dp.test_run(Program::ToEndpoint, &packet, 200_000)?;
+    let denied = syn_packet(source(ENTRIES / 2 + 12_345));
+    let mut flows = dp.flow_reader()?;
+    flows.drain();
+    let (mut runs, mut events_lost) = (Vec::new(), 0u64);
+    for _ in 0..RUNS {
+        let run = dp.test_run(Program::ToEndpoint, &denied, REPEAT)?;
         if run.retval != 2 {
             bail!("expected TC_ACT_SHOT (2), got {}", run.retval);
         }
         runs.push(run.ns_per_run);
+        // The ring holds every event of the call; each drop has one.
+        let arrived = flows
+            .drain()
+            .into_iter()
+            .filter(|e| e.verdict == bpf::Verdict::Dropped && e.dst_identity == 3000)
+            .count() as u64;
+        events_lost += u64::from(REPEAT).saturating_sub(arrived);
     }
-    runs.sort_unstable();
-    Ok(f64::from(runs[runs.len() / 2]))
+    let denied_ns = median(runs);
+
+    // The allowed path: a source of the admitted identity, whose first SYN
+    // creates the conntrack entry every later run hits.
+    let allowed_source = source(ENTRIES / 2 + 777);
+    dp.ipcache().upsert(
+        &IpCacheKey::host(IpAddr::V4(allowed_source)),
+        &IpCacheValue::new(ALLOWED_IDENTITY),
+    )?;
+    let allowed = syn_packet(allowed_source);
+    let first = dp.test_run(Program::ToEndpoint, &allowed, 1)?;
+    if first.retval != 0 {
+        bail!(
+            "expected TC_ACT_OK (0) for the allowed source, got {}",
+            first.retval
+        );
+    }
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let run = dp.test_run(Program::ToEndpoint, &allowed, REPEAT)?;
+        if run.retval != 0 {
+            bail!("expected TC_ACT_OK (0), got {}", run.retval);
+        }
+        runs.push(run.ns_per_run);
+    }
+    let allowed_ns = median(runs);
+    let forwarded = flows
+        .drain()
+        .into_iter()
+        .filter(|e| e.verdict == bpf::Verdict::Forwarded)
+        .count();
+    if forwarded != 1 {
+        bail!("expected one forwarded event (the first SYN), got {forwarded}: conntrack missed");
+    }
+
+    let empty = empty_classifier()?;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let (retval, ns) = test_run_fd(&empty, &denied, REPEAT)?;
+        if retval != 0 {
+            bail!("the empty classifier returned {retval}");
+        }
+        runs.push(ns);
+    }
+    Ok(Ingress {
+        denied_ns,
+        allowed_ns,
+        empty_ns: median(runs),
+        events_lost,
+    })
 }
 
-/// Returns (Gbit/s with programs, Gbit/s without), means of two runs each.
-fn throughput(pins: &mut Pins) -> Result<(f64, f64)> {
+/// Per round, with and without programs.
+struct Throughput {
+    tcp_with: Vec<f64>,
+    tcp_without: Vec<f64>,
+    udp_with: Vec<f64>,
+    udp_without: Vec<f64>,
+}
+
+fn throughput(pins: &mut Pins) -> Result<Throughput> {
     let node = NetNs::unique("cmbn")?;
     node.enable_forwarding()?;
     let client = NetNs::unique("cmbc")?;
@@ -195,18 +441,25 @@ fn throughput(pins: &mut Pins) -> Result<(f64, f64)> {
         dp.ipcache()
             .upsert(&IpCacheKey::host(ip.parse()?), &IpCacheValue::new(id))?;
     }
-    dp.policy().upsert(
-        &PolicyKey::ingress(2, 1001, L4Match::Port(Protocol::Tcp, IPERF_PORT)),
-        &PolicyValue::ALLOW,
-    )?;
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        dp.policy().upsert(
+            &PolicyKey::ingress(2, 1001, L4Match::Port(protocol, IPERF_PORT)),
+            &PolicyValue::ALLOW,
+        )?;
+    }
 
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for round in 0..2 {
-        without.push(iperf(&client, &server)?);
+    let mut t = Throughput {
+        tcp_with: Vec::new(),
+        tcp_without: Vec::new(),
+        udp_with: Vec::new(),
+        udp_without: Vec::new(),
+    };
+    for round in 0..ROUNDS {
+        t.tcp_without.push(iperf(&client, &server)?);
+        t.udp_without.push(udp_pps(&client, &server)?);
         eprintln!(
-            "  round {round}: without programs {:.2} Gbit/s",
-            without[round]
+            "  round {round}: without programs {:.2} Gbit/s, {:.0} small UDP packets/s",
+            t.tcp_without[round], t.udp_without[round]
         );
         for (ifname, endpoint_id, identity) in [(&hc, 1, 1001), (&hs, 2, 2000)] {
             dp.attach_endpoint(&EndpointAttach {
@@ -217,8 +470,12 @@ fn throughput(pins: &mut Pins) -> Result<(f64, f64)> {
                 policy_enforced: true,
             })?;
         }
-        with.push(iperf(&client, &server)?);
-        eprintln!("  round {round}: with programs {:.2} Gbit/s", with[round]);
+        t.tcp_with.push(iperf(&client, &server)?);
+        t.udp_with.push(udp_pps(&client, &server)?);
+        eprintln!(
+            "  round {round}: with programs {:.2} Gbit/s, {:.0} small UDP packets/s",
+            t.tcp_with[round], t.udp_with[round]
+        );
         for ifname in [&hc, &hs] {
             dp.detach_endpoint(&bpf::EndpointDetach {
                 ifname: ifname.clone(),
@@ -226,11 +483,11 @@ fn throughput(pins: &mut Pins) -> Result<(f64, f64)> {
             })?;
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    Ok((mean(&with), mean(&without)))
+    Ok(t)
 }
 
-fn iperf(client: &NetNs, server: &NetNs) -> Result<f64> {
+/// Starts a one-shot iperf3 server in `server` and waits until it listens.
+fn iperf_server(server: &NetNs) -> Result<netns::Process> {
     let port = IPERF_PORT.to_string();
     let srv = server.spawn("iperf3", &["-s", "-1", "--forceflush", "-p", &port])?;
     if !wait_until(Duration::from_secs(5), || {
@@ -238,9 +495,57 @@ fn iperf(client: &NetNs, server: &NetNs) -> Result<f64> {
     }) {
         bail!("iperf3 server did not start");
     }
+    Ok(srv)
+}
+
+/// 64-byte UDP datagrams at an unlimited rate: datagrams received per second.
+fn udp_pps(client: &NetNs, server: &NetNs) -> Result<f64> {
+    let srv = iperf_server(server)?;
+    let port = IPERF_PORT.to_string();
     let out = client.run(
         "iperf3",
-        &["-c", "10.210.2.2", "-p", &port, "-t", IPERF_SECONDS, "-J"],
+        &[
+            "-c",
+            "10.210.2.2",
+            "-p",
+            &port,
+            "-u",
+            "-b",
+            "0",
+            "-l",
+            "64",
+            "-t",
+            IPERF_SECONDS,
+            "-J",
+        ],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 json")?;
+    let sum = &json["end"]["sum"];
+    let packets = sum["packets"].as_f64().context("iperf3 packets")?;
+    let lost = sum["lost_packets"]
+        .as_f64()
+        .context("iperf3 lost packets")?;
+    let seconds = sum["seconds"].as_f64().context("iperf3 seconds")?;
+    let _ = srv.wait_timeout(Duration::from_secs(5));
+    Ok((packets - lost) / seconds)
+}
+
+fn iperf(client: &NetNs, server: &NetNs) -> Result<f64> {
+    let port = IPERF_PORT.to_string();
+    let srv = iperf_server(server)?;
+    let out = client.run(
+        "iperf3",
+        &[
+            "-c",
+            "10.210.2.2",
+            "-p",
+            &port,
+            "-t",
+            IPERF_SECONDS,
+            "-P",
+            IPERF_STREAMS,
+            "-J",
+        ],
     )?;
     let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 json")?;
     let bps = json["end"]["sum_received"]["bits_per_second"]

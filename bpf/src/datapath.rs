@@ -293,6 +293,19 @@ impl Datapath {
         })
     }
 
+    /// `(map, max entries)` of the maps as the kernel holds them: pinned
+    /// maps reused from an earlier run keep the size they were created with.
+    pub fn capacities(&self) -> [(&'static str, u32); 6] {
+        [
+            ("ipcache", self.ipcache.capacity()),
+            ("policy", self.policy.capacity()),
+            ("endpoints", self.endpoints.capacity()),
+            ("conntrack", self.conntrack.capacity()),
+            ("services", self.services.capacity()),
+            ("backends", self.backends.capacity()),
+        ]
+    }
+
     /// The configuration this datapath was opened with.
     pub fn config(&self) -> &DatapathConfig {
         &self.config

@@ -76,6 +76,10 @@ struct TestRunAttr {
     flags: u32,
     cpu: u32,
     batch_size: u32,
+    /// Explicit, so that it is zero: the kernel refuses (EINVAL) a
+    /// `bpf_attr` whose bytes past the command's last field are not, and
+    /// implicit padding is left uninitialised.
+    _pad: u32,
 }
 
 /// The head of `struct bpf_map_info` (the kernel fills what fits).

@@ -99,6 +99,9 @@ pub enum MapError {
 pub struct TypedMap<K, V> {
     fd: OwnedFd,
     name: &'static str,
+    /// `max_entries` as the kernel created the map (a reused pinned map keeps
+    /// its original size, whatever the configuration now asks for).
+    capacity: u32,
     _records: PhantomData<fn() -> (K, V)>,
 }
 
@@ -130,6 +133,7 @@ where
         Ok(Self {
             fd,
             name,
+            capacity: info.max_entries,
             _records: PhantomData,
         })
     }
@@ -137,6 +141,11 @@ where
     /// The map's name (also its pin file name).
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// How many entries the map holds at most, as the kernel reports it.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The value stored under `key` (for the LPM ipcache: the longest

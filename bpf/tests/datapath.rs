@@ -54,17 +54,28 @@ fn policy_allows_by_identity_and_port_and_replies_pass() -> Result<()> {
     let other = node.add_pod("other", OTHER)?;
     let server = node.add_pod("server", SERVER)?;
     node.publish_ipcache()?;
-    // Every pod is default-deny: the clients receive replies only through
-    // conntrack, the server only what its policy allows.
-    for pod in [client, other, server] {
-        node.attach(pod, true)?;
-    }
     node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
     node.allow(server, CLIENT, L4Match::Protocol(Protocol::Udp))?;
     node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmp))?;
     node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmpv6))?;
     let _srv = Server::start(node.pod(server), PORT)?;
     let _srv2 = Server::start(node.pod(server), PORT + 1)?;
+    // Positive controls: without enforcement every pair denied below talks.
+    for pod in [client, other, server] {
+        node.attach(pod, false)?;
+    }
+    for ip in node.pod(server).ips() {
+        tcp_request(node.pod(client), sock(ip, PORT + 1))?;
+        assert!(ping_ok(node.pod(other), ip), "control: other ping {ip}");
+        tcp_request(node.pod(other), sock(ip, PORT))?;
+        assert_eq!(udp_request(node.pod(other), sock(ip, PORT))?, "server");
+    }
+    assert!(ping_ok(node.pod(server), node.pod(client).ips()[0]));
+    // Every pod is default-deny: the clients receive replies only through
+    // conntrack, the server only what its policy allows.
+    for pod in [client, other, server] {
+        node.attach(pod, true)?;
+    }
 
     for ip in node.pod(server).ips() {
         // allowed identity, port and protocol; replies pass the client
@@ -157,12 +168,17 @@ fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
     let server = node.add_pod("server", SERVER)?;
     node.publish_ipcache()?;
     node.attach(client, false)?;
-    let server_if = node.attach(server, true)?;
     node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
     let _srv = Server::start(node.pod(server), PORT)?;
-    let mut flows = node.dp().flow_reader()?;
+    let _srv2 = Server::start(node.pod(server), PORT + 1)?;
     let server_ip = node.pod(server).ips()[1];
     let client_ip = node.pod(client).ips()[1];
+    // Positive control of the denial below: without enforcement the client
+    // reaches the server's second port.
+    node.attach(server, false)?;
+    tcp_request(node.pod(client), sock(server_ip, PORT + 1))?;
+    let server_if = node.attach(server, true)?;
+    let mut flows = node.dp().flow_reader()?;
 
     tcp_request(node.pod(client), sock(server_ip, PORT))?;
     let fwd = wait_event(&mut flows, |e| {
@@ -305,11 +321,17 @@ fn loader_restart_under_continuous_ping_loses_no_packet() -> Result<()> {
     let other = node.add_pod("other", OTHER)?;
     let server = node.add_pod("server", SERVER)?;
     node.publish_ipcache()?;
+    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmp))?;
+    let server_ip = node.pod(server).ips()[0];
+    // Positive control of the denials below: without enforcement `other`
+    // reaches the server.
+    for pod in [client, other, server] {
+        node.attach(pod, false)?;
+    }
+    assert!(ping_ok(node.pod(other), server_ip), "control: other pings");
     for pod in [client, other, server] {
         node.attach(pod, true)?;
     }
-    node.allow(server, CLIENT, L4Match::Protocol(Protocol::Icmp))?;
-    let server_ip = node.pod(server).ips()[0];
     assert!(ping_ok(node.pod(client), server_ip));
     let before = node.dp().policy().dump()?;
 
@@ -380,8 +402,10 @@ fn detach_withdraws_enforcement_and_reopen_keeps_the_maps() -> Result<()> {
     let server = node.add_pod("server", SERVER)?;
     node.publish_ipcache()?;
     node.attach(other, false)?;
-    let ifindex = node.attach(server, true)?;
     let server_ip = node.pod(server).ips()[1];
+    node.attach(server, false)?;
+    assert!(ping_ok(node.pod(other), server_ip), "positive control");
+    let ifindex = node.attach(server, true)?;
     assert!(ping_denied(node.pod(other), server_ip));
     let ipcache = node.dp().ipcache().dump()?;
     assert_eq!(ipcache.len(), 4);

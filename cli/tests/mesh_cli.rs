@@ -14,21 +14,6 @@ fn refused(args: &[&str], message: &str) -> String {
     stderr
 }
 
-/// Root runs the test; elsewhere it is skipped with a reason, except in CI
-/// (`CI=true`), where nothing may pass unrun.
-fn needs_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: this test needs root (network namespaces and eBPF)"
-    );
-    eprintln!("skipping: needs root (network namespaces and eBPF)");
-    false
-}
-
 /// Tears a mesh down when a test ends, also when it fails.
 struct Down<'a>(&'a Path);
 
@@ -42,9 +27,7 @@ impl Drop for Down<'_> {
 
 #[test]
 fn up_refuses_a_directory_with_user_files_and_changes_nothing() {
-    if !needs_root() {
-        return;
-    }
+    netns::skip_unless_root!();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
     fs::create_dir(&d).unwrap();
@@ -73,9 +56,7 @@ fn up_refuses_a_directory_with_user_files_and_changes_nothing() {
 
 #[test]
 fn down_removes_only_what_up_made_and_up_inside_a_mesh_is_refused() {
-    if !needs_root() {
-        return;
-    }
+    netns::skip_unless_root!();
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m");
     let _down = Down(&m);
@@ -450,9 +431,7 @@ fn ip(args: &[&str]) {
 
 #[test]
 fn up_refuses_a_subnet_that_clashes_with_a_host_route_at_once() {
-    if !needs_root() {
-        return;
-    }
+    netns::skip_unless_root!();
     // A host route inside 172.31.0.0/16 (a /32 nobody uses, so that a mesh of
     // another test on that subnet keeps working), on a veth of this test.
     let link = format!("cmclash{}", std::process::id() % 100_000);
@@ -495,9 +474,7 @@ fn up_refuses_a_subnet_that_clashes_with_a_host_route_at_once() {
 
 #[test]
 fn ctrl_c_during_up_removes_what_was_started() {
-    if !needs_root() {
-        return;
-    }
+    netns::skip_unless_root!();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
     let up = Command::new(env!("CARGO_BIN_EXE_clustermesh"))

@@ -17,20 +17,23 @@ use localmesh::{Mesh, MeshSpec};
 /// How long tests wait for the mesh to react before failing.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Whether the test can run; prints why not otherwise. Under CI
-/// (`CI=true`) a test that cannot run fails instead of skipping.
-pub fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let why = "needs root (network namespaces and eBPF)";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and the test cannot run: {why}"
-        );
-        eprintln!("skipping: {why}");
-        return false;
-    }
-    true
+/// Whether the multi-cluster test or benchmark `what` can run (it needs root):
+/// skipped with the reason otherwise, and a failure under `CI=true`
+/// ([`netns::root_or_skip`]).
+pub fn can_run(what: &str) -> bool {
+    netns::root_or_skip(what)
+}
+
+/// How a service's switch between clusters looked to a client
+/// ([`TestMesh::switch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Switch {
+    /// From the triggering change to the first answer from the new side.
+    pub seconds: f64,
+    /// Requests that failed (timed out or were refused) meanwhile.
+    pub failed: u32,
+    /// Requests still answered by the old side meanwhile.
+    pub other_answers: u32,
 }
 
 /// A mesh that is torn down on drop.
@@ -125,6 +128,54 @@ impl TestMesh {
     pub fn reaches(&self, cluster: &str, pod: &str, to: SocketAddr) -> bool {
         self.request(cluster, pod, to, Duration::from_millis(800))
             .is_ok()
+    }
+
+    /// Whether a connection from `cluster/pod` to `to` is dropped: the attempt
+    /// times out. Any other failure (a refusal, a missing pod) is not a
+    /// denial: it is printed and the answer is `false`. Every check that
+    /// expects a denial first shows the same pod reaching the same server.
+    pub fn denied(&self, cluster: &str, pod: &str, to: SocketAddr) -> bool {
+        match self.connect_times_out(cluster, pod, to, Duration::from_millis(800)) {
+            Ok(timed_out) => timed_out,
+            Err(error) => {
+                eprintln!("not a denial: {error:#}");
+                false
+            }
+        }
+    }
+
+    /// Sends requests from `cluster/pod` to `frontend` back to back until
+    /// one is answered by a server whose name satisfies `arrived`, and says
+    /// how long that took from `since` (e.g. just before the last local
+    /// backend was removed) and how many requests failed meanwhile. Panics
+    /// after [`DEADLINE`]: a switch that does not complete is a failure.
+    pub fn switch(
+        &self,
+        cluster: &str,
+        pod: &str,
+        frontend: SocketAddr,
+        since: Instant,
+        arrived: impl Fn(&str) -> bool,
+    ) -> Switch {
+        let mut failed = 0;
+        let mut other_answers = 0;
+        loop {
+            match self.request(cluster, pod, frontend, Duration::from_millis(250)) {
+                Ok((server, _)) if arrived(&server) => {
+                    return Switch {
+                        seconds: since.elapsed().as_secs_f64(),
+                        failed,
+                        other_answers,
+                    };
+                }
+                Ok(_) => other_answers += 1,
+                Err(_) => failed += 1,
+            }
+            assert!(
+                since.elapsed() < DEADLINE,
+                "the service did not switch within {DEADLINE:?} ({failed} requests failed, {other_answers} answered by the old side)"
+            );
+        }
     }
 
     /// The address of a workload's echo server.

@@ -38,7 +38,7 @@ fn invalid(mesh: &TestMesh, reason: &str) -> u64 {
 
 #[test]
 fn reserved_identities_from_a_remote_never_open_a_local_policy() -> anyhow::Result<()> {
-    if !can_run() {
+    if !can_run("reserved_identities_from_a_remote_never_open_a_local_policy") {
         return Ok(());
     }
     let mut mesh = TestMesh::up(2, 1)?;
@@ -168,7 +168,7 @@ fn hostile_node(name: &str, via: IpAddr, cidr: &str) -> anyhow::Result<(String, 
 
 #[test]
 fn a_remote_node_cannot_route_local_address_space_through_itself() -> anyhow::Result<()> {
-    if !can_run() {
+    if !can_run("a_remote_node_cannot_route_local_address_space_through_itself") {
         return Ok(());
     }
     let mesh = TestMesh::up(2, 2)?;
@@ -268,7 +268,7 @@ fn a_remote_node_cannot_route_local_address_space_through_itself() -> anyhow::Re
 
 #[test]
 fn a_wiped_remote_etcd_is_noticed_and_converges_exactly() -> anyhow::Result<()> {
-    if !can_run() {
+    if !can_run("a_wiped_remote_etcd_is_noticed_and_converges_exactly") {
         return Ok(());
     }
     let mut mesh = TestMesh::up(2, 1)?;

@@ -102,6 +102,7 @@ async fn main() -> Result<()> {
             &format!("allocations_per_s_c{concurrency}"),
             alloc_best,
             "1/s",
+            bench_report::Better::Higher,
             Some((&format!("raw_create_txn_per_s_c{concurrency}"), raw_best)),
         );
     }
@@ -116,6 +117,7 @@ async fn main() -> Result<()> {
         "cached_allocations_per_s",
         CACHED as f64 / start.elapsed().as_secs_f64(),
         "1/s",
+        bench_report::Better::Higher,
         None,
     );
 

@@ -28,7 +28,7 @@ pub use command::CommandError;
 pub use name::unique_name;
 pub use namespace::{NetNs, NetNsError};
 pub use process::{Process, ProcessError, ProcessOutput};
-pub use root::is_root;
+pub use root::{in_ci, is_root, root_or_skip};
 pub use route::Route;
 pub use veth::Veth;
 pub use wait::wait_until;

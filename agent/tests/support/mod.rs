@@ -137,6 +137,11 @@ impl Node {
         Ok(())
     }
 
+    /// The agent's process id, while one runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(AgentProcess::pid)
+    }
+
     /// Kills the agent as a crash would (SIGKILL).
     pub fn kill_agent(&mut self) {
         self.agent = None;
@@ -359,11 +364,25 @@ pub fn request(pod: &Pod, to: SocketAddr, timeout: Duration) -> Result<(String, 
     Ok((text.lines().next().unwrap_or_default().to_string(), peer))
 }
 
-/// Whether a connection from `pod` to `to` is refused or times out.
+/// Whether a connection from `pod` to `to` is dropped: the attempt times out
+/// (the SYN goes unanswered). A refusal or any other error is not a denial
+/// (it is printed and the answer is `false`), so a check cannot pass on a
+/// server that is simply gone. Every denial checked first has a positive
+/// control: the same pod reaching the same server while allowed.
 pub fn denied(pod: &Pod, to: SocketAddr) -> bool {
-    request(pod, to, Duration::from_millis(800)).is_err()
-}
-
-pub fn is_root() -> bool {
-    netns::is_root()
+    match pod
+        .ns
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_millis(800)))
+    {
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => true,
+        Ok(Ok(_)) => false,
+        Ok(Err(error)) => {
+            eprintln!("not a denial: connect from {} to {to}: {error}", pod.name);
+            false
+        }
+        Err(error) => {
+            eprintln!("not a denial: cannot enter {}: {error}", pod.name);
+            false
+        }
+    }
 }

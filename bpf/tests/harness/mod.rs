@@ -181,15 +181,15 @@ pub(crate) fn ping_ok(pod: &Pod, to: IpAddr) -> bool {
     wait_until(Duration::from_secs(5), || ping_once(pod, to))
 }
 
-/// Two pings, neither answered.
+/// Two pings, neither answered: ping's exit code 1 ("no reply"). Any other
+/// failure (ping missing, an unreachable network: code 2) is not a denial.
 pub(crate) fn ping_denied(pod: &Pod, to: IpAddr) -> bool {
     pod.ns
         .exec(
             "ping",
             &["-c", "2", "-i", "0.1", "-W", "1", &to.to_string()],
         )
-        .map(|o| !o.status.success())
-        .unwrap_or(false)
+        .is_ok_and(|o| o.status.code() == Some(1))
 }
 
 /// A dual-stack server in a pod: TCP answers each connection with its name
@@ -265,7 +265,9 @@ pub(crate) fn tcp_request(pod: &Pod, to: SocketAddr) -> Result<(String, SocketAd
 }
 
 /// Whether a TCP connection attempt from `pod` goes unanswered (SYN dropped)
-/// for 600 ms.
+/// for 600 ms. A refusal (nothing listens) is not a denial. Every denial a
+/// test checks first has a positive control: the same pod reaching the same
+/// server while allowed.
 pub(crate) fn tcp_denied(pod: &Pod, to: SocketAddr) -> bool {
     matches!(
         pod.ns.enter(|| TcpStream::connect_timeout(&to, Duration::from_millis(600))),
@@ -273,7 +275,9 @@ pub(crate) fn tcp_denied(pod: &Pod, to: SocketAddr) -> bool {
     )
 }
 
-/// Whether two datagrams from `pod` get no answer within 600 ms.
+/// Whether two datagrams from `pod` get no answer within 600 ms: each receive
+/// times out. A refusal (an ICMP port unreachable: nothing listens) is not a
+/// denial.
 pub(crate) fn udp_denied(pod: &Pod, to: SocketAddr) -> bool {
     let any: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
@@ -288,7 +292,15 @@ pub(crate) fn udp_denied(pod: &Pod, to: SocketAddr) -> bool {
         && socket
             .set_read_timeout(Some(Duration::from_millis(300)))
             .is_ok()
-        && (0..2).all(|_| socket.send(b"hi").is_ok() && socket.recv(&mut buf).is_err())
+        && (0..2).all(|_| {
+            socket.send(b"hi").is_ok()
+                && socket.recv(&mut buf).is_err_and(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                })
+        })
 }
 
 /// Sends one datagram from a socket connected to `to` (which only accepts

@@ -848,10 +848,23 @@ impl Mesh {
             a.id, b.id
         ));
         let mode = remote.mode().map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
-        if mode != kvstore::MaxConnectedClusters::C255 {
-            bail!("max-connected-clusters differs: {from} 255, {to} {mode}");
+        // Our own mode, as our apiserver publishes it in our etcd.
+        let own = runtime()?.block_on(async {
+            let name = kvstore::ClusterName::new(a.name.as_str())?;
+            let kv = admin_client(a)
+                .await?
+                .get(&keys::cluster_config(&name))
+                .await?
+                .with_context(|| format!("{from} publishes no cilium/cluster-config/{from}"))?;
+            anyhow::Ok(kvstore::values::ClusterConfig::decode(&a.name, &kv.value)?)
+        })?;
+        let own_mode = own.mode().map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+        if own_mode != mode {
+            bail!("max-connected-clusters differs: {from} {own_mode}, {to} {mode}");
         }
-        checks.push("max-connected-clusters is 255 on both".into());
+        checks.push(format!(
+            "max-connected-clusters is {own_mode} on {from} and {mode} on {to} (their cluster-config)"
+        ));
         checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
         let (pa, pb): (ipnet::IpNet, ipnet::IpNet) =
             (a.pod_cidr_pool.parse()?, b.pod_cidr_pool.parse()?);
@@ -873,16 +886,31 @@ impl Mesh {
             "identity headroom in {from}: {ids_a} used of {}",
             range.len()
         ));
-        let capacity = 512 * 1024;
-        if (ips_a + ips_b) as u64 > capacity {
+        // Every agent of `from` holds both clusters' entries: the smallest
+        // ipcache map among them, as the agents report it from the kernel.
+        let capacities: Vec<(String, usize)> = a
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let status = agent_status(n).ok()?;
+                Some((n.name.clone(), *status.map_capacity.get("ipcache")?))
+            })
+            .collect();
+        let Some((node, capacity)) = capacities.iter().min_by_key(|(_, c)| *c).cloned() else {
             bail!(
-                "ipcache map would overflow: {} entries for {capacity} slots",
+                "no agent of {from} reports its ipcache map capacity; are {from}'s agents running?"
+            );
+        };
+        if ips_a + ips_b > i64::try_from(capacity).unwrap_or(i64::MAX) {
+            bail!(
+                "ipcache map would overflow: {} entries for {capacity} slots on {from}/{node}",
                 ips_a + ips_b
             );
         }
         checks.push(format!(
-            "ipcache map headroom: {} entries of {capacity}",
-            ips_a + ips_b
+            "ipcache map headroom: {} entries of {capacity} (smallest of {} {from} agents: {node})",
+            ips_a + ips_b,
+            capacities.len()
         ));
         Ok(checks)
     }
@@ -1117,6 +1145,26 @@ impl Mesh {
     ) -> Result<(String, SocketAddr)> {
         let e = self.state.endpoint(cluster, endpoint)?;
         in_netns(&e.netns, move || request(to, timeout))?
+    }
+
+    /// Whether a connection from a pod to `to` is dropped: `Ok(true)` when the
+    /// attempt times out (the SYN is dropped), `Ok(false)` when it connects.
+    /// A refusal (nothing listens, or a reset) is an error, not a denial, so a
+    /// check of a policy cannot pass on a server that is simply gone.
+    pub fn connect_times_out(
+        &self,
+        cluster: &str,
+        endpoint: &str,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let e = self.state.endpoint(cluster, endpoint)?;
+        match in_netns(&e.netns, move || TcpStream::connect_timeout(&to, timeout))? {
+            Ok(_) => Ok(false),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Ok(true),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context(format!("connect from {cluster}/{endpoint} to {to}"))),
+        }
     }
 }
 
