@@ -401,6 +401,7 @@ impl ControlLoop {
         let tables = &self.tables;
         if let Err(e) = self.dp.finish_sync(|p| tables.ip_winner(p).is_some()) {
             warn!(error = %e, "reconciling the datapath after sync failed");
+            self.metrics.count_error("datapath");
         }
     }
 
@@ -918,7 +919,8 @@ impl ControlLoop {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "writing the datapath failed; will retry with the next change")
+                warn!(error = %e, "writing the datapath failed; will retry with the next change");
+                self.metrics.count_error("datapath");
             }
         }
         for (name, size) in self.map_sizes() {
@@ -948,6 +950,7 @@ impl ControlLoop {
                 self.merged.iter().map(|(_, f)| f.clone()).collect();
             if let Err(e) = self.dp.set_services(&frontends) {
                 warn!(error = %e, "programming services failed");
+                self.metrics.count_error("services");
                 self.services_dirty = true;
             }
             self.metrics.services.set(self.merged.len() as i64);
@@ -1019,6 +1022,7 @@ impl ControlLoop {
                 // Without them no remote claim can be checked: route nothing
                 // new from remotes until they can be read.
                 warn!(error = %e, "cannot read the node's own networks; retrying with the next change");
+                self.metrics.count_error("routes");
                 self.routes_dirty = true;
                 return;
             }
@@ -1061,6 +1065,7 @@ impl ControlLoop {
                     }
                     Err(e) => {
                         warn!(%cidr, %via, error = %e, "cannot route a remote pod CIDR");
+                        self.metrics.count_error("routes");
                         self.routes_dirty = true;
                     }
                 }

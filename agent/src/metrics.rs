@@ -42,6 +42,11 @@ pub struct RemoteReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ComponentLabel {
+    pub component: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VerdictLabel {
     pub direction: String,
     pub verdict: String,
@@ -73,6 +78,7 @@ pub struct AgentMetrics {
     pub remote_refused_routes: Family<RemoteReasonLabel, Gauge>,
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
+    errors: Family<ComponentLabel, Counter>,
     /// Expiry of the client certificates the agent presents to remote
     /// clusters (`clustermesh_tls_certificate_expiry_seconds{role="remote-cluster-NAME"}`).
     pub tls: certs::TlsMetrics,
@@ -110,6 +116,12 @@ impl AgentMetrics {
         let remote_refused_routes = Family::<RemoteReasonLabel, Gauge>::default();
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
+        let errors = Family::<ComponentLabel, Counter>::default();
+        registry.register(
+            "errors",
+            "Failures the agent retries, by component (datapath, services, routes)",
+            errors.clone(),
+        );
         registry.register(
             "policy_verdicts",
             "Flows the datapath decided on, by direction and verdict",
@@ -202,8 +214,18 @@ impl AgentMetrics {
             remote_refused_routes,
             policy_verdicts,
             drops,
+            errors,
             tls,
         }
+    }
+
+    /// Counts a failure of `component` that the agent will retry.
+    pub(crate) fn count_error(&self, component: &str) {
+        self.errors
+            .get_or_create(&ComponentLabel {
+                component: component.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one flow event: its verdict, and its drop reason if dropped.

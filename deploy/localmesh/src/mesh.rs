@@ -1202,14 +1202,22 @@ async fn read_cluster_config(
     config.connect_timeout = Duration::from_secs(3);
     config.request_timeout = Duration::from_secs(5);
     let client = Client::connect(&config).await.map_err(|e| {
-        anyhow::anyhow!(
+        let message = format!(
             "{} cannot use {}'s apiserver at {} ({}): {}",
             from.name,
             to.name,
             to.apiserver_endpoint,
             e.kind(),
             e.full_message()
-        )
+        );
+        // Nothing answering is the peer's unavailability (exit 69); a TLS or
+        // authorization refusal is a configuration problem (exit 1).
+        match e.kind() {
+            kvstore::ErrorKind::Unreachable | kvstore::ErrorKind::Timeout => {
+                anyhow::Error::new(crate::Unavailable(message))
+            }
+            _ => anyhow::anyhow!(message),
+        }
     })?;
     let name = kvstore::ClusterName::new(to.name.as_str())?;
     let kv = client
