@@ -421,6 +421,30 @@ struct RemoteCluster {
     metrics: Arc<AgentMetrics>,
 }
 
+/// How long a remote has been unreachable, across its sessions, for the
+/// service cache TTL.
+#[derive(Debug, Default)]
+struct Reachability {
+    /// Since when nothing answered (`None` while it answers).
+    since: Option<Instant>,
+    /// The remote's services were dropped after the TTL.
+    services_dropped: bool,
+}
+
+impl Reachability {
+    fn unreachable(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// When the services go, if a TTL is set and they are still there.
+    fn services_deadline(&self, ttl: Option<Duration>) -> Option<Instant> {
+        match (ttl, self.since) {
+            (Some(ttl), Some(since)) if !self.services_dropped => Some(since + ttl),
+            _ => None,
+        }
+    }
+}
+
 /// Why a connection attempt failed, with the kind shown in status.
 struct Failure {
     kind: &'static str,
@@ -483,10 +507,11 @@ impl RemoteCluster {
         let _certificate = self.track_certificate();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut pinned_cluster_id: Option<u64> = None;
+        let mut reach = Reachability::default();
         loop {
             let failure = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                f = self.session(&shutdown, &mut pinned_cluster_id, &mut backoff) => f,
+                f = self.session(&shutdown, &mut pinned_cluster_id, &mut backoff, &mut reach) => f,
             };
             let Some(failure) = failure else { break };
             if failure.kind == RESYNC {
@@ -497,7 +522,13 @@ impl RemoteCluster {
             if failure.refused {
                 self.withdraw().await;
             }
-            if !backoff.wait(&shutdown).await {
+            // Unreachable between sessions counts towards the service cache
+            // TTL too (the connection broke, and reconnecting fails).
+            reach.unreachable();
+            if !self
+                .wait_or_drop_services(&shutdown, &mut backoff, &mut reach)
+                .await
+            {
                 break;
             }
         }
@@ -505,6 +536,36 @@ impl RemoteCluster {
             .lock()
             .expect("registry")
             .retain(|_, n| *n != self.name);
+    }
+
+    /// Waits for the next attempt; drops the remote's services when its
+    /// service cache TTL runs out meanwhile. False on shutdown.
+    async fn wait_or_drop_services(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        reach: &mut Reachability,
+    ) -> bool {
+        let ttl = self.config.as_ref().ok().and_then(|c| c.service_cache_ttl);
+        if let Some(deadline) = reach.services_deadline(ttl) {
+            tokio::select! {
+                waited = backoff.wait(shutdown) => return waited,
+                _ = tokio::time::sleep_until(deadline.into()) => self.drop_services(reach, ttl).await,
+            }
+        }
+        backoff.wait(shutdown).await
+    }
+
+    /// The service cache TTL ran out: the remote's services go (they come
+    /// back with the next full list).
+    async fn drop_services(&self, reach: &mut Reachability, ttl: Option<Duration>) {
+        warn!(
+            remote = self.name,
+            ?ttl,
+            "remote unreachable longer than its service cache TTL; dropping its services"
+        );
+        self.control.send(Input::DropServices(self.source)).await;
+        reach.services_dropped = true;
     }
 
     fn fail(&self, f: &Failure) {
@@ -569,6 +630,7 @@ impl RemoteCluster {
         shutdown: &CancellationToken,
         pinned: &mut Option<u64>,
         backoff: &mut Backoff,
+        reach: &mut Reachability,
     ) -> Option<Failure> {
         let config = match &self.config {
             Ok(c) => c,
@@ -653,6 +715,7 @@ impl RemoteCluster {
                 shutdown,
                 pinned,
                 backoff,
+                reach,
             )
             .await;
         self.registry
@@ -711,6 +774,7 @@ impl RemoteCluster {
         shutdown: &CancellationToken,
         pinned: &Option<u64>,
         backoff: &mut Backoff,
+        reach: &mut Reachability,
     ) -> Option<Failure> {
         let kinds = vec![
             StoreKind::Identities,
@@ -781,7 +845,10 @@ impl RemoteCluster {
         );
 
         let ttl = self.config.as_ref().ok().and_then(|c| c.service_cache_ttl);
-        let mut unreachable_since: Option<Instant> = None;
+        // The stores just started list everything: services dropped before
+        // this session come back with that list.
+        reach.services_dropped = false;
+        reach.since = None;
         let mut services_dropped = false;
         let mut highest_revision = 0;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -827,7 +894,7 @@ impl RemoteCluster {
                 }
             };
             if reachable {
-                unreachable_since = None;
+                reach.since = None;
                 if services_dropped {
                     // The watch resumes where it stopped and would not
                     // deliver the unchanged services again: reconnect, so
@@ -839,17 +906,14 @@ impl RemoteCluster {
                 }
                 backoff.reset();
             } else {
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if let Some(ttl) = ttl
-                    && !services_dropped
-                    && since.elapsed() >= ttl
+                reach.unreachable();
+                reach.services_dropped = services_dropped;
+                if !services_dropped
+                    && reach
+                        .services_deadline(ttl)
+                        .is_some_and(|d| Instant::now() >= d)
                 {
-                    warn!(
-                        remote = self.name,
-                        ?ttl,
-                        "remote unreachable longer than its service cache TTL; dropping its services"
-                    );
-                    self.control.send(Input::DropServices(self.source)).await;
+                    self.drop_services(reach, ttl).await;
                     services_dropped = true;
                 }
             }
