@@ -190,111 +190,6 @@ struct Ingress {
     events_lost: u64,
 }
 
-/// An empty classifier (`r0 = TC_ACT_OK; exit`) loaded with `BPF_PROG_LOAD`:
-/// the baseline of the per-packet cost.
-fn empty_classifier() -> Result<std::os::fd::OwnedFd> {
-    #[repr(C)]
-    struct Insn {
-        code: u8,
-        regs: u8,
-        off: i16,
-        imm: i32,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct LoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-    }
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    let insns = [
-        Insn {
-            code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0 (TC_ACT_OK)
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-        Insn {
-            code: 0x95, // BPF_JMP | BPF_EXIT
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-    ];
-    let license = c"GPL";
-    let mut attr = LoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: attr is a zero-padded bpf_attr prefix whose pointers reference
-    // live buffers; the kernel returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &mut attr as *mut LoadAttr as *mut libc::c_void,
-            size_of::<LoadAttr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("load an empty classifier");
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
-}
-
-/// `BPF_PROG_TEST_RUN` of `packet` `repeat` times on `prog`: (return value,
-/// mean ns per run as the kernel measured it).
-fn test_run_fd(prog: &std::os::fd::OwnedFd, packet: &[u8], repeat: u32) -> Result<(u32, u32)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: std::os::fd::AsRawFd::as_raw_fd(prog) as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: as above; the buffers outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr as *mut libc::c_void,
-            size_of::<TestRunAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error()).context("test run the empty classifier");
-    }
-    Ok((attr.retval, attr.duration))
-}
-
 fn median(mut v: Vec<u32>) -> f64 {
     v.sort_unstable();
     f64::from(v[v.len() / 2])
@@ -392,14 +287,16 @@ fn ingress_ns_per_packet(dp: &Datapath) -> Result<Ingress> {
         bail!("expected one forwarded event (the first SYN), got {forwarded}: conntrack missed");
     }
 
-    let empty = empty_classifier()?;
+    let empty = bpf::EmptyClassifier::load().context("load an empty classifier")?;
     let mut runs = Vec::new();
     for _ in 0..RUNS {
-        let (retval, ns) = test_run_fd(&empty, &denied, REPEAT)?;
-        if retval != 0 {
-            bail!("the empty classifier returned {retval}");
+        let run = empty
+            .test_run(&denied, REPEAT)
+            .context("test run the empty classifier")?;
+        if run.retval != 0 {
+            bail!("the empty classifier returned {}", run.retval);
         }
-        runs.push(ns);
+        runs.push(run.ns_per_run);
     }
     Ok(Ingress {
         denied_ns,

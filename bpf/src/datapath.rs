@@ -140,6 +140,28 @@ pub struct EndpointDetach {
     pub netns: Option<PathBuf>,
 }
 
+/// A TC classifier that does nothing (`return TC_ACT_OK`), for measuring
+/// what the datapath's programs cost per packet above the bare test run.
+#[derive(Debug)]
+pub struct EmptyClassifier {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl EmptyClassifier {
+    /// Loads it into the kernel (needs root).
+    pub fn load() -> io::Result<Self> {
+        Ok(Self {
+            fd: syscall::load_empty_classifier()?,
+        })
+    }
+
+    /// Runs it on `packet` `repeat` times with `BPF_PROG_TEST_RUN`.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> io::Result<TestRun> {
+        let (retval, ns_per_run) = syscall::test_run(self.fd.as_fd(), packet, repeat)?;
+        Ok(TestRun { retval, ns_per_run })
+    }
+}
+
 /// One `BPF_PROG_TEST_RUN` measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TestRun {

@@ -50,8 +50,8 @@ pub use backend::{BACKENDS_MAP, BackendKey, BackendMap, BackendValue};
 pub use bpffs::BpffsError;
 pub use conntrack::{CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, CtValue};
 pub use datapath::{
-    Datapath, DatapathConfig, DatapathError, EndpointAttach, EndpointDetach, Program, TestRun,
-    datapath_object,
+    Datapath, DatapathConfig, DatapathError, EmptyClassifier, EndpointAttach, EndpointDetach,
+    Program, TestRun, datapath_object,
 };
 pub use describe::{Describe, DescribeValue, FieldValue, Fields, fields_line, protocol_name};
 pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap};

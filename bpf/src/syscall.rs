@@ -12,6 +12,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -240,6 +241,43 @@ pub(crate) fn lookup_batch(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count, true)),
         Err(e) => Err(e),
     }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// `BPF_PROG_LOAD` of the classifier `r0 = TC_ACT_OK; exit`, which does
+/// nothing: the baseline of the per-packet cost.
+pub(crate) fn load_empty_classifier() -> io::Result<OwnedFd> {
+    // Each instruction: opcode, registers, offset (i16 LE), immediate (i32 LE).
+    let insns: [[u8; 8]; 2] = [
+        [0xb7, 0, 0, 0, 0, 0, 0, 0], // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 0
+        [0x95, 0, 0, 0, 0, 0, 0, 0], // BPF_JMP | BPF_EXIT
+    ];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: ptr(insns.as_ptr()),
+        license: ptr(license.as_ptr()),
+        ..Default::default()
+    };
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// `BPF_OBJ_GET`: opens a pinned object.
