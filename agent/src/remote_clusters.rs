@@ -849,7 +849,6 @@ impl RemoteCluster {
         // this session come back with that list.
         reach.services_dropped = false;
         reach.since = None;
-        let mut services_dropped = false;
         let mut highest_revision = 0;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         let failure = loop {
@@ -895,7 +894,7 @@ impl RemoteCluster {
             };
             if reachable {
                 reach.since = None;
-                if services_dropped {
+                if reach.services_dropped {
                     // The watch resumes where it stopped and would not
                     // deliver the unchanged services again: reconnect, so
                     // that a re-list (with mark and sweep) restores them.
@@ -907,14 +906,11 @@ impl RemoteCluster {
                 backoff.reset();
             } else {
                 reach.unreachable();
-                reach.services_dropped = services_dropped;
-                if !services_dropped
-                    && reach
-                        .services_deadline(ttl)
-                        .is_some_and(|d| Instant::now() >= d)
+                if reach
+                    .services_deadline(ttl)
+                    .is_some_and(|d| Instant::now() >= d)
                 {
                     self.drop_services(reach, ttl).await;
-                    services_dropped = true;
                 }
             }
             self.update_status(reachable, &stats);

@@ -113,26 +113,7 @@ impl Mesh {
                 let _ = std::fs::remove_dir(&dir);
             }
         })?;
-        let prefix = format!("cm{k}");
-        let base = |c: u8, host: u8| Ipv4Addr::new(172, 16 + k, c, host);
-        let pki_dir = dir.join("pki");
-        let mut state = MeshState {
-            dir: dir.clone(),
-            subnet: k,
-            prefix: prefix.clone(),
-            fabric_netns: format!("{prefix}-fab"),
-            host_link: format!("{prefix}host"),
-            host_ip: base(0, 1),
-            ca_cert: pki_dir.join("ca.crt"),
-            ca_key: pki_dir.join("ca.key"),
-            bin_dir: spec.bin_dir.clone(),
-            clusters: Vec::new(),
-            endpoints: Vec::new(),
-            service_frontend: None,
-            cuts: Vec::new(),
-            owned: Vec::new(),
-            created_dir,
-        };
+        let mut state = MeshState::new(dir.clone(), k, spec.bin_dir.clone(), created_dir);
         state.save()?;
         state.own("pki")?;
         let mut mesh = Self { state };

@@ -154,23 +154,7 @@ mod tests {
     }
 
     fn state(dir: &Path, created_dir: bool) -> MeshState {
-        MeshState {
-            dir: dir.to_path_buf(),
-            subnet: 0,
-            prefix: "cmx".into(),
-            fabric_netns: String::new(),
-            host_link: String::new(),
-            host_ip: std::net::Ipv4Addr::LOCALHOST,
-            ca_cert: PathBuf::new(),
-            ca_key: PathBuf::new(),
-            bin_dir: PathBuf::new(),
-            clusters: Vec::new(),
-            endpoints: Vec::new(),
-            service_frontend: None,
-            cuts: Vec::new(),
-            owned: Vec::new(),
-            created_dir,
-        }
+        MeshState::new(dir.to_path_buf(), 0, PathBuf::new(), created_dir)
     }
 
     #[test]

@@ -140,6 +140,30 @@ pub struct MeshState {
 }
 
 impl MeshState {
+    /// An empty mesh in `dir` on fabric subnet `k` (`172.(16+k).0.0/16`):
+    /// names, the host's fabric address and the CA paths follow from them.
+    pub fn new(dir: PathBuf, k: u8, bin_dir: PathBuf, created_dir: bool) -> Self {
+        let prefix = format!("cm{k}");
+        let pki = dir.join("pki");
+        Self {
+            subnet: k,
+            fabric_netns: format!("{prefix}-fab"),
+            host_link: format!("{prefix}host"),
+            host_ip: Ipv4Addr::new(172, 16 + k, 0, 1),
+            ca_cert: pki.join("ca.crt"),
+            ca_key: pki.join("ca.key"),
+            prefix,
+            dir,
+            bin_dir,
+            clusters: Vec::new(),
+            endpoints: Vec::new(),
+            service_frontend: None,
+            cuts: Vec::new(),
+            owned: Vec::new(),
+            created_dir,
+        }
+    }
+
     pub fn path(dir: &Path) -> PathBuf {
         dir.join("mesh.json")
     }
