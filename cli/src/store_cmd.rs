@@ -267,9 +267,9 @@ fn read_documents(kind: Kind, file: &Path) -> Result<Vec<Parsed>, CommandError> 
         })?;
         docs.push(parsed);
     }
-    let mut seen = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
     for d in &docs {
-        if seen.insert(d.key.clone(), ()).is_some() {
+        if !seen.insert(d.key.as_str()) {
             return Err(CommandError::usage(anyhow!(
                 "{name}: {} {} appears twice; nothing was applied",
                 kind.name(),
