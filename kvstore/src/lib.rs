@@ -6,7 +6,8 @@
 //! - [`Session`]: one lease per process, kept alive; its loss is detected and a
 //!   new lease replaces it.
 //! - [`WatchStore`]: the read side, list-then-watch of a prefix that survives
-//!   etcd restarts and compaction without missing or repeating an event.
+//!   etcd restarts and compaction without missing or repeating an event;
+//!   [`RestartableWatchStore`] the same across one connection after another.
 //! - [`SyncStore`]: the write side, the keys a process owns, re-created when the
 //!   session or someone else removes them, with a canary once the initial set
 //!   is written.
@@ -61,4 +62,6 @@ pub use session::{
 };
 pub use sync_store::{SyncStatus, SyncStore, SyncStoreConfig, SyncStoreRunner};
 pub use value::{DecodeError, InvalidReason, RawEntry, StoreValue};
-pub use watch_store::{Event, Validator, WatchStore, WatchStoreConfig, WatchStoreStats};
+pub use watch_store::{
+    Event, RestartableWatchStore, Validator, WatchStore, WatchStoreConfig, WatchStoreStats,
+};

@@ -1,7 +1,6 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
-    marker::PhantomData,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -32,7 +31,8 @@ pub enum Event<V> {
     /// new value is invalid).
     Delete { key: String },
     /// The initial list is complete: the consumer has seen every key that
-    /// exists. Sent once per store.
+    /// exists. Sent once per connection: once by a [`WatchStore`], after the
+    /// first list of every [`RestartableWatchStore::watch`].
     Synced,
 }
 
@@ -157,7 +157,8 @@ impl WatchStoreStats {
     }
 }
 
-/// List-then-watch of one prefix, delivering typed events in order.
+/// List-then-watch of one prefix over one client, delivering typed events
+/// in order: a [`RestartableWatchStore`] bound to a client for its lifetime.
 ///
 /// Algorithm:
 /// 1. Optionally wait for the canary key.
@@ -178,17 +179,72 @@ impl WatchStoreStats {
 /// key; a key whose new value is invalid is reported deleted.
 pub struct WatchStore<V> {
     client: Client,
-    config: WatchStoreConfig,
-    tx: mpsc::Sender<Event<V>>,
-    validator: Option<Validator<V>>,
-    stats: Arc<WatchStoreStats>,
-    _value: PhantomData<fn() -> V>,
+    inner: RestartableWatchStore<V>,
 }
 
 impl<V> std::fmt::Debug for WatchStore<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WatchStore")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl<V: StoreValue> WatchStore<V> {
+    /// A store and the receiver of its events. Nothing happens until
+    /// [`WatchStore::run`].
+    pub fn new(client: Client, config: WatchStoreConfig) -> (Self, mpsc::Receiver<Event<V>>) {
+        let (inner, rx) = RestartableWatchStore::new(config);
+        (Self { client, inner }, rx)
+    }
+
+    /// Adds a check that every decoded value must pass.
+    pub fn with_validator(self, validator: Validator<V>) -> Self {
+        Self {
+            inner: self.inner.with_validator(validator),
+            ..self
+        }
+    }
+
+    /// Counters, shared with the running store.
+    pub fn stats(&self) -> Arc<WatchStoreStats> {
+        self.inner.stats()
+    }
+
+    /// Runs until `shutdown` or until the receiver is dropped. Failures are
+    /// retried forever with backoff; they are visible in [`WatchStoreStats`].
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.inner.watch(&self.client, &shutdown).await;
+        Ok(())
+    }
+}
+
+/// A [`WatchStore`] that outlives its connections, as Cilium's
+/// `restartableWatchStore` (`pkg/kvstore/store/watchstore.go`) and
+/// kube-runtime's watcher (`Init`, `InitApply`, `InitDone`): for a remote
+/// cluster that is reached through one client after another.
+///
+/// Each [`RestartableWatchStore::watch`] lists again, and what the consumer
+/// received from an earlier connection is marked stale: the list re-delivers
+/// only what changed, and once it is complete the keys it did not contain
+/// are deleted. The consumer sees exactly the difference between what it has
+/// and what exists; it never tracks staleness itself.
+/// [`RestartableWatchStore::drain`] deletes everything (the source is gone).
+///
+/// Not for: more than one connection at a time (`watch` takes `&mut self`).
+pub struct RestartableWatchStore<V> {
+    config: WatchStoreConfig,
+    tx: mpsc::Sender<Event<V>>,
+    validator: Option<Validator<V>>,
+    stats: Arc<WatchStoreStats>,
+    state: State,
+}
+
+impl<V> std::fmt::Debug for RestartableWatchStore<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestartableWatchStore")
             .field("config", &self.config)
+            .field("known", &self.state.known.len())
             .finish()
     }
 }
@@ -209,6 +265,9 @@ struct State {
     need_list: bool,
     canary_seen: bool,
     synced: bool,
+    /// The next list decodes and validates even the values the consumer
+    /// already has (a new connection may come with a new validator).
+    revalidate: bool,
 }
 
 /// Why a cycle ended without an error.
@@ -219,19 +278,18 @@ enum Flow {
     Relist,
 }
 
-impl<V: StoreValue> WatchStore<V> {
+impl<V: StoreValue> RestartableWatchStore<V> {
     /// A store and the receiver of its events. Nothing happens until
-    /// [`WatchStore::run`].
-    pub fn new(client: Client, config: WatchStoreConfig) -> (Self, mpsc::Receiver<Event<V>>) {
+    /// [`RestartableWatchStore::watch`].
+    pub fn new(config: WatchStoreConfig) -> (Self, mpsc::Receiver<Event<V>>) {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         (
             Self {
-                client,
                 config,
                 tx,
                 validator: None,
                 stats: Arc::default(),
-                _value: PhantomData,
+                state: State::default(),
             },
             rx,
         )
@@ -243,41 +301,90 @@ impl<V: StoreValue> WatchStore<V> {
         self
     }
 
+    /// Replaces the check for the next connection (whose list then judges
+    /// every value again).
+    pub fn set_validator(&mut self, validator: Validator<V>) {
+        self.validator = Some(validator);
+    }
+
     /// Counters, shared with the running store.
     pub fn stats(&self) -> Arc<WatchStoreStats> {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown` or until the receiver is dropped. Failures are
-    /// retried forever with backoff; they are visible in [`WatchStoreStats`].
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let mut state = State {
-            need_list: true,
-            ..State::default()
-        };
+    /// Lists and watches through `client` until `shutdown` or until the
+    /// receiver is dropped. Failures are retried forever with backoff; they
+    /// are visible in [`WatchStoreStats`]. The list at the start deletes
+    /// what an earlier connection delivered and this one does not.
+    pub async fn watch(&mut self, client: &Client, shutdown: &CancellationToken) {
+        let st = &mut self.state;
+        st.need_list = true;
+        st.canary_seen = false;
+        st.revalidate = !st.known.is_empty();
+        st.synced = false;
+        self.stats.synced.store(false, Ordering::Relaxed);
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
+        let session = Session {
+            client,
+            config: &self.config,
+            tx: &self.tx,
+            validator: self.validator.as_ref(),
+            stats: &self.stats,
+        };
         loop {
             let result = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                r = self.cycle(&mut state, &mut backoff) => r,
+                _ = shutdown.cancelled() => break,
+                r = session.cycle(&mut self.state, &mut backoff) => r,
             };
             self.stats.watching.store(false, Ordering::Relaxed);
             match result {
-                Ok(Flow::Stop) => return Ok(()),
-                Ok(Flow::Relist) => state.need_list = true,
+                Ok(Flow::Stop) => break,
+                Ok(Flow::Relist) => self.state.need_list = true,
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     let message = e.full_message();
                     warn!(store = %self.config.name, error = %message, "watch store interrupted; retrying");
                     *self.stats.last_error.lock().expect("stats lock") = Some((e.kind(), message));
-                    if !backoff.wait(&shutdown).await {
-                        return Ok(());
+                    if !backoff.wait(shutdown).await {
+                        break;
                     }
                 }
             }
         }
+        self.stats.watching.store(false, Ordering::Relaxed);
     }
 
+    /// Deletes everything the consumer received (its source is gone, or
+    /// its data may no longer stand); a later [`RestartableWatchStore::watch`]
+    /// delivers what exists from scratch. Only between connections.
+    pub async fn drain(&mut self) {
+        let known = std::mem::take(&mut self.state);
+        self.stats.entries.store(0, Ordering::Relaxed);
+        self.stats.synced.store(false, Ordering::Relaxed);
+        self.stats.revision.store(0, Ordering::Relaxed);
+        debug!(store = %self.config.name, entries = known.known.len(), "draining");
+        for key in known.known.into_keys() {
+            self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+            let event = Event::Delete {
+                key: key.as_str().to_string(),
+            };
+            if self.tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One connection of a store: what a list-and-watch cycle reads.
+struct Session<'a, V> {
+    client: &'a Client,
+    config: &'a WatchStoreConfig,
+    tx: &'a mpsc::Sender<Event<V>>,
+    validator: Option<&'a Validator<V>>,
+    stats: &'a WatchStoreStats,
+}
+
+impl<V: StoreValue> Session<'_, V> {
     async fn cycle(&self, st: &mut State, backoff: &mut Backoff) -> Result<Flow, Error> {
         if !st.canary_seen {
             if let Some(canary) = &self.config.canary {
@@ -382,6 +489,7 @@ impl<V: StoreValue> WatchStore<V> {
                 return Ok(Some(Flow::Stop));
             }
         }
+        st.revalidate = false;
         st.revision = pager.revision();
         st.cluster_id = pager.cluster_id();
         self.stats
@@ -502,13 +610,15 @@ impl<V: StoreValue> WatchStore<V> {
     fn apply_put(&self, st: &mut State, kv: &Kv, generation: u32) -> Option<Event<V>> {
         let key = self.config.prefix.strip(&kv.key)?;
         let hash = hash_bytes(&kv.value);
-        if let Some(entry) = st.known.get_mut(key)
-            && entry.0 == hash
+        let unchanged = st.known.get(key).is_some_and(|entry| entry.0 == hash);
+        if unchanged
+            && !st.revalidate
+            && let Some(entry) = st.known.get_mut(key)
         {
             entry.1 = generation;
             return None;
         }
-        let decoded = V::decode(key, &kv.value).and_then(|value| match &self.validator {
+        let decoded = V::decode(key, &kv.value).and_then(|value| match self.validator {
             Some(validate) => validate(key, &value).map(|()| value),
             None => Ok(value),
         });
@@ -516,6 +626,9 @@ impl<V: StoreValue> WatchStore<V> {
             Ok(value) => {
                 st.logged_invalid.remove(key);
                 st.known.insert(ShortKey::new(key), (hash, generation));
+                if unchanged {
+                    return None;
+                }
                 self.stats.upserts.fetch_add(1, Ordering::Relaxed);
                 Some(Event::Upsert {
                     key: key.to_string(),

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use common::{Mirror, client, client_at, etcd_content, raw_content, wait_until};
 use etcd_harness::{TcpProxy, TestEtcd};
 use kvstore::{
-    DecodeError, Event, InvalidReason, KeyPrefix, NumericIdentity, RawEntry, StoreValue,
-    WatchStore, WatchStoreConfig, keys, values::IpIdentityPair,
+    DecodeError, Event, InvalidReason, KeyPrefix, NumericIdentity, RawEntry, RestartableWatchStore,
+    StoreValue, WatchStore, WatchStoreConfig, keys, values::IpIdentityPair,
 };
 
 fn config(prefix: &str) -> WatchStoreConfig {
@@ -353,4 +353,127 @@ async fn relists_when_etcd_lost_its_data() {
     .await;
     assert!(mirror.stats.lists() >= 2, "data loss forced a re-list");
     assert_eq!(mirror.duplicate_count(), 0);
+}
+
+/// Runs one connection of a restartable store until its list is complete;
+/// returns the store (for the next connection) and the events it sent.
+async fn one_connection(
+    mut store: RestartableWatchStore<RawEntry>,
+    rx: &mut tokio::sync::mpsc::Receiver<Event<RawEntry>>,
+    client: kvstore::Client,
+) -> (RestartableWatchStore<RawEntry>, Vec<Event<RawEntry>>) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            store.watch(&client, &token).await;
+            store
+        })
+    };
+    let mut events = Vec::new();
+    tokio::time::timeout(common::DEADLINE, async {
+        while let Some(event) = rx.recv().await {
+            let done = event == Event::Synced;
+            events.push(event);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the list completes");
+    token.cancel();
+    (running.await.expect("store task"), events)
+}
+
+fn raw(key: &str, value: &str) -> Event<RawEntry> {
+    Event::Upsert {
+        key: key.into(),
+        value: RawEntry {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn restartable_store_delivers_only_the_difference_on_reconnect() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    for key in ["a", "b", "c"] {
+        c.put(&format!("p/{key}"), "1").await.unwrap();
+    }
+    let (store, mut rx) = RestartableWatchStore::<RawEntry>::new(config("p"));
+    let (store, first) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(
+        first,
+        [raw("a", "1"), raw("b", "1"), raw("c", "1"), Event::Synced]
+    );
+
+    // While disconnected: one changed, one deleted, one added, one kept.
+    c.put("p/a", "2").await.unwrap();
+    c.delete("p/b").await.unwrap();
+    c.put("p/d", "1").await.unwrap();
+    let reconnected = client_at(&etcd.endpoint()).await;
+    let (mut store, second) = one_connection(store, &mut rx, reconnected).await;
+    assert_eq!(
+        second,
+        [
+            raw("a", "2"),
+            raw("d", "1"),
+            Event::Delete { key: "b".into() },
+            Event::Synced
+        ],
+        "only the difference, stale keys deleted once the list is complete"
+    );
+    assert_eq!(store.stats().entries(), 3);
+
+    // Drained: the consumer is told to forget everything, and the next
+    // connection delivers everything again.
+    store.drain().await;
+    let mut drained = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        drained.push(event);
+    }
+    drained.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        drained,
+        ["a", "c", "d"].map(|k| Event::Delete { key: k.into() })
+    );
+    assert_eq!(store.stats().entries(), 0);
+    let (_, third) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(
+        third,
+        [raw("a", "2"), raw("c", "1"), raw("d", "1"), Event::Synced]
+    );
+}
+
+#[tokio::test]
+async fn restartable_store_judges_every_value_again_with_a_new_validator() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    c.put("p/one", "1").await.unwrap();
+    c.put("p/two", "2").await.unwrap();
+    let (store, mut rx) = RestartableWatchStore::<RawEntry>::new(config("p"));
+    let (mut store, first) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(first.len(), 3, "both values, then Synced: {first:?}");
+    store.set_validator(Arc::new(|key: &str, value: &RawEntry| {
+        if value.value == b"2" {
+            Err(DecodeError::new(
+                "value",
+                key,
+                InvalidReason::IdentityOutOfRange,
+                "two is out of range",
+            ))
+        } else {
+            Ok(())
+        }
+    }));
+    let (store, second) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(
+        second,
+        [Event::Delete { key: "two".into() }, Event::Synced],
+        "the unchanged value the new validator refuses is withdrawn"
+    );
+    assert_eq!(store.stats().invalid(), 1);
 }
