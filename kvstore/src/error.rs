@@ -69,6 +69,10 @@ pub enum ErrorKind {
     Compacted,
     /// A lease expired.
     LeaseExpired,
+    /// The peer closed an established connection.
+    ConnectionClosed,
+    /// The server answered, but the etcd behind it is unreachable.
+    UpstreamUnavailable,
     /// Configuration or anything else.
     Other,
 }
@@ -83,6 +87,8 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::Compacted => "compacted",
             Self::LeaseExpired => "lease-expired",
+            Self::ConnectionClosed => "connection-closed",
+            Self::UpstreamUnavailable => "upstream-unavailable",
             Self::Other => "other",
         }
     }
@@ -163,6 +169,9 @@ fn classify(message: &str, code: Option<tonic::Code>) -> ErrorKind {
     if m.contains("compacted") {
         return ErrorKind::Compacted;
     }
+    if m.contains("etcd unreachable") {
+        return ErrorKind::UpstreamUnavailable;
+    }
     // etcd's `ErrGRPCLeaseNotFound`: the lease expired, was revoked, or the
     // etcd lost its data; a write on it can only fail until a new lease.
     if code == Some(tonic::Code::NotFound) && m.contains("requested lease not found") {
@@ -198,9 +207,11 @@ fn classify(message: &str, code: Option<tonic::Code>) -> ErrorKind {
         || m.contains("no route")
         || m.contains("broken pipe")
         || m.contains("connection reset")
-        || m.contains("connection closed")
     {
         return ErrorKind::Unreachable;
+    }
+    if m.contains("connection closed") {
+        return ErrorKind::ConnectionClosed;
     }
     ErrorKind::Other
 }

@@ -307,7 +307,14 @@ impl<V: StoreValue> RestartableWatchStore<V> {
         self.validator = Some(validator);
     }
 
-    /// Counters, shared with the running store.
+    /// Sets the canary the next connection waits for before it lists (the
+    /// writer's "initial sync done" mark; `None`: list at once).
+    pub fn set_canary(&mut self, canary: Option<String>) {
+        self.config.canary = canary;
+    }
+
+    /// Counters, shared with the running store. Invalid values are counted
+    /// per connection (each list judges every value again).
     pub fn stats(&self) -> Arc<WatchStoreStats> {
         self.stats.clone()
     }
@@ -323,6 +330,11 @@ impl<V: StoreValue> RestartableWatchStore<V> {
         st.revalidate = !st.known.is_empty();
         st.synced = false;
         self.stats.synced.store(false, Ordering::Relaxed);
+        self.stats
+            .invalid_by_reason
+            .lock()
+            .expect("stats lock")
+            .clear();
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let session = Session {
             client,

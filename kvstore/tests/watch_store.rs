@@ -269,14 +269,9 @@ async fn a_thousand_malformed_values_do_not_stop_the_watch() {
     assert_eq!(mirror.stats.invalid(), 1001);
 }
 
-#[tokio::test]
-async fn validator_refusals_are_counted() {
-    let etcd = TestEtcd::start().await.unwrap();
-    let c = client(&etcd).await;
-    c.put("p/good", "1").await.unwrap();
-    c.put("p/bad", "2").await.unwrap();
-    let (store, rx) = WatchStore::<RawEntry>::new(c.clone(), config("p"));
-    let store = store.with_validator(Arc::new(|key: &str, value: &RawEntry| {
+/// Refuses the value `2` as out of range.
+fn refuse_two() -> kvstore::Validator<RawEntry> {
+    Arc::new(|key: &str, value: &RawEntry| {
         if value.value == b"2" {
             Err(DecodeError::new(
                 "value",
@@ -287,7 +282,17 @@ async fn validator_refusals_are_counted() {
         } else {
             Ok(())
         }
-    }));
+    })
+}
+
+#[tokio::test]
+async fn validator_refusals_are_counted() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    c.put("p/good", "1").await.unwrap();
+    c.put("p/bad", "2").await.unwrap();
+    let (store, rx) = WatchStore::<RawEntry>::new(c.clone(), config("p"));
+    let store = store.with_validator(refuse_two());
     let mirror = Mirror::start(store, rx);
     wait_until("synced", || async { mirror.synced() }).await;
     let keys: Vec<String> = mirror.snapshot().into_keys().collect();
@@ -457,18 +462,7 @@ async fn restartable_store_judges_every_value_again_with_a_new_validator() {
     let (store, mut rx) = RestartableWatchStore::<RawEntry>::new(config("p"));
     let (mut store, first) = one_connection(store, &mut rx, c.clone()).await;
     assert_eq!(first.len(), 3, "both values, then Synced: {first:?}");
-    store.set_validator(Arc::new(|key: &str, value: &RawEntry| {
-        if value.value == b"2" {
-            Err(DecodeError::new(
-                "value",
-                key,
-                InvalidReason::IdentityOutOfRange,
-                "two is out of range",
-            ))
-        } else {
-            Ok(())
-        }
-    }));
+    store.set_validator(refuse_two());
     let (store, second) = one_connection(store, &mut rx, c.clone()).await;
     assert_eq!(
         second,
