@@ -30,6 +30,7 @@ use crate::{
     metrics::AgentMetrics,
     plumbing,
     remote_clusters::RemoteClusters,
+    routes::{self, Routes},
     tables::SourceId,
 };
 
@@ -81,21 +82,31 @@ impl Agent {
         for (name, capacity) in datapath.capacities() {
             metrics.set_map_capacity(name, capacity);
         }
-        let sync =
-            DatapathSync::new(datapath, c.node_netns.clone()).context("reading the pinned maps")?;
+        let sync = DatapathSync::new(Box::new(datapath), c.node_netns.clone())
+            .context("reading the pinned maps")?;
+        let (route_handle, route_requests) = routes::channel();
         let (mut control, handle) = ControlLoop::new(
             LoopConfig {
                 cluster: c.cluster.clone(),
                 cluster_id: c.cluster_id.get(),
                 node_name: c.node_name.clone(),
                 node_ip: c.node_ip,
-                node_netns: c.node_netns.clone(),
                 sync_timeout: c.sync_timeout,
                 pod_cidr_pools: c.pod_cidr_pools.clone(),
             },
             sync,
+            route_handle,
             metrics.clone(),
         );
+        {
+            let routes = Routes::new(c.node_netns.clone(), metrics.clone(), handle.clone());
+            let token = inner.clone();
+            tasks.spawn("routes", async move {
+                tokio::task::spawn_blocking(move || routes.run(route_requests, token))
+                    .await
+                    .context("the route installer panicked")
+            });
+        }
 
         // Identities of the local cluster feed both the allocator and the loop.
         let (identity_events_tx, identity_events) = mpsc::channel(4096);

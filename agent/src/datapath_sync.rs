@@ -18,14 +18,18 @@ use std::{
 };
 
 use bpf::{
-    BackendKey, BackendValue, Datapath, DatapathError, EndpointAttach, EndpointDetach,
-    EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue, L4Match, MapError, PolicyKey, PolicyValue,
-    ServiceKey, ServiceValue, TypedMap, plan, service_entries,
+    BackendKey, BackendValue, DatapathError, EndpointAttach, EndpointDetach, EndpointInfo,
+    EndpointKey, IpCacheKey, IpCacheValue, L4Match, MapError, PolicyKey, PolicyValue, ServiceKey,
+    ServiceValue, plan, service_entries,
 };
 use ipnet::IpNet;
 use tracing::debug;
 
-use crate::{service_merger::MergedFrontend, tables::IpEntry};
+use crate::{
+    datapath_maps::{DatapathMaps, MapOps},
+    service_merger::MergedFrontend,
+    tables::IpEntry,
+};
 
 /// What a flush wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,15 +54,11 @@ impl<K: Ord + Copy, V: Copy> Default for Pending<K, V> {
 }
 
 /// Writes what is pending in a map without a copy of its content.
-fn flush_pending<K, V>(
+fn flush_pending<K: Ord + Copy, V: Copy>(
     pending: &mut Pending<K, V>,
-    map: &TypedMap<K, V>,
+    map: &dyn MapOps<K, V>,
     hold_deletes: bool,
-) -> Result<FlushStats, MapError>
-where
-    K: bpf::Record + Ord + Copy + std::fmt::Debug,
-    V: bpf::Record + PartialEq + Copy + std::fmt::Debug,
-{
+) -> Result<FlushStats, MapError> {
     let mut stats = FlushStats::default();
     if !pending.upserts.is_empty() {
         let batch: Vec<(K, V)> = std::mem::take(&mut pending.upserts).into_iter().collect();
@@ -120,11 +120,11 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
     }
 
     /// Writes what is pending. With `hold_deletes`, deletions stay queued.
-    fn flush(&mut self, map: &TypedMap<K, V>, hold_deletes: bool) -> Result<FlushStats, MapError>
-    where
-        K: bpf::Record + std::fmt::Debug,
-        V: bpf::Record + std::fmt::Debug,
-    {
+    fn flush(
+        &mut self,
+        map: &dyn MapOps<K, V>,
+        hold_deletes: bool,
+    ) -> Result<FlushStats, MapError> {
         let mut stats = FlushStats::default();
         if !self.pending.upserts.is_empty() {
             let batch: Vec<(K, V)> = std::mem::take(&mut self.pending.upserts)
@@ -150,7 +150,7 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
 
 /// The agent's handle on the datapath: endpoints and maps.
 pub(crate) struct DatapathSync {
-    dp: Datapath,
+    dp: Box<dyn DatapathMaps>,
     node_netns: Option<PathBuf>,
     /// The ipcache is the big map (every IP of the mesh): no copy of it is
     /// kept here, the tables know what it should hold; only writes queue.
@@ -178,7 +178,10 @@ impl std::fmt::Debug for DatapathSync {
 impl DatapathSync {
     /// Takes over an opened datapath; what its pinned maps hold is the
     /// starting point (kept until [`DatapathSync::finish_sync`]).
-    pub(crate) fn new(dp: Datapath, node_netns: Option<PathBuf>) -> Result<Self, MapError> {
+    pub(crate) fn new(
+        dp: Box<dyn DatapathMaps>,
+        node_netns: Option<PathBuf>,
+    ) -> Result<Self, MapError> {
         let services = dp.services().dump()?;
         let backends = dp.backends().dump()?;
         let mut backend_ids = HashMap::new();
@@ -207,9 +210,9 @@ impl DatapathSync {
         })
     }
 
-    /// The datapath (for dumps and flow events).
-    pub(crate) fn datapath(&self) -> &Datapath {
-        &self.dp
+    /// The maps as written (for dumps).
+    pub(crate) fn datapath(&self) -> &dyn DatapathMaps {
+        self.dp.as_ref()
     }
 
     /// The ipcache entry for `prefix` (`None`: remove it).

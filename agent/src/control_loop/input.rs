@@ -1,0 +1,165 @@
+//! What reaches the loop, and the handle its sources send it through.
+
+use std::{net::IpAddr, time::Instant};
+
+use ipnet::IpNet;
+use kvstore::{
+    Event,
+    values::{ClusterService, IdentityEntry, IpIdentityPair, Node, PolicyDocument, ServiceDef},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sources::StoreKind;
+use crate::{
+    endpoint::Endpoint,
+    route_plan::RefusedRoute,
+    tables::{IpEntry, SourceId},
+    views::{
+        IdentityView, IpCacheView, MapEntryView, PolicyView, RemoteView, ServiceView, StatusView,
+    },
+};
+
+/// Inputs queued for the loop before its sources wait (a remote's initial
+/// list arrives in bursts much larger than one batch).
+pub(super) const QUEUE_CAPACITY: usize = 16_384;
+/// Inputs handled before the datapath is written once.
+pub(super) const BATCH_SIZE: usize = 4_096;
+
+/// Why the loop is woken.
+pub(crate) enum Input {
+    Identity(SourceId, Event<IdentityEntry>),
+    Ip(SourceId, IpEvent),
+    Node(SourceId, Event<Node>),
+    Service(SourceId, Event<ClusterService>),
+    Policy(Event<PolicyDocument>),
+    ServiceDef(Event<ServiceDef>),
+    /// A source (a remote cluster) appears with the kinds it will deliver.
+    RegisterSource {
+        id: SourceId,
+        name: String,
+        cluster_id: u32,
+        kinds: Vec<StoreKind>,
+        /// Its pod pools, where its config names them: its nodes' routes
+        /// must lie inside.
+        pod_cidr_pools: Vec<IpNet>,
+    },
+    /// A source is gone (its configuration was removed, or its cluster
+    /// config refused): whatever it delivered goes.
+    RemoveSource(SourceId),
+    /// Remote cluster status, for `status`.
+    RemoteStatus(Vec<RemoteView>),
+    /// The remote node CIDRs the route installer refused, for `status`.
+    RoutesRefused(Vec<RefusedRoute>),
+    Attach(Endpoint, oneshot::Sender<Result<u32, String>>),
+    Detach(Endpoint, oneshot::Sender<Result<(), String>>),
+    Query(Query, oneshot::Sender<Answer>),
+}
+
+impl Input {
+    /// The source whose data this is (for the propagation histogram).
+    pub(super) fn data_source(&self) -> Option<SourceId> {
+        match self {
+            Self::Identity(s, _) | Self::Ip(s, _) | Self::Node(s, _) | Self::Service(s, _) => {
+                Some(*s)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An ipcache change reduced to what the datapath needs, computed where the
+/// event is received so that the loop's queue stays small under a burst
+/// (an initial list of a large remote cluster).
+pub(crate) enum IpEvent {
+    Upsert(IpNet, IpEntry),
+    Delete(IpNet),
+    /// A delete whose key is not a prefix (nothing to do).
+    Ignore,
+    Synced,
+}
+
+impl IpEvent {
+    /// Reduces a store event; `remote` rewrites the host identity to
+    /// remote-node as Cilium does.
+    pub(crate) fn from_event(event: Event<IpIdentityPair>, remote: bool) -> Self {
+        match event {
+            Event::Upsert { value, .. } => {
+                Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote))
+            }
+            Event::Delete { key } => parse_prefix(&key).map_or(Self::Ignore, Self::Delete),
+            Event::Synced => Self::Synced,
+        }
+    }
+}
+
+fn parse_prefix(key: &str) -> Option<IpNet> {
+    key.parse::<IpNet>()
+        .ok()
+        .or_else(|| key.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A read of the agent's state.
+#[derive(Debug, Clone)]
+pub(crate) enum Query {
+    Status,
+    Identities,
+    IpCache,
+    Policy(u32),
+    Services,
+    /// The raw content of a BPF map.
+    Map(String),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Status(Box<StatusView>),
+    Identities(Vec<IdentityView>),
+    IpCache(Vec<IpCacheView>),
+    Policy(Option<PolicyView>),
+    Services(Vec<ServiceView>),
+    Map(Result<Vec<MapEntryView>, String>),
+}
+
+/// An input and when it arrived (for the propagation-delay histogram).
+pub(crate) struct Timed {
+    pub at: Instant,
+    pub input: Input,
+}
+
+/// Where the loop's sources send their inputs.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopHandle {
+    pub(super) tx: mpsc::Sender<Timed>,
+}
+
+impl LoopHandle {
+    /// False once the loop stopped.
+    pub(crate) async fn send(&self, input: Input) -> bool {
+        self.tx
+            .send(Timed {
+                at: Instant::now(),
+                input,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// [`LoopHandle::send`] from a thread outside the async runtime.
+    pub(crate) fn blocking_send(&self, input: Input) -> bool {
+        self.tx
+            .blocking_send(Timed {
+                at: Instant::now(),
+                input,
+            })
+            .is_ok()
+    }
+
+    /// Asks the loop something; `None` if it stopped.
+    pub(crate) async fn query(&self, query: Query) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Input::Query(query, tx)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+}

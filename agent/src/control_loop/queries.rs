@@ -1,0 +1,217 @@
+//! Answers to `debug` queries and `status`: views of the loop's state and
+//! of the maps as the kernel holds them. Read-only.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bpf::{L4Match, Protocol};
+use kvstore::{Labels, NumericIdentity};
+
+use super::{Answer, ControlLoop, Query};
+use crate::{
+    tables::SourceId,
+    views::{
+        BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
+        RefusedRouteView, ServiceView, StatusView,
+    },
+};
+
+/// Status reason of remote ipcache entries inside the local pods' space.
+pub(super) const IPCACHE_IN_LOCAL_SPACE: &str = "ipcache-in-local-pod-space";
+
+impl ControlLoop {
+    pub(super) fn answer(&self, query: Query) -> Answer {
+        match query {
+            Query::Status => Answer::Status(Box::new(self.status())),
+            Query::Identities => {
+                let mut all: Vec<IdentityView> = self
+                    .tables
+                    .identities
+                    .iter()
+                    .map(|(id, l)| IdentityView {
+                        id: id.get(),
+                        labels: l.canonical(),
+                    })
+                    .collect();
+                all.sort_by_key(|v| v.id);
+                Answer::Identities(all)
+            }
+            Query::IpCache => Answer::IpCache(
+                self.dp
+                    .datapath()
+                    .ipcache()
+                    .dump()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| IpCacheView {
+                        prefix: k.net().map(|n| n.to_string()).unwrap_or_default(),
+                        identity: v.sec_identity,
+                        host_ip: v.tunnel_endpoint().map(|ip| ip.to_string()),
+                    })
+                    .collect(),
+            ),
+            Query::Policy(id) => Answer::Policy(self.policy_view(id)),
+            Query::Services => Answer::Services(
+                self.services
+                    .merged
+                    .iter()
+                    .map(|(name, fe)| ServiceView {
+                        name: name.clone(),
+                        frontend: fe.frontend.to_string(),
+                        protocol: protocol_name(fe.protocol),
+                        backends: fe
+                            .slots
+                            .iter()
+                            .map(|s| BackendView {
+                                address: s.backend.to_string(),
+                                cluster_id: s.cluster_id as u16,
+                            })
+                            .collect(),
+                        active_clusters: fe.active_clusters.clone(),
+                        reason: fe.reason.clone(),
+                    })
+                    .collect(),
+            ),
+            Query::Map(name) => Answer::Map(self.dump_map(&name)),
+        }
+    }
+
+    fn policy_view(&self, id: u32) -> Option<PolicyView> {
+        let ep = self.endpoints.get(id)?;
+        Some(PolicyView {
+            endpoint: id,
+            enforced: ep.rules.enforced,
+            policies: ep.rules.policies.clone(),
+            entries: self
+                .dp
+                .policy_keys_of(id)
+                .into_iter()
+                .map(|k| {
+                    let (protocol, port) = match k.l4() {
+                        L4Match::Any => ("any".to_string(), 0),
+                        L4Match::Protocol(p) => (protocol_name(p), 0),
+                        L4Match::Port(p, port) => (protocol_name(p), port),
+                    };
+                    PolicyEntryView {
+                        identity: k.sec_identity,
+                        identity_labels: self
+                            .tables
+                            .identities
+                            .get(&NumericIdentity::new(k.sec_identity))
+                            .map(Labels::canonical),
+                        protocol,
+                        port,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// The content of a pinned map as the kernel has it (not the agent's
+    /// view), decoded: addresses, host-order ports, identities with labels.
+    fn dump_map(&self, name: &str) -> Result<Vec<MapEntryView>, String> {
+        let dp = self.dp.datapath();
+        let labels = |id: u64| {
+            u32::try_from(id)
+                .ok()
+                .and_then(|id| self.tables.identities.get(&NumericIdentity::new(id)))
+                .map(|l| l.to_string())
+        };
+        let view =
+            |key: bpf::Fields, value: bpf::Fields| crate::views::map_entry(key, value, &labels);
+        fn rows<K: bpf::Describe, V: bpf::DescribeValue<K>>(
+            m: std::collections::BTreeMap<K, V>,
+            view: impl Fn(bpf::Fields, bpf::Fields) -> MapEntryView,
+        ) -> Vec<MapEntryView> {
+            m.into_iter()
+                .map(|(k, v)| view(k.describe(), v.describe(&k)))
+                .collect()
+        }
+        let result = match name {
+            "ipcache" => dp.ipcache().dump().map(|m| rows(m, view)),
+            "policy" => dp.policy().dump().map(|m| rows(m, view)),
+            "endpoints" => dp.endpoints().dump().map(|m| rows(m, view)),
+            "services" => dp.services().dump().map(|m| rows(m, view)),
+            "backends" => dp.backends().dump().map(|m| rows(m, view)),
+            "conntrack" => dp.conntrack().dump().map(|m| rows(m, view)),
+            other => {
+                return Err(format!(
+                    "unknown map {other:?}; one of ipcache, policy, endpoints, services, backends, conntrack"
+                ));
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> StatusView {
+        let identities_by_source: HashMap<SourceId, usize> = self
+            .sources
+            .iter()
+            .map(|(s, _)| (s, self.tables.identities_of(s).len()))
+            .collect();
+        StatusView {
+            cluster: self.config.cluster.to_string(),
+            cluster_id: self.config.cluster_id,
+            node: self.config.node_name.clone(),
+            node_ip: self.config.node_ip.to_string(),
+            pod_cidr: self.pod_cidr.map(|c| c.to_string()),
+            synced: self.sources.is_synced(),
+            sync_timed_out: self.sources.timed_out(),
+            endpoints: self.endpoints.len(),
+            maps: self
+                .map_sizes()
+                .into_iter()
+                .map(|(n, s)| (n.to_string(), s))
+                .collect(),
+            map_capacity: self
+                .dp
+                .datapath()
+                .capacities()
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c as usize))
+                .collect(),
+            sources: self.sources.views(|id| {
+                (
+                    self.tables.ip_count(id),
+                    identities_by_source.get(&id).copied().unwrap_or(0),
+                )
+            }),
+            remotes: self
+                .remotes
+                .iter()
+                .cloned()
+                .map(|mut r| {
+                    let refused_ips = self
+                        .sources
+                        .id_of(&r.name)
+                        .and_then(|id| self.refused_ips.get(&id))
+                        .map_or(0, BTreeSet::len);
+                    if refused_ips > 0 {
+                        r.invalid
+                            .insert(IPCACHE_IN_LOCAL_SPACE.to_string(), refused_ips as u64);
+                    }
+                    r.refused_routes = self
+                        .refused_routes
+                        .iter()
+                        .filter(|x| x.cluster == r.name)
+                        .map(|x| RefusedRouteView {
+                            node: x.node.clone(),
+                            cidr: x.cidr.to_string(),
+                            reason: x.reason.as_str().to_string(),
+                        })
+                        .collect();
+                    r
+                })
+                .collect(),
+        }
+    }
+}
+
+fn protocol_name(p: Protocol) -> String {
+    match p {
+        Protocol::Tcp => "tcp".into(),
+        Protocol::Udp => "udp".into(),
+        Protocol::Icmp => "icmp".into(),
+        Protocol::Icmpv6 => "icmpv6".into(),
+        Protocol::Other(n) => n.to_string(),
+    }
+}

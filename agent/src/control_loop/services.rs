@@ -1,0 +1,94 @@
+//! Global services: local service definitions merged with the backends of
+//! every cluster ([`service_merger`]), programmed when something they
+//! depend on changed.
+
+use std::net::IpAddr;
+
+use kvstore::{ClusterName, values::ClusterService};
+use tracing::warn;
+
+use super::sources::Sources;
+use crate::{
+    datapath_sync::DatapathSync,
+    metrics::AgentMetrics,
+    service_merger::{self, MergedFrontend, RemoteService},
+    tables::Tables,
+};
+
+/// The merged services and whether they must be computed again.
+#[derive(Default)]
+pub(super) struct Services {
+    /// Service name → one frontend each, as last programmed.
+    pub merged: Vec<(String, MergedFrontend)>,
+    dirty: bool,
+}
+
+impl Services {
+    /// Something a service depends on changed.
+    pub(super) fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Merges and programs the services if anything changed since.
+    pub(super) fn apply(
+        &mut self,
+        dp: &mut DatapathSync,
+        tables: &Tables,
+        sources: &Sources,
+        local: (&ClusterName, u32),
+        metrics: &AgentMetrics,
+    ) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.merged = merge(tables, sources, local);
+        let frontends: Vec<MergedFrontend> = self.merged.iter().map(|(_, f)| f.clone()).collect();
+        if let Err(e) = dp.set_services(&frontends) {
+            warn!(error = %e, "programming services failed");
+            metrics.count_error("services");
+            self.dirty = true;
+        }
+        metrics.services.set(self.merged.len() as i64);
+    }
+}
+
+/// Every local service definition with the backends of each cluster.
+fn merge(
+    tables: &Tables,
+    sources: &Sources,
+    (cluster, cluster_id): (&ClusterName, u32),
+) -> Vec<(String, MergedFrontend)> {
+    let local_ips = tables.local_cluster_ips();
+    let mut out = Vec::new();
+    for (key, def) in &tables.service_defs {
+        let local: Vec<IpAddr> = local_ips
+            .iter()
+            .filter(|(_, id)| tables.identities.get(id).is_some_and(|l| def.selects(l)))
+            .map(|(ip, _)| *ip)
+            .collect();
+        let remote_services: Vec<(&String, u32, &ClusterService)> = tables
+            .services
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| name.as_str() != cluster.as_str())
+            .map(|(name, svc)| {
+                let id = sources.cluster_id_of(name).unwrap_or(svc.cluster_id);
+                (name, id, svc)
+            })
+            .collect();
+        let remotes: Vec<RemoteService<'_>> = remote_services
+            .iter()
+            .map(|(name, id, svc)| RemoteService {
+                cluster: name,
+                cluster_id: *id,
+                service: svc,
+            })
+            .collect();
+        for fe in service_merger::merge(def, cluster.as_str(), cluster_id, &local, &remotes) {
+            out.push((key.clone(), fe));
+        }
+    }
+    out
+}

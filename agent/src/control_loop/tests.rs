@@ -1,0 +1,404 @@
+//! The loop driven by event lists, with the maps in memory: no kernel, no
+//! root, no etcd (as kube-runtime's reflector tests drive a store).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, mpsc::Receiver},
+    time::{Duration, Instant},
+};
+
+use bpf::{IpCacheKey, IpCacheValue, L4Match, PolicyKey};
+use ipnet::IpNet;
+use kvstore::{
+    ClusterName, Event, Labels, NumericIdentity,
+    values::{IdentityEntry, IpIdentityPair, Node, PolicyDocument},
+};
+use tokio::sync::oneshot;
+
+use super::{Answer, ControlLoop, Input, IpEvent, LoopConfig, Query, StoreKind, input::Timed};
+use crate::{
+    datapath_maps::{MapOps, MemoryDatapath},
+    datapath_sync::DatapathSync,
+    endpoint::{self, Endpoint},
+    metrics::AgentMetrics,
+    routes::{self, RouteRequest},
+    tables::SourceId,
+};
+
+const C2: SourceId = SourceId(2);
+const NAMESPACE: &str = "demo";
+/// Identities of the local cluster (ID 1) and of c2 (ID 2, its own block).
+const WEB: u32 = 1 << 16 | 300;
+const CLIENT: u32 = 1 << 16 | 301;
+const C2_CLIENT: u32 = 2 << 16 | 5;
+const C2_OTHER: u32 = 2 << 16 | 6;
+
+/// Clients of this cluster (a selector without a cluster label selects
+/// the local cluster only).
+const WEB_ALLOWS_CLIENTS: &str = "kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+";
+
+/// Clients of c2.
+const WEB_ALLOWS_C2_CLIENTS: &str = "kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client, io.cilium.k8s.policy.cluster: c2}}]
+";
+
+fn cluster(name: &str) -> ClusterName {
+    ClusterName::new(name).unwrap()
+}
+
+/// The security labels of a pod `app=<app>` in `cluster`.
+fn labels(app: &str, cluster_name: &str) -> Labels {
+    endpoint::security_labels(
+        &BTreeMap::from([("app".to_string(), app.to_string())]),
+        NAMESPACE,
+        &cluster(cluster_name),
+    )
+}
+
+fn identity(source: SourceId, id: u32, labels: Labels) -> Input {
+    Input::Identity(
+        source,
+        Event::Upsert {
+            key: id.to_string(),
+            value: IdentityEntry {
+                id: NumericIdentity::new(id),
+                labels,
+            },
+        },
+    )
+}
+
+fn identity_deleted(source: SourceId, id: u32) -> Input {
+    Input::Identity(
+        source,
+        Event::Delete {
+            key: id.to_string(),
+        },
+    )
+}
+
+fn ip(source: SourceId, address: &str, id: u32) -> Input {
+    let pair = IpIdentityPair::host(address.parse().unwrap(), NumericIdentity::new(id), None);
+    Input::Ip(
+        source,
+        IpEvent::from_event(
+            Event::Upsert {
+                key: address.into(),
+                value: pair,
+            },
+            !source.is_local(),
+        ),
+    )
+}
+
+fn prefix(address: &str) -> IpNet {
+    IpNet::from(address.parse::<IpAddr>().unwrap())
+}
+
+fn policy_key(endpoint: u32, identity: u32) -> PolicyKey {
+    PolicyKey::ingress(endpoint, identity, L4Match::Any)
+}
+
+/// Every kind of `source` says its initial list is complete.
+fn synced(source: SourceId, kinds: &[StoreKind]) -> Vec<Input> {
+    kinds
+        .iter()
+        .map(|kind| match kind {
+            StoreKind::Identities => Input::Identity(source, Event::Synced),
+            StoreKind::IpCache => Input::Ip(source, IpEvent::Synced),
+            StoreKind::Nodes => Input::Node(source, Event::Synced),
+            StoreKind::Services => Input::Service(source, Event::Synced),
+            StoreKind::Policies => Input::Policy(Event::Synced),
+            StoreKind::ServiceDefs => Input::ServiceDef(Event::Synced),
+        })
+        .collect()
+}
+
+fn register_c2() -> Input {
+    Input::RegisterSource {
+        id: C2,
+        name: "c2".into(),
+        cluster_id: 2,
+        kinds: StoreKind::REMOTE.to_vec(),
+        pod_cidr_pools: vec!["10.2.0.0/16".parse().unwrap()],
+    }
+}
+
+fn pod(id: u32, app: &str, address: Ipv4Addr, identity: u32) -> Endpoint {
+    Endpoint {
+        id,
+        name: format!("{app}-{id}"),
+        namespace: NAMESPACE.into(),
+        netns: "/nonexistent".into(),
+        ifname: "eth0".into(),
+        host_ifname: endpoint::host_ifname(id),
+        ip: address,
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        identity,
+        ifindex: None,
+    }
+}
+
+/// A loop of cluster c1 over maps in memory.
+struct Harness {
+    control: ControlLoop,
+    maps: MemoryDatapath,
+    routes: Receiver<RouteRequest>,
+}
+
+impl Harness {
+    /// A loop whose pinned maps hold `maps` from before a restart.
+    fn with_maps(maps: MemoryDatapath) -> Self {
+        let dp = DatapathSync::new(Box::new(maps.clone()), None).unwrap();
+        let (route_handle, routes) = routes::channel();
+        let (mut control, _handle) = ControlLoop::new(
+            LoopConfig {
+                cluster: cluster("c1"),
+                cluster_id: 1,
+                node_name: "n1".into(),
+                node_ip: "192.168.1.1".parse().unwrap(),
+                sync_timeout: Duration::from_secs(60),
+                pod_cidr_pools: vec!["10.1.0.0/16".parse().unwrap()],
+            },
+            dp,
+            route_handle,
+            Arc::new(AgentMetrics::new()),
+        );
+        control.set_pod_cidr(Some("10.1.0.0/24".parse().unwrap()));
+        Self {
+            control,
+            maps,
+            routes,
+        }
+    }
+
+    fn new() -> Self {
+        Self::with_maps(MemoryDatapath::default())
+    }
+
+    /// One batch, as the loop receives it.
+    fn step(&mut self, inputs: impl IntoIterator<Item = Input>) {
+        let mut batch: Vec<Timed> = inputs
+            .into_iter()
+            .map(|input| Timed {
+                at: Instant::now(),
+                input,
+            })
+            .collect();
+        self.control.step(&mut batch);
+    }
+
+    fn attach(&mut self, endpoint: Endpoint) -> u32 {
+        let (tx, mut rx) = oneshot::channel();
+        self.step([Input::Attach(endpoint, tx)]);
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    fn detach(&mut self, endpoint: Endpoint) {
+        let (tx, mut rx) = oneshot::channel();
+        self.step([Input::Detach(endpoint, tx)]);
+        rx.try_recv().unwrap().unwrap();
+    }
+
+    /// Identity → its labels, as `debug identities` shows them.
+    fn identities(&mut self) -> BTreeMap<u32, String> {
+        match self.control.answer(Query::Identities) {
+            Answer::Identities(all) => all.into_iter().map(|v| (v.id, v.labels)).collect(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn ipcache(&self) -> BTreeMap<IpCacheKey, IpCacheValue> {
+        self.maps.ipcache.content()
+    }
+
+    fn has_policy(&self, key: PolicyKey) -> bool {
+        self.maps.policy.content().contains_key(&key)
+    }
+
+    /// The latest route request, if one came since the last look.
+    fn last_route_request(&self) -> Option<RouteRequest> {
+        self.routes.try_iter().last()
+    }
+}
+
+#[test]
+fn deletions_wait_until_every_source_synced() {
+    // Before the restart the pinned maps held an address nobody claims now.
+    let maps = MemoryDatapath::default();
+    let stale = IpCacheKey::new(prefix("10.1.0.99"));
+    maps.ipcache
+        .batch_upsert(&[(stale, IpCacheValue::new(CLIENT))])
+        .unwrap();
+    let mut h = Harness::with_maps(maps);
+    h.step([
+        register_c2(),
+        Input::Policy(Event::Upsert {
+            key: "demo/web".into(),
+            value: PolicyDocument::parse(WEB_ALLOWS_CLIENTS).unwrap(),
+        }),
+        identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+        identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
+    ]);
+    h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
+    assert!(
+        h.has_policy(policy_key(7, CLIENT)),
+        "the client is admitted"
+    );
+    h.step(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL));
+
+    // c2 has not synced: a removal is computed but not written.
+    h.step([identity_deleted(SourceId::LOCAL_CLUSTER, CLIENT)]);
+    assert!(!h.identities().contains_key(&CLIENT));
+    assert!(
+        h.has_policy(policy_key(7, CLIENT)),
+        "held back while c2 is not synced"
+    );
+    assert!(h.ipcache().contains_key(&stale), "held back too");
+    assert!(
+        h.last_route_request().is_none(),
+        "no routes before the sync"
+    );
+
+    // c2 synced: the view is complete and the deletions are written.
+    h.step(synced(C2, &StoreKind::REMOTE));
+    assert!(!h.has_policy(policy_key(7, CLIENT)));
+    assert!(!h.ipcache().contains_key(&stale));
+    assert!(
+        h.ipcache()
+            .contains_key(&IpCacheKey::new(prefix("10.1.0.10"))),
+        "the endpoint's own address stays"
+    );
+    assert!(
+        h.maps
+            .endpoints
+            .content()
+            .values()
+            .any(|i| i.endpoint_id == 7 && i.policy_enforced())
+    );
+    assert!(h.last_route_request().is_some(), "routes once synced");
+}
+
+#[test]
+fn a_removed_cluster_is_drained() {
+    let mut h = Harness::new();
+    let mut node = Node::new(&cluster("c2"), "c2-n1", 2);
+    node.ipv4_alloc_cidr = Some(kvstore::values::NodeCidr::from_net(
+        "10.2.1.0/24".parse().unwrap(),
+    ));
+    h.step([register_c2()]);
+    h.step(
+        [
+            identity(C2, C2_CLIENT, labels("client", "c2")),
+            ip(C2, "10.2.1.5", C2_CLIENT),
+            Input::Node(
+                C2,
+                Event::Upsert {
+                    key: "c2/c2-n1".into(),
+                    value: node,
+                },
+            ),
+        ]
+        .into_iter()
+        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL))
+        .chain(synced(C2, &StoreKind::REMOTE)),
+    );
+    let c2_address = IpCacheKey::new(prefix("10.2.1.5"));
+    assert_eq!(
+        h.ipcache().get(&c2_address).map(|v| v.sec_identity),
+        Some(C2_CLIENT)
+    );
+    assert!(h.identities().contains_key(&C2_CLIENT));
+    let routes = h
+        .last_route_request()
+        .expect("routes requested once synced");
+    assert!(routes.nodes.contains_key("c2"));
+    assert!(routes.remote_pools.contains_key("c2"));
+
+    h.step([Input::RemoveSource(C2)]);
+    assert!(!h.ipcache().contains_key(&c2_address));
+    assert!(!h.identities().contains_key(&C2_CLIENT));
+    let routes = h.last_route_request().expect("routes planned again");
+    assert!(!routes.nodes.contains_key("c2"), "{:?}", routes.nodes);
+    assert!(!routes.remote_pools.contains_key("c2"));
+    match h.control.answer(Query::Status) {
+        Answer::Status(s) => assert!(s.sources.iter().all(|s| s.name != "c2")),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn an_identity_from_two_sources_stays_until_both_let_go() {
+    let mut h = Harness::new();
+    h.step([register_c2()]);
+    h.step(
+        synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)
+            .into_iter()
+            .chain(synced(C2, &StoreKind::REMOTE)),
+    );
+    // The local cluster's etcd and a local endpoint both know WEB.
+    h.step([identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1"))]);
+    let web = pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB);
+    h.attach(web.clone());
+    let web_labels = h.identities()[&WEB].clone();
+    assert!(web_labels.contains("app=web"), "{web_labels}");
+
+    // A remote may not take it over.
+    h.step([identity(C2, WEB, labels("evil", "c2"))]);
+    assert_eq!(h.identities()[&WEB], web_labels);
+
+    // One source lets go: the other still has it.
+    h.step([identity_deleted(SourceId::LOCAL_CLUSTER, WEB)]);
+    assert_eq!(h.identities().get(&WEB), Some(&web_labels));
+    // The remote's delete removes nothing it does not hold.
+    h.step([identity_deleted(C2, WEB)]);
+    assert_eq!(h.identities().get(&WEB), Some(&web_labels));
+
+    // Both let go: it is gone.
+    h.detach(web);
+    assert!(!h.identities().contains_key(&WEB));
+}
+
+#[test]
+fn a_new_remote_identity_updates_the_policy() {
+    let mut h = Harness::new();
+    h.step([
+        register_c2(),
+        Input::Policy(Event::Upsert {
+            key: "demo/web".into(),
+            value: PolicyDocument::parse(WEB_ALLOWS_C2_CLIENTS).unwrap(),
+        }),
+        identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+    ]);
+    h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
+    h.step(
+        synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)
+            .into_iter()
+            .chain(synced(C2, &StoreKind::REMOTE)),
+    );
+    assert!(!h.has_policy(policy_key(7, C2_CLIENT)));
+
+    h.step([
+        identity(C2, C2_CLIENT, labels("client", "c2")),
+        identity(C2, C2_OTHER, labels("other", "c2")),
+    ]);
+    assert!(
+        h.has_policy(policy_key(7, C2_CLIENT)),
+        "a client in c2 is admitted as soon as its identity arrives"
+    );
+    assert!(!h.has_policy(policy_key(7, C2_OTHER)), "others are not");
+
+    h.step([identity_deleted(C2, C2_CLIENT)]);
+    assert!(!h.has_policy(policy_key(7, C2_CLIENT)));
+}

@@ -1,0 +1,525 @@
+//! One remote cluster's connection, from its config file's appearance to
+//! its removal, as a state machine:
+//!
+//! ```text
+//!   ┌──────────── Resync (at once) ──────────────┐
+//!   v                                            │
+//! Connecting ──(connected, config accepted)──> Watching
+//!   │   ^                                        │
+//!   │   └────────── backoff ─── Waiting <────────┘ Failed
+//!   └───────────── Failed ────────> Waiting
+//!
+//! from any state: Shutdown (stop; the datapath keeps what it has)
+//!                 Removed  (drain what the remote delivered; stop)
+//! ```
+//!
+//! Each session ends with a [`SessionEnd`]; failures carry a
+//! [`FailureKind`](super::failure::FailureKind). The stores outlive the
+//! sessions, so a new connection delivers only the difference.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use kvstore::{
+    Backoff, Client, ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, StoreValue,
+    TlsFiles, keys, values::ClusterConfig,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    cluster_ids::ClusterIds,
+    config::ConfigFile,
+    failure::{Failure, FailureKind, Resync, SessionEnd},
+    status::RemoteStatus,
+    stores::{Connection, RemoteStores},
+};
+use crate::{
+    control_loop::{Input, LoopHandle, StoreKind},
+    metrics::{AgentMetrics, RemoteLabel},
+    tables::SourceId,
+};
+
+/// How often a connected remote is checked and its status published.
+pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Delays between failed attempts: from half a second, doubling, up to
+/// half a minute (jittered).
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A remote that does not answer its first request within this long is
+/// tried again later; its keepalives and requests have short deadlines too,
+/// so that a dead remote is noticed in seconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a remote has been unreachable, across its sessions, for the
+/// service cache TTL.
+#[derive(Debug, Default)]
+struct Reachability {
+    /// Since when nothing answered (`None` while it answers).
+    since: Option<Instant>,
+    /// The remote's services were dropped after the TTL.
+    services_dropped: bool,
+}
+
+impl Reachability {
+    fn unreachable(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// When the services go, if a TTL is set and they are still there.
+    fn services_deadline(&self, ttl: Option<Duration>) -> Option<Instant> {
+        match (ttl, self.since) {
+            (Some(ttl), Some(since)) if !self.services_dropped => Some(since + ttl),
+            _ => None,
+        }
+    }
+}
+
+/// What a session's attempt to connect or wait was interrupted by.
+enum Interrupt {
+    Shutdown,
+    ConfigChanged,
+}
+
+/// What stays the same over a remote's connections.
+pub(super) struct RemoteCluster {
+    name: ClusterName,
+    config: ConfigFile,
+    local_id: ClusterId,
+    mode: MaxConnectedClusters,
+    source: SourceId,
+    control: LoopHandle,
+    ids: ClusterIds,
+    status: RemoteStatus,
+    metrics: Arc<AgentMetrics>,
+    stores: RemoteStores,
+    /// The etcd cluster ID that answered last: another one is another etcd.
+    pinned_etcd: Option<u64>,
+    backoff: Backoff,
+    reach: Reachability,
+}
+
+/// The facts a [`RemoteCluster`] starts from.
+pub(super) struct Spec {
+    pub name: ClusterName,
+    pub config: ConfigFile,
+    pub local_id: ClusterId,
+    pub mode: MaxConnectedClusters,
+    pub source: SourceId,
+    pub control: LoopHandle,
+    pub ids: ClusterIds,
+    pub status: RemoteStatus,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+impl RemoteCluster {
+    pub(super) fn new(spec: Spec) -> Self {
+        let stores = RemoteStores::new(&spec.name, spec.source, &spec.control);
+        Self {
+            stores,
+            name: spec.name,
+            config: spec.config,
+            local_id: spec.local_id,
+            mode: spec.mode,
+            source: spec.source,
+            control: spec.control,
+            ids: spec.ids,
+            status: spec.status,
+            metrics: spec.metrics,
+            pinned_etcd: None,
+            backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+            reach: Reachability::default(),
+        }
+    }
+
+    /// Connects, watches and reconnects until `shutdown`, or until `config`
+    /// says the remote was removed (`None`).
+    pub(super) async fn run(
+        mut self,
+        mut config: watch::Receiver<Option<ConfigFile>>,
+        shutdown: CancellationToken,
+    ) {
+        // Exported while the remote is configured, connected or not: an
+        // expired certificate is a reason not to connect.
+        let mut _certificate = self.track_certificate();
+        loop {
+            let end = match self.session(&mut config, &shutdown).await {
+                SessionEnd::Failed(failure) => {
+                    match self.after_failure(&failure, &mut config, &shutdown).await {
+                        None => continue,
+                        Some(end) => end,
+                    }
+                }
+                end => end,
+            };
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Removed => return self.remove().await,
+                SessionEnd::Resync(why) => {
+                    info!(remote = %self.name, "{why}");
+                    if why == Resync::ConfigChanged {
+                        _certificate = self.track_certificate();
+                    }
+                }
+                SessionEnd::Failed(_) => unreachable!("handled above"),
+            }
+        }
+        self.ids.release(&self.name);
+    }
+
+    /// A failure: counted and shown; a refused remote's data withdrawn;
+    /// then the wait before the next attempt (`None`: try again now).
+    async fn after_failure(
+        &mut self,
+        failure: &Failure,
+        config: &mut watch::Receiver<Option<ConfigFile>>,
+        shutdown: &CancellationToken,
+    ) -> Option<SessionEnd> {
+        self.fail(failure);
+        if failure.kind.refuses() {
+            self.withdraw().await;
+        }
+        // Unreachable between sessions counts towards the service cache
+        // TTL too (the connection broke, and reconnecting fails).
+        self.reach.unreachable();
+        let ttl = self.service_cache_ttl();
+        if let Some(deadline) = self.reach.services_deadline(ttl) {
+            let interrupted = tokio::select! {
+                waited = self.backoff.wait(shutdown) => return (!waited).then_some(SessionEnd::Shutdown),
+                _ = config_change(config) => Some(Interrupt::ConfigChanged),
+                _ = tokio::time::sleep_until(deadline.into()) => None,
+            };
+            if interrupted.is_some() {
+                return Some(self.config_changed(config));
+            }
+            self.drop_services(ttl).await;
+        }
+        let interrupted = tokio::select! {
+            waited = self.backoff.wait(shutdown) => (!waited).then_some(Interrupt::Shutdown),
+            _ = config_change(config) => Some(Interrupt::ConfigChanged),
+        };
+        match interrupted {
+            None => None,
+            Some(Interrupt::Shutdown) => Some(SessionEnd::Shutdown),
+            Some(Interrupt::ConfigChanged) => Some(self.config_changed(config)),
+        }
+    }
+
+    /// The config file changed: the new one is used from the next
+    /// connection on, or the remote was removed.
+    fn config_changed(&mut self, config: &mut watch::Receiver<Option<ConfigFile>>) -> SessionEnd {
+        match config.borrow_and_update().clone() {
+            Some(file) => {
+                self.config = file;
+                SessionEnd::Resync(Resync::ConfigChanged)
+            }
+            None => SessionEnd::Removed,
+        }
+    }
+
+    fn service_cache_ttl(&self) -> Option<Duration> {
+        self.config.as_ref().ok().and_then(|c| c.service_cache_ttl)
+    }
+
+    /// The service cache TTL ran out: the remote's services go (they come
+    /// back with the next full list).
+    async fn drop_services(&mut self, ttl: Option<Duration>) {
+        warn!(
+            remote = %self.name,
+            ?ttl,
+            "remote unreachable longer than its service cache TTL; dropping its services"
+        );
+        self.stores.drain_services().await;
+        self.reach.services_dropped = true;
+    }
+
+    fn fail(&self, f: &Failure) {
+        warn!(
+            remote = %self.name,
+            kind = %f.kind,
+            error = f.message,
+            "remote cluster not ready"
+        );
+        let label = RemoteLabel {
+            cluster: self.name.to_string(),
+        };
+        self.metrics.remote_failures.get_or_create(&label).inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics
+            .remote_last_failure
+            .get_or_create(&label)
+            .set(now as i64);
+        self.status.failed(f);
+    }
+
+    /// The remote's config was refused: what it delivered goes, and status
+    /// shows no entries for it (its connection is not in use).
+    async fn withdraw(&mut self) {
+        self.status.withdrawn();
+        warn!(
+            remote = %self.name,
+            "the remote's cluster config is refused; withdrawing its entries"
+        );
+        self.stores.drain().await;
+        self.control.send(Input::RemoveSource(self.source)).await;
+    }
+
+    /// The remote's config file is gone: what it delivered goes with it.
+    async fn remove(mut self) {
+        info!(
+            remote = %self.name,
+            "remote cluster config removed; draining its entries"
+        );
+        self.stores.drain().await;
+        self.ids.release(&self.name);
+        // Every delete reaches the loop before the source is forgotten.
+        self.stores.close().await;
+        self.control.send(Input::RemoveSource(self.source)).await;
+    }
+
+    /// Loads the client certificate of this remote's config for the expiry
+    /// metric; kept alive by the caller as long as it should be exported.
+    fn track_certificate(&self) -> Option<Arc<certs::TlsMaterial>> {
+        let config = self.config.as_ref().ok()?;
+        let files =
+            certs::TlsFiles::new(&config.cert_file, &config.key_file, &config.trusted_ca_file);
+        let material = Arc::new(certs::TlsMaterial::load(&files).ok()?);
+        self.metrics
+            .tls
+            .track_material(format!("remote-cluster-{}", self.name), &material);
+        Some(material)
+    }
+
+    /// One connection, from connecting to its end.
+    async fn session(
+        &mut self,
+        config: &mut watch::Receiver<Option<ConfigFile>>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => Err(Interrupt::Shutdown),
+            _ = config_change(config) => Err(Interrupt::ConfigChanged),
+            connected = self.connect() => Ok(connected),
+        };
+        let (client, cluster_config, id) = match connected {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(failure)) => return SessionEnd::Failed(failure),
+            Err(Interrupt::Shutdown) => return SessionEnd::Shutdown,
+            Err(Interrupt::ConfigChanged) => return self.config_changed(config),
+        };
+        let end = self
+            .watch(&client, &cluster_config, id, config, shutdown)
+            .await;
+        self.stores.stop().await;
+        self.ids.release(&self.name);
+        end
+    }
+
+    /// Connecting: TLS, the remote etcd's identity, its cluster config.
+    async fn connect(&mut self) -> Result<(Client, ClusterConfig, ClusterId), Failure> {
+        let config = self
+            .config
+            .as_ref()
+            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.clone()))?;
+        let tls = TlsFiles {
+            ca: config.trusted_ca_file.clone(),
+            cert: Some(config.cert_file.clone()),
+            key: Some(config.key_file.clone()),
+        }
+        .load()
+        .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
+        let mut client_config = ClientConfig::new(config.endpoints.clone()).with_tls(tls);
+        client_config.connect_timeout = CONNECT_TIMEOUT;
+        client_config.keepalive_interval = KEEPALIVE_INTERVAL;
+        client_config.keepalive_timeout = KEEPALIVE_TIMEOUT;
+        client_config.request_timeout = REQUEST_TIMEOUT;
+        let endpoints = config.endpoints.join(",");
+        let client = Client::connect(&client_config)
+            .await
+            .map_err(|e| Failure::from_etcd(&e))?;
+        let status = client.status().await.map_err(|e| Failure::from_etcd(&e))?;
+        if let Some(old) = self.pinned_etcd
+            && old != status.cluster_id
+        {
+            info!(
+                remote = %self.name,
+                old,
+                new = status.cluster_id,
+                "a different etcd cluster answers; re-listing everything"
+            );
+        }
+        self.pinned_etcd = Some(status.cluster_id);
+        let cluster_config = match client.get(&keys::cluster_config(&self.name)).await {
+            Ok(Some(kv)) => ClusterConfig::decode(self.name.as_str(), &kv.value)
+                .map_err(|e| Failure::new(FailureKind::ClusterConfigInvalid, e.to_string()))?,
+            Ok(None) => {
+                return Err(Failure::new(
+                    FailureKind::ClusterConfigMissing,
+                    format!(
+                        "{endpoints} has no cilium/cluster-config/{} (is its clustermesh-apiserver for this cluster?)",
+                        self.name
+                    ),
+                ));
+            }
+            Err(e) => return Err(Failure::from_etcd(&e)),
+        };
+        let id = self.accept(&cluster_config)?;
+        self.status.connected(format!(
+            "id={} maxConnectedClusters={}",
+            cluster_config.id, self.mode
+        ));
+        info!(
+            remote = %self.name,
+            id = id.get(),
+            "connected to remote cluster"
+        );
+        Ok((client, cluster_config, id))
+    }
+
+    /// Checks the remote's cluster config and reserves its ID.
+    fn accept(&self, config: &ClusterConfig) -> Result<ClusterId, Failure> {
+        let invalid = |message: String| Failure::new(FailureKind::ClusterConfigInvalid, message);
+        let remote_mode = config.mode().map_err(|e| invalid(e.to_string()))?;
+        if remote_mode != self.mode {
+            return Err(invalid(format!(
+                "max-connected-clusters differs: remote {remote_mode}, local {}",
+                self.mode
+            )));
+        }
+        let id = ClusterId::new(config.id, self.mode).map_err(|e| invalid(e.to_string()))?;
+        if !id.is_meshable() {
+            return Err(invalid("remote cluster ID is 0".into()));
+        }
+        if id == self.local_id {
+            return Err(Failure::new(
+                FailureKind::IdConflict,
+                format!("remote cluster ID {id} is this cluster's own ID"),
+            ));
+        }
+        self.ids.reserve(id, &self.name).map_err(|holder| {
+            Failure::new(
+                FailureKind::IdConflict,
+                format!("cluster ID {id} is already used by remote cluster {holder}"),
+            )
+        })?;
+        Ok(id)
+    }
+
+    /// Watching: the stores list and watch; the remote is checked every
+    /// [`CHECK_INTERVAL`] until the session ends.
+    async fn watch(
+        &mut self,
+        client: &Client,
+        cluster_config: &ClusterConfig,
+        id: ClusterId,
+        config: &mut watch::Receiver<Option<ConfigFile>>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        self.control
+            .send(Input::RegisterSource {
+                id: self.source,
+                name: self.name.to_string(),
+                cluster_id: id.get(),
+                kinds: StoreKind::REMOTE.to_vec(),
+                pod_cidr_pools: self
+                    .config
+                    .as_ref()
+                    .map(|c| c.pod_cidr_pools.clone())
+                    .unwrap_or_default(),
+            })
+            .await;
+        self.stores.start(
+            &Connection {
+                client,
+                name: &self.name,
+                id,
+                mode: self.mode,
+                canaries: cluster_config.capabilities.synced_canaries,
+            },
+            shutdown,
+        );
+        let ttl = self.service_cache_ttl();
+        // The stores just started list everything: services dropped before
+        // this session come back with that list.
+        self.reach = Reachability::default();
+        let mut highest_revision = 0;
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        loop {
+            let interrupted = tokio::select! {
+                _ = shutdown.cancelled() => Some(Interrupt::Shutdown),
+                _ = config_change(config) => Some(Interrupt::ConfigChanged),
+                _ = check.tick() => None,
+            };
+            match interrupted {
+                None => {}
+                Some(Interrupt::Shutdown) => return SessionEnd::Shutdown,
+                Some(Interrupt::ConfigChanged) => return self.config_changed(config),
+            }
+            let reachable = match client.status().await {
+                Ok(s) if Some(s.cluster_id) != self.pinned_etcd => {
+                    return SessionEnd::Failed(Failure::new(
+                        FailureKind::EtcdChanged,
+                        format!(
+                            "etcd cluster ID changed from {:?} to {}",
+                            self.pinned_etcd, s.cluster_id
+                        ),
+                    ));
+                }
+                Ok(s) if s.revision > 0 && s.revision < highest_revision => {
+                    // The remote etcd lost its data (wiped, same cluster
+                    // ID): start over with a full list, whatever its
+                    // watches noticed.
+                    return SessionEnd::Resync(Resync::RevisionWentBackwards {
+                        seen: highest_revision,
+                        now: s.revision,
+                    });
+                }
+                Ok(s) => {
+                    highest_revision = highest_revision.max(s.revision);
+                    true
+                }
+                Err(e) => {
+                    self.status.unreachable(&Failure::from_etcd(&e));
+                    false
+                }
+            };
+            if reachable {
+                self.reach.since = None;
+                if self.reach.services_dropped {
+                    // The services store was drained: reconnect, so that a
+                    // new list restores them.
+                    return SessionEnd::Resync(Resync::ReachableAgain);
+                }
+                self.backoff.reset();
+            } else {
+                self.reach.unreachable();
+                if self
+                    .reach
+                    .services_deadline(ttl)
+                    .is_some_and(|d| Instant::now() >= d)
+                {
+                    self.drop_services(ttl).await;
+                }
+            }
+            self.status
+                .update(&self.name, reachable, &self.stores.stats());
+        }
+    }
+}
+
+/// Resolves when the config file changes (a new version, or `None` for its
+/// removal); never once the sender is gone (the agent is stopping).
+async fn config_change(config: &mut watch::Receiver<Option<ConfigFile>>) {
+    if config.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,252 @@
+//! A remote's four watch stores (identities, ipcache, nodes, services),
+//! kept across its connections: each connection lists again and the stores
+//! deliver only the difference to what the control loop already has.
+
+use std::sync::Arc;
+
+use kvstore::{
+    Client, ClusterId, ClusterName, MaxConnectedClusters, RestartableWatchStore, StoreValue,
+    Validator, WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
+    values::{ClusterService, IdentityEntry, IpIdentityPair, Node},
+};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use super::validators::{ipcache_validator, node_validator, service_validator};
+use crate::{
+    agent::forward,
+    control_loop::{Input, IpEvent, LoopHandle, StoreKind},
+    tables::SourceId,
+};
+
+/// What one connection's stores check and wait for.
+pub(super) struct Connection<'a> {
+    pub client: &'a Client,
+    pub name: &'a ClusterName,
+    pub id: ClusterId,
+    pub mode: MaxConnectedClusters,
+    /// The remote writes sync canaries: wait for each before listing.
+    pub canaries: bool,
+}
+
+/// One store, idle between connections or running in a task of its own.
+struct Store<V> {
+    kind: StoreKind,
+    /// The etcd store name its canary is named after.
+    canary_store: &'static str,
+    stats: Arc<WatchStoreStats>,
+    state: State<V>,
+}
+
+enum State<V> {
+    Idle(Box<RestartableWatchStore<V>>),
+    Running {
+        token: CancellationToken,
+        task: JoinHandle<Box<RestartableWatchStore<V>>>,
+    },
+    /// Its task panicked: the store is lost (logged).
+    Lost,
+}
+
+impl<V: StoreValue> Store<V> {
+    fn new(
+        remote: &ClusterName,
+        kind: StoreKind,
+        prefix: kvstore::KeyPrefix,
+        canary_store: &'static str,
+        forwarders: &mut JoinSet<()>,
+        control: &LoopHandle,
+        wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
+    ) -> Self {
+        let config = WatchStoreConfig::new(prefix).with_name(format!("{remote}/{}", kind.as_str()));
+        let (store, rx) = RestartableWatchStore::new(config);
+        let control = control.clone();
+        forwarders.spawn(async move {
+            let _ = forward(rx, control, wrap).await;
+        });
+        Self {
+            kind,
+            canary_store,
+            stats: store.stats(),
+            state: State::Idle(Box::new(store)),
+        }
+    }
+
+    fn start(
+        &mut self,
+        connection: &Connection<'_>,
+        validator: Validator<V>,
+        parent: &CancellationToken,
+    ) {
+        let mut store = match std::mem::replace(&mut self.state, State::Lost) {
+            State::Idle(store) => store,
+            // Running already, or lost.
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        store.set_validator(validator);
+        store.set_canary(
+            connection
+                .canaries
+                .then(|| keys::canary(connection.name, self.canary_store)),
+        );
+        let token = parent.child_token();
+        let client = connection.client.clone();
+        let task = {
+            let token = token.clone();
+            tokio::spawn(async move {
+                store.watch(&client, &token).await;
+                store
+            })
+        };
+        self.state = State::Running { token, task };
+    }
+
+    async fn stop(&mut self) {
+        let (token, task) = match std::mem::replace(&mut self.state, State::Lost) {
+            State::Running { token, task } => (token, task),
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        token.cancel();
+        self.state = match task.await {
+            Ok(store) => State::Idle(store),
+            Err(e) => {
+                error!(store = self.kind.as_str(), error = %e, "a remote watch store's task failed; its data is no longer followed");
+                State::Lost
+            }
+        };
+    }
+
+    async fn drain(&mut self) {
+        self.stop().await;
+        if let State::Idle(store) = &mut self.state {
+            store.drain().await;
+        }
+    }
+}
+
+/// The four stores of a remote and the tasks that forward their events
+/// into the control loop.
+pub(super) struct RemoteStores {
+    identities: Store<IdentityEntry>,
+    ipcache: Store<IpIdentityPair>,
+    nodes: Store<Node>,
+    services: Store<ClusterService>,
+    forwarders: JoinSet<()>,
+}
+
+impl RemoteStores {
+    pub(super) fn new(remote: &ClusterName, source: SourceId, control: &LoopHandle) -> Self {
+        let mut forwarders = JoinSet::new();
+        let f = &mut forwarders;
+        Self {
+            identities: Store::new(
+                remote,
+                StoreKind::Identities,
+                keys::identity_masters(),
+                keys::IDENTITIES_STORE,
+                f,
+                control,
+                move |e| Input::Identity(source, e),
+            ),
+            ipcache: Store::new(
+                remote,
+                StoreKind::IpCache,
+                keys::ipcache(),
+                keys::IPCACHE_STORE,
+                f,
+                control,
+                move |e| Input::Ip(source, IpEvent::from_event(e, true)),
+            ),
+            nodes: Store::new(
+                remote,
+                StoreKind::Nodes,
+                keys::nodes(),
+                keys::NODES_STORE,
+                f,
+                control,
+                move |e| Input::Node(source, e),
+            ),
+            services: Store::new(
+                remote,
+                StoreKind::Services,
+                keys::services(),
+                keys::SERVICES_STORE,
+                f,
+                control,
+                move |e| Input::Service(source, e),
+            ),
+            forwarders,
+        }
+    }
+
+    /// Starts listing and watching through `connection`, with the checks of
+    /// the remote's name and ID.
+    pub(super) fn start(&mut self, connection: &Connection<'_>, parent: &CancellationToken) {
+        let (name, id, mode) = (connection.name, connection.id, connection.mode);
+        self.identities.start(
+            connection,
+            remote_identity_validator(name, id, mode),
+            parent,
+        );
+        self.ipcache
+            .start(connection, ipcache_validator(name, id, mode), parent);
+        self.nodes
+            .start(connection, node_validator(name, id), parent);
+        self.services
+            .start(connection, service_validator(name, id), parent);
+    }
+
+    /// Stops every store; what they delivered stays.
+    pub(super) async fn stop(&mut self) {
+        self.identities.stop().await;
+        self.ipcache.stop().await;
+        self.nodes.stop().await;
+        self.services.stop().await;
+    }
+
+    /// Stops every store and deletes what they delivered.
+    pub(super) async fn drain(&mut self) {
+        self.identities.drain().await;
+        self.ipcache.drain().await;
+        self.nodes.drain().await;
+        self.services.drain().await;
+    }
+
+    /// Stops the services store and deletes the services (the remote was
+    /// unreachable longer than its service cache TTL); the next connection
+    /// lists them again.
+    pub(super) async fn drain_services(&mut self) {
+        self.services.drain().await;
+    }
+
+    /// Drops the stores and waits until the forwarders handed everything
+    /// to the loop.
+    pub(super) async fn close(self) {
+        let Self {
+            identities,
+            ipcache,
+            nodes,
+            services,
+            mut forwarders,
+        } = self;
+        drop((identities, ipcache, nodes, services));
+        while forwarders.join_next().await.is_some() {}
+    }
+
+    /// Each store's counters, by kind.
+    pub(super) fn stats(&self) -> [(StoreKind, Arc<WatchStoreStats>); 4] {
+        [
+            (self.identities.kind, self.identities.stats.clone()),
+            (self.ipcache.kind, self.ipcache.stats.clone()),
+            (self.nodes.kind, self.nodes.stats.clone()),
+            (self.services.kind, self.services.stats.clone()),
+        ]
+    }
+}
