@@ -36,6 +36,12 @@ use crate::{
 
 /// How long shutdown waits for components before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Local identity events buffered between the identity cache and the loop
+/// (as many as a watch store buffers).
+const IDENTITY_EVENTS_CAPACITY: usize = 4_096;
+/// How often endpoints whose identity could not be confirmed (etcd was
+/// unreachable) are tried again.
+const IDENTITY_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The node agent.
 #[derive(Debug)]
@@ -109,7 +115,7 @@ impl Agent {
         }
 
         // Identities of the local cluster feed both the allocator and the loop.
-        let (identity_events_tx, identity_events) = mpsc::channel(4096);
+        let (identity_events_tx, identity_events) = mpsc::channel(IDENTITY_EVENTS_CAPACITY);
         let (cache, cache_runner) = IdentityCache::local(client.clone());
         tasks.spawn(
             "identity cache",
@@ -291,7 +297,7 @@ impl Agent {
         {
             let (endpoints, token) = (endpoints.clone(), inner.clone());
             tasks.spawn("identity confirmation", async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                let mut tick = tokio::time::interval(IDENTITY_RETRY_INTERVAL);
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => return anyhow::Ok(()),

@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::{
     control_loop::{Answer, LoopHandle, Query},
-    endpoint::EndpointRequest,
+    endpoint::{EndpointId, EndpointRequest},
     endpoint_manager::{EndpointError, EndpointManager},
 };
 
@@ -141,7 +141,7 @@ async fn delete_endpoint(State(s): State<Arc<ApiState>>, Path(name): Path<String
 }
 
 async fn policy(State(s): State<Arc<ApiState>>, Path(id): Path<u32>) -> Response {
-    query(State(s), Query::Policy(id)).await
+    query(State(s), Query::Policy(EndpointId::new(id))).await
 }
 
 async fn map(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {

@@ -55,15 +55,19 @@ pub struct ApiClient {
     timeout: Duration,
 }
 
+/// How long a request waits for its answer unless set otherwise: long
+/// enough for an attach while the agent waits for an identity.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl ApiClient {
     pub fn new(socket: impl AsRef<Path>) -> Self {
         Self {
             socket: socket.as_ref().to_path_buf(),
-            timeout: Duration::from_secs(60),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
-    /// How long to wait for an answer (default 60 s).
+    /// How long to wait for an answer (default [`DEFAULT_TIMEOUT`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }

@@ -27,6 +27,7 @@ use tracing::debug;
 
 use crate::{
     datapath_maps::{DatapathMaps, MapOps},
+    endpoint::EndpointId,
     service_merger::MergedFrontend,
     tables::IpEntry,
 };
@@ -238,7 +239,11 @@ impl DatapathSync {
     }
 
     /// Replaces the policy entries of endpoint `endpoint_id` with `keys`.
-    pub(crate) fn set_endpoint_policy(&mut self, endpoint_id: u32, keys: &BTreeSet<PolicyKey>) {
+    pub(crate) fn set_endpoint_policy(
+        &mut self,
+        endpoint_id: EndpointId,
+        keys: &BTreeSet<PolicyKey>,
+    ) {
         for old in self.policy_keys_of(endpoint_id) {
             if !keys.contains(&old) {
                 self.policy.set(old, None);
@@ -257,7 +262,7 @@ impl DatapathSync {
     }
 
     /// Removes the entries of `endpoint_id` that name identity `identity`.
-    pub(crate) fn remove_policy_identity(&mut self, endpoint_id: u32, identity: u32) {
+    pub(crate) fn remove_policy_identity(&mut self, endpoint_id: EndpointId, identity: u32) {
         for key in self.policy_keys_of(endpoint_id) {
             if key.sec_identity == identity {
                 self.policy.set(key, None);
@@ -266,9 +271,9 @@ impl DatapathSync {
     }
 
     /// The desired policy entries of an endpoint.
-    pub(crate) fn policy_keys_of(&self, endpoint_id: u32) -> Vec<PolicyKey> {
-        let lo = PolicyKey::ingress(endpoint_id, 0, L4Match::Any);
-        let hi = PolicyKey::ingress(endpoint_id.saturating_add(1), 0, L4Match::Any);
+    pub(crate) fn policy_keys_of(&self, endpoint_id: EndpointId) -> Vec<PolicyKey> {
+        let lo = PolicyKey::ingress(endpoint_id.get(), 0, L4Match::Any);
+        let hi = PolicyKey::ingress(endpoint_id.get().saturating_add(1), 0, L4Match::Any);
         let written = self.policy.written.range(lo..hi).map(|(k, _)| *k);
         let pending = self.policy.pending.upserts.range(lo..hi).map(|(k, _)| *k);
         let mut all: BTreeSet<PolicyKey> = written.chain(pending).collect();
@@ -405,7 +410,7 @@ impl DatapathSync {
     pub(crate) fn attach(
         &mut self,
         host_ifname: &str,
-        endpoint_id: u32,
+        endpoint_id: EndpointId,
         identity: u32,
         enforced: bool,
     ) -> Result<u32, DatapathError> {
@@ -416,17 +421,17 @@ impl DatapathSync {
                 .endpoints
                 .written
                 .values()
-                .any(|i| i.endpoint_id == endpoint_id && i.policy_enforced());
+                .any(|i| i.endpoint_id == endpoint_id.get() && i.policy_enforced());
         let written_enforced = enforced || was_enforced;
         let ifindex = self.dp.attach_endpoint(&EndpointAttach {
             ifname: host_ifname.to_string(),
             netns: self.node_netns.clone(),
-            endpoint_id,
+            endpoint_id: endpoint_id.get(),
             identity,
             policy_enforced: written_enforced,
         })?;
         let key = EndpointKey { ifindex };
-        let info = EndpointInfo::new(endpoint_id, identity, enforced);
+        let info = EndpointInfo::new(endpoint_id.get(), identity, enforced);
         if written_enforced != enforced {
             self.held_enforcement.insert(key, info);
         } else {
@@ -452,7 +457,7 @@ impl DatapathSync {
         &mut self,
         host_ifname: &str,
         ifindex: Option<u32>,
-        endpoint_id: u32,
+        endpoint_id: EndpointId,
     ) -> Result<(), DatapathError> {
         let result = self.dp.detach_endpoint(&EndpointDetach {
             ifname: host_ifname.to_string(),

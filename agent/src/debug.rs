@@ -46,7 +46,7 @@ pub enum DebugCommand {
     /// The policy entries of an endpoint (by endpoint ID).
     Policy {
         /// The endpoint's ID (see `debug endpoints`).
-        endpoint: u32,
+        endpoint: crate::EndpointId,
     },
     /// Services with their backends and why.
     Services,

@@ -5,11 +5,43 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use kvstore::{CLUSTER_LABEL, ClusterName, Label, Labels, NAMESPACE_LABEL, SOURCE_K8S};
 use serde::{Deserialize, Serialize};
 
+/// An endpoint's ID on its node: it keys the endpoint's policy entries in
+/// the datapath and names its host-side interface.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EndpointId(u32);
+
+impl EndpointId {
+    pub const fn new(id: u32) -> Self {
+        Self(id)
+    }
+
+    /// As the datapath's maps hold it.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for EndpointId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
 /// An endpoint as the agent keeps it (and snapshots it to disk).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Node-local ID; keys the endpoint's policy entries.
-    pub id: u32,
+    pub id: EndpointId,
     /// Unique on the node (the CNI container ID, or a name given by the API).
     pub name: String,
     pub namespace: String,
@@ -114,8 +146,8 @@ pub(crate) fn validate_request(req: &EndpointRequest) -> Result<(), String> {
 }
 
 /// A host-side interface name for an endpoint (≤ 15 characters).
-pub(crate) fn host_ifname(id: u32) -> String {
-    format!("cm{id:08x}")
+pub(crate) fn host_ifname(id: EndpointId) -> String {
+    format!("cm{:08x}", id.get())
 }
 
 #[cfg(test)]
@@ -161,6 +193,6 @@ mod tests {
             })
             .contains("set by the agent")
         );
-        assert_eq!(host_ifname(0x1f), "cm0000001f");
+        assert_eq!(host_ifname(EndpointId::new(0x1f)), "cm0000001f");
     }
 }

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 
 use crate::{
     control_loop::{Input, LoopHandle},
-    endpoint::{Endpoint, EndpointRequest, host_ifname, security_labels, validate_request},
+    endpoint::{
+        Endpoint, EndpointId, EndpointRequest, host_ifname, security_labels, validate_request,
+    },
     plumbing::{self, EndpointLink, PlumbingError},
 };
 
@@ -172,6 +174,7 @@ impl EndpointManager {
         let cidr = inner.pod_cidr.ok_or(EndpointError::NoPodCidr)?;
         let ip = pick_ip(cidr, &inner.endpoints, req.ip)?;
         let id = (1..)
+            .map(EndpointId::new)
             .find(|id| !inner.endpoints.values().any(|e| e.id == *id))
             .expect("an unused ID");
         let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
@@ -495,7 +498,7 @@ mod tests {
 
     fn ep(ip: &str) -> Endpoint {
         Endpoint {
-            id: 1,
+            id: EndpointId::new(1),
             name: ip.into(),
             namespace: "default".into(),
             netns: "/run/netns/x".into(),

@@ -41,7 +41,7 @@ pub use api_client::{ApiClient, ClientError};
 pub use cni::{CniError, SUPPORTED_VERSIONS, run_cni};
 pub use config::{AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, env, humantime_parse};
 pub use debug::{DebugArgs, run_debug};
-pub use endpoint::{Endpoint, EndpointRequest};
+pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
     EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,

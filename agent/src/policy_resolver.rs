@@ -21,6 +21,8 @@ use kvstore::{
     values::{Entity, L4Protocol, LabelSelector, PolicyDocument, PortProtocol},
 };
 
+use crate::endpoint::EndpointId;
+
 /// Who a compiled ingress rule admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Peers {
@@ -101,7 +103,7 @@ pub fn rules_for_endpoint<'a>(
 /// endpoint `endpoint_id`. Wildcard entries are not included (see
 /// [`wildcard_entries`]).
 pub fn entries_for_identity(
-    endpoint_id: u32,
+    endpoint_id: EndpointId,
     rules: &EndpointRules,
     id: NumericIdentity,
     labels: &Labels,
@@ -117,7 +119,7 @@ pub fn entries_for_identity(
             out.extend(
                 rule.ports
                     .iter()
-                    .map(|l4| PolicyKey::ingress(endpoint_id, id.get(), *l4)),
+                    .map(|l4| PolicyKey::ingress(endpoint_id.get(), id.get(), *l4)),
             );
         }
     }
@@ -125,7 +127,7 @@ pub fn entries_for_identity(
 }
 
 /// The identity-independent entries (rules that admit every peer).
-pub fn wildcard_entries(endpoint_id: u32, rules: &EndpointRules) -> Vec<PolicyKey> {
+pub fn wildcard_entries(endpoint_id: EndpointId, rules: &EndpointRules) -> Vec<PolicyKey> {
     rules
         .ingress
         .iter()
@@ -133,14 +135,14 @@ pub fn wildcard_entries(endpoint_id: u32, rules: &EndpointRules) -> Vec<PolicyKe
         .flat_map(|r| {
             r.ports
                 .iter()
-                .map(|l4| PolicyKey::ingress(endpoint_id, IDENTITY_ANY, *l4))
+                .map(|l4| PolicyKey::ingress(endpoint_id.get(), IDENTITY_ANY, *l4))
         })
         .collect()
 }
 
 /// Every entry of an endpoint for the identities of the mesh.
 pub fn resolve<'a>(
-    endpoint_id: u32,
+    endpoint_id: EndpointId,
     rules: &EndpointRules,
     identities: impl IntoIterator<Item = (NumericIdentity, &'a Labels)>,
 ) -> BTreeSet<PolicyKey> {
@@ -155,7 +157,7 @@ pub fn resolve<'a>(
                 out.extend(
                     rule.ports
                         .iter()
-                        .map(|l4| PolicyKey::ingress(endpoint_id, id.get(), *l4)),
+                        .map(|l4| PolicyKey::ingress(endpoint_id.get(), id.get(), *l4)),
                 );
             }
         }

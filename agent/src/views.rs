@@ -35,7 +35,7 @@ pub struct PolicyEntryView {
 /// An endpoint's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyView {
-    pub endpoint: u32,
+    pub endpoint: crate::EndpointId,
     pub enforced: bool,
     pub policies: Vec<String>,
     pub entries: Vec<PolicyEntryView>,

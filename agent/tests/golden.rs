@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, fmt::Write, net::IpAddr, path::Path};
 
-use agent::{RemoteService, merge, resolve, rules_for_endpoint};
+use agent::{EndpointId, RemoteService, merge, resolve, rules_for_endpoint};
 use bpf::L4Match;
 use kvstore::{
     Labels, NumericIdentity,
@@ -88,7 +88,7 @@ fn policy_resolution() {
                     .trim()
                     .split_once(' ')
                     .expect("`<endpoint id> <labels>`");
-                let id: u32 = id.parse().unwrap();
+                let id: EndpointId = id.parse().unwrap();
                 let labels = Labels::parse_canonical(labels.trim()).unwrap();
                 let rules = rules_for_endpoint(&labels, &policies, cluster);
                 let keys = resolve(id, &rules, identities.iter().map(|(i, l)| (*i, l)));

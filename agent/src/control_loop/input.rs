@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sources::StoreKind;
 use crate::{
-    endpoint::Endpoint,
+    endpoint::{Endpoint, EndpointId},
     route_plan::RefusedRoute,
     tables::{IpEntry, SourceId},
     views::{
@@ -104,7 +104,7 @@ pub(crate) enum Query {
     Status,
     Identities,
     IpCache,
-    Policy(u32),
+    Policy(EndpointId),
     Services,
     /// The raw content of a BPF map.
     Map(String),

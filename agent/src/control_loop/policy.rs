@@ -10,7 +10,7 @@ use kvstore::{ClusterName, Labels, NumericIdentity};
 
 use crate::{
     datapath_sync::DatapathSync,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, EndpointId},
     policy_resolver::{self, EndpointRules},
     tables::{IpEntry, SourceId, Tables},
 };
@@ -24,7 +24,7 @@ pub(super) struct LocalEndpoint {
 /// The endpoints of this node, by endpoint ID.
 #[derive(Default)]
 pub(super) struct Endpoints {
-    by_id: BTreeMap<u32, LocalEndpoint>,
+    by_id: BTreeMap<EndpointId, LocalEndpoint>,
 }
 
 impl Endpoints {
@@ -32,7 +32,7 @@ impl Endpoints {
         self.by_id.len()
     }
 
-    pub(super) fn get(&self, id: u32) -> Option<&LocalEndpoint> {
+    pub(super) fn get(&self, id: EndpointId) -> Option<&LocalEndpoint> {
         self.by_id.get(&id)
     }
 
@@ -86,7 +86,7 @@ impl Endpoints {
                 dp.set_endpoint_info(
                     ifindex,
                     Some(EndpointInfo::new(
-                        ep.endpoint.id,
+                        ep.endpoint.id.get(),
                         ep.endpoint.identity,
                         rules.enforced,
                     )),

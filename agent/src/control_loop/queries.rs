@@ -8,6 +8,7 @@ use kvstore::{Labels, NumericIdentity};
 
 use super::{Answer, ControlLoop, Query};
 use crate::{
+    endpoint::EndpointId,
     tables::SourceId,
     views::{
         BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
@@ -75,7 +76,7 @@ impl ControlLoop {
         }
     }
 
-    fn policy_view(&self, id: u32) -> Option<PolicyView> {
+    fn policy_view(&self, id: EndpointId) -> Option<PolicyView> {
         let ep = self.endpoints.get(id)?;
         Some(PolicyView {
             endpoint: id,

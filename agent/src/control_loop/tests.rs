@@ -20,7 +20,7 @@ use super::{Answer, ControlLoop, Input, IpEvent, LoopConfig, Query, StoreKind, i
 use crate::{
     datapath_maps::{MapOps, MemoryDatapath},
     datapath_sync::DatapathSync,
-    endpoint::{self, Endpoint},
+    endpoint::{self, Endpoint, EndpointId},
     metrics::AgentMetrics,
     routes::{self, RouteRequest},
     tables::SourceId,
@@ -137,12 +137,12 @@ fn register_c2() -> Input {
 
 fn pod(id: u32, app: &str, address: Ipv4Addr, identity: u32) -> Endpoint {
     Endpoint {
-        id,
+        id: EndpointId::new(id),
         name: format!("{app}-{id}"),
         namespace: NAMESPACE.into(),
         netns: "/nonexistent".into(),
         ifname: "eth0".into(),
-        host_ifname: endpoint::host_ifname(id),
+        host_ifname: endpoint::host_ifname(EndpointId::new(id)),
         ip: address,
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         identity,
