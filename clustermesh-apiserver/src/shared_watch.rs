@@ -7,7 +7,10 @@ use std::{
     },
 };
 
-use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
+use etcd_client::{
+    EventType, WatchFilterType,
+    proto::{PbEvent, PbResponseHeader, PbWatchResponse},
+};
 use kvstore::Backoff;
 use prost::bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
@@ -36,11 +39,13 @@ pub(crate) struct EventFilter {
 }
 
 impl EventFilter {
-    /// From `WatchCreateRequest.filters` (`NOPUT = 0`, `NODELETE = 1`).
+    /// From `WatchCreateRequest.filters`; values etcd does not define are
+    /// ignored, as etcd ignores them.
     pub(crate) fn from_request(filters: &[i32]) -> Self {
+        let has = |filter: WatchFilterType| filters.contains(&(filter as i32));
         Self {
-            no_put: filters.contains(&0),
-            no_delete: filters.contains(&1),
+            no_put: has(WatchFilterType::NoPut),
+            no_delete: has(WatchFilterType::NoDelete),
         }
     }
 
@@ -49,10 +54,10 @@ impl EventFilter {
     }
 
     fn passes(self, event: &PbEvent) -> bool {
-        match event.r#type {
-            0 => !self.no_put,
-            1 => !self.no_delete,
-            _ => true,
+        match EventType::try_from(event.r#type) {
+            Ok(EventType::Put) => !self.no_put,
+            Ok(EventType::Delete) => !self.no_delete,
+            Err(_) => true,
         }
     }
 }
