@@ -58,7 +58,7 @@ pub use args::{Args, ArgsError, env};
 pub use authorizer::{Access, Authorizer, Verdict};
 pub use cluster_config_publisher::{ClusterConfigPublisher, PublisherError, PublisherStatus};
 pub use config::{Config, DEFAULT_HEALTH_LISTEN, DEFAULT_LISTEN, WatchConfig};
-pub use etcd_error::EtcdError;
+pub use etcd_error::{EtcdError, REASON_ETCD_UNREACHABLE, REASON_METADATA_KEY};
 pub use health_server::{HealthServer, HealthServerError};
 pub use key_range::KeyRange;
 pub use metrics::Metrics;
