@@ -41,17 +41,12 @@ mod lease_service;
 mod lock_service;
 mod maintenance_service;
 mod metrics;
-mod outbox;
 mod proto_codec;
 mod role;
-mod shared_watch;
 mod tls_listener;
 mod upstream;
-mod watch_catch_up;
 mod watch_hub;
-mod watch_message;
 mod watch_service;
-mod watch_stream;
 
 pub use apiserver::{Apiserver, ApiserverError};
 pub use args::{Args, ArgsError, env};

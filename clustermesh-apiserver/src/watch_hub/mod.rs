@@ -10,14 +10,21 @@ use std::{
 use etcd_client::proto::{PbResponseHeader, PbWatchRequest, PbWatchRequestUnion};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    config::WatchConfig,
-    metrics::Metrics,
-    outbox::Outbox,
+mod catch_up;
+mod outbox;
+mod shared_watch;
+mod watch_message;
+mod watch_stream;
+
+pub(crate) use outbox::{Outbox, OutboxStream};
+pub(crate) use watch_message::{WatchCodec, WatchMessage};
+pub(crate) use watch_stream::WatchStream;
+
+use self::{
+    catch_up::CatchUp,
     shared_watch::{EventFilter, JoinOutcome, SharedWatch},
-    upstream::Upstream,
-    watch_catch_up::CatchUp,
 };
+use crate::{config::WatchConfig, metrics::Metrics, upstream::Upstream};
 
 /// What a downstream watch watches: its key range as the client sent it, and
 /// whether events carry the previous value. Watches with equal keys share

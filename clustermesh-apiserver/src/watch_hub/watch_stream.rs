@@ -11,12 +11,12 @@ use crate::{
     etcd_error::EtcdError,
     key_range::KeyRange,
     metrics::Metrics,
-    outbox::Outbox,
     role::Role,
-    shared_watch::EventFilter,
     tls_listener::PeerInfo,
-    watch_hub::{Subscription, SubscriptionHandle, WatchHub, WatchKey},
-    watch_message::WatchMessage,
+    watch_hub::{
+        Subscription, SubscriptionHandle, WatchHub, WatchKey, outbox::Outbox,
+        shared_watch::EventFilter, watch_message::WatchMessage,
+    },
 };
 
 /// A watch create request, read out of etcd's `WatchCreateRequest`.

@@ -7,9 +7,11 @@ use tonic::Streaming;
 use tracing::debug;
 
 use crate::{
-    shared_watch::{CatchUpStep, SharedWatch},
     upstream::path,
-    watch_hub::WatchHub,
+    watch_hub::{
+        WatchHub,
+        shared_watch::{CatchUpStep, SharedWatch},
+    },
 };
 
 /// Replays etcd's history to one watcher that starts before what its shared

@@ -20,10 +20,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     etcd_error::EtcdError,
-    outbox::Outbox,
     upstream::path,
-    watch_hub::{Subscription, WatchHub, WatchKey},
-    watch_message::{WatchMessage, encode_shared},
+    watch_hub::{
+        Subscription, WatchHub, WatchKey,
+        outbox::Outbox,
+        watch_message::{WatchMessage, encode_shared},
+    },
 };
 
 /// Events per response when history is replayed to a joining watcher (etcd
@@ -383,7 +385,7 @@ impl SharedWatch {
         }
     }
 
-    /// A catch-up's upstream response with events; see [`crate::watch_catch_up::CatchUp`].
+    /// A catch-up's upstream response with events; see [`crate::watch_hub::catch_up::CatchUp`].
     pub(crate) fn catch_up_events(
         &self,
         id: u64,
