@@ -30,7 +30,7 @@ use crate::{
 /// If the private watch breaks it resumes after the last delivered revision;
 /// if etcd compacted the start revision, the watcher gets etcd's compaction
 /// response and is removed, as with a direct watch.
-pub(crate) struct CatchUp {
+pub(super) struct CatchUp {
     hub: Arc<WatchHub>,
     watch: Arc<SharedWatch>,
     id: u64,
@@ -48,7 +48,7 @@ enum Ended {
 impl CatchUp {
     /// `start` is the watcher's first wanted revision; `left` is cancelled
     /// when it leaves.
-    pub(crate) fn new(
+    pub(super) fn new(
         hub: Arc<WatchHub>,
         watch: Arc<SharedWatch>,
         id: u64,
@@ -64,7 +64,7 @@ impl CatchUp {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let config = self.hub.config().clone();
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
         loop {

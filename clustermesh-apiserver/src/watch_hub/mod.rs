@@ -7,12 +7,16 @@ use std::{
     },
 };
 
-use etcd_client::proto::{PbResponseHeader, PbWatchRequest, PbWatchRequestUnion};
+use etcd_client::proto::PbResponseHeader;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+mod batch;
 mod catch_up;
+mod event_filter;
 mod outbox;
 mod shared_watch;
+mod subscriber;
+mod watch_key;
 mod watch_message;
 mod watch_stream;
 
@@ -22,60 +26,27 @@ pub(crate) use watch_stream::WatchStream;
 
 use self::{
     catch_up::CatchUp,
-    shared_watch::{EventFilter, JoinOutcome, SharedWatch},
+    event_filter::EventFilter,
+    shared_watch::{JoinOutcome, SharedWatch},
+    watch_key::WatchKey,
 };
 use crate::{config::WatchConfig, metrics::Metrics, upstream::Upstream};
 
-/// What a downstream watch watches: its key range as the client sent it, and
-/// whether events carry the previous value. Watches with equal keys share
-/// one upstream watch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct WatchKey {
-    pub(crate) key: Vec<u8>,
-    pub(crate) range_end: Vec<u8>,
-    pub(crate) prev_kv: bool,
-}
-
-impl WatchKey {
-    /// The upstream create request for this range, starting at `start`.
-    /// Upstream watches always ask for progress notifications: they tell the
-    /// apiserver how far a quiet range is complete.
-    pub(crate) fn create_request(&self, start: i64) -> PbWatchRequest {
-        let mut union = PbWatchRequestUnion::CreateRequest(Default::default());
-        if let PbWatchRequestUnion::CreateRequest(create) = &mut union {
-            create.key = self.key.clone();
-            create.range_end = self.range_end.clone();
-            create.start_revision = start;
-            create.progress_notify = true;
-            create.prev_kv = self.prev_kv;
-        }
-        PbWatchRequest {
-            request_union: Some(union),
-        }
-    }
-}
-
-impl fmt::Display for WatchKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::key_range::KeyRange::from_request(&self.key, &self.range_end).fmt(f)
-    }
-}
-
 /// A downstream watch as the hub sees it.
 #[derive(Debug)]
-pub(crate) struct Subscription {
-    pub(crate) watch_id: i64,
+struct Subscription {
+    watch_id: i64,
     /// Every event up to this revision has been delivered (or is not
     /// wanted): the watcher receives events with a higher revision.
-    pub(crate) cursor: i64,
-    pub(crate) filter: EventFilter,
-    pub(crate) progress_notify: bool,
-    pub(crate) outbox: Outbox,
+    cursor: i64,
+    filter: EventFilter,
+    progress_notify: bool,
+    outbox: Outbox,
 }
 
 /// A downstream watch's registration, to cancel it.
 #[derive(Debug)]
-pub(crate) struct SubscriptionHandle {
+struct SubscriptionHandle {
     watch: Arc<SharedWatch>,
     id: u64,
     cursor: Arc<AtomicI64>,
@@ -83,13 +54,13 @@ pub(crate) struct SubscriptionHandle {
 
 impl SubscriptionHandle {
     /// Every event up to this revision has been queued to the watcher.
-    pub(crate) fn cursor(&self) -> i64 {
+    fn cursor(&self) -> i64 {
         self.cursor.load(Ordering::Acquire)
     }
 
     /// Whether the hub still delivers to it (not canceled by compaction or
     /// an upstream failure).
-    pub(crate) fn is_active(&self) -> bool {
+    fn is_active(&self) -> bool {
         self.watch.has_subscriber(self.id)
     }
 }
@@ -180,7 +151,7 @@ impl WatchHub {
         }
     }
 
-    pub(crate) fn upstream(&self) -> &Upstream {
+    fn upstream(&self) -> &Upstream {
         &self.upstream
     }
 
@@ -188,12 +159,12 @@ impl WatchHub {
         &self.config
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
+    fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Remembers the newest response header seen from etcd.
-    pub(crate) fn observe(&self, header: Option<&PbResponseHeader>) {
+    fn observe(&self, header: Option<&PbResponseHeader>) {
         let Some(header) = header else { return };
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
         if header.revision >= latest.revision {
@@ -217,18 +188,18 @@ impl WatchHub {
 
     /// etcd lost its data (or another etcd answers): forget the headers of
     /// the old history.
-    pub(crate) fn reset_latest(&self, header: PbResponseHeader) {
+    fn reset_latest(&self, header: PbResponseHeader) {
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = header;
     }
 
     /// The newest response header seen from etcd (for responses that etcd
     /// would stamp with its current revision, like cancel confirmations).
-    pub(crate) fn latest_header(&self) -> PbResponseHeader {
+    fn latest_header(&self) -> PbResponseHeader {
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a downstream watch of `key`; see the type's documentation.
-    pub(crate) fn subscribe(
+    fn subscribe(
         self: &Arc<Self>,
         key: WatchKey,
         subscription: Subscription,
@@ -275,13 +246,13 @@ impl WatchHub {
     }
 
     /// Removes a downstream watch. Returns whether it was still registered.
-    pub(crate) fn unsubscribe(&self, handle: &SubscriptionHandle) -> bool {
+    fn unsubscribe(&self, handle: &SubscriptionHandle) -> bool {
         self.remove(&handle.watch, handle.id)
     }
 
     /// Removes subscriber `id` of `watch`, and the shared watch itself when
     /// that was its last subscriber.
-    pub(crate) fn remove(&self, watch: &Arc<SharedWatch>, id: u64) -> bool {
+    fn remove(&self, watch: &Arc<SharedWatch>, id: u64) -> bool {
         let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
         let (removed, now_empty) = watch.remove_subscriber(id);
         if removed {
@@ -294,7 +265,7 @@ impl WatchHub {
     }
 
     /// Finishes `watch` if it has no subscriber left; returns whether it did.
-    pub(crate) fn finish_if_empty(&self, watch: &SharedWatch) -> bool {
+    fn finish_if_empty(&self, watch: &SharedWatch) -> bool {
         let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
         if !watch.finish_if_empty() {
             return false;
@@ -310,7 +281,7 @@ impl WatchHub {
     }
 
     /// Called by a shared watch whose upstream loop ended for good.
-    pub(crate) fn finished(&self, watch: &Arc<SharedWatch>) {
+    fn finished(&self, watch: &Arc<SharedWatch>) {
         let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
         self.forget(&mut watches, watch);
     }
@@ -327,7 +298,7 @@ impl WatchHub {
     }
 
     /// Called when a catch-up ends (joined, canceled or gone).
-    pub(crate) fn catch_up_ended(&self) {
+    fn catch_up_ended(&self) {
         self.catch_ups.fetch_sub(1, Ordering::Relaxed);
         self.metrics.upstream_watches().dec();
     }

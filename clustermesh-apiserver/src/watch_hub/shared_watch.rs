@@ -1,18 +1,12 @@
 use std::{
     collections::VecDeque,
     fmt,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicI64},
 };
 
-use etcd_client::{
-    EventType, WatchFilterType,
-    proto::{PbEvent, PbResponseHeader, PbWatchResponse},
-};
+use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
 use kvstore::Backoff;
-use prost::bytes::{Bytes, BytesMut};
+use prost::bytes::BytesMut;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
@@ -22,51 +16,17 @@ use crate::{
     etcd_error::EtcdError,
     upstream::path,
     watch_hub::{
-        Subscription, WatchHub, WatchKey,
-        outbox::Outbox,
+        Subscription, WatchHub,
+        batch::{Batch, REPLAY_EVENTS_PER_RESPONSE, revision},
+        subscriber::{Phase, Subscriber},
+        watch_key::WatchKey,
         watch_message::{WatchMessage, encode_shared},
     },
 };
 
-/// Events per response when history is replayed to a joining watcher (etcd
-/// sends catch-up batches of this order too), so a long replay is a few
-/// messages rather than one per revision.
-const REPLAY_EVENTS_PER_RESPONSE: usize = 1_000;
-
-/// etcd's `WatchCreateRequest.FilterType` values a watcher may ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct EventFilter {
-    no_put: bool,
-    no_delete: bool,
-}
-
-impl EventFilter {
-    /// From `WatchCreateRequest.filters`; values etcd does not define are
-    /// ignored, as etcd ignores them.
-    pub(crate) fn from_request(filters: &[i32]) -> Self {
-        let has = |filter: WatchFilterType| filters.contains(&(filter as i32));
-        Self {
-            no_put: has(WatchFilterType::NoPut),
-            no_delete: has(WatchFilterType::NoDelete),
-        }
-    }
-
-    fn is_empty(self) -> bool {
-        !self.no_put && !self.no_delete
-    }
-
-    fn passes(self, event: &PbEvent) -> bool {
-        match EventType::try_from(event.r#type) {
-            Ok(EventType::Put) => !self.no_put,
-            Ok(EventType::Delete) => !self.no_delete,
-            Err(_) => true,
-        }
-    }
-}
-
 /// Whether a watcher joined a shared watch.
 #[derive(Debug)]
-pub(crate) enum JoinOutcome {
+pub(super) enum JoinOutcome {
     /// It receives the history above its cursor and then live events.
     Joined,
     /// It starts before the shared watch's history: a catch-up must replay
@@ -78,160 +38,13 @@ pub(crate) enum JoinOutcome {
 
 /// What a catch-up should do after handing over a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CatchUpStep {
+pub(super) enum CatchUpStep {
     /// Keep reading; everything up to `cursor` is delivered.
     Continue { cursor: i64 },
     /// The watcher now follows the shared watch.
     Joined,
     /// The watcher left.
     Gone,
-}
-
-/// One upstream response, decoded for filtering and replay and encoded once
-/// (without a watch ID) for the watchers that take it whole.
-#[derive(Debug)]
-pub(crate) struct Batch {
-    header: PbResponseHeader,
-    events: Vec<PbEvent>,
-    min_rev: i64,
-    max_rev: i64,
-    body: Bytes,
-}
-
-impl Batch {
-    fn new(header: PbResponseHeader, events: Vec<PbEvent>) -> Self {
-        let revisions = events.iter().map(revision);
-        let min_rev = revisions.clone().min().unwrap_or(header.revision);
-        let max_rev = revisions.max().unwrap_or(header.revision);
-        let response = PbWatchResponse {
-            header: Some(header),
-            events,
-            ..PbWatchResponse::default()
-        };
-        let body = encode_shared(&response);
-        Self {
-            header,
-            events: response.events,
-            min_rev,
-            max_rev,
-            body,
-        }
-    }
-}
-
-fn revision(event: &PbEvent) -> i64 {
-    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Its history comes from a catch-up; live events are not sent yet.
-    CatchingUp,
-    Live,
-    /// Its outbox overflowed or closed; its stream is going away.
-    Dead,
-}
-
-/// A downstream watcher of a shared watch.
-struct Subscriber {
-    id: u64,
-    watch_id: i64,
-    cursor: i64,
-    shared_cursor: Arc<AtomicI64>,
-    filter: EventFilter,
-    progress_notify: bool,
-    outbox: Outbox,
-    phase: Phase,
-    left: CancellationToken,
-}
-
-impl Subscriber {
-    fn advance(&mut self, revision: i64) {
-        if revision > self.cursor {
-            self.cursor = revision;
-            self.shared_cursor.store(revision, Ordering::Release);
-        }
-    }
-
-    fn push(&mut self, message: WatchMessage) {
-        if !self.outbox.push(message) {
-            self.phase = Phase::Dead;
-        }
-    }
-
-    /// Queues the events of `batch` above the cursor that pass the filter;
-    /// returns how many.
-    fn send_batch(&mut self, batch: &Batch) -> u64 {
-        if batch.max_rev <= self.cursor {
-            return 0;
-        }
-        let sent = if batch.min_rev > self.cursor && self.filter.is_empty() {
-            self.push(WatchMessage::Shared {
-                watch_id: self.watch_id,
-                body: batch.body.clone(),
-                events: true,
-            });
-            batch.events.len()
-        } else {
-            let events: Vec<PbEvent> = batch
-                .events
-                .iter()
-                .filter(|e| revision(e) > self.cursor && self.filter.passes(e))
-                .cloned()
-                .collect();
-            let n = events.len();
-            if n > 0 {
-                self.push(self.response(batch.header, events));
-            }
-            n
-        };
-        self.advance(batch.max_rev);
-        sent as u64
-    }
-
-    /// Queues the history above the cursor in responses of up to
-    /// [`REPLAY_EVENTS_PER_RESPONSE`] events, then takes the cursor to
-    /// `complete_to` (everything up to it was in the history).
-    fn replay(&mut self, history: &VecDeque<Arc<Batch>>, complete_to: i64) -> u64 {
-        let mut sent = 0;
-        let mut pending: Vec<PbEvent> = Vec::new();
-        let mut header = PbResponseHeader::default();
-        let (cursor, filter) = (self.cursor, self.filter);
-        for batch in history.iter().filter(|b| b.max_rev > cursor) {
-            pending.extend(
-                batch
-                    .events
-                    .iter()
-                    .filter(|e| revision(e) > cursor && filter.passes(e))
-                    .cloned(),
-            );
-            header = batch.header;
-            if pending.len() >= REPLAY_EVENTS_PER_RESPONSE {
-                sent += pending.len();
-                let events = std::mem::take(&mut pending);
-                self.push(self.response(header, events));
-            }
-        }
-        if !pending.is_empty() {
-            sent += pending.len();
-            self.push(self.response(header, pending));
-        }
-        self.advance(complete_to);
-        sent as u64
-    }
-
-    fn response(&self, header: PbResponseHeader, events: Vec<PbEvent>) -> WatchMessage {
-        WatchMessage::owned(PbWatchResponse {
-            header: Some(header),
-            watch_id: self.watch_id,
-            events,
-            ..PbWatchResponse::default()
-        })
-    }
-
-    fn is_live(&self) -> bool {
-        self.phase == Phase::Live
-    }
 }
 
 struct State {
@@ -268,7 +81,7 @@ enum Ended {
 /// watchers notice nothing: not a gap, not a duplicate. When etcd compacted
 /// that revision meanwhile, watchers that still needed older events get
 /// etcd's compaction response, as a direct watch would.
-pub(crate) struct SharedWatch {
+pub(super) struct SharedWatch {
     key: WatchKey,
     state: Mutex<State>,
     stop: CancellationToken,
@@ -285,7 +98,7 @@ impl fmt::Debug for SharedWatch {
 impl SharedWatch {
     /// A shared watch whose first watcher has `cursor`: the upstream watch
     /// starts at `cursor + 1`.
-    pub(crate) fn new(key: WatchKey, cursor: i64, stop: CancellationToken) -> Self {
+    pub(super) fn new(key: WatchKey, cursor: i64, stop: CancellationToken) -> Self {
         Self {
             key,
             state: Mutex::new(State {
@@ -305,26 +118,26 @@ impl SharedWatch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn key(&self) -> &WatchKey {
+    pub(super) fn key(&self) -> &WatchKey {
         &self.key
     }
 
     /// Marks the watch finished and stops its task.
-    pub(crate) fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.lock().finished = true;
         self.stop.cancel();
     }
 
-    pub(crate) fn subscriber_count(&self) -> usize {
+    pub(super) fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
     }
 
-    pub(crate) fn has_subscriber(&self, id: u64) -> bool {
+    pub(super) fn has_subscriber(&self, id: u64) -> bool {
         self.lock().subscribers.iter().any(|s| s.id == id)
     }
 
     /// Adds a watcher; see [`JoinOutcome`].
-    pub(crate) fn join(
+    pub(super) fn join(
         &self,
         id: u64,
         subscription: Subscription,
@@ -358,7 +171,7 @@ impl SharedWatch {
 
     /// Removes a watcher. Returns whether it was there and whether the watch
     /// has no watcher left.
-    pub(crate) fn remove_subscriber(&self, id: u64) -> (bool, bool) {
+    pub(super) fn remove_subscriber(&self, id: u64) -> (bool, bool) {
         let mut st = self.lock();
         let before = st.subscribers.len();
         st.subscribers.retain(|s| {
@@ -374,7 +187,7 @@ impl SharedWatch {
 
     /// Finishes the watch if it has no watcher (called with the hub's
     /// registry locked, so no watcher can join meanwhile).
-    pub(crate) fn finish_if_empty(&self) -> bool {
+    pub(super) fn finish_if_empty(&self) -> bool {
         let mut st = self.lock();
         if st.subscribers.is_empty() {
             st.finished = true;
@@ -386,7 +199,7 @@ impl SharedWatch {
     }
 
     /// A catch-up's upstream response with events; see [`crate::watch_hub::catch_up::CatchUp`].
-    pub(crate) fn catch_up_events(
+    pub(super) fn catch_up_events(
         &self,
         id: u64,
         header: PbResponseHeader,
@@ -439,7 +252,7 @@ impl SharedWatch {
 
     /// A catch-up's progress notification: its own upstream watch has sent
     /// everything up to `header.revision`.
-    pub(crate) fn catch_up_progress(
+    pub(super) fn catch_up_progress(
         &self,
         id: u64,
         header: PbResponseHeader,
@@ -477,7 +290,7 @@ impl SharedWatch {
 
     /// A catch-up's start revision was compacted: the watcher gets etcd's
     /// compaction response. Returns whether it was still there.
-    pub(crate) fn catch_up_compacted(&self, id: u64, response: &PbWatchResponse) -> bool {
+    pub(super) fn catch_up_compacted(&self, id: u64, response: &PbWatchResponse) -> bool {
         let mut st = self.lock();
         let Some(sub) = st.subscribers.iter_mut().find(|s| s.id == id) else {
             return false;
@@ -487,7 +300,7 @@ impl SharedWatch {
     }
 
     /// Runs the upstream watch until the last watcher leaves or the hub stops.
-    pub(crate) async fn run(self: Arc<Self>, hub: Arc<WatchHub>) {
+    pub(super) async fn run(self: Arc<Self>, hub: Arc<WatchHub>) {
         let config = hub.config().clone();
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
         let mut first = true;
@@ -739,7 +552,7 @@ impl SharedWatch {
     /// wrote up to their revision. Every watcher gets etcd's compaction
     /// response (clients then list again, as after a compaction) and the
     /// watch ends.
-    pub(crate) fn cancel_for_relist(&self, hub: &WatchHub) {
+    pub(super) fn cancel_for_relist(&self, hub: &WatchHub) {
         let header = hub.latest_header();
         let mut st = self.lock();
         let removed = st.subscribers.len() as i64;

@@ -14,8 +14,8 @@ use crate::{
     role::Role,
     tls_listener::PeerInfo,
     watch_hub::{
-        Subscription, SubscriptionHandle, WatchHub, WatchKey, outbox::Outbox,
-        shared_watch::EventFilter, watch_message::WatchMessage,
+        Subscription, SubscriptionHandle, WatchHub, event_filter::EventFilter, outbox::Outbox,
+        watch_key::WatchKey, watch_message::WatchMessage,
     },
 };
 
@@ -149,18 +149,13 @@ impl WatchStream {
         closed: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> bool {
-        // As etcd: an empty key is the smallest key.
-        let key = if create.key.is_empty() {
-            vec![0]
-        } else {
-            create.key
-        };
-        let access = Access::Read(KeyRange::from_request(&key, &create.range_end));
+        let key = WatchKey::from_request(&create.key, &create.range_end, create.prev_kv);
+        let access = Access::Read(key.range().clone());
         let verdict = self.authorizer.decide(&self.role, &access);
         self.metrics
             .request(&self.role, &self.peer.common_name, "Watch", verdict);
         if !verdict.is_allowed() {
-            debug!(client = %self.peer.common_name, range = %KeyRange::from_request(&key, &create.range_end), "watch refused");
+            debug!(client = %self.peer.common_name, range = %key, "watch refused");
             self.outbox.push(WatchMessage::owned(PbWatchResponse {
                 header: Some(self.hub.latest_header()),
                 watch_id: create.watch_id,
@@ -199,7 +194,7 @@ impl WatchStream {
         // etcd stamps `created` with its current revision, and clients check
         // it (a revision lower than one they saw means etcd lost its data),
         // so ask etcd rather than trusting what the shared watches know.
-        let Some(header) = self.current_header(&key, closed, shutdown).await else {
+        let Some(header) = self.current_header(key.range(), closed, shutdown).await else {
             return false;
         };
         let cursor = if create.start_revision > 0 {
@@ -214,11 +209,7 @@ impl WatchStream {
             ..PbWatchResponse::default()
         }));
         let handle = self.hub.subscribe(
-            WatchKey {
-                key,
-                range_end: create.range_end,
-                prev_kv: create.prev_kv,
-            },
+            key,
             Subscription {
                 watch_id,
                 cursor,
@@ -271,7 +262,7 @@ impl WatchStream {
     /// etcd's current header, retried until etcd answers or the stream ends.
     async fn current_header(
         &self,
-        key: &[u8],
+        range: &KeyRange,
         closed: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Option<PbResponseHeader> {
@@ -280,7 +271,7 @@ impl WatchStream {
             let result = tokio::select! {
                 () = closed.cancelled() => return None,
                 () = shutdown.cancelled() => return None,
-                result = self.hub.upstream().current_header(key) => result,
+                result = self.hub.upstream().current_header(range.to_request().0) => result,
             };
             match result {
                 Ok(header) => {
