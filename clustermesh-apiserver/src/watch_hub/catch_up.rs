@@ -9,7 +9,7 @@ use tracing::debug;
 use crate::{
     upstream::path,
     watch_hub::{
-        WatchHub,
+        context::HubContext,
         shared_watch::{CatchUpStep, SharedWatch},
     },
 };
@@ -31,7 +31,7 @@ use crate::{
 /// if etcd compacted the start revision, the watcher gets etcd's compaction
 /// response and is removed, as with a direct watch.
 pub(super) struct CatchUp {
-    hub: Arc<WatchHub>,
+    ctx: Arc<HubContext>,
     watch: Arc<SharedWatch>,
     id: u64,
     cursor: i64,
@@ -49,14 +49,14 @@ impl CatchUp {
     /// `start` is the watcher's first wanted revision; `left` is cancelled
     /// when it leaves.
     pub(super) fn new(
-        hub: Arc<WatchHub>,
+        ctx: Arc<HubContext>,
         watch: Arc<SharedWatch>,
         id: u64,
         start: i64,
         left: CancellationToken,
     ) -> Self {
         Self {
-            hub,
+            ctx,
             watch,
             id,
             cursor: start - 1,
@@ -65,13 +65,12 @@ impl CatchUp {
     }
 
     pub(super) async fn run(mut self) {
-        let config = self.hub.config().clone();
-        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        let mut backoff = self.ctx.backoff();
         loop {
             let request = self.watch.key().create_request(self.cursor + 1);
             let opened = tokio::select! {
                 () = self.left.cancelled() => break,
-                opened = self.hub.upstream().streaming(path::WATCH, futures::stream::iter([request])) => opened,
+                opened = self.ctx.upstream.streaming(path::WATCH, futures::stream::iter([request])) => opened,
             };
             let ended = match opened {
                 Ok(stream) => self.pump(stream, &mut backoff).await,
@@ -87,7 +86,7 @@ impl CatchUp {
                 }
             }
         }
-        self.hub.catch_up_ended();
+        self.ctx.registry.catch_up_ended();
     }
 
     async fn pump(
@@ -105,7 +104,7 @@ impl CatchUp {
                 Ok(None) => return Ended::Error("etcd closed the stream".into()),
                 Err(status) => return Ended::Error(status.to_string()),
             };
-            self.hub.observe(response.header.as_ref());
+            self.ctx.latest.observe(response.header.as_ref());
             if response.created {
                 if response.canceled {
                     return Ended::Error(format!(
@@ -119,7 +118,7 @@ impl CatchUp {
             if response.canceled {
                 if response.compact_revision > 0 {
                     if self.watch.catch_up_compacted(self.id, &response) {
-                        self.hub.remove(&self.watch, self.id);
+                        self.ctx.registry.remove(&self.watch, self.id);
                     }
                     return Ended::Done;
                 }
@@ -134,7 +133,7 @@ impl CatchUp {
             } else {
                 self.watch.catch_up_events(self.id, header, response.events)
             };
-            self.hub.metrics().events_sent(sent);
+            self.ctx.metrics.events_sent(sent);
             match step {
                 CatchUpStep::Continue { cursor } => self.cursor = cursor,
                 CatchUpStep::Joined | CatchUpStep::Gone => return Ended::Done,

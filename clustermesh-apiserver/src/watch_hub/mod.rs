@@ -1,8 +1,22 @@
+//! The watch hub: etcd's `Watch` API served from one upstream etcd watch
+//! per key range, fanned out to every downstream watcher of that range.
+//!
+//! - [`WatchHub`] (this file) is its face: it registers downstream watches
+//!   ([`WatchHub::subscribe`]) and owns the tasks of the upstream watches.
+//! - [`SharedWatch`] is one upstream watch and its watchers; [`CatchUp`]
+//!   replays older history to one watcher before it joins a shared watch.
+//!   Both see the hub only through a [`HubContext`].
+//! - [`WatchStream`] serves one downstream gRPC stream; the shared watches
+//!   push into its [`Outbox`] as [`WatchMessage`]s.
+//! - [`WatchKey`] is what a watch watches, read from the client's request.
+//!
+//! Not for: watches the apiserver makes for itself (the cluster config
+//! publisher uses the kvstore client), or any RPC other than `Watch`.
+
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
@@ -12,8 +26,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 mod batch;
 mod catch_up;
+mod context;
 mod event_filter;
+mod latest_header;
 mod outbox;
+mod registry;
 mod shared_watch;
 mod subscriber;
 mod watch_key;
@@ -26,6 +43,7 @@ pub(crate) use watch_stream::WatchStream;
 
 use self::{
     catch_up::CatchUp,
+    context::HubContext,
     event_filter::EventFilter,
     shared_watch::{JoinOutcome, SharedWatch},
     watch_key::WatchKey,
@@ -99,13 +117,9 @@ pub struct WatchHubStats {
 /// The hub owns the tasks of the shared watches and catch-ups; they stop
 /// when their last watcher leaves, or at shutdown.
 pub struct WatchHub {
-    upstream: Upstream,
+    ctx: Arc<HubContext>,
     config: WatchConfig,
-    metrics: Metrics,
-    watches: Mutex<HashMap<WatchKey, Arc<SharedWatch>>>,
-    latest: Mutex<PbResponseHeader>,
     next_subscriber: AtomicU64,
-    catch_ups: AtomicI64,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -120,14 +134,11 @@ impl fmt::Debug for WatchHub {
 
 impl WatchHub {
     pub fn new(upstream: Upstream, config: WatchConfig, metrics: Metrics) -> Arc<Self> {
+        let ctx = HubContext::new(upstream, metrics, config.min_backoff, config.max_backoff);
         Arc::new(Self {
-            upstream,
+            ctx: Arc::new(ctx),
             config,
-            metrics,
-            watches: Mutex::default(),
-            latest: Mutex::default(),
             next_subscriber: AtomicU64::new(1),
-            catch_ups: AtomicI64::new(0),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         })
@@ -135,7 +146,7 @@ impl WatchHub {
 
     /// Waits for `shutdown`, then stops every upstream watch and waits for
     /// their tasks.
-    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         shutdown.cancelled().await;
         self.stop.cancel();
         self.tasks.close();
@@ -143,59 +154,35 @@ impl WatchHub {
     }
 
     pub fn stats(&self) -> WatchHubStats {
-        let watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-        WatchHubStats {
-            shared_watches: watches.len(),
-            catch_ups: usize::try_from(self.catch_ups.load(Ordering::Relaxed)).unwrap_or(0),
-            subscribers: watches.values().map(|w| w.subscriber_count()).sum(),
-        }
-    }
-
-    fn upstream(&self) -> &Upstream {
-        &self.upstream
+        self.ctx.registry.stats()
     }
 
     pub(crate) fn config(&self) -> &WatchConfig {
         &self.config
     }
 
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
+    fn upstream(&self) -> &Upstream {
+        &self.ctx.upstream
     }
 
     /// Remembers the newest response header seen from etcd.
     fn observe(&self, header: Option<&PbResponseHeader>) {
-        let Some(header) = header else { return };
-        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        if header.revision >= latest.revision {
-            *latest = *header;
-        }
+        self.ctx.latest.observe(header);
+    }
+
+    /// The newest response header seen from etcd (for responses that etcd
+    /// would stamp with its current revision, like cancel confirmations).
+    fn latest_header(&self) -> PbResponseHeader {
+        self.ctx.latest.get()
     }
 
     /// etcd lost its data (the apiserver's own lease vanished, or a watch's
     /// revision went backwards): every shared watch ends and its watchers
     /// are told to list again (see [`SharedWatch::cancel_for_relist`]).
     pub(crate) fn data_lost(&self) {
-        let all: Vec<Arc<SharedWatch>> = {
-            let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-            watches.drain().map(|(_, w)| w).collect()
-        };
-        for watch in all {
-            self.metrics.upstream_watches().dec();
-            watch.cancel_for_relist(self);
+        for watch in self.ctx.registry.take_all() {
+            watch.cancel_for_relist(&self.ctx);
         }
-    }
-
-    /// etcd lost its data (or another etcd answers): forget the headers of
-    /// the old history.
-    fn reset_latest(&self, header: PbResponseHeader) {
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = header;
-    }
-
-    /// The newest response header seen from etcd (for responses that etcd
-    /// would stamp with its current revision, like cancel confirmations).
-    fn latest_header(&self) -> PbResponseHeader {
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a downstream watch of `key`; see the type's documentation.
@@ -208,38 +195,37 @@ impl WatchHub {
         let cursor = Arc::new(AtomicI64::new(subscription.cursor));
         let start = subscription.cursor + 1;
         let mut subscription = subscription;
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut registry = self.ctx.registry.lock();
         let (watch, outcome, sent) = loop {
-            let watch = match watches.get(&key) {
-                Some(watch) => watch.clone(),
+            let watch = match registry.get(&key) {
+                Some(watch) => watch,
                 None => {
                     let watch = Arc::new(SharedWatch::new(
                         key.clone(),
                         subscription.cursor,
+                        &self.config,
                         self.stop.child_token(),
                     ));
-                    watches.insert(key.clone(), watch.clone());
-                    self.metrics.upstream_watches().inc();
-                    self.tasks.spawn(watch.clone().run(self.clone()));
+                    registry.insert(watch.clone());
+                    self.tasks.spawn(watch.clone().run(self.ctx.clone()));
                     watch
                 }
             };
             match watch.join(id, subscription, cursor.clone()) {
                 (JoinOutcome::Finished(back), _) => {
                     // Its task is ending; replace it.
-                    self.forget(&mut watches, &watch);
+                    registry.forget(&watch);
                     subscription = back;
                 }
                 (outcome, sent) => break (watch, outcome, sent),
             }
         };
-        drop(watches);
-        self.metrics.downstream_watchers().inc();
-        self.metrics.events_sent(sent);
+        drop(registry);
+        self.ctx.metrics.downstream_watchers().inc();
+        self.ctx.metrics.events_sent(sent);
         if let JoinOutcome::NeedsCatchUp(left) = outcome {
-            self.catch_ups.fetch_add(1, Ordering::Relaxed);
-            self.metrics.upstream_watches().inc();
-            let catch_up = CatchUp::new(self.clone(), watch.clone(), id, start, left);
+            self.ctx.registry.catch_up_started();
+            let catch_up = CatchUp::new(self.ctx.clone(), watch.clone(), id, start, left);
             self.tasks.spawn(catch_up.run());
         }
         SubscriptionHandle { watch, id, cursor }
@@ -247,59 +233,6 @@ impl WatchHub {
 
     /// Removes a downstream watch. Returns whether it was still registered.
     fn unsubscribe(&self, handle: &SubscriptionHandle) -> bool {
-        self.remove(&handle.watch, handle.id)
-    }
-
-    /// Removes subscriber `id` of `watch`, and the shared watch itself when
-    /// that was its last subscriber.
-    fn remove(&self, watch: &Arc<SharedWatch>, id: u64) -> bool {
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-        let (removed, now_empty) = watch.remove_subscriber(id);
-        if removed {
-            self.metrics.downstream_watchers().dec();
-        }
-        if now_empty {
-            self.forget(&mut watches, watch);
-        }
-        removed
-    }
-
-    /// Finishes `watch` if it has no subscriber left; returns whether it did.
-    fn finish_if_empty(&self, watch: &SharedWatch) -> bool {
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-        if !watch.finish_if_empty() {
-            return false;
-        }
-        if watches
-            .get(watch.key())
-            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), watch))
-        {
-            watches.remove(watch.key());
-            self.metrics.upstream_watches().dec();
-        }
-        true
-    }
-
-    /// Called by a shared watch whose upstream loop ended for good.
-    fn finished(&self, watch: &Arc<SharedWatch>) {
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-        self.forget(&mut watches, watch);
-    }
-
-    fn forget(&self, watches: &mut HashMap<WatchKey, Arc<SharedWatch>>, watch: &Arc<SharedWatch>) {
-        if watches
-            .get(watch.key())
-            .is_some_and(|current| Arc::ptr_eq(current, watch))
-        {
-            watches.remove(watch.key());
-            self.metrics.upstream_watches().dec();
-        }
-        watch.finish();
-    }
-
-    /// Called when a catch-up ends (joined, canceled or gone).
-    fn catch_up_ended(&self) {
-        self.catch_ups.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.upstream_watches().dec();
+        self.ctx.registry.remove(&handle.watch, handle.id)
     }
 }

@@ -2,6 +2,7 @@ use std::{
     collections::VecDeque,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicI64},
+    time::Duration,
 };
 
 use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
@@ -13,11 +14,13 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::{
+    config::WatchConfig,
     etcd_error::EtcdError,
     upstream::path,
     watch_hub::{
-        Subscription, WatchHub,
+        Subscription,
         batch::{Batch, REPLAY_EVENTS_PER_RESPONSE, revision},
+        context::HubContext,
         subscriber::{Phase, Subscriber},
         watch_key::WatchKey,
         watch_message::{WatchMessage, encode_shared},
@@ -72,7 +75,7 @@ enum Ended {
 }
 
 /// One upstream etcd watch of a range, shared by every downstream watcher of
-/// that range (see [`WatchHub`] for how watchers join).
+/// that range (see [`super::WatchHub`] for how watchers join).
 ///
 /// Its task reads etcd's responses, fans each out to the live watchers
 /// (pushing into their outboxes without waiting), and keeps the recent ones
@@ -83,6 +86,10 @@ enum Ended {
 /// etcd's compaction response, as a direct watch would.
 pub(super) struct SharedWatch {
     key: WatchKey,
+    /// See [`WatchConfig::fan_out_linger`].
+    fan_out_linger: Duration,
+    /// See [`WatchConfig::history_events`].
+    history_events: usize,
     state: Mutex<State>,
     stop: CancellationToken,
 }
@@ -98,9 +105,16 @@ impl fmt::Debug for SharedWatch {
 impl SharedWatch {
     /// A shared watch whose first watcher has `cursor`: the upstream watch
     /// starts at `cursor + 1`.
-    pub(super) fn new(key: WatchKey, cursor: i64, stop: CancellationToken) -> Self {
+    pub(super) fn new(
+        key: WatchKey,
+        cursor: i64,
+        config: &WatchConfig,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             key,
+            fan_out_linger: config.fan_out_linger,
+            history_events: config.history_events,
             state: Mutex::new(State {
                 subscribers: Vec::new(),
                 history: VecDeque::new(),
@@ -300,26 +314,25 @@ impl SharedWatch {
     }
 
     /// Runs the upstream watch until the last watcher leaves or the hub stops.
-    pub(super) async fn run(self: Arc<Self>, hub: Arc<WatchHub>) {
-        let config = hub.config().clone();
-        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    pub(super) async fn run(self: Arc<Self>, ctx: Arc<HubContext>) {
+        let mut backoff = ctx.backoff();
         let mut first = true;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             if !first {
-                hub.metrics().upstream_watch_restarted();
+                ctx.metrics.upstream_watch_restarted();
             }
             first = false;
             let start = self.lock().revision + 1;
             let request = self.key.create_request(start);
             let opened = tokio::select! {
                 () = self.stop.cancelled() => break,
-                opened = hub.upstream().streaming(path::WATCH, futures::stream::iter([request])) => opened,
+                opened = ctx.upstream.streaming(path::WATCH, futures::stream::iter([request])) => opened,
             };
             let ended = match opened {
-                Ok(stream) => self.pump(&hub, stream, &mut backoff).await,
+                Ok(stream) => self.pump(&ctx, stream, &mut backoff).await,
                 Err(status) => Ended::Error(format!("opening the watch failed: {status}")),
             };
             match ended {
@@ -333,7 +346,7 @@ impl SharedWatch {
                 }
             }
         }
-        hub.finished(&self);
+        ctx.registry.finished(&self);
     }
 
     /// Reads one upstream stream until it ends.
@@ -346,11 +359,11 @@ impl SharedWatch {
     /// of events per period, for at most `fan_out_linger` of delay.
     async fn pump(
         &self,
-        hub: &WatchHub,
+        ctx: &HubContext,
         mut stream: Streaming<PbWatchResponse>,
         backoff: &mut Backoff,
     ) -> Ended {
-        let linger = hub.config().fan_out_linger;
+        let linger = self.fan_out_linger;
         let mut pending: Vec<Batch> = Vec::new();
         let mut last_fan_out: Option<Instant> = None;
         loop {
@@ -360,7 +373,7 @@ impl SharedWatch {
             let message = tokio::select! {
                 () = self.stop.cancelled() => return Ended::Stopped,
                 () = sleep_until(flush_at) => {
-                    self.fan_out(hub, std::mem::take(&mut pending));
+                    self.fan_out(ctx, std::mem::take(&mut pending));
                     last_fan_out = Some(Instant::now());
                     continue;
                 }
@@ -369,15 +382,15 @@ impl SharedWatch {
             let response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => {
-                    self.fan_out(hub, pending);
+                    self.fan_out(ctx, pending);
                     return Ended::Error("etcd closed the stream".into());
                 }
                 Err(status) => {
-                    self.fan_out(hub, pending);
+                    self.fan_out(ctx, pending);
                     return Ended::Error(status.to_string());
                 }
             };
-            hub.observe(response.header.as_ref());
+            ctx.latest.observe(response.header.as_ref());
             let header = response.header.unwrap_or_default();
             if !response.created && !response.canceled && !response.events.is_empty() {
                 pending.push(Batch::new(header, response.events));
@@ -386,13 +399,13 @@ impl SharedWatch {
                 if last_fan_out.is_none_or(|at| now >= at + linger)
                     || events >= REPLAY_EVENTS_PER_RESPONSE
                 {
-                    self.fan_out(hub, std::mem::take(&mut pending));
+                    self.fan_out(ctx, std::mem::take(&mut pending));
                     last_fan_out = Some(now);
                 }
                 continue;
             }
             // Anything else is ordered after the events before it.
-            self.fan_out(hub, std::mem::take(&mut pending));
+            self.fan_out(ctx, std::mem::take(&mut pending));
             if response.created {
                 if response.canceled {
                     return Ended::Error(format!(
@@ -401,14 +414,14 @@ impl SharedWatch {
                     ));
                 }
                 backoff.reset();
-                if !self.same_history(hub, &response) {
+                if !self.same_history(ctx, &response) {
                     return Ended::Stopped;
                 }
                 continue;
             }
             if response.canceled {
                 if response.compact_revision > 0 {
-                    return self.compacted(hub, &response);
+                    return self.compacted(ctx, &response);
                 }
                 return Ended::Error(format!(
                     "etcd canceled the watch: {}",
@@ -423,7 +436,7 @@ impl SharedWatch {
     /// them as history. A watcher that takes them all whole gets one
     /// response: the encoded batches back to back, which is one
     /// `WatchResponse` with every event and the last header.
-    fn fan_out(&self, hub: &WatchHub, batches: Vec<Batch>) {
+    fn fan_out(&self, ctx: &HubContext, batches: Vec<Batch>) {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
             return;
         };
@@ -439,7 +452,7 @@ impl SharedWatch {
             body.freeze()
         };
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
-        let capacity = hub.config().history_events;
+        let capacity = self.history_events;
         let mut st = self.lock();
         let mut sent = 0;
         for sub in st.subscribers.iter_mut().filter(|s| s.is_live()) {
@@ -470,7 +483,7 @@ impl SharedWatch {
             }
         }
         drop(st);
-        hub.metrics().events_sent(sent);
+        ctx.metrics.events_sent(sent);
     }
 
     /// A progress notification: etcd has sent everything up to its revision.
@@ -509,7 +522,7 @@ impl SharedWatch {
     /// watch resumed at the old revision would silently skip everything
     /// written until then), has another history: every watcher is canceled
     /// and must list again.
-    fn same_history(&self, hub: &WatchHub, response: &PbWatchResponse) -> bool {
+    fn same_history(&self, ctx: &HubContext, response: &PbWatchResponse) -> bool {
         let header = response.header.unwrap_or_default();
         let cluster_id = header.cluster_id;
         let mut st = self.lock();
@@ -521,11 +534,11 @@ impl SharedWatch {
             }
             return true;
         }
-        hub.reset_latest(header);
+        ctx.latest.reset(header);
         if !other_cluster {
             warn!(range = %self.key, seen = st.revision, now = header.revision, "etcd's revision went backwards (its data was lost); its watchers must list again");
             drop(st);
-            self.cancel_for_relist(hub);
+            self.cancel_for_relist(ctx);
             return false;
         }
         warn!(range = %self.key, old = st.cluster_id, new = cluster_id, "a different etcd cluster answers; canceling the watchers of this range");
@@ -543,7 +556,7 @@ impl SharedWatch {
         }
         st.finished = true;
         drop(st);
-        hub.metrics().downstream_watchers().dec_by(removed);
+        ctx.metrics.downstream_watchers().dec_by(removed);
         false
     }
 
@@ -552,8 +565,8 @@ impl SharedWatch {
     /// wrote up to their revision. Every watcher gets etcd's compaction
     /// response (clients then list again, as after a compaction) and the
     /// watch ends.
-    pub(super) fn cancel_for_relist(&self, hub: &WatchHub) {
-        let header = hub.latest_header();
+    pub(super) fn cancel_for_relist(&self, ctx: &HubContext) {
+        let header = ctx.latest.get();
         let mut st = self.lock();
         let removed = st.subscribers.len() as i64;
         for mut sub in st.subscribers.drain(..) {
@@ -569,14 +582,14 @@ impl SharedWatch {
         }
         st.finished = true;
         drop(st);
-        hub.metrics().downstream_watchers().dec_by(removed);
+        ctx.metrics.downstream_watchers().dec_by(removed);
         self.stop.cancel();
     }
 
     /// etcd compacted the revision the watch resumes at. Watchers that still
     /// need older events get etcd's compaction response; the others continue
     /// from the compaction revision.
-    fn compacted(&self, hub: &WatchHub, response: &PbWatchResponse) -> Ended {
+    fn compacted(&self, ctx: &HubContext, response: &PbWatchResponse) -> Ended {
         let compact = response.compact_revision;
         let mut st = self.lock();
         let before = st.subscribers.len();
@@ -597,8 +610,8 @@ impl SharedWatch {
         st.history_events = 0;
         let empty = st.subscribers.is_empty();
         drop(st);
-        hub.metrics().downstream_watchers().dec_by(removed);
-        if empty && hub.finish_if_empty(self) {
+        ctx.metrics.downstream_watchers().dec_by(removed);
+        if empty && ctx.registry.finish_if_empty(self) {
             Ended::Stopped
         } else {
             Ended::Restart
