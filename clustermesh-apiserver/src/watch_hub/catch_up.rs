@@ -1,17 +1,13 @@
 use std::sync::Arc;
 
 use etcd_client::proto::PbWatchResponse;
-use kvstore::Backoff;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-use tracing::debug;
 
-use crate::{
-    upstream::path,
-    watch_hub::{
-        context::HubContext,
-        shared_watch::{CatchUpStep, SharedWatch},
-    },
+use super::{
+    context::HubContext,
+    shared_watch::{CatchUpStep, SharedWatch},
+    upstream_watch::{self, Flow, UpstreamWatch},
+    watch_key::WatchKey,
 };
 
 /// Replays etcd's history to one watcher that starts before what its shared
@@ -38,13 +34,6 @@ pub(super) struct CatchUp {
     left: CancellationToken,
 }
 
-/// How a pass over the private stream ended.
-enum Ended {
-    /// The watcher joined, left or was canceled.
-    Done,
-    Error(String),
-}
-
 impl CatchUp {
     /// `start` is the watcher's first wanted revision; `left` is cancelled
     /// when it leaves.
@@ -65,79 +54,56 @@ impl CatchUp {
     }
 
     pub(super) async fn run(mut self) {
-        let mut backoff = self.ctx.backoff();
-        loop {
-            let request = self.watch.key().create_request(self.cursor + 1);
-            let opened = tokio::select! {
-                () = self.left.cancelled() => break,
-                opened = self.ctx.upstream.streaming(path::WATCH, futures::stream::iter([request])) => opened,
-            };
-            let ended = match opened {
-                Ok(stream) => self.pump(stream, &mut backoff).await,
-                Err(status) => Ended::Error(format!("opening the watch failed: {status}")),
-            };
-            match ended {
-                Ended::Done => break,
-                Ended::Error(reason) => {
-                    debug!(range = %self.watch.key(), from = self.cursor + 1, %reason, "history catch-up interrupted; resuming");
-                    if !backoff.wait(&self.left).await {
-                        break;
-                    }
-                }
-            }
-        }
-        self.ctx.registry.catch_up_ended();
+        let (ctx, left) = (self.ctx.clone(), self.left.clone());
+        upstream_watch::run(&mut self, &ctx, &left).await;
+        ctx.registry.catch_up_ended();
     }
 
-    async fn pump(
-        &mut self,
-        mut stream: Streaming<PbWatchResponse>,
-        backoff: &mut Backoff,
-    ) -> Ended {
-        loop {
-            let message = tokio::select! {
-                () = self.left.cancelled() => return Ended::Done,
-                message = stream.message() => message,
-            };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return Ended::Error("etcd closed the stream".into()),
-                Err(status) => return Ended::Error(status.to_string()),
-            };
-            self.ctx.latest.observe(response.header.as_ref());
-            if response.created {
-                if response.canceled {
-                    return Ended::Error(format!(
-                        "etcd refused the watch: {}",
-                        response.cancel_reason
-                    ));
-                }
-                backoff.reset();
-                continue;
+    /// Counts what the shared watch sent for the catch-up; ends it once the
+    /// watcher joined or left.
+    fn step(&mut self, (step, sent): (CatchUpStep, u64)) -> Flow {
+        self.ctx.metrics.events_sent(sent);
+        match step {
+            CatchUpStep::Continue { cursor } => {
+                self.cursor = cursor;
+                Flow::Continue
             }
-            if response.canceled {
-                if response.compact_revision > 0 {
-                    if self.watch.catch_up_compacted(self.id, &response) {
-                        self.ctx.registry.remove(&self.watch, self.id);
-                    }
-                    return Ended::Done;
-                }
-                return Ended::Error(format!(
-                    "etcd canceled the watch: {}",
-                    response.cancel_reason
-                ));
-            }
-            let header = response.header.unwrap_or_default();
-            let (step, sent) = if response.events.is_empty() {
-                self.watch.catch_up_progress(self.id, header)
-            } else {
-                self.watch.catch_up_events(self.id, header, response.events)
-            };
-            self.ctx.metrics.events_sent(sent);
-            match step {
-                CatchUpStep::Continue { cursor } => self.cursor = cursor,
-                CatchUpStep::Joined | CatchUpStep::Gone => return Ended::Done,
-            }
+            CatchUpStep::Joined | CatchUpStep::Gone => Flow::Stop,
         }
+    }
+}
+
+impl UpstreamWatch for CatchUp {
+    const KIND: &'static str = "catch-up";
+
+    fn key(&self) -> &WatchKey {
+        self.watch.key()
+    }
+
+    fn open_at(&mut self) -> i64 {
+        self.cursor + 1
+    }
+
+    fn created(&mut self, _response: &PbWatchResponse) -> Flow {
+        Flow::Continue
+    }
+
+    fn events(&mut self, response: PbWatchResponse) -> Flow {
+        let header = response.header.unwrap_or_default();
+        let step = self.watch.catch_up_events(self.id, header, response.events);
+        self.step(step)
+    }
+
+    fn progress(&mut self, response: &PbWatchResponse) -> Flow {
+        let header = response.header.unwrap_or_default();
+        let step = self.watch.catch_up_progress(self.id, header);
+        self.step(step)
+    }
+
+    fn compacted(&mut self, response: &PbWatchResponse) -> Flow {
+        if self.watch.catch_up_compacted(self.id, response) {
+            self.ctx.registry.remove(&self.watch, self.id);
+        }
+        Flow::Stop
     }
 }

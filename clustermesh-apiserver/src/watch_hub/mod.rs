@@ -5,7 +5,9 @@
 //!   ([`WatchHub::subscribe`]) and owns the tasks of the upstream watches.
 //! - [`SharedWatch`] is one upstream watch and its watchers; [`CatchUp`]
 //!   replays older history to one watcher before it joins a shared watch.
-//!   Both see the hub only through a [`HubContext`].
+//!   Both read etcd through one resumable loop ([`upstream_watch::run`],
+//!   each implementing [`UpstreamWatch`](upstream_watch::UpstreamWatch)) and
+//!   see the hub only through a [`HubContext`].
 //! - [`WatchStream`] serves one downstream gRPC stream; the shared watches
 //!   push into its [`Outbox`] as [`WatchMessage`]s.
 //! - [`WatchKey`] is what a watch watches, read from the client's request.
@@ -33,6 +35,7 @@ mod outbox;
 mod registry;
 mod shared_watch;
 mod subscriber;
+mod upstream_watch;
 mod watch_key;
 mod watch_message;
 mod watch_stream;

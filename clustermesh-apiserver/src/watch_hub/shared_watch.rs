@@ -6,22 +6,20 @@ use std::{
 };
 
 use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
-use kvstore::Backoff;
 use prost::bytes::BytesMut;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     config::WatchConfig,
     etcd_error::EtcdError,
-    upstream::path,
     watch_hub::{
         Subscription,
         batch::{Batch, REPLAY_EVENTS_PER_RESPONSE, revision},
         context::HubContext,
         subscriber::{Phase, Subscriber},
+        upstream_watch::{self, Flow, UpstreamWatch},
         watch_key::WatchKey,
         watch_message::{WatchMessage, encode_shared},
     },
@@ -64,14 +62,46 @@ struct State {
     finished: bool,
 }
 
-/// How a pass over an upstream stream ended.
-enum Ended {
-    /// Shutdown, or the last watcher left.
-    Stopped,
-    /// Re-open at once (after a compaction that left watchers).
-    Restart,
-    /// A failure; re-open after a backoff.
-    Error(String),
+impl State {
+    /// Subscriber `id` if a catch-up serves it.
+    fn catching_up(&mut self, id: u64) -> Option<CatchingUp<'_>> {
+        let Self {
+            subscribers,
+            history,
+            floor,
+            revision,
+            ..
+        } = self;
+        let sub = subscribers
+            .iter_mut()
+            .find(|s| s.id == id && s.phase == Phase::CatchingUp)?;
+        Some(CatchingUp {
+            sub,
+            history,
+            floor: *floor,
+            complete_to: *revision,
+        })
+    }
+}
+
+/// A subscriber a catch-up serves, and the shared history it joins.
+struct CatchingUp<'a> {
+    sub: &'a mut Subscriber,
+    history: &'a VecDeque<Arc<Batch>>,
+    /// The history holds every event above this revision...
+    floor: i64,
+    /// ...up to this one.
+    complete_to: i64,
+}
+
+impl CatchingUp<'_> {
+    /// The catch-up has delivered everything up to `floor`: the subscriber
+    /// takes the history above its cursor and goes live. Returns how many
+    /// events it was sent.
+    fn join(self) -> u64 {
+        self.sub.phase = Phase::Live;
+        self.sub.replay(self.history, self.complete_to)
+    }
 }
 
 /// One upstream etcd watch of a range, shared by every downstream watcher of
@@ -220,17 +250,7 @@ impl SharedWatch {
         mut events: Vec<PbEvent>,
     ) -> (CatchUpStep, u64) {
         let mut st = self.lock();
-        let State {
-            subscribers,
-            history,
-            floor,
-            revision: complete_to,
-            ..
-        } = &mut *st;
-        let Some(sub) = subscribers
-            .iter_mut()
-            .find(|s| s.id == id && s.phase == Phase::CatchingUp)
-        else {
+        let Some(catching_up) = st.catching_up(id) else {
             return (CatchUpStep::Gone, 0);
         };
         // The catch-up delivers what the shared history does not have: the
@@ -239,11 +259,12 @@ impl SharedWatch {
         // and complete), and the shared history holds everything above.
         let split = events
             .iter()
-            .position(|e| revision(e) > *floor)
+            .position(|e| revision(e) > catching_up.floor)
             .unwrap_or(events.len());
         let beyond_floor = split < events.len();
         events.truncate(split);
         let mut sent = 0;
+        let sub = &mut *catching_up.sub;
         if let Some(last) = events.last().map(revision) {
             let wanted: Vec<PbEvent> = events
                 .into_iter()
@@ -257,11 +278,15 @@ impl SharedWatch {
             sub.advance(last);
         }
         if beyond_floor {
-            sub.phase = Phase::Live;
-            sent += sub.replay(history, *complete_to);
+            sent += catching_up.join();
             return (CatchUpStep::Joined, sent);
         }
-        (CatchUpStep::Continue { cursor: sub.cursor }, sent)
+        (
+            CatchUpStep::Continue {
+                cursor: catching_up.sub.cursor,
+            },
+            sent,
+        )
     }
 
     /// A catch-up's progress notification: its own upstream watch has sent
@@ -272,26 +297,15 @@ impl SharedWatch {
         header: PbResponseHeader,
     ) -> (CatchUpStep, u64) {
         let mut st = self.lock();
-        let State {
-            subscribers,
-            history,
-            floor,
-            revision: complete_to,
-            ..
-        } = &mut *st;
-        let Some(sub) = subscribers
-            .iter_mut()
-            .find(|s| s.id == id && s.phase == Phase::CatchingUp)
-        else {
+        let Some(catching_up) = st.catching_up(id) else {
             return (CatchUpStep::Gone, 0);
         };
         let progress = header.revision;
-        if progress >= *floor {
-            sub.advance(progress);
-            sub.phase = Phase::Live;
-            let sent = sub.replay(history, *complete_to);
-            return (CatchUpStep::Joined, sent);
+        if progress >= catching_up.floor {
+            catching_up.sub.advance(progress);
+            return (CatchUpStep::Joined, catching_up.join());
         }
+        let sub = catching_up.sub;
         if progress > sub.cursor {
             sub.advance(progress);
             if sub.progress_notify {
@@ -315,121 +329,15 @@ impl SharedWatch {
 
     /// Runs the upstream watch until the last watcher leaves or the hub stops.
     pub(super) async fn run(self: Arc<Self>, ctx: Arc<HubContext>) {
-        let mut backoff = ctx.backoff();
-        let mut first = true;
-        loop {
-            if self.stop.is_cancelled() {
-                break;
-            }
-            if !first {
-                ctx.metrics.upstream_watch_restarted();
-            }
-            first = false;
-            let start = self.lock().revision + 1;
-            let request = self.key.create_request(start);
-            let opened = tokio::select! {
-                () = self.stop.cancelled() => break,
-                opened = ctx.upstream.streaming(path::WATCH, futures::stream::iter([request])) => opened,
-            };
-            let ended = match opened {
-                Ok(stream) => self.pump(&ctx, stream, &mut backoff).await,
-                Err(status) => Ended::Error(format!("opening the watch failed: {status}")),
-            };
-            match ended {
-                Ended::Stopped => break,
-                Ended::Restart => {}
-                Ended::Error(reason) => {
-                    debug!(range = %self.key, start, %reason, "upstream watch interrupted; resuming");
-                    if !backoff.wait(&self.stop).await {
-                        break;
-                    }
-                }
-            }
-        }
+        let mut feed = Feed {
+            watch: &self,
+            ctx: &ctx,
+            pending: Vec::new(),
+            last_fan_out: None,
+            opened: false,
+        };
+        upstream_watch::run(&mut feed, &ctx, &self.stop).await;
         ctx.registry.finished(&self);
-    }
-
-    /// Reads one upstream stream until it ends.
-    ///
-    /// Events are fanned out at once when the previous fan-out is at least
-    /// `fan_out_linger` old; while they arrive faster, they are collected
-    /// and fanned out together when the linger period is over (or a batch
-    /// grows large), one response per watcher for the lot: at high rates
-    /// that divides the responses, and the CPU spent on each, by the number
-    /// of events per period, for at most `fan_out_linger` of delay.
-    async fn pump(
-        &self,
-        ctx: &HubContext,
-        mut stream: Streaming<PbWatchResponse>,
-        backoff: &mut Backoff,
-    ) -> Ended {
-        let linger = self.fan_out_linger;
-        let mut pending: Vec<Batch> = Vec::new();
-        let mut last_fan_out: Option<Instant> = None;
-        loop {
-            let flush_at = last_fan_out
-                .filter(|_| !pending.is_empty())
-                .map(|at| at + linger);
-            let message = tokio::select! {
-                () = self.stop.cancelled() => return Ended::Stopped,
-                () = sleep_until(flush_at) => {
-                    self.fan_out(ctx, std::mem::take(&mut pending));
-                    last_fan_out = Some(Instant::now());
-                    continue;
-                }
-                message = stream.message() => message,
-            };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => {
-                    self.fan_out(ctx, pending);
-                    return Ended::Error("etcd closed the stream".into());
-                }
-                Err(status) => {
-                    self.fan_out(ctx, pending);
-                    return Ended::Error(status.to_string());
-                }
-            };
-            ctx.latest.observe(response.header.as_ref());
-            let header = response.header.unwrap_or_default();
-            if !response.created && !response.canceled && !response.events.is_empty() {
-                pending.push(Batch::new(header, response.events));
-                let now = Instant::now();
-                let events: usize = pending.iter().map(|b| b.events.len()).sum();
-                if last_fan_out.is_none_or(|at| now >= at + linger)
-                    || events >= REPLAY_EVENTS_PER_RESPONSE
-                {
-                    self.fan_out(ctx, std::mem::take(&mut pending));
-                    last_fan_out = Some(now);
-                }
-                continue;
-            }
-            // Anything else is ordered after the events before it.
-            self.fan_out(ctx, std::mem::take(&mut pending));
-            if response.created {
-                if response.canceled {
-                    return Ended::Error(format!(
-                        "etcd refused the watch: {}",
-                        response.cancel_reason
-                    ));
-                }
-                backoff.reset();
-                if !self.same_history(ctx, &response) {
-                    return Ended::Stopped;
-                }
-                continue;
-            }
-            if response.canceled {
-                if response.compact_revision > 0 {
-                    return self.compacted(ctx, &response);
-                }
-                return Ended::Error(format!(
-                    "etcd canceled the watch: {}",
-                    response.cancel_reason
-                ));
-            }
-            self.progress(header);
-        }
     }
 
     /// Sends batches (in revision order) to every live watcher and keeps
@@ -589,7 +497,7 @@ impl SharedWatch {
     /// etcd compacted the revision the watch resumes at. Watchers that still
     /// need older events get etcd's compaction response; the others continue
     /// from the compaction revision.
-    fn compacted(&self, ctx: &HubContext, response: &PbWatchResponse) -> Ended {
+    fn compacted(&self, ctx: &HubContext, response: &PbWatchResponse) -> Flow {
         let compact = response.compact_revision;
         let mut st = self.lock();
         let before = st.subscribers.len();
@@ -612,18 +520,10 @@ impl SharedWatch {
         drop(st);
         ctx.metrics.downstream_watchers().dec_by(removed);
         if empty && ctx.registry.finish_if_empty(self) {
-            Ended::Stopped
+            Flow::Stop
         } else {
-            Ended::Restart
+            Flow::Reopen
         }
-    }
-}
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -637,4 +537,91 @@ fn compaction_response(watch_id: i64, upstream: &PbWatchResponse) -> WatchMessag
         cancel_reason: upstream.cancel_reason.clone(),
         ..PbWatchResponse::default()
     })
+}
+
+/// A shared watch's upstream side: hands etcd's responses to the watch.
+///
+/// Events are fanned out at once when the previous fan-out is at least
+/// `fan_out_linger` old; while they arrive faster, they are collected and
+/// fanned out together when the linger period is over (or a batch grows
+/// large), one response per watcher for the lot: at high rates that divides
+/// the responses, and the CPU spent on each, by the number of events per
+/// period, for at most `fan_out_linger` of delay.
+struct Feed<'a> {
+    watch: &'a SharedWatch,
+    ctx: &'a HubContext,
+    /// Events held back, of the current upstream stream.
+    pending: Vec<Batch>,
+    /// The last fan-out of the current upstream stream.
+    last_fan_out: Option<Instant>,
+    /// Whether the watch was opened before (a re-opening is a restart).
+    opened: bool,
+}
+
+impl UpstreamWatch for Feed<'_> {
+    const KIND: &'static str = "shared";
+
+    fn key(&self) -> &WatchKey {
+        &self.watch.key
+    }
+
+    fn open_at(&mut self) -> i64 {
+        if self.opened {
+            self.ctx.metrics.upstream_watch_restarted();
+        }
+        self.opened = true;
+        self.pending.clear();
+        self.last_fan_out = None;
+        self.watch.lock().revision + 1
+    }
+
+    fn created(&mut self, response: &PbWatchResponse) -> Flow {
+        if self.watch.same_history(self.ctx, response) {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
+    }
+
+    fn events(&mut self, response: PbWatchResponse) -> Flow {
+        let header = response.header.unwrap_or_default();
+        self.pending.push(Batch::new(header, response.events));
+        let now = Instant::now();
+        let events: usize = self.pending.iter().map(|b| b.events.len()).sum();
+        if self
+            .last_fan_out
+            .is_none_or(|at| now >= at + self.watch.fan_out_linger)
+            || events >= REPLAY_EVENTS_PER_RESPONSE
+        {
+            self.watch
+                .fan_out(self.ctx, std::mem::take(&mut self.pending));
+            self.last_fan_out = Some(now);
+        }
+        Flow::Continue
+    }
+
+    fn progress(&mut self, response: &PbWatchResponse) -> Flow {
+        self.watch.progress(response.header.unwrap_or_default());
+        Flow::Continue
+    }
+
+    fn compacted(&mut self, response: &PbWatchResponse) -> Flow {
+        self.watch.compacted(self.ctx, response)
+    }
+
+    fn flush(&mut self) {
+        self.watch
+            .fan_out(self.ctx, std::mem::take(&mut self.pending));
+    }
+
+    fn flush_at(&self) -> Option<Instant> {
+        self.last_fan_out
+            .filter(|_| !self.pending.is_empty())
+            .map(|at| at + self.watch.fan_out_linger)
+    }
+
+    fn flush_due(&mut self) {
+        self.flush();
+        self.last_fan_out = Some(Instant::now());
+    }
 }
