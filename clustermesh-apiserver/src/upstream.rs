@@ -1,4 +1,4 @@
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use etcd_client::proto::{
     PbRangeRequest, PbRangeResponse, PbResponseHeader, PbStatusRequest, PbStatusResponse,
@@ -63,19 +63,11 @@ pub enum UpstreamError {
 /// The apiserver's own connection to the cluster's etcd: raw gRPC calls that
 /// forward requests as they are (same fields, same errors), over one
 /// balanced HTTP/2 channel. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     channel: Channel,
     endpoints: String,
     request_timeout: Duration,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("endpoints", &self.endpoints)
-            .finish()
-    }
 }
 
 impl Upstream {
