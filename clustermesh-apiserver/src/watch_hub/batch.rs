@@ -1,7 +1,7 @@
 use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
 use prost::bytes::Bytes;
 
-use super::watch_message::encode_shared;
+use super::{revision::Revision, watch_message::encode_shared};
 
 /// Events per response when history is replayed to a joining watcher (etcd
 /// sends catch-up batches of this order too), so a long replay is a few
@@ -14,16 +14,19 @@ pub(super) const REPLAY_EVENTS_PER_RESPONSE: usize = 1_000;
 pub(super) struct Batch {
     pub(super) header: PbResponseHeader,
     pub(super) events: Vec<PbEvent>,
-    pub(super) min_rev: i64,
-    pub(super) max_rev: i64,
+    pub(super) min_rev: Revision,
+    pub(super) max_rev: Revision,
     pub(super) body: Bytes,
 }
 
 impl Batch {
     pub(super) fn new(header: PbResponseHeader, events: Vec<PbEvent>) -> Self {
-        let revisions = events.iter().map(revision);
-        let min_rev = revisions.clone().min().unwrap_or(header.revision);
-        let max_rev = revisions.max().unwrap_or(header.revision);
+        let revisions = events.iter().map(Revision::of_event);
+        let min_rev = revisions
+            .clone()
+            .min()
+            .unwrap_or(Revision::of_header(&header));
+        let max_rev = revisions.max().unwrap_or(Revision::of_header(&header));
         let response = PbWatchResponse {
             header: Some(header),
             events,
@@ -38,9 +41,4 @@ impl Batch {
             body,
         }
     }
-}
-
-/// The revision of an event: that of the write that made it.
-pub(super) fn revision(event: &PbEvent) -> i64 {
-    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }

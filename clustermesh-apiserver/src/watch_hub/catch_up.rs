@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     context::HubContext,
+    revision::Revision,
     shared_watch::{CatchUpStep, SharedWatch},
     upstream_watch::{self, Flow, UpstreamWatch},
     watch_key::WatchKey,
@@ -30,7 +31,7 @@ pub(super) struct CatchUp {
     ctx: Arc<HubContext>,
     watch: Arc<SharedWatch>,
     id: u64,
-    cursor: i64,
+    cursor: Revision,
     left: CancellationToken,
 }
 
@@ -41,14 +42,14 @@ impl CatchUp {
         ctx: Arc<HubContext>,
         watch: Arc<SharedWatch>,
         id: u64,
-        start: i64,
+        start: Revision,
         left: CancellationToken,
     ) -> Self {
         Self {
             ctx,
             watch,
             id,
-            cursor: start - 1,
+            cursor: start.prev(),
             left,
         }
     }
@@ -80,8 +81,8 @@ impl UpstreamWatch for CatchUp {
         self.watch.key()
     }
 
-    fn open_at(&mut self) -> i64 {
-        self.cursor + 1
+    fn open_at(&mut self) -> Revision {
+        self.cursor.next()
     }
 
     fn created(&mut self, _response: &PbWatchResponse) -> Flow {

@@ -33,6 +33,7 @@ mod event_filter;
 mod latest_header;
 mod outbox;
 mod registry;
+mod revision;
 mod shared_watch;
 mod subscriber;
 mod upstream_watch;
@@ -48,6 +49,7 @@ use self::{
     catch_up::CatchUp,
     context::HubContext,
     event_filter::EventFilter,
+    revision::Revision,
     shared_watch::{JoinOutcome, SharedWatch},
     watch_key::WatchKey,
 };
@@ -59,7 +61,7 @@ struct Subscription {
     watch_id: i64,
     /// Every event up to this revision has been delivered (or is not
     /// wanted): the watcher receives events with a higher revision.
-    cursor: i64,
+    cursor: Revision,
     filter: EventFilter,
     progress_notify: bool,
     outbox: Outbox,
@@ -75,8 +77,8 @@ struct SubscriptionHandle {
 
 impl SubscriptionHandle {
     /// Every event up to this revision has been queued to the watcher.
-    fn cursor(&self) -> i64 {
-        self.cursor.load(Ordering::Acquire)
+    fn cursor(&self) -> Revision {
+        Revision::new(self.cursor.load(Ordering::Acquire))
     }
 
     /// Whether the hub still delivers to it (not canceled by compaction or
@@ -195,8 +197,8 @@ impl WatchHub {
         subscription: Subscription,
     ) -> SubscriptionHandle {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let cursor = Arc::new(AtomicI64::new(subscription.cursor));
-        let start = subscription.cursor + 1;
+        let cursor = Arc::new(AtomicI64::new(subscription.cursor.get()));
+        let start = subscription.cursor.next();
         let mut subscription = subscription;
         let mut registry = self.ctx.registry.lock();
         let (watch, outcome, sent) = loop {

@@ -16,8 +16,9 @@ use crate::{
     etcd_error::EtcdError,
     watch_hub::{
         Subscription,
-        batch::{Batch, REPLAY_EVENTS_PER_RESPONSE, revision},
+        batch::{Batch, REPLAY_EVENTS_PER_RESPONSE},
         context::HubContext,
+        revision::Revision,
         subscriber::{Phase, Subscriber},
         upstream_watch::{self, Flow, UpstreamWatch},
         watch_key::WatchKey,
@@ -41,7 +42,7 @@ pub(super) enum JoinOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CatchUpStep {
     /// Keep reading; everything up to `cursor` is delivered.
-    Continue { cursor: i64 },
+    Continue { cursor: Revision },
     /// The watcher now follows the shared watch.
     Joined,
     /// The watcher left.
@@ -54,9 +55,9 @@ struct State {
     /// revision above `floor` up to `revision`.
     history: VecDeque<Arc<Batch>>,
     history_events: usize,
-    floor: i64,
+    floor: Revision,
     /// Every event up to this revision has been received from etcd.
-    revision: i64,
+    revision: Revision,
     /// The etcd cluster the history comes from (0 until the first watch).
     cluster_id: u64,
     finished: bool,
@@ -89,9 +90,9 @@ struct CatchingUp<'a> {
     sub: &'a mut Subscriber,
     history: &'a VecDeque<Arc<Batch>>,
     /// The history holds every event above this revision...
-    floor: i64,
+    floor: Revision,
     /// ...up to this one.
-    complete_to: i64,
+    complete_to: Revision,
 }
 
 impl CatchingUp<'_> {
@@ -137,7 +138,7 @@ impl SharedWatch {
     /// starts at `cursor + 1`.
     pub(super) fn new(
         key: WatchKey,
-        cursor: i64,
+        cursor: Revision,
         config: &WatchConfig,
         stop: CancellationToken,
     ) -> Self {
@@ -259,16 +260,16 @@ impl SharedWatch {
         // and complete), and the shared history holds everything above.
         let split = events
             .iter()
-            .position(|e| revision(e) > catching_up.floor)
+            .position(|e| Revision::of_event(e) > catching_up.floor)
             .unwrap_or(events.len());
         let beyond_floor = split < events.len();
         events.truncate(split);
         let mut sent = 0;
         let sub = &mut *catching_up.sub;
-        if let Some(last) = events.last().map(revision) {
+        if let Some(last) = events.last().map(Revision::of_event) {
             let wanted: Vec<PbEvent> = events
                 .into_iter()
-                .filter(|e| revision(e) > sub.cursor && sub.filter.passes(e))
+                .filter(|e| Revision::of_event(e) > sub.cursor && sub.filter.passes(e))
                 .collect();
             if !wanted.is_empty() {
                 sent += wanted.len() as u64;
@@ -300,7 +301,7 @@ impl SharedWatch {
         let Some(catching_up) = st.catching_up(id) else {
             return (CatchUpStep::Gone, 0);
         };
-        let progress = header.revision;
+        let progress = Revision::of_header(&header);
         if progress >= catching_up.floor {
             catching_up.sub.advance(progress);
             return (CatchUpStep::Joined, catching_up.join());
@@ -396,7 +397,7 @@ impl SharedWatch {
 
     /// A progress notification: etcd has sent everything up to its revision.
     fn progress(&self, header: PbResponseHeader) {
-        let progress = header.revision;
+        let progress = Revision::of_header(&header);
         let mut st = self.lock();
         st.revision = st.revision.max(progress);
         let mut body = None;
@@ -435,7 +436,8 @@ impl SharedWatch {
         let cluster_id = header.cluster_id;
         let mut st = self.lock();
         let other_cluster = cluster_id != 0 && st.cluster_id != 0 && st.cluster_id != cluster_id;
-        let went_back = header.revision > 0 && header.revision < st.revision;
+        let revision = Revision::of_header(&header);
+        let went_back = revision > Revision::default() && revision < st.revision;
         if !other_cluster && !went_back {
             if cluster_id != 0 {
                 st.cluster_id = cluster_id;
@@ -444,7 +446,7 @@ impl SharedWatch {
         }
         ctx.latest.reset(header);
         if !other_cluster {
-            warn!(range = %self.key, seen = st.revision, now = header.revision, "etcd's revision went backwards (its data was lost); its watchers must list again");
+            warn!(range = %self.key, seen = %st.revision, now = %revision, "etcd's revision went backwards (its data was lost); its watchers must list again");
             drop(st);
             self.cancel_for_relist(ctx);
             return false;
@@ -483,7 +485,7 @@ impl SharedWatch {
                 header: Some(header),
                 watch_id: sub.watch_id,
                 canceled: true,
-                compact_revision: sub.cursor + 1,
+                compact_revision: sub.cursor.next().get(),
                 cancel_reason: EtcdError::RevisionWentBackwards.cancel_reason(),
                 ..PbWatchResponse::default()
             }));
@@ -498,11 +500,11 @@ impl SharedWatch {
     /// need older events get etcd's compaction response; the others continue
     /// from the compaction revision.
     fn compacted(&self, ctx: &HubContext, response: &PbWatchResponse) -> Flow {
-        let compact = response.compact_revision;
+        let compact = Revision::new(response.compact_revision);
         let mut st = self.lock();
         let before = st.subscribers.len();
         st.subscribers.retain_mut(|sub| {
-            if sub.is_live() && sub.cursor + 1 < compact {
+            if sub.is_live() && sub.cursor.next() < compact {
                 sub.left.cancel();
                 sub.push(compaction_response(sub.watch_id, response));
                 false
@@ -511,8 +513,8 @@ impl SharedWatch {
             }
         });
         let removed = (before - st.subscribers.len()) as i64;
-        info!(range = %self.key, compact, canceled = removed, "upstream watch revision was compacted");
-        st.revision = st.revision.max(compact - 1);
+        info!(range = %self.key, %compact, canceled = removed, "upstream watch revision was compacted");
+        st.revision = st.revision.max(compact.prev());
         st.floor = st.revision;
         st.history.clear();
         st.history_events = 0;
@@ -565,14 +567,14 @@ impl UpstreamWatch for Feed<'_> {
         &self.watch.key
     }
 
-    fn open_at(&mut self) -> i64 {
+    fn open_at(&mut self) -> Revision {
         if self.opened {
             self.ctx.metrics.upstream_watch_restarted();
         }
         self.opened = true;
         self.pending.clear();
         self.last_fan_out = None;
-        self.watch.lock().revision + 1
+        self.watch.lock().revision.next()
     }
 
     fn created(&mut self, response: &PbWatchResponse) -> Flow {

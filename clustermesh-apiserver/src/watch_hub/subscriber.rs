@@ -10,9 +10,10 @@ use etcd_client::proto::{PbEvent, PbResponseHeader, PbWatchResponse};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    batch::{Batch, REPLAY_EVENTS_PER_RESPONSE, revision},
+    batch::{Batch, REPLAY_EVENTS_PER_RESPONSE},
     event_filter::EventFilter,
     outbox::Outbox,
+    revision::Revision,
     watch_message::WatchMessage,
 };
 
@@ -29,7 +30,7 @@ pub(super) enum Phase {
 pub(super) struct Subscriber {
     pub(super) id: u64,
     pub(super) watch_id: i64,
-    pub(super) cursor: i64,
+    pub(super) cursor: Revision,
     pub(super) shared_cursor: Arc<AtomicI64>,
     pub(super) filter: EventFilter,
     pub(super) progress_notify: bool,
@@ -39,10 +40,10 @@ pub(super) struct Subscriber {
 }
 
 impl Subscriber {
-    pub(super) fn advance(&mut self, revision: i64) {
+    pub(super) fn advance(&mut self, revision: Revision) {
         if revision > self.cursor {
             self.cursor = revision;
-            self.shared_cursor.store(revision, Ordering::Release);
+            self.shared_cursor.store(revision.get(), Ordering::Release);
         }
     }
 
@@ -69,7 +70,7 @@ impl Subscriber {
             let events: Vec<PbEvent> = batch
                 .events
                 .iter()
-                .filter(|e| revision(e) > self.cursor && self.filter.passes(e))
+                .filter(|e| Revision::of_event(e) > self.cursor && self.filter.passes(e))
                 .cloned()
                 .collect();
             let n = events.len();
@@ -85,7 +86,7 @@ impl Subscriber {
     /// Queues the history above the cursor in responses of up to
     /// [`REPLAY_EVENTS_PER_RESPONSE`] events, then takes the cursor to
     /// `complete_to` (everything up to it was in the history).
-    pub(super) fn replay(&mut self, history: &VecDeque<Arc<Batch>>, complete_to: i64) -> u64 {
+    pub(super) fn replay(&mut self, history: &VecDeque<Arc<Batch>>, complete_to: Revision) -> u64 {
         let mut sent = 0;
         let mut pending: Vec<PbEvent> = Vec::new();
         let mut header = PbResponseHeader::default();
@@ -95,7 +96,7 @@ impl Subscriber {
                 batch
                     .events
                     .iter()
-                    .filter(|e| revision(e) > cursor && filter.passes(e))
+                    .filter(|e| Revision::of_event(e) > cursor && filter.passes(e))
                     .cloned(),
             );
             header = batch.header;

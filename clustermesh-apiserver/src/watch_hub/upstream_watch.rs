@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::debug;
 
-use super::{context::HubContext, watch_key::WatchKey};
+use super::{context::HubContext, revision::Revision, watch_key::WatchKey};
 use crate::upstream::path;
 
 /// What an upstream watch does after a response from etcd.
@@ -32,7 +32,7 @@ pub(super) trait UpstreamWatch {
 
     /// Called before each (re-)opening: the first revision not received
     /// yet, where the watch starts.
-    fn open_at(&mut self) -> i64;
+    fn open_at(&mut self) -> Revision;
 
     /// etcd confirmed the watch.
     fn created(&mut self, response: &PbWatchResponse) -> Flow;
@@ -97,7 +97,7 @@ pub(super) async fn run<W: UpstreamWatch>(
             Ended::Stopped => break,
             Ended::Reopen => {}
             Ended::Error(reason) => {
-                debug!(watch = W::KIND, range = %watch.key(), start, %reason, "upstream watch interrupted; resuming");
+                debug!(watch = W::KIND, range = %watch.key(), %start, %reason, "upstream watch interrupted; resuming");
                 if !backoff.wait(stop).await {
                     break;
                 }

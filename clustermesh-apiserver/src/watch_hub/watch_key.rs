@@ -2,6 +2,7 @@ use std::fmt;
 
 use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion};
 
+use super::revision::Revision;
 use crate::key_range::KeyRange;
 
 /// What a downstream watch watches: its key range, read from the client's
@@ -32,13 +33,13 @@ impl WatchKey {
     /// The upstream create request for this range, starting at `start`.
     /// Upstream watches always ask for progress notifications: they tell the
     /// apiserver how far a quiet range is complete.
-    pub(super) fn create_request(&self, start: i64) -> PbWatchRequest {
+    pub(super) fn create_request(&self, start: Revision) -> PbWatchRequest {
         let (key, range_end) = self.range.to_request();
         let mut union = PbWatchRequestUnion::CreateRequest(Default::default());
         if let PbWatchRequestUnion::CreateRequest(create) = &mut union {
             create.key = key.to_vec();
             create.range_end = range_end.to_vec();
-            create.start_revision = start;
+            create.start_revision = start.get();
             create.progress_notify = true;
             create.prev_kv = self.prev_kv;
         }
@@ -59,7 +60,7 @@ mod tests {
     use super::*;
 
     fn create_fields(key: &WatchKey) -> (Vec<u8>, Vec<u8>, bool) {
-        match key.create_request(7).request_union {
+        match key.create_request(Revision::new(7)).request_union {
             Some(PbWatchRequestUnion::CreateRequest(c)) => {
                 assert_eq!(c.start_revision, 7);
                 assert!(c.progress_notify);

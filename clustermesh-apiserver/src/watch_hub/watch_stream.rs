@@ -15,7 +15,7 @@ use crate::{
     tls_listener::PeerInfo,
     watch_hub::{
         Subscription, SubscriptionHandle, WatchHub, event_filter::EventFilter, outbox::Outbox,
-        watch_key::WatchKey, watch_message::WatchMessage,
+        revision::Revision, watch_key::WatchKey, watch_message::WatchMessage,
     },
 };
 
@@ -198,9 +198,9 @@ impl WatchStream {
             return false;
         };
         let cursor = if create.start_revision > 0 {
-            create.start_revision - 1
+            Revision::new(create.start_revision).prev()
         } else {
-            header.revision
+            Revision::of_header(&header)
         };
         self.outbox.push(WatchMessage::owned(PbWatchResponse {
             header: Some(header),
@@ -251,7 +251,7 @@ impl WatchStream {
             .filter(|h| h.is_active())
             .map(SubscriptionHandle::cursor)
             .min()
-            .unwrap_or(latest.revision);
+            .map_or(latest.revision, Revision::get);
         self.outbox.push(WatchMessage::owned(PbWatchResponse {
             header: Some(PbResponseHeader { revision, ..latest }),
             watch_id: -1,
