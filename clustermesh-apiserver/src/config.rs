@@ -37,12 +37,18 @@ pub struct Config {
     pub tls_reload: certs::Config,
     /// Plain HTTP `/healthz`, `/readyz`, `/metrics`. Default 127.0.0.1:9880.
     pub health_listen: SocketAddr,
-    /// How long a client may take to complete the TLS handshake. Default 10 s.
+    /// How long a client may take to complete the TLS handshake. Default
+    /// [`Config::DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
     pub watch: WatchConfig,
 }
 
 impl Config {
+    /// 10 s: a TLS handshake takes a few round trips, well under a second
+    /// even across regions; a client that has not finished by then is
+    /// stuck or hostile, and holds a socket and a task until it is dropped.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// A configuration with the defaults above.
     pub fn new(
         cluster_name: ClusterName,
@@ -60,7 +66,7 @@ impl Config {
             tls,
             tls_reload: certs::Config::default(),
             health_listen: DEFAULT_HEALTH_LISTEN,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             watch: WatchConfig::default(),
         }
     }
@@ -71,34 +77,56 @@ impl Config {
 pub struct WatchConfig {
     /// Responses queued for one downstream watch stream before its client
     /// counts as too slow and the stream is closed with etcd's "too many
-    /// requests". At 1,000 writes/s under a watched prefix this is ten
-    /// seconds of backlog. Default 10,000.
+    /// requests". Default [`WatchConfig::DEFAULT_OUTBOX_CAPACITY`].
     pub outbox_capacity: usize,
     /// Events each shared upstream watch keeps, so that a watch starting at a
     /// recent revision (an agent that listed and now watches from the list's
     /// revision) joins from memory instead of opening its own etcd watch.
-    /// Default 10,000.
+    /// Default [`WatchConfig::DEFAULT_HISTORY_EVENTS`].
     pub history_events: usize,
     /// While events of a shared watch arrive faster than one per this
     /// period, they are sent to watchers together once per period instead of
     /// one response each; a lone event goes out at once. Trades at most this
     /// much delivery delay for far fewer responses at high rates. Zero sends
-    /// every etcd response on its own. Default 5 ms.
+    /// every etcd response on its own. Default
+    /// [`WatchConfig::DEFAULT_FAN_OUT_LINGER`].
     pub fan_out_linger: Duration,
     /// Delay before re-opening a broken upstream watch: from `min_backoff`,
-    /// doubling up to `max_backoff`. Defaults 100 ms and 5 s.
+    /// doubling up to `max_backoff`. Defaults
+    /// [`WatchConfig::DEFAULT_MIN_BACKOFF`] and
+    /// [`WatchConfig::DEFAULT_MAX_BACKOFF`].
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+}
+
+impl WatchConfig {
+    /// 10,000 responses: at 1,000 writes/s under a watched prefix, ten
+    /// seconds of backlog, enough for a client's garbage collection pause
+    /// or a slow network, not enough to buffer a client that fell behind
+    /// for good.
+    pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
+    /// 10,000 events: ten seconds at 1,000 writes/s, which covers an agent
+    /// that lists and then watches from the list's revision, for the memory
+    /// of 10,000 events per watched prefix (a few MiB of ipcache entries).
+    pub const DEFAULT_HISTORY_EVENTS: usize = 10_000;
+    /// 5 ms: invisible next to the network and etcd's own latency, and at
+    /// 1,000 writes/s it turns five responses per watcher into one.
+    pub const DEFAULT_FAN_OUT_LINGER: Duration = Duration::from_millis(5);
+    /// 100 ms: an etcd restart is resumed from almost at once...
+    pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(100);
+    /// ...and 5 s: an etcd that stays down is asked at most every 5 s per
+    /// upstream watch, and is found within 5 s of its return.
+    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            outbox_capacity: 10_000,
-            history_events: 10_000,
-            fan_out_linger: Duration::from_millis(5),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
+            outbox_capacity: Self::DEFAULT_OUTBOX_CAPACITY,
+            history_events: Self::DEFAULT_HISTORY_EVENTS,
+            fan_out_linger: Self::DEFAULT_FAN_OUT_LINGER,
+            min_backoff: Self::DEFAULT_MIN_BACKOFF,
+            max_backoff: Self::DEFAULT_MAX_BACKOFF,
         }
     }
 }

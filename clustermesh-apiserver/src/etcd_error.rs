@@ -1,4 +1,16 @@
-use tonic::{Code, Status};
+use tonic::{Code, Status, metadata::MetadataValue};
+
+// same contract as kvstore::reason (`REASON_METADATA_KEY`,
+// `REASON_ETCD_UNREACHABLE`): clients match these, not the message.
+
+/// The gRPC metadata key (a trailer) under which the apiserver says why it
+/// answered as it did, for clients that must tell causes apart without
+/// reading messages: etcd's codes and messages stay exactly etcd's, since
+/// etcd clients print them and branch on them.
+pub const REASON_METADATA_KEY: &str = "clustermesh-reason";
+/// [`REASON_METADATA_KEY`]'s value on [`EtcdError::Unavailable`]: the
+/// apiserver answers, but the etcd behind it does not.
+pub const REASON_ETCD_UNREACHABLE: &str = "etcd-unreachable";
 
 /// The errors the apiserver answers with, worded and coded exactly as etcd
 /// words and codes them (`rpctypes` in etcd's source), because etcd clients
@@ -24,7 +36,11 @@ pub enum EtcdError {
         service: &'static str,
         method: &'static str,
     },
-    /// etcd could not be reached.
+    /// etcd could not be reached. Its status also carries the metadata
+    /// `clustermesh-reason: etcd-unreachable` ([`REASON_METADATA_KEY`],
+    /// [`REASON_ETCD_UNREACHABLE`]), so that a client can tell "the
+    /// apiserver answers but its etcd does not" from "the apiserver is
+    /// unreachable" without matching the message.
     #[error("etcdserver: request timed out, etcd unreachable: {0}")]
     Unavailable(String),
     /// A different etcd cluster answers than the one the watch's history
@@ -53,8 +69,17 @@ impl EtcdError {
         }
     }
 
+    /// Why, for [`REASON_METADATA_KEY`], when the code and message alone do
+    /// not let a client tell this error apart.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Unavailable(_) => Some(REASON_ETCD_UNREACHABLE),
+            _ => None,
+        }
+    }
+
     /// The text etcd puts in a watch response's `cancel_reason`: the gRPC
-    /// error as Go prints it.
+    /// error as Go prints it. Text only: a watch response has no metadata.
     pub fn cancel_reason(&self) -> String {
         match self {
             Self::DuplicateWatchId => self.to_string(),
@@ -66,9 +91,17 @@ impl EtcdError {
     }
 }
 
+/// The one conversion to a gRPC status, for unary answers and for the end
+/// of a stream alike, so that every answer carries the reason metadata.
 impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Self {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if let Some(reason) = e.reason() {
+            status
+                .metadata_mut()
+                .insert(REASON_METADATA_KEY, MetadataValue::from_static(reason));
+        }
+        status
     }
 }
 
@@ -101,6 +134,21 @@ mod tests {
         assert_eq!(
             Status::from(EtcdError::TooManyRequests).code(),
             Code::ResourceExhausted
+        );
+        assert!(status.metadata().get(REASON_METADATA_KEY).is_none());
+    }
+
+    #[test]
+    fn etcd_unreachable_keeps_etcds_words_and_adds_the_reason() {
+        let status = Status::from(EtcdError::Unavailable("connection refused".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "etcdserver: request timed out, etcd unreachable: connection refused"
+        );
+        assert_eq!(
+            status.metadata().get(REASON_METADATA_KEY).unwrap(),
+            REASON_ETCD_UNREACHABLE
         );
     }
 }

@@ -31,6 +31,16 @@ impl KeyRange {
         }
     }
 
+    /// The request's `key` and `range_end` that read as `self`: the inverse
+    /// of [`KeyRange::from_request`].
+    pub fn to_request(&self) -> (&[u8], &[u8]) {
+        match self {
+            Self::Key(key) => (key, &[]),
+            Self::FromKey(start) => (start, &[0]),
+            Self::Interval { start, end } => (start, end),
+        }
+    }
+
     /// Every key that starts with `prefix`.
     pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
         let start = prefix.into();
@@ -117,6 +127,14 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff"), None);
         assert_eq!(KeyRange::prefix(""), KeyRange::FromKey(Vec::new()));
+    }
+
+    #[test]
+    fn to_request_reverses_from_request() {
+        for (key, end) in [("a", ""), ("a", "\0"), ("a/", "a0"), ("b", "a"), ("", "\0")] {
+            let range = req(key, end);
+            assert_eq!(range.to_request(), (key.as_bytes(), end.as_bytes()));
+        }
     }
 
     #[test]

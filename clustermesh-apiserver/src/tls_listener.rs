@@ -19,6 +19,11 @@ use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
+/// The pause after a failed `accept` (out of file descriptors and the
+/// like): short enough that service resumes at once when the cause goes
+/// away, long enough not to spin a core on the failure meanwhile.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
 /// Who is on the other end of a connection: the common name of the
 /// certificate it proved it owns (empty if the certificate has none). Every
 /// RPC finds it in its request extensions and authorizes on it.
@@ -154,7 +159,7 @@ impl TlsListener {
                         // Out of file descriptors and the like: back off a
                         // little instead of spinning.
                         warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 },
             }

@@ -1,4 +1,4 @@
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use etcd_client::proto::{
     PbRangeRequest, PbRangeResponse, PbResponseHeader, PbStatusRequest, PbStatusResponse,
@@ -8,6 +8,7 @@ use prost::{Message, bytes::Bytes};
 use tonic::{
     Request, Status, Streaming,
     client::Grpc,
+    codec::Codec,
     codegen::http::uri::PathAndQuery,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
@@ -39,6 +40,11 @@ pub(crate) mod path {
 /// without pagination) or a watch catch-up batch can exceed tonic's 4 MiB.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// What timed out, in the "etcd unreachable" message of a unary call and of
+/// a stream's opening.
+const NO_ANSWER: &str = "no answer";
+const NOT_OPENED: &str = "stream not opened";
+
 /// Why the upstream channel could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -57,19 +63,11 @@ pub enum UpstreamError {
 /// The apiserver's own connection to the cluster's etcd: raw gRPC calls that
 /// forward requests as they are (same fields, same errors), over one
 /// balanced HTTP/2 channel. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     channel: Channel,
     endpoints: String,
     request_timeout: Duration,
-}
-
-impl fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("endpoints", &self.endpoints)
-            .finish()
-    }
 }
 
 impl Upstream {
@@ -146,32 +144,31 @@ impl Upstream {
         Req: Message + Send + Sync + 'static,
         Resp: Message + Default + Send + Sync + 'static,
     {
-        let call = async {
-            self.ready_grpc()
-                .await?
-                .unary(
-                    Request::new(req),
-                    PathAndQuery::from_static(path),
-                    ProtoCodec::<Req, Resp>::default(),
-                )
-                .await
-        };
-        self.within("no answer", call)
-            .await?
-            .map_err(transport_failure)
+        self.unary_with(path, req, ProtoCodec::<Req, Resp>::default())
+            .await
     }
 
     /// One unary call whose messages are passed through as bytes.
     pub(crate) async fn unary_raw(&self, path: &'static str, req: Bytes) -> Result<Bytes, Status> {
-        let call = async {
-            self.ready_grpc()
-                .await?
-                .unary(Request::new(req), PathAndQuery::from_static(path), RawCodec)
+        self.unary_with(path, req, RawCodec).await
+    }
+
+    async fn unary_with<C>(
+        &self,
+        path: &'static str,
+        req: C::Encode,
+        codec: C,
+    ) -> Result<C::Decode, Status>
+    where
+        C: Codec,
+        C::Encode: Send + Sync + 'static,
+        C::Decode: Send + Sync + 'static,
+    {
+        let call = |mut grpc: Grpc<Channel>| async move {
+            grpc.unary(Request::new(req), PathAndQuery::from_static(path), codec)
                 .await
         };
-        self.within("no answer", call)
-            .await?
-            .map_err(transport_failure)
+        self.call(NO_ANSWER, call).await?.map_err(transport_failure)
     }
 
     /// A bidirectional stream (watch, lease keep-alive). No deadline: the
@@ -186,28 +183,35 @@ impl Upstream {
         Req: Message + Send + Sync + 'static,
         Resp: Message + Default + Send + Sync + 'static,
     {
-        let open = async {
-            self.ready_grpc()
-                .await?
-                .streaming(
-                    Request::new(requests),
-                    PathAndQuery::from_static(path),
-                    ProtoCodec::<Req, Resp>::default(),
-                )
-                .await
+        let open = |mut grpc: Grpc<Channel>| async move {
+            let codec = ProtoCodec::<Req, Resp>::default();
+            grpc.streaming(
+                Request::new(requests),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
         };
-        self.within("stream not opened", open).await?
+        self.call(NOT_OPENED, open).await?
     }
 
-    /// Runs `call` with the request timeout. The outer error is the timeout
-    /// (etcd counts as unavailable); the inner result is the call's own.
-    async fn within<T>(
+    /// Runs `call` on a ready client, within the request timeout. The outer
+    /// error is the channel's failure or the timeout (etcd counts as
+    /// unavailable); the inner result is the call's own.
+    async fn call<T, Fut>(
         &self,
         what: &str,
-        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
-    ) -> Result<Result<T, Status>, Status> {
+        call: impl FnOnce(Grpc<Channel>) -> Fut,
+    ) -> Result<Result<T, Status>, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let call = async {
+            let grpc = self.ready_grpc().await?;
+            Ok(call(grpc).await.map(tonic::Response::into_inner))
+        };
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => Ok(result.map(tonic::Response::into_inner)),
+            Ok(result) => result,
             Err(_) => Err(EtcdError::Unavailable(format!(
                 "{what} within {:?}",
                 self.request_timeout

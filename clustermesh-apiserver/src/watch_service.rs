@@ -17,11 +17,8 @@ use crate::{
     authorizer::Authorizer,
     etcd_error::EtcdError,
     metrics::Metrics,
-    outbox::{Outbox, OutboxStream},
     tls_listener::PeerInfo,
-    watch_hub::WatchHub,
-    watch_message::{WatchCodec, WatchMessage},
-    watch_stream::WatchStream,
+    watch_hub::{Outbox, OutboxStream, WatchCodec, WatchHub, WatchMessage, WatchStream},
 };
 
 /// etcd's `Watch` gRPC service, written out by hand instead of with the

@@ -1,6 +1,8 @@
 //! `cilium/cluster-config/c1` is published on a lease, rewritten after it
-//! is deleted or changed, and readiness follows etcd.
+//! is deleted or changed, and readiness follows etcd; while etcd is down,
+//! answers carry the `etcd-unreachable` reason.
 
+use clustermesh_apiserver::{REASON_ETCD_UNREACHABLE, REASON_METADATA_KEY};
 use etcd_harness::TestEtcd;
 
 use crate::support::{TestApiserver, direct_client, eventually, http_get};
@@ -52,6 +54,7 @@ async fn cluster_config_is_published_and_rewritten() {
     assert_eq!(status, 200);
 
     // Not ready while etcd is down; ready again once it is back.
+    let mut remote = api.etcd_client("remote-c2").await;
     etcd.kill();
     let body = eventually("/readyz to report etcd down", || async {
         match http_get(api.health_addr, "/readyz").await {
@@ -61,6 +64,27 @@ async fn cluster_config_is_published_and_rewritten() {
     })
     .await;
     assert!(body.contains("etcd at http://127.0.0.1:"), "{body}");
+    // A request answered while etcd is down says so in etcd's words, and
+    // in metadata a client can match without reading them.
+    let status = match remote.get(KEY, None).await {
+        Err(etcd_client::Error::GRpcStatus(status)) => status,
+        other => panic!("a get while etcd is down answered {other:?}"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("etcdserver: request timed out, etcd unreachable: "),
+        "{status:?}"
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get(REASON_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(REASON_ETCD_UNREACHABLE),
+        "{status:?}"
+    );
     etcd.restart().await.unwrap();
     api.wait_ready().await;
     api.stop().await;

@@ -11,13 +11,20 @@ use crate::{
     etcd_error::EtcdError,
     key_range::KeyRange,
     metrics::Metrics,
-    outbox::Outbox,
     role::Role,
-    shared_watch::EventFilter,
     tls_listener::PeerInfo,
-    watch_hub::{Subscription, SubscriptionHandle, WatchHub, WatchKey},
-    watch_message::WatchMessage,
+    watch_hub::{
+        Subscription, SubscriptionHandle, WatchHub, event_filter::EventFilter, outbox::Outbox,
+        revision::Revision, watch_key::WatchKey, watch_message::WatchMessage,
+    },
 };
+
+/// Delays between attempts to read etcd's current header for a watch being
+/// created (etcd is down): from 100 ms, doubling up to 2 s, so that the
+/// client's `created` follows within about 2 s of etcd's return without
+/// asking a down etcd more than twice a second per waiting watch.
+const HEADER_RETRY_MIN: Duration = Duration::from_millis(100);
+const HEADER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A watch create request, read out of etcd's `WatchCreateRequest`.
 #[derive(Debug)]
@@ -149,18 +156,13 @@ impl WatchStream {
         closed: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> bool {
-        // As etcd: an empty key is the smallest key.
-        let key = if create.key.is_empty() {
-            vec![0]
-        } else {
-            create.key
-        };
-        let access = Access::Read(KeyRange::from_request(&key, &create.range_end));
+        let key = WatchKey::from_request(&create.key, &create.range_end, create.prev_kv);
+        let access = Access::Read(key.range().clone());
         let verdict = self.authorizer.decide(&self.role, &access);
         self.metrics
             .request(&self.role, &self.peer.common_name, "Watch", verdict);
         if !verdict.is_allowed() {
-            debug!(client = %self.peer.common_name, range = %KeyRange::from_request(&key, &create.range_end), "watch refused");
+            debug!(client = %self.peer.common_name, range = %key, "watch refused");
             self.outbox.push(WatchMessage::owned(PbWatchResponse {
                 header: Some(self.hub.latest_header()),
                 watch_id: create.watch_id,
@@ -199,13 +201,13 @@ impl WatchStream {
         // etcd stamps `created` with its current revision, and clients check
         // it (a revision lower than one they saw means etcd lost its data),
         // so ask etcd rather than trusting what the shared watches know.
-        let Some(header) = self.current_header(&key, closed, shutdown).await else {
+        let Some(header) = self.current_header(key.range(), closed, shutdown).await else {
             return false;
         };
         let cursor = if create.start_revision > 0 {
-            create.start_revision - 1
+            Revision::new(create.start_revision).prev()
         } else {
-            header.revision
+            Revision::of_header(&header)
         };
         self.outbox.push(WatchMessage::owned(PbWatchResponse {
             header: Some(header),
@@ -214,11 +216,7 @@ impl WatchStream {
             ..PbWatchResponse::default()
         }));
         let handle = self.hub.subscribe(
-            WatchKey {
-                key,
-                range_end: create.range_end,
-                prev_kv: create.prev_kv,
-            },
+            key,
             Subscription {
                 watch_id,
                 cursor,
@@ -260,7 +258,7 @@ impl WatchStream {
             .filter(|h| h.is_active())
             .map(SubscriptionHandle::cursor)
             .min()
-            .unwrap_or(latest.revision);
+            .map_or(latest.revision, Revision::get);
         self.outbox.push(WatchMessage::owned(PbWatchResponse {
             header: Some(PbResponseHeader { revision, ..latest }),
             watch_id: -1,
@@ -271,16 +269,16 @@ impl WatchStream {
     /// etcd's current header, retried until etcd answers or the stream ends.
     async fn current_header(
         &self,
-        key: &[u8],
+        range: &KeyRange,
         closed: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Option<PbResponseHeader> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut backoff = Backoff::new(HEADER_RETRY_MIN, HEADER_RETRY_MAX);
         loop {
             let result = tokio::select! {
                 () = closed.cancelled() => return None,
                 () = shutdown.cancelled() => return None,
-                result = self.hub.upstream().current_header(key) => result,
+                result = self.hub.upstream().current_header(range.to_request().0) => result,
             };
             match result {
                 Ok(header) => {

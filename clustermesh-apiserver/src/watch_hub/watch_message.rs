@@ -124,7 +124,10 @@ fn put_shared(watch_id: i64, bodies: impl IntoIterator<Item = Bytes>, dst: &mut 
 
 #[cfg(test)]
 mod tests {
-    use etcd_client::proto::{PbEvent, PbKeyValue, PbResponseHeader};
+    use etcd_client::{
+        EventType,
+        proto::{PbEvent, PbKeyValue, PbResponseHeader},
+    };
 
     use super::*;
 
@@ -138,7 +141,7 @@ mod tests {
                 raft_term: 2,
             }),
             events: vec![PbEvent {
-                r#type: 0,
+                r#type: EventType::Put as i32,
                 kv: Some(PbKeyValue {
                     key: b"cilium/state/x".to_vec(),
                     value: b"v".to_vec(),
@@ -176,7 +179,7 @@ mod tests {
                 raft_term: 2,
             }),
             events: vec![PbEvent {
-                r#type: 1,
+                r#type: EventType::Delete as i32,
                 kv: Some(PbKeyValue {
                     key: key.as_bytes().to_vec(),
                     mod_revision: revision,

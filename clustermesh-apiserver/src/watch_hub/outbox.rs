@@ -13,7 +13,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
-use crate::{etcd_error::EtcdError, metrics::Metrics, watch_message::WatchMessage};
+use super::watch_message::WatchMessage;
+use crate::{etcd_error::EtcdError, metrics::Metrics};
 
 /// The bounded queue of responses of one downstream watch stream. Every
 /// producer (shared upstream watches, history catch-ups, the stream's own
