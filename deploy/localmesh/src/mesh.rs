@@ -4,7 +4,6 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -1380,24 +1379,8 @@ fn run_cni(cni: &Path, command: &str, container: &str, netns: &str, conf: &str) 
 }
 
 /// Runs `f` on a thread inside the named network namespace.
-pub fn in_netns<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let file = std::fs::File::open(Path::new("/run/netns").join(netns))
-        .with_context(|| format!("open network namespace {netns}"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: setns on a dedicated, short-lived thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow::anyhow!(
-                        "enter {netns}: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in {netns} panicked"))?
-    })
+pub fn in_netns<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
+    Ok(netns::run_in(&Path::new("/run/netns").join(name), f)?)
 }
 
 /// Connects, sends `hello\n`, and reads the echo server's answer.

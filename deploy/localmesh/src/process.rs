@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -39,28 +39,19 @@ pub(crate) fn spawn_daemon(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let ns_file = match netns {
-        Some(name) => Some(
-            File::open(Path::new("/run/netns").join(name))
-                .with_context(|| format!("open network namespace {name}"))?,
-        ),
-        None => None,
-    };
-    let fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: setsid and setns are async-signal-safe; the namespace file stays
-    // open in the parent until the child has been spawned.
+    // SAFETY: setsid(2) is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(fd) = fd
-                && libc::setns(fd, libc::CLONE_NEWNET) != 0
-            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
+    }
+    if let Some(name) = netns {
+        let ns = File::open(Path::new("/run/netns").join(name))
+            .with_context(|| format!("open network namespace {name}"))?;
+        netns::join_before_exec(&mut cmd, ns);
     }
     let child = cmd
         .spawn()
