@@ -11,7 +11,7 @@ use std::{
 
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net};
-use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsFiles};
+use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig};
 
 /// Environment variable names, in one place.
 pub mod env {
@@ -224,12 +224,8 @@ impl AgentArgs {
         match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
             (None, None, None) => {}
             (Some(ca), cert, key) if cert.is_some() == key.is_some() => {
-                let files = TlsFiles {
-                    ca: ca.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                };
-                etcd.tls = Some(files.load().map_err(ConfigError::EtcdFiles)?);
+                let tls = TlsConfig::from_optional_files(ca, cert.as_deref(), key.as_deref());
+                etcd.tls = Some(tls.map_err(ConfigError::EtcdFiles)?);
             }
             _ => return Err(ConfigError::EtcdTls),
         }

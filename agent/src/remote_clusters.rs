@@ -74,7 +74,7 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClientConfig, ClusterId, ClusterName, DecodeError, IdentityRange,
-    InvalidReason, MaxConnectedClusters, NumericIdentity, StoreValue, TlsFiles, Validator,
+    InvalidReason, MaxConnectedClusters, NumericIdentity, StoreValue, TlsConfig, Validator,
     WatchStore, WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
     values::{ClusterConfig, ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
@@ -636,13 +636,10 @@ impl RemoteCluster {
             Ok(c) => c,
             Err(e) => return Some(Failure::new("config-invalid", e.clone())),
         };
-        let tls = match (TlsFiles {
-            ca: config.trusted_ca_file.clone(),
-            cert: Some(config.cert_file.clone()),
-            key: Some(config.key_file.clone()),
-        })
-        .load()
-        {
+        let tls = match TlsConfig::from_files(
+            &config.trusted_ca_file,
+            Some((&config.cert_file, &config.key_file)),
+        ) {
             Ok(t) => t,
             Err(e) => return Some(Failure::new("config-invalid", e.full_message())),
         };
