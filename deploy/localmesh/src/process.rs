@@ -84,38 +84,47 @@ pub fn is_running(p: &ProcessInfo) -> bool {
     !zombie && String::from_utf8_lossy(&cmdline).contains(&p.program)
 }
 
+/// How often [`stop`] looks whether SIGTERM did its job.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a process may take to die of SIGKILL before we stop waiting.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often [`kill`] looks whether SIGKILL did its job.
+const KILL_POLL: Duration = Duration::from_millis(20);
+
 /// Stops a daemon: SIGTERM, then SIGKILL after `grace`.
 pub(crate) fn stop(p: &ProcessInfo, grace: Duration) {
     if !is_running(p) {
         return;
     }
     signal(p, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !is_running(p) {
-            reap(p);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if exits_within(p, grace, STOP_POLL) {
+        reap(p);
+    } else {
+        kill(p);
     }
-    signal(p, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_running(p) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    reap(p);
 }
 
 /// Kills a daemon at once (a crash).
 pub(crate) fn kill(p: &ProcessInfo) {
     if is_running(p) {
         signal(p, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while is_running(p) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exits_within(p, KILL_TIMEOUT, KILL_POLL);
     }
     reap(p);
+}
+
+/// Looks every `poll` whether `p` is gone; whether it went within `timeout`.
+fn exits_within(p: &ProcessInfo, timeout: Duration, poll: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_running(p) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
 }
 
 fn signal(p: &ProcessInfo, sig: libc::c_int) {
