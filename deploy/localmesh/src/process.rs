@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::state::ProcessInfo;
+use crate::{error::refuse, interrupt, state::ProcessInfo, topology};
 
 /// Starts `program args` as a daemon inside `netns` (a name under
 /// /run/netns; `None` = the root namespace).
@@ -49,7 +49,7 @@ pub(crate) fn spawn_daemon(
         });
     }
     if let Some(name) = netns {
-        let ns = File::open(Path::new("/run/netns").join(name))
+        let ns = File::open(topology::netns_path(name))
             .with_context(|| format!("open network namespace {name}"))?;
         netns::join_before_exec(&mut cmd, ns);
     }
@@ -90,6 +90,8 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`kill`] looks whether SIGKILL did its job.
 const KILL_POLL: Duration = Duration::from_millis(20);
+/// How often [`wait_until`] polls.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// Stops a daemon: SIGTERM, then SIGKILL after `grace`.
 pub(crate) fn stop(p: &ProcessInfo, grace: Duration) {
@@ -125,6 +127,62 @@ fn exits_within(p: &ProcessInfo, timeout: Duration, poll: Duration) -> bool {
         }
         std::thread::sleep(poll);
     }
+}
+
+/// Refuses to start what runs already: a second copy would fail on its
+/// ports and overwrite the first one's PID, which nothing could stop then.
+pub(crate) fn refuse_running(
+    what: &str,
+    cluster: &str,
+    process: Option<&ProcessInfo>,
+) -> Result<()> {
+    if let Some(p) = process
+        && is_running(p)
+    {
+        refuse!(
+            "{what} of {cluster} is already running (pid {}); stop it first with \
+             `clustermesh mesh stop {what} {cluster}`",
+            p.pid
+        );
+    }
+    Ok(())
+}
+
+/// Polls `ok` until it holds; fails at once when `process` exits or `up`
+/// is interrupted, and after `timeout` with the process's last log line.
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    process: Option<&ProcessInfo>,
+    mut ok: impl FnMut() -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    while !ok() {
+        interrupt::check()?;
+        if let Some(p) = process
+            && !is_running(p)
+        {
+            anyhow::bail!(
+                "{what}: the process exited: {} (log: {})",
+                failure_cause(&p.log),
+                p.log.display()
+            );
+        }
+        if start.elapsed() > timeout {
+            let log = process
+                .map(|p| {
+                    format!(
+                        "; last log line: {} (log: {})",
+                        failure_cause(&p.log),
+                        p.log.display()
+                    )
+                })
+                .unwrap_or_default();
+            anyhow::bail!("{what} not ready within {timeout:?}{log}");
+        }
+        std::thread::sleep(READY_POLL);
+    }
+    Ok(())
 }
 
 fn signal(p: &ProcessInfo, sig: libc::c_int) {
