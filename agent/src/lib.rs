@@ -39,7 +39,7 @@ mod views;
 pub use agent::Agent;
 pub use api_client::{ApiClient, ClientError};
 pub use cni::{CniError, SUPPORTED_VERSIONS, run_cni};
-pub use config::{AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, env, humantime_parse};
+pub use config::{AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, env};
 pub use debug::{DebugArgs, run_debug};
 pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use metrics::AgentMetrics;

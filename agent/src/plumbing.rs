@@ -11,7 +11,6 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr},
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -53,26 +52,12 @@ pub(crate) fn run_in(
     let command = format!("{program} {}", args.join(" "));
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // The file must stay open until the child has joined the namespace.
-    let ns_file = match netns {
-        Some(path) => Some(File::open(path).map_err(|source| PlumbingError::OpenNetns {
+    if let Some(path) = netns {
+        let ns = File::open(path).map_err(|source| PlumbingError::OpenNetns {
             path: path.to_path_buf(),
             source,
-        })?),
-        None => None,
-    };
-    if let Some(f) = &ns_file {
-        let fd = f.as_raw_fd();
-        // SAFETY: setns(2) is async-signal-safe; the fd is open in the parent
-        // and inherited by the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        })?;
+        netns::join_before_exec(&mut cmd, ns);
     }
     let out = cmd.output().map_err(|source| PlumbingError::Spawn {
         command: command.clone(),

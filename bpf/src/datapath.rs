@@ -16,6 +16,8 @@ use aya::{
     },
 };
 
+use netns::NetNsGuard;
+
 use crate::{
     backend::{BACKENDS_MAP, BackendMap},
     bpffs::{BpffsError, DEFAULT_MOUNT, ensure_pin_dir},
@@ -23,7 +25,6 @@ use crate::{
     endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap},
     flow_reader::{FLOWS_MAP, FlowReader, FlowReaderError},
     ipcache::{IPCACHE_MAP, IpCacheMap},
-    netns_guard::NetnsGuard,
     policy::{POLICY_MAP, PolicyMap},
     service::{SERVICES_MAP, ServiceMap},
     syscall,
@@ -498,10 +499,10 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
         .expect("program is a classifier")
 }
 
-fn enter(netns: Option<&Path>) -> Result<Option<NetnsGuard>, DatapathError> {
+fn enter(netns: Option<&Path>) -> Result<Option<NetNsGuard>, DatapathError> {
     netns
         .map(|path| {
-            NetnsGuard::enter(path).map_err(|source| DatapathError::EnterNetns {
+            NetNsGuard::enter(path).map_err(|source| DatapathError::EnterNetns {
                 path: path.into(),
                 source,
             })

@@ -36,7 +36,6 @@ mod flow_reader;
 mod ipcache;
 #[cfg(test)]
 mod layout;
-mod netns_guard;
 mod policy;
 mod protocol;
 mod reconcile;

@@ -89,7 +89,7 @@ pub(crate) struct StatusArgs {
     #[arg(long)]
     wait: bool,
     /// How long `--wait` waits (e.g. 90s, 5m).
-    #[arg(long, default_value = "2m", value_parser = agent::humantime_parse)]
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     wait_duration: Duration,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "summary")]
@@ -171,7 +171,7 @@ enum MeshCommand {
         #[arg(long, default_value_t = 1)]
         count: u32,
         /// How long each request may take (e.g. 500ms, 2s).
-        #[arg(long, default_value = "2s", value_parser = agent::humantime_parse)]
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use kvstore::{
-    Client, ClientConfig, KeyPrefix, StoreValue, TlsFiles, keys,
+    Client, ClientConfig, KeyPrefix, StoreValue, TlsConfig, keys,
     values::{IpIdentityPair, Node, PolicyDocument, Requirement, ServiceDef},
 };
 
@@ -46,12 +46,12 @@ impl Target {
         if !self.etcd_endpoints.is_empty() {
             let mut c = ClientConfig::new(self.etcd_endpoints.clone());
             if let Some(ca) = &self.etcd_ca {
-                let files = TlsFiles {
-                    ca: ca.clone(),
-                    cert: self.etcd_cert.clone(),
-                    key: self.etcd_key.clone(),
-                };
-                c.tls = Some(files.load().map_err(CommandError::usage)?);
+                let tls = TlsConfig::from_optional_files(
+                    ca,
+                    self.etcd_cert.as_deref(),
+                    self.etcd_key.as_deref(),
+                );
+                c.tls = Some(tls.map_err(CommandError::usage)?);
             }
             return Ok(c);
         }

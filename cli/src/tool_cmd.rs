@@ -29,7 +29,7 @@ enum ToolCommand {
     /// Connect to ADDR, send a line, print who answered.
     Request {
         to: SocketAddr,
-        #[arg(long, default_value = "2s", value_parser = agent::humantime_parse)]
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
 }

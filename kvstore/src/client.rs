@@ -1,9 +1,4 @@
-use std::{
-    fmt,
-    future::Future,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, future::Future, path::Path, time::Duration};
 
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
@@ -55,6 +50,25 @@ impl TlsConfig {
             },
             server_name: None,
         })
+    }
+
+    /// [`TlsConfig::from_files`] for paths as flags and configuration files
+    /// give them: the client certificate and its key come both or neither.
+    pub fn from_optional_files(
+        ca: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, Error> {
+        let cert_and_key = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "a client certificate needs both a cert file and a key file".into(),
+                ));
+            }
+        };
+        Self::from_files(ca, cert_and_key)
     }
 }
 
@@ -602,29 +616,5 @@ impl Pager {
     /// The etcd cluster ID that answered (known after the first page).
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
-    }
-}
-
-/// Paths of TLS material for a client, as found in configuration files.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-impl TlsFiles {
-    /// Reads the files into a [`TlsConfig`].
-    pub fn load(&self) -> Result<TlsConfig, Error> {
-        let pair = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "a client certificate needs both a cert file and a key file".into(),
-                ));
-            }
-        };
-        TlsConfig::from_files(&self.ca, pair)
     }
 }

@@ -43,9 +43,7 @@ pub use allocator::{
     Allocation, Allocator, AllocatorConfig, AllocatorError, AllocatorRunner, AllocatorStats,
 };
 pub use backoff::Backoff;
-pub use client::{
-    Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig, TlsFiles,
-};
+pub use client::{Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig};
 pub use cluster::{
     ClusterError, ClusterId, ClusterName, MAX_CLUSTER_NAME_LEN, MaxConnectedClusters,
 };

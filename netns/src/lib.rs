@@ -7,14 +7,20 @@
 //! [`Route`] remove themselves, [`Process`] kills its child. Configuration
 //! shells out to `ip` (iproute2); errors carry the command line and its
 //! stderr. Code that must run inside a namespace (a `TcpListener`, a netlink
-//! call) uses [`NetNs::enter`], which runs a closure on a dedicated thread
-//! that has joined the namespace; sockets created there stay in it.
+//! call) uses [`NetNs::enter`] or [`run_in`], which run a closure on a
+//! dedicated thread that has joined the namespace; sockets created there stay
+//! in it. This crate is also the one place that calls `setns(2)`: [`setns`]
+//! itself (async-signal-safe, for `pre_exec` hooks), [`join_before_exec`] for
+//! a child process, and [`NetNsGuard`] for the calling thread until it drops.
 //!
 //! Not for production network management: there is no netlink API here, and
-//! names are expected to be unique per process ([`unique_name`]).
+//! names are expected to be unique per process ([`unique_name`]). (The
+//! `setns` helpers are the exception: plain syscalls without `ip`, which the
+//! agent and its datapath use too.)
 
 mod address;
 mod command;
+mod enter;
 mod name;
 mod namespace;
 mod process;
@@ -25,6 +31,7 @@ mod wait;
 
 pub use address::Address;
 pub use command::CommandError;
+pub use enter::{NetNsGuard, join_before_exec, run_in, setns};
 pub use name::unique_name;
 pub use namespace::{NetNs, NetNsError};
 pub use process::{Process, ProcessError, ProcessOutput};

@@ -2,7 +2,6 @@
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
@@ -10,6 +9,7 @@ use std::{
 use crate::{
     address::Address,
     command::{self, CommandError},
+    enter,
     name::unique_name,
     process::{Process, ProcessError},
     route::Route,
@@ -126,20 +126,10 @@ impl NetNs {
     }
 
     /// A [`Command`] that runs `program` inside the namespace (the child joins
-    /// it with `setns` before exec).
+    /// it before exec, see [`crate::join_before_exec`]).
     pub fn command(&self, program: &str) -> Result<Command, NetNsError> {
-        let file = self.open()?;
         let mut command = Command::new(program);
-        // SAFETY: the closure only calls setns, which is async-signal-safe,
-        // and owns the namespace file until the child execs.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter::join_before_exec(&mut command, self.open()?);
         Ok(command)
     }
 
@@ -176,25 +166,7 @@ impl NetNs {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let file = self.open()?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    // SAFETY: plain syscall on an open namespace file; only
-                    // this short-lived thread changes namespace.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(NetNsError::Enter {
-                            name: self.name.clone(),
-                            source: std::io::Error::last_os_error(),
-                        });
-                    }
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| NetNsError::Panicked {
-                    name: self.name.clone(),
-                })?
-        })
+        enter::run_on_thread(self.open()?, &self.name, f)
     }
 
     /// Sets `/proc/sys/<key>` (dots or slashes) inside the namespace, e.g.
@@ -262,10 +234,7 @@ impl NetNs {
     }
 
     fn open(&self) -> Result<File, NetNsError> {
-        File::open(&self.path).map_err(|source| NetNsError::Open {
-            path: self.path.clone(),
-            source,
-        })
+        enter::open(&self.path)
     }
 }
 

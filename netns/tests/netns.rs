@@ -4,11 +4,13 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
+    path::Path,
     time::Duration,
 };
 
 use anyhow::Result;
-use netns::{NetNs, Veth, skip_unless_root, unique_name};
+use netns::{NetNs, NetNsGuard, Veth, run_in, skip_unless_root, unique_name};
 
 fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
@@ -68,6 +70,33 @@ fn routes_and_forwarding_between_two_links() -> Result<()> {
     let out = left.exec("ping", &["-c", "1", "-W", "1", "10.202.2.2"])?;
     assert!(!out.status.success(), "route removed on drop");
     assert!(router.ifindex(&l_host)? > 1);
+    Ok(())
+}
+
+/// The inode of a namespace file: the same for every handle of one namespace.
+fn ns_inode(path: impl AsRef<Path>) -> std::io::Result<u64> {
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
+#[test]
+fn guard_returns_the_thread_and_run_in_joins_on_its_own_thread() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let ns = NetNs::unique("ntg")?;
+    let own = "/proc/thread-self/ns/net";
+    let (here, there) = (ns_inode(own)?, ns_inode(ns.path())?);
+    assert_ne!(here, there);
+    {
+        let _guard = NetNsGuard::enter(ns.path())?;
+        assert_eq!(ns_inode(own)?, there);
+    }
+    assert_eq!(ns_inode(own)?, here, "back after the guard dropped");
+    assert_eq!(run_in(ns.path(), || ns_inode(own))??, there);
+    assert_eq!(
+        ns_inode(own)?,
+        here,
+        "run_in leaves the caller's thread alone"
+    );
+    assert!(run_in(Path::new("/run/netns/no-such-namespace"), || ()).is_err());
     Ok(())
 }
 

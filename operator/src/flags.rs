@@ -2,7 +2,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use ipnet::IpNet;
-use kvstore::{ClientConfig, ClusterError, ClusterId, ClusterName, MaxConnectedClusters, TlsFiles};
+use kvstore::{
+    ClientConfig, ClusterError, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig,
+};
 
 use crate::{
     cidr_pool::{CidrPool, CidrPoolError, IpFamily},
@@ -277,17 +279,17 @@ impl Flags {
         let mut config = ClientConfig::new(endpoints);
         match (&self.etcd_ca, https) {
             (Some(ca), true) => {
-                let files = TlsFiles {
-                    ca: ca.clone(),
-                    cert: self.etcd_cert.clone(),
-                    key: self.etcd_key.clone(),
-                };
-                if files.cert.is_some() != files.key.is_some() {
+                if self.etcd_cert.is_some() != self.etcd_key.is_some() {
                     return Err(ConfigError::TlsSettings(
                         "--etcd-cert and --etcd-key must be given together",
                     ));
                 }
-                config.tls = Some(files.load().map_err(ConfigError::TlsFiles)?);
+                let tls = TlsConfig::from_optional_files(
+                    ca,
+                    self.etcd_cert.as_deref(),
+                    self.etcd_key.as_deref(),
+                );
+                config.tls = Some(tls.map_err(ConfigError::TlsFiles)?);
             }
             (None, true) => {
                 return Err(ConfigError::TlsSettings(

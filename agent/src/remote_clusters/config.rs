@@ -44,7 +44,7 @@ mod opt_duration {
     ) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => crate::config::humantime_parse(&s)
+            Some(s) => humantime::parse_duration(&s)
                 .map(Some)
                 .map_err(D::Error::custom),
         }

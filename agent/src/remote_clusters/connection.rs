@@ -24,7 +24,7 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, StoreValue,
-    TlsFiles, keys, values::ClusterConfig,
+    TlsConfig, keys, values::ClusterConfig,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -330,12 +330,10 @@ impl RemoteCluster {
             .config
             .as_ref()
             .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.clone()))?;
-        let tls = TlsFiles {
-            ca: config.trusted_ca_file.clone(),
-            cert: Some(config.cert_file.clone()),
-            key: Some(config.key_file.clone()),
-        }
-        .load()
+        let tls = TlsConfig::from_files(
+            &config.trusted_ca_file,
+            Some((&config.cert_file, &config.key_file)),
+        )
         .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
         let mut client_config = ClientConfig::new(config.endpoints.clone()).with_tls(tls);
         client_config.connect_timeout = CONNECT_TIMEOUT;

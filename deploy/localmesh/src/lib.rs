@@ -32,10 +32,11 @@ pub use error::{Refused, Unavailable};
 pub use interrupt::{Interrupted, catch_interrupts, interrupted};
 pub use mesh::{
     ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir,
-    etcd_admin_config, in_netns, request,
+    etcd_admin_config, request,
 };
 pub use process::{is_running, log_tail};
 pub use state::{
     ClusterCerts, ClusterInfo, EndpointInfo, EtcdCerts, MeshState, NodeInfo, ProcessInfo,
 };
 pub use subnet::parse as parse_subnet;
+pub use topology::in_netns;

@@ -11,14 +11,25 @@ use certs::{Ca, CertName, Validity};
 
 use crate::state::{ClusterCerts, EtcdCerts};
 
+/// How long the mesh's CAs are valid.
+const CA_VALIDITY_DAYS: u32 = 3650;
+/// How long the certificates they issue are valid.
+const CERT_VALIDITY_DAYS: u32 = 365;
+
 /// Creates the mesh CA in `dir` (or loads it when present).
 pub(crate) fn ca(dir: &Path) -> Result<Ca> {
+    load_or_generate(dir, "clustermesh local mesh CA", "the mesh CA")
+}
+
+/// Loads the CA in `dir`, or generates one named `common_name` and writes
+/// it there; `what` names it in errors.
+fn load_or_generate(dir: &Path, common_name: &str, what: &str) -> Result<Ca> {
     if Ca::exists_in(dir) {
-        return Ca::load(dir).context("load the mesh CA");
+        return Ca::load(dir).with_context(|| format!("load {what}"));
     }
-    let ca = Ca::generate("clustermesh local mesh CA", Validity::days(3650)?)
-        .context("generate the mesh CA")?;
-    ca.write(dir).context("write the mesh CA")?;
+    let ca = Ca::generate(common_name, Validity::days(CA_VALIDITY_DAYS)?)
+        .with_context(|| format!("generate {what}"))?;
+    ca.write(dir).with_context(|| format!("write {what}"))?;
     Ok(ca)
 }
 
@@ -31,7 +42,7 @@ pub(crate) fn cluster(
     apiserver_ip: IpAddr,
 ) -> Result<ClusterCerts> {
     std::fs::create_dir_all(dir)?;
-    let validity = Validity::days(365)?;
+    let validity = Validity::days(CERT_VALIDITY_DAYS)?;
     let server = ca.issue_server(
         &CertName::new(format!("clustermesh-apiserver-{cluster}"))?,
         &[
@@ -62,18 +73,12 @@ pub(crate) fn cluster(
 /// Issues a cluster's etcd CA, server and client certificates into `dir`.
 pub(crate) fn etcd(dir: &Path, cluster: &str, etcd_ip: IpAddr) -> Result<EtcdCerts> {
     let ca_dir = dir.join("etcd-ca");
-    let ca = if Ca::exists_in(&ca_dir) {
-        Ca::load(&ca_dir).context("load the etcd CA")?
-    } else {
-        let ca = Ca::generate(
-            &format!("etcd CA of cluster {cluster}"),
-            Validity::days(3650)?,
-        )
-        .context("generate the etcd CA")?;
-        ca.write(&ca_dir).context("write the etcd CA")?;
-        ca
-    };
-    let validity = Validity::days(365)?;
+    let ca = load_or_generate(
+        &ca_dir,
+        &format!("etcd CA of cluster {cluster}"),
+        "the etcd CA",
+    )?;
+    let validity = Validity::days(CERT_VALIDITY_DAYS)?;
     let server = ca
         .issue_server(
             &CertName::new(format!("etcd-{cluster}"))?,

@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::state::ProcessInfo;
+use crate::{error::refuse, interrupt, state::ProcessInfo, topology};
 
 /// Starts `program args` as a daemon inside `netns` (a name under
 /// /run/netns; `None` = the root namespace).
@@ -39,28 +39,19 @@ pub(crate) fn spawn_daemon(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let ns_file = match netns {
-        Some(name) => Some(
-            File::open(Path::new("/run/netns").join(name))
-                .with_context(|| format!("open network namespace {name}"))?,
-        ),
-        None => None,
-    };
-    let fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: setsid and setns are async-signal-safe; the namespace file stays
-    // open in the parent until the child has been spawned.
+    // SAFETY: setsid(2) is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(fd) = fd
-                && libc::setns(fd, libc::CLONE_NEWNET) != 0
-            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
+    }
+    if let Some(name) = netns {
+        let ns = File::open(topology::netns_path(name))
+            .with_context(|| format!("open network namespace {name}"))?;
+        netns::join_before_exec(&mut cmd, ns);
     }
     let child = cmd
         .spawn()
@@ -93,38 +84,105 @@ pub fn is_running(p: &ProcessInfo) -> bool {
     !zombie && String::from_utf8_lossy(&cmdline).contains(&p.program)
 }
 
+/// How often [`stop`] looks whether SIGTERM did its job.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a process may take to die of SIGKILL before we stop waiting.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often [`kill`] looks whether SIGKILL did its job.
+const KILL_POLL: Duration = Duration::from_millis(20);
+/// How often [`wait_until`] polls.
+const READY_POLL: Duration = Duration::from_millis(100);
+
 /// Stops a daemon: SIGTERM, then SIGKILL after `grace`.
 pub(crate) fn stop(p: &ProcessInfo, grace: Duration) {
     if !is_running(p) {
         return;
     }
     signal(p, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !is_running(p) {
-            reap(p);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if exits_within(p, grace, STOP_POLL) {
+        reap(p);
+    } else {
+        kill(p);
     }
-    signal(p, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_running(p) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    reap(p);
 }
 
 /// Kills a daemon at once (a crash).
 pub(crate) fn kill(p: &ProcessInfo) {
     if is_running(p) {
         signal(p, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while is_running(p) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exits_within(p, KILL_TIMEOUT, KILL_POLL);
     }
     reap(p);
+}
+
+/// Looks every `poll` whether `p` is gone; whether it went within `timeout`.
+fn exits_within(p: &ProcessInfo, timeout: Duration, poll: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_running(p) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// Refuses to start what runs already: a second copy would fail on its
+/// ports and overwrite the first one's PID, which nothing could stop then.
+pub(crate) fn refuse_running(
+    what: &str,
+    cluster: &str,
+    process: Option<&ProcessInfo>,
+) -> Result<()> {
+    if let Some(p) = process
+        && is_running(p)
+    {
+        refuse!(
+            "{what} of {cluster} is already running (pid {}); stop it first with \
+             `clustermesh mesh stop {what} {cluster}`",
+            p.pid
+        );
+    }
+    Ok(())
+}
+
+/// Polls `ok` until it holds; fails at once when `process` exits or `up`
+/// is interrupted, and after `timeout` with the process's last log line.
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    process: Option<&ProcessInfo>,
+    mut ok: impl FnMut() -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    while !ok() {
+        interrupt::check()?;
+        if let Some(p) = process
+            && !is_running(p)
+        {
+            anyhow::bail!(
+                "{what}: the process exited: {} (log: {})",
+                failure_cause(&p.log),
+                p.log.display()
+            );
+        }
+        if start.elapsed() > timeout {
+            let log = process
+                .map(|p| {
+                    format!(
+                        "; last log line: {} (log: {})",
+                        failure_cause(&p.log),
+                        p.log.display()
+                    )
+                })
+                .unwrap_or_default();
+            anyhow::bail!("{what} not ready within {timeout:?}{log}");
+        }
+        std::thread::sleep(READY_POLL);
+    }
+    Ok(())
 }
 
 fn signal(p: &ProcessInfo, sig: libc::c_int) {

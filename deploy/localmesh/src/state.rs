@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Refused;
+use crate::error::{Refused, refuse};
 
 /// A process the mesh started (a daemon in its own session).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,9 +203,20 @@ impl MeshState {
     }
 
     pub fn cluster(&self, name: &str) -> anyhow::Result<&ClusterInfo> {
+        let i = self.cluster_index(name)?;
+        Ok(&self.clusters[i])
+    }
+
+    pub fn cluster_mut(&mut self, name: &str) -> anyhow::Result<&mut ClusterInfo> {
+        let i = self.cluster_index(name)?;
+        Ok(&mut self.clusters[i])
+    }
+
+    /// Where cluster `name` is in `clusters`; an unknown name is refused.
+    fn cluster_index(&self, name: &str) -> anyhow::Result<usize> {
         self.clusters
             .iter()
-            .find(|c| c.name == name)
+            .position(|c| c.name == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
                 anyhow::Error::new(Refused(format!(
@@ -215,17 +226,26 @@ impl MeshState {
             })
     }
 
-    pub fn cluster_mut(&mut self, name: &str) -> anyhow::Result<&mut ClusterInfo> {
-        let names: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
-        self.clusters
-            .iter_mut()
-            .find(|c| c.name == name)
-            .ok_or_else(|| {
-                anyhow::Error::new(Refused(format!(
-                    "no cluster {name:?} in this mesh (clusters: {})",
-                    names.join(", ")
-                )))
-            })
+    /// Both clusters exist and are two, not one (`verb` says what for).
+    pub(crate) fn distinct_clusters(&self, verb: &str, a: &str, b: &str) -> anyhow::Result<()> {
+        self.cluster(a)?;
+        self.cluster(b)?;
+        if a == b {
+            refuse!("cannot {verb} {a} with itself: name two different clusters");
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, cluster: &str, node: &str) -> anyhow::Result<&NodeInfo> {
+        let c = self.cluster(cluster)?;
+        let j = node_index(c, node)?;
+        Ok(&c.nodes[j])
+    }
+
+    pub fn node_mut(&mut self, cluster: &str, node: &str) -> anyhow::Result<&mut NodeInfo> {
+        let c = self.cluster_mut(cluster)?;
+        let j = node_index(c, node)?;
+        Ok(&mut c.nodes[j])
     }
 
     pub fn endpoint(&self, cluster: &str, name: &str) -> anyhow::Result<&EndpointInfo> {
@@ -238,4 +258,12 @@ impl MeshState {
                 )))
             })
     }
+}
+
+/// Where node `name` is in `c.nodes`.
+fn node_index(c: &ClusterInfo, name: &str) -> anyhow::Result<usize> {
+    c.nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no node {name} in {}", c.name))
 }

@@ -3,9 +3,26 @@
 //! clusters with routable node networks see each other), the root
 //! namespace's port on it, and partitions cut with nftables bridge rules.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
+
+/// Where `ip netns` keeps named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+
+/// The file of the named namespace (for `setns` and `CNI_NETNS`).
+pub(crate) fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Runs `f` on a thread inside the named network namespace.
+pub fn in_netns<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
+    Ok(netns::run_in(&netns_path(name), f)?)
+}
 
 /// Runs `program args` (in `netns` if given) and returns stdout.
 pub(crate) fn run(netns: Option<&str>, program: &str, args: &[&str]) -> Result<String> {
@@ -34,8 +51,13 @@ pub(crate) fn ip(args: &[&str]) -> Result<String> {
     run(None, "ip", args)
 }
 
+/// One `nft` command (a single argument, as nft reads it) in the fabric.
+fn nft(fabric: &str, command: &str) -> Result<String> {
+    run(Some(fabric), "nft", &[command])
+}
+
 pub(crate) fn netns_exists(name: &str) -> bool {
-    std::path::Path::new("/run/netns").join(name).exists()
+    netns_path(name).exists()
 }
 
 /// Creates a namespace (replacing a leftover of the same name) with
@@ -61,13 +83,10 @@ pub(crate) fn create_fabric(fabric: &str) -> Result<()> {
     ip(&["-n", fabric, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", fabric, "link", "set", "br0", "up"])?;
     // A table for partitions; empty until a cut.
-    run(Some(fabric), "nft", &["add", "table", "bridge", "mesh"])?;
-    run(
-        Some(fabric),
-        "nft",
-        &[
-            "add chain bridge mesh forward { type filter hook forward priority 0 ; policy accept ; }",
-        ],
+    nft(fabric, "add table bridge mesh")?;
+    nft(
+        fabric,
+        "add chain bridge mesh forward { type filter hook forward priority 0 ; policy accept ; }",
     )?;
     Ok(())
 }
@@ -116,38 +135,21 @@ pub(crate) fn plug(
 
 /// Drops all IPv4 traffic between two sets of prefixes, both ways.
 pub(crate) fn cut(fabric: &str, chain: &str, a: &[String], b: &[String]) -> Result<()> {
-    let _ = run(
-        Some(fabric),
-        "nft",
-        &[&format!("delete chain bridge mesh {chain}")],
-    );
-    run(
-        Some(fabric),
-        "nft",
-        &[&format!("add chain bridge mesh {chain}")],
-    )?;
+    let _ = nft(fabric, &format!("delete chain bridge mesh {chain}"));
+    nft(fabric, &format!("add chain bridge mesh {chain}"))?;
     for x in a {
         for y in b {
-            run(
-                Some(fabric),
-                "nft",
-                &[&format!(
-                    "add rule bridge mesh {chain} ip saddr {x} ip daddr {y} drop"
-                )],
-            )?;
-            run(
-                Some(fabric),
-                "nft",
-                &[&format!(
-                    "add rule bridge mesh {chain} ip saddr {y} ip daddr {x} drop"
-                )],
-            )?;
+            for (from, to) in [(x, y), (y, x)] {
+                nft(
+                    fabric,
+                    &format!("add rule bridge mesh {chain} ip saddr {from} ip daddr {to} drop"),
+                )?;
+            }
         }
     }
-    run(
-        Some(fabric),
-        "nft",
-        &[&format!("add rule bridge mesh forward jump {chain}")],
+    nft(
+        fabric,
+        &format!("add rule bridge mesh forward jump {chain}"),
     )?;
     Ok(())
 }
@@ -165,20 +167,12 @@ pub(crate) fn heal(fabric: &str, chain: &str) -> Result<()> {
         .filter(|l| l.contains(&format!("jump {chain} ")))
     {
         if let Some(handle) = line.rsplit("handle ").next() {
-            run(
-                Some(fabric),
-                "nft",
-                &[&format!(
-                    "delete rule bridge mesh forward handle {}",
-                    handle.trim()
-                )],
+            nft(
+                fabric,
+                &format!("delete rule bridge mesh forward handle {}", handle.trim()),
             )?;
         }
     }
-    let _ = run(
-        Some(fabric),
-        "nft",
-        &[&format!("delete chain bridge mesh {chain}")],
-    );
+    let _ = nft(fabric, &format!("delete chain bridge mesh {chain}"));
     Ok(())
 }

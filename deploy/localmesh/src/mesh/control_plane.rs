@@ -1,0 +1,213 @@
+//! A cluster's control plane: etcd, the operator and the
+//! clustermesh-apiserver, daemons in the cluster's own namespace, started
+//! one at a time (each refused while it runs), tracked in `mesh.json` at
+//! once, and waited for until their health endpoint answers.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use super::{Mesh, STARTUP_TIMEOUT, STOP_GRACE, plan};
+use crate::{
+    process::{self, refuse_running, spawn_daemon, wait_until},
+    state::{ClusterInfo, ProcessInfo},
+    topology,
+};
+
+/// Where the etcd binary is.
+const ETCD_BINARY: &str = "/usr/bin/etcd";
+/// How long a health probe may take to connect.
+const HEALTH_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a health probe waits for the answer.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Mesh {
+    /// Creates a cluster's control-plane namespace, plugs it into the
+    /// fabric and starts etcd, the operator and the apiserver in it.
+    pub(super) fn start_control_plane(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?.clone();
+        topology::create_netns(&c.cp_netns)?;
+        topology::plug(
+            &self.state.fabric_netns,
+            Some(&c.cp_netns),
+            "fab0",
+            &plan::fabric_port(&self.state, c.id, None),
+            c.cp_ip,
+        )?;
+        self.start_etcd(cluster)?;
+        self.start_operator(cluster)?;
+        self.start_apiserver(cluster)?;
+        Ok(())
+    }
+
+    /// Starts a cluster's etcd and waits until it is healthy.
+    pub fn start_etcd(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let (args, health) = (plan::etcd_args(c), plan::etcd_health(c));
+        self.launch(
+            cluster,
+            ControlPlane::Etcd,
+            Path::new(ETCD_BINARY),
+            &args,
+            &health,
+        )
+    }
+
+    /// Stops a cluster's etcd (its data stays).
+    pub fn stop_etcd(&mut self, cluster: &str) -> Result<()> {
+        self.stop_control_plane(cluster, ControlPlane::Etcd)
+    }
+
+    /// Stops a cluster's etcd, deletes its data and starts it again: the
+    /// same etcd cluster ID with revisions from 1, as an etcd without
+    /// persistent storage comes back.
+    pub fn wipe_etcd(&mut self, cluster: &str) -> Result<()> {
+        self.stop_etcd(cluster)?;
+        let data = self.state.cluster(cluster)?.etcd_data.clone();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing {}", data.display()))?;
+        }
+        self.start_etcd(cluster)
+    }
+
+    /// Starts a cluster's operator and waits until it is healthy.
+    pub fn start_operator(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let (args, health) = (plan::operator_args(c), c.operator_health.clone());
+        let program = self.bin("clustermesh-operator")?;
+        self.launch(cluster, ControlPlane::Operator, &program, &args, &health)
+    }
+
+    /// Stops a cluster's operator.
+    pub fn stop_operator(&mut self, cluster: &str) -> Result<()> {
+        self.stop_control_plane(cluster, ControlPlane::Operator)
+    }
+
+    /// Starts a cluster's apiserver and waits until it is ready.
+    pub fn start_apiserver(&mut self, cluster: &str) -> Result<()> {
+        let id = self.state.cluster(cluster)?.id;
+        self.start_apiserver_as(cluster, id)
+    }
+
+    /// Restarts a cluster's apiserver publishing another cluster ID (to test
+    /// how peers refuse a misconfigured cluster).
+    pub fn restart_apiserver_with_id(&mut self, cluster: &str, id: u32) -> Result<()> {
+        self.stop_apiserver(cluster)?;
+        self.start_apiserver_as(cluster, id)
+    }
+
+    fn start_apiserver_as(&mut self, cluster: &str, id: u32) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let (args, health) = (plan::apiserver_args(c, id), c.apiserver_health.clone());
+        let program = self.bin("clustermesh-apiserver")?;
+        self.launch(cluster, ControlPlane::Apiserver, &program, &args, &health)
+    }
+
+    /// Stops a cluster's apiserver.
+    pub fn stop_apiserver(&mut self, cluster: &str) -> Result<()> {
+        self.stop_control_plane(cluster, ControlPlane::Apiserver)
+    }
+
+    /// Starts a control-plane daemon of `cluster` in its namespace (refused
+    /// while it runs), tracks it in `mesh.json` at once, and waits until
+    /// `health` answers 200 on the daemon's health path.
+    fn launch(
+        &mut self,
+        cluster: &str,
+        which: ControlPlane,
+        program: &Path,
+        args: &[String],
+        health: &str,
+    ) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let name = which.name();
+        refuse_running(name, cluster, which.slot(c).as_ref())?;
+        let log = self.log_path(cluster, name);
+        let process = spawn_daemon(Some(&c.cp_netns), program, args, &[], &log)?;
+        *which.slot_mut(self.state.cluster_mut(cluster)?) = Some(process.clone());
+        self.state.save()?;
+        wait_until(
+            &format!("{cluster} {name}"),
+            STARTUP_TIMEOUT,
+            Some(&process),
+            || http_ok(health, which.health_path()),
+        )
+    }
+
+    /// Stops a control-plane daemon of `cluster` (SIGTERM, then SIGKILL).
+    fn stop_control_plane(&mut self, cluster: &str, which: ControlPlane) -> Result<()> {
+        if let Some(p) = which.slot_mut(self.state.cluster_mut(cluster)?).take() {
+            process::stop(&p, STOP_GRACE);
+        }
+        self.state.save()
+    }
+}
+
+/// The daemons of a cluster's control-plane namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ControlPlane {
+    Etcd,
+    Operator,
+    Apiserver,
+}
+
+impl ControlPlane {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Operator => "operator",
+            Self::Apiserver => "apiserver",
+        }
+    }
+
+    /// The path that answers 200 once the daemon is up.
+    fn health_path(self) -> &'static str {
+        match self {
+            Self::Etcd => "/health",
+            Self::Operator => "/healthz",
+            Self::Apiserver => "/readyz",
+        }
+    }
+
+    fn slot(self, c: &ClusterInfo) -> &Option<ProcessInfo> {
+        match self {
+            Self::Etcd => &c.etcd,
+            Self::Operator => &c.operator,
+            Self::Apiserver => &c.apiserver,
+        }
+    }
+
+    fn slot_mut(self, c: &mut ClusterInfo) -> &mut Option<ProcessInfo> {
+        match self {
+            Self::Etcd => &mut c.etcd,
+            Self::Operator => &mut c.operator,
+            Self::Apiserver => &mut c.apiserver,
+        }
+    }
+}
+
+/// GET `path` on `addr` (plain HTTP) returns 200.
+fn http_ok(addr: &str, path: &str) -> bool {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, HEALTH_CONNECT_TIMEOUT) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(HEALTH_READ_TIMEOUT));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}

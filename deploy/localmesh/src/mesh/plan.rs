@@ -1,0 +1,346 @@
+//! What a mesh consists of before anything is made: the names and
+//! addresses of clusters, nodes and pods, and the flags that tell each
+//! daemon about them. Pure: nothing here touches the system.
+//!
+//! Cluster `cI` (ID I) of the mesh on fabric subnet `172.(16+k).0.0/16`:
+//! its control plane at `172.(16+k).I.2`, node `nJ` at `172.(16+k).I.(10+J)`,
+//! pods from `10.I.0.0/16`.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, MeshState, NodeInfo};
+
+/// etcd's client port on the control-plane address.
+const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer URL: on loopback, every etcd is a cluster of one.
+const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
+/// etcd's metrics and `/health` port on the control-plane address.
+const ETCD_METRICS_PORT: u16 = 2381;
+/// The clustermesh-apiserver's etcd API (mutual TLS).
+const APISERVER_PORT: u16 = 2443;
+/// The clustermesh-apiserver's `/readyz` and `/metrics`.
+const APISERVER_HEALTH_PORT: u16 = 9880;
+/// The operator's `/healthz` and `/metrics`.
+const OPERATOR_HEALTH_PORT: u16 = 9234;
+/// Each agent's `/healthz` and `/metrics` on its node address.
+const AGENT_HEALTH_PORT: u16 = 9876;
+/// Where agents pin their maps (one directory per mesh, then per node).
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The size of the node CIDRs the operator hands out.
+const NODE_CIDR_MASK_SIZE: u8 = 24;
+/// How often the operator writes its heartbeat: short, so that the local
+/// mesh notices a stopped operator quickly.
+const OPERATOR_HEARTBEAT_INTERVAL: &str = "10s";
+/// The agents' session lease: their keys outlive a crash this long.
+const AGENT_SESSION_TTL: &str = "2m";
+/// How long a starting agent waits for every cluster's initial sync.
+const AGENT_SYNC_TIMEOUT: &str = "30s";
+
+/// The name of the `i`th cluster.
+pub(super) fn cluster_name(i: u8) -> String {
+    format!("c{i}")
+}
+
+/// The fabric address of cluster `i`'s control plane.
+pub(super) fn control_plane_ip(subnet: u8, i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 16 + subnet, i, 2)
+}
+
+/// Cluster `i` of `state`'s mesh with `nodes` nodes, its files in `dir`.
+pub(super) fn cluster(
+    state: &MeshState,
+    i: u8,
+    nodes: u8,
+    dir: &Path,
+    certs: ClusterCerts,
+    etcd_tls: EtcdCerts,
+) -> ClusterInfo {
+    let cp_ip = control_plane_ip(state.subnet, i);
+    ClusterInfo {
+        name: cluster_name(i),
+        id: u32::from(i),
+        cp_netns: format!("{}-c{i}", state.prefix),
+        cp_ip,
+        etcd_endpoint: format!("https://{cp_ip}:{ETCD_CLIENT_PORT}"),
+        etcd_tls: Some(etcd_tls),
+        etcd_data: dir.join("etcd"),
+        apiserver_endpoint: format!("https://{cp_ip}:{APISERVER_PORT}"),
+        apiserver_health: format!("{cp_ip}:{APISERVER_HEALTH_PORT}"),
+        operator_health: format!("{cp_ip}:{OPERATOR_HEALTH_PORT}"),
+        pod_cidr_pool: format!("10.{i}.0.0/16"),
+        certs,
+        clustermesh_dir: dir.join("clustermesh"),
+        etcd: None,
+        operator: None,
+        apiserver: None,
+        nodes: (1..=nodes).map(|j| node(state, i, j, dir)).collect(),
+        remotes: Vec::new(),
+    }
+}
+
+/// Node `j` of cluster `i`.
+fn node(state: &MeshState, i: u8, j: u8, cluster_dir: &Path) -> NodeInfo {
+    let ip = Ipv4Addr::new(172, 16 + state.subnet, i, 10 + j);
+    let dir = cluster_dir.join(format!("n{j}"));
+    NodeInfo {
+        name: format!("n{j}"),
+        netns: format!("{}-c{i}-n{j}", state.prefix),
+        ip,
+        api_socket: dir.join("agent.sock"),
+        bpffs: PathBuf::from(BPFFS)
+            .join(&state.prefix)
+            .join(format!("c{i}-n{j}")),
+        health: format!("{ip}:{AGENT_HEALTH_PORT}"),
+        state_dir: dir.join("state"),
+        agent: None,
+    }
+}
+
+/// Where the mesh's agents pin their maps (`down` removes it whole).
+pub(super) fn bpffs_root(state: &MeshState) -> PathBuf {
+    PathBuf::from(BPFFS).join(&state.prefix)
+}
+
+/// The fabric-side name of the veth that plugs the control plane of
+/// cluster `id` (`node`: `Some(j)`, of its node `nJ`) into the fabric.
+pub(super) fn fabric_port(state: &MeshState, id: u32, node: Option<&str>) -> String {
+    let node = node.map(|n| n.trim_start_matches('n')).unwrap_or_default();
+    match node {
+        "" => format!("{}c{id}", state.prefix),
+        j => format!("{}c{id}n{j}", state.prefix),
+    }
+}
+
+/// The namespace of pod `name` of `cluster`.
+pub(super) fn pod_netns(state: &MeshState, cluster: &str, name: &str) -> String {
+    format!("{}-{cluster}-{name}", state.prefix)
+}
+
+/// What a partition of cluster `c` cuts off: its fabric /24 (control plane
+/// and nodes) and its pods.
+pub(super) fn partition_nets(state: &MeshState, c: &ClusterInfo) -> Vec<String> {
+    vec![
+        format!("172.{}.{}.0/24", 16 + state.subnet, c.id),
+        c.pod_cidr_pool.clone(),
+    ]
+}
+
+/// The nftables chain of the partition between `a` and `b` (either order).
+pub(super) fn partition_chain(a: &str, b: &str) -> String {
+    let (x, y) = if a < b { (a, b) } else { (b, a) };
+    format!("cut-{x}-{y}")
+}
+
+/// Where etcd answers `/health`.
+pub(super) fn etcd_health(c: &ClusterInfo) -> String {
+    format!("{}:{ETCD_METRICS_PORT}", c.cp_ip)
+}
+
+/// etcd's flags: one member, served with the cluster's own etcd CA when it
+/// has one.
+pub(super) fn etcd_args(c: &ClusterInfo) -> Vec<String> {
+    let mut args = vec![
+        format!("--name={}", c.name),
+        format!("--data-dir={}", c.etcd_data.display()),
+        format!("--listen-client-urls={}", c.etcd_endpoint),
+        format!("--advertise-client-urls={}", c.etcd_endpoint),
+        format!("--listen-peer-urls={ETCD_PEER_URL}"),
+        format!("--initial-advertise-peer-urls={ETCD_PEER_URL}"),
+        format!("--initial-cluster={}={ETCD_PEER_URL}", c.name),
+        format!("--listen-metrics-urls=http://{}", etcd_health(c)),
+        "--logger=zap".into(),
+        "--log-outputs=stderr".into(),
+    ];
+    if let Some(t) = &c.etcd_tls {
+        args.extend([
+            format!("--cert-file={}", t.server_cert.display()),
+            format!("--key-file={}", t.server_key.display()),
+            format!("--trusted-ca-file={}", t.ca.display()),
+            "--client-cert-auth=true".into(),
+        ]);
+    }
+    args
+}
+
+/// The operator's flags.
+pub(super) fn operator_args(c: &ClusterInfo) -> Vec<String> {
+    component_args(
+        c,
+        c.id,
+        &[
+            ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
+            ("--node-cidr-mask-size", NODE_CIDR_MASK_SIZE.to_string()),
+            ("--health-listen", c.operator_health.clone()),
+            ("--heartbeat-interval", OPERATOR_HEARTBEAT_INTERVAL.into()),
+            ("--id", format!("{}-operator", c.name)),
+        ],
+    )
+}
+
+/// The apiserver's flags, publishing cluster ID `id` (the cluster's own,
+/// unless a test wants a misconfigured one).
+pub(super) fn apiserver_args(c: &ClusterInfo, id: u32) -> Vec<String> {
+    component_args(
+        c,
+        id,
+        &[
+            (
+                "--listen",
+                c.apiserver_endpoint.trim_start_matches("https://").into(),
+            ),
+            ("--tls-cert", c.certs.server_cert.display().to_string()),
+            ("--tls-key", c.certs.server_key.display().to_string()),
+            ("--tls-client-ca", c.certs.ca.display().to_string()),
+            ("--health-listen", c.apiserver_health.clone()),
+        ],
+    )
+}
+
+/// The flags of `clustermesh-agent run` on node `n`.
+pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
+    let mut args = vec!["run".to_string()];
+    args.extend(component_args(
+        c,
+        c.id,
+        &[
+            ("--node-name", n.name.clone()),
+            ("--node-ip", n.ip.to_string()),
+            (
+                "--clustermesh-config",
+                c.clustermesh_dir.display().to_string(),
+            ),
+            ("--bpffs-dir", n.bpffs.display().to_string()),
+            ("--api-socket", n.api_socket.display().to_string()),
+            ("--state-dir", n.state_dir.display().to_string()),
+            ("--health-listen", n.health.clone()),
+            ("--session-ttl", AGENT_SESSION_TTL.into()),
+            ("--sync-timeout", AGENT_SYNC_TIMEOUT.into()),
+            ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
+        ],
+    ));
+    args
+}
+
+/// A component's flags: which cluster it belongs to (publishing ID `id`),
+/// its own `flags`, then how it reaches its cluster's etcd (with the
+/// components' client certificate when etcd is served with TLS).
+fn component_args(c: &ClusterInfo, id: u32, flags: &[(&str, String)]) -> Vec<String> {
+    let mut pairs = vec![
+        ("--cluster-name", c.name.clone()),
+        ("--cluster-id", id.to_string()),
+    ];
+    pairs.extend(flags.iter().cloned());
+    pairs.push(("--etcd-endpoints", c.etcd_endpoint.clone()));
+    if let Some(t) = &c.etcd_tls {
+        pairs.extend([
+            ("--etcd-ca", t.ca.display().to_string()),
+            ("--etcd-cert", t.client_cert.display().to_string()),
+            ("--etcd-key", t.client_key.display().to_string()),
+        ]);
+    }
+    pairs
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certs(dir: &Path) -> (ClusterCerts, EtcdCerts) {
+        let f = |name: &str| dir.join(name);
+        let certs = ClusterCerts {
+            server_cert: f("server.crt"),
+            server_key: f("server.key"),
+            admin_cert: f("admin.crt"),
+            admin_key: f("admin.key"),
+            remote_cert: f("remote.crt"),
+            remote_key: f("remote.key"),
+            ca: f("ca.crt"),
+        };
+        let etcd = EtcdCerts {
+            ca: f("etcd-ca.crt"),
+            server_cert: f("etcd.crt"),
+            server_key: f("etcd.key"),
+            client_cert: f("components.crt"),
+            client_key: f("components.key"),
+            admin_cert: f("etcd-admin.crt"),
+            admin_key: f("etcd-admin.key"),
+        };
+        (certs, etcd)
+    }
+
+    #[test]
+    fn names_and_addresses_follow_from_the_subnet_and_the_index() {
+        let state = MeshState::new("/m".into(), 3, PathBuf::new(), false);
+        let (certs, etcd) = certs(Path::new("/m/c2/certs"));
+        let c = cluster(&state, 2, 2, Path::new("/m/c2"), certs, etcd);
+        assert_eq!((c.name.as_str(), c.id), ("c2", 2));
+        assert_eq!(c.cp_netns, "cm3-c2");
+        assert_eq!(c.cp_ip, Ipv4Addr::new(172, 19, 2, 2));
+        assert_eq!(c.etcd_endpoint, "https://172.19.2.2:2379");
+        assert_eq!(c.apiserver_endpoint, "https://172.19.2.2:2443");
+        assert_eq!(etcd_health(&c), "172.19.2.2:2381");
+        assert_eq!(c.pod_cidr_pool, "10.2.0.0/16");
+        let n: Vec<_> = c.nodes.iter().map(|n| (&n.name, &n.netns, n.ip)).collect();
+        assert_eq!(
+            n,
+            [
+                (
+                    &"n1".to_string(),
+                    &"cm3-c2-n1".to_string(),
+                    Ipv4Addr::new(172, 19, 2, 11)
+                ),
+                (
+                    &"n2".to_string(),
+                    &"cm3-c2-n2".to_string(),
+                    Ipv4Addr::new(172, 19, 2, 12)
+                ),
+            ]
+        );
+        assert_eq!(c.nodes[0].bpffs, Path::new("/sys/fs/bpf/cm3/c2-n1"));
+        assert_eq!(c.nodes[0].api_socket, Path::new("/m/c2/n1/agent.sock"));
+        assert_eq!(fabric_port(&state, 2, None), "cm3c2");
+        assert_eq!(fabric_port(&state, 2, Some("n1")), "cm3c2n1");
+        assert_eq!(partition_nets(&state, &c), ["172.19.2.0/24", "10.2.0.0/16"]);
+        assert_eq!(partition_chain("c2", "c1"), partition_chain("c1", "c2"));
+    }
+
+    #[test]
+    fn every_component_names_its_cluster_and_reaches_etcd_with_tls() {
+        let state = MeshState::new("/m".into(), 0, PathBuf::new(), false);
+        let (certs, etcd) = certs(Path::new("/m/c1/certs"));
+        let c = cluster(&state, 1, 1, Path::new("/m/c1"), certs, etcd);
+        let flag = |args: &[String], name: &str| {
+            let i = args.iter().position(|a| a == name);
+            i.map(|i| args[i + 1].clone())
+        };
+        for args in [
+            operator_args(&c),
+            apiserver_args(&c, 1),
+            agent_args(&c, &c.nodes[0]),
+        ] {
+            assert_eq!(flag(&args, "--cluster-name").as_deref(), Some("c1"));
+            assert_eq!(flag(&args, "--cluster-id").as_deref(), Some("1"));
+            assert_eq!(
+                flag(&args, "--etcd-endpoints").as_deref(),
+                Some("https://172.16.1.2:2379")
+            );
+            assert_eq!(
+                flag(&args, "--etcd-cert").as_deref(),
+                Some("/m/c1/certs/components.crt")
+            );
+        }
+        assert_eq!(agent_args(&c, &c.nodes[0])[0], "run");
+        assert_eq!(
+            flag(&apiserver_args(&c, 7), "--cluster-id").as_deref(),
+            Some("7")
+        );
+        assert!(etcd_args(&c).contains(&"--client-cert-auth=true".to_string()));
+    }
+}

@@ -1,0 +1,231 @@
+//! Connecting clusters: the checks `connect` makes before changing
+//! anything, and the remote-cluster config files the agents read.
+
+use anyhow::{Context, Result, bail};
+use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys};
+
+use super::{
+    Mesh,
+    admin::{admin_client, runtime, with_admin_timeouts},
+    node::agent_status,
+};
+use crate::state::ClusterInfo;
+
+impl Mesh {
+    /// Checks that `from`'s agents can use `to`, then writes the remote
+    /// config (and, bidirectionally, the reverse). Returns what was checked.
+    pub fn connect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<Vec<String>> {
+        self.state.distinct_clusters("connect", from, to)?;
+        let mut checks = self.check_connect(from, to)?;
+        if bidirectional {
+            checks.extend(self.check_connect(to, from)?);
+        }
+        self.write_remote_config(from, to, None)?;
+        if bidirectional {
+            self.write_remote_config(to, from, None)?;
+        }
+        self.state.save()?;
+        Ok(checks)
+    }
+
+    /// Removes the remote config(s); agents drain that cluster's entries.
+    pub fn disconnect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<()> {
+        self.state.distinct_clusters("disconnect", from, to)?;
+        let pairs: Vec<(&str, &str)> = if bidirectional {
+            vec![(from, to), (to, from)]
+        } else {
+            vec![(from, to)]
+        };
+        for (a, b) in pairs {
+            let c = self.state.cluster_mut(a)?;
+            let _ = std::fs::remove_file(c.clustermesh_dir.join(b));
+            c.remotes.retain(|r| r != b);
+        }
+        self.state.save()
+    }
+
+    /// Writes the remote config without `connect`'s checks (to test what
+    /// agents do with a bad peer).
+    pub fn write_remote_config_unchecked(&mut self, from: &str, to: &str) -> Result<()> {
+        self.write_remote_config(from, to, None)?;
+        self.state.save()
+    }
+
+    /// Sets how long `from`'s agents keep `to`'s services while `to` is
+    /// unreachable (rewrites the remote config; agents reconnect).
+    pub fn set_service_cache_ttl(&mut self, from: &str, to: &str, ttl: &str) -> Result<()> {
+        self.write_remote_config(from, to, Some(ttl))?;
+        self.state.save()
+    }
+
+    /// Writes `from`'s config for remote `to` (atomically) and records the
+    /// connection; the caller saves the state.
+    fn write_remote_config(
+        &mut self,
+        from: &str,
+        to: &str,
+        service_cache_ttl: Option<&str>,
+    ) -> Result<()> {
+        let target = self.state.cluster(to)?.clone();
+        let c = self.state.cluster_mut(from)?;
+        std::fs::create_dir_all(&c.clustermesh_dir)?;
+        let mut text = format!(
+            "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+            target.apiserver_endpoint,
+            c.certs.ca.display(),
+            c.certs.remote_cert.display(),
+            c.certs.remote_key.display()
+        );
+        if let Some(ttl) = service_cache_ttl {
+            text.push_str(&format!("service-cache-ttl: {ttl}\n"));
+        }
+        text.push_str(&format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool));
+        let path = c.clustermesh_dir.join(to);
+        let tmp = c.clustermesh_dir.join(format!(".{to}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        if !c.remotes.iter().any(|r| r == to) {
+            c.remotes.push(to.to_string());
+        }
+        Ok(())
+    }
+
+    /// The checks `connect` makes before changing anything.
+    fn check_connect(&self, from: &str, to: &str) -> Result<Vec<String>> {
+        let a = self.state.cluster(from)?;
+        let b = self.state.cluster(to)?;
+        let mut checks = Vec::new();
+        if a.name == b.name {
+            bail!("cannot connect {from} to itself");
+        }
+        for c in [a, b] {
+            kvstore::ClusterName::new(c.name.as_str())
+                .map_err(|e| anyhow::anyhow!("cluster name {:?}: {e}", c.name))?;
+        }
+        checks.push(format!("names {from} and {to} are valid and distinct"));
+        let remote = runtime()?.block_on(read_cluster_config(a, b))?;
+        if remote.id != b.id {
+            bail!(
+                "{to}'s apiserver publishes cluster ID {} but the mesh expects {}",
+                remote.id,
+                b.id
+            );
+        }
+        if remote.id == a.id || remote.id == 0 {
+            bail!(
+                "{to} has cluster ID {} which {from} cannot accept (0 or its own ID {})",
+                remote.id,
+                a.id
+            );
+        }
+        checks.push(format!(
+            "cluster IDs {} and {} are distinct and in range",
+            a.id, b.id
+        ));
+        let mode = remote.mode().map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
+        // Our own mode, as our apiserver publishes it in our etcd.
+        let own = runtime()?.block_on(async {
+            let name = kvstore::ClusterName::new(a.name.as_str())?;
+            let kv = admin_client(a)
+                .await?
+                .get(&keys::cluster_config(&name))
+                .await?
+                .with_context(|| format!("{from} publishes no cilium/cluster-config/{from}"))?;
+            anyhow::Ok(kvstore::values::ClusterConfig::decode(&a.name, &kv.value)?)
+        })?;
+        let own_mode = own.mode().map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+        if own_mode != mode {
+            bail!("max-connected-clusters differs: {from} {own_mode}, {to} {mode}");
+        }
+        checks.push(format!(
+            "max-connected-clusters is {own_mode} on {from} and {mode} on {to} (their cluster-config)"
+        ));
+        checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
+        let (pa, pb): (ipnet::IpNet, ipnet::IpNet) =
+            (a.pod_cidr_pool.parse()?, b.pod_cidr_pool.parse()?);
+        if pa.contains(&pb.network()) || pb.contains(&pa.network()) {
+            bail!("pod CIDR pools overlap: {from} {pa}, {to} {pb}");
+        }
+        checks.push(format!("pod CIDR pools {pa} and {pb} do not overlap"));
+        let (ids_a, ips_a, ips_b) = runtime()?.block_on(async {
+            let ca = admin_client(a).await?;
+            let cb = admin_client(b).await?;
+            anyhow::Ok((
+                ca.count(&keys::identity_masters()).await?,
+                ca.count(&keys::ipcache()).await?,
+                cb.count(&keys::ipcache()).await?,
+            ))
+        })?;
+        let range = kvstore::IdentityRange::allocation(kvstore::ClusterId::new(a.id, mode)?, mode);
+        checks.push(format!(
+            "identity headroom in {from}: {ids_a} used of {}",
+            range.len()
+        ));
+        // Every agent of `from` holds both clusters' entries: the smallest
+        // ipcache map among them, as the agents report it from the kernel.
+        let capacities: Vec<(String, usize)> = a
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let status = agent_status(n).ok()?;
+                Some((n.name.clone(), *status.map_capacity.get("ipcache")?))
+            })
+            .collect();
+        let Some((node, capacity)) = capacities.iter().min_by_key(|(_, c)| *c).cloned() else {
+            bail!(
+                "no agent of {from} reports its ipcache map capacity; are {from}'s agents running?"
+            );
+        };
+        if ips_a + ips_b > i64::try_from(capacity).unwrap_or(i64::MAX) {
+            bail!(
+                "ipcache map would overflow: {} entries for {capacity} slots on {from}/{node}",
+                ips_a + ips_b
+            );
+        }
+        checks.push(format!(
+            "ipcache map headroom: {} entries of {capacity} (smallest of {} {from} agents: {node})",
+            ips_a + ips_b,
+            capacities.len()
+        ));
+        Ok(checks)
+    }
+}
+
+/// Reads `to`'s cluster config through its apiserver with `from`'s remote
+/// certificate: proves reachability, mutual TLS trust and authorization.
+async fn read_cluster_config(
+    from: &ClusterInfo,
+    to: &ClusterInfo,
+) -> Result<kvstore::values::ClusterConfig> {
+    let tls = TlsConfig::from_files(
+        &from.certs.ca,
+        Some((&from.certs.remote_cert, &from.certs.remote_key)),
+    )?;
+    let config =
+        with_admin_timeouts(ClientConfig::new([to.apiserver_endpoint.clone()]).with_tls(tls));
+    let client = Client::connect(&config).await.map_err(|e| {
+        let message = format!(
+            "{} cannot use {}'s apiserver at {} ({}): {}",
+            from.name,
+            to.name,
+            to.apiserver_endpoint,
+            e.kind(),
+            e.full_message()
+        );
+        // Nothing answering is the peer's unavailability (exit 69); a TLS or
+        // authorization refusal is a configuration problem (exit 1).
+        match e.kind() {
+            kvstore::ErrorKind::Unreachable | kvstore::ErrorKind::Timeout => {
+                anyhow::Error::new(crate::Unavailable(message))
+            }
+            _ => anyhow::anyhow!(message),
+        }
+    })?;
+    let name = kvstore::ClusterName::new(to.name.as_str())?;
+    let kv = client
+        .get(&keys::cluster_config(&name))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {}'s cluster config: {}", to.name, e.full_message()))?
+        .with_context(|| format!("{} publishes no cilium/cluster-config/{}", to.name, to.name))?;
+    Ok(kvstore::values::ClusterConfig::decode(&to.name, &kv.value)?)
+}
