@@ -140,15 +140,10 @@ impl IdentityGc {
                     no_slaves(&keys::identity_slaves_of(&labels)),
                 ])
                 .and_then([TxnOp::delete(master, None)]);
-            let mut kv = self.client.raw().kv_client();
-            let deleted = kv
-                .txn(txn)
-                .await
-                .map_err(|source| Error::Request {
-                    op: "delete identity",
-                    key: id.to_string(),
-                    source,
-                })?
+            let deleted = self
+                .client
+                .txn("delete identity", &id.to_string(), txn)
+                .await?
                 .succeeded();
             if deleted {
                 round.deleted += 1;
