@@ -90,10 +90,8 @@ impl IdentityGc {
         let in_use: HashSet<&str> = slaves
             .iter()
             .filter_map(|kv| {
-                slave_prefix
-                    .strip(&kv.key)?
-                    .rsplit_once('/')
-                    .map(|(labels, _node)| labels)
+                let (labels, _node) = keys::parse_identity_slave(slave_prefix.strip(&kv.key)?)?;
+                Some(labels)
             })
             .collect();
 
@@ -107,7 +105,7 @@ impl IdentityGc {
         for kv in &masters {
             let Some(id) = master_prefix
                 .strip(&kv.key)
-                .and_then(|s| s.parse::<NumericIdentity>().ok())
+                .and_then(keys::parse_identity_master)
             else {
                 continue;
             };
