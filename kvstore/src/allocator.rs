@@ -46,6 +46,23 @@ pub enum AllocatorError {
     Etcd(#[from] Error),
 }
 
+/// Attempts before an allocation gives up, as Cilium: enough to outlast a
+/// burst of nodes racing for the same labels.
+const DEFAULT_MAX_ATTEMPTS: u32 = 16;
+
+/// First delay after a lost race, as Cilium: about one etcd round trip, so
+/// the winner's writes have settled.
+const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(20);
+
+/// How often the keys of held identities are checked (master-key
+/// protection): a deleted key is rare, and the check reads every one.
+const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often failed releases, and a re-creation of the identity keys after
+/// a new session lease that did not complete, are retried: soon, since
+/// writers of keys that name identities wait for the re-creation.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How an [`Allocator`] runs.
 #[derive(Debug, Clone)]
 pub struct AllocatorConfig {
@@ -72,9 +89,9 @@ impl AllocatorConfig {
             cluster_id,
             mode,
             node: node.into(),
-            max_attempts: 16,
-            min_backoff: Duration::from_millis(20),
-            resync_interval: Duration::from_secs(300),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            min_backoff: DEFAULT_MIN_BACKOFF,
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
             range: None,
         }
     }
@@ -706,7 +723,7 @@ impl AllocatorRunner {
         let mut restoring: Option<u64> = None;
         let mut tick = tokio::time::interval(a.config.resync_interval);
         tick.tick().await;
-        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

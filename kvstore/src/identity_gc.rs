@@ -14,6 +14,9 @@ use crate::{
     keys,
 };
 
+/// The period `max_deletions_per_minute` counts in.
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// How the identity garbage collector runs.
 #[derive(Debug, Clone)]
 pub struct IdentityGcConfig {
@@ -126,7 +129,7 @@ impl IdentityGc {
         }
         self.marks = marks;
 
-        let pause = Duration::from_secs(60) / self.config.max_deletions_per_minute.max(1);
+        let pause = MINUTE / self.config.max_deletions_per_minute.max(1);
         for (i, (id, labels, revision)) in doomed.into_iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(pause).await;
