@@ -139,14 +139,14 @@ impl Kind {
         }
     }
 
-    fn parse(self, text: &str) -> Result<Parsed, String> {
-        match self {
+    fn parse(self, text: &str) -> anyhow::Result<Parsed> {
+        Ok(match self {
             Self::Policy => PolicyDocument::parse(text).map(|d| Parsed {
                 key: d.key(),
                 value: d.encode(),
                 selects: policy_selects(&d),
                 service: None,
-            }),
+            })?,
             Self::Service => ServiceDef::parse(text).map(|d| Parsed {
                 key: d.key(),
                 value: d.encode(),
@@ -156,8 +156,8 @@ impl Kind {
                     selector_words(&d.selector, &[])
                 )],
                 service: Some(d),
-            }),
-        }
+            })?,
+        })
     }
 
     fn name(self) -> &'static str {
@@ -451,7 +451,7 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
                             p.selects,
                             serde_json::from_slice::<serde_json::Value>(&p.value).ok(),
                         ),
-                        Err(e) => (Some(e), Vec::new(), None),
+                        Err(e) => (Some(e.to_string()), Vec::new(), None),
                     };
                     rows.push(serde_json::json!({
                         "name": key,

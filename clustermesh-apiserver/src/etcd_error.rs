@@ -1,16 +1,5 @@
-use tonic::{Code, Status, metadata::MetadataValue};
-
-// same contract as kvstore::reason (`REASON_METADATA_KEY`,
-// `REASON_ETCD_UNREACHABLE`): clients match these, not the message.
-
-/// The gRPC metadata key (a trailer) under which the apiserver says why it
-/// answered as it did, for clients that must tell causes apart without
-/// reading messages: etcd's codes and messages stay exactly etcd's, since
-/// etcd clients print them and branch on them.
-pub const REASON_METADATA_KEY: &str = "clustermesh-reason";
-/// [`REASON_METADATA_KEY`]'s value on [`EtcdError::Unavailable`]: the
-/// apiserver answers, but the etcd behind it does not.
-pub const REASON_ETCD_UNREACHABLE: &str = "etcd-unreachable";
+pub use kvstore::reason::{REASON_ETCD_UNREACHABLE, REASON_METADATA_KEY};
+use tonic::{Code, Status};
 
 /// The errors the apiserver answers with, worded and coded exactly as etcd
 /// words and codes them (`rpctypes` in etcd's source), because etcd clients
@@ -69,15 +58,6 @@ impl EtcdError {
         }
     }
 
-    /// Why, for [`REASON_METADATA_KEY`], when the code and message alone do
-    /// not let a client tell this error apart.
-    pub fn reason(&self) -> Option<&'static str> {
-        match self {
-            Self::Unavailable(_) => Some(REASON_ETCD_UNREACHABLE),
-            _ => None,
-        }
-    }
-
     /// The text etcd puts in a watch response's `cancel_reason`: the gRPC
     /// error as Go prints it. Text only: a watch response has no metadata.
     pub fn cancel_reason(&self) -> String {
@@ -95,13 +75,13 @@ impl EtcdError {
 /// of a stream alike, so that every answer carries the reason metadata.
 impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Self {
-        let mut status = Status::new(e.code(), e.to_string());
-        if let Some(reason) = e.reason() {
-            status
-                .metadata_mut()
-                .insert(REASON_METADATA_KEY, MetadataValue::from_static(reason));
+        let status = Status::new(e.code(), e.to_string());
+        match e {
+            // The contract of `kvstore::reason`: clients tell "its etcd is
+            // unreachable" from "the apiserver stops" by this mark.
+            EtcdError::Unavailable(_) => kvstore::reason::with_etcd_unreachable(status),
+            _ => status,
         }
-        status
     }
 }
 

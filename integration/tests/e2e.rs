@@ -210,7 +210,8 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
         mesh.list("c2", &keys::identity_masters())
             .expect("list c2's identities")
             .iter()
-            .filter_map(|kv| keys::identity_masters().strip(&kv.key)?.parse().ok())
+            .filter_map(|kv| keys::parse_identity_master(keys::identity_masters().strip(&kv.key)?))
+            .map(|id| id.get())
             .collect()
     };
     let c2_identities_in_c1 = || -> BTreeSet<u32> {

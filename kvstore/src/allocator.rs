@@ -46,6 +46,23 @@ pub enum AllocatorError {
     Etcd(#[from] Error),
 }
 
+/// Attempts before an allocation gives up, as Cilium: enough to outlast a
+/// burst of nodes racing for the same labels.
+const DEFAULT_MAX_ATTEMPTS: u32 = 16;
+
+/// First delay after a lost race, as Cilium: about one etcd round trip, so
+/// the winner's writes have settled.
+const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(20);
+
+/// How often the keys of held identities are checked (master-key
+/// protection): a deleted key is rare, and the check reads every one.
+const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often failed releases, and a re-creation of the identity keys after
+/// a new session lease that did not complete, are retried: soon, since
+/// writers of keys that name identities wait for the re-creation.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How an [`Allocator`] runs.
 #[derive(Debug, Clone)]
 pub struct AllocatorConfig {
@@ -72,9 +89,9 @@ impl AllocatorConfig {
             cluster_id,
             mode,
             node: node.into(),
-            max_attempts: 16,
-            min_backoff: Duration::from_millis(20),
-            resync_interval: Duration::from_secs(300),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            min_backoff: DEFAULT_MIN_BACKOFF,
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
             range: None,
         }
     }
@@ -115,7 +132,8 @@ struct Held {
 ///
 /// Instead of Cilium's per-label-set etcd lock (several round trips per
 /// allocation), every step is one etcd transaction whose comparisons keep the
-/// invariants, so a new identity costs one round trip when nobody races:
+/// invariants, so a new identity costs one round trip when nobody races
+/// (each through [`Client::txn`], under the client's request deadline):
 ///
 /// - **Create** with a free candidate `C` (random in the cluster's range,
 ///   avoiding IDs the watch-fed cache knows): *if* `id/C` does not exist *and*
@@ -471,14 +489,14 @@ impl Allocator {
                 ),
             ])
             .or_else([first_slave(&slaves)]);
-        let resp = self.txn("create identity", canonical, txn).await?;
-        if resp.succeeded() {
-            return Ok(Outcome::Done(candidate));
-        }
-        Ok(match first_slave_id(&resp) {
-            Some(id) => Outcome::HeldElsewhere(id),
-            None => Outcome::CandidateTaken,
-        })
+        self.step(
+            "create identity",
+            canonical,
+            txn,
+            candidate,
+            Outcome::CandidateTaken,
+        )
+        .await
     }
 
     /// One or two transactions: put our slave for `id` if master `id` holds
@@ -506,7 +524,7 @@ impl Allocator {
             ])
             .and_then([put_slave()])
             .or_else([first_slave(&slaves)]);
-        let resp = self.txn("attach identity", canonical, agree).await?;
+        let resp = self.client.txn("attach identity", canonical, agree).await?;
         if resp.succeeded() {
             return Ok(Outcome::Done(id));
         }
@@ -523,6 +541,7 @@ impl Allocator {
                     )])
                     .and_then([TxnOp::put(master, canonical, None)]);
                 if self
+                    .client
                     .txn("restore identity", canonical, txn)
                     .await?
                     .succeeded()
@@ -542,36 +561,26 @@ impl Allocator {
             ])
             .and_then([put_slave()])
             .or_else([first_slave(&slaves)]);
-        let resp = self.txn("revive identity", canonical, revive).await?;
-        if resp.succeeded() {
-            return Ok(Outcome::Done(id));
-        }
-        Ok(match first_slave_id(&resp) {
-            Some(other) => Outcome::HeldElsewhere(other),
-            None => Outcome::Unheld,
-        })
+        self.step("revive identity", canonical, revive, id, Outcome::Unheld)
+            .await
     }
 
-    async fn txn(
+    /// Runs a transaction whose success makes this node hold `id` and whose
+    /// failure reads the first slave: `Done(id)`, else the ID that slave
+    /// holds, else `no_slave`.
+    async fn step(
         &self,
         op: &'static str,
         canonical: &str,
         txn: Txn,
-    ) -> Result<etcd_client::TxnResponse, Error> {
-        let mut kv = self.client.raw().kv_client();
-        match tokio::time::timeout(Duration::from_secs(15), kv.txn(txn)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(source)) => Err(Error::Request {
-                op,
-                key: canonical.to_string(),
-                source,
-            }),
-            Err(_) => Err(Error::RequestTimeout {
-                op,
-                key: canonical.to_string(),
-                timeout: Duration::from_secs(15),
-            }),
+        id: NumericIdentity,
+        no_slave: Outcome,
+    ) -> Result<Outcome, Error> {
+        let resp = self.client.txn(op, canonical, txn).await?;
+        if resp.succeeded() {
+            return Ok(Outcome::Done(id));
         }
+        Ok(first_slave_id(&resp).map_or(no_slave, Outcome::HeldElsewhere))
     }
 
     /// A random ID of the range that neither the cache nor this process
@@ -714,7 +723,7 @@ impl AllocatorRunner {
         let mut restoring: Option<u64> = None;
         let mut tick = tokio::time::interval(a.config.resync_interval);
         tick.tick().await;
-        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -3,6 +3,14 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+/// First delay of [`Backoff::for_etcd`]: most etcd failures are blips (a
+/// leader election, a restart), so the first retry comes soon.
+pub(crate) const ETCD_RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest delay of [`Backoff::for_etcd`]: while etcd stays down, a recovery
+/// is noticed within 5 s, and a fleet of agents does not hammer it.
+pub(crate) const ETCD_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Capped exponential backoff with jitter, for reconnects and retries.
 ///
 /// Each delay is drawn uniformly from `[d/2, d]` where `d` doubles from `min`
@@ -24,6 +32,12 @@ impl Backoff {
             current: min,
             attempts: 0,
         }
+    }
+
+    /// The schedule for retrying etcd requests: from 100 ms, doubling, up to
+    /// 5 s.
+    pub fn for_etcd() -> Self {
+        Self::new(ETCD_RETRY_MIN, ETCD_RETRY_MAX)
     }
 
     /// The next delay.

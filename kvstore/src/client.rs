@@ -11,6 +11,20 @@ use crate::{error::Error, prefix::KeyPrefix};
 /// be large (tonic's default is 4 MiB).
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Default [`ClientConfig::connect_timeout`]: a TCP and TLS handshake takes
+/// milliseconds even across regions; longer means nothing is there.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default [`ClientConfig::request_timeout`]: a request on a healthy etcd
+/// takes milliseconds; this rides out a leader election and a slow disk
+/// (etcd's own request timeout is about 5 s) before the caller retries.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Default [`ClientConfig::keepalive_interval`] and
+/// [`ClientConfig::keepalive_timeout`]: a dead peer is noticed within 10 s,
+/// before a request's deadline and well before a session lease's TTL.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// TLS to etcd (or to a `clustermesh-apiserver`, which speaks etcd's API).
 #[derive(Clone, Default)]
 pub struct TlsConfig {
@@ -96,10 +110,10 @@ impl Default for ClientConfig {
         Self {
             endpoints: Vec::new(),
             tls: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(15),
-            keepalive_interval: Duration::from_secs(5),
-            keepalive_timeout: Duration::from_secs(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE,
+            keepalive_timeout: DEFAULT_KEEPALIVE,
         }
     }
 }

@@ -226,7 +226,7 @@ fn apply(inner: &RwLock<Tables>, synced: &watch::Sender<bool>, event: &Event<Ide
                 .insert(value.id);
         }
         Event::Delete { key } => {
-            if let Ok(id) = key.parse::<NumericIdentity>()
+            if let Some(id) = keys::parse_identity_master(key)
                 && let Some(old) = t.by_id.remove(&id)
             {
                 remove_label_index(&mut t, &old.canonical(), id);

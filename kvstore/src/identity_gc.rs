@@ -14,6 +14,9 @@ use crate::{
     keys,
 };
 
+/// The period `max_deletions_per_minute` counts in.
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// How the identity garbage collector runs.
 #[derive(Debug, Clone)]
 pub struct IdentityGcConfig {
@@ -90,10 +93,8 @@ impl IdentityGc {
         let in_use: HashSet<&str> = slaves
             .iter()
             .filter_map(|kv| {
-                slave_prefix
-                    .strip(&kv.key)?
-                    .rsplit_once('/')
-                    .map(|(labels, _node)| labels)
+                let (labels, _node) = keys::parse_identity_slave(slave_prefix.strip(&kv.key)?)?;
+                Some(labels)
             })
             .collect();
 
@@ -107,7 +108,7 @@ impl IdentityGc {
         for kv in &masters {
             let Some(id) = master_prefix
                 .strip(&kv.key)
-                .and_then(|s| s.parse::<NumericIdentity>().ok())
+                .and_then(keys::parse_identity_master)
             else {
                 continue;
             };
@@ -128,7 +129,7 @@ impl IdentityGc {
         }
         self.marks = marks;
 
-        let pause = Duration::from_secs(60) / self.config.max_deletions_per_minute.max(1);
+        let pause = MINUTE / self.config.max_deletions_per_minute.max(1);
         for (i, (id, labels, revision)) in doomed.into_iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(pause).await;
@@ -140,15 +141,10 @@ impl IdentityGc {
                     no_slaves(&keys::identity_slaves_of(&labels)),
                 ])
                 .and_then([TxnOp::delete(master, None)]);
-            let mut kv = self.client.raw().kv_client();
-            let deleted = kv
-                .txn(txn)
-                .await
-                .map_err(|source| Error::Request {
-                    op: "delete identity",
-                    key: id.to_string(),
-                    source,
-                })?
+            let deleted = self
+                .client
+                .txn("delete identity", &id.to_string(), txn)
+                .await?
                 .succeeded();
             if deleted {
                 round.deleted += 1;

@@ -1,4 +1,10 @@
-//! The key layout, compatible with Cilium's (DESIGN §3).
+//! The key layout, compatible with Cilium's (DESIGN §3): the functions that
+//! build keys, and the `parse_*` functions that read them back. Nothing else
+//! splits a key.
+//!
+//! As in [`crate::StoreValue::decode`], a key is parsed relative to its
+//! store's prefix (what a [`crate::WatchStore`] reports;
+//! [`KeyPrefix::strip`] makes a listed key so).
 
 use crate::{cluster::ClusterName, identity::NumericIdentity, prefix::KeyPrefix};
 
@@ -48,6 +54,12 @@ pub fn identity_master(id: NumericIdentity) -> String {
     identity_masters().key(&id.to_string())
 }
 
+/// The ID of a master key, relative to [`identity_masters`] (`199472`): the
+/// inverse of [`identity_master`].
+pub fn parse_identity_master(key: &str) -> Option<NumericIdentity> {
+    key.parse().ok()
+}
+
 /// `cilium/state/identities/v1/value/`: slave keys,
 /// `<labels>/<node-ip>` → ID.
 pub fn identity_slaves() -> KeyPrefix {
@@ -59,6 +71,15 @@ pub fn identity_slaves() -> KeyPrefix {
 /// follows makes the match exact (`a;` never matches `a;b;`).
 pub fn identity_slaves_of(canonical_labels: &str) -> KeyPrefix {
     identity_slaves().child(canonical_labels)
+}
+
+/// The canonical labels and the node of a slave key, relative to
+/// [`identity_slaves`] (`k8s:a=b;/172.18.0.2`): the inverse of
+/// `identity_slaves_of(labels).key(node)`. The node is the last segment
+/// (label keys such as `app.kubernetes.io/name` contain `/`, node names do
+/// not).
+pub fn parse_identity_slave(key: &str) -> Option<(&str, &str)> {
+    key.rsplit_once('/')
 }
 
 /// `cilium/state/identities/v1/locks/`.
@@ -74,6 +95,20 @@ pub fn ipcache() -> KeyPrefix {
 /// `cilium/state/nodes/v1/`.
 pub fn nodes() -> KeyPrefix {
     KeyPrefix::new(NODES_STORE)
+}
+
+/// The cluster and the rest of a key relative to a store whose keys start
+/// with the cluster ([`nodes`], [`services`]): `c1/n1` → (`c1`, `n1`),
+/// `c1/ns/name` → (`c1`, `ns/name`).
+pub fn split_cluster(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
+/// The node name of a key relative to [`nodes`] (`<cluster>/<name>`) or to
+/// [`nodes_of`] (`<name>`): its last segment, since a node name contains no
+/// `/`.
+pub fn parse_node_name(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
 }
 
 /// `cilium/state/nodes/v1/<cluster>/`.
@@ -94,6 +129,13 @@ pub fn services_of(cluster: &ClusterName) -> KeyPrefix {
 /// `cilium/cluster-config/<cluster>`.
 pub fn cluster_config(cluster: &ClusterName) -> String {
     format!("{CLUSTER_CONFIG}/{cluster}")
+}
+
+/// The cluster a `cilium/cluster-config/<cluster>` key is for: the inverse
+/// of [`cluster_config`].
+pub fn parse_cluster_config(key: &str) -> Option<ClusterName> {
+    let name = key.strip_prefix(CLUSTER_CONFIG)?.strip_prefix('/')?;
+    ClusterName::new(name).ok()
 }
 
 /// `cilium/synced/<cluster>/`.
@@ -132,6 +174,30 @@ pub fn ipam_cidrs() -> KeyPrefix {
 /// The key of an assigned CIDR under [`ipam_cidrs`] (`/` replaced by `_`).
 pub fn ipam_cidr(cidr: &ipnet::IpNet) -> String {
     ipam_cidrs().key(&cidr.to_string().replace('/', "_"))
+}
+
+/// The address or prefix of a key relative to [`ipcache`] (`10.1.0.5`,
+/// `10.0.0.0/8`): an address is its host prefix.
+pub fn parse_ipcache(key: &str) -> Option<ipnet::IpNet> {
+    key.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| key.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// The CIDR of a key relative to [`ipam_cidrs`] (`10.1.3.0_24`): the inverse
+/// of [`ipam_cidr`].
+pub fn parse_ipam_cidr(key: &str) -> Option<ipnet::IpNet> {
+    let (addr, len) = key.rsplit_once('_')?;
+    format!("{addr}/{len}").parse().ok()
+}
+
+/// The kind of a `cilium/state/<kind>/v1` store name ([`NODES_STORE`] →
+/// `nodes`), as [`cache_of`] takes it: the segment before the version; the
+/// name itself if it has a single segment.
+pub fn store_kind(store: &str) -> &str {
+    let mut segments = store.trim_end_matches('/').rsplit('/');
+    segments.next();
+    segments.next().unwrap_or(store)
 }
 
 /// `cilium/cache/<kind>/v1/<remote>/`: where kvstoremesh mirrors a remote's
@@ -174,5 +240,67 @@ mod tests {
             "cilium/synced/cluster3/cilium/state/nodes/v1"
         );
         assert_eq!(cache_of("ip", &c3).as_str(), "cilium/cache/ip/v1/cluster3/");
+    }
+
+    #[test]
+    fn parses_what_it_builds() {
+        let id = NumericIdentity::new(199472);
+        let master = identity_master(id);
+        assert_eq!(
+            parse_identity_master(identity_masters().strip(&master).unwrap()),
+            Some(id)
+        );
+        assert_eq!(parse_identity_master("x"), None);
+        assert_eq!(parse_identity_master("1/2"), None);
+
+        let labels = "k8s:app.kubernetes.io/name=echo;k8s:io.kubernetes.pod.namespace=demo;";
+        let slave = identity_slaves_of(labels).key("172.18.0.2");
+        assert_eq!(
+            parse_identity_slave(identity_slaves().strip(&slave).unwrap()),
+            Some((labels, "172.18.0.2"))
+        );
+        assert_eq!(parse_identity_slave("no-node"), None);
+
+        let c3 = ClusterName::new("cluster3").unwrap();
+        assert_eq!(parse_cluster_config(&cluster_config(&c3)), Some(c3.clone()));
+        assert_eq!(parse_cluster_config("cilium/cluster-config"), None);
+        assert_eq!(parse_cluster_config("cilium/cluster-configx/c1"), None);
+        assert_eq!(parse_cluster_config("cilium/cluster-config/C_1"), None);
+
+        let node = nodes().strip(&nodes_of(&c3).key("n1")).unwrap().to_string();
+        assert_eq!(split_cluster(&node), Some(("cluster3", "n1")));
+        assert_eq!(parse_node_name(&node), "n1");
+        assert_eq!(parse_node_name("n1"), "n1");
+        let svc = services()
+            .strip(&services_of(&c3).key("demo/echo"))
+            .unwrap()
+            .to_string();
+        assert_eq!(split_cluster(&svc), Some(("cluster3", "demo/echo")));
+        assert_eq!(split_cluster("no-cluster"), None);
+
+        for s in ["10.1.3.0/24", "fd00:1:0:5::/64"] {
+            let net: ipnet::IpNet = s.parse().unwrap();
+            let key = ipam_cidr(&net);
+            assert_eq!(
+                parse_ipam_cidr(ipam_cidrs().strip(&key).unwrap()),
+                Some(net)
+            );
+        }
+        assert_eq!(parse_ipam_cidr("garbage"), None);
+        assert_eq!(
+            parse_ipcache("10.1.0.5"),
+            Some("10.1.0.5/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ipcache("fd00::/64"),
+            Some("fd00::/64".parse().unwrap())
+        );
+        assert_eq!(parse_ipcache("default/10.1.0.5"), None);
+        assert_eq!(parse_ipam_cidr("10.1.3.0_x"), None);
+
+        assert_eq!(store_kind(NODES_STORE), "nodes");
+        assert_eq!(store_kind(IPCACHE_STORE), "ip");
+        assert_eq!(store_kind("cilium/state/services/v1/"), "services");
+        assert_eq!(store_kind("plain"), "plain");
     }
 }

@@ -14,6 +14,7 @@
 //! - [`Allocator`]: lock-free, cluster-wide identity allocation;
 //!   [`IdentityCache`]: the identities of a cluster (local or remote, validated);
 //!   [`IdentityGc`]: the operator's collector of unused identities.
+//! - The contract of why a server failed beyond its gRPC code ([`reason`]).
 //! - The key layout ([`keys`]) and Cilium-compatible values ([`values`]), with
 //!   the newtypes they are made of ([`ClusterName`], [`ClusterId`],
 //!   [`NumericIdentity`], [`Labels`], [`KeyPrefix`]).
@@ -32,6 +33,7 @@ mod identity_gc;
 pub mod keys;
 mod labels;
 mod prefix;
+pub mod reason;
 mod session;
 mod short_key;
 mod sync_store;

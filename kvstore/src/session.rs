@@ -56,6 +56,19 @@ const STREAM_END_PAUSE: Duration = Duration::from_millis(200);
 /// Longest wait for one keep-alive answer.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Shortest wait for one keep-alive answer, however short the TTL: a round
+/// trip takes milliseconds, but a busy etcd may take longer than a third of
+/// a test's TTL.
+const MIN_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Shortest time between keep-alives, however short the TTL (tests use TTLs
+/// of a second or two), so a session does not flood etcd.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(300);
+
+/// First delay before retrying a failed keep-alive: soon, since the lease
+/// may have little time left.
+const REFRESH_RETRY_MIN: Duration = Duration::from_millis(100);
+
 /// Read side of a [`Session`]: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
@@ -92,7 +105,7 @@ impl Session {
 
     /// Grants the lease and keeps it alive until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::for_etcd();
         let mut generation = 0;
         loop {
             let lease = tokio::select! {
@@ -139,9 +152,9 @@ impl Session {
     /// reports the lease lost. Returns `Ok` on shutdown and an error once the
     /// lease is gone: etcd says so, or no refresh succeeded for a whole TTL.
     async fn keep_alive(&self, lease: LeaseId, shutdown: &CancellationToken) -> Result<(), Error> {
-        let interval = (self.ttl / 3).max(Duration::from_millis(300));
+        let interval = (self.ttl / 3).max(MIN_REFRESH_INTERVAL);
         let mut retry = Backoff::new(
-            Duration::from_millis(100).min(interval),
+            REFRESH_RETRY_MIN.min(interval),
             SESSION_RETRY_INTERVAL.min(interval),
         );
         // The first keep-alive at once: it opens the stream whose end tells
@@ -206,7 +219,7 @@ impl Session {
     ) -> Result<bool, Error> {
         // A round trip takes milliseconds; a stream that outlived its etcd
         // (restarted) may never answer, and must not hold the check up.
-        let timeout = (self.ttl / 3).clamp(Duration::from_secs(1), KEEP_ALIVE_TIMEOUT);
+        let timeout = (self.ttl / 3).clamp(MIN_KEEP_ALIVE_TIMEOUT, KEEP_ALIVE_TIMEOUT);
         let round_trip = async {
             if stream.is_none() {
                 match self.client.raw().lease_client().keep_alive(lease.0).await {

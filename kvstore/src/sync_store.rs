@@ -5,7 +5,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use futures::{StreamExt, stream};
@@ -239,7 +238,7 @@ impl SyncStoreRunner {
         let mut session = self.session.subscribe();
         let mut generation = session.borrow_and_update().generation;
         let mut desired = Desired::default();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::for_etcd();
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut commands_open = true;
         let mut watch_done = false;

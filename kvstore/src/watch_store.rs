@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, ETCD_RETRY_MAX, ETCD_RETRY_MIN},
     client::{Client, Kv},
     error::{Error, ErrorKind},
     prefix::KeyPrefix,
@@ -60,16 +60,23 @@ pub struct WatchStoreConfig {
     pub name: String,
 }
 
+/// Keys per page of a list: large enough that a 100k-entry list takes 20
+/// round trips, small enough that one page's values stay a few megabytes.
+const PAGE_SIZE: usize = 5_000;
+/// Events buffered for a slow consumer: about one page's worth of changes
+/// before the store waits (and stops reading etcd).
+const CHANNEL_CAPACITY: usize = 4_096;
+
 impl WatchStoreConfig {
     pub fn new(prefix: KeyPrefix) -> Self {
         Self {
             name: prefix.to_string(),
             prefix,
             canary: None,
-            page_size: 5_000,
-            channel_capacity: 4_096,
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
+            page_size: PAGE_SIZE,
+            channel_capacity: CHANNEL_CAPACITY,
+            min_backoff: ETCD_RETRY_MIN,
+            max_backoff: ETCD_RETRY_MAX,
         }
     }
 

@@ -147,7 +147,7 @@ fn identity_vectors() {
         .find(|(k, _)| k.starts_with(keys::identity_slaves().as_str()))
         .unwrap();
     let rest = keys::identity_slaves().strip(key).unwrap();
-    let (labels, node_ip) = rest.rsplit_once('/').unwrap();
+    let (labels, node_ip) = keys::parse_identity_slave(rest).unwrap();
     assert_eq!(node_ip, "172.18.0.2");
     let labels = Labels::parse_canonical(labels).unwrap();
     assert_eq!(
@@ -160,8 +160,9 @@ fn identity_vectors() {
 #[test]
 fn cluster_config_vectors() {
     for (key, value) in vectors("cluster-config.json") {
-        let name = key.strip_prefix("cilium/cluster-config/").unwrap();
-        assert_eq!(keys::cluster_config(&ClusterName::new(name).unwrap()), key);
+        let cluster = keys::parse_cluster_config(&key).unwrap();
+        assert_eq!(keys::cluster_config(&cluster), key);
+        let name = cluster.as_str();
         let config = ClusterConfig::decode(name, &stored_bytes(&value)).unwrap();
         assert_eq!(config.id, 3);
         assert!(config.capabilities.synced_canaries);

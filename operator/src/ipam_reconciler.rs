@@ -183,7 +183,7 @@ impl IpamReconciler {
             bad_nodes: HashSet::new(),
             bad_cidr_keys: HashSet::new(),
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::for_etcd();
         let mut wake_at: Option<Instant> = None;
         let mut reported: HashSet<(String, IpFamily)> = HashSet::new();
         loop {
@@ -586,7 +586,7 @@ impl View {
 
     fn cidr(&mut self, planner: &mut IpamPlanner, event: Event<RawEntry>) {
         match event {
-            Event::Upsert { key, value } => match cidr_of_key(&key) {
+            Event::Upsert { key, value } => match keys::parse_ipam_cidr(&key) {
                 Some(cidr) => planner.upsert_cidr(cidr, &String::from_utf8_lossy(&value.value)),
                 None => {
                     if self.bad_cidr_keys.insert(key.clone()) {
@@ -595,20 +595,13 @@ impl View {
                 }
             },
             Event::Delete { key } => {
-                if let Some(cidr) = cidr_of_key(&key) {
+                if let Some(cidr) = keys::parse_ipam_cidr(&key) {
                     planner.delete_cidr(&cidr);
                 }
             }
             Event::Synced => self.cidrs_synced = true,
         }
     }
-}
-
-/// The CIDR of a key under `cilium/ipam/v1/cidrs/` (`10.1.3.0_24`), the
-/// inverse of [`keys::ipam_cidr`].
-fn cidr_of_key(key: &str) -> Option<IpNet> {
-    let (addr, len) = key.rsplit_once('_')?;
-    format!("{addr}/{len}").parse().ok()
 }
 
 async fn tagged<F>(name: &'static str, f: F) -> (&'static str, Result<(), kvstore::Error>)
@@ -622,22 +615,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_keys_round_trip() {
-        for s in ["10.1.3.0/24", "fd00:1:0:5::/64"] {
-            let net: IpNet = s.parse().unwrap();
-            let key = keys::ipam_cidr(&net);
-            let rel = keys::ipam_cidrs().strip(&key).unwrap().to_string();
-            assert_eq!(cidr_of_key(&rel), Some(net));
-        }
-        assert_eq!(cidr_of_key("garbage"), None);
-        assert_eq!(cidr_of_key("10.1.3.0_x"), None);
     }
 }

@@ -254,7 +254,7 @@ impl LeaderElection {
     /// Campaigns, leads and follows until `shutdown`; a leader resigns on the
     /// way out (after its duties drained).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), LeaderElectionError> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::for_etcd();
         loop {
             let lease = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use etcd_client::{EventType, WatchOptions};
 use kvstore::{Backoff, Client, DecodeError, StoreValue, keys, values::IpamAssignment};
 use tracing::{debug, warn};
@@ -48,7 +46,7 @@ pub async fn wait_for_assignment(
     node: &str,
 ) -> Result<IpamAssignment, AssignmentError> {
     let key = assignment_key(node)?;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::for_etcd();
     loop {
         let revision = match read(client, node).await {
             Ok((Some(assignment), _)) => return Ok(assignment),

@@ -102,7 +102,7 @@ impl ServiceExporter {
                 Some(e) = identity_events.recv() => match e {
                     Event::Upsert { value, .. } => { state.identities.insert(value.id, value.labels); }
                     Event::Delete { key } => {
-                        if let Ok(id) = key.parse() {
+                        if let Some(id) = keys::parse_identity_master(&key) {
                             state.identities.remove(&id);
                         }
                     }

@@ -7,7 +7,7 @@
 
 use ipnet::IpNet;
 use kvstore::{
-    Event, NumericIdentity,
+    Event, NumericIdentity, keys,
     values::{ClusterService, IdentityEntry, Node},
 };
 use tracing::{info, warn};
@@ -201,7 +201,7 @@ impl ControlLoop {
                     .insert(value.name.clone(), value);
             }
             Event::Delete { key } => {
-                let name = key.rsplit('/').next().unwrap_or(&key);
+                let name = keys::parse_node_name(&key);
                 if let Some(nodes) = self.tables.nodes.get_mut(&cluster) {
                     nodes.remove(name);
                 }
@@ -225,7 +225,7 @@ impl ControlLoop {
             }
             Event::Delete { key } => {
                 // `<cluster>/<ns>/<name>`
-                let name = key.split_once('/').map_or(key.as_str(), |(_, rest)| rest);
+                let name = keys::split_cluster(&key).map_or(key.as_str(), |(_, name)| name);
                 if let Some(by_cluster) = self.tables.services.get_mut(name) {
                     by_cluster.remove(&cluster);
                     if by_cluster.is_empty() {

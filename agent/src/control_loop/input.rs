@@ -1,10 +1,10 @@
 //! What reaches the loop, and the handle its sources send it through.
 
-use std::{net::IpAddr, time::Instant};
+use std::time::Instant;
 
 use ipnet::IpNet;
 use kvstore::{
-    Event,
+    Event, keys,
     values::{ClusterService, IdentityEntry, IpIdentityPair, Node, PolicyDocument, ServiceDef},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -86,16 +86,10 @@ impl IpEvent {
             Event::Upsert { value, .. } => {
                 Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote))
             }
-            Event::Delete { key } => parse_prefix(&key).map_or(Self::Ignore, Self::Delete),
+            Event::Delete { key } => keys::parse_ipcache(&key).map_or(Self::Ignore, Self::Delete),
             Event::Synced => Self::Synced,
         }
     }
-}
-
-fn parse_prefix(key: &str) -> Option<IpNet> {
-    key.parse::<IpNet>()
-        .ok()
-        .or_else(|| key.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// A read of the agent's state.

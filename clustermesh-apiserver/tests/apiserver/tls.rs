@@ -119,5 +119,5 @@ async fn only_trusted_certificates_with_known_names_get_in() {
 }
 
 fn refused(e: &kvstore::Error) -> bool {
-    matches!(e.kind(), ErrorKind::Tls | ErrorKind::Unreachable)
+    matches!(e.kind(), ErrorKind::Tls | ErrorKind::ConnectionClosed)
 }

@@ -1,5 +1,6 @@
 use crate::{
     identity::NumericIdentity,
+    keys,
     labels::Labels,
     value::{DecodeError, InvalidReason, StoreValue},
 };
@@ -17,9 +18,8 @@ impl StoreValue for IdentityEntry {
 
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let invalid = |reason, detail: String| DecodeError::new(Self::KIND, key, reason, detail);
-        let id: NumericIdentity = key
-            .parse()
-            .map_err(|_| invalid(InvalidReason::KeyMismatch, "key is not a number".into()))?;
+        let id = keys::parse_identity_master(key)
+            .ok_or_else(|| invalid(InvalidReason::KeyMismatch, "key is not a number".into()))?;
         if id.get() > NumericIdentity::MAX {
             return Err(invalid(
                 InvalidReason::IdentityOutOfRange,

@@ -135,18 +135,14 @@ impl StoreValue for IpIdentityPair {
             }
         }
         // Cilium rejects a value whose IP[/len] differs from the key suffix.
-        let matches = match key.parse::<IpNet>() {
-            Ok(net) => net == pair.prefix(),
-            Err(_) => match key.parse::<IpAddr>() {
-                Ok(ip) => ip == pair.ip && pair.is_host(),
-                Err(_) => {
-                    return Err(invalid(
-                        InvalidReason::InvalidAddress,
-                        "key is not an IP or prefix".into(),
-                    ));
-                }
-            },
+        let Some(net) = crate::keys::parse_ipcache(key) else {
+            return Err(invalid(
+                InvalidReason::InvalidAddress,
+                "key is not an IP or prefix".into(),
+            ));
         };
+        // A bare address is its host prefix.
+        let matches = net == pair.prefix() && (key.contains('/') || pair.is_host());
         if !matches {
             return Err(invalid(
                 InvalidReason::KeyMismatch,

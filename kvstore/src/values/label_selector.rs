@@ -31,6 +31,23 @@ pub struct Requirement {
     pub values: Vec<String>,
 }
 
+/// Why a [`LabelSelector`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelSelectorError {
+    /// A `matchLabels` key is empty once its source (`k8s:`) is removed.
+    #[error("matchLabels has an empty key {key:?}")]
+    EmptyLabelKey { key: String },
+    /// A `matchExpressions` key is empty once its source is removed.
+    #[error("a matchExpressions entry has an empty key")]
+    EmptyExpressionKey,
+    /// `In` and `NotIn` compare against a list that must not be empty.
+    #[error("matchExpressions {key:?} {operator:?} needs at least one value")]
+    MissingValues { key: String, operator: Operator },
+    /// `Exists` and `DoesNotExist` look at the key only.
+    #[error("matchExpressions {key:?} {operator:?} takes no values")]
+    UnexpectedValues { key: String, operator: Operator },
+}
+
 /// The operator of a [`Requirement`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operator {
@@ -78,28 +95,28 @@ impl LabelSelector {
     }
 
     /// Checks the selector's shape; the error says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LabelSelectorError> {
         for k in self.match_labels.keys() {
             if strip_source(k).1.is_empty() {
-                return Err(format!("matchLabels has an empty key {k:?}"));
+                return Err(LabelSelectorError::EmptyLabelKey { key: k.clone() });
             }
         }
         for r in &self.match_expressions {
             if strip_source(&r.key).1.is_empty() {
-                return Err("a matchExpressions entry has an empty key".into());
+                return Err(LabelSelectorError::EmptyExpressionKey);
             }
             match r.operator {
                 Operator::In | Operator::NotIn if r.values.is_empty() => {
-                    return Err(format!(
-                        "matchExpressions {:?} {:?} needs at least one value",
-                        r.key, r.operator
-                    ));
+                    return Err(LabelSelectorError::MissingValues {
+                        key: r.key.clone(),
+                        operator: r.operator,
+                    });
                 }
                 Operator::Exists | Operator::DoesNotExist if !r.values.is_empty() => {
-                    return Err(format!(
-                        "matchExpressions {:?} {:?} takes no values",
-                        r.key, r.operator
-                    ));
+                    return Err(LabelSelectorError::UnexpectedValues {
+                        key: r.key.clone(),
+                        operator: r.operator,
+                    });
                 }
                 _ => {}
             }
@@ -179,19 +196,28 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(
-            expr("a", Operator::In, &[])
-                .validate()
-                .unwrap_err()
-                .contains("at least one value")
+        let missing = expr("a", Operator::In, &[]).validate().unwrap_err();
+        assert_eq!(
+            missing,
+            LabelSelectorError::MissingValues {
+                key: "a".into(),
+                operator: Operator::In
+            }
         );
-        assert!(
-            expr("a", Operator::Exists, &["x"])
-                .validate()
-                .unwrap_err()
-                .contains("takes no values")
+        assert_eq!(
+            missing.to_string(),
+            r#"matchExpressions "a" In needs at least one value"#
         );
-        assert!(LabelSelector::labels([("k8s:", "x")]).validate().is_err());
+        let extra = expr("a", Operator::Exists, &["x"]).validate().unwrap_err();
+        assert!(
+            matches!(extra, LabelSelectorError::UnexpectedValues { .. }),
+            "{extra}"
+        );
+        assert!(extra.to_string().contains("takes no values"));
+        assert_eq!(
+            LabelSelector::labels([("k8s:", "x")]).validate(),
+            Err(LabelSelectorError::EmptyLabelKey { key: "k8s:".into() })
+        );
         assert!(
             serde_json::from_str::<LabelSelector>(r#"{"matchLabel":{"a":"b"}}"#).is_err(),
             "typos are refused"

@@ -16,12 +16,12 @@ pub use cluster_config::{ClusterConfig, ClusterConfigCapabilities};
 pub use identity_entry::IdentityEntry;
 pub use ipam::IpamAssignment;
 pub use ipcache::{IpIdentityPair, NamedPort};
-pub use label_selector::{LabelSelector, Operator, Requirement};
+pub use label_selector::{LabelSelector, LabelSelectorError, Operator, Requirement};
 pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr};
 pub use policy::{
-    CLUSTERWIDE, Entity, IngressRule, L4Protocol, PolicyDocument, PolicyKind, PolicyMetadata,
-    PolicySpec, PortProtocol, PortRule,
+    CLUSTERWIDE, Entity, IngressRule, L4Protocol, PolicyDocument, PolicyError, PolicyKind,
+    PolicyMetadata, PolicySpec, PortProtocol, PortRule,
 };
 pub use service::{ClusterService, L4Addr, PortConfiguration};
-pub use service_def::{Affinity, ServiceDef, ServicePort, ServiceProtocol};
+pub use service_def::{Affinity, ServiceDef, ServiceDefError, ServicePort, ServiceProtocol};
 pub use timestamp::Timestamp;

@@ -175,7 +175,7 @@ impl StoreValue for Node {
             return Err(invalid(InvalidReason::MissingField, "Name is empty".into()));
         }
         if let Err(why) = check_node_name(&node.name) {
-            return Err(invalid(InvalidReason::InvalidName, why));
+            return Err(invalid(InvalidReason::InvalidName, why.to_string()));
         }
         if let Err(e) = ClusterName::new(node.cluster.as_str()) {
             return Err(invalid(InvalidReason::InvalidCluster, e.to_string()));
@@ -222,23 +222,34 @@ pub const MAX_NODE_NAME_LEN: usize = 253;
 /// (`c2/a/b` would read as node `b` of a cluster `c2/a` to some consumers,
 /// and a key ending in `/` or a `..` segment to others), nor control
 /// characters, and is at most [`MAX_NODE_NAME_LEN`] bytes.
-fn check_node_name(name: &str) -> Result<(), String> {
+fn check_node_name(name: &str) -> Result<(), NodeNameError> {
     if name.len() > MAX_NODE_NAME_LEN {
-        return Err(format!(
-            "Name is {} bytes long, more than {MAX_NODE_NAME_LEN}",
-            name.len()
-        ));
+        return Err(NodeNameError::TooLong { len: name.len() });
     }
+    let named = name.to_string();
     if name.contains('/') {
-        return Err(format!("Name {name:?} contains '/'"));
+        return Err(NodeNameError::ContainsSlash { name: named });
     }
     if name == "." || name == ".." {
-        return Err(format!("Name {name:?} is a path segment"));
+        return Err(NodeNameError::PathSegment { name: named });
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("Name {name:?} contains a control character"));
+        return Err(NodeNameError::ControlCharacter { name: named });
     }
     Ok(())
+}
+
+/// Why a node name cannot be the last segment of its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NodeNameError {
+    #[error("Name is {len} bytes long, more than {MAX_NODE_NAME_LEN}")]
+    TooLong { len: usize },
+    #[error("Name {name:?} contains '/'")]
+    ContainsSlash { name: String },
+    #[error("Name {name:?} is a path segment")]
+    PathSegment { name: String },
+    #[error("Name {name:?} contains a control character")]
+    ControlCharacter { name: String },
 }
 
 #[cfg(test)]
@@ -303,6 +314,14 @@ mod tests {
                 "{name:?}"
             );
         }
+        assert_eq!(
+            check_node_name("a/b"),
+            Err(NodeNameError::ContainsSlash { name: "a/b".into() })
+        );
+        assert_eq!(
+            check_node_name("..").unwrap_err().to_string(),
+            r#"Name ".." is a path segment"#
+        );
         let long = "n".repeat(MAX_NODE_NAME_LEN + 1);
         let json = serde_json::json!({"Name": long, "Cluster": "c1"}).to_string();
         assert_eq!(

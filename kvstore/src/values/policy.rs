@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::label_selector::LabelSelector;
+use super::label_selector::{LabelSelector, LabelSelectorError};
 use crate::value::{DecodeError, InvalidReason, StoreValue};
 
 /// A CiliumNetworkPolicy-shaped document, stored at
@@ -144,16 +144,16 @@ pub const CLUSTERWIDE: &str = "_clusterwide";
 
 impl PolicyDocument {
     /// Parses JSON or YAML and validates; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let doc: Self = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(json_err) => match serde_norway::from_str(text) {
                 Ok(v) => v,
                 // Show the JSON error for what was clearly meant as JSON.
                 Err(_) if text.trim_start().starts_with("{\"") => {
-                    return Err(format!("invalid JSON policy: {json_err}"));
+                    return Err(PolicyError::Json(json_err));
                 }
-                Err(e) => return Err(format!("invalid policy: {e}")),
+                Err(e) => return Err(PolicyError::Yaml(e)),
             },
         };
         doc.validate()?;
@@ -176,50 +176,91 @@ impl PolicyDocument {
     }
 
     /// Checks everything, so a document is either used whole or not at all.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         let name = &self.metadata.name;
         if name.is_empty() || name.contains('/') {
-            return Err(format!(
-                "metadata.name {name:?} must be non-empty and contain no '/'"
-            ));
+            return Err(PolicyError::InvalidName { name: name.clone() });
         }
         if let Some(ns) = self.namespace()
             && (ns.is_empty() || ns.contains('/') || ns.contains('_'))
         {
-            return Err(format!(
-                "metadata.namespace {ns:?} is not a valid namespace"
-            ));
+            return Err(PolicyError::InvalidNamespace {
+                namespace: ns.to_string(),
+            });
         }
         if self.rules().next().is_none() {
-            return Err("the policy has neither spec nor specs".into());
+            return Err(PolicyError::NoRules);
         }
-        for (i, rule) in self.rules().enumerate() {
-            let at = |what: &str| format!("rule {i}: {what}");
-            if rule.egress.is_some() {
-                return Err(at(
-                    "egress rules are not supported yet; remove them (nothing was applied)",
-                ));
+        for (rule, spec) in self.rules().enumerate() {
+            if spec.egress.is_some() {
+                return Err(PolicyError::EgressUnsupported { rule });
             }
-            rule.endpoint_selector
+            spec.endpoint_selector
                 .validate()
-                .map_err(|e| at(&format!("endpointSelector: {e}")))?;
-            for (j, ingress) in rule.ingress.iter().enumerate() {
-                for sel in ingress.from_endpoints.iter().flatten() {
-                    sel.validate()
-                        .map_err(|e| at(&format!("ingress {j} fromEndpoints: {e}")))?;
+                .map_err(|error| PolicyError::EndpointSelector { rule, error })?;
+            for (ingress, from) in spec.ingress.iter().enumerate() {
+                for sel in from.from_endpoints.iter().flatten() {
+                    sel.validate().map_err(|error| PolicyError::FromEndpoints {
+                        rule,
+                        ingress,
+                        error,
+                    })?;
                 }
-                for port in ingress.to_ports.iter().flat_map(|p| &p.ports) {
+                for port in from.to_ports.iter().flat_map(|p| &p.ports) {
                     if port.protocol == L4Protocol::Icmp && port.port != 0 {
-                        return Err(at(&format!(
-                            "ingress {j}: ICMP has no ports (got {})",
-                            port.port
-                        )));
+                        return Err(PolicyError::IcmpPort {
+                            rule,
+                            ingress,
+                            port: port.port,
+                        });
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why a [`PolicyDocument`] was refused. Each message is whole: it includes
+/// the parser's or the selector's words, so the error it wraps is data to
+/// match on rather than a [`std::error::Error::source`] said twice.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The text starts like JSON and is not a valid JSON policy.
+    #[error("invalid JSON policy: {0}")]
+    Json(serde_json::Error),
+    /// The text is neither a valid JSON nor a valid YAML policy.
+    #[error("invalid policy: {0}")]
+    Yaml(serde_norway::Error),
+    /// The name is part of the key.
+    #[error("metadata.name {name:?} must be non-empty and contain no '/'")]
+    InvalidName { name: String },
+    /// The namespace is part of the key; `_` is reserved for [`CLUSTERWIDE`].
+    #[error("metadata.namespace {namespace:?} is not a valid namespace")]
+    InvalidNamespace { namespace: String },
+    #[error("the policy has neither spec nor specs")]
+    NoRules,
+    /// Only ingress rules are enforced; a half-applied policy would allow
+    /// what its author meant to deny.
+    #[error("rule {rule}: egress rules are not supported yet; remove them (nothing was applied)")]
+    EgressUnsupported { rule: usize },
+    #[error("rule {rule}: endpointSelector: {error}")]
+    EndpointSelector {
+        rule: usize,
+        error: LabelSelectorError,
+    },
+    #[error("rule {rule}: ingress {ingress} fromEndpoints: {error}")]
+    FromEndpoints {
+        rule: usize,
+        ingress: usize,
+        error: LabelSelectorError,
+    },
+    #[error("rule {rule}: ingress {ingress}: ICMP has no ports (got {port})")]
+    IcmpPort {
+        rule: usize,
+        ingress: usize,
+        port: u16,
+    },
 }
 
 impl StoreValue for PolicyDocument {
@@ -303,7 +344,7 @@ spec:
 
     #[test]
     fn refuses_bad_documents_with_a_reason() {
-        let bad = |text: &str| PolicyDocument::parse(text).unwrap_err();
+        let bad = |text: &str| PolicyDocument::parse(text).unwrap_err().to_string();
         assert!(bad(&YAML.replace("fromEndpoints", "fromEndpoint")).contains("unknown field"));
         assert!(bad(&YAML.replace("\"8080\"", "\"http\"")).contains("not a number"));
         assert!(bad(&YAML.replace("\"8080\"", "70000")).contains("out of range"));
@@ -324,6 +365,25 @@ spec:
             "matchExpressions: [{key: app, operator: In}]",
         );
         assert!(bad(&expr).contains("at least one value"));
+        assert!(matches!(
+            PolicyDocument::parse(&expr),
+            Err(PolicyError::EndpointSelector {
+                rule: 0,
+                error: LabelSelectorError::MissingValues { .. }
+            })
+        ));
+        assert!(matches!(
+            PolicyDocument::parse(
+                &YAML
+                    .replace("port: \"8080\"", "port: 5")
+                    .replace("TCP", "ICMP")
+            ),
+            Err(PolicyError::IcmpPort {
+                rule: 0,
+                ingress: 0,
+                port: 5
+            })
+        ));
     }
 
     #[test]

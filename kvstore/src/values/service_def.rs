@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cluster::ClusterName,
+    cluster::{ClusterError, ClusterName},
     value::{DecodeError, InvalidReason, StoreValue},
 };
 
@@ -100,16 +100,16 @@ impl ServicePort {
 
 impl ServiceDef {
     /// Parses JSON or YAML and validates.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ServiceDefError> {
         let def: Self = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(json_err) => match serde_norway::from_str(text) {
                 Ok(v) => v,
                 // Show the JSON error for what was clearly meant as JSON.
                 Err(_) if text.trim_start().starts_with("{\"") => {
-                    return Err(format!("invalid JSON service: {json_err}"));
+                    return Err(ServiceDefError::Json(json_err));
                 }
-                Err(e) => return Err(format!("invalid service: {e}")),
+                Err(e) => return Err(ServiceDefError::Yaml(e)),
             },
         };
         def.validate()?;
@@ -176,34 +176,72 @@ impl ServiceDef {
         self.cluster_weights.get(cluster).copied().unwrap_or(1)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        for (what, v) in [("namespace", &self.namespace), ("name", &self.name)] {
-            if v.is_empty() || v.contains('/') {
-                return Err(format!("{what} {v:?} must be non-empty and contain no '/'"));
-            }
+    pub fn validate(&self) -> Result<(), ServiceDefError> {
+        if self.namespace.is_empty() || self.namespace.contains('/') {
+            return Err(ServiceDefError::InvalidNamespace {
+                namespace: self.namespace.clone(),
+            });
+        }
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err(ServiceDefError::InvalidName {
+                name: self.name.clone(),
+            });
         }
         if self.ports.is_empty() {
-            return Err("a service needs at least one port".into());
+            return Err(ServiceDefError::NoPorts);
         }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.ports {
             if p.port == 0 || p.target() == 0 {
-                return Err(format!("port {:?}: ports must be 1-65535", p.name));
+                return Err(ServiceDefError::PortOutOfRange {
+                    name: p.name.clone(),
+                });
             }
             if !names.insert(&p.name) {
-                return Err(format!("port name {:?} is used twice", p.name));
+                return Err(ServiceDefError::DuplicatePortName {
+                    name: p.name.clone(),
+                });
             }
         }
         if self.selector.is_empty() {
-            return Err(
-                "a service needs a selector (an empty one would select every endpoint)".into(),
-            );
+            return Err(ServiceDefError::NoSelector);
         }
         for cluster in self.cluster_weights.keys() {
-            ClusterName::new(cluster.as_str()).map_err(|e| format!("clusterWeights: {e}"))?;
+            ClusterName::new(cluster.as_str()).map_err(ServiceDefError::ClusterWeight)?;
         }
         Ok(())
     }
+}
+
+/// Why a [`ServiceDef`] was refused. Each message is whole: it includes the
+/// parser's words, so the error it wraps is data to match on rather than a
+/// [`std::error::Error::source`] said twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceDefError {
+    /// The text starts like JSON and is not a valid JSON service.
+    #[error("invalid JSON service: {0}")]
+    Json(serde_json::Error),
+    /// The text is neither a valid JSON nor a valid YAML service.
+    #[error("invalid service: {0}")]
+    Yaml(serde_norway::Error),
+    /// The namespace is part of the key.
+    #[error("namespace {namespace:?} must be non-empty and contain no '/'")]
+    InvalidNamespace { namespace: String },
+    /// The name is part of the key.
+    #[error("name {name:?} must be non-empty and contain no '/'")]
+    InvalidName { name: String },
+    #[error("a service needs at least one port")]
+    NoPorts,
+    /// A port or target port is 0.
+    #[error("port {name:?}: ports must be 1-65535")]
+    PortOutOfRange { name: String },
+    #[error("port name {name:?} is used twice")]
+    DuplicatePortName { name: String },
+    #[error("a service needs a selector (an empty one would select every endpoint)")]
+    NoSelector,
+    /// A key of `clusterWeights` is not a cluster name.
+    #[error("clusterWeights: {0}")]
+    ClusterWeight(ClusterError),
 }
 
 impl StoreValue for ServiceDef {
@@ -247,7 +285,7 @@ mod tests {
             "selector: {app: true}",
             "selector: {app: [a]}",
         ] {
-            let e = ServiceDef::parse(&with(bad)).unwrap_err();
+            let e = ServiceDef::parse(&with(bad)).unwrap_err().to_string();
             assert!(
                 e.contains("label \"app\"") && e.contains("a string"),
                 "{bad}: {e}"
@@ -260,7 +298,7 @@ mod tests {
         let doc = crate::values::PolicyDocument::parse(
             "kind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {tier: 1}}\n",
         );
-        assert!(doc.unwrap_err().contains("label \"tier\""));
+        assert!(doc.unwrap_err().to_string().contains("label \"tier\""));
     }
 
     const YAML: &str = r#"
@@ -322,7 +360,7 @@ clusterWeights: {c1: 3, c2: 1}
 
     #[test]
     fn refuses_bad_definitions() {
-        let bad = |t: &str| ServiceDef::parse(t).unwrap_err();
+        let bad = |t: &str| ServiceDef::parse(t).unwrap_err().to_string();
         assert!(
             bad(&YAML.replace("selector: {app: echo}", "selector: {}"))
                 .contains("needs a selector")
@@ -335,5 +373,19 @@ clusterWeights: {c1: 3, c2: 1}
         );
         assert!(bad(&YAML.replace("port: 80,", "port: 0,")).contains("1-65535"));
         assert!(bad(&YAML.replace("c2: 1", "C2: 1")).contains("clusterWeights"));
+        assert!(matches!(
+            ServiceDef::parse(&YAML.replace("c2: 1", "C2: 1")),
+            Err(ServiceDefError::ClusterWeight(
+                ClusterError::InvalidName { .. }
+            ))
+        ));
+        assert!(matches!(
+            ServiceDef::parse(&YAML.replace("name: echo", "name: a/b")),
+            Err(ServiceDefError::InvalidName { name }) if name == "a/b"
+        ));
+        assert!(matches!(
+            ServiceDef::parse("{\"namespace\": 1}"),
+            Err(ServiceDefError::Json(_))
+        ));
     }
 }

@@ -215,9 +215,10 @@ async fn read_cluster_config(
         // Nothing answering is the peer's unavailability (exit 69); a TLS or
         // authorization refusal is a configuration problem (exit 1).
         match e.kind() {
-            kvstore::ErrorKind::Unreachable | kvstore::ErrorKind::Timeout => {
-                anyhow::Error::new(crate::Unavailable(message))
-            }
+            kvstore::ErrorKind::Unreachable
+            | kvstore::ErrorKind::ConnectionClosed
+            | kvstore::ErrorKind::UpstreamUnavailable
+            | kvstore::ErrorKind::Timeout => anyhow::Error::new(crate::Unavailable(message)),
             _ => anyhow::anyhow!(message),
         }
     })?;
