@@ -308,14 +308,14 @@ impl Agent {
         }
 
         if let Some(dir) = &c.clustermesh_config_dir {
-            let remotes = RemoteClusters::new(
-                dir.clone(),
-                c.cluster.clone(),
-                c.cluster_id,
-                c.mode,
-                handle.clone(),
-                metrics.clone(),
-            );
+            let remotes = RemoteClusters {
+                dir: dir.clone(),
+                local: c.cluster.clone(),
+                local_id: c.cluster_id,
+                mode: c.mode,
+                control: handle.clone(),
+                metrics: metrics.clone(),
+            };
             tasks.spawn("remote clusters", remotes.run(inner.clone()));
         }
         tasks.spawn(

@@ -201,14 +201,8 @@ mod memory {
                 let next = interfaces.len() as u32 + 10;
                 *interfaces.entry(endpoint.ifname.clone()).or_insert(next)
             };
-            self.endpoints.upsert(
-                &EndpointKey { ifindex },
-                &EndpointInfo::new(
-                    endpoint.endpoint_id,
-                    endpoint.identity,
-                    endpoint.policy_enforced,
-                ),
-            )?;
+            self.endpoints
+                .upsert(&EndpointKey { ifindex }, &endpoint.info())?;
             Ok(ifindex)
         }
         fn detach_endpoint(&mut self, endpoint: &EndpointDetach) -> Result<(), DatapathError> {

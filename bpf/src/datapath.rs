@@ -132,6 +132,13 @@ pub struct EndpointAttach {
     pub policy_enforced: bool,
 }
 
+impl EndpointAttach {
+    /// The endpoints-map entry this attachment writes.
+    pub fn info(&self) -> EndpointInfo {
+        EndpointInfo::new(self.endpoint_id, self.identity, self.policy_enforced)
+    }
+}
+
 /// Which endpoint interface to detach from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointDetach {
@@ -376,14 +383,8 @@ impl Datapath {
     pub fn attach_endpoint(&mut self, endpoint: &EndpointAttach) -> Result<u32, DatapathError> {
         let _netns = enter(endpoint.netns.as_deref())?;
         let ifindex = ifindex(&endpoint.ifname)?;
-        self.endpoints.upsert(
-            &EndpointKey { ifindex },
-            &EndpointInfo::new(
-                endpoint.endpoint_id,
-                endpoint.identity,
-                endpoint.policy_enforced,
-            ),
-        )?;
+        self.endpoints
+            .upsert(&EndpointKey { ifindex }, &endpoint.info())?;
         // Fails with EEXIST when the qdisc is there already; a real problem
         // surfaces as an attach error below.
         let _ = tc::qdisc_add_clsact(&endpoint.ifname);

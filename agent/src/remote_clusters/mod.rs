@@ -121,12 +121,14 @@ const FIRST_REMOTE_SOURCE: u16 = 2;
 
 /// Every remote cluster of the config directory.
 pub(crate) struct RemoteClusters {
-    dir: PathBuf,
-    local: ClusterName,
-    local_id: ClusterId,
-    mode: MaxConnectedClusters,
-    control: LoopHandle,
-    metrics: Arc<AgentMetrics>,
+    /// The clustermesh config directory.
+    pub dir: PathBuf,
+    /// This cluster (a file named after it is not a remote).
+    pub local: ClusterName,
+    pub local_id: ClusterId,
+    pub mode: MaxConnectedClusters,
+    pub control: LoopHandle,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// A remote being followed.
@@ -137,24 +139,6 @@ struct Running {
 }
 
 impl RemoteClusters {
-    pub(crate) fn new(
-        dir: PathBuf,
-        local: ClusterName,
-        local_id: ClusterId,
-        mode: MaxConnectedClusters,
-        control: LoopHandle,
-        metrics: Arc<AgentMetrics>,
-    ) -> Self {
-        Self {
-            dir,
-            local,
-            local_id,
-            mode,
-            control,
-            metrics,
-        }
-    }
-
     /// Follows the config directory until `shutdown`: a connection per
     /// file, told when its file changes or goes.
     pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
