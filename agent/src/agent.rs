@@ -215,7 +215,7 @@ impl Agent {
             });
         }
 
-        let mut node = Node::new(&c.cluster, c.node_name.clone(), c.cluster_id.get());
+        let mut node = Node::new(&c.cluster, c.node_name.to_string(), c.cluster_id.get());
         node.ip_addresses.push(NodeAddress {
             kind: NodeAddress::INTERNAL_IP.into(),
             ip: c.node_ip,
@@ -236,7 +236,7 @@ impl Agent {
                 tasks.spawn("IPAM check", async move {
                     tokio::select! {
                         _ = token.cancelled() => {}
-                        assigned = wait_for_pod_cidr(&client, &node_name) => {
+                        assigned = wait_for_pod_cidr(&client, node_name.as_str()) => {
                             if assigned != cidr {
                                 tracing::error!(%cidr, %assigned, "the operator assigned this node another pod CIDR; restart the agent with its state dir cleared to adopt it");
                             }
@@ -250,12 +250,12 @@ impl Agent {
             (None, None) => {
                 node_store.upsert(&node);
                 info!(
-                    node = c.node_name,
+                    node = %c.node_name,
                     "waiting for a pod CIDR from the operator's IPAM"
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => return drain(tasks, inner).await,
-                    cidr = wait_for_pod_cidr(&client, &c.node_name) => cidr,
+                    cidr = wait_for_pod_cidr(&client, c.node_name.as_str()) => cidr,
                 }
             }
         };
@@ -328,7 +328,7 @@ impl Agent {
                 HealthServer::new(addr, metrics.clone(), handle.clone()).run(inner.clone()),
             );
         }
-        info!(cluster = %c.cluster, node = c.node_name, "agent running");
+        info!(cluster = %c.cluster, node = %c.node_name, "agent running");
 
         tokio::select! {
             _ = shutdown.cancelled() => {}

@@ -11,7 +11,9 @@ use std::{
 
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net};
-use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig};
+use kvstore::{
+    ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig, values::NodeName,
+};
 
 /// Environment variable names, in one place.
 pub mod env {
@@ -56,7 +58,7 @@ pub struct AgentArgs {
     /// 255 or 511: how many clusters the mesh may hold.
     #[arg(long, env = env::MAX_CONNECTED_CLUSTERS, default_value = "255")]
     pub max_connected_clusters: u32,
-    /// This node's name (unique in the cluster).
+    /// This node's name (unique in the cluster; no `/`).
     #[arg(long, env = env::NODE_NAME)]
     pub node_name: String,
     /// This node's IP: other nodes route its pod CIDR through it.
@@ -122,8 +124,8 @@ pub enum ConfigError {
     ClusterIdZero(u32),
     #[error("--max-connected-clusters: {0}")]
     Mode(#[source] kvstore::ClusterError),
-    #[error("--node-name must be a non-empty name without '/'")]
-    NodeName,
+    #[error("--node-name must be a non-empty name without '/': {0}")]
+    NodeName(#[source] kvstore::values::NodeNameError),
     #[error("--etcd-cert and --etcd-key go together, with --etcd-ca")]
     EtcdTls,
     #[error("reading etcd TLS files")]
@@ -142,7 +144,7 @@ pub struct AgentConfig {
     pub cluster: ClusterName,
     pub cluster_id: ClusterId,
     pub mode: MaxConnectedClusters,
-    pub node_name: String,
+    pub node_name: NodeName,
     pub node_ip: IpAddr,
     pub etcd: ClientConfig,
     pub clustermesh_config_dir: Option<PathBuf>,
@@ -217,9 +219,7 @@ impl AgentArgs {
         if !cluster_id.is_meshable() {
             return Err(ConfigError::ClusterIdZero(mode.max_cluster_id()));
         }
-        if self.node_name.is_empty() || self.node_name.contains('/') {
-            return Err(ConfigError::NodeName);
-        }
+        let node_name = NodeName::new(self.node_name).map_err(ConfigError::NodeName)?;
         let mut etcd = ClientConfig::new(self.etcd_endpoints);
         match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
             (None, None, None) => {}
@@ -244,7 +244,7 @@ impl AgentArgs {
             cluster,
             cluster_id,
             mode,
-            node_name: self.node_name,
+            node_name,
             node_ip: self.node_ip,
             etcd,
             clustermesh_config_dir: self.clustermesh_config,

@@ -64,7 +64,7 @@ use crate::{
 pub(crate) struct LoopConfig {
     pub cluster: ClusterName,
     pub cluster_id: u32,
-    pub node_name: String,
+    pub node_name: kvstore::values::NodeName,
     pub node_ip: IpAddr,
     /// How long to wait for every source's initial sync before deletions are
     /// written anyway.
@@ -300,7 +300,7 @@ impl ControlLoop {
     fn route_request(&self) -> RouteRequest {
         RouteRequest {
             local_cluster: self.config.cluster.to_string(),
-            local_node: self.config.node_name.clone(),
+            local_node: self.config.node_name.to_string(),
             own_pod_cidr: self.pod_cidr,
             local_pools: self.config.pod_cidr_pools.clone(),
             nodes: self.tables.nodes.clone(),

@@ -152,7 +152,7 @@ impl ControlLoop {
         StatusView {
             cluster: self.config.cluster.to_string(),
             cluster_id: self.config.cluster_id,
-            node: self.config.node_name.clone(),
+            node: self.config.node_name.to_string(),
             node_ip: self.config.node_ip.to_string(),
             pod_cidr: self.pod_cidr.map(|c| c.to_string()),
             synced: self.sources.is_synced(),

@@ -166,7 +166,7 @@ impl Harness {
             LoopConfig {
                 cluster: cluster("c1"),
                 cluster_id: 1,
-                node_name: "n1".into(),
+                node_name: "n1".parse().unwrap(),
                 node_ip: "192.168.1.1".parse().unwrap(),
                 sync_timeout: Duration::from_secs(60),
                 pod_cidr_pools: vec!["10.1.0.0/16".parse().unwrap()],

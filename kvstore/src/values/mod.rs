@@ -17,7 +17,7 @@ pub use identity_entry::IdentityEntry;
 pub use ipam::IpamAssignment;
 pub use ipcache::{IpIdentityPair, NamedPort};
 pub use label_selector::{LabelSelector, LabelSelectorError, Operator, Requirement};
-pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr};
+pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr, NodeName, NodeNameError};
 pub use policy::{
     CLUSTERWIDE, Entity, IngressRule, L4Protocol, PolicyDocument, PolicyError, PolicyKind,
     PolicyMetadata, PolicySpec, PortProtocol, PortRule,

@@ -223,6 +223,9 @@ pub const MAX_NODE_NAME_LEN: usize = 253;
 /// and a key ending in `/` or a `..` segment to others), nor control
 /// characters, and is at most [`MAX_NODE_NAME_LEN`] bytes.
 fn check_node_name(name: &str) -> Result<(), NodeNameError> {
+    if name.is_empty() {
+        return Err(NodeNameError::Empty);
+    }
     if name.len() > MAX_NODE_NAME_LEN {
         return Err(NodeNameError::TooLong { len: name.len() });
     }
@@ -239,9 +242,61 @@ fn check_node_name(name: &str) -> Result<(), NodeNameError> {
     Ok(())
 }
 
+/// A node's name, valid as the last segment of its key (see
+/// [`Node`]'s rules): what an agent is told it is called.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn new(name: impl Into<String>) -> Result<Self, NodeNameError> {
+        let name = name.into();
+        check_node_name(&name)?;
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = NodeNameError;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::new(name)
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(name: NodeName) -> Self {
+        name.0
+    }
+}
+
+impl std::str::FromStr for NodeName {
+    type Err = NodeNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for NodeName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Why a node name cannot be the last segment of its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum NodeNameError {
+pub enum NodeNameError {
+    #[error("Name is empty")]
+    Empty,
     #[error("Name is {len} bytes long, more than {MAX_NODE_NAME_LEN}")]
     TooLong { len: usize },
     #[error("Name {name:?} contains '/'")]
@@ -254,6 +309,16 @@ enum NodeNameError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn node_names_are_checked_once_made() {
+        assert_eq!(NodeName::new("n1").unwrap().as_str(), "n1");
+        assert_eq!(NodeName::new(""), Err(NodeNameError::Empty));
+        assert!("c2/n1".parse::<NodeName>().is_err());
+        assert!(serde_json::from_str::<NodeName>("\"..\"").is_err());
+        let name: NodeName = serde_json::from_str("\"node-1\"").unwrap();
+        assert_eq!(serde_json::to_string(&name).unwrap(), "\"node-1\"");
+    }
+
     use super::*;
 
     #[test]
