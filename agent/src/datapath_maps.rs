@@ -198,7 +198,7 @@ mod memory {
         fn attach_endpoint(&mut self, endpoint: &EndpointAttach) -> Result<u32, DatapathError> {
             let ifindex = {
                 let mut interfaces = self.interfaces.lock().expect("interfaces");
-                let next = interfaces.len() as u32 + 10;
+                let next = interfaces.values().max().map_or(10, |i| i + 1);
                 *interfaces.entry(endpoint.ifname.clone()).or_insert(next)
             };
             self.endpoints

@@ -87,6 +87,15 @@ enum Interrupt {
     ConfigChanged,
 }
 
+/// Why the wait between attempts ended.
+enum Wake {
+    /// The backoff delay passed: try again.
+    Retry,
+    Interrupted(Interrupt),
+    /// The service cache TTL ran out first.
+    ServicesExpired,
+}
+
 /// What stays the same over a remote's connections.
 pub(super) struct RemoteCluster {
     name: ClusterName,
@@ -189,25 +198,30 @@ impl RemoteCluster {
         // TTL too (the connection broke, and reconnecting fails).
         self.reach.unreachable();
         let ttl = self.service_cache_ttl();
-        if let Some(deadline) = self.reach.services_deadline(ttl) {
-            let interrupted = tokio::select! {
-                waited = self.backoff.wait(shutdown) => return (!waited).then_some(SessionEnd::Shutdown),
-                _ = config_change(config) => Some(Interrupt::ConfigChanged),
-                _ = tokio::time::sleep_until(deadline.into()) => None,
+        loop {
+            // The service cache TTL may run out while waiting.
+            let deadline = self.reach.services_deadline(ttl);
+            let expiry = async move {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            if interrupted.is_some() {
-                return Some(self.config_changed(config));
+            let woke = tokio::select! {
+                waited = self.backoff.wait(shutdown) => {
+                    if waited { Wake::Retry } else { Wake::Interrupted(Interrupt::Shutdown) }
+                }
+                _ = config_change(config) => Wake::Interrupted(Interrupt::ConfigChanged),
+                _ = expiry => Wake::ServicesExpired,
+            };
+            match woke {
+                Wake::Retry => return None,
+                Wake::Interrupted(Interrupt::Shutdown) => return Some(SessionEnd::Shutdown),
+                Wake::Interrupted(Interrupt::ConfigChanged) => {
+                    return Some(self.config_changed(config));
+                }
+                Wake::ServicesExpired => self.drop_services(ttl).await,
             }
-            self.drop_services(ttl).await;
-        }
-        let interrupted = tokio::select! {
-            waited = self.backoff.wait(shutdown) => (!waited).then_some(Interrupt::Shutdown),
-            _ = config_change(config) => Some(Interrupt::ConfigChanged),
-        };
-        match interrupted {
-            None => None,
-            Some(Interrupt::Shutdown) => Some(SessionEnd::Shutdown),
-            Some(Interrupt::ConfigChanged) => Some(self.config_changed(config)),
         }
     }
 
