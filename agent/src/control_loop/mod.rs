@@ -166,12 +166,9 @@ impl ControlLoop {
     /// Handles one batch: its inputs in order, one write of the datapath,
     /// then its queries (which see the result of the whole batch).
     fn step(&mut self, batch: &mut Vec<Timed>) {
-        let received: Vec<(Instant, Option<String>)> = batch
+        let received: Vec<(Instant, Option<SourceId>)> = batch
             .iter()
-            .map(|t| {
-                let source = t.input.data_source().and_then(|s| self.sources.name(s));
-                (t.at, source.map(str::to_string))
-            })
+            .map(|t| (t.at, t.input.data_source()))
             .collect();
         let mut queries = Vec::new();
         for timed in batch.drain(..) {
@@ -185,10 +182,12 @@ impl ControlLoop {
             let _ = reply.send(self.answer(q));
         }
         let now = Instant::now();
+        // By the source's name as it is now (a source removed in this batch
+        // is no longer observed).
         for (at, source) in received {
-            if let Some(source) = source {
+            if let Some(name) = source.and_then(|s| self.sources.name(s)) {
                 self.metrics
-                    .observe_propagation(&source, now.duration_since(at));
+                    .observe_propagation(name, now.duration_since(at));
             }
         }
     }
