@@ -534,7 +534,21 @@ async fn a_stale_socket_is_replaced_and_another_file_is_not() -> Result<()> {
     assert!(err.to_string().contains("is not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&path)?, "not a socket");
     std::fs::remove_file(&path)?;
-    drop(std::os::unix::net::UnixListener::bind(&path)?);
+    // a live server's socket is not taken over
+    let live = std::os::unix::net::UnixListener::bind(&path)?;
+    let err = HubbleServer::bind(
+        Listen {
+            unix_socket: path.clone(),
+            tcp: None,
+        },
+        Arc::new(LocalObserver::new(buffer.clone(), "n".into(), "0".into())),
+        PeerService::new(rx.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(live);
+    // a stale one (nobody listening) is replaced
     HubbleServer::bind(
         Listen {
             unix_socket: path,
