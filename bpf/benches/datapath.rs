@@ -197,30 +197,7 @@ fn median(mut v: Vec<u32>) -> f64 {
 
 /// An Ethernet/IPv4/TCP SYN from `src` to 10.200.1.2:8080.
 fn syn_packet(src: Ipv4Addr) -> Vec<u8> {
-    let mut p = Vec::with_capacity(54);
-    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&[10, 200, 1, 2]);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p.extend_from_slice(&ip);
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    p.extend_from_slice(&tcp);
-    p
+    bpf::tcp_syn_frame(src, Ipv4Addr::new(10, 200, 1, 2), 8080)
 }
 
 fn ingress_ns_per_packet(dp: &Datapath) -> Result<Ingress> {

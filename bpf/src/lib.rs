@@ -42,6 +42,7 @@ mod reconcile;
 mod record;
 mod service;
 mod syscall;
+mod test_frame;
 mod typed_map;
 
 pub use address::{FAMILY_V4, FAMILY_V6};
@@ -65,6 +66,7 @@ pub use protocol::Protocol;
 pub use reconcile::{ReconcilePlan, ReconcileStats, plan};
 pub use record::Record;
 pub use service::{SERVICES_MAP, ServiceKey, ServiceMap, ServiceValue, service_entries};
+pub use test_frame::tcp_syn_frame;
 pub use typed_map::{MapError, TypedMap};
 
 /// Reserved identity: unknown.

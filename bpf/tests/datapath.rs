@@ -190,6 +190,11 @@ fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
     assert_eq!(fwd.protocol, Protocol::Tcp);
     assert_eq!(fwd.direction, FlowDirection::ToEndpoint);
     assert_eq!(fwd.ifindex, server_if);
+    // the connection's first packet: a SYN, not a reply
+    assert_eq!(
+        (fwd.tcp_flags, fwd.is_reply, fwd.icmp),
+        (0x02, Some(false), None)
+    );
 
     assert!(tcp_denied(node.pod(client), sock(server_ip, PORT + 1)));
     let drop = wait_event(&mut flows, |e| {
@@ -198,6 +203,15 @@ fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
     .expect("dropped event");
     assert_eq!(drop.drop_reason, Some(DropReason::Policy));
     assert_eq!(drop.src_identity, CLIENT);
+    assert_eq!((drop.tcp_flags & 0x02, drop.is_reply), (0x02, Some(false)));
+    // an echo request carries its ICMP type
+    assert!(ping_denied(node.pod(client), server_ip));
+    let echo = wait_event(&mut flows, |e| {
+        e.verdict == Verdict::Dropped && matches!(e.protocol, Protocol::Icmp | Protocol::Icmpv6)
+    })
+    .expect("dropped echo request");
+    let request_type = if server_ip.is_ipv4() { 8 } else { 128 };
+    assert_eq!((echo.icmp, echo.tcp_flags), (Some((request_type, 0)), 0));
 
     // a service frontend -> translated event naming the backend
     let vip: SocketAddr = "[fd00:96::10]:80".parse()?;
