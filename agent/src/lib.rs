@@ -44,7 +44,7 @@ pub use config::{
 };
 pub use debug::{DebugArgs, run_debug};
 pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
-pub use hubble::HubbleConfig;
+pub use hubble::{FlowIngestor, HubbleConfig};
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
     EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,

@@ -56,12 +56,7 @@ impl Ingest {
                     continue;
                 };
                 batch.events.push(first);
-                while batch.events.len() < BATCH {
-                    match reader.try_next() {
-                        Some(event) => batch.events.push(event),
-                        None => break,
-                    }
-                }
+                fill(&mut reader, &mut batch);
                 self.ingest(&mut batch);
                 if batch.lost_checked.elapsed() >= LOST_CHECK {
                     self.check_lost(&reader, &mut batch);
@@ -93,7 +88,21 @@ impl Ingest {
         batch.counts.flush(&self.hubble_metrics, &self.metrics);
     }
 
-    fn check_lost(&self, reader: &FlowReader, batch: &mut Batch) {
+    /// Turns every event already in the ring into flows, batch by batch;
+    /// returns how many there were.
+    pub(crate) fn drain(&self, reader: &mut FlowReader, batch: &mut Batch) -> usize {
+        let mut n = 0;
+        loop {
+            fill(reader, batch);
+            if batch.events.is_empty() {
+                return n;
+            }
+            n += batch.events.len();
+            self.ingest(batch);
+        }
+    }
+
+    pub(crate) fn check_lost(&self, reader: &FlowReader, batch: &mut Batch) {
         batch.lost_checked = Instant::now();
         let Ok(total) = reader.lost_total() else {
             return;
@@ -105,6 +114,16 @@ impl Ingest {
                 .push_lost(LostEventSource::PerfEventRingBuffer, lost);
             self.hubble_metrics
                 .lost(LostEventSource::PerfEventRingBuffer, lost);
+        }
+    }
+}
+
+/// Adds events already in the ring to the batch, up to [`BATCH`].
+fn fill(reader: &mut FlowReader, batch: &mut Batch) {
+    while batch.events.len() < BATCH {
+        match reader.try_next() {
+            Some(event) => batch.events.push(event),
+            None => break,
         }
     }
 }

@@ -152,6 +152,69 @@ impl Hubble {
     }
 }
 
+/// The flow reader alone, without the rest of the agent (for benchmarks):
+/// it turns what is in a datapath's flow ring buffer into buffered flows
+/// exactly as the agent does.
+pub struct FlowIngestor {
+    ingest: Ingest,
+    batch: ingest::Batch,
+}
+
+impl FlowIngestor {
+    /// A reader whose flows go into a buffer of `capacity`, describing
+    /// flows of node `node` in cluster `cluster` (no identities known).
+    pub fn new(capacity: Capacity, cluster: &str, node: &str) -> Self {
+        let metrics = Arc::new(AgentMetrics::new());
+        let hubble = Hubble::new(
+            HubbleConfig {
+                socket: PathBuf::new(),
+                tcp: None,
+                capacity,
+            },
+            cluster,
+            node,
+            &metrics,
+        );
+        Self {
+            ingest: hubble.ingest(PathBuf::new(), metrics),
+            batch: ingest::Batch::new(0),
+        }
+    }
+
+    /// Turns every event now in `reader`'s ring into flows; returns how many.
+    pub fn drain(&mut self, reader: &mut bpf::FlowReader) -> usize {
+        self.ingest.drain(reader, &mut self.batch)
+    }
+
+    /// Reads the datapath's count of events it had no room for, and
+    /// records any new loss as a lost event (as the agent does twice a
+    /// second).
+    pub fn check_lost(&mut self, reader: &bpf::FlowReader) {
+        self.ingest.check_lost(reader, &mut self.batch);
+    }
+
+    /// Events reported lost before the buffer.
+    pub fn lost_events(&self) -> u64 {
+        self.ingest.buffer.lost_events()
+    }
+
+    /// Flows written to the buffer so far.
+    pub fn seen_flows(&self) -> u64 {
+        self.ingest.buffer.seen_flows()
+    }
+
+    /// The newest buffered flow (not a lost event), as Hubble serves it.
+    pub fn newest_flow(&self) -> Option<hubble_api::flow::Flow> {
+        let ring = self.ingest.buffer.ring();
+        let mut out = Vec::new();
+        ring.read_back(ring.next_seq(), ring.capacity(), &mut out);
+        out.iter().rev().find_map(|e| match e {
+            hubble::Event::Flow(f) => Some(hubble::FlowRecord::to_flow(f)),
+            hubble::Event::Lost { .. } => None,
+        })
+    }
+}
+
 /// Runs a bound server (and the reloader of its certificates) until
 /// `shutdown`.
 pub(crate) async fn serve(
