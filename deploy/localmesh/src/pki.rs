@@ -1,6 +1,7 @@
 //! The mesh's certificates: one CA, and per cluster the apiserver's server
 //! certificate, an `admin-<cluster>` and a `remote-<cluster>` client
-//! certificate; per cluster also a CA of its own for its etcd, so that only
+//! certificate, the Hubble servers' certificate and the Hubble relay's
+//! client certificate; per cluster also a CA of its own for its etcd, so that only
 //! that cluster's components and its admin reach it (a certificate of the
 //! mesh CA, another cluster's included, is refused).
 
@@ -9,7 +10,7 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context, Result};
 use certs::{Ca, CertName, Validity};
 
-use crate::state::{ClusterCerts, EtcdCerts};
+use crate::state::{ClusterCerts, EtcdCerts, HubbleCerts};
 
 /// How long the mesh's CAs are valid.
 const CA_VALIDITY_DAYS: u32 = 3650;
@@ -59,6 +60,17 @@ pub(crate) fn cluster(
     let remote = ca
         .issue_client(&CertName::new(format!("remote-{cluster}"))?, validity)?
         .write(dir)?;
+    let hubble_server = ca
+        .issue_server(
+            &CertName::new(format!("hubble-server-{cluster}"))?,
+            &[hubble::names::server_cert_wildcard(cluster)],
+            &[],
+            validity,
+        )?
+        .write(dir)?;
+    let hubble_relay = ca
+        .issue_client(&CertName::new(format!("hubble-relay-{cluster}"))?, validity)?
+        .write(dir)?;
     Ok(ClusterCerts {
         server_cert: server_files.cert,
         server_key: server_files.key,
@@ -67,6 +79,12 @@ pub(crate) fn cluster(
         remote_cert: remote.cert,
         remote_key: remote.key,
         ca: ca_path.to_path_buf(),
+        hubble: Some(HubbleCerts {
+            server_cert: hubble_server.cert,
+            server_key: hubble_server.key,
+            relay_client_cert: hubble_relay.cert,
+            relay_client_key: hubble_relay.key,
+        }),
     })
 }
 

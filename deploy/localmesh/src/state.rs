@@ -31,6 +31,9 @@ pub struct NodeInfo {
     pub health: String,
     pub state_dir: PathBuf,
     pub agent: Option<ProcessInfo>,
+    /// The agent's Hubble server socket (`None`: a mesh from before Hubble).
+    #[serde(default)]
+    pub hubble_socket: Option<PathBuf>,
 }
 
 /// Certificates of one cluster.
@@ -47,6 +50,21 @@ pub struct ClusterCerts {
     pub remote_key: PathBuf,
     /// The CA bundle this cluster trusts.
     pub ca: PathBuf,
+    /// Hubble: the servers' certificate (`*.<cluster>.hubble-grpc.cilium.io`,
+    /// agents and relay) and the relay's client certificate (`None`: a mesh
+    /// from before Hubble).
+    #[serde(default)]
+    pub hubble: Option<HubbleCerts>,
+}
+
+/// A cluster's Hubble certificates (issued by the mesh CA, so that a relay
+/// or a CLI of any cluster can reach every node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubbleCerts {
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub relay_client_cert: PathBuf,
+    pub relay_client_key: PathBuf,
 }
 
 /// A cluster's etcd certificates: its own CA, the server's, and client

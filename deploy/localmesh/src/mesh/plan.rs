@@ -27,6 +27,8 @@ const APISERVER_HEALTH_PORT: u16 = 9880;
 const OPERATOR_HEALTH_PORT: u16 = 9234;
 /// Each agent's `/healthz` and `/metrics` on its node address.
 const AGENT_HEALTH_PORT: u16 = 9876;
+/// How many flows each agent's Hubble server keeps.
+const HUBBLE_BUFFER_CAPACITY: &str = "16383";
 /// Where agents pin their maps (one directory per mesh, then per node).
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -97,6 +99,7 @@ fn node(state: &MeshState, i: u8, j: u8, cluster_dir: &Path) -> NodeInfo {
         health: format!("{ip}:{AGENT_HEALTH_PORT}"),
         state_dir: dir.join("state"),
         agent: None,
+        hubble_socket: Some(dir.join("hubble.sock")),
     }
 }
 
@@ -222,6 +225,32 @@ pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
             ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
         ],
     ));
+    if let Some(socket) = &n.hubble_socket {
+        args.extend(["--hubble-socket".to_string(), socket.display().to_string()]);
+        args.extend([
+            "--hubble-event-buffer-capacity".to_string(),
+            HUBBLE_BUFFER_CAPACITY.to_string(),
+        ]);
+    }
+    if let Some(h) = &c.certs.hubble {
+        for (flag, value) in [
+            (
+                "--hubble-listen-address",
+                format!("{}:{}", n.ip, hubble::names::SERVER_PORT),
+            ),
+            (
+                "--hubble-tls-cert-file",
+                h.server_cert.display().to_string(),
+            ),
+            ("--hubble-tls-key-file", h.server_key.display().to_string()),
+            (
+                "--hubble-tls-client-ca-files",
+                c.certs.ca.display().to_string(),
+            ),
+        ] {
+            args.extend([flag.to_string(), value]);
+        }
+    }
     args
 }
 
@@ -262,6 +291,7 @@ mod tests {
             remote_cert: f("remote.crt"),
             remote_key: f("remote.key"),
             ca: f("ca.crt"),
+            hubble: None,
         };
         let etcd = EtcdCerts {
             ca: f("etcd-ca.crt"),
