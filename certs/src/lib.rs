@@ -35,6 +35,7 @@ mod reloader;
 mod server_tls;
 mod tls_files;
 mod tls_handle;
+mod tls_listener;
 mod tls_material;
 mod validity;
 
@@ -55,6 +56,7 @@ pub use crate::{
     server_tls::ServerTls,
     tls_files::TlsFiles,
     tls_handle::{ReloadStats, TlsHandle},
+    tls_listener::{HandshakeFailed, PeerInfo, PeerStream, TlsListener},
     tls_material::{LoadError, TlsMaterial},
     validity::{Validity, ValidityError},
 };

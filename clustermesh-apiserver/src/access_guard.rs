@@ -3,11 +3,12 @@ use std::sync::Arc;
 use tonic::{Request, Status};
 use tracing::debug;
 
+use certs::PeerInfo;
+
 use crate::{
     authorizer::{Access, Authorizer},
     etcd_error::EtcdError,
     metrics::Metrics,
-    tls_listener::PeerInfo,
 };
 
 /// Authorizes each unary RPC (and stream opening) on the client certificate

@@ -9,6 +9,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 use tracing::{error, info, warn};
 
+use certs::TlsListener;
+
 use crate::{
     access_guard::AccessGuard,
     authorizer::Authorizer,
@@ -20,7 +22,6 @@ use crate::{
     lock_service::LockService,
     maintenance_service::MaintenanceService,
     metrics::Metrics,
-    tls_listener::TlsListener,
     upstream::{Upstream, UpstreamError},
     watch_hub::WatchHub,
     watch_service::WatchService,
@@ -154,12 +155,10 @@ impl Apiserver {
             addr: config.listen,
             source,
         })?;
-        let listener = TlsListener::new(
-            tcp,
-            tls.acceptor(),
-            config.handshake_timeout,
-            metrics.clone(),
-        );
+        let listener = TlsListener::new(tcp, tls.acceptor(), config.handshake_timeout, {
+            let metrics = metrics.clone();
+            Arc::new(move |reason| metrics.tls_handshake_failed(reason))
+        });
         let health_tcp = bind(config.health_listen).await?;
         let health_addr = health_tcp
             .local_addr()

@@ -13,11 +13,12 @@ use tonic::{
     server::{Grpc, NamedService, StreamingService},
 };
 
+use certs::PeerInfo;
+
 use crate::{
     authorizer::Authorizer,
     etcd_error::EtcdError,
     metrics::Metrics,
-    tls_listener::PeerInfo,
     watch_hub::{Outbox, OutboxStream, WatchCodec, WatchHub, WatchMessage, WatchStream},
 };
 

@@ -4,11 +4,24 @@
 //! - [`filter`]: `FlowFilter` allow and deny lists compiled once per
 //!   request and matched against flows, with Cilium's semantics;
 //! - [`field_mask`]: a `GetFlowsRequest.field_mask` applied to flows;
-//! - [`names`]: node full names and TLS server names as Cilium forms them.
+//! - [`names`]: node full names and TLS server names as Cilium forms them;
+//! - [`ring`]: the ring buffer of events;
+//! - [`observer`]: the local `Observer` service over a [`FlowBuffer`];
+//! - [`peer`]: the `Peer` service over the nodes the agent knows;
+//! - [`server`]: both services and gRPC health on a unix socket and on TCP
+//!   with mutual TLS.
 //!
 //! It knows nothing of the datapath: the agent turns its events into
 //! flows and feeds them in.
 
+pub mod client;
 pub mod field_mask;
 pub mod filter;
 pub mod names;
+pub mod observer;
+pub mod peer;
+pub mod ring;
+pub mod server;
+pub mod time;
+
+pub use observer::{Event, FlowBuffer, FlowRecord, LocalObserver};

@@ -237,7 +237,7 @@ struct Connector {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-impl tower_service::Service<Uri> for Connector {
+impl tower::Service<Uri> for Connector {
     type Response = TokioIo<WatchedIo>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;

@@ -6,13 +6,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::debug;
 
+use certs::PeerInfo;
+
 use crate::{
     authorizer::{Access, Authorizer},
     etcd_error::EtcdError,
     key_range::KeyRange,
     metrics::Metrics,
     role::Role,
-    tls_listener::PeerInfo,
     watch_hub::{
         Subscription, SubscriptionHandle, WatchHub, event_filter::EventFilter, outbox::Outbox,
         revision::Revision, watch_key::WatchKey, watch_message::WatchMessage,

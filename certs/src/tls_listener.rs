@@ -6,6 +6,8 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -13,11 +15,10 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
-
-use crate::metrics::Metrics;
 
 /// The pause after a failed `accept` (out of file descriptors and the
 /// like): short enough that service resumes at once when the cause goes
@@ -35,7 +36,7 @@ pub struct PeerInfo {
 
 /// A connection whose mutual TLS handshake succeeded, handed to tonic.
 #[derive(Debug)]
-pub(crate) struct PeerStream {
+pub struct PeerStream {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
 }
@@ -98,8 +99,16 @@ pub struct TlsListener {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    metrics: Metrics,
+    on_failure: HandshakeFailed,
 }
+
+/// Called with a short, bounded reason (`no-certificate`, `unknown-ca`,
+/// `bad-certificate`, `timeout`, `other`) for every failed handshake, e.g.
+/// to count it in a metric.
+pub type HandshakeFailed = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// How many authenticated connections may wait for the gRPC server.
+const ACCEPTED_QUEUE: usize = 64;
 
 impl std::fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,18 +120,30 @@ impl std::fmt::Debug for TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) fn new(
+    /// A listener that calls `on_failure` for each failed handshake.
+    pub fn new(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         handshake_timeout: Duration,
-        metrics: Metrics,
+        on_failure: HandshakeFailed,
     ) -> Self {
         Self {
             listener,
             acceptor,
             handshake_timeout,
-            metrics,
+            on_failure,
         }
+    }
+
+    /// Accepts on a task of its own until `shutdown`; the stream of
+    /// authenticated connections is for tonic's `serve_with_incoming`.
+    pub fn into_incoming(
+        self,
+        shutdown: CancellationToken,
+    ) -> ReceiverStream<io::Result<PeerStream>> {
+        let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
+        tokio::spawn(self.run(accepted, shutdown));
+        ReceiverStream::new(incoming)
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -131,7 +152,7 @@ impl TlsListener {
 
     /// Accepts until `shutdown` (or until the receiver of `accepted` is
     /// gone), sending each authenticated connection to `accepted`.
-    pub(crate) async fn run(
+    pub async fn run(
         self,
         accepted: mpsc::Sender<io::Result<PeerStream>>,
         shutdown: CancellationToken,
@@ -151,9 +172,9 @@ impl TlsListener {
                 incoming = self.listener.accept() => match incoming {
                     Ok((tcp, remote_addr)) => {
                         let acceptor = self.acceptor.clone();
-                        let metrics = self.metrics.clone();
+                        let on_failure = self.on_failure.clone();
                         let timeout = self.handshake_timeout;
-                        handshakes.spawn(handshake(acceptor, tcp, remote_addr, timeout, metrics));
+                        handshakes.spawn(handshake(acceptor, tcp, remote_addr, timeout, on_failure));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off a
@@ -172,25 +193,25 @@ async fn handshake(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     timeout: Duration,
-    metrics: Metrics,
+    on_failure: HandshakeFailed,
 ) -> Option<PeerStream> {
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let reason = failure_reason(&e);
-            metrics.tls_handshake_failed(reason);
+            on_failure(reason);
             debug!(%remote_addr, reason, error = %e, "TLS handshake failed");
             return None;
         }
         Err(_) => {
-            metrics.tls_handshake_failed("timeout");
+            on_failure("timeout");
             debug!(%remote_addr, ?timeout, "TLS handshake timed out");
             return None;
         }
     };
     let common_name =
-        certs::peer_common_name(stream.get_ref().1.peer_certificates().unwrap_or(&[]))
+        crate::peer_common_name(stream.get_ref().1.peer_certificates().unwrap_or(&[]))
             .unwrap_or_default();
     Some(PeerStream {
         stream,
