@@ -33,7 +33,6 @@ mod peer_table;
 mod relay;
 mod server_status;
 mod sort_buffer;
-mod tls_incoming;
 
 pub use crate::{
     config::{

@@ -1,6 +1,6 @@
 //! The relay as one component: pool, Observer, health, metrics, listeners.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hubble_api::observer::observer_server::ObserverServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
@@ -12,12 +12,15 @@ use tonic_health::{
     pb::health_server::HealthServer,
     server::{HealthReporter, HealthService},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     Dialer, PeerManager, PeerPool, RelayConfig, RelayMetrics, RelayObserver, error_chain,
-    health::report_health, metrics::serve_metrics, tls_incoming::accept_tls,
+    health::report_health, metrics::serve_metrics,
 };
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the relay could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -219,10 +222,16 @@ impl Relay {
         match self.server_tls {
             Some(tls) => {
                 let (accepted, incoming) = tokio::sync::mpsc::channel(64);
+                let listener = certs::TlsListener::new(
+                    grpc,
+                    tls.acceptor(),
+                    HANDSHAKE_TIMEOUT,
+                    Arc::new(|reason| debug!(reason, "TLS handshake with a client failed")),
+                );
                 tasks.spawn({
-                    let (acceptor, token) = (tls.acceptor(), token.clone());
+                    let token = token.clone();
                     async move {
-                        accept_tls(grpc, acceptor, accepted, token).await;
+                        listener.run(accepted, token).await;
                         Ok(())
                     }
                 });
