@@ -2,6 +2,7 @@
 //! merged flows, node status events, node death, GetNodes, ServerStatus,
 //! health, metrics, and the real Hubble CLI.
 
+mod binary;
 mod cli;
 mod flows;
 mod nodes;
