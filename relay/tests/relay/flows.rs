@@ -218,6 +218,47 @@ async fn a_killed_node_shows_as_error_and_unavailable_while_the_stream_goes_on()
 }
 
 #[tokio::test]
+async fn a_cut_node_is_found_dead_by_keepalive() -> Result<()> {
+    let pki = Pki::new()?;
+    let n1 = Node::start(&pki, "n1").await?;
+    let n2 = Node::start(&pki, "n2").await?;
+    // The relay reaches n2 through a path that the test cuts.
+    let path = Cut::start(n2.tcp).await?;
+    let mut n2_info = n2.peer_info();
+    n2_info.address = path.addr.to_string();
+    for node in [&n1, &n2] {
+        node.announce([n1.peer_info(), n2_info.clone()]);
+    }
+    let relay = start_relay_via(&pki, &n1).await?;
+    wait_for_peers(&relay, 2, 2).await;
+    let mut client = relay_client(&pki, &relay).await?;
+    let mut stream = client
+        .get_flows(GetFlowsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    until(&mut stream, |r| status_event(r).is_some()).await?;
+    let seen = push_until_seen(&mut stream, &[&n1, &n2], 1).await?;
+    assert_eq!(seen, ["c1/n1", "c1/n2"]);
+
+    path.cut();
+    // No FIN, no RST: only the keepalive pings (1s + 1s here) notice.
+    let got = until(&mut stream, |r| {
+        status_event(r).is_some_and(|(s, _)| s == NodeState::NodeError)
+    })
+    .await
+    .context("waiting for NODE_ERROR")?;
+    let (_, error) = status_event(got.last().unwrap()).unwrap();
+    assert_eq!(error.node_names, ["c1/n2"]);
+    wait_for_peers(&relay, 1, 2).await;
+    let seen = push_until_seen(&mut stream, &[&n1], 2).await?;
+    assert_eq!(seen, ["c1/n1"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn without_peers_the_stream_ends_after_an_empty_node_connected() -> Result<()> {
     let pki = Pki::new()?;
     let n1 = Node::start(&pki, "n1").await?;

@@ -446,3 +446,65 @@ pub(crate) fn sorted(mut names: Vec<String>) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A TCP forwarder to `target` that can be cut: after [`Cut::cut`], bytes
+/// stop flowing both ways but every socket stays open, as when a network
+/// path is cut (no FIN, no RST); new connections are accepted and hang.
+pub(crate) struct Cut {
+    pub(crate) addr: SocketAddr,
+    cut: CancellationToken,
+}
+
+impl Cut {
+    pub(crate) async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let cut = CancellationToken::new();
+        let token = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(
+                        forward(cr, sw, token.clone()),
+                        forward(sr, cw, token.clone())
+                    );
+                });
+            }
+        });
+        Ok(Self { addr, cut })
+    }
+
+    pub(crate) fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            () = cut.cancelled() => break,
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    // Cut: hold both sockets open and silent for the rest of the test.
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
