@@ -2,7 +2,7 @@
 //! aggregation and the time-ordered merge.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -11,7 +11,11 @@ use hubble_api::{
     observer::{GetFlowsRequest, GetFlowsResponse, observer_client::ObserverClient},
     relay::NodeState,
 };
-use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
+use tokio::{
+    sync::mpsc,
+    task::{self, JoinSet},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, metadata::MetadataMap};
 use tracing::{debug, warn};
@@ -52,7 +56,9 @@ pub(crate) struct FlowCollector {
     metadata: MetadataMap,
     /// Peers with a stream running.
     connected: HashSet<String>,
-    streams: JoinSet<(String, Result<(), String>)>,
+    streams: JoinSet<Result<(), String>>,
+    /// The peer of each stream task.
+    tasks: HashMap<task::Id, String>,
     responses: mpsc::Sender<GetFlowsResponse>,
 }
 
@@ -77,6 +83,7 @@ impl FlowCollector {
             metadata,
             connected: HashSet::new(),
             streams: JoinSet::new(),
+            tasks: HashMap::new(),
             responses,
         };
         let (connected, unavailable) = collector.collect(&peers);
@@ -122,8 +129,11 @@ impl FlowCollector {
                 () = merge.out.closed() => return,
                 () = shutdown.cancelled() => return,
                 Some(response) = rx.recv() => merge.push(response).await,
-                Some(done) = collector.streams.join_next() => {
-                    let (name, result) = done.unwrap_or_else(|e| (String::new(), Err(e.to_string())));
+                Some(done) = collector.streams.join_next_with_id() => {
+                    let (name, result) = match done {
+                        Ok((id, result)) => (collector.tasks.remove(&id).unwrap_or_default(), result),
+                        Err(e) => (collector.tasks.remove(&e.id()).unwrap_or_default(), Err(e.to_string())),
+                    };
                     collector.connected.remove(&name);
                     match result {
                         Ok(()) => true,
@@ -200,14 +210,14 @@ impl FlowCollector {
             };
             connected.push(peer.name.clone());
             self.connected.insert(peer.name.clone());
-            let name = peer.name.clone();
             let stream = retrieve(
                 connection.clone(),
                 self.request.clone(),
                 self.metadata.clone(),
                 self.responses.clone(),
             );
-            self.streams.spawn(async move { (name, stream.await) });
+            let id = self.streams.spawn(stream).id();
+            self.tasks.insert(id, peer.name.clone());
         }
         (connected, unavailable)
     }

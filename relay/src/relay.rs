@@ -158,15 +158,15 @@ impl Relay {
             None => None,
         };
         let addrs = BoundAddrs {
-            grpc: local_addr(&grpc, self.config.listen)?,
-            health: health
-                .as_ref()
-                .map(|l| local_addr(l, self.config.listen))
-                .transpose()?,
-            metrics: metrics_listener
-                .as_ref()
-                .map(|l| local_addr(l, self.config.listen))
-                .transpose()?,
+            grpc: local_addr("gRPC", &grpc, self.config.listen)?,
+            health: match (&health, self.config.health_listen) {
+                (Some(l), Some(asked)) => Some(local_addr("health", l, asked)?),
+                _ => None,
+            },
+            metrics: match (&metrics_listener, self.config.metrics_listen) {
+                (Some(l), Some(asked)) => Some(local_addr("metrics", l, asked)?),
+                _ => None,
+            },
         };
         info!(
             grpc = %addrs.grpc,
@@ -313,9 +313,13 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Relay
         .map_err(|source| RelayError::Bind { what, addr, source })
 }
 
-fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, RelayError> {
+fn local_addr(
+    what: &'static str,
+    listener: &TcpListener,
+    asked: SocketAddr,
+) -> Result<SocketAddr, RelayError> {
     listener.local_addr().map_err(|source| RelayError::Bind {
-        what: "gRPC",
+        what,
         addr: asked,
         source,
     })
