@@ -25,8 +25,8 @@ use crate::{
     control_loop::{ControlLoop, Input, IpEvent, LoopConfig, LoopHandle},
     datapath_sync::DatapathSync,
     endpoint_manager::{EndpointManager, EndpointManagerConfig},
-    flow_counter::FlowCounter,
     health::HealthServer,
+    hubble::Hubble,
     metrics::AgentMetrics,
     plumbing,
     remote_clusters::RemoteClusters,
@@ -104,6 +104,13 @@ impl Agent {
             route_handle,
             metrics.clone(),
         );
+        let hubble = c
+            .hubble
+            .clone()
+            .map(|config| Hubble::new(config, c.cluster.as_str(), c.node_name.as_str(), &metrics));
+        if let Some(h) = &hubble {
+            control.with_hubble(h.directory.clone(), h.peers.clone(), h.peer_port);
+        }
         {
             let routes = Routes::new(c.node_netns.clone(), metrics.clone(), handle.clone());
             let token = inner.clone();
@@ -274,10 +281,38 @@ impl Agent {
         node_store.synced();
         control.set_pod_cidr(Some(IpNet::V4(pod_cidr)));
         tasks.spawn("control loop", control.run(inner.clone()));
-        tasks.spawn(
-            "flow counter",
-            FlowCounter::new(c.bpffs_dir.clone(), metrics.clone()).run(inner.clone()),
-        );
+        match &hubble {
+            Some(h) => {
+                let (server, tls) = h.bind(&metrics).await?;
+                tasks.spawn(
+                    "flow reader",
+                    h.ingest(c.bpffs_dir.clone(), metrics.clone())
+                        .run(inner.clone()),
+                );
+                tasks.spawn(
+                    "Hubble server",
+                    crate::hubble::serve(server, tls, inner.clone()),
+                );
+            }
+            None => {
+                // Flows are still read, for the metrics.
+                let h = Hubble::new(
+                    crate::hubble::HubbleConfig {
+                        socket: Default::default(),
+                        tcp: None,
+                        capacity: hubble::ring::Capacity::new(1).expect("valid"),
+                    },
+                    c.cluster.as_str(),
+                    c.node_name.as_str(),
+                    &metrics,
+                );
+                tasks.spawn(
+                    "flow reader",
+                    h.ingest(c.bpffs_dir.clone(), metrics.clone())
+                        .run(inner.clone()),
+                );
+            }
+        }
 
         let endpoints = Arc::new(EndpointManager::new(
             EndpointManagerConfig {

@@ -38,10 +38,24 @@ pub mod env {
     pub const SESSION_TTL: &str = "CLUSTERMESH_SESSION_TTL";
     pub const SYNC_TIMEOUT: &str = "CLUSTERMESH_SYNC_TIMEOUT";
     pub const LOG: &str = "CLUSTERMESH_LOG";
+    pub const ENABLE_HUBBLE: &str = "CLUSTERMESH_ENABLE_HUBBLE";
+    pub const HUBBLE_SOCKET: &str = "CLUSTERMESH_HUBBLE_SOCKET";
+    pub const HUBBLE_LISTEN_ADDRESS: &str = "CLUSTERMESH_HUBBLE_LISTEN_ADDRESS";
+    pub const HUBBLE_TLS_CERT_FILE: &str = "CLUSTERMESH_HUBBLE_TLS_CERT_FILE";
+    pub const HUBBLE_TLS_KEY_FILE: &str = "CLUSTERMESH_HUBBLE_TLS_KEY_FILE";
+    pub const HUBBLE_TLS_CLIENT_CA_FILES: &str = "CLUSTERMESH_HUBBLE_TLS_CLIENT_CA_FILES";
+    pub const HUBBLE_EVENT_BUFFER_CAPACITY: &str = "CLUSTERMESH_HUBBLE_EVENT_BUFFER_CAPACITY";
 }
 
 /// Default API socket of the agent (and of the CNI plugin and debug client).
 pub const DEFAULT_API_SOCKET: &str = "/run/clustermesh/agent.sock";
+
+/// The Hubble socket's default: beside the API socket, with its name
+/// (`/run/clustermesh/agent.sock` → `/run/clustermesh/agent.hubble.sock`),
+/// so that agents with their own API sockets have their own Hubble sockets.
+pub fn default_hubble_socket(api_socket: &std::path::Path) -> PathBuf {
+    api_socket.with_extension("hubble.sock")
+}
 
 /// `clustermesh-agent run` flags.
 #[derive(Debug, Clone, Parser)]
@@ -111,6 +125,39 @@ pub struct AgentArgs {
     /// entries are removed only once every source has synced).
     #[arg(long, env = env::SYNC_TIMEOUT, default_value = "60s", value_parser = humantime::parse_duration)]
     pub sync_timeout: Duration,
+    /// Run the Hubble server (flows of this node, the Observer and Peer services).
+    #[arg(long, env = env::ENABLE_HUBBLE, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_hubble: bool,
+    /// The Hubble server's unix socket (always served when Hubble is on);
+    /// default: beside the API socket (`agent.sock` → `agent.hubble.sock`).
+    #[arg(long, env = env::HUBBLE_SOCKET)]
+    pub hubble_socket: Option<PathBuf>,
+    /// The Hubble server's TCP address (`:4244` = every address); served
+    /// with mutual TLS once the three --hubble-tls-* files are given, else off.
+    #[arg(long, env = env::HUBBLE_LISTEN_ADDRESS, default_value = ":4244", value_parser = parse_listen)]
+    pub hubble_listen_address: SocketAddr,
+    /// The Hubble server's certificate (a `*.<cluster>.hubble-grpc.cilium.io` name).
+    #[arg(long, env = env::HUBBLE_TLS_CERT_FILE)]
+    pub hubble_tls_cert_file: Option<PathBuf>,
+    /// The key of --hubble-tls-cert-file.
+    #[arg(long, env = env::HUBBLE_TLS_KEY_FILE)]
+    pub hubble_tls_key_file: Option<PathBuf>,
+    /// CA bundle that clients of the Hubble server (relays, CLIs) must be issued by.
+    #[arg(long, env = env::HUBBLE_TLS_CLIENT_CA_FILES)]
+    pub hubble_tls_client_ca_files: Option<PathBuf>,
+    /// How many flows the Hubble server keeps: a power of two minus one.
+    #[arg(long, env = env::HUBBLE_EVENT_BUFFER_CAPACITY, default_value = "4095")]
+    pub hubble_event_buffer_capacity: hubble::ring::Capacity,
+}
+
+/// A listen address; `:PORT` means every address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("invalid listen address {s:?} (expected host:port or :port)"))
 }
 
 /// Why the configuration is unusable (the binary exits with 64).
@@ -136,6 +183,10 @@ pub enum ConfigError {
     NodeNetns(PathBuf),
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error(
+        "--hubble-tls-cert-file, --hubble-tls-key-file and --hubble-tls-client-ca-files go together"
+    )]
+    HubbleTls,
 }
 
 /// The validated configuration of an agent.
@@ -158,6 +209,8 @@ pub struct AgentConfig {
     pub health_listen: Option<SocketAddr>,
     pub session_ttl: Duration,
     pub sync_timeout: Duration,
+    /// `None`: Hubble is off.
+    pub hubble: Option<crate::hubble::HubbleConfig>,
 }
 
 impl AgentArgs {
@@ -240,6 +293,22 @@ impl AgentArgs {
         {
             return Err(ConfigError::NodeNetns(path.clone()));
         }
+        let hubble_tls = match (
+            self.hubble_tls_cert_file,
+            self.hubble_tls_key_file,
+            self.hubble_tls_client_ca_files,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(certs::TlsFiles::new(cert, key, ca)),
+            _ => return Err(ConfigError::HubbleTls),
+        };
+        let hubble = self.enable_hubble.then(|| crate::hubble::HubbleConfig {
+            socket: self
+                .hubble_socket
+                .unwrap_or_else(|| default_hubble_socket(&self.api_socket)),
+            tcp: hubble_tls.map(|files| (self.hubble_listen_address, files)),
+            capacity: self.hubble_event_buffer_capacity,
+        });
         Ok(AgentConfig {
             cluster,
             cluster_id,
@@ -257,6 +326,7 @@ impl AgentArgs {
             health_listen: self.health_listen,
             session_ttl: self.session_ttl,
             sync_timeout: self.sync_timeout,
+            hubble,
         })
     }
 }

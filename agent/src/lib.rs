@@ -21,8 +21,8 @@ mod datapath_sync;
 mod debug;
 mod endpoint;
 mod endpoint_manager;
-mod flow_counter;
 mod health;
+mod hubble;
 mod memory;
 mod metrics;
 mod plumbing;
@@ -39,9 +39,12 @@ mod views;
 pub use agent::Agent;
 pub use api_client::{ApiClient, ClientError};
 pub use cni::{CniError, SUPPORTED_VERSIONS, run_cni};
-pub use config::{AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, env};
+pub use config::{
+    AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, default_hubble_socket, env,
+};
 pub use debug::{DebugArgs, run_debug};
 pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
+pub use hubble::HubbleConfig;
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
     EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,

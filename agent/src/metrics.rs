@@ -229,20 +229,25 @@ impl AgentMetrics {
     }
 
     /// Counts one flow event: its verdict, and its drop reason if dropped.
-    pub(crate) fn count_flow(&self, (direction, verdict, reason): &(&str, &str, Option<&str>)) {
+    /// Counts `n` flow events with the same (direction, verdict, drop reason).
+    pub(crate) fn count_flows(
+        &self,
+        (direction, verdict, reason): &(&str, &str, Option<&str>),
+        n: u64,
+    ) {
         self.policy_verdicts
             .get_or_create(&VerdictLabel {
                 direction: direction.to_string(),
                 verdict: verdict.to_string(),
             })
-            .inc();
+            .inc_by(n);
         if let Some(reason) = reason {
             self.drops
                 .get_or_create(&DropLabel {
                     direction: direction.to_string(),
                     reason: reason.to_string(),
                 })
-                .inc();
+                .inc_by(n);
         }
     }
 

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -12,6 +13,8 @@ use kvstore::{
     Label, Labels, NumericIdentity,
     values::{ClusterService, IpIdentityPair, Node, PolicyDocument, ServiceDef},
 };
+
+use crate::hubble::FlowDirectory;
 
 /// Where data comes from. Lower wins when two sources claim the same IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,6 +90,9 @@ pub(crate) struct Tables {
     pub policies: BTreeMap<String, PolicyDocument>,
     /// Local service definitions by `<ns>/<name>`.
     pub service_defs: BTreeMap<String, ServiceDef>,
+    /// Where the Hubble server looks up identities and pods (kept in step
+    /// with the identities and the pods of ipcache entries).
+    flow_directory: Option<Arc<FlowDirectory>>,
 }
 
 impl Tables {
@@ -128,6 +134,11 @@ impl Tables {
             return IdentityUpsert::Refused;
         }
         self.identity_sources.entry(source).or_default().insert(id);
+        if let Some(dir) = &self.flow_directory
+            && self.identities.get(&id) != Some(&labels)
+        {
+            dir.set_identity(id, &labels);
+        }
         if self.identities.insert(id, labels.clone()) != Some(labels) {
             IdentityUpsert::Changed
         } else {
@@ -160,7 +171,24 @@ impl Tables {
         if self.identity_sources.values().any(|s| s.contains(&id)) {
             return false;
         }
+        if let Some(dir) = &self.flow_directory {
+            dir.remove_identity(id);
+        }
         self.identities.remove(&id).is_some()
+    }
+
+    /// Keeps `dir` in step with the identities from now on (starting with
+    /// those known).
+    pub(crate) fn set_flow_directory(&mut self, dir: Arc<FlowDirectory>) {
+        for (id, labels) in &self.identities {
+            dir.set_identity(*id, labels);
+        }
+        self.flow_directory = Some(dir);
+    }
+
+    /// The Hubble server's directory, if there is one.
+    pub(crate) fn flow_directory(&self) -> Option<&FlowDirectory> {
+        self.flow_directory.as_deref()
     }
 
     /// Identities a source delivered (to drain it).

@@ -84,6 +84,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_flows SEC(".maps");
 
+/* Flow events the ring buffer had no room for (per CPU); the agent reports
+ * them as lost events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_flows_lost SEC(".maps");
+
 /* Flow events are ring buffer records, which no map definition names; this
  * unused variable in a section of its own (ignored by the loader) keeps
  * the struct in the object's BTF for the layout test. */
@@ -103,6 +113,8 @@ struct pkt {
 	__u32 l4_off;
 	__u8 control; /* ND, MLD, ICMP errors: pass without policy */
 	__u8 has_ports;
+	__u8 l4_flags;	/* TCP flags, or the ICMP type (for flow events) */
+	__u8 icmp_code;
 };
 
 /* Returns 0 for a parsed IP packet, 1 for a non-IP packet, -1 if malformed. */
@@ -165,7 +177,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 
 	switch (nexthdr) {
-	case IPPROTO_TCP:
+	case IPPROTO_TCP: {
+		__u8 tcp[14]; /* ports, sequence and ack numbers, offset, flags */
+
+		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)))
+			return -1;
+		__builtin_memcpy(&p->t.sport, &tcp[0], 2);
+		__builtin_memcpy(&p->t.dport, &tcp[2], 2);
+		p->l4_flags = tcp[13];
+		p->has_ports = 1;
+		break;
+	}
 	case IPPROTO_UDP: {
 		__be16 ports[2];
 
@@ -182,6 +204,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
 			return -1;
+		p->l4_flags = icmp[0];
+		p->icmp_code = icmp[1];
 		__builtin_memcpy(&id, &icmp[4], 2);
 		if (icmp[0] == 8) /* echo request */
 			p->t.sport = id;
@@ -197,6 +221,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
 			return -1;
+		p->l4_flags = icmp[0];
+		p->icmp_code = icmp[1];
 		__builtin_memcpy(&id, &icmp[4], 2);
 		if (icmp[0] == 128)
 			p->t.sport = id;
@@ -292,12 +318,18 @@ static __always_inline int policy_check(__u32 endpoint_id, __u32 identity, __u8 
 }
 
 static __always_inline void emit(const struct pkt *p, __u32 ifindex, __u8 verdict, __u8 reason,
-				 __u32 src_id, __u32 dst_id, __u8 direction)
+				 __u32 src_id, __u32 dst_id, __u8 direction, __u8 reply)
 {
 	struct flow_event *e = bpf_ringbuf_reserve(&cm_flows, sizeof(*e), 0);
 
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&cm_flows_lost, &zero);
+
+		if (lost)
+			*lost += 1;
 		return;
+	}
 	e->timestamp_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(e->saddr, p->t.saddr, 16);
 	__builtin_memcpy(e->daddr, p->t.daddr, 16);
@@ -311,9 +343,9 @@ static __always_inline void emit(const struct pkt *p, __u32 ifindex, __u8 verdic
 	e->dst_identity = dst_id;
 	e->ifindex = ifindex;
 	e->direction = direction;
-	e->pad[0] = 0;
-	e->pad[1] = 0;
-	e->pad[2] = 0;
+	e->reply = reply;
+	e->l4_flags = p->l4_flags;
+	e->icmp_code = p->icmp_code;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -423,7 +455,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ret < 0) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, 0, ep->sec_identity,
-		     CM_FLOW_TO_ENDPOINT);
+		     CM_FLOW_TO_ENDPOINT, CM_REPLY_UNKNOWN);
 		return TC_ACT_SHOT;
 	}
 	if (p.control)
@@ -441,7 +473,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 			__builtin_memcpy(addr, ct->rev_nat_addr, 16);
 			if (rewrite(skb, &p, 0, addr, port)) {
 				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT, 0,
-				     ep->sec_identity, CM_FLOW_TO_ENDPOINT);
+				     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_YES);
 				return TC_ACT_SHOT;
 			}
 		}
@@ -461,16 +493,16 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	if ((ep->flags & CM_EP_POLICY_INGRESS) &&
 	    !policy_check(ep->endpoint_id, src_id, p.t.protocol, p.t.dport, &reason)) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, reason, src_id, ep->sec_identity,
-		     CM_FLOW_TO_ENDPOINT);
+		     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
 		return TC_ACT_SHOT;
 	}
 	if (ct_create(&p.t, src_id, 0, 0, 0)) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, src_id,
-		     ep->sec_identity, CM_FLOW_TO_ENDPOINT);
+		     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
 		return TC_ACT_SHOT;
 	}
 	emit(&p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, src_id, ep->sec_identity,
-	     CM_FLOW_TO_ENDPOINT);
+	     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
 	return TC_ACT_OK;
 }
 
@@ -502,7 +534,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ret < 0) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, ep->sec_identity, 0,
-		     CM_FLOW_FROM_ENDPOINT);
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_UNKNOWN);
 		return TC_ACT_SHOT;
 	}
 	if (p.control)
@@ -553,7 +585,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 				if (ct_create(&p.t, ep->sec_identity, backend_id, 0, 0)) {
 					p.t.scope = 0;
 					emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL,
-					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT);
+					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
 					return TC_ACT_SHOT;
 				}
 				translated = 1;
@@ -567,13 +599,13 @@ int cm_from_endpoint(struct __sk_buff *skb)
 			front_port = p.t.dport;
 			if (rewrite(skb, &p, 1, baddr, bport)) {
 				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT,
-				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT);
+				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
 				return TC_ACT_SHOT;
 			}
 			if (translated)
 				emit(&p, skb->ifindex, CM_VERDICT_TRANSLATED, CM_DROP_NONE,
 				     ep->sec_identity, lookup_identity(p.t.daddr, p.t.family),
-				     CM_FLOW_FROM_ENDPOINT);
+				     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
 			translated = 1;
 		}
 	}
@@ -590,7 +622,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	if (ct_create(&p.t, ep->sec_identity, 0, translated ? front_addr : 0, front_port)) {
 		p.t.scope = 0;
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, ep->sec_identity, 0,
-		     CM_FLOW_FROM_ENDPOINT);
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_OK;
@@ -598,6 +630,6 @@ int cm_from_endpoint(struct __sk_buff *skb)
 no_backend:
 	p.t.scope = 0;
 	emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NO_BACKEND, ep->sec_identity, 0,
-	     CM_FLOW_FROM_ENDPOINT);
+	     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
 	return TC_ACT_SHOT;
 }

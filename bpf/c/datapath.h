@@ -159,6 +159,11 @@ struct backend_value {
 #define CM_FLOW_TO_ENDPOINT 0
 #define CM_FLOW_FROM_ENDPOINT 1
 
+/* Whether the packet belongs to the reply direction of its connection. */
+#define CM_REPLY_UNKNOWN 0
+#define CM_REPLY_NO 1
+#define CM_REPLY_YES 2
+
 struct flow_event {
 	__u64 timestamp_ns;
 	__u8 saddr[16];
@@ -173,7 +178,9 @@ struct flow_event {
 	__u32 dst_identity;
 	__u32 ifindex;
 	__u8 direction;
-	__u8 pad[3];
+	__u8 reply;	/* CM_REPLY_* */
+	__u8 l4_flags;	/* TCP flags, or the ICMP type */
+	__u8 icmp_code;
 };
 
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key");

@@ -71,6 +71,13 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// Toward or from the endpoint.
     pub direction: FlowDirection,
+    /// Whether the packet is a reply of its connection (`None`: unknown,
+    /// e.g. a malformed packet).
+    pub is_reply: Option<bool>,
+    /// TCP flags (`FIN` = 0x01 … `CWR` = 0x80; 0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP (or ICMPv6) type and code.
+    pub icmp: Option<(u8, u8)>,
 }
 
 /// Ring buffer record (`struct flow_event`).
@@ -90,7 +97,9 @@ pub(crate) struct FlowEventRecord {
     pub(crate) dst_identity: u32,
     pub(crate) ifindex: u32,
     pub(crate) direction: u8,
-    pub(crate) pad: [u8; 3],
+    pub(crate) reply: u8,
+    pub(crate) l4_flags: u8,
+    pub(crate) icmp_code: u8,
 }
 
 // SAFETY: repr(C), padding-free (64 bytes), any bits.
@@ -103,6 +112,7 @@ impl FlowEvent {
             return None;
         }
         let r: FlowEventRecord = crate::record::from_bytes(bytes);
+        let protocol = Protocol::from_number(r.protocol);
         let verdict = match r.verdict {
             1 => Verdict::Forwarded,
             2 => Verdict::Dropped,
@@ -124,7 +134,7 @@ impl FlowEvent {
             dst: decode(&r.daddr, r.family)?,
             sport: u16::from_be_bytes(r.sport),
             dport: u16::from_be_bytes(r.dport),
-            protocol: Protocol::from_number(r.protocol),
+            protocol,
             src_identity: r.src_identity,
             dst_identity: r.dst_identity,
             verdict,
@@ -135,6 +145,18 @@ impl FlowEvent {
             } else {
                 FlowDirection::FromEndpoint
             },
+            is_reply: match r.reply {
+                1 => Some(false),
+                2 => Some(true),
+                _ => None,
+            },
+            tcp_flags: if protocol == Protocol::Tcp {
+                r.l4_flags
+            } else {
+                0
+            },
+            icmp: matches!(protocol, Protocol::Icmp | Protocol::Icmpv6)
+                .then_some((r.l4_flags, r.icmp_code)),
         })
     }
 }
@@ -164,7 +186,9 @@ mod tests {
             dst_identity: 301,
             ifindex: 9,
             direction: 0,
-            pad: [0; 3],
+            reply: 1,
+            l4_flags: 0x02,
+            icmp_code: 0,
         };
         let e = FlowEvent::decode(as_bytes(&r)).unwrap();
         assert_eq!(e.src, "10.0.0.1".parse::<IpAddr>().unwrap());
@@ -172,6 +196,7 @@ mod tests {
         assert_eq!(e.verdict, Verdict::Dropped);
         assert_eq!(e.drop_reason, Some(DropReason::Policy));
         assert_eq!(e.direction, FlowDirection::ToEndpoint);
+        assert_eq!((e.is_reply, e.tcp_flags, e.icmp), (Some(false), 0x02, None));
         assert!(FlowEvent::decode(&as_bytes(&r)[..10]).is_none());
     }
 }

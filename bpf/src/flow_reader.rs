@@ -6,12 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 
 use crate::flow_event::FlowEvent;
 
 /// Pin name of the flow events ring buffer.
 pub const FLOWS_MAP: &str = "cm_flows";
+
+/// Pin name of the per-CPU count of events the ring buffer had no room for.
+pub const FLOWS_LOST_MAP: &str = "cm_flows_lost";
 
 /// Opening or polling the ring buffer failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,9 @@ pub enum FlowReaderError {
     /// Waiting for events failed.
     #[error("cannot poll the flow ring buffer")]
     Poll(#[source] std::io::Error),
+    /// The lost-events counter could not be read.
+    #[error("cannot read the count of lost flow events")]
+    Lost(#[source] aya::maps::MapError),
 }
 
 /// A consumer of the flow ring buffer. There must be one consumer per ring
@@ -38,6 +44,7 @@ pub enum FlowReaderError {
 /// passed policy; one `Translated` per new service connection.
 pub struct FlowReader {
     ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for FlowReader {
@@ -58,7 +65,21 @@ impl FlowReader {
             path: path.clone(),
             source,
         })?;
-        Ok(Self { ring })
+        let lost_path = bpffs_dir.join(FLOWS_LOST_MAP);
+        let lost = MapData::from_pin(&lost_path)
+            .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
+            .map_err(|source| FlowReaderError::Open {
+                path: lost_path,
+                source,
+            })?;
+        Ok(Self { ring, lost })
+    }
+
+    /// How many events the datapath could not write because the ring
+    /// buffer was full, since the maps were created (all CPUs).
+    pub fn lost_total(&self) -> Result<u64, FlowReaderError> {
+        let per_cpu = self.lost.get(&0, 0).map_err(FlowReaderError::Lost)?;
+        Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
     }
 
     /// The next event already in the buffer, without waiting.

@@ -161,7 +161,9 @@ fn rust_records_match_the_object_btf() {
             dst_identity,
             ifindex,
             direction,
-            pad
+            reply,
+            l4_flags,
+            icmp_code
         ]
     );
 }

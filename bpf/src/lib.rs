@@ -55,7 +55,7 @@ pub use datapath::{
 pub use describe::{Describe, DescribeValue, FieldValue, Fields, fields_line, protocol_name};
 pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap};
 pub use flow_event::{DropReason, FlowDirection, FlowEvent, Verdict};
-pub use flow_reader::{FLOWS_MAP, FlowReader, FlowReaderError};
+pub use flow_reader::{FLOWS_LOST_MAP, FLOWS_MAP, FlowReader, FlowReaderError};
 pub use ipcache::{IPCACHE_MAP, IpCacheKey, IpCacheMap, IpCacheValue};
 pub use policy::{
     Direction, IDENTITY_ANY, L4Match, POLICY_MAP, PolicyAction, PolicyKey, PolicyMap, PolicyValue,

@@ -65,6 +65,10 @@ pub enum ServerError {
         "{path} exists and is not a socket; refusing to replace it (remove it or choose another --hubble-socket)"
     )]
     NotASocket { path: PathBuf },
+    #[error(
+        "{path} is in use by another running server (another agent with the same --hubble-socket?)"
+    )]
+    InUse { path: PathBuf },
     #[error("cannot listen on {addr}")]
     Tcp {
         addr: SocketAddr,
@@ -194,7 +198,14 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
         source,
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(unix_err)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(unix_err)?;
+        }
         Ok(_) => {
             return Err(ServerError::NotASocket {
                 path: path.to_path_buf(),

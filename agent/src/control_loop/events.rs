@@ -135,7 +135,7 @@ impl ControlLoop {
     fn on_ip(&mut self, source: SourceId, event: IpEvent) {
         let remote = !source.is_local();
         let (prefix, (before, after)) = match event {
-            IpEvent::Upsert(prefix, entry) => {
+            IpEvent::Upsert(prefix, entry, pod) => {
                 if remote && self.in_local_pod_space(&prefix) {
                     // A remote address inside the local pods' space would
                     // give a local address the remote's identity: refused,
@@ -149,6 +149,11 @@ impl ControlLoop {
                     }
                     (prefix, self.tables.delete_ip(source, prefix))
                 } else {
+                    if let (Some(dir), Some(pod)) = (self.tables.flow_directory(), pod)
+                        && is_host(&prefix)
+                    {
+                        dir.set_pod(prefix.addr(), &pod.namespace, &pod.name);
+                    }
                     (prefix, self.tables.upsert_ip(source, prefix, entry))
                 }
             }
@@ -156,7 +161,13 @@ impl ControlLoop {
                 if let Some(refused) = self.refused_ips.get_mut(&source) {
                     refused.remove(&prefix);
                 }
-                (prefix, self.tables.delete_ip(source, prefix))
+                let result = self.tables.delete_ip(source, prefix);
+                if let Some(dir) = self.tables.flow_directory()
+                    && result.1.is_none()
+                {
+                    dir.remove_pod(&prefix.addr());
+                }
+                (prefix, result)
             }
             IpEvent::Ignore => return,
             IpEvent::Synced => return self.mark_synced(source, StoreKind::IpCache),
@@ -208,7 +219,7 @@ impl ControlLoop {
             }
             Event::Synced => self.mark_synced(source, StoreKind::Nodes),
         }
-        self.routes_dirty = true;
+        self.nodes_changed();
     }
 
     fn on_service(&mut self, source: SourceId, event: Event<ClusterService>) {
@@ -271,4 +282,9 @@ impl ControlLoop {
             self.complete_sync();
         }
     }
+}
+
+/// A single address (a pod's), not a wider prefix.
+fn is_host(prefix: &IpNet) -> bool {
+    prefix.prefix_len() == prefix.max_prefix_len()
 }

@@ -71,11 +71,19 @@ impl Input {
 /// event is received so that the loop's queue stays small under a burst
 /// (an initial list of a large remote cluster).
 pub(crate) enum IpEvent {
-    Upsert(IpNet, IpEntry),
+    /// With the pod the entry names (namespace, name), if any, for flows.
+    Upsert(IpNet, IpEntry, Option<Box<PodRef>>),
     Delete(IpNet),
     /// A delete whose key is not a prefix (nothing to do).
     Ignore,
     Synced,
+}
+
+/// The pod an ipcache entry names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodRef {
+    pub namespace: String,
+    pub name: String,
 }
 
 impl IpEvent {
@@ -84,7 +92,13 @@ impl IpEvent {
     pub(crate) fn from_event(event: Event<IpIdentityPair>, remote: bool) -> Self {
         match event {
             Event::Upsert { value, .. } => {
-                Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote))
+                let pod = (!value.k8s_pod_name.is_empty()).then(|| {
+                    Box::new(PodRef {
+                        namespace: value.k8s_namespace.clone(),
+                        name: value.k8s_pod_name.clone(),
+                    })
+                });
+                Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote), pod)
             }
             Event::Delete { key } => keys::parse_ipcache(&key).map_or(Self::Ignore, Self::Delete),
             Event::Synced => Self::Synced,

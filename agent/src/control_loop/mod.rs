@@ -36,7 +36,7 @@ use std::{
 
 use ipnet::IpNet;
 use kvstore::ClusterName;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -52,6 +52,7 @@ use self::{
 };
 use crate::{
     datapath_sync::DatapathSync,
+    hubble::{FlowDirectory, PeerPort},
     metrics::AgentMetrics,
     route_plan::RefusedRoute,
     routes::{RouteHandle, RouteRequest},
@@ -91,6 +92,15 @@ pub(crate) struct ControlLoop {
     pod_cidr: Option<IpNet>,
     remotes: Vec<RemoteView>,
     metrics: Arc<AgentMetrics>,
+    /// The Hubble Peer service's view of the nodes, when Hubble is on.
+    peers: Option<PeerPublisher>,
+}
+
+/// Publishes the nodes as Hubble peers when they change.
+struct PeerPublisher {
+    tx: watch::Sender<hubble::peer::Peers>,
+    port: PeerPort,
+    dirty: bool,
 }
 
 impl ControlLoop {
@@ -125,9 +135,34 @@ impl ControlLoop {
                 pod_cidr: None,
                 remotes: Vec::new(),
                 metrics,
+                peers: None,
             },
             LoopHandle { tx },
         )
+    }
+
+    /// Keeps the Hubble server's directory in step with the tables, and
+    /// publishes the nodes as its peers.
+    pub(crate) fn with_hubble(
+        &mut self,
+        directory: Arc<FlowDirectory>,
+        peers: watch::Sender<hubble::peer::Peers>,
+        port: PeerPort,
+    ) {
+        self.tables.set_flow_directory(directory);
+        self.peers = Some(PeerPublisher {
+            tx: peers,
+            port,
+            dirty: true,
+        });
+    }
+
+    /// The nodes changed (the Hubble peers follow with the batch).
+    fn nodes_changed(&mut self) {
+        self.routes_dirty = true;
+        if let Some(p) = &mut self.peers {
+            p.dirty = true;
+        }
     }
 
     /// The node's own pod CIDR (never routed elsewhere).
@@ -247,6 +282,16 @@ impl ControlLoop {
     fn apply(&mut self) {
         let started = Instant::now();
         self.apply_services_and_routes();
+        if let Some(p) = &mut self.peers
+            && std::mem::take(&mut p.dirty)
+        {
+            let peers = crate::hubble::peers(&self.tables.nodes, p.port);
+            p.tx.send_if_modified(|current| {
+                let changed = *current != peers;
+                *current = peers;
+                changed
+            });
+        }
         match self.dp.flush() {
             Ok(stats) => {
                 if stats.upserts + stats.deletes > 0 {

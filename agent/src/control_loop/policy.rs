@@ -124,6 +124,14 @@ impl Endpoints {
         let full = self.identity_changed(dp, identity, Some(&labels));
         debug_assert!(!full, "an identity that appears needs no full recompute");
         let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
+        if let Some(dir) = tables.flow_directory() {
+            dir.set_local_endpoint(
+                IpAddr::V4(endpoint.ip),
+                endpoint.id.get(),
+                &endpoint.namespace,
+                &endpoint.name,
+            );
+        }
         let (before, after) = tables.upsert_ip(
             SourceId::LOCAL_ENDPOINTS,
             prefix,
@@ -180,6 +188,9 @@ impl Endpoints {
             .or(endpoint.ifindex);
         let result = dp.detach(&endpoint.host_ifname, ifindex, endpoint.id);
         let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
+        if let Some(dir) = tables.flow_directory() {
+            dir.remove_local_endpoint(&IpAddr::V4(endpoint.ip));
+        }
         let (before, after) = tables.delete_ip(SourceId::LOCAL_ENDPOINTS, prefix);
         if before != after {
             dp.set_ip(prefix, after);

@@ -1,0 +1,174 @@
+//! The agent's Hubble server: flows from the datapath's events, with both
+//! ends described from the agent's tables, in a ring buffer served by the
+//! `Observer` and `Peer` services of the `hubble` crate.
+//!
+//! - [`directory`]: identities and pods as flows show them, written by
+//!   the control loop (through its tables), read by the flow reader;
+//! - [`ingest`]: the one reader of the datapath's flow ring buffer;
+//! - [`record`]: a buffered flow and its translation into Hubble's `Flow`;
+//! - [`metrics`]: `hubble_*` metrics;
+//! - [`peers`]: the nodes the agent knows, as Hubble peers.
+
+mod directory;
+mod ingest;
+mod metrics;
+mod peers;
+mod record;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use hubble::{
+    FlowBuffer, LocalObserver,
+    names::node_fullname,
+    peer::{PeerService, Peers},
+    ring::Capacity,
+    server::{HubbleServer, Listen, TcpListen},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use self::{
+    directory::FlowDirectory,
+    peers::{PeerPort, peers},
+};
+use self::{
+    ingest::Ingest,
+    record::{AgentFlow, NodeContext},
+};
+use crate::metrics::AgentMetrics;
+
+/// The Hubble server's settings.
+#[derive(Debug, Clone)]
+pub struct HubbleConfig {
+    /// The unix socket (always served).
+    pub socket: PathBuf,
+    /// TCP with mutual TLS: where, and the certificate, key and client CA.
+    pub tcp: Option<(SocketAddr, certs::TlsFiles)>,
+    /// Flows kept.
+    pub capacity: Capacity,
+}
+
+/// What the agent's other parts hold of its Hubble server.
+pub(crate) struct Hubble {
+    pub directory: Arc<FlowDirectory>,
+    pub peers: watch::Sender<Peers>,
+    pub peer_port: PeerPort,
+    pub buffer: Arc<FlowBuffer<AgentFlow>>,
+    pub node: Arc<NodeContext>,
+    pub metrics: metrics::HubbleMetrics,
+    config: HubbleConfig,
+}
+
+impl Hubble {
+    pub(crate) fn new(
+        config: HubbleConfig,
+        cluster: &str,
+        node: &str,
+        agent_metrics: &AgentMetrics,
+    ) -> Self {
+        let peer_port = PeerPort {
+            port: config
+                .tcp
+                .as_ref()
+                .map_or(hubble::names::SERVER_PORT, |(addr, _)| addr.port()),
+            tls: config.tcp.is_some(),
+        };
+        Self {
+            directory: FlowDirectory::new(),
+            peers: watch::Sender::new(Peers::new()),
+            peer_port,
+            buffer: Arc::new(FlowBuffer::new(config.capacity)),
+            node: Arc::new(NodeContext {
+                fullname: node_fullname(cluster, node),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+            metrics: metrics::HubbleMetrics::register(agent_metrics),
+            config,
+        }
+    }
+
+    /// Binds the listeners (a taken port or a bad certificate is an error
+    /// at start) and returns the server to run.
+    pub(crate) async fn bind(
+        &self,
+        agent_metrics: &Arc<AgentMetrics>,
+    ) -> anyhow::Result<(HubbleServer<AgentFlow>, Option<certs::ServerTls>)> {
+        let observer = Arc::new(LocalObserver::new(
+            self.buffer.clone(),
+            self.node.fullname.clone(),
+            self.node.version.clone(),
+        ));
+        let (tcp, tls) = match &self.config.tcp {
+            None => (None, None),
+            Some((addr, files)) => {
+                let tls = certs::ServerTls::load(
+                    files.clone(),
+                    certs::Config {
+                        alpn_protocols: vec![b"h2".to_vec()],
+                        ..Default::default()
+                    },
+                )
+                .with_context(|| {
+                    format!(
+                        "loading the Hubble server's TLS files ({})",
+                        files.cert.display()
+                    )
+                })?;
+                let metrics = agent_metrics.clone();
+                let listen = TcpListen {
+                    addr: *addr,
+                    acceptor: tls.acceptor(),
+                    on_handshake_failure: Arc::new(move |reason| {
+                        metrics.count_error(&format!("hubble-tls-{reason}"));
+                    }),
+                };
+                (Some(listen), Some(tls))
+            }
+        };
+        let server = HubbleServer::bind(
+            Listen {
+                unix_socket: self.config.socket.clone(),
+                tcp,
+            },
+            observer,
+            PeerService::new(self.peers.subscribe()),
+        )
+        .await
+        .context("starting the Hubble server")?;
+        Ok((server, tls))
+    }
+
+    /// The flow reader.
+    pub(crate) fn ingest(&self, bpffs_dir: PathBuf, metrics: Arc<AgentMetrics>) -> Ingest {
+        Ingest {
+            bpffs_dir,
+            buffer: self.buffer.clone(),
+            directory: self.directory.clone(),
+            node: self.node.clone(),
+            metrics,
+            hubble_metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Runs a bound server (and the reloader of its certificates) until
+/// `shutdown`.
+pub(crate) async fn serve(
+    server: HubbleServer<AgentFlow>,
+    tls: Option<certs::ServerTls>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(tls) = tls {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tls.run(token).await {
+                tracing::error!(error = %e, "watching the Hubble TLS files failed; certificates will not be reloaded");
+            }
+        });
+    }
+    server
+        .run(shutdown)
+        .await
+        .context("the Hubble server failed")
+}
