@@ -26,9 +26,11 @@ pub const DEFAULT_HEALTH_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(
 /// `defaults.PeerServiceName`).
 pub const PEER_SERVICE_NAME: &str = "hubble-peer";
 
-/// The Peer service Cilium's relay follows by default: the local agent's
-/// Hubble socket (`defaults.PeerTarget`).
-pub const DEFAULT_PEER_SERVICE: &str = "unix:///var/run/cilium/hubble.sock";
+/// The Peer service followed by default: the local clustermesh agent's
+/// Hubble socket (beside its API socket, `/run/clustermesh/agent.sock`).
+/// Cilium's relay follows its agent's `unix:///var/run/cilium/hubble.sock`
+/// the same way (`defaults.PeerTarget`).
+pub const DEFAULT_PEER_SERVICE: &str = "unix:///run/clustermesh/agent.hubble.sock";
 
 /// The relay's configuration; [`RelayConfig::new`] gives Cilium's defaults.
 #[derive(Debug, Clone)]

@@ -67,8 +67,9 @@ pub struct Flags {
     #[arg(long, alias = "metrics-listen-address", env = "CLUSTERMESH_RELAY_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// The Peer service to follow: "unix:///PATH" or "/PATH" (a node's Hubble socket, plaintext)
-    /// or "HOST:PORT" (mutual TLS with the client certificate and --peer-service-server-name).
+    /// The Peer service to follow: "unix:///PATH" or "/PATH" (a node's Hubble socket, plaintext;
+    /// the default is the local agent's) or "HOST:PORT" (mutual TLS with the client certificate
+    /// and --peer-service-server-name).
     #[arg(long, env = "CLUSTERMESH_RELAY_PEER_SERVICE", value_name = "ADDR", default_value = DEFAULT_PEER_SERVICE)]
     pub peer_service: String,
 
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(c.metrics_listen, None);
         assert_eq!(
             c.pool.peer_service,
-            PeerAddress::Unix("/var/run/cilium/hubble.sock".into())
+            PeerAddress::Unix("/run/clustermesh/agent.hubble.sock".into())
         );
         assert_eq!(c.pool.peer_service_security, Security::Plaintext);
         assert_eq!(c.pool.retry_timeout, Duration::from_secs(30));
