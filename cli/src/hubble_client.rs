@@ -80,7 +80,8 @@ pub(crate) async fn connect(server: &Server) -> Result<Channel, ConnectError> {
         .await
         .map_err(|e| ConnectError::Unreachable {
             server: server.to_string(),
-            cause: error_chain(&e),
+            // The client's own message repeats the address: keep its causes.
+            cause: std::error::Error::source(&e).map_or_else(|| e.to_string(), error_chain),
             hint: hint(&server.address),
         })
 }
