@@ -173,26 +173,24 @@ async fn observe_a_node_over_its_socket_with_filters() -> Result<()> {
         "May  1 10:11:14.000: ns0/p4 (ID:1004) -> srv/echo (ID:2000) UNKNOWN FORWARDED ()\n\
          May  1 10:11:15.000: ns1/p5 (ID:1005) -> srv/echo (ID:2000) UNKNOWN FORWARDED ()\n"
     );
-    // The oldest two as JSON. (Server-side filtering is the hubble crate's
-    // and is tested there; here the filters only need to be accepted.)
+    // Dropped flows of ns0, oldest first: only p0 (p3 is in ns1).
     let out = cli(args(&[
         "observe",
         "--server",
         &sock,
         "--first",
-        "2",
+        "5",
+        "--verdict",
+        "DROPPED",
         "--from-pod",
         "ns0/",
-        "--not",
-        "--cluster",
-        "c9",
         "-o",
         "json",
     ]))
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].starts_with(
             r#"{"flow":{"time":"2024-05-01T10:11:10Z","verdict":"DROPPED","IP":{"source":"10.1.0.0","#
@@ -201,6 +199,33 @@ async fn observe_a_node_over_its_socket_with_filters() -> Result<()> {
         lines[0]
     );
     assert!(lines[0].ends_with(r#""node_name":"c1/n1","time":"2024-05-01T10:11:10Z"}"#));
+    // --cluster is the source or the destination cluster.
+    let out = cli(args(&[
+        "observe",
+        "--server",
+        &sock,
+        "--all",
+        "--cluster",
+        "c2",
+    ]))
+    .await;
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        6,
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(args(&[
+        "observe",
+        "--server",
+        &sock,
+        "--all",
+        "--not",
+        "--cluster",
+        "c1",
+    ]))
+    .await;
+    assert_eq!(text(&out.stdout), "", "{}", text(&out.stderr));
     // Refused by the CLI before asking.
     let out = cli(args(&[
         "observe", "--server", &sock, "--first", "2", "--follow",
