@@ -1,12 +1,21 @@
 //! The `clustermesh` command: the mesh PKI, a real local mesh (`up`,
-//! `down`), connecting clusters, status, policies and services. `main` only parses flags, runs the chosen
+//! `down`), connecting clusters, status, policies and services, and Hubble
+//! (`observe`, `hubble status|nodes`). `main` only parses flags, runs the chosen
 //! command and maps its error to an exit code: 64 for bad usage or
 //! configuration, 1 for anything else.
 
 mod certs_cmd;
 mod command_error;
+mod flow_filter;
+mod flow_printer;
+mod flow_time;
+mod hubble_client;
+mod hubble_cmd;
+mod hubble_server;
 mod mesh_cmd;
+mod observe_cmd;
 mod store_cmd;
+mod tab_writer;
 mod tool_cmd;
 
 use std::process::ExitCode;
@@ -43,6 +52,10 @@ enum Command {
     Service(store_cmd::StoreArgs),
     /// Drive a local mesh: stop/start components, partitions, workloads, requests.
     Mesh(mesh_cmd::MeshArgs),
+    /// Observe flows from a Hubble server or relay, with Hubble's flags.
+    Observe(Box<observe_cmd::ObserveArgs>),
+    /// Hubble servers and relays: status, nodes.
+    Hubble(hubble_cmd::HubbleArgs),
     /// Programs the local mesh runs inside pods.
     #[command(hide = true)]
     Tool(tool_cmd::ToolArgs),
@@ -72,6 +85,8 @@ fn main() -> ExitCode {
         Command::Policy(args) => store_cmd::run(store_cmd::Kind::Policy, args, out),
         Command::Service(args) => store_cmd::run(store_cmd::Kind::Service, args, out),
         Command::Mesh(args) => mesh_cmd::mesh(args, out),
+        Command::Observe(args) => observe_cmd::run(*args, out),
+        Command::Hubble(args) => hubble_cmd::run(args, out),
         Command::Tool(args) => tool_cmd::run(args, out),
     };
     match result {

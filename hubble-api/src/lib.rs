@@ -34,3 +34,6 @@ pub mod peer {
 /// The encoded `FileDescriptorSet` of this crate's protos (with their
 /// `google/protobuf` imports), for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hubble_api");
+
+#[cfg(feature = "json")]
+pub mod json;
