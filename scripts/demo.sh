@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: build everything, start a real local mesh (two clusters, real
 # etcd, mutual TLS, agents with eBPF in network namespaces) and walk through
-# policy, global-service failover and a control-plane outage. Every step
+# policy (with the flows Hubble shows for it), global-service failover and
+# a control-plane outage. Every step
 # checks its outcome; the mesh is removed at the end, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,16 @@ say "c1/client -> c2/echo-n1 ($ECHO2):"
 for _ in $(seq 50); do denied c1/client "$ECHO2" && break; sleep 0.1; done
 denied c1/client "$ECHO2" || fail "c1's client reached c2 although the policy admits c2 clients only"
 say "denied: the rule names no cluster, so it admits cluster c2's clients only"
+bold "   Hubble: the drop, through c1's relay (which reaches every node of both clusters):"
+OBS=$(for _ in $(seq 50); do
+  OUT=$("$CM" observe --dir "$DIR" --cluster c1 --verdict DROPPED --to-label app=echo --last 3 --print-node-name 2>/dev/null) || true
+  grep -q DROPPED <<<"$OUT" && { echo "$OUT"; break; }
+  sleep 0.2
+done)
+[[ -n "$OBS" ]] || fail "the relay shows no drop of c1's client"
+sed 's/^/   /' <<<"$OBS"
+grep -q 'c2/n' <<<"$OBS" || fail "the drop should be seen on a node of c2"
+"$CM" hubble nodes --dir "$DIR" --cluster c1 | sed 's/^/   /'
 
 bold "== 3. Policy: now admit cluster c1's clients by naming the cluster"
 sed -i 's/{app: client}}]   # no cluster label: local cluster only/{app: client, io.cilium.k8s.policy.cluster: c1}}]/' "$POLICY"
@@ -65,6 +76,14 @@ sed -i 's/{app: client}}]   # no cluster label: local cluster only/{app: client,
 for _ in $(seq 50); do request c1/client "$ECHO2" --timeout 1s >/dev/null 2>&1 && break; sleep 0.1; done
 request c1/client "$ECHO2" || fail "c1's client is still denied"
 say "allowed: c1's client identity is in the policy map of c2's echo servers"
+bold "   Hubble: the cross-cluster connection, through c2's relay:"
+OBS=$(for _ in $(seq 50); do
+  OUT=$("$CM" observe --dir "$DIR" --cluster c2 --verdict FORWARDED --from-label io.cilium.k8s.policy.cluster=c1 --to-label app=echo --last 3 --print-node-name 2>/dev/null) || true
+  grep -q FORWARDED <<<"$OUT" && { echo "$OUT"; break; }
+  sleep 0.2
+done)
+[[ -n "$OBS" ]] || fail "c2's relay shows no forwarded flow from c1"
+sed 's/^/   /' <<<"$OBS"
 EP=$("$AGENT" debug endpoints -o json --api-socket "$DIR/c2/n1/agent.sock" | python3 -c "import json,sys;print([e['id'] for e in json.load(sys.stdin) if e['name']=='c2-echo-n1'][0])")
 "$AGENT" debug policy "$EP" --api-socket "$DIR/c2/n1/agent.sock" | sed 's/^/   /'
 

@@ -140,6 +140,57 @@ async fn status(
     Ok(())
 }
 
+/// One line on the relay of `cluster` in the mesh at `dir`, for
+/// `clustermesh status`: whether it serves, how many nodes it reaches and
+/// how many flows they hold; or why it cannot say.
+pub(crate) fn relay_summary(dir: &std::path::Path, cluster: &str) -> Result<String, String> {
+    let server = ServerArgs::mesh(dir)
+        .resolve(Some(cluster))
+        .map_err(|e| format!("{e:#}"))?;
+    let rt = runtime().map_err(|e| e.message())?;
+    rt.block_on(async {
+        let channel = hubble_client::connect(&server)
+            .await
+            .map_err(|e| e.to_string())?;
+        let health = unary(
+            &server,
+            "Health.Check",
+            HealthClient::new(channel.clone()).check(HealthCheckRequest {
+                service: OBSERVER_HEALTH_SERVICE.into(),
+            }),
+        )
+        .await
+        .map_err(|e| e.message())?;
+        let status = unary(
+            &server,
+            "ServerStatus",
+            ObserverClient::new(channel).server_status(ServerStatusRequest {}),
+        )
+        .await
+        .map_err(|e| e.message())?;
+        let connected = status.num_connected_nodes.unwrap_or(0);
+        let unavailable = status.num_unavailable_nodes.unwrap_or(0);
+        let mut line = format!(
+            "{}, {connected}/{} nodes connected, {}/{} flows",
+            if health.status() == ServingStatus::Serving {
+                "serving"
+            } else {
+                "NOT SERVING"
+            },
+            connected + unavailable,
+            grouped(status.num_flows),
+            grouped(status.max_flows),
+        );
+        if !status.unavailable_nodes.is_empty() {
+            line.push_str(&format!(
+                "; unavailable: {}",
+                status.unavailable_nodes.join(", ")
+            ));
+        }
+        Ok(line)
+    })
+}
+
 /// `16,380`: digits grouped by thousands, as Hubble prints flow counts.
 fn grouped(n: u64) -> String {
     let digits = n.to_string();

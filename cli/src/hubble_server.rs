@@ -91,6 +91,14 @@ pub(crate) fn relay_server_name(cluster: &str) -> String {
 }
 
 impl ServerArgs {
+    /// A local mesh's relays (`--dir DIR`).
+    pub(crate) fn mesh(dir: &Path) -> Self {
+        Self {
+            dir: Some(dir.to_path_buf()),
+            ..Self::default()
+        }
+    }
+
     /// The server these flags name; `cluster` picks the cluster with `--dir`.
     /// Errors are the user's (bad flags, unknown cluster, mesh without relay).
     pub(crate) fn resolve(&self, cluster: Option<&str>) -> anyhow::Result<Server> {

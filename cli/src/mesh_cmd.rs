@@ -322,6 +322,14 @@ fn print_status(
             .map(|d| format!(", certificates expire in {d} days"))
             .unwrap_or_default();
         writeln!(out, "cluster {} (id {}){days}", c.name, c.id).map_err(CommandError::failed)?;
+        if let Some(addr) = &c.hubble_relay {
+            let health = match &c.relay {
+                None => "not running".to_owned(),
+                Some(_) => crate::hubble_cmd::relay_summary(&mesh.state.dir, &c.name)
+                    .unwrap_or_else(|e| format!("NOT ANSWERING: {e}")),
+            };
+            writeln!(out, "  Hubble relay {addr}: {health}").map_err(CommandError::failed)?;
+        }
         for (_, node, s) in statuses.iter().filter(|(cl, _, _)| cl == &c.name) {
             let s = match s {
                 Ok(s) => s,

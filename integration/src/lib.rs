@@ -214,7 +214,7 @@ impl Drop for TestMesh {
 
 fn print_logs(mesh: &Mesh) {
     for c in &mesh.state.clusters {
-        let procs = [&c.etcd, &c.operator, &c.apiserver]
+        let procs = [&c.etcd, &c.operator, &c.apiserver, &c.relay]
             .into_iter()
             .flatten()
             .chain(c.nodes.iter().filter_map(|n| n.agent.as_ref()));

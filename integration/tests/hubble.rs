@@ -9,8 +9,10 @@ use hubble::client::Address;
 use hubble_api::{
     flow::{DropReason, Flow, FlowFilter, TrafficDirection, Verdict, layer4},
     observer::{
-        GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+        GetFlowsRequest, GetNodesRequest, get_flows_response::ResponseTypes,
+        observer_client::ObserverClient,
     },
+    relay::NodeState,
 };
 use integration::{TestMesh, can_run, wait_for};
 use kvstore::{StoreValue, keys, values::PolicyDocument};
@@ -84,7 +86,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
     if !can_run("a_denied_request_is_a_policy_drop_with_both_clusters_and_labels") {
         return Ok(());
     }
-    let mesh = TestMesh::up(2, 1)?;
+    let mut mesh = TestMesh::up(2, 2)?;
     let echo = mesh.echo_addr("c2", "echo-n1");
     let socket = hubble_socket(&mesh, "c2", "n1");
 
@@ -94,7 +96,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
     });
     let from_c1 = FlowFilter {
         source_cluster_name: vec!["c1".into()],
-        destination_pod: vec!["demo/echo".into()],
+        destination_pod: vec!["demo/c2-echo-n1".into()],
         ..Default::default()
     };
     wait_for("the forwarded flow in c2/n1's Hubble", || {
@@ -136,7 +138,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
     );
     assert_eq!(
         (src.namespace.as_str(), src.pod_name.as_str()),
-        ("demo", "client")
+        ("demo", "c1-client")
     );
     assert_eq!(dst.cluster_name, "c2");
     assert!(
@@ -197,5 +199,121 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
         assert_eq!(line["flow"]["destination"]["cluster_name"], "c2");
         assert_eq!(line["node_name"], "c2/n1");
     }
+
+    // Through c1's relay: every node of both clusters, the drop on c2's
+    // node among the flows; a node whose agent dies shows as unavailable
+    // and the relay goes on with the others.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let relay = relay_channel(&mesh, "c1", &runtime)?;
+    let all = ["c1/n1", "c1/n2", "c2/n1", "c2/n2"];
+    wait_for(
+        "c1's relay connected to the 4 nodes of both clusters",
+        || {
+            runtime.block_on(nodes(relay.clone())).is_ok_and(|n| {
+                all.iter().all(|name| {
+                    n.iter()
+                        .any(|(m, s)| m == name && *s == NodeState::NodeConnected)
+                })
+            })
+        },
+    );
+    let through_relay = runtime.block_on(relay_flows(
+        relay.clone(),
+        FlowFilter {
+            verdict: vec![Verdict::Dropped.into()],
+            ..from_c1.clone()
+        },
+    ))?;
+    assert!(
+        through_relay.iter().any(|f| f.node_name == "c2/n1"),
+        "the relay of c1 shows the drop on c2/n1"
+    );
+    mesh.kill_agent("c2", "n2")?;
+    wait_for("c2/n2 unavailable through the relay", || {
+        runtime.block_on(nodes(relay.clone())).is_ok_and(|n| {
+            n.iter()
+                .any(|(m, s)| m == "c2/n2" && *s != NodeState::NodeConnected)
+        })
+    });
+    let still = runtime.block_on(relay_flows(relay.clone(), from_c1))?;
+    assert!(
+        !still.is_empty(),
+        "the relay still serves the other nodes' flows"
+    );
     Ok(())
+}
+
+/// A mutual-TLS channel to `cluster`'s relay, as its admin.
+fn relay_channel(
+    mesh: &TestMesh,
+    cluster: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let c = mesh.state.cluster(cluster)?;
+    let addr = c
+        .hubble_relay
+        .clone()
+        .context("the mesh records its relay")?;
+    let tls = certs::ClientTls::load(
+        certs::TlsFiles::new(
+            c.certs.admin_cert.clone(),
+            c.certs.admin_key.clone(),
+            c.certs.ca.clone(),
+        ),
+        certs::Config {
+            alpn_protocols: vec![b"h2".to_vec()],
+            ..Default::default()
+        },
+    )?;
+    // The channel's connection task lives on `runtime`: use it there only.
+    Ok(runtime.block_on(hubble::client::connect(
+        &Address::Tcp {
+            host_port: addr,
+            tls: true,
+        },
+        Some(hubble::client::ClientTls {
+            connector: tls.connector(),
+            server_name: format!("hubble-relay.{cluster}.hubble-grpc.cilium.io"),
+        }),
+    ))?)
+}
+
+async fn nodes(channel: tonic::transport::Channel) -> anyhow::Result<Vec<(String, NodeState)>> {
+    let response = ObserverClient::new(channel)
+        .get_nodes(GetNodesRequest {})
+        .await?
+        .into_inner();
+    Ok(response
+        .nodes
+        .into_iter()
+        .map(|n| {
+            (
+                n.name,
+                NodeState::try_from(n.state).unwrap_or(NodeState::UnknownNodeState),
+            )
+        })
+        .collect())
+}
+
+async fn relay_flows(
+    channel: tonic::transport::Channel,
+    filter: FlowFilter,
+) -> anyhow::Result<Vec<Flow>> {
+    let mut stream = ObserverClient::new(channel)
+        .get_flows(GetFlowsRequest {
+            number: 100,
+            whitelist: vec![filter],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        if let Some(ResponseTypes::Flow(f)) = item?.response_types {
+            out.push(f);
+        }
+    }
+    Ok(out)
 }

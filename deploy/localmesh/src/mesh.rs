@@ -219,6 +219,12 @@ impl Mesh {
             progress("waiting for every remote cluster to be ready")?;
             self.wait_ready(STARTUP_TIMEOUT)?;
         }
+        for name in &names {
+            if self.state.cluster(name)?.hubble_relay.is_some() {
+                progress(&format!("{name}: Hubble Relay"))?;
+                self.start_relay(name)?;
+            }
+        }
         if spec.workloads {
             progress("workloads: client and echo servers, global service demo/echo")?;
             self.add_workloads()?;
@@ -253,7 +259,10 @@ impl Mesh {
         }
         progress("stopping control planes");
         for c in &state.clusters {
-            for p in [&c.apiserver, &c.operator, &c.etcd].into_iter().flatten() {
+            for p in [&c.relay, &c.apiserver, &c.operator, &c.etcd]
+                .into_iter()
+                .flatten()
+            {
                 process::stop(p, STOP_GRACE);
             }
         }

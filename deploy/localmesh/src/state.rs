@@ -104,6 +104,15 @@ pub struct ClusterInfo {
     pub etcd: Option<ProcessInfo>,
     pub operator: Option<ProcessInfo>,
     pub apiserver: Option<ProcessInfo>,
+    /// The cluster's Hubble Relay: `host:port` of its Observer (mutual TLS
+    /// with the mesh CA), `host:port` of its `/metrics`, and its process
+    /// (`None`: a mesh from before Hubble).
+    #[serde(default)]
+    pub hubble_relay: Option<String>,
+    #[serde(default)]
+    pub hubble_relay_metrics: Option<String>,
+    #[serde(default)]
+    pub relay: Option<ProcessInfo>,
     pub nodes: Vec<NodeInfo>,
     /// Clusters this one's agents are connected to.
     pub remotes: Vec<String>,

@@ -1,5 +1,5 @@
-//! A cluster's control plane: etcd, the operator and the
-//! clustermesh-apiserver, daemons in the cluster's own namespace, started
+//! A cluster's control plane: etcd, the operator, the
+//! clustermesh-apiserver and the Hubble Relay, daemons in the cluster's own namespace, started
 //! one at a time (each refused while it runs), tracked in `mesh.json` at
 //! once, and waited for until their health endpoint answers.
 
@@ -114,6 +114,23 @@ impl Mesh {
         self.stop_control_plane(cluster, ControlPlane::Apiserver)
     }
 
+    /// Starts a cluster's Hubble Relay (in its control-plane namespace) and
+    /// waits until it serves; nothing for a mesh without Hubble.
+    pub fn start_relay(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let (Some(args), Some(metrics)) = (plan::relay_args(c), c.hubble_relay_metrics.clone())
+        else {
+            return Ok(());
+        };
+        let program = self.bin("clustermesh-relay")?;
+        self.launch(cluster, ControlPlane::Relay, &program, &args, &metrics)
+    }
+
+    /// Stops a cluster's Hubble Relay.
+    pub fn stop_relay(&mut self, cluster: &str) -> Result<()> {
+        self.stop_control_plane(cluster, ControlPlane::Relay)
+    }
+
     /// Starts a control-plane daemon of `cluster` in its namespace (refused
     /// while it runs), tracks it in `mesh.json` at once, and waits until
     /// `health` answers 200 on the daemon's health path.
@@ -155,6 +172,7 @@ enum ControlPlane {
     Etcd,
     Operator,
     Apiserver,
+    Relay,
 }
 
 impl ControlPlane {
@@ -163,6 +181,7 @@ impl ControlPlane {
             Self::Etcd => "etcd",
             Self::Operator => "operator",
             Self::Apiserver => "apiserver",
+            Self::Relay => "relay",
         }
     }
 
@@ -172,6 +191,7 @@ impl ControlPlane {
             Self::Etcd => "/health",
             Self::Operator => "/healthz",
             Self::Apiserver => "/readyz",
+            Self::Relay => "/metrics",
         }
     }
 
@@ -180,6 +200,7 @@ impl ControlPlane {
             Self::Etcd => &c.etcd,
             Self::Operator => &c.operator,
             Self::Apiserver => &c.apiserver,
+            Self::Relay => &c.relay,
         }
     }
 
@@ -188,6 +209,7 @@ impl ControlPlane {
             Self::Etcd => &mut c.etcd,
             Self::Operator => &mut c.operator,
             Self::Apiserver => &mut c.apiserver,
+            Self::Relay => &mut c.relay,
         }
     }
 }

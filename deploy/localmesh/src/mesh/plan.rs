@@ -27,6 +27,13 @@ const APISERVER_HEALTH_PORT: u16 = 9880;
 const OPERATOR_HEALTH_PORT: u16 = 9234;
 /// Each agent's `/healthz` and `/metrics` on its node address.
 const AGENT_HEALTH_PORT: u16 = 9876;
+/// The Hubble Relay's `/metrics` on the control-plane address.
+const RELAY_METRICS_PORT: u16 = 9966;
+/// How soon the relay reports a node it lost (Cilium waits 10 s to merge
+/// errors of several nodes; a local mesh wants to see it at once).
+const RELAY_ERROR_WINDOW: &str = "1s";
+/// How long the relay waits before following a lost Peer service again.
+const RELAY_RETRY: &str = "2s";
 /// How many flows each agent's Hubble server keeps.
 const HUBBLE_BUFFER_CAPACITY: &str = "16383";
 /// Where agents pin their maps (one directory per mesh, then per node).
@@ -79,6 +86,9 @@ pub(super) fn cluster(
         etcd: None,
         operator: None,
         apiserver: None,
+        hubble_relay: Some(format!("{cp_ip}:{}", hubble::names::RELAY_PORT)),
+        hubble_relay_metrics: Some(format!("{cp_ip}:{RELAY_METRICS_PORT}")),
+        relay: None,
         nodes: (1..=nodes).map(|j| node(state, i, j, dir)).collect(),
         remotes: Vec::new(),
     }
@@ -252,6 +262,53 @@ pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
         }
     }
     args
+}
+
+/// The Hubble Relay's flags: it follows the Peer service of the cluster's
+/// first node (its unix socket: the relay runs on the same machine), dials
+/// every node with the relay's client certificate, and serves mutual TLS
+/// with the cluster's Hubble certificate. `None` for a mesh without Hubble.
+pub(super) fn relay_args(c: &ClusterInfo) -> Option<Vec<String>> {
+    let (listen, metrics, h) = (
+        c.hubble_relay.as_ref()?,
+        c.hubble_relay_metrics.as_ref()?,
+        c.certs.hubble.as_ref()?,
+    );
+    let peer = c.nodes.first()?.hubble_socket.as_ref()?;
+    let pairs = [
+        ("--cluster-name", c.name.clone()),
+        ("--node-name", format!("{}-relay", c.name)),
+        ("--listen", listen.clone()),
+        ("--health-listen", String::new()),
+        ("--metrics-listen", metrics.clone()),
+        ("--peer-service", format!("unix://{}", peer.display())),
+        ("--retry-timeout", RELAY_RETRY.into()),
+        ("--error-aggregation-window", RELAY_ERROR_WINDOW.into()),
+        (
+            "--tls-client-cert-file",
+            h.relay_client_cert.display().to_string(),
+        ),
+        (
+            "--tls-client-key-file",
+            h.relay_client_key.display().to_string(),
+        ),
+        (
+            "--tls-hubble-server-ca-files",
+            c.certs.ca.display().to_string(),
+        ),
+        (
+            "--tls-server-cert-file",
+            h.server_cert.display().to_string(),
+        ),
+        ("--tls-server-key-file", h.server_key.display().to_string()),
+        ("--tls-client-ca-files", c.certs.ca.display().to_string()),
+    ];
+    Some(
+        pairs
+            .into_iter()
+            .flat_map(|(flag, value)| [flag.to_string(), value])
+            .collect(),
+    )
 }
 
 /// A component's flags: which cluster it belongs to (publishing ID `id`),
