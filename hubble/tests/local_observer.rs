@@ -438,24 +438,9 @@ async fn peers_over_mutual_tls_and_health() -> Result<()> {
     Ok(())
 }
 
-/// The real Hubble CLI (v1.16.6) where `../shared` has it.
-fn hubble_cli() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/hubble/hubble");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the Hubble CLI is missing at {}",
-        path.display()
-    );
-    eprintln!("skipping: the Hubble CLI is not at {}", path.display());
-    None
-}
-
 #[tokio::test]
 async fn the_real_hubble_cli_observes_and_reports_status() -> Result<()> {
-    let Some(cli) = hubble_cli() else {
+    let Some(cli) = netns::shared_tool("tools/hubble/hubble", "the real Hubble CLI test") else {
         return Ok(());
     };
     let server = start(63).await?;

@@ -66,21 +66,6 @@ fn hubble_socket(mesh: &TestMesh, cluster: &str, node: &str) -> PathBuf {
         .expect("the mesh's agents serve Hubble")
 }
 
-/// The real Hubble CLI where `../shared` has it.
-fn hubble_cli() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/hubble/hubble");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the Hubble CLI is missing at {}",
-        path.display()
-    );
-    eprintln!("skipping the Hubble CLI part: not at {}", path.display());
-    None
-}
-
 #[test]
 fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::Result<()> {
     if !can_run("a_denied_request_is_a_policy_drop_with_both_clusters_and_labels") {
@@ -169,7 +154,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
     assert!(none.is_empty(), "{none:?}");
 
     // The real Hubble CLI sees the same drop through the agent's socket.
-    if let Some(cli) = hubble_cli() {
+    if let Some(cli) = netns::shared_tool("tools/hubble/hubble", "the Hubble CLI part") {
         let out = std::process::Command::new(cli)
             .args(["observe", "--server"])
             .arg(format!("unix://{}", socket.display()))

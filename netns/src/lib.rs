@@ -26,6 +26,7 @@ mod namespace;
 mod process;
 mod root;
 mod route;
+mod shared_tool;
 mod veth;
 mod wait;
 
@@ -37,5 +38,6 @@ pub use namespace::{NetNs, NetNsError};
 pub use process::{Process, ProcessError, ProcessOutput};
 pub use root::{in_ci, is_root, root_or_skip};
 pub use route::Route;
+pub use shared_tool::{SHARED_DIR_ENV, shared_tool};
 pub use veth::Veth;
 pub use wait::wait_until;

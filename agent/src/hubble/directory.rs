@@ -51,10 +51,102 @@ pub(crate) struct PodInfo {
     pub endpoint_id: Option<u32>,
 }
 
+/// The pods ipcache entries name (of this cluster's other nodes and of
+/// remote clusters: as many as there are entries), kept compact: names in
+/// one string, namespaces interned, about 40 bytes per entry.
+#[derive(Debug, Default)]
+struct PodNames {
+    index: HashMap<IpAddr, PodSlot>,
+    names: String,
+    namespaces: Vec<Box<str>>,
+    namespace_ids: HashMap<Box<str>, u16>,
+    /// Bytes of `names` no slot refers to any more.
+    dead: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PodSlot {
+    offset: u32,
+    len: u16,
+    namespace: u16,
+}
+
+/// Garbage in `PodNames::names` is collected once it is this large and
+/// at least half of the string.
+const PODS_COMPACT_MIN: usize = 64 * 1024;
+
+impl PodNames {
+    fn get(&self, ip: &IpAddr) -> Option<(&str, &str)> {
+        let slot = self.index.get(ip)?;
+        let start = slot.offset as usize;
+        let name = self.names.get(start..start + usize::from(slot.len))?;
+        let namespace = self.namespaces.get(usize::from(slot.namespace))?;
+        Some((namespace, name))
+    }
+
+    fn set(&mut self, ip: IpAddr, namespace: &str, name: &str) {
+        if self.get(&ip) == Some((namespace, name)) {
+            return;
+        }
+        let (Ok(len), Ok(offset)) = (u16::try_from(name.len()), u32::try_from(self.names.len()))
+        else {
+            return; // an absurd name or 4 GiB of names: the pod stays unnamed
+        };
+        let namespace = match self.namespace_ids.get(namespace) {
+            Some(id) => *id,
+            None => {
+                let Ok(id) = u16::try_from(self.namespaces.len()) else {
+                    return;
+                };
+                self.namespaces.push(namespace.into());
+                self.namespace_ids.insert(namespace.into(), id);
+                id
+            }
+        };
+        self.names.push_str(name);
+        if let Some(old) = self.index.insert(
+            ip,
+            PodSlot {
+                offset,
+                len,
+                namespace,
+            },
+        ) {
+            self.dead += usize::from(old.len);
+        }
+    }
+
+    fn remove(&mut self, ip: &IpAddr) {
+        if let Some(old) = self.index.remove(ip) {
+            self.dead += usize::from(old.len);
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.dead < PODS_COMPACT_MIN || self.dead * 2 < self.names.len() {
+            return;
+        }
+        let mut names = String::with_capacity(self.names.len() - self.dead);
+        for slot in self.index.values_mut() {
+            let start = slot.offset as usize;
+            let name = &self.names[start..start + usize::from(slot.len)];
+            slot.offset = u32::try_from(names.len()).unwrap_or(u32::MAX);
+            names.push_str(name);
+        }
+        self.names = names;
+        self.dead = 0;
+        self.index.shrink_to_fit();
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Entries {
     identities: HashMap<NumericIdentity, Arc<IdentityInfo>>,
-    pods: HashMap<IpAddr, Arc<PodInfo>>,
+    /// This node's endpoints: few, resolved when a flow is read in.
+    local: HashMap<IpAddr, Arc<PodInfo>>,
+    /// Pods named by ipcache entries: resolved when a flow is served.
+    pods: PodNames,
 }
 
 impl Entries {
@@ -62,8 +154,14 @@ impl Entries {
         self.identities.get(&NumericIdentity::new(id)).cloned()
     }
 
-    pub(crate) fn pod(&self, ip: &IpAddr) -> Option<Arc<PodInfo>> {
-        self.pods.get(ip).cloned()
+    /// One of this node's endpoints.
+    pub(crate) fn local_endpoint(&self, ip: &IpAddr) -> Option<Arc<PodInfo>> {
+        self.local.get(ip).cloned()
+    }
+
+    /// (namespace, name) of the pod an ipcache entry names.
+    pub(crate) fn pod(&self, ip: &IpAddr) -> Option<(&str, &str)> {
+        self.pods.get(ip)
     }
 }
 
@@ -96,40 +194,22 @@ impl FlowDirectory {
         self.write().identities.remove(&id);
     }
 
-    /// A pod from an ipcache entry (a remote one, or the local cluster's
-    /// echo of a local endpoint: a local endpoint's ID is kept).
+    /// The pod an ipcache entry names (a remote one, or one of this
+    /// cluster's, this node's own included).
     pub(crate) fn set_pod(&self, ip: IpAddr, namespace: &str, name: &str) {
-        if name.is_empty() {
-            return;
-        }
-        let mut entries = self.write();
-        let endpoint_id = entries.pods.get(&ip).and_then(|p| p.endpoint_id);
-        let pod = PodInfo {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            endpoint_id,
-        };
-        if entries.pods.get(&ip).is_none_or(|p| **p != pod) {
-            entries.pods.insert(ip, Arc::new(pod));
+        if !name.is_empty() {
+            self.write().pods.set(ip, namespace, name);
         }
     }
 
-    /// A pod whose ipcache entry went; a local endpoint stays until it is
-    /// detached.
+    /// The ipcache entry of a pod went.
     pub(crate) fn remove_pod(&self, ip: &IpAddr) {
-        let mut entries = self.write();
-        if entries
-            .pods
-            .get(ip)
-            .is_some_and(|p| p.endpoint_id.is_none())
-        {
-            entries.pods.remove(ip);
-        }
+        self.write().pods.remove(ip);
     }
 
     /// An endpoint of this node.
     pub(crate) fn set_local_endpoint(&self, ip: IpAddr, id: u32, namespace: &str, name: &str) {
-        self.write().pods.insert(
+        self.write().local.insert(
             ip,
             Arc::new(PodInfo {
                 namespace: namespace.to_owned(),
@@ -140,7 +220,7 @@ impl FlowDirectory {
     }
 
     pub(crate) fn remove_local_endpoint(&self, ip: &IpAddr) {
-        self.write().pods.remove(ip);
+        self.write().local.remove(ip);
     }
 }
 
@@ -168,14 +248,44 @@ mod tests {
     }
 
     #[test]
-    fn a_local_endpoint_keeps_its_id_when_etcd_echoes_it() {
+    fn local_endpoints_and_named_pods_are_kept_apart() {
         let d = FlowDirectory::new();
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
         d.set_local_endpoint(ip, 7, "default", "web");
         d.set_pod(ip, "default", "web");
         d.remove_pod(&ip);
-        assert_eq!(d.read().pod(&ip).unwrap().endpoint_id, Some(7));
-        d.remove_local_endpoint(&ip);
+        assert_eq!(d.read().local_endpoint(&ip).unwrap().endpoint_id, Some(7));
         assert!(d.read().pod(&ip).is_none());
+        d.remove_local_endpoint(&ip);
+        assert!(d.read().local_endpoint(&ip).is_none());
+    }
+
+    #[test]
+    fn pod_names_are_replaced_removed_and_compacted() {
+        let mut pods = PodNames::default();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..20_000 {
+            pods.set(
+                ip(i),
+                if i % 2 == 0 { "a" } else { "b" },
+                &format!("pod-{i}"),
+            );
+        }
+        pods.set(ip(1), "c", "renamed");
+        assert_eq!(pods.get(&ip(1)), Some(("c", "renamed")));
+        assert_eq!(pods.get(&ip(2)), Some(("a", "pod-2")));
+        for i in 10..20_000 {
+            pods.remove(&ip(i));
+        }
+        // 20,000 names of about 9 bytes were written; the garbage went
+        assert!(
+            pods.names.len() < 100_000,
+            "compacted: {} bytes",
+            pods.names.len()
+        );
+        assert_eq!(pods.get(&ip(3)), Some(("b", "pod-3")));
+        assert_eq!(pods.get(&ip(1)), Some(("c", "renamed")));
+        assert_eq!(pods.get(&ip(10)), None);
+        assert_eq!(pods.namespaces.len(), 3, "namespaces are interned");
     }
 }

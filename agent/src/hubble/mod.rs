@@ -74,14 +74,16 @@ impl Hubble {
                 .map_or(hubble::names::SERVER_PORT, |(addr, _)| addr.port()),
             tls: config.tcp.is_some(),
         };
+        let directory = FlowDirectory::new();
         Self {
-            directory: FlowDirectory::new(),
+            directory: directory.clone(),
             peers: watch::Sender::new(Peers::new()),
             peer_port,
             buffer: Arc::new(FlowBuffer::new(config.capacity)),
             node: Arc::new(NodeContext {
                 fullname: node_fullname(cluster, node),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                directory,
             }),
             metrics: metrics::HubbleMetrics::register(agent_metrics),
             config,

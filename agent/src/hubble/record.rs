@@ -12,7 +12,7 @@ use hubble_api::flow::{
     TrafficDirection, Udp, Verdict, layer4,
 };
 
-use super::directory::{Entries, IdentityInfo, PodInfo};
+use super::directory::{Entries, FlowDirectory, IdentityInfo, PodInfo};
 
 /// Cilium's monitor event types (`pkg/monitor/api/types.go`).
 const MONITOR_DROP: i32 = 1;
@@ -27,6 +27,9 @@ pub(crate) struct NodeContext {
     /// `cluster/node`.
     pub fullname: String,
     pub version: String,
+    /// Where the names of pods on other nodes are looked up when a flow is
+    /// served (they are too many to copy into every flow read in).
+    pub directory: Arc<FlowDirectory>,
 }
 
 /// What was known about one end of a flow when it was read.
@@ -42,29 +45,32 @@ impl Side {
             identity: (identity != 0)
                 .then(|| entries.identity(identity))
                 .flatten(),
-            pod: entries.pod(ip),
+            pod: entries.local_endpoint(ip),
         }
     }
 
-    fn endpoint(&self, identity: u32) -> Endpoint {
+    /// The endpoint as Hubble shows it; a pod that is not this node's is
+    /// named from `entries` (its ipcache entry), if it names one.
+    fn endpoint(&self, identity: u32, ip: &IpAddr, entries: &Entries) -> Endpoint {
         let (labels, namespace, cluster) = match &self.identity {
             Some(i) => (i.labels.clone(), i.namespace.clone(), i.cluster.clone()),
             None => Default::default(),
+        };
+        let (pod_namespace, pod_name) = match &self.pod {
+            Some(p) => (p.namespace.as_str(), p.name.as_str()),
+            None => entries.pod(ip).unwrap_or_default(),
         };
         Endpoint {
             id: self.pod.as_ref().and_then(|p| p.endpoint_id).unwrap_or(0),
             identity,
             cluster_name: cluster,
-            namespace: match &self.pod {
-                Some(p) if namespace.is_empty() => p.namespace.clone(),
-                _ => namespace,
+            namespace: if namespace.is_empty() {
+                pod_namespace.to_owned()
+            } else {
+                namespace
             },
             labels,
-            pod_name: self
-                .pod
-                .as_ref()
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
+            pod_name: pod_name.to_owned(),
             workloads: Vec::new(),
         }
     }
@@ -135,6 +141,7 @@ impl FlowRecord for AgentFlow {
             },
         };
         let (l4, summary) = layer4(e);
+        let entries = self.node.directory.read();
         Flow {
             time: Some(timestamp(self.time)),
             emitter: Some(Emitter {
@@ -155,8 +162,8 @@ impl FlowRecord for AgentFlow {
                 ..Default::default()
             }),
             l4,
-            source: Some(self.src.endpoint(e.src_identity)),
-            destination: Some(self.dst.endpoint(e.dst_identity)),
+            source: Some(self.src.endpoint(e.src_identity, &e.src, &entries)),
+            destination: Some(self.dst.endpoint(e.dst_identity, &e.dst, &entries)),
             r#type: FlowType::L3L4.into(),
             node_name: self.node.fullname.clone(),
             reply: e.is_reply == Some(true),
@@ -325,6 +332,7 @@ mod tests {
         let node = Arc::new(NodeContext {
             fullname: "c2/n1".into(),
             version: "0.1.0".into(),
+            directory: dir.clone(),
         });
         let record = AgentFlow::new(event(), SystemTime::now(), &dir.read(), &node);
         let flow = record.to_flow();
