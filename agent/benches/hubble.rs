@@ -545,7 +545,7 @@ fn h2() -> certs::Config {
 /// clusters, as an agent reports it (every fifth one a policy drop).
 #[allow(deprecated)] // `Summary` is still read by the CLI
 fn flow(node_name: &str, k: usize, i: u32, t: SystemTime) -> Flow {
-    let dropped = i % 5 == 0;
+    let dropped = i.is_multiple_of(5);
     let endpoint = |identity: u32, ip_pod: &str, app: &str, cluster: &str| Endpoint {
         id: if cluster == CLUSTER {
             100 + identity % 50
