@@ -27,7 +27,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -35,11 +35,13 @@ use bpf::{
     Datapath, DatapathConfig, EndpointAttach, EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue,
     L4Match, PolicyKey, PolicyValue, Program, Protocol,
 };
-use netns::{NetNs, Veth, unique_name, wait_until};
+use netns::{RoutedPair, iperf::Iperf, unique_name};
 
 const ENTRIES: u32 = 1_000_000;
-const IPERF_SECONDS: &str = "5";
-const IPERF_STREAMS: &str = "4";
+const IPERF_SECONDS: u32 = 5;
+const IPERF_STREAMS: u32 = 4;
+/// The small UDP datagrams' size.
+const SMALL_UDP_BYTES: u32 = 64;
 const IPERF_PORT: u16 = 5201;
 const ROUNDS: usize = 3;
 /// Packets per `BPF_PROG_TEST_RUN` call, and calls per measurement.
@@ -292,26 +294,21 @@ struct Throughput {
 }
 
 fn throughput(pins: &mut Pins) -> Result<Throughput> {
-    let node = NetNs::unique("cmbn")?;
-    node.enable_forwarding()?;
-    let client = NetNs::unique("cmbc")?;
-    let server = NetNs::unique("cmbs")?;
-    let (hc, hs) = (unique_name("hc"), unique_name("hs"));
-    let _vc = Veth::create(&hc, Some(&node), "eth0", Some(&client))?;
-    let _vs = Veth::create(&hs, Some(&node), "eth0", Some(&server))?;
-    node.add_addr(&hc, "10.210.1.1/24")?.keep();
-    node.add_addr(&hs, "10.210.2.1/24")?.keep();
-    client.add_addr("eth0", "10.210.1.2/24")?.keep();
-    server.add_addr("eth0", "10.210.2.2/24")?.keep();
-    client
-        .add_route("default", Some("10.210.1.1"), None)?
-        .keep();
-    server
-        .add_route("default", Some("10.210.2.1"), None)?
-        .keep();
+    let pair = RoutedPair::create()?;
+    let (hc, hs) = (pair.client_veth().to_owned(), pair.server_veth().to_owned());
+    let iperf = Iperf {
+        client: &pair.client,
+        server: &pair.server,
+        server_addr: RoutedPair::SERVER_ADDR,
+        port: IPERF_PORT,
+        seconds: IPERF_SECONDS,
+    };
 
     let mut dp = pins.open("t")?;
-    for (ip, id) in [("10.210.1.2", 1001), ("10.210.2.2", 2000)] {
+    for (ip, id) in [
+        (RoutedPair::CLIENT_ADDR, 1001),
+        (RoutedPair::SERVER_ADDR, 2000),
+    ] {
         dp.ipcache()
             .upsert(&IpCacheKey::host(ip.parse()?), &IpCacheValue::new(id))?;
     }
@@ -329,8 +326,8 @@ fn throughput(pins: &mut Pins) -> Result<Throughput> {
         udp_without: Vec::new(),
     };
     for round in 0..ROUNDS {
-        t.tcp_without.push(iperf(&client, &server)?);
-        t.udp_without.push(udp_pps(&client, &server)?);
+        t.tcp_without.push(iperf.tcp_gbps(IPERF_STREAMS)?);
+        t.udp_without.push(iperf.udp_pps(SMALL_UDP_BYTES)?);
         eprintln!(
             "  round {round}: without programs {:.2} Gbit/s, {:.0} small UDP packets/s",
             t.tcp_without[round], t.udp_without[round]
@@ -338,14 +335,14 @@ fn throughput(pins: &mut Pins) -> Result<Throughput> {
         for (ifname, endpoint_id, identity) in [(&hc, 1, 1001), (&hs, 2, 2000)] {
             dp.attach_endpoint(&EndpointAttach {
                 ifname: ifname.clone(),
-                netns: Some(node.path().to_owned()),
+                netns: Some(pair.node.path().to_owned()),
                 endpoint_id,
                 identity,
                 policy_enforced: true,
             })?;
         }
-        t.tcp_with.push(iperf(&client, &server)?);
-        t.udp_with.push(udp_pps(&client, &server)?);
+        t.tcp_with.push(iperf.tcp_gbps(IPERF_STREAMS)?);
+        t.udp_with.push(iperf.udp_pps(SMALL_UDP_BYTES)?);
         eprintln!(
             "  round {round}: with programs {:.2} Gbit/s, {:.0} small UDP packets/s",
             t.tcp_with[round], t.udp_with[round]
@@ -353,78 +350,9 @@ fn throughput(pins: &mut Pins) -> Result<Throughput> {
         for ifname in [&hc, &hs] {
             dp.detach_endpoint(&bpf::EndpointDetach {
                 ifname: ifname.clone(),
-                netns: Some(node.path().to_owned()),
+                netns: Some(pair.node.path().to_owned()),
             })?;
         }
     }
     Ok(t)
-}
-
-/// Starts a one-shot iperf3 server in `server` and waits until it listens.
-fn iperf_server(server: &NetNs) -> Result<netns::Process> {
-    let port = IPERF_PORT.to_string();
-    let srv = server.spawn("iperf3", &["-s", "-1", "--forceflush", "-p", &port])?;
-    if !wait_until(Duration::from_secs(5), || {
-        srv.stdout_so_far().contains("listening")
-    }) {
-        bail!("iperf3 server did not start");
-    }
-    Ok(srv)
-}
-
-/// 64-byte UDP datagrams at an unlimited rate: datagrams received per second.
-fn udp_pps(client: &NetNs, server: &NetNs) -> Result<f64> {
-    let srv = iperf_server(server)?;
-    let port = IPERF_PORT.to_string();
-    let out = client.run(
-        "iperf3",
-        &[
-            "-c",
-            "10.210.2.2",
-            "-p",
-            &port,
-            "-u",
-            "-b",
-            "0",
-            "-l",
-            "64",
-            "-t",
-            IPERF_SECONDS,
-            "-J",
-        ],
-    )?;
-    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 json")?;
-    let sum = &json["end"]["sum"];
-    let packets = sum["packets"].as_f64().context("iperf3 packets")?;
-    let lost = sum["lost_packets"]
-        .as_f64()
-        .context("iperf3 lost packets")?;
-    let seconds = sum["seconds"].as_f64().context("iperf3 seconds")?;
-    let _ = srv.wait_timeout(Duration::from_secs(5));
-    Ok((packets - lost) / seconds)
-}
-
-fn iperf(client: &NetNs, server: &NetNs) -> Result<f64> {
-    let port = IPERF_PORT.to_string();
-    let srv = iperf_server(server)?;
-    let out = client.run(
-        "iperf3",
-        &[
-            "-c",
-            "10.210.2.2",
-            "-p",
-            &port,
-            "-t",
-            IPERF_SECONDS,
-            "-P",
-            IPERF_STREAMS,
-            "-J",
-        ],
-    )?;
-    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 json")?;
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 result")?;
-    let _ = srv.wait_timeout(Duration::from_secs(5));
-    Ok(bps / 1e9)
 }

@@ -8,6 +8,8 @@
 //! - [`ring`]: the ring buffer of events;
 //! - [`observer`]: the local `Observer` service over a [`FlowBuffer`];
 //! - [`peer`]: the `Peer` service over the nodes the agent knows;
+//! - [`pki`]: a cluster's Hubble certificates, for servers and a relay run
+//!   together in tests and benchmarks;
 //! - [`server`]: both services and gRPC health on a unix socket and on TCP
 //!   with mutual TLS.
 //!
@@ -20,6 +22,7 @@ pub mod filter;
 pub mod names;
 pub mod observer;
 pub mod peer;
+pub mod pki;
 pub mod ring;
 pub mod server;
 pub mod time;

@@ -12,6 +12,8 @@
 //! in it. This crate is also the one place that calls `setns(2)`: [`setns`]
 //! itself (async-signal-safe, for `pre_exec` hooks), [`join_before_exec`] for
 //! a child process, and [`NetNsGuard`] for the calling thread until it drops.
+//! For throughput benchmarks: [`RoutedPair`] (two pods routed through a
+//! node namespace) and [`iperf`] (iperf3 between namespaces, and its figures).
 //!
 //! Not for production network management: there is no netlink API here, and
 //! names are expected to be unique per process ([`unique_name`]). (The
@@ -21,11 +23,13 @@
 mod address;
 mod command;
 mod enter;
+pub mod iperf;
 mod name;
 mod namespace;
 mod process;
 mod root;
 mod route;
+mod routed_pair;
 mod shared_tool;
 mod veth;
 mod wait;
@@ -38,6 +42,7 @@ pub use namespace::{NetNs, NetNsError};
 pub use process::{Process, ProcessError, ProcessOutput};
 pub use root::{in_ci, is_root, root_or_skip};
 pub use route::Route;
+pub use routed_pair::{RoutedPair, RoutedPairError};
 pub use shared_tool::{SHARED_DIR_ENV, shared_tool};
 pub use veth::Veth;
 pub use wait::wait_until;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bpf::{FlowEvent, FlowReader};
+use bpf::{FlowEvent, FlowReader, FlowReaderError};
 use hubble::{Event, FlowBuffer};
 use hubble_api::flow::LostEventSource;
 use tokio_util::sync::CancellationToken;
@@ -51,20 +51,34 @@ impl Ingest {
             let mut reader = FlowReader::open(&self.bpffs_dir)?;
             let mut batch = Batch::new(reader.lost_total().unwrap_or(0));
             while !shutdown.is_cancelled() {
-                let Some(first) = reader.next_timeout(POLL)? else {
-                    self.check_lost(&reader, &mut batch);
-                    continue;
-                };
-                batch.events.push(first);
-                fill(&mut reader, &mut batch);
-                self.ingest(&mut batch);
-                if batch.lost_checked.elapsed() >= LOST_CHECK {
-                    self.check_lost(&reader, &mut batch);
-                }
+                self.poll(&mut reader, &mut batch)?;
             }
             anyhow::Ok(())
         })
         .await?
+    }
+
+    /// One turn of the reader: waits up to [`POLL`] for an event, turns it
+    /// and up to a batch of those behind it into flows, and reads the
+    /// kernel's lost-events count when it is due (or when idle). Returns
+    /// how many events were read.
+    pub(crate) fn poll(
+        &self,
+        reader: &mut FlowReader,
+        batch: &mut Batch,
+    ) -> Result<usize, FlowReaderError> {
+        let Some(first) = reader.next_timeout(POLL)? else {
+            self.check_lost(reader, batch);
+            return Ok(0);
+        };
+        batch.events.push(first);
+        fill(reader, batch);
+        let n = batch.events.len();
+        self.ingest(batch);
+        if batch.lost_checked.elapsed() >= LOST_CHECK {
+            self.check_lost(reader, batch);
+        }
+        Ok(n)
     }
 
     /// Turns the batch's events into flows in the buffer.

@@ -2,8 +2,6 @@
 //! the agent's own per-direction verdict and drop counters, both counted
 //! per batch of flows: one map update per distinct label set, not per flow.
 
-use std::collections::HashMap;
-
 use bpf::{DropReason, FlowDirection, FlowEvent, Protocol, Verdict};
 use hubble_api::flow::LostEventSource;
 use prometheus_client::{
@@ -89,103 +87,124 @@ impl HubbleMetrics {
     }
 }
 
-/// Counts of one batch, added to the metrics in one go.
+/// Counts of one batch, added to the metrics in one go. Counting a flow is
+/// a comparison of a few bytes in a short list (a batch holds few kinds of
+/// events); label sets are formed and metrics updated once per kind at
+/// [`Self::flush`], not per flow.
 #[derive(Debug, Default)]
 pub(crate) struct BatchCounts {
-    flows: HashMap<FlowLabels, u64>,
-    drops: HashMap<DropLabels, u64>,
-    policy: HashMap<PolicyLabels, u64>,
-    agent: HashMap<(&'static str, &'static str, Option<&'static str>), u64>,
+    kinds: Vec<(EventKind, u64)>,
+}
+
+/// Everything the metrics of one flow event depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EventKind {
+    protocol: Protocol,
+    direction: FlowDirection,
+    verdict: Verdict,
+    drop_reason: Option<DropReason>,
 }
 
 impl BatchCounts {
     pub(crate) fn count(&mut self, e: &FlowEvent) {
-        let protocol = match e.protocol {
+        let kind = EventKind {
+            protocol: e.protocol,
+            direction: e.direction,
+            verdict: e.verdict,
+            drop_reason: e.drop_reason,
+        };
+        match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.kinds.push((kind, 1)),
+        }
+    }
+
+    /// Adds the counts to the metrics and starts over.
+    pub(crate) fn flush(&mut self, hubble: &HubbleMetrics, agent: &AgentMetrics) {
+        for (kind, n) in self.kinds.drain(..) {
+            kind.add(n, hubble, agent);
+        }
+    }
+}
+
+impl EventKind {
+    /// Counts `n` events of this kind.
+    fn add(self, n: u64, hubble: &HubbleMetrics, agent: &AgentMetrics) {
+        let protocol = match self.protocol {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Icmp => "ICMPv4",
             Protocol::Icmpv6 => "ICMPv6",
             Protocol::Other(_) => "Unknown",
         };
-        let (direction, subtype) = match e.direction {
+        let (direction, subtype) = match self.direction {
             FlowDirection::ToEndpoint => ("ingress", "to-endpoint"),
             FlowDirection::FromEndpoint => ("egress", "from-endpoint"),
         };
-        let (r#type, subtype, verdict) = match e.verdict {
+        let (r#type, subtype, verdict) = match self.verdict {
             Verdict::Forwarded => ("Trace", subtype, "FORWARDED"),
             Verdict::Translated => ("Trace", subtype, "TRANSLATED"),
             Verdict::Dropped => ("Drop", "", "DROPPED"),
         };
-        *self
-            .flows
-            .entry(FlowLabels {
+        hubble
+            .flows_processed
+            .get_or_create(&FlowLabels {
                 protocol,
                 r#type,
                 subtype,
                 verdict,
             })
-            .or_default() += 1;
-        if let Some(reason) = e.drop_reason {
-            *self
+            .inc_by(n);
+        if let Some(reason) = self.drop_reason {
+            hubble
                 .drops
-                .entry(DropLabels {
+                .get_or_create(&DropLabels {
                     reason: drop_reason(reason).as_str_name(),
                     protocol,
                 })
-                .or_default() += 1;
+                .inc_by(n);
         }
         // Policy decisions: a new inbound connection let in, or a drop by
         // policy. Which rule matched is not reported by the datapath yet.
-        let policy = match (e.verdict, e.drop_reason, e.direction) {
+        let policy = match (self.verdict, self.drop_reason, self.direction) {
             (Verdict::Forwarded, _, FlowDirection::ToEndpoint) => Some(("unknown", "forwarded")),
             (Verdict::Dropped, Some(DropReason::Policy), _) => Some(("none", "dropped")),
             (Verdict::Dropped, Some(DropReason::PolicyDeny), _) => Some(("unknown", "dropped")),
             _ => None,
         };
         if let Some((r#match, action)) = policy {
-            *self
-                .policy
-                .entry(PolicyLabels {
+            hubble
+                .policy_verdicts
+                .get_or_create(&PolicyLabels {
                     direction,
                     r#match,
                     action,
                 })
-                .or_default() += 1;
+                .inc_by(n);
         }
-        *self.agent.entry(agent_labels(e)).or_default() += 1;
-    }
-
-    /// Adds the counts to the metrics and starts over.
-    pub(crate) fn flush(&mut self, hubble: &HubbleMetrics, agent: &AgentMetrics) {
-        for (labels, n) in self.flows.drain() {
-            hubble.flows_processed.get_or_create(&labels).inc_by(n);
-        }
-        for (labels, n) in self.drops.drain() {
-            hubble.drops.get_or_create(&labels).inc_by(n);
-        }
-        for (labels, n) in self.policy.drain() {
-            hubble.policy_verdicts.get_or_create(&labels).inc_by(n);
-        }
-        for (labels, n) in self.agent.drain() {
-            agent.count_flows(&labels, n);
-        }
+        agent.count_flows(
+            &agent_labels(self.direction, self.verdict, self.drop_reason),
+            n,
+        );
     }
 }
 
 /// The agent's own labels of one flow event: (direction, verdict, drop reason).
-pub(crate) fn agent_labels(
-    event: &FlowEvent,
+fn agent_labels(
+    direction: FlowDirection,
+    verdict: Verdict,
+    drop_reason: Option<DropReason>,
 ) -> (&'static str, &'static str, Option<&'static str>) {
-    let direction = match event.direction {
+    let direction = match direction {
         FlowDirection::ToEndpoint => "ingress",
         FlowDirection::FromEndpoint => "egress",
     };
-    let verdict = match event.verdict {
+    let verdict = match verdict {
         Verdict::Forwarded => "forwarded",
         Verdict::Dropped => "dropped",
         Verdict::Translated => "translated",
     };
-    let reason = event.drop_reason.map(|r| match r {
+    let reason = drop_reason.map(|r| match r {
         DropReason::Policy => "policy-denied",
         DropReason::PolicyDeny => "policy-deny-rule",
         DropReason::NoBackend => "no-service-backend",
@@ -195,4 +214,56 @@ pub(crate) fn agent_labels(
         DropReason::Other(_) => "unknown",
     });
     (direction, verdict, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn event(protocol: Protocol, verdict: Verdict, drop_reason: Option<DropReason>) -> FlowEvent {
+        FlowEvent {
+            timestamp: Duration::ZERO,
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            sport: 1,
+            dport: 2,
+            protocol,
+            src_identity: 0,
+            dst_identity: 0,
+            verdict,
+            drop_reason,
+            ifindex: 1,
+            direction: FlowDirection::ToEndpoint,
+            is_reply: Some(false),
+            tcp_flags: 0,
+            icmp: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_counted_per_kind_of_event() {
+        let agent = AgentMetrics::new();
+        let hubble = HubbleMetrics::register(&agent);
+        let mut counts = BatchCounts::default();
+        let drop = event(Protocol::Tcp, Verdict::Dropped, Some(DropReason::Policy));
+        let udp = event(Protocol::Udp, Verdict::Forwarded, None);
+        for e in [&drop, &udp, &drop, &drop] {
+            counts.count(e);
+        }
+        counts.flush(&hubble, &agent);
+        counts.count(&udp);
+        counts.flush(&hubble, &agent);
+        let text = agent.encode();
+        for line in [
+            r#"hubble_flows_processed_total{protocol="TCP",type="Drop",subtype="",verdict="DROPPED"} 3"#,
+            r#"hubble_flows_processed_total{protocol="UDP",type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 2"#,
+            r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 3"#,
+            r#"hubble_policy_verdicts_total{direction="ingress",match="none",action="dropped"} 3"#,
+            r#"hubble_policy_verdicts_total{direction="ingress",match="unknown",action="forwarded"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
 }

@@ -188,6 +188,28 @@ impl FlowIngestor {
         self.ingest.drain(reader, &mut self.batch)
     }
 
+    /// One turn of the agent's reading loop: waits up to 200 ms for an
+    /// event, turns it and up to a batch of those behind it into flows,
+    /// and checks for lost events when due; returns how many were read.
+    /// Calling it in a loop reads as the agent does.
+    pub fn poll(&mut self, reader: &mut bpf::FlowReader) -> Result<usize, bpf::FlowReaderError> {
+        self.ingest.poll(reader, &mut self.batch)
+    }
+
+    /// Makes flows of identity `id` show `labels` (and the namespace and
+    /// cluster they name), as the agent does for every identity it learns.
+    pub fn describe_identity(&self, id: u32, labels: &kvstore::Labels) {
+        self.ingest
+            .directory
+            .set_identity(kvstore::NumericIdentity::new(id), labels);
+    }
+
+    /// Makes flows from or to `ip` show pod `namespace/name`, as the agent
+    /// does for every ipcache entry that names a pod.
+    pub fn describe_pod(&self, ip: std::net::IpAddr, namespace: &str, name: &str) {
+        self.ingest.directory.set_pod(ip, namespace, name);
+    }
+
     /// Reads the datapath's count of events it had no room for, and
     /// records any new loss as a lost event (as the agent does twice a
     /// second).

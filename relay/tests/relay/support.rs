@@ -11,13 +11,14 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use certs::{Ca, CertName, TlsFiles, Validity};
+use certs::TlsFiles;
 use futures::StreamExt;
 use hubble::{
     Event, FlowBuffer, LocalObserver,
     client::{Address, ClientTls},
     names::tls_server_name,
     peer::{PeerInfo, PeerService, Peers},
+    pki::HubblePki,
     ring::Capacity,
     server::{HubbleServer, Listen, TcpListen},
     time::timestamp,
@@ -42,12 +43,12 @@ pub(crate) const CLUSTER: &str = "c1";
 
 /// The relay's TLS server name (its certificate is `*.hubble-relay.cilium.io`,
 /// as Cilium's).
-pub(crate) const RELAY_SERVER_NAME: &str = "relay.hubble-relay.cilium.io";
+pub(crate) const RELAY_SERVER_NAME: &str = hubble::pki::RELAY_SERVER_NAME;
 
 /// The capacity of every node's ring.
 pub(crate) const RING: usize = 63;
 
-/// The test's CA and certificates, in a temporary directory.
+/// The test's CA and certificates ([`HubblePki`]), in a temporary directory.
 pub(crate) struct Pki {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) ca: PathBuf,
@@ -69,39 +70,16 @@ impl Pki {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir()?;
-        let ca = Ca::generate("relay test CA", Validity::days(2)?)?;
-        ca.write(dir.path())?;
-        let ca_file = dir.path().join(Ca::CERT_FILE);
-        let with_ca = |issued: TlsFiles| TlsFiles::new(issued.cert, issued.key, ca_file.clone());
-        let node_server = with_ca(
-            ca.issue_server(
-                &CertName::new("hubble-server-c1")?,
-                &[hubble::names::server_cert_wildcard(CLUSTER)],
-                &[],
-                Validity::days(1)?,
-            )?
-            .write(dir.path())?,
-        );
-        let relay_server = with_ca(
-            ca.issue_server(
-                &CertName::new("hubble-relay-server")?,
-                &["*.hubble-relay.cilium.io".to_owned()],
-                &[],
-                Validity::days(1)?,
-            )?
-            .write(dir.path())?,
-        );
-        let relay_client = with_ca(
-            ca.issue_client(&CertName::new("hubble-relay-client")?, Validity::days(1)?)?
-                .write(dir.path())?,
-        );
-        let user = with_ca(
-            ca.issue_client(&CertName::new("hubble-user")?, Validity::days(1)?)?
-                .write(dir.path())?,
-        );
+        let HubblePki {
+            ca,
+            node_server,
+            relay_client,
+            relay_server,
+            user,
+        } = HubblePki::issue(dir.path(), CLUSTER)?;
         Ok(Self {
             dir,
-            ca: ca_file,
+            ca,
             node_server,
             relay_client,
             relay_server,
