@@ -11,34 +11,76 @@ use std::{
 
 use kvstore::{CLUSTER_LABEL, Labels, NAMESPACE_LABEL, NumericIdentity};
 
-/// An identity as flows show it (shared by every flow of the identity).
+/// An identity as flows show it (shared by every flow of the identity),
+/// kept in one string: there is one per identity of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IdentityInfo {
-    /// `source:key=value` (`source:key` when the value is empty), sorted.
-    pub labels: Vec<String>,
-    pub namespace: String,
-    /// From the cluster label; empty for reserved identities.
-    pub cluster: String,
+    /// `source:key=value` (`source:key` when the value is empty), sorted,
+    /// one per line.
+    text: Box<str>,
+    /// Where the namespace and the cluster (from the cluster label, empty
+    /// for reserved identities) are in `text`.
+    namespace: (u32, u32),
+    cluster: (u32, u32),
 }
 
 impl IdentityInfo {
     pub(crate) fn from_labels(labels: &Labels) -> Self {
-        let mut strings: Vec<String> = labels
+        let mut lines: Vec<(String, bool, bool)> = labels
             .iter()
             .map(|l| {
-                if l.value.is_empty() {
+                let text = if l.value.is_empty() {
                     format!("{}:{}", l.source, l.key)
                 } else {
                     format!("{}:{}={}", l.source, l.key, l.value)
-                }
+                };
+                (text, l.key == NAMESPACE_LABEL, l.key == CLUSTER_LABEL)
             })
             .collect();
-        strings.sort();
-        Self {
-            labels: strings,
-            namespace: labels.value(NAMESPACE_LABEL).unwrap_or_default().to_owned(),
-            cluster: labels.value(CLUSTER_LABEL).unwrap_or_default().to_owned(),
+        lines.sort();
+        let (mut text, mut namespace, mut cluster) = (String::new(), (0, 0), (0, 0));
+        for (line, is_namespace, is_cluster) in lines {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            let end = text.len() + line.len();
+            let value_start = end - line.rsplit_once('=').map_or(0, |(_, v)| v.len());
+            let range = (
+                u32::try_from(value_start).unwrap_or(0),
+                u32::try_from(end).unwrap_or(0),
+            );
+            if is_namespace {
+                namespace = range;
+            }
+            if is_cluster {
+                cluster = range;
+            }
+            text.push_str(&line);
         }
+        Self {
+            text: text.into(),
+            namespace,
+            cluster,
+        }
+    }
+
+    /// The labels, sorted.
+    pub(crate) fn labels(&self) -> impl Iterator<Item = &str> {
+        self.text.split('\n').filter(|l| !l.is_empty())
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        self.slice(self.namespace)
+    }
+
+    pub(crate) fn cluster(&self) -> &str {
+        self.slice(self.cluster)
+    }
+
+    fn slice(&self, (start, end): (u32, u32)) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
     }
 }
 
@@ -244,11 +286,20 @@ mod tests {
         .into_iter()
         .collect();
         let info = IdentityInfo::from_labels(&labels);
-        assert_eq!(info.cluster, "c2");
-        assert_eq!(info.namespace, "shop");
-        assert_eq!(info.labels[0], "k8s:app=web");
+        assert_eq!(info.cluster(), "c2");
+        assert_eq!(info.namespace(), "shop");
+        assert_eq!(
+            info.labels().collect::<Vec<_>>(),
+            [
+                "k8s:app=web",
+                "k8s:io.cilium.k8s.policy.cluster=c2",
+                "k8s:io.kubernetes.pod.namespace=shop"
+            ]
+        );
         let world: Labels = [Label::new("reserved", "world", "")].into_iter().collect();
-        assert_eq!(IdentityInfo::from_labels(&world).labels, ["reserved:world"]);
+        let world = IdentityInfo::from_labels(&world);
+        assert_eq!(world.labels().collect::<Vec<_>>(), ["reserved:world"]);
+        assert_eq!((world.namespace(), world.cluster()), ("", ""));
     }
 
     #[test]

@@ -53,7 +53,11 @@ impl Side {
     /// named from `entries` (its ipcache entry), if it names one.
     fn endpoint(&self, identity: u32, ip: &IpAddr, entries: &Entries) -> Endpoint {
         let (labels, namespace, cluster) = match &self.identity {
-            Some(i) => (i.labels.clone(), i.namespace.clone(), i.cluster.clone()),
+            Some(i) => (
+                i.labels().map(str::to_owned).collect(),
+                i.namespace().to_owned(),
+                i.cluster().to_owned(),
+            ),
             None => Default::default(),
         };
         let (pod_namespace, pod_name) = match &self.pod {
