@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use certs::{Ca, CertName, Validity};
 use hubble::{
     Event, FlowBuffer, LocalObserver,
     peer::{PeerService, Peers},
@@ -85,24 +84,9 @@ fn flow(i: u32) -> Flow {
 
 async fn start() -> Result<Running> {
     let dir = tempfile::tempdir()?;
-    let ca = Ca::generate("hubble test CA", Validity::days(2)?)?;
-    ca.write(dir.path())?;
-    let server_files = ca
-        .issue_server(
-            &CertName::new("hubble-server-c1")?,
-            &[hubble::names::server_cert_wildcard("c1")],
-            &[],
-            Validity::days(1)?,
-        )?
-        .write(dir.path())?;
-    let client = ca
-        .issue_client(&CertName::new("admin-c1")?, Validity::days(1)?)?
-        .write(dir.path())?;
-    let ca_file = dir.path().join(Ca::CERT_FILE);
-    let server_tls = certs::ServerTls::load(
-        certs::TlsFiles::new(server_files.cert, server_files.key, ca_file.clone()),
-        h2(),
-    )?;
+    let pki = hubble::pki::HubblePki::issue(dir.path(), "c1")?;
+    let server_tls = certs::ServerTls::load(pki.node_server.clone(), h2())?;
+    let (ca_file, client) = (pki.ca.clone(), pki.user.clone());
     let buffer = Arc::new(FlowBuffer::new(Capacity::new(63)?));
     buffer.push_batch((0..6).map(|i| Event::Flow(flow(i))));
     let observer = Arc::new(LocalObserver::new(buffer, "c1/n1".into(), "0.1.0".into()));

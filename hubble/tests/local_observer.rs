@@ -90,24 +90,9 @@ impl Drop for Running {
 
 async fn start(capacity: usize) -> Result<Running> {
     let dir = tempfile::tempdir()?;
-    let ca = Ca::generate("hubble test CA", Validity::days(2)?)?;
-    ca.write(dir.path())?;
-    let server_files = ca
-        .issue_server(
-            &CertName::new("hubble-server-c1")?,
-            &[hubble::names::server_cert_wildcard("c1")],
-            &[],
-            Validity::days(1)?,
-        )?
-        .write(dir.path())?;
-    let client_files = ca
-        .issue_client(&CertName::new("hubble-client")?, Validity::days(1)?)?
-        .write(dir.path())?;
-    let ca_file = dir.path().join(Ca::CERT_FILE);
-    let server_tls = certs::ServerTls::load(
-        certs::TlsFiles::new(server_files.cert, server_files.key, ca_file.clone()),
-        h2(),
-    )?;
+    let pki = hubble::pki::HubblePki::issue(dir.path(), "c1")?;
+    let server_tls = certs::ServerTls::load(pki.node_server.clone(), h2())?;
+    let (ca_file, client_files) = (pki.ca.clone(), pki.user.clone());
     let buffer = Arc::new(FlowBuffer::new(Capacity::new(capacity)?));
     let observer = Arc::new(LocalObserver::new(
         buffer.clone(),

@@ -40,21 +40,7 @@ fn flows(socket: &Path, filter: FlowFilter) -> anyhow::Result<Vec<Flow>> {
         .build()?;
     runtime.block_on(async {
         let channel = hubble::client::connect(&Address::Unix(socket.to_path_buf()), None).await?;
-        let mut stream = ObserverClient::new(channel)
-            .get_flows(GetFlowsRequest {
-                number: 1000,
-                whitelist: vec![filter],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(item) = stream.next().await {
-            if let Some(ResponseTypes::Flow(f)) = item?.response_types {
-                out.push(f);
-            }
-        }
-        anyhow::Ok(out)
+        get_flows(channel, filter).await
     })
 }
 
@@ -204,7 +190,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
             })
         },
     );
-    let through_relay = runtime.block_on(relay_flows(
+    let through_relay = runtime.block_on(get_flows(
         relay.clone(),
         FlowFilter {
             verdict: vec![Verdict::Dropped.into()],
@@ -222,7 +208,7 @@ fn a_denied_request_is_a_policy_drop_with_both_clusters_and_labels() -> anyhow::
                 .any(|(m, s)| m == "c2/n2" && *s != NodeState::NodeConnected)
         })
     });
-    let still = runtime.block_on(relay_flows(relay.clone(), from_c1))?;
+    let still = runtime.block_on(get_flows(relay.clone(), from_c1))?;
     assert!(
         !still.is_empty(),
         "the relay still serves the other nodes' flows"
@@ -282,13 +268,13 @@ async fn nodes(channel: tonic::transport::Channel) -> anyhow::Result<Vec<(String
         .collect())
 }
 
-async fn relay_flows(
+async fn get_flows(
     channel: tonic::transport::Channel,
     filter: FlowFilter,
 ) -> anyhow::Result<Vec<Flow>> {
     let mut stream = ObserverClient::new(channel)
         .get_flows(GetFlowsRequest {
-            number: 100,
+            number: 1000,
             whitelist: vec![filter],
             ..Default::default()
         })
