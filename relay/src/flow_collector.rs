@@ -17,7 +17,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status, metadata::MetadataMap};
+use tonic::{Code, Status, metadata::MetadataMap};
 use tracing::{debug, warn};
 
 use crate::{
@@ -277,8 +277,7 @@ async fn retrieve(
     responses: mpsc::Sender<GetFlowsResponse>,
 ) -> Result<(), String> {
     let mut client = ObserverClient::new(connection.channel());
-    let mut call = Request::new(request);
-    *call.metadata_mut() = metadata;
+    let call = crate::observer::with_metadata(request, metadata);
     let stream = async move {
         let mut stream = client.get_flows(call).await?.into_inner();
         while let Some(response) = stream.message().await? {

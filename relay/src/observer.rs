@@ -170,9 +170,9 @@ impl Observer for RelayObserver {
         let metadata = forwarded_metadata(request.metadata());
         let answers = self
             .ask_all(&metadata, |mut client, metadata| async move {
-                let mut call = Request::new(ServerStatusRequest {});
-                *call.metadata_mut() = metadata;
-                client.server_status(call).await
+                client
+                    .server_status(with_metadata(ServerStatusRequest {}, metadata))
+                    .await
             })
             .await;
         let nodes = answers
@@ -189,9 +189,9 @@ impl Observer for RelayObserver {
         let metadata = forwarded_metadata(request.metadata());
         let answers = self
             .ask_all(&metadata, |mut client, metadata| async move {
-                let mut call = Request::new(GetNamespacesRequest {});
-                *call.metadata_mut() = metadata;
-                client.get_namespaces(call).await
+                client
+                    .get_namespaces(with_metadata(GetNamespacesRequest {}, metadata))
+                    .await
             })
             .await;
         // Partial answers are fine: a failed peer only loses its own.
@@ -209,9 +209,9 @@ impl Observer for RelayObserver {
         let metadata = forwarded_metadata(request.metadata());
         let answers = self
             .ask_all(&metadata, |mut client, metadata| async move {
-                let mut call = Request::new(ServerStatusRequest {});
-                *call.metadata_mut() = metadata;
-                client.server_status(call).await
+                client
+                    .server_status(with_metadata(ServerStatusRequest {}, metadata))
+                    .await
             })
             .await;
         let answers: Vec<_> = answers.into_iter().map(|(p, a)| (p.name, a)).collect();
@@ -222,6 +222,13 @@ impl Observer for RelayObserver {
 /// The client's metadata to pass on to the peers (Cilium forwards the
 /// incoming metadata), without the transport's own headers: `grpc-*`
 /// (timeout, encodings), `user-agent`, `te`, `content-type`.
+/// A request to a peer carrying the metadata forwarded from the client.
+pub(crate) fn with_metadata<T>(message: T, metadata: MetadataMap) -> Request<T> {
+    let mut request = Request::new(message);
+    *request.metadata_mut() = metadata;
+    request
+}
+
 fn forwarded_metadata(incoming: &MetadataMap) -> MetadataMap {
     let mut headers = incoming.clone().into_headers();
     let drop: Vec<_> = headers
