@@ -50,8 +50,10 @@ pub use policy_resolver::{
     EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
 };
 pub use remote_clusters::RemoteClusterConfig;
-pub use service_merger::{MergedFrontend, RemoteService, Slot, merge};
+pub use service_merger::{
+    CandidateBackend, MergedFrontend, Mode as ServiceMode, RemoteService, Slot, merge,
+};
 pub use views::{
-    BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
-    RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
+    BackendView, CandidateView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView,
+    PolicyView, RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
 };

@@ -41,6 +41,47 @@ pub struct MergedFrontend {
     pub active_clusters: Vec<String>,
     /// One line for status output, e.g. `local only (2 local >= minHealthy 1)`.
     pub reason: String,
+    /// Which rule chose the backends (`reason` says it in words).
+    pub mode: Mode,
+    /// Every backend this frontend could use, chosen or not, by cluster.
+    pub candidates: Vec<CandidateBackend>,
+}
+
+/// Which rule chose a frontend's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Not a global service: its own cluster's backends.
+    LocalService,
+    /// Global without affinity: every cluster's backends.
+    All,
+    /// Affinity `local` (or `remote`) and enough backends there.
+    Local,
+    Remote,
+    /// The preferred clusters had too few backends: all of them serve.
+    Failover,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LocalService => "local-service",
+            Self::All => "all",
+            Self::Local => "local",
+            Self::Remote => "remote",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+/// A backend a frontend could use.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CandidateBackend {
+    pub cluster: String,
+    pub backend: SocketAddr,
+    /// Slots it gets when chosen (0: its cluster's weight is 0).
+    pub weight: u32,
+    /// Whether it is in rotation now.
+    pub active: bool,
 }
 
 struct Candidate<'a> {
@@ -96,28 +137,56 @@ pub fn merge(
             let local_n = local.iter().filter(|c| weighted(c)).count() as u32;
             let remote_n = remote.iter().filter(|c| weighted(c)).count() as u32;
             let min = def.min_healthy();
-            let (chosen, reason): (Vec<&Candidate<'_>>, String) = match (def.global, def.affinity) {
-                (false, _) => (local.iter().collect(), "local service".into()),
-                (true, Affinity::None) => {
-                    (local.iter().chain(&remote).collect(), "all clusters".into())
-                }
-                (true, Affinity::Local) if local_n >= min => (
-                    local.iter().collect(),
-                    format!("local only ({local_n} local >= minHealthy {min})"),
-                ),
-                (true, Affinity::Local) => (
-                    local.iter().chain(&remote).collect(),
-                    format!("failover to remote ({local_n} local < minHealthy {min})"),
-                ),
-                (true, Affinity::Remote) if remote_n >= min => (
-                    remote.iter().collect(),
-                    format!("remote only ({remote_n} remote >= minHealthy {min})"),
-                ),
-                (true, Affinity::Remote) => (
-                    local.iter().chain(&remote).collect(),
-                    format!("failover to local ({remote_n} remote < minHealthy {min})"),
-                ),
-            };
+            let (chosen, mode, reason): (Vec<&Candidate<'_>>, Mode, String) =
+                match (def.global, def.affinity) {
+                    (false, _) => (
+                        local.iter().collect(),
+                        Mode::LocalService,
+                        "local service".into(),
+                    ),
+                    (true, Affinity::None) => (
+                        local.iter().chain(&remote).collect(),
+                        Mode::All,
+                        "all clusters".into(),
+                    ),
+                    (true, Affinity::Local) if local_n >= min => (
+                        local.iter().collect(),
+                        Mode::Local,
+                        format!("local only ({local_n} local >= minHealthy {min})"),
+                    ),
+                    (true, Affinity::Local) => (
+                        local.iter().chain(&remote).collect(),
+                        Mode::Failover,
+                        format!("failover to remote ({local_n} local < minHealthy {min})"),
+                    ),
+                    (true, Affinity::Remote) if remote_n >= min => (
+                        remote.iter().collect(),
+                        Mode::Remote,
+                        format!("remote only ({remote_n} remote >= minHealthy {min})"),
+                    ),
+                    (true, Affinity::Remote) => (
+                        local.iter().chain(&remote).collect(),
+                        Mode::Failover,
+                        format!("failover to local ({remote_n} remote < minHealthy {min})"),
+                    ),
+                };
+            let mut candidates: Vec<CandidateBackend> = local
+                .iter()
+                .chain(&remote)
+                .map(|c| {
+                    let weight = def.weight(c.cluster);
+                    CandidateBackend {
+                        cluster: c.cluster.to_string(),
+                        backend: c.addr,
+                        weight,
+                        active: weight > 0
+                            && chosen
+                                .iter()
+                                .any(|x| x.cluster == c.cluster && x.addr == c.addr),
+                    }
+                })
+                .collect();
+            candidates.sort();
             let mut slots = Vec::new();
             let mut active = Vec::new();
             let mut chosen = chosen;
@@ -140,6 +209,8 @@ pub fn merge(
                 slots,
                 active_clusters: active,
                 reason,
+                mode,
+                candidates,
             }
         })
         .collect()

@@ -50,6 +50,22 @@ pub struct ServiceView {
     pub backends: Vec<BackendView>,
     pub active_clusters: Vec<String>,
     pub reason: String,
+    /// Which rule chose the backends: `local-service`, `all`, `local`,
+    /// `remote` or `failover` (empty from an agent before it was reported).
+    #[serde(default)]
+    pub mode: String,
+    /// Every backend the frontend could use, chosen or not.
+    #[serde(default)]
+    pub candidates: Vec<CandidateView>,
+}
+
+/// A backend a service frontend could use, and whether it is in rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateView {
+    pub cluster: String,
+    pub address: String,
+    pub weight: u32,
+    pub active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use crate::{
     endpoint::EndpointId,
     tables::SourceId,
     views::{
-        BackendView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView, PolicyView,
-        RefusedRouteView, ServiceView, StatusView,
+        BackendView, CandidateView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView,
+        PolicyView, RefusedRouteView, ServiceView, StatusView,
     },
 };
 
@@ -69,6 +69,17 @@ impl ControlLoop {
                             .collect(),
                         active_clusters: fe.active_clusters.clone(),
                         reason: fe.reason.clone(),
+                        mode: fe.mode.as_str().to_owned(),
+                        candidates: fe
+                            .candidates
+                            .iter()
+                            .map(|c| CandidateView {
+                                cluster: c.cluster.clone(),
+                                address: c.backend.to_string(),
+                                weight: c.weight,
+                                active: c.active,
+                            })
+                            .collect(),
                     })
                     .collect(),
             ),
