@@ -56,6 +56,9 @@ enum Command {
     Observe(Box<observe_cmd::ObserveArgs>),
     /// Hubble servers and relays: status, nodes.
     Hubble(hubble_cmd::HubbleArgs),
+    /// Print the URL of the local mesh's Hubble UI (service map, flows,
+    /// global services).
+    Ui(mesh_cmd::DirArgs),
     /// Programs the local mesh runs inside pods.
     #[command(hide = true)]
     Tool(tool_cmd::ToolArgs),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Mesh(args) => mesh_cmd::mesh(args, out),
         Command::Observe(args) => observe_cmd::run(*args, out),
         Command::Hubble(args) => hubble_cmd::run(args, out),
+        Command::Ui(args) => mesh_cmd::ui(args, out),
         Command::Tool(args) => tool_cmd::run(args, out),
     };
     match result {

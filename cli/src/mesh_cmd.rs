@@ -107,9 +107,9 @@ pub(crate) struct MeshArgs {
 
 #[derive(Debug, Subcommand)]
 enum MeshCommand {
-    /// Stop a component of a cluster: etcd, operator, apiserver, or agent NODE.
+    /// Stop a component of a cluster: etcd, operator, apiserver, relay, or agent NODE.
     Stop {
-        /// etcd, operator, apiserver or agent.
+        /// etcd, operator, apiserver, relay or agent.
         component: String,
         /// The cluster (c1, c2, …).
         cluster: String,
@@ -118,7 +118,7 @@ enum MeshCommand {
     },
     /// Start a stopped component again (refused while it runs).
     Start {
-        /// etcd, operator, apiserver or agent.
+        /// etcd, operator, apiserver, relay or agent.
         component: String,
         /// The cluster (c1, c2, …).
         cluster: String,
@@ -220,7 +220,35 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
         writeln!(out, "  global service demo/echo at {fe}; try: clustermesh mesh request c1/client {fe} --count 5 --dir {}", args.dir.display())
             .map_err(CommandError::failed)?;
     }
+    if let Some(url) = &mesh.state.hubble_ui {
+        writeln!(out, "  Hubble UI: {url}").map_err(CommandError::failed)?;
+    }
     Ok(())
+}
+
+/// `clustermesh ui`: the URL of the mesh's Hubble UI (no root needed).
+pub(crate) fn ui(args: DirArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let state = localmesh::MeshState::load(&args.dir).map_err(CommandError::usage)?;
+    let url = state.hubble_ui.as_deref().ok_or_else(|| {
+        CommandError::usage(anyhow!(
+            "the mesh at {} has no Hubble UI: it was made before the UI or without Hubble; \
+             `clustermesh down --dir {0}` and `up` again",
+            args.dir.display()
+        ))
+    })?;
+    let running = state
+        .ui
+        .as_ref()
+        .and_then(|ui| ui.process.as_ref())
+        .is_some_and(localmesh::is_running);
+    if !running {
+        return Err(CommandError::failed(anyhow!(
+            "the Hubble UI of the mesh at {} ({url}) is not running; see {}",
+            args.dir.display(),
+            args.dir.join("ui/ui.log").display()
+        )));
+    }
+    writeln!(out, "{url}").map_err(CommandError::failed)
 }
 
 pub(crate) fn down(args: DirArgs, out: &mut dyn Write) -> Result<(), CommandError> {
@@ -317,6 +345,15 @@ fn print_status(
     }
     let mut agents_ok = 0;
     let mut remotes = (0, 0);
+    if let Some(url) = &mesh.state.hubble_ui {
+        let process = mesh.state.ui.as_ref().and_then(|ui| ui.process.as_ref());
+        let state = if process.is_some_and(localmesh::is_running) {
+            "running"
+        } else {
+            "NOT RUNNING"
+        };
+        writeln!(out, "Hubble UI {url}: {state}").map_err(CommandError::failed)?;
+    }
     for c in &mesh.state.clusters {
         let days = cert_days_left(&c.certs.server_cert)
             .map(|d| format!(", certificates expire in {d} days"))
@@ -521,6 +558,8 @@ fn start_or_stop(
         ("apiserver", None, false) => mesh.stop_apiserver(cluster),
         ("operator", None, true) => mesh.start_operator(cluster),
         ("operator", None, false) => mesh.stop_operator(cluster),
+        ("relay", None, true) => mesh.start_relay(cluster),
+        ("relay", None, false) => mesh.stop_relay(cluster),
         ("agent", Some(node), true) => mesh.start_agent(cluster, &node),
         ("agent", Some(node), false) => mesh.kill_agent(cluster, &node),
         _ => return Err(CommandError::usage(anyhow!(COMPONENTS))),
@@ -528,8 +567,8 @@ fn start_or_stop(
     .map_err(CommandError::failed)
 }
 
-const COMPONENTS: &str = "the component is etcd CLUSTER, operator CLUSTER, apiserver CLUSTER \
-                          or agent CLUSTER NODE";
+const COMPONENTS: &str = "the component is etcd CLUSTER, operator CLUSTER, apiserver CLUSTER, \
+                          relay CLUSTER or agent CLUSTER NODE";
 
 fn chain(e: &anyhow::Error) -> String {
     format!("{e:#}")

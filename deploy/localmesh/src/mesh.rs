@@ -225,6 +225,14 @@ impl Mesh {
                 self.start_relay(name)?;
             }
         }
+        if self.state.clusters.iter().any(|c| c.hubble_relay.is_some()) {
+            progress(&format!(
+                "Hubble UI on http://{}:{}/",
+                self.state.host_ip,
+                plan::UI_PORT
+            ))?;
+            self.start_ui()?;
+        }
         if spec.workloads {
             progress("workloads: client and echo servers, global service demo/echo")?;
             self.add_workloads()?;
@@ -258,6 +266,9 @@ impl Mesh {
             }
         }
         progress("stopping control planes");
+        if let Some(p) = state.ui.as_ref().and_then(|ui| ui.process.as_ref()) {
+            process::stop(p, STOP_GRACE);
+        }
         for c in &state.clusters {
             for p in [&c.relay, &c.apiserver, &c.operator, &c.etcd]
                 .into_iter()

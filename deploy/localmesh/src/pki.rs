@@ -5,7 +5,10 @@
 //! that cluster's components and its admin reach it (a certificate of the
 //! mesh CA, another cluster's included, is refused).
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use certs::{Ca, CertName, Validity};
@@ -18,6 +21,19 @@ const CA_VALIDITY_DAYS: u32 = 3650;
 const CERT_VALIDITY_DAYS: u32 = 365;
 
 /// Creates the mesh CA in `dir` (or loads it when present).
+/// The Hubble UI's client certificate towards every cluster's relay
+/// (`hubble-ui`, issued by the mesh CA into `dir`): certificate and key.
+pub(crate) fn hubble_ui(ca: &Ca, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let issued = ca
+        .issue_client(
+            &CertName::new("hubble-ui")?,
+            Validity::days(CERT_VALIDITY_DAYS)?,
+        )?
+        .write(dir)?;
+    Ok((issued.cert, issued.key))
+}
+
 pub(crate) fn ca(dir: &Path) -> Result<Ca> {
     load_or_generate(dir, "clustermesh local mesh CA", "the mesh CA")
 }

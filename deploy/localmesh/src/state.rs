@@ -164,6 +164,24 @@ pub struct MeshState {
     /// empty afterwards; otherwise it stays).
     #[serde(default)]
     pub created_dir: bool,
+    /// The Hubble UI's URL (`None`: a mesh without Hubble, or from before
+    /// the UI).
+    #[serde(default)]
+    pub hubble_ui: Option<String>,
+    /// The Hubble UI: its client certificate towards the relays and its
+    /// process.
+    #[serde(default)]
+    pub ui: Option<UiInfo>,
+}
+
+/// The mesh's Hubble UI (`clustermesh-ui`, in the root namespace on the
+/// host's fabric address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiInfo {
+    pub listen: String,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub process: Option<ProcessInfo>,
 }
 
 impl MeshState {
@@ -188,6 +206,8 @@ impl MeshState {
             cuts: Vec::new(),
             owned: Vec::new(),
             created_dir,
+            hubble_ui: None,
+            ui: None,
         }
     }
 

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use super::{Mesh, STARTUP_TIMEOUT, STOP_GRACE, plan};
 use crate::{
     process::{self, refuse_running, spawn_daemon, wait_until},
-    state::{ClusterInfo, ProcessInfo},
+    state::{ClusterInfo, ProcessInfo, UiInfo},
     topology,
 };
 
@@ -129,6 +129,53 @@ impl Mesh {
     /// Stops a cluster's Hubble Relay.
     pub fn stop_relay(&mut self, cluster: &str) -> Result<()> {
         self.stop_control_plane(cluster, ControlPlane::Relay)
+    }
+
+    /// Starts the mesh's Hubble UI (in the root namespace, on the host's
+    /// fabric address, reading from every cluster's relay and agents) and
+    /// waits until it serves; nothing for a mesh without relays.
+    pub fn start_ui(&mut self) -> Result<()> {
+        if self.state.clusters.iter().all(|c| c.hubble_relay.is_none()) {
+            return Ok(());
+        }
+        let ui = match self.state.ui.clone() {
+            Some(ui) => ui,
+            None => {
+                let dir = self.state.own("ui")?;
+                let ca = crate::pki::ca(self.state.ca_cert.parent().expect("pki dir"))?;
+                let (client_cert, client_key) = crate::pki::hubble_ui(&ca, &dir.join("certs"))?;
+                let ui = UiInfo {
+                    listen: format!("{}:{}", self.state.host_ip, plan::UI_PORT),
+                    client_cert,
+                    client_key,
+                    process: None,
+                };
+                self.state.ui = Some(ui.clone());
+                self.state.save()?;
+                ui
+            }
+        };
+        refuse_running("ui", "the mesh", ui.process.as_ref())?;
+        let args = plan::ui_args(&self.state, &ui);
+        let program = self.bin("clustermesh-ui")?;
+        let log = self.state.dir.join("ui").join("ui.log");
+        let process = spawn_daemon(None, &program, &args, &[], &log)?;
+        if let Some(ui) = &mut self.state.ui {
+            ui.process = Some(process.clone());
+        }
+        self.state.hubble_ui = Some(format!("http://{}/", ui.listen));
+        self.state.save()?;
+        wait_until("the Hubble UI", STARTUP_TIMEOUT, Some(&process), || {
+            http_ok(&ui.listen, "/healthz")
+        })
+    }
+
+    /// Stops the mesh's Hubble UI.
+    pub fn stop_ui(&mut self) -> Result<()> {
+        if let Some(p) = self.state.ui.as_mut().and_then(|ui| ui.process.take()) {
+            process::stop(&p, STOP_GRACE);
+        }
+        self.state.save()
     }
 
     /// Starts a control-plane daemon of `cluster` in its namespace (refused

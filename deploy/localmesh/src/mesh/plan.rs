@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, MeshState, NodeInfo};
+use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, MeshState, NodeInfo, UiInfo};
 
 /// etcd's client port on the control-plane address.
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -34,6 +34,11 @@ const RELAY_METRICS_PORT: u16 = 9966;
 const RELAY_ERROR_WINDOW: &str = "1s";
 /// How long the relay waits before following a lost Peer service again.
 const RELAY_RETRY: &str = "2s";
+/// How long the relay holds flows to sort them (Cilium's default is 1 s; a
+/// local mesh wants them in the UI at once).
+const RELAY_SORT_DRAIN: &str = "200ms";
+/// The Hubble UI's port on the host's fabric address (Cilium's UI port).
+pub(crate) const UI_PORT: u16 = 8081;
 /// How many flows each agent's Hubble server keeps.
 const HUBBLE_BUFFER_CAPACITY: &str = "16383";
 /// Where agents pin their maps (one directory per mesh, then per node).
@@ -284,6 +289,7 @@ pub(super) fn relay_args(c: &ClusterInfo) -> Option<Vec<String>> {
         ("--peer-service", format!("unix://{}", peer.display())),
         ("--retry-timeout", RELAY_RETRY.into()),
         ("--error-aggregation-window", RELAY_ERROR_WINDOW.into()),
+        ("--sort-buffer-drain-timeout", RELAY_SORT_DRAIN.into()),
         (
             "--tls-client-cert-file",
             h.relay_client_cert.display().to_string(),
@@ -309,6 +315,35 @@ pub(super) fn relay_args(c: &ClusterInfo) -> Option<Vec<String>> {
             .flat_map(|(flag, value)| [flag.to_string(), value])
             .collect(),
     )
+}
+
+/// The Hubble UI's flags: every cluster's relay (mutual TLS with the UI's
+/// own certificate) and every node's agent socket, for the services panel.
+pub(super) fn ui_args(s: &MeshState, ui: &UiInfo) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_string(),
+        ui.listen.clone(),
+        "--tls-ca-cert-files".into(),
+        s.ca_cert.display().to_string(),
+        "--tls-client-cert-file".into(),
+        ui.client_cert.display().to_string(),
+        "--tls-client-key-file".into(),
+        ui.client_key.display().to_string(),
+        "--tls-relay-server-name".into(),
+        "hubble-relay.{cluster}.hubble-grpc.cilium.io".into(),
+    ];
+    for c in &s.clusters {
+        if let Some(relay) = &c.hubble_relay {
+            args.extend(["--relay".to_string(), format!("{}={relay}", c.name)]);
+        }
+        for n in &c.nodes {
+            args.extend([
+                "--agent".to_string(),
+                format!("{}={}:{}", c.name, n.name, n.api_socket.display()),
+            ]);
+        }
+    }
+    args
 }
 
 /// A component's flags: which cluster it belongs to (publishing ID `id`),
