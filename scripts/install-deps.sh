@@ -24,6 +24,10 @@ declare -A need=(
   [iperf3]=iperf3
   [openssl]=openssl
   [nft]=nftables
+  # the browser crate's tests (headless, over the DevTools protocol)
+  [/usr/bin/chromium]=chromium
+  # text in its screenshots (chromium only recommends a font)
+  [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
   # cargo install (cargo-nextest below) fetches crates over HTTPS
   [/etc/ssl/certs/ca-certificates.crt]=ca-certificates
 )
