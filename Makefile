@@ -2,7 +2,7 @@
 # Debian 12 machine: they install what is missing first.
 CARGO ?= cargo
 BENCH ?=
-BENCHES := kvstore allocator datapath apiserver e2e hubble
+BENCHES := kvstore allocator datapath apiserver e2e hubble ui
 
 .PHONY: all deps build test lint demo bench clean
 

@@ -25,6 +25,9 @@ declare -A need=(
   [openssl]=openssl
   [nft]=nftables
   # the browser crate's tests (headless, over the DevTools protocol)
+  # the Hubble UI's front end (TypeScript, bundled by esbuild at build time)
+  [node]=nodejs
+  [npm]=npm
   [/usr/bin/chromium]=chromium
   # text in its screenshots (chromium only recommends a font)
   [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core

@@ -11,6 +11,8 @@ pub mod hub;
 pub mod model;
 pub mod server;
 pub mod services;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use flags::{Config, Flags};
 

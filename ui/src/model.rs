@@ -48,15 +48,20 @@ pub struct Workload {
     pub flows: u64,
 }
 
-/// How a link's requests fared.
+/// How a link's last [`RECENT`] requests (forwarded or dropped) fared, so
+/// that a link that starts being dropped turns red soon, whatever it
+/// carried before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkVerdict {
     Forwarded,
     Dropped,
-    /// Both forwarded and dropped requests.
+    /// Some forwarded and some dropped among them.
     Mixed,
 }
+
+/// The requests a link's verdict is taken over.
+pub const RECENT: u32 = 8;
 
 /// An arrow on the map.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,6 +80,12 @@ pub struct Link {
     /// The last drop reason seen.
     pub drop_reason: Option<String>,
     pub last_seen_ms: f64,
+    /// The last [`RECENT`] outcomes (bit set: dropped), newest in bit 0.
+    #[serde(skip)]
+    recent: u8,
+    /// How many of `recent`'s bits are outcomes.
+    #[serde(skip)]
+    recent_len: u32,
 }
 
 /// One end of a flow, as a table row shows it.
@@ -388,6 +399,8 @@ impl Model {
                     verdict: LinkVerdict::Forwarded,
                     drop_reason: None,
                     last_seen_ms: time_ms,
+                    recent: 0,
+                    recent_len: 0,
                 });
                 self.link_index.insert(id.clone(), i);
                 self.link_dirty.push(false);
@@ -395,19 +408,31 @@ impl Model {
             }
         };
         let l = &mut self.links[i];
-        match verdict {
-            Verdict::Forwarded => l.forwarded += 1,
+        let dropped = match verdict {
+            Verdict::Forwarded => {
+                l.forwarded += 1;
+                Some(false)
+            }
             Verdict::Dropped => {
                 l.dropped += 1;
                 l.drop_reason = drop_reason.map(str::to_owned);
+                Some(true)
             }
-            _ => l.other += 1,
-        }
-        l.verdict = match (l.forwarded > 0, l.dropped > 0) {
-            (true, true) => LinkVerdict::Mixed,
-            (false, true) => LinkVerdict::Dropped,
-            _ => LinkVerdict::Forwarded,
+            _ => {
+                l.other += 1;
+                None
+            }
         };
+        if let Some(dropped) = dropped {
+            l.recent = (l.recent << 1) | u8::from(dropped);
+            l.recent_len = (l.recent_len + 1).min(RECENT);
+            let mask = u8::MAX >> (RECENT - l.recent_len);
+            l.verdict = match l.recent & mask {
+                0 => LinkVerdict::Forwarded,
+                d if d == mask => LinkVerdict::Dropped,
+                _ => LinkVerdict::Mixed,
+            };
+        }
         l.last_seen_ms = l.last_seen_ms.max(time_ms);
         if !self.link_dirty[i] {
             self.link_dirty[i] = true;
@@ -689,9 +714,18 @@ mod tests {
         m.ingest(&tcp(a.clone(), b.clone(), 8080, Verdict::Dropped, false));
         assert_eq!(m.links()[0].verdict, LinkVerdict::Dropped);
         assert_eq!(m.links()[0].drop_reason.as_deref(), Some("POLICY_DENIED"));
-        m.ingest(&tcp(a, b, 8080, Verdict::Forwarded, false));
+        m.ingest(&tcp(a.clone(), b.clone(), 8080, Verdict::Forwarded, false));
         assert_eq!(m.links()[0].verdict, LinkVerdict::Mixed);
         let rows = m.take_changes().flows;
+        // Once the last RECENT requests are all dropped, the link is red
+        // again, whatever it carried before.
+        for _ in 0..RECENT - 1 {
+            m.ingest(&tcp(a.clone(), b.clone(), 8080, Verdict::Dropped, false));
+            assert_eq!(m.links()[0].verdict, LinkVerdict::Mixed);
+        }
+        m.ingest(&tcp(a, b, 8080, Verdict::Dropped, false));
+        assert_eq!(m.links()[0].verdict, LinkVerdict::Dropped);
+        assert_eq!((m.links()[0].forwarded, m.links()[0].dropped), (1, 9));
         assert_eq!(rows[0].drop_reason, Some("POLICY_DENIED"));
         assert_eq!(rows[0].verdict, "DROPPED");
         assert_eq!(rows[1].drop_reason, None);
