@@ -2,6 +2,7 @@
 # Debian 12 machine: they install what is missing first.
 CARGO ?= cargo
 BENCH ?=
+KEEP ?=
 BENCHES := kvstore allocator datapath apiserver e2e hubble ui
 
 .PHONY: all deps build test lint demo bench clean
@@ -21,8 +22,9 @@ lint: deps
 test: lint
 	$(CARGO) nextest run --workspace --profile ci --no-tests=warn
 
+# `make demo KEEP=1` keeps the mesh and its Hubble UI up at the end.
 demo: deps
-	@scripts/demo.sh
+	@KEEP=$(KEEP) scripts/demo.sh
 
 # `make bench` runs every benchmark, `make bench BENCH=kvstore` one of them.
 # Each prints one JSON object per line on stdout; progress goes to stderr.

@@ -2,8 +2,10 @@
 # `make demo`: build everything, start a real local mesh (two clusters, real
 # etcd, mutual TLS, agents with eBPF in network namespaces) and walk through
 # policy (with the flows Hubble shows for it), global-service failover and
-# a control-plane outage. Every step
+# a control-plane outage, with the Hubble UI showing it live. Every step
 # checks its outcome; the mesh is removed at the end, also on failure.
+# `make demo KEEP=1` keeps the mesh (and its UI) up at the end until Enter
+# or Ctrl-C, so a person can look around.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,10 @@ trap cleanup EXIT
 bold "== 1. A mesh of two clusters, two nodes each"
 "$CM" up --dir "$DIR" --clusters 2 --nodes 2
 "$CM" status --dir "$DIR" --wait --wait-duration 90s
+UI=$("$CM" ui --dir "$DIR") || fail "the mesh has no Hubble UI"
+curl_ok() { python3 -c "import urllib.request,sys;sys.exit(0 if urllib.request.urlopen(sys.argv[1],timeout=5).status==200 else 1)" "$1"; }
+curl_ok "${UI}healthz" || fail "the Hubble UI at $UI does not answer"
+bold "   Hubble UI: $UI  (service map of both clusters, flows, global services; live)"
 
 ip_of() { # cluster pod
   python3 -c "import json,sys;d=json.load(open('$DIR/mesh.json'));print([e['ip'] for e in d['endpoints'] if e['cluster']=='$1' and e['name']=='$2'][0])"
@@ -87,6 +93,18 @@ sed 's/^/   /' <<<"$OBS"
 EP=$("$AGENT" debug endpoints -o json --api-socket "$DIR/c2/n1/agent.sock" | python3 -c "import json,sys;print([e['id'] for e in json.load(sys.stdin) if e['name']=='c2-echo-n1'][0])")
 "$AGENT" debug policy "$EP" --api-socket "$DIR/c2/n1/agent.sock" | sed 's/^/   /'
 
+bold "   The Hubble UI's map (arrows between workloads, from $UI):"
+python3 - "${UI}api/snapshot" <<'PY' || fail "the Hubble UI has no map"
+import json, sys, urllib.request
+snap = json.load(urllib.request.urlopen(sys.argv[1], timeout=5))
+links = snap["map"]["links"]
+for l in links:
+    reason = f" ({l['drop_reason']})" if l["drop_reason"] else ""
+    print(f"   {l['source']} -> {l['destination']} {l['port']}/{l['protocol']}: {l['verdict']}{reason}, "
+          f"{l['forwarded']} forwarded, {l['dropped']} dropped")
+sys.exit(0 if any(l["dropped"] and l["source"].startswith("c1/") and l["destination"].startswith("c2/") for l in links) else 1)
+PY
+
 bold "== 4. Global service demo/echo (affinity local): answered in c1"
 request c1/client 10.96.0.10:80 --count 4
 "$AGENT" debug services --api-socket "$DIR/c1/n1/agent.sock" | sed 's/^/   /'
@@ -120,3 +138,10 @@ bold "== 8. c2's etcd is back: everything is ready again"
 "$CM" status --dir "$DIR" --wait --wait-duration 90s | tail -1 | sed 's/^/   /'
 
 bold "== Demo complete: policy across clusters, graded service failover and back, a control-plane outage without data-plane loss"
+if [[ -n "${KEEP:-}" ]]; then
+  HOSTPORT=${UI#http://}; HOSTPORT=${HOSTPORT%/}
+  bold "   The mesh stays up: open $UI (from another machine: ssh -L 8081:$HOSTPORT root@this-host, then http://localhost:8081/)."
+  say "Traffic: $CM mesh request --dir $DIR c1/client 10.96.0.10:80 --count 5"
+  say "Press Enter (or Ctrl-C) to tear it down."
+  read -r _ || true
+fi

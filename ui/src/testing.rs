@@ -32,12 +32,14 @@ use tokio_util::sync::CancellationToken;
 /// Every wait of these tests ends by then.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A Hubble server whose flows the test writes.
+/// A Hubble server whose flows the test writes. It runs on a thread and
+/// runtime of its own, so that stopping it closes every connection at once,
+/// as a relay that dies does.
 pub struct FlowSource {
     pub buffer: Arc<FlowBuffer<Flow>>,
     pub socket: PathBuf,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FlowSource {
@@ -47,33 +49,54 @@ impl FlowSource {
         Self::serve(socket, buffer).await
     }
 
-    /// Serves `buffer` (kept across a restart) on `socket`.
+    /// Serves `buffer` (kept across a restart) on `socket`; returns once
+    /// the socket is bound.
     pub async fn serve(socket: &Path, buffer: Arc<FlowBuffer<Flow>>) -> anyhow::Result<Self> {
-        let observer = Arc::new(LocalObserver::new(
-            buffer.clone(),
-            "c1/n1".into(),
-            "test".into(),
-        ));
-        let (_tx, peers) = tokio::sync::watch::channel(Peers::default());
-        let server = HubbleServer::bind(
-            Listen {
-                unix_socket: socket.to_path_buf(),
-                tcp: None,
-            },
-            observer,
-            PeerService::new(peers),
-        )
-        .await?;
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let _ = server.run(stop).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, is_bound) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let (path, served) = (socket.to_path_buf(), buffer.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let observer = Arc::new(LocalObserver::new(served, "c1/n1".into(), "test".into()));
+                let (_tx, peers) = tokio::sync::watch::channel(Peers::default());
+                let listen = Listen {
+                    unix_socket: path,
+                    tcp: None,
+                };
+                let server =
+                    match HubbleServer::bind(listen, observer, PeerService::new(peers)).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = bound.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                let _ = bound.send(Ok(()));
+                let forever = CancellationToken::new();
+                tokio::select! {
+                    _ = server.run(forever) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every connection task with it.
+            drop(rt);
         });
+        is_bound.await.context("the flow source's thread")??;
         Ok(Self {
             buffer,
             socket: socket.to_path_buf(),
-            shutdown,
-            task,
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
@@ -81,11 +104,27 @@ impl FlowSource {
         self.buffer.push_batch(flows.into_iter().map(Event::Flow));
     }
 
-    /// Stops serving (streams end), keeping the buffer.
-    pub async fn stop(self) -> Arc<FlowBuffer<Flow>> {
-        self.shutdown.cancel();
-        let _ = self.task.await;
-        self.buffer
+    /// Stops serving (every connection closes), keeping the buffer.
+    pub async fn stop(mut self) -> Arc<FlowBuffer<Flow>> {
+        self.halt().await;
+        self.buffer.clone()
+    }
+
+    async fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for FlowSource {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -228,7 +228,7 @@ async fn filters_a_selection_and_pause_narrow_what_is_shown() -> anyhow::Result<
         .await?;
 
     // Clicking (tapping) a box shows only its flows.
-    page.eval::<serde_json::Value>("window.cmui.cy.getElementById('c2/data/db').emit('tap')")
+    page.eval::<serde_json::Value>("void window.cmui.cy.getElementById('c2/data/db').emit('tap')")
         .await?;
     page.wait_for(
         "only db's flow",
