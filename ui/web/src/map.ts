@@ -26,6 +26,7 @@ export class MapView {
   private big = false;
   private lod = false;
   private fitted = false;
+  private userMoved = false;
   private knownNamespaces = new Set<string>();
   private knownClusters = new Set<string>();
   private addedRegions = new Set<string>(); // region ids queued in the current add list
@@ -47,6 +48,15 @@ export class MapView {
     });
     patchDirtyStyleCache(this.cy);
     this.cy.on("zoom", () => this.updateLod());
+    // Until the user pans or zooms, the automatic fit follows the pane's size
+    // (e.g. when a banner appears above it).
+    for (const ev of ["wheel", "mousedown", "touchstart"]) container.addEventListener(ev, () => (this.userMoved = true), { passive: true });
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => {
+        this.cy.resize();
+        if (this.fitted && !this.userMoved) this.quickFit();
+      }).observe(container);
+    }
     this.cy.on("tap", "node", (e) => {
       const n = e.target as cytoscape.NodeSingular;
       if (n.hasClass("region")) return;
@@ -320,6 +330,7 @@ export class MapView {
   }
 
   fit(): void {
+    this.userMoved = false;
     const vis = this.cy.elements(":visible");
     this.cy.fit(vis.length ? vis : undefined, 30);
   }
