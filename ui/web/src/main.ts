@@ -63,8 +63,8 @@ function schedule(): void {
 }
 
 // Map redraws are paced by their own cost: after a redraw that took C ms the
-// next map update waits ~C ms (a 2,000-link graph redraws in a few hundred ms
-// on a small machine; a small map still updates every frame). Snapshots and
+// next map update waits ~1.5 C ms (a 2,000-link graph redraws in 100-300 ms
+// on a small machine; a small map still updates every frame or two). Snapshots and
 // filter changes are never delayed; the table is not paced.
 let mapNotBefore = 0;
 let mapFlushStart = 0;
@@ -73,6 +73,7 @@ let mapTimer = 0;
 function frame(): void {
   frameScheduled = false;
   let mapChanged = false;
+  let mapReset = false;
   const now = performance.now();
   try {
     let mapDue = map.hasPending();
@@ -84,6 +85,7 @@ function frame(): void {
       mapFlushStart = now;
       const r = map.flush();
       mapChanged = r.changed;
+      mapReset = r.reset;
       if (r.reset && backendUp) cmui.connected = true;
       if (r.newClusters || r.reset) updateClusterChecks();
       if (r.newNamespaces || r.reset) updateNamespaceSelect();
@@ -99,8 +101,8 @@ function frame(): void {
   if (mapChanged && (map.workloadCount() > 0 || cmui.connected)) afterMapRender();
   try {
     if (filtersDirty) table.rebuild();
-    else if (!(mapChanged && table.hasPending() && map.workloadCount() > 300)) table.flush();
-    // (a big map change is drawn first; its queued rows go in right after the draw)
+    else if (!(mapReset && table.hasPending())) table.flush();
+    // (a new snapshot is drawn first; the backlog of rows goes in right after the draw)
   } catch (err) {
     console.warn("cmui: table update failed", err);
   }
@@ -134,7 +136,7 @@ function afterMapRender(): void {
     map.cy.off("render", push);
     const t = performance.now();
     cmui.renders.push({ t, workloads: map.workloads.size, links: map.links.size });
-    mapNotBefore = t + Math.min(2000, Math.max(0, t - mapFlushStart - 20));
+    mapNotBefore = t + Math.min(2000, Math.max(0, 1.5 * (t - mapFlushStart) - 25));
     if (table.hasPending()) schedule();
     if (cmui.renders.length > 1000) cmui.renders.splice(0, cmui.renders.length - 1000);
   };
@@ -255,7 +257,7 @@ function filtersChanged(): void {
   schedule();
 }
 
-function select(s: Filters["selection"]): void {
+function select(s: Filters["selection"], apply = true): void {
   filters.selection = s;
   selectionLabel = s ? s.label : "";
   const el = $("selection");
@@ -264,7 +266,7 @@ function select(s: Filters["selection"]): void {
   el.dataset.id = s ? s.id : "";
   el.classList.toggle("active", s !== null);
   $("clear-selection").classList.toggle("active", s !== null);
-  filtersChanged();
+  if (apply) filtersChanged();
 }
 
 $("filter-cluster").addEventListener("change", (e) => {
@@ -398,6 +400,6 @@ function open(): void {
   for (const e of replay) handlers[e.type]?.(e);
 }
 
-select(null);
+select(null, false);
 renderStatus();
 open();

@@ -27,6 +27,7 @@ export class MapView {
   private lod = false;
   private fitted = false;
   private userMoved = false;
+  private filtered = false; // some element may carry hidden / faded / focus
   private knownNamespaces = new Set<string>();
   private knownClusters = new Set<string>();
   private addedRegions = new Set<string>(); // region ids queued in the current add list
@@ -339,6 +340,10 @@ export class MapView {
   applyFilters(f: Filters): void {
     const cy = this.cy;
     const narrowing = f.narrowing();
+    // Nothing filtered or selected, now or before: new elements are shown as they are.
+    const active = narrowing || f.hiddenClusters.size > 0 || f.selection !== null;
+    if (!active && !this.filtered) return;
+    this.filtered = active;
     const nodeMatch = new Map<string, boolean>();
     const search = f.search;
     const matches = (w: Workload): boolean => {
