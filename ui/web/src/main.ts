@@ -56,6 +56,20 @@ let filtersDirty = false;
 let frameScheduled = false;
 let badEvents = 0;
 
+let rawFlows: string[] = []; // "flows" event data not parsed yet
+
+function takeFlows(): void {
+  const raw = rawFlows;
+  rawFlows = [];
+  for (const data of raw) {
+    try {
+      table.add(sanitize.flowsEvent(JSON.parse(data), badRecords("flows")).flows);
+    } catch (err) {
+      bad("flows", err);
+    }
+  }
+}
+
 function schedule(): void {
   if (frameScheduled) return;
   frameScheduled = true;
@@ -100,6 +114,7 @@ function frame(): void {
   }
   if (mapChanged && (map.workloadCount() > 0 || cmui.connected)) afterMapRender();
   try {
+    if (rawFlows.length && !mapReset) takeFlows();
     if (filtersDirty) table.rebuild();
     else if (!(mapReset && table.hasPending())) table.flush();
     // (a new snapshot is drawn first; the backlog of rows goes in right after the draw)
@@ -137,7 +152,7 @@ function afterMapRender(): void {
     const t = performance.now();
     cmui.renders.push({ t, workloads: map.workloads.size, links: map.links.size });
     mapNotBefore = t + Math.min(2000, Math.max(0, 1.5 * (t - mapFlushStart) - 25));
-    if (table.hasPending()) schedule();
+    if (table.hasPending() || rawFlows.length) schedule();
     if (cmui.renders.length > 1000) cmui.renders.splice(0, cmui.renders.length - 1000);
   };
   map.cy.on("render", push);
@@ -373,6 +388,7 @@ function open(): void {
       if (ev.reset) {
         // A new snapshot replaces everything; the backlog of flows follows it.
         table.reset();
+        rawFlows = [];
         if (!backendUp) {
           backendUp = true;
           statusDirty = true;
@@ -381,10 +397,12 @@ function open(): void {
       map.enqueue(ev);
       schedule();
     }),
-    flows: handle("flows", (d) => {
-      table.add(sanitize.flowsEvent(d, badRecords("flows")).flows);
+    // Flows are parsed when the table takes them (in the frame), so a big
+    // backlog does not hold up the first draw of the map.
+    flows: (e: Event) => {
+      rawFlows.push((e as MessageEvent).data);
       schedule();
-    }),
+    },
     status: handle("status", (d) => {
       status = sanitize.statusEvent(d);
       statusDirty = true;
