@@ -41,7 +41,7 @@ export class MapView {
       maxZoom: 3,
       boxSelectionEnabled: false,
       autounselectify: true,
-      autoungrabify: false,
+      autoungrabify: true, // boxes keep their computed place (the layout is deterministic)
       textureOnViewport: true,
       hideEdgesOnViewport: true,
       motionBlur: false,
@@ -468,7 +468,8 @@ function nodeData(w: Workload, parent: string | undefined): Record<string, unkno
     cluster: w.cluster,
     namespace: w.namespace,
     kind: w.kind,
-    label: shorten(w.name || w.id, 24) + "\n" + shorten(second, 26),
+    label: w.name || w.id, // the box title (contract); the box shows `display`
+    display: shorten(w.name || w.id, 24) + "\n" + shorten(second, 26),
     name: w.name,
     flows: w.flows,
   };
@@ -548,7 +549,7 @@ function buildStyle(lod: boolean): cytoscape.StylesheetJson {
     s.push({
       selector: "node.wl",
       style: {
-        label: "data(label)",
+        label: "data(display)",
         "text-wrap": "wrap",
         "text-max-width": "158px",
         "text-valign": "center",
