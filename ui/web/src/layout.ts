@@ -5,19 +5,21 @@
 //   inside a block a grid filled in arrival order. A block's column count is
 //   fixed when the block is created: from the namespace's size in the first
 //   snapshot (about sqrt(2n), so big namespaces are wide rather than tall),
-//   at least MIN_COLS.
+//   at least MIN_COLS. A cluster column reserves the width of its widest block.
 // - A new workload takes the first free slot of its block (normally the next
 //   one), so nobody already placed ever moves relative to the other boxes of
 //   its block. When a block gains a row the blocks below it shift down as a
-//   whole; when a cluster column gets wider the columns to its right shift as a
-//   whole. Nothing is ever reordered.
+//   whole; a cluster column only gets wider (and the columns to its right
+//   shift as a whole) when a new namespace arrives with a bigger block than
+//   any before, which after the first snapshot does not happen. Nothing is
+//   ever reordered.
 // - Everything outside the clusters (the world) is a column left of all regions.
 // - On a reset (reconnect), workloads that are gone free their slots (holes are
 //   reused by newcomers), so the others keep their place.
 
 export const CELL_W = 214;
 export const CELL_H = 78;
-export const MIN_COLS = 4;
+export const MIN_COLS = 3;
 export const MAX_COLS = 10;
 const NS_HEADER = 30; // room above a namespace block for its label
 const NS_GAP = 44; // between namespace blocks
@@ -33,7 +35,7 @@ interface Block {
 interface Column {
   cluster: string;
   blocks: Block[];
-  usedCols: number; // widest block so far, never shrinks
+  usedCols: number; // column count of its widest block so far, never shrinks
 }
 
 export interface Pos {
@@ -80,7 +82,10 @@ export class Layout {
       col.blocks.push(block);
     }
     takeSlot(block.slots, id);
-    col.usedCols = Math.max(col.usedCols, Math.min(block.cols, block.slots.length));
+    // A column is as wide as its widest block will ever be (a block's column
+    // count is fixed), so a namespace filling up never pushes the clusters on
+    // its right.
+    col.usedCols = Math.max(col.usedCols, block.cols);
   }
 
   remove(id: string): void {
@@ -121,6 +126,19 @@ export class Layout {
       x0 += col.usedCols * CELL_W + CLUSTER_GAP;
     }
     return out;
+  }
+
+  /** The area the layout reserves (box centres), room to grow included: the first fit shows it all. */
+  extent(): { x1: number; y1: number; x2: number; y2: number } | null {
+    const pos = this.positions();
+    if (pos.size === 0) return null;
+    let y2 = -Infinity;
+    for (const p of pos.values()) y2 = Math.max(y2, p.y);
+    let x2 = CELL_W / 2;
+    for (const c of this.columns) x2 += c.usedCols * CELL_W + CLUSTER_GAP;
+    x2 -= CLUSTER_GAP + CELL_W;
+    const x1 = this.outside.some((id) => id) ? -OUTSIDE_GAP - CELL_W / 2 : CELL_W / 2;
+    return { x1, y1: NS_HEADER + CELL_H / 2, x2: Math.max(x1, x2), y2 };
   }
 
   /** Width of each cluster column (for the region label size). */

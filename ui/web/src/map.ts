@@ -308,15 +308,9 @@ export class MapView {
    * which costs seconds with thousands of edges.
    */
   private quickFit(): void {
-    const pos = this.layout.positions();
-    if (pos.size === 0) return;
-    let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
-    for (const p of pos.values()) {
-      x1 = Math.min(x1, p.x);
-      y1 = Math.min(y1, p.y);
-      x2 = Math.max(x2, p.x);
-      y2 = Math.max(y2, p.y);
-    }
+    const ext = this.layout.extent();
+    if (!ext) return;
+    let { x1, y1, x2, y2 } = ext;
     // Box half-sizes plus the region paddings and labels.
     x1 -= 130;
     x2 += 130;
