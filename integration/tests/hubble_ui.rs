@@ -135,7 +135,7 @@ fn the_ui_maps_the_mesh_and_follows_drops_filters_failover_and_relays() -> anyho
     )?;
     for cluster in ["c1", "c2"] {
         let boxes: usize = ui.eval(&format!(
-            "window.cmui.cy.nodes().filter(n => !n.isParent() && n.data('cluster') === '{cluster}' && n.data('kind') === 'workload').length"
+            "window.cmui.cy.nodes().filter(n => !n.hasClass('region') && n.data('cluster') === '{cluster}' && n.data('kind') === 'workload').length"
         ))?;
         assert!(boxes >= 1, "workloads of {cluster} on the map");
     }
@@ -174,8 +174,8 @@ fn the_ui_maps_the_mesh_and_follows_drops_filters_failover_and_relays() -> anyho
     ui.click("input.cluster-toggle[value=\"c2\"]")?;
     ui.wait(
         "c2 hidden, c1 shown",
-        "window.cmui.cy.nodes().filter(n => !n.isParent() && n.data('cluster') === 'c2' && n.visible()).length === 0 && \
-         window.cmui.cy.nodes().filter(n => !n.isParent() && n.data('cluster') === 'c1' && n.visible()).length > 0",
+        "window.cmui.cy.nodes().filter(n => !n.hasClass('region') && n.data('cluster') === 'c2' && n.visible()).length === 0 && \
+         window.cmui.cy.nodes().filter(n => !n.hasClass('region') && n.data('cluster') === 'c1' && n.visible()).length > 0",
     )?;
     assert!(
         !ui.is(&client_to_echo("e.visible()")),

@@ -21,7 +21,7 @@ async fn screenshot(page: &browser::Page, test: &str, name: &str) -> anyhow::Res
 /// Workload boxes of `cluster` that are visible.
 fn visible_boxes(cluster: &str) -> String {
     format!(
-        "window.cmui.cy.nodes().filter(n => !n.isParent() && n.data('cluster') === '{cluster}' && n.visible()).length"
+        "window.cmui.cy.nodes().filter(n => !n.hasClass('region') && n.data('cluster') === '{cluster}' && n.visible()).length"
     )
 }
 
@@ -108,7 +108,7 @@ async fn an_empty_mesh_shows_a_hint_then_flows_draw_boxes_arrows_and_rows() -> a
     // The layout is stable: boxes already drawn stay where they are when
     // new ones arrive.
     let before: serde_json::Value = page
-        .eval("Object.fromEntries(window.cmui.cy.nodes().filter(n => !n.isParent()).map(n => [n.id(), n.position()]))")
+        .eval("Object.fromEntries(window.cmui.cy.nodes().filter(n => !n.hasClass('region')).map(n => [n.id(), n.position()]))")
         .await?;
     source.push((0..20).map(|i| {
         syn(
@@ -125,12 +125,12 @@ async fn an_empty_mesh_shows_a_hint_then_flows_draw_boxes_arrows_and_rows() -> a
     }));
     page.wait_for(
         "23 boxes",
-        "window.cmui.cy.nodes().filter(n => !n.isParent()).length === 23",
+        "window.cmui.cy.nodes().filter(n => !n.hasClass('region')).length === 23",
         DEADLINE,
     )
     .await?;
     let after: serde_json::Value = page
-        .eval("Object.fromEntries(window.cmui.cy.nodes().filter(n => !n.isParent()).map(n => [n.id(), n.position()]))")
+        .eval("Object.fromEntries(window.cmui.cy.nodes().filter(n => !n.hasClass('region')).map(n => [n.id(), n.position()]))")
         .await?;
     for (id, position) in before.as_object().expect("positions") {
         assert_eq!(&after[id], position, "{id} moved when new boxes arrived");
@@ -200,6 +200,11 @@ async fn filters_a_selection_and_pause_narrow_what_is_shown() -> anyhow::Result<
         .eval("window.cmui.cy.edges().filter(e => e.visible()).length")
         .await?;
     assert_eq!(edges, 1);
+    // c2's region and namespace blocks go with its boxes.
+    let regions: Vec<String> = page
+        .eval("window.cmui.cy.nodes('.region').filter(n => n.visible()).map(n => n.id()).sort()")
+        .await?;
+    assert_eq!(regions, ["cluster:c1", "ns:c1/demo"]);
     screenshot(&page, test, "1-cluster-filter").await?;
     page.click("input.cluster-toggle[value=\"c2\"]").await?;
     page.wait_for(

@@ -19,12 +19,17 @@
 
 export const CELL_W = 214;
 export const CELL_H = 78;
+export const BOX_W = 164; // a workload box (map.ts draws it this size)
+export const BOX_H = 44;
 export const MIN_COLS = 3;
 export const MAX_COLS = 10;
 const NS_HEADER = 30; // room above a namespace block for its label
 const NS_GAP = 44; // between namespace blocks
 const CLUSTER_GAP = 150; // between cluster columns
 const OUTSIDE_GAP = 170; // between the world column and the first cluster
+const NS_PAD = 10; // a namespace block's rectangle around its boxes
+const NS_LABEL = 18; // room for a namespace label above its rectangle
+const CLUSTER_PAD = 22; // a cluster region's rectangle around its namespace blocks
 
 interface Block {
   ns: string;
@@ -41,6 +46,17 @@ interface Column {
 export interface Pos {
   x: number;
   y: number;
+}
+
+/** A background rectangle: a cluster region (ns === "") or a namespace block. Centre and size. */
+export interface Region {
+  id: string; // "cluster:<name>" or "ns:<cluster>/<ns>"
+  cluster: string;
+  ns: string;
+  x: number;
+  y: number;
+  w: number;
+  h: number;
 }
 
 export class Layout {
@@ -122,6 +138,50 @@ export class Layout {
           out.set(id, { x: x0 + (i % cols) * CELL_W + CELL_W / 2, y: top + Math.floor(i / cols) * CELL_H + CELL_H / 2 });
         });
         y = top + Math.ceil(b.slots.length / cols) * CELL_H + NS_GAP;
+      }
+      x0 += col.usedCols * CELL_W + CLUSTER_GAP;
+    }
+    return out;
+  }
+
+  /**
+   * The rectangles drawn behind the boxes: one per namespace block (around
+   * its boxes), one per cluster (around its blocks and their labels).
+   * Derived from the same grid as positions(), so boxes sit inside them.
+   */
+  regions(): Region[] {
+    const out: Region[] = [];
+    let x0 = 0;
+    for (const col of this.columns) {
+      let y = 0;
+      let cx1 = Infinity;
+      let cy1 = Infinity;
+      let cx2 = -Infinity;
+      let cy2 = -Infinity;
+      for (const b of col.blocks) {
+        const top = y + NS_HEADER;
+        const n = b.slots.length;
+        const rows = Math.ceil(n / b.cols);
+        y = top + rows * CELL_H + NS_GAP;
+        if (n === 0) continue;
+        // Boxes without a namespace (host, remote-node) sit in the cluster region itself.
+        const pad = b.ns === "" ? 0 : NS_PAD;
+        const x1 = x0 + CELL_W / 2 - BOX_W / 2 - pad;
+        const x2 = x0 + (Math.min(b.cols, n) - 1) * CELL_W + CELL_W / 2 + BOX_W / 2 + pad;
+        const y1 = top + CELL_H / 2 - BOX_H / 2 - pad;
+        const y2 = top + (rows - 1) * CELL_H + CELL_H / 2 + BOX_H / 2 + pad;
+        if (b.ns !== "") out.push({ id: `ns:${col.cluster}/${b.ns}`, cluster: col.cluster, ns: b.ns, x: (x1 + x2) / 2, y: (y1 + y2) / 2, w: x2 - x1, h: y2 - y1 });
+        cx1 = Math.min(cx1, x1);
+        cy1 = Math.min(cy1, b.ns === "" ? y1 : y1 - NS_LABEL);
+        cx2 = Math.max(cx2, x2);
+        cy2 = Math.max(cy2, y2);
+      }
+      if (cx1 !== Infinity) {
+        cx1 -= CLUSTER_PAD;
+        cy1 -= CLUSTER_PAD;
+        cx2 += CLUSTER_PAD;
+        cy2 += CLUSTER_PAD;
+        out.push({ id: "cluster:" + col.cluster, cluster: col.cluster, ns: "", x: (cx1 + cx2) / 2, y: (cy1 + cy2) / 2, w: cx2 - cx1, h: cy2 - cy1 });
       }
       x0 += col.usedCols * CELL_W + CLUSTER_GAP;
     }

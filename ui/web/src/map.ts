@@ -1,10 +1,13 @@
-// The service map: workload boxes inside namespace compounds inside cluster
-// regions, the world outside every region, links as arrows coloured by verdict.
+// The service map: workload boxes on namespace blocks on cluster regions, the
+// world outside every region, links as arrows coloured by verdict. Regions and
+// blocks are plain background nodes sized and placed from the layout (no
+// compound nodes: the layout computes every position itself, and keeping
+// compound bounds up to date is a large part of cytoscape's first draw).
 
 import cytoscape from "cytoscape";
 import type { Link, MapEvent, Workload } from "./types";
 import { anyIncludes, Filters } from "./filters";
-import { Layout } from "./layout";
+import { BOX_H, BOX_W, Layout } from "./layout";
 import { clusterColor } from "./colors";
 import { patchDirtyStyleCache } from "./cyperf";
 
@@ -30,7 +33,6 @@ export class MapView {
   private filtered = false; // some element may carry hidden / faded / focus
   private knownNamespaces = new Set<string>();
   private knownClusters = new Set<string>();
-  private addedRegions = new Set<string>(); // region ids queued in the current add list
 
   constructor(container: HTMLElement, cb: MapCallbacks) {
     this.cy = cytoscape({
@@ -152,13 +154,6 @@ export class MapView {
       this.layout.hint(c, ns, n);
     }
     this.upsert(ws, ev.links ?? []);
-    // Regions left without any workload.
-    cy.nodes(".ns-region").forEach((r) => {
-      if (r.children().length === 0) r.remove();
-    });
-    cy.nodes(".cluster-region").forEach((r) => {
-      if (r.children().length === 0) r.remove();
-    });
     this.knownNamespaces = new Set([...this.workloads.values()].map((w) => w.namespace).filter((n) => n !== ""));
     this.knownClusters = new Set([...this.workloads.values()].map((w) => w.cluster).filter((c) => c !== ""));
   }
@@ -166,25 +161,20 @@ export class MapView {
   private upsert(ws: Workload[], ls: Link[]): void {
     const cy = this.cy;
     const add: cytoscape.ElementDefinition[] = [];
-    this.addedRegions.clear();
     const newNodes = new Set<string>();
-    const moved: string[] = [];
 
     const ensureWorkload = (w: Workload) => {
       const prev = this.workloads.get(w.id);
       this.workloads.set(w.id, w);
-      const parent = this.ensureRegions(w.cluster, w.namespace, add);
-      const data = nodeData(w, parent);
+      const data = nodeData(w);
       if (prev || newNodes.has(w.id)) {
         if (newNodes.has(w.id)) {
           const def = add.find((d) => d.data.id === w.id); // rare: the same id twice in one batch
           if (def) def.data = data;
         } else {
           const n = cy.getElementById(w.id);
-          if (prev && (prev.cluster !== w.cluster || prev.namespace !== w.namespace)) {
-            this.layout.place(w.id, w.cluster, w.namespace);
-            moved.push(w.id);
-          }
+          // Moved to another namespace or cluster: a new slot (the box moves below).
+          if (prev && (prev.cluster !== w.cluster || prev.namespace !== w.namespace)) this.layout.place(w.id, w.cluster, w.namespace);
           n.data(data);
           n.classes(nodeClasses(w));
         }
@@ -222,10 +212,7 @@ export class MapView {
         if (cur.x !== p.x || cur.y !== p.y) n.position({ x: p.x, y: p.y });
       }
     }
-    const moves = moved.map((id) => {
-      const w = this.workloads.get(id)!;
-      return { id, parent: this.ensureRegions(w.cluster, w.namespace, add) ?? null };
-    });
+    this.syncRegions(add);
 
     let newLinks = 0;
     for (const l of ls) if (!this.links.has(l.id)) newLinks++;
@@ -251,36 +238,34 @@ export class MapView {
         add.push({ group: "edges", data, classes });
       }
     }
-    for (const [cluster, width] of this.layout.columnWidths()) {
-      const fs = Math.round(Math.max(20, Math.min(110, width / 16)));
-      const def = add.find((d) => d.data.id === "cluster:" + cluster);
-      if (def) def.data.fontSize = fs;
-      else {
-        const r = cy.getElementById("cluster:" + cluster);
-        if (r.nonempty() && r.data("fontSize") !== fs) r.data("fontSize", fs);
-      }
-    }
     if (add.length) cy.add(add);
-    for (const m of moves) cy.getElementById(m.id).move({ parent: m.parent });
-
   }
 
-  /** Makes sure the cluster region and namespace compound exist; returns the box's parent id. */
-  private ensureRegions(cluster: string, ns: string, add: cytoscape.ElementDefinition[]): string | undefined {
-    if (cluster === "") return undefined;
-    const cid = "cluster:" + cluster;
-    if (!this.addedRegions.has(cid) && this.cy.getElementById(cid).empty()) {
-      this.addedRegions.add(cid);
-      const color = clusterColor(cluster);
-      add.push({ group: "nodes", data: { id: cid, label: cluster, regionCluster: cluster, color, fontSize: 20 }, classes: "region cluster-region" });
+  /**
+   * Cluster regions and namespace blocks: background nodes placed and sized
+   * from the layout (added, moved, resized or removed to match it).
+   */
+  private syncRegions(add: cytoscape.ElementDefinition[]): void {
+    const cy = this.cy;
+    const widths = this.layout.columnWidths();
+    const want = new Set<string>();
+    for (const r of this.layout.regions()) {
+      want.add(r.id);
+      const data: Record<string, unknown> = { id: r.id, label: r.ns || r.cluster, regionCluster: r.cluster, w: r.w, h: r.h };
+      if (r.ns === "") {
+        data.color = clusterColor(r.cluster);
+        data.fontSize = Math.round(Math.max(20, Math.min(110, (widths.get(r.cluster) ?? 0) / 16)));
+      } else data.regionNamespace = r.ns;
+      const n = cy.getElementById(r.id);
+      if (n.empty()) {
+        add.push({ group: "nodes", data, position: { x: r.x, y: r.y }, classes: r.ns === "" ? "region cluster-region" : "region ns-region" });
+        continue;
+      }
+      const p = n.position();
+      if (p.x !== r.x || p.y !== r.y) n.position({ x: r.x, y: r.y });
+      if (n.data("w") !== r.w || n.data("h") !== r.h || n.data("fontSize") !== data.fontSize) n.data(data);
     }
-    if (ns === "") return cid;
-    const nid = `ns:${cluster}/${ns}`;
-    if (!this.addedRegions.has(nid) && this.cy.getElementById(nid).empty()) {
-      this.addedRegions.add(nid);
-      add.push({ group: "nodes", data: { id: nid, parent: cid, label: ns, regionCluster: cluster, regionNamespace: ns }, classes: "region ns-region" });
-    }
-    return nid;
+    if (cy.nodes(".region").length !== want.size) cy.nodes(".region").filter((n) => !want.has(n.id())).remove();
   }
 
   namespaces(): string[] {
@@ -304,7 +289,7 @@ export class MapView {
 
   /**
    * Fits the view from the layout's own positions: cytoscape's fit() on a
-   * fresh graph computes every element's bounding box (labels, compounds),
+   * fresh graph computes every element's bounding box (labels, edges),
    * which costs seconds with thousands of edges.
    */
   private quickFit(): void {
@@ -397,21 +382,18 @@ export class MapView {
 
     cy.batch(() => {
       const regionVisible = new Set<string>();
+      for (const id of visibleNode) {
+        const w = this.workloads.get(id);
+        if (!w || w.cluster === "") continue;
+        regionVisible.add("cluster:" + w.cluster);
+        if (w.namespace !== "") regionVisible.add(`ns:${w.cluster}/${w.namespace}`);
+      }
       cy.nodes().forEach((n) => {
         if (n.hasClass("region")) return;
         const id = n.id();
-        const vis = visibleNode.has(id);
-        setClass(n, "hidden", !vis);
+        setClass(n, "hidden", !visibleNode.has(id));
         setClass(n, "faded", focus !== null && !focus.has(id));
         setClass(n, "focus", sel !== null && sel.id === id);
-        if (vis) {
-          const p = n.data("parent") as string | undefined;
-          if (p) {
-            regionVisible.add(p);
-            const gp = this.cy.getElementById(p).data("parent") as string | undefined;
-            if (gp) regionVisible.add(gp);
-          }
-        }
       });
       cy.nodes(".region").forEach((r) => setClass(r, "hidden", !regionVisible.has(r.id())));
       cy.edges().forEach((e) => {
@@ -455,7 +437,7 @@ function shorten(s: string, n: number): string {
   return s.length > n ? s.slice(0, n - 1) + "…" : s;
 }
 
-function nodeData(w: Workload, parent: string | undefined): Record<string, unknown> {
+function nodeData(w: Workload): Record<string, unknown> {
   const second = w.namespace !== "" ? w.namespace : w.kind === "world" ? "outside the mesh" : w.cluster !== "" ? (w.kind === w.name ? w.cluster : `${w.kind} · ${w.cluster}`) : w.kind;
   const d: Record<string, unknown> = {
     id: w.id,
@@ -467,7 +449,6 @@ function nodeData(w: Workload, parent: string | undefined): Record<string, unkno
     name: w.name,
     flows: w.flows,
   };
-  if (parent) d.parent = parent;
   return d;
 }
 
@@ -528,14 +509,11 @@ function buildStyle(lod: boolean): cytoscape.StylesheetJson {
       selector: "node.wl",
       style: {
         shape: "round-rectangle",
-        width: 164,
-        height: 44,
+        width: BOX_W,
+        height: BOX_H,
         "background-color": "#ffffff",
         "border-width": 1.5,
         "border-color": "#94a3b8",
-        // Explicit draw order (regions < links < boxes): saves cytoscape from
-        // walking every element's ancestors to z-sort a compound graph.
-        "z-compound-depth": "top",
       },
     },
   ];
@@ -573,7 +551,8 @@ function buildStyle(lod: boolean): cytoscape.StylesheetJson {
         "border-color": "data(color)",
         "border-width": 2,
         "border-opacity": 0.8,
-        padding: "22px",
+        width: "data(w)",
+        height: "data(h)",
         label: "data(label)",
         "text-valign": "top",
         "text-halign": "center",
@@ -597,7 +576,8 @@ function buildStyle(lod: boolean): cytoscape.StylesheetJson {
         "border-color": "#cbd5e1",
         "border-width": 1,
         "border-style": "dashed",
-        padding: "10px",
+        width: "data(w)",
+        height: "data(h)",
         label: "data(label)",
         "text-valign": "top",
         "text-halign": "center",
@@ -618,7 +598,6 @@ function buildStyle(lod: boolean): cytoscape.StylesheetJson {
         "line-color": FORWARDED,
         "curve-style": "bezier",
         opacity: 0.85,
-        "z-compound-depth": "top",
       },
     },
   );
