@@ -28,6 +28,7 @@ export class MapView {
   private pendingL = new Map<string, Link>();
   private big = false;
   private lod = false;
+  private styled = false; // a stylesheet is set (chosen with the first data)
   private fitted = false;
   private userMoved = false;
   private filtered = false; // some element may carry hidden / faded / focus
@@ -37,7 +38,7 @@ export class MapView {
   constructor(container: HTMLElement, cb: MapCallbacks) {
     this.cy = cytoscape({
       container,
-      style: STYLE,
+      // No stylesheet yet: flush() sets the one that fits the first data.
       layout: { name: "preset" },
       minZoom: 0.05,
       maxZoom: 3,
@@ -60,14 +61,13 @@ export class MapView {
         if (this.fitted && !this.userMoved) this.quickFit();
       }).observe(container);
     }
-    this.cy.on("tap", "node", (e) => {
-      const n = e.target as cytoscape.NodeSingular;
-      if (n.hasClass("region")) return;
-      cb.onSelect("workload", n.id());
-    });
-    this.cy.on("tap", "edge", (e) => cb.onSelect("link", (e.target as cytoscape.EdgeSingular).id()));
+    // One listener: cytoscape checks every listener for every event it
+    // emits (tens of thousands while it styles and draws a big graph).
     this.cy.on("tap", (e) => {
-      if (e.target === this.cy) cb.onSelect(null, "");
+      const t = e.target as cytoscape.Core | cytoscape.NodeSingular | cytoscape.EdgeSingular;
+      if (t === this.cy) cb.onSelect(null, "");
+      else if ((t as cytoscape.EdgeSingular).isEdge()) cb.onSelect("link", (t as cytoscape.EdgeSingular).id());
+      else if (!(t as cytoscape.NodeSingular).hasClass("region")) cb.onSelect("workload", (t as cytoscape.NodeSingular).id());
     });
   }
 
@@ -105,11 +105,13 @@ export class MapView {
     const cy = this.cy;
     // A big first snapshot starts with the low-detail stylesheet: swapping
     // stylesheets later re-styles every element (half a second at 2,000 links).
-    if (cy.elements().empty() && !this.lod) {
+    if (cy.elements().empty()) {
       const links = reset ? (reset.links ?? []).length : ls.length;
-      if (links >= BIG_GRAPH_EDGES) {
-        this.lod = true;
-        cy.style(STYLE_LOD);
+      const lod = this.lod || links >= BIG_GRAPH_EDGES;
+      if (!this.styled || lod !== this.lod) {
+        this.lod = lod;
+        this.styled = true;
+        cy.style(lod ? STYLE_LOD : STYLE);
       }
     }
     cy.batch(() => {
