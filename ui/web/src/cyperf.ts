@@ -7,8 +7,8 @@
 // the first draw (about 6% of it, garbage collection included). This
 // replacement clears exactly the same fields through the element's private
 // list of edges, without allocating. The map has no compound nodes; should
-// a graph have some, or the internals it relies on not be there, cytoscape's
-// own function runs.
+// a graph have some, or a node not have the private list of edges it relies
+// on, cytoscape's own function runs.
 
 import type cytoscape from "cytoscape";
 
@@ -23,11 +23,7 @@ type Eles = ArrayLike<{ _private: Priv }> & { cy(): { hasCompoundNodes(): boolea
 export function patchDirtyStyleCache(cy: cytoscape.Core): void {
   const proto = Object.getPrototypeOf(cy.collection()) as Record<string, unknown>;
   const original = proto.dirtyStyleCache as ((this: Eles) => Eles) | undefined;
-  const probe = cy.add({ group: "nodes", data: { id: "__cmui_probe__" } });
-  const p = (probe[0] as unknown as { _private?: Priv })._private;
-  const ok = typeof original === "function" && typeof (cy as unknown as { hasCompoundNodes?: unknown }).hasCompoundNodes === "function" && p && Array.isArray(p.edges);
-  cy.remove(probe);
-  if (!ok) return;
+  if (typeof original !== "function" || typeof (cy as unknown as { hasCompoundNodes?: unknown }).hasCompoundNodes !== "function") return;
 
   proto.dirtyStyleCache = function (this: Eles) {
     if (this.cy().hasCompoundNodes()) return original.call(this);
@@ -35,7 +31,8 @@ export function patchDirtyStyleCache(cy: cytoscape.Core): void {
       const e = this[i]._private;
       e.styleCache = null;
       if (e.group !== "nodes") continue;
-      const es = e.edges!;
+      const es = e.edges;
+      if (!Array.isArray(es)) return original.call(this); // not the internals we know
       for (let j = 0; j < es.length; j++) es[j]._private.styleCache = null;
     }
     return this;
