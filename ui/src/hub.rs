@@ -2,7 +2,8 @@
 //!
 //! The relay feed adds flows, the services poller sets the global services,
 //! both set their status; [`Hub::flush`] turns what changed into events
-//! (`map`, `flows`, `status`, `services`, named as the page expects) and
+//! (`map`, `flows`, `status`, `services`, named as the page expects, see
+//! `ui/API.md`) and
 //! sends them to every connected page. A page that connects gets a snapshot
 //! first ([`Hub::subscribe`]), taken under the same lock that orders the
 //! events, so it misses nothing and sees nothing twice.

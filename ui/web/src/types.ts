@@ -1,4 +1,4 @@
-// Shapes of the server-sent events, exactly as in /ui-contract.md.
+// Shapes of the server-sent events, exactly as in ui/API.md.
 
 export type RelayState = "connected" | "connecting" | "unreachable";
 
