@@ -228,6 +228,23 @@ fn print_logs(mesh: &Mesh) {
     }
 }
 
+/// A policy admitting clients (`app: client`) of the echo servers' own
+/// cluster only to their port 8080: applied in c2, it denies c1's client.
+pub fn echo_admits_local_clients() -> kvstore::values::PolicyDocument {
+    kvstore::values::PolicyDocument::parse(
+        r#"
+kind: CiliumNetworkPolicy
+metadata: {name: echo-ingress, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: echo}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#,
+    )
+    .expect("a valid policy")
+}
+
 /// Polls `f` until it returns true; panics with `what` after `DEADLINE`.
 pub fn wait_for(what: &str, f: impl FnMut() -> bool) {
     assert!(

@@ -14,24 +14,8 @@ use hubble_api::{
     },
     relay::NodeState,
 };
-use integration::{TestMesh, can_run, wait_for};
-use kvstore::{StoreValue, keys, values::PolicyDocument};
-
-/// Admits c2's own clients to c2's echo servers (so c1's client is denied).
-fn echo_admits_local_clients() -> PolicyDocument {
-    PolicyDocument::parse(
-        r#"
-kind: CiliumNetworkPolicy
-metadata: {name: echo-ingress, namespace: demo}
-spec:
-  endpointSelector: {matchLabels: {app: echo}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-"#,
-    )
-    .unwrap()
-}
+use integration::{TestMesh, can_run, echo_admits_local_clients, wait_for};
+use kvstore::{StoreValue, keys};
 
 /// Flows from the Hubble server at `socket` that pass `filter`.
 fn flows(socket: &Path, filter: FlowFilter) -> anyhow::Result<Vec<Flow>> {

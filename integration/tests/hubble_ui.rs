@@ -12,26 +12,10 @@ use std::{
 
 use anyhow::Context;
 use browser::{Browser, LaunchOptions, Page};
-use integration::{DEADLINE, TestMesh, can_run, wait_for};
-use kvstore::{StoreValue, keys, values::PolicyDocument};
+use integration::{DEADLINE, TestMesh, can_run, echo_admits_local_clients, wait_for};
+use kvstore::{StoreValue, keys};
 
 const TEST: &str = "the_ui_maps_the_mesh_and_follows_drops_filters_failover_and_relays";
-
-/// Admits c2's own clients to c2's echo servers (so c1's client is denied).
-fn echo_admits_local_clients() -> PolicyDocument {
-    PolicyDocument::parse(
-        r#"
-kind: CiliumNetworkPolicy
-metadata: {name: echo-ingress, namespace: demo}
-spec:
-  endpointSelector: {matchLabels: {app: echo}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-"#,
-    )
-    .unwrap()
-}
 
 /// The page, driven from a test thread that also drives the mesh (which
 /// has blocking calls of its own): every browser step is one `block_on`.
