@@ -13,6 +13,7 @@
 
 mod daemon;
 mod daemon_error;
+mod error_chain;
 mod exit;
 mod flags;
 mod health;
@@ -21,6 +22,7 @@ mod shutdown;
 
 pub use daemon::{DEFAULT_LOG_ENV, Daemon};
 pub use daemon_error::DaemonError;
+pub use error_chain::error_chain;
 pub use exit::Exit;
 pub use flags::{flags_error, parse_flags};
 pub use health::{Check, Health};

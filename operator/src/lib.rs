@@ -54,17 +54,4 @@ pub use operator::{Operator, OperatorError, OperatorHandle};
 pub use pod_cidr_assignment::{AssignmentError, get_assignment, wait_for_assignment};
 pub use service_exporter::{ExportState, ServiceExporter, ServiceExporterError, exported_services};
 
-/// An error and its sources, joined with `: ` (for logs and exit messages).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
-}
+pub use daemon::error_chain;

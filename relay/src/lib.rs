@@ -48,20 +48,7 @@ pub use crate::{
     relay::{BoundAddrs, Relay, RelayError, RelayHandle},
 };
 
-/// An error and its sources, joined with `: ` (for logs and messages).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
-}
+pub use daemon::error_chain;
 
 /// A gRPC status as grpc-go prints it (`rpc error: code = … desc = …`),
 /// which is what Cilium's relay puts in `NODE_ERROR` messages, with the

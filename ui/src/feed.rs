@@ -18,6 +18,8 @@ use prost_types::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use daemon::error_chain;
+
 use crate::hub::{Hub, NodeCounts, RelayEntry, RelayState, now_ms};
 
 /// How often the node counts are asked for.
@@ -222,19 +224,4 @@ fn status_message(status: &tonic::Status) -> String {
     } else {
         format!("{:?}: {}", status.code(), status.message())
     }
-}
-
-/// An error and its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -111,7 +111,7 @@ impl Flags {
                 Some(certs::ClientTls::load(files, config).map_err(|e| {
                     anyhow::anyhow!(
                         "cannot load the relay TLS files: {}",
-                        crate::feed::error_chain(&e)
+                        daemon::error_chain(&e)
                     )
                 })?)
             }
