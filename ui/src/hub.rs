@@ -229,7 +229,9 @@ impl Hub {
         }
         let elapsed = inner.rate_since.elapsed();
         if elapsed >= Duration::from_secs(1) {
-            let rate = inner.rate_count as f64 / elapsed.as_secs_f64();
+            // One decimal: the page shows no more, and an idle mesh sends
+            // no status every second.
+            let rate = (inner.rate_count as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0;
             inner.rate_count = 0;
             inner.rate_since = Instant::now();
             let clusters = inner.clusters();
@@ -238,7 +240,7 @@ impl Hub {
             let changed = status.flows_seen != seen
                 || status.clusters != clusters
                 || status.flows_per_s != rate;
-            status.flows_per_s = (rate * 10.0).round() / 10.0;
+            status.flows_per_s = rate;
             status.flows_seen = seen;
             status.clusters = clusters;
             if changed {

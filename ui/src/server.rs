@@ -45,11 +45,6 @@ pub fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .with_state(AppState { hub, shutdown })
 }
 
-/// The embedded front end's files (for tests and `--help` checks).
-pub fn embedded_files() -> impl Iterator<Item = &'static str> {
-    files::FILES.iter().map(|(name, _)| *name)
-}
-
 async fn asset(Path(path): Path<String>) -> Response {
     file(&format!("assets/{path}"))
 }
