@@ -5,12 +5,17 @@ BENCH ?=
 KEEP ?=
 BENCHES := kvstore allocator datapath apiserver e2e hubble ui
 
-.PHONY: all deps build test lint demo bench clean
+.PHONY: all deps kube-server build test lint demo bench clean
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
+
+# A real kube-apiserver for the Kubernetes tests, built once from Debian's
+# source package into ~/.cache/clustermesh/kube (about 4-9 minutes the first time).
+kube-server: deps
+	@scripts/kube-test-server.sh >/dev/null
 
 build: deps
 	$(CARGO) build --workspace --all-targets
@@ -19,7 +24,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: lint
+test: lint kube-server
 	$(CARGO) nextest run --workspace --profile ci --no-tests=warn
 
 # `make demo KEEP=1` keeps the mesh and its Hubble UI up at the end.

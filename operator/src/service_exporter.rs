@@ -171,12 +171,15 @@ pub fn exported_services(
         .defs
         .values()
         .map(|def| {
-            let mut backends: Vec<IpAddr> = state
-                .ips
-                .values()
-                .filter(|(_, id)| state.identities.get(id).is_some_and(|l| def.selects(l)))
-                .map(|(ip, _)| *ip)
-                .collect();
+            let mut backends: Vec<IpAddr> = match &def.backends {
+                Some(backends) => backends.clone(),
+                None => state
+                    .ips
+                    .values()
+                    .filter(|(_, id)| state.identities.get(id).is_some_and(|l| def.selects(l)))
+                    .map(|(ip, _)| *ip)
+                    .collect(),
+            };
             backends.sort();
             let svc = def.export(cluster, cluster_id, backends);
             (svc.key(), svc)

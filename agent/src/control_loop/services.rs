@@ -62,11 +62,14 @@ fn merge(
     let local_ips = tables.local_cluster_ips();
     let mut out = Vec::new();
     for (key, def) in &tables.service_defs {
-        let local: Vec<IpAddr> = local_ips
-            .iter()
-            .filter(|(_, id)| tables.identities.get(id).is_some_and(|l| def.selects(l)))
-            .map(|(ip, _)| *ip)
-            .collect();
+        let local: Vec<IpAddr> = match &def.backends {
+            Some(backends) => backends.clone(),
+            None => local_ips
+                .iter()
+                .filter(|(_, id)| tables.identities.get(id).is_some_and(|l| def.selects(l)))
+                .map(|(ip, _)| *ip)
+                .collect(),
+        };
         let remote_services: Vec<(&String, u32, &ClusterService)> = tables
             .services
             .get(key)

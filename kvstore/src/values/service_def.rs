@@ -45,6 +45,11 @@ pub struct ServiceDef {
     /// 0 takes a cluster out of rotation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cluster_weights: BTreeMap<String, u32>,
+    /// The backends, where something other than the selector chose them
+    /// (a Kubernetes Service's Endpoints: only ready Pods); `None`: the
+    /// cluster's endpoints the selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<IpAddr>>,
 }
 
 /// One port of a service.
@@ -203,7 +208,7 @@ impl ServiceDef {
                 });
             }
         }
-        if self.selector.is_empty() {
+        if self.selector.is_empty() && self.backends.is_none() {
             return Err(ServiceDefError::NoSelector);
         }
         for cluster in self.cluster_weights.keys() {
@@ -237,7 +242,9 @@ pub enum ServiceDefError {
     PortOutOfRange { name: String },
     #[error("port name {name:?} is used twice")]
     DuplicatePortName { name: String },
-    #[error("a service needs a selector (an empty one would select every endpoint)")]
+    #[error(
+        "a service needs a selector or its backends (an empty selector would select every endpoint)"
+    )]
     NoSelector,
     /// A key of `clusterWeights` is not a cluster name.
     #[error("clusterWeights: {0}")]
