@@ -21,6 +21,7 @@ pub mod labels;
 pub mod local_server;
 pub mod policy;
 pub mod service;
+pub mod services_source;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod watch;
