@@ -27,6 +27,7 @@ use crate::{
     endpoint_manager::{EndpointManager, EndpointManagerConfig},
     health::HealthServer,
     hubble::Hubble,
+    kubernetes::Kubernetes,
     metrics::AgentMetrics,
     plumbing,
     remote_clusters::RemoteClusters,
@@ -163,24 +164,45 @@ impl Agent {
             &inner,
             |e| Input::Node(SourceId::LOCAL_CLUSTER, e),
         );
-        spawn_watch::<PolicyDocument>(
-            &mut tasks,
-            &client,
-            keys::policies(),
-            "policies",
-            &handle,
-            &inner,
-            Input::Policy,
-        );
-        spawn_watch::<ServiceDef>(
-            &mut tasks,
-            &client,
-            keys::service_defs(),
-            "servicedefs",
-            &handle,
-            &inner,
-            Input::ServiceDef,
-        );
+        // Policies and services: from Kubernetes in Kubernetes mode, else
+        // from the local etcd's own keys.
+        let kube = match &c.k8s {
+            Some(access) => {
+                let kube = Kubernetes::new(access, metrics.clone())
+                    .await
+                    .with_context(|| format!("Kubernetes mode ({access})"))?;
+                info!(%access, "Kubernetes mode");
+                let kube = Arc::new(kube);
+                control.with_kube(kube.state.clone());
+                let (kube2, handle, token) = (kube.clone(), handle.clone(), inner.clone());
+                tasks.spawn("Kubernetes sources", async move {
+                    kube2.run_sources(handle, token).await;
+                    anyhow::Ok(())
+                });
+                Some(kube)
+            }
+            None => {
+                spawn_watch::<PolicyDocument>(
+                    &mut tasks,
+                    &client,
+                    keys::policies(),
+                    "policies",
+                    &handle,
+                    &inner,
+                    Input::Policy,
+                );
+                spawn_watch::<ServiceDef>(
+                    &mut tasks,
+                    &client,
+                    keys::service_defs(),
+                    "servicedefs",
+                    &handle,
+                    &inner,
+                    Input::ServiceDef,
+                );
+                None
+            }
+        };
 
         // Write side: this node's ipcache entries and node entry.
         let (ipcache_store, ipcache_runner) = SyncStore::<IpIdentityPair>::new(
@@ -314,7 +336,7 @@ impl Agent {
             }
         }
 
-        let endpoints = Arc::new(EndpointManager::new(
+        let mut endpoints = EndpointManager::new(
             EndpointManagerConfig {
                 cluster: c.cluster.clone(),
                 node_ip: c.node_ip,
@@ -324,11 +346,23 @@ impl Agent {
             allocator,
             ipcache_store,
             handle.clone(),
-        ));
+        );
+        if let Some(kube) = &kube {
+            endpoints = endpoints.with_pods(kube.pods.clone(), c.k8s_pod_wait);
+        }
+        let endpoints = Arc::new(endpoints);
         endpoints.set_pod_cidr(pod_cidr).await;
         let (restored, dropped) = endpoints.restore().await.context("restoring endpoints")?;
         info!(restored, dropped, "endpoints restored from the snapshot");
         endpoints.mark_synced();
+        if let Some(kube) = kube {
+            let (endpoints, node, token) =
+                (endpoints.clone(), c.node_name.to_string(), inner.clone());
+            tasks.spawn("Kubernetes pods", async move {
+                kube.run_pods(node, endpoints, token).await;
+                anyhow::Ok(())
+            });
+        }
         {
             let (endpoints, token) = (endpoints.clone(), inner.clone());
             tasks.spawn("identity confirmation", async move {

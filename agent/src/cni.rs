@@ -148,6 +148,7 @@ pub fn run_cni(env_vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Stri
                 ifname: Some(ifname.clone()),
                 labels,
                 ip: None,
+                pod: args.get("K8S_POD_NAME").filter(|p| !p.is_empty()).cloned(),
             };
             let body = serde_json::to_vec(&req).expect("requests serialize");
             let ep: Endpoint = client

@@ -45,6 +45,9 @@ pub mod env {
     pub const HUBBLE_TLS_KEY_FILE: &str = "CLUSTERMESH_HUBBLE_TLS_KEY_FILE";
     pub const HUBBLE_TLS_CLIENT_CA_FILES: &str = "CLUSTERMESH_HUBBLE_TLS_CLIENT_CA_FILES";
     pub const HUBBLE_EVENT_BUFFER_CAPACITY: &str = "CLUSTERMESH_HUBBLE_EVENT_BUFFER_CAPACITY";
+    pub const K8S_KUBECONFIG: &str = "CLUSTERMESH_K8S_KUBECONFIG";
+    pub const K8S_IN_CLUSTER: &str = "CLUSTERMESH_K8S_IN_CLUSTER";
+    pub const K8S_POD_WAIT: &str = "CLUSTERMESH_K8S_POD_WAIT";
 }
 
 /// Default API socket of the agent (and of the CNI plugin and debug client).
@@ -148,6 +151,20 @@ pub struct AgentArgs {
     /// How many flows the Hubble server keeps: a power of two minus one.
     #[arg(long, env = env::HUBBLE_EVENT_BUFFER_CAPACITY, default_value = "4095")]
     pub hubble_event_buffer_capacity: hubble::ring::Capacity,
+    /// Kubernetes mode through this kubeconfig (its current context):
+    /// Pods, Namespaces, Services with their endpoints, Nodes and the
+    /// CiliumNetworkPolicy CRDs come from the API server instead of etcd's
+    /// policy and service-definition keys. Identities stay in etcd.
+    #[arg(long, env = env::K8S_KUBECONFIG, conflicts_with = "k8s_in_cluster")]
+    pub k8s_kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode with the Pod's service account (a DaemonSet).
+    #[arg(long, env = env::K8S_IN_CLUSTER, num_args = 0..=1, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub k8s_in_cluster: bool,
+    /// How long a CNI ADD for a Pod waits for that Pod to appear in the API
+    /// (its labels give the endpoint's identity).
+    #[arg(long, env = env::K8S_POD_WAIT, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub k8s_pod_wait: Duration,
 }
 
 /// A listen address; `:PORT` means every address.
@@ -211,6 +228,9 @@ pub struct AgentConfig {
     pub sync_timeout: Duration,
     /// `None`: Hubble is off.
     pub hubble: Option<crate::hubble::HubbleConfig>,
+    /// `None`: not in Kubernetes mode.
+    pub k8s: Option<k8s::KubeAccess>,
+    pub k8s_pod_wait: Duration,
 }
 
 impl AgentArgs {
@@ -327,6 +347,12 @@ impl AgentArgs {
             session_ttl: self.session_ttl,
             sync_timeout: self.sync_timeout,
             hubble,
+            k8s: match (self.k8s_kubeconfig, self.k8s_in_cluster) {
+                (Some(path), _) => Some(k8s::KubeAccess::Kubeconfig(path)),
+                (None, true) => Some(k8s::KubeAccess::InCluster),
+                (None, false) => None,
+            },
+            k8s_pod_wait: self.k8s_pod_wait,
         })
     }
 }

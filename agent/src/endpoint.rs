@@ -59,6 +59,10 @@ pub struct Endpoint {
     /// Interface index of `host_ifname` once attached.
     #[serde(default)]
     pub ifindex: Option<u32>,
+    /// The Kubernetes Pod (in `namespace`) whose labels the endpoint has;
+    /// a label change on the Pod moves the endpoint to a new identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 /// A request to add an endpoint (REST API and CNI plugin).
@@ -82,6 +86,11 @@ pub struct EndpointRequest {
     /// A specific address from the node's pod CIDR (default: the next free).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// The Kubernetes Pod's name (CNI's `K8S_POD_NAME`), in `namespace`: in
+    /// Kubernetes mode its labels (and its namespace's) are the endpoint's,
+    /// and the request waits briefly for the Pod to appear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Endpoint {
@@ -177,6 +186,7 @@ mod tests {
             ifname: None,
             labels: BTreeMap::from([("app".into(), "web".into())]),
             ip: None,
+            pod: None,
         };
         assert!(validate_request(&ok).is_ok());
         let bad = |f: fn(&mut EndpointRequest)| {

@@ -22,6 +22,7 @@ use crate::{
     endpoint::{
         Endpoint, EndpointId, EndpointRequest, host_ifname, security_labels, validate_request,
     },
+    kubernetes::PodLabels,
     plumbing::{self, EndpointLink, PlumbingError},
 };
 
@@ -38,6 +39,10 @@ pub(crate) enum EndpointError {
     PoolExhausted(Ipv4Net),
     #[error("the node has no pod CIDR yet (waiting for IPAM)")]
     NoPodCidr,
+    #[error(
+        "Pod {0} is not in the Kubernetes API (on this node) after {1:?}; its labels give the endpoint's identity"
+    )]
+    PodUnknown(String, std::time::Duration),
     #[error("allocating the endpoint's identity")]
     Identity(#[source] AllocatorError),
     #[error("creating the endpoint's interfaces")]
@@ -61,7 +66,11 @@ impl EndpointError {
             Self::BadRequest(_) => 400,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
-            Self::PoolExhausted(_) | Self::NoPodCidr | Self::Identity(_) | Self::Stopping => 503,
+            Self::PoolExhausted(_)
+            | Self::NoPodCidr
+            | Self::PodUnknown(..)
+            | Self::Identity(_)
+            | Self::Stopping => 503,
             Self::Plumbing(_) | Self::Datapath(_) | Self::Snapshot { .. } => 500,
         }
     }
@@ -91,6 +100,9 @@ pub(crate) struct EndpointManager {
     inner: Mutex<Inner>,
     /// Restored endpoints whose identity is not confirmed yet.
     deferred: Mutex<Vec<String>>,
+    /// Kubernetes mode: the Pods' labels, and how long an ADD waits for
+    /// its Pod.
+    pods: Option<(Arc<PodLabels>, std::time::Duration)>,
 }
 
 /// How long a restore waits for etcd to confirm an identity.
@@ -121,7 +133,14 @@ impl EndpointManager {
                 pod_cidr: None,
             }),
             deferred: Mutex::default(),
+            pods: None,
         }
+    }
+
+    /// Kubernetes mode: an endpoint of a Pod has the Pod's labels.
+    pub(crate) fn with_pods(mut self, pods: Arc<PodLabels>, wait: std::time::Duration) -> Self {
+        self.pods = Some((pods, wait));
+        self
     }
 
     /// Sets the node's pod CIDR (from IPAM or configuration).
@@ -152,6 +171,18 @@ impl EndpointManager {
     /// namespace returns the existing endpoint (a retried CNI ADD).
     pub(crate) async fn add(&self, req: EndpointRequest) -> Result<Endpoint, EndpointError> {
         validate_request(&req).map_err(EndpointError::BadRequest)?;
+        // Before the lock: other endpoints go on while this one waits.
+        let pod_labels = match (&self.pods, &req.pod) {
+            (Some((pods, wait)), Some(pod)) => {
+                let ns = req.namespace.as_deref().unwrap_or("default");
+                let labels = pods.wait_labels(ns, pod, *wait).await;
+                Some(
+                    labels
+                        .ok_or_else(|| EndpointError::PodUnknown(format!("{ns}/{pod}"), *wait))?,
+                )
+            }
+            _ => None,
+        };
         let netns = plumbing::netns_path(&req.netns);
         let mut inner = self.inner.lock().await;
         if let Some(existing) = inner.endpoints.get(&req.name) {
@@ -178,7 +209,9 @@ impl EndpointManager {
             .find(|id| !inner.endpoints.values().any(|e| e.id == *id))
             .expect("an unused ID");
         let namespace = req.namespace.clone().unwrap_or_else(|| "default".into());
-        let labels = security_labels(&req.labels, &namespace, &self.config.cluster);
+        // A Pod's labels are its endpoint's (the request's are ignored then).
+        let own_labels = pod_labels.unwrap_or_else(|| req.labels.clone());
+        let labels = security_labels(&own_labels, &namespace, &self.config.cluster);
         let identity = self
             .allocator
             .allocate(&labels)
@@ -193,9 +226,10 @@ impl EndpointManager {
             ifname: req.ifname.clone().unwrap_or_else(|| "eth0".into()),
             host_ifname: host_ifname(id),
             ip,
-            labels: req.labels.clone(),
+            labels: own_labels,
             identity: identity.get(),
             ifindex: None,
+            pod: req.pod.clone(),
         };
         match self.bring_up(&endpoint, cidr).await {
             Ok(endpoint) => {
@@ -273,7 +307,10 @@ impl EndpointManager {
             Some(self.config.node_ip),
         );
         pair.k8s_namespace = endpoint.namespace.clone();
-        pair.k8s_pod_name = endpoint.name.clone();
+        pair.k8s_pod_name = endpoint
+            .pod
+            .clone()
+            .unwrap_or_else(|| endpoint.name.clone());
         self.ipcache.upsert(&pair);
     }
 
@@ -326,6 +363,59 @@ impl EndpointManager {
         self.save(&inner.endpoints)?;
         info!(name, "endpoint deleted");
         Ok(endpoint)
+    }
+
+    /// Gives an endpoint new labels (its Pod's changed): a new identity,
+    /// its policy and ipcache entry follow, the old identity is released.
+    /// Nothing happens when the labels are the same.
+    pub(crate) async fn relabel(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Endpoint, EndpointError> {
+        let mut inner = self.inner.lock().await;
+        let old = inner
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EndpointError::NotFound(name.to_string()))?;
+        if old.labels == labels {
+            return Ok(old);
+        }
+        let new_set = security_labels(&labels, &old.namespace, &self.config.cluster);
+        let identity = self
+            .allocator
+            .allocate(&new_set)
+            .await
+            .map_err(EndpointError::Identity)?
+            .id;
+        let mut endpoint = old.clone();
+        endpoint.labels = labels;
+        endpoint.identity = identity.get();
+        let attached = match self.attach(&endpoint).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.allocator.release(&new_set).await;
+                return Err(e);
+            }
+        };
+        self.publish(&attached);
+        if let Err(e) = self
+            .allocator
+            .release(&old.security_labels(&self.config.cluster))
+            .await
+        {
+            warn!(name, error = %e, "releasing the endpoint's old identity failed; it will be retried");
+        }
+        info!(
+            name,
+            old = old.identity,
+            new = attached.identity,
+            "endpoint labels changed; new identity"
+        );
+        inner.endpoints.insert(name.to_string(), attached.clone());
+        self.save(&inner.endpoints)?;
+        Ok(attached)
     }
 
     /// Takes back the endpoints of the snapshot whose interfaces still
@@ -508,6 +598,7 @@ mod tests {
             labels: BTreeMap::new(),
             identity: 300,
             ifindex: None,
+            pod: None,
         }
     }
 

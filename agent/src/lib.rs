@@ -23,6 +23,7 @@ mod endpoint;
 mod endpoint_manager;
 mod health;
 mod hubble;
+mod kubernetes;
 mod memory;
 mod metrics;
 mod plumbing;
@@ -54,6 +55,7 @@ pub use service_merger::{
     CandidateBackend, MergedFrontend, Mode as ServiceMode, RemoteService, Slot, merge,
 };
 pub use views::{
-    BackendView, CandidateView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView,
-    PolicyView, RefusedRouteView, RemoteView, ServiceView, SourceView, StatusView,
+    BackendView, CandidateView, IdentityView, IpCacheView, KubernetesResourceView, KubernetesView,
+    MapEntryView, PolicyEntryView, PolicyView, RefusedRouteView, RemoteView, ServiceView,
+    SourceView, StatusView,
 };

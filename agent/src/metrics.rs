@@ -47,6 +47,11 @@ pub(crate) struct ComponentLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResourceLabel {
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VerdictLabel {
     pub direction: String,
     pub verdict: String,
@@ -79,6 +84,12 @@ pub struct AgentMetrics {
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
     errors: Family<ComponentLabel, Counter>,
+    /// 1 while the Kubernetes API server answers (Kubernetes mode only).
+    pub(crate) k8s_connected: Gauge,
+    /// Events received from Kubernetes, by resource.
+    pub(crate) k8s_events: Family<ResourceLabel, Counter>,
+    /// Kubernetes objects refused now (invalid policies and Services), by kind.
+    pub(crate) k8s_refused: Family<ResourceLabel, Gauge>,
     /// Expiry of the client certificates the agent presents to remote
     /// clusters (`clustermesh_tls_certificate_expiry_seconds{role="remote-cluster-NAME"}`).
     pub tls: certs::TlsMetrics,
@@ -117,6 +128,24 @@ impl AgentMetrics {
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
         let errors = Family::<ComponentLabel, Counter>::default();
+        let k8s_connected = Gauge::default();
+        let k8s_events = Family::<ResourceLabel, Counter>::default();
+        let k8s_refused = Family::<ResourceLabel, Gauge>::default();
+        registry.register(
+            "k8s_connected",
+            "1 while the Kubernetes API server answers (Kubernetes mode)",
+            k8s_connected.clone(),
+        );
+        registry.register(
+            "k8s_events",
+            "Changes received from the Kubernetes API, by resource",
+            k8s_events.clone(),
+        );
+        registry.register(
+            "k8s_refused_objects",
+            "Kubernetes objects refused now (invalid policies, Services), by resource",
+            k8s_refused.clone(),
+        );
         registry.register(
             "errors",
             "Failures the agent retries, by component (datapath, services, routes)",
@@ -215,6 +244,9 @@ impl AgentMetrics {
             policy_verdicts,
             drops,
             errors,
+            k8s_connected,
+            k8s_events,
+            k8s_refused,
             tls,
         }
     }

@@ -129,6 +129,42 @@ pub struct StatusView {
     pub map_capacity: BTreeMap<String, usize>,
     pub sources: Vec<SourceView>,
     pub remotes: Vec<RemoteView>,
+    /// Kubernetes mode: the API server connection and what it delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesView>,
+}
+
+/// The Kubernetes API as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesView {
+    /// How the agent reaches it (a kubeconfig path, or in-cluster).
+    pub access: String,
+    /// The last probe (`GET /version`, every 5 s) answered.
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Milliseconds since the last successful probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact_ms: Option<u64>,
+    pub disconnects: u64,
+    /// Per watched resource.
+    pub resources: BTreeMap<String, KubernetesResourceView>,
+    /// Objects refused now, with the reason (`CiliumNetworkPolicy
+    /// demo/p1` → why); they change nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, String>,
+}
+
+/// One watched resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesResourceView {
+    pub synced: bool,
+    pub objects: usize,
+    pub events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One raw map entry.

@@ -62,6 +62,7 @@ fn two_nodes_policy_services_and_restart() -> Result<()> {
         pod_cidr: cidr.into(),
         etcd: etcd.endpoint(),
         clustermesh_dir: None,
+        kubeconfig: None,
     };
     let mut n1 = Node::new(spec("n1", [192, 168, 77, 1], "10.11.1.0/24"), &mut fabric)?;
     let mut n2 = Node::new(spec("n2", [192, 168, 77, 2], "10.11.2.0/24"), &mut fabric)?;

@@ -68,8 +68,19 @@ impl Daemon {
     }
 
     fn init_logging(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_env(self.log_env)
+        let mut filter = tracing_subscriber::EnvFilter::try_from_env(self.log_env)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        // kube-client logs every failed request at ERROR (a retrying watch
+        // while the API server is down: one line per attempt); the
+        // Kubernetes watchers say once that it is gone and once that it is
+        // back. A filter that names kube_client itself decides.
+        if !std::env::var(self.log_env).is_ok_and(|f| f.contains("kube_client")) {
+            filter = filter.add_directive(
+                "kube_client::client::builder=off"
+                    .parse()
+                    .expect("a valid directive"),
+            );
+        }
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

@@ -25,6 +25,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// A failed watch is retried after 250 ms, doubling up to this: a
+/// returning API server is seen again within seconds (kube's default goes
+/// up to 30 s).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(4);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
 /// How often the API server's reachability is checked.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -163,6 +169,36 @@ impl KubeHealth {
     }
 }
 
+/// The watchers' retry delays: 250 ms doubling to [`MAX_RETRY_DELAY`],
+/// back to the start once a watch works again.
+#[derive(Debug, Clone)]
+struct RetryBackoff {
+    next: Duration,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self {
+            next: FIRST_RETRY_DELAY,
+        }
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(MAX_RETRY_DELAY);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// Watches `api` (as `name` in the health) and sends the changes to `tx`
 /// until `shutdown` or until the receiver is gone.
 pub async fn watch<K>(
@@ -175,7 +211,7 @@ pub async fn watch<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let stream = watcher(api, config).default_backoff();
+    let stream = watcher(api, config).backoff(RetryBackoff::default());
     let mut stream = std::pin::pin!(stream.into_stream());
     // What the consumer has; during a re-list, what the list showed so far.
     let mut known: HashSet<ObjectKey> = HashSet::new();

@@ -94,6 +94,8 @@ pub(crate) struct ControlLoop {
     metrics: Arc<AgentMetrics>,
     /// The Hubble Peer service's view of the nodes, when Hubble is on.
     peers: Option<PeerPublisher>,
+    /// Kubernetes mode: the API server's state, for `status`.
+    kube: Option<crate::kubernetes::KubeState>,
 }
 
 /// Publishes the nodes as Hubble peers when they change.
@@ -136,6 +138,7 @@ impl ControlLoop {
                 remotes: Vec::new(),
                 metrics,
                 peers: None,
+                kube: None,
             },
             LoopHandle { tx },
         )
@@ -155,6 +158,11 @@ impl ControlLoop {
             port,
             dirty: true,
         });
+    }
+
+    /// Kubernetes mode: `status` shows the API server's state.
+    pub(crate) fn with_kube(&mut self, state: crate::kubernetes::KubeState) {
+        self.kube = Some(state);
     }
 
     /// The nodes changed (the Hubble peers follow with the batch).

@@ -161,14 +161,27 @@ impl Endpoints {
             })?;
         let mut endpoint = endpoint;
         endpoint.ifindex = Some(ifindex);
-        self.by_id.insert(
-            endpoint.id,
+        let id = endpoint.id;
+        let previous = self.by_id.insert(
+            id,
             LocalEndpoint {
                 endpoint,
                 labels,
                 rules,
             },
         );
+        // Attached again with new labels: the old identity goes unless
+        // another endpoint has it.
+        if let Some(old) = previous.map(|p| p.endpoint.identity)
+            && old != identity.get()
+            && !self.by_id.values().any(|e| e.endpoint.identity == old)
+        {
+            let old = NumericIdentity::new(old);
+            if tables.delete_identity(SourceId::LOCAL_ENDPOINTS, old) {
+                let full = self.identity_changed(dp, old, None);
+                debug_assert!(!full, "an endpoint's identity is never reserved");
+            }
+        }
         Ok(ifindex)
     }
 

@@ -187,6 +187,7 @@ impl ControlLoop {
                     identities_by_source.get(&id).copied().unwrap_or(0),
                 )
             }),
+            kubernetes: self.kube.as_ref().map(crate::kubernetes::KubeState::view),
             remotes: self
                 .remotes
                 .iter()

@@ -147,6 +147,7 @@ fn pod(id: u32, app: &str, address: Ipv4Addr, identity: u32) -> Endpoint {
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         identity,
         ifindex: None,
+        pod: None,
     }
 }
 

@@ -70,6 +70,8 @@ pub struct NodeSpec {
     pub pod_cidr: String,
     pub etcd: String,
     pub clustermesh_dir: Option<PathBuf>,
+    /// Kubernetes mode through this kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A node: namespace, bpffs dir, state dir and its agent process.
@@ -126,6 +128,9 @@ impl Node {
         if let Some(dir) = &s.clustermesh_dir {
             cmd.args(["--clustermesh-config", &dir.to_string_lossy()]);
         }
+        if let Some(k) = &s.kubeconfig {
+            cmd.args(["--k8s-kubeconfig", &k.to_string_lossy()]);
+        }
         cmd.env("CLUSTERMESH_LOG", "info,agent=debug");
         self.agent = Some(AgentProcess::spawn(cmd, &log)?);
         wait_for(&format!("agent {} to be synced", s.name), || {
@@ -153,6 +158,27 @@ impl Node {
 
     /// Creates a pod namespace and adds it through the CNI plugin.
     pub fn add_pod(&self, name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
+        self.add_pod_with_args(name, labels, None)
+    }
+
+    /// Adds the Kubernetes Pod `namespace/name` (CNI_ARGS `K8S_POD_*`, as
+    /// a kubelet passes them): its endpoint gets the Pod's labels.
+    pub fn add_k8s_pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        self.add_pod_with_args(
+            name,
+            &[],
+            Some(&format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={name}"
+            )),
+        )
+    }
+
+    fn add_pod_with_args(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        cni_args: Option<&str>,
+    ) -> Result<Pod> {
         let ns = NetNs::unique("cmpod")?;
         let labels: serde_json::Map<String, serde_json::Value> = labels
             .iter()
@@ -165,7 +191,7 @@ impl Node {
             "agentSocket": self.socket(),
             "runtimeConfig": {"labels": labels},
         });
-        let out = run_cni("ADD", name, Some(&ns), &conf.to_string())?;
+        let out = run_cni_with_args("ADD", name, Some(&ns), &conf.to_string(), cni_args)?;
         if !out.status.success() {
             bail!(
                 "CNI ADD failed: {}{}",
@@ -213,6 +239,17 @@ pub fn run_cni(
     ns: Option<&NetNs>,
     stdin: &str,
 ) -> Result<std::process::Output> {
+    run_cni_with_args(command, container, ns, stdin, None)
+}
+
+/// [`run_cni`] with `CNI_ARGS`.
+pub fn run_cni_with_args(
+    command: &str,
+    container: &str,
+    ns: Option<&NetNs>,
+    stdin: &str,
+    cni_args: Option<&str>,
+) -> Result<std::process::Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clustermesh-cni"));
     cmd.env_clear()
         .env("CNI_COMMAND", command)
@@ -224,6 +261,9 @@ pub fn run_cni(
         .stderr(Stdio::piped());
     if let Some(ns) = ns {
         cmd.env("CNI_NETNS", ns.path());
+    }
+    if let Some(args) = cni_args {
+        cmd.env("CNI_ARGS", args);
     }
     let mut child = cmd.spawn()?;
     child.stdin.take().unwrap().write_all(stdin.as_bytes())?;
