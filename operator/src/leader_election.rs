@@ -12,7 +12,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{error_chain, metrics::OperatorMetrics};
+use crate::{error_chain, lease_election::LeaseElection, metrics::OperatorMetrics};
 
 /// Why a step of the election failed (each is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,30 @@ pub enum LeaderElectionError {
         key: String,
         timeout: Duration,
     },
+}
+
+/// The election an operator runs: on the etcd key
+/// `cilium/operator/leader` (the default), or on a `coordination.k8s.io/v1`
+/// Lease when the operator runs against Kubernetes. Both publish the same
+/// [`Leadership`] and [`Term`]s, so the leader's duties do not know which.
+#[derive(Debug)]
+pub enum Election {
+    Etcd(Box<LeaderElection>),
+    Lease(Box<LeaseElection>),
+}
+
+impl Election {
+    /// Campaigns, leads and follows until `shutdown`; a leader gives the
+    /// leadership up on the way out, after its duties drained.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), LeaderElectionError> {
+        match self {
+            Self::Etcd(e) => e.run(shutdown).await,
+            Self::Lease(e) => {
+                e.run(shutdown).await;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// How a [`LeaderElection`] runs.
@@ -182,7 +206,8 @@ impl LeaderHandle {
 }
 
 /// The side of an election that both implementations (the etcd key,
-/// [`LeaderElection`], and the Kubernetes Lease to come) share: what a [`LeaderHandle`] reads, the term
+/// [`LeaderElection`], and the Kubernetes Lease,
+/// [`crate::LeaseElection`]) share: what a [`LeaderHandle`] reads, the term
 /// numbers, the leader metrics, and the drain of a term's duties before the
 /// leadership is given up.
 #[derive(Debug)]

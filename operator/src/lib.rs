@@ -1,10 +1,11 @@
 //! The clustermesh operator: the one process per cluster that cleans up after
 //! the agents and hands out what must be unique in the cluster.
 //!
-//! - [`LeaderElection`]: instances campaign on an etcd lease
-//!   (`cilium/operator/leader`); exactly one leads, a crashed leader is
-//!   replaced within a session TTL, and a leader that cannot renew its lease
-//!   stops its duties before the lease can expire.
+//! - [`Election`]: instances campaign on an etcd lease
+//!   (`cilium/operator/leader`, [`LeaderElection`]) or on a
+//!   `coordination.k8s.io/v1` Lease ([`LeaseElection`]); exactly one
+//!   leads, a crashed leader is replaced within a session TTL, and a leader
+//!   that cannot renew stops its duties before anyone else can take over.
 //! - While leading: [`IdentityCollector`] (periodic [`kvstore::IdentityGc`]
 //!   rounds over the local cluster's identity range), [`Heartbeat`]
 //!   (`cilium/.heartbeat`), and [`IpamReconciler`] (one pod CIDR per node and
@@ -29,6 +30,7 @@ mod identity_collector;
 mod ipam_planner;
 mod ipam_reconciler;
 mod leader_election;
+mod lease_election;
 mod metrics;
 mod operator;
 mod pod_cidr_assignment;
@@ -47,8 +49,10 @@ pub use identity_collector::{IdentityCollector, IdentityCollectorError};
 pub use ipam_planner::{IpamAction, IpamPlan, IpamPlanner, PoolUsage};
 pub use ipam_reconciler::{DEFAULT_RELEASE_DELAY, IpamConfig, IpamError, IpamReconciler};
 pub use leader_election::{
-    LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle, Leadership, Term,
+    Election, LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle, Leadership,
+    Term,
 };
+pub use lease_election::{LeaseElection, LeaseElectionConfig};
 pub use metrics::{METRICS_PREFIX, OperatorMetrics};
 pub use operator::{Operator, OperatorError, OperatorHandle};
 pub use pod_cidr_assignment::{AssignmentError, get_assignment, wait_for_assignment};

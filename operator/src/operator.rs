@@ -15,7 +15,9 @@ use crate::{
     heartbeat::Heartbeat,
     identity_collector::IdentityCollector,
     ipam_reconciler::IpamReconciler,
-    leader_election::{LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle},
+    leader_election::{
+        Election, LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle,
+    },
     metrics::OperatorMetrics,
     service_exporter::ServiceExporter,
 };
@@ -46,7 +48,7 @@ pub struct Operator {
     client: Client,
     session: Session,
     identities: IdentityCacheRunner,
-    election: LeaderElection,
+    election: Election,
     health: HealthServer,
     handle: OperatorHandle,
 }
@@ -124,6 +126,7 @@ impl Operator {
             LeaderElectionConfig::new(config.id.clone(), config.session_ttl),
             metrics.clone(),
         );
+        let election = Election::Etcd(Box::new(election));
         let (health, health_addr) = HealthServer::new(
             config.health_listen,
             config.cluster_name.clone(),
