@@ -3,6 +3,7 @@ use std::{
     time::Duration,
 };
 
+use k8s::KubeAccess;
 use kvstore::{ClientConfig, ClusterId, ClusterName, MaxConnectedClusters};
 
 use crate::ipam_reconciler::IpamConfig;
@@ -29,6 +30,42 @@ pub const DEFAULT_NODE_CIDR_MASK_SIZE_V6: u8 = 64;
 pub const DEFAULT_HEALTH_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9234));
 
+/// Default namespace of the leader Lease in Kubernetes mode: `kube-system`,
+/// where Cilium's operator keeps its own.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
+
+/// The Kubernetes mode: the operator elects its leader on a
+/// `coordination.k8s.io/v1` Lease instead of the etcd key, installs the
+/// policy CRDs, exports the cluster's global Services and reports whether
+/// each policy is valid. Identities, IPAM, the heartbeat and the exported
+/// services stay in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// How to reach the API server.
+    pub access: KubeAccess,
+    /// The Lease's namespace. Default [`DEFAULT_LEASE_NAMESPACE`].
+    pub lease_namespace: String,
+    /// The Lease's name. Default [`KubernetesConfig::default_lease_name`].
+    pub lease_name: String,
+}
+
+impl KubernetesConfig {
+    /// A configuration with the Lease at its default place.
+    pub fn new(access: KubeAccess, cluster: &ClusterName) -> Self {
+        Self {
+            access,
+            lease_namespace: DEFAULT_LEASE_NAMESPACE.to_string(),
+            lease_name: Self::default_lease_name(cluster),
+        }
+    }
+
+    /// `clustermesh-operator-<cluster>`: the operators of two clusters that
+    /// share an API server (a test setup) do not compete.
+    pub fn default_lease_name(cluster: &ClusterName) -> String {
+        format!("clustermesh-operator-{cluster}")
+    }
+}
+
 /// Everything an [`crate::Operator`] needs; the binary builds it from flags.
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
@@ -52,6 +89,8 @@ pub struct OperatorConfig {
     pub ipam: Option<IpamConfig>,
     /// Default [`DEFAULT_HEALTH_LISTEN`]; port 0 picks a free port.
     pub health_listen: SocketAddr,
+    /// The Kubernetes mode; `None` (the default) runs on etcd alone.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 impl OperatorConfig {
@@ -74,6 +113,7 @@ impl OperatorConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             ipam: None,
             health_listen: DEFAULT_HEALTH_LISTEN,
+            kubernetes: None,
         }
     }
 }

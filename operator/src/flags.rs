@@ -6,9 +6,11 @@ use kvstore::{
     ClientConfig, ClusterError, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig,
 };
 
+use k8s::KubeAccess;
+
 use crate::{
     cidr_pool::{CidrPool, CidrPoolError, IpFamily},
-    config::OperatorConfig,
+    config::{KubernetesConfig, OperatorConfig},
     ipam_reconciler::IpamConfig,
 };
 
@@ -167,6 +169,38 @@ pub struct Flags {
         default_value = "127.0.0.1:9234"
     )]
     pub health_listen: SocketAddr,
+
+    /// Kubernetes mode, through this kubeconfig (its current context): the
+    /// leader is elected on a Lease, the policy CRDs are installed, global
+    /// Services are exported and policies get a Valid condition.
+    #[arg(
+        long = "k8s-kubeconfig",
+        env = "CLUSTERMESH_K8S_KUBECONFIG",
+        value_name = "FILE",
+        conflicts_with = "k8s_in_cluster"
+    )]
+    pub k8s_kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes mode, through the Pod's service account.
+    #[arg(long = "k8s-in-cluster", env = "CLUSTERMESH_K8S_IN_CLUSTER")]
+    pub k8s_in_cluster: bool,
+
+    /// Namespace of the leader Lease (Kubernetes mode).
+    #[arg(
+        long = "k8s-namespace",
+        env = "CLUSTERMESH_OPERATOR_K8S_NAMESPACE",
+        value_name = "NS",
+        default_value = "kube-system"
+    )]
+    pub k8s_namespace: String,
+
+    /// Name of the leader Lease (Kubernetes mode) [default: clustermesh-operator-CLUSTER_NAME].
+    #[arg(
+        long = "k8s-lease-name",
+        env = "CLUSTERMESH_OPERATOR_K8S_LEASE_NAME",
+        value_name = "NAME"
+    )]
+    pub k8s_lease_name: Option<String>,
 }
 
 impl Flags {
@@ -233,6 +267,39 @@ impl Flags {
             config.ipam = Some(ipam);
         }
         config.health_listen = self.health_listen;
+        let access = match (self.k8s_kubeconfig, self.k8s_in_cluster) {
+            (Some(path), _) => Some(KubeAccess::Kubeconfig(path)),
+            (None, true) => Some(KubeAccess::InCluster),
+            (None, false) => None,
+        };
+        if let Some(access) = access {
+            let mut k8s = KubernetesConfig::new(access, &config.cluster_name);
+            if !is_dns_name(&self.k8s_namespace, 63) {
+                return Err(value(
+                    "--k8s-namespace",
+                    &self.k8s_namespace,
+                    "is not a namespace name (lowercase letters, digits and '-', at most 63)",
+                ));
+            }
+            k8s.lease_namespace = self.k8s_namespace;
+            if let Some(name) = self.k8s_lease_name {
+                if !is_dns_name(&name, 253) {
+                    return Err(value(
+                        "--k8s-lease-name",
+                        &name,
+                        "is not an object name (lowercase letters, digits, '-' and '.', at most 253)",
+                    ));
+                }
+                k8s.lease_name = name;
+            }
+            config.kubernetes = Some(k8s);
+        } else if self.k8s_lease_name.is_some() {
+            return Err(value(
+                "--k8s-lease-name",
+                self.k8s_lease_name.unwrap_or_default(),
+                "needs --k8s-kubeconfig or --k8s-in-cluster",
+            ));
+        }
         Ok(config)
     }
 
@@ -308,6 +375,18 @@ impl Flags {
     }
 }
 
+/// A DNS-1123 label (`max` 63) or subdomain (`max` 253).
+fn is_dns_name(name: &str, max: usize) -> bool {
+    let allowed = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (max > 63 && c == '.')
+    };
+    !name.is_empty()
+        && name.len() <= max
+        && name.chars().all(allowed)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 fn value(flag: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
     ConfigError::Value {
         flag,
@@ -370,6 +449,43 @@ mod tests {
                 .unwrap()
                 .release_delay,
             Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        assert!(parse(&[]).unwrap().kubernetes.is_none());
+        let k = parse(&["--k8s-kubeconfig", "/etc/kube.conf"])
+            .unwrap()
+            .kubernetes
+            .unwrap();
+        assert_eq!(k.access, KubeAccess::Kubeconfig("/etc/kube.conf".into()));
+        assert_eq!(k.lease_namespace, "kube-system");
+        assert_eq!(k.lease_name, "clustermesh-operator-c1");
+        let k = parse(&[
+            "--k8s-in-cluster",
+            "--k8s-namespace",
+            "mesh",
+            "--k8s-lease-name",
+            "op.lease",
+        ])
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        assert_eq!(k.access, KubeAccess::InCluster);
+        assert_eq!(
+            (k.lease_namespace.as_str(), k.lease_name.as_str()),
+            ("mesh", "op.lease")
+        );
+        let err = parse(&["--k8s-in-cluster", "--k8s-kubeconfig", "/k"]).unwrap_err();
+        assert!(err.contains("cannot be used with"), "{err}");
+        assert_eq!(
+            parse(&["--k8s-in-cluster", "--k8s-namespace", "Kube_System"]).unwrap_err(),
+            "invalid --k8s-namespace Kube_System: is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        );
+        assert_eq!(
+            parse(&["--k8s-lease-name", "x"]).unwrap_err(),
+            "invalid --k8s-lease-name x: needs --k8s-kubeconfig or --k8s-in-cluster"
         );
     }
 

@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use k8s::watch::KubeHealth;
 use kvstore::{ClusterName, IdentityCache, SessionHandle};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -32,8 +33,9 @@ pub enum HealthServerError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HealthReport {
     /// `ok`, or `degraded` while the operator holds no etcd session lease
-    /// (etcd unreachable): the HTTP status is 200 either way, since a
-    /// restart would not help.
+    /// (etcd unreachable) or, in Kubernetes mode, the API server does not
+    /// answer: the HTTP status is 200 either way, since a restart would not
+    /// help.
     pub status: String,
     pub id: String,
     pub cluster: String,
@@ -47,6 +49,27 @@ pub struct HealthReport {
     pub identities_synced: bool,
     /// The same checks as every daemon's report ([`daemon::Health`]).
     pub checks: std::collections::BTreeMap<String, daemon::Check>,
+    /// Services this cluster exports (as of this instance's last term).
+    #[serde(default)]
+    pub services_exported: u64,
+    /// The Kubernetes API server, in Kubernetes mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesReport>,
+}
+
+/// The Kubernetes part of `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KubernetesReport {
+    /// The API server answered the last probe.
+    pub connected: bool,
+    /// Its version (`v1.20.2`), once known.
+    pub version: Option<String>,
+    /// The last probe's error, while not connected.
+    pub last_error: Option<String>,
+    /// Times the connection was lost.
+    pub disconnects: u64,
+    /// Whether the policy CRDs are installed.
+    pub crds_installed: bool,
 }
 
 #[derive(Clone)]
@@ -57,6 +80,7 @@ struct Sources {
     session: SessionHandle,
     identities: IdentityCache,
     metrics: OperatorMetrics,
+    kubernetes: Option<(KubeHealth, watch::Receiver<bool>)>,
 }
 
 /// Serves `/healthz` (JSON [`HealthReport`]) and `/metrics` (Prometheus
@@ -96,11 +120,19 @@ impl HealthServer {
                     session,
                     identities,
                     metrics,
+                    kubernetes: None,
                 },
                 bound,
             },
             rx,
         )
+    }
+
+    /// Also reports the Kubernetes API server (`health`) and whether the
+    /// policy CRDs are installed (`crds`).
+    pub fn with_kubernetes(mut self, health: KubeHealth, crds: watch::Receiver<bool>) -> Self {
+        self.sources.kubernetes = Some((health, crds));
+        self
     }
 
     /// Serves until `shutdown`.
@@ -131,11 +163,12 @@ impl HealthServer {
     }
 }
 
-/// The operator's checks: its etcd session and its identity cache.
+/// The operator's checks: its etcd session, its identity cache and, in
+/// Kubernetes mode, the API server.
 fn checks(s: &Sources) -> Vec<(&'static str, daemon::Check)> {
     use daemon::Check;
     let lease = s.session.current().lease;
-    vec![
+    let mut checks = vec![
         (
             "etcd-session",
             match lease {
@@ -151,13 +184,45 @@ fn checks(s: &Sources) -> Vec<(&'static str, daemon::Check)> {
                 Check::failed("waiting for the initial list")
             },
         ),
-    ]
+    ];
+    if let Some(k) = kubernetes(s) {
+        checks.push((
+            "kubernetes",
+            match (&k.version, k.connected) {
+                (Some(v), true) => Check::ok(format!("API server {v}")),
+                _ => Check::failed(format!(
+                    "API server unreachable: {}",
+                    k.last_error.as_deref().unwrap_or("not probed yet")
+                )),
+            },
+        ));
+    }
+    checks
+}
+
+fn kubernetes(s: &Sources) -> Option<KubernetesReport> {
+    let (health, crds) = s.kubernetes.as_ref()?;
+    let snapshot = health.snapshot();
+    Some(KubernetesReport {
+        connected: snapshot.connected,
+        version: snapshot.version,
+        last_error: snapshot.last_error,
+        disconnects: snapshot.disconnects,
+        crds_installed: *crds.borrow(),
+    })
 }
 
 async fn healthz(State(s): State<Sources>) -> Json<HealthReport> {
     let lease = s.session.current().lease;
+    let kubernetes = kubernetes(&s);
+    let connected = kubernetes.as_ref().is_none_or(|k| k.connected);
     Json(HealthReport {
-        status: if lease.is_some() { "ok" } else { "degraded" }.to_string(),
+        status: if lease.is_some() && connected {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .to_string(),
         id: s.id.clone(),
         cluster: s.cluster.to_string(),
         leader: s.leader.is_leader(),
@@ -168,6 +233,8 @@ async fn healthz(State(s): State<Sources>) -> Json<HealthReport> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+        services_exported: u64::try_from(s.metrics.services_exported()).unwrap_or(0),
+        kubernetes,
     })
 }
 

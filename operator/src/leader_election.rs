@@ -12,7 +12,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{error_chain, metrics::OperatorMetrics};
+use crate::{error_chain, lease_election::LeaseElection, metrics::OperatorMetrics};
 
 /// Why a step of the election failed (each is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,30 @@ pub enum LeaderElectionError {
         key: String,
         timeout: Duration,
     },
+}
+
+/// The election an operator runs: on the etcd key
+/// `cilium/operator/leader` (the default), or on a `coordination.k8s.io/v1`
+/// Lease when the operator runs against Kubernetes. Both publish the same
+/// [`Leadership`] and [`Term`]s, so the leader's duties do not know which.
+#[derive(Debug)]
+pub enum Election {
+    Etcd(Box<LeaderElection>),
+    Lease(Box<LeaseElection>),
+}
+
+impl Election {
+    /// Campaigns, leads and follows until `shutdown`; a leader gives the
+    /// leadership up on the way out, after its duties drained.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), LeaderElectionError> {
+        match self {
+            Self::Etcd(e) => e.run(shutdown).await,
+            Self::Lease(e) => {
+                e.run(shutdown).await;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// How a [`LeaderElection`] runs.
@@ -109,7 +133,8 @@ impl Term {
         self.number
     }
 
-    /// The session lease the leader key is attached to.
+    /// The etcd session lease of the term: the heartbeat is written on it,
+    /// and in etcd mode the leader key too.
     pub fn lease(&self) -> LeaseId {
         self.lease
     }
@@ -180,6 +205,116 @@ impl LeaderHandle {
     }
 }
 
+/// The side of an election that both implementations (the etcd key,
+/// [`LeaderElection`], and the Kubernetes Lease,
+/// [`crate::LeaseElection`]) share: what a [`LeaderHandle`] reads, the term
+/// numbers, the leader metrics, and the drain of a term's duties before the
+/// leadership is given up.
+#[derive(Debug)]
+pub(crate) struct Terms {
+    id: Arc<str>,
+    state: watch::Sender<Leadership>,
+    metrics: OperatorMetrics,
+    drain_timeout: Duration,
+    count: u64,
+}
+
+/// A term that [`Terms::begin`] started; [`Terms::end`] ends it.
+#[derive(Debug)]
+pub(crate) struct ActiveTerm {
+    number: u64,
+    token: CancellationToken,
+    alive: mpsc::Receiver<()>,
+}
+
+impl ActiveTerm {
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+impl Terms {
+    pub(crate) fn new(
+        id: &str,
+        drain_timeout: Duration,
+        metrics: OperatorMetrics,
+    ) -> (Self, LeaderHandle) {
+        let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
+        let id: Arc<str> = id.into();
+        let handle = LeaderHandle {
+            id: id.clone(),
+            state: rx,
+        };
+        (
+            Self {
+                id,
+                state: tx,
+                metrics,
+                drain_timeout,
+                count: 0,
+            },
+            handle,
+        )
+    }
+
+    /// Publishes that `leader` (if known) leads, not this instance.
+    pub(crate) fn follow(&self, leader: Option<String>) {
+        self.state.send_replace(Leadership::Follower { leader });
+    }
+
+    /// Starts a term whose duties use the etcd session lease `lease`.
+    pub(crate) fn begin(&mut self, lease: LeaseId, shutdown: &CancellationToken) -> ActiveTerm {
+        self.count += 1;
+        let token = shutdown.child_token();
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        self.state.send_replace(Leadership::Leader(Term {
+            number: self.count,
+            lease,
+            token: token.clone(),
+            _alive: alive_tx,
+        }));
+        self.metrics.leader.set(1);
+        self.metrics
+            .leader_transitions
+            .get_or_create(&[("to", "leader")])
+            .inc();
+        ActiveTerm {
+            number: self.count,
+            token,
+            alive,
+        }
+    }
+
+    /// Ends `term`: cancels its duties, publishes `Follower`, and waits until
+    /// every clone of the term is dropped (the duties stopped) or the drain
+    /// timeout passed. Only then may the caller give the leadership up.
+    pub(crate) async fn end(
+        &self,
+        mut term: ActiveTerm,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) {
+        term.token.cancel();
+        self.follow(None);
+        self.metrics.leader.set(0);
+        self.metrics
+            .leader_transitions
+            .get_or_create(&[("to", "follower")])
+            .inc();
+        if shutdown.is_cancelled() {
+            info!(id = %self.id, "shutting down; stepping down as leader");
+        } else {
+            warn!(id = %self.id, reason, "stepped down as leader");
+        }
+        if tokio::time::timeout(self.drain_timeout, term.alive.recv())
+            .await
+            .is_err()
+        {
+            warn!(timeout = ?self.drain_timeout, "the leader's duties did not stop in time; giving the leadership up anyway");
+        }
+    }
+}
+
 /// Leader election on an etcd lease: at most one operator of a cluster runs
 /// the duties (identity GC, heartbeat, IPAM) at a time.
 ///
@@ -205,9 +340,7 @@ pub struct LeaderElection {
     client: Client,
     session: SessionHandle,
     config: LeaderElectionConfig,
-    metrics: OperatorMetrics,
-    state: watch::Sender<Leadership>,
-    terms: u64,
+    terms: Terms,
 }
 
 enum Campaign {
@@ -233,19 +366,13 @@ impl LeaderElection {
         config: LeaderElectionConfig,
         metrics: OperatorMetrics,
     ) -> (Self, LeaderHandle) {
-        let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
-        let handle = LeaderHandle {
-            id: config.id.as_str().into(),
-            state: rx,
-        };
+        let (terms, handle) = Terms::new(&config.id, config.drain_timeout, metrics);
         (
             Self {
                 client,
                 session,
                 config,
-                metrics,
-                state: tx,
-                terms: 0,
+                terms,
             },
             handle,
         )
@@ -283,9 +410,7 @@ impl LeaderElection {
                 Ok(Campaign::Lost { leader, revision }) => {
                     backoff.reset();
                     debug!(leader, "another operator leads; following");
-                    self.state.send_replace(Leadership::Follower {
-                        leader: Some(leader),
-                    });
+                    self.terms.follow(Some(leader));
                     if let Err(e) = self.follow(lease, revision, &shutdown).await {
                         warn!(error = %error_chain(&e), "watching the leader key failed; campaigning again");
                         if !backoff.wait(&shutdown).await {
@@ -368,46 +493,15 @@ impl LeaderElection {
                 return;
             }
         };
-        self.terms += 1;
-        let token = shutdown.child_token();
-        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        self.state.send_replace(Leadership::Leader(Term {
-            number: self.terms,
-            lease,
-            token: token.clone(),
-            _alive: alive_tx,
-        }));
-        self.metrics.leader.set(1);
-        self.metrics
-            .leader_transitions
-            .get_or_create(&[("to", "leader")])
-            .inc();
-        info!(id = %self.config.id, lease = %lease, term = self.terms, "became leader");
+        let term = self.terms.begin(lease, shutdown);
+        info!(id = %self.config.id, lease = %lease, term = term.number(), "became leader");
 
         let reason = self
             .hold(lease, revision, &mut deadline, &mut keep_alive, shutdown)
             .await;
 
         // Step down: stop the duties first, then give the key up.
-        token.cancel();
-        self.state
-            .send_replace(Leadership::Follower { leader: None });
-        self.metrics.leader.set(0);
-        self.metrics
-            .leader_transitions
-            .get_or_create(&[("to", "follower")])
-            .inc();
-        if shutdown.is_cancelled() {
-            info!(id = %self.config.id, "shutting down; stepping down as leader");
-        } else {
-            warn!(id = %self.config.id, reason, "stepped down as leader");
-        }
-        if tokio::time::timeout(self.config.drain_timeout, alive_rx.recv())
-            .await
-            .is_err()
-        {
-            warn!(timeout = ?self.config.drain_timeout, "the leader's duties did not stop in time; giving the leadership up anyway");
-        }
+        self.terms.end(term, reason, shutdown).await;
         self.resign(lease).await;
     }
 
@@ -548,9 +642,8 @@ impl LeaderElection {
                                 return Ok(());
                             }
                             EventType::Put => {
-                                self.state.send_replace(Leadership::Follower {
-                                    leader: Some(String::from_utf8_lossy(kv.value()).into_owned()),
-                                });
+                                self.terms
+                                    .follow(Some(String::from_utf8_lossy(kv.value()).into_owned()));
                             }
                         }
                     }

@@ -1,10 +1,14 @@
 use std::{fmt, sync::Arc};
 
+use k8s::watch::KubeHealth;
 use kvstore::{IdentityCache, IdentityRange};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge},
+    metrics::{
+        MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
+        gauge::Gauge,
+    },
     registry::Registry,
 };
 
@@ -30,6 +34,12 @@ type FamilyLabel = [(&'static str, &'static str); 1];
 ///   reason, counted once per node and episode). Reported by the leader;
 ///   a follower keeps the values of its last term. `ipam_conflicts_total`:
 ///   conditional IPAM writes that lost a race (each is re-planned).
+/// - `services_exported`: `ClusterService`s the leader exports (a follower
+///   keeps the value of its last term).
+/// - Kubernetes mode only: `k8s_connected` (1 while the API server answers
+///   the health probe, else 0), `k8s_disconnects_total`, and
+///   `policies_invalid` (policies whose `Valid` condition the leader set to
+///   `False`).
 ///
 /// Cheap to clone: clones update the same metrics.
 #[derive(Clone)]
@@ -47,6 +57,8 @@ pub struct OperatorMetrics {
     pub(crate) ipam_waiting: Family<FamilyLabel, Gauge>,
     pub(crate) ipam_exhausted: Family<FamilyLabel, Counter>,
     pub(crate) ipam_conflicts: Counter,
+    pub(crate) services_exported: Gauge,
+    pub(crate) policies_invalid: Gauge,
 }
 
 impl fmt::Debug for OperatorMetrics {
@@ -60,6 +72,24 @@ impl fmt::Debug for OperatorMetrics {
 impl OperatorMetrics {
     /// Registers every metric; `identities` and `range` feed the identity count.
     pub fn new(identities: IdentityCache, range: IdentityRange) -> Self {
+        Self::build(identities, range, None)
+    }
+
+    /// The metrics of an operator in Kubernetes mode: also the API server's
+    /// connection, as `kubernetes` sees it.
+    pub fn for_kubernetes(
+        identities: IdentityCache,
+        range: IdentityRange,
+        kubernetes: KubeHealth,
+    ) -> Self {
+        Self::build(identities, range, Some(kubernetes))
+    }
+
+    fn build(
+        identities: IdentityCache,
+        range: IdentityRange,
+        kubernetes: Option<KubeHealth>,
+    ) -> Self {
         let mut root = Registry::default();
         daemon::register_process_metrics(
             &mut root,
@@ -81,6 +111,8 @@ impl OperatorMetrics {
             ipam_waiting: Family::default(),
             ipam_exhausted: Family::default(),
             ipam_conflicts: Counter::default(),
+            services_exported: Gauge::default(),
+            policies_invalid: Gauge::default(),
         };
         registry.register(
             "leader",
@@ -142,6 +174,19 @@ impl OperatorMetrics {
             "IPAM writes refused because another writer got there first or the view was stale",
             m.ipam_conflicts.clone(),
         );
+        registry.register(
+            "services_exported",
+            "Services this cluster exports to the mesh (cilium/state/services/v1/<cluster>/...)",
+            m.services_exported.clone(),
+        );
+        if let Some(health) = kubernetes {
+            registry.register(
+                "policies_invalid",
+                "Network policies whose Valid condition says False",
+                m.policies_invalid.clone(),
+            );
+            registry.register_collector(Box::new(KubeConnection(health)));
+        }
         registry.register_collector(Box::new(IdentityCount {
             cache: identities,
             range,
@@ -165,6 +210,11 @@ impl OperatorMetrics {
     /// Whether this instance currently leads, as the `leader` gauge says.
     pub fn is_leader(&self) -> bool {
         self.leader.get() == 1
+    }
+
+    /// Services exported in the last update.
+    pub fn services_exported(&self) -> i64 {
+        self.services_exported.get()
     }
 
     /// IPAM writes that lost a race so far.
@@ -202,5 +252,30 @@ impl Collector for IdentityCount {
             MetricType::Gauge,
         )?;
         gauge.encode(metric)
+    }
+}
+
+/// `k8s_connected` and `k8s_disconnects_total`, from the health probe at
+/// scrape time.
+#[derive(Debug)]
+struct KubeConnection(KubeHealth);
+
+impl Collector for KubeConnection {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let s = self.0.snapshot();
+        let metric = encoder.encode_descriptor(
+            "k8s_connected",
+            "Whether the Kubernetes API server answers the operator's health probe (1) or not (0)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(s.connected)).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "k8s_disconnects",
+            "Times the Kubernetes API server stopped answering",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.disconnects).encode(metric)
     }
 }

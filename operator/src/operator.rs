@@ -1,5 +1,6 @@
 use std::{fmt, net::SocketAddr};
 
+use k8s::watch::{HealthSnapshot, KubeHealth};
 use kvstore::{
     Client, IdentityCache, IdentityCacheRunner, IdentityGcConfig, IdentityRange, Session,
     SessionHandle,
@@ -10,14 +11,19 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::OperatorConfig,
+    crd_installer::CrdInstaller,
     error_chain,
     health_server::{HealthServer, HealthServerError},
     heartbeat::Heartbeat,
     identity_collector::IdentityCollector,
     ipam_reconciler::IpamReconciler,
-    leader_election::{LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle},
+    leader_election::{
+        Election, LeaderElection, LeaderElectionConfig, LeaderElectionError, LeaderHandle,
+    },
+    lease_election::{LeaseElection, LeaseElectionConfig},
     metrics::OperatorMetrics,
-    service_exporter::ServiceExporter,
+    policy_validator::PolicyValidator,
+    service_exporter::{ServiceExporter, ServiceSource},
 };
 
 /// Why the operator could not start or stopped.
@@ -25,6 +31,8 @@ use crate::{
 pub enum OperatorError {
     #[error("set up the etcd client")]
     Client(#[source] kvstore::Error),
+    #[error("set up the Kubernetes client")]
+    Kubernetes(#[source] k8s::ClientError),
     #[error("etcd session")]
     Session(#[source] kvstore::Error),
     #[error("identity cache")]
@@ -36,8 +44,15 @@ pub enum OperatorError {
 }
 
 /// The operator of one cluster: campaigns for leadership and, while it
-/// leads, runs the identity garbage collector, the heartbeat and (when
-/// configured) pod CIDR IPAM; always serves `/healthz` and `/metrics`.
+/// leads, runs the identity garbage collector, the heartbeat, the service
+/// export and (when configured) pod CIDR IPAM; always serves `/healthz` and
+/// `/metrics`.
+///
+/// In Kubernetes mode ([`OperatorConfig::kubernetes`]) the leader is elected
+/// on a Lease instead of the etcd key, every instance installs the policy
+/// CRDs and probes the API server, and the leader exports the global
+/// Services (instead of the etcd service definitions) and writes each
+/// policy's `Valid` condition.
 ///
 /// Build with [`Operator::new`], run with [`Operator::run`]; watch it through
 /// the [`OperatorHandle`].
@@ -46,9 +61,19 @@ pub struct Operator {
     client: Client,
     session: Session,
     identities: IdentityCacheRunner,
-    election: LeaderElection,
+    election: Election,
     health: HealthServer,
+    crd_installer: Option<CrdInstaller>,
     handle: OperatorHandle,
+}
+
+/// What the Kubernetes mode shares between its components.
+#[derive(Clone)]
+struct Kubernetes {
+    client: kube::Client,
+    health: KubeHealth,
+    /// `true` once the CRDs are served.
+    crds: watch::Receiver<bool>,
 }
 
 impl fmt::Debug for Operator {
@@ -67,6 +92,16 @@ pub struct OperatorHandle {
     identities: IdentityCache,
     metrics: OperatorMetrics,
     health_addr: watch::Receiver<Option<SocketAddr>>,
+    kubernetes: Option<Kubernetes>,
+}
+
+impl fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("health", &self.health)
+            .field("crds", &*self.crds.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl OperatorHandle {
@@ -92,6 +127,18 @@ impl OperatorHandle {
         &self.metrics
     }
 
+    /// The Kubernetes API server as this instance sees it; `None` unless
+    /// in Kubernetes mode.
+    pub fn kubernetes(&self) -> Option<HealthSnapshot> {
+        self.kubernetes.as_ref().map(|k| k.health.snapshot())
+    }
+
+    /// Whether the policy CRDs are installed; `None` unless in Kubernetes
+    /// mode.
+    pub fn crds_installed(&self) -> Option<bool> {
+        self.kubernetes.as_ref().map(|k| *k.crds.borrow())
+    }
+
     /// The address `/healthz` and `/metrics` are served on, once bound;
     /// `None` if the server stopped before binding.
     pub async fn health_addr(&self) -> Option<SocketAddr> {
@@ -106,6 +153,7 @@ struct Duties {
     session: SessionHandle,
     config: OperatorConfig,
     metrics: OperatorMetrics,
+    kubernetes: Option<Kubernetes>,
 }
 
 impl Operator {
@@ -117,14 +165,51 @@ impl Operator {
         let (session, session_handle) = Session::new(client.clone(), config.session_ttl);
         let (identities, identities_runner) = IdentityCache::local(client.clone());
         let range = IdentityRange::allocation(config.cluster_id, config.max_connected_clusters);
-        let metrics = OperatorMetrics::new(identities.clone(), range);
-        let (election, leader) = LeaderElection::new(
-            client.clone(),
-            session_handle.clone(),
-            LeaderElectionConfig::new(config.id.clone(), config.session_ttl),
-            metrics.clone(),
-        );
-        let (health, health_addr) = HealthServer::new(
+        let (kubernetes, crd_installer) = match &config.kubernetes {
+            Some(k) => {
+                let kube_client = k8s::client(&k.access)
+                    .await
+                    .map_err(OperatorError::Kubernetes)?;
+                let (installer, crds) = CrdInstaller::new(kube_client.clone());
+                let parts = Kubernetes {
+                    client: kube_client,
+                    health: KubeHealth::default(),
+                    crds,
+                };
+                (Some(parts), Some(installer))
+            }
+            None => (None, None),
+        };
+        let metrics = match &kubernetes {
+            Some(k) => OperatorMetrics::for_kubernetes(identities.clone(), range, k.health.clone()),
+            None => OperatorMetrics::new(identities.clone(), range),
+        };
+        let (election, leader) = match (&config.kubernetes, &kubernetes) {
+            (Some(k), Some(parts)) => {
+                let (e, leader) = LeaseElection::new(
+                    parts.client.clone(),
+                    session_handle.clone(),
+                    LeaseElectionConfig::new(
+                        config.id.clone(),
+                        k.lease_namespace.clone(),
+                        k.lease_name.clone(),
+                        config.session_ttl,
+                    ),
+                    metrics.clone(),
+                );
+                (Election::Lease(Box::new(e)), leader)
+            }
+            _ => {
+                let (e, leader) = LeaderElection::new(
+                    client.clone(),
+                    session_handle.clone(),
+                    LeaderElectionConfig::new(config.id.clone(), config.session_ttl),
+                    metrics.clone(),
+                );
+                (Election::Etcd(Box::new(e)), leader)
+            }
+        };
+        let (mut health, health_addr) = HealthServer::new(
             config.health_listen,
             config.cluster_name.clone(),
             leader.clone(),
@@ -132,12 +217,16 @@ impl Operator {
             identities.clone(),
             metrics.clone(),
         );
+        if let Some(k) = &kubernetes {
+            health = health.with_kubernetes(k.health.clone(), k.crds.clone());
+        }
         let handle = OperatorHandle {
             leader,
             session: session_handle,
             identities,
             metrics,
             health_addr,
+            kubernetes,
         };
         Ok((
             Self {
@@ -147,6 +236,7 @@ impl Operator {
                 identities: identities_runner,
                 election,
                 health,
+                crd_installer,
                 handle: handle.clone(),
             },
             handle,
@@ -166,6 +256,14 @@ impl Operator {
             cluster_id = %self.config.cluster_id,
             etcd = %self.client.endpoints(),
             ipam = self.config.ipam.is_some(),
+            kubernetes = %self
+                .config
+                .kubernetes
+                .as_ref()
+                .map_or("off".to_string(), |k| format!(
+                    "{}, Lease {}/{}",
+                    k.access, k.lease_namespace, k.lease_name
+                )),
             "operator starting"
         );
         let mut background: JoinSet<Result<(), OperatorError>> = JoinSet::new();
@@ -184,11 +282,26 @@ impl Operator {
                 .run(stop.clone())
                 .map_err_into(OperatorError::HealthServer),
         );
+        if let Some(k) = &self.handle.kubernetes {
+            let probe = k.health.clone().probe(k.client.clone(), stop.clone());
+            background.spawn(async move {
+                probe.await;
+                Ok(())
+            });
+        }
+        if let Some(installer) = self.crd_installer {
+            let install = installer.run(stop.clone());
+            background.spawn(async move {
+                install.await;
+                Ok(())
+            });
+        }
         let duties = Duties {
             client: self.client.clone(),
             session: self.handle.session.clone(),
             config: self.config.clone(),
             metrics: self.handle.metrics.clone(),
+            kubernetes: self.handle.kubernetes.clone(),
         };
         let election = self.election.run(stop.clone());
         let lead = duties.run(self.handle.leader.clone(), stop.clone());
@@ -268,12 +381,30 @@ impl Duties {
             tasks.spawn(
                 async move { ("identity GC", gc.run(t).await.map_err(|e| error_chain(&e))) },
             );
-            let exporter = ServiceExporter::new(
+            let mut exporter = ServiceExporter::new(
                 self.client.clone(),
                 self.session.clone(),
                 c.cluster_name.clone(),
                 c.cluster_id,
-            );
+            )
+            .with_metrics(self.metrics.clone());
+            if let Some(k) = &self.kubernetes {
+                exporter = exporter.with_source(ServiceSource::Kubernetes {
+                    client: k.client.clone(),
+                    health: k.health.clone(),
+                });
+                let validator = PolicyValidator::new(
+                    k.client.clone(),
+                    k.health.clone(),
+                    k.crds.clone(),
+                    self.metrics.clone(),
+                );
+                let t = token.clone();
+                tasks.spawn(async move {
+                    validator.run(t).await;
+                    ("policy validation", Ok(()))
+                });
+            }
             let t = token.clone();
             tasks.spawn(async move {
                 (
