@@ -24,6 +24,8 @@ declare -A need=(
   [iperf3]=iperf3
   [openssl]=openssl
   [nft]=nftables
+  # the Kubernetes tests (kubectl apply, kustomize)
+  [kubectl]=kubernetes-client
   # the browser crate's tests (headless, over the DevTools protocol)
   # the Hubble UI's front end (TypeScript, bundled by esbuild at build time)
   [node]=nodejs

@@ -86,14 +86,6 @@ const APPLIED_FIRST: &[&str] = &[
     "RoleBinding",
 ];
 
-/// Flags the manifests use that other branches are adding right now; they
-/// are accepted while `--help` does not list them yet.
-const PENDING_FLAGS: &[(&str, &str)] = &[
-    ("clustermesh-agent", "--k8s-in-cluster"),
-    ("clustermesh-operator", "--k8s-in-cluster"),
-    ("clustermesh-operator", "--k8s-namespace"),
-];
-
 /// The files `gen-certs.sh` writes into an overlay's `certs/`.
 const CERT_FILES: &[&str] = &[
     "ca.crt",
@@ -477,10 +469,7 @@ fn check_flags(bin: &Path, docs: &[Value]) {
                 let flag = arg.split('=').next().unwrap();
                 let known =
                     help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n"));
-                assert!(
-                    known || PENDING_FLAGS.contains(&(command, flag)),
-                    "{command} has no flag {flag}"
-                );
+                assert!(known, "{command} has no flag {flag}");
                 checked += 1;
             }
             for env in c["env"].as_array().into_iter().flatten() {
