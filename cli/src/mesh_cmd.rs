@@ -39,6 +39,12 @@ pub(crate) struct UpArgs {
     /// first free one that clashes with no address or route of this host).
     #[arg(long)]
     subnet: Option<String>,
+    /// Each cluster runs its own Kubernetes API server (v1.20, built once
+    /// by scripts/kube-test-server.sh): pods are Pod objects, the global
+    /// service a Service, policies CiliumNetworkPolicy objects; each
+    /// cluster's admin kubeconfig is DIR/<cluster>/kube/admin.kubeconfig.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +190,7 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
     spec.clusters = args.clusters;
     spec.nodes = args.nodes;
     spec.workloads = !args.no_workloads;
+    spec.kubernetes = args.kubernetes;
     if let Some(subnet) = &args.subnet {
         spec.subnet = Some(localmesh::parse_subnet(subnet).map_err(CommandError::failed)?);
     }

@@ -214,8 +214,13 @@ impl Drop for TestMesh {
 
 fn print_logs(mesh: &Mesh) {
     for c in &mesh.state.clusters {
+        let kube = c
+            .kube
+            .iter()
+            .flat_map(|k| [&k.apiserver, &k.controller_manager]);
         let procs = [&c.etcd, &c.operator, &c.apiserver, &c.relay]
             .into_iter()
+            .chain(kube)
             .flatten()
             .chain(c.nodes.iter().filter_map(|n| n.agent.as_ref()));
         for p in procs {

@@ -69,7 +69,7 @@ pub fn bin_dir() -> Result<PathBuf, KubeBinError> {
 pub enum FilesError {
     #[error("creating certificates")]
     Certs(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("writing {path}")]
+    #[error("writing or reading {path}")]
     Write {
         path: PathBuf,
         #[source]
@@ -178,6 +178,34 @@ impl KubeServerFiles {
             0o600,
         )?;
         Ok(files)
+    }
+
+    /// The files [`KubeServerFiles::write`] made in `dir` before (a
+    /// restarted server keeps its certificates and token).
+    pub fn read(dir: &Path, addr: SocketAddr) -> Result<Self, FilesError> {
+        let tokens = dir.join("tokens.csv");
+        let text = fs::read_to_string(&tokens).map_err(|source| FilesError::Write {
+            path: tokens.clone(),
+            source,
+        })?;
+        let admin_token = text
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            addr,
+            ca_cert: dir.join("ca.crt"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+            tokens,
+            admin_kubeconfig: dir.join("admin.kubeconfig"),
+            admin_token,
+        })
     }
 
     /// `https://IP:PORT`.

@@ -36,7 +36,8 @@ pub use mesh::{
 };
 pub use process::{is_running, log_tail};
 pub use state::{
-    ClusterCerts, ClusterInfo, EndpointInfo, EtcdCerts, MeshState, NodeInfo, ProcessInfo, UiInfo,
+    ClusterCerts, ClusterInfo, EndpointInfo, EtcdCerts, KubeInfo, MeshState, NodeInfo, ProcessInfo,
+    UiInfo,
 };
 pub use subnet::parse as parse_subnet;
 pub use topology::in_netns;

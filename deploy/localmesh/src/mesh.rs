@@ -12,6 +12,7 @@
 
 mod admin;
 mod control_plane;
+mod kube;
 mod node;
 mod partition;
 mod plan;
@@ -58,6 +59,9 @@ pub struct MeshSpec {
     /// [`crate::parse_subnet`]); `None` takes the first free one that
     /// clashes with no address or route of the host.
     pub subnet: Option<u8>,
+    /// Kubernetes mode: each cluster runs its own Kubernetes API server;
+    /// agents and operators read Pods, Services and policies from it.
+    pub kubernetes: bool,
 }
 
 impl MeshSpec {
@@ -72,6 +76,7 @@ impl MeshSpec {
             workloads: true,
             connect: true,
             subnet: None,
+            kubernetes: false,
         }
     }
 }
@@ -109,6 +114,11 @@ impl Mesh {
         }
         if !(1..=8).contains(&spec.nodes) {
             refuse!("--nodes must be 1-8, not {}", spec.nodes);
+        }
+        if spec.kubernetes
+            && let Err(e) = k8s::local_server::bin_dir()
+        {
+            refuse!("--kubernetes: {e}");
         }
         for name in [
             "clustermesh",
@@ -181,12 +191,20 @@ impl Mesh {
             let dir = s.own(&name)?;
             let certs = pki::cluster(&ca, &s.ca_cert, &dir.join("certs"), &name, cp_ip.into())?;
             let etcd_tls = pki::etcd(&dir.join("certs"), &name, cp_ip.into())?;
-            let cluster = plan::cluster(s, i, spec.nodes, &dir, certs, etcd_tls);
+            let mut cluster = plan::cluster(s, i, spec.nodes, &dir, certs, etcd_tls);
+            if spec.kubernetes {
+                cluster.kube = Some(plan::kube(&cluster, &dir.join("kube")));
+            }
             s.clusters.push(cluster);
         }
         self.state.save()?;
         let names: Vec<String> = self.state.clusters.iter().map(|c| c.name.clone()).collect();
         for name in &names {
+            if spec.kubernetes {
+                progress(&format!(
+                    "{name}: Kubernetes API server (etcd, kube-apiserver, kube-controller-manager)"
+                ))?;
+            }
             progress(&format!(
                 "{name}: control plane (etcd, operator, clustermesh-apiserver)"
             ))?;
@@ -275,6 +293,14 @@ impl Mesh {
                 .flatten()
             {
                 process::stop(p, STOP_GRACE);
+            }
+            if let Some(k) = &c.kube {
+                for p in [&k.controller_manager, &k.apiserver, &k.etcd]
+                    .into_iter()
+                    .flatten()
+                {
+                    process::stop(p, STOP_GRACE);
+                }
             }
         }
         progress("removing namespaces and pinned maps");

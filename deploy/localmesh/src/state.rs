@@ -116,6 +116,27 @@ pub struct ClusterInfo {
     pub nodes: Vec<NodeInfo>,
     /// Clusters this one's agents are connected to.
     pub remotes: Vec<String>,
+    /// Kubernetes mode: the cluster's own API server (`None`: the
+    /// cluster runs without Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeInfo>,
+}
+
+/// A cluster's Kubernetes API server: its own etcd (plain HTTP on the
+/// control plane's loopback), kube-apiserver on the control-plane address,
+/// and kube-controller-manager, all in the control-plane namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeInfo {
+    /// `https://<cp-ip>:6443`.
+    pub server: String,
+    /// The admin's kubeconfig (also used by the operator and the agents).
+    pub kubeconfig: PathBuf,
+    /// Certificates, keys, token file.
+    pub dir: PathBuf,
+    pub etcd_data: PathBuf,
+    pub etcd: Option<ProcessInfo>,
+    pub apiserver: Option<ProcessInfo>,
+    pub controller_manager: Option<ProcessInfo>,
 }
 
 /// A sample workload.

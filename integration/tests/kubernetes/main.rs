@@ -5,10 +5,10 @@
 //! Run alone with `cargo nextest run -p integration --test kubernetes`.
 
 mod manifests;
+mod mesh;
 
 /// Whether the Kubernetes tests can run here: the API server binaries are
 /// built. Skipped with the reason otherwise, a failure under `CI=true`.
-#[allow(dead_code)] // used by the tests as they land
 pub(crate) fn kube_available(what: &str) -> bool {
     match k8s::testing::available() {
         Ok(_) => true,

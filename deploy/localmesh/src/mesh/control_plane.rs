@@ -40,6 +40,7 @@ impl Mesh {
             c.cp_ip,
         )?;
         self.start_etcd(cluster)?;
+        self.start_kube(cluster)?;
         self.start_operator(cluster)?;
         self.start_apiserver(cluster)?;
         Ok(())

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, MeshState, NodeInfo, UiInfo};
+use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, KubeInfo, MeshState, NodeInfo, UiInfo};
 
 /// etcd's client port on the control-plane address.
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -96,7 +96,49 @@ pub(super) fn cluster(
         relay: None,
         nodes: (1..=nodes).map(|j| node(state, i, j, dir)).collect(),
         remotes: Vec::new(),
+        kube: None,
     }
+}
+
+/// The Kubernetes API server's port on the control-plane address.
+pub(super) const KUBE_APISERVER_PORT: u16 = 6443;
+/// Its etcd's client and peer URLs, on the control plane's loopback (the
+/// mesh's own etcd has the control-plane address's 2379-2381).
+const KUBE_ETCD_CLIENT_URL: &str = "http://127.0.0.1:2479";
+const KUBE_ETCD_PEER_URL: &str = "http://127.0.0.1:2480";
+/// Where the operator keeps its leader Lease.
+pub(super) const KUBE_LEASE_NAMESPACE: &str = "kube-system";
+
+/// Cluster `c`'s Kubernetes API server, its files in `dir`.
+pub(super) fn kube(c: &ClusterInfo, dir: &Path) -> KubeInfo {
+    KubeInfo {
+        server: format!("https://{}:{KUBE_APISERVER_PORT}", c.cp_ip),
+        kubeconfig: dir.join("admin.kubeconfig"),
+        dir: dir.to_path_buf(),
+        etcd_data: dir.join("etcd"),
+        etcd: None,
+        apiserver: None,
+        controller_manager: None,
+    }
+}
+
+/// The Kubernetes API server's etcd's flags.
+pub(super) fn kube_etcd_args(k: &KubeInfo) -> Vec<String> {
+    vec![
+        "--name=kube".into(),
+        format!("--data-dir={}", k.etcd_data.display()),
+        format!("--listen-client-urls={KUBE_ETCD_CLIENT_URL}"),
+        format!("--advertise-client-urls={KUBE_ETCD_CLIENT_URL}"),
+        format!("--listen-peer-urls={KUBE_ETCD_PEER_URL}"),
+        format!("--initial-advertise-peer-urls={KUBE_ETCD_PEER_URL}"),
+        format!("--initial-cluster=kube={KUBE_ETCD_PEER_URL}"),
+        "--listen-metrics-urls=http://127.0.0.1:2481".into(),
+    ]
+}
+
+/// The etcd URL the Kubernetes API server stores into.
+pub(super) fn kube_etcd_url() -> &'static str {
+    KUBE_ETCD_CLIENT_URL
 }
 
 /// Node `j` of cluster `i`.
@@ -186,7 +228,7 @@ pub(super) fn etcd_args(c: &ClusterInfo) -> Vec<String> {
 
 /// The operator's flags.
 pub(super) fn operator_args(c: &ClusterInfo) -> Vec<String> {
-    component_args(
+    let mut args = component_args(
         c,
         c.id,
         &[
@@ -196,7 +238,16 @@ pub(super) fn operator_args(c: &ClusterInfo) -> Vec<String> {
             ("--heartbeat-interval", OPERATOR_HEARTBEAT_INTERVAL.into()),
             ("--id", format!("{}-operator", c.name)),
         ],
-    )
+    );
+    if let Some(k) = &c.kube {
+        args.extend([
+            "--k8s-kubeconfig".to_string(),
+            k.kubeconfig.display().to_string(),
+            "--k8s-namespace".to_string(),
+            KUBE_LEASE_NAMESPACE.to_string(),
+        ]);
+    }
+    args
 }
 
 /// The apiserver's flags, publishing cluster ID `id` (the cluster's own,
@@ -240,6 +291,12 @@ pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
             ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
         ],
     ));
+    if let Some(k) = &c.kube {
+        args.extend([
+            "--k8s-kubeconfig".to_string(),
+            k.kubeconfig.display().to_string(),
+        ]);
+    }
     if let Some(socket) = &n.hubble_socket {
         args.extend(["--hubble-socket".to_string(), socket.display().to_string()]);
         args.extend([

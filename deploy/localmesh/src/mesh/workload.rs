@@ -52,6 +52,18 @@ impl Mesh {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let kubernetes = self.state.cluster(cluster)?.kube.is_some();
+        // Kubernetes mode: the Pod object comes first (its labels are the
+        // endpoint's), and CNI names it as a kubelet does.
+        let cni_args = if kubernetes {
+            self.kube_namespace(cluster, WORKLOAD_NAMESPACE)?;
+            self.kube_create_pod(cluster, node, WORKLOAD_NAMESPACE, name, &labels_map)?;
+            Some(format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={WORKLOAD_NAMESPACE};K8S_POD_NAME={name}"
+            ))
+        } else {
+            None
+        };
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "clustermesh",
@@ -65,6 +77,7 @@ impl Mesh {
             &format!("{cluster}-{name}"),
             &netns,
             &conf.to_string(),
+            cni_args.as_deref(),
         )?;
         let result: serde_json::Value = serde_json::from_slice(&out).context("CNI result")?;
         let ip: Ipv4Addr = result["ips"][0]["address"]
@@ -116,6 +129,9 @@ impl Mesh {
                 },
             )?;
         }
+        if kubernetes {
+            self.kube_set_pod_ready(cluster, WORKLOAD_NAMESPACE, name, ip, true)?;
+        }
         Ok(info)
     }
 
@@ -130,7 +146,11 @@ impl Mesh {
             &format!("{cluster}-{name}"),
             &e.netns,
             &conf.to_string(),
+            None,
         )?;
+        if self.state.cluster(cluster)?.kube.is_some() {
+            self.kube_delete_pod(cluster, &e.namespace, name)?;
+        }
         if let Some(p) = &e.server {
             process::kill(p);
         }
@@ -163,6 +183,13 @@ impl Mesh {
                     Some(ECHO_PORT),
                 )?;
             }
+        }
+        if self.state.clusters.iter().all(|c| c.kube.is_some()) {
+            for c in &clusters {
+                self.kube_apply_service(&c.name, echo_service())?;
+            }
+            self.state.service_frontend = Some(SERVICE_FRONTEND.into());
+            return self.state.save();
         }
         let def = kvstore::values::ServiceDef::parse(&format!(
             "namespace: {WORKLOAD_NAMESPACE}\nname: echo\nfrontend: 10.96.0.10\nports: [{{name: http, port: 80, targetPort: {ECHO_PORT}}}]\nselector: {{app: echo}}\nglobal: true\naffinity: local\n"
@@ -209,16 +236,47 @@ impl Mesh {
     }
 }
 
+/// The global service `demo/echo` of the sample workloads as a Kubernetes
+/// Service: the same frontend, port and affinity as the definition a
+/// mesh without Kubernetes stores in etcd.
+fn echo_service() -> serde_json::Value {
+    let (ip, port) = SERVICE_FRONTEND.split_once(':').expect("ip:port");
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": "echo", "namespace": WORKLOAD_NAMESPACE,
+            "annotations": {"service.cilium.io/global": "true", "service.cilium.io/affinity": "local"},
+        },
+        "spec": {
+            "clusterIP": ip,
+            "selector": {"app": "echo"},
+            "ports": [{"name": "http", "port": port.parse::<u16>().expect("a port"), "targetPort": ECHO_PORT, "protocol": "TCP"}],
+        },
+    })
+}
+
 /// Runs the CNI plugin: `command` (`ADD`, `DEL`) for `container` in the
-/// namespace `netns`, the network config on stdin. Returns its stdout.
-fn run_cni(cni: &Path, command: &str, container: &str, netns: &str, conf: &str) -> Result<Vec<u8>> {
-    let mut child = std::process::Command::new(cni)
-        .env_clear()
+/// namespace `netns`, the network config on stdin, `CNI_ARGS` if given.
+/// Returns its stdout.
+fn run_cni(
+    cni: &Path,
+    command: &str,
+    container: &str,
+    netns: &str,
+    conf: &str,
+    args: Option<&str>,
+) -> Result<Vec<u8>> {
+    let mut cmd = std::process::Command::new(cni);
+    cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", topology::netns_path(netns))
         .env("CNI_IFNAME", POD_IFNAME)
-        .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
+        .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")));
+    if let Some(args) = args {
+        cmd.env("CNI_ARGS", args);
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
