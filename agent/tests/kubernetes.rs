@@ -15,7 +15,7 @@ use agent::{KubernetesView, ServiceView};
 use anyhow::{Context as _, Result, bail};
 use etcd_harness::TestEtcd;
 use k8s::testing::KubeServer;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod, Service};
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -104,6 +104,15 @@ fn kubernetes_mode_policy_labels_services_and_an_api_outage() -> Result<()> {
     let client = rt.block_on(kube.client())?;
     // The operator installs the CRDs in a real deployment.
     rt.block_on(k8s::crd::install(&client, Duration::from_secs(30)))?;
+    // The nodes, as their kubelets register them (the controller manager
+    // deletes the Pods of nodes that do not exist).
+    let nodes: Api<KubeNode> = Api::all(client.clone());
+    for n in ["n1", "n2"] {
+        let node: KubeNode = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+        }))?;
+        rt.block_on(nodes.create(&PostParams::default(), &node))?;
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     for p in [pod("client", "n1", "client"), pod("echo", "n2", "echo")] {
         rt.block_on(pods.create(&PostParams::default(), &p))?;
@@ -271,6 +280,8 @@ fn kubernetes_mode_policy_labels_services_and_an_api_outage() -> Result<()> {
     });
     let k = kube_status(&n2);
     assert_eq!(k.resources["ciliumnetworkpolicies"].objects, 0, "{k:?}");
+    assert_eq!(k.resources["pods"].objects, 1, "n2's echo Pod: {k:?}");
+    assert_eq!(k.resources["nodes"].objects, 2, "{k:?}");
     assert!(k.disconnects >= 1);
     let _ = etcd;
     Ok(())

@@ -347,6 +347,7 @@ fn two_kubernetes_clusters_policy_and_global_service() {
             k.resources["services"].objects, 2,
             "{n}: demo/echo and default/kubernetes: {k:?}"
         );
+        assert_eq!(k.resources["nodes"].objects, 2, "{n}: {k:?}");
         assert_eq!(
             k.resources["pods"].objects,
             if n == "n1" { 2 } else { 1 },

@@ -9,7 +9,7 @@
 use std::{future::Future, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -181,6 +181,26 @@ impl Mesh {
                     "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                 }))?;
                 api.create(&PostParams::default(), &obj).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Registers a node as its kubelet would (the controller manager
+    /// deletes the Pods of nodes that do not exist).
+    pub(super) fn kube_register_node(&self, cluster: &str, node: &str, ip: Ipv4Addr) -> Result<()> {
+        let obj: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
+        }))?;
+        let node = node.to_string();
+        self.kube_call(cluster, |client| async move {
+            let api: Api<Node> = Api::all(client);
+            if api.get_opt(&node).await?.is_none() {
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .context("registering the Node")?;
             }
             Ok(())
         })

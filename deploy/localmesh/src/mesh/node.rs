@@ -35,6 +35,10 @@ impl Mesh {
             n.ip,
         )?;
         std::fs::create_dir_all(&c.clustermesh_dir)?;
+        if c.kube.is_some() {
+            let ip = n.ip;
+            self.kube_register_node(cluster, node, ip)?;
+        }
         self.start_agent(cluster, node)
     }
 
