@@ -259,6 +259,40 @@ fn status_table(s: &StatusView) -> String {
             })
             .collect(),
     ));
+    if let Some(k) = &s.kubernetes {
+        out.push_str(&format!(
+            "\nkubernetes: {} ({}, {}), disconnects {}{}\n",
+            if k.connected { "connected" } else { "UNREACHABLE" },
+            k.access,
+            k.version.as_deref().unwrap_or("version unknown"),
+            k.disconnects,
+            k.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default(),
+        ));
+        out.push_str(&table(
+            &["RESOURCE", "SYNCED", "OBJECTS", "EVENTS", "LAST ERROR"],
+            k.resources
+                .iter()
+                .map(|(name, r)| {
+                    vec![
+                        name.clone(),
+                        if r.synced { "yes" } else { "no" }.into(),
+                        r.objects.to_string(),
+                        r.events.to_string(),
+                        r.last_error.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect(),
+        ));
+        if !k.refused.is_empty() {
+            out.push_str("refused (nothing of these is applied):\n");
+            for (what, why) in &k.refused {
+                out.push_str(&format!("  {what}: {why}\n"));
+            }
+        }
+    }
     if !s.remotes.is_empty() {
         out.push_str("\nremote clusters:\n");
         out.push_str(&table(

@@ -312,11 +312,11 @@ fn two_kubernetes_clusters_policy_and_global_service() {
     let outage = Instant::now();
     let mut requests = 0;
     while outage.elapsed() < Duration::from_secs(30) {
-        mesh.request("c1", "client", frontend, Duration::from_secs(1))
+        mesh.request("c1", "client", frontend, Duration::from_secs(3))
             .unwrap_or_else(|e| {
                 panic!("request {requests} to the service during the outage: {e:#}")
             });
-        mesh.request("c1", "client", c1_echo, Duration::from_secs(1))
+        mesh.request("c1", "client", c1_echo, Duration::from_secs(3))
             .unwrap_or_else(|e| panic!("request {requests} to c1's echo during the outage: {e:#}"));
         requests += 1;
         if requests % 10 == 0 {
