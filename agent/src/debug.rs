@@ -262,7 +262,11 @@ fn status_table(s: &StatusView) -> String {
     if let Some(k) = &s.kubernetes {
         out.push_str(&format!(
             "\nkubernetes: {} ({}, {}), disconnects {}{}\n",
-            if k.connected { "connected" } else { "UNREACHABLE" },
+            if k.connected {
+                "connected"
+            } else {
+                "UNREACHABLE"
+            },
             k.access,
             k.version.as_deref().unwrap_or("version unknown"),
             k.disconnects,

@@ -1,7 +1,6 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -271,17 +270,7 @@ impl TestEtcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        // The server dies with the thread that spawned it, so a test process
-        // killed by a timeout leaves no etcd behind.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .context("run `etcd` (Debian package etcd-server; `make test` installs it)")?;

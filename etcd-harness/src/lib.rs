@@ -23,3 +23,18 @@ pub use etcd::{EtcdOptions, ServerTls, TestEtcd};
 pub use port::free_port;
 pub use proxy::TcpProxy;
 pub use wait::{eventually, wait_until};
+
+/// Makes the process `cmd` starts die (SIGKILL) with the thread that
+/// starts it, so a test killed by a timeout leaves no server behind.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

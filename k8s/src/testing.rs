@@ -8,7 +8,6 @@
 use std::{
     fs::{File, OpenOptions},
     io::Read as _,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -154,16 +153,7 @@ impl KubeServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent. The server dies with the thread that spawned it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        etcd_harness::die_with_parent(&mut cmd);
         cmd.spawn()
             .with_context(|| format!("run {}", self.bin.join(component).display()))
     }

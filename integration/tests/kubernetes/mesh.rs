@@ -19,19 +19,17 @@ use localmesh::{SERVICE_FRONTEND, WORKLOAD_NAMESPACE};
 
 use crate::kube_available;
 
+/// `kubectl --kubeconfig <cluster's admin>`.
+fn kubectl_in(mesh: &TestMesh, cluster: &str) -> Command {
+    let kube = mesh.state.cluster(cluster).unwrap().kube.as_ref().unwrap();
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(&kube.kubeconfig);
+    cmd
+}
+
 /// `kubectl <verb> -f -` against `cluster`'s API server, `yaml` on stdin.
 fn kubectl(mesh: &TestMesh, cluster: &str, verb: &str, yaml: &str) {
-    let kubeconfig = &mesh
-        .state
-        .cluster(cluster)
-        .unwrap()
-        .kube
-        .as_ref()
-        .unwrap()
-        .kubeconfig;
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    let mut child = kubectl_in(mesh, cluster)
         .args([verb, "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -54,17 +52,7 @@ fn kubectl(mesh: &TestMesh, cluster: &str, verb: &str, yaml: &str) {
 
 /// `kubectl get <what> -o jsonpath=<path>` in `cluster`.
 fn kubectl_get(mesh: &TestMesh, cluster: &str, what: &[&str], path: &str) -> String {
-    let kubeconfig = &mesh
-        .state
-        .cluster(cluster)
-        .unwrap()
-        .kube
-        .as_ref()
-        .unwrap()
-        .kubeconfig;
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    let out = kubectl_in(mesh, cluster)
         .arg("get")
         .args(what)
         .arg(format!("-o=jsonpath={path}"))

@@ -48,29 +48,7 @@ impl Mesh {
             &self.log_path(cluster, "kube-etcd"),
         )?;
         self.kube_mut(cluster, |k| k.etcd = Some(etcd))?;
-        let apiserver = spawn_daemon(
-            Some(&c.cp_netns),
-            &bin.join(k8s::local_server::APISERVER),
-            &files.apiserver_args(plan::kube_etcd_url()),
-            &[],
-            &self.log_path(cluster, "kube-apiserver"),
-        )?;
-        self.kube_mut(cluster, |k| k.apiserver = Some(apiserver.clone()))?;
-        wait_until(
-            &format!("{cluster} kube-apiserver"),
-            STARTUP_TIMEOUT,
-            Some(&apiserver),
-            || {
-                self.kube_call(cluster, |client| async move {
-                    let req = http::Request::get("/readyz").body(Vec::new())?;
-                    let body =
-                        tokio::time::timeout(PROBE_TIMEOUT, client.request_text(req)).await??;
-                    anyhow::ensure!(body.trim() == "ok", "not ready: {body}");
-                    Ok(())
-                })
-                .is_ok()
-            },
-        )?;
+        self.run_kube_apiserver(cluster, &files)?;
         let cm = spawn_daemon(
             Some(&c.cp_netns),
             &bin.join(k8s::local_server::CONTROLLER_MANAGER),
@@ -115,9 +93,20 @@ impl Mesh {
         refuse_running("kube-apiserver", cluster, k.apiserver.as_ref())?;
         let addr = (c.cp_ip, plan::KUBE_APISERVER_PORT).into();
         let files = k8s::local_server::KubeServerFiles::read(&k.dir, addr)?;
+        self.run_kube_apiserver(cluster, &files)
+    }
+
+    /// Spawns `cluster`'s kube-apiserver with `files`, tracks it, and waits
+    /// until it is ready.
+    fn run_kube_apiserver(
+        &mut self,
+        cluster: &str,
+        files: &k8s::local_server::KubeServerFiles,
+    ) -> Result<()> {
+        let netns = self.state.cluster(cluster)?.cp_netns.clone();
         let bin = k8s::local_server::bin_dir()?;
         let apiserver = spawn_daemon(
-            Some(&c.cp_netns),
+            Some(&netns),
             &bin.join(k8s::local_server::APISERVER),
             &files.apiserver_args(plan::kube_etcd_url()),
             &[],
