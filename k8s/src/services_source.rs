@@ -349,6 +349,54 @@ mod tests {
         }
     }
 
+    fn slice(name: &str, ready: &[(&str, Option<bool>)]) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "demo", "labels": {SLICE_SERVICE_LABEL: "echo"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": ready.iter().map(|(ip, r)| {
+                let mut e = serde_json::json!({"addresses": [ip]});
+                if let Some(r) = r {
+                    e["conditions"] = serde_json::json!({"ready": r});
+                }
+                e
+            }).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn slices_of_a_service_are_merged_and_only_ready_endpoints_count() {
+        let mut join = ServiceJoin::default();
+        assert!(join.apply_service(svc(&[])).len() == 1);
+        let a = slice(
+            "echo-a",
+            &[("10.1.0.5", Some(true)), ("10.1.0.6", Some(false))],
+        );
+        assert_eq!(backends(&join.apply_slice(&a)), ["10.1.0.5"]);
+        // No conditions: ready, as the API says.
+        let b = slice("echo-b", &[("10.1.1.7", None)]);
+        assert_eq!(backends(&join.apply_slice(&b)), ["10.1.0.5", "10.1.1.7"]);
+        let changes = join.apply_slice(&b);
+        assert!(changes.is_empty(), "{changes:?}");
+        let gone = ObjectKey {
+            namespace: Some("demo".into()),
+            name: "echo-a".into(),
+        };
+        assert_eq!(backends(&join.delete_slice(&gone)), ["10.1.1.7"]);
+        match join.apply_slice(&b).as_slice() {
+            [] => {}
+            other => panic!("{other:?}"),
+        }
+        let ServiceChange::Upsert { def, .. } =
+            &join.apply_slice(&slice("echo-a", &[("10.1.0.9", None)]))[0]
+        else {
+            panic!("an upsert");
+        };
+        assert_eq!(def.ports[0].target(), 8080, "the port from the slices");
+    }
+
     #[test]
     fn services_and_endpoints_join_in_any_order() {
         let mut join = ServiceJoin::default();
