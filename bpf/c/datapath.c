@@ -258,6 +258,16 @@ static __always_inline void ct_touch(struct ct_value *v)
 		v->last_seen_ns = now;
 }
 
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u8 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		diff |= a[i] ^ b[i];
+	return diff == 0;
+}
+
 static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity, __u32 backend_id,
 				     const __u8 *rev_addr, __be16 rev_port)
 {
@@ -615,8 +625,15 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	ct = bpf_map_lookup_elem(&cm_ct, &p.t);
 	if (ct) {
 		ct_touch(ct);
-		if (translated && !(ct->flags & CM_CT_F_REVNAT))
+		/* The entry may be left by an earlier connection on the same
+		 * (translated) tuple: the client reused its port for another
+		 * frontend, or to reach the backend directly. The replies must be
+		 * rewritten to what this connection dialled, or to nothing. */
+		if (translated && (!(ct->flags & CM_CT_F_REVNAT) || ct->rev_nat_port != front_port ||
+				   !addr_eq(ct->rev_nat_addr, front_addr)))
 			ct_create(&p.t, ep->sec_identity, 0, front_addr, front_port);
+		else if (!translated && (ct->flags & CM_CT_F_REVNAT))
+			ct_create(&p.t, ep->sec_identity, 0, 0, 0);
 		return TC_ACT_OK;
 	}
 	if (ct_create(&p.t, ep->sec_identity, 0, translated ? front_addr : 0, front_port)) {

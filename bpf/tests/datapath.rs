@@ -17,7 +17,8 @@ use bpf::{
     PolicyValue, Protocol, ReconcileStats, Verdict, service_entries,
 };
 use harness::{
-    Node, Server, ping_denied, ping_ok, tcp_denied, tcp_request, udp_denied, udp_request,
+    Node, Server, ping_denied, ping_ok, tcp_denied, tcp_request, tcp_request_from_port, udp_denied,
+    udp_request,
 };
 use netns::skip_unless_root;
 
@@ -230,6 +231,43 @@ fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
     assert_eq!((tr.dst, tr.dport), (server_ip, PORT));
     assert_eq!(tr.direction, FlowDirection::FromEndpoint);
     assert_eq!((tr.src_identity, tr.dst_identity), (CLIENT, SERVER));
+    Ok(())
+}
+
+/// A client that reuses its port: the same tuple after translation serves a
+/// service connection, then a direct one to the backend, then one through
+/// another frontend. Each connection's replies must come from what it
+/// dialled (a stale reverse translation would make the client's kernel drop
+/// the SYN-ACK: the connect times out).
+#[test]
+fn a_reused_client_port_gets_the_replies_of_what_it_dialled() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, true)?;
+    node.attach(server, true)?;
+    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+    let _s = Server::start(node.pod(server), PORT)?;
+    let backend = sock(node.pod(server).ips()[0], PORT);
+    node.dp().backends().upsert(
+        &BackendKey { backend_id: 1 },
+        &BackendValue::new(backend, Protocol::Tcp, 1),
+    )?;
+    let vip1: SocketAddr = "10.96.0.10:80".parse()?;
+    let vip2: SocketAddr = "10.96.0.11:81".parse()?;
+    for vip in [vip1, vip2] {
+        node.dp()
+            .services()
+            .batch_upsert(&service_entries(vip, Protocol::Tcp, &[1]))?;
+    }
+    let port = 41234;
+    for to in [vip1, backend, vip1, vip2, backend] {
+        let (name, peer) = tcp_request_from_port(node.pod(client), port, to)
+            .map_err(|e| anyhow::anyhow!("from port {port} to {to}: {e}"))?;
+        assert_eq!((name.as_str(), peer), ("server", to));
+    }
     Ok(())
 }
 

@@ -264,6 +264,92 @@ pub(crate) fn tcp_request(pod: &Pod, to: SocketAddr) -> Result<(String, SocketAd
     Ok((name, peer))
 }
 
+/// [`tcp_request`] from a fixed local port of `pod` (bound before the
+/// connect, as a client that reuses its port does).
+pub(crate) fn tcp_request_from_port(
+    pod: &Pod,
+    local_port: u16,
+    to: SocketAddr,
+) -> Result<(String, SocketAddr)> {
+    use std::os::fd::FromRawFd as _;
+    let mut stream = pod.ns.enter(move || -> std::io::Result<TcpStream> {
+        let (family, local, remote) = match to {
+            SocketAddr::V4(a) => {
+                let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                (
+                    libc::AF_INET,
+                    sa(std::net::Ipv4Addr::UNSPECIFIED, local_port),
+                    sa(*a.ip(), a.port()),
+                )
+            }
+            SocketAddr::V6(_) => {
+                return Err(std::io::Error::other("IPv4 only"));
+            }
+        };
+        let check = |r: libc::c_int| {
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        };
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // the addresses are valid sockaddr_in values of the given length.
+        unsafe {
+            let fd = check(libc::socket(
+                family,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+            ))?;
+            let stream = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            check(libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            ))?;
+            // The connect timeout.
+            let tv = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 500_000,
+            };
+            check(libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            ))?;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            check(libc::bind(
+                fd,
+                (&local as *const libc::sockaddr_in).cast(),
+                len,
+            ))?;
+            check(libc::connect(
+                fd,
+                (&remote as *const libc::sockaddr_in).cast(),
+                len,
+            ))?;
+            Ok(stream)
+        }
+    })??;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let peer = stream.peer_addr()?;
+    let mut name = String::new();
+    stream.read_to_string(&mut name)?;
+    Ok((name, peer))
+}
+
 /// Whether a TCP connection attempt from `pod` goes unanswered (SYN dropped)
 /// for 600 ms. A refusal (nothing listens) is not a denial. Every denial a
 /// test checks first has a positive control: the same pod reaching the same
