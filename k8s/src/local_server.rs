@@ -130,18 +130,7 @@ impl KubeServerFiles {
         let sa = rcgen::KeyPair::generate().map_err(|e| certs_err(&e))?;
         let admin_token = random_token();
 
-        let files = Self {
-            dir: dir.to_path_buf(),
-            addr,
-            ca_cert: dir.join("ca.crt"),
-            serving_cert: dir.join("apiserver.crt"),
-            serving_key: dir.join("apiserver.key"),
-            sa_key: dir.join("sa.key"),
-            sa_pub: dir.join("sa.pub"),
-            tokens: dir.join("tokens.csv"),
-            admin_kubeconfig: dir.join("admin.kubeconfig"),
-            admin_token,
-        };
+        let files = Self::in_dir(dir, addr, admin_token);
         let write = |path: &Path, text: &str, mode: u32| -> Result<(), FilesError> {
             use std::os::unix::fs::OpenOptionsExt as _;
             let err = |source| FilesError::Write {
@@ -194,7 +183,12 @@ impl KubeServerFiles {
             .unwrap_or_default()
             .trim()
             .to_string();
-        Ok(Self {
+        Ok(Self::in_dir(dir, addr, admin_token))
+    }
+
+    /// The file names in `dir`.
+    fn in_dir(dir: &Path, addr: SocketAddr, admin_token: String) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             addr,
             ca_cert: dir.join("ca.crt"),
@@ -202,10 +196,10 @@ impl KubeServerFiles {
             serving_key: dir.join("apiserver.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
-            tokens,
+            tokens: dir.join("tokens.csv"),
             admin_kubeconfig: dir.join("admin.kubeconfig"),
             admin_token,
-        })
+        }
     }
 
     /// `https://IP:PORT`.
