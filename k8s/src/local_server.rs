@@ -257,6 +257,15 @@ impl KubeServerFiles {
     }
 }
 
+/// Whether namespace `ns` admits Pods: its `default` service account exists
+/// and has its token (the controller manager adds both shortly after the
+/// namespace appears; a Pod created before is refused).
+pub async fn pods_admitted(client: &kube::Client, ns: &str) -> bool {
+    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), ns);
+    matches!(api.get_opt("default").await, Ok(Some(sa)) if sa.secrets.as_ref().is_some_and(|s| !s.is_empty()))
+}
+
 /// A kubeconfig with one cluster, one token user and one context.
 pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);

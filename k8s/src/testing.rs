@@ -15,8 +15,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use etcd_harness::{TestEtcd, free_port};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::Api;
 use tempfile::TempDir;
 
 use crate::local_server::{self, APISERVER, CONTROLLER_MANAGER, KubeServerFiles};
@@ -191,9 +189,9 @@ impl KubeServer {
 
     async fn wait_for_default_service_account(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let api: Api<ServiceAccount> = Api::namespaced(self.client().await?, "default");
+        let client = self.client().await?;
         loop {
-            if let Ok(Some(_)) = api.get_opt("default").await {
+            if local_server::pods_admitted(&client, "default").await {
                 return Ok(());
             }
             if let Some(status) = self

@@ -9,7 +9,7 @@
 use std::{future::Future, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -64,12 +64,9 @@ impl Mesh {
             Some(&cm),
             || {
                 self.kube_call(cluster, |client| async move {
-                    Api::<ServiceAccount>::namespaced(client, "default")
-                        .get("default")
-                        .await?;
-                    Ok(())
+                    Ok(k8s::local_server::pods_admitted(&client, "default").await)
                 })
-                .is_ok()
+                .unwrap_or(false)
             },
         )
     }
@@ -164,12 +161,22 @@ impl Mesh {
     pub(super) fn kube_namespace(&self, cluster: &str, ns: &str) -> Result<()> {
         let ns = ns.to_string();
         self.kube_call(cluster, |client| async move {
-            let api: Api<Namespace> = Api::all(client);
+            let api: Api<Namespace> = Api::all(client.clone());
             if api.get_opt(&ns).await?.is_none() {
                 let obj: Namespace = serde_json::from_value(serde_json::json!({
                     "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                 }))?;
                 api.create(&PostParams::default(), &obj).await?;
+            }
+            // A Pod is refused until the namespace's service account has
+            // its token.
+            let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+            while !k8s::local_server::pods_admitted(&client, &ns).await {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "namespace {ns}: no service account token within {STARTUP_TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(())
         })
