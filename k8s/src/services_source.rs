@@ -64,6 +64,8 @@ pub struct ServiceJoin {
     backends: HashMap<String, BTreeMap<String, Backends>>,
     /// What was last sent per key.
     sent: HashMap<String, Result<(ServiceDef, MeshAnnotations), ServiceError>>,
+    /// `<ns>/<slice>` → its Service's key (a deleted slice names only itself).
+    slice_owner: HashMap<String, String>,
 }
 
 impl ServiceJoin {
@@ -104,6 +106,8 @@ impl ServiceJoin {
             return Vec::new();
         };
         let name = slice.metadata.name.clone().unwrap_or_default();
+        self.slice_owner
+            .insert(ObjectKey::of(slice).to_string(), key.clone());
         self.backends
             .entry(key.clone())
             .or_default()
@@ -111,15 +115,9 @@ impl ServiceJoin {
         self.recompute(&key)
     }
 
-    /// A slice is gone; `service` is its Service's key where known.
+    /// A slice is gone.
     pub fn delete_slice(&mut self, slice: &ObjectKey) -> Vec<ServiceChange> {
-        let ns = slice.namespace.clone().unwrap_or_default();
-        let owner = self
-            .backends
-            .iter()
-            .find(|(k, parts)| k.starts_with(&format!("{ns}/")) && parts.contains_key(&slice.name))
-            .map(|(k, _)| k.clone());
-        let Some(key) = owner else {
+        let Some(key) = self.slice_owner.remove(&slice.to_string()) else {
             return Vec::new();
         };
         if let Some(parts) = self.backends.get_mut(&key) {
