@@ -46,14 +46,6 @@ pub fn api_resource(kind: PolicyKind) -> ApiResource {
     }
 }
 
-/// Whether a kind is namespaced.
-pub fn scope(kind: PolicyKind) -> kube::discovery::Scope {
-    match kind {
-        PolicyKind::CiliumNetworkPolicy => kube::discovery::Scope::Namespaced,
-        PolicyKind::CiliumClusterwideNetworkPolicy => kube::discovery::Scope::Cluster,
-    }
-}
-
 /// The CRDs, parsed.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
     MANIFESTS
@@ -106,6 +98,14 @@ pub async fn install(client: &Client, timeout: Duration) -> Result<(), CrdError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a kind is namespaced.
+    fn scope(kind: PolicyKind) -> kube::discovery::Scope {
+        match kind {
+            PolicyKind::CiliumNetworkPolicy => kube::discovery::Scope::Namespaced,
+            PolicyKind::CiliumClusterwideNetworkPolicy => kube::discovery::Scope::Cluster,
+        }
+    }
 
     #[test]
     fn manifests_parse_and_name_their_resources() {
