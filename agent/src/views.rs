@@ -96,6 +96,11 @@ pub struct RemoteView {
     pub last_error: Option<String>,
     pub last_error_kind: Option<String>,
     pub failures: u64,
+    /// `kvstoremesh` when the remote is read through the local
+    /// kvstoremesh cache (its cluster config says `cached`); absent when
+    /// read from the remote's own apiserver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Pod CIDRs of the remote's nodes that are not routed, and why.
     #[serde(default)]
     pub refused_routes: Vec<RefusedRouteView>,

@@ -35,10 +35,32 @@ pub struct PeerInfo {
 }
 
 /// A connection whose mutual TLS handshake succeeded, handed to tonic.
-#[derive(Debug)]
 pub struct PeerStream {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Dropped with the connection (e.g. to count open connections).
+    guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for PeerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStream")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerStream {
+    /// Who is on the other end.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// Keeps `guard` until the connection closes (its `Drop` runs then).
+    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
 }
 
 impl Connected for PeerStream {
@@ -219,6 +241,7 @@ async fn handshake(
             common_name,
             remote_addr,
         },
+        guard: None,
     })
 }
 

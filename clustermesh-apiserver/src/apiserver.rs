@@ -4,7 +4,7 @@ use certs::{ServerTls, TlsMetrics};
 use etcd_client::proto::{PbKvServer, PbLeaseServer, PbMaintenanceServer};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 use tracing::{error, info, warn};
@@ -265,6 +265,7 @@ impl Apiserver {
         ));
 
         let authorizer = Arc::new(Authorizer::new(config.cluster_name.clone()));
+        let (counted_authorizer, connection_metrics) = (authorizer.clone(), metrics.clone());
         let guard = AccessGuard::new(authorizer.clone(), metrics.clone());
         let watch = WatchService::new(hub, authorizer, metrics, tasks.clone(), shutdown.clone());
         info!(
@@ -294,7 +295,14 @@ impl Apiserver {
             )))
             .add_service(LockService::new(guard, upstream))
             .serve_with_incoming_shutdown(
-                ReceiverStream::new(incoming),
+                ReceiverStream::new(incoming).map(move |accepted| {
+                    accepted.map(|stream| {
+                        let common_name = stream.info().common_name.clone();
+                        let role = counted_authorizer.role(&common_name);
+                        let guard = connection_metrics.connection_opened(&role, &common_name);
+                        stream.with_guard(guard)
+                    })
+                }),
                 shutdown.clone().cancelled_owned(),
             );
         let drained = async {

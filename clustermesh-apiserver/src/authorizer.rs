@@ -48,11 +48,19 @@ impl Verdict {
 ///   must lie inside one of them: a from-key read, or a prefix that is
 ///   shorter than an allowed one (`cilium/`), is refused. It may also ask
 ///   for the server status. Writes, leases and locks are refused.
+/// - [`Role::Local`] (this cluster's agents reading remote clusters
+///   through kvstoremesh) may read what kvstoremesh writes: the prefixes
+///   `cilium/cache/`, `cilium/synced/` (every cluster's canaries),
+///   `cilium/cluster-config/` (the remotes' configs kvstoremesh publishes),
+///   `cilium/kvstoremesh/` (how kvstoremesh sees each remote) and
+///   `cilium/.heartbeat`, and the server status. Nothing else, and no
+///   writes, leases or locks.
 /// - [`Role::Unknown`] is refused everything.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     local: ClusterName,
     remote_readable: Vec<KeyRange>,
+    local_readable: Vec<KeyRange>,
 }
 
 impl Authorizer {
@@ -64,9 +72,17 @@ impl Authorizer {
             KeyRange::Key(keys::cluster_config(&local).into_bytes()),
             KeyRange::prefix(keys::HEARTBEAT),
         ];
+        let local_readable = vec![
+            KeyRange::prefix(format!("{}/", keys::CACHE)),
+            KeyRange::prefix(format!("{}/", keys::SYNCED)),
+            KeyRange::prefix(format!("{}/", keys::CLUSTER_CONFIG)),
+            KeyRange::prefix(format!("{}/", keys::KVSTOREMESH)),
+            KeyRange::prefix(keys::HEARTBEAT),
+        ];
         Self {
             local,
             remote_readable,
+            local_readable,
         }
     }
 
@@ -89,6 +105,11 @@ impl Authorizer {
                 self.remote_readable.iter().any(|r| r.contains(range))
             }
             (Role::Remote(_), Access::Write | Access::Lease) => false,
+            (Role::Local, Access::Status) => true,
+            (Role::Local, Access::Read(range)) => {
+                self.local_readable.iter().any(|r| r.contains(range))
+            }
+            (Role::Local, Access::Write | Access::Lease) => false,
             (Role::Unknown, _) => false,
         };
         if allowed {
@@ -145,6 +166,31 @@ mod tests {
     }
 
     #[test]
+    fn local_readers_read_only_the_cache() {
+        let authz = Authorizer::new(ClusterName::new("c1").unwrap());
+        let local = authz.role("local-c1");
+        assert_eq!(local, Role::Local);
+        let ok = |a: &Access| authz.decide(&local, a).is_allowed();
+        assert!(ok(&prefix("cilium/cache/nodes/v1/c2/")));
+        assert!(ok(&prefix("cilium/cache/identities/v1/c2/id/")));
+        assert!(ok(&read("cilium/synced/c2/cilium/cache/ip/v1", "")));
+        assert!(ok(&prefix("cilium/synced/c2/")));
+        assert!(ok(&read("cilium/cluster-config/c2", "")));
+        assert!(ok(&read("cilium/kvstoremesh/v1/c2", "")));
+        assert!(ok(&read("cilium/.heartbeat", "")));
+        assert!(ok(&Access::Status));
+
+        assert!(!ok(&prefix("cilium/state/")), "the local state is etcd's");
+        assert!(!ok(&prefix("cilium/")));
+        assert!(!ok(&prefix("cilium/cache")), "prefix without the slash");
+        assert!(!ok(&read("cilium/policies/v1/p", "")));
+        assert!(!ok(&Access::Write));
+        assert!(!ok(&Access::Lease));
+        // Another cluster's local readers are nobody here.
+        assert_eq!(authz.role("local-c2"), Role::Unknown);
+    }
+
+    #[test]
     fn admin_of_this_cluster_only() {
         let authz = Authorizer::new(ClusterName::new("c1").unwrap());
         let admin = authz.role("admin-c1");
@@ -152,7 +198,7 @@ mod tests {
         for access in [read("", "\0"), Access::Write, Access::Lease, Access::Status] {
             assert!(authz.decide(&admin, &access).is_allowed());
         }
-        for cn in ["admin-c2", "local-c1", "c1", "remote-", ""] {
+        for cn in ["admin-c2", "local-c2", "c1", "remote-", ""] {
             let role = authz.role(cn);
             assert_eq!(role, Role::Unknown, "{cn}");
             for access in [prefix("cilium/state/"), Access::Write, Access::Status] {

@@ -17,6 +17,13 @@ struct RequestLabels {
     verdict: &'static str,
 }
 
+/// Labels of `clustermesh_apiserver_connections`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    /// As in [`RequestLabels::client`].
+    client: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -27,6 +34,7 @@ struct ReasonLabels {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
+    connections: Family<ClientLabels, Gauge>,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     downstream_watchers: Gauge,
     upstream_watches: Gauge,
@@ -43,6 +51,11 @@ impl Metrics {
             "clustermesh_apiserver_requests",
             "Requests (unary RPCs and watch creations) by client certificate CN, method and verdict",
             m.requests.clone(),
+        );
+        registry.register(
+            "clustermesh_apiserver_connections",
+            "Open client connections (mutual TLS done) by client certificate CN",
+            m.connections.clone(),
         );
         registry.register(
             "clustermesh_apiserver_tls_handshake_failures",
@@ -84,17 +97,34 @@ impl Metrics {
         method: &'static str,
         verdict: Verdict,
     ) {
-        let client = match role {
-            Role::Admin | Role::Remote(_) => common_name.to_owned(),
-            Role::Unknown => "unknown".to_owned(),
-        };
         self.requests
             .get_or_create(&RequestLabels {
-                client,
+                client: client_label(role, common_name),
                 method,
                 verdict: verdict.as_str(),
             })
             .inc();
+    }
+
+    /// A client connection opened; the guard counts it closed when dropped.
+    pub(crate) fn connection_opened(&self, role: &Role, common_name: &str) -> ConnectionGuard {
+        let gauge = self
+            .connections
+            .get_or_create(&ClientLabels {
+                client: client_label(role, common_name),
+            })
+            .clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Open connections of `client` (a certificate CN), for tests.
+    pub fn connections_of(&self, client: &str) -> i64 {
+        self.connections
+            .get(&ClientLabels {
+                client: client.to_owned(),
+            })
+            .map_or(0, |g| g.get())
     }
 
     pub(crate) fn tls_handshake_failed(&self, reason: &'static str) {
@@ -123,5 +153,24 @@ impl Metrics {
 
     pub(crate) fn slow_watcher_disconnected(&self) {
         self.slow_watcher_disconnects.inc();
+    }
+}
+
+/// The metric's client label: the CN of a known role, `unknown` for anyone
+/// else (so that random names cannot grow the label set).
+fn client_label(role: &Role, common_name: &str) -> String {
+    match role {
+        Role::Admin | Role::Remote(_) | Role::Local => common_name.to_owned(),
+        Role::Unknown => "unknown".to_owned(),
+    }
+}
+
+/// Counts one open connection until dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

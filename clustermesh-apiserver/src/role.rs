@@ -10,6 +10,9 @@ pub enum Role {
     Admin,
     /// `remote-<cluster>`: an agent (or kvstoremesh) of another cluster.
     Remote(ClusterName),
+    /// `local-<this cluster>`: an agent of this cluster reading remote
+    /// clusters through the kvstoremesh cache (Cilium's `local` user).
+    Local,
     /// Any other common name (or none): refused everything.
     Unknown,
 }
@@ -19,6 +22,8 @@ impl Role {
     pub const REMOTE_PREFIX: &str = "remote-";
     /// Prefix of the common name of the local admin certificate.
     pub const ADMIN_PREFIX: &str = "admin-";
+    /// Prefix of the common name of the local agents' cache readers.
+    pub const LOCAL_PREFIX: &str = "local-";
 
     /// The role of `common_name` on the apiserver of cluster `local`.
     pub fn from_common_name(common_name: &str, local: &ClusterName) -> Self {
@@ -26,6 +31,11 @@ impl Role {
             && cluster == local.as_str()
         {
             return Self::Admin;
+        }
+        if let Some(cluster) = common_name.strip_prefix(Self::LOCAL_PREFIX)
+            && cluster == local.as_str()
+        {
+            return Self::Local;
         }
         if let Some(cluster) = common_name.strip_prefix(Self::REMOTE_PREFIX)
             && let Ok(cluster) = ClusterName::new(cluster)
@@ -41,6 +51,7 @@ impl fmt::Display for Role {
         match self {
             Self::Admin => f.write_str("admin"),
             Self::Remote(cluster) => write!(f, "remote cluster {cluster}"),
+            Self::Local => f.write_str("local cache reader"),
             Self::Unknown => f.write_str("unknown client"),
         }
     }
@@ -61,7 +72,8 @@ mod tests {
         );
         assert_eq!(Role::from_common_name("remote-", &c1), Role::Unknown);
         assert_eq!(Role::from_common_name("remote-C2", &c1), Role::Unknown);
-        assert_eq!(Role::from_common_name("local-c1", &c1), Role::Unknown);
+        assert_eq!(Role::from_common_name("local-c1", &c1), Role::Local);
+        assert_eq!(Role::from_common_name("local-c2", &c1), Role::Unknown);
         assert_eq!(Role::from_common_name("", &c1), Role::Unknown);
     }
 }

@@ -30,6 +30,13 @@ pub const IPCACHE_STORE: &str = "cilium/state/ip/v1";
 pub const NODES_STORE: &str = "cilium/state/nodes/v1";
 /// Name of the services store.
 pub const SERVICES_STORE: &str = "cilium/state/services/v1";
+/// Name of the MCS-API service exports store (mirrored by kvstoremesh, not
+/// read by agents).
+pub const SERVICE_EXPORTS_STORE: &str = "cilium/state/serviceexports/v1";
+/// kvstoremesh's view of each remote it mirrors, for the local agents (our
+/// extension, local): `cilium/kvstoremesh/v1/<remote>` →
+/// [`crate::values::MirrorStatus`].
+pub const KVSTOREMESH: &str = "cilium/kvstoremesh/v1";
 /// Policies (our extension; local to a cluster, outside `cilium/state/`).
 pub const POLICIES: &str = "cilium/policies/v1";
 /// Service definitions for clusters without Kubernetes (our extension, local).
@@ -206,6 +213,109 @@ pub fn cache_of(kind: &str, remote: &ClusterName) -> KeyPrefix {
     KeyPrefix::new(format!("{CACHE}/{kind}/v1/{remote}"))
 }
 
+/// `cilium/cache/…` for a `cilium/state/…` store name (Cilium's
+/// `StateToCachePrefix`); other names unchanged.
+pub fn state_to_cache(store: &str) -> String {
+    match store.strip_prefix(STATE) {
+        Some(rest) => format!("{CACHE}{rest}"),
+        None => store.to_string(),
+    }
+}
+
+/// Where a remote cluster's state is read: its own etcd (`cilium/state/…`,
+/// through its apiserver) or the local kvstoremesh cache (`cilium/cache/…`),
+/// as the remote's `cilium/cluster-config/<name>` says (`cached`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    State,
+    Cache,
+}
+
+/// The state a cluster publishes for the others, kind by kind, and where
+/// each is found directly and in kvstoremesh's cache (DESIGN §3, Cilium's
+/// `kvstoremesh/reflector/cell.go`). Keys relative to
+/// [`StateKind::relative_to`] are the same in both places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateKind {
+    Nodes,
+    Services,
+    ServiceExports,
+    Identities,
+    Ip,
+}
+
+impl StateKind {
+    /// Every kind kvstoremesh mirrors.
+    pub const ALL: [Self; 5] = [
+        Self::Nodes,
+        Self::Services,
+        Self::ServiceExports,
+        Self::Identities,
+        Self::Ip,
+    ];
+
+    /// `nodes`, `services`, `serviceexports`, `identities`, `ip`.
+    pub fn as_str(self) -> &'static str {
+        store_kind(self.store())
+    }
+
+    /// The store name (`cilium/state/nodes/v1`), which canaries are named after.
+    pub fn store(self) -> &'static str {
+        match self {
+            Self::Nodes => NODES_STORE,
+            Self::Services => SERVICES_STORE,
+            Self::ServiceExports => SERVICE_EXPORTS_STORE,
+            Self::Identities => IDENTITIES_STORE,
+            Self::Ip => IPCACHE_STORE,
+        }
+    }
+
+    /// What `cluster`'s entries of this kind are under:
+    /// - nodes, services, service exports: `…/<kind>/v1/<cluster>/`;
+    /// - identities: `cilium/state/identities/v1/id/` in the cluster's own
+    ///   etcd, `cilium/cache/identities/v1/<cluster>/id/` in the cache;
+    /// - ipcache: `cilium/state/ip/v1/default/` in the cluster's own etcd,
+    ///   `cilium/cache/ip/v1/<cluster>/` in the cache.
+    pub fn prefix(self, cluster: &ClusterName, source: Source) -> KeyPrefix {
+        match (self, source) {
+            (Self::Identities, Source::State) => identity_masters(),
+            (Self::Identities, Source::Cache) => cache_of(self.as_str(), cluster).child("id"),
+            (Self::Ip, Source::State) => ipcache(),
+            (Self::Ip, Source::Cache) => cache_of(self.as_str(), cluster),
+            (_, Source::State) => KeyPrefix::new(self.store()).child(cluster.as_str()),
+            (_, Source::Cache) => cache_of(self.as_str(), cluster),
+        }
+    }
+
+    /// What keys read from [`StateKind::prefix`] are reported relative to,
+    /// so that they are the same from either source: the store itself for
+    /// nodes, services and service exports (`<cluster>/<name>`, as their
+    /// values' `key()` says), the prefix itself for identities (`<ID>`) and
+    /// ipcache (`<IP>`).
+    pub fn relative_to(self, cluster: &ClusterName, source: Source) -> KeyPrefix {
+        match (self, source) {
+            (Self::Identities | Self::Ip, _) => self.prefix(cluster, source),
+            (_, Source::State) => KeyPrefix::new(self.store()),
+            (_, Source::Cache) => KeyPrefix::new(state_to_cache(self.store())),
+        }
+    }
+
+    /// The canary `cluster`'s writer sets once this kind is complete:
+    /// `cilium/synced/<cluster>/cilium/state/<kind>/v1` in its own etcd,
+    /// `cilium/synced/<cluster>/cilium/cache/<kind>/v1` in the cache.
+    pub fn canary(self, cluster: &ClusterName, source: Source) -> String {
+        match source {
+            Source::State => canary(cluster, self.store()),
+            Source::Cache => canary(cluster, &state_to_cache(self.store())),
+        }
+    }
+}
+
+/// `cilium/kvstoremesh/v1/<remote>`: how kvstoremesh sees `remote`.
+pub fn mirror_status(remote: &ClusterName) -> String {
+    KeyPrefix::new(KVSTOREMESH).key(remote.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +350,63 @@ mod tests {
             "cilium/synced/cluster3/cilium/state/nodes/v1"
         );
         assert_eq!(cache_of("ip", &c3).as_str(), "cilium/cache/ip/v1/cluster3/");
+    }
+
+    #[test]
+    fn state_and_cache_layouts_match_cilium() {
+        let c3 = ClusterName::new("cluster3").unwrap();
+        let (state, cache) = (Source::State, Source::Cache);
+        let p = |k: StateKind, s| k.prefix(&c3, s).to_string();
+        assert_eq!(
+            p(StateKind::Nodes, state),
+            "cilium/state/nodes/v1/cluster3/"
+        );
+        assert_eq!(
+            p(StateKind::Nodes, cache),
+            "cilium/cache/nodes/v1/cluster3/"
+        );
+        assert_eq!(
+            p(StateKind::ServiceExports, cache),
+            "cilium/cache/serviceexports/v1/cluster3/"
+        );
+        assert_eq!(
+            p(StateKind::Identities, state),
+            "cilium/state/identities/v1/id/"
+        );
+        assert_eq!(
+            p(StateKind::Identities, cache),
+            "cilium/cache/identities/v1/cluster3/id/"
+        );
+        assert_eq!(p(StateKind::Ip, state), "cilium/state/ip/v1/default/");
+        assert_eq!(p(StateKind::Ip, cache), "cilium/cache/ip/v1/cluster3/");
+        assert_eq!(
+            StateKind::Services.canary(&c3, cache),
+            "cilium/synced/cluster3/cilium/cache/services/v1"
+        );
+        assert_eq!(
+            StateKind::Ip.canary(&c3, state),
+            "cilium/synced/cluster3/cilium/state/ip/v1"
+        );
+        // The same entry has the same relative key in both places.
+        for kind in StateKind::ALL {
+            for source in [state, cache] {
+                let full = kind.prefix(&c3, source).key("x");
+                let rel = kind
+                    .relative_to(&c3, source)
+                    .strip(&full)
+                    .unwrap()
+                    .to_string();
+                let expected = match kind {
+                    StateKind::Identities | StateKind::Ip => "x".to_string(),
+                    _ => "cluster3/x".to_string(),
+                };
+                assert_eq!(rel, expected, "{kind:?} {source:?}");
+            }
+        }
+        assert_eq!(state_to_cache("cilium/state/ip/v1"), "cilium/cache/ip/v1");
+        assert_eq!(state_to_cache("other"), "other");
+        assert_eq!(StateKind::ServiceExports.as_str(), "serviceexports");
+        assert_eq!(mirror_status(&c3), "cilium/kvstoremesh/v1/cluster3");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod keys;
 mod labels;
 mod prefix;
 pub mod reason;
+pub mod remote;
 mod session;
 mod short_key;
 mod sync_store;

@@ -43,6 +43,13 @@ pub struct SyncStoreConfig {
     /// re-announced only when the identities they name exist again.
     /// Default: none (write at once).
     pub after: Option<watch::Receiver<u64>>,
+    /// The store owns every key under the prefix, not only the ones it
+    /// was told about: once the initial set is written ([`SyncStore::synced`]),
+    /// keys it does not own are deleted, then and whenever one appears
+    /// (kvstoremesh's mirror of a remote, whose previous run may have left
+    /// keys that the remote deleted since). The canary is written after
+    /// that sweep. Default: false (other writers may share the prefix).
+    pub exclusive: bool,
 }
 
 impl SyncStoreConfig {
@@ -54,7 +61,14 @@ impl SyncStoreConfig {
             concurrency: 32,
             batch: 1_024,
             after: None,
+            exclusive: false,
         }
+    }
+
+    /// Owns the whole prefix (see [`SyncStoreConfig::exclusive`]).
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
     }
 
     /// Writes only after `gate` reached the session's generation (see
@@ -221,6 +235,37 @@ struct Desired {
     canary_written: bool,
     errors: u64,
     last_error: Option<String>,
+    /// Exclusive stores: keys in etcd that the store does not own.
+    foreign: HashSet<String>,
+    /// Exclusive stores: the own-prefix watch has listed what is in etcd.
+    listed: bool,
+    exclusive: bool,
+}
+
+impl Desired {
+    /// Whether foreign keys are deleted now: the initial set is complete
+    /// and what etcd held is known.
+    fn sweeping(&self) -> bool {
+        self.exclusive && self.synced_requested && self.listed
+    }
+
+    /// Marks every foreign key for deletion once sweeping.
+    fn sweep(&mut self) {
+        if self.sweeping() {
+            let foreign: Vec<String> = self
+                .foreign
+                .iter()
+                .filter(|k| !self.keys.contains_key(*k))
+                .cloned()
+                .collect();
+            self.dirty.extend(foreign);
+        }
+    }
+
+    /// Whether the canary may be written once nothing is dirty.
+    fn canary_due(&self) -> bool {
+        self.synced_requested && !self.canary_written && (!self.exclusive || self.listed)
+    }
 }
 
 impl SyncStoreRunner {
@@ -237,7 +282,10 @@ impl SyncStoreRunner {
         tokio::pin!(watch_task);
         let mut session = self.session.subscribe();
         let mut generation = session.borrow_and_update().generation;
-        let mut desired = Desired::default();
+        let mut desired = Desired {
+            exclusive: self.config.exclusive,
+            ..Desired::default()
+        };
         let mut backoff = Backoff::for_etcd();
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut commands_open = true;
@@ -259,6 +307,7 @@ impl SyncStoreRunner {
                         while let Ok((seq, command)) = self.rx.try_recv() {
                             apply(&mut desired, seq, command);
                         }
+                        desired.sweep();
                     }
                     // Every handle is gone: keep the keys in etcd as they are.
                     None => commands_open = false,
@@ -366,7 +415,7 @@ impl SyncStoreRunner {
                 return Err(e);
             }
         }
-        if desired.synced_requested && !desired.canary_written {
+        if desired.canary_due() {
             if let Some(canary) = &self.config.canary {
                 self.client
                     .put_leased(canary, Timestamp::now().encode(), lease)
@@ -408,6 +457,7 @@ fn apply(desired: &mut Desired, seq: u64, command: Command) {
     desired.received = desired.received.max(seq);
     match command {
         Command::Upsert { key, value } => {
+            desired.foreign.remove(&key);
             if desired.keys.get(&key) != Some(&value) {
                 desired.keys.insert(key.clone(), value);
                 desired.dirty.insert(key);
@@ -423,23 +473,32 @@ fn apply(desired: &mut Desired, seq: u64, command: Command) {
 }
 
 /// Someone else touched the prefix: rewrite our keys if they were changed or
-/// deleted behind our back.
+/// deleted behind our back (and, in an exclusive store, delete the keys that
+/// are not ours).
 fn on_external_change(desired: &mut Desired, event: Event<RawEntry>) {
     match event {
-        Event::Upsert { key, value } => {
-            if desired
-                .keys
-                .get(&key)
-                .is_some_and(|ours| *ours != value.value)
-            {
+        Event::Upsert { key, value } => match desired.keys.get(&key) {
+            Some(ours) if *ours != value.value => {
                 desired.dirty.insert(key);
             }
-        }
+            Some(_) => {}
+            None if desired.exclusive => {
+                if desired.sweeping() {
+                    desired.dirty.insert(key.clone());
+                }
+                desired.foreign.insert(key);
+            }
+            None => {}
+        },
         Event::Delete { key } => {
+            desired.foreign.remove(&key);
             if desired.keys.contains_key(&key) {
                 desired.dirty.insert(key);
             }
         }
-        Event::Synced => {}
+        Event::Synced => {
+            desired.listed = true;
+            desired.sweep();
+        }
     }
 }

@@ -46,6 +46,12 @@ pub type Validator<V> = Arc<dyn Fn(&str, &V) -> Result<(), DecodeError> + Send +
 pub struct WatchStoreConfig {
     /// What to watch.
     pub prefix: KeyPrefix,
+    /// What reported keys are relative to: `prefix` itself (the default) or
+    /// a shorter prefix of it, so that the same entries read from two
+    /// places (a remote's `cilium/state/nodes/v1/<c>/` and kvstoremesh's
+    /// `cilium/cache/nodes/v1/<c>/`, both relative to their `…/nodes/v1/`)
+    /// have the same keys.
+    pub relative_to: Option<KeyPrefix>,
     /// Full key of a canary to wait for before the first list (the writer's
     /// "initial sync done" mark). Default: none.
     pub canary: Option<String>,
@@ -72,6 +78,7 @@ impl WatchStoreConfig {
         Self {
             name: prefix.to_string(),
             prefix,
+            relative_to: None,
             canary: None,
             page_size: PAGE_SIZE,
             channel_capacity: CHANNEL_CAPACITY,
@@ -88,6 +95,23 @@ impl WatchStoreConfig {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    /// Reports keys relative to `base`, a prefix of [`WatchStoreConfig::prefix`]
+    /// (see [`WatchStoreConfig::relative_to`]).
+    pub fn relative_to(mut self, base: KeyPrefix) -> Self {
+        debug_assert!(self.prefix.as_str().starts_with(base.as_str()));
+        self.relative_to = Some(base);
+        self
+    }
+
+    /// The key reported for a full etcd key, if it is under the prefix.
+    fn relative<'a>(&self, full_key: &'a str) -> Option<&'a str> {
+        self.prefix.strip(full_key)?;
+        self.relative_to
+            .as_ref()
+            .unwrap_or(&self.prefix)
+            .strip(full_key)
     }
 }
 
@@ -318,6 +342,15 @@ impl<V: StoreValue> RestartableWatchStore<V> {
     /// writer's "initial sync done" mark; `None`: list at once).
     pub fn set_canary(&mut self, canary: Option<String>) {
         self.config.canary = canary;
+    }
+
+    /// Reads from another prefix from the next connection on (with keys
+    /// relative to `relative_to`, or to `prefix` itself). The consumer's
+    /// keys carry over: the next list delivers only what differs, so the
+    /// same entries read from a new place change nothing.
+    pub fn set_prefix(&mut self, prefix: KeyPrefix, relative_to: Option<KeyPrefix>) {
+        self.config.prefix = prefix;
+        self.config.relative_to = relative_to;
     }
 
     /// Counters, shared with the running store. Invalid values are counted
@@ -627,7 +660,7 @@ impl<V: StoreValue> Session<'_, V> {
 
     /// Decodes a put; returns the event to emit, if any.
     fn apply_put(&self, st: &mut State, kv: &Kv, generation: u32) -> Option<Event<V>> {
-        let key = self.config.prefix.strip(&kv.key)?;
+        let key = self.config.relative(&kv.key)?;
         let hash = hash_bytes(&kv.value);
         let unchanged = st.known.get(key).is_some_and(|entry| entry.0 == hash);
         if unchanged
@@ -678,7 +711,7 @@ impl<V: StoreValue> Session<'_, V> {
     }
 
     fn apply_delete(&self, st: &mut State, full_key: &str) -> Option<Event<V>> {
-        let key = self.config.prefix.strip(full_key)?;
+        let key = self.config.relative(full_key)?;
         st.logged_invalid.remove(key);
         st.known.remove(key)?;
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);

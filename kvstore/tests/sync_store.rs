@@ -340,3 +340,69 @@ async fn gated_keys_wait_for_the_gate_on_every_new_lease() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_exclusive_store_sweeps_what_it_does_not_own_before_its_canary() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    let c2 = ClusterName::new("c2").unwrap();
+    let prefix = keys::cache_of("ip", &c2);
+    let canary = keys::canary(&c2, "cilium/cache/ip/v1");
+    // What an earlier run left: two keys the new run still has, one it
+    // does not, and a key beside the prefix that is not the store's.
+    for i in 1..=3 {
+        c.put(&prefix.key(&entry(i).key()), entry(i).encode())
+            .await
+            .unwrap();
+    }
+    let beside = keys::cache_of("ip", &ClusterName::new("c3").unwrap()).key("10.9.0.1");
+    c.put(&beside, b"x".to_vec()).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let (handle, session_task) = start_session(&c, Duration::from_secs(30), false, &shutdown);
+    let config = SyncStoreConfig::new(prefix.clone())
+        .with_canary(canary.clone())
+        .exclusive();
+    let (store, runner) = SyncStore::<IpIdentityPair>::new(c.clone(), handle, config);
+    let token = shutdown.clone();
+    let runner_task = tokio::spawn(async move { runner.run(token).await.unwrap() });
+    let running = Running {
+        shutdown,
+        tasks: vec![session_task, runner_task],
+    };
+
+    store.upsert(&entry(1));
+    store.upsert(&entry(2));
+    assert!(store.flushed().await);
+    assert!(
+        c.get(&prefix.key(&entry(3).key())).await.unwrap().is_some(),
+        "nothing is swept before the initial set is complete"
+    );
+    store.synced();
+    wait_until("the canary", || async {
+        c.get(&canary).await.unwrap().is_some()
+    })
+    .await;
+    assert!(
+        c.get(&prefix.key(&entry(3).key())).await.unwrap().is_none(),
+        "the stale key is gone once the canary is there"
+    );
+    assert_eq!(c.count(&prefix).await.unwrap(), 2);
+    assert!(
+        c.get(&beside).await.unwrap().is_some(),
+        "outside the prefix"
+    );
+
+    // A key that appears later is not the store's either.
+    let intruder = prefix.key(&entry(7).key());
+    c.put(&intruder, entry(7).encode()).await.unwrap();
+    wait_until("the intruder is deleted", || async {
+        c.get(&intruder).await.unwrap().is_none()
+    })
+    .await;
+    // Its own keys are kept (and upserted ones are not swept).
+    store.upsert(&entry(3));
+    assert!(store.flushed().await);
+    assert_eq!(c.count(&prefix).await.unwrap(), 3);
+    running.stop().await;
+}

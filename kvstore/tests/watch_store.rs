@@ -471,3 +471,41 @@ async fn restartable_store_judges_every_value_again_with_a_new_validator() {
     );
     assert_eq!(store.stats().invalid(), 1);
 }
+
+#[tokio::test]
+async fn restartable_store_moved_to_another_prefix_delivers_only_the_difference() {
+    // The same entries, once under the remote's own prefix and once under a
+    // cache of it (as an agent switching to kvstoremesh reads them).
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    for (key, value) in [("state/n/c2/a", "1"), ("state/n/c2/b", "1")] {
+        c.put(key, value).await.unwrap();
+    }
+    c.put("state/n/c3/x", "1").await.unwrap();
+    for (key, value) in [
+        ("cache/n/c2/a", "1"),
+        ("cache/n/c2/b", "2"),
+        ("cache/n/c2/c", "1"),
+    ] {
+        c.put(key, value).await.unwrap();
+    }
+    let config = kvstore::WatchStoreConfig::new(kvstore::KeyPrefix::new("state/n/c2"))
+        .relative_to(kvstore::KeyPrefix::new("state/n"));
+    let (store, mut rx) = RestartableWatchStore::<RawEntry>::new(config);
+    let (mut store, first) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(
+        first,
+        [raw("c2/a", "1"), raw("c2/b", "1"), Event::Synced],
+        "keys relative to the shorter prefix, nothing of c3"
+    );
+    store.set_prefix(
+        kvstore::KeyPrefix::new("cache/n/c2"),
+        Some(kvstore::KeyPrefix::new("cache/n")),
+    );
+    let (_, second) = one_connection(store, &mut rx, c.clone()).await;
+    assert_eq!(
+        second,
+        [raw("c2/b", "2"), raw("c2/c", "1"), Event::Synced],
+        "the unchanged entry is not delivered again"
+    );
+}

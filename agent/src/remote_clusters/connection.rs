@@ -23,8 +23,8 @@ use std::{
 };
 
 use kvstore::{
-    Backoff, Client, ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, StoreValue,
-    TlsConfig, keys, values::ClusterConfig,
+    Backoff, Client, ClusterId, ClusterName, MaxConnectedClusters, StoreValue, keys,
+    values::{ClusterConfig, MirrorStatus},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,13 +49,6 @@ pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// half a minute (jittered).
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// A remote that does not answer its first request within this long is
-/// tried again later; its keepalives and requests have short deadlines too,
-/// so that a dead remote is noticed in seconds.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a remote has been unreachable, across its sessions, for the
 /// service cache TTL.
@@ -344,16 +337,9 @@ impl RemoteCluster {
             .config
             .as_ref()
             .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.clone()))?;
-        let tls = TlsConfig::from_files(
-            &config.trusted_ca_file,
-            Some((&config.cert_file, &config.key_file)),
-        )
-        .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
-        let mut client_config = ClientConfig::new(config.endpoints.clone()).with_tls(tls);
-        client_config.connect_timeout = CONNECT_TIMEOUT;
-        client_config.keepalive_interval = KEEPALIVE_INTERVAL;
-        client_config.keepalive_timeout = KEEPALIVE_TIMEOUT;
-        client_config.request_timeout = REQUEST_TIMEOUT;
+        let client_config = config
+            .client_config()
+            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
         let endpoints = config.endpoints.join(",");
         let client = Client::connect(&client_config)
             .await
@@ -385,13 +371,18 @@ impl RemoteCluster {
             Err(e) => return Err(Failure::from_etcd(&e)),
         };
         let id = self.accept(&cluster_config)?;
-        self.status.connected(format!(
-            "id={} maxConnectedClusters={}",
-            cluster_config.id, self.mode
-        ));
+        let cached = cluster_config.capabilities.cached;
+        self.status.connected(
+            format!(
+                "id={} maxConnectedClusters={}",
+                cluster_config.id, self.mode
+            ),
+            cached.then_some("kvstoremesh"),
+        );
         info!(
             remote = %self.name,
             id = id.get(),
+            via = if cached { "kvstoremesh" } else { "direct" },
             "connected to remote cluster"
         );
         Ok((client, cluster_config, id))
@@ -399,24 +390,7 @@ impl RemoteCluster {
 
     /// Checks the remote's cluster config and reserves its ID.
     fn accept(&self, config: &ClusterConfig) -> Result<ClusterId, Failure> {
-        let invalid = |message: String| Failure::new(FailureKind::ClusterConfigInvalid, message);
-        let remote_mode = config.mode().map_err(|e| invalid(e.to_string()))?;
-        if remote_mode != self.mode {
-            return Err(invalid(format!(
-                "max-connected-clusters differs: remote {remote_mode}, local {}",
-                self.mode
-            )));
-        }
-        let id = ClusterId::new(config.id, self.mode).map_err(|e| invalid(e.to_string()))?;
-        if !id.is_meshable() {
-            return Err(invalid("remote cluster ID is 0".into()));
-        }
-        if id == self.local_id {
-            return Err(Failure::new(
-                FailureKind::IdConflict,
-                format!("remote cluster ID {id} is this cluster's own ID"),
-            ));
-        }
+        let id = kvstore::remote::accept_cluster_config(config, self.local_id, self.mode)?;
         self.ids.reserve(id, &self.name).map_err(|holder| {
             Failure::new(
                 FailureKind::IdConflict,
@@ -449,6 +423,12 @@ impl RemoteCluster {
                     .unwrap_or_default(),
             })
             .await;
+        let cached = cluster_config.capabilities.cached;
+        let source = if cached {
+            keys::Source::Cache
+        } else {
+            keys::Source::State
+        };
         self.stores.start(
             &Connection {
                 client,
@@ -456,6 +436,7 @@ impl RemoteCluster {
                 id,
                 mode: self.mode,
                 canaries: cluster_config.capabilities.synced_canaries,
+                source,
             },
             shutdown,
         );
@@ -522,9 +503,28 @@ impl RemoteCluster {
                     self.drop_services(ttl).await;
                 }
             }
-            self.status
-                .update(&self.name, reachable, &self.stores.stats());
+            let mirror = if cached && reachable {
+                self.mirror_status(client).await
+            } else {
+                None
+            };
+            self.status.update(
+                &self.name,
+                reachable,
+                &self.stores.stats(),
+                cached,
+                mirror.as_ref(),
+            );
         }
+    }
+}
+
+impl RemoteCluster {
+    /// How the local kvstoremesh sees this remote, if it says (and its
+    /// value is valid).
+    async fn mirror_status(&self, client: &Client) -> Option<MirrorStatus> {
+        let kv = client.get(&keys::mirror_status(&self.name)).await.ok()??;
+        MirrorStatus::decode(self.name.as_str(), &kv.value).ok()
     }
 }
 

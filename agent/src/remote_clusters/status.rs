@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use kvstore::{ClusterName, WatchStoreStats};
+use kvstore::{ClusterName, WatchStoreStats, values::MirrorStatus};
 
 use super::failure::Failure;
 use crate::{control_loop::StoreKind, views::RemoteView};
@@ -31,11 +31,13 @@ impl RemoteStatus {
         self.lock().clone()
     }
 
-    /// Connected, with the remote's cluster config as accepted.
-    pub(super) fn connected(&self, config: String) {
+    /// Connected, with the remote's cluster config as accepted, reading
+    /// from `via` (`None`: the remote itself).
+    pub(super) fn connected(&self, config: String, via: Option<&str>) {
         let mut s = self.lock();
         s.connected = true;
         s.config = Some(config);
+        s.via = via.map(str::to_string);
     }
 
     /// An attempt failed (counted).
@@ -61,12 +63,17 @@ impl RemoteStatus {
         s.invalid.clear();
     }
 
-    /// The state of the connection's stores.
+    /// The state of the connection's stores; through kvstoremesh
+    /// (`cached`), also how kvstoremesh sees the remote, if it says
+    /// (`cilium/kvstoremesh/v1/<remote>`, our extension: a kvstoremesh that
+    /// does not publish it leaves the cache's own state).
     pub(super) fn update(
         &self,
         name: &ClusterName,
         reachable: bool,
         stats: &[(StoreKind, Arc<WatchStoreStats>)],
+        cached: bool,
+        mirror: Option<&MirrorStatus>,
     ) {
         let mut s = self.lock();
         s.connected = reachable;
@@ -101,9 +108,27 @@ impl RemoteStatus {
         }
         if let Some((kind, _)) = stats.iter().find(|(_, st)| st.is_waiting_for_canary()) {
             s.last_error_kind = Some("not-synced".into());
+            s.last_error = Some(if cached {
+                format!(
+                    "waiting for kvstoremesh to mirror the {} of {name}",
+                    kind.as_str()
+                )
+            } else {
+                format!("waiting for the {} canary of {name}", kind.as_str())
+            });
+        }
+        // Through kvstoremesh, the remote is as far as kvstoremesh gets.
+        if let Some(m) = mirror.filter(|m| reachable && !m.ready) {
+            s.ready = false;
+            s.connected = m.connected;
+            s.last_error_kind = Some(
+                m.last_error_kind
+                    .clone()
+                    .unwrap_or_else(|| "not-synced".into()),
+            );
             s.last_error = Some(format!(
-                "waiting for the {} canary of {name}",
-                kind.as_str()
+                "as seen by kvstoremesh: {}",
+                m.last_error.as_deref().unwrap_or("not mirrored yet")
             ));
         }
     }

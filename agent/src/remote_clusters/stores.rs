@@ -28,18 +28,22 @@ pub(super) struct Connection<'a> {
     pub mode: MaxConnectedClusters,
     /// The remote writes sync canaries: wait for each before listing.
     pub canaries: bool,
+    /// Where its state is read: the remote's own etcd, or the local
+    /// kvstoremesh cache (the remote's cluster config says `cached`).
+    pub source: keys::Source,
 }
 
 /// One store, idle between connections or running in a task of its own.
 struct Store<V> {
     kind: StoreKind,
-    /// The etcd store name its canary is named after.
-    canary_store: &'static str,
+    /// Which of the remote's published kinds it reads (its prefixes and
+    /// canaries, directly or through kvstoremesh).
+    state: keys::StateKind,
     stats: Arc<WatchStoreStats>,
-    state: State<V>,
+    task: Task<V>,
 }
 
-enum State<V> {
+enum Task<V> {
     Idle(Box<RestartableWatchStore<V>>),
     Running {
         token: CancellationToken,
@@ -53,13 +57,15 @@ impl<V: StoreValue> Store<V> {
     fn new(
         remote: &ClusterName,
         kind: StoreKind,
-        prefix: kvstore::KeyPrefix,
-        canary_store: &'static str,
+        state: keys::StateKind,
         forwarders: &mut JoinSet<()>,
         control: &LoopHandle,
         wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
     ) -> Self {
-        let config = WatchStoreConfig::new(prefix).with_name(format!("{remote}/{}", kind.as_str()));
+        let source = keys::Source::State;
+        let config = WatchStoreConfig::new(state.prefix(remote, source))
+            .relative_to(state.relative_to(remote, source))
+            .with_name(format!("{remote}/{}", kind.as_str()));
         let (store, rx) = RestartableWatchStore::new(config);
         let control = control.clone();
         forwarders.spawn(async move {
@@ -67,9 +73,9 @@ impl<V: StoreValue> Store<V> {
         });
         Self {
             kind,
-            canary_store,
+            state,
             stats: store.stats(),
-            state: State::Idle(Box::new(store)),
+            task: Task::Idle(Box::new(store)),
         }
     }
 
@@ -79,20 +85,21 @@ impl<V: StoreValue> Store<V> {
         validator: Validator<V>,
         parent: &CancellationToken,
     ) {
-        let mut store = match std::mem::replace(&mut self.state, State::Lost) {
-            State::Idle(store) => store,
+        let mut store = match std::mem::replace(&mut self.task, Task::Lost) {
+            Task::Idle(store) => store,
             // Running already, or lost.
             other => {
-                self.state = other;
+                self.task = other;
                 return;
             }
         };
+        let (name, source) = (connection.name, connection.source);
         store.set_validator(validator);
-        store.set_canary(
-            connection
-                .canaries
-                .then(|| keys::canary(connection.name, self.canary_store)),
+        store.set_prefix(
+            self.state.prefix(name, source),
+            Some(self.state.relative_to(name, source)),
         );
+        store.set_canary(connection.canaries.then(|| self.state.canary(name, source)));
         let token = parent.child_token();
         let client = connection.client.clone();
         let task = {
@@ -102,30 +109,30 @@ impl<V: StoreValue> Store<V> {
                 store
             })
         };
-        self.state = State::Running { token, task };
+        self.task = Task::Running { token, task };
     }
 
     async fn stop(&mut self) {
-        let (token, task) = match std::mem::replace(&mut self.state, State::Lost) {
-            State::Running { token, task } => (token, task),
+        let (token, task) = match std::mem::replace(&mut self.task, Task::Lost) {
+            Task::Running { token, task } => (token, task),
             other => {
-                self.state = other;
+                self.task = other;
                 return;
             }
         };
         token.cancel();
-        self.state = match task.await {
-            Ok(store) => State::Idle(store),
+        self.task = match task.await {
+            Ok(store) => Task::Idle(store),
             Err(e) => {
                 error!(store = self.kind.as_str(), error = %e, "a remote watch store's task failed; its data is no longer followed");
-                State::Lost
+                Task::Lost
             }
         };
     }
 
     async fn drain(&mut self) {
         self.stop().await;
-        if let State::Idle(store) = &mut self.state {
+        if let Task::Idle(store) = &mut self.task {
             store.drain().await;
         }
     }
@@ -149,8 +156,7 @@ impl RemoteStores {
             identities: Store::new(
                 remote,
                 StoreKind::Identities,
-                keys::identity_masters(),
-                keys::IDENTITIES_STORE,
+                keys::StateKind::Identities,
                 f,
                 control,
                 move |e| Input::Identity(source, e),
@@ -158,8 +164,7 @@ impl RemoteStores {
             ipcache: Store::new(
                 remote,
                 StoreKind::IpCache,
-                keys::ipcache(),
-                keys::IPCACHE_STORE,
+                keys::StateKind::Ip,
                 f,
                 control,
                 move |e| Input::Ip(source, IpEvent::from_event(e, true)),
@@ -167,8 +172,7 @@ impl RemoteStores {
             nodes: Store::new(
                 remote,
                 StoreKind::Nodes,
-                keys::nodes(),
-                keys::NODES_STORE,
+                keys::StateKind::Nodes,
                 f,
                 control,
                 move |e| Input::Node(source, e),
@@ -176,8 +180,7 @@ impl RemoteStores {
             services: Store::new(
                 remote,
                 StoreKind::Services,
-                keys::services(),
-                keys::SERVICES_STORE,
+                keys::StateKind::Services,
                 f,
                 control,
                 move |e| Input::Service(source, e),

@@ -5,6 +5,7 @@ mod identity_entry;
 mod ipam;
 mod ipcache;
 mod label_selector;
+mod mirror_status;
 mod node;
 mod policy;
 mod serde_util;
@@ -17,6 +18,7 @@ pub use identity_entry::IdentityEntry;
 pub use ipam::IpamAssignment;
 pub use ipcache::{IpIdentityPair, NamedPort};
 pub use label_selector::{LabelSelector, LabelSelectorError, Operator, Requirement};
+pub use mirror_status::MirrorStatus;
 pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr, NodeName, NodeNameError};
 pub use policy::{
     CLUSTERWIDE, Entity, IngressRule, L4Protocol, PolicyDocument, PolicyError, PolicyKind,
