@@ -92,6 +92,11 @@ pub struct RemoteView {
     pub config: Option<String>,
     pub synced: BTreeMap<String, bool>,
     pub entries: BTreeMap<String, u64>,
+    /// Deletions delivered to the control loop since the agent started, by
+    /// kind (a restart of kvstoremesh or of the remote must add none for
+    /// entries that still exist).
+    #[serde(default)]
+    pub deletes: BTreeMap<String, u64>,
     pub invalid: BTreeMap<String, u64>,
     pub last_error: Option<String>,
     pub last_error_kind: Option<String>,

@@ -45,6 +45,11 @@ pub(crate) struct UpArgs {
     /// cluster's admin kubeconfig is DIR/<cluster>/kube/admin.kubeconfig.
     #[arg(long)]
     kubernetes: bool,
+    /// Each cluster runs kvstoremesh (`clustermesh-apiserver kvstoremesh`):
+    /// it mirrors every remote cluster into the cluster's own etcd, and the
+    /// agents read the remotes from their own apiserver only.
+    #[arg(long)]
+    kvstoremesh: bool,
 }
 
 #[derive(Debug, Args)]
@@ -113,9 +118,9 @@ pub(crate) struct MeshArgs {
 
 #[derive(Debug, Subcommand)]
 enum MeshCommand {
-    /// Stop a component of a cluster: etcd, operator, apiserver, relay, or agent NODE.
+    /// Stop a component of a cluster: etcd, operator, apiserver, kvstoremesh, relay, or agent NODE.
     Stop {
-        /// etcd, operator, apiserver, relay or agent.
+        /// etcd, operator, apiserver, kvstoremesh, relay or agent.
         component: String,
         /// The cluster (c1, c2, …).
         cluster: String,
@@ -124,7 +129,7 @@ enum MeshCommand {
     },
     /// Start a stopped component again (refused while it runs).
     Start {
-        /// etcd, operator, apiserver, relay or agent.
+        /// etcd, operator, apiserver, kvstoremesh, relay or agent.
         component: String,
         /// The cluster (c1, c2, …).
         cluster: String,
@@ -191,6 +196,7 @@ pub(crate) fn up(args: UpArgs, out: &mut dyn Write) -> Result<(), CommandError> 
     spec.nodes = args.nodes;
     spec.workloads = !args.no_workloads;
     spec.kubernetes = args.kubernetes;
+    spec.kvstoremesh = args.kvstoremesh;
     if let Some(subnet) = &args.subnet {
         spec.subnet = Some(localmesh::parse_subnet(subnet).map_err(CommandError::failed)?);
     }
@@ -335,13 +341,29 @@ fn print_status(
 ) -> Result<(), CommandError> {
     let statuses = mesh.agent_statuses();
     if output == StatusOutput::Json {
-        let json: Vec<serde_json::Value> = statuses
+        let mut json: Vec<serde_json::Value> = Vec::new();
+        for c in mesh
+            .state
+            .clusters
             .iter()
-            .map(|(c, n, s)| match s {
-                Ok(s) => serde_json::json!({"cluster": c, "node": n, "agent": s}),
-                Err(e) => serde_json::json!({"cluster": c, "node": n, "agent": null, "error": e}),
-            })
-            .collect();
+            .filter(|c| c.kvstoremesh.is_some())
+        {
+            json.push(match mesh.kvstoremesh_status(&c.name) {
+                Ok(status) => serde_json::json!({
+                    "cluster": c.name, "component": "kvstoremesh", "kvstoremesh": status
+                }),
+                Err(e) => serde_json::json!({
+                    "cluster": c.name, "component": "kvstoremesh", "kvstoremesh": null,
+                    "error": format!("{e:#}")
+                }),
+            });
+        }
+        json.extend(statuses.iter().map(|(c, n, s)| match s {
+            Ok(s) => serde_json::json!({"cluster": c, "component": "agent", "node": n, "agent": s}),
+            Err(e) => serde_json::json!({
+                "cluster": c, "component": "agent", "node": n, "agent": null, "error": e
+            }),
+        }));
         writeln!(
             out,
             "{}",
@@ -373,6 +395,17 @@ fn print_status(
                     .unwrap_or_else(|e| format!("NOT ANSWERING: {e}")),
             };
             writeln!(out, "  Hubble relay {addr}: {health}").map_err(CommandError::failed)?;
+        }
+        if let Some(k) = &c.kvstoremesh {
+            let line = match &k.process {
+                None => "not running".to_owned(),
+                Some(_) => match mesh.kvstoremesh_status(&c.name) {
+                    Ok(Some(status)) => kvstoremesh_summary(&status),
+                    Ok(None) => "not configured".to_owned(),
+                    Err(e) => format!("NOT ANSWERING: {e:#}"),
+                },
+            };
+            writeln!(out, "  kvstoremesh {}: {line}", k.health).map_err(CommandError::failed)?;
         }
         for (_, node, s) in statuses.iter().filter(|(cl, _, _)| cl == &c.name) {
             let s = match s {
@@ -410,8 +443,12 @@ fn print_status(
                     r.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 writeln!(
                     out,
-                    "    remote {}: {} connected={} config={} synced[{}] entries[{}]{}{}",
+                    "    remote {}{}: {} connected={} config={} synced[{}] entries[{}]{}{}",
                     r.name,
+                    r.via
+                        .as_deref()
+                        .map(|via| format!(" (via {via})"))
+                        .unwrap_or_default(),
                     if r.ready { "ready" } else { "NOT READY" },
                     r.connected,
                     r.config.as_deref().unwrap_or("-"),
@@ -440,6 +477,43 @@ fn print_status(
         remotes.0, remotes.1
     )
     .map_err(CommandError::failed)
+}
+
+/// One line of what kvstoremesh's `/status` says: ready or not, and each
+/// remote it mirrors with its counts, or why it is not ready.
+fn kvstoremesh_summary(status: &serde_json::Value) -> String {
+    let ready = status["ready"].as_bool().unwrap_or(false);
+    let remotes: Vec<String> = status["remotes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap_or("?");
+            let entries: Vec<String> = r["entries"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                .unwrap_or_default();
+            if r["ready"].as_bool().unwrap_or(false) {
+                format!("{name} ready [{}]", entries.join(" "))
+            } else {
+                format!(
+                    "{name} NOT READY ({}: {})",
+                    r["lastErrorKind"].as_str().unwrap_or("not-synced"),
+                    r["lastError"].as_str().unwrap_or("not mirrored yet")
+                )
+            }
+        })
+        .collect();
+    format!(
+        "{}; {}",
+        if ready { "ready" } else { "NOT READY" },
+        if remotes.is_empty() {
+            "no remotes".to_owned()
+        } else {
+            format!("mirrors {}", remotes.join(", "))
+        }
+    )
 }
 
 /// `1 endpoint`, `2 endpoints`.
@@ -563,6 +637,8 @@ fn start_or_stop(
         ("etcd", None, false) => mesh.stop_etcd(cluster),
         ("apiserver", None, true) => mesh.start_apiserver(cluster),
         ("apiserver", None, false) => mesh.stop_apiserver(cluster),
+        ("kvstoremesh", None, true) => mesh.start_kvstoremesh(cluster),
+        ("kvstoremesh", None, false) => mesh.stop_kvstoremesh(cluster),
         ("operator", None, true) => mesh.start_operator(cluster),
         ("operator", None, false) => mesh.stop_operator(cluster),
         ("relay", None, true) => mesh.start_relay(cluster),
@@ -575,7 +651,7 @@ fn start_or_stop(
 }
 
 const COMPONENTS: &str = "the component is etcd CLUSTER, operator CLUSTER, apiserver CLUSTER, \
-                          relay CLUSTER or agent CLUSTER NODE";
+                          kvstoremesh CLUSTER, relay CLUSTER or agent CLUSTER NODE";
 
 fn chain(e: &anyhow::Error) -> String {
     format!("{e:#}")

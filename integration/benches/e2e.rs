@@ -17,15 +17,13 @@
 //! Prints one JSON object per line on stdout; progress on stderr.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use bpf::{IPCACHE_MAP, IpCacheKey, IpCacheMap};
-use etcd_client::{PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{PutOptions, Txn, TxnOp};
 use futures::StreamExt;
 use integration::TestMesh;
 use kvstore::{Client, Label, Labels, NumericIdentity, StoreValue, keys, values::IpIdentityPair};
@@ -37,22 +35,7 @@ const SYNC_IDENTITIES: usize = 10_000;
 
 const BENCH: bench_report::Bench = bench_report::Bench::new("e2e");
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// An IP for index `i` in a /16 block starting at `a.b.0.0`.
-fn ip(a: u8, b: u8, i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        a,
-        b + (i >> 16) as u8,
-        (i >> 8) as u8,
-        i as u8,
-    ))
-}
+use integration::propagation::ip;
 
 fn identity_labels(cluster: &str, i: usize) -> Labels {
     [
@@ -97,139 +80,31 @@ fn rss_bytes(pid: u32) -> u64 {
 
 /// Propagation from c1's etcd to the BPF maps of c2's nodes.
 async fn propagation(mesh: &TestMesh) -> Result<()> {
-    let c1 = mesh.state.cluster("c1")?.clone();
-    let client = localmesh::admin_client(&c1).await?;
-    let maps: Vec<IpCacheMap> = mesh
-        .state
-        .cluster("c2")?
-        .nodes
-        .iter()
-        .map(|n| IpCacheMap::open_pinned(&n.bpffs, IPCACHE_MAP))
-        .collect::<Result<_, _>>()?;
-    // A raw watcher on c1's etcd, as the baseline.
-    let prefix = keys::ipcache();
-    let mut watch = client
-        .raw()
-        .watch_client()
-        .watch(
-            prefix.as_str(),
-            Some(WatchOptions::new().with_range(prefix.range_end())),
-        )
-        .await?;
-    watch.message().await?;
-    let total = (CHANGES_PER_S * PROPAGATION_SECONDS) as usize;
     let id = NumericIdentity::new(1 << 16 | 300);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(IpAddr, Instant)>();
-    let writer = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let per_tick = (CHANGES_PER_S / 100) as usize;
-            let mut n = 0;
-            while n < total {
-                tick.tick().await;
-                for _ in 0..per_tick {
-                    let addr = ip(10, 150, n);
-                    let pair = IpIdentityPair::host(addr, id, Some("172.16.1.11".parse().unwrap()));
-                    let start = Instant::now();
-                    client
-                        .put(&keys::ipcache().key(&pair.key()), pair.encode())
-                        .await?;
-                    let _ = tx.send((addr, start));
-                    n += 1;
-                }
-            }
-            anyhow::Ok(n as f64 / started.elapsed().as_secs_f64())
-        })
-    };
-    // Raw watch latencies.
-    let raw = tokio::spawn(async move {
-        let mut seen = 0;
-        let mut arrivals: HashMap<String, Instant> = HashMap::new();
-        while seen < total {
-            let Ok(Some(resp)) = watch.message().await else {
-                break;
-            };
-            for e in resp.events() {
-                if let Some(kv) = e.kv() {
-                    arrivals.insert(
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        Instant::now(),
-                    );
-                    seen += 1;
-                }
-            }
-        }
-        arrivals
-    });
-    // Poll the BPF maps for pending keys.
-    let mut pending: Vec<(IpAddr, Instant, Vec<bool>)> = Vec::new();
-    let mut latencies = Vec::with_capacity(total * maps.len());
-    let mut written_at = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(PROPAGATION_SECONDS + 30);
-    let mut received = 0;
-    while (received < total || !pending.is_empty()) && Instant::now() < deadline {
-        while let Ok((addr, at)) = rx.try_recv() {
-            pending.push((addr, at, vec![false; maps.len()]));
-            written_at.insert(keys::ipcache().key(&addr.to_string()), at);
-            received += 1;
-        }
-        pending.retain_mut(|(addr, at, done)| {
-            for (i, map) in maps.iter().enumerate() {
-                if !done[i]
-                    && map
-                        .get(&IpCacheKey::host(*addr))
-                        .ok()
-                        .flatten()
-                        .is_some_and(|v| v.sec_identity == id.get())
-                {
-                    done[i] = true;
-                    latencies.push(at.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-            !done.iter().all(|d| *d)
-        });
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let achieved = writer.await??;
-    if !pending.is_empty() {
-        bail!("{} entries never reached c2's maps", pending.len());
-    }
-    let arrivals = raw.await?;
-    let mut raw_latencies: Vec<f64> = arrivals
-        .iter()
-        .filter_map(|(k, t)| {
-            written_at
-                .get(k)
-                .map(|w| t.duration_since(*w).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    raw_latencies.sort_by(f64::total_cmp);
+    let p =
+        integration::propagation::measure(mesh, "c1", "c2", id, CHANGES_PER_S, PROPAGATION_SECONDS)
+            .await?;
     eprintln!(
         "  {} observations; raw watch p50 {:.2} ms p99 {:.2} ms",
-        latencies.len(),
-        percentile(&raw_latencies, 0.5),
-        percentile(&raw_latencies, 0.99)
+        p.observations, p.raw_p50_ms, p.raw_p99_ms
     );
     BENCH.emit(
         "propagation_p50_ms",
-        percentile(&latencies, 0.5),
+        p.p50_ms,
         "ms",
         bench_report::Better::Lower,
-        Some(("raw_watch_p50_ms", percentile(&raw_latencies, 0.5))),
+        Some(("raw_watch_p50_ms", p.raw_p50_ms)),
     );
     BENCH.emit(
         "propagation_p99_ms",
-        percentile(&latencies, 0.99),
+        p.p99_ms,
         "ms",
         bench_report::Better::Lower,
-        Some(("raw_watch_p99_ms", percentile(&raw_latencies, 0.99))),
+        Some(("raw_watch_p99_ms", p.raw_p99_ms)),
     );
     BENCH.emit(
         "propagation_achieved_changes_per_s",
-        achieved,
+        p.achieved_per_s,
         "1/s",
         bench_report::Better::Higher,
         Some(("propagation_target_changes_per_s", CHANGES_PER_S as f64)),

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod propagation;
+
 use agent::{IpCacheView, StatusView};
 use localmesh::{Mesh, MeshSpec};
 
@@ -218,9 +220,11 @@ fn print_logs(mesh: &Mesh) {
             .kube
             .iter()
             .flat_map(|k| [&k.apiserver, &k.controller_manager]);
+        let kvstoremesh = c.kvstoremesh.iter().map(|k| &k.process);
         let procs = [&c.etcd, &c.operator, &c.apiserver, &c.relay]
             .into_iter()
             .chain(kube)
+            .chain(kvstoremesh)
             .flatten()
             .chain(c.nodes.iter().filter_map(|n| n.agent.as_ref()));
         for p in procs {

@@ -85,6 +85,10 @@ impl RemoteStatus {
             .iter()
             .map(|(k, st)| (k.as_str().to_string(), st.entries()))
             .collect();
+        s.deletes = stats
+            .iter()
+            .map(|(k, st)| (k.as_str().to_string(), st.deletes()))
+            .collect();
         let mut invalid = BTreeMap::new();
         for (_, st) in stats {
             for (reason, n) in st.invalid_by_reason() {

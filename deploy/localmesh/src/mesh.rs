@@ -62,6 +62,9 @@ pub struct MeshSpec {
     /// Kubernetes mode: each cluster runs its own Kubernetes API server;
     /// agents and operators read Pods, Services and policies from it.
     pub kubernetes: bool,
+    /// Each cluster runs kvstoremesh: it mirrors the remotes into the
+    /// cluster's etcd, and agents read them from their own apiserver.
+    pub kvstoremesh: bool,
 }
 
 impl MeshSpec {
@@ -77,6 +80,7 @@ impl MeshSpec {
             connect: true,
             subnet: None,
             kubernetes: false,
+            kvstoremesh: false,
         }
     }
 }
@@ -195,6 +199,15 @@ impl Mesh {
             if spec.kubernetes {
                 cluster.kube = Some(plan::kube(&cluster, &dir.join("kube")));
             }
+            if spec.kvstoremesh {
+                let (cert, key) = pki::local_reader(&ca, &dir.join("certs"), &name)?;
+                cluster.kvstoremesh = Some(plan::kvstoremesh(
+                    &cluster,
+                    &dir.join("kvstoremesh"),
+                    cert,
+                    key,
+                ));
+            }
             s.clusters.push(cluster);
         }
         self.state.save()?;
@@ -205,8 +218,13 @@ impl Mesh {
                     "{name}: Kubernetes API server (etcd, kube-apiserver, kube-controller-manager)"
                 ))?;
             }
+            let kvstoremesh = if spec.kvstoremesh {
+                ", kvstoremesh"
+            } else {
+                ""
+            };
             progress(&format!(
-                "{name}: control plane (etcd, operator, clustermesh-apiserver)"
+                "{name}: control plane (etcd, operator, clustermesh-apiserver{kvstoremesh})"
             ))?;
             self.start_control_plane(name)?;
         }
@@ -288,9 +306,16 @@ impl Mesh {
             process::stop(p, STOP_GRACE);
         }
         for c in &state.clusters {
-            for p in [&c.relay, &c.apiserver, &c.operator, &c.etcd]
-                .into_iter()
-                .flatten()
+            let kvstoremesh = c.kvstoremesh.as_ref().and_then(|k| k.process.as_ref());
+            for p in [
+                c.relay.as_ref(),
+                kvstoremesh,
+                c.apiserver.as_ref(),
+                c.operator.as_ref(),
+                c.etcd.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 process::stop(p, STOP_GRACE);
             }

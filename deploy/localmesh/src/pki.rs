@@ -104,6 +104,20 @@ pub(crate) fn cluster(
     })
 }
 
+/// Issues the `local-<cluster>` client certificate (the agents' reader of
+/// the kvstoremesh cache on their own apiserver) into `dir`: certificate and
+/// key.
+pub(crate) fn local_reader(ca: &Ca, dir: &Path, cluster: &str) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let issued = ca
+        .issue_client(
+            &CertName::new(format!("local-{cluster}"))?,
+            Validity::days(CERT_VALIDITY_DAYS)?,
+        )?
+        .write(dir)?;
+    Ok((issued.cert, issued.key))
+}
+
 /// Issues a cluster's etcd CA, server and client certificates into `dir`.
 pub(crate) fn etcd(dir: &Path, cluster: &str, etcd_ip: IpAddr) -> Result<EtcdCerts> {
     let ca_dir = dir.join("etcd-ca");

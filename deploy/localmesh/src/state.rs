@@ -120,6 +120,28 @@ pub struct ClusterInfo {
     /// cluster runs without Kubernetes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<KubeInfo>,
+    /// The cluster's kvstoremesh (`None`: its agents connect to every
+    /// remote's apiserver themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstoremesh: Option<KvstoremeshInfo>,
+}
+
+/// A cluster's kvstoremesh (`clustermesh-apiserver kvstoremesh`, in the
+/// control-plane namespace): it mirrors every remote into the cluster's
+/// etcd, and the agents read the remotes from their own apiserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvstoremeshInfo {
+    /// The remote configs kvstoremesh reads (the remotes' apiservers, with
+    /// the cluster's `remote-<cluster>` certificate); the agents' directory
+    /// then names the local apiserver for every remote.
+    pub config_dir: PathBuf,
+    /// `host:port` of its `/healthz`, `/readyz`, `/metrics` and `/status`.
+    pub health: String,
+    /// `local-<cluster>`: what the agents present to their own apiserver
+    /// to read the cache.
+    pub local_cert: PathBuf,
+    pub local_key: PathBuf,
+    pub process: Option<ProcessInfo>,
 }
 
 /// A cluster's Kubernetes API server: its own etcd (plain HTTP on the

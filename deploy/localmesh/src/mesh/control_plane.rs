@@ -43,6 +43,7 @@ impl Mesh {
         self.start_kube(cluster)?;
         self.start_operator(cluster)?;
         self.start_apiserver(cluster)?;
+        self.start_kvstoremesh(cluster)?;
         Ok(())
     }
 
@@ -113,6 +114,27 @@ impl Mesh {
     /// Stops a cluster's apiserver.
     pub fn stop_apiserver(&mut self, cluster: &str) -> Result<()> {
         self.stop_control_plane(cluster, ControlPlane::Apiserver)
+    }
+
+    /// Starts a cluster's kvstoremesh and waits until it serves (not until
+    /// it is ready: remotes that are cut off would hold that up); nothing
+    /// for a cluster without one.
+    pub fn start_kvstoremesh(&mut self, cluster: &str) -> Result<()> {
+        let c = self.state.cluster(cluster)?;
+        let Some(k) = &c.kvstoremesh else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&k.config_dir)
+            .with_context(|| format!("creating {}", k.config_dir.display()))?;
+        let (args, health) = (plan::kvstoremesh_args(c, k), k.health.clone());
+        let program = self.bin("clustermesh-apiserver")?;
+        self.launch(cluster, ControlPlane::Kvstoremesh, &program, &args, &health)
+    }
+
+    /// Stops a cluster's kvstoremesh (the cache stays in its etcd until
+    /// its lease runs out).
+    pub fn stop_kvstoremesh(&mut self, cluster: &str) -> Result<()> {
+        self.stop_control_plane(cluster, ControlPlane::Kvstoremesh)
     }
 
     /// Starts a cluster's Hubble Relay (in its control-plane namespace) and
@@ -192,10 +214,10 @@ impl Mesh {
     ) -> Result<()> {
         let c = self.state.cluster(cluster)?;
         let name = which.name();
-        refuse_running(name, cluster, which.slot(c).as_ref())?;
+        refuse_running(name, cluster, which.slot(c))?;
         let log = self.log_path(cluster, name);
         let process = spawn_daemon(Some(&c.cp_netns), program, args, &[], &log)?;
-        *which.slot_mut(self.state.cluster_mut(cluster)?) = Some(process.clone());
+        *which.slot_mut(self.state.cluster_mut(cluster)?)? = Some(process.clone());
         self.state.save()?;
         wait_until(
             &format!("{cluster} {name}"),
@@ -207,7 +229,7 @@ impl Mesh {
 
     /// Stops a control-plane daemon of `cluster` (SIGTERM, then SIGKILL).
     fn stop_control_plane(&mut self, cluster: &str, which: ControlPlane) -> Result<()> {
-        if let Some(p) = which.slot_mut(self.state.cluster_mut(cluster)?).take() {
+        if let Some(p) = which.slot_mut(self.state.cluster_mut(cluster)?)?.take() {
             process::stop(&p, STOP_GRACE);
         }
         self.state.save()
@@ -220,6 +242,7 @@ enum ControlPlane {
     Etcd,
     Operator,
     Apiserver,
+    Kvstoremesh,
     Relay,
 }
 
@@ -229,6 +252,7 @@ impl ControlPlane {
             Self::Etcd => "etcd",
             Self::Operator => "operator",
             Self::Apiserver => "apiserver",
+            Self::Kvstoremesh => "kvstoremesh",
             Self::Relay => "relay",
         }
     }
@@ -239,45 +263,108 @@ impl ControlPlane {
             Self::Etcd => "/health",
             Self::Operator => "/healthz",
             Self::Apiserver => "/readyz",
+            Self::Kvstoremesh => "/healthz",
             Self::Relay => "/metrics",
         }
     }
 
-    fn slot(self, c: &ClusterInfo) -> &Option<ProcessInfo> {
+    /// The daemon's process, if it runs.
+    fn slot(self, c: &ClusterInfo) -> Option<&ProcessInfo> {
         match self {
-            Self::Etcd => &c.etcd,
-            Self::Operator => &c.operator,
-            Self::Apiserver => &c.apiserver,
-            Self::Relay => &c.relay,
+            Self::Etcd => c.etcd.as_ref(),
+            Self::Operator => c.operator.as_ref(),
+            Self::Apiserver => c.apiserver.as_ref(),
+            Self::Kvstoremesh => c.kvstoremesh.as_ref()?.process.as_ref(),
+            Self::Relay => c.relay.as_ref(),
         }
     }
 
-    fn slot_mut(self, c: &mut ClusterInfo) -> &mut Option<ProcessInfo> {
-        match self {
+    /// Where the daemon's process is recorded (refused for a kvstoremesh
+    /// the cluster does not have).
+    fn slot_mut(self, c: &mut ClusterInfo) -> Result<&mut Option<ProcessInfo>> {
+        Ok(match self {
             Self::Etcd => &mut c.etcd,
             Self::Operator => &mut c.operator,
             Self::Apiserver => &mut c.apiserver,
+            Self::Kvstoremesh => {
+                let name = c.name.clone();
+                &mut c
+                    .kvstoremesh
+                    .as_mut()
+                    .ok_or_else(|| {
+                        anyhow::Error::new(crate::error::Refused(format!(
+                            "{name} runs without kvstoremesh (`clustermesh up --kvstoremesh` makes one)"
+                        )))
+                    })?
+                    .process
+            }
             Self::Relay => &mut c.relay,
-        }
+        })
     }
 }
 
 /// GET `path` on `addr` (plain HTTP) returns 200.
 fn http_ok(addr: &str, path: &str) -> bool {
-    let Ok(addr) = addr.parse::<SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, HEALTH_CONNECT_TIMEOUT) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(HEALTH_READ_TIMEOUT));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
+    http_get(addr, path).is_ok_and(|(status, _)| status == 200)
+}
+
+/// GET `path` on `addr` (plain HTTP/1.0): the status code and the body.
+pub(super) fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let sock: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr} is not host:port"))?;
+    let mut s = TcpStream::connect_timeout(&sock, HEALTH_CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(HEALTH_READ_TIMEOUT))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    s.read_to_end(&mut buf)
+        .with_context(|| format!("reading {path} from {addr}"))?;
     let answer = String::from_utf8_lossy(&buf);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{addr}{path} answered no HTTP status"))?;
+    Ok((status, body.to_string()))
+}
+
+impl Mesh {
+    /// What a cluster's kvstoremesh says on `/status` (JSON), `None` for a
+    /// cluster without one.
+    pub fn kvstoremesh_status(&self, cluster: &str) -> Result<Option<serde_json::Value>> {
+        let Some(k) = &self.state.cluster(cluster)?.kvstoremesh else {
+            return Ok(None);
+        };
+        let (status, body) = http_get(&k.health, "/status")?;
+        if status != 200 {
+            anyhow::bail!("{cluster}'s kvstoremesh answered {status} on /status: {body}");
+        }
+        Ok(Some(serde_json::from_str(&body).with_context(|| {
+            format!("{cluster}'s kvstoremesh /status is not JSON")
+        })?))
+    }
+
+    /// A cluster's apiserver's Prometheus metrics (text).
+    pub fn apiserver_metrics(&self, cluster: &str) -> Result<String> {
+        let c = self.state.cluster(cluster)?;
+        let (status, body) = http_get(&c.apiserver_health, "/metrics")?;
+        if status != 200 {
+            anyhow::bail!("{cluster}'s apiserver answered {status} on /metrics");
+        }
+        Ok(body)
+    }
+
+    /// Why a cluster's kvstoremesh is not ready (`None`: ready, or none).
+    pub fn kvstoremesh_not_ready(&self, cluster: &str) -> Result<Option<String>> {
+        let Some(k) = &self.state.cluster(cluster)?.kvstoremesh else {
+            return Ok(None);
+        };
+        Ok(match http_get(&k.health, "/readyz") {
+            Ok((200, _)) => None,
+            Ok((status, body)) => Some(format!("{status}: {}", body.trim())),
+            Err(e) => Some(format!("{e:#}")),
+        })
+    }
 }

@@ -120,6 +120,9 @@ impl Mesh {
     pub fn not_ready(&self) -> Vec<String> {
         let mut missing = Vec::new();
         for c in &self.state.clusters {
+            if let Ok(Some(why)) = self.kvstoremesh_not_ready(&c.name) {
+                missing.push(format!("{} kvstoremesh: {why}", c.name));
+            }
             for n in &c.nodes {
                 match agent_status(n) {
                     Err(e) => missing.push(format!("{}/{}: {e}", c.name, n.name)),

@@ -11,7 +11,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::state::{ClusterCerts, ClusterInfo, EtcdCerts, KubeInfo, MeshState, NodeInfo, UiInfo};
+use crate::state::{
+    ClusterCerts, ClusterInfo, EtcdCerts, KubeInfo, KvstoremeshInfo, MeshState, NodeInfo, UiInfo,
+};
 
 /// etcd's client port on the control-plane address.
 const ETCD_CLIENT_PORT: u16 = 2379;
@@ -23,6 +25,13 @@ const ETCD_METRICS_PORT: u16 = 2381;
 const APISERVER_PORT: u16 = 2443;
 /// The clustermesh-apiserver's `/readyz` and `/metrics`.
 const APISERVER_HEALTH_PORT: u16 = 9880;
+/// kvstoremesh's `/healthz`, `/readyz`, `/metrics` and `/status` (Cilium's
+/// Helm default).
+const KVSTOREMESH_HEALTH_PORT: u16 = 9881;
+/// How long kvstoremesh keeps a removed remote's cache for agents to
+/// disconnect (Cilium waits 3 minutes; in a local mesh the agents' configs
+/// go at the same moment).
+const KVSTOREMESH_DRAIN_DELAY: &str = "10s";
 /// The operator's `/healthz` and `/metrics`.
 const OPERATOR_HEALTH_PORT: u16 = 9234;
 /// Each agent's `/healthz` and `/metrics` on its node address.
@@ -97,7 +106,41 @@ pub(super) fn cluster(
         nodes: (1..=nodes).map(|j| node(state, i, j, dir)).collect(),
         remotes: Vec::new(),
         kube: None,
+        kvstoremesh: None,
     }
+}
+
+/// Cluster `c`'s kvstoremesh, its remote configs in `dir`, the agents'
+/// `local-<cluster>` certificate at `local_cert`/`local_key`.
+pub(super) fn kvstoremesh(
+    c: &ClusterInfo,
+    dir: &Path,
+    local_cert: PathBuf,
+    local_key: PathBuf,
+) -> KvstoremeshInfo {
+    KvstoremeshInfo {
+        config_dir: dir.join("remotes"),
+        health: format!("{}:{KVSTOREMESH_HEALTH_PORT}", c.cp_ip),
+        local_cert,
+        local_key,
+        process: None,
+    }
+}
+
+/// kvstoremesh's flags (`clustermesh-apiserver kvstoremesh …`): it writes
+/// into the cluster's etcd with the components' certificate.
+pub(super) fn kvstoremesh_args(c: &ClusterInfo, k: &KvstoremeshInfo) -> Vec<String> {
+    let mut args = vec!["kvstoremesh".to_string()];
+    args.extend(component_args(
+        c,
+        c.id,
+        &[
+            ("--clustermesh-config", k.config_dir.display().to_string()),
+            ("--health-listen", k.health.clone()),
+            ("--drain-delay", KVSTOREMESH_DRAIN_DELAY.into()),
+        ],
+    ));
+    args
 }
 
 /// The Kubernetes API server's port on the control-plane address.

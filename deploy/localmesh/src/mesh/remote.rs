@@ -39,6 +39,9 @@ impl Mesh {
         for (a, b) in pairs {
             let c = self.state.cluster_mut(a)?;
             let _ = std::fs::remove_file(c.clustermesh_dir.join(b));
+            if let Some(k) = &c.kvstoremesh {
+                let _ = std::fs::remove_file(k.config_dir.join(b));
+            }
             c.remotes.retain(|r| r != b);
         }
         self.state.save()
@@ -59,7 +62,10 @@ impl Mesh {
     }
 
     /// Writes `from`'s config for remote `to` (atomically) and records the
-    /// connection; the caller saves the state.
+    /// connection; the caller saves the state. Without kvstoremesh the
+    /// agents' file names `to`'s apiserver; with it, kvstoremesh's file
+    /// does, and the agents' file names `from`'s own apiserver (with the
+    /// `local-<from>` certificate), where kvstoremesh mirrors `to`.
     fn write_remote_config(
         &mut self,
         from: &str,
@@ -68,22 +74,35 @@ impl Mesh {
     ) -> Result<()> {
         let target = self.state.cluster(to)?.clone();
         let c = self.state.cluster_mut(from)?;
-        std::fs::create_dir_all(&c.clustermesh_dir)?;
-        let mut text = format!(
-            "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
-            target.apiserver_endpoint,
-            c.certs.ca.display(),
-            c.certs.remote_cert.display(),
-            c.certs.remote_key.display()
+        let pools = format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool);
+        let mut direct = remote_config_text(
+            &target.apiserver_endpoint,
+            &c.certs.ca,
+            &c.certs.remote_cert,
+            &c.certs.remote_key,
         );
         if let Some(ttl) = service_cache_ttl {
-            text.push_str(&format!("service-cache-ttl: {ttl}\n"));
+            direct.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
-        text.push_str(&format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool));
-        let path = c.clustermesh_dir.join(to);
-        let tmp = c.clustermesh_dir.join(format!(".{to}.tmp"));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)?;
+        direct.push_str(&pools);
+        match &c.kvstoremesh {
+            None => write_atomically(&c.clustermesh_dir, to, &direct)?,
+            Some(k) => {
+                // kvstoremesh reaches the remote (and applies the service
+                // cache TTL); the agents read its cache on their own
+                // apiserver, and still check the remote's routes against
+                // its pools.
+                write_atomically(&k.config_dir, to, &direct)?;
+                let mut cached = remote_config_text(
+                    &c.apiserver_endpoint,
+                    &c.certs.ca,
+                    &k.local_cert,
+                    &k.local_key,
+                );
+                cached.push_str(&pools);
+                write_atomically(&c.clustermesh_dir, to, &cached)?;
+            }
+        }
         if !c.remotes.iter().any(|r| r == to) {
             c.remotes.push(to.to_string());
         }
@@ -189,6 +208,31 @@ impl Mesh {
         ));
         Ok(checks)
     }
+}
+
+/// A remote config file's text: where to connect and with which files.
+fn remote_config_text(
+    endpoint: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> String {
+    format!(
+        "endpoints:\n- {endpoint}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Writes `dir/name` through a temporary file and a rename, so that a
+/// reader never sees half a file.
+fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
 }
 
 /// Reads `to`'s cluster config through its apiserver with `from`'s remote

@@ -1,0 +1,190 @@
+//! Propagation of ipcache changes across the mesh, for the benchmarks: a
+//! writer publishes host entries in one cluster's etcd at a steady rate, and
+//! each entry is timed until it is in the BPF ipcache map of every node of
+//! another cluster (maps polled every 0.5 ms); a raw etcd watch on the
+//! writer's etcd, in the same run, is the baseline.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use bpf::{IPCACHE_MAP, IpCacheKey, IpCacheMap};
+use etcd_client::WatchOptions;
+use kvstore::{NumericIdentity, StoreValue, keys, values::IpIdentityPair};
+
+use crate::TestMesh;
+
+/// What a run measured (latencies in milliseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Propagation {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The raw watch on the writer's etcd.
+    pub raw_p50_ms: f64,
+    pub raw_p99_ms: f64,
+    /// The change rate the writer achieved.
+    pub achieved_per_s: f64,
+    /// Entry × node observations.
+    pub observations: usize,
+}
+
+/// The `p` quantile (0..=1) of sorted values (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// An IP for index `i` in a /16 block starting at `a.b.0.0`.
+pub fn ip(a: u8, b: u8, i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        a,
+        b + (i >> 16) as u8,
+        (i >> 8) as u8,
+        i as u8,
+    ))
+}
+
+/// Publishes `rate × seconds` host entries (in `10.150.0.0/16` and up,
+/// under identity `id`) in `from`'s etcd, `rate / 100` every 10 ms sent
+/// concurrently, and times each until every node of `to` has it.
+pub async fn measure(
+    mesh: &TestMesh,
+    from: &str,
+    to: &str,
+    id: NumericIdentity,
+    rate: u64,
+    seconds: u64,
+) -> Result<Propagation> {
+    let source = mesh.state.cluster(from)?.clone();
+    let client = localmesh::admin_client(&source).await?;
+    let maps: Vec<IpCacheMap> = mesh
+        .state
+        .cluster(to)?
+        .nodes
+        .iter()
+        .map(|n| IpCacheMap::open_pinned(&n.bpffs, IPCACHE_MAP))
+        .collect::<Result<_, _>>()?;
+    let prefix = keys::ipcache();
+    let mut watch = client
+        .raw()
+        .watch_client()
+        .watch(
+            prefix.as_str(),
+            Some(WatchOptions::new().with_range(prefix.range_end())),
+        )
+        .await?;
+    watch.message().await?;
+    let total = (rate * seconds) as usize;
+    let node_ip: IpAddr = source
+        .nodes
+        .first()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |n| IpAddr::V4(n.ip));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(IpAddr, Instant)>();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let per_tick = (rate / 100).max(1) as usize;
+            let mut n = 0;
+            while n < total {
+                tick.tick().await;
+                let batch: Vec<usize> = (n..(n + per_tick).min(total)).collect();
+                n += batch.len();
+                let puts = batch.into_iter().map(|i| {
+                    let client = client.clone();
+                    let tx = tx.clone();
+                    async move {
+                        let addr = ip(10, 150, i);
+                        let pair = IpIdentityPair::host(addr, id, Some(node_ip));
+                        let start = Instant::now();
+                        let _ = tx.send((addr, start));
+                        client
+                            .put(&keys::ipcache().key(&pair.key()), pair.encode())
+                            .await
+                    }
+                });
+                for r in futures::future::join_all(puts).await {
+                    r?;
+                }
+            }
+            anyhow::Ok(n as f64 / started.elapsed().as_secs_f64())
+        })
+    };
+    let raw = tokio::spawn(async move {
+        let mut seen = 0;
+        let mut arrivals: HashMap<String, Instant> = HashMap::new();
+        while seen < total {
+            let Ok(Some(resp)) = watch.message().await else {
+                break;
+            };
+            for e in resp.events() {
+                if let Some(kv) = e.kv() {
+                    arrivals.insert(
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        Instant::now(),
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        arrivals
+    });
+    let mut pending: Vec<(IpAddr, Instant, Vec<bool>)> = Vec::new();
+    let mut latencies = Vec::with_capacity(total * maps.len());
+    let mut written_at = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    let mut received = 0;
+    while (received < total || !pending.is_empty()) && Instant::now() < deadline {
+        while let Ok((addr, at)) = rx.try_recv() {
+            pending.push((addr, at, vec![false; maps.len()]));
+            written_at.insert(keys::ipcache().key(&addr.to_string()), at);
+            received += 1;
+        }
+        pending.retain_mut(|(addr, at, done)| {
+            for (i, map) in maps.iter().enumerate() {
+                if !done[i]
+                    && map
+                        .get(&IpCacheKey::host(*addr))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.sec_identity == id.get())
+                {
+                    done[i] = true;
+                    latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            !done.iter().all(|d| *d)
+        });
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let achieved_per_s = writer.await??;
+    if !pending.is_empty() {
+        bail!("{} entries never reached {to}'s maps", pending.len());
+    }
+    let arrivals = raw.await?;
+    let mut raw_latencies: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|(k, t)| {
+            written_at
+                .get(k)
+                .map(|w| t.duration_since(*w).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    raw_latencies.sort_by(f64::total_cmp);
+    Ok(Propagation {
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        raw_p50_ms: percentile(&raw_latencies, 0.5),
+        raw_p99_ms: percentile(&raw_latencies, 0.99),
+        achieved_per_s,
+        observations: latencies.len(),
+    })
+}
