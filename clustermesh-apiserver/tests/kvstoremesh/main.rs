@@ -7,6 +7,7 @@
 mod support;
 
 mod binary;
+mod conflict;
 mod harness;
 mod mirror;
 mod outage;
