@@ -137,66 +137,17 @@ impl Args {
     /// own certificate files are checked to be readable here and fully
     /// validated when they are loaded.)
     pub fn into_config(self) -> Result<Config, ArgsError> {
-        let cluster_name = ClusterName::new(self.cluster_name.clone()).map_err(|source| {
-            ArgsError::ClusterName {
-                name: self.cluster_name.clone(),
-                source,
-            }
-        })?;
-        if cluster_name.as_str() == "default" {
-            return Err(ArgsError::DefaultClusterName);
-        }
-        let invalid_mode = ArgsError::MaxConnectedClusters {
-            value: self.max_connected_clusters,
-            source: ClusterError::InvalidMaxConnectedClusters(self.max_connected_clusters),
-        };
-        // 0 means 255 inside a cluster config, but a flag must say what it means.
-        let mode = match self.max_connected_clusters {
-            0 => return Err(invalid_mode),
-            n => MaxConnectedClusters::from_u32(n).map_err(|_| invalid_mode)?,
-        };
-        let cluster_id =
-            ClusterId::new(self.cluster_id, mode).map_err(|source| ArgsError::ClusterId {
-                id: self.cluster_id,
-                source,
-            })?;
-        if self.cluster_id == 0 {
-            return Err(ArgsError::ZeroClusterId { max: mode.as_u32() });
-        }
-
-        let mut https = None;
-        for endpoint in &self.etcd_endpoints {
-            let secure = if endpoint.starts_with("https://") {
-                true
-            } else if endpoint.starts_with("http://") {
-                false
-            } else {
-                return Err(ArgsError::EtcdEndpoint {
-                    endpoint: endpoint.clone(),
-                });
-            };
-            if *https.get_or_insert(secure) != secure {
-                return Err(ArgsError::MixedEtcdSchemes);
-            }
-        }
-        let https = https.unwrap_or(false);
-        let tls = match (&self.etcd_ca, https) {
-            (Some(ca), true) => Some(TlsConfig {
-                ca_pem: read("--etcd-ca", ca)?,
-                identity_pem: match (&self.etcd_cert, &self.etcd_key) {
-                    (Some(cert), Some(key)) => {
-                        Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?))
-                    }
-                    _ => None,
-                },
-                server_name: None,
-            }),
-            (None, true) => return Err(ArgsError::MissingEtcdCa),
-            (None, false) if self.etcd_cert.is_none() => None,
-            (_, false) => return Err(ArgsError::EtcdTlsWithHttp),
-        };
-        let mut etcd = ClientConfig::new(self.etcd_endpoints.clone());
-        etcd.tls = tls;
+        let (cluster_name, cluster_id, mode) = local_cluster(
+            &self.cluster_name,
+            self.cluster_id,
+            self.max_connected_clusters,
+        )?;
+        let etcd = etcd_client_config(
+            &self.etcd_endpoints,
+            self.etcd_ca.as_deref(),
+            self.etcd_cert.as_deref(),
+            self.etcd_key.as_deref(),
+        )?;
 
         for (flag, path) in [
             ("--tls-cert", &self.tls_cert),
@@ -220,6 +171,84 @@ impl Args {
         config.health_listen = self.health_listen;
         Ok(config)
     }
+}
+
+/// Validates `--cluster-name`, `--cluster-id` and `--max-connected-clusters`
+/// (shared by the apiserver and kvstoremesh): a meshable name, a mode of
+/// 255 or 511, an ID from 1 to the mode.
+pub(crate) fn local_cluster(
+    name: &str,
+    id: u32,
+    max_connected_clusters: u32,
+) -> Result<(ClusterName, ClusterId, MaxConnectedClusters), ArgsError> {
+    let cluster_name = ClusterName::new(name).map_err(|source| ArgsError::ClusterName {
+        name: name.to_owned(),
+        source,
+    })?;
+    if cluster_name.as_str() == "default" {
+        return Err(ArgsError::DefaultClusterName);
+    }
+    let invalid_mode = ArgsError::MaxConnectedClusters {
+        value: max_connected_clusters,
+        source: ClusterError::InvalidMaxConnectedClusters(max_connected_clusters),
+    };
+    // 0 means 255 inside a cluster config, but a flag must say what it means.
+    let mode = match max_connected_clusters {
+        0 => return Err(invalid_mode),
+        n => MaxConnectedClusters::from_u32(n).map_err(|_| invalid_mode)?,
+    };
+    let cluster_id =
+        ClusterId::new(id, mode).map_err(|source| ArgsError::ClusterId { id, source })?;
+    if id == 0 {
+        return Err(ArgsError::ZeroClusterId { max: mode.as_u32() });
+    }
+    Ok((cluster_name, cluster_id, mode))
+}
+
+/// The etcd client config of `--etcd-endpoints`, `--etcd-ca`, `--etcd-cert`
+/// and `--etcd-key` (shared by the apiserver and kvstoremesh): one scheme
+/// for every endpoint, a CA for https, TLS files only with https; the files
+/// are read now.
+pub(crate) fn etcd_client_config(
+    endpoints: &[String],
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<ClientConfig, ArgsError> {
+    let mut https = None;
+    for endpoint in endpoints {
+        let secure = if endpoint.starts_with("https://") {
+            true
+        } else if endpoint.starts_with("http://") {
+            false
+        } else {
+            return Err(ArgsError::EtcdEndpoint {
+                endpoint: endpoint.clone(),
+            });
+        };
+        if *https.get_or_insert(secure) != secure {
+            return Err(ArgsError::MixedEtcdSchemes);
+        }
+    }
+    let https = https.unwrap_or(false);
+    let tls = match (ca, https) {
+        (Some(ca), true) => Some(TlsConfig {
+            ca_pem: read("--etcd-ca", ca)?,
+            identity_pem: match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?))
+                }
+                _ => None,
+            },
+            server_name: None,
+        }),
+        (None, true) => return Err(ArgsError::MissingEtcdCa),
+        (None, false) if cert.is_none() => None,
+        (_, false) => return Err(ArgsError::EtcdTlsWithHttp),
+    };
+    let mut etcd = ClientConfig::new(endpoints.to_vec());
+    etcd.tls = tls;
+    Ok(etcd)
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, ArgsError> {

@@ -23,6 +23,11 @@
 //! [`Apiserver`] composes all of it; the binary only parses [`Args`] into a
 //! [`Config`], runs it and drains it on a signal.
 //!
+//! The same binary runs [`Kvstoremesh`] (`clustermesh-apiserver kvstoremesh`,
+//! flags [`KvstoremeshArgs`]): the mirror of every remote cluster into the
+//! local etcd's `cilium/cache/…`, so that local agents read one local
+//! endpoint.
+//!
 //! Not for: serving the local cluster's agents in the hot path of writes (they
 //! talk to etcd directly), or as a general-purpose etcd proxy (it serves the
 //! RPCs the mesh needs; the others answer `Unimplemented`).
@@ -37,6 +42,7 @@ mod etcd_error;
 mod health_server;
 mod key_range;
 mod kv_service;
+mod kvstoremesh;
 mod lease_service;
 mod lock_service;
 mod maintenance_service;
@@ -56,6 +62,10 @@ pub use config::{Config, DEFAULT_HEALTH_LISTEN, DEFAULT_LISTEN, WatchConfig};
 pub use etcd_error::{EtcdError, REASON_ETCD_UNREACHABLE, REASON_METADATA_KEY};
 pub use health_server::{HealthServer, HealthServerError};
 pub use key_range::KeyRange;
+pub use kvstoremesh::{
+    DEFAULT_KVSTOREMESH_HEALTH_LISTEN, Kvstoremesh, KvstoremeshArgs, KvstoremeshConfig,
+    KvstoremeshError, KvstoremeshStatus, MirrorView, StatusBoard, kvstoremesh_env,
+};
 pub use metrics::Metrics;
 pub use role::Role;
 pub use upstream::{Upstream, UpstreamError};

@@ -76,7 +76,7 @@ async fn only_trusted_certificates_with_known_names_get_in() {
 
     // Trusted, but a name that is neither remote-<cluster> nor admin-c1:
     // connected, and refused every request with etcd's error.
-    for cn in ["intruder", "admin-c2", "local-c1"] {
+    for cn in ["intruder", "admin-c2", "local-c2"] {
         let client = api.client(cn).await;
         let e = match client {
             Ok(_) => panic!("{cn}: even the status call must be refused"),
