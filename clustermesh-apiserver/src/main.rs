@@ -22,14 +22,9 @@ fn main() -> ExitCode {
     };
     Daemon::new("clustermesh-apiserver").run(|shutdown| async move {
         let config = args.into_config().map_err(DaemonError::usage)?;
-        let apiserver = Apiserver::bind(config).await.map_err(|e| {
-            let exit = if e.is_config() {
-                Exit::Usage
-            } else {
-                Exit::Failure
-            };
-            DaemonError::new(exit, e)
-        })?;
+        let apiserver = Apiserver::bind(config)
+            .await
+            .map_err(|e| bind_failed(e.is_config(), e))?;
         apiserver.run(shutdown).await?;
         Ok(())
     })
@@ -43,15 +38,21 @@ fn kvstoremesh() -> ExitCode {
     };
     Daemon::new("clustermesh-apiserver kvstoremesh").run(|shutdown| async move {
         let config = args.into_config().map_err(DaemonError::usage)?;
-        let mesh = Kvstoremesh::bind(config).await.map_err(|e| {
-            let exit = if e.is_config() {
-                Exit::Usage
-            } else {
-                Exit::Failure
-            };
-            DaemonError::new(exit, e)
-        })?;
+        let mesh = Kvstoremesh::bind(config)
+            .await
+            .map_err(|e| bind_failed(e.is_config(), e))?;
         mesh.run(shutdown).await?;
         Ok(())
     })
+}
+
+/// Starting failed: a usage error when the configuration is at fault (bad
+/// files or flags), a failure otherwise (the environment).
+fn bind_failed(is_config: bool, e: impl std::error::Error + Send + Sync + 'static) -> DaemonError {
+    let exit = if is_config {
+        Exit::Usage
+    } else {
+        Exit::Failure
+    };
+    DaemonError::new(exit, e)
 }

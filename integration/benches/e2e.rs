@@ -16,10 +16,7 @@
 //!
 //! Prints one JSON object per line on stdout; progress on stderr.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bpf::{IPCACHE_MAP, IpCacheKey, IpCacheMap};
@@ -282,21 +279,7 @@ fn main() -> Result<()> {
     if !integration::can_run("the e2e bench") {
         return Ok(());
     }
-    for bin in [
-        "clustermesh-agent",
-        "clustermesh-apiserver",
-        "clustermesh-operator",
-        "clustermesh-cni",
-        "clustermesh",
-    ] {
-        let path = localmesh::default_bin_dir().join(bin);
-        if !Path::new(&path).exists() {
-            bail!(
-                "{} is missing: run `cargo build --release --workspace --bins` first (make bench does)",
-                path.display()
-            );
-        }
-    }
+    integration::require_binaries()?;
     let rt = tokio::runtime::Runtime::new()?;
     eprintln!(
         "e2e bench: propagation at {CHANGES_PER_S} changes/s for {PROPAGATION_SECONDS} s (2 clusters x 2 nodes)"

@@ -14,9 +14,9 @@
 //!
 //! Prints one JSON object per line on stdout; progress on stderr.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use integration::{TestMesh, propagation::Propagation};
 use kvstore::NumericIdentity;
 
@@ -121,21 +121,7 @@ fn main() -> Result<()> {
     if !integration::can_run("the kvstoremesh bench") {
         return Ok(());
     }
-    for bin in [
-        "clustermesh-agent",
-        "clustermesh-apiserver",
-        "clustermesh-operator",
-        "clustermesh-cni",
-        "clustermesh",
-    ] {
-        let path = localmesh::default_bin_dir().join(bin);
-        if !Path::new(&path).exists() {
-            bail!(
-                "{} is missing: run `cargo build --release --workspace --bins` first (make bench does)",
-                path.display()
-            );
-        }
-    }
+    integration::require_binaries()?;
     let rt = tokio::runtime::Runtime::new()?;
     let direct = run(&rt, false)?;
     let cached = run(&rt, true)?;

@@ -26,6 +26,27 @@ pub fn can_run(what: &str) -> bool {
     netns::root_or_skip(what)
 }
 
+/// Fails unless the mesh's binaries are in the directory the benchmarks
+/// run them from (`make bench` builds them in release mode first).
+pub fn require_binaries() -> anyhow::Result<()> {
+    for bin in [
+        "clustermesh-agent",
+        "clustermesh-apiserver",
+        "clustermesh-operator",
+        "clustermesh-cni",
+        "clustermesh",
+    ] {
+        let path = localmesh::default_bin_dir().join(bin);
+        if !path.exists() {
+            anyhow::bail!(
+                "{} is missing: run `cargo build --release --workspace --bins` first (make bench does)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// How a service's switch between clusters looked to a client
 /// ([`TestMesh::switch`]).
 #[derive(Debug, Clone, Copy)]

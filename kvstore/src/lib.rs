@@ -41,6 +41,7 @@ mod sync_store;
 mod value;
 pub mod values;
 mod watch_store;
+mod watch_task;
 
 pub use allocator::{
     Allocation, Allocator, AllocatorConfig, AllocatorError, AllocatorRunner, AllocatorStats,
@@ -66,3 +67,4 @@ pub use value::{DecodeError, InvalidReason, RawEntry, StoreValue};
 pub use watch_store::{
     Event, RestartableWatchStore, Validator, WatchStore, WatchStoreConfig, WatchStoreStats,
 };
+pub use watch_task::WatchTask;

@@ -24,6 +24,7 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClusterId, ClusterName, MaxConnectedClusters, StoreValue, keys,
+    remote::ClusterIds,
     values::{ClusterConfig, MirrorStatus},
 };
 use tokio::sync::watch;
@@ -31,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    cluster_ids::ClusterIds,
     config::ConfigFile,
     failure::{Failure, FailureKind, Resync, SessionEnd},
     status::RemoteStatus,
@@ -333,44 +333,11 @@ impl RemoteCluster {
 
     /// Connecting: TLS, the remote etcd's identity, its cluster config.
     async fn connect(&mut self) -> Result<(Client, ClusterConfig, ClusterId), Failure> {
-        let config = self
-            .config
-            .as_ref()
-            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.clone()))?;
-        let client_config = config
-            .client_config()
-            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
-        let endpoints = config.endpoints.join(",");
-        let client = Client::connect(&client_config)
-            .await
-            .map_err(|e| Failure::from_etcd(&e))?;
-        let status = client.status().await.map_err(|e| Failure::from_etcd(&e))?;
-        if let Some(old) = self.pinned_etcd
-            && old != status.cluster_id
-        {
-            info!(
-                remote = %self.name,
-                old,
-                new = status.cluster_id,
-                "a different etcd cluster answers; re-listing everything"
-            );
-        }
-        self.pinned_etcd = Some(status.cluster_id);
-        let cluster_config = match client.get(&keys::cluster_config(&self.name)).await {
-            Ok(Some(kv)) => ClusterConfig::decode(self.name.as_str(), &kv.value)
-                .map_err(|e| Failure::new(FailureKind::ClusterConfigInvalid, e.to_string()))?,
-            Ok(None) => {
-                return Err(Failure::new(
-                    FailureKind::ClusterConfigMissing,
-                    format!(
-                        "{endpoints} has no cilium/cluster-config/{} (is its clustermesh-apiserver for this cluster?)",
-                        self.name
-                    ),
-                ));
-            }
-            Err(e) => return Err(Failure::from_etcd(&e)),
-        };
-        let id = self.accept(&cluster_config)?;
+        let (client, cluster_config) =
+            kvstore::remote::reach(&self.name, &self.config, &mut self.pinned_etcd).await?;
+        let id = self
+            .ids
+            .admit(&self.name, &cluster_config, self.local_id, self.mode)?;
         let cached = cluster_config.capabilities.cached;
         self.status.connected(
             format!(
@@ -386,18 +353,6 @@ impl RemoteCluster {
             "connected to remote cluster"
         );
         Ok((client, cluster_config, id))
-    }
-
-    /// Checks the remote's cluster config and reserves its ID.
-    fn accept(&self, config: &ClusterConfig) -> Result<ClusterId, Failure> {
-        let id = kvstore::remote::accept_cluster_config(config, self.local_id, self.mode)?;
-        self.ids.reserve(id, &self.name).map_err(|holder| {
-            Failure::new(
-                FailureKind::IdConflict,
-                format!("cluster ID {id} is already used by remote cluster {holder}"),
-            )
-        })?;
-        Ok(id)
     }
 
     /// Watching: the stores list and watch; the remote is checked every

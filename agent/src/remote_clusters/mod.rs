@@ -2,7 +2,6 @@
 //! directory, each feeding the control loop as one more source.
 //!
 //! - [`config`]: the directory and its files;
-//! - [`cluster_ids`]: which remote holds which cluster ID;
 //! - [`connection`]: one remote's connection as a state machine, with typed
 //!   end reasons and failure kinds ([`failure`]);
 //! - [`stores`]: its watch stores, kept across connections;
@@ -72,7 +71,6 @@
 //!   remotes; a remote's `serviceExportsEnabled` changes nothing here.
 //! - **Canaries and heartbeat**: only waited for; their values are not used.
 
-mod cluster_ids;
 mod config;
 mod connection;
 mod failure;
@@ -82,7 +80,7 @@ mod validators;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use kvstore::{ClusterId, ClusterName, MaxConnectedClusters};
+use kvstore::{ClusterId, ClusterName, MaxConnectedClusters, remote::ClusterIds};
 use notify::{RecursiveMode, Watcher};
 use tokio::{
     sync::{mpsc, watch},
@@ -97,7 +95,6 @@ pub(crate) use self::validators::{
     REMOTE_IPCACHE_RESERVED, ipcache_validator, node_validator, service_validator,
 };
 use self::{
-    cluster_ids::ClusterIds,
     config::{ConfigFile, scan},
     connection::{CHECK_INTERVAL, RemoteCluster, Spec},
     status::RemoteStatus,

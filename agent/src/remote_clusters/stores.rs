@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use kvstore::{
     Client, ClusterId, ClusterName, MaxConnectedClusters, RestartableWatchStore, StoreValue,
-    Validator, WatchStoreConfig, WatchStoreStats, keys, remote_identity_validator,
+    Validator, WatchStoreConfig, WatchStoreStats, WatchTask, keys, remote_identity_validator,
     values::{ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 use super::validators::{ipcache_validator, node_validator, service_validator};
 use crate::{
@@ -40,17 +39,7 @@ struct Store<V> {
     /// canaries, directly or through kvstoremesh).
     state: keys::StateKind,
     stats: Arc<WatchStoreStats>,
-    task: Task<V>,
-}
-
-enum Task<V> {
-    Idle(Box<RestartableWatchStore<V>>),
-    Running {
-        token: CancellationToken,
-        task: JoinHandle<Box<RestartableWatchStore<V>>>,
-    },
-    /// Its task panicked: the store is lost (logged).
-    Lost,
+    task: WatchTask<V>,
 }
 
 impl<V: StoreValue> Store<V> {
@@ -75,7 +64,7 @@ impl<V: StoreValue> Store<V> {
             kind,
             state,
             stats: store.stats(),
-            task: Task::Idle(Box::new(store)),
+            task: WatchTask::new(format!("{remote}/{}", kind.as_str()), store),
         }
     }
 
@@ -85,56 +74,23 @@ impl<V: StoreValue> Store<V> {
         validator: Validator<V>,
         parent: &CancellationToken,
     ) {
-        let mut store = match std::mem::replace(&mut self.task, Task::Lost) {
-            Task::Idle(store) => store,
-            // Running already, or lost.
-            other => {
-                self.task = other;
-                return;
-            }
-        };
-        let (name, source) = (connection.name, connection.source);
-        store.set_validator(validator);
-        store.set_prefix(
-            self.state.prefix(name, source),
-            Some(self.state.relative_to(name, source)),
-        );
-        store.set_canary(connection.canaries.then(|| self.state.canary(name, source)));
-        let token = parent.child_token();
-        let client = connection.client.clone();
-        let task = {
-            let token = token.clone();
-            tokio::spawn(async move {
-                store.watch(&client, &token).await;
-                store
-            })
-        };
-        self.task = Task::Running { token, task };
+        let (name, source, state) = (connection.name, connection.source, self.state);
+        self.task.start(connection.client, parent, |store| {
+            store.set_validator(validator);
+            store.set_prefix(
+                state.prefix(name, source),
+                Some(state.relative_to(name, source)),
+            );
+            store.set_canary(connection.canaries.then(|| state.canary(name, source)));
+        });
     }
 
     async fn stop(&mut self) {
-        let (token, task) = match std::mem::replace(&mut self.task, Task::Lost) {
-            Task::Running { token, task } => (token, task),
-            other => {
-                self.task = other;
-                return;
-            }
-        };
-        token.cancel();
-        self.task = match task.await {
-            Ok(store) => Task::Idle(store),
-            Err(e) => {
-                error!(store = self.kind.as_str(), error = %e, "a remote watch store's task failed; its data is no longer followed");
-                Task::Lost
-            }
-        };
+        self.task.stop().await;
     }
 
     async fn drain(&mut self) {
-        self.stop().await;
-        if let Task::Idle(store) = &mut self.task {
-            store.drain().await;
-        }
+        self.task.drain().await;
     }
 }
 

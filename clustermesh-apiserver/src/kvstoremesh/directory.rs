@@ -12,6 +12,7 @@ use std::{
 use kvstore::{
     Client, ClusterId, ClusterName, MaxConnectedClusters, RawEntry, SessionHandle, SyncStore,
     keys::StateKind,
+    remote::ClusterIds,
     remote::{ConfigFile, scan},
 };
 use notify::{RecursiveMode, Watcher};
@@ -23,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    cluster_ids::ClusterIds,
     metrics::KvstoremeshMetrics,
     mirror::{Mirror, Spec, Timing},
     status::{MirrorCell, StatusBoard},

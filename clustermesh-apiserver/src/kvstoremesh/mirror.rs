@@ -27,6 +27,7 @@ use std::{
 use kvstore::{
     Backoff, Client, ClusterId, ClusterName, KeyPrefix, MaxConnectedClusters, RawEntry,
     SessionHandle, StoreValue, SyncStore, keys,
+    remote::ClusterIds,
     remote::{ConfigFile, Failure, FailureKind},
     values::{ClusterConfig, ClusterConfigCapabilities, MirrorStatus, Timestamp},
 };
@@ -35,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    cluster_ids::ClusterIds,
     status::MirrorCell,
     stores::{Connection, KindStats, MirrorStores},
 };
@@ -249,50 +249,11 @@ impl Mirror {
 
     /// Connecting: TLS, the remote etcd's identity, its cluster config.
     async fn connect(&mut self) -> Result<(Client, ClusterConfig, ClusterId), Failure> {
-        let file = self
-            .file
-            .as_ref()
-            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.clone()))?;
-        let client_config = file
-            .client_config()
-            .map_err(|e| Failure::new(FailureKind::ConfigFileInvalid, e.full_message()))?;
-        let endpoints = file.endpoints.join(",");
-        let client = Client::connect(&client_config)
-            .await
-            .map_err(|e| Failure::from_etcd(&e))?;
-        let status = client.status().await.map_err(|e| Failure::from_etcd(&e))?;
-        if let Some(old) = self.pinned_etcd
-            && old != status.cluster_id
-        {
-            info!(
-                remote = %self.name,
-                old,
-                new = status.cluster_id,
-                "a different etcd cluster answers; re-listing everything"
-            );
-        }
-        self.pinned_etcd = Some(status.cluster_id);
-        let cluster_config = match client.get(&keys::cluster_config(&self.name)).await {
-            Ok(Some(kv)) => ClusterConfig::decode(self.name.as_str(), &kv.value)
-                .map_err(|e| Failure::new(FailureKind::ClusterConfigInvalid, e.to_string()))?,
-            Ok(None) => {
-                return Err(Failure::new(
-                    FailureKind::ClusterConfigMissing,
-                    format!(
-                        "{endpoints} has no cilium/cluster-config/{} (is its clustermesh-apiserver for this cluster?)",
-                        self.name
-                    ),
-                ));
-            }
-            Err(e) => return Err(Failure::from_etcd(&e)),
-        };
-        let id = kvstore::remote::accept_cluster_config(&cluster_config, self.local_id, self.mode)?;
-        self.ids.reserve(id, &self.name).map_err(|holder| {
-            Failure::new(
-                FailureKind::IdConflict,
-                format!("cluster ID {id} is already used by remote cluster {holder}"),
-            )
-        })?;
+        let (client, cluster_config) =
+            kvstore::remote::reach(&self.name, &self.file, &mut self.pinned_etcd).await?;
+        let id = self
+            .ids
+            .admit(&self.name, &cluster_config, self.local_id, self.mode)?;
         {
             let mut cell = self.cell.lock();
             cell.view.cluster_id = Some(id.get());

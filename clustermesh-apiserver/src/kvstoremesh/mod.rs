@@ -58,7 +58,6 @@
 //! judging a remote's values against the local cluster (the agents do).
 
 mod args;
-mod cluster_ids;
 mod config;
 mod directory;
 mod http;

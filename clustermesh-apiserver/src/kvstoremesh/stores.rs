@@ -8,13 +8,10 @@ use std::sync::Arc;
 
 use kvstore::{
     Client, ClusterName, Event, RawEntry, RestartableWatchStore, SessionHandle, SyncStatus,
-    SyncStore, SyncStoreConfig, WatchStoreConfig, WatchStoreStats,
+    SyncStore, SyncStoreConfig, WatchStoreConfig, WatchStoreStats, WatchTask,
     keys::{Source, StateKind},
 };
-use tokio::{
-    sync::mpsc,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -46,21 +43,11 @@ pub(super) struct KindStats {
 struct KindMirror {
     kind: StateKind,
     stats: Arc<WatchStoreStats>,
-    task: Task,
+    task: WatchTask<RawEntry>,
     cache: SyncStore<RawEntry>,
     /// Marks the cache synced after every event already sent (see
     /// [`forward`]).
     mark_synced: mpsc::UnboundedSender<()>,
-}
-
-enum Task {
-    Idle(Box<RestartableWatchStore<RawEntry>>),
-    Running {
-        token: CancellationToken,
-        task: JoinHandle<Box<RestartableWatchStore<RawEntry>>>,
-    },
-    /// Its task panicked: the store is lost (logged).
-    Lost,
 }
 
 impl KindMirror {
@@ -70,59 +57,23 @@ impl KindMirror {
         connection: &Connection<'_>,
         parent: &CancellationToken,
     ) {
-        let mut store = match std::mem::replace(&mut self.task, Task::Lost) {
-            Task::Idle(store) => store,
-            other => {
-                self.task = other;
-                return;
-            }
-        };
-        let source = connection.source;
-        store.set_prefix(
-            self.kind.prefix(remote, source),
-            Some(self.kind.relative_to(remote, source)),
-        );
-        store.set_canary(
-            connection
-                .canaries
-                .then(|| self.kind.canary(remote, source)),
-        );
-        let token = parent.child_token();
-        let client = connection.client.clone();
-        let task = {
-            let token = token.clone();
-            tokio::spawn(async move {
-                store.watch(&client, &token).await;
-                store
-            })
-        };
-        self.task = Task::Running { token, task };
+        let (kind, source) = (self.kind, connection.source);
+        self.task.start(connection.client, parent, |store| {
+            store.set_prefix(
+                kind.prefix(remote, source),
+                Some(kind.relative_to(remote, source)),
+            );
+            store.set_canary(connection.canaries.then(|| kind.canary(remote, source)));
+        });
     }
 
     async fn stop(&mut self) {
-        let (token, task) = match std::mem::replace(&mut self.task, Task::Lost) {
-            Task::Running { token, task } => (token, task),
-            other => {
-                self.task = other;
-                return;
-            }
-        };
-        token.cancel();
-        self.task = match task.await {
-            Ok(store) => Task::Idle(store),
-            Err(e) => {
-                error!(kind = self.kind.as_str(), error = %e, "a mirror's watch store failed; this kind is no longer mirrored");
-                Task::Lost
-            }
-        };
+        self.task.stop().await;
     }
 
     /// Stops the store and deletes what it delivered from the cache.
     async fn drain(&mut self) {
-        self.stop().await;
-        if let Task::Idle(store) = &mut self.task {
-            store.drain().await;
-        }
+        self.task.drain().await;
     }
 
     /// Empties the cache and marks it synced: the remote publishes nothing
@@ -182,7 +133,7 @@ impl MirrorStores {
                 KindMirror {
                     kind,
                     stats: store.stats(),
-                    task: Task::Idle(Box::new(store)),
+                    task: WatchTask::new(format!("{remote}/{}", kind.as_str()), store),
                     cache,
                     mark_synced,
                 }

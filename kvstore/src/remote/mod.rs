@@ -1,12 +1,17 @@
 //! What agents and kvstoremesh share about remote clusters: the config
 //! directory's files ([`RemoteClusterConfig`], [`scan`]), how a failed
 //! attempt is classified ([`Failure`], [`FailureKind`]), and the checks a
-//! remote's published cluster config must pass ([`accept_cluster_config`]).
+//! remote's published cluster config must pass ([`accept_cluster_config`],
+//! [`ClusterIds`]), and how a remote is reached ([`reach`]).
 
 mod accept;
+mod cluster_ids;
 mod config;
 mod failure;
+mod reach;
 
 pub use accept::accept_cluster_config;
+pub use cluster_ids::ClusterIds;
 pub use config::{ConfigFile, RemoteClusterConfig, scan};
 pub use failure::{Failure, FailureKind};
+pub use reach::reach;

@@ -1,26 +1,33 @@
 //! Which remote holds which cluster ID: two remotes may not claim the same
-//! one (as Cilium's `pkg/clustermesh/common/idsmgr.go`; the agent keeps the
-//! same registry for its direct connections). A mirror keeps its remote's ID
-//! while it is disconnected, since the cache still holds the remote's data
-//! under it; it is released on removal or refusal.
+//! one (as Cilium's `pkg/clustermesh/common/idsmgr.go`). Agents release a
+//! remote's ID when its connection ends; kvstoremesh keeps it while the
+//! remote is disconnected (its cache still holds the remote's data under
+//! it) and releases it on removal or refusal.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use kvstore::{ClusterId, ClusterName};
+use super::{
+    accept::accept_cluster_config,
+    failure::{Failure, FailureKind},
+};
+use crate::{
+    cluster::{ClusterId, ClusterName, MaxConnectedClusters},
+    values::ClusterConfig,
+};
 
 /// The registry, shared by every remote's connection.
 #[derive(Debug, Clone, Default)]
-pub(super) struct ClusterIds {
+pub struct ClusterIds {
     holders: Arc<Mutex<HashMap<ClusterId, ClusterName>>>,
 }
 
 impl ClusterIds {
     /// Gives `id` to `remote`, unless another remote holds it (returned).
     /// A remote holds one ID: what it held before is released.
-    pub(super) fn reserve(&self, id: ClusterId, remote: &ClusterName) -> Result<(), ClusterName> {
+    pub fn reserve(&self, id: ClusterId, remote: &ClusterName) -> Result<(), ClusterName> {
         let mut holders = self.holders.lock().expect("cluster IDs");
         match holders.get(&id) {
             Some(holder) if holder != remote => Err(holder.clone()),
@@ -32,8 +39,28 @@ impl ClusterIds {
         }
     }
 
+    /// Checks `remote`'s published cluster config against this cluster
+    /// ([`accept_cluster_config`]) and reserves its ID: an ID another
+    /// remote holds is an [`FailureKind::IdConflict`].
+    pub fn admit(
+        &self,
+        remote: &ClusterName,
+        config: &ClusterConfig,
+        local_id: ClusterId,
+        mode: MaxConnectedClusters,
+    ) -> Result<ClusterId, Failure> {
+        let id = accept_cluster_config(config, local_id, mode)?;
+        self.reserve(id, remote).map_err(|holder| {
+            Failure::new(
+                FailureKind::IdConflict,
+                format!("cluster ID {id} is already used by remote cluster {holder}"),
+            )
+        })?;
+        Ok(id)
+    }
+
     /// `remote` no longer holds an ID (disconnected, refused or removed).
-    pub(super) fn release(&self, remote: &ClusterName) {
+    pub fn release(&self, remote: &ClusterName) {
         self.holders
             .lock()
             .expect("cluster IDs")
@@ -43,8 +70,6 @@ impl ClusterIds {
 
 #[cfg(test)]
 mod tests {
-    use kvstore::MaxConnectedClusters;
-
     use super::*;
 
     #[test]
