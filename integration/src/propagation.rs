@@ -17,6 +17,9 @@ use kvstore::{NumericIdentity, StoreValue, keys, values::IpIdentityPair};
 
 use crate::TestMesh;
 
+/// Puts the writer has in flight at most.
+const MAX_PUTS_IN_FLIGHT: usize = 256;
+
 /// What a run measured (latencies in milliseconds).
 #[derive(Debug, Clone, Copy)]
 pub struct Propagation {
@@ -50,8 +53,9 @@ pub fn ip(a: u8, b: u8, i: usize) -> IpAddr {
 }
 
 /// Publishes `rate × seconds` host entries (in `10.150.0.0/16` and up,
-/// under identity `id`) in `from`'s etcd, `rate / 100` every 10 ms sent
-/// concurrently, and times each until every node of `to` has it.
+/// under identity `id`) in `from`'s etcd, `rate / 100` every 10 ms without
+/// waiting for the earlier ones, and times each from the moment its put is
+/// sent until every node of `to` has it.
 pub async fn measure(
     mesh: &TestMesh,
     from: &str,
@@ -92,29 +96,31 @@ pub async fn measure(
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let per_tick = (rate / 100).max(1) as usize;
-            let mut n = 0;
-            while n < total {
-                tick.tick().await;
-                let batch: Vec<usize> = (n..(n + per_tick).min(total)).collect();
-                n += batch.len();
-                let puts = batch.into_iter().map(|i| {
-                    let client = client.clone();
-                    let tx = tx.clone();
-                    async move {
-                        let addr = ip(10, 150, i);
-                        let pair = IpIdentityPair::host(addr, id, Some(node_ip));
-                        let start = Instant::now();
-                        let _ = tx.send((addr, start));
-                        client
-                            .put(&keys::ipcache().key(&pair.key()), pair.encode())
-                            .await
-                    }
-                });
-                for r in futures::future::join_all(puts).await {
-                    r?;
+            // Puts go out on schedule, without waiting for the earlier ones
+            // (etcd commits concurrent ones together); at most this many
+            // are in flight.
+            let mut in_flight = tokio::task::JoinSet::new();
+            for n in 0..total {
+                if n % per_tick == 0 {
+                    tick.tick().await;
                 }
+                while in_flight.len() >= MAX_PUTS_IN_FLIGHT {
+                    in_flight.join_next().await.expect("puts in flight")??;
+                }
+                let addr = ip(10, 150, n);
+                let pair = IpIdentityPair::host(addr, id, Some(node_ip));
+                let _ = tx.send((addr, Instant::now()));
+                let client = client.clone();
+                in_flight.spawn(async move {
+                    client
+                        .put(&keys::ipcache().key(&pair.key()), pair.encode())
+                        .await
+                });
             }
-            anyhow::Ok(n as f64 / started.elapsed().as_secs_f64())
+            while let Some(put) = in_flight.join_next().await {
+                put??;
+            }
+            anyhow::Ok(total as f64 / started.elapsed().as_secs_f64())
         })
     };
     let raw = tokio::spawn(async move {
@@ -139,9 +145,13 @@ pub async fn measure(
     let mut pending: Vec<(IpAddr, Instant, Vec<bool>)> = Vec::new();
     let mut latencies = Vec::with_capacity(total * maps.len());
     let mut written_at = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    // Every entry has until 30 s after the last one was written.
+    let mut deadline = Instant::now() + Duration::from_secs(seconds + 30);
     let mut received = 0;
     while (received < total || !pending.is_empty()) && Instant::now() < deadline {
+        if received < total {
+            deadline = Instant::now() + Duration::from_secs(30);
+        }
         while let Ok((addr, at)) = rx.try_recv() {
             pending.push((addr, at, vec![false; maps.len()]));
             written_at.insert(keys::ipcache().key(&addr.to_string()), at);

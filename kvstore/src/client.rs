@@ -474,6 +474,31 @@ impl Client {
         Ok(())
     }
 
+    /// Writes (`Some` value, attached to `lease` if any) and deletes
+    /// (`None`) several keys in one transaction: all or none, one commit in
+    /// etcd. The keys must be distinct, and at most etcd's `--max-txn-ops`
+    /// (128 by default).
+    pub async fn write_batch(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+        lease: Option<LeaseId>,
+    ) -> Result<(), Error> {
+        let Some(first) = writes.first().map(|(k, _)| k.clone()) else {
+            return Ok(());
+        };
+        let ops: Vec<TxnOp> = writes
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => {
+                    TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l.0)))
+                }
+                None => TxnOp::delete(key, None),
+            })
+            .collect();
+        self.txn("write", &first, Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
     /// Deletes a key. Returns whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let mut kv = self.kv();

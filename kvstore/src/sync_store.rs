@@ -31,8 +31,11 @@ pub struct SyncStoreConfig {
     /// Full key of the canary to write once the initial set is written
     /// (`cilium/synced/<cluster>/<store>`). Default: none.
     pub canary: Option<String>,
-    /// Writes in flight at once. Default 32.
+    /// Transactions in flight at once. Default 8.
     pub concurrency: usize,
+    /// Keys written (or deleted) per transaction: one etcd commit, and one
+    /// fsync, for all of them. Default 64 (etcd takes at most 128).
+    pub txn_keys: usize,
     /// Keys written per round before commands are read again. Default 1,024.
     pub batch: usize,
     /// Name for logs. Default: the prefix.
@@ -58,7 +61,8 @@ impl SyncStoreConfig {
             name: prefix.to_string(),
             prefix,
             canary: None,
-            concurrency: 32,
+            concurrency: 8,
+            txn_keys: 64,
             batch: 1_024,
             after: None,
             exclusive: false,
@@ -383,17 +387,14 @@ impl SyncStoreRunner {
                 .collect();
             let client = &self.client;
             let writes: Vec<_> = batch
-                .into_iter()
-                .map(|key| {
-                    let full = self.config.prefix.key(&key);
-                    let value = desired.keys.get(&key).cloned();
-                    async move {
-                        let result = match value {
-                            Some(value) => client.put_leased(&full, value, lease).await.map(|_| ()),
-                            None => client.delete(&full).await.map(|_| ()),
-                        };
-                        (key, result)
-                    }
+                .chunks(self.config.txn_keys.max(1))
+                .map(|keys| {
+                    let ops: Vec<(String, Option<Vec<u8>>)> = keys
+                        .iter()
+                        .map(|key| (self.config.prefix.key(key), desired.keys.get(key).cloned()))
+                        .collect();
+                    let keys = keys.to_vec();
+                    async move { (keys, client.write_batch(ops, Some(lease)).await) }
                 })
                 .collect();
             let results: Vec<_> = stream::iter(writes)
@@ -401,10 +402,12 @@ impl SyncStoreRunner {
                 .collect()
                 .await;
             let mut first_error = None;
-            for (key, result) in results {
+            for (keys, result) in results {
                 match result {
                     Ok(()) => {
-                        desired.dirty.remove(&key);
+                        for key in keys {
+                            desired.dirty.remove(&key);
+                        }
                     }
                     Err(e) => {
                         first_error.get_or_insert(e);
