@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Each session ends with a [`SessionEnd`]; failures carry a
-//! [`FailureKind`](super::failure::FailureKind). The stores outlive the
+//! [`FailureKind`](kvstore::remote::FailureKind). The stores outlive the
 //! sessions, so a new connection delivers only the difference.
 
 use std::{
@@ -24,7 +24,7 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClusterId, ClusterName, MaxConnectedClusters, StoreValue, keys,
-    remote::ClusterIds,
+    remote::{ClusterIds, Probe, Reachability, probe},
     values::{ClusterConfig, MirrorStatus},
 };
 use tokio::sync::watch;
@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use super::{
     config::ConfigFile,
-    failure::{Failure, FailureKind, Resync, SessionEnd},
+    failure::{Failure, Resync, SessionEnd},
     status::RemoteStatus,
     stores::{Connection, RemoteStores},
 };
@@ -49,30 +49,6 @@ pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// half a minute (jittered).
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// How long a remote has been unreachable, across its sessions, for the
-/// service cache TTL.
-#[derive(Debug, Default)]
-struct Reachability {
-    /// Since when nothing answered (`None` while it answers).
-    since: Option<Instant>,
-    /// The remote's services were dropped after the TTL.
-    services_dropped: bool,
-}
-
-impl Reachability {
-    fn unreachable(&mut self) {
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    /// When the services go, if a TTL is set and they are still there.
-    fn services_deadline(&self, ttl: Option<Duration>) -> Option<Instant> {
-        match (ttl, self.since) {
-            (Some(ttl), Some(since)) if !self.services_dropped => Some(since + ttl),
-            _ => None,
-        }
-    }
-}
 
 /// What a session's attempt to connect or wait was interrupted by.
 enum Interrupt {
@@ -412,36 +388,16 @@ impl RemoteCluster {
                 Some(Interrupt::Shutdown) => return SessionEnd::Shutdown,
                 Some(Interrupt::ConfigChanged) => return self.config_changed(config),
             }
-            let reachable = match client.status().await {
-                Ok(s) if Some(s.cluster_id) != self.pinned_etcd => {
-                    return SessionEnd::Failed(Failure::new(
-                        FailureKind::EtcdChanged,
-                        format!(
-                            "etcd cluster ID changed from {:?} to {}",
-                            self.pinned_etcd, s.cluster_id
-                        ),
-                    ));
-                }
-                Ok(s) if s.revision > 0 && s.revision < highest_revision => {
-                    // The remote etcd lost its data (wiped, same cluster
-                    // ID): start over with a full list, whatever its
-                    // watches noticed.
-                    return SessionEnd::Resync(Resync::RevisionWentBackwards {
-                        seen: highest_revision,
-                        now: s.revision,
-                    });
-                }
-                Ok(s) => {
-                    highest_revision = highest_revision.max(s.revision);
-                    true
-                }
-                Err(e) => {
-                    self.status.unreachable(&Failure::from_etcd(&e));
+            let reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
+                Probe::Answers => true,
+                Probe::Unreachable(failure) => {
+                    self.status.unreachable(&failure);
                     false
                 }
+                Probe::End(end) => return end,
             };
             if reachable {
-                self.reach.since = None;
+                self.reach.answers();
                 if self.reach.services_dropped {
                     // The services store was drained: reconnect, so that a
                     // new list restores them.

@@ -27,9 +27,8 @@ use std::{
 use kvstore::{
     Backoff, Client, ClusterId, ClusterName, KeyPrefix, MaxConnectedClusters, RawEntry,
     SessionHandle, StoreValue, SyncStore, keys,
-    remote::ClusterIds,
-    remote::{ConfigFile, Failure, FailureKind},
-    values::{ClusterConfig, ClusterConfigCapabilities, MirrorStatus, Timestamp},
+    remote::{ClusterIds, ConfigFile, Failure, Probe, Reachability, Resync, SessionEnd, probe},
+    values::{ClusterConfig, ClusterConfigCapabilities, MirrorStatus},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -70,29 +69,6 @@ pub(super) struct Spec {
     pub(super) timing: Timing,
 }
 
-/// Why a connection must start over at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resync {
-    ConfigChanged,
-    /// The remote etcd's revision went below one already seen: it lost its
-    /// data (wiped, same cluster ID).
-    RevisionWentBackwards {
-        seen: i64,
-        now: i64,
-    },
-    /// The remote answers again after its services were dropped.
-    ReachableAgain,
-}
-
-/// How a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SessionEnd {
-    Shutdown,
-    Removed,
-    Resync(Resync),
-    Failed(Failure),
-}
-
 /// How the wait after a removal ended.
 enum Removal {
     /// The drain delay passed: delete the cache.
@@ -100,32 +76,6 @@ enum Removal {
     /// The file is back: connect again.
     Returned,
     Shutdown,
-}
-
-/// How long the remote has not answered, across connections, for the
-/// service cache TTL and the status.
-#[derive(Debug, Default)]
-struct Reachability {
-    since: Option<(Instant, SystemTime)>,
-    services_dropped: bool,
-}
-
-impl Reachability {
-    fn unreachable(&mut self) {
-        self.since
-            .get_or_insert_with(|| (Instant::now(), SystemTime::now()));
-    }
-
-    fn services_deadline(&self, ttl: Option<Duration>) -> Option<Instant> {
-        match (ttl, self.since) {
-            (Some(ttl), Some((since, _))) if !self.services_dropped => Some(since + ttl),
-            _ => None,
-        }
-    }
-
-    fn since_rfc3339(&self) -> Option<String> {
-        self.since.map(|(_, t)| Timestamp(t).to_rfc3339())
-    }
 }
 
 pub(super) struct Mirror {
@@ -304,38 +254,21 @@ impl Mirror {
                 _ = config_change(config) => return self.config_changed(config),
                 _ = check.tick() => {}
             }
-            let outage = match client.status().await {
-                Ok(s) if Some(s.cluster_id) != self.pinned_etcd => {
-                    return SessionEnd::Failed(Failure::new(
-                        FailureKind::EtcdChanged,
-                        format!(
-                            "etcd cluster ID changed from {:?} to {}; re-listing everything",
-                            self.pinned_etcd, s.cluster_id
-                        ),
-                    ));
-                }
-                Ok(s) if s.revision > 0 && s.revision < highest_revision => {
-                    return SessionEnd::Resync(Resync::RevisionWentBackwards {
-                        seen: highest_revision,
-                        now: s.revision,
-                    });
-                }
-                Ok(s) => {
-                    highest_revision = highest_revision.max(s.revision);
-                    None
-                }
-                Err(e) => Some(Failure::from_etcd(&e)),
+            let outage = match probe(client, self.pinned_etcd, &mut highest_revision).await {
+                Probe::Answers => None,
+                Probe::Unreachable(failure) => Some(failure),
+                Probe::End(end) => return end,
             };
             match &outage {
                 None => {
-                    self.reach.since = None;
+                    self.reach.answers();
                     if self.reach.services_dropped {
                         return SessionEnd::Resync(Resync::ReachableAgain);
                     }
                     self.backoff.reset();
                 }
                 Some(failure) => {
-                    if self.reach.since.is_none() {
+                    if !self.reach.is_unreachable() {
                         // One outage, one failure.
                         self.count_failure(failure);
                     }

@@ -2,16 +2,20 @@
 //! directory's files ([`RemoteClusterConfig`], [`scan`]), how a failed
 //! attempt is classified ([`Failure`], [`FailureKind`]), and the checks a
 //! remote's published cluster config must pass ([`accept_cluster_config`],
-//! [`ClusterIds`]), and how a remote is reached ([`reach`]).
+//! [`ClusterIds`]), how a remote is reached ([`reach`]) and checked while
+//! connected ([`probe`], [`Reachability`]), and how a session ends
+//! ([`SessionEnd`]).
 
 mod accept;
 mod cluster_ids;
 mod config;
 mod failure;
 mod reach;
+mod session;
 
 pub use accept::accept_cluster_config;
 pub use cluster_ids::ClusterIds;
 pub use config::{ConfigFile, RemoteClusterConfig, scan};
 pub use failure::{Failure, FailureKind};
 pub use reach::reach;
+pub use session::{Probe, Reachability, Resync, SessionEnd, probe};
