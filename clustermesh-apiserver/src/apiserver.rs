@@ -7,7 +7,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use certs::TlsListener;
 
@@ -22,6 +22,7 @@ use crate::{
     lock_service::LockService,
     maintenance_service::MaintenanceService,
     metrics::Metrics,
+    spawn::spawn_logged,
     upstream::{Upstream, UpstreamError},
     watch_hub::WatchHub,
     watch_service::WatchService,
@@ -231,32 +232,23 @@ impl Apiserver {
         let tasks = TaskTracker::new();
         // The reloader's handle must outlive the metrics that read it.
         let tls_handle = tls.handle();
-        tasks.spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = tls.run(shutdown).await {
-                    error!(error = %e, "watching the TLS files failed; certificates will not be reloaded");
-                }
-            }
-        });
+        spawn_logged(
+            &tasks,
+            "watching the TLS files failed; certificates will not be reloaded",
+            tls.run(shutdown.clone()),
+        );
         let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
         tasks.spawn(listener.run(accepted, shutdown.clone()));
-        tasks.spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = publisher.run(shutdown).await {
-                    error!(error = %e, "publishing the cluster config stopped");
-                }
-            }
-        });
-        tasks.spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = health.run(shutdown).await {
-                    error!(error = %e, "the health and metrics server stopped");
-                }
-            }
-        });
+        spawn_logged(
+            &tasks,
+            "publishing the cluster config stopped",
+            publisher.run(shutdown.clone()),
+        );
+        spawn_logged(
+            &tasks,
+            "the health and metrics server stopped",
+            health.run(shutdown.clone()),
+        );
         tasks.spawn(hub.clone().run(shutdown.clone()));
         tasks.spawn(relist_on_lost_lease(
             publisher_status.session_changes(),

@@ -83,7 +83,10 @@ impl HealthServer {
     }
 }
 
-fn json(health: &daemon::Health) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+/// A health answer: the JSON body every daemon uses, with its status code.
+pub(crate) fn json(
+    health: &daemon::Health,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
     (
         StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         [(header::CONTENT_TYPE, "application/json")],
@@ -124,8 +127,15 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<HealthState>>) -> impl IntoResponse {
+    encode_metrics(&state.registry)
+}
+
+/// `registry` in the Prometheus (OpenMetrics) text format.
+pub(crate) fn encode_metrics(
+    registry: &Registry,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
         Ok(()) => (
             StatusCode::OK,
             [(

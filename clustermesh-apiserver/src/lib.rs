@@ -49,6 +49,7 @@ mod maintenance_service;
 mod metrics;
 mod proto_codec;
 mod role;
+mod spawn;
 mod upstream;
 mod watch_hub;
 mod watch_service;

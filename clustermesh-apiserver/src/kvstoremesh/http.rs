@@ -1,17 +1,12 @@
 use std::sync::Arc;
 
-use axum::{
-    Json, Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::get,
-};
+use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::status::StatusBoard;
+use crate::health_server::{encode_metrics, json};
 
 /// kvstoremesh's plain HTTP:
 ///
@@ -50,14 +45,6 @@ impl HttpServer {
     }
 }
 
-fn json(health: &daemon::Health) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    (
-        StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-        [(header::CONTENT_TYPE, "application/json")],
-        health.to_json(),
-    )
-}
-
 async fn healthz() -> impl IntoResponse {
     json(&daemon::Health::liveness([(
         "process",
@@ -79,20 +66,5 @@ async fn status(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "encoding the metrics failed\n".to_owned(),
-        ),
-    }
+    encode_metrics(&state.registry)
 }

@@ -72,9 +72,11 @@ use std::{fmt, io, net::SocketAddr, time::Instant};
 
 use kvstore::{Client, KeyPrefix, RawEntry, Session, SyncStore, SyncStoreConfig, keys};
 use prometheus_client::registry::Registry;
+
+use crate::spawn::spawn_logged;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{error, info};
+use tracing::info;
 
 pub use self::{
     args::{KvstoremeshArgs, kvstoremesh_env},
@@ -202,38 +204,31 @@ impl Kvstoremesh {
         let (cluster_configs, cluster_configs_runner) =
             store(keys::CLUSTER_CONFIG, "remote cluster configs");
         let (statuses, statuses_runner) = store(keys::KVSTOREMESH, "mirror statuses");
-        for (what, runner) in [
-            ("remote cluster configs", cluster_configs_runner),
-            ("mirror statuses", statuses_runner),
-        ] {
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(e) = runner.run(shutdown).await {
-                    error!(error = %e, "writing the {what} stopped");
-                }
-            });
-        }
-        tasks.spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = session.run(shutdown).await {
-                    error!(error = %e, "the session lease stopped");
-                }
-            }
-        });
-        tasks.spawn({
-            let server = HttpServer {
-                listener,
-                board: board.clone(),
-                registry,
-            };
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(e) = server.run(shutdown).await {
-                    error!(error = %e, "the health, metrics and status server stopped");
-                }
-            }
-        });
+        spawn_logged(
+            &tasks,
+            "writing the remote cluster configs stopped",
+            cluster_configs_runner.run(shutdown.clone()),
+        );
+        spawn_logged(
+            &tasks,
+            "writing the mirror statuses stopped",
+            statuses_runner.run(shutdown.clone()),
+        );
+        spawn_logged(
+            &tasks,
+            "the session lease stopped",
+            session.run(shutdown.clone()),
+        );
+        let server = HttpServer {
+            listener,
+            board: board.clone(),
+            registry,
+        };
+        spawn_logged(
+            &tasks,
+            "the health, metrics and status server stopped",
+            server.run(shutdown.clone()),
+        );
         info!(
             cluster = %config.cluster_name,
             cluster_id = config.cluster_id.get(),

@@ -9,13 +9,9 @@ use crate::harness::{Mesh, Remote, cache, expected_cache, list, name, sample_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_claiming_another_remotes_id_is_refused() {
     let (c2, c3) = (name("c2"), name("c3"));
-    let first = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    first.write_config(dir.path(), "");
-    let state = sample_state(&c2, 2);
-    first.put_all(&state).await;
-    first.write_canaries().await;
+    let (first, state) = Remote::start_published("c2", 2, dir.path(), "").await;
     let mesh = Mesh::start(&local, dir.path(), |_| {}).await;
     mesh.wait_ready().await;
     crate::harness::cache_becomes(&local, &expected_cache(&c2, &state), "c2 mirrored").await;

@@ -144,6 +144,23 @@ impl Remote {
         }
     }
 
+    /// Starts remote `remote` (ID `id`) with [`sample_state`] published and
+    /// its canaries written, and writes its file into `dir` (with `extra`
+    /// YAML lines): what most tests mirror. Returns the state too.
+    pub(crate) async fn start_published(
+        remote: &str,
+        id: u32,
+        dir: &Path,
+        extra: &str,
+    ) -> (Self, BTreeMap<String, Vec<u8>>) {
+        let started = Self::start(remote, id).await;
+        started.write_config(dir, extra);
+        let state = sample_state(&started.name, id);
+        started.put_all(&state).await;
+        started.write_canaries().await;
+        (started, state)
+    }
+
     pub(crate) async fn stop(mut self) {
         self.stop_apiserver().await;
     }

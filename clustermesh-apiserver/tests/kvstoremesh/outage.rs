@@ -17,13 +17,10 @@ use crate::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_remote_keeps_its_cache_and_reconciles() {
     let c2 = name("c2");
-    let mut remote = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    remote.write_config(dir.path(), "service-cache-ttl: 3s\n");
-    let mut state = sample_state(&c2, 2);
-    remote.put_all(&state).await;
-    remote.write_canaries().await;
+    let (mut remote, mut state) =
+        Remote::start_published("c2", 2, dir.path(), "service-cache-ttl: 3s\n").await;
     let mesh = Mesh::start(&local, dir.path(), |_| {}).await;
     mesh.wait_ready().await;
     cache_becomes(&local, &expected_cache(&c2, &state), "initially").await;

@@ -6,20 +6,16 @@ use std::time::Duration;
 use etcd_harness::TestEtcd;
 
 use crate::{
-    harness::{Mesh, Remote, cache, cache_becomes, expected_cache, list, name, sample_state},
+    harness::{Mesh, Remote, cache, cache_becomes, expected_cache, list, name},
     support::eventually,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_remote_is_drained_after_the_delay() {
     let c2 = name("c2");
-    let remote = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    remote.write_config(dir.path(), "");
-    let state = sample_state(&c2, 2);
-    remote.put_all(&state).await;
-    remote.write_canaries().await;
+    let (remote, state) = Remote::start_published("c2", 2, dir.path(), "").await;
     let mesh = Mesh::start(&local, dir.path(), |c| {
         c.drain_delay = Duration::from_secs(3);
     })
@@ -68,13 +64,9 @@ async fn a_removed_remote_is_drained_after_the_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_comes_back_cancels_the_drain() {
     let c2 = name("c2");
-    let remote = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    remote.write_config(dir.path(), "");
-    let state = sample_state(&c2, 2);
-    remote.put_all(&state).await;
-    remote.write_canaries().await;
+    let (remote, state) = Remote::start_published("c2", 2, dir.path(), "").await;
     let delay = Duration::from_secs(2);
     let mesh = Mesh::start(&local, dir.path(), |c| c.drain_delay = delay).await;
     mesh.wait_ready().await;

@@ -6,22 +6,16 @@ use etcd_harness::TestEtcd;
 use kvstore::keys::{Source, StateKind};
 
 use crate::{
-    harness::{
-        Mesh, Remote, cache_becomes, cache_key, expected_cache, name, node, node_key, sample_state,
-    },
+    harness::{Mesh, Remote, cache_becomes, cache_key, expected_cache, name, node, node_key},
     support::{current_revision, direct_client, watch_until},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_never_deletes_what_still_exists_remotely() {
     let c2 = name("c2");
-    let remote = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    remote.write_config(dir.path(), "");
-    let mut state = sample_state(&c2, 2);
-    remote.put_all(&state).await;
-    remote.write_canaries().await;
+    let (remote, mut state) = Remote::start_published("c2", 2, dir.path(), "").await;
     let mesh = Mesh::start(&local, dir.path(), |_| {}).await;
     mesh.wait_ready().await;
     cache_becomes(&local, &expected_cache(&c2, &state), "before the restart").await;

@@ -7,19 +7,15 @@ use std::collections::BTreeMap;
 use etcd_harness::TestEtcd;
 
 use crate::harness::{
-    Mesh, Remote, cache_becomes, expected_cache, identity_key, ip_key, name, node_key, sample_state,
+    Mesh, Remote, cache_becomes, expected_cache, identity_key, ip_key, name, node_key,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_remote_etcd_is_swept_to_its_new_state() {
     let c2 = name("c2");
-    let mut remote = Remote::start("c2", 2).await;
     let local = TestEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    remote.write_config(dir.path(), "");
-    let state = sample_state(&c2, 2);
-    remote.put_all(&state).await;
-    remote.write_canaries().await;
+    let (mut remote, state) = Remote::start_published("c2", 2, dir.path(), "").await;
     let mesh = Mesh::start(&local, dir.path(), |_| {}).await;
     mesh.wait_ready().await;
     cache_becomes(&local, &expected_cache(&c2, &state), "before the wipe").await;
