@@ -23,11 +23,12 @@ use std::{
 };
 
 use kvstore::{
-    Backoff, Client, ClusterId, ClusterName, MaxConnectedClusters, StoreValue, keys,
+    Backoff, Client, ClusterId, ClusterName, Event, KeyPrefix, MaxConnectedClusters, WatchStore,
+    WatchStoreConfig, keys,
     remote::{ClusterIds, Probe, Reachability, probe},
     values::{ClusterConfig, MirrorStatus},
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -376,12 +377,38 @@ impl RemoteCluster {
         // this session come back with that list.
         self.reach = Reachability::default();
         let mut highest_revision = 0;
+        // Through kvstoremesh: how it sees this remote, followed with a
+        // watch (shared upstream by the apiserver's fan-out) for as long as
+        // the session lasts.
+        let mirror_watch = shutdown.child_token();
+        let _stop_mirror_watch = mirror_watch.clone().drop_guard();
+        let mut mirror_events = cached.then(|| {
+            let (store, rx) = WatchStore::<MirrorStatus>::new(
+                client.clone(),
+                WatchStoreConfig::new(KeyPrefix::new(keys::KVSTOREMESH))
+                    .with_name(format!("{}/kvstoremesh status", self.name)),
+            );
+            tokio::spawn(store.run(mirror_watch));
+            rx
+        });
+        let mut mirror: Option<MirrorStatus> = None;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         loop {
             let interrupted = tokio::select! {
                 _ = shutdown.cancelled() => Some(Interrupt::Shutdown),
                 _ = config_change(config) => Some(Interrupt::ConfigChanged),
                 _ = check.tick() => None,
+                event = next_event(&mut mirror_events) => {
+                    match event {
+                        Some(Event::Upsert { key, value }) if key == self.name.as_str() => {
+                            mirror = Some(value);
+                        }
+                        Some(Event::Delete { key }) if key == self.name.as_str() => mirror = None,
+                        Some(_) => {}
+                        None => mirror_events = None,
+                    }
+                    continue;
+                }
             };
             match interrupted {
                 None => {}
@@ -414,28 +441,22 @@ impl RemoteCluster {
                     self.drop_services(ttl).await;
                 }
             }
-            let mirror = if cached && reachable {
-                self.mirror_status(client).await
-            } else {
-                None
-            };
             self.status.update(
                 &self.name,
                 reachable,
                 &self.stores.stats(),
                 cached,
-                mirror.as_ref(),
+                mirror.as_ref().filter(|_| reachable),
             );
         }
     }
 }
 
-impl RemoteCluster {
-    /// How the local kvstoremesh sees this remote, if it says (and its
-    /// value is valid).
-    async fn mirror_status(&self, client: &Client) -> Option<MirrorStatus> {
-        let kv = client.get(&keys::mirror_status(&self.name)).await.ok()??;
-        MirrorStatus::decode(self.name.as_str(), &kv.value).ok()
+/// The next event of a watch that may not exist (never, then).
+async fn next_event<V>(rx: &mut Option<mpsc::Receiver<Event<V>>>) -> Option<Event<V>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
