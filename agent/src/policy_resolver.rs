@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use bpf::{IDENTITY_ANY, L4Match, PolicyKey, Protocol};
 use kvstore::{
     CLUSTER_LABEL, Labels, NAMESPACE_LABEL, NumericIdentity,
-    values::{Entity, L4Protocol, LabelSelector, PolicyDocument, PortProtocol},
+    values::{Entity, L4Protocol, LabelSelector, PolicyDocument, Port, PortProtocol},
 };
 
 use crate::endpoint::EndpointId;
@@ -211,6 +211,15 @@ fn compile_peers(
                 identities.extend([NumericIdentity::HOST, NumericIdentity::REMOTE_NODE]);
                 selectors.push(LabelSelector::labels([(CLUSTER_LABEL, local_cluster)]));
             }
+            // Not resolved yet: admit nothing.
+            Entity::WorldIpv4
+            | Entity::WorldIpv6
+            | Entity::Init
+            | Entity::Ingress
+            | Entity::Unmanaged
+            | Entity::Health
+            | Entity::None
+            | Entity::KubeApiserver => {}
         }
     }
     if any {
@@ -233,7 +242,11 @@ fn compile_ports(ports: &[&PortProtocol]) -> Vec<L4Match> {
         }
     };
     for p in ports {
-        match (p.protocol, p.port) {
+        // Named ports are not resolved yet: they admit nothing.
+        let Port::Number(port) = &p.port else {
+            continue;
+        };
+        match (p.protocol, *port) {
             (L4Protocol::Any, 0) => push(L4Match::Any),
             (L4Protocol::Any, port) => {
                 push(L4Match::Port(Protocol::Tcp, port));
@@ -244,6 +257,8 @@ fn compile_ports(ports: &[&PortProtocol]) -> Vec<L4Match> {
             (L4Protocol::Udp, 0) => push(L4Match::Protocol(Protocol::Udp)),
             (L4Protocol::Tcp, port) => push(L4Match::Port(Protocol::Tcp, port)),
             (L4Protocol::Udp, port) => push(L4Match::Port(Protocol::Udp, port)),
+            // Not enforced yet: admit nothing.
+            (L4Protocol::Sctp | L4Protocol::IcmpV6, _) => {}
         }
     }
     out

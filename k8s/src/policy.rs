@@ -28,7 +28,8 @@ pub fn object_key(kind: PolicyKind, obj: &DynamicObject) -> String {
 }
 
 /// The policy document of `obj`, validated: either the whole policy or
-/// the reason none of it applies.
+/// the reason none of it applies, naming the field at fault
+/// (`spec.ingress[0].toPorts[0].ports[1].endPort: ...`).
 pub fn document(kind: PolicyKind, obj: &DynamicObject) -> Result<PolicyDocument, PolicyError> {
     let kind_name = match kind {
         PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
@@ -48,9 +49,7 @@ pub fn document(kind: PolicyKind, obj: &DynamicObject) -> Result<PolicyDocument,
             doc[field] = v.clone();
         }
     }
-    let doc: PolicyDocument = serde_json::from_value(doc).map_err(PolicyError::Json)?;
-    doc.validate()?;
-    Ok(doc)
+    PolicyDocument::from_json_value(doc)
 }
 
 /// The `Valid` condition the operator writes on a policy: `True`, or
@@ -121,7 +120,17 @@ mod tests {
             "spec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{}]\n    toPortz: []\n",
         );
         let e = document(PolicyKind::CiliumNetworkPolicy, &unknown).unwrap_err();
-        assert!(e.to_string().contains("toPortz"), "{e}");
+        assert!(e.to_string().contains("spec.ingress[0].toPortz"), "{e}");
+        let backwards = obj(
+            PolicyKind::CiliumNetworkPolicy,
+            "spec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"80\", endPort: 79}]}]\n",
+        );
+        let e = document(PolicyKind::CiliumNetworkPolicy, &backwards).unwrap_err();
+        let c = valid_condition(&Err(e), None, "2026-12-02T00:00:00Z");
+        assert_eq!(
+            c["message"],
+            "spec.egress[0].toPorts[0].ports[0].endPort: 79 is below port 80; nothing of this policy is enforced"
+        );
         let bad_selector = obj(
             PolicyKind::CiliumNetworkPolicy,
             "spec:\n  endpointSelector:\n    matchExpressions: [{key: app, operator: Sometimes, values: [x]}]\n",
