@@ -271,7 +271,7 @@ fn ingest() -> Result<Ingest> {
     );
     dp.endpoints().upsert(
         &EndpointKey { ifindex: 1 },
-        &EndpointInfo::new(9, dst_id, true),
+        &EndpointInfo::new(9, dst_id, bpf::EndpointPolicy::ingress(9)),
     )?;
     dp.ipcache().upsert(
         &IpCacheKey::host(IpAddr::V4(src)),
@@ -426,7 +426,7 @@ fn throughput() -> Result<(Vec<f64>, Vec<f64>)> {
             netns: Some(pair.node.path().to_owned()),
             endpoint_id,
             identity,
-            policy_enforced: true,
+            policy: bpf::EndpointPolicy::ingress(endpoint_id),
         })?;
     }
     let directory = |ingestor: &FlowIngestor| {

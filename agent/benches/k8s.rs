@@ -454,6 +454,20 @@ fn policy_rounds(
         .iter()
         .map(|n| PolicyMap::open_pinned(&n.bpffs, POLICY_MAP))
         .collect::<Result<Vec<_>, _>>()?;
+    let endpoint_maps = nodes
+        .iter()
+        .map(|n| bpf::EndpointMap::open_pinned(&n.bpffs, bpf::ENDPOINTS_MAP))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The policy the target endpoint of node k follows (its entries are
+    // keyed by that policy's id).
+    let policy_of = |k: usize, endpoint_id: u32| -> Option<u32> {
+        endpoint_maps[k]
+            .dump()
+            .ok()?
+            .into_values()
+            .find(|i| i.endpoint_id == endpoint_id)
+            .map(|i| i.policy().policy_id)
+    };
     let resource = k8s::crd::api_resource(PolicyKind::CiliumNetworkPolicy);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
     let raw = RawWatch::start(rt, api.clone())?;
@@ -462,21 +476,20 @@ fn policy_rounds(
     for round in 0..=usize::from(POLICY_ROUNDS) {
         let port = FIRST_PORT + round as u16;
         let name = format!("bench-allow-{port}");
-        let keys: Vec<PolicyKey> = targets
-            .iter()
-            .map(|t| {
+        let key = |k: usize| {
+            policy_of(k, targets[k].endpoint.id.get()).map(|policy_id| {
                 PolicyKey::ingress(
-                    t.endpoint.id.get(),
+                    policy_id,
                     client_identity,
                     L4Match::Port(Protocol::Tcp, port),
                 )
             })
-            .collect();
+        };
         let policy = allow_client(&name, port);
         let start = Instant::now();
         rt.block_on(api.create(&PostParams::default(), &policy))?;
         let agent = until_every_node(&name, start, maps.len(), |k| {
-            maps[k].get(&keys[k]).ok().flatten().is_some()
+            key(k).is_some_and(|key| maps[k].get(&key).ok().flatten().is_some())
         })?;
         let raw = raw.arrival(&name, start)?;
         if round > 0 {

@@ -18,9 +18,9 @@ use std::{
 };
 
 use bpf::{
-    BackendKey, BackendValue, DatapathError, EndpointAttach, EndpointDetach, EndpointInfo,
-    EndpointKey, IpCacheKey, IpCacheValue, L4Match, MapError, PolicyKey, PolicyValue, ServiceKey,
-    ServiceValue, plan, service_entries,
+    BackendKey, BackendValue, DatapathError, Direction, EndpointAttach, EndpointDetach,
+    EndpointInfo, EndpointKey, EndpointPolicy, IpCacheKey, IpCacheValue, MapError, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, plan, service_entries,
 };
 use ipnet::IpNet;
 use tracing::debug;
@@ -211,6 +211,12 @@ impl DatapathSync {
         })
     }
 
+    /// Whether deletions wait for the sync (entries from before a restart
+    /// are still in place).
+    pub(crate) fn holding(&self) -> bool {
+        self.hold_deletes
+    }
+
     /// The maps as written (for dumps).
     pub(crate) fn datapath(&self) -> &dyn DatapathMaps {
         self.dp.as_ref()
@@ -238,68 +244,123 @@ impl DatapathSync {
         }
     }
 
-    /// Replaces the policy entries of endpoint `endpoint_id` with `keys`.
-    pub(crate) fn set_endpoint_policy(
+    /// Replaces the entries of policy `policy_id` with `entries` (empty:
+    /// the policy goes).
+    pub(crate) fn set_policy(
         &mut self,
-        endpoint_id: EndpointId,
-        keys: &BTreeSet<PolicyKey>,
+        policy_id: u32,
+        entries: &BTreeMap<PolicyKey, PolicyValue>,
     ) {
-        for old in self.policy_keys_of(endpoint_id) {
-            if !keys.contains(&old) {
+        let (lo, hi) = PolicyKey::bounds(policy_id);
+        for old in self.policy_keys_in(lo, hi) {
+            if !entries.contains_key(&old) {
                 self.policy.set(old, None);
             }
         }
-        for key in keys {
-            self.policy.set(*key, Some(PolicyValue::ALLOW));
+        for (key, value) in entries {
+            self.policy.set(*key, Some(*value));
         }
     }
 
-    /// Adds policy entries (an identity that a rule now admits).
-    pub(crate) fn add_policy_keys(&mut self, keys: impl IntoIterator<Item = PolicyKey>) {
-        for key in keys {
-            self.policy.set(key, Some(PolicyValue::ALLOW));
-        }
-    }
-
-    /// Removes the entries of `endpoint_id` that name identity `identity`.
-    pub(crate) fn remove_policy_identity(&mut self, endpoint_id: EndpointId, identity: u32) {
-        for key in self.policy_keys_of(endpoint_id) {
-            if key.sec_identity == identity {
-                self.policy.set(key, None);
+    /// Replaces the entries of policy `policy_id` that name `identity`.
+    pub(crate) fn set_policy_identity(
+        &mut self,
+        policy_id: u32,
+        identity: u32,
+        entries: Vec<(PolicyKey, PolicyValue)>,
+    ) {
+        for direction in Direction::ALL {
+            let (lo, hi) = PolicyKey::identity_bounds(policy_id, direction, identity);
+            for old in self.policy_keys_in(lo, hi) {
+                if !entries.iter().any(|(k, _)| *k == old) {
+                    self.policy.set(old, None);
+                }
             }
         }
+        for (key, value) in entries {
+            self.policy.set(key, Some(value));
+        }
     }
 
-    /// The desired policy entries of an endpoint.
-    pub(crate) fn policy_keys_of(&self, endpoint_id: EndpointId) -> Vec<PolicyKey> {
-        let lo = PolicyKey::ingress(endpoint_id.get(), 0, L4Match::Any);
-        let hi = PolicyKey::ingress(endpoint_id.get().saturating_add(1), 0, L4Match::Any);
-        let written = self.policy.written.range(lo..hi).map(|(k, _)| *k);
-        let pending = self.policy.pending.upserts.range(lo..hi).map(|(k, _)| *k);
+    /// The desired entries of a policy.
+    pub(crate) fn policy_entries(&self, policy_id: u32) -> Vec<(PolicyKey, PolicyValue)> {
+        let (lo, hi) = PolicyKey::bounds(policy_id);
+        self.policy_keys_in(lo, hi)
+            .into_iter()
+            .filter_map(|k| self.policy.desired(&k).map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Desired keys in `lo..=hi`.
+    fn policy_keys_in(&self, lo: PolicyKey, hi: PolicyKey) -> Vec<PolicyKey> {
+        let written = self.policy.written.range(lo..=hi).map(|(k, _)| *k);
+        let pending = self.policy.pending.upserts.range(lo..=hi).map(|(k, _)| *k);
         let mut all: BTreeSet<PolicyKey> = written.chain(pending).collect();
         all.retain(|k| self.policy.desired(k).is_some());
         all.into_iter().collect()
     }
 
-    /// Sets an endpoint's configuration (its identity, enforcement). Before
-    /// the sync, enforcement is never switched off: a rule the partial view
+    /// Policy ids that entries or endpoints use (written or queued), e.g.
+    /// what the pinned maps held before a restart.
+    pub(crate) fn policy_ids_in_use(&self) -> BTreeSet<u32> {
+        let mut ids: BTreeSet<u32> = self.policy.written.keys().map(|k| k.policy_id).collect();
+        ids.extend(self.policy.pending.upserts.keys().map(|k| k.policy_id));
+        ids.extend(
+            self.endpoints
+                .written
+                .values()
+                .map(|i| i.policy().policy_id),
+        );
+        ids.extend(
+            self.endpoints
+                .pending
+                .upserts
+                .values()
+                .map(|i| i.policy().policy_id),
+        );
+        ids.remove(&0);
+        ids
+    }
+
+    /// The policy endpoint `endpoint_id` followed as written (before a
+    /// restart: what the pinned map held).
+    pub(crate) fn written_policy(&self, endpoint_id: EndpointId) -> Option<EndpointPolicy> {
+        self.endpoints
+            .written
+            .values()
+            .find(|i| i.endpoint_id == endpoint_id.get())
+            .map(EndpointInfo::policy)
+    }
+
+    /// Sets an endpoint's configuration (its identity, policy). Before the
+    /// sync, enforcement is never switched off: a rule the partial view
     /// lacks would otherwise open the endpoint to everything.
     pub(crate) fn set_endpoint_info(&mut self, ifindex: u32, info: Option<EndpointInfo>) {
         let key = EndpointKey { ifindex };
         self.held_enforcement.remove(&key);
         let info = info.map(|info| {
-            let was_enforced = self
-                .endpoints
-                .desired(&key)
-                .is_some_and(|i| i.policy_enforced());
-            if self.hold_deletes && was_enforced && !info.policy_enforced() {
-                self.held_enforcement.insert(key, info);
-                info.with_policy_enforced(true)
-            } else {
-                info
+            let was = self.endpoints.desired(&key).map(|i| i.policy());
+            match self.held(info.policy(), was) {
+                Some(held) => {
+                    self.held_enforcement.insert(key, info);
+                    info.with_policy(held)
+                }
+                None => info,
             }
         });
         self.endpoints.set(key, info);
+    }
+
+    /// What to write instead of `policy` before the sync when it would
+    /// switch off enforcement `was` had (`None`: write it as it is).
+    fn held(&self, policy: EndpointPolicy, was: Option<EndpointPolicy>) -> Option<EndpointPolicy> {
+        let was = was.filter(|_| self.hold_deletes)?;
+        let held = EndpointPolicy {
+            ingress: policy.ingress || was.ingress,
+            egress: policy.egress || was.egress,
+            ..policy
+        };
+        (held != policy).then_some(held)
     }
 
     /// Programs the services: every frontend with its slots; frontends not
@@ -368,9 +429,12 @@ impl DatapathSync {
             // true, so it is written at once. Only the sweep of what the
             // pinned map held before the restart waits for the sync.
             flush_pending(&mut self.ipcache, self.dp.ipcache(), false)?,
-            self.policy.flush(self.dp.policy(), self.hold_deletes)?,
+            // New entries, then endpoints that switch to them, then the
+            // entries no policy or endpoint uses any more.
+            self.policy.flush(self.dp.policy(), true)?,
             self.endpoints
                 .flush(self.dp.endpoints(), self.hold_deletes)?,
+            self.policy.flush(self.dp.policy(), self.hold_deletes)?,
         ] {
             stats.upserts += s.upserts;
             stats.deletes += s.deletes;
@@ -412,27 +476,22 @@ impl DatapathSync {
         host_ifname: &str,
         endpoint_id: EndpointId,
         identity: u32,
-        enforced: bool,
+        policy: EndpointPolicy,
     ) -> Result<u32, DatapathError> {
         // Before the sync, an endpoint that was enforced before the restart
         // stays enforced (its old policy entries are still in place).
-        let was_enforced = self.hold_deletes
-            && self
-                .endpoints
-                .written
-                .values()
-                .any(|i| i.endpoint_id == endpoint_id.get() && i.policy_enforced());
-        let written_enforced = enforced || was_enforced;
+        let held = self.held(policy, self.written_policy(endpoint_id));
+        let written = held.unwrap_or(policy);
         let ifindex = self.dp.attach_endpoint(&EndpointAttach {
             ifname: host_ifname.to_string(),
             netns: self.node_netns.clone(),
             endpoint_id: endpoint_id.get(),
             identity,
-            policy_enforced: written_enforced,
+            policy: written,
         })?;
         let key = EndpointKey { ifindex };
-        let info = EndpointInfo::new(endpoint_id.get(), identity, enforced);
-        if written_enforced != enforced {
+        let info = EndpointInfo::new(endpoint_id.get(), identity, policy);
+        if held.is_some() {
             self.held_enforcement.insert(key, info);
         } else {
             self.held_enforcement.remove(&key);
@@ -440,24 +499,18 @@ impl DatapathSync {
         // attach wrote the endpoint entry itself.
         self.endpoints
             .written
-            .insert(key, info.with_policy_enforced(written_enforced));
-        self.endpoints
-            .pending
-            .deletes
-            .remove(&EndpointKey { ifindex });
-        self.endpoints
-            .pending
-            .upserts
-            .remove(&EndpointKey { ifindex });
+            .insert(key, info.with_policy(written));
+        self.endpoints.pending.deletes.remove(&key);
+        self.endpoints.pending.upserts.remove(&key);
         Ok(ifindex)
     }
 
-    /// Detaches the programs and removes the endpoint's entries.
+    /// Detaches the programs and removes the endpoint's entry (its policy
+    /// is the caller's: other endpoints may share it).
     pub(crate) fn detach(
         &mut self,
         host_ifname: &str,
         ifindex: Option<u32>,
-        endpoint_id: EndpointId,
     ) -> Result<(), DatapathError> {
         let result = self.dp.detach_endpoint(&EndpointDetach {
             ifname: host_ifname.to_string(),
@@ -471,7 +524,6 @@ impl DatapathSync {
                 .upserts
                 .remove(&EndpointKey { ifindex });
         }
-        self.set_endpoint_policy(endpoint_id, &BTreeSet::new());
         match result {
             // The veth is already gone: nothing is attached any more.
             Err(DatapathError::NoInterface { .. }) => Ok(()),

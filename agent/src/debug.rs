@@ -133,37 +133,62 @@ pub fn run_debug(args: &DebugArgs) -> Result<String, ClientError> {
             json,
             &client.get::<PolicyView>(&format!("/v1/policy/{endpoint}"))?,
             |p| {
-                let mut out = format!(
-                    "endpoint {}: ingress {}\npolicies: {}\n",
-                    p.endpoint,
-                    if p.enforced {
+                let mode = |enforced: bool| {
+                    if enforced {
                         "enforced (default deny)"
                     } else {
                         "not enforced (allow all)"
-                    },
+                    }
+                };
+                let mut out = format!(
+                    "endpoint {} (policy {}): ingress {}, egress {}\npolicies: {}\n",
+                    p.endpoint,
+                    p.policy_id,
+                    mode(p.ingress_enforced),
+                    mode(p.egress_enforced),
                     if p.policies.is_empty() {
                         "-".into()
                     } else {
                         p.policies.join(", ")
                     }
                 );
+                if !p.unresolved_ports.is_empty() {
+                    out.push_str(&format!(
+                        "named ports the endpoint does not declare (nothing allowed): {}\n",
+                        p.unresolved_ports.join(", ")
+                    ));
+                }
                 out.push_str(&table(
-                    &["IDENTITY", "PROTOCOL", "PORT", "LABELS"],
+                    &[
+                        "DIRECTION",
+                        "ACTION",
+                        "IDENTITY",
+                        "PROTOCOL",
+                        "PORT",
+                        "RULE",
+                        "LABELS",
+                    ],
                     p.entries
                         .iter()
                         .map(|e| {
                             vec![
+                                e.direction.clone(),
+                                e.action.clone(),
                                 if e.identity == 0 {
                                     "any".into()
                                 } else {
                                     e.identity.to_string()
                                 },
                                 e.protocol.clone(),
-                                if e.port == 0 {
-                                    "any".into()
-                                } else {
-                                    e.port.to_string()
+                                match (e.port, e.port_end) {
+                                    (0, 0) => "any".into(),
+                                    (a, _) if e.protocol.starts_with("icmp") => {
+                                        format!("type {}", a >> 8)
+                                    }
+                                    (a, b) if a == b => a.to_string(),
+                                    (a, b) => format!("{a}-{b}"),
                                 },
+                                e.rule.clone(),
                                 e.identity_labels.clone().unwrap_or_default(),
                             ]
                         })

@@ -48,7 +48,8 @@ pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use hubble::{FlowIngestor, HubbleConfig};
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
-    EndpointRules, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
+    DirectionRules, EndpointRules, NamedPorts, RuleCookies, RuleRef, cidr_identity_labels,
+    cidr_prefixes, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
 };
 pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{

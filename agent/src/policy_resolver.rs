@@ -1,64 +1,294 @@
 //! Pure policy resolution: which rules select an endpoint, and which policy
 //! map entries follow from them for the identities of the mesh.
 //!
-//! Semantics (DESIGN §8):
-//! - An endpoint selected by no rule allows everything; once selected, its
-//!   ingress is default-deny and only what some rule allows passes.
+//! Semantics (DESIGN §8, Cilium's where the design is silent):
+//! - A direction of an endpoint is enforced (default deny) once a rule that
+//!   selects the endpoint has rules for that direction (`ingress` or
+//!   `ingressDeny`; `egress` or `egressDeny`), unless that rule's
+//!   `enableDefaultDeny` says otherwise. Other endpoints allow everything.
+//! - Deny rules win over allow rules, whatever their specificity.
 //! - A `CiliumNetworkPolicy` applies to endpoints of its namespace; its
-//!   `fromEndpoints` selectors are confined to its namespace unless they name
-//!   `io.kubernetes.pod.namespace` themselves.
-//! - Selectors that do not name `io.cilium.k8s.policy.cluster` select the
-//!   LOCAL cluster only (the safe default); a rule names the cluster label
-//!   to admit remote clusters.
-//! - No `fromEndpoints`/`fromEntities` admits every peer (on the listed
-//!   ports); no `toPorts` admits every port.
+//!   endpoint selectors of peers are confined to its namespace unless they
+//!   name `io.kubernetes.pod.namespace` themselves.
+//! - Peer selectors that do not name `io.cilium.k8s.policy.cluster` select
+//!   the LOCAL cluster only (the safe default).
+//! - A rule with no peers but with ports admits every peer on those ports;
+//!   a rule with neither (`{}`) admits nothing. No ports = every port.
+//! - CIDR peers select the node-local CIDR identities of prefixes inside
+//!   the CIDR and outside every `except` (longest prefix wins in the
+//!   ipcache, so an `except` prefix has an identity of its own); a CIDR of
+//!   length 0 also selects the world identities. Endpoints of the mesh keep
+//!   their own identities: CIDR peers never select them.
+//! - `world` selects the world identities and every CIDR identity.
+//!
+//! Endpoints whose rules compile the same share one policy (one set of map
+//! entries); the agent keys them by [`EndpointRules`].
 
-use std::collections::BTreeSet;
-
-use bpf::{IDENTITY_ANY, L4Match, PolicyKey, Protocol};
-use kvstore::{
-    CLUSTER_LABEL, Labels, NAMESPACE_LABEL, NumericIdentity,
-    values::{Entity, L4Protocol, LabelSelector, PolicyDocument, Port, PortProtocol},
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
 };
 
-use crate::endpoint::EndpointId;
+use bpf::{Direction, IDENTITY_ANY, L4Match, PolicyAction, PolicyKey, PolicyValue, Protocol};
+use ipnet::IpNet;
+use kvstore::{
+    CLUSTER_LABEL, Label, Labels, NAMESPACE_LABEL, NumericIdentity, StoreValue,
+    values::{
+        CidrRule, Entity, IcmpFamily, L4Protocol, LabelSelector, PeerRule, PolicyDocument,
+        PolicySpec, Port,
+    },
+};
 
-/// Who a compiled ingress rule admits.
+/// Label source of CIDR identities (`cidr:10.0.0.0/8`).
+pub(crate) const CIDR_SOURCE: &str = "cidr";
+
+/// The labels of the node-local identity of a CIDR prefix: `cidr:<prefix>`
+/// and `reserved:world`, as Cilium gives them.
+pub fn cidr_identity_labels(prefix: IpNet) -> Labels {
+    let mut labels = Labels::new();
+    labels.insert(Label::new(CIDR_SOURCE, prefix.trunc().to_string(), ""));
+    labels.insert(Label::new("reserved", "world", ""));
+    labels
+}
+
+/// The prefix of a CIDR identity's labels.
+fn cidr_of(labels: &Labels) -> Option<IpNet> {
+    labels
+        .iter()
+        .find(|l| l.source == CIDR_SOURCE)
+        .and_then(|l| l.key.parse().ok())
+}
+
+/// Every prefix the policies name in CIDR peers (rules and their
+/// exceptions) that needs an identity of its own: all but `/0`, which is
+/// the world.
+pub fn cidr_prefixes<'a>(
+    policies: impl IntoIterator<Item = &'a PolicyDocument>,
+) -> BTreeSet<IpNet> {
+    let mut out = BTreeSet::new();
+    for doc in policies {
+        for spec in doc.rules() {
+            for peer in peer_rules(spec).map(|(_, _, _, p)| p) {
+                for c in &peer.cidrs {
+                    out.extend(
+                        std::iter::once(c.cidr.0)
+                            .chain(c.except.iter().map(|e| e.0))
+                            .filter(|n| n.prefix_len() > 0)
+                            .map(|n| n.trunc()),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a compiled rule came from: the policy, the rule's path in it, and
+/// what it does (for flows and status).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    /// `<namespace>/<name>` or `_clusterwide/<name>`.
+    pub policy: String,
+    /// e.g. `specs[1].egressDeny[0]`.
+    pub path: String,
+    pub direction: Direction,
+    pub action: PolicyAction,
+}
+
+/// Stable small numbers for rules (the cookies of policy map entries, which
+/// flows carry back).
+#[derive(Debug, Default)]
+pub struct RuleCookies {
+    by_rule: HashMap<RuleRef, u32>,
+    rules: Vec<RuleRef>,
+}
+
+impl RuleCookies {
+    /// The cookie of `rule` (numbered from 1 in order of first use).
+    pub fn cookie(&mut self, rule: &RuleRef) -> u32 {
+        if let Some(c) = self.by_rule.get(rule) {
+            return *c;
+        }
+        self.rules.push(rule.clone());
+        let cookie = self.rules.len() as u32;
+        self.by_rule.insert(rule.clone(), cookie);
+        cookie
+    }
+
+    /// The rule of a cookie.
+    pub fn rule(&self, cookie: u32) -> Option<&RuleRef> {
+        self.rules.get((cookie as usize).checked_sub(1)?)
+    }
+}
+
+/// Who a compiled rule is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Peers {
     /// Every identity (a wildcard entry).
     Any,
-    /// Identities matching any of these (already confined) selectors, plus
-    /// these fixed identities.
+    /// Identities matching any of these.
     Some {
+        /// Endpoint selectors, already confined to namespace and cluster.
         selectors: Vec<LabelSelector>,
+        /// Fixed (reserved) identities.
         identities: BTreeSet<NumericIdentity>,
+        /// CIDR identities inside one of these and outside its exceptions.
+        cidrs: Vec<(IpNet, Vec<IpNet>)>,
     },
 }
 
-/// One ingress rule, compiled for the endpoints it selects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CompiledIngress {
-    peers: Peers,
-    ports: Vec<L4Match>,
+impl Peers {
+    fn matches(&self, id: NumericIdentity, labels: Option<&Labels>) -> bool {
+        let Self::Some {
+            selectors,
+            identities,
+            cidrs,
+        } = self
+        else {
+            return false;
+        };
+        if identities.contains(&id) {
+            return true;
+        }
+        let Some(labels) = labels else {
+            return false;
+        };
+        if let Some(prefix) = cidr_of(labels) {
+            return cidrs.iter().any(|(net, except)| {
+                net.contains(&prefix) && !except.iter().any(|e| e.contains(&prefix))
+            });
+        }
+        selectors.iter().any(|s| s.matches(labels))
+    }
+
+    fn fixed(&self) -> impl Iterator<Item = NumericIdentity> + '_ {
+        match self {
+            Self::Any => None,
+            Self::Some { identities, .. } => Some(identities.iter().copied()),
+        }
+        .into_iter()
+        .flatten()
+    }
 }
 
-/// The rules that apply to one endpoint.
+/// One rule, compiled for the endpoints it selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CompiledRule {
+    peers: Peers,
+    l4: Vec<L4Match>,
+    action: PolicyAction,
+    cookie: u32,
+}
+
+/// The rules of one direction of an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectionRules {
+    /// Default deny in this direction.
+    pub enforced: bool,
+    rules: Vec<CompiledRule>,
+}
+
+/// The rules that apply to one endpoint. Endpoints with equal rules share
+/// their policy map entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointRules {
-    /// Some rule selects the endpoint: ingress is default-deny.
-    pub enforced: bool,
+    pub ingress: DirectionRules,
+    pub egress: DirectionRules,
     /// Names of the policies that select it (for status output).
     pub policies: Vec<String>,
-    ingress: Vec<CompiledIngress>,
+    /// Named ports of rules that the endpoint does not declare (nothing is
+    /// allowed for them).
+    pub unresolved_ports: Vec<String>,
+}
+
+impl EndpointRules {
+    /// Whether some direction is enforced.
+    pub fn enforced(&self) -> bool {
+        self.ingress.enforced || self.egress.enforced
+    }
+
+    /// The rules of `direction`.
+    pub fn direction(&self, direction: Direction) -> &DirectionRules {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    fn direction_mut(&mut self, direction: Direction) -> &mut DirectionRules {
+        match direction {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
+}
+
+/// The ports an endpoint declares by name (`http` → TCP 8080).
+pub type NamedPorts = BTreeMap<String, Vec<(Protocol, u16)>>;
+
+/// Every section of a rule: direction, allow or deny, path, peers.
+fn peer_rules(
+    spec: &PolicySpec,
+) -> impl Iterator<Item = (Direction, PolicyAction, String, PeerRule<'_>)> {
+    let ingress = spec.ingress.iter().enumerate().map(|(i, r)| {
+        (
+            Direction::Ingress,
+            PolicyAction::Allow,
+            format!("ingress[{i}]"),
+            r.peer_rule(),
+        )
+    });
+    let ingress_deny = spec.ingress_deny.iter().enumerate().map(|(i, r)| {
+        (
+            Direction::Ingress,
+            PolicyAction::Deny,
+            format!("ingressDeny[{i}]"),
+            r.peer_rule(),
+        )
+    });
+    let egress = spec.egress.iter().enumerate().map(|(i, r)| {
+        (
+            Direction::Egress,
+            PolicyAction::Allow,
+            format!("egress[{i}]"),
+            r.peer_rule(),
+        )
+    });
+    let egress_deny = spec.egress_deny.iter().enumerate().map(|(i, r)| {
+        (
+            Direction::Egress,
+            PolicyAction::Deny,
+            format!("egressDeny[{i}]"),
+            r.peer_rule(),
+        )
+    });
+    ingress.chain(ingress_deny).chain(egress).chain(egress_deny)
+}
+
+/// Whether `spec` makes `direction` default-deny for what it selects.
+fn enables_default_deny(spec: &PolicySpec, direction: Direction) -> bool {
+    let (has, setting) = match direction {
+        Direction::Ingress => (
+            !spec.ingress.is_empty() || !spec.ingress_deny.is_empty(),
+            spec.enable_default_deny.as_ref().and_then(|d| d.ingress),
+        ),
+        Direction::Egress => (
+            !spec.egress.is_empty() || !spec.egress_deny.is_empty(),
+            spec.enable_default_deny.as_ref().and_then(|d| d.egress),
+        ),
+    };
+    has && setting.unwrap_or(true)
 }
 
 /// Compiles the rules of `policies` that select an endpoint with `labels`
-/// (which include its namespace and cluster labels) in `local_cluster`.
+/// (which include its namespace and cluster labels) in `local_cluster`,
+/// with the endpoint's `named_ports`; cookies number the rules.
 pub fn rules_for_endpoint<'a>(
     labels: &Labels,
     policies: impl IntoIterator<Item = &'a PolicyDocument>,
     local_cluster: &str,
+    named_ports: &NamedPorts,
+    cookies: &mut RuleCookies,
 ) -> EndpointRules {
     let mut out = EndpointRules::default();
     let namespace = labels.value(NAMESPACE_LABEL);
@@ -67,117 +297,179 @@ pub fn rules_for_endpoint<'a>(
         if doc_ns.is_some() && doc_ns != namespace {
             continue;
         }
+        let key = doc.key();
+        let many = doc.rules().count() > 1 || doc.spec.is_none();
         let mut selected = false;
-        for rule in doc.rules() {
-            if !rule.endpoint_selector.matches(labels) {
+        for (index, spec) in doc.rules().enumerate() {
+            if !spec.endpoint_selector.matches(labels) {
                 continue;
             }
             selected = true;
-            for ingress in &rule.ingress {
-                out.ingress.push(CompiledIngress {
-                    peers: compile_peers(
-                        ingress.from_endpoints.as_deref(),
-                        ingress.from_entities.as_deref(),
-                        doc_ns,
-                        local_cluster,
-                    ),
-                    ports: compile_ports(
-                        &ingress
-                            .to_ports
-                            .iter()
-                            .flat_map(|p| p.ports.iter())
-                            .collect::<Vec<_>>(),
-                    ),
+            for direction in Direction::ALL {
+                if enables_default_deny(spec, direction) {
+                    out.direction_mut(direction).enforced = true;
+                }
+            }
+            let spec_path = if many {
+                format!("specs[{index}]")
+            } else {
+                "spec".to_string()
+            };
+            for (direction, action, path, peer) in peer_rules(spec) {
+                if !peer.has_l3() && !peer.has_l4() {
+                    continue; // `{}`: admits nothing
+                }
+                let rule = RuleRef {
+                    policy: key.clone(),
+                    path: format!("{spec_path}.{path}"),
+                    direction,
+                    action,
+                };
+                let (l4, unresolved) = compile_l4(&peer, direction, named_ports);
+                out.unresolved_ports.extend(unresolved);
+                if l4.is_empty() {
+                    continue;
+                }
+                let peers = compile_peers(&peer, doc_ns, local_cluster);
+                let cookie = cookies.cookie(&rule);
+                out.direction_mut(direction).rules.push(CompiledRule {
+                    peers,
+                    l4,
+                    action,
+                    cookie,
                 });
             }
         }
         if selected {
-            out.enforced = true;
-            out.policies.push(doc.key_name());
+            out.policies.push(key);
         }
     }
+    out.unresolved_ports.sort();
+    out.unresolved_ports.dedup();
     out
 }
 
-/// The policy entries that admitting identity `id` (with `labels`) adds for
-/// endpoint `endpoint_id`. Wildcard entries are not included (see
-/// [`wildcard_entries`]).
+/// What the rules say about one identity in one direction: the entries
+/// (keyed by L4 match) after deny precedence, as the datapath's longest
+/// match needs them: an allow that a deny of the same identity covers
+/// becomes that deny.
+fn group_entries(
+    rules: &DirectionRules,
+    id: NumericIdentity,
+    labels: Option<&Labels>,
+    any: bool,
+) -> BTreeMap<L4Match, (PolicyAction, u32)> {
+    let mut group: BTreeMap<L4Match, (PolicyAction, u32)> = BTreeMap::new();
+    for rule in &rules.rules {
+        let selected = if any {
+            rule.peers == Peers::Any
+        } else {
+            rule.peers.matches(id, labels)
+        };
+        if !selected {
+            continue;
+        }
+        for l4 in &rule.l4 {
+            let e = group.entry(*l4).or_insert((rule.action, rule.cookie));
+            if rule.action == PolicyAction::Deny && e.0 == PolicyAction::Allow {
+                *e = (rule.action, rule.cookie);
+            }
+        }
+    }
+    let denies: Vec<(L4Match, u32)> = group
+        .iter()
+        .filter(|(_, (a, _))| *a == PolicyAction::Deny)
+        .map(|(l4, (_, c))| (*l4, *c))
+        .collect();
+    for (l4, entry) in group.iter_mut() {
+        if entry.0 == PolicyAction::Allow
+            && let Some((_, cookie)) = denies.iter().find(|(d, _)| d.covers(l4))
+        {
+            *entry = (PolicyAction::Deny, *cookie);
+        }
+    }
+    group
+}
+
+fn keyed(
+    policy_id: u32,
+    direction: Direction,
+    identity: u32,
+    group: BTreeMap<L4Match, (PolicyAction, u32)>,
+) -> impl Iterator<Item = (PolicyKey, PolicyValue)> {
+    group.into_iter().map(move |(l4, (action, cookie))| {
+        let key = PolicyKey::new(policy_id, direction, identity, l4);
+        (key, PolicyValue::new(action, &key, cookie))
+    })
+}
+
+/// The entries of policy `policy_id` that name identity `id` (with
+/// `labels`, `None` when the identity is gone: fixed identities such as
+/// `host` still match). Replaces every earlier entry of that identity.
 pub fn entries_for_identity(
-    endpoint_id: EndpointId,
+    policy_id: u32,
     rules: &EndpointRules,
     id: NumericIdentity,
-    labels: &Labels,
-) -> Vec<PolicyKey> {
-    let mut out = Vec::new();
-    for rule in &rules.ingress {
-        if let Peers::Some {
-            selectors,
-            identities,
-        } = &rule.peers
-            && (identities.contains(&id) || selectors.iter().any(|s| s.matches(labels)))
-        {
-            out.extend(
-                rule.ports
-                    .iter()
-                    .map(|l4| PolicyKey::ingress(endpoint_id.get(), id.get(), *l4)),
-            );
-        }
-    }
-    out
-}
-
-/// The identity-independent entries (rules that admit every peer).
-pub fn wildcard_entries(endpoint_id: EndpointId, rules: &EndpointRules) -> Vec<PolicyKey> {
-    rules
-        .ingress
-        .iter()
-        .filter(|r| r.peers == Peers::Any)
-        .flat_map(|r| {
-            r.ports
-                .iter()
-                .map(|l4| PolicyKey::ingress(endpoint_id.get(), IDENTITY_ANY, *l4))
+    labels: Option<&Labels>,
+) -> Vec<(PolicyKey, PolicyValue)> {
+    Direction::ALL
+        .into_iter()
+        .flat_map(|direction| {
+            let group = group_entries(rules.direction(direction), id, labels, false);
+            keyed(policy_id, direction, id.get(), group)
         })
         .collect()
 }
 
-/// Every entry of an endpoint for the identities of the mesh.
+/// The identity-independent entries (rules that name every peer).
+pub fn wildcard_entries(policy_id: u32, rules: &EndpointRules) -> Vec<(PolicyKey, PolicyValue)> {
+    Direction::ALL
+        .into_iter()
+        .flat_map(|direction| {
+            let group = group_entries(
+                rules.direction(direction),
+                NumericIdentity::UNKNOWN,
+                None,
+                true,
+            );
+            keyed(policy_id, direction, IDENTITY_ANY, group)
+        })
+        .collect()
+}
+
+/// Every entry of a policy for the identities of the mesh.
 pub fn resolve<'a>(
-    endpoint_id: EndpointId,
+    policy_id: u32,
     rules: &EndpointRules,
     identities: impl IntoIterator<Item = (NumericIdentity, &'a Labels)>,
-) -> BTreeSet<PolicyKey> {
-    let mut out: BTreeSet<PolicyKey> = wildcard_entries(endpoint_id, rules).into_iter().collect();
+) -> BTreeMap<PolicyKey, PolicyValue> {
+    let mut out: BTreeMap<PolicyKey, PolicyValue> =
+        wildcard_entries(policy_id, rules).into_iter().collect();
+    let mut seen = BTreeSet::new();
     for (id, labels) in identities {
-        out.extend(entries_for_identity(endpoint_id, rules, id, labels));
+        seen.insert(id);
+        out.extend(entries_for_identity(policy_id, rules, id, Some(labels)));
     }
     // Fixed identities (entities) need no labels.
-    for rule in &rules.ingress {
-        if let Peers::Some { identities, .. } = &rule.peers {
-            for id in identities {
-                out.extend(
-                    rule.ports
-                        .iter()
-                        .map(|l4| PolicyKey::ingress(endpoint_id.get(), id.get(), *l4)),
-                );
-            }
-        }
+    let fixed: BTreeSet<NumericIdentity> = [&rules.ingress, &rules.egress]
+        .into_iter()
+        .flat_map(|d| d.rules.iter().flat_map(|r| r.peers.fixed()))
+        .filter(|id| !seen.contains(id))
+        .collect();
+    for id in fixed {
+        out.extend(entries_for_identity(policy_id, rules, id, None));
     }
     out
 }
 
-fn compile_peers(
-    from_endpoints: Option<&[LabelSelector]>,
-    from_entities: Option<&[Entity]>,
-    doc_ns: Option<&str>,
-    local_cluster: &str,
-) -> Peers {
-    if from_endpoints.is_none() && from_entities.is_none() {
+fn compile_peers(peer: &PeerRule<'_>, doc_ns: Option<&str>, local_cluster: &str) -> Peers {
+    if !peer.has_l3() {
         return Peers::Any;
     }
     let mut selectors = Vec::new();
     let mut identities = BTreeSet::new();
-    let mut any = false;
-    for sel in from_endpoints.into_iter().flatten() {
+    let mut cidrs = Vec::new();
+    for sel in peer.endpoints.into_iter().flatten() {
         let mut sel = sel.clone();
         if let Some(ns) = doc_ns
             && !sel.mentions(NAMESPACE_LABEL)
@@ -191,15 +483,41 @@ fn compile_peers(
         }
         selectors.push(sel);
     }
-    for entity in from_entities.into_iter().flatten() {
+    let world = [
+        NumericIdentity::WORLD,
+        NumericIdentity::WORLD_IPV4,
+        NumericIdentity::WORLD_IPV6,
+    ];
+    let all_v4: IpNet = "0.0.0.0/0".parse().expect("valid");
+    let all_v6: IpNet = "::/0".parse().expect("valid");
+    for CidrRule { cidr, except } in &peer.cidrs {
+        let net = cidr.0.trunc();
+        let except: Vec<IpNet> = except.iter().map(|e| e.0.trunc()).collect();
+        if net.prefix_len() == 0 {
+            // Unknown addresses are the world (2), whatever their family.
+            identities.insert(NumericIdentity::WORLD);
+            identities.insert(match net.addr() {
+                IpAddr::V4(_) => NumericIdentity::WORLD_IPV4,
+                IpAddr::V6(_) => NumericIdentity::WORLD_IPV6,
+            });
+        }
+        cidrs.push((net, except));
+    }
+    for entity in peer.entities.into_iter().flatten() {
         match entity {
-            Entity::All => any = true,
+            Entity::All => return Peers::Any,
             Entity::World => {
-                identities.extend([
-                    NumericIdentity::WORLD,
-                    NumericIdentity::WORLD_IPV4,
-                    NumericIdentity::WORLD_IPV6,
-                ]);
+                identities.extend(world);
+                cidrs.push((all_v4, Vec::new()));
+                cidrs.push((all_v6, Vec::new()));
+            }
+            Entity::WorldIpv4 => {
+                identities.extend([NumericIdentity::WORLD, NumericIdentity::WORLD_IPV4]);
+                cidrs.push((all_v4, Vec::new()));
+            }
+            Entity::WorldIpv6 => {
+                identities.extend([NumericIdentity::WORLD, NumericIdentity::WORLD_IPV6]);
+                cidrs.push((all_v6, Vec::new()));
             }
             Entity::Host => {
                 identities.insert(NumericIdentity::HOST);
@@ -207,70 +525,106 @@ fn compile_peers(
             Entity::RemoteNode => {
                 identities.insert(NumericIdentity::REMOTE_NODE);
             }
+            Entity::Init => {
+                identities.insert(NumericIdentity::INIT);
+            }
+            Entity::Health => {
+                identities.insert(NumericIdentity::HEALTH);
+            }
+            Entity::Unmanaged => {
+                identities.insert(NumericIdentity::UNMANAGED);
+            }
+            Entity::KubeApiserver => {
+                identities.insert(NumericIdentity::KUBE_APISERVER);
+            }
+            Entity::Ingress => {
+                identities.insert(NumericIdentity::INGRESS);
+            }
+            Entity::None => {}
             Entity::Cluster => {
-                identities.extend([NumericIdentity::HOST, NumericIdentity::REMOTE_NODE]);
+                identities.extend([
+                    NumericIdentity::HOST,
+                    NumericIdentity::REMOTE_NODE,
+                    NumericIdentity::INIT,
+                    NumericIdentity::HEALTH,
+                    NumericIdentity::UNMANAGED,
+                    NumericIdentity::KUBE_APISERVER,
+                    NumericIdentity::INGRESS,
+                ]);
                 selectors.push(LabelSelector::labels([(CLUSTER_LABEL, local_cluster)]));
             }
-            // Not resolved yet: admit nothing.
-            Entity::WorldIpv4
-            | Entity::WorldIpv6
-            | Entity::Init
-            | Entity::Ingress
-            | Entity::Unmanaged
-            | Entity::Health
-            | Entity::None
-            | Entity::KubeApiserver => {}
         }
-    }
-    if any {
-        return Peers::Any;
     }
     Peers::Some {
         selectors,
         identities,
+        cidrs,
     }
 }
 
-fn compile_ports(ports: &[&PortProtocol]) -> Vec<L4Match> {
-    if ports.is_empty() {
-        return vec![L4Match::Any];
+/// The L4 matches of a rule, and the named ports it uses that the endpoint
+/// does not declare. Named ports are resolved for ingress only (the
+/// destination is the endpoint itself); in egress rules they match nothing.
+fn compile_l4(
+    peer: &PeerRule<'_>,
+    direction: Direction,
+    named_ports: &NamedPorts,
+) -> (Vec<L4Match>, Vec<String>) {
+    if !peer.has_l4() {
+        return (vec![L4Match::Any], Vec::new());
     }
     let mut out: Vec<L4Match> = Vec::new();
+    let mut unresolved = Vec::new();
     let mut push = |l4: L4Match| {
         if !out.contains(&l4) {
             out.push(l4);
         }
     };
-    for p in ports {
-        // Named ports are not resolved yet: they admit nothing.
-        let Port::Number(port) = &p.port else {
-            continue;
+    for p in peer.to_ports.iter().flat_map(|r| r.ports.iter()) {
+        let protocols: &[Protocol] = match p.protocol {
+            L4Protocol::Tcp => &[Protocol::Tcp],
+            L4Protocol::Udp => &[Protocol::Udp],
+            L4Protocol::Sctp => &[Protocol::Sctp],
+            L4Protocol::Icmp => &[Protocol::Icmp],
+            L4Protocol::IcmpV6 => &[Protocol::Icmpv6],
+            L4Protocol::Any => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
         };
-        match (p.protocol, *port) {
-            (L4Protocol::Any, 0) => push(L4Match::Any),
-            (L4Protocol::Any, port) => {
-                push(L4Match::Port(Protocol::Tcp, port));
-                push(L4Match::Port(Protocol::Udp, port));
+        match &p.port {
+            Port::Number(0) if p.protocol == L4Protocol::Any => push(L4Match::Any),
+            Port::Number(0) => protocols
+                .iter()
+                .for_each(|proto| push(L4Match::Protocol(*proto))),
+            Port::Number(port) => {
+                let last = p.end_port.unwrap_or(*port).max(*port);
+                for proto in protocols {
+                    L4Match::port_range(*proto, *port, last)
+                        .into_iter()
+                        .for_each(&mut push);
+                }
             }
-            (L4Protocol::Icmp, _) => push(L4Match::Protocol(Protocol::Icmp)),
-            (L4Protocol::Tcp, 0) => push(L4Match::Protocol(Protocol::Tcp)),
-            (L4Protocol::Udp, 0) => push(L4Match::Protocol(Protocol::Udp)),
-            (L4Protocol::Tcp, port) => push(L4Match::Port(Protocol::Tcp, port)),
-            (L4Protocol::Udp, port) => push(L4Match::Port(Protocol::Udp, port)),
-            // Not enforced yet: admit nothing.
-            (L4Protocol::Sctp | L4Protocol::IcmpV6, _) => {}
+            Port::Name(name) => {
+                let declared = (direction == Direction::Ingress)
+                    .then(|| named_ports.get(name))
+                    .flatten();
+                let mut any = false;
+                for (proto, port) in declared.into_iter().flatten() {
+                    if protocols.contains(proto) {
+                        push(L4Match::Port(*proto, *port));
+                        any = true;
+                    }
+                }
+                if !any {
+                    unresolved.push(name.clone());
+                }
+            }
         }
     }
-    out
-}
-
-/// A policy's name for status output.
-trait KeyName {
-    fn key_name(&self) -> String;
-}
-
-impl KeyName for PolicyDocument {
-    fn key_name(&self) -> String {
-        kvstore::StoreValue::key(self)
+    for field in peer.icmps.iter().flat_map(|r| r.fields.iter()) {
+        let proto = match field.family {
+            IcmpFamily::Ipv4 => Protocol::Icmp,
+            IcmpFamily::Ipv6 => Protocol::Icmpv6,
+        };
+        push(L4Match::icmp_type(proto, field.type_number()));
     }
+    (out, unresolved)
 }

@@ -25,6 +25,9 @@ impl SourceId {
     pub(crate) const LOCAL_ENDPOINTS: Self = Self(0);
     /// The local cluster's etcd.
     pub(crate) const LOCAL_CLUSTER: Self = Self(1);
+    /// The node-local identities of CIDR prefixes that policies name:
+    /// every other source's entry for the same prefix wins.
+    pub(crate) const POLICY_CIDRS: Self = Self(u16::MAX);
 
     pub(crate) fn is_local(self) -> bool {
         self <= Self::LOCAL_CLUSTER

@@ -28,16 +28,39 @@ pub struct PolicyEntryView {
     pub identity_labels: Option<String>,
     /// `any`, `tcp`, `udp`, `icmp`…
     pub protocol: String,
-    /// 0 = any port.
+    /// 0 = any port (the first port of a range; ICMP: the type << 8).
     pub port: u16,
+    /// The last port of a range (= `port` for one port).
+    #[serde(default)]
+    pub port_end: u16,
+    /// `ingress` (peer = source) or `egress` (peer = destination).
+    #[serde(default)]
+    pub direction: String,
+    /// `allow` or `deny`.
+    #[serde(default)]
+    pub action: String,
+    /// The rule that made it: `<policy> <path>` (e.g. `demo/web spec.ingress[0]`).
+    #[serde(default)]
+    pub rule: String,
 }
 
 /// An endpoint's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyView {
     pub endpoint: crate::EndpointId,
+    /// Some direction is enforced.
     pub enforced: bool,
+    #[serde(default)]
+    pub ingress_enforced: bool,
+    #[serde(default)]
+    pub egress_enforced: bool,
+    /// The policy (shared by endpoints whose rules resolve the same).
+    #[serde(default)]
+    pub policy_id: u32,
     pub policies: Vec<String>,
+    /// Named ports of rules that the endpoint does not declare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved_ports: Vec<String>,
     pub entries: Vec<PolicyEntryView>,
 }
 

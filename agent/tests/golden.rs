@@ -6,8 +6,11 @@
 
 use std::{collections::BTreeMap, fmt::Write, net::IpAddr, path::Path};
 
-use agent::{EndpointId, RemoteService, merge, resolve, rules_for_endpoint};
-use bpf::L4Match;
+use agent::{
+    EndpointId, NamedPorts, RemoteService, RuleCookies, cidr_identity_labels, cidr_prefixes, merge,
+    resolve, rules_for_endpoint,
+};
+use bpf::Protocol;
 use kvstore::{
     Labels, NumericIdentity,
     values::{ClusterService, PolicyDocument, ServiceDef},
@@ -82,37 +85,97 @@ fn policy_resolution() {
                     PolicyDocument::parse(d).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
                 })
                 .collect();
+            // CIDR prefixes get node-local identities as the agent gives them.
+            let cidrs: Vec<(NumericIdentity, Labels)> = cidr_prefixes(&policies)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        NumericIdentity::new(NumericIdentity::LOCAL_SCOPE + 1 + i as u32),
+                        cidr_identity_labels(p),
+                    )
+                })
+                .collect();
             let mut out = String::new();
+            for (id, labels) in &cidrs {
+                writeln!(out, "cidr identity {id}: {}", labels.canonical()).unwrap();
+            }
+            let mut cookies = RuleCookies::default();
             for line in s["endpoints"].lines().filter(|l| !l.trim().is_empty()) {
-                let (id, labels) = line
+                let (id, rest) = line
                     .trim()
                     .split_once(' ')
-                    .expect("`<endpoint id> <labels>`");
+                    .expect("`<endpoint id> <labels> [named ports]`");
                 let id: EndpointId = id.parse().unwrap();
+                let (labels, ports) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
                 let labels = Labels::parse_canonical(labels.trim()).unwrap();
-                let rules = rules_for_endpoint(&labels, &policies, cluster);
-                let keys = resolve(id, &rules, identities.iter().map(|(i, l)| (*i, l)));
+                // `http=tcp/8080,dns=udp/53`
+                let mut named = NamedPorts::new();
+                for p in ports.split(',').filter(|p| !p.trim().is_empty()) {
+                    let (name, spec) = p.trim().split_once('=').expect("name=proto/port");
+                    let (proto, port) = spec.split_once('/').expect("proto/port");
+                    let proto = match proto {
+                        "tcp" => Protocol::Tcp,
+                        "udp" => Protocol::Udp,
+                        "sctp" => Protocol::Sctp,
+                        other => panic!("protocol {other}"),
+                    };
+                    named
+                        .entry(name.to_string())
+                        .or_default()
+                        .push((proto, port.parse().unwrap()));
+                }
+                let rules = rules_for_endpoint(&labels, &policies, cluster, &named, &mut cookies);
+                let entries = resolve(
+                    id.get(),
+                    &rules,
+                    identities.iter().chain(&cidrs).map(|(i, l)| (*i, l)),
+                );
                 writeln!(
                     out,
-                    "endpoint {id}: enforced={} policies={}",
-                    rules.enforced,
+                    "endpoint {id}: ingress={} egress={} policies={}",
+                    rules.ingress.enforced,
+                    rules.egress.enforced,
                     rules.policies.join(",")
                 )
                 .unwrap();
-                for k in keys {
+                if !rules.unresolved_ports.is_empty() {
+                    writeln!(
+                        out,
+                        "  unresolved named ports: {}",
+                        rules.unresolved_ports.join(",")
+                    )
+                    .unwrap();
+                }
+                for (k, v) in entries {
                     let peer = if k.sec_identity == 0 {
                         "any".to_string()
                     } else {
                         k.sec_identity.to_string()
                     };
-                    let l4 = match k.l4() {
-                        L4Match::Any => "any".to_string(),
-                        L4Match::Protocol(p) => format!("{p:?}").to_lowercase(),
-                        L4Match::Port(p, port) => {
-                            format!("{}/{port}", format!("{p:?}").to_lowercase())
+                    let l4 = k.l4();
+                    let l4 = match l4.protocol() {
+                        None => "any".to_string(),
+                        Some(p) => {
+                            let p = bpf::protocol_name(p);
+                            match l4.port_text().as_str() {
+                                "any" => p,
+                                port => format!("{p}/{port}"),
+                            }
                         }
                     };
-                    writeln!(out, "  allow from {peer} {l4}").unwrap();
+                    let rule = cookies
+                        .rule(v.cookie)
+                        .map(|r| format!("{} {}", r.policy, r.path))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "  {} {} {peer} {l4} ({}) [{rule}]",
+                        k.direction().as_str(),
+                        v.action().map_or("?", |a| a.as_str()),
+                        v.match_type().as_str(),
+                    )
+                    .unwrap();
                 }
             }
             out

@@ -43,7 +43,7 @@ fn a_flood_yields_lost_events_and_no_stall() -> Result<()> {
     // that enforces policy and allows nothing, so every SYN is dropped.
     dp.endpoints().upsert(
         &EndpointKey { ifindex: 1 },
-        &EndpointInfo::new(9, 3000, true),
+        &EndpointInfo::new(9, 3000, bpf::EndpointPolicy::ingress(9)),
     )?;
     let mut reader = dp.flow_reader()?;
     let mut ingest = FlowIngestor::new(Capacity::new(HUBBLE_CAPACITY)?, "c1", "n1");

@@ -37,11 +37,14 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "0", protocol: ICMP}]}]
 "#;
 
+/// An empty ingress rule: default deny, nothing allowed (Cilium's way to
+/// lock an endpoint).
 const LOCK_CLIENT: &str = r#"
 kind: CiliumNetworkPolicy
 metadata: {name: client-ingress, namespace: default}
 spec:
   endpointSelector: {matchLabels: {app: client}}
+  ingress: [{}]
 "#;
 
 #[test]

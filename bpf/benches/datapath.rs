@@ -32,8 +32,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bpf::{
-    Datapath, DatapathConfig, EndpointAttach, EndpointInfo, EndpointKey, IpCacheKey, IpCacheValue,
-    L4Match, PolicyKey, PolicyValue, Program, Protocol,
+    Datapath, DatapathConfig, EndpointAttach, EndpointInfo, EndpointKey, EndpointPolicy,
+    IpCacheKey, IpCacheValue, L4Match, PolicyKey, PolicyValue, Program, Protocol,
 };
 use netns::{RoutedPair, iperf::Iperf, unique_name};
 
@@ -207,7 +207,7 @@ fn ingress_ns_per_packet(dp: &Datapath) -> Result<Ingress> {
     // it as a policy-enforced endpoint that allows another identity only.
     dp.endpoints().upsert(
         &EndpointKey { ifindex: 1 },
-        &EndpointInfo::new(9, 3000, true),
+        &EndpointInfo::new(9, 3000, EndpointPolicy::ingress(9)),
     )?;
     dp.policy().upsert(
         &PolicyKey::ingress(9, ALLOWED_IDENTITY, L4Match::Port(Protocol::Tcp, 8080)),
@@ -338,7 +338,7 @@ fn throughput(pins: &mut Pins) -> Result<Throughput> {
                 netns: Some(pair.node.path().to_owned()),
                 endpoint_id,
                 identity,
-                policy_enforced: true,
+                policy: EndpointPolicy::ingress(endpoint_id),
             })?;
         }
         t.tcp_with.push(iperf.tcp_gbps(IPERF_STREAMS)?);

@@ -43,14 +43,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_endpoints SEC(".maps");
 
+/* `_v2`: an LPM trie since port ranges; the hash map of earlier versions was
+ * pinned as cm_policy, which the loader removes. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cm_policy SEC(".maps");
+} cm_policy_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -100,6 +102,7 @@ struct {
 struct flow_event cm_btf_flow_event __attribute__((section(".cm_btf"), used));
 
 #define IPPROTO_ICMPV6_ 58
+#define IPPROTO_SCTP_ 132
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_FRAGMENT 44
@@ -115,6 +118,14 @@ struct pkt {
 	__u8 has_ports;
 	__u8 l4_flags;	/* TCP flags, or the ICMP type (for flow events) */
 	__u8 icmp_code;
+	__be16 policy_port; /* what policy matches: dport, or ICMP type and code */
+};
+
+/* What decided a policy verdict (for flow events). */
+struct hit {
+	__u32 cookie;
+	__u8 match_type;
+	__u8 dir;
 };
 
 /* Returns 0 for a parsed IP packet, 1 for a non-IP packet, -1 if malformed. */
@@ -188,14 +199,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->has_ports = 1;
 		break;
 	}
-	case IPPROTO_UDP: {
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP_: {
 		__be16 ports[2];
 
 		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
 			return -1;
 		p->t.sport = ports[0];
 		p->t.dport = ports[1];
-		p->has_ports = 1;
+		p->has_ports = nexthdr != IPPROTO_SCTP_; /* SCTP: policy only, no NAT */
 		break;
 	}
 	case IPPROTO_ICMP: {
@@ -235,6 +247,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	default:
 		break;
 	}
+	if (nexthdr == IPPROTO_ICMP || nexthdr == IPPROTO_ICMPV6_)
+		p->policy_port = bpf_htons((__u16)p->l4_flags << 8 | p->icmp_code);
+	else
+		p->policy_port = p->t.dport;
 	return 0;
 }
 
@@ -297,38 +313,51 @@ static __always_inline __u32 lookup_identity(const __u8 *addr, __u8 family)
 	return v ? v->sec_identity : CM_ID_WORLD;
 }
 
-/* Deny wins over allow at any specificity; otherwise the first allow. */
-static __always_inline int policy_check(__u32 endpoint_id, __u32 identity, __u8 proto, __be16 dport,
-					__u8 *reason)
+/* The verdict of the policy `policy_id` for traffic in `dir` with a peer of
+ * `identity`: the longest entry for the identity and the longest entry for
+ * any identity (LPM lookups: the agent has already made every allow entry
+ * that a deny of the same identity covers a deny). A deny in either wins;
+ * else an allow in either (the identity's reported first); else the
+ * default, deny. */
+static __always_inline int policy_check(__u32 policy_id, __u8 dir, __u32 identity, __u8 proto,
+					__be16 port, __u8 *reason, struct hit *hit)
 {
 	struct policy_key k = {};
-	struct policy_value *v;
-	int allowed = 0;
+	struct policy_value *v, *allow = 0;
 
-	k.endpoint_id = endpoint_id;
-	k.direction = CM_DIR_INGRESS;
+	k.prefixlen = CM_POLICY_FIXED_BITS + 24;
+	k.policy_id = policy_id;
+	k.direction = dir;
+	k.protocol = proto;
+	k.dport = port;
+	hit->dir = dir;
 #pragma unroll
-	for (int i = 0; i < 6; i++) {
-		k.sec_identity = i < 3 ? identity : 0;
-		k.protocol = (i % 3) == 2 ? 0 : proto;
-		k.dport = (i % 3) == 0 ? dport : 0;
-		v = bpf_map_lookup_elem(&cm_policy, &k);
+	for (int i = 0; i < 2; i++) {
+		k.sec_identity = i == 0 ? identity : 0;
+		v = bpf_map_lookup_elem(&cm_policy_v2, &k);
 		if (!v)
 			continue;
 		if (v->action == CM_POLICY_DENY) {
 			*reason = CM_DROP_POLICY_DENY;
+			hit->cookie = v->cookie;
+			hit->match_type = v->match_type;
 			return 0;
 		}
-		if (v->action == CM_POLICY_ALLOW)
-			allowed = 1;
+		if (v->action == CM_POLICY_ALLOW && !allow)
+			allow = v;
 	}
-	if (!allowed)
+	if (!allow) {
 		*reason = CM_DROP_POLICY;
-	return allowed;
+		return 0;
+	}
+	hit->cookie = allow->cookie;
+	hit->match_type = allow->match_type;
+	return 1;
 }
 
 static __always_inline void emit(const struct pkt *p, __u32 ifindex, __u8 verdict, __u8 reason,
-				 __u32 src_id, __u32 dst_id, __u8 direction, __u8 reply)
+				 __u32 src_id, __u32 dst_id, __u8 direction, __u8 reply,
+				 const struct hit *hit)
 {
 	struct flow_event *e = bpf_ringbuf_reserve(&cm_flows, sizeof(*e), 0);
 
@@ -356,6 +385,11 @@ static __always_inline void emit(const struct pkt *p, __u32 ifindex, __u8 verdic
 	e->reply = reply;
 	e->l4_flags = p->l4_flags;
 	e->icmp_code = p->icmp_code;
+	e->policy_cookie = hit ? hit->cookie : 0;
+	e->match_type = hit ? hit->match_type : CM_MATCH_NONE;
+	e->policy_dir = hit ? hit->dir : 0;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -453,6 +487,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	struct ct_value *ct;
 	struct ct_key k;
 	struct pkt p = {};
+	struct hit hit = {};
 	__u32 src_id;
 	__u8 reason = CM_DROP_NONE;
 	int ret;
@@ -465,7 +500,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ret < 0) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, 0, ep->sec_identity,
-		     CM_FLOW_TO_ENDPOINT, CM_REPLY_UNKNOWN);
+		     CM_FLOW_TO_ENDPOINT, CM_REPLY_UNKNOWN, 0);
 		return TC_ACT_SHOT;
 	}
 	if (p.control)
@@ -483,7 +518,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 			__builtin_memcpy(addr, ct->rev_nat_addr, 16);
 			if (rewrite(skb, &p, 0, addr, port)) {
 				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT, 0,
-				     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_YES);
+				     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_YES, 0);
 				return TC_ACT_SHOT;
 			}
 		}
@@ -501,18 +536,19 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	/* 3. a new inbound connection */
 	src_id = lookup_identity(p.t.saddr, p.t.family);
 	if ((ep->flags & CM_EP_POLICY_INGRESS) &&
-	    !policy_check(ep->endpoint_id, src_id, p.t.protocol, p.t.dport, &reason)) {
+	    !policy_check(ep->policy_id, CM_DIR_INGRESS, src_id, p.t.protocol, p.policy_port,
+			  &reason, &hit)) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, reason, src_id, ep->sec_identity,
-		     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
+		     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO, &hit);
 		return TC_ACT_SHOT;
 	}
 	if (ct_create(&p.t, src_id, 0, 0, 0)) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, src_id,
-		     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
+		     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_NO, 0);
 		return TC_ACT_SHOT;
 	}
 	emit(&p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, src_id, ep->sec_identity,
-	     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO);
+	     CM_FLOW_TO_ENDPOINT, CM_REPLY_NO, &hit);
 	return TC_ACT_OK;
 }
 
@@ -531,8 +567,10 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct service_key sk = {};
 	struct service_value *svc;
+	struct hit hit = {};
 	__u8 front_addr[16];
 	__be16 front_port = 0;
+	__u8 reason = CM_DROP_NONE;
 	int translated = 0;
 	int ret;
 
@@ -544,7 +582,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ret < 0) {
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_MALFORMED, ep->sec_identity, 0,
-		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_UNKNOWN);
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_UNKNOWN, 0);
 		return TC_ACT_SHOT;
 	}
 	if (p.control)
@@ -595,7 +633,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 				if (ct_create(&p.t, ep->sec_identity, backend_id, 0, 0)) {
 					p.t.scope = 0;
 					emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL,
-					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
+					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 					return TC_ACT_SHOT;
 				}
 				translated = 1;
@@ -609,13 +647,13 @@ int cm_from_endpoint(struct __sk_buff *skb)
 			front_port = p.t.dport;
 			if (rewrite(skb, &p, 1, baddr, bport)) {
 				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT,
-				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
+				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 				return TC_ACT_SHOT;
 			}
 			if (translated)
 				emit(&p, skb->ifindex, CM_VERDICT_TRANSLATED, CM_DROP_NONE,
 				     ep->sec_identity, lookup_identity(p.t.daddr, p.t.family),
-				     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
+				     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 			translated = 1;
 		}
 	}
@@ -636,10 +674,31 @@ int cm_from_endpoint(struct __sk_buff *skb)
 			ct_create(&p.t, ep->sec_identity, 0, 0, 0);
 		return TC_ACT_OK;
 	}
+	/* 4. a new outbound connection: the endpoint's egress policy, for the
+	 * destination after translation (unknown destination = world) */
+	if (ep->flags & CM_EP_POLICY_EGRESS) {
+		__u32 dst_id = lookup_identity(p.t.daddr, p.t.family);
+
+		if (translated)
+			p.policy_port = p.t.dport;
+		if (!policy_check(ep->policy_id, CM_DIR_EGRESS, dst_id, p.t.protocol,
+				  p.policy_port, &reason, &hit)) {
+			p.t.scope = 0;
+			emit(&p, skb->ifindex, CM_VERDICT_DROPPED, reason, ep->sec_identity, dst_id,
+			     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, &hit);
+			return TC_ACT_SHOT;
+		}
+		if (!translated) {
+			p.t.scope = 0;
+			emit(&p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, ep->sec_identity,
+			     dst_id, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, &hit);
+			p.t.scope = CM_CT_EGRESS;
+		}
+	}
 	if (ct_create(&p.t, ep->sec_identity, 0, translated ? front_addr : 0, front_port)) {
 		p.t.scope = 0;
 		emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, ep->sec_identity, 0,
-		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_OK;
@@ -647,6 +706,6 @@ int cm_from_endpoint(struct __sk_buff *skb)
 no_backend:
 	p.t.scope = 0;
 	emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NO_BACKEND, ep->sec_identity, 0,
-	     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO);
+	     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 	return TC_ACT_SHOT;
 }

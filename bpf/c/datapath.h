@@ -45,7 +45,7 @@ struct ipcache_value {
 
 /* endpoints: host-side ifindex -> endpoint configuration. */
 #define CM_EP_POLICY_INGRESS 1u /* ingress policy enforced (default deny) */
-#define CM_EP_POLICY_EGRESS 2u  /* reserved: egress policy is not enforced yet */
+#define CM_EP_POLICY_EGRESS 2u	/* egress policy enforced (default deny) */
 
 struct endpoint_key {
 	__u32 ifindex;
@@ -55,29 +55,47 @@ struct endpoint_info {
 	__u32 endpoint_id;
 	__u32 sec_identity;
 	__u32 flags;
-	__u32 pad;
+	__u32 policy_id; /* keys its entries in cm_policy (shared by endpoints
+			  * whose rules resolve the same) */
 };
 
-/* policy: one hash map shared by all endpoints, keyed by endpoint id.
- * sec_identity 0 = any identity; dport 0 = any port; protocol 0 = any
- * protocol (only together with dport 0). */
+/* policy: one LPM trie shared by all endpoints. `prefixlen` counts the bits
+ * after itself: policy_id, sec_identity and direction always match
+ * (72 bits); then 8 bits of protocol and 16 of port, so that an entry may
+ * stop at the protocol (every port) or cover an aligned block of ports
+ * (ranges are split into such blocks by the agent). ICMP types are the high
+ * byte of the port (and the code the low byte). sec_identity 0 = any
+ * identity; it is a separate lookup, not a prefix. */
 #define CM_DIR_INGRESS 0
 #define CM_DIR_EGRESS 1
+#define CM_POLICY_FIXED_BITS 72
 
 struct policy_key {
-	__u32 endpoint_id;
+	__u32 prefixlen;
+	__u32 policy_id;
 	__u32 sec_identity;
-	__be16 dport;
-	__u8 protocol;
 	__u8 direction;
+	__u8 protocol;
+	__be16 dport;
 };
 
 #define CM_POLICY_ALLOW 1
 #define CM_POLICY_DENY 2
 
+/* Hubble's policy_match_type (what kind of entry decided). */
+#define CM_MATCH_NONE 0
+#define CM_MATCH_L3_ONLY 1
+#define CM_MATCH_L3_L4 2
+#define CM_MATCH_L4_ONLY 3
+#define CM_MATCH_ALL 4
+#define CM_MATCH_L3_PROTO 5
+#define CM_MATCH_PROTO_ONLY 6
+
 struct policy_value {
 	__u8 action;
-	__u8 pad[3];
+	__u8 match_type; /* CM_MATCH_* of the entry's key */
+	__u16 pad;
+	__u32 cookie;	/* which rule made the entry (the agent's table) */
 };
 
 /* conntrack: LRU hash for both families. The scope separates the three
@@ -181,18 +199,22 @@ struct flow_event {
 	__u8 reply;	/* CM_REPLY_* */
 	__u8 l4_flags;	/* TCP flags, or the ICMP type */
 	__u8 icmp_code;
+	__u32 policy_cookie; /* the entry that decided (0: none) */
+	__u8 match_type;     /* CM_MATCH_* */
+	__u8 policy_dir;     /* CM_DIR_* of the policy that decided */
+	__u8 pad[2];
 };
 
 _Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key");
 _Static_assert(sizeof(struct ipcache_value) == 24, "ipcache_value");
 _Static_assert(sizeof(struct endpoint_info) == 16, "endpoint_info");
-_Static_assert(sizeof(struct policy_key) == 12, "policy_key");
-_Static_assert(sizeof(struct policy_value) == 4, "policy_value");
+_Static_assert(sizeof(struct policy_key) == 16, "policy_key");
+_Static_assert(sizeof(struct policy_value) == 8, "policy_value");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
 _Static_assert(sizeof(struct ct_value) == 48, "ct_value");
 _Static_assert(sizeof(struct service_key) == 24, "service_key");
 _Static_assert(sizeof(struct service_value) == 8, "service_value");
 _Static_assert(sizeof(struct backend_value) == 24, "backend_value");
-_Static_assert(sizeof(struct flow_event) == 64, "flow_event");
+_Static_assert(sizeof(struct flow_event) == 72, "flow_event");
 
 #endif

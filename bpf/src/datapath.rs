@@ -22,10 +22,10 @@ use crate::{
     backend::{BACKENDS_MAP, BackendMap},
     bpffs::{BpffsError, DEFAULT_MOUNT, ensure_pin_dir},
     conntrack::{CONNTRACK_MAP, ConntrackMap},
-    endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap},
+    endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap, EndpointPolicy},
     flow_reader::{FLOWS_MAP, FlowReader, FlowReaderError},
     ipcache::{IPCACHE_MAP, IpCacheMap},
-    policy::{POLICY_MAP, PolicyMap},
+    policy::{LEGACY_POLICY_MAP, POLICY_MAP, PolicyMap},
     service::{SERVICES_MAP, ServiceMap},
     syscall,
     typed_map::MapError,
@@ -84,8 +84,8 @@ pub struct DatapathConfig {
     pub bpffs_dir: PathBuf,
     /// ipcache capacity (default 524,288, Cilium's).
     pub ipcache_max_entries: u32,
-    /// Policy entries of all endpoints together (default 65,536, i.e. 16k
-    /// entries for each of 4 fully loaded endpoints; raise for dense nodes).
+    /// Policy entries of all policies together (default 65,536; endpoints
+    /// whose rules resolve the same share one policy).
     pub policy_max_entries: u32,
     /// Conntrack entries (default 65,536; LRU, preallocated).
     pub conntrack_max_entries: u32,
@@ -124,18 +124,18 @@ pub struct EndpointAttach {
     /// endpoints of one datapath must live in one namespace (their
     /// ifindexes key the endpoints map).
     pub netns: Option<PathBuf>,
-    /// Endpoint id (keys its policy entries).
+    /// Endpoint id (reported in flow events).
     pub endpoint_id: u32,
     /// The endpoint's security identity.
     pub identity: u32,
-    /// Ingress default-deny (some policy selects the endpoint).
-    pub policy_enforced: bool,
+    /// The policy it follows and where it is enforced.
+    pub policy: EndpointPolicy,
 }
 
 impl EndpointAttach {
     /// The endpoints-map entry this attachment writes.
     pub fn info(&self) -> EndpointInfo {
-        EndpointInfo::new(self.endpoint_id, self.identity, self.policy_enforced)
+        EndpointInfo::new(self.endpoint_id, self.identity, self.policy)
     }
 }
 
@@ -289,6 +289,17 @@ impl Datapath {
     pub fn open(config: DatapathConfig) -> Result<Self, DatapathError> {
         let dir = config.bpffs_dir.clone();
         ensure_pin_dir(&dir)?;
+        // An earlier version's policy map (a hash map this version cannot
+        // use); programs still attached keep it alive until replaced.
+        match std::fs::remove_file(dir.join(LEGACY_POLICY_MAP)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(DatapathError::RemovePins {
+                    path: dir.join(LEGACY_POLICY_MAP),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .map_max_entries(IPCACHE_MAP, config.ipcache_max_entries)

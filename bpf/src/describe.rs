@@ -64,6 +64,7 @@ pub fn protocol_name(p: Protocol) -> String {
         Protocol::Udp => "udp".into(),
         Protocol::Icmp => "icmp".into(),
         Protocol::Icmpv6 => "icmpv6".into(),
+        Protocol::Sctp => "sctp".into(),
         Protocol::Other(n) => format!("proto-{n}"),
     }
 }
@@ -93,13 +94,16 @@ impl DescribeValue<IpCacheKey> for IpCacheValue {
 
 impl Describe for PolicyKey {
     fn describe(&self) -> Fields {
-        let (protocol, port) = match self.l4() {
-            L4Match::Any => ("any".to_string(), 0),
-            L4Match::Protocol(p) => (protocol_name(p), 0),
-            L4Match::Port(p, port) => (protocol_name(p), port),
+        let l4 = self.l4();
+        let protocol = l4
+            .protocol()
+            .map_or_else(|| "any".to_string(), protocol_name);
+        let port = match l4 {
+            L4Match::Port(p, port) if !matches!(p, Protocol::Icmp | Protocol::Icmpv6) => num(port),
+            _ => text(l4.port_text()),
         };
         vec![
-            ("endpoint", num(self.endpoint_id)),
+            ("policy", num(self.policy_id)),
             (
                 "direction",
                 text(match self.direction() {
@@ -116,7 +120,7 @@ impl Describe for PolicyKey {
                 },
             ),
             ("protocol", text(protocol)),
-            ("port", if port == 0 { text("any") } else { num(port) }),
+            ("port", port),
         ]
     }
 }
@@ -128,7 +132,14 @@ impl DescribeValue<PolicyKey> for PolicyValue {
             Some(crate::PolicyAction::Deny) => "deny".to_string(),
             None => format!("unknown-{}", self.action),
         };
-        vec![("action", text(action))]
+        let mut fields = vec![("action", text(action))];
+        if self.match_type() != crate::MatchType::None {
+            fields.push(("match", text(self.match_type().as_str())));
+        }
+        if self.cookie != 0 {
+            fields.push(("rule", num(self.cookie)));
+        }
+        fields
     }
 }
 
@@ -143,7 +154,9 @@ impl DescribeValue<EndpointKey> for EndpointInfo {
         vec![
             ("endpoint", num(self.endpoint_id)),
             ("identity", num(self.sec_identity)),
-            ("policy_enforced", FieldValue::Bool(self.policy_enforced())),
+            ("policy", num(self.policy().policy_id)),
+            ("ingress_enforced", FieldValue::Bool(self.policy().ingress)),
+            ("egress_enforced", FieldValue::Bool(self.policy().egress)),
         ]
     }
 }
@@ -238,21 +251,35 @@ mod tests {
         let key = PolicyKey::ingress(7, 65_800, L4Match::Port(Protocol::Tcp, 8080));
         assert_eq!(
             fields_line(&key.describe()),
-            "endpoint=7 direction=ingress identity=65800 protocol=tcp port=8080"
+            "policy=7 direction=ingress identity=65800 protocol=tcp port=8080"
         );
         assert_eq!(
             fields_line(&PolicyValue::ALLOW.describe(&key)),
             "action=allow"
         );
+        assert_eq!(
+            fields_line(&PolicyValue::new(crate::PolicyAction::Deny, &key, 3).describe(&key)),
+            "action=deny match=l3-l4 rule=3"
+        );
         let any = PolicyKey::ingress(7, crate::IDENTITY_ANY, L4Match::Any);
         assert_eq!(
             fields_line(&any.describe()),
-            "endpoint=7 direction=ingress identity=any protocol=any port=any"
+            "policy=7 direction=ingress identity=any protocol=any port=any"
         );
-        let ep = EndpointInfo::new(3, 65_900, true);
+        let range = PolicyKey::egress(7, 9, L4Match::ports(Protocol::Udp, 8080, 13));
+        assert_eq!(
+            fields_line(&range.describe()),
+            "policy=7 direction=egress identity=9 protocol=udp port=8080-8087"
+        );
+        let echo = PolicyKey::egress(7, 9, L4Match::icmp_type(Protocol::Icmp, 8));
+        assert_eq!(
+            fields_line(&echo.describe()),
+            "policy=7 direction=egress identity=9 protocol=icmp port=type 8"
+        );
+        let ep = EndpointInfo::new(3, 65_900, crate::EndpointPolicy::ingress(5));
         assert_eq!(
             fields_line(&ep.describe(&EndpointKey { ifindex: 12 })),
-            "endpoint=3 identity=65900 policy_enforced=yes"
+            "endpoint=3 identity=65900 policy=5 ingress_enforced=yes egress_enforced=no"
         );
     }
 

@@ -6,6 +6,41 @@ use crate::{record::Record, typed_map::TypedMap};
 pub const ENDPOINTS_MAP: &str = "cm_endpoints";
 
 const POLICY_INGRESS: u32 = 1;
+const POLICY_EGRESS: u32 = 2;
+
+/// Which policy an endpoint follows, and in which directions it is
+/// enforced (default deny). Endpoints whose rules resolve to the same
+/// entries share a policy id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EndpointPolicy {
+    /// Keys its entries in the policy map.
+    pub policy_id: u32,
+    /// Traffic delivered to the endpoint is default-deny.
+    pub ingress: bool,
+    /// Traffic sent by the endpoint is default-deny.
+    pub egress: bool,
+}
+
+impl EndpointPolicy {
+    /// Ingress enforced with the entries of `policy_id` (egress open).
+    pub fn ingress(policy_id: u32) -> Self {
+        Self {
+            policy_id,
+            ingress: true,
+            egress: false,
+        }
+    }
+
+    /// Nothing enforced.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Whether either direction is enforced.
+    pub fn enforced(&self) -> bool {
+        self.ingress || self.egress
+    }
+}
 
 /// endpoints key (`struct endpoint_key`): the ifindex of the endpoint's
 /// host-side veth (in the namespace the programs are attached in; one
@@ -24,38 +59,48 @@ unsafe impl Record for EndpointKey {}
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EndpointInfo {
-    /// The endpoint id that keys its policy entries.
+    /// The endpoint's id (reported in flow events).
     pub endpoint_id: u32,
     /// The endpoint's own security identity (reported in flow events).
     pub sec_identity: u32,
     pub(crate) flags: u32,
-    pub(crate) pad: u32,
+    pub(crate) policy_id: u32,
 }
 
 // SAFETY: repr(C), padding-free (16 bytes), any bits.
 unsafe impl Record for EndpointInfo {}
 
 impl EndpointInfo {
-    /// Configuration of an endpoint. With `policy_enforced` false (no rule
-    /// selects the endpoint) all ingress traffic is allowed; with true,
-    /// ingress is default-deny and only policy-map entries allow.
-    pub fn new(endpoint_id: u32, identity: u32, policy_enforced: bool) -> Self {
+    /// Configuration of an endpoint that follows `policy`.
+    pub fn new(endpoint_id: u32, identity: u32, policy: EndpointPolicy) -> Self {
         Self {
             endpoint_id,
             sec_identity: identity,
-            flags: if policy_enforced { POLICY_INGRESS } else { 0 },
-            pad: 0,
+            flags: 0,
+            policy_id: 0,
+        }
+        .with_policy(policy)
+    }
+
+    /// The policy it follows.
+    pub fn policy(&self) -> EndpointPolicy {
+        EndpointPolicy {
+            policy_id: self.policy_id,
+            ingress: self.flags & POLICY_INGRESS != 0,
+            egress: self.flags & POLICY_EGRESS != 0,
         }
     }
 
-    /// Whether ingress policy is enforced (default deny).
-    pub fn policy_enforced(&self) -> bool {
-        self.flags & POLICY_INGRESS != 0
-    }
-
-    /// The same configuration with enforcement switched.
-    pub fn with_policy_enforced(mut self, enforced: bool) -> Self {
-        self.flags = (self.flags & !POLICY_INGRESS) | if enforced { POLICY_INGRESS } else { 0 };
+    /// The same endpoint following `policy`.
+    pub fn with_policy(mut self, policy: EndpointPolicy) -> Self {
+        self.policy_id = policy.policy_id;
+        self.flags &= !(POLICY_INGRESS | POLICY_EGRESS);
+        if policy.ingress {
+            self.flags |= POLICY_INGRESS;
+        }
+        if policy.egress {
+            self.flags |= POLICY_EGRESS;
+        }
         self
     }
 }
@@ -68,10 +113,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn enforcement_flag() {
-        let info = EndpointInfo::new(7, 300, false);
-        assert!(!info.policy_enforced());
-        assert!(info.with_policy_enforced(true).policy_enforced());
-        assert_eq!(info.with_policy_enforced(true).flags, POLICY_INGRESS);
+    fn policy_flags_round_trip() {
+        let info = EndpointInfo::new(7, 300, EndpointPolicy::open());
+        assert!(!info.policy().enforced());
+        let both = EndpointPolicy {
+            policy_id: 4,
+            ingress: true,
+            egress: true,
+        };
+        assert_eq!(info.with_policy(both).policy(), both);
+        assert_eq!(info.with_policy(both).flags, POLICY_INGRESS | POLICY_EGRESS);
+        let ingress = EndpointPolicy::ingress(4);
+        assert_eq!(
+            info.with_policy(both).with_policy(ingress).policy(),
+            ingress
+        );
     }
 }

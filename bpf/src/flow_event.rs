@@ -2,7 +2,12 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use crate::{address::decode, protocol::Protocol, record::Record};
+use crate::{
+    address::decode,
+    policy::{Direction, MatchType},
+    protocol::Protocol,
+    record::Record,
+};
 
 /// What the datapath did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +83,21 @@ pub struct FlowEvent {
     pub tcp_flags: u8,
     /// ICMP (or ICMPv6) type and code.
     pub icmp: Option<(u8, u8)>,
+    /// The policy entry that decided a new connection: its direction,
+    /// kind and rule cookie (`None` where no entry decided: not enforced,
+    /// default deny, or not a policy decision).
+    pub policy: Option<PolicyMatch>,
+}
+
+/// Which policy entry decided a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PolicyMatch {
+    /// The policy's direction (ingress of the destination, egress of the source).
+    pub direction: Direction,
+    /// What kind of entry matched.
+    pub match_type: MatchType,
+    /// The rule that made the entry (the agent's numbering).
+    pub cookie: u32,
 }
 
 /// Ring buffer record (`struct flow_event`).
@@ -100,9 +120,13 @@ pub(crate) struct FlowEventRecord {
     pub(crate) reply: u8,
     pub(crate) l4_flags: u8,
     pub(crate) icmp_code: u8,
+    pub(crate) policy_cookie: u32,
+    pub(crate) match_type: u8,
+    pub(crate) policy_dir: u8,
+    pub(crate) pad: [u8; 2],
 }
 
-// SAFETY: repr(C), padding-free (64 bytes), any bits.
+// SAFETY: repr(C), padding-free (72 bytes), any bits.
 unsafe impl Record for FlowEventRecord {}
 
 impl FlowEvent {
@@ -157,6 +181,18 @@ impl FlowEvent {
             },
             icmp: matches!(protocol, Protocol::Icmp | Protocol::Icmpv6)
                 .then_some((r.l4_flags, r.icmp_code)),
+            policy: match MatchType::from_number(r.match_type) {
+                MatchType::None => None,
+                match_type => Some(PolicyMatch {
+                    direction: if r.policy_dir == 0 {
+                        Direction::Ingress
+                    } else {
+                        Direction::Egress
+                    },
+                    match_type,
+                    cookie: r.policy_cookie,
+                }),
+            },
         })
     }
 }
@@ -189,6 +225,10 @@ mod tests {
             reply: 1,
             l4_flags: 0x02,
             icmp_code: 0,
+            policy_cookie: 0,
+            match_type: 0,
+            policy_dir: 0,
+            pad: [0; 2],
         };
         let e = FlowEvent::decode(as_bytes(&r)).unwrap();
         assert_eq!(e.src, "10.0.0.1".parse::<IpAddr>().unwrap());
@@ -197,6 +237,23 @@ mod tests {
         assert_eq!(e.drop_reason, Some(DropReason::Policy));
         assert_eq!(e.direction, FlowDirection::ToEndpoint);
         assert_eq!((e.is_reply, e.tcp_flags, e.icmp), (Some(false), 0x02, None));
+        assert_eq!(e.policy, None);
         assert!(FlowEvent::decode(&as_bytes(&r)[..10]).is_none());
+        let allowed = FlowEventRecord {
+            verdict: 1,
+            policy_cookie: 12,
+            match_type: 2,
+            policy_dir: 1,
+            ..r
+        };
+        let e = FlowEvent::decode(as_bytes(&allowed)).unwrap();
+        assert_eq!(
+            e.policy,
+            Some(PolicyMatch {
+                direction: Direction::Egress,
+                match_type: MatchType::L3L4,
+                cookie: 12
+            })
+        );
     }
 }

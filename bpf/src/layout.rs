@@ -94,15 +94,27 @@ fn rust_records_match_the_object_btf() {
         btf,
         "endpoint_info",
         EndpointInfo,
-        [endpoint_id, sec_identity, flags, pad]
+        [endpoint_id, sec_identity, flags, policy_id]
     );
     check!(
         btf,
         "policy_key",
         PolicyKey,
-        [endpoint_id, sec_identity, dport, protocol, direction]
+        [
+            prefixlen,
+            policy_id,
+            sec_identity,
+            direction,
+            protocol,
+            dport
+        ]
     );
-    check!(btf, "policy_value", PolicyValue, [action, pad]);
+    check!(
+        btf,
+        "policy_value",
+        PolicyValue,
+        [action, match_type, pad, cookie]
+    );
     check!(
         btf,
         "ct_key",
@@ -163,7 +175,11 @@ fn rust_records_match_the_object_btf() {
             direction,
             reply,
             l4_flags,
-            icmp_code
+            icmp_code,
+            policy_cookie,
+            match_type,
+            policy_dir,
+            pad
         ]
     );
 }

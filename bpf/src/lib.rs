@@ -19,7 +19,7 @@
 //! ([`TypedMap`]) offer single and batched writes, dumps and
 //! [`TypedMap::reconcile`] (desired content -> minimal writes). Key and
 //! value types are `#[repr(C)]` mirrors of `c/datapath.h`. Pure decisions
-//! ([`plan`], [`evaluate_ingress`], [`service_entries`]) are sans-IO.
+//! ([`plan`], [`evaluate`], [`service_entries`]) are sans-IO.
 //!
 //! Not for: computing policy from rules or merging services (the agent does
 //! that and hands the result to the reconciler).
@@ -54,13 +54,13 @@ pub use datapath::{
     Program, TestRun, datapath_object,
 };
 pub use describe::{Describe, DescribeValue, FieldValue, Fields, fields_line, protocol_name};
-pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap};
-pub use flow_event::{DropReason, FlowDirection, FlowEvent, Verdict};
+pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap, EndpointPolicy};
+pub use flow_event::{DropReason, FlowDirection, FlowEvent, PolicyMatch, Verdict};
 pub use flow_reader::{FLOWS_LOST_MAP, FLOWS_MAP, FlowReader, FlowReaderError};
 pub use ipcache::{IPCACHE_MAP, IpCacheKey, IpCacheMap, IpCacheValue};
 pub use policy::{
-    Direction, IDENTITY_ANY, L4Match, POLICY_MAP, PolicyAction, PolicyKey, PolicyMap, PolicyValue,
-    evaluate_ingress,
+    Direction, IDENTITY_ANY, L4Match, LEGACY_POLICY_MAP, MatchType, POLICY_MAP, PolicyAction,
+    PolicyKey, PolicyMap, PolicyValue, PolicyVerdict, evaluate, evaluate_ingress,
 };
 pub use protocol::Protocol;
 pub use reconcile::{ReconcilePlan, ReconcileStats, plan};

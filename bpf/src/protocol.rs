@@ -11,6 +11,8 @@ pub enum Protocol {
     Udp,
     /// ICMPv6 (58); echo only, neighbour discovery always passes.
     Icmpv6,
+    /// SCTP (132); policy by port, no service translation.
+    Sctp,
     /// Any other protocol number.
     Other(u8),
 }
@@ -23,6 +25,7 @@ impl Protocol {
             Self::Tcp => 6,
             Self::Udp => 17,
             Self::Icmpv6 => 58,
+            Self::Sctp => 132,
             Self::Other(n) => n,
         }
     }
@@ -34,6 +37,7 @@ impl Protocol {
             6 => Self::Tcp,
             17 => Self::Udp,
             58 => Self::Icmpv6,
+            132 => Self::Sctp,
             n => Self::Other(n),
         }
     }

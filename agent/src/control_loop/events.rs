@@ -77,12 +77,9 @@ impl ControlLoop {
                 let _ = reply.send(result);
             }
             Input::Detach(endpoint, reply) => {
-                let (result, full) =
-                    self.endpoints
-                        .detach(&mut self.dp, &mut self.tables, &endpoint);
-                if full {
-                    self.recompute_all_policy();
-                }
+                let result = self
+                    .endpoints
+                    .detach(&mut self.dp, &mut self.tables, &endpoint);
                 self.endpoints_changed();
                 let _ = reply.send(result);
             }

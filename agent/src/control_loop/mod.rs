@@ -272,18 +272,23 @@ impl ControlLoop {
             warn!(error = %e, "reconciling the datapath after sync failed");
             self.metrics.count_error("datapath");
         }
+        // Endpoints kept their own policies until now; those with equal
+        // rules share one from here on.
+        self.recompute_all_policy();
+        if let Err(e) = self.dp.flush() {
+            warn!(error = %e, "writing the shared policies failed");
+            self.metrics.count_error("datapath");
+        }
     }
 
     fn recompute_all_policy(&mut self) {
         self.endpoints
-            .recompute_all(&mut self.dp, &self.tables, &self.config.cluster);
+            .recompute_all(&mut self.dp, &mut self.tables, &self.config.cluster);
     }
 
     /// Policy entries naming `id` follow its new labels (`None`: it went).
     fn identity_changed(&mut self, id: kvstore::NumericIdentity, labels: Option<&kvstore::Labels>) {
-        if self.endpoints.identity_changed(&mut self.dp, id, labels) {
-            self.recompute_all_policy();
-        }
+        self.endpoints.identity_changed(&mut self.dp, id, labels);
     }
 
     /// Writes what the inputs of one batch changed.

@@ -1,30 +1,58 @@
 //! Local endpoints and their policy: attach and detach, a full recompute
 //! when policies change or the view completes, and incremental updates when
 //! one identity appears, changes or goes.
+//!
+//! Endpoints whose rules compile the same share one policy (one set of
+//! entries in the policy map, under one policy id): a thousand replicas of
+//! a workload cost the entries of one. A policy keeps its id while its
+//! rules change (entries are rewritten in place, new ones first), so a
+//! change never leaves an endpoint without entries.
+//!
+//! The CIDR prefixes that policies name get node-local identities (scope
+//! bit 24, as in Cilium) with ipcache entries of their own, which every
+//! other source's entry for the same prefix overrides.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use bpf::EndpointInfo;
+use bpf::{EndpointInfo, EndpointPolicy};
 use ipnet::IpNet;
 use kvstore::{ClusterName, Labels, NumericIdentity};
 
 use crate::{
     datapath_sync::DatapathSync,
     endpoint::{Endpoint, EndpointId},
-    policy_resolver::{self, EndpointRules},
+    policy_resolver::{
+        self, EndpointRules, NamedPorts, RuleCookies, RuleRef, cidr_identity_labels,
+    },
     tables::{IpEntry, SourceId, Tables},
 };
 
 pub(super) struct LocalEndpoint {
     pub endpoint: Endpoint,
     labels: Labels,
-    pub rules: EndpointRules,
+    /// The policy it follows (0: none yet).
+    pub policy_id: u32,
 }
 
-/// The endpoints of this node, by endpoint ID.
+/// Endpoints with equal rules, and their policy.
+struct PolicySet {
+    rules: EndpointRules,
+    endpoints: BTreeSet<EndpointId>,
+}
+
+/// The endpoints of this node, by endpoint ID, and their policies.
 #[derive(Default)]
 pub(super) struct Endpoints {
     by_id: BTreeMap<EndpointId, LocalEndpoint>,
+    sets: BTreeMap<u32, PolicySet>,
+    cookies: RuleCookies,
+    /// The node-local identities of the CIDR prefixes policies name.
+    cidrs: BTreeMap<IpNet, NumericIdentity>,
+    /// Cookies already named to the flow directory.
+    exported_cookies: u32,
 }
 
 impl Endpoints {
@@ -36,28 +64,32 @@ impl Endpoints {
         self.by_id.get(&id)
     }
 
-    /// Incremental policy: only entries naming `id` change. True if the
-    /// change needs a full recompute (a reserved identity went: entities
-    /// such as world or host are fixed entries that removal must not drop).
-    #[must_use]
+    /// The rules an endpoint follows.
+    pub(super) fn rules(&self, id: EndpointId) -> Option<&EndpointRules> {
+        let policy_id = self.by_id.get(&id)?.policy_id;
+        self.sets.get(&policy_id).map(|s| &s.rules)
+    }
+
+    /// The rule a policy entry's cookie stands for.
+    pub(super) fn rule(&self, cookie: u32) -> Option<&RuleRef> {
+        self.cookies.rule(cookie)
+    }
+
+    /// Incremental policy: only entries naming `id` change (`labels`
+    /// `None`: it went; fixed identities such as `host` keep their entries).
     pub(super) fn identity_changed(
         &self,
         dp: &mut DatapathSync,
         id: NumericIdentity,
         labels: Option<&Labels>,
-    ) -> bool {
-        for ep in self.by_id.values() {
-            if !ep.rules.enforced {
+    ) {
+        for (policy_id, set) in &self.sets {
+            if !set.rules.enforced() {
                 continue;
             }
-            dp.remove_policy_identity(ep.endpoint.id, id.get());
-            if let Some(labels) = labels {
-                let keys =
-                    policy_resolver::entries_for_identity(ep.endpoint.id, &ep.rules, id, labels);
-                dp.add_policy_keys(keys);
-            }
+            let entries = policy_resolver::entries_for_identity(*policy_id, &set.rules, id, labels);
+            dp.set_policy_identity(*policy_id, id.get(), entries);
         }
-        labels.is_none() && id.is_reserved()
     }
 
     /// Full recomputation of every endpoint's rules and entries (policies
@@ -65,34 +97,238 @@ impl Endpoints {
     pub(super) fn recompute_all(
         &mut self,
         dp: &mut DatapathSync,
-        tables: &Tables,
+        tables: &mut Tables,
         cluster: &ClusterName,
     ) {
-        for ep in self.by_id.values_mut() {
-            let rules = policy_resolver::rules_for_endpoint(
-                &ep.labels,
-                tables.policies.values(),
-                cluster.as_str(),
+        self.sync_cidr_identities(dp, tables);
+        let cookies = &mut self.cookies;
+        let wanted: Vec<(EndpointId, EndpointRules)> = self
+            .by_id
+            .values()
+            .map(|ep| (ep.endpoint.id, compile(cookies, ep, tables, cluster)))
+            .collect();
+        // Keep each policy id where its rules still exist; then let rules
+        // that changed take over the id their endpoints had (entries are
+        // rewritten in place); only then allocate.
+        let old = std::mem::take(&mut self.sets);
+        let mut unused: BTreeSet<u32> = old.keys().copied().collect();
+        let mut new: BTreeMap<u32, PolicySet> = BTreeMap::new();
+        let mut pending: Vec<(EndpointId, EndpointRules)> = Vec::new();
+        // Before the sync every endpoint keeps its own policy id: the
+        // entries written before a restart stay under it until the view is
+        // complete, and another endpoint's would not be the same.
+        let holding = dp.holding();
+        for (ep, rules) in wanted {
+            let current = self.by_id[&ep].policy_id;
+            if holding && current != 0 {
+                match new.get_mut(&current) {
+                    Some(set) if set.rules == rules => {
+                        set.endpoints.insert(ep);
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        unused.remove(&current);
+                        new.insert(
+                            current,
+                            PolicySet {
+                                rules,
+                                endpoints: [ep].into(),
+                            },
+                        );
+                        continue;
+                    }
+                }
+            }
+            if let Some((id, set)) = new.iter_mut().find(|(_, s)| s.rules == rules && !holding) {
+                set.endpoints.insert(ep);
+                self.by_id.get_mut(&ep).expect("listed").policy_id = *id;
+                continue;
+            }
+            match old.iter().find(|(_, s)| s.rules == rules) {
+                Some((id, _)) => {
+                    unused.remove(id);
+                    new.insert(
+                        *id,
+                        PolicySet {
+                            rules,
+                            endpoints: [ep].into(),
+                        },
+                    );
+                    self.by_id.get_mut(&ep).expect("listed").policy_id = *id;
+                }
+                None => pending.push((ep, rules)),
+            }
+        }
+        for (ep, rules) in pending {
+            if let Some((id, set)) = new.iter_mut().find(|(_, s)| s.rules == rules && !holding) {
+                set.endpoints.insert(ep);
+                self.by_id.get_mut(&ep).expect("listed").policy_id = *id;
+                continue;
+            }
+            let previous = self.by_id[&ep].policy_id;
+            let id = if unused.remove(&previous) {
+                previous
+            } else {
+                next_policy_id(dp, &new, &unused)
+            };
+            new.insert(
+                id,
+                PolicySet {
+                    rules,
+                    endpoints: [ep].into(),
+                },
             );
-            let keys = policy_resolver::resolve(
-                ep.endpoint.id,
-                &rules,
-                tables.identities.iter().map(|(id, l)| (*id, l)),
-            );
-            dp.set_endpoint_policy(ep.endpoint.id, &keys);
-            if rules.enforced != ep.rules.enforced
-                && let Some(ifindex) = ep.endpoint.ifindex
-            {
+            self.by_id.get_mut(&ep).expect("listed").policy_id = id;
+        }
+        for (id, set) in &new {
+            write_policy(dp, *id, &set.rules, tables);
+        }
+        for ep in self.by_id.values() {
+            if let Some(ifindex) = ep.endpoint.ifindex {
+                let policy = endpoint_policy(ep.policy_id, &new[&ep.policy_id].rules);
                 dp.set_endpoint_info(
                     ifindex,
                     Some(EndpointInfo::new(
                         ep.endpoint.id.get(),
                         ep.endpoint.identity,
-                        rules.enforced,
+                        policy,
                     )),
                 );
             }
-            ep.rules = rules;
+        }
+        for id in unused {
+            dp.set_policy(id, &BTreeMap::new());
+        }
+        self.sets = new;
+        self.export_rules(tables);
+    }
+
+    /// Names new rule cookies to the flow directory (flows show the rule).
+    fn export_rules(&mut self, tables: &Tables) {
+        let Some(dir) = tables.flow_directory() else {
+            return;
+        };
+        while let Some(rule) = self.cookies.rule(self.exported_cookies + 1) {
+            self.exported_cookies += 1;
+            dir.set_rule(self.exported_cookies, rule);
+        }
+    }
+
+    /// Gives every CIDR prefix the policies name a node-local identity
+    /// with its ipcache entry, and withdraws those no policy names.
+    fn sync_cidr_identities(&mut self, dp: &mut DatapathSync, tables: &mut Tables) {
+        let wanted = policy_resolver::cidr_prefixes(tables.policies.values());
+        let gone: Vec<IpNet> = self
+            .cidrs
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .copied()
+            .collect();
+        for prefix in gone {
+            let id = self.cidrs.remove(&prefix).expect("listed");
+            let (before, after) = tables.delete_ip(SourceId::POLICY_CIDRS, prefix);
+            if before != after {
+                dp.set_ip(prefix, after);
+            }
+            tables.delete_identity(SourceId::POLICY_CIDRS, id);
+        }
+        let mut used: BTreeSet<u32> = self.cidrs.values().map(|i| i.get()).collect();
+        let mut next = NumericIdentity::LOCAL_SCOPE + 1;
+        for prefix in wanted {
+            if self.cidrs.contains_key(&prefix) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            used.insert(next);
+            let id = NumericIdentity::new(next);
+            self.cidrs.insert(prefix, id);
+            tables.upsert_identity(SourceId::POLICY_CIDRS, id, cidr_identity_labels(prefix));
+            let (before, after) = tables.upsert_ip(
+                SourceId::POLICY_CIDRS,
+                prefix,
+                IpEntry {
+                    identity: id,
+                    host_ip: None,
+                },
+            );
+            if before != after {
+                dp.set_ip(prefix, after);
+            }
+        }
+    }
+
+    /// Puts `ep` into the policy of its rules (an existing one with equal
+    /// rules, or a new one whose entries are written first).
+    fn join(
+        &mut self,
+        dp: &mut DatapathSync,
+        tables: &Tables,
+        ep: EndpointId,
+        rules: EndpointRules,
+    ) -> u32 {
+        // Before the sync, the policy the endpoint had before a restart
+        // keeps its id and is not shared (its old entries stay until the
+        // view is complete).
+        let written = dp
+            .written_policy(ep)
+            .map(|p| p.policy_id)
+            .filter(|id| *id != 0);
+        if dp.holding()
+            && let Some(id) = written
+        {
+            match self.sets.get_mut(&id) {
+                Some(set) if set.rules == rules => {
+                    set.endpoints.insert(ep);
+                    return id;
+                }
+                Some(_) => {}
+                None => {
+                    write_policy(dp, id, &rules, tables);
+                    self.sets.insert(
+                        id,
+                        PolicySet {
+                            rules,
+                            endpoints: [ep].into(),
+                        },
+                    );
+                    return id;
+                }
+            }
+        }
+        if let Some((id, set)) = self
+            .sets
+            .iter_mut()
+            .find(|(_, s)| s.rules == rules && !dp.holding())
+        {
+            set.endpoints.insert(ep);
+            return *id;
+        }
+        let id = match written {
+            Some(id) if !self.sets.contains_key(&id) => id,
+            _ => next_policy_id(dp, &self.sets, &BTreeSet::new()),
+        };
+        write_policy(dp, id, &rules, tables);
+        self.sets.insert(
+            id,
+            PolicySet {
+                rules,
+                endpoints: [ep].into(),
+            },
+        );
+        id
+    }
+
+    /// Takes `ep` out of policy `id`; the last endpoint out removes it.
+    fn leave(&mut self, dp: &mut DatapathSync, ep: EndpointId, id: u32) {
+        if let Some(set) = self.sets.get_mut(&id) {
+            set.endpoints.remove(&ep);
+            if set.endpoints.is_empty() {
+                self.sets.remove(&id);
+                dp.set_policy(id, &BTreeMap::new());
+            }
         }
     }
 
@@ -107,22 +343,27 @@ impl Endpoints {
         endpoint: Endpoint,
     ) -> Result<u32, String> {
         let labels = endpoint.security_labels(cluster);
-        let rules = policy_resolver::rules_for_endpoint(
-            &labels,
-            tables.policies.values(),
-            cluster.as_str(),
-        );
-        let keys = policy_resolver::resolve(
-            endpoint.id,
-            &rules,
-            tables.identities.iter().map(|(id, l)| (*id, l)),
-        );
-        dp.set_endpoint_policy(endpoint.id, &keys);
         // The endpoint's own address and identity, known before etcd echoes them.
         let identity = NumericIdentity::new(endpoint.identity);
         tables.upsert_identity(SourceId::LOCAL_ENDPOINTS, identity, labels.clone());
-        let full = self.identity_changed(dp, identity, Some(&labels));
-        debug_assert!(!full, "an identity that appears needs no full recompute");
+        self.identity_changed(dp, identity, Some(&labels));
+        let local = LocalEndpoint {
+            endpoint,
+            labels,
+            policy_id: 0,
+        };
+        let rules = compile(&mut self.cookies, &local, tables, cluster);
+        self.export_rules(tables);
+        let mut local = local;
+        let previous = self.by_id.remove(&local.endpoint.id);
+        let policy_id = self.join(dp, tables, local.endpoint.id, rules);
+        if let Some(prev) = &previous
+            && prev.policy_id != policy_id
+        {
+            self.leave(dp, prev.endpoint.id, prev.policy_id);
+        }
+        local.policy_id = policy_id;
+        let endpoint = &local.endpoint;
         let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
         if let Some(dir) = tables.flow_directory() {
             dir.set_local_endpoint(
@@ -145,12 +386,13 @@ impl Endpoints {
         }
         dp.flush()
             .map_err(|e| format!("writing the endpoint's policy: {e}"))?;
+        let policy = endpoint_policy(policy_id, &self.sets[&policy_id].rules);
         let ifindex = dp
             .attach(
                 &endpoint.host_ifname,
                 endpoint.id,
                 endpoint.identity,
-                rules.enforced,
+                policy,
             )
             .map_err(|e| {
                 format!(
@@ -159,17 +401,9 @@ impl Endpoints {
                     anyhow::Error::new(e)
                 )
             })?;
-        let mut endpoint = endpoint;
-        endpoint.ifindex = Some(ifindex);
-        let id = endpoint.id;
-        let previous = self.by_id.insert(
-            id,
-            LocalEndpoint {
-                endpoint,
-                labels,
-                rules,
-            },
-        );
+        local.endpoint.ifindex = Some(ifindex);
+        let id = local.endpoint.id;
+        self.by_id.insert(id, local);
         // Attached again with new labels: the old identity goes unless
         // another endpoint has it.
         if let Some(old) = previous.map(|p| p.endpoint.identity)
@@ -178,28 +412,29 @@ impl Endpoints {
         {
             let old = NumericIdentity::new(old);
             if tables.delete_identity(SourceId::LOCAL_ENDPOINTS, old) {
-                let full = self.identity_changed(dp, old, None);
-                debug_assert!(!full, "an endpoint's identity is never reserved");
+                self.identity_changed(dp, old, tables.identities.get(&old));
             }
         }
         Ok(ifindex)
     }
 
     /// Detaches the datapath and withdraws the endpoint's address (and its
-    /// identity, unless another endpoint has it). True in the second field
-    /// when the identity went and a full recompute is due.
+    /// identity, unless another endpoint has it).
     pub(super) fn detach(
         &mut self,
         dp: &mut DatapathSync,
         tables: &mut Tables,
         endpoint: &Endpoint,
-    ) -> (Result<(), String>, bool) {
-        let ifindex = self
-            .by_id
-            .remove(&endpoint.id)
+    ) -> Result<(), String> {
+        let removed = self.by_id.remove(&endpoint.id);
+        let ifindex = removed
+            .as_ref()
             .and_then(|e| e.endpoint.ifindex)
             .or(endpoint.ifindex);
-        let result = dp.detach(&endpoint.host_ifname, ifindex, endpoint.id);
+        let result = dp.detach(&endpoint.host_ifname, ifindex);
+        if let Some(removed) = removed {
+            self.leave(dp, endpoint.id, removed.policy_id);
+        }
         let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
         if let Some(dir) = tables.flow_directory() {
             dir.remove_local_endpoint(&IpAddr::V4(endpoint.ip));
@@ -209,7 +444,6 @@ impl Endpoints {
             dp.set_ip(prefix, after);
         }
         let identity = NumericIdentity::new(endpoint.identity);
-        let mut full = false;
         if !self
             .by_id
             .values()
@@ -217,15 +451,66 @@ impl Endpoints {
             && tables.delete_identity(SourceId::LOCAL_ENDPOINTS, identity)
         {
             // The local cluster's etcd may still know it.
-            full = self.identity_changed(dp, identity, None);
+            self.identity_changed(dp, identity, tables.identities.get(&identity));
         }
-        let result = result.map_err(|e| {
+        result.map_err(|e| {
             format!(
                 "detaching from {}: {:#}",
                 endpoint.host_ifname,
                 anyhow::Error::new(e)
             )
-        });
-        (result, full)
+        })
     }
+}
+
+/// The rules of `ep` under the current policies.
+fn compile(
+    cookies: &mut RuleCookies,
+    ep: &LocalEndpoint,
+    tables: &Tables,
+    cluster: &ClusterName,
+) -> EndpointRules {
+    policy_resolver::rules_for_endpoint(
+        &ep.labels,
+        tables.policies.values(),
+        cluster.as_str(),
+        &named_ports(&ep.endpoint),
+        cookies,
+    )
+}
+
+/// The entries of policy `id` for every identity the tables know.
+fn write_policy(dp: &mut DatapathSync, id: u32, rules: &EndpointRules, tables: &Tables) {
+    let entries = if rules.enforced() {
+        policy_resolver::resolve(id, rules, tables.identities.iter().map(|(i, l)| (*i, l)))
+    } else {
+        BTreeMap::new()
+    };
+    dp.set_policy(id, &entries);
+}
+
+/// A policy id neither `sets`, `reserved` nor the datapath (entries left
+/// from before a restart) uses.
+fn next_policy_id(
+    dp: &DatapathSync,
+    sets: &BTreeMap<u32, PolicySet>,
+    reserved: &BTreeSet<u32>,
+) -> u32 {
+    let in_use = dp.policy_ids_in_use();
+    (1..)
+        .find(|id| !sets.contains_key(id) && !reserved.contains(id) && !in_use.contains(id))
+        .expect("fewer than 2^32 policies")
+}
+
+fn endpoint_policy(policy_id: u32, rules: &EndpointRules) -> EndpointPolicy {
+    EndpointPolicy {
+        policy_id,
+        ingress: rules.ingress.enforced,
+        egress: rules.egress.enforced,
+    }
+}
+
+/// The ports an endpoint declares by name.
+fn named_ports(_endpoint: &Endpoint) -> NamedPorts {
+    NamedPorts::new()
 }

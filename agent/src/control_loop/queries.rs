@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bpf::{L4Match, Protocol};
+use bpf::protocol_name;
 use kvstore::{Labels, NumericIdentity};
 
 use super::{Answer, ControlLoop, Query};
@@ -89,20 +89,22 @@ impl ControlLoop {
 
     fn policy_view(&self, id: EndpointId) -> Option<PolicyView> {
         let ep = self.endpoints.get(id)?;
+        let rules = self.endpoints.rules(id)?;
         Some(PolicyView {
             endpoint: id,
-            enforced: ep.rules.enforced,
-            policies: ep.rules.policies.clone(),
+            enforced: rules.enforced(),
+            ingress_enforced: rules.ingress.enforced,
+            egress_enforced: rules.egress.enforced,
+            policy_id: ep.policy_id,
+            policies: rules.policies.clone(),
+            unresolved_ports: rules.unresolved_ports.clone(),
             entries: self
                 .dp
-                .policy_keys_of(id)
+                .policy_entries(ep.policy_id)
                 .into_iter()
-                .map(|k| {
-                    let (protocol, port) = match k.l4() {
-                        L4Match::Any => ("any".to_string(), 0),
-                        L4Match::Protocol(p) => (protocol_name(p), 0),
-                        L4Match::Port(p, port) => (protocol_name(p), port),
-                    };
+                .map(|(k, v)| {
+                    let l4 = k.l4();
+                    let (port, port_end) = l4.port_bounds();
                     PolicyEntryView {
                         identity: k.sec_identity,
                         identity_labels: self
@@ -110,8 +112,18 @@ impl ControlLoop {
                             .identities
                             .get(&NumericIdentity::new(k.sec_identity))
                             .map(Labels::canonical),
-                        protocol,
+                        protocol: l4
+                            .protocol()
+                            .map_or_else(|| "any".to_string(), protocol_name),
                         port,
+                        port_end,
+                        direction: k.direction().as_str().to_string(),
+                        action: v.action().map_or("unknown", |a| a.as_str()).to_string(),
+                        rule: self
+                            .endpoints
+                            .rule(v.cookie)
+                            .map(|r| format!("{} {}", r.policy, r.path))
+                            .unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -216,15 +228,5 @@ impl ControlLoop {
                 })
                 .collect(),
         }
-    }
-}
-
-fn protocol_name(p: Protocol) -> String {
-    match p {
-        Protocol::Tcp => "tcp".into(),
-        Protocol::Udp => "udp".into(),
-        Protocol::Icmp => "icmp".into(),
-        Protocol::Icmpv6 => "icmpv6".into(),
-        Protocol::Other(n) => n.to_string(),
     }
 }

@@ -2,7 +2,7 @@
 //! root, no etcd (as kube-runtime's reflector tests drive a store).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, mpsc::Receiver},
     time::{Duration, Instant},
@@ -106,8 +106,15 @@ fn prefix(address: &str) -> IpNet {
     IpNet::from(address.parse::<IpAddr>().unwrap())
 }
 
-fn policy_key(endpoint: u32, identity: u32) -> PolicyKey {
-    PolicyKey::ingress(endpoint, identity, L4Match::Any)
+/// An allow-all-ports ingress entry of endpoint `endpoint`'s policy for
+/// `identity`.
+struct PolicyEntry {
+    endpoint: u32,
+    identity: u32,
+}
+
+fn policy_key(endpoint: u32, identity: u32) -> PolicyEntry {
+    PolicyEntry { endpoint, identity }
 }
 
 /// Every kind of `source` says its initial list is complete.
@@ -224,7 +231,17 @@ impl Harness {
         self.maps.ipcache.content()
     }
 
-    fn has_policy(&self, key: PolicyKey) -> bool {
+    fn has_policy(&self, entry: PolicyEntry) -> bool {
+        let Some(info) = self
+            .maps
+            .endpoints
+            .content()
+            .into_values()
+            .find(|i| i.endpoint_id == entry.endpoint)
+        else {
+            return false;
+        };
+        let key = PolicyKey::ingress(info.policy().policy_id, entry.identity, L4Match::Any);
         self.maps.policy.content().contains_key(&key)
     }
 
@@ -286,7 +303,7 @@ fn deletions_wait_until_every_source_synced() {
             .endpoints
             .content()
             .values()
-            .any(|i| i.endpoint_id == 7 && i.policy_enforced())
+            .any(|i| i.endpoint_id == 7 && i.policy().ingress)
     );
     assert!(h.last_route_request().is_some(), "routes once synced");
 }
@@ -402,4 +419,112 @@ fn a_new_remote_identity_updates_the_policy() {
 
     h.step([identity_deleted(C2, C2_CLIENT)]);
     assert!(!h.has_policy(policy_key(7, C2_CLIENT)));
+}
+
+#[test]
+fn before_the_sync_each_endpoint_keeps_its_own_policy_from_before_a_restart() {
+    // What the pinned maps held before the restart: endpoint 7 (web)
+    // enforced ingress under policy 7 admitting CLIENT; endpoint 8 open.
+    let maps = MemoryDatapath::default();
+    let admit = PolicyKey::ingress(7, CLIENT, L4Match::Any);
+    maps.policy
+        .batch_upsert(&[(admit, bpf::PolicyValue::ALLOW)])
+        .unwrap();
+    maps.endpoints
+        .batch_upsert(&[
+            (
+                bpf::EndpointKey { ifindex: 1007 },
+                bpf::EndpointInfo::new(7, WEB, bpf::EndpointPolicy::ingress(7)),
+            ),
+            (
+                bpf::EndpointKey { ifindex: 1008 },
+                bpf::EndpointInfo::new(8, CLIENT, bpf::EndpointPolicy::open()),
+            ),
+        ])
+        .unwrap();
+    let mut h = Harness::with_maps(maps);
+    // The policy is not readable yet (no source synced): both endpoints
+    // come back with the same (empty) rules. They must not share a policy:
+    // web keeps policy 7 and its entries, enforced.
+    h.attach(pod(8, "client", Ipv4Addr::new(10, 1, 0, 11), CLIENT));
+    h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
+    let infos = h.maps.endpoints.content();
+    let web = infos
+        .values()
+        .find(|i| i.endpoint_id == 7)
+        .unwrap()
+        .policy();
+    assert_eq!(
+        (web.policy_id, web.ingress),
+        (7, true),
+        "web keeps policy 7"
+    );
+    let client = infos
+        .values()
+        .find(|i| i.endpoint_id == 8)
+        .unwrap()
+        .policy();
+    assert_ne!(
+        client.policy_id, 7,
+        "the client does not follow web's entries"
+    );
+    assert!(h.has_policy(policy_key(7, CLIENT)), "web's entries stay");
+
+    // Synced with the policy: web is enforced by its rules; the client,
+    // selected by nothing, is open again.
+    h.step(
+        [
+            Input::Policy(Event::Upsert {
+                key: "demo/web".into(),
+                value: PolicyDocument::parse(WEB_ALLOWS_CLIENTS).unwrap(),
+            }),
+            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
+        ]
+        .into_iter()
+        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
+    );
+    assert!(
+        h.has_policy(policy_key(7, CLIENT)),
+        "the client is admitted"
+    );
+    let infos = h.maps.endpoints.content();
+    let client = infos
+        .values()
+        .find(|i| i.endpoint_id == 8)
+        .unwrap()
+        .policy();
+    assert!(!client.enforced(), "nothing selects the client");
+}
+
+#[test]
+fn endpoints_with_equal_rules_share_one_policy() {
+    let mut h = Harness::new();
+    h.step(
+        [
+            Input::Policy(Event::Upsert {
+                key: "demo/web".into(),
+                value: PolicyDocument::parse(WEB_ALLOWS_CLIENTS).unwrap(),
+            }),
+            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
+        ]
+        .into_iter()
+        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
+    );
+    h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
+    h.attach(pod(9, "web", Ipv4Addr::new(10, 1, 0, 12), WEB));
+    let infos = h.maps.endpoints.content();
+    let ids: BTreeSet<u32> = infos.values().map(|i| i.policy().policy_id).collect();
+    assert_eq!(ids.len(), 1, "one policy for both replicas: {infos:?}");
+    let entries = h.maps.policy.content().len();
+    assert!(h.has_policy(policy_key(9, CLIENT)));
+    // A policy change rewrites the shared policy in place.
+    h.step([Input::Policy(Event::Delete {
+        key: "demo/web".into(),
+    })]);
+    assert!(!h.has_policy(policy_key(7, CLIENT)));
+    assert!(h.maps.policy.content().len() < entries);
+    let infos = h.maps.endpoints.content();
+    assert!(infos.values().all(|i| !i.policy().enforced()));
 }

@@ -9,7 +9,10 @@ use std::{
     sync::{Arc, RwLock, RwLockReadGuard},
 };
 
-use kvstore::{CLUSTER_LABEL, Labels, NAMESPACE_LABEL, NumericIdentity};
+use hubble_api::flow::Policy;
+use kvstore::{CLUSTER_LABEL, Labels, NAMESPACE_LABEL, NumericIdentity, values::CLUSTERWIDE};
+
+use crate::policy_resolver::RuleRef;
 
 /// An identity as flows show it (shared by every flow of the identity),
 /// kept in one string: there is one per identity of the mesh.
@@ -193,6 +196,8 @@ pub(crate) struct Entries {
     local: Map<IpAddr, Arc<PodInfo>>,
     /// Pods named by ipcache entries: resolved when a flow is served.
     pods: PodNames,
+    /// Policy rules by the cookie their map entries carry.
+    rules: Map<u32, Arc<Policy>>,
 }
 
 impl Entries {
@@ -208,6 +213,11 @@ impl Entries {
     /// (namespace, name) of the pod an ipcache entry names.
     pub(crate) fn pod(&self, ip: &IpAddr) -> Option<(&str, &str)> {
         self.pods.get(ip)
+    }
+
+    /// The policy rule of a policy map entry's cookie.
+    pub(crate) fn rule(&self, cookie: u32) -> Option<Arc<Policy>> {
+        self.rules.get(&cookie).cloned()
     }
 }
 
@@ -267,6 +277,37 @@ impl FlowDirectory {
 
     pub(crate) fn remove_local_endpoint(&self, ip: &IpAddr) {
         self.write().local.remove(ip);
+    }
+
+    /// Names the rule of `cookie` as Hubble's `Policy`: the policy's name,
+    /// namespace (empty for clusterwide ones) and kind, with Cilium's
+    /// derived labels and the rule's path in the policy.
+    pub(crate) fn set_rule(&self, cookie: u32, rule: &RuleRef) {
+        let (namespace, name) = rule
+            .policy
+            .split_once('/')
+            .unwrap_or(("", rule.policy.as_str()));
+        let (namespace, kind) = if namespace == CLUSTERWIDE {
+            ("", "CiliumClusterwideNetworkPolicy")
+        } else {
+            (namespace, "CiliumNetworkPolicy")
+        };
+        let mut labels = vec![
+            format!("k8s:io.cilium.k8s.policy.derived-from={kind}"),
+            format!("k8s:io.cilium.k8s.policy.name={name}"),
+        ];
+        if !namespace.is_empty() {
+            labels.push(format!("k8s:io.cilium.k8s.policy.namespace={namespace}"));
+        }
+        labels.push(format!("clustermesh:rule={}", rule.path));
+        let policy = Policy {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            labels,
+            revision: 0,
+            kind: kind.to_owned(),
+        };
+        self.write().rules.insert(cookie, Arc::new(policy));
     }
 }
 

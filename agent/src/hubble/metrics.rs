@@ -2,7 +2,7 @@
 //! the agent's own per-direction verdict and drop counters, both counted
 //! per batch of flows: one map update per distinct label set, not per flow.
 
-use bpf::{DropReason, FlowDirection, FlowEvent, Protocol, Verdict};
+use bpf::{DropReason, FlowDirection, FlowEvent, MatchType, Protocol, Verdict};
 use hubble_api::flow::LostEventSource;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -103,6 +103,8 @@ struct EventKind {
     direction: FlowDirection,
     verdict: Verdict,
     drop_reason: Option<DropReason>,
+    /// The kind of policy entry that decided, if one did.
+    policy: Option<MatchType>,
 }
 
 impl BatchCounts {
@@ -112,6 +114,7 @@ impl BatchCounts {
             direction: e.direction,
             verdict: e.verdict,
             drop_reason: e.drop_reason,
+            policy: e.policy.map(|m| m.match_type),
         };
         match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
@@ -135,6 +138,7 @@ impl EventKind {
             Protocol::Udp => "UDP",
             Protocol::Icmp => "ICMPv4",
             Protocol::Icmpv6 => "ICMPv6",
+            Protocol::Sctp => "SCTP",
             Protocol::Other(_) => "Unknown",
         };
         let (direction, subtype) = match self.direction {
@@ -164,12 +168,19 @@ impl EventKind {
                 })
                 .inc_by(n);
         }
-        // Policy decisions: a new inbound connection let in, or a drop by
-        // policy. Which rule matched is not reported by the datapath yet.
+        // Policy decisions: a new connection let in (inbound always; outbound
+        // where egress is enforced), or a drop by policy, with the kind of
+        // entry that decided ("none": no entry, i.e. not enforced or the
+        // default deny).
+        let r#match = self.policy.map_or("none", MatchType::as_str);
         let policy = match (self.verdict, self.drop_reason, self.direction) {
-            (Verdict::Forwarded, _, FlowDirection::ToEndpoint) => Some(("unknown", "forwarded")),
-            (Verdict::Dropped, Some(DropReason::Policy), _) => Some(("none", "dropped")),
-            (Verdict::Dropped, Some(DropReason::PolicyDeny), _) => Some(("unknown", "dropped")),
+            (Verdict::Forwarded, _, FlowDirection::ToEndpoint) => Some((r#match, "forwarded")),
+            (Verdict::Forwarded, _, FlowDirection::FromEndpoint) if self.policy.is_some() => {
+                Some((r#match, "forwarded"))
+            }
+            (Verdict::Dropped, Some(DropReason::Policy | DropReason::PolicyDeny), _) => {
+                Some((r#match, "dropped"))
+            }
             _ => None,
         };
         if let Some((r#match, action)) = policy {
@@ -239,6 +250,7 @@ mod tests {
             is_reply: Some(false),
             tcp_flags: 0,
             icmp: None,
+            policy: None,
         }
     }
 
@@ -249,7 +261,16 @@ mod tests {
         let mut counts = BatchCounts::default();
         let drop = event(Protocol::Tcp, Verdict::Dropped, Some(DropReason::Policy));
         let udp = event(Protocol::Udp, Verdict::Forwarded, None);
-        for e in [&drop, &udp, &drop, &drop] {
+        let egress = FlowEvent {
+            direction: FlowDirection::FromEndpoint,
+            policy: Some(bpf::PolicyMatch {
+                direction: bpf::Direction::Egress,
+                match_type: MatchType::L3L4,
+                cookie: 4,
+            }),
+            ..udp.clone()
+        };
+        for e in [&drop, &udp, &drop, &drop, &egress] {
             counts.count(e);
         }
         counts.flush(&hubble, &agent);
@@ -261,7 +282,8 @@ mod tests {
             r#"hubble_flows_processed_total{protocol="UDP",type="Trace",subtype="to-endpoint",verdict="FORWARDED"} 2"#,
             r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP"} 3"#,
             r#"hubble_policy_verdicts_total{direction="ingress",match="none",action="dropped"} 3"#,
-            r#"hubble_policy_verdicts_total{direction="ingress",match="unknown",action="forwarded"} 2"#,
+            r#"hubble_policy_verdicts_total{direction="ingress",match="none",action="forwarded"} 2"#,
+            r#"hubble_policy_verdicts_total{direction="egress",match="l3-l4",action="forwarded"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

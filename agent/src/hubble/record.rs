@@ -146,7 +146,7 @@ impl FlowRecord for AgentFlow {
         };
         let (l4, summary) = layer4(e);
         let entries = self.node.directory.read();
-        Flow {
+        let mut flow = Flow {
             time: Some(timestamp(self.time)),
             emitter: Some(Emitter {
                 name: "clustermesh".into(),
@@ -181,7 +181,20 @@ impl FlowRecord for AgentFlow {
             }),
             summary,
             ..Default::default()
+        };
+        if let Some(m) = e.policy {
+            flow.policy_match_type = m.match_type as u32;
+            if let Some(rule) = entries.rule(m.cookie) {
+                let by = match (m.direction, verdict) {
+                    (bpf::Direction::Ingress, Verdict::Dropped) => &mut flow.ingress_denied_by,
+                    (bpf::Direction::Ingress, _) => &mut flow.ingress_allowed_by,
+                    (bpf::Direction::Egress, Verdict::Dropped) => &mut flow.egress_denied_by,
+                    (bpf::Direction::Egress, _) => &mut flow.egress_allowed_by,
+                };
+                by.push((*rule).clone());
+            }
         }
+        flow
     }
 }
 
@@ -258,6 +271,13 @@ fn layer4(e: &FlowEvent) -> (Option<Layer4>, String) {
                 format!("ICMPv6 {}", icmpv6_name(kind)),
             )
         }
+        Protocol::Sctp => (
+            layer4::Protocol::Sctp(hubble_api::flow::Sctp {
+                source_port: e.sport.into(),
+                destination_port: e.dport.into(),
+            }),
+            "SCTP".to_owned(),
+        ),
         Protocol::Other(n) => return (None, format!("IP protocol {n}")),
     };
     (
@@ -314,6 +334,7 @@ mod tests {
             is_reply: Some(false),
             tcp_flags: 0x02,
             icmp: None,
+            policy: None,
         }
     }
 

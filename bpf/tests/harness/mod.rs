@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use bpf::{
-    Datapath, DatapathConfig, EndpointAttach, IpCacheKey, IpCacheValue, L4Match, PolicyKey,
-    PolicyValue,
+    Datapath, DatapathConfig, EndpointAttach, EndpointPolicy, IpCacheKey, IpCacheValue, L4Match,
+    PolicyKey, PolicyValue,
 };
 use netns::{Address, NetNs, Route, Veth, unique_name, wait_until};
 
@@ -134,13 +134,56 @@ impl Node {
             netns: Some(self.ns.path().to_owned()),
             endpoint_id: p.endpoint_id,
             identity: p.identity,
-            policy_enforced,
+            policy: if policy_enforced {
+                EndpointPolicy::ingress(p.endpoint_id)
+            } else {
+                EndpointPolicy::open()
+            },
         };
         Ok(self
             .datapath
             .as_mut()
             .expect("datapath")
             .attach_endpoint(&attach)?)
+    }
+
+    /// Attaches pod `pod` with its own policy (id = endpoint id) enforced
+    /// in the given directions.
+    pub(crate) fn attach_with(&mut self, pod: usize, ingress: bool, egress: bool) -> Result<u32> {
+        let p = &self.pods[pod];
+        let attach = EndpointAttach {
+            ifname: p.host_if.clone(),
+            netns: Some(self.ns.path().to_owned()),
+            endpoint_id: p.endpoint_id,
+            identity: p.identity,
+            policy: EndpointPolicy {
+                policy_id: p.endpoint_id,
+                ingress,
+                egress,
+            },
+        };
+        Ok(self
+            .datapath
+            .as_mut()
+            .expect("datapath")
+            .attach_endpoint(&attach)?)
+    }
+
+    /// Writes one entry of pod `pod`'s policy.
+    pub(crate) fn entry(
+        &self,
+        pod: usize,
+        direction: bpf::Direction,
+        identity: u32,
+        l4: L4Match,
+        action: bpf::PolicyAction,
+        cookie: u32,
+    ) -> Result<()> {
+        let key = PolicyKey::new(self.pods[pod].endpoint_id, direction, identity, l4);
+        self.dp()
+            .policy()
+            .upsert(&key, &PolicyValue::new(action, &key, cookie))?;
+        Ok(())
     }
 
     /// Allows `from` identity to reach pod `to` on `l4`.
