@@ -115,6 +115,44 @@ async fn apply_delete_list_and_refusals() {
         ["default/echo-ingress", "demo/lock"]
     );
 
+    // Issue 18's refusals: each names the field's path and the reason, and
+    // nothing of the document set is stored.
+    for (field, path, reason) in [
+        ("toCIDR: [10.0.0.0/33]", "spec.egress[0].toCIDR[0]", ""),
+        (
+            "toPorts: [{ports: [{port: \"70000\"}]}]",
+            "spec.egress[0].toPorts[0].ports[0].port",
+            "",
+        ),
+        (
+            "toPorts: [{ports: [{port: \"8080\", endPort: 80}]}]",
+            "spec.egress[0].toPorts[0].ports[0].endPort",
+            "below port 8080",
+        ),
+        (
+            "toEndpoints: [{}]\n    toCIDR: [10.0.0.0/8]",
+            "spec.egress[0]",
+            "combining",
+        ),
+        ("toEndpoint: [{}]", "spec.egress[0]", "unknown field"),
+    ] {
+        let doc = format!(
+            "kind: CiliumNetworkPolicy\nmetadata: {{name: bad, namespace: demo}}\nspec:\n  endpointSelector: {{}}\n  egress:\n  - {field}\n"
+        );
+        let r = run(&["policy", "apply", "-f", "-"], Some(&doc));
+        assert_eq!(r.code, 64, "{field}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(path) && r.stderr.contains(reason),
+            "{field}: want {path:?} and {reason:?} in {}",
+            r.stderr
+        );
+        assert_eq!(
+            stored(keys::policies()).await,
+            ["default/echo-ingress", "demo/lock"],
+            "{field}: nothing stored"
+        );
+    }
+
     // `delete NAME` finds what `apply` stored without a namespace.
     let r = run(&["policy", "delete", "echo-ingress"], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
