@@ -166,6 +166,7 @@ pub(crate) struct DatapathSync {
     /// Endpoints whose enforcement the partial view would switch off before
     /// the sync: written enforced, with the configuration to write after.
     held_enforcement: BTreeMap<EndpointKey, EndpointInfo>,
+    written_total: FlushStats,
 }
 
 impl std::fmt::Debug for DatapathSync {
@@ -208,6 +209,7 @@ impl DatapathSync {
             node_netns,
             hold_deletes: true,
             held_enforcement: BTreeMap::new(),
+            written_total: FlushStats::default(),
         })
     }
 
@@ -439,7 +441,14 @@ impl DatapathSync {
             stats.upserts += s.upserts;
             stats.deletes += s.deletes;
         }
+        self.written_total.upserts += stats.upserts;
+        self.written_total.deletes += stats.deletes;
         Ok(stats)
+    }
+
+    /// Everything flushed so far (for benchmarks).
+    pub(crate) fn written_total(&self) -> FlushStats {
+        self.written_total
     }
 
     /// The sources are synced: from now on deletions are written, starting

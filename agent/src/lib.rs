@@ -13,6 +13,8 @@
 mod agent;
 mod api;
 mod api_client;
+#[doc(hidden)]
+pub mod bench_support;
 mod cni;
 mod config;
 mod control_loop;

@@ -56,6 +56,18 @@ pub(crate) enum Input {
 }
 
 impl Input {
+    /// `source` says its initial list of `kind` is complete.
+    pub(crate) fn synced(source: SourceId, kind: StoreKind) -> Self {
+        match kind {
+            StoreKind::Identities => Self::Identity(source, Event::Synced),
+            StoreKind::IpCache => Self::Ip(source, IpEvent::Synced),
+            StoreKind::Nodes => Self::Node(source, Event::Synced),
+            StoreKind::Services => Self::Service(source, Event::Synced),
+            StoreKind::Policies => Self::Policy(Event::Synced),
+            StoreKind::ServiceDefs => Self::ServiceDef(Event::Synced),
+        }
+    }
+
     /// The source whose data this is (for the propagation histogram).
     pub(super) fn data_source(&self) -> Option<SourceId> {
         match self {

@@ -40,12 +40,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub(crate) use self::input::Timed;
 pub(crate) use self::{
     input::{Answer, Input, IpEvent, LoopHandle, Query},
     sources::StoreKind,
 };
 use self::{
-    input::{BATCH_SIZE, QUEUE_CAPACITY, Timed},
+    input::{BATCH_SIZE, QUEUE_CAPACITY},
     policy::Endpoints,
     services::Services,
     sources::{Source, Sources},
@@ -208,7 +209,7 @@ impl ControlLoop {
 
     /// Handles one batch: its inputs in order, one write of the datapath,
     /// then its queries (which see the result of the whole batch).
-    fn step(&mut self, batch: &mut Vec<Timed>) {
+    pub(crate) fn step(&mut self, batch: &mut Vec<Timed>) {
         let received: Vec<(Instant, Option<SourceId>)> = batch
             .iter()
             .map(|t| (t.at, t.input.data_source()))
@@ -279,6 +280,26 @@ impl ControlLoop {
             warn!(error = %e, "writing the shared policies failed");
             self.metrics.count_error("datapath");
         }
+    }
+
+    /// Distinct policies of this node's endpoints.
+    pub(crate) fn policy_count(&self) -> usize {
+        self.endpoints.policy_count()
+    }
+
+    /// Entries of the policy map as written.
+    pub(crate) fn policy_entries(&self) -> usize {
+        self.dp
+            .sizes()
+            .iter()
+            .find(|(name, _)| *name == "policy")
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Map entries written so far: (upserts, deletes).
+    pub(crate) fn written_total(&self) -> (usize, usize) {
+        let t = self.dp.written_total();
+        (t.upserts, t.deletes)
     }
 
     fn recompute_all_policy(&mut self) {

@@ -70,6 +70,11 @@ impl Endpoints {
         self.sets.get(&policy_id).map(|s| &s.rules)
     }
 
+    /// Distinct policies (endpoints with equal rules share one).
+    pub(super) fn policy_count(&self) -> usize {
+        self.sets.len()
+    }
+
     /// The rule a policy entry's cookie stands for.
     pub(super) fn rule(&self, cookie: u32) -> Option<&RuleRef> {
         self.cookies.rule(cookie)

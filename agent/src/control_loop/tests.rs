@@ -121,14 +121,7 @@ fn policy_key(endpoint: u32, identity: u32) -> PolicyEntry {
 fn synced(source: SourceId, kinds: &[StoreKind]) -> Vec<Input> {
     kinds
         .iter()
-        .map(|kind| match kind {
-            StoreKind::Identities => Input::Identity(source, Event::Synced),
-            StoreKind::IpCache => Input::Ip(source, IpEvent::Synced),
-            StoreKind::Nodes => Input::Node(source, Event::Synced),
-            StoreKind::Services => Input::Service(source, Event::Synced),
-            StoreKind::Policies => Input::Policy(Event::Synced),
-            StoreKind::ServiceDefs => Input::ServiceDef(Event::Synced),
-        })
+        .map(|kind| Input::synced(source, *kind))
         .collect()
 }
 
