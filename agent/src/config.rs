@@ -513,6 +513,23 @@ mod tests {
         assert!(bad(&["--cluster-name", "C1"]).contains("invalid"));
         assert!(bad(&["--etcd-cert", "/x"]).contains("go together"));
         assert!(bad(&["--pod-cidr", "10.0.0.0/31"]).contains("too small"));
+        assert!(bad(&["--pod-cidr-v6", "fd00::/127"]).contains("--pod-cidr-v6"));
+        let mut dual = BASE.to_vec();
+        dual.extend([
+            "--pod-cidr-v6",
+            "fd10:1:0:1::5/64",
+            "--node-ipv6",
+            "fd00::11",
+        ]);
+        let c = AgentArgs::parse_with_file(args(&dual))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            c.pod_cidr_v6.map(|n| n.to_string()).as_deref(),
+            Some("fd10:1:0:1::/64")
+        );
+        assert_eq!(c.node_ipv6, Some("fd00::11".parse().unwrap()));
         assert!(bad(&["--node-netns", "no-such-ns-for-test"]).contains("does not exist"));
     }
 

@@ -4,7 +4,8 @@
 //! IPv6 exactly as on IPv4; an IPv6 service frontend balances over the IPv6
 //! backends of both clusters; a mixed-family service is refused where it is
 //! defined, and a remote cluster's backends of the wrong family are skipped
-//! with the reason.
+//! with the reason; a restarted agent keeps its IPv6 pod CIDR and its pods'
+//! addresses, and a partition cuts IPv6 as IPv4.
 
 use std::{
     collections::BTreeSet,
@@ -102,7 +103,7 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
     if !can_run("dual_stack_pods_routes_policy_and_services_across_clusters") {
         return Ok(());
     }
-    let mut mesh = TestMesh::up(2, 1)?;
+    let mut mesh = TestMesh::up(2, 2)?;
     mesh.add_endpoint("c1", "n1", "other", &[("app", "other")], None)?;
 
     // Pods have both addresses: IPv4 from 10.I.0.0/16, IPv6 from fd10:I::/48,
@@ -169,9 +170,36 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
     let (server, peer) = mesh.request("c1", "client", echo2_addr_v6, Duration::from_secs(2))?;
     assert_eq!(server, "c2/echo-n1");
     assert_eq!(peer, echo2_addr_v6, "a real IPv6 connection");
+
+    // A restarted agent comes back with the same IPv6 pod CIDR (kept in its
+    // state directory) and its pods keep their IPv6 addresses and traffic.
+    let cidr_v6 = mesh.status("c2", "n1").pod_cidr_v6;
+    assert!(
+        cidr_v6
+            .as_deref()
+            .is_some_and(|c| c.starts_with("fd10:2:") && c.ends_with("/64")),
+        "{cidr_v6:?}"
+    );
+    mesh.kill_agent("c2", "n1")?;
+    mesh.start_agent("c2", "n1")?;
+    assert_eq!(mesh.status("c2", "n1").pod_cidr_v6, cidr_v6);
+    let endpoints: Vec<agent::Endpoint> = mesh.agent_api("c2", "n1")?.get("/v1/endpoints")?;
+    assert!(
+        endpoints.iter().any(|e| e.ipv6 == Some(echo2_v6)),
+        "restored with its IPv6 address: {endpoints:?}"
+    );
+    assert!(
+        mesh.reaches("c1", "client", echo2_addr_v6),
+        "v6 traffic survives the restart"
+    );
     wait_for("c2's client connects to c1's echo over v6", || {
         mesh.reaches("c2", "client", echo_v6(&mesh, "c1", "echo-n1"))
     });
+    // Inside a cluster, between its two nodes, through the local v6 route.
+    wait_for(
+        "c1's client (n1) connects to c1's echo on n2 over v6",
+        || mesh.reaches("c1", "client", echo_v6(&mesh, "c1", "echo-n2")),
+    );
 
     // An IPv6 service frontend over the IPv6 backends of both clusters.
     let echo6 = format!(
@@ -307,5 +335,18 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
         "nothing else changed"
     );
     let _ = ServiceDef::parse(&echo6).expect("the test's v6 service is valid");
+
+    // A partition cuts IPv6 as it cuts IPv4 (c1's client reached echo2 on
+    // both families just above), and healing restores both.
+    mesh.cut("c1", "c2")?;
+    assert!(
+        mesh.denied("c1", "client", echo2_addr_v6),
+        "the partition drops IPv6"
+    );
+    assert!(mesh.denied("c1", "client", echo2_addr_v4), "and IPv4");
+    mesh.heal("c1", "c2")?;
+    wait_for("v6 flows again after healing", || {
+        mesh.reaches("c1", "client", echo2_addr_v6)
+    });
     Ok(())
 }
