@@ -145,14 +145,15 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
             && identity_of(echo2_v6.to_string()) == identity_of(echo2.ip.to_string()),
         "c2 publishes echo's IPv6 address with its identity: {published:?}"
     );
-    wait_for("c1's datapath has c2's IPv6 ipcache entries", || {
-        mesh.programmed("c1", "n1", "fd10:2:")
-            == mesh
-                .published("c2")
-                .into_iter()
-                .filter(|(p, _)| p.starts_with("fd10:2:"))
-                .collect::<Vec<_>>()
+    wait_for("c1's datapath has c2's entries of both families", || {
+        mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
     });
+    assert!(
+        mesh.programmed("c1", "n1", "fd10:2:")
+            .iter()
+            .any(|(p, _)| p == &format!("{echo2_v6}/128")),
+        "c2's echo's IPv6 address is in c1's BPF ipcache"
+    );
 
     // IPv6 across clusters: ping and TCP, both ways.
     let client1_v6 = ipv6(&mesh, "c1", "client");
