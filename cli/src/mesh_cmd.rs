@@ -425,7 +425,11 @@ fn print_status(
                 } else {
                     ""
                 },
-                s.pod_cidr.as_deref().unwrap_or("-"),
+                match (&s.pod_cidr, &s.pod_cidr_v6) {
+                    (Some(v4), Some(v6)) => format!("{v4} and {v6}"),
+                    (Some(v4), None) => v4.clone(),
+                    (None, _) => "-".into(),
+                },
                 plural(s.endpoints, "endpoint"),
                 s.maps.get("ipcache").copied().unwrap_or(0),
                 s.maps.get("policy").copied().unwrap_or(0)
