@@ -45,10 +45,14 @@ bold "   Hubble UI: $UI  (service map of both clusters, flows, global services; 
 ip_of() { # cluster pod
   python3 -c "import json,sys;d=json.load(open('$DIR/mesh.json'));print([e['ip'] for e in d['endpoints'] if e['cluster']=='$1' and e['name']=='$2'][0])"
 }
+ip6_of() { # cluster pod: its IPv6 address (pods are dual-stack)
+  python3 -c "import json,sys;d=json.load(open('$DIR/mesh.json'));print([e['ipv6'] for e in d['endpoints'] if e['cluster']=='$1' and e['name']=='$2'][0])"
+}
 request() { "$CM" mesh request --dir "$DIR" "$@"; }
 denied() { ! request "$@" --timeout 1s >/dev/null 2>&1; }
 
 ECHO2=$(ip_of c2 echo-n1):8080
+ECHO2_V6="[$(ip6_of c2 echo-n1)]:8080"
 
 bold "== 2. Policy: c2's echo servers accept clients of their own cluster only"
 cat >"$POLICY" <<'EOF'
@@ -65,6 +69,8 @@ say "c1/client -> c2/echo-n1 ($ECHO2):"
 for _ in $(seq 50); do denied c1/client "$ECHO2" && break; sleep 0.1; done
 denied c1/client "$ECHO2" || fail "c1's client reached c2 although the policy admits c2 clients only"
 say "denied: the rule names no cluster, so it admits cluster c2's clients only"
+denied c1/client "$ECHO2_V6" || fail "c1's client reached c2 over IPv6 although the policy admits c2 clients only"
+say "denied over IPv6 too ($ECHO2_V6): pods are dual-stack, one identity for both addresses"
 bold "   Hubble: the drop, through c1's relay (which reaches every node of both clusters):"
 OBS=$(for _ in $(seq 50); do
   OUT=$("$CM" observe --dir "$DIR" --cluster c1 --verdict DROPPED --to-label app=echo --last 3 --print-node-name 2>/dev/null) || true
@@ -82,6 +88,8 @@ sed -i 's/{app: client}}]   # no cluster label: local cluster only/{app: client,
 for _ in $(seq 50); do request c1/client "$ECHO2" --timeout 1s >/dev/null 2>&1 && break; sleep 0.1; done
 request c1/client "$ECHO2" || fail "c1's client is still denied"
 say "allowed: c1's client identity is in the policy map of c2's echo servers"
+request c1/client "$ECHO2_V6" || fail "c1's client is still denied over IPv6"
+say "allowed over IPv6 as well, routed to c2's node through its IPv6 fabric address"
 bold "   Hubble: the cross-cluster connection, through c2's relay:"
 OBS=$(for _ in $(seq 50); do
   OUT=$("$CM" observe --dir "$DIR" --cluster c2 --verdict FORWARDED --from-label io.cilium.k8s.policy.cluster=c1 --to-label app=echo --last 3 --print-node-name 2>/dev/null) || true

@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bpf::{Datapath, DatapathConfig};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kvstore::{
     Allocator, AllocatorConfig, Client, Event, IdentityCache, RawEntry, Session, StoreValue,
     SyncStore, SyncStoreConfig, WatchStore, WatchStoreConfig, keys,
@@ -245,36 +245,48 @@ impl Agent {
         }
 
         let mut node = Node::new(&c.cluster, c.node_name.to_string(), c.cluster_id.get());
+        // IPv4 first: `Node::internal_ip` (Hubble peers) reads the first.
         node.ip_addresses.push(NodeAddress {
             kind: NodeAddress::INTERNAL_IP.into(),
             ip: c.node_ip,
         });
-        // A restarted agent reuses its pod CIDR, so it comes back (and keeps
+        if let Some(ipv6) = c.node_ipv6 {
+            node.ip_addresses.push(NodeAddress {
+                kind: NodeAddress::INTERNAL_IP.into(),
+                ip: IpAddr::V6(ipv6),
+            });
+        }
+        // A restarted agent reuses its pod CIDRs, so it comes back (and keeps
         // its endpoints' addresses) while etcd or the operator is down.
         let cidr_file = c.state_dir.join("pod-cidr");
+        let cidr_v6_file = c.state_dir.join("pod-cidr-v6");
         let remembered = std::fs::read_to_string(&cidr_file)
             .ok()
             .and_then(|s| s.trim().parse::<Ipv4Net>().ok());
-        let pod_cidr = match (c.pod_cidr, remembered) {
-            (Some(cidr), _) => cidr,
+        let remembered_v6 = std::fs::read_to_string(&cidr_v6_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv6Net>().ok());
+        let (pod_cidr, pod_cidr_v6) = match (c.pod_cidr, remembered) {
+            (Some(cidr), _) => (cidr, c.pod_cidr_v6),
             (None, Some(cidr)) => {
-                info!(%cidr, "reusing the pod CIDR of the previous run");
+                let cidr_v6 = c.pod_cidr_v6.or(remembered_v6);
+                info!(%cidr, ipv6 = ?cidr_v6, "reusing the pod CIDRs of the previous run");
                 node_store.upsert(&node);
                 let (client, node_name, token) =
                     (client.clone(), c.node_name.clone(), inner.clone());
                 tasks.spawn("IPAM check", async move {
                     tokio::select! {
                         _ = token.cancelled() => {}
-                        assigned = wait_for_pod_cidr(&client, node_name.as_str()) => {
-                            if assigned != cidr {
-                                tracing::error!(%cidr, %assigned, "the operator assigned this node another pod CIDR; restart the agent with its state dir cleared to adopt it");
+                        (assigned, assigned_v6) = wait_for_pod_cidr(&client, node_name.as_str()) => {
+                            if assigned != cidr || assigned_v6.is_some_and(|a| Some(a) != cidr_v6) {
+                                tracing::error!(%cidr, ipv6 = ?cidr_v6, %assigned, assigned_v6 = ?assigned_v6, "the operator assigned this node other pod CIDRs; restart the agent with its state dir cleared to adopt them");
                             }
                             token.cancelled().await;
                         }
                     }
                     anyhow::Ok(())
                 });
-                cidr
+                (cidr, cidr_v6)
             }
             (None, None) => {
                 node_store.upsert(&node);
@@ -284,24 +296,48 @@ impl Agent {
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => return drain(tasks, inner).await,
-                    cidr = wait_for_pod_cidr(&client, c.node_name.as_str()) => cidr,
+                    (cidr, cidr_v6) = wait_for_pod_cidr(&client, c.node_name.as_str()) => {
+                        (cidr, c.pod_cidr_v6.or(cidr_v6))
+                    }
                 }
             }
         };
-        info!(%pod_cidr, "pod CIDR");
-        if let Err(e) = std::fs::create_dir_all(&c.state_dir)
+        info!(%pod_cidr, ipv6 = ?pod_cidr_v6, "pod CIDR");
+        let remember = std::fs::create_dir_all(&c.state_dir)
             .and_then(|()| std::fs::write(&cidr_file, pod_cidr.to_string()))
-        {
-            warn!(error = %e, file = %cidr_file.display(), "cannot remember the pod CIDR");
+            .and_then(|()| match pod_cidr_v6 {
+                Some(v6) => std::fs::write(&cidr_v6_file, v6.to_string()),
+                None => match std::fs::remove_file(&cidr_v6_file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            });
+        if let Err(e) = remember {
+            warn!(error = %e, dir = %c.state_dir.display(), "cannot remember the pod CIDRs");
+        }
+        if pod_cidr_v6.is_some() {
+            plumbing::prepare_node_v6(c.node_netns.as_deref())
+                .context("preparing the node's network namespace for IPv6")?;
         }
         node.ipv4_alloc_cidr = Some(NodeCidr::from_net(IpNet::V4(pod_cidr)));
         node.ip_addresses.push(NodeAddress {
             kind: NodeAddress::CILIUM_INTERNAL_IP.into(),
             ip: IpAddr::V4(EndpointManager::gateway(pod_cidr)),
         });
+        if let Some(v6) = pod_cidr_v6 {
+            node.ipv6_alloc_cidr = Some(NodeCidr::from_net(IpNet::V6(v6)));
+            node.ip_addresses.push(NodeAddress {
+                kind: NodeAddress::CILIUM_INTERNAL_IP.into(),
+                ip: IpAddr::V6(EndpointManager::gateway_v6(v6)),
+            });
+        }
         node_store.upsert(&node);
         node_store.synced();
-        control.set_pod_cidr(Some(IpNet::V4(pod_cidr)));
+        control.set_pod_cidrs(
+            std::iter::once(IpNet::V4(pod_cidr))
+                .chain(pod_cidr_v6.map(IpNet::V6))
+                .collect(),
+        );
         tasks.spawn("control loop", control.run(inner.clone()));
         match &hubble {
             Some(h) => {
@@ -352,6 +388,7 @@ impl Agent {
         }
         let endpoints = Arc::new(endpoints);
         endpoints.set_pod_cidr(pod_cidr).await;
+        endpoints.set_pod_cidr_v6(pod_cidr_v6).await;
         let (restored, dropped) = endpoints.restore().await.context("restoring endpoints")?;
         info!(restored, dropped, "endpoints restored from the snapshot");
         endpoints.mark_synced();
@@ -463,8 +500,10 @@ pub(crate) async fn forward<V>(
     Ok(())
 }
 
-/// Waits for the operator to assign this node an IPv4 pod CIDR.
-async fn wait_for_pod_cidr(client: &Client, node: &str) -> Ipv4Net {
+/// Waits for the operator to assign this node an IPv4 pod CIDR; returns it
+/// with the IPv6 one of the same assignment, if the operator has an IPv6
+/// pool.
+async fn wait_for_pod_cidr(client: &Client, node: &str) -> (Ipv4Net, Option<Ipv6Net>) {
     let (store, mut rx) = WatchStore::<IpamAssignment>::new(
         client.clone(),
         WatchStoreConfig::new(keys::ipam_nodes()).with_name("ipam"),
@@ -478,7 +517,11 @@ async fn wait_for_pod_cidr(client: &Client, node: &str) -> Ipv4Net {
             event = rx.recv() => match event {
                 Some(Event::Upsert { key, value }) if key == node => {
                     if let Some(IpNet::V4(cidr)) = value.ipv4 {
-                        break cidr;
+                        let v6 = match value.ipv6 {
+                            Some(IpNet::V6(v6)) => Some(v6),
+                            _ => None,
+                        };
+                        break (cidr, v6);
                     }
                 }
                 Some(_) => {}

@@ -161,7 +161,7 @@ impl PolicyRecompute {
             routes,
             Arc::new(AgentMetrics::new()),
         );
-        control.set_pod_cidr(Some("10.1.0.0/16".parse()?));
+        control.set_pod_cidrs(vec!["10.1.0.0/16".parse()?]);
         let c2 = SourceId(2);
         let c2_name = ClusterName::new("c2")?;
         let mut inputs = vec![Input::RegisterSource {
@@ -213,6 +213,7 @@ impl PolicyRecompute {
                 ifname: "eth0".into(),
                 host_ifname: endpoint::host_ifname(id),
                 ip,
+                ipv6: None,
                 labels: BTreeMap::from([("app".to_string(), format!("app-{app}"))]),
                 identity: 1 << 16 | (256 + app as u32),
                 ifindex: None,

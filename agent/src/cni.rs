@@ -148,6 +148,7 @@ pub fn run_cni(env_vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Stri
                 ifname: Some(ifname.clone()),
                 labels,
                 ip: None,
+                ipv6: None,
                 pod: args.get("K8S_POD_NAME").filter(|p| !p.is_empty()).cloned(),
             };
             let body = serde_json::to_vec(&req).expect("requests serialize");
@@ -206,12 +207,25 @@ fn agent_error(e: ClientError) -> CniError {
     }
 }
 
+/// The ADD result: every address of the endpoint (IPv4 first) with its
+/// default route.
 fn add_result(version: &str, ep: &Endpoint, netns: &str) -> String {
+    let ips: Vec<Value> = ep
+        .addresses()
+        .map(|a| {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            json!({"address": format!("{a}/{len}"), "interface": 0})
+        })
+        .collect();
+    let routes: Vec<Value> = ep
+        .addresses()
+        .map(|a| json!({"dst": if a.is_ipv4() { "0.0.0.0/0" } else { "::/0" }}))
+        .collect();
     json!({
         "cniVersion": version,
         "interfaces": [{"name": ep.ifname, "sandbox": netns}],
-        "ips": [{"address": format!("{}/32", ep.ip), "interface": 0}],
-        "routes": [{"dst": "0.0.0.0/0"}],
+        "ips": ips,
+        "routes": routes,
         "dns": {}
     })
     .to_string()
@@ -296,6 +310,33 @@ mod tests {
         assert_eq!(
             parse_cni_args("K8S_POD_NAMESPACE=a;IgnoreUnknown=1")["K8S_POD_NAMESPACE"],
             "a"
+        );
+    }
+
+    #[test]
+    fn add_results_list_every_address() {
+        let mut ep: Endpoint = serde_json::from_str(
+            r#"{"id":1,"name":"c","namespace":"default","netns":"/run/netns/x","ifname":"eth0","host_ifname":"cm00000001","ip":"10.1.1.2","labels":{},"identity":300}"#,
+        )
+        .unwrap();
+        let v4: Value = serde_json::from_str(&add_result("1.0.0", &ep, "/run/netns/x")).unwrap();
+        assert_eq!(
+            v4["ips"],
+            json!([{"address": "10.1.1.2/32", "interface": 0}])
+        );
+        assert_eq!(v4["routes"], json!([{"dst": "0.0.0.0/0"}]));
+        ep.ipv6 = Some("fd10:1:0:1::2".parse().unwrap());
+        let dual: Value = serde_json::from_str(&add_result("1.0.0", &ep, "/run/netns/x")).unwrap();
+        assert_eq!(
+            dual["ips"],
+            json!([
+                {"address": "10.1.1.2/32", "interface": 0},
+                {"address": "fd10:1:0:1::2/128", "interface": 0}
+            ])
+        );
+        assert_eq!(
+            dual["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
         );
     }
 

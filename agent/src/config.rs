@@ -4,13 +4,13 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
 
 use clap::Parser;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kvstore::{
     ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig, values::NodeName,
 };
@@ -23,6 +23,7 @@ pub mod env {
     pub const MAX_CONNECTED_CLUSTERS: &str = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS";
     pub const NODE_NAME: &str = "CLUSTERMESH_NODE_NAME";
     pub const NODE_IP: &str = "CLUSTERMESH_NODE_IP";
+    pub const NODE_IPV6: &str = "CLUSTERMESH_NODE_IPV6";
     pub const ETCD_ENDPOINTS: &str = "CLUSTERMESH_ETCD_ENDPOINTS";
     pub const ETCD_CA: &str = "CLUSTERMESH_ETCD_CA";
     pub const ETCD_CERT: &str = "CLUSTERMESH_ETCD_CERT";
@@ -33,6 +34,7 @@ pub mod env {
     pub const STATE_DIR: &str = "CLUSTERMESH_STATE_DIR";
     pub const NODE_NETNS: &str = "CLUSTERMESH_NODE_NETNS";
     pub const POD_CIDR: &str = "CLUSTERMESH_POD_CIDR";
+    pub const POD_CIDR_V6: &str = "CLUSTERMESH_POD_CIDR_V6";
     pub const POD_CIDR_POOL: &str = "CLUSTERMESH_POD_CIDR_POOL";
     pub const HEALTH_LISTEN: &str = "CLUSTERMESH_HEALTH_LISTEN";
     pub const SESSION_TTL: &str = "CLUSTERMESH_SESSION_TTL";
@@ -81,6 +83,11 @@ pub struct AgentArgs {
     /// This node's IP: other nodes route its pod CIDR through it.
     #[arg(long, env = env::NODE_IP)]
     pub node_ip: IpAddr,
+    /// This node's IPv6 address on the node network: other nodes route its
+    /// IPv6 pod CIDR through it (an IPv6 route needs an IPv6 next hop).
+    /// Without it the node's IPv6 pods are reachable from this node only.
+    #[arg(long, env = env::NODE_IPV6)]
+    pub node_ipv6: Option<Ipv6Addr>,
     /// The local cluster's etcd, comma-separated URLs.
     #[arg(long, env = env::ETCD_ENDPOINTS, value_delimiter = ',', required = true)]
     pub etcd_endpoints: Vec<String>,
@@ -112,6 +119,11 @@ pub struct AgentArgs {
     /// A fixed pod CIDR for this node; without it the operator's IPAM assigns one.
     #[arg(long, env = env::POD_CIDR)]
     pub pod_cidr: Option<Ipv4Net>,
+    /// A fixed IPv6 pod CIDR for this node (endpoints become dual-stack);
+    /// without it the operator's IPAM assigns one if it has an IPv6 pool
+    /// (and --pod-cidr is not given).
+    #[arg(long, env = env::POD_CIDR_V6)]
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// The local cluster's pod CIDR pools (the operator's `--pod-cidr-pool`),
     /// comma-separated: no remote node's route may overlap them. Default:
     /// none known (the local nodes' CIDRs are protected all the same).
@@ -196,6 +208,8 @@ pub enum ConfigError {
     EtcdFiles(#[source] kvstore::Error),
     #[error("--pod-cidr {0} is too small (at least /30)")]
     PodCidr(Ipv4Net),
+    #[error("--pod-cidr-v6 {0} is too small (at least /126)")]
+    PodCidrV6(Ipv6Net),
     #[error("--node-netns {0} does not exist")]
     NodeNetns(PathBuf),
     #[error("config file {path}: {reason}")]
@@ -214,6 +228,8 @@ pub struct AgentConfig {
     pub mode: MaxConnectedClusters,
     pub node_name: NodeName,
     pub node_ip: IpAddr,
+    /// The node's IPv6 address, where other nodes route its IPv6 pod CIDR.
+    pub node_ipv6: Option<Ipv6Addr>,
     pub etcd: ClientConfig,
     pub clustermesh_config_dir: Option<PathBuf>,
     pub bpffs_dir: PathBuf,
@@ -221,6 +237,7 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub node_netns: Option<PathBuf>,
     pub pod_cidr: Option<Ipv4Net>,
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// The local cluster's pod pools.
     pub pod_cidr_pools: Vec<IpNet>,
     pub health_listen: Option<SocketAddr>,
@@ -307,6 +324,11 @@ impl AgentArgs {
         {
             return Err(ConfigError::PodCidr(cidr));
         }
+        if let Some(cidr) = self.pod_cidr_v6
+            && cidr.prefix_len() > 126
+        {
+            return Err(ConfigError::PodCidrV6(cidr));
+        }
         let node_netns = self.node_netns.as_deref().map(crate::plumbing::netns_path);
         if let Some(path) = &node_netns
             && !path.exists()
@@ -335,6 +357,7 @@ impl AgentArgs {
             mode,
             node_name,
             node_ip: self.node_ip,
+            node_ipv6: self.node_ipv6,
             etcd,
             clustermesh_config_dir: self.clustermesh_config,
             bpffs_dir: self.bpffs_dir,
@@ -342,6 +365,7 @@ impl AgentArgs {
             state_dir: self.state_dir,
             node_netns,
             pod_cidr: self.pod_cidr,
+            pod_cidr_v6: self.pod_cidr_v6.map(|c| c.trunc()),
             pod_cidr_pools: self.pod_cidr_pool.iter().map(IpNet::trunc).collect(),
             health_listen: self.health_listen,
             session_ttl: self.session_ttl,
@@ -489,6 +513,23 @@ mod tests {
         assert!(bad(&["--cluster-name", "C1"]).contains("invalid"));
         assert!(bad(&["--etcd-cert", "/x"]).contains("go together"));
         assert!(bad(&["--pod-cidr", "10.0.0.0/31"]).contains("too small"));
+        assert!(bad(&["--pod-cidr-v6", "fd00::/127"]).contains("--pod-cidr-v6"));
+        let mut dual = BASE.to_vec();
+        dual.extend([
+            "--pod-cidr-v6",
+            "fd10:1:0:1::5/64",
+            "--node-ipv6",
+            "fd00::11",
+        ]);
+        let c = AgentArgs::parse_with_file(args(&dual))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            c.pod_cidr_v6.map(|n| n.to_string()).as_deref(),
+            Some("fd10:1:0:1::/64")
+        );
+        assert_eq!(c.node_ipv6, Some("fd00::11".parse().unwrap()));
         assert!(bad(&["--node-netns", "no-such-ns-for-test"]).contains("does not exist"));
     }
 

@@ -85,7 +85,10 @@ pub fn run_debug(args: &DebugArgs) -> Result<String, ClientError> {
                                 e.id.to_string(),
                                 e.name.clone(),
                                 e.namespace.clone(),
-                                e.ip.to_string(),
+                                e.addresses()
+                                    .map(|a| a.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
                                 e.identity.to_string(),
                                 e.host_ifname.clone(),
                                 e.labels
@@ -201,7 +204,7 @@ pub fn run_debug(args: &DebugArgs) -> Result<String, ClientError> {
             json,
             &client.get::<Vec<ServiceView>>("/v1/services")?,
             |svcs| {
-                table(
+                let mut out = table(
                     &["SERVICE", "FRONTEND", "BACKENDS", "ACTIVE", "WHY"],
                     svcs.iter()
                         .map(|s| {
@@ -218,7 +221,17 @@ pub fn run_debug(args: &DebugArgs) -> Result<String, ClientError> {
                             ]
                         })
                         .collect(),
-                )
+                );
+                // Remote backends no frontend can use, once per service.
+                let mut said = std::collections::BTreeSet::new();
+                for s in svcs {
+                    for k in &s.skipped {
+                        if said.insert((&s.name, &k.address)) {
+                            out.push_str(&format!("skipped in {}: {}\n", s.name, k.detail));
+                        }
+                    }
+                }
+                out
             },
         ),
         DebugCommand::Map { name } => render(
@@ -246,12 +259,16 @@ fn render<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> 
 
 fn status_table(s: &StatusView) -> String {
     let mut out = format!(
-        "cluster {} (id {}), node {} ({}), pod CIDR {}\nsynced: {}{}\nendpoints: {}\nmaps: {}\n",
+        "cluster {} (id {}), node {} ({}), pod CIDR {}{}\nsynced: {}{}\nendpoints: {}\nmaps: {}\n",
         s.cluster,
         s.cluster_id,
         s.node,
         s.node_ip,
         s.pod_cidr.as_deref().unwrap_or("-"),
+        s.pod_cidr_v6
+            .as_deref()
+            .map(|c| format!(", IPv6 pod CIDR {c}"))
+            .unwrap_or_default(),
         s.synced,
         if s.sync_timed_out {
             " (sync timeout passed)"

@@ -1,6 +1,10 @@
-//! Endpoints: one workload (pod) with one IP on this node.
+//! Endpoints: one workload (pod) on this node, with one IP per family.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use kvstore::{CLUSTER_LABEL, ClusterName, Label, Labels, NAMESPACE_LABEL, SOURCE_K8S};
 use serde::{Deserialize, Serialize};
@@ -51,7 +55,13 @@ pub struct Endpoint {
     pub ifname: String,
     /// The host side of the veth, in the node's namespace.
     pub host_ifname: String,
+    /// The IPv4 address (every endpoint has one).
     pub ip: Ipv4Addr,
+    /// The IPv6 address, when the node has an IPv6 pod CIDR. Absent from
+    /// snapshots and API answers of IPv4-only endpoints (older agents
+    /// wrote none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// The labels given (without the automatic namespace and cluster labels).
     pub labels: BTreeMap<String, String>,
     /// The security identity of its labels.
@@ -86,6 +96,10 @@ pub struct EndpointRequest {
     /// A specific address from the node's pod CIDR (default: the next free).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// A specific address from the node's IPv6 pod CIDR (default: the next
+    /// free one, when the node has an IPv6 pod CIDR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// The Kubernetes Pod's name (CNI's `K8S_POD_NAME`), in `namespace`: in
     /// Kubernetes mode its labels (and its namespace's) are the endpoint's,
     /// and the request waits briefly for the Pod to appear.
@@ -94,6 +108,11 @@ pub struct EndpointRequest {
 }
 
 impl Endpoint {
+    /// Every address of the endpoint: IPv4 first, then IPv6 if it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ipv6.map(IpAddr::V6))
+    }
+
     /// The labels that define the endpoint's identity: its own labels plus
     /// `io.kubernetes.pod.namespace` and `io.cilium.k8s.policy.cluster`.
     pub fn security_labels(&self, cluster: &ClusterName) -> Labels {
@@ -186,6 +205,7 @@ mod tests {
             ifname: None,
             labels: BTreeMap::from([("app".into(), "web".into())]),
             ip: None,
+            ipv6: None,
             pod: None,
         };
         assert!(validate_request(&ok).is_ok());
@@ -204,5 +224,29 @@ mod tests {
             .contains("set by the agent")
         );
         assert_eq!(host_ifname(EndpointId::new(0x1f)), "cm0000001f");
+    }
+
+    /// A snapshot written before endpoints had IPv6 addresses (an agent of
+    /// an older version, or an IPv4-only node).
+    const OLD_SNAPSHOT: &str = r#"[{"id":3,"name":"pod-a","namespace":"demo","netns":"/run/netns/a","ifname":"eth0","host_ifname":"cm00000003","ip":"10.1.1.5","labels":{"app":"web"},"identity":65800,"ifindex":42}]"#;
+
+    #[test]
+    fn old_snapshots_load_unchanged_and_v4_only_endpoints_write_the_same() {
+        let eps: Vec<Endpoint> = serde_json::from_str(OLD_SNAPSHOT).unwrap();
+        assert_eq!(eps[0].ip, "10.1.1.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(eps[0].ipv6, None);
+        assert_eq!(eps[0].addresses().count(), 1);
+        assert_eq!(serde_json::to_string(&eps).unwrap(), OLD_SNAPSHOT);
+        // A dual-stack endpoint carries both, IPv4 first.
+        let mut ep = eps[0].clone();
+        ep.ipv6 = Some("fd10:1:0:1::5".parse().unwrap());
+        let json = serde_json::to_string(&ep).unwrap();
+        assert!(json.contains(r#""ipv6":"fd10:1:0:1::5""#), "{json}");
+        let back: Endpoint = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ep);
+        assert_eq!(
+            back.addresses().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["10.1.1.5", "fd10:1:0:1::5"]
+        );
     }
 }

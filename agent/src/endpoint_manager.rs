@@ -4,12 +4,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kvstore::{
     Allocator, AllocatorError, ClusterName, NumericIdentity, StoreValue, SyncStore,
     values::IpIdentityPair,
@@ -36,7 +36,7 @@ pub(crate) enum EndpointError {
     #[error("no endpoint named {0:?}")]
     NotFound(String),
     #[error("the pod CIDR {0} has no free address")]
-    PoolExhausted(Ipv4Net),
+    PoolExhausted(IpNet),
     #[error("the node has no pod CIDR yet (waiting for IPAM)")]
     NoPodCidr,
     #[error(
@@ -89,6 +89,8 @@ pub(crate) struct EndpointManagerConfig {
 struct Inner {
     endpoints: BTreeMap<String, Endpoint>,
     pod_cidr: Option<Ipv4Net>,
+    /// The node's IPv6 pod CIDR, if it has one: endpoints are dual-stack.
+    pod_cidr_v6: Option<Ipv6Net>,
 }
 
 /// See the module documentation. Operations are serialized.
@@ -131,6 +133,7 @@ impl EndpointManager {
             inner: Mutex::new(Inner {
                 endpoints: BTreeMap::new(),
                 pod_cidr: None,
+                pod_cidr_v6: None,
             }),
             deferred: Mutex::default(),
             pods: None,
@@ -148,9 +151,21 @@ impl EndpointManager {
         self.inner.lock().await.pod_cidr = Some(cidr);
     }
 
+    /// Sets the node's IPv6 pod CIDR (from IPAM or configuration): new
+    /// endpoints get an address from it too.
+    pub(crate) async fn set_pod_cidr_v6(&self, cidr: Option<Ipv6Net>) {
+        self.inner.lock().await.pod_cidr_v6 = cidr;
+    }
+
     /// The router address every endpoint uses as its gateway.
     pub(crate) fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(cidr.network()) + 1)
+    }
+
+    /// The IPv6 router address (the CIDR's first address after the
+    /// network's, as for IPv4).
+    pub(crate) fn gateway_v6(cidr: Ipv6Net) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(cidr.network()) + 1)
     }
 
     pub(crate) async fn list(&self) -> Vec<Endpoint> {
@@ -204,6 +219,15 @@ impl EndpointManager {
         }
         let cidr = inner.pod_cidr.ok_or(EndpointError::NoPodCidr)?;
         let ip = pick_ip(cidr, &inner.endpoints, req.ip)?;
+        let ipv6 = match (inner.pod_cidr_v6, req.ipv6) {
+            (Some(cidr_v6), requested) => Some(pick_ipv6(cidr_v6, &inner.endpoints, requested)?),
+            (None, Some(requested)) => {
+                return Err(EndpointError::BadRequest(format!(
+                    "address {requested} requested but the node has no IPv6 pod CIDR"
+                )));
+            }
+            (None, None) => None,
+        };
         let id = (1..)
             .map(EndpointId::new)
             .find(|id| !inner.endpoints.values().any(|e| e.id == *id))
@@ -226,14 +250,15 @@ impl EndpointManager {
             ifname: req.ifname.clone().unwrap_or_else(|| "eth0".into()),
             host_ifname: host_ifname(id),
             ip,
+            ipv6,
             labels: own_labels,
             identity: identity.get(),
             ifindex: None,
             pod: req.pod.clone(),
         };
-        match self.bring_up(&endpoint, cidr).await {
+        match self.bring_up(&endpoint, cidr, inner.pod_cidr_v6).await {
             Ok(endpoint) => {
-                info!(name = endpoint.name, ip = %endpoint.ip, identity = endpoint.identity, "endpoint added");
+                info!(name = endpoint.name, ip = %endpoint.ip, ipv6 = ?endpoint.ipv6, identity = endpoint.identity, "endpoint added");
                 inner
                     .endpoints
                     .insert(endpoint.name.clone(), endpoint.clone());
@@ -252,6 +277,7 @@ impl EndpointManager {
         &self,
         endpoint: &Endpoint,
         cidr: Ipv4Net,
+        cidr_v6: Option<Ipv6Net>,
     ) -> Result<Endpoint, EndpointError> {
         let link_node = self.config.node_netns.clone();
         let (pod, host_if, pod_if, ip) = (
@@ -261,6 +287,7 @@ impl EndpointManager {
             endpoint.ip,
         );
         let gateway = Self::gateway(cidr);
+        let ipv6 = endpoint.ipv6.zip(cidr_v6.map(Self::gateway_v6));
         tokio::task::spawn_blocking(move || {
             plumbing::create_endpoint_link(&EndpointLink {
                 node_netns: link_node.as_deref(),
@@ -269,6 +296,7 @@ impl EndpointManager {
                 pod_ifname: &pod_if,
                 ip,
                 gateway,
+                ipv6,
             })
         })
         .await
@@ -300,18 +328,22 @@ impl EndpointManager {
         Ok(attached)
     }
 
+    /// Announces the endpoint's addresses (one ipcache entry per family,
+    /// as Cilium writes them) with its identity.
     fn publish(&self, endpoint: &Endpoint) {
-        let mut pair = IpIdentityPair::host(
-            IpAddr::V4(endpoint.ip),
-            NumericIdentity::new(endpoint.identity),
-            Some(self.config.node_ip),
-        );
-        pair.k8s_namespace = endpoint.namespace.clone();
-        pair.k8s_pod_name = endpoint
-            .pod
-            .clone()
-            .unwrap_or_else(|| endpoint.name.clone());
-        self.ipcache.upsert(&pair);
+        for addr in endpoint.addresses() {
+            let mut pair = IpIdentityPair::host(
+                addr,
+                NumericIdentity::new(endpoint.identity),
+                Some(self.config.node_ip),
+            );
+            pair.k8s_namespace = endpoint.namespace.clone();
+            pair.k8s_pod_name = endpoint
+                .pod
+                .clone()
+                .unwrap_or_else(|| endpoint.name.clone());
+            self.ipcache.upsert(&pair);
+        }
     }
 
     async fn delete_link(&self, host_ifname: &str) -> Result<(), EndpointError> {
@@ -345,12 +377,10 @@ impl EndpointManager {
                 "detaching the datapath failed; removing the endpoint anyway"
             );
         }
-        let pair = IpIdentityPair::host(
-            IpAddr::V4(endpoint.ip),
-            NumericIdentity::new(endpoint.identity),
-            None,
-        );
-        self.ipcache.delete(&pair.key());
+        for addr in endpoint.addresses() {
+            let pair = IpIdentityPair::host(addr, NumericIdentity::new(endpoint.identity), None);
+            self.ipcache.delete(&pair.key());
+        }
         if let Err(e) = self
             .allocator
             .release(&endpoint.security_labels(&self.config.cluster))
@@ -579,7 +609,39 @@ fn pick_ip(
     (first..=last)
         .map(Ipv4Addr::from)
         .find(|ip| !used.contains(ip))
-        .ok_or(EndpointError::PoolExhausted(cidr))
+        .ok_or(EndpointError::PoolExhausted(IpNet::V4(cidr)))
+}
+
+/// The IPv6 allocator, as [`pick_ip`]: the network address and the gateway
+/// (`::1`) are never handed out, nor the CIDR's last address (IPv6 has no
+/// broadcast; it is kept back so both families leave the same ends free).
+/// The search stops at the first free address, so a /64 costs no more than
+/// the endpoints the node has.
+fn pick_ipv6(
+    cidr: Ipv6Net,
+    endpoints: &BTreeMap<String, Endpoint>,
+    requested: Option<Ipv6Addr>,
+) -> Result<Ipv6Addr, EndpointError> {
+    let used: std::collections::HashSet<Ipv6Addr> =
+        endpoints.values().filter_map(|e| e.ipv6).collect();
+    let first = u128::from(cidr.network()) + 2;
+    let last = u128::from(cidr.broadcast()).saturating_sub(1);
+    if let Some(ip) = requested {
+        let n = u128::from(ip);
+        if !(first..=last).contains(&n) {
+            return Err(EndpointError::BadRequest(format!(
+                "address {ip} is not a usable address of the IPv6 pod CIDR {cidr}"
+            )));
+        }
+        if used.contains(&ip) {
+            return Err(EndpointError::Conflict(format!("address {ip} is in use")));
+        }
+        return Ok(ip);
+    }
+    (first..=last)
+        .map(Ipv6Addr::from)
+        .find(|ip| !used.contains(ip))
+        .ok_or(EndpointError::PoolExhausted(IpNet::V6(cidr)))
 }
 
 #[cfg(test)]
@@ -595,6 +657,7 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "cm1".into(),
             ip: ip.parse().unwrap(),
+            ipv6: None,
             labels: BTreeMap::new(),
             identity: 300,
             ifindex: None,
@@ -638,5 +701,50 @@ mod tests {
             EndpointManager::gateway(cidr),
             "10.1.2.1".parse::<Ipv4Addr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_mirror_the_ipv4_allocator() {
+        let cidr: Ipv6Net = "fd10:1:0:1::/125".parse().unwrap();
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let mut eps = BTreeMap::new();
+        assert_eq!(pick_ipv6(cidr, &eps, None).unwrap(), v6("fd10:1:0:1::2"));
+        let mut a = ep("10.1.2.2");
+        a.ipv6 = Some(v6("fd10:1:0:1::2"));
+        eps.insert("a".into(), a);
+        assert_eq!(pick_ipv6(cidr, &eps, None).unwrap(), v6("fd10:1:0:1::3"));
+        // IPv4-only endpoints (restored from an old snapshot) hold no v6 address.
+        eps.insert("old".into(), ep("10.1.2.3"));
+        assert_eq!(pick_ipv6(cidr, &eps, None).unwrap(), v6("fd10:1:0:1::3"));
+        assert!(matches!(
+            pick_ipv6(cidr, &eps, Some(v6("fd10:1:0:1::2"))),
+            Err(EndpointError::Conflict(_))
+        ));
+        for bad in ["fd10:1:0:1::1", "fd10:1:0:1::7", "fd10:9::5"] {
+            assert!(
+                matches!(
+                    pick_ipv6(cidr, &eps, Some(v6(bad))),
+                    Err(EndpointError::BadRequest(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            pick_ipv6(cidr, &eps, Some(v6("fd10:1:0:1::6"))).unwrap(),
+            v6("fd10:1:0:1::6")
+        );
+        for i in 3..=6 {
+            let mut e = ep(&format!("10.1.2.{i}"));
+            e.ipv6 = Some(v6(&format!("fd10:1:0:1::{i}")));
+            eps.insert(format!("{i}"), e);
+        }
+        assert!(matches!(
+            pick_ipv6(cidr, &eps, None),
+            Err(EndpointError::PoolExhausted(IpNet::V6(_)))
+        ));
+        assert_eq!(EndpointManager::gateway_v6(cidr), v6("fd10:1:0:1::1"));
+        // A /64 finds its first free address at once.
+        let wide: Ipv6Net = "fd10:1:0:2::/64".parse().unwrap();
+        assert_eq!(pick_ipv6(wide, &eps, None).unwrap(), v6("fd10:1:0:2::2"));
     }
 }

@@ -55,10 +55,11 @@ pub use policy_resolver::{
 };
 pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{
-    CandidateBackend, MergedFrontend, Mode as ServiceMode, RemoteService, Slot, merge,
+    CandidateBackend, MergedFrontend, Mode as ServiceMode, RemoteService, SkipReason,
+    SkippedBackend, Slot, merge,
 };
 pub use views::{
     BackendView, CandidateView, IdentityView, IpCacheView, KubernetesResourceView, KubernetesView,
     MapEntryView, PolicyEntryView, PolicyView, RefusedRouteView, RemoteView, ServiceView,
-    SourceView, StatusView,
+    SkippedBackendView, SourceView, StatusView,
 };

@@ -81,6 +81,8 @@ pub struct AgentMetrics {
     pub remote_entries: Family<RemoteKindLabel, Gauge>,
     pub remote_invalid: Family<RemoteReasonLabel, Gauge>,
     pub remote_refused_routes: Family<RemoteReasonLabel, Gauge>,
+    /// Backends of remote services left out now (a mixed-family service).
+    pub remote_skipped_backends: Family<RemoteReasonLabel, Gauge>,
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
     errors: Family<ComponentLabel, Counter>,
@@ -125,6 +127,7 @@ impl AgentMetrics {
         let remote_entries = Family::<RemoteKindLabel, Gauge>::default();
         let remote_invalid = Family::<RemoteReasonLabel, Gauge>::default();
         let remote_refused_routes = Family::<RemoteReasonLabel, Gauge>::default();
+        let remote_skipped_backends = Family::<RemoteReasonLabel, Gauge>::default();
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
         let errors = Family::<ComponentLabel, Counter>::default();
@@ -224,6 +227,11 @@ impl AgentMetrics {
             "Pod CIDRs of the remote cluster's nodes that are not routed, by reason",
             remote_refused_routes.clone(),
         );
+        registry.register(
+            "remote_cluster_skipped_service_backends",
+            "Backends of the remote cluster's services that no local frontend can use, by reason (mixed-family: no frontend of the backend's family)",
+            remote_skipped_backends.clone(),
+        );
         Self {
             registry: Mutex::new(root),
             endpoints,
@@ -241,6 +249,7 @@ impl AgentMetrics {
             remote_entries,
             remote_invalid,
             remote_refused_routes,
+            remote_skipped_backends,
             policy_verdicts,
             drops,
             errors,

@@ -7,10 +7,17 @@
 //! as a /32 and a default route via the node's router IP (the first address
 //! of the pod CIDR), which every host-side veth carries, so the pod's ARP
 //! for its gateway is answered by its own veth and no bridge is needed.
+//!
+//! IPv6 mirrors it: a dual-stack pod also gets its IPv6 address as a /128
+//! and a default route via the IPv6 router address (`<v6 pod CIDR>::1`),
+//! which every host-side veth carries too, so neighbour discovery for the
+//! gateway is answered by the pod's own veth. Addresses are added without
+//! duplicate address detection: they are unique by allocation, and a
+//! tentative address would not answer (nor be usable) for a second.
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -91,6 +98,8 @@ pub(crate) struct EndpointLink<'a> {
     pub pod_ifname: &'a str,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// The IPv6 address and IPv6 gateway of a dual-stack endpoint.
+    pub ipv6: Option<(Ipv6Addr, Ipv6Addr)>,
 }
 
 /// Prepares the node's namespace: forwarding on, reverse-path filtering
@@ -99,6 +108,14 @@ pub(crate) fn prepare_node(node_netns: Option<&Path>) -> Result<(), PlumbingErro
     sysctl(node_netns, "net.ipv4.ip_forward", "1")?;
     sysctl(node_netns, "net.ipv4.conf.all.rp_filter", "0")?;
     sysctl(node_netns, "net.ipv4.conf.default.rp_filter", "0")?;
+    Ok(())
+}
+
+/// Prepares the node's namespace for IPv6 pods: forwarding on (IPv6 has no
+/// reverse-path filter of its own).
+pub(crate) fn prepare_node_v6(node_netns: Option<&Path>) -> Result<(), PlumbingError> {
+    sysctl(node_netns, "net.ipv6.conf.all.forwarding", "1")?;
+    sysctl(node_netns, "net.ipv6.conf.default.forwarding", "1")?;
     Ok(())
 }
 
@@ -197,6 +214,73 @@ fn configure(link: &EndpointLink<'_>, tmp_peer: &str) -> Result<(), PlumbingErro
             "route",
             "replace",
             &format!("{}/32", link.ip),
+            "dev",
+            link.host_ifname,
+        ],
+    )?;
+    if let Some((ipv6, gateway)) = link.ipv6 {
+        configure_v6(link, ipv6, gateway)?;
+    }
+    Ok(())
+}
+
+/// The IPv6 half of [`configure`], the same steps with `/128`s.
+fn configure_v6(
+    link: &EndpointLink<'_>,
+    ipv6: Ipv6Addr,
+    gateway: Ipv6Addr,
+) -> Result<(), PlumbingError> {
+    let node = link.node_netns;
+    let pod = Some(link.pod_netns);
+    let gw = gateway.to_string();
+    ip(
+        pod,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ipv6}/128"),
+            "dev",
+            link.pod_ifname,
+            "nodad",
+        ],
+    )?;
+    ip(
+        pod,
+        &["-6", "route", "replace", &gw, "dev", link.pod_ifname],
+    )?;
+    ip(
+        pod,
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gw,
+            "dev",
+            link.pod_ifname,
+        ],
+    )?;
+    ip(
+        node,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{gw}/128"),
+            "dev",
+            link.host_ifname,
+            "nodad",
+        ],
+    )?;
+    ip(
+        node,
+        &[
+            "-6",
+            "route",
+            "replace",
+            &format!("{ipv6}/128"),
             "dev",
             link.host_ifname,
         ],

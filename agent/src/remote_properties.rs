@@ -307,7 +307,7 @@ proptest! {
             route_plan::plan(&RouteInputs {
                 local_cluster: "c1",
                 local_node: "n1",
-                own_pod_cidr: Some(own),
+                own_pod_cidrs: &[own],
                 local_pools: &local_pools,
                 host_networks: &host,
                 nodes: &nodes,

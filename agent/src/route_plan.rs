@@ -87,8 +87,8 @@ pub(crate) struct RefusedRoute {
 pub(crate) struct RouteInputs<'a> {
     pub local_cluster: &'a str,
     pub local_node: &'a str,
-    /// This node's pod CIDR.
-    pub own_pod_cidr: Option<IpNet>,
+    /// This node's pod CIDRs (IPv4, and IPv6 on a dual-stack node).
+    pub own_pod_cidrs: &'a [IpNet],
     /// The local cluster's pod pools (configured; may be empty).
     pub local_pools: &'a [IpNet],
     /// Networks of this node's interfaces (and their direct routes).
@@ -117,8 +117,11 @@ struct Claim<'a> {
     via: IpAddr,
 }
 
-/// Computes the routes (IPv4 only, as the datapath routes IPv4).
+/// Computes the routes, both families.
 ///
+/// - Every pod CIDR is routed through the node's `InternalIP` of the same
+///   family (an IPv6 route needs an IPv6 next hop); a CIDR of a family the
+///   node has no such address for is not routed.
 /// - Other nodes of the local cluster: every pod CIDR except this node's.
 /// - Remote nodes: a pod CIDR is routed only if it is at least as narrow as
 ///   the minimum, overlaps none of the local space (this node's and other
@@ -130,7 +133,7 @@ struct Claim<'a> {
 pub(crate) fn plan(inputs: &RouteInputs<'_>) -> RoutePlan {
     let mut out = RoutePlan::default();
     let mut local_pods: Vec<IpNet> = inputs.local_pools.to_vec();
-    local_pods.extend(inputs.own_pod_cidr);
+    local_pods.extend(inputs.own_pod_cidrs.iter().copied());
     for (cluster, nodes) in inputs.nodes {
         if cluster != inputs.local_cluster {
             continue;
@@ -141,11 +144,10 @@ pub(crate) fn plan(inputs: &RouteInputs<'_>) -> RoutePlan {
             if node.name == inputs.local_node {
                 continue;
             }
-            let Some(via) = node.internal_ip() else {
-                continue;
-            };
             for cidr in cidrs {
-                if cidr.addr().is_ipv4() && Some(cidr) != inputs.own_pod_cidr {
+                if let Some(via) = node.internal_ip_for(&cidr)
+                    && !inputs.own_pod_cidrs.contains(&cidr)
+                {
                     out.routes.insert(cidr, via);
                 }
             }
@@ -158,11 +160,8 @@ pub(crate) fn plan(inputs: &RouteInputs<'_>) -> RoutePlan {
             continue;
         }
         for node in nodes.values() {
-            let Some(via) = node.internal_ip() else {
-                continue;
-            };
             for cidr in node.pod_cidrs() {
-                if cidr.addr().is_ipv4() {
+                if let Some(via) = node.internal_ip_for(&cidr) {
                     claims.push(Claim {
                         cluster,
                         node: &node.name,
@@ -263,12 +262,31 @@ mod tests {
             kind: NodeAddress::INTERNAL_IP.into(),
             ip: ip.parse().unwrap(),
         });
-        let mut cidrs = cidrs.iter().map(|c| NodeCidr::from_net(c.parse().unwrap()));
+        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = cidrs
+            .iter()
+            .map(|c| c.parse::<IpNet>().unwrap())
+            .partition(|c| c.addr().is_ipv4());
+        let mut cidrs = v4.into_iter().map(NodeCidr::from_net);
         n.ipv4_alloc_cidr = cidrs.next();
         let rest: Vec<NodeCidr> = cidrs.collect();
         if !rest.is_empty() {
             n.ipv4_secondary_alloc_cidrs = Some(rest);
         }
+        let mut cidrs = v6.into_iter().map(NodeCidr::from_net);
+        n.ipv6_alloc_cidr = cidrs.next();
+        let rest: Vec<NodeCidr> = cidrs.collect();
+        if !rest.is_empty() {
+            n.ipv6_secondary_alloc_cidrs = Some(rest);
+        }
+        n
+    }
+
+    /// A dual-stack node: an IPv6 InternalIP beside the IPv4 one.
+    fn with_v6(mut n: Node, ip: &str) -> Node {
+        n.ip_addresses.push(NodeAddress {
+            kind: NodeAddress::INTERNAL_IP.into(),
+            ip: ip.parse().unwrap(),
+        });
         n
     }
 
@@ -278,6 +296,7 @@ mod tests {
         host: Vec<IpNet>,
         remote_pools: BTreeMap<String, Vec<IpNet>>,
         installed: BTreeMap<IpNet, IpAddr>,
+        own: Vec<IpNet>,
     }
 
     impl World {
@@ -288,6 +307,7 @@ mod tests {
                 host: vec!["172.16.0.0/16".parse().unwrap()],
                 remote_pools: BTreeMap::new(),
                 installed: BTreeMap::new(),
+                own: vec!["10.1.1.0/24".parse().unwrap()],
             };
             w.add(node("c1", "n1", "172.16.1.11", &["10.1.1.0/24"]));
             w.add(node("c1", "n2", "172.16.1.12", &["10.1.2.0/24"]));
@@ -306,7 +326,7 @@ mod tests {
             plan(&RouteInputs {
                 local_cluster: "c1",
                 local_node: "n1",
-                own_pod_cidr: Some("10.1.1.0/24".parse().unwrap()),
+                own_pod_cidrs: &self.own,
                 local_pools: &self.pools,
                 host_networks: &self.host,
                 nodes: &self.nodes,
@@ -392,6 +412,87 @@ mod tests {
         // …and without a holder, the (cluster, node) order decides.
         w.installed.clear();
         assert_eq!(w.plan().refused[0].cluster, "c2");
+    }
+
+    #[test]
+    fn ipv6_cidrs_are_routed_through_ipv6_next_hops() {
+        let mut w = World::new();
+        w.pools.push(net("fd10:1::/48"));
+        w.host.push(net("fd00:172:16::/64"));
+        w.own.push(net("fd10:1:0:1::/64"));
+        w.add(with_v6(
+            node(
+                "c1",
+                "n1",
+                "172.16.1.11",
+                &["10.1.1.0/24", "fd10:1:0:1::/64"],
+            ),
+            "fd00:172:16::1:11",
+        ));
+        w.add(with_v6(
+            node(
+                "c1",
+                "n2",
+                "172.16.1.12",
+                &["10.1.2.0/24", "fd10:1:0:2::/64"],
+            ),
+            "fd00:172:16::1:12",
+        ));
+        w.add(with_v6(
+            node(
+                "c2",
+                "n1",
+                "172.16.2.11",
+                &["10.2.1.0/24", "fd10:2:0:1::/64"],
+            ),
+            "fd00:172:16::2:11",
+        ));
+        // A node without an IPv6 address: its IPv6 CIDR has no next hop.
+        w.add(node(
+            "c2",
+            "n2",
+            "172.16.2.12",
+            &["10.2.2.0/24", "fd10:2:0:2::/64"],
+        ));
+        let p = w.plan();
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        let via = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            p.routes.get(&net("fd10:1:0:2::/64")).copied(),
+            via("fd00:172:16::1:12")
+        );
+        assert_eq!(
+            p.routes.get(&net("fd10:2:0:1::/64")).copied(),
+            via("fd00:172:16::2:11")
+        );
+        assert_eq!(
+            p.routes.get(&net("10.2.1.0/24")).copied(),
+            via("172.16.2.11")
+        );
+        assert_eq!(
+            p.routes.get(&net("10.2.2.0/24")).copied(),
+            via("172.16.2.12")
+        );
+        assert!(!p.routes.contains_key(&net("fd10:1:0:1::/64")), "own CIDR");
+        assert!(!p.routes.contains_key(&net("fd10:2:0:2::/64")));
+        // IPv6 claims are judged as IPv4 ones.
+        let cases = [
+            ("fd10::/32", RouteRefusal::TooWide),
+            ("fd10:1:0:9::/64", RouteRefusal::OverlapsLocalPods),
+            ("fd00:172:16::/80", RouteRefusal::OverlapsHostNetwork),
+        ];
+        for (cidr, reason) in cases {
+            let mut w2 = World::new();
+            w2.pools.push(net("fd10:1::/48"));
+            w2.host.push(net("fd00:172:16::/64"));
+            w2.add(with_v6(
+                node("c2", "evil", "172.16.2.66", &[cidr]),
+                "fd00:172:16::2:66",
+            ));
+            let p = w2.plan();
+            assert_eq!(p.refused.len(), 1, "{cidr}");
+            assert_eq!(p.refused[0].reason, reason, "{cidr}");
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ const WAKE_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct RouteRequest {
     pub local_cluster: String,
     pub local_node: String,
-    pub own_pod_cidr: Option<IpNet>,
+    pub own_pod_cidrs: Vec<IpNet>,
     pub local_pools: Vec<IpNet>,
     /// Cluster → node name → node.
     pub nodes: BTreeMap<String, BTreeMap<String, Node>>,
@@ -131,7 +131,7 @@ impl Routes {
         let plan = route_plan::plan(&RouteInputs {
             local_cluster: &request.local_cluster,
             local_node: &request.local_node,
-            own_pod_cidr: request.own_pod_cidr,
+            own_pod_cidrs: &request.own_pod_cidrs,
             local_pools: &request.local_pools,
             host_networks: &host_networks,
             nodes: &request.nodes,

@@ -80,6 +80,21 @@ pub struct ServiceView {
     /// Every backend the frontend could use, chosen or not.
     #[serde(default)]
     pub candidates: Vec<CandidateView>,
+    /// Remote backends left out, with the reason (a mixed-family service:
+    /// a backend of a family the service has no frontend for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedBackendView>,
+}
+
+/// A remote backend a service frontend does not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedBackendView {
+    pub cluster: String,
+    pub address: String,
+    /// `mixed-family`.
+    pub reason: String,
+    /// The reason in words.
+    pub detail: String,
 }
 
 /// A backend a service frontend could use, and whether it is in rotation.
@@ -151,6 +166,9 @@ pub struct StatusView {
     pub node: String,
     pub node_ip: String,
     pub pod_cidr: Option<String>,
+    /// The node's IPv6 pod CIDR (dual-stack nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
     /// All sources synced (removals of stale entries are written only then).
     pub synced: bool,
     pub sync_timed_out: bool,

@@ -250,6 +250,16 @@ fn service_merging() {
                 for slot in &fe.slots {
                     writeln!(out, "  {} cluster {}", slot.backend, slot.cluster_id).unwrap();
                 }
+                for s in &fe.skipped {
+                    writeln!(
+                        out,
+                        "  skipped {} from {}: {}",
+                        s.backend,
+                        s.cluster,
+                        s.reason.as_str()
+                    )
+                    .unwrap();
+                }
             }
             out
         });

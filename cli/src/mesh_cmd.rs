@@ -176,7 +176,7 @@ enum MeshCommand {
     Request {
         /// The client pod, CLUSTER/POD.
         from: String,
-        /// The address to connect to, IP:PORT.
+        /// The address to connect to, IP:PORT (`[IPv6]:PORT`).
         to: SocketAddr,
         /// How many requests to send.
         #[arg(long, default_value_t = 1)]
@@ -425,7 +425,11 @@ fn print_status(
                 } else {
                     ""
                 },
-                s.pod_cidr.as_deref().unwrap_or("-"),
+                match (&s.pod_cidr, &s.pod_cidr_v6) {
+                    (Some(v4), Some(v6)) => format!("{v4} and {v6}"),
+                    (Some(v4), None) => v4.clone(),
+                    (None, _) => "-".into(),
+                },
                 plural(s.endpoints, "endpoint"),
                 s.maps.get("ipcache").copied().unwrap_or(0),
                 s.maps.get("policy").copied().unwrap_or(0)
@@ -584,7 +588,8 @@ pub(crate) fn mesh(args: MeshArgs, out: &mut dyn Write) -> Result<(), CommandErr
             let e = mesh
                 .add_endpoint(&cluster, &node, &name, &refs, port)
                 .map_err(CommandError::failed)?;
-            w(out, format!("{cluster}/{name} on {node}: {}", e.ip))
+            let v6 = e.ipv6.map(|v6| format!(", {v6}")).unwrap_or_default();
+            w(out, format!("{cluster}/{name} on {node}: {}{v6}", e.ip))
         }
         MeshCommand::RemoveWorkload { cluster, name } => {
             mesh.remove_endpoint(&cluster, &name)

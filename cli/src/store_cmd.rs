@@ -66,10 +66,22 @@ impl Target {
     }
 
     /// The cluster's pod CIDR pool, when it is a cluster of a local mesh.
-    fn pod_pool(&self) -> Option<IpNet> {
-        let mesh = localmesh::Mesh::load(&self.dir).ok()?;
-        let c = mesh.state.cluster(self.cluster.as_deref()?).ok()?;
-        c.pod_cidr_pool.parse().ok()
+    /// The local mesh cluster's pod pools (IPv4, and IPv6 when it has one).
+    fn pod_pools(&self) -> Vec<IpNet> {
+        let Ok(mesh) = localmesh::Mesh::load(&self.dir) else {
+            return Vec::new();
+        };
+        let Some(c) = self
+            .cluster
+            .as_deref()
+            .and_then(|name| mesh.state.cluster(name).ok())
+        else {
+            return Vec::new();
+        };
+        c.pod_cidr_pools()
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 }
 
@@ -152,7 +164,10 @@ impl Kind {
                 value: d.encode(),
                 selects: vec![format!(
                     "{} -> endpoints {}",
-                    d.frontend,
+                    d.frontends()
+                        .map(|f| f.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and "),
                     selector_words(&d.selector, &[])
                 )],
                 service: Some(d),
@@ -286,7 +301,7 @@ fn read_documents(kind: Kind, file: &Path) -> Result<Vec<Parsed>, CommandError> 
 async fn check_frontends(
     client: &Client,
     docs: &[Parsed],
-    pod_pool: Option<IpNet>,
+    pod_pools: Vec<IpNet>,
 ) -> Result<(), CommandError> {
     let (stored, _) = client
         .list(&keys::service_defs(), 10_000)
@@ -297,8 +312,13 @@ async fn check_frontends(
         .filter_map(|kv| {
             let key = keys::service_defs().strip(&kv.key)?.to_string();
             let def = ServiceDef::decode(&key, &kv.value).ok()?;
-            Some((def.frontend, key))
+            Some(
+                def.frontends()
+                    .map(move |f| (f, key.clone()))
+                    .collect::<Vec<_>>(),
+            )
         })
+        .flatten()
         .collect();
     let (pods, _) = client
         .list(&keys::ipcache(), 100_000)
@@ -330,12 +350,14 @@ async fn check_frontends(
                 .collect::<Vec<_>>()
         })
         .collect();
-    if let Some(pool) = pod_pool {
+    for pool in pod_pools {
         cidrs.push((pool, "the cluster's pod CIDR pool".into()));
     }
-    for d in docs {
-        let Some(def) = &d.service else { continue };
-        let fe = def.frontend;
+    for (d, fe) in docs
+        .iter()
+        .filter_map(|d| Some((d, d.service.as_ref()?)))
+        .flat_map(|(d, def)| def.frontends().map(move |fe| (d, fe)))
+    {
         if let Some((_, other)) = taken.iter().find(|(ip, k)| *ip == fe && *k != d.key) {
             return Err(CommandError::usage(anyhow!(
                 "service {}: frontend {fe} is already used by service {other}; nothing was applied",
@@ -380,7 +402,7 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
         _ => None,
     };
     let config = args.target.client_config()?;
-    let pod_pool = args.target.pod_pool();
+    let pod_pools = args.target.pod_pools();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -391,7 +413,7 @@ pub(crate) fn run(kind: Kind, args: StoreArgs, out: &mut dyn Write) -> Result<()
                 let docs = docs.unwrap_or_default();
                 let client = connect(&config).await?;
                 if matches!(kind, Kind::Service) {
-                    check_frontends(&client, &docs, pod_pool).await?;
+                    check_frontends(&client, &docs, pod_pools).await?;
                 }
                 let ops: Vec<(String, Vec<u8>)> = docs
                     .iter()

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     time::Duration,
 };
 
@@ -47,7 +47,10 @@ pub(crate) fn run(args: ToolArgs, out: &mut dyn Write) -> Result<(), CommandErro
 }
 
 fn echo_server(name: &str, port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+    // Both families on one socket (a dual-stack pod is reached on either
+    // address); IPv4 alone where the namespace has no IPv6.
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
         .with_context(|| format!("listen on port {port}"))?;
     for conn in listener.incoming() {
         let Ok(mut stream) = conn else { continue };

@@ -128,6 +128,32 @@ impl TestMesh {
         v
     }
 
+    /// `(prefix, identity)` of the ipcache entries a node has programmed
+    /// inside `remote`'s pod pools (both families), sorted: what
+    /// [`TestMesh::published`] says for `remote` once the node has it all.
+    pub fn programmed_from(&self, cluster: &str, node: &str, remote: &str) -> Vec<(String, u32)> {
+        let pools: Vec<ipnet::IpNet> = self
+            .state
+            .cluster(remote)
+            .expect("the remote cluster")
+            .pod_cidr_pools()
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let mut v: Vec<(String, u32)> = self
+            .ipcache(cluster, node)
+            .into_iter()
+            .filter(|e| {
+                e.prefix
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|n| pools.iter().any(|p| p.contains(&n)))
+            })
+            .map(|e| (e.prefix, e.identity))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// `(prefix, identity)` of the ipcache entries in a cluster's etcd, sorted.
     pub fn published(&self, cluster: &str) -> Vec<(String, u32)> {
         let mut v: Vec<(String, u32)> = self

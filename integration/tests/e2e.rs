@@ -169,7 +169,7 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
     }
     let mut mesh = TestMesh::up(2, 2)?;
     wait_for("c1 has c2's state", || {
-        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+        mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
     });
     mesh.cut("c1", "c2")?;
     wait_for("c1 sees the partition", || !remote_ready(&mesh, "c1", "c2"));
@@ -191,7 +191,7 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
     std::thread::sleep(Duration::from_secs(15));
     mesh.heal("c1", "c2")?;
     wait_for("c1 converges to exactly c2's ipcache", || {
-        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+        mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
     });
     // Identities come through their own store: they may follow the ipcache
     // entries that name them.

@@ -31,12 +31,11 @@ fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 /// as they publish them.
 fn converged(mesh: &TestMesh, cluster: &str) -> bool {
     CLUSTERS.iter().filter(|o| **o != cluster).all(|other| {
-        let pool = format!("10.{}.", &other[1..]);
         let published = mesh.published(other);
         !published.is_empty()
             && NODES
                 .iter()
-                .all(|n| mesh.programmed(cluster, n, &pool) == published)
+                .all(|n| mesh.programmed_from(cluster, n, other) == published)
     })
 }
 
@@ -236,9 +235,8 @@ spec:
 
 /// c1's agents have `other`'s entries exactly.
 fn converged_pair(mesh: &TestMesh, cluster: &str, other: &str) -> bool {
-    let pool = format!("10.{}.", &other[1..]);
     let published = mesh.published(other);
     NODES
         .iter()
-        .all(|n| mesh.programmed(cluster, n, &pool) == published)
+        .all(|n| mesh.programmed_from(cluster, n, other) == published)
 }

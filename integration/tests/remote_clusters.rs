@@ -297,7 +297,7 @@ fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Re
     }
     let mut mesh = TestMesh::up(2, 2)?;
     wait_for("c1 has c2's entries", || {
-        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+        mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
             && !mesh.published("c2").is_empty()
     });
     mesh.stop_apiserver("c2")?;
@@ -318,7 +318,7 @@ fn a_remote_that_was_away_while_things_changed_converges_exactly() -> anyhow::Re
     );
     mesh.start_apiserver("c2")?;
     wait_for("c1 converges to exactly c2's state", || {
-        mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+        mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
     });
     assert_eq!(mesh.programmed("c1", "n1", "10.2.").len(), before.len() + 1);
     Ok(())

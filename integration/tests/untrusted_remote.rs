@@ -274,7 +274,7 @@ fn a_wiped_remote_etcd_is_noticed_and_converges_exactly() -> anyhow::Result<()> 
     let mut mesh = TestMesh::up(2, 1)?;
     wait_for("c1 has c2's entries", || {
         !mesh.published("c2").is_empty()
-            && mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2")
+            && mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2")
     });
     // A key nobody re-creates after the wipe: c1 must sweep it then.
     let (_, some_id) = mesh.published("c2")[0].clone();
@@ -318,7 +318,7 @@ fn a_wiped_remote_etcd_is_noticed_and_converges_exactly() -> anyhow::Result<()> 
     // c1 converges to exactly what c2 now has, and follows new changes.
     wait_for(
         "c1 converges to the wiped c2 exactly (the ghost swept)",
-        || mesh.programmed("c1", "n1", "10.2.") == mesh.published("c2"),
+        || mesh.programmed_from("c1", "n1", "c2") == mesh.published("c2"),
     );
     assert!(
         !mesh

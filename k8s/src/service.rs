@@ -211,6 +211,13 @@ pub fn service_def(svc: &Service, backends: &Backends) -> Result<Option<ServiceD
     else {
         return Ok(None);
     };
+    // A dual-stack Service's second cluster IP (the other family).
+    let second_frontend = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() != frontend.is_ipv4());
     let ann = annotations(svc)?;
     let mut ports = Vec::new();
     for p in spec.ports.iter().flatten() {
@@ -252,6 +259,7 @@ pub fn service_def(svc: &Service, backends: &Backends) -> Result<Option<ServiceD
             .unwrap_or_else(|| "default".into()),
         name: svc.metadata.name.clone().unwrap_or_default(),
         frontend,
+        second_frontend,
         ports,
         selector: spec.selector.clone().unwrap_or_default(),
         global: ann.global,
@@ -259,10 +267,16 @@ pub fn service_def(svc: &Service, backends: &Backends) -> Result<Option<ServiceD
         affinity: ann.affinity,
         min_healthy: ann.min_healthy,
         cluster_weights: ann.cluster_weights,
+        // Kubernetes keeps one EndpointSlice per family; an address of a
+        // family without a cluster IP has no frontend to serve it.
         backends: Some(
             backends
                 .keys()
                 .copied()
+                .filter(|ip| {
+                    ip.is_ipv4() == frontend.is_ipv4()
+                        || second_frontend.is_some_and(|f| f.is_ipv4() == ip.is_ipv4())
+                })
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect(),

@@ -191,7 +191,7 @@ impl ControlLoop {
             .pod_cidr_pools
             .iter()
             .copied()
-            .chain(self.pod_cidr)
+            .chain(self.pod_cidrs.iter().copied())
             .chain(local_nodes)
             .any(|local| route_plan::overlaps(&local, prefix))
     }

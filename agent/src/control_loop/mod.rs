@@ -90,7 +90,8 @@ pub(crate) struct ControlLoop {
     refused_routes: Vec<RefusedRoute>,
     /// Remote ipcache entries refused for lying in the local pods' space.
     refused_ips: HashMap<SourceId, BTreeSet<IpNet>>,
-    pod_cidr: Option<IpNet>,
+    /// This node's pod CIDRs (IPv4 first, then IPv6 on a dual-stack node).
+    pod_cidrs: Vec<IpNet>,
     remotes: Vec<RemoteView>,
     metrics: Arc<AgentMetrics>,
     /// The Hubble Peer service's view of the nodes, when Hubble is on.
@@ -135,7 +136,7 @@ impl ControlLoop {
                 routes_dirty: false,
                 refused_routes: Vec::new(),
                 refused_ips: HashMap::new(),
-                pod_cidr: None,
+                pod_cidrs: Vec::new(),
                 remotes: Vec::new(),
                 metrics,
                 peers: None,
@@ -174,9 +175,9 @@ impl ControlLoop {
         }
     }
 
-    /// The node's own pod CIDR (never routed elsewhere).
-    pub(crate) fn set_pod_cidr(&mut self, cidr: Option<IpNet>) {
-        self.pod_cidr = cidr;
+    /// The node's own pod CIDRs, one per family (never routed elsewhere).
+    pub(crate) fn set_pod_cidrs(&mut self, cidrs: Vec<IpNet>) {
+        self.pod_cidrs = cidrs;
     }
 
     /// Runs until `shutdown`. Datapath state stays in the pinned maps.
@@ -379,7 +380,7 @@ impl ControlLoop {
         RouteRequest {
             local_cluster: self.config.cluster.to_string(),
             local_node: self.config.node_name.to_string(),
-            own_pod_cidr: self.pod_cidr,
+            own_pod_cidrs: self.pod_cidrs.clone(),
             local_pools: self.config.pod_cidr_pools.clone(),
             nodes: self.tables.nodes.clone(),
             remote_pools: self

@@ -369,25 +369,28 @@ impl Endpoints {
         }
         local.policy_id = policy_id;
         let endpoint = &local.endpoint;
-        let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
-        if let Some(dir) = tables.flow_directory() {
-            dir.set_local_endpoint(
-                IpAddr::V4(endpoint.ip),
-                endpoint.id.get(),
-                &endpoint.namespace,
-                &endpoint.name,
+        // One ipcache entry per address (IPv4, and IPv6 when dual-stack).
+        for addr in endpoint.addresses() {
+            let prefix = IpNet::from(addr);
+            if let Some(dir) = tables.flow_directory() {
+                dir.set_local_endpoint(
+                    addr,
+                    endpoint.id.get(),
+                    &endpoint.namespace,
+                    &endpoint.name,
+                );
+            }
+            let (before, after) = tables.upsert_ip(
+                SourceId::LOCAL_ENDPOINTS,
+                prefix,
+                IpEntry {
+                    identity,
+                    host_ip: Some(node_ip),
+                },
             );
-        }
-        let (before, after) = tables.upsert_ip(
-            SourceId::LOCAL_ENDPOINTS,
-            prefix,
-            IpEntry {
-                identity,
-                host_ip: Some(node_ip),
-            },
-        );
-        if before != after {
-            dp.set_ip(prefix, after);
+            if before != after {
+                dp.set_ip(prefix, after);
+            }
         }
         dp.flush()
             .map_err(|e| format!("writing the endpoint's policy: {e}"))?;
@@ -440,13 +443,15 @@ impl Endpoints {
         if let Some(removed) = removed {
             self.leave(dp, endpoint.id, removed.policy_id);
         }
-        let prefix = IpNet::from(IpAddr::V4(endpoint.ip));
-        if let Some(dir) = tables.flow_directory() {
-            dir.remove_local_endpoint(&IpAddr::V4(endpoint.ip));
-        }
-        let (before, after) = tables.delete_ip(SourceId::LOCAL_ENDPOINTS, prefix);
-        if before != after {
-            dp.set_ip(prefix, after);
+        for addr in endpoint.addresses() {
+            let prefix = IpNet::from(addr);
+            if let Some(dir) = tables.flow_directory() {
+                dir.remove_local_endpoint(&addr);
+            }
+            let (before, after) = tables.delete_ip(SourceId::LOCAL_ENDPOINTS, prefix);
+            if before != after {
+                dp.set_ip(prefix, after);
+            }
         }
         let identity = NumericIdentity::new(endpoint.identity);
         if !self

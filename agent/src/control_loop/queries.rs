@@ -12,7 +12,7 @@ use crate::{
     tables::SourceId,
     views::{
         BackendView, CandidateView, IdentityView, IpCacheView, MapEntryView, PolicyEntryView,
-        PolicyView, RefusedRouteView, ServiceView, StatusView,
+        PolicyView, RefusedRouteView, ServiceView, SkippedBackendView, StatusView,
     },
 };
 
@@ -78,6 +78,16 @@ impl ControlLoop {
                                 address: c.backend.to_string(),
                                 weight: c.weight,
                                 active: c.active,
+                            })
+                            .collect(),
+                        skipped: fe
+                            .skipped
+                            .iter()
+                            .map(|s| SkippedBackendView {
+                                cluster: s.cluster.clone(),
+                                address: s.backend.to_string(),
+                                reason: s.reason.as_str().to_owned(),
+                                detail: s.describe(fe.frontend.ip()),
                             })
                             .collect(),
                     })
@@ -177,7 +187,16 @@ impl ControlLoop {
             cluster_id: self.config.cluster_id,
             node: self.config.node_name.to_string(),
             node_ip: self.config.node_ip.to_string(),
-            pod_cidr: self.pod_cidr.map(|c| c.to_string()),
+            pod_cidr: self
+                .pod_cidrs
+                .iter()
+                .find(|c| c.addr().is_ipv4())
+                .map(|c| c.to_string()),
+            pod_cidr_v6: self
+                .pod_cidrs
+                .iter()
+                .find(|c| c.addr().is_ipv6())
+                .map(|c| c.to_string()),
             synced: self.sources.is_synced(),
             sync_timed_out: self.sources.timed_out(),
             endpoints: self.endpoints.len(),

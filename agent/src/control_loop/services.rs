@@ -2,7 +2,7 @@
 //! every cluster ([`service_merger`]), programmed when something they
 //! depend on changed.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use kvstore::{ClusterName, values::ClusterService};
 use tracing::warn;
@@ -10,8 +10,8 @@ use tracing::warn;
 use super::sources::Sources;
 use crate::{
     datapath_sync::DatapathSync,
-    metrics::AgentMetrics,
-    service_merger::{self, MergedFrontend, RemoteService},
+    metrics::{AgentMetrics, RemoteReasonLabel},
+    service_merger::{self, MergedFrontend, RemoteService, SkipReason},
     tables::Tables,
 };
 
@@ -21,6 +21,8 @@ pub(super) struct Services {
     /// Service name → one frontend each, as last programmed.
     pub merged: Vec<(String, MergedFrontend)>,
     dirty: bool,
+    /// Remotes whose skipped-backend gauges are exported.
+    skip_gauges: Vec<String>,
 }
 
 impl Services {
@@ -50,6 +52,44 @@ impl Services {
             self.dirty = true;
         }
         metrics.services.set(self.merged.len() as i64);
+        self.publish_skipped(metrics);
+    }
+
+    /// The skipped-backends gauge: remote backends left out now, by remote
+    /// and reason (each counted once per service, whatever its ports).
+    fn publish_skipped(&mut self, metrics: &AgentMetrics) {
+        let mut counts: BTreeMap<(String, SkipReason), i64> = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, fe) in &self.merged {
+            for s in &fe.skipped {
+                if seen.insert((name, &s.cluster, s.backend.ip(), s.reason)) {
+                    *counts.entry((s.cluster.clone(), s.reason)).or_default() += 1;
+                }
+            }
+        }
+        let label = |cluster: &str, reason: SkipReason| RemoteReasonLabel {
+            cluster: cluster.to_string(),
+            reason: reason.as_str().to_string(),
+        };
+        for cluster in &self.skip_gauges {
+            for reason in SkipReason::ALL {
+                if !counts.contains_key(&(cluster.clone(), reason)) {
+                    metrics
+                        .remote_skipped_backends
+                        .get_or_create(&label(cluster, reason))
+                        .set(0);
+                }
+            }
+        }
+        for ((cluster, reason), n) in &counts {
+            metrics
+                .remote_skipped_backends
+                .get_or_create(&label(cluster, *reason))
+                .set(*n);
+            if !self.skip_gauges.contains(cluster) {
+                self.skip_gauges.push(cluster.clone());
+            }
+        }
     }
 }
 

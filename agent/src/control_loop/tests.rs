@@ -144,6 +144,7 @@ fn pod(id: u32, app: &str, address: Ipv4Addr, identity: u32) -> Endpoint {
         ifname: "eth0".into(),
         host_ifname: endpoint::host_ifname(EndpointId::new(id)),
         ip: address,
+        ipv6: None,
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         identity,
         ifindex: None,
@@ -176,7 +177,7 @@ impl Harness {
             route_handle,
             Arc::new(AgentMetrics::new()),
         );
-        control.set_pod_cidr(Some("10.1.0.0/24".parse().unwrap()));
+        control.set_pod_cidrs(vec!["10.1.0.0/24".parse().unwrap()]);
         Self {
             control,
             maps,
@@ -520,4 +521,43 @@ fn endpoints_with_equal_rules_share_one_policy() {
     assert!(h.maps.policy.content().len() < entries);
     let infos = h.maps.endpoints.content();
     assert!(infos.values().all(|i| !i.policy().enforced()));
+}
+
+#[test]
+fn a_dual_stack_endpoint_has_an_ipcache_entry_per_family() {
+    let mut h = Harness::new();
+    h.step([
+        register_c2(),
+        identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+        identity(C2, C2_CLIENT, labels("client", "c2")),
+    ]);
+    let mut web = pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB);
+    web.ipv6 = Some("fd10:1::a".parse().unwrap());
+    h.attach(web.clone());
+    let entry = |h: &Harness, a: &str| h.ipcache().get(&IpCacheKey::new(prefix(a))).copied();
+    for address in ["10.1.0.10", "fd10:1::a"] {
+        let value = entry(&h, address).unwrap_or_else(|| panic!("{address} is programmed"));
+        assert_eq!(value.sec_identity, WEB, "{address}");
+        assert_eq!(
+            value.tunnel_endpoint(),
+            Some("192.168.1.1".parse().unwrap()),
+            "{address}"
+        );
+    }
+    // A remote cluster's IPv6 entry reaches the map like an IPv4 one.
+    h.step([
+        ip(C2, "10.2.1.5", C2_CLIENT),
+        ip(C2, "fd10:2:0:1::5", C2_CLIENT),
+    ]);
+    assert_eq!(
+        entry(&h, "10.2.1.5").map(|v| v.sec_identity),
+        Some(C2_CLIENT)
+    );
+    assert_eq!(
+        entry(&h, "fd10:2:0:1::5").map(|v| v.sec_identity),
+        Some(C2_CLIENT)
+    );
+    h.detach(web);
+    assert_eq!(entry(&h, "10.1.0.10"), None);
+    assert_eq!(entry(&h, "fd10:1::a"), None, "both families are withdrawn");
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -26,6 +26,10 @@ pub struct NodeInfo {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// The node's IPv6 fabric address, where other nodes route its IPv6
+    /// pods (`None`: a mesh from before dual-stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub api_socket: PathBuf,
     pub bpffs: PathBuf,
     pub health: String,
@@ -98,6 +102,10 @@ pub struct ClusterInfo {
     pub apiserver_health: String,
     pub operator_health: String,
     pub pod_cidr_pool: String,
+    /// The IPv6 pod CIDR pool (`None`: a mesh from before dual-stack, whose
+    /// pods have IPv4 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_pool_v6: Option<String>,
     pub certs: ClusterCerts,
     /// The directory agents read remote cluster configs from.
     pub clustermesh_dir: PathBuf,
@@ -170,6 +178,9 @@ pub struct EndpointInfo {
     pub namespace: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (dual-stack clusters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub labels: BTreeMap<String, String>,
     /// The echo server running in the pod, if any.
     pub server: Option<ProcessInfo>,
@@ -225,6 +236,15 @@ pub struct UiInfo {
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub process: Option<ProcessInfo>,
+}
+
+impl ClusterInfo {
+    /// Every pod CIDR pool of the cluster: IPv4, then IPv6 if it has one.
+    pub fn pod_cidr_pools(&self) -> Vec<String> {
+        std::iter::once(self.pod_cidr_pool.clone())
+            .chain(self.pod_cidr_pool_v6.clone())
+            .collect()
+    }
 }
 
 impl MeshState {

@@ -4,7 +4,7 @@
 //! namespace's port on it, and partitions cut with nftables bridge rules.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -80,7 +80,19 @@ pub(crate) fn delete_netns(name: &str) {
 /// The fabric: a bridge `br0` in `fabric`.
 pub(crate) fn create_fabric(fabric: &str) -> Result<()> {
     create_netns(fabric)?;
-    ip(&["-n", fabric, "link", "add", "br0", "type", "bridge"])?;
+    // Without multicast snooping: IPv6 neighbour discovery between nodes
+    // must not depend on the bridge having learnt MLD memberships.
+    ip(&[
+        "-n",
+        fabric,
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
     ip(&["-n", fabric, "link", "set", "br0", "up"])?;
     // A table for partitions; empty until a cut.
     nft(fabric, "add table bridge mesh")?;
@@ -133,16 +145,37 @@ pub(crate) fn plug(
     Ok(())
 }
 
-/// Drops all IPv4 traffic between two sets of prefixes, both ways.
+/// Gives namespace `ns`'s interface `ifname` (plugged by [`plug`]) an IPv6
+/// address too, without duplicate address detection (addresses are unique
+/// by plan, and a tentative one would not answer for a second).
+pub(crate) fn add_ipv6(ns: &str, ifname: &str, addr: Ipv6Addr, prefix_len: u8) -> Result<()> {
+    ip(&[
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/{prefix_len}"),
+        "dev",
+        ifname,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+/// Drops all traffic between two sets of prefixes, both ways (IPv4 and
+/// IPv6 prefixes each against those of their own family).
 pub(crate) fn cut(fabric: &str, chain: &str, a: &[String], b: &[String]) -> Result<()> {
     let _ = nft(fabric, &format!("delete chain bridge mesh {chain}"));
     nft(fabric, &format!("add chain bridge mesh {chain}"))?;
+    let family = |p: &str| if p.contains(':') { "ip6" } else { "ip" };
     for x in a {
-        for y in b {
+        for y in b.iter().filter(|y| family(y) == family(x)) {
             for (from, to) in [(x, y), (y, x)] {
+                let f = family(from);
                 nft(
                     fabric,
-                    &format!("add rule bridge mesh {chain} ip saddr {from} ip daddr {to} drop"),
+                    &format!("add rule bridge mesh {chain} {f} saddr {from} {f} daddr {to} drop"),
                 )?;
             }
         }

@@ -26,5 +26,7 @@ pub use policy::{
     PolicyMetadata, PolicySpec, Port, PortProtocol, PortRule,
 };
 pub use service::{ClusterService, L4Addr, PortConfiguration};
-pub use service_def::{Affinity, ServiceDef, ServiceDefError, ServicePort, ServiceProtocol};
+pub use service_def::{
+    Affinity, ServiceDef, ServiceDefError, ServicePort, ServiceProtocol, family_name,
+};
 pub use timestamp::Timestamp;

@@ -136,11 +136,22 @@ impl Node {
         }
     }
 
-    /// The first `InternalIP` of the node: where its pod CIDRs are routed.
+    /// The first `InternalIP` of the node (its IPv4 one on a dual-stack
+    /// node, which lists it first).
     pub fn internal_ip(&self) -> Option<IpAddr> {
         self.ip_addresses
             .iter()
             .find(|a| a.kind == NodeAddress::INTERNAL_IP)
+            .map(|a| a.ip)
+    }
+
+    /// The first `InternalIP` of `cidr`'s family: where that pod CIDR is
+    /// routed (an IPv6 route needs an IPv6 next hop).
+    pub fn internal_ip_for(&self, cidr: &IpNet) -> Option<IpAddr> {
+        let v4 = cidr.addr().is_ipv4();
+        self.ip_addresses
+            .iter()
+            .find(|a| a.kind == NodeAddress::INTERNAL_IP && a.ip.is_ipv4() == v4)
             .map(|a| a.ip)
     }
 
@@ -345,6 +356,26 @@ mod tests {
             Node::decode("c10/n1", &n.encode()).unwrap_err().reason,
             InvalidReason::KeyMismatch
         );
+    }
+
+    #[test]
+    fn each_family_is_routed_through_an_address_of_its_own() {
+        let c1 = ClusterName::new("c1").unwrap();
+        let mut n = Node::new(&c1, "n1", 1);
+        let v4: IpNet = "10.1.2.0/24".parse().unwrap();
+        let v6: IpNet = "fd10:1:0:2::/64".parse().unwrap();
+        n.ip_addresses.push(NodeAddress {
+            kind: NodeAddress::INTERNAL_IP.into(),
+            ip: "192.168.1.2".parse().unwrap(),
+        });
+        assert_eq!(n.internal_ip_for(&v6), None);
+        n.ip_addresses.push(NodeAddress {
+            kind: NodeAddress::INTERNAL_IP.into(),
+            ip: "fd00::2".parse().unwrap(),
+        });
+        assert_eq!(n.internal_ip(), Some("192.168.1.2".parse().unwrap()));
+        assert_eq!(n.internal_ip_for(&v4), Some("192.168.1.2".parse().unwrap()));
+        assert_eq!(n.internal_ip_for(&v6), Some("fd00::2".parse().unwrap()));
     }
 
     #[test]

@@ -17,8 +17,13 @@ use crate::{
 pub struct ServiceDef {
     pub namespace: String,
     pub name: String,
-    /// The virtual IP clients connect to.
+    /// The virtual IP clients connect to (either family).
     pub frontend: IpAddr,
+    /// A dual-stack service's frontend of the other family (Kubernetes'
+    /// second `clusterIPs` entry). Each frontend balances over backends of
+    /// its own family only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_frontend: Option<IpAddr>,
     pub ports: Vec<ServicePort>,
     /// Endpoints (of this namespace) whose labels match are the backends.
     #[serde(deserialize_with = "super::serde_util::string_map::deserialize")]
@@ -165,15 +170,30 @@ impl ServiceDef {
                 })
                 .collect()
         };
-        svc.frontends
-            .insert(self.frontend.to_string(), port_config(false));
-        for ip in backends {
+        for frontend in self.frontends() {
+            svc.frontends
+                .insert(frontend.to_string(), port_config(false));
+        }
+        // A backend of a family without a frontend would be a mixed-family
+        // service for the clusters that read it: not exported.
+        for ip in backends.into_iter().filter(|ip| self.serves_family_of(*ip)) {
             svc.backends.insert(ip.to_string(), port_config(true));
         }
         svc.selector = self.selector.clone();
         svc.shared = self.is_shared();
         svc.include_external = self.global;
         svc
+    }
+
+    /// Every frontend: `frontend`, then `second_frontend`.
+    pub fn frontends(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.frontend).chain(self.second_frontend)
+    }
+
+    /// Whether a frontend of `addr`'s family exists (a backend of that
+    /// family has somewhere to serve).
+    pub fn serves_family_of(&self, addr: IpAddr) -> bool {
+        self.frontends().any(|f| f.is_ipv4() == addr.is_ipv4())
     }
 
     /// The weight of `cluster` (default 1).
@@ -207,6 +227,25 @@ impl ServiceDef {
                     name: p.name.clone(),
                 });
             }
+        }
+        if let Some(second) = self.second_frontend
+            && second.is_ipv4() == self.frontend.is_ipv4()
+        {
+            return Err(ServiceDefError::SecondFrontendFamily {
+                frontend: self.frontend,
+                second,
+            });
+        }
+        if let Some(backend) = self
+            .backends
+            .iter()
+            .flatten()
+            .find(|b| !self.serves_family_of(**b))
+        {
+            return Err(ServiceDefError::MixedFamily {
+                backend: *backend,
+                frontend: self.frontend,
+            });
         }
         if self.selector.is_empty() && self.backends.is_none() {
             return Err(ServiceDefError::NoSelector);
@@ -246,9 +285,27 @@ pub enum ServiceDefError {
         "a service needs a selector or its backends (an empty selector would select every endpoint)"
     )]
     NoSelector,
+    /// `secondFrontend` has the family of `frontend`: a dual-stack service
+    /// has one frontend per family.
+    #[error(
+        "secondFrontend {second} is of the same family as frontend {frontend}: a dual-stack service has one frontend per family"
+    )]
+    SecondFrontendFamily { frontend: IpAddr, second: IpAddr },
+    /// A backend of a family no frontend has (a frontend balances over its
+    /// own family's backends only).
+    #[error(
+        "mixed-family service: backend {backend} is {} but no frontend is (frontend {frontend}); a frontend balances over backends of its own family only — add a secondFrontend of that family for a dual-stack service",
+        family_name(*backend)
+    )]
+    MixedFamily { backend: IpAddr, frontend: IpAddr },
     /// A key of `clusterWeights` is not a cluster name.
     #[error("clusterWeights: {0}")]
     ClusterWeight(ClusterError),
+}
+
+/// `IPv4` or `IPv6`, for messages.
+pub fn family_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 impl StoreValue for ServiceDef {
@@ -394,5 +451,71 @@ clusterWeights: {c1: 3, c2: 1}
             ServiceDef::parse("{\"namespace\": 1}"),
             Err(ServiceDefError::Json(_))
         ));
+    }
+
+    #[test]
+    fn mixed_family_services_are_refused_with_the_reason() {
+        let with_backends = |frontend: &str, backends: &str| {
+            ServiceDef::parse(&format!(
+                "namespace: demo\nname: mixed\nfrontend: \"{frontend}\"\nports: [{{name: http, port: 80}}]\nselector: {{}}\nbackends: {backends}\n"
+            ))
+        };
+        // A v4 frontend with a v6 backend, and the reverse.
+        let e = with_backends("10.96.0.20", "[10.1.1.5, \"fd10:1::5\"]").unwrap_err();
+        assert!(
+            matches!(e, ServiceDefError::MixedFamily { backend, .. } if backend.to_string() == "fd10:1::5"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("mixed-family service: backend fd10:1::5 is IPv6"),
+            "{e}"
+        );
+        let e = with_backends("fd96::20", "[10.1.1.5]").unwrap_err();
+        assert!(e.to_string().contains("backend 10.1.1.5 is IPv4"), "{e}");
+        // One family each side is fine.
+        assert!(with_backends("fd96::20", "[\"fd10:1::5\"]").is_ok());
+        assert!(with_backends("10.96.0.20", "[10.1.1.5]").is_ok());
+        // Two frontends of one family are not dual-stack.
+        let e = ServiceDef::parse(&YAML.replace(
+            "frontend: 10.96.0.10",
+            "frontend: 10.96.0.10\nsecondFrontend: 10.96.0.11",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(e, ServiceDefError::SecondFrontendFamily { .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dual_stack_services_export_each_family_under_its_frontend() {
+        let def = ServiceDef::parse(&YAML.replace(
+            "frontend: 10.96.0.10",
+            "frontend: 10.96.0.10\nsecondFrontend: \"fd96::10\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            def.frontends().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ["10.96.0.10", "fd96::10"]
+        );
+        let c1 = ClusterName::new("c1").unwrap();
+        let svc = def.export(
+            &c1,
+            1,
+            ["10.1.0.5".parse().unwrap(), "fd10:1::5".parse().unwrap()],
+        );
+        assert_eq!(svc.frontends.len(), 2);
+        assert_eq!(svc.backends.len(), 2);
+        assert_eq!(ServiceDef::decode("demo/echo", &def.encode()).unwrap(), def);
+        // A v4-only service exports only its v4 backends (a dual-stack
+        // endpoint's v6 address has no frontend to serve).
+        let v4 = ServiceDef::parse(YAML).unwrap();
+        let svc = v4.export(
+            &c1,
+            1,
+            ["10.1.0.5".parse().unwrap(), "fd10:1::5".parse().unwrap()],
+        );
+        assert_eq!(svc.backends.keys().collect::<Vec<_>>(), ["10.1.0.5"]);
     }
 }

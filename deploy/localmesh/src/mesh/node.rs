@@ -34,6 +34,9 @@ impl Mesh {
             &plan::fabric_port(&self.state, c.id, Some(node)),
             n.ip,
         )?;
+        if let Some(v6) = n.ipv6 {
+            topology::add_ipv6(&n.netns, "fab0", v6, plan::FABRIC_V6_PREFIX_LEN)?;
+        }
         std::fs::create_dir_all(&c.clustermesh_dir)?;
         if c.kube.is_some() {
             let ip = n.ip;

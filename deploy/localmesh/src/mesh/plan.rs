@@ -4,10 +4,13 @@
 //!
 //! Cluster `cI` (ID I) of the mesh on fabric subnet `172.(16+k).0.0/16`:
 //! its control plane at `172.(16+k).I.2`, node `nJ` at `172.(16+k).I.(10+J)`,
-//! pods from `10.I.0.0/16`.
+//! pods from `10.I.0.0/16`. Workloads are dual-stack: node `nJ` also has
+//! `fd00:172:(16+k)::I:(10+J)` on the fabric (one IPv6 /64 per mesh, the
+//! same digits as its IPv4 address) and pods get IPv6 addresses from
+//! `fd10:I::/48`, a /64 per node.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -55,6 +58,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// The size of the node CIDRs the operator hands out.
 const NODE_CIDR_MASK_SIZE: u8 = 24;
+/// The size of the IPv6 node CIDRs.
+const NODE_CIDR_MASK_SIZE_V6: u8 = 64;
+/// The prefix length of the IPv6 fabric (one /64 per mesh).
+pub(crate) const FABRIC_V6_PREFIX_LEN: u8 = 64;
 /// How often the operator writes its heartbeat: short, so that the local
 /// mesh notices a stopped operator quickly.
 const OPERATOR_HEARTBEAT_INTERVAL: &str = "10s";
@@ -66,6 +73,28 @@ const AGENT_SYNC_TIMEOUT: &str = "30s";
 /// The name of the `i`th cluster.
 pub(super) fn cluster_name(i: u8) -> String {
     format!("c{i}")
+}
+
+/// The IPv6 fabric address of node `j` of cluster `i` on fabric subnet `k`:
+/// `fd00:172:(16+k)::i:(10+j)`, the digits of its IPv4 address.
+pub(crate) fn node_ipv6(subnet: u8, i: u8, j: u8) -> Ipv6Addr {
+    format!(
+        "fd00:172:{}::{i}:{}",
+        16 + u16::from(subnet),
+        10 + u16::from(j)
+    )
+    .parse()
+    .expect("a valid IPv6 address")
+}
+
+/// The IPv6 fabric prefix of cluster `i`'s nodes (for partitions).
+fn cluster_fabric_v6(subnet: u8, i: u32) -> String {
+    format!("fd00:172:{}::{i}:0/112", 16 + u16::from(subnet))
+}
+
+/// Cluster `i`'s IPv6 pod pool: `fd10:i::/48` (as `10.i.0.0/16`).
+pub(super) fn pod_cidr_pool_v6(i: u8) -> String {
+    format!("fd10:{i}::/48")
 }
 
 /// The fabric address of cluster `i`'s control plane.
@@ -95,6 +124,7 @@ pub(super) fn cluster(
         apiserver_health: format!("{cp_ip}:{APISERVER_HEALTH_PORT}"),
         operator_health: format!("{cp_ip}:{OPERATOR_HEALTH_PORT}"),
         pod_cidr_pool: format!("10.{i}.0.0/16"),
+        pod_cidr_pool_v6: Some(pod_cidr_pool_v6(i)),
         certs,
         clustermesh_dir: dir.join("clustermesh"),
         etcd: None,
@@ -192,6 +222,7 @@ fn node(state: &MeshState, i: u8, j: u8, cluster_dir: &Path) -> NodeInfo {
         name: format!("n{j}"),
         netns: format!("{}-c{i}-n{j}", state.prefix),
         ip,
+        ipv6: Some(node_ipv6(state.subnet, i, j)),
         api_socket: dir.join("agent.sock"),
         bpffs: PathBuf::from(BPFFS)
             .join(&state.prefix)
@@ -224,12 +255,17 @@ pub(super) fn pod_netns(state: &MeshState, cluster: &str, name: &str) -> String 
 }
 
 /// What a partition of cluster `c` cuts off: its fabric /24 (control plane
-/// and nodes) and its pods.
+/// and nodes) and its pods, and their IPv6 counterparts.
 pub(super) fn partition_nets(state: &MeshState, c: &ClusterInfo) -> Vec<String> {
-    vec![
+    let mut nets = vec![
         format!("172.{}.{}.0/24", 16 + state.subnet, c.id),
         c.pod_cidr_pool.clone(),
-    ]
+    ];
+    if let Some(v6) = &c.pod_cidr_pool_v6 {
+        nets.push(cluster_fabric_v6(state.subnet, c.id));
+        nets.push(v6.clone());
+    }
+    nets
 }
 
 /// The nftables chain of the partition between `a` and `b` (either order).
@@ -271,17 +307,25 @@ pub(super) fn etcd_args(c: &ClusterInfo) -> Vec<String> {
 
 /// The operator's flags.
 pub(super) fn operator_args(c: &ClusterInfo) -> Vec<String> {
-    let mut args = component_args(
-        c,
-        c.id,
-        &[
-            ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
-            ("--node-cidr-mask-size", NODE_CIDR_MASK_SIZE.to_string()),
-            ("--health-listen", c.operator_health.clone()),
-            ("--heartbeat-interval", OPERATOR_HEARTBEAT_INTERVAL.into()),
-            ("--id", format!("{}-operator", c.name)),
-        ],
-    );
+    let mut flags = vec![
+        ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
+        ("--node-cidr-mask-size", NODE_CIDR_MASK_SIZE.to_string()),
+    ];
+    if let Some(v6) = &c.pod_cidr_pool_v6 {
+        flags.extend([
+            ("--pod-cidr-pool-v6", v6.clone()),
+            (
+                "--node-cidr-mask-size-v6",
+                NODE_CIDR_MASK_SIZE_V6.to_string(),
+            ),
+        ]);
+    }
+    flags.extend([
+        ("--health-listen", c.operator_health.clone()),
+        ("--heartbeat-interval", OPERATOR_HEARTBEAT_INTERVAL.into()),
+        ("--id", format!("{}-operator", c.name)),
+    ]);
+    let mut args = component_args(c, c.id, &flags);
     if let Some(k) = &c.kube {
         args.extend([
             "--k8s-kubeconfig".to_string(),
@@ -315,25 +359,27 @@ pub(super) fn apiserver_args(c: &ClusterInfo, id: u32) -> Vec<String> {
 /// The flags of `clustermesh-agent run` on node `n`.
 pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
     let mut args = vec!["run".to_string()];
-    args.extend(component_args(
-        c,
-        c.id,
-        &[
-            ("--node-name", n.name.clone()),
-            ("--node-ip", n.ip.to_string()),
-            (
-                "--clustermesh-config",
-                c.clustermesh_dir.display().to_string(),
-            ),
-            ("--bpffs-dir", n.bpffs.display().to_string()),
-            ("--api-socket", n.api_socket.display().to_string()),
-            ("--state-dir", n.state_dir.display().to_string()),
-            ("--health-listen", n.health.clone()),
-            ("--session-ttl", AGENT_SESSION_TTL.into()),
-            ("--sync-timeout", AGENT_SYNC_TIMEOUT.into()),
-            ("--pod-cidr-pool", c.pod_cidr_pool.clone()),
-        ],
-    ));
+    let mut flags = vec![
+        ("--node-name", n.name.clone()),
+        ("--node-ip", n.ip.to_string()),
+    ];
+    if let Some(v6) = n.ipv6 {
+        flags.push(("--node-ipv6", v6.to_string()));
+    }
+    flags.extend([
+        (
+            "--clustermesh-config",
+            c.clustermesh_dir.display().to_string(),
+        ),
+        ("--bpffs-dir", n.bpffs.display().to_string()),
+        ("--api-socket", n.api_socket.display().to_string()),
+        ("--state-dir", n.state_dir.display().to_string()),
+        ("--health-listen", n.health.clone()),
+        ("--session-ttl", AGENT_SESSION_TTL.into()),
+        ("--sync-timeout", AGENT_SYNC_TIMEOUT.into()),
+        ("--pod-cidr-pool", c.pod_cidr_pools().join(",")),
+    ]);
+    args.extend(component_args(c, c.id, &flags));
     if let Some(k) = &c.kube {
         args.extend([
             "--k8s-kubeconfig".to_string(),
@@ -529,7 +575,20 @@ mod tests {
         assert_eq!(c.nodes[0].api_socket, Path::new("/m/c2/n1/agent.sock"));
         assert_eq!(fabric_port(&state, 2, None), "cm3c2");
         assert_eq!(fabric_port(&state, 2, Some("n1")), "cm3c2n1");
-        assert_eq!(partition_nets(&state, &c), ["172.19.2.0/24", "10.2.0.0/16"]);
+        assert_eq!(
+            partition_nets(&state, &c),
+            [
+                "172.19.2.0/24",
+                "10.2.0.0/16",
+                "fd00:172:19::2:0/112",
+                "fd10:2::/48"
+            ]
+        );
+        assert_eq!(c.pod_cidr_pool_v6.as_deref(), Some("fd10:2::/48"));
+        assert_eq!(
+            c.nodes[1].ipv6,
+            Some("fd00:172:19::2:12".parse::<Ipv6Addr>().unwrap())
+        );
         assert_eq!(partition_chain("c2", "c1"), partition_chain("c1", "c2"));
     }
 

@@ -74,7 +74,7 @@ impl Mesh {
     ) -> Result<()> {
         let target = self.state.cluster(to)?.clone();
         let c = self.state.cluster_mut(from)?;
-        let pools = format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pool);
+        let pools = format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pools().join(", "));
         let mut direct = remote_config_text(
             &target.apiserver_endpoint,
             &c.certs.ca,
@@ -160,12 +160,13 @@ impl Mesh {
             "max-connected-clusters is {own_mode} on {from} and {mode} on {to} (their cluster-config)"
         ));
         checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
-        let (pa, pb): (ipnet::IpNet, ipnet::IpNet) =
-            (a.pod_cidr_pool.parse()?, b.pod_cidr_pool.parse()?);
-        if pa.contains(&pb.network()) || pb.contains(&pa.network()) {
-            bail!("pod CIDR pools overlap: {from} {pa}, {to} {pb}");
+        for (pa, pb) in a.pod_cidr_pools().iter().zip(b.pod_cidr_pools().iter()) {
+            let (pa, pb): (ipnet::IpNet, ipnet::IpNet) = (pa.parse()?, pb.parse()?);
+            if pa.contains(&pb.network()) || pb.contains(&pa.network()) {
+                bail!("pod CIDR pools overlap: {from} {pa}, {to} {pb}");
+            }
+            checks.push(format!("pod CIDR pools {pa} and {pb} do not overlap"));
         }
-        checks.push(format!("pod CIDR pools {pa} and {pb} do not overlap"));
         let (ids_a, ips_a, ips_b) = runtime()?.block_on(async {
             let ca = admin_client(a).await?;
             let cb = admin_client(b).await?;

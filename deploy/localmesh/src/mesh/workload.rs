@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::Path,
     time::{Duration, Instant},
 };
@@ -80,11 +80,23 @@ impl Mesh {
             cni_args.as_deref(),
         )?;
         let result: serde_json::Value = serde_json::from_slice(&out).context("CNI result")?;
-        let ip: Ipv4Addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .context("CNI result without an address")?
-            .parse()?;
+        let addresses: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip: Ipv4Addr = addresses
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .context("CNI result without an IPv4 address")?;
+        let ipv6: Option<Ipv6Addr> = addresses.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
         let server = match echo_port {
             Some(port) => Some(spawn_daemon(
                 Some(&netns),
@@ -109,6 +121,7 @@ impl Mesh {
             namespace: WORKLOAD_NAMESPACE.to_string(),
             netns,
             ip,
+            ipv6,
             labels: labels_map,
             server,
             port: echo_port,
