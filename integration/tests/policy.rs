@@ -4,7 +4,8 @@
 //! `except` reach a host outside the mesh, entities, port ranges and ICMP
 //! types, and a policy change leaves an established connection alone.
 //!
-//! Every denial is preceded by the same request succeeding.
+//! Every check runs over IPv4 and IPv6; every denial is preceded by the
+//! same request succeeding.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -18,6 +19,7 @@ use kvstore::{StoreValue, keys, values::PolicyDocument};
 
 /// The network outside the mesh: a namespace behind c1's node.
 const EXT_NET: &str = "198.51.100";
+const EXT_NET6: &str = "2001:db8:100:";
 
 fn policy(yaml: &str) -> PolicyDocument {
     PolicyDocument::parse(yaml).unwrap_or_else(|e| panic!("test policy: {e}"))
@@ -34,14 +36,15 @@ fn remove(mesh: &TestMesh, cluster: &str, doc: &PolicyDocument) {
 }
 
 /// A host outside the mesh: its own namespace, linked to a node namespace
-/// with addresses in [`EXT_NET`], running echo servers. Removed on drop.
+/// with addresses in [`EXT_NET`] and [`EXT_NET6`], running echo servers.
+/// Removed on drop.
 struct ExternalHost {
     ns: String,
     servers: Vec<Child>,
 }
 
 impl ExternalHost {
-    fn start(node_ns: &str, addrs: &[&str], ports: &[u16]) -> anyhow::Result<Self> {
+    fn start(node_ns: &str, hosts: &[u8], ports: &[u16]) -> anyhow::Result<Self> {
         let tag = format!("{:x}", std::process::id() ^ rand_tag());
         let ns = format!("cmext-{tag}");
         let node_if = format!("cmx{}", &tag[..tag.len().min(8)]);
@@ -50,34 +53,31 @@ impl ExternalHost {
             servers: Vec::new(),
         };
         ip(&["netns", "add", &ns])?;
-        ip(&[
+        let veth = [
             "-n", node_ns, "link", "add", &node_if, "type", "veth", "peer", "name", "eth0",
             "netns", &ns,
-        ])?;
-        ip(&[
-            "-n",
-            node_ns,
-            "addr",
-            "add",
-            &format!("{EXT_NET}.1/24"),
-            "dev",
-            &node_if,
-        ])?;
-        ip(&["-n", node_ns, "link", "set", &node_if, "up"])?;
-        for a in addrs {
-            ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        ];
+        ip(&veth)?;
+        let gw4 = format!("{EXT_NET}.1");
+        let gw6 = format!("{EXT_NET6}:1");
+        for (ns_, dev, addr) in [
+            (node_ns, node_if.as_str(), format!("{gw4}/24")),
+            (node_ns, node_if.as_str(), format!("{gw6}/64")),
+        ]
+        .into_iter()
+        .chain(hosts.iter().flat_map(|h| {
+            [
+                (ns.as_str(), "eth0", format!("{EXT_NET}.{h}/24")),
+                (ns.as_str(), "eth0", format!("{EXT_NET6}:{h}/64")),
+            ]
+        })) {
+            ip(&["-n", ns_, "addr", "add", &addr, "dev", dev, "nodad"])?;
         }
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("{EXT_NET}.1"),
-        ])?;
+        for (ns_, dev) in [(node_ns, node_if.as_str()), (&ns, "eth0"), (&ns, "lo")] {
+            ip(&["-n", ns_, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw4])?;
+        ip(&["-n", &ns, "-6", "route", "add", "default", "via", &gw6])?;
         let bin = localmesh::default_bin_dir().join("clustermesh");
         for port in ports {
             let child = Command::new("ip")
@@ -91,14 +91,16 @@ impl ExternalHost {
             host.servers.push(child);
         }
         for port in ports {
-            let addr: SocketAddr = format!("{}:{port}", addrs[0]).parse()?;
-            let ns = ns.clone();
-            wait_for(&format!("echo server {addr} outside the mesh"), || {
-                localmesh::in_netns(&ns, move || {
-                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                })
-                .unwrap_or(false)
-            });
+            for v6 in [false, true] {
+                let addr = ext(v6, hosts[0], *port);
+                let ns = ns.clone();
+                wait_for(&format!("echo server {addr} outside the mesh"), || {
+                    localmesh::in_netns(&ns, move || {
+                        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    })
+                    .unwrap_or(false)
+                });
+            }
         }
         Ok(host)
     }
@@ -151,8 +153,24 @@ fn pings(mesh: &TestMesh, cluster: &str, pod: &str, to: IpAddr) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn ext(host: u8, port: u16) -> SocketAddr {
-    format!("{EXT_NET}.{host}:{port}").parse().expect("address")
+/// `host` outside the mesh, over IPv4 or IPv6.
+fn ext(v6: bool, host: u8, port: u16) -> SocketAddr {
+    let ip: IpAddr = if v6 {
+        format!("{EXT_NET6}:{host}")
+    } else {
+        format!("{EXT_NET}.{host}")
+    }
+    .parse()
+    .expect("address");
+    SocketAddr::new(ip, port)
+}
+
+/// A workload's echo server over each family.
+fn echo(mesh: &TestMesh, cluster: &str, pod: &str) -> [SocketAddr; 2] {
+    let v4 = mesh.echo_addr(cluster, pod);
+    let e = mesh.state.endpoint(cluster, pod).expect("endpoint");
+    let v6 = e.ipv6.expect("a dual-stack pod");
+    [v4, SocketAddr::new(v6.into(), v4.port())]
 }
 
 const CLIENT_EGRESS: &str = r#"
@@ -172,55 +190,51 @@ fn egress_ingress_deny_cidr_entities_ports_and_icmp_with_real_packets() -> anyho
     }
     let mesh = TestMesh::up(2, 1)?;
     let node_ns = mesh.node("c1", "n1")?.netns.clone();
-    let _ext = ExternalHost::start(
-        &node_ns,
-        &[&format!("{EXT_NET}.10"), &format!("{EXT_NET}.20")],
-        &[8080, 9000],
-    )?;
-    let c1_echo = mesh.echo_addr("c1", "echo-n1");
-    let c2_echo = mesh.echo_addr("c2", "echo-n1");
+    let _ext = ExternalHost::start(&node_ns, &[10, 20], &[8080, 9000])?;
+    let c1_echo = echo(&mesh, "c1", "echo-n1");
+    let c2_echo = echo(&mesh, "c2", "echo-n1");
+    let reaches = |to: SocketAddr| mesh.reaches("c1", "client", to);
+    let denied = |to: SocketAddr| mesh.denied("c1", "client", to);
+    let both = [false, true];
 
     // Positive controls: with no policy, c1's client reaches everything
-    // denied below.
+    // denied below, over both families.
     wait_for("no policy: c1's client reaches every server", || {
-        mesh.reaches("c1", "client", c1_echo)
-            && mesh.reaches("c1", "client", c2_echo)
-            && mesh.reaches("c1", "client", ext(10, 8080))
-            && mesh.reaches("c1", "client", ext(20, 8080))
-            && mesh.reaches("c1", "client", ext(10, 9000))
-            && mesh.reaches("c2", "client", c2_echo)
+        c1_echo.iter().chain(&c2_echo).all(|a| reaches(*a))
+            && both.iter().all(|v6| {
+                reaches(ext(*v6, 10, 8080))
+                    && reaches(ext(*v6, 20, 8080))
+                    && reaches(ext(*v6, 10, 9000))
+            })
+            && c2_echo.iter().all(|a| mesh.reaches("c2", "client", *a))
     });
-    assert!(pings(&mesh, "c1", "client", c2_echo.ip()), "control: ping");
+    for a in c2_echo {
+        assert!(pings(&mesh, "c1", "client", a.ip()), "control: ping {a}");
+    }
 
     // 1. Egress: c1's client may reach c2's echo on 8080, nothing else.
     let egress = policy(CLIENT_EGRESS);
     apply(&mesh, "c1", &egress);
     wait_for("egress: c1's echo denied to c1's client", || {
-        mesh.denied("c1", "client", c1_echo)
+        c1_echo.iter().all(|a| denied(*a))
     });
-    assert!(
-        mesh.reaches("c1", "client", c2_echo),
-        "egress allows c2's echo"
-    );
-    assert!(
-        mesh.denied("c1", "client", ext(10, 8080)),
-        "the world is denied"
-    );
-    assert!(
-        !pings(&mesh, "c1", "client", c2_echo.ip()),
-        "ICMP is not allowed"
-    );
+    for a in c2_echo {
+        assert!(reaches(a), "egress allows c2's echo {a}");
+        assert!(!pings(&mesh, "c1", "client", a.ip()), "no ICMP to {a}");
+    }
+    for v6 in both {
+        assert!(denied(ext(v6, 10, 8080)), "the world is denied (v6 {v6})");
+    }
 
     // 2. Both sides decide: c2's echo admits its own clients only, so the
     // egress allow of c1 is not enough; naming c1 admits it.
     apply(&mesh, "c2", &integration::echo_admits_local_clients());
     wait_for("c2's ingress denies c1's client", || {
-        mesh.denied("c1", "client", c2_echo)
+        c2_echo.iter().all(|a| denied(*a))
     });
-    assert!(
-        mesh.reaches("c2", "client", c2_echo),
-        "c2's client admitted"
-    );
+    for a in c2_echo {
+        assert!(mesh.reaches("c2", "client", a), "c2's client admitted {a}");
+    }
     let admits_c1 = policy(
         r#"
 kind: CiliumNetworkPolicy
@@ -231,40 +245,46 @@ spec:
   - fromEndpoints: [{matchLabels: {app: client, io.cilium.k8s.policy.cluster: c1}}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
   - fromEndpoints: [{matchLabels: {app: client, io.cilium.k8s.policy.cluster: c1}}]
-    icmps: [{fields: [{type: EchoRequest}]}]
+    icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, family: IPv6}]}]
 "#,
     );
     apply(&mesh, "c2", &admits_c1);
     wait_for("c2's ingress admits c1's client", || {
-        mesh.reaches("c1", "client", c2_echo)
+        c2_echo.iter().all(|a| reaches(*a))
     });
 
     // 3. An established connection survives a policy change that keeps it
     // allowed (the client's policy is rewritten in place).
     let client_ns = mesh.state.endpoint("c1", "client")?.netns.clone();
-    let mut conn = localmesh::in_netns(&client_ns, move || {
-        TcpStream::connect_timeout(&c2_echo, Duration::from_secs(1))
-    })??;
-    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut name = String::new();
-    reader.read_line(&mut name)?;
-    assert_eq!(name.trim(), "c2/echo-n1");
+    let mut open = Vec::new();
+    for to in c2_echo {
+        let conn = localmesh::in_netns(&client_ns, move || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(1))
+        })??;
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut name = String::new();
+        reader.read_line(&mut name)?;
+        assert_eq!(name.trim(), "c2/echo-n1");
+        open.push((conn, reader));
+    }
     let egress_icmp = policy(&format!(
-        "{CLIENT_EGRESS}  - toEndpoints: [{{matchLabels: {{app: echo, io.cilium.k8s.policy.cluster: c2}}}}]\n    icmps: [{{fields: [{{type: 8}}]}}]\n"
+        "{CLIENT_EGRESS}  - toEndpoints: [{{matchLabels: {{app: echo, io.cilium.k8s.policy.cluster: c2}}}}]\n    icmps: [{{fields: [{{type: 8}}, {{type: 128, family: IPv6}}]}}]\n"
     ));
     apply(&mesh, "c1", &egress_icmp);
     wait_for("the ICMP rule applies: c1's client pings c2's echo", || {
-        pings(&mesh, "c1", "client", c2_echo.ip())
+        c2_echo.iter().all(|a| pings(&mesh, "c1", "client", a.ip()))
     });
-    conn.write_all(b"still here\n")?;
-    let mut echoed = String::new();
-    reader.read_line(&mut echoed)?;
-    assert_eq!(
-        echoed.trim(),
-        "still here",
-        "the established connection carried on"
-    );
+    for (mut conn, mut reader) in open {
+        conn.write_all(b"still here\n")?;
+        let mut echoed = String::new();
+        reader.read_line(&mut echoed)?;
+        assert_eq!(
+            echoed.trim(),
+            "still here",
+            "the established connection carried on"
+        );
+    }
 
     // 4. Deny wins over allow, and a removed deny reopens.
     let deny = policy(
@@ -280,34 +300,34 @@ spec:
     );
     apply(&mesh, "c1", &deny);
     wait_for("the deny wins over the allow", || {
-        mesh.denied("c1", "client", c2_echo)
+        c2_echo.iter().all(|a| denied(*a))
     });
-    assert!(
-        pings(&mesh, "c1", "client", c2_echo.ip()),
-        "the deny covers TCP 8000-8100 only"
-    );
+    for a in c2_echo {
+        assert!(
+            pings(&mesh, "c1", "client", a.ip()),
+            "the deny covers TCP 8000-8100 only ({a})"
+        );
+    }
     remove(&mesh, "c1", &deny);
     wait_for("the removed deny reopens", || {
-        mesh.reaches("c1", "client", c2_echo)
+        c2_echo.iter().all(|a| reaches(*a))
     });
 
     // 5. CIDR with an except carves a hole; a port range bounds it.
     let cidr = policy(&format!(
-        "{CLIENT_EGRESS}  - toCIDRSet: [{{cidr: {EXT_NET}.0/24, except: [{EXT_NET}.20/32]}}]\n    toPorts: [{{ports: [{{port: \"8000\", endPort: 8999, protocol: TCP}}]}}]\n"
+        "{CLIENT_EGRESS}  - toCIDRSet:\n    - {{cidr: {EXT_NET}.0/24, except: [{EXT_NET}.20/32]}}\n    - {{cidr: \"{EXT_NET6}:/64\", except: [\"{EXT_NET6}:20/128\"]}}\n    toPorts: [{{ports: [{{port: \"8000\", endPort: 8999, protocol: TCP}}]}}]\n"
     ));
     apply(&mesh, "c1", &cidr);
     wait_for("the CIDR admits .10", || {
-        mesh.reaches("c1", "client", ext(10, 8080))
+        both.iter().all(|v6| reaches(ext(*v6, 10, 8080)))
     });
-    assert!(mesh.denied("c1", "client", ext(20, 8080)), "except .20");
-    assert!(
-        mesh.denied("c1", "client", ext(10, 9000)),
-        "outside the range"
-    );
-    assert!(
-        mesh.denied("c1", "client", c1_echo),
-        "c1's echo stays denied"
-    );
+    for v6 in both {
+        assert!(denied(ext(v6, 20, 8080)), "except .20 (v6 {v6})");
+        assert!(denied(ext(v6, 10, 9000)), "outside the range (v6 {v6})");
+    }
+    for a in c1_echo {
+        assert!(denied(a), "c1's echo stays denied ({a})");
+    }
 
     // 6. Entities: `world` is everything outside the mesh (the CIDR
     // identities included); `cluster` is this cluster only.
@@ -316,12 +336,11 @@ spec:
     ));
     apply(&mesh, "c1", &entities);
     wait_for("cluster admits c1's echo", || {
-        mesh.reaches("c1", "client", c1_echo)
+        c1_echo.iter().all(|a| reaches(*a))
     });
-    assert!(mesh.reaches("c1", "client", ext(20, 9000)), "world on 9000");
-    assert!(
-        mesh.denied("c1", "client", ext(20, 8080)),
-        "world on 9000 only"
-    );
+    for v6 in both {
+        assert!(reaches(ext(v6, 20, 9000)), "world on 9000 (v6 {v6})");
+        assert!(denied(ext(v6, 20, 8080)), "world on 9000 only (v6 {v6})");
+    }
     Ok(())
 }
