@@ -201,28 +201,79 @@ fn policy_selects(doc: &PolicyDocument) -> Vec<String> {
     doc.rules()
         .map(|rule| {
             let sel = &rule.endpoint_selector;
-            let mut from: Vec<String> = Vec::new();
-            for ingress in &rule.ingress {
-                for peer in ingress.from_endpoints.iter().flatten() {
-                    from.push(selector_words(&peer.match_labels, &peer.match_expressions));
-                }
-                for entity in ingress.from_entities.iter().flatten() {
-                    from.push(format!("entity {entity:?}").to_lowercase());
-                }
+            let sections = [
+                (
+                    "ingress from",
+                    rule.ingress
+                        .iter()
+                        .map(|r| r.peer_rule())
+                        .collect::<Vec<_>>(),
+                ),
+                (
+                    "ingress denied from",
+                    rule.ingress_deny.iter().map(|r| r.peer_rule()).collect(),
+                ),
+                (
+                    "egress to",
+                    rule.egress.iter().map(|r| r.peer_rule()).collect(),
+                ),
+                (
+                    "egress denied to",
+                    rule.egress_deny.iter().map(|r| r.peer_rule()).collect(),
+                ),
+            ];
+            let mut said: Vec<String> = sections
+                .iter()
+                .filter(|(_, peers)| !peers.is_empty())
+                .map(|(what, peers)| format!("{what} {}", peer_words(peers)))
+                .collect();
+            if said.is_empty() {
+                said.push("no ingress or egress rules (enforces nothing)".into());
             }
-            let from = if rule.ingress.is_empty() {
-                "nobody (ingress default-deny)".to_string()
-            } else if from.is_empty() {
-                "anyone".to_string()
-            } else {
-                from.join(" | ")
-            };
             format!(
-                "endpoints {} <- {from}",
-                selector_words(&sel.match_labels, &sel.match_expressions)
+                "endpoints {}: {}",
+                selector_words(&sel.match_labels, &sel.match_expressions),
+                said.join("; ")
             )
         })
         .collect()
+}
+
+/// Who the rules of one section name: `app=client | cidr 10.0.0.0/8 | entity world`.
+fn peer_words(rules: &[kvstore::values::PeerRule<'_>]) -> String {
+    let mut peers: Vec<String> = Vec::new();
+    for rule in rules {
+        if !rule.has_l3() {
+            peers.push(if rule.has_l4() { "anyone" } else { "nobody" }.into());
+        }
+        for peer in rule.endpoints.into_iter().flatten() {
+            peers.push(selector_words(&peer.match_labels, &peer.match_expressions));
+        }
+        for c in &rule.cidrs {
+            let except = if c.except.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " except {}",
+                    c.except
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
+            peers.push(format!("cidr {}{except}", c.cidr));
+        }
+        for entity in rule.entities.into_iter().flatten() {
+            let name = serde_json::to_value(entity)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            peers.push(format!("entity {name}"));
+        }
+    }
+    peers.dedup();
+    peers.join(" | ")
 }
 
 /// The documents of a file (or of standard input for `-`): YAML documents

@@ -25,6 +25,10 @@ kind: CiliumNetworkPolicy
 metadata: {name: lock, namespace: demo}
 spec:
   endpointSelector: {matchLabels: {app: db}}
+  ingress: [{}]
+  egress:
+  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
+  - toEntities: [world-ipv4]
 "#;
 
 fn service(name: &str, frontend: &str) -> String {
@@ -77,13 +81,16 @@ async fn apply_delete_list_and_refusals() {
     // `list` says what each rule selects; `-o json` has the fields.
     let r = run(&["policy", "list"], None);
     assert!(
-        r.stdout
-            .contains("endpoints app=echo <- app=client,io.cilium.k8s.policy.cluster=c1"),
+        r.stdout.contains(
+            "endpoints app=echo: ingress from app=client,io.cilium.k8s.policy.cluster=c1"
+        ),
         "{}",
         r.stdout
     );
     assert!(
-        r.stdout.contains("endpoints app=db <- nobody"),
+        r.stdout.contains(
+            "endpoints app=db: ingress from nobody; egress to cidr 10.0.0.0/8 except 10.96.0.0/12 | entity world-ipv4"
+        ),
         "{}",
         r.stdout
     );
