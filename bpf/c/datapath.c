@@ -457,6 +457,117 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int dst
 	return 0;
 }
 
+/* Whether an ICMP(v6) message is an error that quotes the packet it is
+ * about (destination unreachable, fragmentation needed / packet too big,
+ * time exceeded, parameter problem). */
+static __always_inline int icmp_is_error(const struct pkt *p)
+{
+	__u8 t = p->l4_flags;
+
+	if (p->t.protocol == IPPROTO_ICMP)
+		return t == 3 || t == 11 || t == 12;
+	if (p->t.protocol == IPPROTO_ICMPV6_)
+		return t >= 1 && t <= 4;
+	return 0;
+}
+
+/* An ICMP error about a connection the endpoint opened to a service quotes
+ * the backend (the translated destination), and comes from the backend when
+ * the backend's host answered: the endpoint knows only the frontend, and its
+ * kernel would ignore the error (port unreachable, fragmentation needed).
+ * Rewrites the quoted destination address and port, and the outer source
+ * when it is the backend, to the frontend, with every checksum involved
+ * (the inner IPv4 header's, the ICMP one, the outer IPv4 header's; the
+ * quoted L4 checksum is left alone, as kernels do not check it). */
+static __always_inline void icmp_error_revnat(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 inner = p->l4_off + 8, ports_off, csum_off = p->l4_off + 2;
+	__u8 old_addr[16] = {}, new_addr[16] = {};
+	struct ct_value *ct;
+	struct ct_key k = {};
+	__be16 ports[2], new_port;
+	__u8 proto;
+
+	if (p->t.family == CM_FAMILY_V4) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, inner, &ip, sizeof(ip)) || ip.ihl < 5)
+			return;
+		proto = ip.protocol;
+		__builtin_memcpy(k.saddr, &ip.saddr, 4);
+		__builtin_memcpy(k.daddr, &ip.daddr, 4);
+		ports_off = inner + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, inner, &ip6, sizeof(ip6)))
+			return;
+		proto = ip6.nexthdr;
+		__builtin_memcpy(k.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(k.daddr, &ip6.daddr, 16);
+		ports_off = inner + sizeof(ip6);
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return;
+	if (bpf_skb_load_bytes(skb, ports_off, ports, sizeof(ports)))
+		return;
+	/* The quoted packet is what the endpoint sent: its egress entry. */
+	k.sport = ports[0];
+	k.dport = ports[1];
+	k.protocol = proto;
+	k.family = p->t.family;
+	k.scope = CM_CT_EGRESS;
+	ct = bpf_map_lookup_elem(&cm_ct, &k);
+	if (!ct || !(ct->flags & CM_CT_F_REVNAT))
+		return;
+	__builtin_memcpy(old_addr, k.daddr, 16);
+	__builtin_memcpy(new_addr, ct->rev_nat_addr, 16);
+	new_port = ct->rev_nat_port;
+
+	if (p->t.family == CM_FAMILY_V4) {
+		__be32 o, n;
+		__u16 old_csum, new_csum;
+
+		__builtin_memcpy(&o, old_addr, 4);
+		__builtin_memcpy(&n, new_addr, 4);
+		if (bpf_skb_load_bytes(skb, inner + 10, &old_csum, 2))
+			return;
+		if (bpf_l3_csum_replace(skb, inner + 10, o, n, 4))
+			return;
+		if (bpf_skb_store_bytes(skb, inner + 16, &n, 4, 0))
+			return;
+		if (bpf_skb_load_bytes(skb, inner + 10, &new_csum, 2))
+			return;
+		/* The ICMP checksum covers the quoted bytes (no pseudo header). */
+		bpf_l4_csum_replace(skb, csum_off, o, n, 4);
+		bpf_l4_csum_replace(skb, csum_off, old_csum, new_csum, 2);
+		bpf_l4_csum_replace(skb, csum_off, ports[1], new_port, 2);
+		bpf_skb_store_bytes(skb, ports_off + 2, &new_port, 2, 0);
+		if (addr_eq(p->t.saddr, old_addr)) {
+			bpf_l3_csum_replace(skb, p->l3_off + 10, o, n, 4);
+			bpf_skb_store_bytes(skb, p->l3_off + 12, &n, 4, 0);
+			__builtin_memcpy(p->t.saddr, new_addr, 16);
+		}
+	} else {
+		__s64 diff = bpf_csum_diff((__be32 *)old_addr, 16, (__be32 *)new_addr, 16, 0);
+
+		if (diff < 0)
+			return;
+		if (bpf_skb_store_bytes(skb, inner + 24, new_addr, 16, 0))
+			return;
+		/* ICMPv6 covers the quoted bytes and a pseudo header of the outer
+		 * addresses. */
+		bpf_l4_csum_replace(skb, csum_off, 0, diff, 0);
+		bpf_l4_csum_replace(skb, csum_off, ports[1], new_port, 2);
+		bpf_skb_store_bytes(skb, ports_off + 2, &new_port, 2, 0);
+		if (addr_eq(p->t.saddr, old_addr)) {
+			bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR);
+			bpf_skb_store_bytes(skb, p->l3_off + 8, new_addr, 16, 0);
+			__builtin_memcpy(p->t.saddr, new_addr, 16);
+		}
+	}
+}
+
 /* FNV-1a over the 5-tuple: picks a service slot for a new connection. */
 static __always_inline __u32 tuple_hash(const struct ct_key *t)
 {
@@ -503,8 +614,11 @@ int cm_to_endpoint(struct __sk_buff *skb)
 		     CM_FLOW_TO_ENDPOINT, CM_REPLY_UNKNOWN, 0);
 		return TC_ACT_SHOT;
 	}
-	if (p.control)
+	if (p.control) {
+		if (icmp_is_error(&p))
+			icmp_error_revnat(skb, &p);
 		return TC_ACT_OK;
+	}
 
 	/* 1. a reply to a connection the endpoint opened */
 	ct_reverse(&p.t, &k, CM_CT_EGRESS);

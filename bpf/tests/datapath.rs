@@ -482,6 +482,61 @@ fn service_balances_across_backends_and_replies_come_from_the_frontend() -> Resu
 }
 
 #[test]
+fn icmp_errors_about_a_service_connection_name_the_frontend() -> Result<()> {
+    use std::net::UdpSocket;
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let backend = node.add_pod("backend", SERVER)?;
+    node.publish_ipcache()?;
+    for pod in [client, backend] {
+        node.attach(pod, false)?;
+    }
+    // Nothing listens on the backend's UDP port: its kernel answers port
+    // unreachable, quoting the translated packet (to the backend).
+    const CLOSED: u16 = 7777;
+    for (family, vip) in [(0, "10.96.0.20:53"), (1, "[fd00:96::20]:53")] {
+        let vip: SocketAddr = vip.parse()?;
+        let backend_id = 50 + family as u32;
+        node.dp().backends().upsert(
+            &BackendKey { backend_id },
+            &BackendValue::new(
+                sock(node.pod(backend).ips()[family], CLOSED),
+                Protocol::Udp,
+                1,
+            ),
+        )?;
+        let services: BTreeMap<_, _> = service_entries(vip, Protocol::Udp, &[backend_id])
+            .into_iter()
+            .collect();
+        node.dp().services().reconcile(&services)?;
+        // A connected UDP socket learns of the error only if it names the
+        // frontend it is connected to.
+        let any: SocketAddr = if family == 0 {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = node.pod(client).ns.enter(|| UdpSocket::bind(any))??;
+        socket.connect(vip)?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 16];
+        let refused = (0..3).any(|_| {
+            socket.send(b"query").is_ok()
+                && socket
+                    .recv(&mut buf)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        });
+        assert!(
+            refused,
+            "{vip}: the port unreachable from the backend reached the client as the frontend's"
+        );
+        node.dp().services().clear()?;
+    }
+    Ok(())
+}
+
+#[test]
 fn loader_restart_under_continuous_ping_loses_no_packet() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut node = Node::new()?;
