@@ -284,6 +284,24 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 	return diff == 0;
 }
 
+/* The hairpin source of `family` (see CM_HAIRPIN_V4): 169.254.42.1, or
+ * fd00::a9fe:2a01 for IPv6. */
+static __always_inline void hairpin_addr(__u8 family, __u8 *out)
+{
+	__builtin_memset(out, 0, 16);
+	if (family == CM_FAMILY_V4) {
+		__be32 a = bpf_htonl(CM_HAIRPIN_V4);
+
+		__builtin_memcpy(out, &a, 4);
+	} else {
+		out[0] = 0xfd;
+		out[12] = 0xa9;
+		out[13] = 0xfe;
+		out[14] = 0x2a;
+		out[15] = 0x01;
+	}
+}
+
 static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity, __u32 backend_id,
 				     const __u8 *rev_addr, __be16 rev_port)
 {
@@ -299,6 +317,15 @@ static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity,
 		v.flags = CM_CT_F_REVNAT;
 	}
 	return bpf_map_update_elem(&cm_ct, k, &v, BPF_ANY);
+}
+
+/* Marks the egress entry `k` as an endpoint's connection to itself. */
+static __always_inline void mark_hairpin(const struct ct_key *k)
+{
+	struct ct_value *v = bpf_map_lookup_elem(&cm_ct, k);
+
+	if (v)
+		v->flags |= CM_CT_F_HAIRPIN;
 }
 
 static __always_inline __u32 lookup_identity(const __u8 *addr, __u8 family)
@@ -626,11 +653,15 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	if (ct) {
 		ct_touch(ct);
 		if (ct->flags & CM_CT_F_REVNAT) {
-			__u8 addr[16];
+			__u8 addr[16], self[16];
 			__be16 port = ct->rev_nat_port;
+			int hairpin = ct->flags & CM_CT_F_HAIRPIN;
 
+			/* a hairpin reply comes from the endpoint itself */
+			__builtin_memcpy(self, p.t.saddr, 16);
 			__builtin_memcpy(addr, ct->rev_nat_addr, 16);
-			if (rewrite(skb, &p, 0, addr, port)) {
+			if (rewrite(skb, &p, 0, addr, port) ||
+			    (hairpin && rewrite(skb, &p, 1, self, p.t.dport))) {
 				emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT, 0,
 				     ep->sec_identity, CM_FLOW_TO_ENDPOINT, CM_REPLY_YES, 0);
 				return TC_ACT_SHOT;
@@ -647,7 +678,19 @@ int cm_to_endpoint(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	/* 3. a new inbound connection */
+	/* 3. a new inbound connection (from the endpoint itself through a
+	 * service: its own identity, no policy) */
+	{
+		__u8 hp[16];
+
+		hairpin_addr(p.t.family, hp);
+		if (addr_eq(p.t.saddr, hp)) {
+			src_id = ep->sec_identity;
+			if (ct_create(&p.t, src_id, 0, 0, 0))
+				return TC_ACT_SHOT;
+			return TC_ACT_OK;
+		}
+	}
 	src_id = lookup_identity(p.t.saddr, p.t.family);
 	if ((ep->flags & CM_EP_POLICY_INGRESS) &&
 	    !policy_check(ep->policy_id, CM_DIR_INGRESS, src_id, p.t.protocol, p.policy_port,
@@ -685,7 +728,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	__u8 front_addr[16];
 	__be16 front_port = 0;
 	__u8 reason = CM_DROP_NONE;
-	int translated = 0;
+	int translated = 0, hairpin = 0;
 	int ret;
 
 	ep = bpf_map_lookup_elem(&cm_endpoints, &ek);
@@ -702,11 +745,27 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	if (p.control)
 		return TC_ACT_OK;
 
-	/* 1. a reply of a connection the endpoint accepted */
+	/* 1. a reply of a connection the endpoint accepted; to itself through
+	 * a service (hairpin), back into the endpoint, where the reverse
+	 * translation happens */
 	ct_reverse(&p.t, &k, CM_CT_INGRESS);
 	ct = bpf_map_lookup_elem(&cm_ct, &k);
 	if (ct) {
+		__u8 hp[16];
+
 		ct_touch(ct);
+		hairpin_addr(p.t.family, hp);
+		if (addr_eq(p.t.daddr, hp)) {
+			__u8 macs[12], swapped[12];
+
+			if (bpf_skb_load_bytes(skb, 0, macs, 12))
+				return TC_ACT_SHOT;
+			__builtin_memcpy(swapped, macs + 6, 6);
+			__builtin_memcpy(swapped + 6, macs, 6);
+			if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0))
+				return TC_ACT_SHOT;
+			return bpf_redirect(skb->ifindex, 0);
+		}
 		return TC_ACT_OK;
 	}
 
@@ -764,6 +823,19 @@ int cm_from_endpoint(struct __sk_buff *skb)
 				     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 				return TC_ACT_SHOT;
 			}
+			/* to itself: a source its kernel accepts */
+			if (addr_eq(p.t.saddr, p.t.daddr)) {
+				__u8 hp[16];
+
+				hairpin_addr(p.t.family, hp);
+				if (rewrite(skb, &p, 0, hp, p.t.sport)) {
+					emit(&p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT,
+					     ep->sec_identity, 0, CM_FLOW_FROM_ENDPOINT,
+					     CM_REPLY_NO, 0);
+					return TC_ACT_SHOT;
+				}
+				hairpin = 1;
+			}
 			if (translated)
 				emit(&p, skb->ifindex, CM_VERDICT_TRANSLATED, CM_DROP_NONE,
 				     ep->sec_identity, lookup_identity(p.t.daddr, p.t.family),
@@ -782,15 +854,18 @@ int cm_from_endpoint(struct __sk_buff *skb)
 		 * frontend, or to reach the backend directly. The replies must be
 		 * rewritten to what this connection dialled, or to nothing. */
 		if (translated && (!(ct->flags & CM_CT_F_REVNAT) || ct->rev_nat_port != front_port ||
-				   !addr_eq(ct->rev_nat_addr, front_addr)))
+				   !addr_eq(ct->rev_nat_addr, front_addr))) {
 			ct_create(&p.t, ep->sec_identity, 0, front_addr, front_port);
+			if (hairpin)
+				mark_hairpin(&p.t);
+		}
 		else if (!translated && (ct->flags & CM_CT_F_REVNAT))
 			ct_create(&p.t, ep->sec_identity, 0, 0, 0);
 		return TC_ACT_OK;
 	}
 	/* 4. a new outbound connection: the endpoint's egress policy, for the
 	 * destination after translation (unknown destination = world) */
-	if (ep->flags & CM_EP_POLICY_EGRESS) {
+	if ((ep->flags & CM_EP_POLICY_EGRESS) && !hairpin) {
 		__u32 dst_id = lookup_identity(p.t.daddr, p.t.family);
 
 		if (translated)
@@ -815,6 +890,8 @@ int cm_from_endpoint(struct __sk_buff *skb)
 		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
 		return TC_ACT_SHOT;
 	}
+	if (hairpin)
+		mark_hairpin(&p.t);
 	return TC_ACT_OK;
 
 no_backend:

@@ -118,6 +118,13 @@ struct ct_key {
 };
 
 #define CM_CT_F_REVNAT 1u /* replies get their source rewritten to rev_nat_* */
+#define CM_CT_F_HAIRPIN 8u /* an endpoint reaching itself through a service:
+			    * its source became CM_HAIRPIN_V4/V6, which replies
+			    * get back as their destination */
+
+/* The source of an endpoint's connection to itself through a service (its
+ * own address as source would be a martian to its kernel). */
+#define CM_HAIRPIN_V4 0xa9fe2a01u /* 169.254.42.1 */
 
 struct ct_value {
 	__u64 created_ns;

@@ -537,6 +537,45 @@ fn icmp_errors_about_a_service_connection_name_the_frontend() -> Result<()> {
 }
 
 #[test]
+fn an_endpoint_reaches_itself_through_a_service() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let server = node.add_pod("server", SERVER)?;
+    let other = node.add_pod("other", OTHER)?;
+    node.publish_ipcache()?;
+    // Default deny both ways, nothing allowed: a connection of the server
+    // to itself is its own business (as in Cilium).
+    node.attach_with(server, true, true)?;
+    node.attach(other, false)?;
+    let _srv = Server::start(node.pod(server), PORT)?;
+    for (family, vip) in [(0, "10.96.0.30:80"), (1, "[fd00:96::30]:80")] {
+        let vip: SocketAddr = vip.parse()?;
+        let backend_id = 60 + family as u32;
+        node.dp().backends().upsert(
+            &BackendKey { backend_id },
+            &BackendValue::new(sock(node.pod(server).ips()[family], PORT), Protocol::Tcp, 1),
+        )?;
+        let services: BTreeMap<_, _> = service_entries(vip, Protocol::Tcp, &[backend_id])
+            .into_iter()
+            .collect();
+        node.dp().services().reconcile(&services)?;
+        // Control: another pod goes through the same frontend to the
+        // server, which denies it (ingress enforced, nothing allowed).
+        assert!(tcp_denied(node.pod(other), vip), "{vip}: other is denied");
+        for _ in 0..3 {
+            let (name, peer) = tcp_request(node.pod(server), vip)?;
+            assert_eq!(
+                (name.as_str(), peer),
+                ("server", vip),
+                "{vip}: the server reaches itself and sees the frontend"
+            );
+        }
+        node.dp().services().clear()?;
+    }
+    Ok(())
+}
+
+#[test]
 fn loader_restart_under_continuous_ping_loses_no_packet() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut node = Node::new()?;
