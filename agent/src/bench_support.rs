@@ -218,6 +218,7 @@ impl PolicyRecompute {
                 identity: 1 << 16 | (256 + app as u32),
                 ifindex: None,
                 pod: None,
+                ports: Vec::new(),
             };
             let (tx, mut rx) = oneshot::channel();
             step(&mut control, [Input::Attach(endpoint, tx)]);

@@ -73,6 +73,9 @@ struct RuntimeConfig {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     namespace: Option<String>,
+    /// Ports the pod declares by name (`[{name, port, protocol}]`).
+    #[serde(default)]
+    ports: Vec<crate::endpoint::NamedPort>,
 }
 
 /// Runs one CNI command. Returns what to print on stdout.
@@ -150,6 +153,7 @@ pub fn run_cni(env_vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Stri
                 ip: None,
                 ipv6: None,
                 pod: args.get("K8S_POD_NAME").filter(|p| !p.is_empty()).cloned(),
+                ports: conf.runtime_config.ports.clone(),
             };
             let body = serde_json::to_vec(&req).expect("requests serialize");
             let ep: Endpoint = client

@@ -73,6 +73,66 @@ pub struct Endpoint {
     /// a label change on the Pod moves the endpoint to a new identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The ports it declares by name (what policy rules name as
+    /// `port: http`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NamedPort>,
+}
+
+/// A port an endpoint declares by name, as a container port does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPort {
+    /// An IANA service name (`http`, `metrics`): 1 to 15 characters of
+    /// `a-z`, `0-9` and `-`, with a letter.
+    pub name: String,
+    pub port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "TCP".into()
+}
+
+impl NamedPort {
+    /// Why the declaration cannot be used, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        let n = &self.name;
+        let valid_name = (1..=15).contains(&n.len())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.chars().any(|c| c.is_ascii_lowercase())
+            && !n.starts_with('-')
+            && !n.ends_with('-')
+            && !n.contains("--");
+        if !valid_name {
+            return Some(format!(
+                "port name {n:?} is not an IANA service name (1-15 of a-z, 0-9, '-', with a letter)"
+            ));
+        }
+        if self.port == 0 {
+            return Some(format!("port {n:?} has port number 0"));
+        }
+        if self.protocol().is_none() {
+            return Some(format!(
+                "port {n:?} has protocol {:?}; use TCP, UDP or SCTP",
+                self.protocol
+            ));
+        }
+        None
+    }
+
+    /// The protocol (`None` for one policy cannot name).
+    pub fn protocol(&self) -> Option<bpf::Protocol> {
+        match self.protocol.to_ascii_uppercase().as_str() {
+            "TCP" => Some(bpf::Protocol::Tcp),
+            "UDP" => Some(bpf::Protocol::Udp),
+            "SCTP" => Some(bpf::Protocol::Sctp),
+            _ => None,
+        }
+    }
 }
 
 /// A request to add an endpoint (REST API and CNI plugin).
@@ -105,6 +165,9 @@ pub struct EndpointRequest {
     /// and the request waits briefly for the Pod to appear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// Ports the endpoint declares by name (for policy rules naming them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NamedPort>,
 }
 
 impl Endpoint {
@@ -170,6 +233,11 @@ pub(crate) fn validate_request(req: &EndpointRequest) -> Result<(), String> {
             return Err(format!("label {key:?} is set by the agent"));
         }
     }
+    for p in &req.ports {
+        if let Some(problem) = p.problem() {
+            return Err(problem);
+        }
+    }
     Ok(())
 }
 
@@ -207,6 +275,11 @@ mod tests {
             ip: None,
             ipv6: None,
             pod: None,
+            ports: vec![NamedPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: "TCP".into(),
+            }],
         };
         assert!(validate_request(&ok).is_ok());
         let bad = |f: fn(&mut EndpointRequest)| {
@@ -224,6 +297,9 @@ mod tests {
             .contains("set by the agent")
         );
         assert_eq!(host_ifname(EndpointId::new(0x1f)), "cm0000001f");
+        assert!(bad(|r| r.ports[0].name = "HTTP".into()).contains("IANA"));
+        assert!(bad(|r| r.ports[0].port = 0).contains("port number 0"));
+        assert!(bad(|r| r.ports[0].protocol = "ICMP".into()).contains("TCP, UDP or SCTP"));
     }
 
     /// A snapshot written before endpoints had IPv6 addresses (an agent of

@@ -255,6 +255,7 @@ impl EndpointManager {
             identity: identity.get(),
             ifindex: None,
             pod: req.pod.clone(),
+            ports: req.ports.clone(),
         };
         match self.bring_up(&endpoint, cidr, inner.pod_cidr_v6).await {
             Ok(endpoint) => {
@@ -662,6 +663,7 @@ mod tests {
             identity: 300,
             ifindex: None,
             pod: None,
+            ports: Vec::new(),
         }
     }
 

@@ -521,6 +521,14 @@ fn endpoint_policy(policy_id: u32, rules: &EndpointRules) -> EndpointPolicy {
 }
 
 /// The ports an endpoint declares by name.
-fn named_ports(_endpoint: &Endpoint) -> NamedPorts {
-    NamedPorts::new()
+fn named_ports(endpoint: &Endpoint) -> NamedPorts {
+    let mut out = NamedPorts::new();
+    for p in &endpoint.ports {
+        if let Some(protocol) = p.protocol() {
+            out.entry(p.name.clone())
+                .or_default()
+                .push((protocol, p.port));
+        }
+    }
+    out
 }

@@ -149,6 +149,7 @@ fn pod(id: u32, app: &str, address: Ipv4Addr, identity: u32) -> Endpoint {
         identity,
         ifindex: None,
         pod: None,
+        ports: Vec::new(),
     }
 }
 
@@ -560,4 +561,57 @@ fn a_dual_stack_endpoint_has_an_ipcache_entry_per_family() {
     h.detach(web);
     assert_eq!(entry(&h, "10.1.0.10"), None);
     assert_eq!(entry(&h, "fd10:1::a"), None, "both families are withdrawn");
+}
+
+#[test]
+fn named_ports_resolve_to_what_the_endpoint_declares() {
+    let mut h = Harness::new();
+    let policy = "kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+";
+    h.step(
+        [
+            Input::Policy(Event::Upsert {
+                key: "demo/web".into(),
+                value: PolicyDocument::parse(policy).unwrap(),
+            }),
+            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
+        ]
+        .into_iter()
+        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
+    );
+    let mut declares = pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB);
+    declares.ports = vec![endpoint::NamedPort {
+        name: "http".into(),
+        port: 8080,
+        protocol: "TCP".into(),
+    }];
+    h.attach(declares);
+    h.attach(pod(9, "web", Ipv4Addr::new(10, 1, 0, 12), WEB));
+    let infos = h.maps.endpoints.content();
+    let policy_of = |ep: u32| {
+        infos
+            .values()
+            .find(|i| i.endpoint_id == ep)
+            .unwrap()
+            .policy()
+            .policy_id
+    };
+    let entries = h.maps.policy.content();
+    let http = |ep: u32| {
+        entries.contains_key(&PolicyKey::ingress(
+            policy_of(ep),
+            CLIENT,
+            L4Match::Port(bpf::Protocol::Tcp, 8080),
+        ))
+    };
+    assert!(http(7), "the declared port is admitted");
+    assert!(!http(9), "an endpoint that declares nothing admits nothing");
+    assert_ne!(policy_of(7), policy_of(9), "their policies differ");
 }
