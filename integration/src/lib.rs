@@ -227,6 +227,29 @@ impl TestMesh {
         }
     }
 
+    /// Stores a policy document in `cluster`'s etcd, as `policy apply` does.
+    pub fn apply_policy(
+        &self,
+        cluster: &str,
+        doc: &kvstore::values::PolicyDocument,
+    ) -> anyhow::Result<()> {
+        use kvstore::StoreValue;
+        self.put(
+            cluster,
+            &kvstore::keys::policies().key(&doc.key()),
+            doc.encode(),
+        )
+    }
+
+    /// Runs the `clustermesh` CLI on this mesh (`--dir` added).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(localmesh::default_bin_dir().join("clustermesh"))
+            .args(args)
+            .args(["--dir", &self.state.dir.to_string_lossy()])
+            .output()
+            .expect("run clustermesh")
+    }
+
     /// The address of a workload's echo server.
     pub fn echo_addr(&self, cluster: &str, pod: &str) -> SocketAddr {
         let e = self.state.endpoint(cluster, pod).expect("endpoint");
@@ -299,6 +322,15 @@ spec:
 "#,
     )
     .expect("a valid policy")
+}
+
+/// A command's stdout and stderr, as one text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Polls `f` until it returns true; panics with `what` after `DEADLINE`.

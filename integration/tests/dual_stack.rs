@@ -23,38 +23,19 @@ use kvstore::{
 /// The IPv6 frontend of the test's service (`demo/echo6`).
 const FRONTEND_V6: &str = "[fd96::10]:80";
 
-fn cli(mesh: &TestMesh, args: &[&str]) -> Output {
-    Command::new(localmesh::default_bin_dir().join("clustermesh"))
-        .args(args)
-        .args(["--dir", &mesh.state.dir.to_string_lossy()])
-        .output()
-        .expect("run clustermesh")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Applies a service definition through the CLI, as a user does.
 fn service_apply(mesh: &TestMesh, cluster: &str, yaml: &str) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("service.yaml");
     std::fs::write(&file, yaml).expect("write the service");
-    cli(
-        mesh,
-        &[
-            "service",
-            "apply",
-            "-f",
-            &file.to_string_lossy(),
-            "--cluster",
-            cluster,
-        ],
-    )
+    mesh.cli(&[
+        "service",
+        "apply",
+        "-f",
+        &file.to_string_lossy(),
+        "--cluster",
+        cluster,
+    ])
 }
 
 /// A pod's IPv6 address, as its CNI result gave it.
@@ -120,9 +101,9 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
             ])
             .output()?;
         assert!(
-            text(&addrs).contains(&format!("{v6}/128")),
+            integration::output_text(&addrs).contains(&format!("{v6}/128")),
             "{cluster}/{pod}'s eth0 has {v6}: {}",
-            text(&addrs)
+            integration::output_text(&addrs)
         );
         let endpoints: Vec<agent::Endpoint> =
             mesh.agent_api(cluster, &e.node)?.get("/v1/endpoints")?;
@@ -214,7 +195,7 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
     );
     for cluster in ["c1", "c2"] {
         let out = service_apply(&mesh, cluster, &echo6);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", integration::output_text(&out));
     }
     let frontend_v6: SocketAddr = FRONTEND_V6.parse()?;
     let mut answered = BTreeSet::new();
@@ -247,7 +228,7 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
         mesh.reaches("c1", "other", echo2_addr_v6) && mesh.reaches("c1", "other", echo2_addr_v4)
     });
     let policy = echo_admits_c1_clients();
-    mesh.put("c2", &keys::policies().key(&policy.key()), policy.encode())?;
+    mesh.apply_policy("c2", &policy)?;
     wait_for("c1's other is dropped over v6", || {
         mesh.denied("c1", "other", echo2_addr_v6)
     });
@@ -261,11 +242,17 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
     // A mixed-family service is refused where it is defined, with its reason.
     let mixed = "namespace: demo\nname: mixed\nfrontend: 10.96.0.30\nports: [{name: http, port: 80}]\nselector: {}\nbackends: [10.1.0.99, \"fd10:1::99\"]\n";
     let refused = service_apply(&mesh, "c1", mixed);
-    assert_eq!(refused.status.code(), Some(64), "{}", text(&refused));
-    assert!(
-        text(&refused).contains("mixed-family service: backend fd10:1::99 is IPv6"),
+    assert_eq!(
+        refused.status.code(),
+        Some(64),
         "{}",
-        text(&refused)
+        integration::output_text(&refused)
+    );
+    assert!(
+        integration::output_text(&refused)
+            .contains("mixed-family service: backend fd10:1::99 is IPv6"),
+        "{}",
+        integration::output_text(&refused)
     );
     assert!(
         !mesh
@@ -279,7 +266,7 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
     // no frontend for: skipped with the reason, never programmed.
     let v4_only = "namespace: demo\nname: legacy\nfrontend: 10.96.0.40\nports: [{name: http, port: 80, targetPort: 8080}]\nselector: {app: nothing}\nglobal: true\n";
     let out = service_apply(&mesh, "c1", v4_only);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", integration::output_text(&out));
     let mut offered = ClusterService::new(&ClusterName::new("c2")?, 2, "demo", "legacy");
     offered.shared = true;
     let port = || {
@@ -327,9 +314,9 @@ fn dual_stack_pods_routes_policy_and_services_across_clusters() -> anyhow::Resul
         .arg("services")
         .output()?;
     assert!(
-        text(&debug).contains("mixed-family"),
+        integration::output_text(&debug).contains("mixed-family"),
         "`debug services` says why: {}",
-        text(&debug)
+        integration::output_text(&debug)
     );
     assert!(
         mesh.reaches("c1", "client", echo2_addr_v4),

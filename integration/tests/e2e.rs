@@ -3,31 +3,10 @@
 //! changes made meanwhile, and `clustermesh connect` refusing a wrong CA and
 //! a wrong cluster ID. The CLI is exercised as a user runs it.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use integration::{TestMesh, can_run, wait_for};
-use kvstore::{StoreValue, keys, values::PolicyDocument};
-
-fn cli(mesh: &TestMesh, args: &[&str]) -> Output {
-    Command::new(localmesh::default_bin_dir().join("clustermesh"))
-        .args(args)
-        .args(["--dir", &mesh.state.dir.to_string_lossy()])
-        .output()
-        .expect("run clustermesh")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use kvstore::{keys, values::PolicyDocument};
 
 fn remote_ready(mesh: &TestMesh, cluster: &str, remote: &str) -> bool {
     mesh.status(cluster, "n1")
@@ -55,12 +34,17 @@ fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
     let echo = mesh.echo_addr("c2", "echo-n1");
     let frontend: SocketAddr = localmesh::SERVICE_FRONTEND.parse()?;
     wait_for("c1 reaches c2", || mesh.reaches("c1", "client", echo));
-    let status = cli(&mesh, &["status"]);
-    assert!(status.status.success(), "{}", text(&status));
+    let status = mesh.cli(&["status"]);
     assert!(
-        text(&status).contains("4/4 agents synced, 4/4 remote connections ready"),
+        status.status.success(),
         "{}",
-        text(&status)
+        integration::output_text(&status)
+    );
+    assert!(
+        integration::output_text(&status)
+            .contains("4/4 agents synced, 4/4 remote connections ready"),
+        "{}",
+        integration::output_text(&status)
     );
 
     // The agent's metrics say the same.
@@ -92,27 +76,31 @@ fn etcd_outage_keeps_traffic_and_status_says_why() -> anyhow::Result<()> {
         );
     }
     wait_for("status shows c2 degraded", || {
-        let t = text(&cli(&mesh, &["status"]));
+        let t = integration::output_text(&mesh.cli(&["status"]));
         t.contains("remote c2: NOT READY")
             && t.contains(
                 "why: remote-etcd-unreachable: the remote apiserver answers but its etcd does not",
             )
     });
-    let waited = cli(&mesh, &["status", "--wait", "--wait-duration", "2s"]);
+    let waited = mesh.cli(&["status", "--wait", "--wait-duration", "2s"]);
     assert!(
         !waited.status.success(),
         "status --wait must not report ready: {}",
-        text(&waited)
+        integration::output_text(&waited)
     );
     assert!(
-        text(&waited).contains("still waiting for"),
+        integration::output_text(&waited).contains("still waiting for"),
         "says what it waits for: {}",
-        text(&waited)
+        integration::output_text(&waited)
     );
 
     mesh.start_etcd("c2")?;
-    let waited = cli(&mesh, &["status", "--wait", "--wait-duration", "60s"]);
-    assert!(waited.status.success(), "{}", text(&waited));
+    let waited = mesh.cli(&["status", "--wait", "--wait-duration", "60s"]);
+    assert!(
+        waited.status.success(),
+        "{}",
+        integration::output_text(&waited)
+    );
     assert!(mesh.reaches("c1", "client", echo));
     Ok(())
 }
@@ -186,7 +174,7 @@ fn rejoin_after_a_long_outage_with_changes_converges_exactly() -> anyhow::Result
         )?;
     }
     let policy = PolicyDocument::parse("kind: CiliumNetworkPolicy\nmetadata: {name: lock, namespace: demo}\nspec:\n  endpointSelector: {matchLabels: {app: new}}\n").unwrap();
-    mesh.put("c2", &keys::policies().key(&policy.key()), policy.encode())?;
+    mesh.apply_policy("c2", &policy)?;
     // A long outage: longer than the remote's reconnect backoff grows to.
     std::thread::sleep(Duration::from_secs(15));
     mesh.heal("c1", "c2")?;
@@ -253,8 +241,8 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
         s.workloads = false;
     })?;
     // A working connect prints what it checked.
-    let ok = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
-    assert!(ok.status.success(), "{}", text(&ok));
+    let ok = mesh.cli(&["connect", "--from", "c1", "--to", "c2"]);
+    assert!(ok.status.success(), "{}", integration::output_text(&ok));
     for check in [
         "distinct",
         "mutual TLS",
@@ -265,12 +253,12 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
         "entries of 524288 (smallest of 1 c1 agents: n1)",
     ] {
         assert!(
-            text(&ok).contains(check),
+            integration::output_text(&ok).contains(check),
             "connect checks {check}: {}",
-            text(&ok)
+            integration::output_text(&ok)
         );
     }
-    cli(&mesh, &["disconnect", "--from", "c1", "--to", "c2"]);
+    mesh.cli(&["disconnect", "--from", "c1", "--to", "c2"]);
 
     // c2's apiserver now presents a certificate of another CA.
     let other = certs::Ca::generate("another CA", certs::Validity::days(30)?)?;
@@ -283,29 +271,30 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
     )?;
     cert.write_to(&c2.certs.server_cert, &c2.certs.server_key)?;
     let refused = {
-        let mut out = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
+        let mut out = mesh.cli(&["connect", "--from", "c1", "--to", "c2"]);
         // The apiserver reloads its certificate within a moment.
         for _ in 0..50 {
             if !out.status.success() {
                 break;
             }
-            cli(&mesh, &["disconnect", "--from", "c1", "--to", "c2"]);
+            mesh.cli(&["disconnect", "--from", "c1", "--to", "c2"]);
             std::thread::sleep(Duration::from_millis(200));
-            out = cli(&mesh, &["connect", "--from", "c1", "--to", "c2"]);
+            out = mesh.cli(&["connect", "--from", "c1", "--to", "c2"]);
         }
         out
     };
     assert!(
         !refused.status.success(),
         "connect with a server of an unknown CA must fail: {}",
-        text(&refused)
+        integration::output_text(&refused)
     );
     assert!(
-        text(&refused).contains("unknown-ca") || text(&refused).contains("UnknownIssuer"),
+        integration::output_text(&refused).contains("unknown-ca")
+            || integration::output_text(&refused).contains("UnknownIssuer"),
         "{}",
-        text(&refused)
+        integration::output_text(&refused)
     );
-    assert!(text(&refused).contains("nothing was changed"));
+    assert!(integration::output_text(&refused).contains("nothing was changed"));
     assert!(
         !mesh
             .state
@@ -318,12 +307,16 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
 
     // c3's apiserver claims c1's own ID.
     mesh.restart_apiserver_with_id("c3", 1)?;
-    let refused = cli(&mesh, &["connect", "--from", "c1", "--to", "c3"]);
-    assert!(!refused.status.success(), "{}", text(&refused));
+    let refused = mesh.cli(&["connect", "--from", "c1", "--to", "c3"]);
     assert!(
-        text(&refused).contains("cluster ID 1"),
+        !refused.status.success(),
         "{}",
-        text(&refused)
+        integration::output_text(&refused)
+    );
+    assert!(
+        integration::output_text(&refused).contains("cluster ID 1"),
+        "{}",
+        integration::output_text(&refused)
     );
     assert!(
         !mesh

@@ -13,7 +13,6 @@ use std::{
 use anyhow::Context;
 use browser::{Browser, LaunchOptions, Page};
 use integration::{DEADLINE, TestMesh, can_run, echo_admits_local_clients, wait_for};
-use kvstore::{StoreValue, keys};
 
 const TEST: &str = "the_ui_maps_the_mesh_and_follows_drops_filters_failover_and_relays";
 
@@ -128,7 +127,7 @@ fn the_ui_maps_the_mesh_and_follows_drops_filters_failover_and_relays() -> anyho
     // The same request denied by a policy: the arrow turns red once its
     // recent requests are all dropped, and the table shows the reason.
     let policy = echo_admits_local_clients();
-    mesh.put("c2", &keys::policies().key(&policy.key()), policy.encode())?;
+    mesh.apply_policy("c2", &policy)?;
     wait_for("c1's client denied", || mesh.denied("c1", "client", echo));
     let started = Instant::now();
     loop {

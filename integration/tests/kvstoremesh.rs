@@ -126,7 +126,7 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 "#,
     )?;
-    mesh.put("c2", &keys::policies().key(&policy.key()), policy.encode())?;
+    mesh.apply_policy("c2", &policy)?;
     wait_for("c3's client denied", || mesh.denied("c3", "client", echo));
     assert!(mesh.reaches("c1", "client", echo), "c1's client admitted");
     mesh.delete("c2", &keys::policies().key(&policy.key()))?;

@@ -26,8 +26,7 @@ fn policy(yaml: &str) -> PolicyDocument {
 }
 
 fn apply(mesh: &TestMesh, cluster: &str, doc: &PolicyDocument) {
-    mesh.put(cluster, &keys::policies().key(&doc.key()), doc.encode())
-        .expect("store the policy");
+    mesh.apply_policy(cluster, doc).expect("store the policy");
 }
 
 fn remove(mesh: &TestMesh, cluster: &str, doc: &PolicyDocument) {

@@ -31,8 +31,7 @@ spec:
 }
 
 fn apply(mesh: &TestMesh, cluster: &str, doc: &PolicyDocument) {
-    mesh.put(cluster, &keys::policies().key(&doc.key()), doc.encode())
-        .unwrap();
+    mesh.apply_policy(cluster, doc).unwrap();
 }
 
 #[test]

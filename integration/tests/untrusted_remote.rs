@@ -48,7 +48,7 @@ fn reserved_identities_from_a_remote_never_open_a_local_policy() -> anyhow::Resu
         mesh.reaches("c2", "evil", echo)
     });
     let doc = echo_admits_local_client();
-    mesh.put("c1", &keys::policies().key(&doc.key()), doc.encode())?;
+    mesh.apply_policy("c1", &doc)?;
     wait_for("the policy denies c2's evil", || {
         !mesh.reaches("c2", "evil", echo)
     });
