@@ -384,4 +384,50 @@ mod tests {
         assert_eq!((tcp.source_port, tcp.destination_port), (40000, 80));
         assert!(tcp.flags.unwrap().syn);
     }
+
+    #[test]
+    fn flows_name_the_rule_that_decided() {
+        use crate::policy_resolver::RuleRef;
+        let dir = FlowDirectory::new();
+        dir.set_rule(
+            4,
+            &RuleRef {
+                policy: "demo/egress".into(),
+                path: "spec.egressDeny[1]".into(),
+                direction: bpf::Direction::Egress,
+                action: bpf::PolicyAction::Deny,
+            },
+        );
+        let node = Arc::new(NodeContext {
+            fullname: "c1/n1".into(),
+            version: "0.1.0".into(),
+            directory: dir.clone(),
+        });
+        let denied = FlowEvent {
+            direction: FlowDirection::FromEndpoint,
+            drop_reason: Some(DropReason::PolicyDeny),
+            policy: Some(bpf::PolicyMatch {
+                direction: bpf::Direction::Egress,
+                match_type: bpf::MatchType::L3L4,
+                cookie: 4,
+            }),
+            ..event()
+        };
+        let flow = AgentFlow::new(denied, SystemTime::now(), &dir.read(), &node).to_flow();
+        assert_eq!(flow.policy_match_type, bpf::MatchType::L3L4 as u32);
+        assert!(flow.ingress_denied_by.is_empty() && flow.egress_allowed_by.is_empty());
+        let by = &flow.egress_denied_by[0];
+        assert_eq!(
+            (by.name.as_str(), by.namespace.as_str(), by.kind.as_str()),
+            ("egress", "demo", "CiliumNetworkPolicy")
+        );
+        assert!(
+            by.labels
+                .contains(&"clustermesh:rule=spec.egressDeny[1]".to_string())
+        );
+        // No entry decided (not enforced): no match type, no policy.
+        let open = AgentFlow::new(event(), SystemTime::now(), &dir.read(), &node).to_flow();
+        assert_eq!(open.policy_match_type, 0);
+        assert!(open.ingress_denied_by.is_empty());
+    }
 }
