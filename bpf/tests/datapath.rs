@@ -847,3 +847,62 @@ fn conntrack_gc_removes_closed_and_idle_entries_and_keeps_open_connections() -> 
     assert!(ct.dump()?.is_empty());
     Ok(())
 }
+
+/// A service connection's frontend entry follows the connection too: it
+/// sees only the client's packets, so the client acknowledging the
+/// handshake marks it answered, and the client's FIN closing; a pass that
+/// keeps only established TCP then removes every entry of the connection.
+#[test]
+fn service_conntrack_entries_record_the_answer_and_the_close() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, true)?;
+    node.attach(server, true)?;
+    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+    let _s = Server::start(node.pod(server), PORT)?;
+    let backend = sock(node.pod(server).ips()[0], PORT);
+    node.dp().backends().upsert(
+        &BackendKey { backend_id: 1 },
+        &BackendValue::new(backend, Protocol::Tcp, 1),
+    )?;
+    let vip: SocketAddr = "10.96.0.10:80".parse()?;
+    node.dp()
+        .services()
+        .batch_upsert(&service_entries(vip, Protocol::Tcp, &[1]))?;
+    let (name, peer) = tcp_request(node.pod(client), vip)?;
+    assert_eq!((name.as_str(), peer), ("server", vip));
+    // The client closed second: once the server's last ACK reached it, its
+    // FIN had passed the client's program.
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .pod(client)
+            .ns
+            .run("ss", &["-Htn", "state", "last-ack"])
+            .is_ok_and(|out| out.trim().is_empty())),
+        "the connection's last ACK"
+    );
+    let ct = node.dp().conntrack();
+    let entries = ct.dump()?;
+    let scopes: BTreeSet<_> = entries.keys().map(|k| format!("{:?}", k.scope())).collect();
+    assert_eq!(
+        scopes,
+        BTreeSet::from(["Egress".into(), "Ingress".into(), "Service".into()]),
+        "{entries:#?}"
+    );
+    for (k, v) in &entries {
+        assert!(v.seen_reply() && v.closing(), "{k:?} {v:?}");
+    }
+    let only_established = CtLifetimes {
+        tcp_established: Duration::from_secs(3600),
+        tcp_syn: Duration::ZERO,
+        tcp_closing: Duration::ZERO,
+        any: Duration::ZERO,
+    };
+    let stats = ct.gc(&only_established, monotonic_now_ns())?;
+    assert_eq!(stats.deleted, BTreeMap::from([(Protocol::Tcp, 3)]));
+    assert!(ct.dump()?.is_empty());
+    Ok(())
+}
