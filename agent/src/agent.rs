@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::{
     api::ApiServer,
     config::AgentConfig,
+    conntrack_gc::ConntrackGc,
     control_loop::{ControlLoop, Input, IpEvent, LoopConfig, LoopHandle},
     datapath_sync::DatapathSync,
     endpoint_manager::{EndpointManager, EndpointManagerConfig},
@@ -112,6 +113,10 @@ impl Agent {
         if let Some(h) = &hubble {
             control.with_hubble(h.directory.clone(), h.peers.clone(), h.peer_port);
         }
+        let (conntrack_gc, conntrack_last_pass) =
+            ConntrackGc::new(c.bpffs_dir.clone(), c.conntrack_gc, metrics.clone());
+        control.with_conntrack(conntrack_last_pass);
+        tasks.spawn("conntrack GC", conntrack_gc.run(inner.clone()));
         {
             let routes = Routes::new(c.node_netns.clone(), metrics.clone(), handle.clone());
             let token = inner.clone();

@@ -9,11 +9,14 @@ use std::{
     time::Duration,
 };
 
+use bpf::CtLifetimes;
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kvstore::{
     ClientConfig, ClusterId, ClusterName, MaxConnectedClusters, TlsConfig, values::NodeName,
 };
+
+use crate::conntrack_gc::ConntrackGcConfig;
 
 /// Environment variable names, in one place.
 pub mod env {
@@ -50,7 +53,17 @@ pub mod env {
     pub const K8S_KUBECONFIG: &str = "CLUSTERMESH_K8S_KUBECONFIG";
     pub const K8S_IN_CLUSTER: &str = "CLUSTERMESH_K8S_IN_CLUSTER";
     pub const K8S_POD_WAIT: &str = "CLUSTERMESH_K8S_POD_WAIT";
+    pub const CT_GC_INTERVAL: &str = "CLUSTERMESH_CT_GC_INTERVAL";
+    pub const CT_TCP_LIFETIME: &str = "CLUSTERMESH_CT_TCP_LIFETIME";
+    pub const CT_SYN_LIFETIME: &str = "CLUSTERMESH_CT_SYN_LIFETIME";
+    pub const CT_CLOSE_LIFETIME: &str = "CLUSTERMESH_CT_CLOSE_LIFETIME";
+    pub const CT_ANY_LIFETIME: &str = "CLUSTERMESH_CT_ANY_LIFETIME";
 }
+
+/// The shortest conntrack lifetime: the datapath refreshes an entry's
+/// last-seen time at most once a second, so a shorter one would expire
+/// connections that are busy.
+const MIN_CT_LIFETIME: Duration = Duration::from_secs(1);
 
 /// Default API socket of the agent (and of the CNI plugin and debug client).
 pub const DEFAULT_API_SOCKET: &str = "/run/clustermesh/agent.sock";
@@ -177,6 +190,23 @@ pub struct AgentArgs {
     /// (its labels give the endpoint's identity).
     #[arg(long, env = env::K8S_POD_WAIT, default_value = "10s", value_parser = humantime::parse_duration)]
     pub k8s_pod_wait: Duration,
+    /// Time between two conntrack garbage collection passes; 0 turns the
+    /// collector off (entries then leave only when the LRU map is full).
+    #[arg(long, env = env::CT_GC_INTERVAL, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ct_gc_interval: Duration,
+    /// How long an established TCP connection's conntrack entries live idle.
+    #[arg(long, env = env::CT_TCP_LIFETIME, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub ct_tcp_lifetime: Duration,
+    /// How long a TCP connection's entries live idle before any reply (a
+    /// SYN nobody answered).
+    #[arg(long, env = env::CT_SYN_LIFETIME, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ct_syn_lifetime: Duration,
+    /// How long a TCP connection's entries live after a FIN or RST.
+    #[arg(long, env = env::CT_CLOSE_LIFETIME, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ct_close_lifetime: Duration,
+    /// How long the entries of any other protocol (UDP, ICMP, SCTP…) live idle.
+    #[arg(long, env = env::CT_ANY_LIFETIME, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ct_any_lifetime: Duration,
 }
 
 /// A listen address; `:PORT` means every address.
@@ -218,6 +248,11 @@ pub enum ConfigError {
         "--hubble-tls-cert-file, --hubble-tls-key-file and --hubble-tls-client-ca-files go together"
     )]
     HubbleTls,
+    #[error(
+        "--{flag} {} is too short: at least 1s (the datapath refreshes an entry's last-seen time once a second)",
+        humantime::format_duration(*.value)
+    )]
+    CtLifetime { flag: &'static str, value: Duration },
 }
 
 /// The validated configuration of an agent.
@@ -248,6 +283,8 @@ pub struct AgentConfig {
     /// `None`: not in Kubernetes mode.
     pub k8s: Option<k8s::KubeAccess>,
     pub k8s_pod_wait: Duration,
+    /// Conntrack garbage collection.
+    pub conntrack_gc: ConntrackGcConfig,
 }
 
 impl AgentArgs {
@@ -344,6 +381,25 @@ impl AgentArgs {
             (Some(cert), Some(key), Some(ca)) => Some(certs::TlsFiles::new(cert, key, ca)),
             _ => return Err(ConfigError::HubbleTls),
         };
+        for (flag, value) in [
+            ("ct-tcp-lifetime", self.ct_tcp_lifetime),
+            ("ct-syn-lifetime", self.ct_syn_lifetime),
+            ("ct-close-lifetime", self.ct_close_lifetime),
+            ("ct-any-lifetime", self.ct_any_lifetime),
+        ] {
+            if value < MIN_CT_LIFETIME {
+                return Err(ConfigError::CtLifetime { flag, value });
+            }
+        }
+        let conntrack_gc = ConntrackGcConfig {
+            interval: self.ct_gc_interval,
+            lifetimes: CtLifetimes {
+                tcp_established: self.ct_tcp_lifetime,
+                tcp_syn: self.ct_syn_lifetime,
+                tcp_closing: self.ct_close_lifetime,
+                any: self.ct_any_lifetime,
+            },
+        };
         let hubble = self.enable_hubble.then(|| crate::hubble::HubbleConfig {
             socket: self
                 .hubble_socket
@@ -377,6 +433,7 @@ impl AgentArgs {
                 (None, false) => None,
             },
             k8s_pod_wait: self.k8s_pod_wait,
+            conntrack_gc,
         })
     }
 }
@@ -579,6 +636,52 @@ mod tests {
         // A bad flag on the command line is the command line's, not the file's.
         let e = parse(&format!("{base}cluster-id: 2\n"), &["--session-ttl", "x"]);
         assert!(!e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn conntrack_flags_default_to_the_gc_config_defaults_and_refuse_short_lifetimes() {
+        let c = AgentArgs::parse_with_file(args(BASE))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.conntrack_gc, ConntrackGcConfig::default());
+        let mut a = BASE.to_vec();
+        a.extend([
+            "--ct-gc-interval",
+            "0",
+            "--ct-tcp-lifetime",
+            "1h",
+            "--ct-syn-lifetime",
+            "5s",
+            "--ct-close-lifetime",
+            "2s",
+            "--ct-any-lifetime",
+            "90s",
+        ]);
+        let c = AgentArgs::parse_with_file(args(&a))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            c.conntrack_gc,
+            ConntrackGcConfig {
+                interval: Duration::ZERO,
+                lifetimes: CtLifetimes {
+                    tcp_established: Duration::from_secs(3600),
+                    tcp_syn: Duration::from_secs(5),
+                    tcp_closing: Duration::from_secs(2),
+                    any: Duration::from_secs(90),
+                },
+            }
+        );
+        let mut a = BASE.to_vec();
+        a.extend(["--ct-close-lifetime", "500ms"]);
+        let e = AgentArgs::parse_with_file(args(&a))
+            .unwrap()
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ct-close-lifetime 500ms is too short"), "{e}");
     }
 
     #[test]

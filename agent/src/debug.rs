@@ -282,6 +282,12 @@ fn status_table(s: &StatusView) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(ct) = &s.conntrack {
+        out.push_str(&format!(
+            "conntrack: {} entries (last GC pass deleted {} in {} ms)\n",
+            ct.entries, ct.last_gc_deleted, ct.last_gc_ms
+        ));
+    }
     out.push_str("\nsources:\n");
     out.push_str(&table(
         &["SOURCE", "SYNCED", "IPCACHE", "IDENTITIES"],

@@ -17,6 +17,7 @@ mod api_client;
 pub mod bench_support;
 mod cni;
 mod config;
+mod conntrack_gc;
 mod control_loop;
 mod datapath_maps;
 mod datapath_sync;
@@ -45,6 +46,7 @@ pub use cni::{CniError, SUPPORTED_VERSIONS, run_cni};
 pub use config::{
     AgentArgs, AgentConfig, ConfigError, DEFAULT_API_SOCKET, default_hubble_socket, env,
 };
+pub use conntrack_gc::ConntrackGcConfig;
 pub use debug::{DebugArgs, run_debug};
 pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use hubble::{FlowIngestor, HubbleConfig};
@@ -59,7 +61,7 @@ pub use service_merger::{
     SkippedBackend, Slot, merge,
 };
 pub use views::{
-    BackendView, CandidateView, IdentityView, IpCacheView, KubernetesResourceView, KubernetesView,
-    MapEntryView, PolicyEntryView, PolicyView, RefusedRouteView, RemoteView, ServiceView,
-    SkippedBackendView, SourceView, StatusView,
+    BackendView, CandidateView, ConntrackView, IdentityView, IpCacheView, KubernetesResourceView,
+    KubernetesView, MapEntryView, PolicyEntryView, PolicyView, RefusedRouteView, RemoteView,
+    ServiceView, SkippedBackendView, SourceView, StatusView,
 };

@@ -1,6 +1,9 @@
 //! The agent's Prometheus metrics.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -58,6 +61,18 @@ pub(crate) struct VerdictLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FamilyLabel {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProtocolLabel {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or `proto-N`.
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DropLabel {
     pub direction: String,
     pub reason: String,
@@ -86,6 +101,12 @@ pub struct AgentMetrics {
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
     errors: Family<ComponentLabel, Counter>,
+    /// Conntrack entries after the last GC pass, by family.
+    conntrack_entries: Family<FamilyLabel, Gauge>,
+    /// Conntrack entries the GC deleted, by protocol.
+    conntrack_gc_deleted: Family<ProtocolLabel, Counter>,
+    /// Duration of the last GC pass.
+    conntrack_gc_seconds: Gauge<f64, AtomicU64>,
     /// 1 while the Kubernetes API server answers (Kubernetes mode only).
     pub(crate) k8s_connected: Gauge,
     /// Events received from Kubernetes, by resource.
@@ -131,6 +152,9 @@ impl AgentMetrics {
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
         let errors = Family::<ComponentLabel, Counter>::default();
+        let conntrack_entries = Family::<FamilyLabel, Gauge>::default();
+        let conntrack_gc_deleted = Family::<ProtocolLabel, Counter>::default();
+        let conntrack_gc_seconds = Gauge::<f64, AtomicU64>::default();
         let k8s_connected = Gauge::default();
         let k8s_events = Family::<ResourceLabel, Counter>::default();
         let k8s_refused = Family::<ResourceLabel, Gauge>::default();
@@ -163,6 +187,21 @@ impl AgentMetrics {
             "drops",
             "Packets the datapath dropped, by direction and reason",
             drops.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries after the last garbage collection pass, by family",
+            conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_gc_deleted",
+            "Conntrack entries deleted by garbage collection (expired), by protocol",
+            conntrack_gc_deleted.clone(),
+        );
+        registry.register(
+            "conntrack_gc_seconds",
+            "Duration of the last conntrack garbage collection pass",
+            conntrack_gc_seconds.clone(),
         );
         registry.register("endpoints", "Endpoints on this node", endpoints.clone());
         registry.register("services", "Service frontends programmed", services.clone());
@@ -253,6 +292,9 @@ impl AgentMetrics {
             policy_verdicts,
             drops,
             errors,
+            conntrack_entries,
+            conntrack_gc_deleted,
+            conntrack_gc_seconds,
             k8s_connected,
             k8s_events,
             k8s_refused,
@@ -290,6 +332,34 @@ impl AgentMetrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Records one conntrack GC pass: entries left (also as the conntrack
+    /// map's size), entries deleted, how long it took.
+    pub(crate) fn record_conntrack_gc(&self, stats: &bpf::CtGcStats, took: Duration) {
+        for family in [bpf::FAMILY_V4, bpf::FAMILY_V6]
+            .into_iter()
+            .chain(stats.remaining.keys().copied())
+        {
+            let name = match family {
+                bpf::FAMILY_V4 => "ipv4".to_string(),
+                bpf::FAMILY_V6 => "ipv6".to_string(),
+                n => format!("family-{n}"),
+            };
+            let n = stats.remaining.get(&family).copied().unwrap_or(0);
+            self.conntrack_entries
+                .get_or_create(&FamilyLabel { family: name })
+                .set(n as i64);
+        }
+        for (protocol, n) in &stats.deleted {
+            self.conntrack_gc_deleted
+                .get_or_create(&ProtocolLabel {
+                    protocol: bpf::protocol_name(*protocol),
+                })
+                .inc_by(*n as u64);
+        }
+        self.conntrack_gc_seconds.set(took.as_secs_f64());
+        self.set_map_size("conntrack", stats.remaining_total());
     }
 
     pub fn set_map_size(&self, map: &str, entries: usize) {

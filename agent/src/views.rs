@@ -180,9 +180,24 @@ pub struct StatusView {
     pub map_capacity: BTreeMap<String, usize>,
     pub sources: Vec<SourceView>,
     pub remotes: Vec<RemoteView>,
+    /// The conntrack map as its last garbage collection pass found it
+    /// (absent before the first pass, or with the collector off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackView>,
     /// Kubernetes mode: the API server connection and what it delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesView>,
+}
+
+/// The conntrack map after the last garbage collection pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackView {
+    /// Entries left.
+    pub entries: usize,
+    /// Expired entries the pass deleted.
+    pub last_gc_deleted: usize,
+    /// How long the pass took, in milliseconds.
+    pub last_gc_ms: u64,
 }
 
 /// The Kubernetes API as the agent sees it.

@@ -110,6 +110,11 @@ struct flow_event cm_btf_flow_event __attribute__((section(".cm_btf"), used));
 
 #define CT_REFRESH_NS 1000000000ull
 
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
 struct pkt {
 	struct ct_key t; /* scope 0 */
 	__u32 l3_off;
@@ -266,12 +271,36 @@ static __always_inline void ct_reverse(const struct ct_key *in, struct ct_key *o
 	out->pad = 0;
 }
 
-static __always_inline void ct_touch(struct ct_value *v)
+/* A packet of the entry's connection passed; `reply` when it goes the
+ * reply way. Records what the entry's lifetime depends on: a reply passed;
+ * a TCP FIN or RST passed (closing); a SYN on a closing entry (a client
+ * reusing its port) starts over. A change of state refreshes last_seen_ns,
+ * so that the closing lifetime counts from the FIN or RST; otherwise it is
+ * refreshed at most once per CT_REFRESH_NS. */
+static __always_inline void ct_touch(struct ct_value *v, const struct pkt *p, int reply)
 {
 	__u64 now = bpf_ktime_get_ns();
+	__u16 flags = v->flags;
 
-	if (now - v->last_seen_ns > CT_REFRESH_NS)
+	if (p->t.protocol == IPPROTO_TCP && (flags & CM_CT_F_CLOSING) && !reply &&
+	    (p->l4_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		flags &= ~(CM_CT_F_CLOSING | CM_CT_F_SEEN_REPLY);
+	if (reply)
+		flags |= CM_CT_F_SEEN_REPLY;
+	if (p->t.protocol == IPPROTO_TCP && (p->l4_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		flags |= CM_CT_F_CLOSING;
+	if (flags != v->flags || now - v->last_seen_ns > CT_REFRESH_NS) {
+		v->flags = flags;
 		v->last_seen_ns = now;
+	}
+}
+
+/* A service entry sees the client's packets only: the client acknowledging
+ * the handshake (an ACK without SYN) shows that the backend answered. */
+static __always_inline int tcp_answered(const struct pkt *p)
+{
+	return p->t.protocol == IPPROTO_TCP &&
+	       (p->l4_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
 }
 
 static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
@@ -651,7 +680,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	ct_reverse(&p.t, &k, CM_CT_EGRESS);
 	ct = bpf_map_lookup_elem(&cm_ct, &k);
 	if (ct) {
-		ct_touch(ct);
+		ct_touch(ct, &p, 1);
 		if (ct->flags & CM_CT_F_REVNAT) {
 			__u8 addr[16], self[16];
 			__be16 port = ct->rev_nat_port;
@@ -674,7 +703,7 @@ int cm_to_endpoint(struct __sk_buff *skb)
 	p.t.scope = CM_CT_INGRESS;
 	ct = bpf_map_lookup_elem(&cm_ct, &p.t);
 	if (ct) {
-		ct_touch(ct);
+		ct_touch(ct, &p, 0);
 		return TC_ACT_OK;
 	}
 
@@ -753,7 +782,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	if (ct) {
 		__u8 hp[16];
 
-		ct_touch(ct);
+		ct_touch(ct, &p, 1);
 		hairpin_addr(p.t.family, hp);
 		if (addr_eq(p.t.daddr, hp)) {
 			__u8 macs[12], swapped[12];
@@ -786,6 +815,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 			p.t.scope = CM_CT_SERVICE;
 			sct = bpf_map_lookup_elem(&cm_ct, &p.t);
 			if (sct) {
+				ct_touch(sct, &p, tcp_answered(&p));
 				backend_id = sct->backend_id;
 				be = bpf_map_lookup_elem(&cm_backends, &backend_id);
 			}
@@ -848,7 +878,7 @@ int cm_from_endpoint(struct __sk_buff *skb)
 	p.t.scope = CM_CT_EGRESS;
 	ct = bpf_map_lookup_elem(&cm_ct, &p.t);
 	if (ct) {
-		ct_touch(ct);
+		ct_touch(ct, &p, 0);
 		/* The entry may be left by an earlier connection on the same
 		 * (translated) tuple: the client reused its port for another
 		 * frontend, or to reach the backend directly. The replies must be

@@ -117,10 +117,15 @@ struct ct_key {
 	__u8 pad;
 };
 
-#define CM_CT_F_REVNAT 1u /* replies get their source rewritten to rev_nat_* */
-#define CM_CT_F_HAIRPIN 8u /* an endpoint reaching itself through a service:
-			    * its source became CM_HAIRPIN_V4/V6, which replies
-			    * get back as their destination */
+/* ct_value.flags. The agent's conntrack GC picks an entry's lifetime from
+ * its protocol and these bits, and counts it from last_seen_ns. */
+#define CM_CT_F_REVNAT 1u     /* replies get their source rewritten to rev_nat_* */
+#define CM_CT_F_SEEN_REPLY 2u /* a reply passed (service entries, which see one
+			       * direction: the client acknowledged the handshake) */
+#define CM_CT_F_CLOSING 4u    /* TCP: a FIN or RST passed, in either direction */
+#define CM_CT_F_HAIRPIN 8u    /* an endpoint reaching itself through a service:
+			       * its source became the hairpin address, which
+			       * replies get back as their destination */
 
 /* The source of an endpoint's connection to itself through a service (its
  * own address as source would be a martian to its kernel). */
@@ -131,7 +136,7 @@ struct ct_value {
 	__u64 last_seen_ns;
 	__u8 rev_nat_addr[16];
 	__be16 rev_nat_port;
-	__u16 flags;
+	__u16 flags; /* CM_CT_F_* */
 	__u32 backend_id;
 	__u32 src_identity;
 	__u32 pad;

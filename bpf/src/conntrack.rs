@@ -4,7 +4,12 @@
 
 use std::net::SocketAddr;
 
-use crate::{address::decode, protocol::Protocol, record::Record, typed_map::TypedMap};
+use crate::{
+    address::{decode, encode},
+    protocol::Protocol,
+    record::Record,
+    typed_map::TypedMap,
+};
 
 /// Pin name of the conntrack map.
 pub const CONNTRACK_MAP: &str = "cm_ct";
@@ -42,6 +47,34 @@ pub struct CtKey {
 unsafe impl Record for CtKey {}
 
 impl CtKey {
+    /// The key of `scope`'s entry for a packet from `src` to `dst` (ICMP
+    /// echo: the echo id as the request's source port).
+    pub fn new(protocol: Protocol, src: SocketAddr, dst: SocketAddr, scope: CtScope) -> Self {
+        let (saddr, family) = encode(src.ip());
+        let (daddr, _) = encode(dst.ip());
+        Self {
+            saddr,
+            daddr,
+            sport: src.port().to_be_bytes(),
+            dport: dst.port().to_be_bytes(),
+            protocol: protocol.number(),
+            family,
+            scope: match scope {
+                CtScope::Egress => 0,
+                CtScope::Ingress => 1,
+                CtScope::Service => 2,
+                CtScope::Other(n) => n,
+            },
+            pad: 0,
+        }
+    }
+
+    /// The address family: [`FAMILY_V4`](crate::FAMILY_V4) or
+    /// [`FAMILY_V6`](crate::FAMILY_V6).
+    pub fn family(&self) -> u8 {
+        self.family
+    }
+
     /// Source address and port.
     pub fn src(&self) -> Option<SocketAddr> {
         Some(SocketAddr::new(
@@ -74,7 +107,13 @@ impl CtKey {
     }
 }
 
+/// `CM_CT_F_REVNAT`: replies get their source rewritten.
 const REVNAT: u16 = 1;
+/// `CM_CT_F_SEEN_REPLY`: a reply passed (service entries: the client
+/// acknowledged the handshake).
+const SEEN_REPLY: u16 = 2;
+/// `CM_CT_F_CLOSING`: TCP, a FIN or RST passed in either direction.
+const CLOSING: u16 = 4;
 
 /// conntrack value (`struct ct_value`).
 #[repr(C)]
@@ -98,6 +137,46 @@ pub struct CtValue {
 unsafe impl Record for CtValue {}
 
 impl CtValue {
+    /// An entry as the datapath creates it at `now_ns` (`bpf_ktime_get_ns`):
+    /// no reverse translation, nothing seen yet (for tests and benchmarks
+    /// that fill the map from user space).
+    pub fn new(now_ns: u64, src_identity: u32) -> Self {
+        Self {
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+            rev_nat_addr: [0; 16],
+            rev_nat_port: [0; 2],
+            flags: 0,
+            backend_id: 0,
+            src_identity,
+            pad: 0,
+        }
+    }
+
+    /// The same entry after a reply passed.
+    pub fn with_reply_seen(mut self) -> Self {
+        self.flags |= SEEN_REPLY;
+        self
+    }
+
+    /// The same entry after a TCP FIN or RST passed.
+    pub fn with_closing(mut self) -> Self {
+        self.flags |= CLOSING;
+        self
+    }
+
+    /// A reply passed (service entries: the client acknowledged the
+    /// handshake, so the backend answered).
+    pub fn seen_reply(&self) -> bool {
+        self.flags & SEEN_REPLY != 0
+    }
+
+    /// A TCP FIN or RST passed, in either direction (a new SYN on the same
+    /// tuple clears it).
+    pub fn closing(&self) -> bool {
+        self.flags & CLOSING != 0
+    }
+
     /// The frontend that replies are rewritten to (service connections),
     /// given the family of the entry's key.
     pub fn rev_nat(&self, key: &CtKey) -> Option<SocketAddr> {

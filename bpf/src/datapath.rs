@@ -407,7 +407,8 @@ impl Datapath {
     }
 
     /// Detaches both programs from the endpoint's veth and removes its
-    /// configuration. Conntrack entries age out of the LRU.
+    /// configuration. Its conntrack entries stay until they expire (the
+    /// agent's collector) or the LRU evicts them.
     pub fn detach_endpoint(&mut self, endpoint: &EndpointDetach) -> Result<(), DatapathError> {
         let _netns = enter(endpoint.netns.as_deref())?;
         let ifindex = ifindex(&endpoint.ifname)?;

@@ -222,6 +222,8 @@ impl DescribeValue<CtKey> for CtValue {
             ("src_identity", num(self.src_identity)),
             ("created_ns", num(self.created_ns)),
             ("last_seen_ns", num(self.last_seen_ns)),
+            ("seen_reply", FieldValue::Bool(self.seen_reply())),
+            ("closing", FieldValue::Bool(self.closing())),
         ];
         if self.backend_id != 0 {
             fields.push(("backend", num(self.backend_id)));

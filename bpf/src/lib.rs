@@ -28,6 +28,7 @@ mod address;
 mod backend;
 mod bpffs;
 mod conntrack;
+mod conntrack_gc;
 mod datapath;
 mod describe;
 mod endpoint;
@@ -49,6 +50,7 @@ pub use address::{FAMILY_V4, FAMILY_V6};
 pub use backend::{BACKENDS_MAP, BackendKey, BackendMap, BackendValue};
 pub use bpffs::BpffsError;
 pub use conntrack::{CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, CtValue};
+pub use conntrack_gc::{CtGcStats, CtLifetimes, monotonic_now_ns};
 pub use datapath::{
     Datapath, DatapathConfig, DatapathError, EmptyClassifier, EndpointAttach, EndpointDetach,
     Program, TestRun, datapath_object,
@@ -66,7 +68,7 @@ pub use protocol::Protocol;
 pub use reconcile::{ReconcilePlan, ReconcileStats, plan};
 pub use record::Record;
 pub use service::{SERVICES_MAP, ServiceKey, ServiceMap, ServiceValue, service_entries};
-pub use test_frame::tcp_syn_frame;
+pub use test_frame::{tcp_syn_frame, tcp_syn_frame_from};
 pub use typed_map::{MapError, TypedMap};
 
 /// Reserved identity: unknown.

@@ -6,6 +6,11 @@ use std::net::Ipv4Addr;
 /// An Ethernet/IPv4/TCP SYN from `src:40000` to `dst:dport`, with a valid
 /// IPv4 header checksum.
 pub fn tcp_syn_frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_syn_frame_from(src, 40000, dst, dport)
+}
+
+/// [`tcp_syn_frame`] from `src:sport` (a new connection per source port).
+pub fn tcp_syn_frame_from(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let mut p = Vec::with_capacity(54);
     p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
     let mut ip = [0u8; 20];
@@ -23,7 +28,7 @@ pub fn tcp_syn_frame(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     p.extend_from_slice(&ip);
     let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = 0x02;

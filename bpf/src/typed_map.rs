@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     io,
     marker::PhantomData,
+    ops::ControlFlow,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -231,6 +232,60 @@ where
         Ok(())
     }
 
+    /// Removes the keys that are still there with `BPF_MAP_DELETE_BATCH`:
+    /// unlike [`batch_delete`](Self::batch_delete), a key that is gone (an
+    /// LRU map evicted it, the datapath replaced it) is skipped. Returns the
+    /// indexes of the keys that were not there.
+    pub fn batch_delete_present(&self, keys: &[K]) -> Result<Vec<usize>, MapError> {
+        let mut missing = Vec::new();
+        let mut start = 0;
+        while start < keys.len() {
+            let chunk = &keys[start..keys.len().min(start + BATCH)];
+            let packed = pack(chunk.iter());
+            match syscall::delete_batch(self.fd.as_fd(), &packed, chunk.len() as u32) {
+                Ok(()) => start += chunk.len(),
+                // The kernel stops at the first absent key: skip it.
+                Err((applied, e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    missing.push(start + applied as usize);
+                    start += applied as usize + 1;
+                }
+                Err((0, e)) if unsupported(&e) => {
+                    for (i, key) in chunk.iter().enumerate() {
+                        if !self.delete(key)? {
+                            missing.push(start + i);
+                        }
+                    }
+                    start += chunk.len();
+                }
+                Err((applied, source)) => {
+                    return Err(MapError::BatchDelete {
+                        map: self.name,
+                        applied: start + applied as usize - missing.len(),
+                        total: keys.len(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Reads the whole map a chunk at a time with `BPF_MAP_LOOKUP_BATCH`,
+    /// handing each chunk to `f` before the next is read: one chunk is in
+    /// memory at a time, and `f` may delete entries of its chunk (a hash
+    /// map's walk resumes at the next bucket, which deletions in earlier
+    /// ones do not move). `f` stops the walk with `Break`. Entries that the
+    /// datapath adds or removes meanwhile may or may not be seen.
+    ///
+    /// Needs batch support for the map type (hash maps since Linux 5.6; the
+    /// datapath's ring buffer needs 5.8 anyway): there is no fallback.
+    pub fn walk(&self, f: impl FnMut(&[(K, V)]) -> ControlFlow<()>) -> Result<(), MapError> {
+        self.walk_batched(f).map_err(|source| MapError::Dump {
+            map: self.name,
+            source,
+        })
+    }
+
     /// Every entry of the map (`BPF_MAP_LOOKUP_BATCH`, or key iteration where
     /// batches are not supported).
     pub fn dump(&self) -> Result<BTreeMap<K, V>, MapError> {
@@ -273,8 +328,17 @@ where
     }
 
     fn dump_batched(&self) -> io::Result<BTreeMap<K, V>> {
-        let chunk = 4096usize;
         let mut out = BTreeMap::new();
+        self.walk_batched(|chunk| {
+            out.extend(chunk.iter().copied());
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    fn walk_batched(&self, mut f: impl FnMut(&[(K, V)]) -> ControlFlow<()>) -> io::Result<()> {
+        let chunk = 4096usize;
+        let mut entries = Vec::with_capacity(chunk);
         let mut keys = vec![0u8; chunk * size_of::<K>()];
         let mut values = vec![0u8; chunk * size_of::<V>()];
         // The resume token is a bucket index (hash maps) or a key (others).
@@ -291,13 +355,15 @@ where
                 &mut values,
                 chunk as u32,
             )?;
-            for i in 0..n as usize {
-                let key: K = from_bytes(&keys[i * size_of::<K>()..]);
-                let value: V = from_bytes(&values[i * size_of::<V>()..]);
-                out.insert(key, value);
-            }
-            if done {
-                return Ok(out);
+            entries.clear();
+            entries.extend((0..n as usize).map(|i| {
+                (
+                    from_bytes::<K>(&keys[i * size_of::<K>()..]),
+                    from_bytes::<V>(&values[i * size_of::<V>()..]),
+                )
+            }));
+            if f(&entries).is_break() || done {
+                return Ok(());
             }
             std::mem::swap(&mut token_in, &mut token_out);
             first = false;

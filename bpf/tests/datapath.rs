@@ -6,21 +6,24 @@ mod harness;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     time::Duration,
 };
 
 use anyhow::Result;
 use bpf::{
-    BackendKey, BackendValue, Datapath, DropReason, EndpointDetach, FlowDirection, FlowEvent,
-    FlowReader, IDENTITY_ANY, IDENTITY_WORLD, IpCacheKey, IpCacheValue, L4Match, PolicyKey,
-    PolicyValue, Protocol, ReconcileStats, Verdict, service_entries,
+    BackendKey, BackendValue, CtKey, CtLifetimes, CtValue, Datapath, DropReason, EndpointDetach,
+    FlowDirection, FlowEvent, FlowReader, IDENTITY_ANY, IDENTITY_WORLD, IpCacheKey, IpCacheValue,
+    L4Match, PolicyKey, PolicyValue, Protocol, ReconcileStats, Verdict, monotonic_now_ns,
+    service_entries,
 };
 use harness::{
     Node, Server, ping_denied, ping_ok, tcp_denied, tcp_request, tcp_request_from_port, udp_denied,
     udp_request,
 };
-use netns::skip_unless_root;
+use netns::{skip_unless_root, wait_until};
 
 const CLIENT: u32 = 1001;
 const OTHER: u32 = 1002;
@@ -782,5 +785,218 @@ fn reconcile_writes_only_the_difference() -> Result<()> {
     );
     assert_eq!(dp.policy().dump()?.len(), 3);
     assert_eq!(dp.policy().clear()?, 3);
+    Ok(())
+}
+
+/// One round trip on an open connection: `client` sends, `server` answers.
+fn round_trip(client: &mut TcpStream, server: &mut TcpStream) -> Result<()> {
+    let mut buf = [0u8; 4];
+    client.write_all(b"ping")?;
+    server.read_exact(&mut buf)?;
+    server.write_all(b"pong")?;
+    client.read_exact(&mut buf)?;
+    anyhow::ensure!(&buf == b"pong", "echo: {buf:?}");
+    Ok(())
+}
+
+/// A GC pass with lifetimes that let only established TCP live: a closed TCP
+/// connection's and a finished UDP exchange's entries go, an open TCP
+/// connection's stay and it keeps working; once closed, its entries go too.
+#[test]
+fn conntrack_gc_removes_closed_and_idle_entries_and_keeps_open_connections() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, true)?;
+    node.attach(server, true)?;
+    for l4 in [
+        L4Match::Port(Protocol::Tcp, PORT),
+        L4Match::Port(Protocol::Udp, PORT),
+        L4Match::Port(Protocol::Tcp, PORT + 1),
+    ] {
+        node.allow(server, CLIENT, l4)?;
+    }
+    let _srv = Server::start(node.pod(server), PORT)?;
+    let listener = node
+        .pod(server)
+        .ns
+        .enter(|| TcpListener::bind(("::", PORT + 1)))??;
+    let server_ip = node.pod(server).ips()[0];
+
+    // An open connection (both ends held here), a closed one (the server
+    // closes after answering: read_to_string returns once its FIN passed
+    // both programs) and a UDP exchange.
+    let mut open = node.pod(client).ns.enter(|| {
+        TcpStream::connect_timeout(&sock(server_ip, PORT + 1), Duration::from_secs(2))
+    })??;
+    let (mut accepted, _) = listener.accept()?;
+    for s in [&open, &accepted] {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    }
+    round_trip(&mut open, &mut accepted)?;
+    tcp_request(node.pod(client), sock(server_ip, PORT))?;
+    // The client closed second: its socket waits in LAST-ACK until the
+    // server's last ACK passed both programs. After that nothing of the
+    // connection is in flight (a late packet would make a new entry).
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .pod(client)
+            .ns
+            .run("ss", &["-Htn", "state", "last-ack"])
+            .is_ok_and(|out| out.trim().is_empty())),
+        "the closed connection's last ACK"
+    );
+    assert_eq!(
+        udp_request(node.pod(client), sock(server_ip, PORT))?,
+        "server"
+    );
+
+    let ct = node.dp().conntrack();
+    let before = ct.dump()?;
+    let by_port = |protocol: Protocol, port: u16| -> BTreeMap<CtKey, CtValue> {
+        before
+            .iter()
+            .filter(|(k, _)| k.protocol() == protocol && k.dst().map(|d| d.port()) == Some(port))
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    };
+    let (open_entries, closed, udp) = (
+        by_port(Protocol::Tcp, PORT + 1),
+        by_port(Protocol::Tcp, PORT),
+        by_port(Protocol::Udp, PORT),
+    );
+    // the client's egress entry and the server's ingress entry of each
+    assert_eq!(
+        (open_entries.len(), closed.len(), udp.len(), before.len()),
+        (2, 2, 2, 6),
+        "{before:#?}"
+    );
+    for (k, v) in &open_entries {
+        assert!(v.seen_reply() && !v.closing(), "open: {k:?} {v:?}");
+    }
+    for (k, v) in &closed {
+        assert!(v.seen_reply() && v.closing(), "closed: {k:?} {v:?}");
+    }
+    for (k, v) in &udp {
+        assert!(v.seen_reply() && !v.closing(), "udp: {k:?} {v:?}");
+    }
+
+    let only_established = CtLifetimes {
+        tcp_established: Duration::from_secs(3600),
+        tcp_syn: Duration::ZERO,
+        tcp_closing: Duration::ZERO,
+        any: Duration::ZERO,
+    };
+    let stats = ct.gc(&only_established, monotonic_now_ns())?;
+    assert_eq!(
+        stats.deleted,
+        BTreeMap::from([(Protocol::Tcp, 2), (Protocol::Udp, 2)])
+    );
+    assert_eq!(stats.remaining, BTreeMap::from([(bpf::FAMILY_V4, 2)]));
+    let after = ct.dump()?;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        open_entries.keys().collect::<Vec<_>>(),
+        "exactly the open connection's entries stay"
+    );
+    // The open connection keeps working (default-deny on both pods: its
+    // packets pass only through its entries).
+    round_trip(&mut open, &mut accepted)?;
+    let stats = ct.gc(&only_established, monotonic_now_ns())?;
+    assert_eq!((stats.deleted_total(), stats.remaining_total()), (0, 2));
+
+    // A reset (SO_LINGER 0) closes it: the RST passed both programs once
+    // the server's read fails, and nothing follows a RST. Its entries are
+    // closing, and the next pass removes them.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, with a valid linger.
+    let rc = unsafe {
+        libc::setsockopt(
+            open.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(open);
+    let reset = accepted.read(&mut [0u8; 4]);
+    assert!(
+        reset
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{reset:?}"
+    );
+    for (k, v) in ct.dump()? {
+        assert!(v.closing(), "after the RST: {k:?} {v:?}");
+    }
+    let stats = ct.gc(&only_established, monotonic_now_ns())?;
+    assert_eq!(stats.deleted, BTreeMap::from([(Protocol::Tcp, 2)]));
+    assert!(ct.dump()?.is_empty());
+    Ok(())
+}
+
+/// A service connection's frontend entry follows the connection too: it
+/// sees only the client's packets, so the client acknowledging the
+/// handshake marks it answered, and the client's FIN closing; a pass that
+/// keeps only established TCP then removes every entry of the connection.
+#[test]
+fn service_conntrack_entries_record_the_answer_and_the_close() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut node = Node::new()?;
+    let client = node.add_pod("client", CLIENT)?;
+    let server = node.add_pod("server", SERVER)?;
+    node.publish_ipcache()?;
+    node.attach(client, true)?;
+    node.attach(server, true)?;
+    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
+    let _s = Server::start(node.pod(server), PORT)?;
+    let backend = sock(node.pod(server).ips()[0], PORT);
+    node.dp().backends().upsert(
+        &BackendKey { backend_id: 1 },
+        &BackendValue::new(backend, Protocol::Tcp, 1),
+    )?;
+    let vip: SocketAddr = "10.96.0.10:80".parse()?;
+    node.dp()
+        .services()
+        .batch_upsert(&service_entries(vip, Protocol::Tcp, &[1]))?;
+    let (name, peer) = tcp_request(node.pod(client), vip)?;
+    assert_eq!((name.as_str(), peer), ("server", vip));
+    // The client closed second: once the server's last ACK reached it, its
+    // FIN had passed the client's program.
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .pod(client)
+            .ns
+            .run("ss", &["-Htn", "state", "last-ack"])
+            .is_ok_and(|out| out.trim().is_empty())),
+        "the connection's last ACK"
+    );
+    let ct = node.dp().conntrack();
+    let entries = ct.dump()?;
+    let scopes: BTreeSet<_> = entries.keys().map(|k| format!("{:?}", k.scope())).collect();
+    assert_eq!(
+        scopes,
+        BTreeSet::from(["Egress".into(), "Ingress".into(), "Service".into()]),
+        "{entries:#?}"
+    );
+    for (k, v) in &entries {
+        assert!(v.seen_reply() && v.closing(), "{k:?} {v:?}");
+    }
+    let only_established = CtLifetimes {
+        tcp_established: Duration::from_secs(3600),
+        tcp_syn: Duration::ZERO,
+        tcp_closing: Duration::ZERO,
+        any: Duration::ZERO,
+    };
+    let stats = ct.gc(&only_established, monotonic_now_ns())?;
+    assert_eq!(stats.deleted, BTreeMap::from([(Protocol::Tcp, 3)]));
+    assert!(ct.dump()?.is_empty());
     Ok(())
 }

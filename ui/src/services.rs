@@ -171,6 +171,7 @@ mod tests {
                     active: true,
                 })
                 .collect(),
+            skipped: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ const IDENTITIES: usize = 10_000;
 const ROUNDS: u16 = 5;
 
 /// Runs the measurement with the datapath pinned in `bpffs_dir`.
-pub fn run(bench: &Bench, bpffs_dir: &Path) -> Result<()> {
+pub(crate) fn run(bench: &Bench, bpffs_dir: &Path) -> Result<()> {
     eprintln!(
         "policy: {ENDPOINTS} endpoints in {APPS} applications, {IDENTITIES} remote identities"
     );

@@ -98,6 +98,8 @@ pub(crate) struct ControlLoop {
     peers: Option<PeerPublisher>,
     /// Kubernetes mode: the API server's state, for `status`.
     kube: Option<crate::kubernetes::KubeState>,
+    /// The conntrack collector's last pass, for `status`.
+    conntrack: Option<watch::Receiver<Option<crate::views::ConntrackView>>>,
 }
 
 /// Publishes the nodes as Hubble peers when they change.
@@ -141,6 +143,7 @@ impl ControlLoop {
                 metrics,
                 peers: None,
                 kube: None,
+                conntrack: None,
             },
             LoopHandle { tx },
         )
@@ -165,6 +168,14 @@ impl ControlLoop {
     /// Kubernetes mode: `status` shows the API server's state.
     pub(crate) fn with_kube(&mut self, state: crate::kubernetes::KubeState) {
         self.kube = Some(state);
+    }
+
+    /// Reports the conntrack collector's last pass in `status`.
+    pub(crate) fn with_conntrack(
+        &mut self,
+        last_pass: watch::Receiver<Option<crate::views::ConntrackView>>,
+    ) {
+        self.conntrack = Some(last_pass);
     }
 
     /// The nodes changed (the Hubble peers follow with the batch).

@@ -219,6 +219,7 @@ impl ControlLoop {
                 )
             }),
             kubernetes: self.kube.as_ref().map(crate::kubernetes::KubeState::view),
+            conntrack: self.conntrack.as_ref().and_then(|rx| rx.borrow().clone()),
             remotes: self
                 .remotes
                 .iter()
