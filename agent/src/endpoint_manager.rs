@@ -187,16 +187,15 @@ impl EndpointManager {
     pub(crate) async fn add(&self, req: EndpointRequest) -> Result<Endpoint, EndpointError> {
         validate_request(&req).map_err(EndpointError::BadRequest)?;
         // Before the lock: other endpoints go on while this one waits.
-        let pod_labels = match (&self.pods, &req.pod) {
+        let (pod_labels, pod_ports) = match (&self.pods, &req.pod) {
             (Some((pods, wait)), Some(pod)) => {
                 let ns = req.namespace.as_deref().unwrap_or("default");
                 let labels = pods.wait_labels(ns, pod, *wait).await;
-                Some(
-                    labels
-                        .ok_or_else(|| EndpointError::PodUnknown(format!("{ns}/{pod}"), *wait))?,
-                )
+                let labels = labels
+                    .ok_or_else(|| EndpointError::PodUnknown(format!("{ns}/{pod}"), *wait))?;
+                (Some(labels), Some(pods.ports(ns, pod)))
             }
-            _ => None,
+            _ => (None, None),
         };
         let netns = plumbing::netns_path(&req.netns);
         let mut inner = self.inner.lock().await;
@@ -255,7 +254,8 @@ impl EndpointManager {
             identity: identity.get(),
             ifindex: None,
             pod: req.pod.clone(),
-            ports: req.ports.clone(),
+            // A Pod's named container ports are its endpoint's.
+            ports: pod_ports.unwrap_or_else(|| req.ports.clone()),
         };
         match self.bring_up(&endpoint, cidr, inner.pod_cidr_v6).await {
             Ok(endpoint) => {

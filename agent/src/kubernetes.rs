@@ -38,6 +38,7 @@ use tracing::{info, warn};
 
 use crate::{
     control_loop::{Input, LoopHandle},
+    endpoint::NamedPort,
     endpoint_manager::EndpointManager,
     metrics::{AgentMetrics, ResourceLabel},
     views::{KubernetesResourceView, KubernetesView},
@@ -71,6 +72,16 @@ impl PodLabels {
         let empty = BTreeMap::new();
         let ns = state.namespaces.get(namespace).unwrap_or(&empty);
         Some(k8s::labels::endpoint_labels(pod, ns))
+    }
+
+    /// The ports Pod `namespace/name`'s containers declare by name.
+    pub(crate) fn ports(&self, namespace: &str, name: &str) -> Vec<NamedPort> {
+        let state = self.state.lock().expect("pod labels lock");
+        state
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(named_ports)
+            .unwrap_or_default()
     }
 
     /// [`PodLabels::labels`], waiting up to `wait` for the Pod to appear.
@@ -464,5 +475,51 @@ async fn services(
         if !control.send(input).await {
             return;
         }
+    }
+}
+
+/// The named container ports of a Pod (what `port: http` in a policy
+/// means for it); unnamed ports and ports out of range are left out.
+fn named_ports(pod: &Pod) -> Vec<NamedPort> {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                port: u16::try_from(p.container_port).ok()?,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_container_ports_are_the_endpoints() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "demo"},
+            "spec": {"containers": [
+                {"name": "web", "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"containerPort": 9999},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"}
+                ]},
+                {"name": "sidecar"}
+            ]}
+        }))
+        .unwrap();
+        let ports = named_ports(&pod);
+        assert_eq!(
+            ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.port, p.protocol.as_str()))
+                .collect::<Vec<_>>(),
+            [("http", 8080, "TCP"), ("dns", 53, "UDP")]
+        );
     }
 }
