@@ -362,18 +362,8 @@ fn flow_events_report_forwarded_dropped_and_translated() -> Result<()> {
 fn a_reused_client_port_gets_the_replies_of_what_it_dialled() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut node = Node::new()?;
-    let client = node.add_pod("client", CLIENT)?;
-    let server = node.add_pod("server", SERVER)?;
-    node.publish_ipcache()?;
-    node.attach(client, true)?;
-    node.attach(server, true)?;
-    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
-    let _s = Server::start(node.pod(server), PORT)?;
+    let (client, server, _s) = node.client_and_backend(CLIENT, SERVER, PORT)?;
     let backend = sock(node.pod(server).ips()[0], PORT);
-    node.dp().backends().upsert(
-        &BackendKey { backend_id: 1 },
-        &BackendValue::new(backend, Protocol::Tcp, 1),
-    )?;
     let vip1: SocketAddr = "10.96.0.10:80".parse()?;
     let vip2: SocketAddr = "10.96.0.11:81".parse()?;
     for vip in [vip1, vip2] {
@@ -950,18 +940,7 @@ fn conntrack_gc_removes_closed_and_idle_entries_and_keeps_open_connections() -> 
 fn service_conntrack_entries_record_the_answer_and_the_close() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut node = Node::new()?;
-    let client = node.add_pod("client", CLIENT)?;
-    let server = node.add_pod("server", SERVER)?;
-    node.publish_ipcache()?;
-    node.attach(client, true)?;
-    node.attach(server, true)?;
-    node.allow(server, CLIENT, L4Match::Port(Protocol::Tcp, PORT))?;
-    let _s = Server::start(node.pod(server), PORT)?;
-    let backend = sock(node.pod(server).ips()[0], PORT);
-    node.dp().backends().upsert(
-        &BackendKey { backend_id: 1 },
-        &BackendValue::new(backend, Protocol::Tcp, 1),
-    )?;
+    let (client, _server, _s) = node.client_and_backend(CLIENT, SERVER, PORT)?;
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
     node.dp()
         .services()

@@ -186,6 +186,35 @@ impl Node {
         Ok(())
     }
 
+    /// A client pod and a server pod, both default-deny, the server
+    /// admitting `client_identity` on TCP `port` with an echo server
+    /// listening, and backend 1 = the server's IPv4 address on `port`.
+    /// Returns (client, server, the running echo server).
+    pub(crate) fn client_and_backend(
+        &mut self,
+        client_identity: u32,
+        server_identity: u32,
+        port: u16,
+    ) -> Result<(usize, usize, Server)> {
+        let client = self.add_pod("client", client_identity)?;
+        let server = self.add_pod("server", server_identity)?;
+        self.publish_ipcache()?;
+        self.attach(client, true)?;
+        self.attach(server, true)?;
+        self.allow(
+            server,
+            client_identity,
+            L4Match::Port(bpf::Protocol::Tcp, port),
+        )?;
+        let echo = Server::start(self.pod(server), port)?;
+        let backend = SocketAddr::new(self.pod(server).ips()[0], port);
+        self.dp().backends().upsert(
+            &bpf::BackendKey { backend_id: 1 },
+            &bpf::BackendValue::new(backend, bpf::Protocol::Tcp, 1),
+        )?;
+        Ok((client, server, echo))
+    }
+
     /// Allows `from` identity to reach pod `to` on `l4`.
     pub(crate) fn allow(&self, to: usize, from_identity: u32, l4: L4Match) -> Result<()> {
         let key = PolicyKey::ingress(self.pods[to].endpoint_id, from_identity, l4);
