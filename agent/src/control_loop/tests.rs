@@ -117,6 +117,21 @@ fn policy_key(endpoint: u32, identity: u32) -> PolicyEntry {
     PolicyEntry { endpoint, identity }
 }
 
+/// `demo/web` is `policy`, web and the client have identities, and the
+/// local cluster has synced.
+fn web_policy_synced(policy: &str) -> Vec<Input> {
+    let mut inputs = vec![
+        Input::Policy(Event::Upsert {
+            key: "demo/web".into(),
+            value: PolicyDocument::parse(policy).unwrap(),
+        }),
+        identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
+        identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
+    ];
+    inputs.extend(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL));
+    inputs
+}
+
 /// Every kind of `source` says its initial list is complete.
 fn synced(source: SourceId, kinds: &[StoreKind]) -> Vec<Input> {
     kinds
@@ -224,6 +239,17 @@ impl Harness {
 
     fn ipcache(&self) -> BTreeMap<IpCacheKey, IpCacheValue> {
         self.maps.ipcache.content()
+    }
+
+    /// The policy endpoint `endpoint` follows, as written.
+    fn endpoint_policy(&self, endpoint: u32) -> bpf::EndpointPolicy {
+        self.maps
+            .endpoints
+            .content()
+            .into_values()
+            .find(|i| i.endpoint_id == endpoint)
+            .expect("the endpoint is written")
+            .policy()
     }
 
     fn has_policy(&self, entry: PolicyEntry) -> bool {
@@ -443,22 +469,13 @@ fn before_the_sync_each_endpoint_keeps_its_own_policy_from_before_a_restart() {
     // web keeps policy 7 and its entries, enforced.
     h.attach(pod(8, "client", Ipv4Addr::new(10, 1, 0, 11), CLIENT));
     h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
-    let infos = h.maps.endpoints.content();
-    let web = infos
-        .values()
-        .find(|i| i.endpoint_id == 7)
-        .unwrap()
-        .policy();
+    let web = h.endpoint_policy(7);
     assert_eq!(
         (web.policy_id, web.ingress),
         (7, true),
         "web keeps policy 7"
     );
-    let client = infos
-        .values()
-        .find(|i| i.endpoint_id == 8)
-        .unwrap()
-        .policy();
+    let client = h.endpoint_policy(8);
     assert_ne!(
         client.policy_id, 7,
         "the client does not follow web's entries"
@@ -467,46 +484,19 @@ fn before_the_sync_each_endpoint_keeps_its_own_policy_from_before_a_restart() {
 
     // Synced with the policy: web is enforced by its rules; the client,
     // selected by nothing, is open again.
-    h.step(
-        [
-            Input::Policy(Event::Upsert {
-                key: "demo/web".into(),
-                value: PolicyDocument::parse(WEB_ALLOWS_CLIENTS).unwrap(),
-            }),
-            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
-            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
-        ]
-        .into_iter()
-        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
-    );
+    h.step(web_policy_synced(WEB_ALLOWS_CLIENTS));
     assert!(
         h.has_policy(policy_key(7, CLIENT)),
         "the client is admitted"
     );
-    let infos = h.maps.endpoints.content();
-    let client = infos
-        .values()
-        .find(|i| i.endpoint_id == 8)
-        .unwrap()
-        .policy();
+    let client = h.endpoint_policy(8);
     assert!(!client.enforced(), "nothing selects the client");
 }
 
 #[test]
 fn endpoints_with_equal_rules_share_one_policy() {
     let mut h = Harness::new();
-    h.step(
-        [
-            Input::Policy(Event::Upsert {
-                key: "demo/web".into(),
-                value: PolicyDocument::parse(WEB_ALLOWS_CLIENTS).unwrap(),
-            }),
-            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
-            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
-        ]
-        .into_iter()
-        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
-    );
+    h.step(web_policy_synced(WEB_ALLOWS_CLIENTS));
     h.attach(pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB));
     h.attach(pod(9, "web", Ipv4Addr::new(10, 1, 0, 12), WEB));
     let infos = h.maps.endpoints.content();
@@ -574,18 +564,7 @@ spec:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: http, protocol: TCP}]}]
 ";
-    h.step(
-        [
-            Input::Policy(Event::Upsert {
-                key: "demo/web".into(),
-                value: PolicyDocument::parse(policy).unwrap(),
-            }),
-            identity(SourceId::LOCAL_CLUSTER, WEB, labels("web", "c1")),
-            identity(SourceId::LOCAL_CLUSTER, CLIENT, labels("client", "c1")),
-        ]
-        .into_iter()
-        .chain(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL)),
-    );
+    h.step(web_policy_synced(policy));
     let mut declares = pod(7, "web", Ipv4Addr::new(10, 1, 0, 10), WEB);
     declares.ports = vec![endpoint::NamedPort {
         name: "http".into(),
@@ -594,15 +573,7 @@ spec:
     }];
     h.attach(declares);
     h.attach(pod(9, "web", Ipv4Addr::new(10, 1, 0, 12), WEB));
-    let infos = h.maps.endpoints.content();
-    let policy_of = |ep: u32| {
-        infos
-            .values()
-            .find(|i| i.endpoint_id == ep)
-            .unwrap()
-            .policy()
-            .policy_id
-    };
+    let policy_of = |ep: u32| h.endpoint_policy(ep).policy_id;
     let entries = h.maps.policy.content();
     let http = |ep: u32| {
         entries.contains_key(&PolicyKey::ingress(
