@@ -26,7 +26,7 @@ use kvstore::{
 use tokio::sync::oneshot;
 
 use crate::{
-    control_loop::{ControlLoop, Input, LoopConfig, StoreKind, Timed},
+    control_loop::{ControlLoop, Input, LoopConfig, StoreKind},
     datapath_maps::{DatapathMaps, MapOps},
     datapath_sync::DatapathSync,
     endpoint::{self, Endpoint, EndpointId},
@@ -99,17 +99,6 @@ pub struct Recompute {
 }
 
 const NAMESPACE: &str = "bench";
-
-fn step(control: &mut ControlLoop, inputs: impl IntoIterator<Item = Input>) {
-    let mut batch: Vec<Timed> = inputs
-        .into_iter()
-        .map(|input| Timed {
-            at: Instant::now(),
-            input,
-        })
-        .collect();
-    control.step(&mut batch);
-}
 
 /// Every kind of `source` says its initial list is complete.
 fn synced(source: SourceId, kinds: &[StoreKind]) -> Vec<Input> {
@@ -200,7 +189,7 @@ impl PolicyRecompute {
         inputs.push(Input::Policy(Event::Upsert { key, value: doc }));
         inputs.extend(synced(SourceId::LOCAL_CLUSTER, &StoreKind::LOCAL));
         inputs.extend(synced(c2, &StoreKind::REMOTE));
-        step(&mut control, inputs);
+        control.step_now(inputs);
         for i in 0..endpoints {
             let app = i % apps.max(1);
             let id = EndpointId::new(i as u32 + 1);
@@ -221,7 +210,7 @@ impl PolicyRecompute {
                 ports: Vec::new(),
             };
             let (tx, mut rx) = oneshot::channel();
-            step(&mut control, [Input::Attach(endpoint, tx)]);
+            control.step_now([Input::Attach(endpoint, tx)]);
             rx.try_recv()
                 .map_err(|e| anyhow::anyhow!("attach: {e}"))?
                 .map_err(|e| anyhow::anyhow!("attach: {e}"))?;
@@ -240,10 +229,8 @@ impl PolicyRecompute {
         let (key, doc) = admit_c2(port);
         let before = self.control.written_total();
         let started = Instant::now();
-        step(
-            &mut self.control,
-            [Input::Policy(Event::Upsert { key, value: doc })],
-        );
+        self.control
+            .step_now([Input::Policy(Event::Upsert { key, value: doc })]);
         let elapsed = started.elapsed();
         let after = self.control.written_total();
         Ok(Recompute {

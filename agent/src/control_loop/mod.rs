@@ -221,7 +221,19 @@ impl ControlLoop {
 
     /// Handles one batch: its inputs in order, one write of the datapath,
     /// then its queries (which see the result of the whole batch).
-    pub(crate) fn step(&mut self, batch: &mut Vec<Timed>) {
+    /// One batch of `inputs` received now (tests and benchmarks).
+    pub(crate) fn step_now(&mut self, inputs: impl IntoIterator<Item = Input>) {
+        let mut batch: Vec<Timed> = inputs
+            .into_iter()
+            .map(|input| Timed {
+                at: Instant::now(),
+                input,
+            })
+            .collect();
+        self.step(&mut batch);
+    }
+
+    fn step(&mut self, batch: &mut Vec<Timed>) {
         let received: Vec<(Instant, Option<SourceId>)> = batch
             .iter()
             .map(|t| (t.at, t.input.data_source()))

@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, mpsc::Receiver},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bpf::{IpCacheKey, IpCacheValue, L4Match, PolicyKey};
@@ -16,7 +16,7 @@ use kvstore::{
 };
 use tokio::sync::oneshot;
 
-use super::{Answer, ControlLoop, Input, IpEvent, LoopConfig, Query, StoreKind, input::Timed};
+use super::{Answer, ControlLoop, Input, IpEvent, LoopConfig, Query, StoreKind};
 use crate::{
     datapath_maps::{MapOps, MemoryDatapath},
     datapath_sync::DatapathSync,
@@ -207,14 +207,7 @@ impl Harness {
 
     /// One batch, as the loop receives it.
     fn step(&mut self, inputs: impl IntoIterator<Item = Input>) {
-        let mut batch: Vec<Timed> = inputs
-            .into_iter()
-            .map(|input| Timed {
-                at: Instant::now(),
-                input,
-            })
-            .collect();
-        self.control.step(&mut batch);
+        self.control.step_now(inputs);
     }
 
     fn attach(&mut self, endpoint: Endpoint) -> u32 {
