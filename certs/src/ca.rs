@@ -201,6 +201,12 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// The CA key as PEM (PKCS#8), for writers that place the files
+    /// themselves; [`Ca::write`] writes it with mode 0600.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// The CA certificate as DER.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert_der
