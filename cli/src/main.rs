@@ -1,10 +1,12 @@
-//! The `clustermesh` command: the mesh PKI, a real local mesh (`up`,
+//! The `clustermesh` command: the mesh PKI, one cluster on real hosts
+//! (`cluster init|export`), a real local mesh (`up`,
 //! `down`), connecting clusters, status, policies and services, and Hubble
 //! (`observe`, `hubble status|nodes`). `main` only parses flags, runs the chosen
 //! command and maps its error to an exit code: 64 for bad usage or
 //! configuration, 1 for anything else.
 
 mod certs_cmd;
+mod cluster_cmd;
 mod command_error;
 mod flow_filter;
 mod flow_printer;
@@ -35,6 +37,9 @@ struct Cli {
 enum Command {
     /// Create the mesh CA, issue server and client certificates, inspect them.
     Certs(certs_cmd::CertsArgs),
+    /// One cluster on real hosts: `init` writes its certificates,
+    /// configuration and systemd units; `export` its descriptors.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Start a real local mesh: per cluster etcd, operator and apiserver; per
     /// node a network namespace with an agent; sample workloads.
     Up(mesh_cmd::UpArgs),
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
     let out = &mut std::io::stdout().lock();
     let result: Result<(), CommandError> = match cli.command {
         Command::Certs(args) => certs_cmd::run(args, out),
+        Command::Cluster(args) => cluster_cmd::run(args, out),
         Command::Up(args) => mesh_cmd::up(args, out),
         Command::Down(args) => mesh_cmd::down(args, out),
         Command::Connect(args) => mesh_cmd::connect(args, out, false),
