@@ -207,17 +207,7 @@ unsafe impl Record for PolicyKey {}
 impl Ord for PolicyKey {
     /// By policy, direction, identity, then the L4 block (wider first).
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let k = |k: &Self| {
-            (
-                k.policy_id,
-                k.direction,
-                k.sec_identity,
-                k.protocol,
-                k.dport,
-                k.prefixlen,
-            )
-        };
-        k(self).cmp(&k(other))
+        self.sort_key().cmp(&other.sort_key())
     }
 }
 
@@ -228,6 +218,19 @@ impl PartialOrd for PolicyKey {
 }
 
 impl PolicyKey {
+    /// The fields in [`Ord`] order packed into one number (policy 32 bits,
+    /// direction 8, identity 32, protocol 8, port 16, prefix length 32):
+    /// the agent keeps hundreds of thousands of keys in ordered maps, and
+    /// one comparison of a `u128` is much cheaper than six of fields.
+    fn sort_key(&self) -> u128 {
+        u128::from(self.policy_id) << 96
+            | u128::from(self.direction) << 88
+            | u128::from(self.sec_identity) << 56
+            | u128::from(self.protocol) << 48
+            | u128::from(u16::from_be_bytes(self.dport)) << 32
+            | u128::from(self.prefixlen)
+    }
+
     /// An entry of policy `policy_id` about peers with `identity`
     /// ([`IDENTITY_ANY`] for all) and traffic matching `l4`.
     pub fn new(policy_id: u32, direction: Direction, identity: u32, l4: L4Match) -> Self {
