@@ -101,6 +101,27 @@ fn main() -> Result<()> {
     if !netns::root_or_skip("the policy bench") {
         return Ok(());
     }
+    // `cargo bench --bench policy -- recompute` runs one part: `packet`,
+    // `ct-gc` or `recompute` (cargo itself passes `--bench`).
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if run("packet") || run("ct-gc") {
+        datapath_parts(run("packet"), run("ct-gc"))?;
+    }
+    if run("recompute") {
+        // The agent's own recompute, over a datapath of its own.
+        let pins = Pins(PathBuf::from("/sys/fs/bpf").join(netns::unique_name("cmbrec-")));
+        policy_recompute::run(&BENCH, &pins.0)?;
+    }
+    Ok(())
+}
+
+/// The per-packet cost and the conntrack GC, over one datapath with a full
+/// ipcache.
+fn datapath_parts(packet: bool, ct_gc: bool) -> Result<()> {
     let pins = Pins(PathBuf::from("/sys/fs/bpf").join(netns::unique_name("cmbpol-")));
     let dp = Datapath::open(DatapathConfig {
         bpffs_dir: pins.0.clone(),
@@ -123,30 +144,28 @@ fn main() -> Result<()> {
     dp.ipcache().batch_upsert(&entries)?;
     drop(entries);
 
-    eprintln!("policy: new connections through BPF_PROG_TEST_RUN");
-    let (both, ingress_only) = policy_ns_per_packet(&dp)?;
-    BENCH.emit(
-        "egress_ingress_ns_per_packet",
-        both,
-        "ns",
-        Better::Lower,
-        Some(("ingress_only_ns_per_packet", ingress_only)),
-    );
-
-    eprintln!("conntrack: GC passes over {CT_ENTRIES} entries");
-    let (gc_s, walk_s) = ct_gc_seconds(&dp)?;
-    BENCH.emit(
-        "ct_gc_s_1m",
-        gc_s,
-        "s",
-        Better::Lower,
-        Some(("raw_dump_s_1m", walk_s)),
-    );
-    drop(dp);
-
-    // The agent's own recompute, over a datapath of its own.
-    let recompute_pins = Pins(PathBuf::from("/sys/fs/bpf").join(netns::unique_name("cmbrec-")));
-    policy_recompute::run(&BENCH, &recompute_pins.0)?;
+    if packet {
+        eprintln!("policy: new connections through BPF_PROG_TEST_RUN");
+        let (both, ingress_only) = policy_ns_per_packet(&dp)?;
+        BENCH.emit(
+            "egress_ingress_ns_per_packet",
+            both,
+            "ns",
+            Better::Lower,
+            Some(("ingress_only_ns_per_packet", ingress_only)),
+        );
+    }
+    if ct_gc {
+        eprintln!("conntrack: GC passes over {CT_ENTRIES} entries");
+        let (gc_s, walk_s) = ct_gc_seconds(&dp)?;
+        BENCH.emit(
+            "ct_gc_s_1m",
+            gc_s,
+            "s",
+            Better::Lower,
+            Some(("raw_dump_s_1m", walk_s)),
+        );
+    }
     Ok(())
 }
 

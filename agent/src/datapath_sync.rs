@@ -120,6 +120,59 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
             .copied()
     }
 
+    /// The desired content of `lo..=hi` becomes `entries` (sorted by key,
+    /// all inside the range): one ordered pass over what is written there,
+    /// so a policy of tens of thousands of entries costs no look-up per
+    /// entry.
+    fn replace_range(&mut self, lo: K, hi: K, entries: &[(K, V)]) {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        let Self { written, pending } = self;
+        // What is there now (written, or queued if anything is) and no
+        // longer wanted.
+        let queued = pending.upserts.range(lo..=hi).next().is_some();
+        let mut present: Vec<K> = written.range(lo..=hi).map(|(k, _)| *k).collect();
+        if queued {
+            present.extend(pending.upserts.range(lo..=hi).map(|(k, _)| *k));
+            present.sort_unstable();
+            present.dedup();
+        }
+        let mut deletes: Vec<K> = Vec::new();
+        let mut wanted = entries.iter().map(|(k, _)| k).peekable();
+        for key in present {
+            while wanted.next_if(|k| **k < key).is_some() {}
+            if wanted.peek() != Some(&&key) {
+                if queued {
+                    pending.upserts.remove(&key);
+                }
+                if !queued || written.contains_key(&key) {
+                    deletes.push(key);
+                }
+            }
+        }
+        // What is wanted, unless written exactly so.
+        let mut upserts: Vec<(K, V)> = Vec::new();
+        let mut current = written.range(lo..=hi).peekable();
+        for (key, value) in entries {
+            while current.next_if(|(k, _)| *k < key).is_some() {}
+            if !pending.deletes.is_empty() {
+                pending.deletes.remove(key);
+            }
+            if current
+                .peek()
+                .is_some_and(|(k, v)| *k == key && *v == value)
+            {
+                if queued {
+                    pending.upserts.remove(key);
+                }
+            } else {
+                upserts.push((*key, *value));
+            }
+        }
+        // Sorted runs: built in bulk rather than inserted one by one.
+        pending.upserts.append(&mut upserts.into_iter().collect());
+        pending.deletes.append(&mut deletes.into_iter().collect());
+    }
+
     /// Writes what is pending. With `hold_deletes`, deletions stay queued.
     fn flush(
         &mut self,
@@ -133,16 +186,28 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
                 .collect();
             map.batch_upsert(&batch)?;
             stats.upserts = batch.len();
-            self.written.extend(batch);
+            // A sorted run: merged in one pass.
+            self.written.append(&mut batch.into_iter().collect());
         }
         if !hold_deletes && !self.pending.deletes.is_empty() {
-            let batch: Vec<K> = std::mem::take(&mut self.pending.deletes)
-                .into_iter()
-                .collect();
+            let deletes = std::mem::take(&mut self.pending.deletes);
+            let batch: Vec<K> = deletes.iter().copied().collect();
             map.batch_delete(&batch)?;
             stats.deletes = batch.len();
-            for k in &batch {
-                self.written.remove(k);
+            if batch.len() > self.written.len() / 8 {
+                // Many: one pass over both, as a merge.
+                let mut gone = deletes.into_iter().peekable();
+                self.written = std::mem::take(&mut self.written)
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        while gone.next_if(|g| g < k).is_some() {}
+                        gone.peek() != Some(k)
+                    })
+                    .collect();
+            } else {
+                for k in &batch {
+                    self.written.remove(k);
+                }
             }
         }
         Ok(stats)
@@ -248,20 +313,9 @@ impl DatapathSync {
 
     /// Replaces the entries of policy `policy_id` with `entries` (empty:
     /// the policy goes).
-    pub(crate) fn set_policy(
-        &mut self,
-        policy_id: u32,
-        entries: &BTreeMap<PolicyKey, PolicyValue>,
-    ) {
+    pub(crate) fn set_policy(&mut self, policy_id: u32, entries: &[(PolicyKey, PolicyValue)]) {
         let (lo, hi) = PolicyKey::bounds(policy_id);
-        for old in self.policy_keys_in(lo, hi) {
-            if !entries.contains_key(&old) {
-                self.policy.set(old, None);
-            }
-        }
-        for (key, value) in entries {
-            self.policy.set(*key, Some(*value));
-        }
+        self.policy.replace_range(lo, hi, entries);
     }
 
     /// Replaces the entries of policy `policy_id` that name `identity`.

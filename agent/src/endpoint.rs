@@ -92,46 +92,41 @@ pub struct NamedPort {
     pub protocol: String,
 }
 
+/// The protocol of a named port (`TCP`, `UDP` or `SCTP`, in any case).
+pub(crate) fn port_protocol(name: &str) -> Option<bpf::Protocol> {
+    match name.to_ascii_uppercase().as_str() {
+        "TCP" => Some(bpf::Protocol::Tcp),
+        "UDP" => Some(bpf::Protocol::Udp),
+        "SCTP" => Some(bpf::Protocol::Sctp),
+        _ => None,
+    }
+}
+
 fn default_protocol() -> String {
     "TCP".into()
+}
+
+impl From<&NamedPort> for kvstore::values::NamedPort {
+    /// As the ipcache entry publishes it (protocol in capitals, as Cilium
+    /// writes it).
+    fn from(p: &NamedPort) -> Self {
+        Self {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: p.protocol.to_ascii_uppercase(),
+        }
+    }
 }
 
 impl NamedPort {
     /// Why the declaration cannot be used, if it cannot.
     pub fn problem(&self) -> Option<String> {
-        let n = &self.name;
-        let valid_name = (1..=15).contains(&n.len())
-            && n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && n.chars().any(|c| c.is_ascii_lowercase())
-            && !n.starts_with('-')
-            && !n.ends_with('-')
-            && !n.contains("--");
-        if !valid_name {
-            return Some(format!(
-                "port name {n:?} is not an IANA service name (1-15 of a-z, 0-9, '-', with a letter)"
-            ));
-        }
-        if self.port == 0 {
-            return Some(format!("port {n:?} has port number 0"));
-        }
-        if self.protocol().is_none() {
-            return Some(format!(
-                "port {n:?} has protocol {:?}; use TCP, UDP or SCTP",
-                self.protocol
-            ));
-        }
-        None
+        kvstore::values::NamedPort::from(self).problem()
     }
 
     /// The protocol (`None` for one policy cannot name).
     pub fn protocol(&self) -> Option<bpf::Protocol> {
-        match self.protocol.to_ascii_uppercase().as_str() {
-            "TCP" => Some(bpf::Protocol::Tcp),
-            "UDP" => Some(bpf::Protocol::Udp),
-            "SCTP" => Some(bpf::Protocol::Sctp),
-            _ => None,
-        }
+        port_protocol(&self.protocol)
     }
 }
 

@@ -343,6 +343,8 @@ impl EndpointManager {
                 .pod
                 .clone()
                 .unwrap_or_else(|| endpoint.name.clone());
+            // Egress rules elsewhere resolve port names against these.
+            pair.named_ports = endpoint.ports.iter().map(Into::into).collect();
             self.ipcache.upsert(&pair);
         }
     }

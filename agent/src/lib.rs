@@ -52,8 +52,9 @@ pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use hubble::{FlowIngestor, HubbleConfig};
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
-    DirectionRules, EndpointRules, NamedPorts, RuleCookies, RuleRef, cidr_identity_labels,
-    cidr_prefixes, entries_for_identity, resolve, rules_for_endpoint, wildcard_entries,
+    DirectionRules, EndpointRules, NamedPorts, PortNames, RuleCookies, RuleRef, Selections,
+    cidr_identity_labels, cidr_prefixes, entries_for_identity, names_egress_ports, resolve,
+    resolve_with, rules_for_endpoint, wildcard_entries,
 };
 pub use remote_clusters::RemoteClusterConfig;
 pub use service_merger::{

@@ -123,7 +123,7 @@ impl RuleCookies {
 
 /// Who a compiled rule is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Peers {
+pub(crate) enum Peers {
     /// Every identity (a wildcard entry).
     Any,
     /// Identities matching any of these.
@@ -196,8 +196,9 @@ pub struct EndpointRules {
     pub egress: DirectionRules,
     /// Names of the policies that select it (for status output).
     pub policies: Vec<String>,
-    /// Named ports of rules that the endpoint does not declare (nothing is
-    /// allowed for them).
+    /// Port names of rules that nothing declares (the endpoint itself for
+    /// ingress, no endpoint of the mesh for egress): nothing is allowed
+    /// for them.
     pub unresolved_ports: Vec<String>,
 }
 
@@ -280,14 +281,48 @@ fn enables_default_deny(spec: &PolicySpec, direction: Direction) -> bool {
     has && setting.unwrap_or(true)
 }
 
+/// The ports rules may name: the endpoint's own (for ingress) and every
+/// endpoint's of the mesh (for egress, as Cilium resolves them).
+#[derive(Debug, Clone, Copy)]
+pub struct PortNames<'a> {
+    pub own: &'a NamedPorts,
+    pub mesh: &'a NamedPorts,
+}
+
+impl PortNames<'_> {
+    fn of(&self, direction: Direction) -> &NamedPorts {
+        match direction {
+            Direction::Ingress => self.own,
+            Direction::Egress => self.mesh,
+        }
+    }
+}
+
+/// Whether an egress rule of `policies` names a port (its entries follow
+/// the mesh's named ports).
+pub fn names_egress_ports<'a>(policies: impl IntoIterator<Item = &'a PolicyDocument>) -> bool {
+    policies.into_iter().any(|doc| {
+        doc.rules().any(|spec| {
+            peer_rules(spec).any(|(direction, _, _, peer)| {
+                direction == Direction::Egress
+                    && peer
+                        .to_ports
+                        .iter()
+                        .flat_map(|r| r.ports.iter())
+                        .any(|p| matches!(p.port, Port::Name(_)))
+            })
+        })
+    })
+}
+
 /// Compiles the rules of `policies` that select an endpoint with `labels`
 /// (which include its namespace and cluster labels) in `local_cluster`,
-/// with the endpoint's `named_ports`; cookies number the rules.
+/// with the `ports` names stand for; cookies number the rules.
 pub fn rules_for_endpoint<'a>(
     labels: &Labels,
     policies: impl IntoIterator<Item = &'a PolicyDocument>,
     local_cluster: &str,
-    named_ports: &NamedPorts,
+    ports: PortNames<'_>,
     cookies: &mut RuleCookies,
 ) -> EndpointRules {
     let mut out = EndpointRules::default();
@@ -325,7 +360,7 @@ pub fn rules_for_endpoint<'a>(
                     direction,
                     action,
                 };
-                let (l4, unresolved) = compile_l4(&peer, direction, named_ports);
+                let (l4, unresolved) = compile_l4(&peer, ports.of(direction));
                 out.unresolved_ports.extend(unresolved);
                 if l4.is_empty() {
                     continue;
@@ -349,26 +384,14 @@ pub fn rules_for_endpoint<'a>(
     out
 }
 
-/// What the rules say about one identity in one direction: the entries
-/// (keyed by L4 match) after deny precedence, as the datapath's longest
-/// match needs them: an allow that a deny of the same identity covers
-/// becomes that deny.
-fn group_entries(
-    rules: &DirectionRules,
-    id: NumericIdentity,
-    labels: Option<&Labels>,
-    any: bool,
-) -> BTreeMap<L4Match, (PolicyAction, u32)> {
+/// What `rules` (all selecting one identity, or all wildcards) say, after
+/// deny precedence, as the datapath's longest match needs it: an allow that
+/// a deny of the same identity covers becomes that deny. Sorted by L4 match.
+fn group_of<'r>(
+    rules: impl IntoIterator<Item = &'r CompiledRule>,
+) -> Vec<(L4Match, PolicyAction, u32)> {
     let mut group: BTreeMap<L4Match, (PolicyAction, u32)> = BTreeMap::new();
-    for rule in &rules.rules {
-        let selected = if any {
-            rule.peers == Peers::Any
-        } else {
-            rule.peers.matches(id, labels)
-        };
-        if !selected {
-            continue;
-        }
+    for rule in rules {
         for l4 in &rule.l4 {
             let e = group.entry(*l4).or_insert((rule.action, rule.cookie));
             if rule.action == PolicyAction::Deny && e.0 == PolicyAction::Allow {
@@ -381,25 +404,26 @@ fn group_entries(
         .filter(|(_, (a, _))| *a == PolicyAction::Deny)
         .map(|(l4, (_, c))| (*l4, *c))
         .collect();
-    for (l4, entry) in group.iter_mut() {
-        if entry.0 == PolicyAction::Allow
-            && let Some((_, cookie)) = denies.iter().find(|(d, _)| d.covers(l4))
-        {
-            *entry = (PolicyAction::Deny, *cookie);
-        }
-    }
     group
+        .into_iter()
+        .map(
+            |(l4, (action, cookie))| match denies.iter().find(|(d, _)| d.covers(&l4)) {
+                Some((_, deny)) if action == PolicyAction::Allow => (l4, PolicyAction::Deny, *deny),
+                _ => (l4, action, cookie),
+            },
+        )
+        .collect()
 }
 
 fn keyed(
     policy_id: u32,
     direction: Direction,
     identity: u32,
-    group: BTreeMap<L4Match, (PolicyAction, u32)>,
-) -> impl Iterator<Item = (PolicyKey, PolicyValue)> {
-    group.into_iter().map(move |(l4, (action, cookie))| {
-        let key = PolicyKey::new(policy_id, direction, identity, l4);
-        (key, PolicyValue::new(action, &key, cookie))
+    group: &[(L4Match, PolicyAction, u32)],
+) -> impl Iterator<Item = (PolicyKey, PolicyValue)> + '_ {
+    group.iter().map(move |(l4, action, cookie)| {
+        let key = PolicyKey::new(policy_id, direction, identity, *l4);
+        (key, PolicyValue::new(*action, &key, *cookie))
     })
 }
 
@@ -415,8 +439,12 @@ pub fn entries_for_identity(
     Direction::ALL
         .into_iter()
         .flat_map(|direction| {
-            let group = group_entries(rules.direction(direction), id, labels, false);
-            keyed(policy_id, direction, id.get(), group)
+            let selecting = rules
+                .direction(direction)
+                .rules
+                .iter()
+                .filter(|r| r.peers.matches(id, labels));
+            keyed(policy_id, direction, id.get(), &group_of(selecting)).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -426,40 +454,163 @@ pub fn wildcard_entries(policy_id: u32, rules: &EndpointRules) -> Vec<(PolicyKey
     Direction::ALL
         .into_iter()
         .flat_map(|direction| {
-            let group = group_entries(
-                rules.direction(direction),
-                NumericIdentity::UNKNOWN,
-                None,
-                true,
-            );
-            keyed(policy_id, direction, IDENTITY_ANY, group)
+            let wildcards = rules
+                .direction(direction)
+                .rules
+                .iter()
+                .filter(|r| r.peers == Peers::Any);
+            keyed(policy_id, direction, IDENTITY_ANY, &group_of(wildcards)).collect::<Vec<_>>()
         })
         .collect()
 }
 
-/// Every entry of a policy for the identities of the mesh.
+/// (label key, value) → identities having it, hashed with foldhash (the
+/// index is rebuilt on each full recompute; SipHash showed in its profile).
+type LabelIndex<'a> = HashMap<(&'a str, &'a str), Vec<u32>, foldhash::fast::RandomState>;
+
+/// The identities of the mesh, and which of them each distinct set of
+/// peers selects: a full recompute matches every selector against the
+/// identities once, however many policies share the rule (a clusterwide
+/// rule is in the policy of every endpoint), and only against those that
+/// have the labels its `matchLabels` require.
+pub struct Selections<'a> {
+    identities: Vec<(NumericIdentity, &'a Labels)>,
+    /// (label key, value) → indexes into `identities`; built on first use.
+    by_label: Option<LabelIndex<'a>>,
+    selected: Vec<(Peers, Vec<NumericIdentity>)>,
+}
+
+impl<'a> Selections<'a> {
+    pub fn new(identities: impl IntoIterator<Item = (NumericIdentity, &'a Labels)>) -> Self {
+        Self {
+            identities: identities.into_iter().collect(),
+            by_label: None,
+            selected: Vec::new(),
+        }
+    }
+
+    /// The identities `peers` selects, sorted: those of the mesh whose
+    /// labels match, and the fixed ones (entities) whether known or not.
+    fn select(&mut self, peers: &Peers) -> &[NumericIdentity] {
+        if let Some(index) = self.selected.iter().position(|(p, _)| p == peers) {
+            return &self.selected[index].1;
+        }
+        let mut ids: Vec<NumericIdentity> = self
+            .candidates(peers)
+            .filter(|(id, labels)| peers.matches(*id, Some(labels)))
+            .map(|(id, _)| id)
+            .chain(peers.fixed())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.selected.push((peers.clone(), ids));
+        &self.selected[self.selected.len() - 1].1
+    }
+
+    /// Identities that may match `peers` (a superset): with CIDRs or a
+    /// selector without `matchLabels`, all of them; otherwise those having
+    /// the rarest required label of each selector.
+    fn candidates(
+        &mut self,
+        peers: &Peers,
+    ) -> Box<dyn Iterator<Item = (NumericIdentity, &'a Labels)> + '_> {
+        let Peers::Some {
+            selectors, cidrs, ..
+        } = peers
+        else {
+            return Box::new(std::iter::empty());
+        };
+        let indexable = cidrs.is_empty()
+            && selectors
+                .iter()
+                .all(|s| s.required_labels().next().is_some());
+        if !indexable {
+            return Box::new(self.identities.iter().copied());
+        }
+        let identities = &self.identities;
+        let index = self.by_label.get_or_insert_with(|| {
+            let mut index = LabelIndex::default();
+            for (i, (_, labels)) in identities.iter().enumerate() {
+                for label in labels.iter() {
+                    index
+                        .entry((label.key.as_str(), label.value.as_str()))
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+            index
+        });
+        let mut rows: Vec<u32> = selectors
+            .iter()
+            .flat_map(|s| {
+                s.required_labels()
+                    .map(|pair| index.get(&pair).map_or(&[][..], Vec::as_slice))
+                    .min_by_key(|rows| rows.len())
+                    .unwrap_or(&[])
+            })
+            .copied()
+            .collect();
+        if selectors.len() > 1 {
+            rows.sort_unstable();
+            rows.dedup();
+        }
+        Box::new(rows.into_iter().map(|i| identities[i as usize]))
+    }
+}
+
+/// Every entry of a policy for the identities of the mesh, sorted by key.
+///
+/// Identities selected by the same rules get the same entries, so each
+/// distinct combination of rules is grouped once and only the keys are
+/// made per identity.
+pub fn resolve_with(
+    policy_id: u32,
+    rules: &EndpointRules,
+    selections: &mut Selections<'_>,
+) -> Vec<(PolicyKey, PolicyValue)> {
+    let mut out = wildcard_entries(policy_id, rules);
+    for direction in Direction::ALL {
+        let rules = &rules.direction(direction).rules;
+        // (identity, index of a rule that selects it)
+        let mut selecting: Vec<(NumericIdentity, u16)> = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            if rule.peers != Peers::Any {
+                let index = u16::try_from(index).expect("fewer than 65,536 rules");
+                selecting.extend(selections.select(&rule.peers).iter().map(|id| (*id, index)));
+            }
+        }
+        selecting.sort_unstable();
+        let mut groups: HashMap<Vec<u16>, Vec<(PolicyKey, PolicyValue)>> = HashMap::new();
+        let mut combination: Vec<u16> = Vec::new();
+        for run in selecting.chunk_by(|a, b| a.0 == b.0) {
+            let id = run[0].0;
+            combination.clear();
+            combination.extend(run.iter().map(|(_, index)| *index));
+            if !groups.contains_key(combination.as_slice()) {
+                let group = group_of(combination.iter().map(|i| &rules[usize::from(*i)]));
+                // Entries of a placeholder identity: the value does not
+                // depend on which identity it is.
+                let template = keyed(policy_id, direction, u32::MAX, &group).collect();
+                groups.insert(combination.clone(), template);
+            }
+            out.extend(groups[combination.as_slice()].iter().map(|(key, value)| {
+                let mut key = *key;
+                key.sec_identity = id.get();
+                (key, *value)
+            }));
+        }
+    }
+    out.sort_unstable_by_key(|(key, _)| *key);
+    out
+}
+
+/// Every entry of a policy for the identities of the mesh, sorted by key.
 pub fn resolve<'a>(
     policy_id: u32,
     rules: &EndpointRules,
     identities: impl IntoIterator<Item = (NumericIdentity, &'a Labels)>,
-) -> BTreeMap<PolicyKey, PolicyValue> {
-    let mut out: BTreeMap<PolicyKey, PolicyValue> =
-        wildcard_entries(policy_id, rules).into_iter().collect();
-    let mut seen = BTreeSet::new();
-    for (id, labels) in identities {
-        seen.insert(id);
-        out.extend(entries_for_identity(policy_id, rules, id, Some(labels)));
-    }
-    // Fixed identities (entities) need no labels.
-    let fixed: BTreeSet<NumericIdentity> = [&rules.ingress, &rules.egress]
-        .into_iter()
-        .flat_map(|d| d.rules.iter().flat_map(|r| r.peers.fixed()))
-        .filter(|id| !seen.contains(id))
-        .collect();
-    for id in fixed {
-        out.extend(entries_for_identity(policy_id, rules, id, None));
-    }
-    out
+) -> Vec<(PolicyKey, PolicyValue)> {
+    resolve_with(policy_id, rules, &mut Selections::new(identities))
 }
 
 fn compile_peers(peer: &PeerRule<'_>, doc_ns: Option<&str>, local_cluster: &str) -> Peers {
@@ -562,14 +713,9 @@ fn compile_peers(peer: &PeerRule<'_>, doc_ns: Option<&str>, local_cluster: &str)
     }
 }
 
-/// The L4 matches of a rule, and the named ports it uses that the endpoint
-/// does not declare. Named ports are resolved for ingress only (the
-/// destination is the endpoint itself); in egress rules they match nothing.
-fn compile_l4(
-    peer: &PeerRule<'_>,
-    direction: Direction,
-    named_ports: &NamedPorts,
-) -> (Vec<L4Match>, Vec<String>) {
+/// The L4 matches of a rule, and the port names it uses that `named_ports`
+/// (the endpoint's own for ingress, the mesh's for egress) do not declare.
+fn compile_l4(peer: &PeerRule<'_>, named_ports: &NamedPorts) -> (Vec<L4Match>, Vec<String>) {
     if !peer.has_l4() {
         return (vec![L4Match::Any], Vec::new());
     }
@@ -603,11 +749,8 @@ fn compile_l4(
                 }
             }
             Port::Name(name) => {
-                let declared = (direction == Direction::Ingress)
-                    .then(|| named_ports.get(name))
-                    .flatten();
                 let mut any = false;
-                for (proto, port) in declared.into_iter().flatten() {
+                for (proto, port) in named_ports.get(name).into_iter().flatten() {
                     if protocols.contains(proto) {
                         push(L4Match::Port(*proto, *port));
                         any = true;

@@ -14,7 +14,56 @@ use kvstore::{
     values::{ClusterService, IpIdentityPair, Node, PolicyDocument, ServiceDef},
 };
 
-use crate::hubble::FlowDirectory;
+use crate::{hubble::FlowDirectory, policy_resolver::NamedPorts};
+
+/// Ports an ipcache entry's endpoint declares by name.
+pub(crate) type PortNames = Box<[(Box<str>, bpf::Protocol, u16)]>;
+
+/// The ports the mesh's endpoints declare by name, from their ipcache
+/// entries: an egress rule naming a port allows every port of that name,
+/// as Cilium resolves it (against every endpoint's named ports, not only
+/// the selected peers').
+#[derive(Debug, Default)]
+struct NamedPortIndex {
+    by_entry: HashMap<(SourceId, IpNet), PortNames>,
+    /// How many entries declare each (name, protocol, port).
+    counts: BTreeMap<(Box<str>, bpf::Protocol, u16), usize>,
+    /// A (name, protocol, port) appeared or went since the last look.
+    changed: bool,
+}
+
+impl NamedPortIndex {
+    fn set(&mut self, source: SourceId, prefix: IpNet, ports: PortNames) {
+        if self.by_entry.get(&(source, prefix)) == Some(&ports) {
+            return;
+        }
+        self.remove(source, prefix);
+        if ports.is_empty() {
+            return;
+        }
+        for p in &ports {
+            let n = self.counts.entry(p.clone()).or_default();
+            *n += 1;
+            self.changed |= *n == 1;
+        }
+        self.by_entry.insert((source, prefix), ports);
+    }
+
+    fn remove(&mut self, source: SourceId, prefix: IpNet) {
+        let Some(ports) = self.by_entry.remove(&(source, prefix)) else {
+            return;
+        };
+        for p in ports {
+            if let Some(n) = self.counts.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.remove(&p);
+                    self.changed = true;
+                }
+            }
+        }
+    }
+}
 
 /// Where data comes from. Lower wins when two sources claim the same IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,6 +145,7 @@ pub(crate) struct Tables {
     /// Where the Hubble server looks up identities and pods (kept in step
     /// with the identities and the pods of ipcache entries).
     flow_directory: Option<Arc<FlowDirectory>>,
+    named_ports: NamedPortIndex,
 }
 
 impl Tables {
@@ -228,6 +278,28 @@ impl Tables {
         (before, self.ip_winner(&prefix))
     }
 
+    /// Sets the ports `source`'s entry for `prefix` declares by name (the
+    /// entry's deletion withdraws them).
+    pub(crate) fn set_named_ports(&mut self, source: SourceId, prefix: IpNet, ports: PortNames) {
+        self.named_ports.set(source, prefix, ports);
+    }
+
+    /// Every port the mesh's endpoints declare, by name.
+    pub(crate) fn named_ports(&self) -> NamedPorts {
+        let mut out = NamedPorts::new();
+        for (name, protocol, port) in self.named_ports.counts.keys() {
+            out.entry(name.to_string())
+                .or_default()
+                .push((*protocol, *port));
+        }
+        out
+    }
+
+    /// Whether a name gained or lost a port since the last call.
+    pub(crate) fn take_named_ports_changed(&mut self) -> bool {
+        std::mem::take(&mut self.named_ports.changed)
+    }
+
     /// Removes what `source` says about `prefix`; returns the winner before
     /// and after.
     pub(crate) fn delete_ip(
@@ -235,6 +307,7 @@ impl Tables {
         source: SourceId,
         prefix: IpNet,
     ) -> (Option<IpEntry>, Option<IpEntry>) {
+        self.named_ports.remove(source, prefix);
         let before = self.ip_winner(&prefix);
         if let Some(claims) = self.ipcache.get_mut(&prefix)
             && let Some(now_empty) = claims.remove(source)

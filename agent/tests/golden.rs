@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, fmt::Write, net::IpAddr, path::Path};
 
 use agent::{
-    EndpointId, NamedPorts, RemoteService, RuleCookies, cidr_identity_labels, cidr_prefixes, merge,
-    resolve, rules_for_endpoint,
+    EndpointId, NamedPorts, PortNames, RemoteService, RuleCookies, cidr_identity_labels,
+    cidr_prefixes, merge, resolve, rules_for_endpoint,
 };
 use bpf::Protocol;
 use kvstore::{
@@ -62,6 +62,26 @@ fn files(dir: &str) -> Vec<std::path::PathBuf> {
     all
 }
 
+/// `http=tcp/8080,dns=udp/53`
+fn port_names(text: &str) -> NamedPorts {
+    let mut named = NamedPorts::new();
+    for p in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, spec) = p.trim().split_once('=').expect("name=proto/port");
+        let (proto, port) = spec.split_once('/').expect("proto/port");
+        let proto = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            other => panic!("protocol {other}"),
+        };
+        named
+            .entry(name.to_string())
+            .or_default()
+            .push((proto, port.parse().unwrap()));
+    }
+    named
+}
+
 #[test]
 fn policy_resolution() {
     for path in files("policy") {
@@ -100,6 +120,8 @@ fn policy_resolution() {
             for (id, labels) in &cidrs {
                 writeln!(out, "cidr identity {id}: {}", labels.canonical()).unwrap();
             }
+            // What the mesh's endpoints declare (egress rules name these).
+            let mesh_ports = port_names(s.get("mesh ports").map_or("", |p| p.trim()));
             let mut cookies = RuleCookies::default();
             for line in s["endpoints"].lines().filter(|l| !l.trim().is_empty()) {
                 let (id, rest) = line
@@ -109,23 +131,17 @@ fn policy_resolution() {
                 let id: EndpointId = id.parse().unwrap();
                 let (labels, ports) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
                 let labels = Labels::parse_canonical(labels.trim()).unwrap();
-                // `http=tcp/8080,dns=udp/53`
-                let mut named = NamedPorts::new();
-                for p in ports.split(',').filter(|p| !p.trim().is_empty()) {
-                    let (name, spec) = p.trim().split_once('=').expect("name=proto/port");
-                    let (proto, port) = spec.split_once('/').expect("proto/port");
-                    let proto = match proto {
-                        "tcp" => Protocol::Tcp,
-                        "udp" => Protocol::Udp,
-                        "sctp" => Protocol::Sctp,
-                        other => panic!("protocol {other}"),
-                    };
-                    named
-                        .entry(name.to_string())
-                        .or_default()
-                        .push((proto, port.parse().unwrap()));
-                }
-                let rules = rules_for_endpoint(&labels, &policies, cluster, &named, &mut cookies);
+                let named = port_names(ports);
+                let rules = rules_for_endpoint(
+                    &labels,
+                    &policies,
+                    cluster,
+                    PortNames {
+                        own: &named,
+                        mesh: &mesh_ports,
+                    },
+                    &mut cookies,
+                );
                 let entries = resolve(
                     id.get(),
                     &rules,

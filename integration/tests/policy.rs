@@ -2,7 +2,8 @@
 //! real two-cluster mesh: egress and ingress both decide a flow across
 //! clusters, deny rules win and reopen when removed, CIDR rules with an
 //! `except` reach a host outside the mesh, entities, port ranges and ICMP
-//! types, and a policy change leaves an established connection alone.
+//! types, egress rules naming a port that remote pods declare, and a
+//! policy change leaves an established connection alone.
 //!
 //! Every check runs over IPv4 and IPv6; every denial is preceded by the
 //! same request succeeding.
@@ -341,5 +342,23 @@ spec:
         assert!(reaches(ext(v6, 20, 9000)), "world on 9000 (v6 {v6})");
         assert!(denied(ext(v6, 20, 8080)), "world on 9000 only (v6 {v6})");
     }
+
+    // 7. Egress by port name: a name stands for the ports the mesh's
+    // endpoints declare (c2's echo pods declare `http` = 8080 in their
+    // ipcache entries); a name nobody declares admits nothing.
+    for a in c2_echo {
+        assert!(reaches(a), "control: c2's echo by number {a}");
+    }
+    let by_name = |name: &str| {
+        policy(&CLIENT_EGRESS.replace(r#"port: "8080""#, &format!(r#"port: "{name}""#)))
+    };
+    apply(&mesh, "c1", &by_name("metrics"));
+    wait_for("an undeclared port name admits nothing", || {
+        c2_echo.iter().all(|a| denied(*a))
+    });
+    apply(&mesh, "c1", &by_name("http"));
+    wait_for("`http` admits c2's echo on 8080", || {
+        c2_echo.iter().all(|a| reaches(*a))
+    });
     Ok(())
 }

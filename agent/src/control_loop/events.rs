@@ -132,7 +132,7 @@ impl ControlLoop {
     fn on_ip(&mut self, source: SourceId, event: IpEvent) {
         let remote = !source.is_local();
         let (prefix, (before, after)) = match event {
-            IpEvent::Upsert(prefix, entry, pod) => {
+            IpEvent::Upsert(prefix, entry, pod, ports) => {
                 if remote && self.in_local_pod_space(&prefix) {
                     // A remote address inside the local pods' space would
                     // give a local address the remote's identity: refused,
@@ -151,6 +151,7 @@ impl ControlLoop {
                     {
                         dir.set_pod(prefix.addr(), &pod.namespace, &pod.name);
                     }
+                    self.tables.set_named_ports(source, prefix, ports);
                     (prefix, self.tables.upsert_ip(source, prefix, entry))
                 }
             }

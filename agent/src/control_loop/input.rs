@@ -13,7 +13,7 @@ use super::sources::StoreKind;
 use crate::{
     endpoint::{Endpoint, EndpointId},
     route_plan::RefusedRoute,
-    tables::{IpEntry, SourceId},
+    tables::{IpEntry, PortNames, SourceId},
     views::{
         IdentityView, IpCacheView, MapEntryView, PolicyView, RemoteView, ServiceView, StatusView,
     },
@@ -84,7 +84,7 @@ impl Input {
 /// (an initial list of a large remote cluster).
 pub(crate) enum IpEvent {
     /// With the pod the entry names (namespace, name), if any, for flows.
-    Upsert(IpNet, IpEntry, Option<Box<PodRef>>),
+    Upsert(IpNet, IpEntry, Option<Box<PodRef>>, PortNames),
     Delete(IpNet),
     /// A delete whose key is not a prefix (nothing to do).
     Ignore,
@@ -110,7 +110,21 @@ impl IpEvent {
                         name: value.k8s_pod_name.clone(),
                     })
                 });
-                Self::Upsert(value.prefix(), IpEntry::from_pair(&value, remote), pod)
+                // Decoding refused any port name that cannot be used.
+                let ports = value
+                    .named_ports
+                    .iter()
+                    .filter_map(|p| {
+                        let protocol = crate::endpoint::port_protocol(&p.protocol)?;
+                        Some((p.name.as_str().into(), protocol, p.port))
+                    })
+                    .collect();
+                Self::Upsert(
+                    value.prefix(),
+                    IpEntry::from_pair(&value, remote),
+                    pod,
+                    ports,
+                )
             }
             Event::Delete { key } => keys::parse_ipcache(&key).map_or(Self::Ignore, Self::Delete),
             Event::Synced => Self::Synced,

@@ -339,6 +339,12 @@ impl ControlLoop {
     /// Writes what the inputs of one batch changed.
     fn apply(&mut self) {
         let started = Instant::now();
+        // Egress rules naming a port follow the ports the mesh declares.
+        if self.tables.take_named_ports_changed()
+            && crate::policy_resolver::names_egress_ports(self.tables.policies.values())
+        {
+            self.recompute_all_policy();
+        }
         self.apply_services_and_routes();
         if let Some(p) = &mut self.peers
             && std::mem::take(&mut p.dirty)

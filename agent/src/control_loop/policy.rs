@@ -13,7 +13,7 @@
 //! other source's entry for the same prefix overrides.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -23,11 +23,11 @@ use kvstore::{ClusterName, Labels, NumericIdentity};
 
 use crate::{
     datapath_sync::DatapathSync,
-    endpoint::{Endpoint, EndpointId},
+    endpoint::{Endpoint, EndpointId, NamedPort},
     policy_resolver::{
-        self, EndpointRules, NamedPorts, RuleCookies, RuleRef, cidr_identity_labels,
+        self, EndpointRules, NamedPorts, RuleCookies, RuleRef, Selections, cidr_identity_labels,
     },
-    tables::{IpEntry, SourceId, Tables},
+    tables::{IpEntry, PortNames, SourceId, Tables},
 };
 
 pub(super) struct LocalEndpoint {
@@ -106,12 +106,24 @@ impl Endpoints {
         cluster: &ClusterName,
     ) {
         self.sync_cidr_identities(dp, tables);
-        let cookies = &mut self.cookies;
-        let wanted: Vec<(EndpointId, EndpointRules)> = self
-            .by_id
-            .values()
-            .map(|ep| (ep.endpoint.id, compile(cookies, ep, tables, cluster)))
-            .collect();
+        // Endpoints with the same labels and named ports (replicas)
+        // compile the same: once each.
+        let mesh_ports = tables.named_ports();
+        let mut compiled: HashMap<&Labels, Vec<(&[NamedPort], EndpointRules)>> = HashMap::new();
+        let mut wanted: Vec<(EndpointId, EndpointRules)> = Vec::with_capacity(self.by_id.len());
+        for ep in self.by_id.values() {
+            let same = compiled.entry(&ep.labels).or_default();
+            let rules = match same.iter().find(|(ports, _)| *ports == ep.endpoint.ports) {
+                Some((_, rules)) => rules.clone(),
+                None => {
+                    let rules = compile(&mut self.cookies, ep, tables, cluster, &mesh_ports);
+                    same.push((&ep.endpoint.ports, rules.clone()));
+                    rules
+                }
+            };
+            wanted.push((ep.endpoint.id, rules));
+        }
+        drop(compiled);
         // Keep each policy id where its rules still exist; then let rules
         // that changed take over the id their endpoints had (entries are
         // rewritten in place); only then allocate.
@@ -186,8 +198,9 @@ impl Endpoints {
             );
             self.by_id.get_mut(&ep).expect("listed").policy_id = id;
         }
+        let mut selections = selections(tables);
         for (id, set) in &new {
-            write_policy(dp, *id, &set.rules, tables);
+            write_policy(dp, *id, &set.rules, &mut selections);
         }
         for ep in self.by_id.values() {
             if let Some(ifindex) = ep.endpoint.ifindex {
@@ -203,7 +216,7 @@ impl Endpoints {
             }
         }
         for id in unused {
-            dp.set_policy(id, &BTreeMap::new());
+            dp.set_policy(id, &[]);
         }
         self.sets = new;
         self.export_rules(tables);
@@ -291,7 +304,7 @@ impl Endpoints {
                 }
                 Some(_) => {}
                 None => {
-                    write_policy(dp, id, &rules, tables);
+                    write_policy(dp, id, &rules, &mut selections(tables));
                     self.sets.insert(
                         id,
                         PolicySet {
@@ -315,7 +328,7 @@ impl Endpoints {
             Some(id) if !self.sets.contains_key(&id) => id,
             _ => next_policy_id(dp, &self.sets, &BTreeSet::new()),
         };
-        write_policy(dp, id, &rules, tables);
+        write_policy(dp, id, &rules, &mut selections(tables));
         self.sets.insert(
             id,
             PolicySet {
@@ -332,7 +345,7 @@ impl Endpoints {
             set.endpoints.remove(&ep);
             if set.endpoints.is_empty() {
                 self.sets.remove(&id);
-                dp.set_policy(id, &BTreeMap::new());
+                dp.set_policy(id, &[]);
             }
         }
     }
@@ -357,7 +370,13 @@ impl Endpoints {
             labels,
             policy_id: 0,
         };
-        let rules = compile(&mut self.cookies, &local, tables, cluster);
+        let rules = compile(
+            &mut self.cookies,
+            &local,
+            tables,
+            cluster,
+            &tables.named_ports(),
+        );
         self.export_rules(tables);
         let mut local = local;
         let previous = self.by_id.remove(&local.endpoint.id);
@@ -380,6 +399,7 @@ impl Endpoints {
                     &endpoint.name,
                 );
             }
+            tables.set_named_ports(SourceId::LOCAL_ENDPOINTS, prefix, port_names(endpoint));
             let (before, after) = tables.upsert_ip(
                 SourceId::LOCAL_ENDPOINTS,
                 prefix,
@@ -474,29 +494,45 @@ impl Endpoints {
 }
 
 /// The rules of `ep` under the current policies.
+/// The rules of `ep` under the current policies, with `mesh_ports` the
+/// ports the mesh's endpoints declare by name.
 fn compile(
     cookies: &mut RuleCookies,
     ep: &LocalEndpoint,
     tables: &Tables,
     cluster: &ClusterName,
+    mesh_ports: &NamedPorts,
 ) -> EndpointRules {
     policy_resolver::rules_for_endpoint(
         &ep.labels,
         tables.policies.values(),
         cluster.as_str(),
-        &named_ports(&ep.endpoint),
+        policy_resolver::PortNames {
+            own: &named_ports(&ep.endpoint),
+            mesh: mesh_ports,
+        },
         cookies,
     )
 }
 
 /// The entries of policy `id` for every identity the tables know.
-fn write_policy(dp: &mut DatapathSync, id: u32, rules: &EndpointRules, tables: &Tables) {
+fn write_policy(
+    dp: &mut DatapathSync,
+    id: u32,
+    rules: &EndpointRules,
+    selections: &mut Selections<'_>,
+) {
     let entries = if rules.enforced() {
-        policy_resolver::resolve(id, rules, tables.identities.iter().map(|(i, l)| (*i, l)))
+        policy_resolver::resolve_with(id, rules, selections)
     } else {
-        BTreeMap::new()
+        Vec::new()
     };
     dp.set_policy(id, &entries);
+}
+
+/// The identities the tables know, for resolving policies.
+fn selections(tables: &Tables) -> Selections<'_> {
+    Selections::new(tables.identities.iter().map(|(i, l)| (*i, l)))
 }
 
 /// A policy id neither `sets`, `reserved` nor the datapath (entries left
@@ -518,6 +554,15 @@ fn endpoint_policy(policy_id: u32, rules: &EndpointRules) -> EndpointPolicy {
         ingress: rules.ingress.enforced,
         egress: rules.egress.enforced,
     }
+}
+
+/// The ports an endpoint declares by name, as its ipcache entry lists them.
+fn port_names(endpoint: &Endpoint) -> PortNames {
+    endpoint
+        .ports
+        .iter()
+        .filter_map(|p| Some((p.name.as_str().into(), p.protocol()?, p.port)))
+        .collect()
 }
 
 /// The ports an endpoint declares by name.

@@ -579,3 +579,67 @@ spec:
     assert!(!http(9), "an endpoint that declares nothing admits nothing");
     assert_ne!(policy_of(7), policy_of(9), "their policies differ");
 }
+
+#[test]
+fn egress_named_ports_follow_what_the_mesh_declares() {
+    let mut h = Harness::new();
+    let policy = "kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web, io.cilium.k8s.policy.cluster: c2}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+";
+    h.step(web_policy_synced(policy));
+    h.step([identity(C2, C2_CLIENT, labels("web", "c2"))]);
+    h.attach(pod(7, "client", Ipv4Addr::new(10, 1, 0, 10), CLIENT));
+    let http = |h: &Harness, port: u16| {
+        h.maps.policy.content().contains_key(&PolicyKey::egress(
+            h.endpoint_policy(7).policy_id,
+            C2_CLIENT,
+            L4Match::Port(bpf::Protocol::Tcp, port),
+        ))
+    };
+    assert!(!http(&h, 8080), "nothing declares `http` yet");
+    // A remote endpoint declares `http` in its ipcache entry.
+    let mut pair = IpIdentityPair::host(
+        "10.2.1.5".parse().unwrap(),
+        NumericIdentity::new(C2_CLIENT),
+        None,
+    );
+    pair.named_ports = vec![kvstore::values::NamedPort {
+        name: "http".into(),
+        port: 8080,
+        protocol: "TCP".into(),
+    }];
+    let upsert = |pair: &IpIdentityPair| {
+        Input::Ip(
+            C2,
+            IpEvent::from_event(
+                Event::Upsert {
+                    key: pair.ip.to_string(),
+                    value: pair.clone(),
+                },
+                true,
+            ),
+        )
+    };
+    h.step([upsert(&pair)]);
+    assert!(http(&h, 8080), "the declared port is allowed");
+    // It moves to another port: the old one closes.
+    pair.named_ports[0].port = 8443;
+    h.step([upsert(&pair)]);
+    assert!(http(&h, 8443) && !http(&h, 8080));
+    // The entry goes: nothing declares `http` any more.
+    h.step([Input::Ip(
+        C2,
+        IpEvent::from_event(
+            Event::Delete {
+                key: "10.2.1.5".into(),
+            },
+            true,
+        ),
+    )]);
+    assert!(!http(&h, 8443), "a name nobody declares matches nothing");
+}

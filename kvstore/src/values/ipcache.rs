@@ -73,6 +73,29 @@ pub struct NamedPort {
     pub protocol: String,
 }
 
+impl NamedPort {
+    /// Why the declaration cannot be used, if it cannot: the name must be
+    /// an IANA service name, the port not 0, the protocol TCP, UDP or SCTP.
+    pub fn problem(&self) -> Option<String> {
+        if let Err(reason) = super::check_port_name(&self.name) {
+            return Some(reason);
+        }
+        if self.port == 0 {
+            return Some(format!("port {:?} has port number 0", self.name));
+        }
+        if !["TCP", "UDP", "SCTP"]
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&self.protocol))
+        {
+            return Some(format!(
+                "port {:?} has protocol {:?}; use TCP, UDP or SCTP",
+                self.name, self.protocol
+            ));
+        }
+        None
+    }
+}
+
 impl IpIdentityPair {
     /// A host entry (no mask) with the fields the agent fills in.
     pub fn host(ip: IpAddr, id: NumericIdentity, host_ip: Option<IpAddr>) -> Self {
@@ -133,6 +156,11 @@ impl StoreValue for IpIdentityPair {
                     format!("mask {mask:?} is not a valid netmask"),
                 ));
             }
+        }
+        // Policies resolve egress rules against named ports: one that
+        // cannot be used is a broken value, not one to guess about.
+        if let Some(problem) = pair.named_ports.iter().find_map(NamedPort::problem) {
+            return Err(invalid(InvalidReason::Malformed, problem));
         }
         // Cilium rejects a value whose IP[/len] differs from the key suffix.
         let Some(net) = crate::keys::parse_ipcache(key) else {
@@ -232,5 +260,35 @@ mod tests {
                 .reason,
             InvalidReason::Malformed
         );
+    }
+
+    #[test]
+    fn named_ports_must_be_usable() {
+        let with = |ports: &str| {
+            pair(
+                &format!(r#"{{"IP":"10.0.0.1","ID":300,"NamedPorts":[{ports}]}}"#),
+                "10.0.0.1",
+            )
+        };
+        let ok = with(r#"{"Name":"http","Port":8080,"Protocol":"TCP"}"#).unwrap();
+        assert_eq!(ok.named_ports[0].port, 8080);
+        for (bad, says) in [
+            (
+                r#"{"Name":"HTTP","Port":8080,"Protocol":"TCP"}"#,
+                "lowercase",
+            ),
+            (
+                r#"{"Name":"http","Port":0,"Protocol":"TCP"}"#,
+                "port number 0",
+            ),
+            (
+                r#"{"Name":"http","Port":80,"Protocol":"ICMP"}"#,
+                "TCP, UDP or SCTP",
+            ),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.reason, InvalidReason::Malformed, "{bad}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -94,6 +94,15 @@ impl LabelSelector {
             })
     }
 
+    /// The (key without source, value) pairs every selected label set
+    /// has (from `matchLabels`): for looking candidates up in an index
+    /// before [`LabelSelector::matches`] decides.
+    pub fn required_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.match_labels
+            .iter()
+            .map(|(k, v)| (strip_source(k).1, v.as_str()))
+    }
+
     /// Checks the selector's shape; the error says what is wrong.
     pub fn validate(&self) -> Result<(), LabelSelectorError> {
         for k in self.match_labels.keys() {

@@ -23,7 +23,7 @@ pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr, NodeName, NodeNam
 pub use policy::{
     CLUSTERWIDE, Cidr, CidrError, CidrRule, DefaultDeny, EgressRule, Entity, IcmpFamily, IcmpField,
     IcmpRule, IcmpType, IngressRule, L4Protocol, PeerRule, PolicyDocument, PolicyError, PolicyKind,
-    PolicyMetadata, PolicySpec, Port, PortProtocol, PortRule,
+    PolicyMetadata, PolicySpec, Port, PortProtocol, PortRule, check_port_name,
 };
 pub use service::{ClusterService, L4Addr, PortConfiguration};
 pub use service_def::{

@@ -64,12 +64,18 @@ impl Mesh {
         } else {
             None
         };
+        // A pod with an echo server declares its port as `http`, as a
+        // container port (policies may name it).
+        let ports: Vec<serde_json::Value> = echo_port
+            .map(|port| serde_json::json!({"name": "http", "port": port, "protocol": "TCP"}))
+            .into_iter()
+            .collect();
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "clustermesh",
             "type": "clustermesh-cni",
             "agentSocket": n.api_socket,
-            "runtimeConfig": {"labels": labels_map, "namespace": WORKLOAD_NAMESPACE},
+            "runtimeConfig": {"labels": labels_map, "namespace": WORKLOAD_NAMESPACE, "ports": ports},
         });
         let out = run_cni(
             &self.bin("clustermesh-cni")?,

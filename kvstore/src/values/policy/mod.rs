@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 pub use self::{
     cidr::{Cidr, CidrError, CidrRule},
     icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType},
-    port::{L4Protocol, Port, PortProtocol, PortRule},
+    port::{L4Protocol, Port, PortProtocol, PortRule, check_port_name},
     rule::{EgressRule, Entity, IngressRule, PeerRule},
 };
 use super::label_selector::{LabelSelector, LabelSelectorError};

@@ -328,7 +328,7 @@ impl PortProtocol {
 }
 
 /// Kubernetes' `IANA_SVC_NAME` rule, the reason when `name` breaks it.
-fn check_port_name(name: &str) -> Result<(), String> {
+pub fn check_port_name(name: &str) -> Result<(), String> {
     let reason = if name.len() > 15 {
         "is longer than 15 characters"
     } else if !name
