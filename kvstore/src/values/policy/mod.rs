@@ -1,13 +1,15 @@
 //! CiliumNetworkPolicy-shaped policy documents: the rule model (ingress,
-//! egress and their deny forms; endpoints, CIDRs, entities; ports, port
-//! ranges and ICMP types), parsed from JSON or YAML and validated whole, every
+//! egress and their deny forms; endpoints, CIDRs, entities, DNS names; ports,
+//! port ranges, ICMP types and DNS rules), parsed from JSON or YAML and validated whole, every
 //! refusal naming the path of the field at fault (`spec.egress[0].toCIDR[1]`).
 //!
 //! Parsing and validation only: what a rule allows is decided by the agent's
 //! resolver.
 
 mod cidr;
+mod fqdn;
 mod icmp;
+mod l7;
 mod port;
 mod rule;
 #[cfg(test)]
@@ -17,7 +19,9 @@ use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 pub use self::{
     cidr::{Cidr, CidrError, CidrRule},
+    fqdn::{FqdnSelector, MAX_FQDN_LENGTH},
     icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType},
+    l7::L7Rules,
     port::{L4Protocol, Port, PortProtocol, PortRule},
     rule::{EgressRule, Entity, IngressRule, PeerRule},
 };
