@@ -27,9 +27,17 @@ impl ControlLoop {
             Input::Service(source, event) => self.on_service(source, event),
             Input::Policy(event) => {
                 match event {
-                    Event::Upsert { key, value } => {
-                        self.tables.policies.insert(key, value);
-                    }
+                    Event::Upsert { key, value } => match value.enforceable() {
+                        Ok(()) => {
+                            self.tables.policies.insert(key, value);
+                        }
+                        Err(e) => {
+                            // Written past `policy apply`: ignored, and
+                            // an earlier version stays in force.
+                            warn!(policy = %key, error = %e, "a policy this agent cannot enforce; ignored");
+                            self.metrics.count_error("policy");
+                        }
+                    },
                     Event::Delete { key } => {
                         self.tables.policies.remove(&key);
                     }

@@ -21,9 +21,10 @@ pub use label_selector::{LabelSelector, LabelSelectorError, Operator, Requiremen
 pub use mirror_status::MirrorStatus;
 pub use node::{MAX_NODE_NAME_LEN, Node, NodeAddress, NodeCidr, NodeName, NodeNameError};
 pub use policy::{
-    CLUSTERWIDE, Cidr, CidrError, CidrRule, DefaultDeny, EgressRule, Entity, IcmpFamily, IcmpField,
-    IcmpRule, IcmpType, IngressRule, L4Protocol, PeerRule, PolicyDocument, PolicyError, PolicyKind,
-    PolicyMetadata, PolicySpec, Port, PortProtocol, PortRule, check_port_name,
+    CLUSTERWIDE, Cidr, CidrError, CidrRule, DefaultDeny, EgressRule, Entity, FqdnSelector,
+    IcmpFamily, IcmpField, IcmpRule, IcmpType, IngressRule, L4Protocol, L7Rules, MAX_FQDN_LENGTH,
+    PeerRule, PolicyDocument, PolicyError, PolicyKind, PolicyMetadata, PolicySpec, Port,
+    PortProtocol, PortRule, check_port_name,
 };
 pub use service::{ClusterService, L4Addr, PortConfiguration};
 pub use service_def::{

@@ -1,13 +1,15 @@
 //! CiliumNetworkPolicy-shaped policy documents: the rule model (ingress,
-//! egress and their deny forms; endpoints, CIDRs, entities; ports, port
-//! ranges and ICMP types), parsed from JSON or YAML and validated whole, every
+//! egress and their deny forms; endpoints, CIDRs, entities, DNS names; ports,
+//! port ranges, ICMP types and DNS rules), parsed from JSON or YAML and validated whole, every
 //! refusal naming the path of the field at fault (`spec.egress[0].toCIDR[1]`).
 //!
 //! Parsing and validation only: what a rule allows is decided by the agent's
 //! resolver.
 
 mod cidr;
+mod fqdn;
 mod icmp;
+mod l7;
 mod port;
 mod rule;
 #[cfg(test)]
@@ -17,7 +19,9 @@ use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 pub use self::{
     cidr::{Cidr, CidrError, CidrRule},
+    fqdn::{FqdnSelector, MAX_FQDN_LENGTH},
     icmp::{IcmpFamily, IcmpField, IcmpRule, IcmpType},
+    l7::L7Rules,
     port::{L4Protocol, Port, PortProtocol, PortRule, check_port_name},
     rule::{EgressRule, Entity, IngressRule, PeerRule},
 };
@@ -277,6 +281,39 @@ impl PolicyDocument {
     }
 
     /// Checks everything, so a document is either used whole or not at all.
+    /// Whether the agents can enforce everything the document says: the
+    /// model accepts `toFQDNs` and DNS rules (issue 19), but until the
+    /// agent's DNS proxy enforces them they would allow nothing or every
+    /// lookup, so `policy apply`, the operator's `Valid` condition and the
+    /// agent refuse such a document with the field's path.
+    pub fn enforceable(&self) -> Result<(), PolicyError> {
+        let many = self.rules().count() > 1;
+        for (s, spec) in self.rules().enumerate() {
+            let spec_path = if many {
+                format!("specs[{s}]")
+            } else {
+                "spec".to_string()
+            };
+            for (i, rule) in spec.egress.iter().enumerate() {
+                let path = format!("{spec_path}.egress[{i}]");
+                let peer = rule.peer_rule();
+                if !peer.fqdn_selectors().is_empty() {
+                    return Err(PolicyError::field(
+                        format!("{path}.toFQDNs"),
+                        "toFQDNs is not enforced yet: the agent's DNS proxy is not in place (nothing was applied)",
+                    ));
+                }
+                if peer.has_dns_rules() {
+                    return Err(PolicyError::field(
+                        format!("{path}.toPorts"),
+                        "rules.dns is not enforced yet: the agent's DNS proxy is not in place (nothing was applied)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), PolicyError> {
         let name = &self.metadata.name;
         if name.is_empty() || name.contains('/') {

@@ -5,26 +5,27 @@ use serde::{
     de::{Error as _, Visitor},
 };
 
-use super::PolicyError;
+use super::{FqdnSelector, L7Rules, PolicyError};
 
 /// Cilium's `maxPorts`: at most this many entries in one `toPorts[].ports`.
 pub(super) const MAX_PORTS: usize = 40;
 
-/// One `toPorts` entry: the ports a rule allows (or denies).
+/// One `toPorts` entry: the ports a rule allows (or denies), and in egress
+/// rules the DNS lookups allowed on them (`rules.dns`).
 ///
-/// Cilium's L7 and TLS fields (`rules`, `terminatingTLS`, `originatingTLS`,
-/// `serverNames`, `listener`) are read so that they are refused by
-/// [`PolicyDocument::validate`](super::PolicyDocument::validate) with a
-/// clear reason rather than as unknown fields; clustermesh enforces L3/L4
-/// only.
+/// Cilium's other L7 rules and its TLS fields (`terminatingTLS`,
+/// `originatingTLS`, `serverNames`, `listener`) are read so that they are
+/// refused by [`PolicyDocument::validate`](super::PolicyDocument::validate)
+/// with a clear reason rather than as unknown fields; clustermesh enforces
+/// L3/L4 and DNS rules only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortRule {
     /// Port and protocol pairs; any of them matches.
     pub ports: Vec<PortProtocol>,
-    #[doc(hidden)]
+    /// L7 rules: DNS rules only (see [`L7Rules`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<serde_json::Value>,
+    pub rules: Option<L7Rules>,
     #[doc(hidden)]
     #[serde(
         rename = "terminatingTLS",
@@ -251,11 +252,29 @@ impl<'de> Deserialize<'de> for L4Protocol {
 }
 
 impl PortRule {
-    /// Checks the ports and refuses the L7 fields; `deny` names the rule
-    /// list (`ingressDeny`/`egressDeny`) when the rule is a deny rule.
-    pub(super) fn validate(&self, path: &str, deny: Option<&str>) -> Result<(), PolicyError> {
+    /// The DNS rules (`rules.dns`): the lookups the proxy lets through on
+    /// these ports. Empty when the port rule has none; only egress rules
+    /// have them.
+    pub fn dns_rules(&self) -> &[FqdnSelector] {
+        self.rules.as_ref().map(L7Rules::dns).unwrap_or_default()
+    }
+
+    /// Checks the ports and the L7 rules and refuses the TLS fields; `deny`
+    /// names the rule list (`ingressDeny`/`egressDeny`) when the rule is a
+    /// deny rule; `ingress` says the direction.
+    pub(super) fn validate(
+        &self,
+        path: &str,
+        deny: Option<&str>,
+        ingress: bool,
+    ) -> Result<(), PolicyError> {
+        if let (Some(list), Some(_)) = (deny, &self.rules) {
+            return Err(PolicyError::field(
+                format!("{path}.rules"),
+                format!("rules is not allowed in {list} rules (L4 only)"),
+            ));
+        }
         for (name, value) in [
-            ("rules", &self.rules),
             ("terminatingTLS", &self.terminating_tls),
             ("originatingTLS", &self.originating_tls),
             ("serverNames", &self.server_names),
@@ -282,6 +301,9 @@ impl PortRule {
         }
         for (i, port) in self.ports.iter().enumerate() {
             port.validate(&format!("{path}.ports[{i}]"))?;
+        }
+        if let Some(rules) = &self.rules {
+            rules.validate(&format!("{path}.rules"), &self.ports, ingress)?;
         }
         Ok(())
     }

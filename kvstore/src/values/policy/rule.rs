@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{Cidr, CidrRule, IcmpRule, PolicyError, PortRule};
+use super::{Cidr, CidrRule, FqdnSelector, IcmpRule, PolicyError, PortRule, fqdn::SelectorUse};
 use crate::values::LabelSelector;
 
 /// One ingress rule (of `ingress` or `ingressDeny`): which peers
@@ -51,11 +51,11 @@ pub struct IngressRule {
 }
 
 /// One egress rule (of `egress` or `egressDeny`): which peers (`toEndpoints`,
-/// `toCIDR`, `toCIDRSet` or `toEntities`, at most one kind per rule) the
-/// selected endpoints may reach on which ports (`toPorts`) or ICMP types
-/// (`icmps`).
+/// `toCIDR`, `toCIDRSet`, `toEntities` or, in `egress` only, `toFQDNs`; at
+/// most one kind per rule) the selected endpoints may reach on which ports
+/// (`toPorts`, with DNS rules in `egress`) or ICMP types (`icmps`).
 ///
-/// Cilium's `toRequires`, `toGroups`, `toNodes`, `toServices`, `toFQDNs` and
+/// Cilium's `toRequires`, `toGroups`, `toNodes`, `toServices` and
 /// `authentication` are read so that
 /// [`PolicyDocument::validate`](super::PolicyDocument::validate) refuses them
 /// with a clear reason rather than as unknown fields.
@@ -92,9 +92,11 @@ pub struct EgressRule {
     #[doc(hidden)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_services: Option<serde_json::Value>,
-    #[doc(hidden)]
+    /// Peers outside the mesh by DNS name: the addresses the endpoint
+    /// learned by looking up a selected name through the DNS proxy (which a
+    /// DNS rule in `toPorts[].rules.dns` of some rule must allow).
     #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
-    pub to_fqdns: Option<serde_json::Value>,
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
     #[doc(hidden)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<serde_json::Value>,
@@ -144,19 +146,47 @@ pub struct PeerRule<'a> {
     pub cidrs: Vec<CidrRule>,
     /// `fromEntities` / `toEntities`.
     pub entities: Option<&'a [Entity]>,
+    /// `toFQDNs` (egress only): peers by DNS name, whose addresses the
+    /// agent learns from the DNS answers its proxy reads. Until a name is
+    /// learned, a rule of `toFQDNs` allows nothing.
+    pub fqdns: Option<&'a [FqdnSelector]>,
     /// `toPorts`.
     pub to_ports: &'a [PortRule],
     /// `icmps`.
     pub icmps: &'a [IcmpRule],
 }
 
-impl PeerRule<'_> {
-    /// Whether the rule names peers (a non-empty list of endpoints, CIDRs or
-    /// entities).
+impl<'a> PeerRule<'a> {
+    /// Whether the rule names peers (a non-empty list of endpoints, CIDRs,
+    /// entities or DNS names).
+    ///
+    /// A rule of `toFQDNs` names peers even before any name is learned: a
+    /// resolver that does not know the names yet must select no peer for
+    /// it, never every peer.
     pub fn has_l3(&self) -> bool {
         self.endpoints.is_some_and(|e| !e.is_empty())
             || !self.cidrs.is_empty()
             || self.entities.is_some_and(|e| !e.is_empty())
+            || !self.fqdn_selectors().is_empty()
+    }
+
+    /// `toFQDNs`, empty when absent.
+    pub fn fqdn_selectors(&self) -> &'a [FqdnSelector] {
+        self.fqdns.unwrap_or_default()
+    }
+
+    /// Every DNS rule of the rule's ports (`toPorts[].rules.dns`): the
+    /// lookups an endpoint selected by the rule may make through the proxy,
+    /// to the rule's peers on those ports.
+    pub fn dns_rules(&self) -> impl Iterator<Item = &'a FqdnSelector> + use<'a> {
+        self.to_ports.iter().flat_map(PortRule::dns_rules)
+    }
+
+    /// Whether some port of the rule has DNS rules, so that the endpoints
+    /// it selects have their DNS traffic on those ports redirected to the
+    /// proxy.
+    pub fn has_dns_rules(&self) -> bool {
+        self.dns_rules().next().is_some()
     }
 
     /// Whether the rule names ports or ICMP types.
@@ -165,11 +195,13 @@ impl PeerRule<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn peer_rule<'a>(
     endpoints: Option<&'a [LabelSelector]>,
     cidr: Option<&'a [Cidr]>,
     cidr_set: Option<&'a [CidrRule]>,
     entities: Option<&'a [Entity]>,
+    fqdns: Option<&'a [FqdnSelector]>,
     to_ports: &'a [PortRule],
     icmps: &'a [IcmpRule],
 ) -> PeerRule<'a> {
@@ -182,6 +214,7 @@ fn peer_rule<'a>(
             .chain(cidr_set.into_iter().flatten().cloned())
             .collect(),
         entities,
+        fqdns,
         to_ports,
         icmps,
     }
@@ -195,6 +228,7 @@ impl IngressRule {
             self.from_cidr.as_deref(),
             self.from_cidr_set.as_deref(),
             self.from_entities.as_deref(),
+            None,
             &self.to_ports,
             &self.icmps,
         )
@@ -209,6 +243,8 @@ impl IngressRule {
             cidr: self.from_cidr.as_deref(),
             cidr_set: self.from_cidr_set.as_deref(),
             entities: self.from_entities.as_deref(),
+            fqdns: None,
+            ingress: true,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
             unsupported: &[
@@ -217,6 +253,7 @@ impl IngressRule {
                 ("fromNodes", self.from_nodes.is_some()),
             ],
             allow_only: &[("authentication", self.authentication.is_some())],
+            not_in_deny: &[],
         }
         .validate(path, deny)
     }
@@ -230,6 +267,7 @@ impl EgressRule {
             self.to_cidr.as_deref(),
             self.to_cidr_set.as_deref(),
             self.to_entities.as_deref(),
+            self.to_fqdns.as_deref(),
             &self.to_ports,
             &self.icmps,
         )
@@ -244,6 +282,8 @@ impl EgressRule {
             cidr: self.to_cidr.as_deref(),
             cidr_set: self.to_cidr_set.as_deref(),
             entities: self.to_entities.as_deref(),
+            fqdns: self.to_fqdns.as_deref(),
+            ingress: false,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
             unsupported: &[
@@ -252,10 +292,8 @@ impl EgressRule {
                 ("toNodes", self.to_nodes.is_some()),
                 ("toServices", self.to_services.is_some()),
             ],
-            allow_only: &[
-                ("toFQDNs", self.to_fqdns.is_some()),
-                ("authentication", self.authentication.is_some()),
-            ],
+            allow_only: &[("authentication", self.authentication.is_some())],
+            not_in_deny: &[("toFQDNs", self.to_fqdns.is_some())],
         }
         .validate(path, deny)
     }
@@ -269,12 +307,18 @@ struct Fields<'a> {
     cidr: Option<&'a [Cidr]>,
     cidr_set: Option<&'a [CidrRule]>,
     entities: Option<&'a [Entity]>,
+    /// `toFQDNs` (egress rules only).
+    fqdns: Option<&'a [FqdnSelector]>,
+    /// Whether the rule is an ingress rule (no DNS rules there).
+    ingress: bool,
     to_ports: &'a [PortRule],
     icmps: &'a [IcmpRule],
     /// Cilium fields clustermesh does not enforce yet, and whether present.
     unsupported: &'a [(&'static str, bool)],
     /// Like `unsupported`, and not part of Cilium's deny rules at all.
     allow_only: &'a [(&'static str, bool)],
+    /// Supported in allow rules, and not part of Cilium's deny rules.
+    not_in_deny: &'a [(&'static str, bool)],
 }
 
 impl Fields<'_> {
@@ -290,14 +334,24 @@ impl Fields<'_> {
                 return Err(PolicyError::field(format!("{path}.{name}"), reason));
             }
         }
+        if let Some(list) = deny
+            && let Some((name, _)) = self.not_in_deny.iter().find(|(_, present)| *present)
+        {
+            return Err(PolicyError::field(
+                format!("{path}.{name}"),
+                format!("{name} is not allowed in {list} rules"),
+            ));
+        }
         // Cilium refuses two kinds of peers in one rule: write two rules.
         let lens = [
             self.endpoints.map_or(0, <[_]>::len),
             self.cidr.map_or(0, <[_]>::len),
             self.cidr_set.map_or(0, <[_]>::len),
             self.entities.map_or(0, <[_]>::len),
+            self.fqdns.map_or(0, <[_]>::len),
         ];
-        let mut kinds = self.names.iter().zip(lens).filter(|(_, n)| *n > 0);
+        let names = self.names.iter().chain(["toFQDNs"].iter());
+        let mut kinds = names.zip(lens).filter(|(_, n)| *n > 0);
         if let (Some((a, _)), Some((b, _))) = (kinds.next(), kinds.next()) {
             return Err(PolicyError::field(
                 path,
@@ -320,8 +374,11 @@ impl Fields<'_> {
         for (i, rule) in self.cidr_set.into_iter().flatten().enumerate() {
             rule.validate(&format!("{path}.{cidr_set}[{i}]"))?;
         }
+        for (i, selector) in self.fqdns.into_iter().flatten().enumerate() {
+            selector.validate(&format!("{path}.toFQDNs[{i}]"), SelectorUse::ToFqdns)?;
+        }
         for (i, rule) in self.to_ports.iter().enumerate() {
-            rule.validate(&format!("{path}.toPorts[{i}]"), deny)?;
+            rule.validate(&format!("{path}.toPorts[{i}]"), deny, self.ingress)?;
         }
         for (i, rule) in self.icmps.iter().enumerate() {
             rule.validate(&format!("{path}.icmps[{i}]"))?;

@@ -791,11 +791,6 @@ fn cilium_fields_not_supported_yet_are_refused_by_name() {
             "toServices is not supported yet",
         ),
         (
-            "  egress:\n  - {}\n  - toFQDNs: [{matchName: example.com}]\n",
-            "spec.egress[1].toFQDNs",
-            "toFQDNs is not supported yet (nothing was applied)",
-        ),
-        (
             "  egressDeny:\n  - toFQDNs: [{matchName: example.com}]\n",
             "spec.egressDeny[0].toFQDNs",
             "toFQDNs is not allowed in egressDeny rules",
@@ -1023,4 +1018,367 @@ fn clusterwide_and_default_namespace() {
             .reason,
         InvalidReason::KeyMismatch
     );
+}
+
+/// `examples/policies/l7/dns/dns.yaml` of Cilium, in its shape: lookups of
+/// any name through kube-dns, connections to the names looked up.
+const DNS_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: fqdn
+  namespace: demo
+spec:
+  endpointSelector:
+    matchLabels: {app: client}
+  egress:
+  - toEndpoints:
+    - matchLabels:
+        "k8s:io.kubernetes.pod.namespace": kube-system
+        "k8s:k8s-app": kube-dns
+    toPorts:
+    - ports:
+      - port: "53"
+        protocol: ANY
+      rules:
+        dns:
+        - matchPattern: "*"
+  - toFQDNs:
+    - matchName: api.example.com
+    - matchPattern: "*.backup.example.net"
+    toPorts:
+    - ports:
+      - {port: "443", protocol: TCP}
+  - toFQDNs: [{matchPattern: "**.Example.ORG."}]
+  - toCIDR: [10.0.0.53/32]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns:
+        - matchName: api.example.com
+        - {matchName: db.example.com, matchPattern: "db-*.example.com"}
+"#;
+
+#[test]
+fn fqdn_rules_parse_and_round_trip() {
+    let doc = PolicyDocument::parse(DNS_POLICY).unwrap();
+    let spec = doc.spec.as_ref().unwrap();
+
+    // The DNS rule: the lookups, on which ports, to which peers.
+    let dns = spec.egress[0].peer_rule();
+    assert!(dns.has_l3() && dns.has_l4() && dns.has_dns_rules());
+    assert_eq!(
+        dns.dns_rules().collect::<Vec<_>>(),
+        [&FqdnSelector::pattern("*")]
+    );
+    assert_eq!(dns.fqdn_selectors(), &[] as &[FqdnSelector]);
+    assert_eq!(
+        spec.egress[0].to_ports[0].dns_rules(),
+        &[FqdnSelector::pattern("*")]
+    );
+
+    // toFQDNs: peers by name, with or without ports.
+    let fqdns = spec.egress[1].peer_rule();
+    assert!(fqdns.has_l3() && fqdns.has_l4() && !fqdns.has_dns_rules());
+    assert_eq!(
+        fqdns.fqdn_selectors(),
+        &[
+            FqdnSelector::name("api.example.com"),
+            FqdnSelector::pattern("*.backup.example.net"),
+        ]
+    );
+    assert!(fqdns.endpoints.is_none() && fqdns.cidrs.is_empty());
+    // A rule of toFQDNs alone names peers: a resolver that knows no name
+    // yet allows nothing, rather than everything as for a rule without L3.
+    let alone = spec.egress[2].peer_rule();
+    assert!(alone.has_l3() && !alone.has_l4());
+    assert_eq!(
+        alone.fqdns.unwrap()[0].match_pattern.as_deref(),
+        Some("**.Example.ORG."),
+        "kept as written; the fqdn crate normalizes"
+    );
+
+    // DNS rules on UDP and TCP, an entry with both a name and a pattern.
+    let both = spec.egress[3].peer_rule();
+    assert_eq!(both.dns_rules().count(), 2);
+    assert_eq!(
+        spec.egress[3].to_ports[0].dns_rules()[1],
+        FqdnSelector {
+            match_name: Some("db.example.com".into()),
+            match_pattern: Some("db-*.example.com".into()),
+        }
+    );
+
+    // Other rules have no DNS rules and no names.
+    let plain = PolicyDocument::parse(FULL).unwrap();
+    for rule in plain.rules() {
+        for r in &rule.egress {
+            assert!(!r.peer_rule().has_dns_rules());
+            assert!(r.peer_rule().fqdn_selectors().is_empty());
+        }
+    }
+
+    // JSON and YAML round trips, in Cilium's field names.
+    let again = PolicyDocument::decode("demo/fqdn", &doc.encode()).unwrap();
+    assert_eq!(again, doc);
+    let yaml = serde_norway::to_string(&doc).unwrap();
+    assert_eq!(PolicyDocument::parse(&yaml).unwrap(), doc);
+    let json: serde_json::Value = serde_json::from_slice(&doc.encode()).unwrap();
+    assert_eq!(PolicyDocument::from_json_value(json.clone()).unwrap(), doc);
+    assert_eq!(
+        json["spec"]["egress"][1]["toFQDNs"],
+        serde_json::json!([{"matchName": "api.example.com"}, {"matchPattern": "*.backup.example.net"}])
+    );
+    assert_eq!(
+        json["spec"]["egress"][0]["toPorts"][0]["rules"],
+        serde_json::json!({"dns": [{"matchPattern": "*"}]})
+    );
+}
+
+#[test]
+fn fqdn_names_and_patterns_are_checked_as_cilium_does() {
+    let egress = |fqdns: &str| spec_with(&format!("  egress:\n  - toFQDNs: {fqdns}\n"));
+    let long = format!("{}.com", "a".repeat(MAX_FQDN_LENGTH - 4));
+    assert_eq!(long.len(), MAX_FQDN_LENGTH);
+    for ok in [
+        "[{matchName: api.example.com}]",
+        "[{matchName: API.Example.com.}]",
+        "[{matchName: _http._tcp.example.com}]",
+        "[{matchName: www.xn--e28h.com}]",
+        "[{matchPattern: \"*\"}]",
+        "[{matchPattern: \"**\"}]",
+        "[{matchPattern: \"*.\"}]",
+        "[{matchPattern: \"**.example.com\"}]",
+        "[{matchPattern: \"sub*.example.*\"}]",
+        "[{matchPattern: \"*example.com\"}]",
+        "[]",
+    ] {
+        PolicyDocument::parse(&egress(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    PolicyDocument::parse(&egress(&format!("[{{matchName: {long}}}]"))).unwrap();
+
+    for (fqdns, path, reason) in [
+        (
+            "[{matchName: a.com}, {matchPattern: \"*.b.com\", matchName: b.com}]",
+            "spec.egress[0].toFQDNs[1]",
+            "matchName and matchPattern are mutually exclusive",
+        ),
+        (
+            "[{}]",
+            "spec.egress[0].toFQDNs[0]",
+            "one of matchName and matchPattern is required",
+        ),
+        (
+            "[{matchName: a.com}, {matchPattern: \"*.ex ample.net\"}]",
+            "spec.egress[0].toFQDNs[1].matchPattern",
+            "has the character ' '; a pattern may only contain letters, digits, '-', '_', '.' and '*'",
+        ),
+        (
+            "[{matchName: \"*.example.com\"}]",
+            "spec.egress[0].toFQDNs[0].matchName",
+            "has the character '*'; a name may only contain",
+        ),
+        (
+            "[{matchName: \"exämple.com\"}]",
+            "spec.egress[0].toFQDNs[0].matchName",
+            "has the character 'ä'",
+        ),
+        (
+            "[{matchPattern: \"[a-z]+.com\"}]",
+            "spec.egress[0].toFQDNs[0].matchPattern",
+            "has the character '['",
+        ),
+        (
+            "[{matchName: \"a..com\"}]",
+            "spec.egress[0].toFQDNs[0].matchName",
+            "has an empty label",
+        ),
+        (
+            "[{matchPattern: \".example.com\"}]",
+            "spec.egress[0].toFQDNs[0].matchPattern",
+            "has an empty label",
+        ),
+        (
+            "[{matchName: \"\"}]",
+            "spec.egress[0].toFQDNs[0].matchName",
+            "the name is empty",
+        ),
+        (
+            "[{matchName: a.com, matchLabels: {}}]",
+            "spec.egress[0].toFQDNs[0].matchLabels",
+            "unknown field `matchLabels`",
+        ),
+    ] {
+        assert_refused(&egress(fqdns), path, reason);
+    }
+    assert_refused(
+        &egress(&format!("[{{matchPattern: \"x{long}\"}}]")),
+        "spec.egress[0].toFQDNs[0].matchPattern",
+        "the pattern is 256 characters long; at most 255 are allowed",
+    );
+}
+
+#[test]
+fn fqdn_peers_follow_ciliums_rule_shapes() {
+    // One kind of peer per rule, toFQDNs included.
+    assert_refused(
+        &spec_with("  egress:\n  - toCIDR: [10.0.0.0/8]\n    toFQDNs: [{matchName: a.com}]\n"),
+        "spec.egress[0]",
+        "combining toCIDR and toFQDNs is not supported; write one rule for each",
+    );
+    assert_refused(
+        &spec_with(
+            "  egress:\n  - toFQDNs: [{matchName: a.com}]\n    toEndpoints: [{matchLabels: {a: b}}]\n",
+        ),
+        "spec.egress[0]",
+        "combining toEndpoints and toFQDNs is not supported",
+    );
+    // Deny rules have no names (Cilium's EgressDenyRule has no toFQDNs).
+    assert_refused(
+        &spec_with("  egressDeny:\n  - toFQDNs: [{matchName: example.com}]\n"),
+        "spec.egressDeny[0].toFQDNs",
+        "toFQDNs is not allowed in egressDeny rules",
+    );
+    // Ingress rules have no names at all.
+    assert_refused(
+        &spec_with("  ingress:\n  - fromFQDNs: [{matchName: example.com}]\n"),
+        "spec.ingress[0].fromFQDNs",
+        "unknown field `fromFQDNs`",
+    );
+    // toFQDNs with icmps, as any peer kind.
+    PolicyDocument::parse(&spec_with(
+        "  egress:\n  - toFQDNs: [{matchName: a.com}]\n    icmps: [{fields: [{type: 8}]}]\n",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn dns_rules_sit_on_dns_ports_of_egress_rules() {
+    let dns = |ports: &str| {
+        spec_with(&format!(
+            "  egress:\n  - toPorts:\n    - ports: {ports}\n      rules:\n        dns: [{{matchPattern: \"*\"}}]\n"
+        ))
+    };
+    for ok in [
+        "[{port: \"53\", protocol: UDP}]",
+        "[{port: \"53\", protocol: TCP}, {port: 53, protocol: udp}]",
+        "[{port: \"53\"}]",
+        "[{port: \"5353\", protocol: ANY}]",
+        "[{port: 53, endPort: 0}]",
+    ] {
+        PolicyDocument::parse(&dns(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (ports, path, reason) in [
+        (
+            "[]",
+            "spec.egress[0].toPorts[0].ports",
+            "DNS rules need their port (53) listed in ports",
+        ),
+        (
+            "[{port: \"53\"}, {port: \"0\", protocol: UDP}]",
+            "spec.egress[0].toPorts[0].ports[1].port",
+            "DNS rules need a port number (53); port 0 is every port",
+        ),
+        (
+            "[{protocol: UDP}]",
+            "spec.egress[0].toPorts[0].ports[0].port",
+            "port 0 is every port",
+        ),
+        (
+            "[{port: 53, endPort: 54}]",
+            "spec.egress[0].toPorts[0].ports[0].endPort",
+            "DNS rules do not support port ranges",
+        ),
+        (
+            "[{port: domain}]",
+            "spec.egress[0].toPorts[0].ports[0].port",
+            "not the named port domain",
+        ),
+        (
+            "[{port: 53, protocol: SCTP}]",
+            "spec.egress[0].toPorts[0].ports[0].protocol",
+            "DNS rules apply to UDP, TCP or ANY, not SCTP",
+        ),
+    ] {
+        assert_refused(&dns(ports), path, reason);
+    }
+
+    for (rules, path, reason) in [
+        (
+            "  ingress:\n  - toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}]}}]\n",
+            "spec.ingress[0].toPorts[0].rules.dns",
+            "DNS rules are not allowed on ingress",
+        ),
+        (
+            "  egressDeny:\n  - toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}]}}]\n",
+            "spec.egressDeny[0].toPorts[0].rules",
+            "rules is not allowed in egressDeny rules (L4 only)",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}, {}]}}]\n",
+            "spec.egress[0].toPorts[0].rules.dns[1]",
+            "one of matchName and matchPattern is required",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchPattern: \"a.*.c/d\"}]}}]\n",
+            "spec.egress[0].toPorts[0].rules.dns[0].matchPattern",
+            "has the character '/'",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {kafka: [{topic: t}]}}]\n",
+            "spec.egress[0].toPorts[0].rules",
+            "rules is not supported yet (nothing was applied) for kafka",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}], http: [{}]}}]\n",
+            "spec.egress[0].toPorts[0].rules",
+            "for http; clustermesh enforces L3/L4 and DNS rules only",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"80\"}], rules: {l7proto: r, l7: [{}]}}]\n",
+            "spec.egress[0].toPorts[0].rules",
+            "for l7proto",
+        ),
+        (
+            "  egress:\n  - toPorts: [{ports: [{port: \"80\"}], rules: {grpc: [{}]}}]\n",
+            "spec.egress[0].toPorts[0].rules.grpc",
+            "unknown field `grpc`",
+        ),
+    ] {
+        assert_refused(&spec_with(rules), path, reason);
+    }
+
+    // `dns: []` and `rules: {}` are no L7 rules, as in Cilium: any port goes.
+    for rules in ["{dns: []}", "{}"] {
+        let doc = PolicyDocument::parse(&spec_with(&format!(
+            "  egress:\n  - toPorts: [{{ports: [{{port: \"0\"}}], rules: {rules}}}]\n"
+        )))
+        .unwrap();
+        let rule = doc.spec.as_ref().unwrap().egress[0].peer_rule();
+        assert!(!rule.has_dns_rules(), "{rules}");
+    }
+}
+
+#[test]
+fn fqdn_rules_are_refused_until_the_agent_enforces_them() {
+    let doc = PolicyDocument::parse(
+        "kind: CiliumNetworkPolicy\nmetadata: {name: dns, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{}]\n  - toFQDNs: [{matchName: api.example.com}]\n",
+    )
+    .expect("the model accepts toFQDNs");
+    let err = doc.enforceable().unwrap_err().to_string();
+    assert!(
+        err.contains("spec.egress[1].toFQDNs") && err.contains("not enforced yet"),
+        "{err}"
+    );
+    let dns = PolicyDocument::parse(
+        "kind: CiliumNetworkPolicy\nmetadata: {name: dns, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}], rules: {dns: [{matchPattern: \"*\"}]}}]\n",
+    )
+    .expect("the model accepts DNS rules");
+    let err = dns.enforceable().unwrap_err().to_string();
+    assert!(err.contains("spec.egress[0].toPorts"), "{err}");
+    let plain = PolicyDocument::parse(
+        "kind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
+    )
+    .unwrap();
+    assert!(plain.enforceable().is_ok());
 }
