@@ -123,7 +123,7 @@ impl RuleCookies {
 
 /// Who a compiled rule is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Peers {
+enum Peers {
     /// Every identity (a wildcard entry).
     Any,
     /// Identities matching any of these.

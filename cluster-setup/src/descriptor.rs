@@ -121,14 +121,11 @@ impl ClusterDescriptor {
 
     /// Parses and validates a descriptor.
     pub fn from_yaml(text: &str) -> Result<Self, DescriptorError> {
-        check_header(text, Self::KIND)?;
-        let d: Self = serde_norway::from_str(text).map_err(DescriptorError::Yaml)?;
-        d.validate()?;
-        Ok(d)
+        parse(text, Self::KIND, Self::validate)
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_norway::to_string(self).expect("a descriptor serializes")
+        to_yaml(self)
     }
 
     /// Checks every field (see the module docs).
@@ -149,14 +146,11 @@ impl ClusterAdminDescriptor {
 
     /// Parses and validates an admin descriptor.
     pub fn from_yaml(text: &str) -> Result<Self, DescriptorError> {
-        check_header(text, Self::KIND)?;
-        let d: Self = serde_norway::from_str(text).map_err(DescriptorError::Yaml)?;
-        d.validate()?;
-        Ok(d)
+        parse(text, Self::KIND, Self::validate)
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_norway::to_string(self).expect("a descriptor serializes")
+        to_yaml(self)
     }
 
     /// The public part: what to give other clusters.
@@ -225,6 +219,22 @@ impl ClusterAdminDescriptor {
 
 /// Reads `version` and `kind` first, so that a descriptor of another kind
 /// or version is named as such rather than as an unknown field.
+/// Reads a descriptor of `kind` from YAML and checks it with `validate`.
+fn parse<D: serde::de::DeserializeOwned>(
+    text: &str,
+    kind: &'static str,
+    validate: impl Fn(&D) -> Result<(), DescriptorError>,
+) -> Result<D, DescriptorError> {
+    check_header(text, kind)?;
+    let d: D = serde_norway::from_str(text).map_err(DescriptorError::Yaml)?;
+    validate(&d)?;
+    Ok(d)
+}
+
+fn to_yaml(d: &impl Serialize) -> String {
+    serde_norway::to_string(d).expect("a descriptor serializes")
+}
+
 fn check_header(text: &str, expected: &'static str) -> Result<(), DescriptorError> {
     #[derive(Deserialize)]
     struct Header {

@@ -1361,24 +1361,24 @@ fn dns_rules_sit_on_dns_ports_of_egress_rules() {
 
 #[test]
 fn fqdn_rules_are_refused_until_the_agent_enforces_them() {
-    let doc = PolicyDocument::parse(
-        "kind: CiliumNetworkPolicy\nmetadata: {name: dns, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{}]\n  - toFQDNs: [{matchName: api.example.com}]\n",
-    )
+    let doc = PolicyDocument::parse(&spec_with(
+        "  egress:\n  - toEndpoints: [{}]\n  - toFQDNs: [{matchName: api.example.com}]\n",
+    ))
     .expect("the model accepts toFQDNs");
     let err = doc.enforceable().unwrap_err().to_string();
     assert!(
         err.contains("spec.egress[1].toFQDNs") && err.contains("not enforced yet"),
         "{err}"
     );
-    let dns = PolicyDocument::parse(
-        "kind: CiliumNetworkPolicy\nmetadata: {name: dns, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}], rules: {dns: [{matchPattern: \"*\"}]}}]\n",
-    )
+    let dns = PolicyDocument::parse(&spec_with(
+        "  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}], rules: {dns: [{matchPattern: \"*\"}]}}]\n",
+    ))
     .expect("the model accepts DNS rules");
     let err = dns.enforceable().unwrap_err().to_string();
     assert!(err.contains("spec.egress[0].toPorts"), "{err}");
-    let plain = PolicyDocument::parse(
-        "kind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: demo}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
-    )
+    let plain = PolicyDocument::parse(&spec_with(
+        "  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
+    ))
     .unwrap();
     assert!(plain.enforceable().is_ok());
 }
