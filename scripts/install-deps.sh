@@ -22,6 +22,8 @@ declare -A need=(
   [ip]=iproute2
   [ping]=iputils-ping
   [iperf3]=iperf3
+  # the DNS server of the toFQDNs tests (the binary only, no system service)
+  [dnsmasq]=dnsmasq-base
   [openssl]=openssl
   [nft]=nftables
   # the Kubernetes tests (kubectl apply, kustomize)

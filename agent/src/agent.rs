@@ -117,6 +117,13 @@ impl Agent {
             ConntrackGc::new(c.bpffs_dir.clone(), c.conntrack_gc, metrics.clone());
         control.with_conntrack(conntrack_last_pass);
         tasks.spawn("conntrack GC", conntrack_gc.run(inner.clone()));
+        let dns_view = Arc::new(crate::dns_proxy::DnsView::default());
+        control.with_dns_proxy(
+            dns_view.clone(),
+            c.dns_proxy_port,
+            c.fqdn_cache,
+            c.state_dir.join("fqdn.json"),
+        );
         {
             let routes = Routes::new(c.node_netns.clone(), metrics.clone(), handle.clone());
             let token = inner.clone();
@@ -344,6 +351,42 @@ impl Agent {
                 .collect(),
         );
         tasks.spawn("control loop", control.run(inner.clone()));
+        tasks.spawn(
+            "DNS proxy",
+            crate::dns_proxy::run(
+                crate::dns_proxy::DnsProxyConfig {
+                    port: c.dns_proxy_port,
+                    node_netns: c.node_netns.clone(),
+                    bpffs_dir: c.bpffs_dir.clone(),
+                    upstream_timeout: Duration::from_secs(5),
+                    max_map_wait: c.dns_proxy_response_max_delay,
+                    limits: fqdn::ResponseLimits::default(),
+                    max_in_flight: 4096,
+                },
+                dns_view,
+                handle.clone(),
+                metrics.clone(),
+                inner.clone(),
+            ),
+        );
+        {
+            // Learned addresses expire on the loop's clock.
+            let (handle, token) = (handle.clone(), inner.clone());
+            tasks.spawn("FQDN expiry", async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok::<(), anyhow::Error>(()),
+                        _ = tick.tick() => {
+                            if !handle.send(crate::control_loop::Input::FqdnTick).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            });
+        }
         match &hubble {
             Some(h) => {
                 let (server, tls) = h.bind(&metrics).await?;

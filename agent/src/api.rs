@@ -81,6 +81,7 @@ impl ApiServer {
             .route("/v1/identities", get(|s| query(s, Query::Identities)))
             .route("/v1/ipcache", get(|s| query(s, Query::IpCache)))
             .route("/v1/services", get(|s| query(s, Query::Services)))
+            .route("/v1/fqdn", get(|s| query(s, Query::Fqdn)))
             .route("/v1/policy/{id}", get(policy))
             .route("/v1/maps/{name}", get(map))
             .with_state(self.state.clone());
@@ -158,6 +159,7 @@ async fn query(State(s): State<Arc<ApiState>>, q: Query) -> Response {
         Some(Answer::Services(v)) => json(StatusCode::OK, &v),
         Some(Answer::Map(Ok(v))) => json(StatusCode::OK, &v),
         Some(Answer::Map(Err(e))) => error(404, e),
+        Some(Answer::Fqdn(v)) => json(StatusCode::OK, &v),
         None => error(503, "the agent is shutting down"),
     }
 }

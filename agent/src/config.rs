@@ -35,6 +35,13 @@ pub mod env {
     pub const BPFFS_DIR: &str = "CLUSTERMESH_BPFFS_DIR";
     pub const API_SOCKET: &str = "CLUSTERMESH_API_SOCKET";
     pub const STATE_DIR: &str = "CLUSTERMESH_STATE_DIR";
+    pub const DNS_PROXY_PORT: &str = "CLUSTERMESH_DNS_PROXY_PORT";
+    pub const TOFQDNS_MIN_TTL: &str = "CLUSTERMESH_TOFQDNS_MIN_TTL";
+    pub const TOFQDNS_MAX_IP_PER_HOSTNAME: &str =
+        "CLUSTERMESH_TOFQDNS_ENDPOINT_MAX_IP_PER_HOSTNAME";
+    pub const TOFQDNS_MAX_NAMES: &str = "CLUSTERMESH_TOFQDNS_ENDPOINT_MAX_NAMES";
+    pub const TOFQDNS_PROXY_RESPONSE_MAX_DELAY: &str =
+        "CLUSTERMESH_TOFQDNS_PROXY_RESPONSE_MAX_DELAY";
     pub const NODE_NETNS: &str = "CLUSTERMESH_NODE_NETNS";
     pub const POD_CIDR: &str = "CLUSTERMESH_POD_CIDR";
     pub const POD_CIDR_V6: &str = "CLUSTERMESH_POD_CIDR_V6";
@@ -207,6 +214,25 @@ pub struct AgentArgs {
     /// How long the entries of any other protocol (UDP, ICMP, SCTP…) live idle.
     #[arg(long, env = env::CT_ANY_LIFETIME, default_value = "60s", value_parser = humantime::parse_duration)]
     pub ct_any_lifetime: Duration,
+    /// Port of the DNS proxy (UDP and TCP, on 169.254.42.2 and
+    /// fd00::a9fe:2a02 of the node's `lo`), to which endpoints whose egress
+    /// rules have DNS rules send their lookups.
+    #[arg(long, env = env::DNS_PROXY_PORT, default_value_t = crate::policy_resolver::DEFAULT_DNS_PROXY_PORT)]
+    pub dns_proxy_port: u16,
+    /// The shortest time an address learned from a DNS answer stays
+    /// allowed (a shorter DNS TTL is raised to it); 0 = the answer's TTL.
+    #[arg(long, env = env::TOFQDNS_MIN_TTL, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub tofqdns_min_ttl: Duration,
+    /// The most addresses an endpoint keeps for one name (Cilium's flag).
+    #[arg(long, env = env::TOFQDNS_MAX_IP_PER_HOSTNAME, default_value_t = 50)]
+    pub tofqdns_endpoint_max_ip_per_hostname: usize,
+    /// The most names an endpoint keeps.
+    #[arg(long, env = env::TOFQDNS_MAX_NAMES, default_value_t = 4096)]
+    pub tofqdns_endpoint_max_names: usize,
+    /// How long an answer waits for its addresses to be in the maps before
+    /// the proxy releases it anyway (counted).
+    #[arg(long, env = env::TOFQDNS_PROXY_RESPONSE_MAX_DELAY, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tofqdns_proxy_response_max_delay: Duration,
 }
 
 /// A listen address; `:PORT` means every address.
@@ -285,6 +311,11 @@ pub struct AgentConfig {
     pub k8s_pod_wait: Duration,
     /// Conntrack garbage collection.
     pub conntrack_gc: ConntrackGcConfig,
+    /// The DNS proxy's port.
+    pub dns_proxy_port: u16,
+    /// What learned names may hold.
+    pub fqdn_cache: fqdn::CacheConfig,
+    pub dns_proxy_response_max_delay: Duration,
 }
 
 impl AgentArgs {
@@ -434,6 +465,13 @@ impl AgentArgs {
             },
             k8s_pod_wait: self.k8s_pod_wait,
             conntrack_gc,
+            dns_proxy_port: self.dns_proxy_port,
+            fqdn_cache: fqdn::CacheConfig {
+                min_ttl: self.tofqdns_min_ttl,
+                max_ips_per_name: self.tofqdns_endpoint_max_ip_per_hostname,
+                max_names_per_endpoint: self.tofqdns_endpoint_max_names,
+            },
+            dns_proxy_response_max_delay: self.tofqdns_proxy_response_max_delay,
         })
     }
 }

@@ -50,6 +50,10 @@ pub enum DebugCommand {
     },
     /// Services with their backends and why.
     Services,
+    /// Names and addresses learned from DNS answers: TTL left, the
+    /// endpoint that looked them up, and the `toFQDNs` selectors that use
+    /// them.
+    Fqdn,
     /// Content of a BPF map as the kernel holds it, decoded.
     Map {
         /// ipcache, policy, endpoints, services, backends or conntrack.
@@ -232,6 +236,35 @@ pub fn run_debug(args: &DebugArgs) -> Result<String, ClientError> {
                     }
                 }
                 out
+            },
+        ),
+        DebugCommand::Fqdn => render(
+            json,
+            &client.get::<Vec<crate::views::FqdnView>>("/v1/fqdn")?,
+            |rows| {
+                table(
+                    &["ENDPOINT", "NAME", "IP", "TTL", "IDENTITY", "SELECTORS"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r.endpoint.to_string(),
+                                r.name.clone(),
+                                r.ip.clone(),
+                                if r.in_use && r.ttl_left_s == 0 {
+                                    "in use".to_string()
+                                } else {
+                                    format!("{}s", r.ttl_left_s)
+                                },
+                                r.identity.map_or("-".to_string(), |i| i.to_string()),
+                                if r.selectors.is_empty() {
+                                    "-".to_string()
+                                } else {
+                                    r.selectors.join(",")
+                                },
+                            ]
+                        })
+                        .collect(),
+                )
             },
         ),
         DebugCommand::Map { name } => render(

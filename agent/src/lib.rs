@@ -22,6 +22,7 @@ mod control_loop;
 mod datapath_maps;
 mod datapath_sync;
 mod debug;
+mod dns_proxy;
 mod endpoint;
 mod endpoint_manager;
 mod health;
@@ -52,8 +53,9 @@ pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use hubble::{FlowIngestor, HubbleConfig};
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
-    DirectionRules, EndpointRules, NamedPorts, PortNames, RuleCookies, RuleRef, Selections,
-    cidr_identity_labels, cidr_prefixes, entries_for_identity, names_egress_ports, resolve,
+    DEFAULT_DNS_PROXY_PORT, DirectionRules, EndpointRules, NamedPorts, PortNames, RuleCookies,
+    RuleRef, Selections, cidr_identity_labels, cidr_prefixes, compile_fqdn_selector,
+    entries_for_identity, fqdn_identity_labels, fqdn_selectors, names_egress_ports, resolve,
     resolve_with, rules_for_endpoint, wildcard_entries,
 };
 pub use remote_clusters::RemoteClusterConfig;
@@ -62,7 +64,7 @@ pub use service_merger::{
     SkippedBackend, Slot, merge,
 };
 pub use views::{
-    BackendView, CandidateView, ConntrackView, IdentityView, IpCacheView, KubernetesResourceView,
-    KubernetesView, MapEntryView, PolicyEntryView, PolicyView, RefusedRouteView, RemoteView,
-    ServiceView, SkippedBackendView, SourceView, StatusView,
+    BackendView, CandidateView, ConntrackView, FqdnView, IdentityView, IpCacheView,
+    KubernetesResourceView, KubernetesView, MapEntryView, PolicyEntryView, PolicyView,
+    RefusedRouteView, RemoteView, ServiceView, SkippedBackendView, SourceView, StatusView,
 };

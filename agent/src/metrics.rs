@@ -73,6 +73,11 @@ pub(crate) struct ProtocolLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DropLabel {
     pub direction: String,
     pub reason: String,
@@ -101,6 +106,10 @@ pub struct AgentMetrics {
     policy_verdicts: Family<VerdictLabel, Counter>,
     drops: Family<DropLabel, Counter>,
     errors: Family<ComponentLabel, Counter>,
+    /// What the DNS proxy did with each message, by outcome.
+    dns_proxy: Family<OutcomeLabel, Counter>,
+    /// Addresses learned from DNS answers and allowed now.
+    pub(crate) fqdn_addresses: Gauge,
     /// Conntrack entries after the last GC pass, by family.
     conntrack_entries: Family<FamilyLabel, Gauge>,
     /// Conntrack entries the GC deleted, by protocol.
@@ -152,6 +161,8 @@ impl AgentMetrics {
         let policy_verdicts = Family::<VerdictLabel, Counter>::default();
         let drops = Family::<DropLabel, Counter>::default();
         let errors = Family::<ComponentLabel, Counter>::default();
+        let dns_proxy = Family::<OutcomeLabel, Counter>::default();
+        let fqdn_addresses = Gauge::default();
         let conntrack_entries = Family::<FamilyLabel, Gauge>::default();
         let conntrack_gc_deleted = Family::<ProtocolLabel, Counter>::default();
         let conntrack_gc_seconds = Gauge::<f64, AtomicU64>::default();
@@ -202,6 +213,16 @@ impl AgentMetrics {
             "conntrack_gc_seconds",
             "Duration of the last conntrack garbage collection pass",
             conntrack_gc_seconds.clone(),
+        );
+        registry.register(
+            "dns_proxy_messages",
+            "DNS messages the proxy handled, by outcome (forwarded, refused, malformed, ...)",
+            dns_proxy.clone(),
+        );
+        registry.register(
+            "fqdn_addresses",
+            "Addresses learned from DNS answers that toFQDNs rules select",
+            fqdn_addresses.clone(),
         );
         registry.register("endpoints", "Endpoints on this node", endpoints.clone());
         registry.register("services", "Service frontends programmed", services.clone());
@@ -292,6 +313,8 @@ impl AgentMetrics {
             policy_verdicts,
             drops,
             errors,
+            dns_proxy,
+            fqdn_addresses,
             conntrack_entries,
             conntrack_gc_deleted,
             conntrack_gc_seconds,
@@ -300,6 +323,15 @@ impl AgentMetrics {
             k8s_refused,
             tls,
         }
+    }
+
+    /// Counts a DNS message the proxy handled.
+    pub(crate) fn count_dns(&self, outcome: &str) {
+        self.dns_proxy
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a failure of `component` that the agent will retry.

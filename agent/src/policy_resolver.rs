@@ -20,6 +20,17 @@
 //!   length 0 also selects the world identities. Endpoints of the mesh keep
 //!   their own identities: CIDR peers never select them.
 //! - `world` selects the world identities and every CIDR identity.
+//! - `toFQDNs` selects the node-local identities of the addresses the DNS
+//!   proxy learned for names the selector matches: such an address's
+//!   identity carries `cidr:<ip>/32` and one `fqdn:<selector>` label per
+//!   selector of the policies that matches one of its names (Cilium's
+//!   labels), so CIDR and `world` peers select it too. Addresses of the
+//!   mesh's endpoints keep their own identities: `toFQDNs` never selects
+//!   them.
+//! - An egress allow rule whose ports have DNS rules (`rules.dns`) sends
+//!   the connections on those ports through the agent's DNS proxy (the
+//!   entries carry the proxy's port), which allows the lookups the rules'
+//!   patterns match.
 //!
 //! Endpoints whose rules compile the same share one policy (one set of map
 //! entries); the agent keys them by [`EndpointRules`].
@@ -49,6 +60,62 @@ pub fn cidr_identity_labels(prefix: IpNet) -> Labels {
     labels.insert(Label::new(CIDR_SOURCE, prefix.trunc().to_string(), ""));
     labels.insert(Label::new("reserved", "world", ""));
     labels
+}
+
+/// Label source of the identities of addresses learned from DNS answers
+/// (`fqdn:*.example.com.`, one per selector matching one of its names).
+pub(crate) const FQDN_SOURCE: &str = "fqdn";
+
+/// The labels of the node-local identity of an address learned from DNS:
+/// its CIDR labels and `fqdn:<selector>` for each selector (normalized
+/// text) that matches one of its names.
+pub fn fqdn_identity_labels<'a>(
+    ip: IpAddr,
+    selectors: impl IntoIterator<Item = &'a str>,
+) -> Labels {
+    let mut labels = cidr_identity_labels(IpNet::from(ip));
+    for selector in selectors {
+        labels.insert(Label::new(FQDN_SOURCE, selector, ""));
+    }
+    labels
+}
+
+/// A policy's DNS name selector as the `fqdn` crate matches it (a DNS
+/// rule may have both a name and a pattern: either matches). Policies
+/// were validated when decoded, so both compile.
+pub fn compile_fqdn_selector(
+    selector: &kvstore::values::FqdnSelector,
+) -> impl Iterator<Item = fqdn::FqdnSelector> {
+    let name = selector
+        .match_name
+        .as_deref()
+        .and_then(|n| fqdn::FqdnSelector::match_name(n).ok());
+    let pattern = selector
+        .match_pattern
+        .as_deref()
+        .and_then(|p| fqdn::FqdnSelector::match_pattern(p).ok());
+    name.into_iter().chain(pattern)
+}
+
+/// Every `toFQDNs` selector of the policies (normalized text → selector):
+/// what the learned addresses are labelled with.
+pub fn fqdn_selectors<'a>(
+    policies: impl IntoIterator<Item = &'a PolicyDocument>,
+) -> BTreeMap<String, fqdn::FqdnSelector> {
+    let mut out = BTreeMap::new();
+    for doc in policies {
+        for spec in doc.rules() {
+            for (direction, _, _, peer) in peer_rules(spec) {
+                if direction != Direction::Egress {
+                    continue;
+                }
+                for selector in peer.fqdn_selectors().iter().flat_map(compile_fqdn_selector) {
+                    out.insert(selector.as_str().to_string(), selector);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The prefix of a CIDR identity's labels.
@@ -134,6 +201,9 @@ enum Peers {
         identities: BTreeSet<NumericIdentity>,
         /// CIDR identities inside one of these and outside its exceptions.
         cidrs: Vec<(IpNet, Vec<IpNet>)>,
+        /// Identities of learned addresses labelled with one of these
+        /// selectors (normalized text).
+        fqdns: Vec<String>,
     },
 }
 
@@ -143,6 +213,7 @@ impl Peers {
             selectors,
             identities,
             cidrs,
+            fqdns,
         } = self
         else {
             return false;
@@ -153,6 +224,13 @@ impl Peers {
         let Some(labels) = labels else {
             return false;
         };
+        if !fqdns.is_empty()
+            && labels
+                .iter()
+                .any(|l| l.source == FQDN_SOURCE && fqdns.contains(&l.key))
+        {
+            return true;
+        }
         if let Some(prefix) = cidr_of(labels) {
             return cidrs.iter().any(|(net, except)| {
                 net.contains(&prefix) && !except.iter().any(|e| e.contains(&prefix))
@@ -176,6 +254,8 @@ impl Peers {
 struct CompiledRule {
     peers: Peers,
     l4: Vec<L4Match>,
+    /// The L4 matches (of `l4`) whose connections go through the DNS proxy.
+    redirect: Vec<L4Match>,
     action: PolicyAction,
     cookie: u32,
 }
@@ -200,9 +280,23 @@ pub struct EndpointRules {
     /// ingress, no endpoint of the mesh for egress): nothing is allowed
     /// for them.
     pub unresolved_ports: Vec<String>,
+    /// The lookups its DNS rules allow (normalized selector texts, sorted):
+    /// what the DNS proxy lets through for it.
+    pub dns_patterns: Vec<String>,
+    /// The DNS proxy's port, which redirected entries carry (set when some
+    /// rule redirects).
+    pub dns_proxy_port: u16,
 }
 
+/// The DNS proxy's port unless the agent is configured otherwise.
+pub const DEFAULT_DNS_PROXY_PORT: u16 = 10053;
+
 impl EndpointRules {
+    /// Whether some rule sends connections through the DNS proxy.
+    pub fn redirects(&self) -> bool {
+        self.egress.rules.iter().any(|r| !r.redirect.is_empty())
+    }
+
     /// Whether some direction is enforced.
     pub fn enforced(&self) -> bool {
         self.ingress.enforced || self.egress.enforced
@@ -365,11 +459,37 @@ pub fn rules_for_endpoint<'a>(
                 if l4.is_empty() {
                     continue;
                 }
+                // The ports of DNS rules go through the proxy.
+                let mut redirect = Vec::new();
+                if direction == Direction::Egress
+                    && action == PolicyAction::Allow
+                    && peer.has_dns_rules()
+                {
+                    let with_dns: Vec<_> = peer
+                        .to_ports
+                        .iter()
+                        .filter(|r| !r.dns_rules().is_empty())
+                        .cloned()
+                        .collect();
+                    let dns_peer = PeerRule {
+                        to_ports: &with_dns,
+                        icmps: &[],
+                        ..peer.clone()
+                    };
+                    redirect = compile_l4(&dns_peer, ports.of(direction)).0;
+                    out.dns_patterns.extend(
+                        peer.dns_rules()
+                            .flat_map(compile_fqdn_selector)
+                            .map(|s| s.as_str().to_string()),
+                    );
+                    out.dns_proxy_port = DEFAULT_DNS_PROXY_PORT;
+                }
                 let peers = compile_peers(&peer, doc_ns, local_cluster);
                 let cookie = cookies.cookie(&rule);
                 out.direction_mut(direction).rules.push(CompiledRule {
                     peers,
                     l4,
+                    redirect,
                     action,
                     cookie,
                 });
@@ -381,16 +501,19 @@ pub fn rules_for_endpoint<'a>(
     }
     out.unresolved_ports.sort();
     out.unresolved_ports.dedup();
+    out.dns_patterns.sort();
+    out.dns_patterns.dedup();
     out
 }
 
 /// What `rules` (all selecting one identity, or all wildcards) say, after
 /// deny precedence, as the datapath's longest match needs it: an allow that
-/// a deny of the same identity covers becomes that deny. Sorted by L4 match.
-fn group_of<'r>(
-    rules: impl IntoIterator<Item = &'r CompiledRule>,
-) -> Vec<(L4Match, PolicyAction, u32)> {
+/// a deny of the same identity covers becomes that deny. An allow goes
+/// through the DNS proxy when a rule allowing it has DNS rules for it.
+/// Sorted by L4 match.
+fn group_of<'r>(rules: impl IntoIterator<Item = &'r CompiledRule>) -> Vec<GroupEntry> {
     let mut group: BTreeMap<L4Match, (PolicyAction, u32)> = BTreeMap::new();
+    let mut redirected: BTreeSet<L4Match> = BTreeSet::new();
     for rule in rules {
         for l4 in &rule.l4 {
             let e = group.entry(*l4).or_insert((rule.action, rule.cookie));
@@ -398,6 +521,7 @@ fn group_of<'r>(
                 *e = (rule.action, rule.cookie);
             }
         }
+        redirected.extend(rule.redirect.iter().copied());
     }
     let denies: Vec<(L4Match, u32)> = group
         .iter()
@@ -408,22 +532,39 @@ fn group_of<'r>(
         .into_iter()
         .map(
             |(l4, (action, cookie))| match denies.iter().find(|(d, _)| d.covers(&l4)) {
-                Some((_, deny)) if action == PolicyAction::Allow => (l4, PolicyAction::Deny, *deny),
-                _ => (l4, action, cookie),
+                Some((_, deny)) if action == PolicyAction::Allow => {
+                    (l4, PolicyAction::Deny, *deny, false)
+                }
+                _ => (
+                    l4,
+                    action,
+                    cookie,
+                    action == PolicyAction::Allow && redirected.contains(&l4),
+                ),
             },
         )
         .collect()
 }
 
+/// An entry of a group: match, action, rule cookie, through the DNS proxy.
+type GroupEntry = (L4Match, PolicyAction, u32, bool);
+
 fn keyed(
     policy_id: u32,
     direction: Direction,
     identity: u32,
-    group: &[(L4Match, PolicyAction, u32)],
+    group: &[GroupEntry],
+    proxy_port: u16,
 ) -> impl Iterator<Item = (PolicyKey, PolicyValue)> + '_ {
-    group.iter().map(move |(l4, action, cookie)| {
+    group.iter().map(move |(l4, action, cookie, redirect)| {
         let key = PolicyKey::new(policy_id, direction, identity, *l4);
-        (key, PolicyValue::new(*action, &key, *cookie))
+        let value = PolicyValue::new(*action, &key, *cookie);
+        let value = if *redirect {
+            value.with_proxy_port(proxy_port)
+        } else {
+            value
+        };
+        (key, value)
     })
 }
 
@@ -444,7 +585,14 @@ pub fn entries_for_identity(
                 .rules
                 .iter()
                 .filter(|r| r.peers.matches(id, labels));
-            keyed(policy_id, direction, id.get(), &group_of(selecting)).collect::<Vec<_>>()
+            keyed(
+                policy_id,
+                direction,
+                id.get(),
+                &group_of(selecting),
+                rules.dns_proxy_port,
+            )
+            .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -459,7 +607,14 @@ pub fn wildcard_entries(policy_id: u32, rules: &EndpointRules) -> Vec<(PolicyKey
                 .rules
                 .iter()
                 .filter(|r| r.peers == Peers::Any);
-            keyed(policy_id, direction, IDENTITY_ANY, &group_of(wildcards)).collect::<Vec<_>>()
+            keyed(
+                policy_id,
+                direction,
+                IDENTITY_ANY,
+                &group_of(wildcards),
+                rules.dns_proxy_port,
+            )
+            .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -515,7 +670,10 @@ impl<'a> Selections<'a> {
         peers: &Peers,
     ) -> Box<dyn Iterator<Item = (NumericIdentity, &'a Labels)> + '_> {
         let Peers::Some {
-            selectors, cidrs, ..
+            selectors,
+            cidrs,
+            fqdns,
+            ..
         } = peers
         else {
             return Box::new(std::iter::empty());
@@ -550,7 +708,11 @@ impl<'a> Selections<'a> {
             })
             .copied()
             .collect();
-        if selectors.len() > 1 {
+        // `fqdn:<selector>` labels have the selector as key, no value.
+        for f in fqdns {
+            rows.extend(index.get(&(f.as_str(), "")).into_iter().flatten());
+        }
+        if selectors.len() + fqdns.len() > 1 {
             rows.sort_unstable();
             rows.dedup();
         }
@@ -569,6 +731,7 @@ pub fn resolve_with(
     selections: &mut Selections<'_>,
 ) -> Vec<(PolicyKey, PolicyValue)> {
     let mut out = wildcard_entries(policy_id, rules);
+    let proxy_port = rules.dns_proxy_port;
     for direction in Direction::ALL {
         let rules = &rules.direction(direction).rules;
         // (identity, index of a rule that selects it)
@@ -590,7 +753,7 @@ pub fn resolve_with(
                 let group = group_of(combination.iter().map(|i| &rules[usize::from(*i)]));
                 // Entries of a placeholder identity: the value does not
                 // depend on which identity it is.
-                let template = keyed(policy_id, direction, u32::MAX, &group).collect();
+                let template = keyed(policy_id, direction, u32::MAX, &group, proxy_port).collect();
                 groups.insert(combination.clone(), template);
             }
             out.extend(groups[combination.as_slice()].iter().map(|(key, value)| {
@@ -620,6 +783,14 @@ fn compile_peers(peer: &PeerRule<'_>, doc_ns: Option<&str>, local_cluster: &str)
     let mut selectors = Vec::new();
     let mut identities = BTreeSet::new();
     let mut cidrs = Vec::new();
+    let mut fqdns: Vec<String> = peer
+        .fqdn_selectors()
+        .iter()
+        .flat_map(compile_fqdn_selector)
+        .map(|s| s.as_str().to_string())
+        .collect();
+    fqdns.sort();
+    fqdns.dedup();
     for sel in peer.endpoints.into_iter().flatten() {
         let mut sel = sel.clone();
         if let Some(ns) = doc_ns
@@ -710,6 +881,7 @@ fn compile_peers(peer: &PeerRule<'_>, doc_ns: Option<&str>, local_cluster: &str)
         selectors,
         identities,
         cidrs,
+        fqdns,
     }
 }
 

@@ -77,6 +77,10 @@ impl SourceId {
     /// The node-local identities of CIDR prefixes that policies name:
     /// every other source's entry for the same prefix wins.
     pub(crate) const POLICY_CIDRS: Self = Self(u16::MAX);
+    /// The node-local identities of addresses learned from DNS answers:
+    /// they win over a policy's CIDR identity of the same prefix (their
+    /// labels include its), and lose to every cluster's entry.
+    pub(crate) const FQDN: Self = Self(u16::MAX - 1);
 
     pub(crate) fn is_local(self) -> bool {
         self <= Self::LOCAL_CLUSTER

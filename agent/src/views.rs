@@ -5,6 +5,24 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// One address an endpoint learned for a name from a DNS answer
+/// (`clustermesh-agent debug fqdn`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqdnView {
+    /// The endpoint that looked the name up.
+    pub endpoint: u32,
+    pub name: String,
+    pub ip: String,
+    /// Seconds until the entry expires (0: expired, kept while in use).
+    pub ttl_left_s: u64,
+    pub in_use: bool,
+    /// The address's node-local identity, while a `toFQDNs` selector
+    /// matches one of its names.
+    pub identity: Option<u32>,
+    /// The `toFQDNs` selectors that match it.
+    pub selectors: Vec<String>,
+}
+
 /// One identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {

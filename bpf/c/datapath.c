@@ -131,6 +131,7 @@ struct hit {
 	__u32 cookie;
 	__u8 match_type;
 	__u8 dir;
+	__be16 proxy_port; /* the allow entry's (0: no redirect) */
 };
 
 /* Returns 0 for a parsed IP packet, 1 for a non-IP packet, -1 if malformed. */
@@ -331,6 +332,24 @@ static __always_inline void hairpin_addr(__u8 family, __u8 *out)
 	}
 }
 
+/* The address of the agent's proxy (see CM_PROXY_V4): 169.254.42.2, or
+ * fd00::a9fe:2a02 for IPv6. */
+static __always_inline void proxy_addr(__u8 family, __u8 *out)
+{
+	__builtin_memset(out, 0, 16);
+	if (family == CM_FAMILY_V4) {
+		__be32 a = bpf_htonl(CM_PROXY_V4);
+
+		__builtin_memcpy(out, &a, 4);
+	} else {
+		out[0] = 0xfd;
+		out[12] = 0xa9;
+		out[13] = 0xfe;
+		out[14] = 0x2a;
+		out[15] = 0x02;
+	}
+}
+
 static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity, __u32 backend_id,
 				     const __u8 *rev_addr, __be16 rev_port)
 {
@@ -408,6 +427,7 @@ static __always_inline int policy_check(__u32 policy_id, __u8 dir, __u32 identit
 	}
 	hit->cookie = allow->cookie;
 	hit->match_type = allow->match_type;
+	hit->proxy_port = allow->proxy_port;
 	return 1;
 }
 
@@ -639,6 +659,68 @@ static __always_inline __u32 tuple_hash(const struct ct_key *t)
 	h *= 0x85ebca6bu;
 	h ^= h >> 13;
 	return h;
+}
+
+/* A connection that the endpoint's egress policy sends through the agent's
+ * proxy (DNS rules): its destination becomes the proxy on this node. The
+ * egress entry of the tuple to the proxy reverse-translates the proxy's
+ * replies to what the endpoint dialled (`front` when a service was
+ * translated, else the destination); the proxy entry of the same tuple
+ * tells the proxy where the endpoint was going. Every packet of the
+ * connection comes here (its original tuple has no egress entry). */
+static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p,
+				    const struct endpoint_info *ep, __u32 dst_id,
+				    const struct hit *hit, const __u8 *front, __be16 front_port)
+{
+	/* what the endpoint dialled, and where it was going */
+	const __u8 *reply_addr = front ? front : p->t.daddr;
+	__be16 reply_port = front ? front_port : p->t.dport;
+	struct ct_value *ct;
+	struct ct_key k;
+
+	if (p->t.protocol != IPPROTO_TCP && p->t.protocol != IPPROTO_UDP) {
+		p->t.scope = 0;
+		emit(p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_PROXY, ep->sec_identity, dst_id,
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, hit);
+		return TC_ACT_SHOT;
+	}
+	k = p->t;
+	proxy_addr(p->t.family, k.daddr);
+	k.dport = hit->proxy_port;
+	k.scope = CM_CT_EGRESS;
+	ct = bpf_map_lookup_elem(&cm_ct, &k);
+	if (ct && (ct->flags & CM_CT_F_PROXY) && ct->rev_nat_port == reply_port &&
+	    addr_eq(ct->rev_nat_addr, reply_addr)) {
+		ct_touch(ct, p, 0);
+	} else {
+		if (ct_create(&k, ep->sec_identity, 0, reply_addr, reply_port))
+			goto ct_full;
+		ct = bpf_map_lookup_elem(&cm_ct, &k);
+		if (ct)
+			ct->flags |= CM_CT_F_PROXY;
+		p->t.scope = 0;
+		emit(p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, ep->sec_identity, dst_id,
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, hit);
+	}
+	k.scope = CM_CT_PROXY;
+	ct = bpf_map_lookup_elem(&cm_ct, &k);
+	if (ct && ct->rev_nat_port == p->t.dport && addr_eq(ct->rev_nat_addr, p->t.daddr))
+		ct_touch(ct, p, 0);
+	else if (ct_create(&k, ep->sec_identity, 0, p->t.daddr, p->t.dport))
+		goto ct_full;
+	p->t.scope = 0;
+	if (rewrite(skb, p, 1, k.daddr, k.dport)) {
+		emit(p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_NAT, ep->sec_identity, dst_id,
+		     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+
+ct_full:
+	p->t.scope = 0;
+	emit(p, skb->ifindex, CM_VERDICT_DROPPED, CM_DROP_CT_FULL, ep->sec_identity, dst_id,
+	     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, 0);
+	return TC_ACT_SHOT;
 }
 
 /* Traffic delivered to the endpoint (TC egress of the host-side veth):
@@ -907,6 +989,9 @@ int cm_from_endpoint(struct __sk_buff *skb)
 			     CM_FLOW_FROM_ENDPOINT, CM_REPLY_NO, &hit);
 			return TC_ACT_SHOT;
 		}
+		if (hit.proxy_port)
+			return to_proxy(skb, &p, ep, dst_id, &hit, translated ? front_addr : 0,
+					front_port);
 		if (!translated) {
 			p.t.scope = 0;
 			emit(&p, skb->ifindex, CM_VERDICT_FORWARDED, CM_DROP_NONE, ep->sec_identity,

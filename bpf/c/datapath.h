@@ -93,9 +93,11 @@ struct policy_key {
 
 struct policy_value {
 	__u8 action;
-	__u8 match_type; /* CM_MATCH_* of the entry's key */
-	__u16 pad;
-	__u32 cookie;	/* which rule made the entry (the agent's table) */
+	__u8 match_type;   /* CM_MATCH_* of the entry's key */
+	__be16 proxy_port; /* allow entries: non-zero sends new connections
+			    * through the agent's proxy on this port (DNS
+			    * rules) instead of straight to the peer */
+	__u32 cookie;	   /* which rule made the entry (the agent's table) */
 };
 
 /* conntrack: LRU hash for both families. The scope separates the three
@@ -105,6 +107,15 @@ struct policy_value {
 #define CM_CT_EGRESS 0
 #define CM_CT_INGRESS 1
 #define CM_CT_SERVICE 2
+/* A connection redirected to the agent's proxy, keyed by its tuple to the
+ * proxy (as the proxy's socket sees it): rev_nat_* is where the endpoint
+ * was going after service translation, which the proxy forwards to. The
+ * egress entry of the same tuple reverse-translates the proxy's replies to
+ * what the endpoint dialled. */
+#define CM_CT_PROXY 3
+
+/* The agent's proxy listens on these node-local addresses (on `lo`). */
+#define CM_PROXY_V4 0xa9fe2a02u /* 169.254.42.2 */
 
 struct ct_key {
 	__u8 saddr[16];
@@ -126,6 +137,7 @@ struct ct_key {
 #define CM_CT_F_HAIRPIN 8u    /* an endpoint reaching itself through a service:
 			       * its source became the hairpin address, which
 			       * replies get back as their destination */
+#define CM_CT_F_PROXY 16u     /* egress entries: redirected to the agent's proxy */
 
 /* The source of an endpoint's connection to itself through a service (its
  * own address as source would be a martian to its kernel). */
@@ -185,6 +197,7 @@ struct backend_value {
 #define CM_DROP_CT_FULL 4     /* conntrack entry could not be created */
 #define CM_DROP_MALFORMED 5   /* headers could not be parsed */
 #define CM_DROP_NAT 6         /* rewriting the packet failed */
+#define CM_DROP_PROXY 7       /* redirecting to the proxy failed (not TCP or UDP) */
 
 #define CM_FLOW_TO_ENDPOINT 0
 #define CM_FLOW_FROM_ENDPOINT 1

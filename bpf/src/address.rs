@@ -7,6 +7,13 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` value of an IPv6 address in every map.
 pub const FAMILY_V6: u8 = 6;
 
+/// Where the agent's proxy listens (on the node's `lo`): new connections
+/// that policy sends through the proxy are redirected here
+/// (`CM_PROXY_V4` in `c/datapath.h`).
+pub const PROXY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 2);
+/// The IPv6 address of the agent's proxy.
+pub const PROXY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0xa9fe, 0x2a02);
+
 /// An address as the maps store it: IPv4 in the first 4 bytes (the rest
 /// zero), IPv6 in all 16; plus the family byte.
 pub(crate) fn encode(addr: IpAddr) -> ([u8; 16], u8) {

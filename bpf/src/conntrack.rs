@@ -24,6 +24,9 @@ pub enum CtScope {
     Ingress,
     /// The frontend tuple of a service connection -> the chosen backend.
     Service,
+    /// A connection redirected to the agent's proxy, keyed by its tuple to
+    /// the proxy: where the endpoint was going (the proxy forwards there).
+    Proxy,
     /// An unknown scope byte.
     Other(u8),
 }
@@ -63,6 +66,7 @@ impl CtKey {
                 CtScope::Egress => 0,
                 CtScope::Ingress => 1,
                 CtScope::Service => 2,
+                CtScope::Proxy => 3,
                 CtScope::Other(n) => n,
             },
             pad: 0,
@@ -102,6 +106,7 @@ impl CtKey {
             0 => CtScope::Egress,
             1 => CtScope::Ingress,
             2 => CtScope::Service,
+            3 => CtScope::Proxy,
             n => CtScope::Other(n),
         }
     }
@@ -114,6 +119,8 @@ const REVNAT: u16 = 1;
 const SEEN_REPLY: u16 = 2;
 /// `CM_CT_F_CLOSING`: TCP, a FIN or RST passed in either direction.
 const CLOSING: u16 = 4;
+/// `CM_CT_F_PROXY`: an egress entry redirected to the agent's proxy.
+const PROXY: u16 = 16;
 
 /// conntrack value (`struct ct_value`).
 #[repr(C)]
@@ -175,6 +182,23 @@ impl CtValue {
     /// tuple clears it).
     pub fn closing(&self) -> bool {
         self.flags & CLOSING != 0
+    }
+
+    /// An egress entry of a connection redirected to the agent's proxy.
+    pub fn proxied(&self) -> bool {
+        self.flags & PROXY != 0
+    }
+
+    /// Where a [`CtScope::Proxy`] entry's connection was going (after
+    /// service translation): what the proxy forwards to.
+    pub fn proxy_upstream(&self, key: &CtKey) -> Option<SocketAddr> {
+        if key.scope() != CtScope::Proxy {
+            return None;
+        }
+        Some(SocketAddr::new(
+            decode(&self.rev_nat_addr, key.family)?,
+            u16::from_be_bytes(self.rev_nat_port),
+        ))
     }
 
     /// The frontend that replies are rewritten to (service connections),

@@ -199,6 +199,7 @@ mod tests {
             CtScope::Egress,
             CtScope::Ingress,
             CtScope::Service,
+            CtScope::Proxy,
             CtScope::Other(9),
         ] {
             for (protocol, value, seconds) in cases {

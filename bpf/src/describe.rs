@@ -139,6 +139,9 @@ impl DescribeValue<PolicyKey> for PolicyValue {
         if self.cookie != 0 {
             fields.push(("rule", num(self.cookie)));
         }
+        if self.proxy_port() != 0 {
+            fields.push(("proxy_port", num(self.proxy_port())));
+        }
         fields
     }
 }
@@ -206,6 +209,7 @@ impl Describe for CtKey {
                     CtScope::Egress => "egress".to_string(),
                     CtScope::Ingress => "ingress".to_string(),
                     CtScope::Service => "service".to_string(),
+                    CtScope::Proxy => "proxy".to_string(),
                     CtScope::Other(n) => format!("unknown-{n}"),
                 }),
             ),
@@ -228,8 +232,13 @@ impl DescribeValue<CtKey> for CtValue {
         if self.backend_id != 0 {
             fields.push(("backend", num(self.backend_id)));
         }
-        if let Some(rev) = self.rev_nat(key) {
+        if let Some(upstream) = self.proxy_upstream(key) {
+            fields.push(("upstream", text(upstream)));
+        } else if let Some(rev) = self.rev_nat(key) {
             fields.push(("reverse_nat", text(rev)));
+        }
+        if self.proxied() {
+            fields.push(("proxied", FieldValue::Bool(true)));
         }
         fields
     }

@@ -36,6 +36,9 @@ pub enum DropReason {
     Malformed,
     /// Rewriting addresses or checksums failed.
     Nat,
+    /// Policy sends it through the agent's proxy, which takes only TCP and
+    /// UDP.
+    Proxy,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -150,6 +153,7 @@ impl FlowEvent {
             4 => DropReason::ConntrackFull,
             5 => DropReason::Malformed,
             6 => DropReason::Nat,
+            7 => DropReason::Proxy,
             n => DropReason::Other(n),
         });
         Some(Self {

@@ -113,7 +113,7 @@ fn rust_records_match_the_object_btf() {
         btf,
         "policy_value",
         PolicyValue,
-        [action, match_type, pad, cookie]
+        [action, match_type, proxy_port, cookie]
     );
     check!(
         btf,

@@ -46,7 +46,7 @@ mod syscall;
 mod test_frame;
 mod typed_map;
 
-pub use address::{FAMILY_V4, FAMILY_V6};
+pub use address::{FAMILY_V4, FAMILY_V6, PROXY_V4, PROXY_V6};
 pub use backend::{BACKENDS_MAP, BackendKey, BackendMap, BackendValue};
 pub use bpffs::BpffsError;
 pub use conntrack::{CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, CtValue};

@@ -402,7 +402,9 @@ impl MatchType {
 pub struct PolicyValue {
     pub(crate) action: u8,
     pub(crate) match_type: u8,
-    pub(crate) pad: u16,
+    /// Non-zero (network order): new connections go through the agent's
+    /// proxy on this port (DNS rules).
+    pub(crate) proxy_port: [u8; 2],
     /// Which rule made the entry (the agent's numbering; 0 = none).
     pub cookie: u32,
 }
@@ -415,14 +417,14 @@ impl PolicyValue {
     pub const ALLOW: Self = Self {
         action: 1,
         match_type: 0,
-        pad: 0,
+        proxy_port: [0; 2],
         cookie: 0,
     };
     /// A deny entry without match type or rule.
     pub const DENY: Self = Self {
         action: 2,
         match_type: 0,
-        pad: 0,
+        proxy_port: [0; 2],
         cookie: 0,
     };
 
@@ -434,9 +436,21 @@ impl PolicyValue {
                 PolicyAction::Deny => 2,
             },
             match_type: MatchType::of(key) as u8,
-            pad: 0,
+            proxy_port: [0; 2],
             cookie,
         }
+    }
+
+    /// The same entry sending new connections through the agent's proxy
+    /// on `port` (0: straight to the peer).
+    pub fn with_proxy_port(mut self, port: u16) -> Self {
+        self.proxy_port = port.to_be_bytes();
+        self
+    }
+
+    /// The port of the agent's proxy new connections go through (0: none).
+    pub fn proxy_port(&self) -> u16 {
+        u16::from_be_bytes(self.proxy_port)
     }
 
     /// The action (`None` for an unknown action byte, which the datapath

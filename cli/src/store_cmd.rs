@@ -153,14 +153,12 @@ impl Kind {
 
     fn parse(self, text: &str) -> anyhow::Result<Parsed> {
         Ok(match self {
-            Self::Policy => PolicyDocument::parse(text)
-                .and_then(|d| d.enforceable().map(|()| d))
-                .map(|d| Parsed {
-                    key: d.key(),
-                    value: d.encode(),
-                    selects: policy_selects(&d),
-                    service: None,
-                })?,
+            Self::Policy => PolicyDocument::parse(text).map(|d| Parsed {
+                key: d.key(),
+                value: d.encode(),
+                selects: policy_selects(&d),
+                service: None,
+            })?,
             Self::Service => ServiceDef::parse(text).map(|d| Parsed {
                 key: d.key(),
                 value: d.encode(),

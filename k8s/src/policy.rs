@@ -49,7 +49,7 @@ pub fn document(kind: PolicyKind, obj: &DynamicObject) -> Result<PolicyDocument,
             doc[field] = v.clone();
         }
     }
-    PolicyDocument::from_json_value(doc).and_then(|d| d.enforceable().map(|()| d))
+    PolicyDocument::from_json_value(doc)
 }
 
 /// The `Valid` condition the operator writes on a policy: `True`, or

@@ -27,17 +27,9 @@ impl ControlLoop {
             Input::Service(source, event) => self.on_service(source, event),
             Input::Policy(event) => {
                 match event {
-                    Event::Upsert { key, value } => match value.enforceable() {
-                        Ok(()) => {
-                            self.tables.policies.insert(key, value);
-                        }
-                        Err(e) => {
-                            // Written past `policy apply`: ignored, and
-                            // an earlier version stays in force.
-                            warn!(policy = %key, error = %e, "a policy this agent cannot enforce; ignored");
-                            self.metrics.count_error("policy");
-                        }
-                    },
+                    Event::Upsert { key, value } => {
+                        self.tables.policies.insert(key, value);
+                    }
                     Event::Delete { key } => {
                         self.tables.policies.remove(&key);
                     }
@@ -88,16 +80,20 @@ impl ControlLoop {
                 let result = self
                     .endpoints
                     .detach(&mut self.dp, &mut self.tables, &endpoint);
+                self.fqdn_endpoint_removed(endpoint.id);
                 self.endpoints_changed();
                 let _ = reply.send(result);
             }
             Input::Query(query, reply) => {
                 let _ = reply.send(self.answer(query));
             }
+            Input::FqdnLearned(learned) => self.on_fqdn_learned(learned),
+            Input::FqdnTick => self.on_fqdn_tick(),
         }
     }
 
     fn endpoints_changed(&mut self) {
+        self.publish_dns_view();
         self.services.touch();
         self.metrics.endpoints.set(self.endpoints.len() as i64);
     }

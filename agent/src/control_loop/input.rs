@@ -15,7 +15,8 @@ use crate::{
     route_plan::RefusedRoute,
     tables::{IpEntry, PortNames, SourceId},
     views::{
-        IdentityView, IpCacheView, MapEntryView, PolicyView, RemoteView, ServiceView, StatusView,
+        FqdnView, IdentityView, IpCacheView, MapEntryView, PolicyView, RemoteView, ServiceView,
+        StatusView,
     },
 };
 
@@ -53,6 +54,10 @@ pub(crate) enum Input {
     Attach(Endpoint, oneshot::Sender<Result<u32, String>>),
     Detach(Endpoint, oneshot::Sender<Result<(), String>>),
     Query(Query, oneshot::Sender<Answer>),
+    /// The DNS proxy read an answer (the maps are written before `done`).
+    FqdnLearned(super::fqdn::FqdnLearned),
+    /// Learned addresses expire; the learned names are saved.
+    FqdnTick,
 }
 
 impl Input {
@@ -142,6 +147,8 @@ pub(crate) enum Query {
     Services,
     /// The raw content of a BPF map.
     Map(String),
+    /// What the DNS proxy learned.
+    Fqdn,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +159,7 @@ pub(crate) enum Answer {
     Policy(Option<PolicyView>),
     Services(Vec<ServiceView>),
     Map(Result<Vec<MapEntryView>, String>),
+    Fqdn(Vec<FqdnView>),
 }
 
 /// An input and when it arrived (for the propagation-delay histogram).

@@ -19,6 +19,7 @@
 //! the unit tests ([`tests`]) replace with memory.
 
 mod events;
+mod fqdn;
 mod input;
 mod policy;
 mod queries;
@@ -40,19 +41,22 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub(crate) use self::fqdn::FqdnLearned;
 pub(crate) use self::input::Timed;
-pub(crate) use self::{
-    input::{Answer, Input, IpEvent, LoopHandle, Query},
-    sources::StoreKind,
-};
 use self::{
+    fqdn::FqdnState,
     input::{BATCH_SIZE, QUEUE_CAPACITY},
     policy::Endpoints,
     services::Services,
     sources::{Source, Sources},
 };
+pub(crate) use self::{
+    input::{Answer, Input, IpEvent, LoopHandle, Query},
+    sources::StoreKind,
+};
 use crate::{
     datapath_sync::DatapathSync,
+    dns_proxy::DnsView,
     hubble::{FlowDirectory, PeerPort},
     metrics::AgentMetrics,
     route_plan::RefusedRoute,
@@ -100,6 +104,10 @@ pub(crate) struct ControlLoop {
     kube: Option<crate::kubernetes::KubeState>,
     /// The conntrack collector's last pass, for `status`.
     conntrack: Option<watch::Receiver<Option<crate::views::ConntrackView>>>,
+    /// Names and addresses learned from DNS answers.
+    fqdn: FqdnState,
+    /// What the DNS proxy reads: endpoints with DNS rules, selectors.
+    dns_view: Option<Arc<DnsView>>,
 }
 
 /// Publishes the nodes as Hubble peers when they change.
@@ -144,6 +152,8 @@ impl ControlLoop {
                 peers: None,
                 kube: None,
                 conntrack: None,
+                fqdn: FqdnState::new(::fqdn::CacheConfig::default(), None),
+                dns_view: None,
             },
             LoopHandle { tx },
         )
@@ -163,6 +173,31 @@ impl ControlLoop {
             port,
             dirty: true,
         });
+    }
+
+    /// The DNS proxy on `port` reads `view`; learned names follow
+    /// `cache` and are kept in `state_file`, from which they are restored
+    /// now.
+    pub(crate) fn with_dns_proxy(
+        &mut self,
+        view: Arc<DnsView>,
+        port: u16,
+        cache: ::fqdn::CacheConfig,
+        state_file: std::path::PathBuf,
+    ) {
+        self.dns_view = Some(view);
+        self.endpoints.set_dns_proxy_port(port);
+        self.fqdn = FqdnState::new(cache, Some(state_file));
+        self.restore_fqdn();
+        self.publish_dns_view();
+    }
+
+    /// Tells the DNS proxy which endpoints have DNS rules, and the
+    /// selectors whose names must be in the maps before an answer goes.
+    fn publish_dns_view(&self) {
+        if let Some(view) = &self.dns_view {
+            view.publish(self.endpoints.dns_endpoints(), self.fqdn.selectors());
+        }
     }
 
     /// Kubernetes mode: `status` shows the API server's state.
@@ -246,6 +281,10 @@ impl ControlLoop {
             }
         }
         self.apply();
+        // Answers whose addresses this batch wrote may go now.
+        for done in std::mem::take(&mut self.fqdn.waiting) {
+            let _ = done.send(());
+        }
         for (q, reply) in queries {
             let _ = reply.send(self.answer(q));
         }
@@ -327,8 +366,10 @@ impl ControlLoop {
     }
 
     fn recompute_all_policy(&mut self) {
+        self.fqdn_selectors_changed();
         self.endpoints
             .recompute_all(&mut self.dp, &mut self.tables, &self.config.cluster);
+        self.publish_dns_view();
     }
 
     /// Policy entries naming `id` follow its new labels (`None`: it went).

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use bpf::{EndpointInfo, EndpointPolicy};
@@ -23,6 +24,7 @@ use kvstore::{ClusterName, Labels, NumericIdentity};
 
 use crate::{
     datapath_sync::DatapathSync,
+    dns_proxy::DnsEndpoint,
     endpoint::{Endpoint, EndpointId, NamedPort},
     policy_resolver::{
         self, EndpointRules, NamedPorts, RuleCookies, RuleRef, Selections, cidr_identity_labels,
@@ -44,7 +46,6 @@ struct PolicySet {
 }
 
 /// The endpoints of this node, by endpoint ID, and their policies.
-#[derive(Default)]
 pub(super) struct Endpoints {
     by_id: BTreeMap<EndpointId, LocalEndpoint>,
     sets: BTreeMap<u32, PolicySet>,
@@ -53,11 +54,61 @@ pub(super) struct Endpoints {
     cidrs: BTreeMap<IpNet, NumericIdentity>,
     /// Cookies already named to the flow directory.
     exported_cookies: u32,
+    /// The DNS proxy's port (entries of DNS rules redirect there).
+    dns_proxy_port: u16,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            cookies: RuleCookies::default(),
+            cidrs: BTreeMap::new(),
+            exported_cookies: 0,
+            dns_proxy_port: policy_resolver::DEFAULT_DNS_PROXY_PORT,
+        }
+    }
 }
 
 impl Endpoints {
     pub(super) fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    pub(super) fn set_dns_proxy_port(&mut self, port: u16) {
+        self.dns_proxy_port = port;
+    }
+
+    /// The endpoints whose rules send DNS through the proxy, by address,
+    /// with the lookups their rules allow.
+    pub(super) fn dns_endpoints(&self) -> HashMap<IpAddr, Arc<DnsEndpoint>> {
+        let mut out = HashMap::new();
+        for ep in self.by_id.values() {
+            let Some(rules) = self.sets.get(&ep.policy_id).map(|s| &s.rules) else {
+                continue;
+            };
+            if !rules.redirects() {
+                continue;
+            }
+            let mut patterns = fqdn::SelectorSet::new();
+            for text in &rules.dns_patterns {
+                if let Ok(p) = fqdn::FqdnSelector::match_pattern(text) {
+                    patterns.insert(p);
+                }
+            }
+            let entry = Arc::new(DnsEndpoint {
+                id: ep.endpoint.id,
+                identity: ep.endpoint.identity,
+                namespace: ep.endpoint.namespace.clone(),
+                name: ep.endpoint.name.clone(),
+                patterns,
+            });
+            for addr in ep.endpoint.addresses() {
+                out.insert(addr, entry.clone());
+            }
+        }
+        out
     }
 
     pub(super) fn get(&self, id: EndpointId) -> Option<&LocalEndpoint> {
@@ -116,7 +167,14 @@ impl Endpoints {
             let rules = match same.iter().find(|(ports, _)| *ports == ep.endpoint.ports) {
                 Some((_, rules)) => rules.clone(),
                 None => {
-                    let rules = compile(&mut self.cookies, ep, tables, cluster, &mesh_ports);
+                    let rules = compile(
+                        &mut self.cookies,
+                        ep,
+                        tables,
+                        cluster,
+                        &mesh_ports,
+                        self.dns_proxy_port,
+                    );
                     same.push((&ep.endpoint.ports, rules.clone()));
                     rules
                 }
@@ -376,6 +434,7 @@ impl Endpoints {
             tables,
             cluster,
             &tables.named_ports(),
+            self.dns_proxy_port,
         );
         self.export_rules(tables);
         let mut local = local;
@@ -493,17 +552,18 @@ impl Endpoints {
     }
 }
 
-/// The rules of `ep` under the current policies.
 /// The rules of `ep` under the current policies, with `mesh_ports` the
-/// ports the mesh's endpoints declare by name.
+/// ports the mesh's endpoints declare by name; DNS rules redirect to the
+/// proxy on `dns_proxy_port`.
 fn compile(
     cookies: &mut RuleCookies,
     ep: &LocalEndpoint,
     tables: &Tables,
     cluster: &ClusterName,
     mesh_ports: &NamedPorts,
+    dns_proxy_port: u16,
 ) -> EndpointRules {
-    policy_resolver::rules_for_endpoint(
+    let mut rules = policy_resolver::rules_for_endpoint(
         &ep.labels,
         tables.policies.values(),
         cluster.as_str(),
@@ -512,7 +572,11 @@ fn compile(
             mesh: mesh_ports,
         },
         cookies,
-    )
+    );
+    if rules.dns_proxy_port != 0 {
+        rules.dns_proxy_port = dns_proxy_port;
+    }
+    rules
 }
 
 /// The entries of policy `id` for every identity the tables know.

@@ -23,6 +23,7 @@ impl ControlLoop {
     pub(super) fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Status => Answer::Status(Box::new(self.status())),
+            Query::Fqdn => Answer::Fqdn(self.fqdn_view()),
             Query::Identities => {
                 let mut all: Vec<IdentityView> = self
                     .tables

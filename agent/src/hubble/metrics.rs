@@ -222,6 +222,7 @@ fn agent_labels(
         DropReason::ConntrackFull => "conntrack-full",
         DropReason::Malformed => "malformed",
         DropReason::Nat => "nat-failed",
+        DropReason::Proxy => "proxy-unsupported-protocol",
         DropReason::Other(_) => "unknown",
     });
     (direction, verdict, reason)

@@ -207,6 +207,7 @@ pub(crate) fn drop_reason(reason: DropReason) -> HubbleDropReason {
         DropReason::ConntrackFull => HubbleDropReason::CtMapInsertionFailed,
         DropReason::Malformed => HubbleDropReason::InvalidPacketDropped,
         DropReason::Nat => HubbleDropReason::ErrorWritingToPacket,
+        DropReason::Proxy => HubbleDropReason::ProxyRedirectionNotSupportedForProtocol,
         DropReason::Other(_) => HubbleDropReason::Unknown,
     }
 }

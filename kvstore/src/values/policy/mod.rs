@@ -281,39 +281,6 @@ impl PolicyDocument {
     }
 
     /// Checks everything, so a document is either used whole or not at all.
-    /// Whether the agents can enforce everything the document says: the
-    /// model accepts `toFQDNs` and DNS rules (issue 19), but until the
-    /// agent's DNS proxy enforces them they would allow nothing or every
-    /// lookup, so `policy apply`, the operator's `Valid` condition and the
-    /// agent refuse such a document with the field's path.
-    pub fn enforceable(&self) -> Result<(), PolicyError> {
-        let many = self.rules().count() > 1;
-        for (s, spec) in self.rules().enumerate() {
-            let spec_path = if many {
-                format!("specs[{s}]")
-            } else {
-                "spec".to_string()
-            };
-            for (i, rule) in spec.egress.iter().enumerate() {
-                let path = format!("{spec_path}.egress[{i}]");
-                let peer = rule.peer_rule();
-                if !peer.fqdn_selectors().is_empty() {
-                    return Err(PolicyError::field(
-                        format!("{path}.toFQDNs"),
-                        "toFQDNs is not enforced yet: the agent's DNS proxy is not in place (nothing was applied)",
-                    ));
-                }
-                if peer.has_dns_rules() {
-                    return Err(PolicyError::field(
-                        format!("{path}.toPorts"),
-                        "rules.dns is not enforced yet: the agent's DNS proxy is not in place (nothing was applied)",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub fn validate(&self) -> Result<(), PolicyError> {
         let name = &self.metadata.name;
         if name.is_empty() || name.contains('/') {

@@ -1358,27 +1358,3 @@ fn dns_rules_sit_on_dns_ports_of_egress_rules() {
         assert!(!rule.has_dns_rules(), "{rules}");
     }
 }
-
-#[test]
-fn fqdn_rules_are_refused_until_the_agent_enforces_them() {
-    let doc = PolicyDocument::parse(&spec_with(
-        "  egress:\n  - toEndpoints: [{}]\n  - toFQDNs: [{matchName: api.example.com}]\n",
-    ))
-    .expect("the model accepts toFQDNs");
-    let err = doc.enforceable().unwrap_err().to_string();
-    assert!(
-        err.contains("spec.egress[1].toFQDNs") && err.contains("not enforced yet"),
-        "{err}"
-    );
-    let dns = PolicyDocument::parse(&spec_with(
-        "  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}], rules: {dns: [{matchPattern: \"*\"}]}}]\n",
-    ))
-    .expect("the model accepts DNS rules");
-    let err = dns.enforceable().unwrap_err().to_string();
-    assert!(err.contains("spec.egress[0].toPorts"), "{err}");
-    let plain = PolicyDocument::parse(&spec_with(
-        "  egress:\n  - toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
-    ))
-    .unwrap();
-    assert!(plain.enforceable().is_ok());
-}
