@@ -366,6 +366,7 @@ impl Agent {
                 dns_view,
                 handle.clone(),
                 metrics.clone(),
+                hubble.as_ref().map(Hubble::l7_sink),
                 inner.clone(),
             ),
         );

@@ -33,7 +33,10 @@ use std::{
 };
 
 use anyhow::Context;
-use bpf::{CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, PROXY_V4, PROXY_V6, Protocol};
+use bpf::{
+    CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, FlowDirection, FlowEvent, IPCACHE_MAP, IpCacheKey,
+    IpCacheMap, PROXY_V4, PROXY_V6, Protocol, Verdict,
+};
 use fqdn::{DnsQuery, DnsResponse, FqdnSelector, ResponseLimits, SelectorSet, Transport};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -46,6 +49,7 @@ use tracing::{debug, info, warn};
 use crate::{
     control_loop::{FqdnLearned, Input, LoopHandle},
     endpoint::EndpointId,
+    hubble::{DnsRecord, L7Sink},
     metrics::AgentMetrics,
 };
 
@@ -123,8 +127,12 @@ struct Proxy {
     control: LoopHandle,
     metrics: Arc<AgentMetrics>,
     conntrack: ConntrackMap,
+    /// For the identity of the servers asked (in flows).
+    ipcache: IpCacheMap,
     sockets: SocketFactory,
     in_flight: Semaphore,
+    /// Where lookups become L7 flows (when Hubble is on).
+    flows: Option<L7Sink>,
 }
 
 /// Binds the proxy's sockets in the node's namespace (giving `lo` the
@@ -134,6 +142,7 @@ pub(crate) async fn run(
     view: Arc<DnsView>,
     control: LoopHandle,
     metrics: Arc<AgentMetrics>,
+    flows: Option<L7Sink>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let netns = config.node_netns.clone();
@@ -143,7 +152,11 @@ pub(crate) async fn run(
         .context("binding the DNS proxy's sockets")??;
     let conntrack = ConntrackMap::open_pinned(&config.bpffs_dir, CONNTRACK_MAP)
         .context("opening the conntrack map for the DNS proxy")?;
+    let ipcache = IpCacheMap::open_pinned(&config.bpffs_dir, IPCACHE_MAP)
+        .context("opening the ipcache map for the DNS proxy")?;
     let proxy = Arc::new(Proxy {
+        ipcache,
+        flows,
         in_flight: Semaphore::new(config.max_in_flight),
         sockets: SocketFactory::new(netns.clone())?,
         config,
@@ -295,7 +308,12 @@ enum Decision {
         upstream: SocketAddr,
     },
     /// Answer this (REFUSED) without forwarding.
-    Refuse(Vec<u8>),
+    Refuse {
+        reply: Vec<u8>,
+        endpoint: Arc<DnsEndpoint>,
+        query: DnsQuery,
+        upstream: SocketAddr,
+    },
     /// Drop it, counted as this.
     Drop(&'static str),
 }
@@ -347,7 +365,12 @@ impl Proxy {
                 "DNS lookup refused: no DNS rule of the endpoint allows it"
             );
             return match query.refused(transport) {
-                Ok(bytes) => Decision::Refuse(bytes),
+                Ok(reply) => Decision::Refuse {
+                    reply,
+                    endpoint,
+                    query,
+                    upstream,
+                },
                 Err(_) => Decision::Drop("malformed_query"),
             };
         }
@@ -358,15 +381,85 @@ impl Proxy {
         }
     }
 
+    /// An L7 flow of a lookup: the query (`response` `None`; `refused`
+    /// makes it a drop) or its answer.
+    #[allow(clippy::too_many_arguments)]
+    fn flow(
+        &self,
+        endpoint: &DnsEndpoint,
+        client: SocketAddr,
+        upstream: SocketAddr,
+        protocol: Protocol,
+        query: &DnsQuery,
+        response: Option<(&DnsResponse, Duration)>,
+        refused: bool,
+    ) {
+        let Some(sink) = &self.flows else {
+            return;
+        };
+        let server_identity = self
+            .ipcache
+            .get(&IpCacheKey::host(upstream.ip()))
+            .ok()
+            .flatten()
+            .map_or(2, |v| v.sec_identity);
+        let (src, dst, src_identity, dst_identity) = if response.is_some() {
+            (upstream, client, server_identity, endpoint.identity)
+        } else {
+            (client, upstream, endpoint.identity, server_identity)
+        };
+        let event = FlowEvent {
+            timestamp: Duration::ZERO,
+            src: src.ip(),
+            dst: dst.ip(),
+            sport: src.port(),
+            dport: dst.port(),
+            protocol,
+            src_identity,
+            dst_identity,
+            verdict: if refused {
+                Verdict::Dropped
+            } else {
+                Verdict::Forwarded
+            },
+            drop_reason: None,
+            ifindex: 0,
+            direction: FlowDirection::FromEndpoint,
+            is_reply: Some(response.is_some()),
+            tcp_flags: 0,
+            icmp: None,
+            policy: None,
+        };
+        let mut record = DnsRecord {
+            response: response.is_some(),
+            query: query.name.as_str().to_string(),
+            qtype: query.record_type.to_string(),
+            ..DnsRecord::default()
+        };
+        if refused {
+            record.rcode = u32::from(u16::from(fqdn::ResponseCode::Refused));
+        }
+        if let Some((r, latency)) = response {
+            record.rcode = u32::from(u16::from(r.rcode));
+            record.ips = r.addresses.iter().map(|a| a.ip.to_string()).collect();
+            record.ttl = r.addresses.iter().map(|a| a.ttl).min().unwrap_or(0);
+            record.cnames = r.cnames.iter().map(|c| c.as_str().to_string()).collect();
+            record.latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        }
+        sink.dns(event, record);
+    }
+
     /// Reads the answer; when a `toFQDNs` selector matches its name, waits
     /// until its addresses are in the maps. `None`: drop it.
     async fn release(
         &self,
         endpoint: &DnsEndpoint,
+        (client, upstream, asked): (SocketAddr, SocketAddr, std::time::Instant),
         query: &DnsQuery,
         answer: &[u8],
         transport: Transport,
     ) -> Option<()> {
+        let read_at = std::time::Instant::now();
         let response = match DnsResponse::parse(answer, transport, &self.config.limits) {
             Ok(r) => r,
             Err(e) => {
@@ -382,6 +475,19 @@ impl Proxy {
         if let Some(t) = response.truncation {
             self.metrics.count_dns(t.reason.as_str());
         }
+        let protocol = match transport {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
+        self.flow(
+            endpoint,
+            client,
+            upstream,
+            protocol,
+            query,
+            Some((&response, asked.elapsed())),
+            false,
+        );
         if response.addresses.is_empty() {
             return Some(());
         }
@@ -403,7 +509,10 @@ impl Proxy {
             return None;
         }
         match tokio::time::timeout(self.config.max_map_wait, written).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self
+                .metrics
+                .fqdn_answer_to_map
+                .observe(read_at.elapsed().as_secs_f64()),
             Ok(Err(_)) => return None,
             Err(_) => {
                 warn!(
@@ -451,9 +560,23 @@ impl Proxy {
                 self.metrics.count_dns(outcome);
                 return;
             }
-            Decision::Refuse(bytes) => {
+            Decision::Refuse {
+                reply,
+                endpoint,
+                query,
+                upstream,
+            } => {
                 self.metrics.count_dns("refused");
-                let _ = socket.send_to(&bytes, client).await;
+                self.flow(
+                    &endpoint,
+                    client,
+                    upstream,
+                    Protocol::Udp,
+                    &query,
+                    None,
+                    true,
+                );
+                let _ = socket.send_to(&reply, client).await;
                 return;
             }
             Decision::Forward {
@@ -462,6 +585,16 @@ impl Proxy {
                 upstream,
             } => (endpoint, query, upstream),
         };
+        self.flow(
+            &endpoint,
+            client,
+            upstream,
+            Protocol::Udp,
+            &query,
+            None,
+            false,
+        );
+        let asked = std::time::Instant::now();
         let answer = match self.forward_udp(upstream, message, query.id).await {
             Ok(a) => a,
             Err(e) => {
@@ -471,7 +604,13 @@ impl Proxy {
             }
         };
         if self
-            .release(&endpoint, &query, &answer, Transport::Udp)
+            .release(
+                &endpoint,
+                (client, upstream, asked),
+                &query,
+                &answer,
+                Transport::Udp,
+            )
             .await
             .is_some()
         {
@@ -546,9 +685,23 @@ impl Proxy {
                     self.metrics.count_dns(outcome);
                     return;
                 }
-                Decision::Refuse(bytes) => {
+                Decision::Refuse {
+                    reply,
+                    endpoint,
+                    query,
+                    upstream,
+                } => {
                     self.metrics.count_dns("refused");
-                    if client_stream.write_all(&bytes).await.is_err() {
+                    self.flow(
+                        &endpoint,
+                        client,
+                        upstream,
+                        Protocol::Tcp,
+                        &query,
+                        None,
+                        true,
+                    );
+                    if client_stream.write_all(&reply).await.is_err() {
                         return;
                     }
                     continue;
@@ -559,6 +712,16 @@ impl Proxy {
                     upstream,
                 } => (endpoint, query, upstream),
             };
+            self.flow(
+                &endpoint,
+                client,
+                upstream,
+                Protocol::Tcp,
+                &query,
+                None,
+                false,
+            );
+            let asked = std::time::Instant::now();
             let answer = match self
                 .forward_tcp(&mut upstream_stream, upstream, &message)
                 .await
@@ -571,7 +734,13 @@ impl Proxy {
                 }
             };
             if self
-                .release(&endpoint, &query, &answer, Transport::Tcp)
+                .release(
+                    &endpoint,
+                    (client, upstream, asked),
+                    &query,
+                    &answer,
+                    Transport::Tcp,
+                )
                 .await
                 .is_none()
             {

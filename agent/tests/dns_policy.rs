@@ -13,34 +13,29 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
 use agent::FqdnView;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use etcd_harness::TestEtcd;
-use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query, ResponseCode},
-    rr::{Name, RData, RecordType},
+use futures::StreamExt as _;
+use hickory_proto::op::ResponseCode;
+use hubble::client::Address;
+use hubble_api::{
+    flow::{Dns, Flow, FlowFilter, Verdict, layer7},
+    observer::{
+        GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient,
+    },
 };
 use kvstore::{Client, ClientConfig, StoreValue, keys, values::PolicyDocument};
-use netns::{NetNs, Process};
-use support::{Fabric, Node, NodeSpec, Pod, denied, request, wait_for};
-
-const DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 50);
-const API: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 51);
-const OTHER: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 52);
-const WILD: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 53);
-const API_MOVED: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 54);
-const PORT: u16 = 8080;
+use support::{
+    Fabric, Node, NodeSpec, Pod, denied,
+    dns::{API, API_MOVED, Answer, DNS, DNSMASQ, ExternalHost, OTHER, PORT, WILD, lookup_from},
+    request, wait_for,
+};
 
 const POLICY: &str = r#"
 kind: CiliumNetworkPolicy
@@ -56,195 +51,62 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 "#;
 
-/// A host outside the mesh on the fabric: dnsmasq on `DNS`, and a TCP
-/// server answering its own address on every other address.
-struct ExternalHost {
-    ns: NetNs,
-    dir: tempfile::TempDir,
-    dnsmasq: Option<Process>,
-    servers: Vec<LineServer>,
-}
+const MANY: usize = 2_000;
 
-impl ExternalHost {
-    fn start(fabric: &mut Fabric, pod_cidr: &str, node_ip: Ipv4Addr) -> Result<Self> {
-        let ns = NetNs::unique("cmext")?;
-        fabric.plug(&ns, DNS)?;
-        for ip in [API, OTHER, WILD, API_MOVED] {
-            ns.add_addr("fab0", &format!("{ip}/32"))?.keep();
-        }
-        ns.ip(&["route", "add", pod_cidr, "via", &node_ip.to_string()])?;
-        let dir = tempfile::tempdir()?;
-        std::fs::write(
-            dir.path().join("hosts"),
-            format!("{API} api.example.test\n"),
-        )?;
-        let mut host = Self {
-            ns,
-            dir,
-            dnsmasq: None,
-            servers: Vec::new(),
-        };
-        for ip in [API, OTHER, WILD, API_MOVED] {
-            host.servers.push(LineServer::start(&host.ns, ip)?);
-        }
-        host.start_dnsmasq()?;
-        Ok(host)
-    }
-
-    fn start_dnsmasq(&mut self) -> Result<()> {
-        let hosts = self.dir.path().join("hosts");
-        let pid = self.dir.path().join("dnsmasq.pid");
-        let args = [
-            "-k".to_string(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            format!("--listen-address={DNS}"),
-            "--bind-interfaces".into(),
-            format!("--addn-hosts={}", hosts.display()),
-            // api.example.test follows the hosts file with a 2 s TTL
-            "--local-ttl=2".into(),
-            format!("--host-record=other.example.test,{OTHER}"),
-            format!("--host-record=x.wild.example.test,{WILD},3600"),
-            format!("--host-record=secret.other.test,{OTHER}"),
-            format!("--pid-file={}", pid.display()),
-            "--user=root".into(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.dnsmasq = Some(self.ns.spawn("/usr/sbin/dnsmasq", &args)?);
-        wait_for("dnsmasq to answer", || {
-            lookup_from(&self.ns, "other.example.test", false)
-                .is_ok_and(|a| a.rcode == ResponseCode::NoError)
-        });
-        Ok(())
-    }
-
-    /// Points api.example.test at `ip` (dnsmasq rereads on SIGHUP).
-    fn move_api(&self, ip: Ipv4Addr) -> Result<()> {
-        std::fs::write(
-            self.dir.path().join("hosts"),
-            format!("{ip} api.example.test\n"),
-        )?;
-        self.dnsmasq
-            .as_ref()
-            .context("dnsmasq runs")?
-            .signal(libc::SIGHUP)
-            .context("signalling dnsmasq")?;
-        Ok(())
-    }
-}
-
-/// A TCP server on `ip:PORT` that answers each connection with a line
-/// naming its address, then echoes one line.
-struct LineServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LineServer {
-    fn start(ns: &NetNs, ip: Ipv4Addr) -> Result<Self> {
-        let addr = SocketAddr::from((ip, PORT));
-        let listener = ns.enter(move || TcpListener::bind(addr))??;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let _ = s.write_all(format!("{ip}\n").as_bytes());
-                        let mut buf = [0u8; 256];
-                        if let Ok(n) = s.read(&mut buf) {
-                            let _ = s.write_all(&buf[..n]);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Self {
-            stop,
-            thread: Some(thread),
+/// The DNS flows in the agent's Hubble server, with their records.
+async fn dns_flows(node: &Node) -> Result<Vec<(Flow, Dns)>> {
+    let socket = node.dir.path().join("agent.hubble.sock");
+    let channel = hubble::client::connect(&Address::Unix(socket), None).await?;
+    let mut stream = ObserverClient::new(channel)
+        .get_flows(GetFlowsRequest {
+            number: 1000,
+            whitelist: vec![FlowFilter {
+                protocol: vec!["dns".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
         })
-    }
-}
-
-impl Drop for LineServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        if let Some(ResponseTypes::Flow(f)) = item?.response_types {
+            let Some(layer7::Record::Dns(d)) = f.l7.as_ref().and_then(|l| l.record.clone()) else {
+                anyhow::bail!("a flow the dns filter passed has no DNS record: {f:?}");
+            };
+            out.push((f, d));
         }
     }
+    Ok(out)
 }
 
-/// What a lookup returned.
-#[derive(Debug)]
-struct Answer {
-    rcode: ResponseCode,
-    addresses: Vec<Ipv4Addr>,
-    /// Where the answer came from (the server asked, never the proxy).
-    from: SocketAddr,
+/// Whether `message` sent to the DNS server from `pod` gets no answer
+/// within a second (the proxy dropped it).
+fn no_answer(pod: &Pod, message: &[u8]) -> bool {
+    let socket = pod
+        .ns
+        .enter(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("enter the pod")
+        .expect("a socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    socket
+        .send_to(message, SocketAddr::from((DNS, 53)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    socket.recv_from(&mut buf).is_err()
 }
 
-fn query_bytes(name: &str, id: u16) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
-}
-
-fn parse_answer(bytes: &[u8], from: SocketAddr) -> Result<Answer> {
-    let m = Message::from_vec(bytes).context("a DNS answer")?;
-    let addresses = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect();
-    Ok(Answer {
-        rcode: m.metadata.response_code,
-        addresses,
-        from,
-    })
-}
-
-/// Looks `name` up at `DNS` from inside `ns`, over UDP or TCP.
-fn lookup_from(ns: &NetNs, name: &str, tcp: bool) -> Result<Answer> {
-    let server = SocketAddr::from((DNS, 53));
-    let id = rand_id();
-    let message = query_bytes(name, id);
-    if tcp {
-        let mut stream =
-            ns.enter(move || TcpStream::connect_timeout(&server, Duration::from_secs(2)))??;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
-        framed.extend_from_slice(&message);
-        stream.write_all(&framed)?;
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len)?;
-        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut body)?;
-        return parse_answer(&body, stream.peer_addr()?);
+/// A query for a name of 5 labels of 63 octets (past 253 octets).
+fn long_name_query() -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for _ in 0..5 {
+        q.push(63);
+        q.extend(std::iter::repeat_n(b'a', 63));
     }
-    let socket = ns.enter(|| UdpSocket::bind("0.0.0.0:0"))??;
-    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
-    socket.send_to(&message, server)?;
-    let mut buf = [0u8; 4096];
-    let (n, from) = socket.recv_from(&mut buf)?;
-    parse_answer(&buf[..n], from)
-}
-
-fn rand_id() -> u16 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        & 0xffff) as u16
+    q.extend([0, 0, 1, 0, 1]);
+    q
 }
 
 fn lookup(pod: &Pod, name: &str, tcp: bool) -> Result<Answer> {
@@ -269,7 +131,7 @@ fn to_fqdns_through_the_dns_proxy() -> Result<()> {
     if !netns::root_or_skip("to_fqdns_through_the_dns_proxy") {
         return Ok(());
     }
-    if !Path::new("/usr/sbin/dnsmasq").exists() {
+    if !Path::new(DNSMASQ).exists() {
         assert!(
             !netns::in_ci(),
             "dnsmasq is missing (scripts/install-deps.sh installs dnsmasq-base)"
@@ -297,7 +159,11 @@ fn to_fqdns_through_the_dns_proxy() -> Result<()> {
         },
         &mut fabric,
     )?;
-    let ext = ExternalHost::start(&mut fabric, pod_cidr, node_ip)?;
+    // A name with more addresses than anything keeps.
+    let many: String = (0..MANY)
+        .map(|k| format!("10.98.{}.{} many.wild.example.test\n", k / 250, k % 250 + 1))
+        .collect();
+    let ext = ExternalHost::start(&mut fabric, pod_cidr, node_ip, &many)?;
     node.start_agent()?;
     let client = node.add_pod("client", &[("app", "client")])?;
 
@@ -359,6 +225,45 @@ fn to_fqdns_through_the_dns_proxy() -> Result<()> {
     assert!(
         !entries.iter().any(|e| e.name == "other.example.test."),
         "a name no toFQDNs selects is not learned: {entries:?}"
+    );
+
+    // Bad input: garbage, and a name past 253 octets, are dropped (no
+    // answer) and the proxy goes on; an answer with 2,000 addresses is
+    // released whole but at most 50 are kept for the name.
+    assert!(no_answer(&client, b"not a DNS message at all"));
+    assert!(no_answer(&client, &long_name_query()));
+    let m = lookup(&client, "many.wild.example.test", true)?;
+    assert_eq!(m.addresses.len(), MANY, "the answer is released whole");
+    let kept = fqdn_entries(&node)
+        .iter()
+        .filter(|e| e.name == "many.wild.example.test.")
+        .count();
+    assert_eq!(kept, 50, "--tofqdns-endpoint-max-ip-per-hostname");
+    assert_eq!(
+        lookup(&client, "x.wild.example.test", false)?.addresses,
+        vec![WILD],
+        "the proxy still answers"
+    );
+
+    // The lookups are L7 flows in the agent's Hubble server: the refused
+    // one dropped with its name and REFUSED, the allowed ones answered
+    // with their addresses.
+    let flows = rt.block_on(dns_flows(&node))?;
+    let refused = flows
+        .iter()
+        .find(|(_, d)| d.query == "secret.other.test.")
+        .expect("a flow of the refused lookup");
+    assert_eq!(refused.0.verdict, Verdict::Dropped as i32);
+    assert_eq!(refused.1.rcode, 5);
+    let answered = flows
+        .iter()
+        .find(|(f, d)| d.query == "api.example.test." && f.is_reply == Some(true))
+        .expect("a flow of api's answer");
+    assert_eq!(answered.0.verdict, Verdict::Forwarded as i32);
+    assert_eq!(answered.1.ips, vec![API.to_string()]);
+    assert_eq!(
+        answered.0.destination.as_ref().map(|d| d.pod_name.as_str()),
+        Some("client")
     );
 
     // The name moves: after the TTL the old address goes and the new one

@@ -7,9 +7,10 @@
 //! endpoint with nothing but its identity). Like `fieldmaskpb.IsValid`,
 //! every component but the last must name a singular message field, and
 //! every path must exist in Cilium's `flow.Flow`; anything else fails the
-//! request with a [`FieldMaskError`] naming the path. Paths into fields this
-//! project never produces (`l7` and everything under it) are valid, because
-//! Cilium's CLI asks for them, and keep nothing.
+//! request with a [`FieldMaskError`] naming the path. Under `l7`, only the
+//! DNS record is ever produced (by the agent's DNS proxy): a path into it
+//! keeps the whole record, and paths into the HTTP and Kafka records are
+//! valid (Cilium's CLI asks for them) and keep nothing.
 //!
 //! Unlike Cilium, a partial path into a message the flow does not have
 //! leaves it absent instead of adding an empty one; for `l4`, whose
@@ -20,8 +21,8 @@ use std::mem;
 
 use hubble_api::flow::{
     Aggregate, CiliumEventType, Emitter, Endpoint, Ethernet, FileInfo, Flow, IcmPv4, IcmPv6, Igmp,
-    Ip, IpTraceId, Layer4, NetworkInterface, Sctp, Service, Tcp, TcpFlags, TraceContext,
-    TraceParent, Tunnel, Udp, Vrrp, layer4::Protocol,
+    Ip, IpTraceId, Layer4, Layer7, NetworkInterface, Sctp, Service, Tcp, TcpFlags, TraceContext,
+    TraceParent, Tunnel, Udp, Vrrp, layer4::Protocol, layer7,
 };
 use prost_types::{Any, Timestamp};
 
@@ -287,8 +288,27 @@ message! {
         "ingress_denied_by" = 21005 => ingress_denied_by,
         "policy_log" = 21006 => policy_log,
         "aggregate" = 21007 => aggregate (AGGREGATE, apply_aggregate),
+        "l7" = 15 => l7 (LAYER7, apply_layer7),
     }
-    absent { "l7" = 15 (LAYER7) }
+}
+
+/// `flow.Layer7`: its type, latency and DNS record (kept whole under any
+/// path into it); HTTP and Kafka records are never produced.
+fn apply_layer7(node: &Node, mut src: Layer7) -> Layer7 {
+    let mut dst = Layer7::default();
+    for (number, _) in &node.fields {
+        match *number {
+            1 => dst.r#type = src.r#type,
+            2 => dst.latency_ns = src.latency_ns,
+            100 => {
+                if let Some(record @ layer7::Record::Dns(_)) = src.record.take() {
+                    dst.record = Some(record);
+                }
+            }
+            _ => {}
+        }
+    }
+    dst
 }
 
 message! {
@@ -527,8 +547,7 @@ message! {
     }
 }
 
-// Cilium's L7 record, which our flows never carry: paths into it resolve
-// (Cilium's CLI asks for `l7`) and keep nothing.
+// Cilium's L7 record: paths into it resolve (Cilium's CLI asks for `l7`).
 
 descriptor! {
     LAYER7 = "flow.Layer7" {

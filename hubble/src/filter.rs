@@ -15,9 +15,11 @@
 //! answers with `InvalidArgument`.
 //!
 //! Every `FlowFilter` field is either evaluated or refused; none is
-//! ignored. The L7 filters (`http_*`, `dns_query`, the `dns`, `http` and
-//! `kafka` protocols) are validated like Cilium validates them and then
-//! match nothing, because our flows carry no L7 record. The one refused
+//! ignored. `dns_query` and the `dns` protocol match the DNS records of
+//! L7 flows (the agent's DNS proxy makes them); the other L7 filters
+//! (`http_*`, the `http` and `kafka` protocols) are validated like Cilium
+//! validates them and then match nothing, as our flows carry no HTTP or
+//! Kafka record. The one refused
 //! field is `experimental.cel_expression` (see [`FilterError::Unsupported`]).
 
 mod label_selector;
@@ -191,8 +193,10 @@ enum Check {
     Fqdn(Side, FqdnPatterns),
     Labels(LabelSet, Vec<LabelSelector>),
     Port(Side, Vec<u16>),
-    /// A filter on the L7 record, which our flows never carry.
+    /// A filter on an HTTP or Kafka record, which our flows never carry.
     L7,
+    /// `dns_query`: the DNS record's query matches one of these.
+    DnsQuery(Vec<regex::Regex>),
     TcpFlags(Vec<TcpFlags>),
     NodeName(NodeNamePatterns),
     ClusterName(Side, Vec<String>),
@@ -342,7 +346,12 @@ impl CompiledFilter {
         }
         if !ff.dns_query.is_empty() {
             check_regexes("dns_query", &ff.dns_query)?;
-            push(Check::L7);
+            let regexes = ff
+                .dns_query
+                .iter()
+                .map(|r| regex::Regex::new(r).expect("checked above"))
+                .collect();
+            push(Check::DnsQuery(regexes));
         }
         for (field, values, set) in [
             ("source_label", &ff.source_label, LabelSet::Source),
@@ -495,6 +504,9 @@ impl Check {
                 l4_port(flow, *side).is_some_and(|port| ports.contains(&port))
             }
             Check::L7 => false,
+            Check::DnsQuery(regexes) => {
+                dns_record(flow).is_some_and(|d| regexes.iter().any(|r| r.is_match(&d.query)))
+            }
             Check::TcpFlags(filters) => tcp_flags(flow).is_some_and(|have| {
                 filters.iter().any(|want| {
                     (!want.fin || have.fin)
@@ -551,10 +563,12 @@ impl ProtocolSet {
     const SCTP: u8 = 1 << 4;
     const VRRP: u8 = 1 << 5;
     const IGMP: u8 = 1 << 6;
+    /// Flows with a DNS record.
+    const DNS: u8 = 1 << 7;
 
     /// Parses protocol names, case-insensitively. `icmp` is either ICMP
-    /// version; the L7 protocols (`dns`, `http`, `kafka`) are known but
-    /// match no flow of ours.
+    /// version; `dns` is the flows with a DNS record; `http` and `kafka`
+    /// are known but match no flow of ours.
     fn parse(names: &[String]) -> Result<Self, FilterError> {
         let mut set = 0;
         for name in names {
@@ -567,7 +581,8 @@ impl ProtocolSet {
                 "sctp" => Self::SCTP,
                 "vrrp" => Self::VRRP,
                 "igmp" => Self::IGMP,
-                "dns" | "http" | "kafka" => 0,
+                "dns" => Self::DNS,
+                "http" | "kafka" => 0,
                 _ => {
                     return Err(FilterError::UnknownProtocol {
                         field: "protocol",
@@ -580,6 +595,9 @@ impl ProtocolSet {
     }
 
     fn matches(self, flow: &Flow) -> bool {
+        if self.0 & Self::DNS != 0 && dns_record(flow).is_some() {
+            return true;
+        }
         let bit = match flow.l4.as_ref().and_then(|l4| l4.protocol.as_ref()) {
             Some(Protocol::Tcp(_)) => Self::TCP,
             Some(Protocol::Udp(_)) => Self::UDP,
@@ -767,6 +785,13 @@ fn is_http_status_filter(s: &str) -> bool {
         3 => first(b) && b[1].is_ascii_digit() && b[2].is_ascii_digit(),
         2 => first(b) && b[1] == b'+',
         _ => false,
+    }
+}
+
+/// The DNS record of an L7 flow.
+fn dns_record(flow: &Flow) -> Option<&hubble_api::flow::Dns> {
+    match flow.l7.as_ref()?.record.as_ref()? {
+        hubble_api::flow::layer7::Record::Dns(d) => Some(d),
     }
 }
 

@@ -111,6 +111,18 @@ fn full() -> Flow {
         node_labels: vec!["kubernetes.io/hostname=node-1".into()],
         source_names: vec!["client.example".into()],
         destination_names: vec!["server.example".into()],
+        l7: Some(hubble_api::flow::Layer7 {
+            r#type: hubble_api::flow::L7FlowType::Response.into(),
+            latency_ns: 1_500,
+            record: Some(hubble_api::flow::layer7::Record::Dns(
+                hubble_api::flow::Dns {
+                    query: "api.example.com.".into(),
+                    ips: vec!["192.0.2.1".into()],
+                    ttl: 30,
+                    ..Default::default()
+                },
+            )),
+        }),
         reply: true,
         event_type: Some(CiliumEventType {
             r#type: 1,
@@ -222,6 +234,10 @@ fn every_top_level_field_alone() {
             l4: s.l4,
             ..Default::default()
         }),
+        ("l7", |s| Flow {
+            l7: s.l7,
+            ..Default::default()
+        }),
         ("tunnel", |s| Flow {
             tunnel: s.tunnel,
             ..Default::default()
@@ -254,7 +270,6 @@ fn every_top_level_field_alone() {
             destination_names: s.destination_names,
             ..Default::default()
         }),
-        ("l7", |_| Flow::default()),
         ("reply", |s| Flow {
             reply: s.reply,
             ..Default::default()
@@ -367,9 +382,7 @@ fn every_top_level_field_alone() {
     for (path, keep) in cases {
         let got = apply(&[path], f());
         assert_eq!(got, keep(f()), "{path}");
-        if *path != "l7" {
-            assert_ne!(got, Flow::default(), "{path}: the test flow must set it");
-        }
+        assert_ne!(got, Flow::default(), "{path}: the test flow must set it");
     }
     // Together they are the whole flow.
     let all: Vec<&str> = cases.iter().map(|(p, _)| *p).collect();
@@ -681,17 +694,35 @@ fn whole_field_absorbs_its_parts() {
 }
 
 #[test]
-fn l7_paths_compile_and_keep_nothing() {
-    for path in [
-        "l7",
-        "l7.type",
-        "l7.latency_ns",
-        "l7.dns.query",
-        "l7.http.code",
-        "l7.http.headers",
-        "l7.kafka.topic",
-    ] {
-        assert_eq!(apply(&[path], full()), Flow::default(), "{path}");
+fn l7_paths_keep_the_dns_record() {
+    let l7 = full().l7.unwrap();
+    let with = |l7: hubble_api::flow::Layer7| Flow {
+        l7: Some(l7),
+        ..Default::default()
+    };
+    assert_eq!(apply(&["l7"], full()), with(l7.clone()));
+    assert_eq!(
+        apply(&["l7.latency_ns"], full()),
+        with(hubble_api::flow::Layer7 {
+            latency_ns: l7.latency_ns,
+            ..Default::default()
+        })
+    );
+    // A path into the DNS record keeps all of it.
+    assert_eq!(
+        apply(&["l7.dns.query"], full()),
+        with(hubble_api::flow::Layer7 {
+            record: l7.record.clone(),
+            ..Default::default()
+        })
+    );
+    // Records never produced: the paths compile and keep nothing of them.
+    for path in ["l7.http.code", "l7.http.headers", "l7.kafka.topic"] {
+        assert_eq!(
+            apply(&[path], full()),
+            with(hubble_api::flow::Layer7::default()),
+            "{path}"
+        );
     }
 }
 
@@ -789,6 +820,7 @@ fn hubble_cli_default_masks_compile() {
             l4: f.l4,
             ip: f.ip,
             ethernet: f.ethernet,
+            l7: f.l7,
             r#type: f.r#type,
             node_name: f.node_name,
             is_reply: f.is_reply,

@@ -1466,3 +1466,46 @@ fn regex_errors_keep_their_source() {
     ));
     assert!(std::error::Error::source(&err).is_some());
 }
+
+/// An L7 flow of the DNS proxy: `query` over UDP to port 53.
+fn dns_flow(query: &str) -> Flow {
+    Flow {
+        l7: Some(hubble_api::flow::Layer7 {
+            r#type: hubble_api::flow::L7FlowType::Request.into(),
+            latency_ns: 0,
+            record: Some(hubble_api::flow::layer7::Record::Dns(
+                hubble_api::flow::Dns {
+                    query: query.to_owned(),
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..udp(40000, 53)
+    }
+}
+
+#[test]
+fn dns_records() {
+    let api = dns_flow("api.example.com.");
+    let other = dns_flow("other.example.net.");
+    check(
+        "dns",
+        vec![
+            (
+                FlowFilter {
+                    protocol: strings(&["dns"]),
+                    ..Default::default()
+                },
+                // a flow to port 53 without a record is not DNS
+                vec![(api.clone(), true), (udp(1, 53), false)],
+            ),
+            (
+                FlowFilter {
+                    dns_query: strings(&[r"example\.com\.$"]),
+                    ..Default::default()
+                },
+                vec![(api, true), (other, false), (udp(1, 53), false)],
+            ),
+        ],
+    );
+}

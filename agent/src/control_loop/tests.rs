@@ -643,3 +643,89 @@ spec:
     )]);
     assert!(!http(&h, 8443), "a name nobody declares matches nothing");
 }
+
+#[test]
+fn learned_addresses_become_policy_before_the_answer_goes_and_expire() {
+    let mut h = Harness::new();
+    let policy = "kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [192.0.2.53/32]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}]
+      rules: {dns: [{matchPattern: '*.example.com'}]}
+  - toFQDNs: [{matchPattern: '*.example.com'}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+";
+    h.step(web_policy_synced(policy));
+    h.attach(pod(7, "client", Ipv4Addr::new(10, 1, 0, 10), CLIENT));
+    let policy_id = h.endpoint_policy(7).policy_id;
+    // The DNS rule's entry sends lookups to the proxy; its port is the
+    // default one.
+    let dns = h
+        .maps
+        .policy
+        .content()
+        .into_iter()
+        .find(|(k, _)| k.policy_id == policy_id && k.l4() == L4Match::Port(bpf::Protocol::Udp, 53))
+        .expect("an entry for the DNS server");
+    assert_eq!(
+        dns.1.proxy_port(),
+        crate::policy_resolver::DEFAULT_DNS_PROXY_PORT
+    );
+    // Nothing learned: toFQDNs allows nothing.
+    let https = |h: &Harness| {
+        h.maps
+            .policy
+            .content()
+            .into_iter()
+            .filter(|(k, v)| {
+                k.policy_id == policy_id
+                    && k.l4() == L4Match::Port(bpf::Protocol::Tcp, 443)
+                    && v.proxy_port() == 0
+            })
+            .map(|(k, _)| k.sec_identity)
+            .collect::<Vec<_>>()
+    };
+    assert!(https(&h).is_empty());
+
+    // An answer: the address gets an identity, an ipcache entry and the
+    // policy entry, written in the batch that says `done`.
+    let (done, mut written) = oneshot::channel();
+    h.step([Input::FqdnLearned(super::FqdnLearned {
+        endpoint: EndpointId::new(7),
+        name: fqdn::DnsName::new("api.example.com").unwrap(),
+        ips: vec![fqdn::LearnedIp {
+            ip: "203.0.113.7".parse().unwrap(),
+            ttl: 0,
+        }],
+        done,
+    })]);
+    assert!(written.try_recv().is_ok(), "told once the batch is written");
+    let learned = h
+        .ipcache()
+        .into_iter()
+        .find(|(k, _)| k.net() == Some(prefix("203.0.113.7")))
+        .expect("the learned address is in the ipcache")
+        .1
+        .sec_identity;
+    assert!(NumericIdentity::new(learned).is_local_scope());
+    assert!(
+        h.identities()[&learned].contains("fqdn:*.example.com."),
+        "{:?}",
+        h.identities()[&learned]
+    );
+    assert_eq!(https(&h), vec![learned]);
+
+    // TTL 0 (no minimum): the next tick withdraws it all.
+    h.step([Input::FqdnTick]);
+    assert!(
+        !h.ipcache()
+            .keys()
+            .any(|k| k.net() == Some(prefix("203.0.113.7")))
+    );
+    assert!(https(&h).is_empty());
+    assert!(!h.identities().contains_key(&learned));
+}

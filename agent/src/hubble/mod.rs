@@ -31,12 +31,38 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use self::{
     directory::FlowDirectory,
     peers::{PeerPort, peers},
+    record::DnsRecord,
 };
 use self::{
     ingest::Ingest,
     record::{AgentFlow, NodeContext},
 };
 use crate::metrics::AgentMetrics;
+
+/// Puts L7 flows (the DNS proxy's lookups) into the Hubble ring.
+#[derive(Clone)]
+pub(crate) struct L7Sink {
+    buffer: Arc<FlowBuffer<AgentFlow>>,
+    node: Arc<NodeContext>,
+}
+
+impl L7Sink {
+    /// A DNS flow between `event`'s ends, with `event`'s verdict.
+    pub(crate) fn dns(&self, event: bpf::FlowEvent, record: DnsRecord) {
+        let flow = {
+            let entries = self.node.directory.read();
+            AgentFlow::dns(
+                event,
+                std::time::SystemTime::now(),
+                &entries,
+                &self.node,
+                record,
+            )
+        };
+        self.buffer
+            .push_batch(std::iter::once(hubble::Event::Flow(flow)));
+    }
+}
 
 /// The Hubble server's settings.
 #[derive(Debug, Clone)]
@@ -87,6 +113,14 @@ impl Hubble {
             }),
             metrics: metrics::HubbleMetrics::register(agent_metrics),
             config,
+        }
+    }
+
+    /// Where the DNS proxy puts its L7 flows.
+    pub(crate) fn l7_sink(&self) -> L7Sink {
+        L7Sink {
+            buffer: self.buffer.clone(),
+            node: self.node.clone(),
         }
     }
 

@@ -7,9 +7,9 @@ use std::{net::IpAddr, sync::Arc, time::SystemTime};
 use bpf::{DropReason, FlowDirection, FlowEvent, Protocol, Verdict as DpVerdict};
 use hubble::{FlowRecord, time::timestamp};
 use hubble_api::flow::{
-    CiliumEventType, DropReason as HubbleDropReason, Emitter, Endpoint, Flow, FlowType, IcmPv4,
-    IcmPv6, Ip, IpVersion, Layer4, NetworkInterface, Tcp, TcpFlags, TraceObservationPoint,
-    TrafficDirection, Udp, Verdict, layer4,
+    CiliumEventType, Dns, DropReason as HubbleDropReason, Emitter, Endpoint, Flow, FlowType,
+    IcmPv4, IcmPv6, Ip, IpVersion, L7FlowType, Layer4, Layer7, NetworkInterface, Tcp, TcpFlags,
+    TraceObservationPoint, TrafficDirection, Udp, Verdict, layer4, layer7,
 };
 
 use super::directory::{Entries, FlowDirectory, IdentityInfo, PodInfo};
@@ -17,6 +17,8 @@ use super::directory::{Entries, FlowDirectory, IdentityInfo, PodInfo};
 /// Cilium's monitor event types (`pkg/monitor/api/types.go`).
 const MONITOR_DROP: i32 = 1;
 const MONITOR_TRACE: i32 = 4;
+/// L7 (proxy access log) events.
+const MONITOR_ACCESS_LOG: i32 = 129;
 /// Trace sub-types.
 const TRACE_TO_ENDPOINT: i32 = 0;
 const TRACE_FROM_ENDPOINT: i32 = 5;
@@ -80,6 +82,25 @@ impl Side {
     }
 }
 
+/// A DNS lookup as the DNS proxy saw it: the L7 record of a flow.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DnsRecord {
+    /// The answer (else the query).
+    pub response: bool,
+    /// The name, with its final dot.
+    pub query: String,
+    /// The type asked for (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The answer's rcode (REFUSED = 5 for a lookup the proxy refused).
+    pub rcode: u32,
+    pub ips: Vec<String>,
+    /// The lowest TTL of the addresses.
+    pub ttl: u32,
+    pub cnames: Vec<String>,
+    /// From the query to its answer.
+    pub latency_ns: u64,
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentFlow {
@@ -88,6 +109,8 @@ pub(crate) struct AgentFlow {
     src: Side,
     dst: Side,
     node: Arc<NodeContext>,
+    /// The DNS record of an L7 flow.
+    dns: Option<Arc<DnsRecord>>,
 }
 
 impl AgentFlow {
@@ -104,7 +127,21 @@ impl AgentFlow {
             event,
             time,
             node: node.clone(),
+            dns: None,
         }
+    }
+
+    /// An L7 flow of the DNS proxy: `event` gives both ends and the verdict.
+    pub(crate) fn dns(
+        event: FlowEvent,
+        time: SystemTime,
+        entries: &Entries,
+        node: &Arc<NodeContext>,
+        record: DnsRecord,
+    ) -> Self {
+        let mut flow = Self::new(event, time, entries, node);
+        flow.dns = Some(Arc::new(record));
+        flow
     }
 }
 
@@ -193,6 +230,41 @@ impl FlowRecord for AgentFlow {
                 };
                 by.push((*rule).clone());
             }
+        }
+        if let Some(d) = &self.dns {
+            flow.r#type = FlowType::L7.into();
+            flow.event_type = Some(CiliumEventType {
+                r#type: MONITOR_ACCESS_LOG,
+                sub_type: 0,
+            });
+            flow.drop_reason = 0;
+            flow.drop_reason_desc = 0;
+            flow.trace_observation_point = TraceObservationPoint::UnknownPoint.into();
+            flow.interface = None;
+            flow.summary = String::new();
+            flow.l7 = Some(Layer7 {
+                r#type: if d.response {
+                    L7FlowType::Response
+                } else {
+                    L7FlowType::Request
+                }
+                .into(),
+                latency_ns: d.latency_ns,
+                record: Some(layer7::Record::Dns(Dns {
+                    query: d.query.clone(),
+                    ips: d.ips.clone(),
+                    ttl: d.ttl,
+                    cnames: d.cnames.clone(),
+                    observation_source: "proxy".into(),
+                    rcode: d.rcode,
+                    qtypes: vec![d.qtype.clone()],
+                    rrtypes: if d.ips.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![d.qtype.clone()]
+                    },
+                })),
+            });
         }
         flow
     }

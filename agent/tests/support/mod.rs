@@ -3,6 +3,8 @@
 //! real `clustermesh-cni` binary, and TCP helpers that run inside pods.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dns;
+
 use std::{
     fs::File,
     io::{Read, Write},
@@ -81,6 +83,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub bpffs: PathBuf,
     pub agent: Option<AgentProcess>,
+    /// More `clustermesh-agent run` flags.
+    pub extra_args: Vec<String>,
 }
 
 impl Node {
@@ -94,6 +98,7 @@ impl Node {
             dir: tempfile::tempdir()?,
             bpffs,
             agent: None,
+            extra_args: Vec::new(),
         })
     }
 
@@ -124,7 +129,8 @@ impl Node {
                 "--state-dir",
                 &self.dir.path().join("state").to_string_lossy(),
             ])
-            .args(["--session-ttl", "30s", "--sync-timeout", "20s"]);
+            .args(["--session-ttl", "30s", "--sync-timeout", "20s"])
+            .args(&self.extra_args);
         if let Some(dir) = &s.clustermesh_dir {
             cmd.args(["--clustermesh-config", &dir.to_string_lossy()]);
         }
