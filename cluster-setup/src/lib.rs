@@ -8,6 +8,9 @@
 //! - [`ClusterDescriptor`] and [`ClusterAdminDescriptor`]: the YAML files a
 //!   cluster hands to other clusters (public) and to its administrator
 //!   (secret), strictly parsed and validated.
+//! - [`connection`]: connecting two clusters from their admin descriptors
+//!   (`clustermesh connect|disconnect|status --from`): the checks against
+//!   the live clusters, and the records the agents mirror.
 //! - [`unit_file`]: the unit templates of `deploy/systemd/` (the one source)
 //!   and [`UnitCommand`], the command a rendered unit starts, so that tests
 //!   and harnesses start exactly what systemd would.
@@ -19,6 +22,7 @@
 
 mod cluster_spec;
 pub mod cluster_tree;
+pub mod connection;
 mod descriptor;
 mod init_record;
 mod layout;
@@ -35,5 +39,6 @@ pub use descriptor::{
     EtcdAccess,
 };
 pub use init_record::{InitRecord, RecordError};
+pub use connection::{ClusterStatus, ConnectError, ConnectMode, Progress};
 pub use layout::{Component, Layout};
 pub use unit_file::{UnitCommand, UnitError};
