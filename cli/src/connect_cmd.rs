@@ -6,7 +6,7 @@
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -81,21 +81,15 @@ pub(crate) fn connect(
         .with_context(|| format!("cannot load the CA in {}", ca_dir.display()))
         .map_err(CommandError::usage)?;
     let mut io_error = None;
-    let result = runtime()?.block_on(connection::connect(
-        &a,
-        &b,
-        mode(how),
-        &ca,
-        &mut |p| {
-            let line = match p {
-                Progress::Done(line) => format!("  ✔ {line}"),
-                Progress::Warning(line) => format!("  ! {line}"),
-            };
-            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                io_error.get_or_insert(e);
-            }
-        },
-    ));
+    let result = runtime()?.block_on(connection::connect(&a, &b, mode(how), &ca, &mut |p| {
+        let line = match p {
+            Progress::Done(line) => format!("  ✔ {line}"),
+            Progress::Warning(line) => format!("  ! {line}"),
+        };
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            io_error.get_or_insert(e);
+        }
+    }));
     if let Some(e) = io_error {
         return Err(e.into());
     }
@@ -132,7 +126,7 @@ pub(crate) fn disconnect(
 
 /// `status --from A-admin.yaml [--wait]`.
 pub(crate) fn status(
-    from: &PathBuf,
+    from: &Path,
     wait: Option<Duration>,
     output: StatusOutput,
     out: &mut dyn Write,
@@ -140,11 +134,10 @@ pub(crate) fn status(
     let d = load(from)?;
     let rt = runtime()?;
     let read = || {
-        rt.block_on(connection::status(&d))
-            .map_err(|e| match e {
-                ConnectError::Unreachable { .. } => CommandError::unavailable(anyhow!("{e}")),
-                ConnectError::Refused(_) => CommandError::failed(anyhow!("{e}")),
-            })
+        rt.block_on(connection::status(&d)).map_err(|e| match e {
+            ConnectError::Unreachable { .. } => CommandError::unavailable(anyhow!("{e}")),
+            ConnectError::Refused(_) => CommandError::failed(anyhow!("{e}")),
+        })
     };
     let mut status = read()?;
     if let Some(limit) = wait {

@@ -226,21 +226,27 @@ impl TestCluster {
         apiserver.wait_ready(&apiserver_health, "/readyz").await;
         let admin = dir.join(format!("{name}-admin.yaml"));
         ok(&[
-            "cluster", "export", "--dir", s(&out), "--admin", "--out", s(&admin),
+            "cluster",
+            "export",
+            "--dir",
+            s(&out),
+            "--admin",
+            "--out",
+            s(&admin),
         ]);
         let descriptor = read_admin(&admin);
         let etcd_access = descriptor.etcd.clone();
         let etcd_tls = etcd_access.client.as_ref().unwrap();
-        let etcd_client = Client::connect(&ClientConfig::new(etcd_access.endpoints.clone()).with_tls(
-            TlsConfig {
+        let etcd_client = Client::connect(
+            &ClientConfig::new(etcd_access.endpoints.clone()).with_tls(TlsConfig {
                 ca_pem: etcd_access.ca_bundle.clone().unwrap().into_bytes(),
                 identity_pem: Some((
                     etcd_tls.cert.clone().into_bytes(),
                     etcd_tls.key.clone().into_bytes(),
                 )),
                 server_name: None,
-            },
-        ))
+            }),
+        )
         .await
         .unwrap();
         let agent_socket = dir.join("agent.sock");
@@ -308,16 +314,29 @@ impl TestCluster {
             .list(&keys::remote_cluster_records(), 100)
             .await
             .unwrap();
-        kvs.into_iter().map(|kv| (kv.key, kv.mod_revision)).collect()
+        kvs.into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect()
     }
 
     /// The agent's own status (`clustermesh-agent debug status -o json`).
     fn agent_status(&self) -> serde_json::Value {
         let out = Command::new(bin_dir().join("clustermesh-agent"))
-            .args(["debug", "--api-socket", s(&self.agent_socket), "status", "-o", "json"])
+            .args([
+                "debug",
+                "--api-socket",
+                s(&self.agent_socket),
+                "status",
+                "-o",
+                "json",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -350,7 +369,11 @@ fn refused(run: &Run, code: i32, reason: &str) {
 
 async fn wait_for_file(path: &Path, exists: bool) {
     let path = path.to_path_buf();
-    let what = format!("{} {}", path.display(), if exists { "exists" } else { "is gone" });
+    let what = format!(
+        "{} {}",
+        path.display(),
+        if exists { "exists" } else { "is gone" }
+    );
     etcd_harness::wait_until(&what, PICKUP_TIMEOUT, || {
         let found = path.exists();
         async move { found == exists }
@@ -360,8 +383,7 @@ async fn wait_for_file(path: &Path, exists: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_disconnect() {
-    let test =
-        "agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_disconnect";
+    let test = "agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_disconnect";
     if !daemons_or_skip(test) || !netns::root_or_skip(test) {
         return;
     }
@@ -372,7 +394,14 @@ async fn agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_
     let c2 = TestCluster::start(tmp.path(), "c2", 2, &ca_dir, true).await;
     // Each agent reports itself in its etcd; nothing is connected yet.
     for c in [&c1, &c2] {
-        let printed = ok(&["status", "--from", s(&c.admin), "--wait", "--wait-duration", "60s"]);
+        let printed = ok(&[
+            "status",
+            "--from",
+            s(&c.admin),
+            "--wait",
+            "--wait-duration",
+            "60s",
+        ]);
         assert!(printed.contains("connected to no cluster"), "{printed}");
         assert!(printed.contains("node n1: synced"), "{printed}");
     }
@@ -409,9 +438,22 @@ async fn agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_
     wait_for_file(&c1.remotes_dir().join("c2"), true).await;
     wait_for_file(&c2.remotes_dir().join("c1"), true).await;
     for (c, peer) in [(&c1, "c2"), (&c2, "c1")] {
-        let printed = ok(&["status", "--from", s(&c.admin), "--wait", "--wait-duration", "90s"]);
-        assert!(printed.contains(&format!("connected to {peer}")), "{printed}");
-        assert!(printed.contains(&format!("remote {peer}: ready connected=true")), "{printed}");
+        let printed = ok(&[
+            "status",
+            "--from",
+            s(&c.admin),
+            "--wait",
+            "--wait-duration",
+            "90s",
+        ]);
+        assert!(
+            printed.contains(&format!("connected to {peer}")),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(&format!("remote {peer}: ready connected=true")),
+            "{printed}"
+        );
         // The agent's own status says the same.
         let status = c.agent_status();
         let remote = status["remotes"]
@@ -455,7 +497,14 @@ async fn agents_pick_up_a_connection_made_from_admin_descriptors_and_drop_it_on_
     wait_for_file(&c2.remotes_dir().join("c1"), false).await;
     assert_eq!(fs::read_to_string(&hand).unwrap(), hand_text);
     fs::remove_file(&hand).unwrap();
-    let printed = ok(&["status", "--from", s(&c2.admin), "--wait", "--wait-duration", "60s"]);
+    let printed = ok(&[
+        "status",
+        "--from",
+        s(&c2.admin),
+        "--wait",
+        "--wait-duration",
+        "60s",
+    ]);
     assert!(printed.contains("connected to no cluster"), "{printed}");
     assert!(!printed.contains("remote c1"), "{printed}");
     let run = clustermesh(&["disconnect", "--from", s(&c1.admin), "--to", s(&c2.admin)]);
@@ -559,10 +608,18 @@ async fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
     // Not a descriptor, mixed forms, no CA.
     let run = clustermesh(&["connect", "--from", s(&c1.admin), "--to", "c2"]);
     assert_eq!(run.code, 64, "{}", run.stderr);
-    assert!(run.stderr.contains("both admin descriptors"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("both admin descriptors"),
+        "{}",
+        run.stderr
+    );
     let run = clustermesh(&["connect", "--from", s(&c1.admin), "--to", s(&c2.admin)]);
     assert_eq!(run.code, 64, "{}", run.stderr);
-    assert!(run.stderr.contains("--ca-dir DIR is needed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--ca-dir DIR is needed"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(snapshot().await, nothing, "a refused connect changed etcd");
 
     // Connected twice: the second run is refused, in either direction.
@@ -577,7 +634,10 @@ async fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
         "--mode",
         "unicast",
     ]);
-    assert!(printed.contains("! no agent of c1 reports its map sizes yet"), "{printed}");
+    assert!(
+        printed.contains("! no agent of c1 reports its map sizes yet"),
+        "{printed}"
+    );
     assert!(printed.contains("connected c1 -> c2"), "{printed}");
     assert!(!printed.contains("mutual TLS c2 -> c1"), "{printed}");
     let once = snapshot().await;
@@ -597,13 +657,35 @@ async fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
 
     // status --from, without agents: the connection and what is missing.
     let printed = ok(&["status", "--from", s(&c1.admin)]);
-    assert!(printed.contains("cluster c1 (id 1, max-connected-clusters 255): apiserver answers"), "{printed}");
+    assert!(
+        printed.contains("cluster c1 (id 1, max-connected-clusters 255): apiserver answers"),
+        "{printed}"
+    );
     assert!(printed.contains("connected to c2 (id 2)"), "{printed}");
-    let run = clustermesh(&["status", "--from", s(&c1.admin), "--wait", "--wait-duration", "1s"]);
+    let run = clustermesh(&[
+        "status",
+        "--from",
+        s(&c1.admin),
+        "--wait",
+        "--wait-duration",
+        "1s",
+    ]);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("no agent of c1 reports yet"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no agent of c1 reports yet"),
+        "{}",
+        run.stderr
+    );
 
-    let printed = ok(&["disconnect", "--from", s(&c1.admin), "--to", s(&c2.admin), "--mode", "unicast"]);
+    let printed = ok(&[
+        "disconnect",
+        "--from",
+        s(&c1.admin),
+        "--to",
+        s(&c2.admin),
+        "--mode",
+        "unicast",
+    ]);
     assert!(printed.contains("disconnected c1 -> c2"), "{printed}");
     assert_eq!(snapshot().await, nothing);
 }

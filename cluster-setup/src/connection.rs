@@ -41,8 +41,8 @@ use std::{
 use certs::{Ca, CertName, CertificateInfo, Validity};
 use ipnet::IpNet;
 use kvstore::{
-    Client, ClientConfig, ClusterId, ClusterName, ErrorKind, IdentityRange, KeyPrefix,
-    StoreValue, TlsConfig, keys,
+    Client, ClientConfig, ClusterId, ClusterName, ErrorKind, IdentityRange, KeyPrefix, StoreValue,
+    TlsConfig, keys,
     values::{AgentReport, ClusterConfig, Node, RemoteClusterRecord},
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject};
@@ -301,7 +301,10 @@ pub async fn connect(
     if a.name == b.name {
         return Err(refused(format!("cannot connect {} to itself", a.name)));
     }
-    done(format!("names {} and {} are valid and distinct", a.name, b.name));
+    done(format!(
+        "names {} and {} are valid and distinct",
+        a.name, b.name
+    ));
     if from.id == to.id {
         return Err(refused(format!(
             "cluster ID clash: {} and {} both have ID {}",
@@ -452,9 +455,7 @@ pub async fn connect(
             )));
         }
         let connecting = directions.iter().any(|(src, _)| src.name == s.name);
-        if connecting
-            && let Some(other) = existing.iter().find(|r| r.id == peer.d.id)
-        {
+        if connecting && let Some(other) = existing.iter().find(|r| r.id == peer.d.id) {
             return Err(refused(format!(
                 "cluster ID clash: {} is connected to {}, which has ID {} as {} does",
                 s.name, other.cluster, other.id, peer.name
@@ -489,7 +490,10 @@ pub async fn connect(
         if v.is_empty() {
             "none known".to_owned()
         } else {
-            v.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(IpNet::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     if cidrs_a.is_empty() || cidrs_b.is_empty() {
@@ -514,17 +518,18 @@ pub async fn connect(
     for (source, target) in &directions {
         let (etcd_s, etcd_t) = (etcd_of(source), etcd_of(target));
         let err = |e: kvstore::Error| {
-            classify(&format!("{}'s etcd", source.name), &source.etcd_config(), &e)
+            classify(
+                &format!("{}'s etcd", source.name),
+                &source.etcd_config(),
+                &e,
+            )
         };
         let cluster_mode = kvstore::MaxConnectedClusters::from_u32(source.d.max_connected_clusters)
             .map_err(|e| refused(format!("{}: {e}", source.name)))?;
         let id = ClusterId::new(source.d.id, cluster_mode)
             .map_err(|e| refused(format!("{}: {e}", source.name)))?;
         let range = IdentityRange::allocation(id, cluster_mode);
-        let used = etcd_s
-            .count(&keys::identity_masters())
-            .await
-            .map_err(err)?;
+        let used = etcd_s.count(&keys::identity_masters()).await.map_err(err)?;
         if used >= i64::from(range.len()) {
             return Err(refused(format!(
                 "no identity headroom in {}: {used} of {} used",
@@ -539,7 +544,11 @@ pub async fn connect(
         )));
         let entries = etcd_s.count(&keys::ipcache()).await.map_err(err)?
             + etcd_t.count(&keys::ipcache()).await.map_err(|e| {
-                classify(&format!("{}'s etcd", target.name), &target.etcd_config(), &e)
+                classify(
+                    &format!("{}'s etcd", target.name),
+                    &target.etcd_config(),
+                    &e,
+                )
             })?;
         let reports = agent_reports(etcd_s).await.map_err(err)?;
         let smallest = reports
@@ -702,7 +711,10 @@ impl ClusterStatus {
             }
             for name in &wanted {
                 match agent.remotes.iter().find(|r| r.name == *name) {
-                    None => missing.push(format!("node {}: remote {name} not picked up yet", agent.node)),
+                    None => missing.push(format!(
+                        "node {}: remote {name} not picked up yet",
+                        agent.node
+                    )),
                     Some(r) if !r.ready => missing.push(format!(
                         "node {}: remote {name} not ready ({})",
                         agent.node,

@@ -34,11 +34,11 @@ pub use cluster_spec::{
     SpecError,
 };
 pub use cluster_tree::{InitError, InitOptions, InitReport};
+pub use connection::{ClusterStatus, ConnectError, ConnectMode, Progress};
 pub use descriptor::{
     ClientCert, ClusterAdminDescriptor, ClusterDescriptor, DESCRIPTOR_VERSION, DescriptorError,
     EtcdAccess,
 };
 pub use init_record::{InitRecord, RecordError};
-pub use connection::{ClusterStatus, ConnectError, ConnectMode, Progress};
 pub use layout::{Component, Layout};
 pub use unit_file::{UnitCommand, UnitError};

@@ -46,7 +46,8 @@ impl ConfigMirror {
     pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = WatchStoreConfig::new(keys::remote_cluster_records())
             .with_name("remote cluster records");
-        let (store, mut events) = WatchStore::<RemoteClusterRecord>::new(self.client.clone(), config);
+        let (store, mut events) =
+            WatchStore::<RemoteClusterRecord>::new(self.client.clone(), config);
         let token = shutdown.child_token();
         let watch = tokio::spawn(store.run(token.clone()));
         let mut records = BTreeMap::new();
@@ -121,7 +122,11 @@ pub(crate) fn reconcile(
         write_if_changed(&ca, record.ca_bundle.as_bytes(), 0o644)?;
         write_if_changed(&cert, record.cert.as_bytes(), 0o644)?;
         write_if_changed(&key, record.key.as_bytes(), 0o600)?;
-        if write_if_changed(&config, record.config_text(&ca, &cert, &key).as_bytes(), 0o644)? {
+        if write_if_changed(
+            &config,
+            record.config_text(&ca, &cert, &key).as_bytes(),
+            0o644,
+        )? {
             info!(remote = %name, file = %config.display(), "remote cluster config mirrored from etcd");
         }
     }
@@ -215,19 +220,32 @@ mod tests {
             .collect();
         let shadowed = reconcile(dir, &local, &wanted).unwrap();
         assert_eq!(shadowed, BTreeSet::from(["c3".to_owned()]));
-        assert_eq!(std::fs::read_to_string(dir.join("c3")).unwrap(), "hand written");
-        assert!(!dir.join("c1").exists(), "never a file for the local cluster");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("c3")).unwrap(),
+            "hand written"
+        );
+        assert!(
+            !dir.join("c1").exists(),
+            "never a file for the local cluster"
+        );
         let found = kvstore::remote::scan(dir, &local);
         let c2 = found[&ClusterName::new("c2").unwrap()].0.as_ref().unwrap();
         assert_eq!(std::fs::read_to_string(&c2.key_file).unwrap(), "KEY");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&c2.key_file).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&c2.key_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
 
         // Nothing stored: the mirror's file goes, the hand-written one stays.
         reconcile(dir, &local, &BTreeMap::new()).unwrap();
         assert!(!dir.join("c2").exists());
         assert!(!dir.join(MIRROR_DIR).join("c2").exists());
-        assert_eq!(std::fs::read_to_string(dir.join("c3")).unwrap(), "hand written");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("c3")).unwrap(),
+            "hand written"
+        );
     }
 }

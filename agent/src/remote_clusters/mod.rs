@@ -96,7 +96,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::config::RemoteClusterConfig;
-pub(crate) use self::{mirror::ConfigMirror, report::AgentReporter};
 #[cfg(test)]
 pub(crate) use self::validators::{
     REMOTE_IPCACHE_RESERVED, ipcache_validator, node_validator, service_validator,
@@ -106,6 +105,7 @@ use self::{
     connection::{CHECK_INTERVAL, RemoteCluster, Spec},
     status::RemoteStatus,
 };
+pub(crate) use self::{mirror::ConfigMirror, report::AgentReporter};
 use crate::{
     control_loop::{Input, LoopHandle, StoreKind},
     metrics::{AgentMetrics, RemoteKindLabel, RemoteLabel, RemoteReasonLabel},

@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use kvstore::{
-    Client, SessionHandle, keys,
+    Client, SessionHandle, StoreValue, keys,
     values::{AgentRemoteReport, AgentReport},
-    StoreValue,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::debug;

@@ -55,7 +55,9 @@ impl RemoteClusterRecord {
     /// The text of the agent's config file for this remote, naming the
     /// files where the PEM material was written.
     pub fn config_text(&self, ca: &Path, cert: &Path, key: &Path) -> String {
-        let mut t = String::from("# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent (`clustermesh connect`); edits here are overwritten.\nendpoints:\n");
+        let mut t = String::from(
+            "# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent (`clustermesh connect`); edits here are overwritten.\nendpoints:\n",
+        );
         for e in &self.endpoints {
             t.push_str(&format!("- {e}\n"));
         }
@@ -199,10 +201,17 @@ mod tests {
 
     #[test]
     fn config_text_is_what_agents_read() {
-        let text = record().config_text(Path::new("/d/ca.crt"), Path::new("/d/c.crt"), Path::new("/d/c.key"));
+        let text = record().config_text(
+            Path::new("/d/ca.crt"),
+            Path::new("/d/c.crt"),
+            Path::new("/d/c.key"),
+        );
         let c: crate::remote::RemoteClusterConfig = serde_norway::from_str(&text).unwrap();
         assert_eq!(c.endpoints, ["https://10.0.2.2:32379"]);
         assert_eq!(c.key_file, Path::new("/d/c.key"));
-        assert_eq!(c.pod_cidr_pools, vec!["10.2.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(
+            c.pod_cidr_pools,
+            vec!["10.2.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
     }
 }
