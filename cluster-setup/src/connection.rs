@@ -41,13 +41,13 @@ use std::{
 use certs::{Ca, CertName, CertificateInfo, Validity};
 use ipnet::IpNet;
 use kvstore::{
-    Client, ClientConfig, ClusterId, ClusterName, ErrorKind, IdentityRange, KeyPrefix, StoreValue,
+    Client, ClientConfig, ClusterName, ErrorKind, KeyPrefix, MaxConnectedClusters, StoreValue,
     TlsConfig, keys,
     values::{AgentReport, ClusterConfig, Node, RemoteClusterRecord},
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
-use crate::ClusterAdminDescriptor;
+use crate::{ClusterAdminDescriptor, connect_checks as checks};
 
 /// How long the remote-cluster certificates `connect` issues are valid
 /// (as `cluster init`'s).
@@ -254,10 +254,6 @@ async fn pod_cidrs(side: &Side<'_>, etcd: &Client) -> Result<Vec<IpNet>, Connect
     Ok(nets)
 }
 
-fn overlap(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
 /// The agents' reports in a cluster's etcd.
 async fn agent_reports(etcd: &Client) -> Result<Vec<AgentReport>, kvstore::Error> {
     let prefix = keys::agent_reports();
@@ -298,25 +294,14 @@ pub async fn connect(
     // 1. Names, IDs and mode, as the descriptors say.
     let a = side(from)?;
     let b = side(to)?;
-    if a.name == b.name {
-        return Err(refused(format!("cannot connect {} to itself", a.name)));
-    }
-    done(format!(
-        "names {} and {} are valid and distinct",
-        a.name, b.name
-    ));
-    if from.id == to.id {
-        return Err(refused(format!(
-            "cluster ID clash: {} and {} both have ID {}",
-            a.name, b.name, from.id
-        )));
-    }
-    if from.max_connected_clusters != to.max_connected_clusters {
-        return Err(refused(format!(
-            "max-connected-clusters differs: {} {}, {} {}",
-            a.name, from.max_connected_clusters, b.name, to.max_connected_clusters
-        )));
-    }
+    done(checks::names(&from.name, &to.name)?);
+    let mode_of = |d: &ClusterAdminDescriptor| {
+        MaxConnectedClusters::from_u32(d.max_connected_clusters)
+            .map_err(|e| refused(format!("{}: {e}", d.name)))
+    };
+    let (mode_a, mode_b) = (mode_of(from)?, mode_of(to)?);
+    let ids_line = checks::ids((&from.name, from.id), (&to.name, to.id), mode_a)?;
+    let modes_line = checks::modes((&from.name, mode_a), (&to.name, mode_b))?;
 
     // 2. Certificates valid now.
     let now = SystemTime::now();
@@ -395,10 +380,8 @@ pub async fn connect(
             s.name
         ));
     }
-    done(format!(
-        "IDs {} and {} are distinct, non-zero and within max-connected-clusters {}",
-        from.id, to.id, from.max_connected_clusters
-    ));
+    done(ids_line);
+    done(modes_line);
 
     // 5. A real handshake per direction, with the certificate its agents
     // will use.
@@ -476,43 +459,10 @@ pub async fn connect(
     // 7. Pod CIDRs disjoint.
     let cidrs_a = pod_cidrs(&a, &etcd_a).await?;
     let cidrs_b = pod_cidrs(&b, &etcd_b).await?;
-    for x in &cidrs_a {
-        for y in &cidrs_b {
-            if overlap(x, y) {
-                return Err(refused(format!(
-                    "pod CIDRs overlap: {} {x}, {} {y}",
-                    a.name, b.name
-                )));
-            }
-        }
-    }
-    let list = |v: &[IpNet]| {
-        if v.is_empty() {
-            "none known".to_owned()
-        } else {
-            v.iter()
-                .map(IpNet::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
-    if cidrs_a.is_empty() || cidrs_b.is_empty() {
-        progress(Progress::Warning(format!(
-            "pod CIDRs: {} {}, {} {}; overlap checked only where known",
-            a.name,
-            list(&cidrs_a),
-            b.name,
-            list(&cidrs_b)
-        )));
-    } else {
-        progress(Progress::Done(format!(
-            "pod CIDRs do not overlap: {} {}, {} {}",
-            a.name,
-            list(&cidrs_a),
-            b.name,
-            list(&cidrs_b)
-        )));
-    }
+    progress(checks::pod_cidrs(
+        (&from.name, &cidrs_a),
+        (&to.name, &cidrs_b),
+    )?);
 
     // 8. Headroom, for each side that receives the other's entries.
     for (source, target) in &directions {
@@ -524,24 +474,13 @@ pub async fn connect(
                 &e,
             )
         };
-        let cluster_mode = kvstore::MaxConnectedClusters::from_u32(source.d.max_connected_clusters)
-            .map_err(|e| refused(format!("{}: {e}", source.name)))?;
-        let id = ClusterId::new(source.d.id, cluster_mode)
-            .map_err(|e| refused(format!("{}: {e}", source.name)))?;
-        let range = IdentityRange::allocation(id, cluster_mode);
         let used = etcd_s.count(&keys::identity_masters()).await.map_err(err)?;
-        if used >= i64::from(range.len()) {
-            return Err(refused(format!(
-                "no identity headroom in {}: {used} of {} used",
-                source.name,
-                range.len()
-            )));
-        }
-        progress(Progress::Done(format!(
-            "identity headroom in {}: {used} of {} used",
-            source.name,
-            range.len()
-        )));
+        progress(Progress::Done(checks::identity_headroom(
+            source.name.as_str(),
+            source.d.id,
+            mode_of(source.d)?,
+            used,
+        )?));
         let entries = etcd_s.count(&keys::ipcache()).await.map_err(err)?
             + etcd_t.count(&keys::ipcache()).await.map_err(|e| {
                 classify(
@@ -550,30 +489,17 @@ pub async fn connect(
                     &e,
                 )
             })?;
-        let reports = agent_reports(etcd_s).await.map_err(err)?;
-        let smallest = reports
-            .iter()
-            .filter_map(|r| Some((r.node.clone(), *r.map_capacity.get("ipcache")?)))
-            .min_by_key(|(_, c)| *c);
-        match smallest {
-            None => progress(Progress::Warning(format!(
-                "no agent of {} reports its map sizes yet; ipcache headroom not checked",
-                source.name
-            ))),
-            Some((node, capacity)) => {
-                if entries > i64::try_from(capacity).unwrap_or(i64::MAX) {
-                    return Err(refused(format!(
-                        "ipcache map would overflow: {entries} entries of {} and {} for {capacity} slots on {}/{node}",
-                        source.name, target.name, source.name
-                    )));
-                }
-                progress(Progress::Done(format!(
-                    "ipcache headroom in {}: {entries} entries of {capacity} (smallest of {} agents: {node})",
-                    source.name,
-                    reports.len()
-                )));
-            }
-        }
+        let capacities: Vec<(String, usize)> = agent_reports(etcd_s)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .filter_map(|r| Some((r.node, *r.map_capacity.get("ipcache")?)))
+            .collect();
+        progress(checks::ipcache_headroom(
+            source.name.as_str(),
+            entries,
+            &capacities,
+        )?);
     }
 
     // Store each connecting side's record in its own etcd.

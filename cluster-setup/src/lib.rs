@@ -8,6 +8,8 @@
 //! - [`ClusterDescriptor`] and [`ClusterAdminDescriptor`]: the YAML files a
 //!   cluster hands to other clusters (public) and to its administrator
 //!   (secret), strictly parsed and validated.
+//! - [`connect_checks`]: the decisions of `connect` as pure functions,
+//!   shared with the local mesh harness.
 //! - [`connection`]: connecting two clusters from their admin descriptors
 //!   (`clustermesh connect|disconnect|status --from`): the checks against
 //!   the live clusters, and the records the agents mirror.
@@ -22,6 +24,7 @@
 
 mod cluster_spec;
 pub mod cluster_tree;
+pub mod connect_checks;
 pub mod connection;
 mod descriptor;
 mod init_record;
