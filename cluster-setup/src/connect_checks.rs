@@ -37,6 +37,11 @@ pub fn ids(
         )));
     }
     for (name, id) in [(a, a_id), (b, b_id)] {
+        if id == 0 {
+            return Err(refused(format!(
+                "{name} has cluster ID 0, which is refused: a meshed cluster needs an ID from 1"
+            )));
+        }
         ClusterId::new(id, mode)
             .map_err(|e| refused(format!("{name} has cluster ID {id}, which is refused: {e}")))?;
     }
