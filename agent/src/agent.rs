@@ -31,7 +31,7 @@ use crate::{
     kubernetes::Kubernetes,
     metrics::AgentMetrics,
     plumbing,
-    remote_clusters::RemoteClusters,
+    remote_clusters::{AgentReporter, ConfigMirror, RemoteClusters},
     routes::{self, Routes},
     tables::SourceId,
 };
@@ -462,7 +462,22 @@ impl Agent {
             });
         }
 
+        tasks.spawn(
+            "agent report",
+            AgentReporter {
+                client: client.clone(),
+                session: session_handle.clone(),
+                control: handle.clone(),
+            }
+            .run(inner.clone()),
+        );
         if let Some(dir) = &c.clustermesh_config_dir {
+            let mirror = ConfigMirror {
+                client: client.clone(),
+                dir: dir.clone(),
+                local: c.cluster.clone(),
+            };
+            tasks.spawn("remote cluster config mirror", mirror.run(inner.clone()));
             let remotes = RemoteClusters {
                 dir: dir.clone(),
                 local: c.cluster.clone(),

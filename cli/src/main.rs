@@ -8,6 +8,7 @@
 mod certs_cmd;
 mod cluster_cmd;
 mod command_error;
+mod connect_cmd;
 mod flow_filter;
 mod flow_printer;
 mod flow_time;

@@ -69,12 +69,20 @@ pub(crate) enum Mode {
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// The cluster whose agents connect (or disconnect).
+    /// The cluster whose agents connect (or disconnect): a cluster of the
+    /// local mesh (c1), or the admin descriptor of a cluster on real
+    /// machines (c1-admin.yaml, from `cluster export --admin`).
     #[arg(long)]
     from: String,
-    /// The cluster they connect to (or disconnect from).
+    /// The cluster they connect to (or disconnect from): a cluster of the
+    /// local mesh, or an admin descriptor (as --from).
     #[arg(long)]
     to: String,
+    /// With admin descriptors: the mesh CA directory (ca.crt, ca.key) that
+    /// issues the remote-<cluster> certificates of the connection (the
+    /// `--ca-dir` given to `cluster init`, or the first cluster's OUT/mesh-ca).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
     /// `bidirectional` acts on both directions, `unicast` only on `--from` → `--to`.
     #[arg(long, value_enum, default_value = "bidirectional")]
     mode: Mode,
@@ -96,6 +104,11 @@ pub(crate) struct StatusArgs {
     /// Directory of the mesh (where `up` wrote mesh.json).
     #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
+    /// A cluster on real machines, by its admin descriptor (from `cluster
+    /// export --admin`): its apiserver, connected clusters and agents, read
+    /// from its apiserver and etcd (no mesh.json).
+    #[arg(long, conflicts_with = "dir")]
+    from: Option<PathBuf>,
     /// Wait until every agent is synced and every configured remote is ready.
     #[arg(long)]
     wait: bool,
@@ -275,6 +288,29 @@ pub(crate) fn connect(
     out: &mut dyn Write,
     disconnect: bool,
 ) -> Result<(), CommandError> {
+    use crate::connect_cmd::is_descriptor;
+    match (is_descriptor(&args.from), is_descriptor(&args.to)) {
+        (true, true) => {
+            let (from, to) = (Path::new(&args.from), Path::new(&args.to));
+            return if disconnect {
+                crate::connect_cmd::disconnect(from, to, args.mode, out)
+            } else {
+                crate::connect_cmd::connect(from, to, args.mode, args.ca_dir.as_deref(), out)
+            };
+        }
+        (false, false) => {}
+        _ => {
+            return Err(CommandError::usage(anyhow!(
+                "--from and --to are both clusters of the local mesh (c1) or both admin \
+                 descriptors (c1-admin.yaml)"
+            )));
+        }
+    }
+    if args.ca_dir.is_some() {
+        return Err(CommandError::usage(anyhow!(
+            "--ca-dir goes with admin descriptors; the local mesh has its own CA"
+        )));
+    }
     let mut mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
     let both = args.mode == Mode::Bidirectional;
     if disconnect {
@@ -307,6 +343,10 @@ pub(crate) fn connect(
 }
 
 pub(crate) fn status(args: StatusArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    if let Some(from) = &args.from {
+        let wait = args.wait.then_some(args.wait_duration);
+        return crate::connect_cmd::status(from, wait, args.output, out);
+    }
     let mesh = Mesh::load(&args.dir).map_err(CommandError::usage)?;
     if args.wait {
         let start = Instant::now();

@@ -234,6 +234,7 @@ pub fn init(spec: &ClusterSpec, options: &InitOptions) -> Result<InitReport, Ini
         max_connected_clusters: spec.mode.as_u32(),
         etcd_endpoints: spec.etcd_endpoints.iter().map(|e| e.to_string()).collect(),
         apiserver_endpoints: spec.apiserver_urls(),
+        pod_cidr_pools: spec.pod_cidr_pools.clone(),
         root: options.layout.root().to_path_buf(),
         bin_dir: options.layout.bin_dir().to_path_buf(),
         files: files.clone(),
@@ -797,6 +798,7 @@ pub fn export(dir: &Path) -> Result<ClusterAdminDescriptor, InitError> {
         max_connected_clusters: record.max_connected_clusters,
         apiserver_endpoints: record.apiserver_endpoints.clone(),
         ca_bundle: read("ca.crt")?,
+        pod_cidr_pools: record.pod_cidr_pools.clone(),
         admin: ClientCert {
             cert: read("admin.crt")?,
             key: read("admin.key")?,

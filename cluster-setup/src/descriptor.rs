@@ -65,6 +65,12 @@ pub struct ClusterDescriptor {
     /// PEM: the CA certificate(s) the apiserver's certificate chains to,
     /// which also issue the clients it accepts.
     pub ca_bundle: String,
+    /// The pools the cluster's pods take addresses from (its operator's
+    /// `--pod-cidr-pool`); `connect` checks that they do not overlap the
+    /// peer's, and the peer's agents route its nodes only inside them.
+    /// Empty when nodes bring their own pod CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidr_pools: Vec<ipnet::IpNet>,
 }
 
 /// What the cluster's administrator needs. See the module docs.
@@ -80,6 +86,9 @@ pub struct ClusterAdminDescriptor {
     pub max_connected_clusters: u32,
     pub apiserver_endpoints: Vec<String>,
     pub ca_bundle: String,
+    /// See [`ClusterDescriptor::pod_cidr_pools`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidr_pools: Vec<ipnet::IpNet>,
     /// The `admin-<cluster>` client certificate and key of the apiserver.
     pub admin: ClientCert,
     /// The cluster's etcd, as its administrator reaches it.
@@ -163,6 +172,7 @@ impl ClusterAdminDescriptor {
             max_connected_clusters: self.max_connected_clusters,
             apiserver_endpoints: self.apiserver_endpoints.clone(),
             ca_bundle: self.ca_bundle.clone(),
+            pod_cidr_pools: self.pod_cidr_pools.clone(),
         }
     }
 

@@ -21,6 +21,9 @@ pub struct InitRecord {
     pub etcd_endpoints: Vec<String>,
     /// `https://host:port` URLs (may be empty).
     pub apiserver_endpoints: Vec<String>,
+    /// The operator's pod CIDR pools (empty: nodes bring their own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidr_pools: Vec<ipnet::IpNet>,
     /// The root the configuration files refer to (`/` on hosts).
     pub root: PathBuf,
     /// Where the units expect the binaries.

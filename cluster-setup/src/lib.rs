@@ -8,6 +8,11 @@
 //! - [`ClusterDescriptor`] and [`ClusterAdminDescriptor`]: the YAML files a
 //!   cluster hands to other clusters (public) and to its administrator
 //!   (secret), strictly parsed and validated.
+//! - [`connect_checks`]: the decisions of `connect` as pure functions,
+//!   shared with the local mesh harness.
+//! - [`connection`]: connecting two clusters from their admin descriptors
+//!   (`clustermesh connect|disconnect|status --from`): the checks against
+//!   the live clusters, and the records the agents mirror.
 //! - [`unit_file`]: the unit templates of `deploy/systemd/` (the one source)
 //!   and [`UnitCommand`], the command a rendered unit starts, so that tests
 //!   and harnesses start exactly what systemd would.
@@ -19,6 +24,8 @@
 
 mod cluster_spec;
 pub mod cluster_tree;
+pub mod connect_checks;
+pub mod connection;
 mod descriptor;
 mod init_record;
 mod layout;
@@ -30,6 +37,7 @@ pub use cluster_spec::{
     SpecError,
 };
 pub use cluster_tree::{InitError, InitOptions, InitReport};
+pub use connection::{ClusterStatus, ConnectError, ConnectMode, Progress};
 pub use descriptor::{
     ClientCert, ClusterAdminDescriptor, ClusterDescriptor, DESCRIPTOR_VERSION, DescriptorError,
     EtcdAccess,

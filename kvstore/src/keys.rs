@@ -43,6 +43,15 @@ pub const POLICIES: &str = "cilium/policies/v1";
 pub const SERVICE_DEFS: &str = "cilium/servicedefs/v1";
 /// Pod CIDR assignments by the operator's IPAM (our extension, local).
 pub const IPAM: &str = "cilium/ipam/v1";
+/// Remote clusters the administrator connected this cluster to (our
+/// extension, local, outside `cilium/` so that no other cluster's role reads
+/// it): `clustermesh/admin/remote-clusters/<remote>` →
+/// [`crate::values::RemoteClusterRecord`], mirrored by every agent into its
+/// clustermesh config directory.
+pub const REMOTE_CLUSTER_RECORDS: &str = "clustermesh/admin/remote-clusters";
+/// What each agent reports of itself (our extension, local, leased):
+/// `clustermesh/status/agents/<node>` → [`crate::values::AgentReport`].
+pub const AGENT_REPORTS: &str = "clustermesh/status/agents";
 /// Operator leader election (our extension, local).
 pub const OPERATOR_LEADER: &str = "cilium/operator/leader";
 
@@ -314,6 +323,26 @@ impl StateKind {
 /// `cilium/kvstoremesh/v1/<remote>`: how kvstoremesh sees `remote`.
 pub fn mirror_status(remote: &ClusterName) -> String {
     KeyPrefix::new(KVSTOREMESH).key(remote.as_str())
+}
+
+/// `clustermesh/admin/remote-clusters/`.
+pub fn remote_cluster_records() -> KeyPrefix {
+    KeyPrefix::new(REMOTE_CLUSTER_RECORDS)
+}
+
+/// `clustermesh/admin/remote-clusters/<remote>`.
+pub fn remote_cluster_record(remote: &ClusterName) -> String {
+    remote_cluster_records().key(remote.as_str())
+}
+
+/// `clustermesh/status/agents/`.
+pub fn agent_reports() -> KeyPrefix {
+    KeyPrefix::new(AGENT_REPORTS)
+}
+
+/// `clustermesh/status/agents/<node>`.
+pub fn agent_report(node: &str) -> String {
+    agent_reports().key(node)
 }
 
 #[cfg(test)]

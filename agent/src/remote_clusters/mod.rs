@@ -6,7 +6,11 @@
 //!   end reasons and failure kinds ([`failure`]);
 //! - [`stores`]: its watch stores, kept across connections;
 //! - [`validators`]: what its values must satisfy;
-//! - [`status`]: what `status` shows of it.
+//! - [`status`]: what `status` shows of it;
+//! - [`mirror`]: the configs `clustermesh connect` stores in the local etcd,
+//!   mirrored into the config directory (no file copied to nodes by hand);
+//! - [`report`]: the agent's report of itself in the local etcd, for
+//!   `clustermesh status --from` and `connect`'s headroom check.
 //!
 //! For every remote (DESIGN §5):
 //! - connect through its `clustermesh-apiserver` with the TLS files named in
@@ -74,6 +78,8 @@
 mod config;
 mod connection;
 mod failure;
+mod mirror;
+mod report;
 mod status;
 mod stores;
 mod validators;
@@ -99,6 +105,7 @@ use self::{
     connection::{CHECK_INTERVAL, RemoteCluster, Spec},
     status::RemoteStatus,
 };
+pub(crate) use self::{mirror::ConfigMirror, report::AgentReporter};
 use crate::{
     control_loop::{Input, LoopHandle, StoreKind},
     metrics::{AgentMetrics, RemoteKindLabel, RemoteLabel, RemoteReasonLabel},

@@ -8,6 +8,7 @@ mod label_selector;
 mod mirror_status;
 mod node;
 mod policy;
+mod remote_cluster_record;
 mod serde_util;
 mod service;
 mod service_def;
@@ -26,6 +27,7 @@ pub use policy::{
     PeerRule, PolicyDocument, PolicyError, PolicyKind, PolicyMetadata, PolicySpec, Port,
     PortProtocol, PortRule, check_port_name,
 };
+pub use remote_cluster_record::{AgentRemoteReport, AgentReport, RemoteClusterRecord};
 pub use service::{ClusterService, L4Addr, PortConfiguration};
 pub use service_def::{
     Affinity, ServiceDef, ServiceDefError, ServicePort, ServiceProtocol, family_name,

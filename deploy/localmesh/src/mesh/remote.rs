@@ -2,6 +2,7 @@
 //! anything, and the remote-cluster config files the agents read.
 
 use anyhow::{Context, Result, bail};
+use cluster_setup::{Progress, connect_checks};
 use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys};
 
 use super::{
@@ -109,19 +110,14 @@ impl Mesh {
         Ok(())
     }
 
-    /// The checks `connect` makes before changing anything.
+    /// The checks `connect` makes before changing anything: measured here
+    /// (mesh.json, the agents' sockets), decided by the product's
+    /// [`cluster_setup::connect_checks`], as `connect --from ADMIN.yaml`
+    /// decides them.
     fn check_connect(&self, from: &str, to: &str) -> Result<Vec<String>> {
         let a = self.state.cluster(from)?;
         let b = self.state.cluster(to)?;
-        let mut checks = Vec::new();
-        if a.name == b.name {
-            bail!("cannot connect {from} to itself");
-        }
-        for c in [a, b] {
-            kvstore::ClusterName::new(c.name.as_str())
-                .map_err(|e| anyhow::anyhow!("cluster name {:?}: {e}", c.name))?;
-        }
-        checks.push(format!("names {from} and {to} are valid and distinct"));
+        let mut checks = vec![connect_checks::names(&a.name, &b.name)?];
         let remote = runtime()?.block_on(read_cluster_config(a, b))?;
         if remote.id != b.id {
             bail!(
@@ -130,17 +126,6 @@ impl Mesh {
                 b.id
             );
         }
-        if remote.id == a.id || remote.id == 0 {
-            bail!(
-                "{to} has cluster ID {} which {from} cannot accept (0 or its own ID {})",
-                remote.id,
-                a.id
-            );
-        }
-        checks.push(format!(
-            "cluster IDs {} and {} are distinct and in range",
-            a.id, b.id
-        ));
         let mode = remote.mode().map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
         // Our own mode, as our apiserver publishes it in our etcd.
         let own = runtime()?.block_on(async {
@@ -153,20 +138,23 @@ impl Mesh {
             anyhow::Ok(kvstore::values::ClusterConfig::decode(&a.name, &kv.value)?)
         })?;
         let own_mode = own.mode().map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
-        if own_mode != mode {
-            bail!("max-connected-clusters differs: {from} {own_mode}, {to} {mode}");
-        }
-        checks.push(format!(
-            "max-connected-clusters is {own_mode} on {from} and {mode} on {to} (their cluster-config)"
-        ));
+        checks.push(connect_checks::ids(
+            (&a.name, own.id),
+            (&b.name, remote.id),
+            own_mode,
+        )?);
+        checks.push(connect_checks::modes((from, own_mode), (to, mode))?);
         checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
-        for (pa, pb) in a.pod_cidr_pools().iter().zip(b.pod_cidr_pools().iter()) {
-            let (pa, pb): (ipnet::IpNet, ipnet::IpNet) = (pa.parse()?, pb.parse()?);
-            if pa.contains(&pb.network()) || pb.contains(&pa.network()) {
-                bail!("pod CIDR pools overlap: {from} {pa}, {to} {pb}");
-            }
-            checks.push(format!("pod CIDR pools {pa} and {pb} do not overlap"));
-        }
+        let pools = |c: &ClusterInfo| -> Result<Vec<ipnet::IpNet>> {
+            Ok(c.pod_cidr_pools()
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<_, _>>()?)
+        };
+        checks.push(line(connect_checks::pod_cidrs(
+            (from, &pools(a)?),
+            (to, &pools(b)?),
+        )?));
         let (ids_a, ips_a, ips_b) = runtime()?.block_on(async {
             let ca = admin_client(a).await?;
             let cb = admin_client(b).await?;
@@ -176,11 +164,9 @@ impl Mesh {
                 cb.count(&keys::ipcache()).await?,
             ))
         })?;
-        let range = kvstore::IdentityRange::allocation(kvstore::ClusterId::new(a.id, mode)?, mode);
-        checks.push(format!(
-            "identity headroom in {from}: {ids_a} used of {}",
-            range.len()
-        ));
+        checks.push(connect_checks::identity_headroom(
+            from, a.id, own_mode, ids_a,
+        )?);
         // Every agent of `from` holds both clusters' entries: the smallest
         // ipcache map among them, as the agents report it from the kernel.
         let capacities: Vec<(String, usize)> = a
@@ -191,23 +177,20 @@ impl Mesh {
                 Some((n.name.clone(), *status.map_capacity.get("ipcache")?))
             })
             .collect();
-        let Some((node, capacity)) = capacities.iter().min_by_key(|(_, c)| *c).cloned() else {
-            bail!(
-                "no agent of {from} reports its ipcache map capacity; are {from}'s agents running?"
-            );
-        };
-        if ips_a + ips_b > i64::try_from(capacity).unwrap_or(i64::MAX) {
-            bail!(
-                "ipcache map would overflow: {} entries for {capacity} slots on {from}/{node}",
-                ips_a + ips_b
-            );
-        }
-        checks.push(format!(
-            "ipcache map headroom: {} entries of {capacity} (smallest of {} {from} agents: {node})",
+        checks.push(line(connect_checks::ipcache_headroom(
+            from,
             ips_a + ips_b,
-            capacities.len()
-        ));
+            &capacities,
+        )?));
         Ok(checks)
+    }
+}
+
+/// A check's line, whether it passed or could not be made.
+fn line(p: Progress) -> String {
+    match p {
+        Progress::Done(line) => line,
+        Progress::Warning(line) => format!("not checked: {line}"),
     }
 }
 

@@ -1,0 +1,251 @@
+//! Delivery of remote-cluster configs without copying files to nodes:
+//! `clustermesh connect --from … --to …` stores each remote's config
+//! (endpoints, CA bundle, the `remote-<local>` certificate and key) in the
+//! local etcd under `clustermesh/admin/remote-clusters/<remote>`
+//! ([`RemoteClusterRecord`]); every agent mirrors that prefix into its
+//! clustermesh config directory, where [`super::RemoteClusters`] picks the
+//! files up as if written by hand.
+//!
+//! For remote `c2` the mirror writes `DIR/.clustermesh-mirror/c2/{ca.crt,
+//! client.crt,client.key}` (the key 0600) and then `DIR/c2` naming them,
+//! each through a temporary file and a rename. It removes only what it
+//! wrote: `DIR/.clustermesh-mirror/owned` lists the names it owns (written
+//! before the config file appears, so a crash never orphans one). A file
+//! `DIR/c2` it does not own (written by hand, or by the local mesh harness)
+//! wins: the record is not mirrored and a warning says so.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use kvstore::{
+    Client, ClusterName, Event, WatchStore, WatchStoreConfig, keys, values::RemoteClusterRecord,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The mirror's own directory inside the config directory (hidden: the
+/// directory scan skips it).
+pub(crate) const MIRROR_DIR: &str = ".clustermesh-mirror";
+/// The names the mirror owns, one a line.
+const OWNED_FILE: &str = "owned";
+
+/// Mirrors the stored remote-cluster records into the config directory.
+pub(crate) struct ConfigMirror {
+    pub client: Client,
+    pub dir: PathBuf,
+    pub local: ClusterName,
+}
+
+impl ConfigMirror {
+    /// Follows the records until `shutdown`; the directory follows each
+    /// complete view of them (after the first list, then every change).
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = WatchStoreConfig::new(keys::remote_cluster_records())
+            .with_name("remote cluster records");
+        let (store, mut events) =
+            WatchStore::<RemoteClusterRecord>::new(self.client.clone(), config);
+        let token = shutdown.child_token();
+        let watch = tokio::spawn(store.run(token.clone()));
+        let mut records = BTreeMap::new();
+        let mut synced = false;
+        let mut shadowed = BTreeSet::new();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = events.recv() => e,
+            };
+            match event {
+                None => break,
+                Some(Event::Upsert { key, value }) => {
+                    records.insert(key, value);
+                }
+                Some(Event::Delete { key }) => {
+                    records.remove(&key);
+                }
+                Some(Event::Synced) => synced = true,
+            }
+            if synced && events.is_empty() {
+                let (dir, local, wanted) = (self.dir.clone(), self.local.clone(), records.clone());
+                match tokio::task::spawn_blocking(move || reconcile(&dir, &local, &wanted)).await? {
+                    Ok(now_shadowed) => {
+                        for name in now_shadowed.difference(&shadowed) {
+                            warn!(remote = %name, dir = %self.dir.display(),
+                                "a config file not written by the mirror exists for this remote; \
+                                 it wins over the stored record");
+                        }
+                        shadowed = now_shadowed;
+                    }
+                    Err(e) => warn!(dir = %self.dir.display(), error = %e,
+                        "cannot mirror the stored remote cluster configs"),
+                }
+            }
+        }
+        token.cancel();
+        let _ = watch.await;
+        Ok(())
+    }
+}
+
+/// Makes `dir` hold exactly the `wanted` records it owns; returns the
+/// remotes whose file is someone else's (left alone).
+pub(crate) fn reconcile(
+    dir: &Path,
+    local: &ClusterName,
+    wanted: &BTreeMap<String, RemoteClusterRecord>,
+) -> std::io::Result<BTreeSet<String>> {
+    let mirror = dir.join(MIRROR_DIR);
+    let mut owned = read_owned(&mirror);
+    let mut shadowed = BTreeSet::new();
+    for (name, record) in wanted {
+        if name == local.as_str() || ClusterName::new(name.as_str()).is_err() {
+            continue;
+        }
+        let config = dir.join(name);
+        if !owned.contains(name) && config.exists() {
+            shadowed.insert(name.clone());
+            continue;
+        }
+        if owned.insert(name.clone()) {
+            write_owned(&mirror, &owned)?;
+        }
+        let material = mirror.join(name);
+        std::fs::create_dir_all(&material)?;
+        let (ca, cert, key) = (
+            material.join("ca.crt"),
+            material.join("client.crt"),
+            material.join("client.key"),
+        );
+        write_if_changed(&ca, record.ca_bundle.as_bytes(), 0o644)?;
+        write_if_changed(&cert, record.cert.as_bytes(), 0o644)?;
+        write_if_changed(&key, record.key.as_bytes(), 0o600)?;
+        if write_if_changed(
+            &config,
+            record.config_text(&ca, &cert, &key).as_bytes(),
+            0o644,
+        )? {
+            info!(remote = %name, file = %config.display(), "remote cluster config mirrored from etcd");
+        }
+    }
+    let gone: Vec<String> = owned
+        .iter()
+        .filter(|n| !wanted.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        remove_if_exists(&dir.join(&name))?;
+        if let Err(e) = std::fs::remove_dir_all(mirror.join(&name))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e);
+        }
+        owned.remove(&name);
+        write_owned(&mirror, &owned)?;
+        info!(remote = %name, "remote cluster config removed (no longer stored in etcd)");
+    }
+    Ok(shadowed)
+}
+
+fn read_owned(mirror: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(mirror.join(OWNED_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_owned(mirror: &Path, owned: &BTreeSet<String>) -> std::io::Result<()> {
+    std::fs::create_dir_all(mirror)?;
+    let text: String = owned.iter().map(|n| format!("{n}\n")).collect();
+    write_if_changed(&mirror.join(OWNED_FILE), text.as_bytes(), 0o644).map(|_| ())
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `path` through a temporary file and a rename (a reader never sees
+/// half a file), unless it already holds `bytes`. Returns whether it wrote.
+fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> RemoteClusterRecord {
+        RemoteClusterRecord {
+            cluster: name.into(),
+            id: 2,
+            endpoints: vec!["https://127.0.0.1:1".into()],
+            ca_bundle: "CA".into(),
+            cert: "CERT".into(),
+            key: "KEY".into(),
+            pod_cidr_pools: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn mirrors_records_removes_only_its_own_and_leaves_hand_written_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let local = ClusterName::new("c1").unwrap();
+        std::fs::write(dir.join("c3"), "hand written").unwrap();
+        let wanted: BTreeMap<String, RemoteClusterRecord> = ["c2", "c3", "c1"]
+            .into_iter()
+            .map(|n| (n.to_owned(), record(n)))
+            .collect();
+        let shadowed = reconcile(dir, &local, &wanted).unwrap();
+        assert_eq!(shadowed, BTreeSet::from(["c3".to_owned()]));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("c3")).unwrap(),
+            "hand written"
+        );
+        assert!(
+            !dir.join("c1").exists(),
+            "never a file for the local cluster"
+        );
+        let found = kvstore::remote::scan(dir, &local);
+        let c2 = found[&ClusterName::new("c2").unwrap()].0.as_ref().unwrap();
+        assert_eq!(std::fs::read_to_string(&c2.key_file).unwrap(), "KEY");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&c2.key_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // Nothing stored: the mirror's file goes, the hand-written one stays.
+        reconcile(dir, &local, &BTreeMap::new()).unwrap();
+        assert!(!dir.join("c2").exists());
+        assert!(!dir.join(MIRROR_DIR).join("c2").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("c3")).unwrap(),
+            "hand written"
+        );
+    }
+}
