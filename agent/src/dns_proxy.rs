@@ -72,6 +72,9 @@ pub(crate) struct DnsView {
 
 #[derive(Debug, Default)]
 struct ViewInner {
+    /// (name, address) pairs in the maps: an answer made only of these
+    /// need not wait.
+    known: std::collections::HashSet<(fqdn::DnsName, IpAddr)>,
     endpoints: HashMap<IpAddr, Arc<DnsEndpoint>>,
     /// The policies' `toFQDNs` selectors: answers for a name one of them
     /// matches wait for the maps.
@@ -87,6 +90,23 @@ impl DnsView {
         let mut inner = self.inner.write().expect("not poisoned");
         inner.endpoints = endpoints;
         inner.selectors = selectors;
+    }
+
+    /// The loop wrote (or withdrew) these pairs.
+    pub(crate) fn learned(&self, diff: &fqdn::CacheDiff) {
+        let mut inner = self.inner.write().expect("not poisoned");
+        for (name, ip) in diff.removed() {
+            inner.known.remove(&(name.clone(), ip));
+        }
+        for (name, ip) in diff.added() {
+            inner.known.insert((name.clone(), ip));
+        }
+    }
+
+    fn knows(&self, name: &fqdn::DnsName, ips: &[fqdn::LearnedIp]) -> bool {
+        let inner = self.inner.read().expect("not poisoned");
+        ips.iter()
+            .all(|a| inner.known.contains(&(name.clone(), a.ip)))
     }
 
     fn endpoint(&self, ip: IpAddr) -> Option<Arc<DnsEndpoint>> {
@@ -130,6 +150,8 @@ struct Proxy {
     /// For the identity of the servers asked (in flows).
     ipcache: IpCacheMap,
     sockets: SocketFactory,
+    /// Upstream UDP sockets between queries.
+    udp_pool: std::sync::Mutex<UdpPool>,
     in_flight: Semaphore,
     /// Where lookups become L7 flows (when Hubble is on).
     flows: Option<L7Sink>,
@@ -145,27 +167,25 @@ pub(crate) async fn run(
     flows: Option<L7Sink>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let netns = config.node_netns.clone();
-    let port = config.port;
-    add_proxy_addresses(netns.as_deref())?;
-    let bound = in_node(netns.as_deref(), move || bind_all(port))
-        .context("binding the DNS proxy's sockets")??;
-    let conntrack = ConntrackMap::open_pinned(&config.bpffs_dir, CONNTRACK_MAP)
-        .context("opening the conntrack map for the DNS proxy")?;
-    let ipcache = IpCacheMap::open_pinned(&config.bpffs_dir, IPCACHE_MAP)
-        .context("opening the ipcache map for the DNS proxy")?;
-    let proxy = Arc::new(Proxy {
-        ipcache,
-        flows,
-        in_flight: Semaphore::new(config.max_in_flight),
-        sockets: SocketFactory::new(netns.clone())?,
-        config,
-        view,
-        control,
-        metrics,
-        conntrack,
-    });
-    info!(port, "DNS proxy listening on {PROXY_V4} and {PROXY_V6}");
+    let proxy = match start(config, view, control, metrics.clone(), flows) {
+        Ok(p) => p,
+        Err(e) => {
+            // The rest of the agent goes on; lookups that policy sends to
+            // the proxy fail (closed, never bypassed).
+            warn!(
+                error = format!("{e:#}"),
+                "the DNS proxy cannot start: endpoints whose policy has DNS rules cannot resolve names"
+            );
+            metrics.count_error("dns-proxy");
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+    };
+    let (proxy, bound) = proxy;
+    info!(
+        port = proxy.config.port,
+        "DNS proxy listening on {PROXY_V4} and {PROXY_V6}"
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for (udp, tcp) in bound {
         let udp = Arc::new(UdpSocket::from_std(udp).context("UDP socket")?);
@@ -177,6 +197,41 @@ pub(crate) async fn run(
         done.context("a DNS proxy task panicked")?;
     }
     Ok(())
+}
+
+type Bound = Vec<(std::net::UdpSocket, std::net::TcpListener)>;
+
+/// Gives `lo` the proxy's addresses, binds its sockets and opens the maps
+/// it reads.
+fn start(
+    config: DnsProxyConfig,
+    view: Arc<DnsView>,
+    control: LoopHandle,
+    metrics: Arc<AgentMetrics>,
+    flows: Option<L7Sink>,
+) -> anyhow::Result<(Arc<Proxy>, Bound)> {
+    let netns = config.node_netns.clone();
+    let port = config.port;
+    add_proxy_addresses(netns.as_deref())?;
+    let bound = in_node(netns.as_deref(), move || bind_all(port))?
+        .with_context(|| format!("binding the DNS proxy's sockets (port {port})"))?;
+    let conntrack = ConntrackMap::open_pinned(&config.bpffs_dir, CONNTRACK_MAP)
+        .context("opening the conntrack map for the DNS proxy")?;
+    let ipcache = IpCacheMap::open_pinned(&config.bpffs_dir, IPCACHE_MAP)
+        .context("opening the ipcache map for the DNS proxy")?;
+    let proxy = Arc::new(Proxy {
+        ipcache,
+        flows,
+        in_flight: Semaphore::new(config.max_in_flight),
+        sockets: SocketFactory::new(netns)?,
+        udp_pool: std::sync::Mutex::new(UdpPool::default()),
+        config,
+        view,
+        control,
+        metrics,
+        conntrack,
+    });
+    Ok((proxy, bound))
 }
 
 /// Runs `f` in the node's namespace (or here).
@@ -297,6 +352,31 @@ fn make_socket(tcp: bool, v6: bool) -> io::Result<UpstreamSocket> {
     let s = std::net::UdpSocket::bind(any)?;
     s.set_nonblocking(true)?;
     Ok(UpstreamSocket::Udp(s))
+}
+
+/// Upstream UDP sockets kept between queries (creating one in the node's
+/// namespace costs a thread hop): each serves one query at a time, from a
+/// random source port, answers matched by server and ID.
+#[derive(Default)]
+struct UdpPool {
+    v4: Vec<UdpSocket>,
+    v6: Vec<UdpSocket>,
+}
+
+impl UdpPool {
+    /// Sockets kept per family.
+    const MAX: usize = 256;
+
+    fn take(&mut self, v6: bool) -> Option<UdpSocket> {
+        if v6 { self.v6.pop() } else { self.v4.pop() }
+    }
+
+    fn put(&mut self, v6: bool, socket: UdpSocket) {
+        let list = if v6 { &mut self.v6 } else { &mut self.v4 };
+        if list.len() < Self::MAX {
+            list.push(socket);
+        }
+    }
 }
 
 /// What to do with a query.
@@ -498,12 +578,26 @@ impl Proxy {
         if !selected {
             return Some(());
         }
+        // Every address already allowed for this name (another lookup
+        // learned it): the loop refreshes the TTLs, nothing to wait for.
+        if self.view.knows(&response.name, &response.addresses) {
+            let learned = FqdnLearned {
+                endpoint: endpoint.id,
+                name: response.name.clone(),
+                ips: response.addresses.clone(),
+                done: None,
+            };
+            if !self.control.send(Input::FqdnLearned(learned)).await {
+                return None;
+            }
+            return Some(());
+        }
         let (done, written) = tokio::sync::oneshot::channel();
         let learned = FqdnLearned {
             endpoint: endpoint.id,
             name: response.name.clone(),
             ips: response.addresses.clone(),
-            done,
+            done: Some(done),
         };
         if !self.control.send(Input::FqdnLearned(learned)).await {
             return None;
@@ -625,25 +719,34 @@ impl Proxy {
         message: &[u8],
         id: u16,
     ) -> io::Result<Vec<u8>> {
-        let UpstreamSocket::Udp(socket) = self.sockets.socket(false, upstream.is_ipv6()).await?
-        else {
-            unreachable!("asked for UDP");
+        let v6 = upstream.is_ipv6();
+        let pooled = self.udp_pool.lock().expect("not poisoned").take(v6);
+        let socket = match pooled {
+            Some(s) => s,
+            None => {
+                let UpstreamSocket::Udp(socket) = self.sockets.socket(false, v6).await? else {
+                    unreachable!("asked for UDP");
+                };
+                UdpSocket::from_std(socket)?
+            }
         };
-        let socket = UdpSocket::from_std(socket)?;
-        socket.connect(upstream).await?;
-        socket.send(message).await?;
+        socket.send_to(message, upstream).await?;
         let mut buf = vec![0u8; fqdn::MAX_MESSAGE_LEN];
-        tokio::time::timeout(self.config.upstream_timeout, async {
+        let answer = tokio::time::timeout(self.config.upstream_timeout, async {
             loop {
-                let n = socket.recv(&mut buf).await?;
-                // Only the answer to this query (same ID).
-                if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-                    return Ok(buf[..n].to_vec());
+                let (n, from) = socket.recv_from(&mut buf).await?;
+                // Only the answer to this query (its server, same ID).
+                if from == upstream && n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                    return Ok::<_, io::Error>(buf[..n].to_vec());
                 }
             }
         })
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+        // Answered: the socket serves another query (one that timed out is
+        // dropped, so that a late answer cannot meet the next query).
+        self.udp_pool.lock().expect("not poisoned").put(v6, socket);
+        Ok(answer)
     }
 
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {

@@ -239,7 +239,8 @@ fn policy_selects(doc: &PolicyDocument) -> Vec<String> {
         .collect()
 }
 
-/// Who the rules of one section name: `app=client | cidr 10.0.0.0/8 | entity world`.
+/// Who the rules of one section name: `app=client | cidr 10.0.0.0/8 | entity
+/// world | fqdn *.example.com | dns lookups *.example.com`.
 fn peer_words(rules: &[kvstore::values::PeerRule<'_>]) -> String {
     let mut peers: Vec<String> = Vec::new();
     for rule in rules {
@@ -270,6 +271,22 @@ fn peer_words(rules: &[kvstore::values::PeerRule<'_>]) -> String {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
             peers.push(format!("entity {name}"));
+        }
+        for f in rule.fqdn_selectors() {
+            if let Some(name) = &f.match_name {
+                peers.push(format!("fqdn {name}"));
+            }
+            if let Some(pattern) = &f.match_pattern {
+                peers.push(format!("fqdn {pattern}"));
+            }
+        }
+        let dns: Vec<String> = rule
+            .dns_rules()
+            .flat_map(|d| d.match_name.iter().chain(d.match_pattern.iter()))
+            .cloned()
+            .collect();
+        if !dns.is_empty() {
+            peers.push(format!("dns lookups {}", dns.join(",")));
         }
     }
     peers.dedup();

@@ -29,6 +29,8 @@ spec:
   egress:
   - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]
   - toEntities: [world-ipv4]
+  - toFQDNs: [{matchPattern: "*.backup.example.net"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
 "#;
 
 fn service(name: &str, frontend: &str) -> String {
@@ -89,7 +91,7 @@ async fn apply_delete_list_and_refusals() {
     );
     assert!(
         r.stdout.contains(
-            "endpoints app=db: ingress from nobody; egress to cidr 10.0.0.0/8 except 10.96.0.0/12 | entity world-ipv4"
+            "endpoints app=db: ingress from nobody; egress to cidr 10.0.0.0/8 except 10.96.0.0/12 | entity world-ipv4 | fqdn *.backup.example.net"
         ),
         "{}",
         r.stdout

@@ -44,7 +44,9 @@ pub(crate) struct FqdnLearned {
     pub endpoint: EndpointId,
     pub name: DnsName,
     pub ips: Vec<LearnedIp>,
-    pub done: oneshot::Sender<()>,
+    /// Told once the maps are written (`None`: the proxy does not wait,
+    /// every address was allowed already).
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// The loop's FQDN state.
@@ -148,7 +150,7 @@ impl ControlLoop {
             self.fqdn.dirty = true;
         }
         self.apply_fqdn_diff(&result.diff);
-        self.fqdn.waiting.push(learned.done);
+        self.fqdn.waiting.extend(learned.done);
     }
 
     /// Expires what outlived its TTL, and saves the cache if it changed.
@@ -193,6 +195,9 @@ impl ControlLoop {
     }
 
     fn apply_fqdn_diff(&mut self, diff: &CacheDiff) {
+        if let Some(view) = &self.dns_view {
+            view.learned(diff);
+        }
         let ips: BTreeSet<IpAddr> = diff
             .added()
             .chain(diff.removed())

@@ -701,7 +701,7 @@ spec:
             ip: "203.0.113.7".parse().unwrap(),
             ttl: 0,
         }],
-        done,
+        done: Some(done),
     })]);
     assert!(written.try_recv().is_ok(), "told once the batch is written");
     let learned = h
