@@ -51,8 +51,11 @@ use etcd_harness::TestEtcd;
 use kvstore::{Client, ClientConfig, StoreValue, keys, values::PolicyDocument};
 use netns::NetNs;
 use support::{
-    Fabric, Node, NodeSpec,
-    dns::{API, DNS, DNSMASQ, ExternalHost, lookup_from, parse_answer, query_bytes},
+    Fabric,
+    dns::{
+        API, DNS, DNSMASQ, ExternalHost, NODE_IP, POD_CIDR, POLICY, dns_node, lookup_from,
+        parse_answer, query_bytes,
+    },
     wait_for,
 };
 
@@ -62,20 +65,6 @@ const LATENCY_LOOKUPS: usize = 2_000;
 const FRESH_NAMES: usize = 1_000;
 const CLIENTS: usize = 16;
 const RATE_WINDOW: Duration = Duration::from_secs(3);
-
-const POLICY: &str = r#"
-kind: CiliumNetworkPolicy
-metadata: {name: client-fqdn, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toCIDR: [192.168.78.50/32]
-    toPorts:
-    - ports: [{port: "53", protocol: ANY}]
-      rules: {dns: [{matchPattern: "*.example.test"}, {matchPattern: "*.wild.example.test"}]}
-  - toFQDNs: [{matchName: api.example.test}, {matchPattern: "*.wild.example.test"}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-"#;
 
 /// The address of fresh name `k` (not routed anywhere: only learned).
 fn fresh_ip(k: usize) -> Ipv4Addr {
@@ -95,27 +84,13 @@ fn main() -> Result<()> {
     let etcd = rt.block_on(TestEtcd::start())?;
     let kv = rt.block_on(Client::connect(&ClientConfig::new([etcd.endpoint()])))?;
     let mut fabric = Fabric::new()?;
-    let node_ip = Ipv4Addr::new(192, 168, 78, 1);
-    let pod_cidr = "10.12.1.0/24";
-    let mut node = Node::new(
-        NodeSpec {
-            cluster: "c1".into(),
-            cluster_id: 1,
-            name: "n1".into(),
-            ip: node_ip,
-            pod_cidr: pod_cidr.into(),
-            etcd: etcd.endpoint(),
-            clustermesh_dir: None,
-            kubeconfig: None,
-        },
-        &mut fabric,
-    )?;
+    let mut node = dns_node(etcd.endpoint(), &mut fabric)?;
     let metrics_addr = free_local_addr()?;
     node.extra_args = vec!["--health-listen".into(), metrics_addr.to_string()];
     let hosts: String = (0..FRESH_NAMES)
         .map(|k| format!("{} n{k}.wild.example.test\n", fresh_ip(k)))
         .collect();
-    let _ext = ExternalHost::start(&mut fabric, pod_cidr, node_ip, &hosts)?;
+    let _ext = ExternalHost::start(&mut fabric, POD_CIDR, NODE_IP, &hosts)?;
     node.start_agent()?;
     let client = node.add_pod("client", &[("app", "client")])?;
     let direct = node.add_pod("direct", &[("app", "direct")])?;

@@ -379,6 +379,9 @@ impl UdpPool {
     }
 }
 
+/// A query's endpoint, the query, its server, and the refusal to answer.
+type Classified = (Arc<DnsEndpoint>, DnsQuery, SocketAddr, Option<Vec<u8>>);
+
 /// What to do with a query.
 enum Decision {
     /// Forward to `upstream`; the answer is read for `endpoint`.
@@ -388,14 +391,9 @@ enum Decision {
         upstream: SocketAddr,
     },
     /// Answer this (REFUSED) without forwarding.
-    Refuse {
-        reply: Vec<u8>,
-        endpoint: Arc<DnsEndpoint>,
-        query: DnsQuery,
-        upstream: SocketAddr,
-    },
-    /// Drop it, counted as this.
-    Drop(&'static str),
+    Refuse(Vec<u8>),
+    /// Drop it.
+    Drop,
 }
 
 impl Proxy {
@@ -418,22 +416,50 @@ impl Proxy {
 
     /// Who sent the query, where it was going, and whether its rules allow
     /// the lookup.
+    /// [`Proxy::classify`], counted, with the query's flow.
     fn decide(&self, client: SocketAddr, message: &[u8], transport: Transport) -> Decision {
+        let protocol = protocol_of(transport);
+        match self.classify(client, message, transport) {
+            Err(outcome) => {
+                self.metrics.count_dns(outcome);
+                Decision::Drop
+            }
+            Ok((endpoint, query, upstream, Some(reply))) => {
+                self.metrics.count_dns("refused");
+                self.flow(&endpoint, client, upstream, protocol, &query, None, true);
+                Decision::Refuse(reply)
+            }
+            Ok((endpoint, query, upstream, None)) => {
+                self.flow(&endpoint, client, upstream, protocol, &query, None, false);
+                Decision::Forward {
+                    endpoint,
+                    query,
+                    upstream,
+                }
+            }
+        }
+    }
+
+    /// The query's endpoint, query and server, and the refusal to answer
+    /// when no DNS rule allows it; or why it is dropped.
+    fn classify(
+        &self,
+        client: SocketAddr,
+        message: &[u8],
+        transport: Transport,
+    ) -> Result<Classified, &'static str> {
         let Some(endpoint) = self.view.endpoint(client.ip()) else {
-            return Decision::Drop("unknown_source");
+            return Err("unknown_source");
         };
-        let protocol = match transport {
-            Transport::Udp => Protocol::Udp,
-            Transport::Tcp => Protocol::Tcp,
-        };
+        let protocol = protocol_of(transport);
         let Some(upstream) = self.upstream(client, protocol) else {
-            return Decision::Drop("no_original_destination");
+            return Err("no_original_destination");
         };
         let query = match DnsQuery::parse(message, transport) {
             Ok(q) => q,
             Err(e) => {
                 debug!(%client, error = %e, "malformed DNS query dropped");
-                return Decision::Drop("malformed_query");
+                return Err("malformed_query");
             }
         };
         if !endpoint.patterns.matches(&query.name) {
@@ -444,21 +470,10 @@ impl Proxy {
                 name = query.name.as_str(),
                 "DNS lookup refused: no DNS rule of the endpoint allows it"
             );
-            return match query.refused(transport) {
-                Ok(reply) => Decision::Refuse {
-                    reply,
-                    endpoint,
-                    query,
-                    upstream,
-                },
-                Err(_) => Decision::Drop("malformed_query"),
-            };
+            let reply = query.refused(transport).map_err(|_| "malformed_query")?;
+            return Ok((endpoint, query, upstream, Some(reply)));
         }
-        Decision::Forward {
-            endpoint,
-            query,
-            upstream,
-        }
+        Ok((endpoint, query, upstream, None))
     }
 
     /// An L7 flow of a lookup: the query (`response` `None`; `refused`
@@ -555,10 +570,7 @@ impl Proxy {
         if let Some(t) = response.truncation {
             self.metrics.count_dns(t.reason.as_str());
         }
-        let protocol = match transport {
-            Transport::Udp => Protocol::Udp,
-            Transport::Tcp => Protocol::Tcp,
-        };
+        let protocol = protocol_of(transport);
         self.flow(
             endpoint,
             client,
@@ -650,26 +662,8 @@ impl Proxy {
 
     async fn handle_udp(&self, socket: &UdpSocket, message: &[u8], client: SocketAddr) {
         let (endpoint, query, upstream) = match self.decide(client, message, Transport::Udp) {
-            Decision::Drop(outcome) => {
-                self.metrics.count_dns(outcome);
-                return;
-            }
-            Decision::Refuse {
-                reply,
-                endpoint,
-                query,
-                upstream,
-            } => {
-                self.metrics.count_dns("refused");
-                self.flow(
-                    &endpoint,
-                    client,
-                    upstream,
-                    Protocol::Udp,
-                    &query,
-                    None,
-                    true,
-                );
+            Decision::Drop => return,
+            Decision::Refuse(reply) => {
                 let _ = socket.send_to(&reply, client).await;
                 return;
             }
@@ -679,15 +673,6 @@ impl Proxy {
                 upstream,
             } => (endpoint, query, upstream),
         };
-        self.flow(
-            &endpoint,
-            client,
-            upstream,
-            Protocol::Udp,
-            &query,
-            None,
-            false,
-        );
         let asked = std::time::Instant::now();
         let answer = match self.forward_udp(upstream, message, query.id).await {
             Ok(a) => a,
@@ -784,26 +769,8 @@ impl Proxy {
                 return;
             };
             let (endpoint, query, upstream) = match self.decide(client, &message, Transport::Tcp) {
-                Decision::Drop(outcome) => {
-                    self.metrics.count_dns(outcome);
-                    return;
-                }
-                Decision::Refuse {
-                    reply,
-                    endpoint,
-                    query,
-                    upstream,
-                } => {
-                    self.metrics.count_dns("refused");
-                    self.flow(
-                        &endpoint,
-                        client,
-                        upstream,
-                        Protocol::Tcp,
-                        &query,
-                        None,
-                        true,
-                    );
+                Decision::Drop => return,
+                Decision::Refuse(reply) => {
                     if client_stream.write_all(&reply).await.is_err() {
                         return;
                     }
@@ -815,15 +782,6 @@ impl Proxy {
                     upstream,
                 } => (endpoint, query, upstream),
             };
-            self.flow(
-                &endpoint,
-                client,
-                upstream,
-                Protocol::Tcp,
-                &query,
-                None,
-                false,
-            );
             let asked = std::time::Instant::now();
             let answer = match self
                 .forward_tcp(&mut upstream_stream, upstream, &message)
@@ -877,6 +835,14 @@ impl Proxy {
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+    }
+}
+
+/// The L4 protocol of a DNS transport.
+fn protocol_of(transport: Transport) -> Protocol {
+    match transport {
+        Transport::Udp => Protocol::Udp,
+        Transport::Tcp => Protocol::Tcp,
     }
 }
 

@@ -32,24 +32,13 @@ use hubble_api::{
 };
 use kvstore::{Client, ClientConfig, StoreValue, keys, values::PolicyDocument};
 use support::{
-    Fabric, Node, NodeSpec, Pod, denied,
-    dns::{API, API_MOVED, Answer, DNS, DNSMASQ, ExternalHost, OTHER, PORT, WILD, lookup_from},
+    Fabric, Node, Pod, denied,
+    dns::{
+        API, API_MOVED, Answer, DNS, DNSMASQ, ExternalHost, NODE_IP, OTHER, POD_CIDR, POLICY, PORT,
+        WILD, dns_node, lookup_from,
+    },
     request, wait_for,
 };
-
-const POLICY: &str = r#"
-kind: CiliumNetworkPolicy
-metadata: {name: client-fqdn, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toCIDR: [192.168.78.50/32]
-    toPorts:
-    - ports: [{port: "53", protocol: ANY}]
-      rules: {dns: [{matchPattern: "*.example.test"}, {matchPattern: "*.wild.example.test"}]}
-  - toFQDNs: [{matchName: api.example.test}, {matchPattern: "*.wild.example.test"}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-"#;
 
 const MANY: usize = 2_000;
 
@@ -144,26 +133,12 @@ fn to_fqdns_through_the_dns_proxy() -> Result<()> {
     let kv = rt.block_on(Client::connect(&ClientConfig::new([etcd.endpoint()])))?;
 
     let mut fabric = Fabric::new()?;
-    let node_ip = Ipv4Addr::new(192, 168, 78, 1);
-    let pod_cidr = "10.12.1.0/24";
-    let mut node = Node::new(
-        NodeSpec {
-            cluster: "c1".into(),
-            cluster_id: 1,
-            name: "n1".into(),
-            ip: node_ip,
-            pod_cidr: pod_cidr.into(),
-            etcd: etcd.endpoint(),
-            clustermesh_dir: None,
-            kubeconfig: None,
-        },
-        &mut fabric,
-    )?;
+    let mut node = dns_node(etcd.endpoint(), &mut fabric)?;
     // A name with more addresses than anything keeps.
     let many: String = (0..MANY)
         .map(|k| format!("10.98.{}.{} many.wild.example.test\n", k / 250, k % 250 + 1))
         .collect();
-    let ext = ExternalHost::start(&mut fabric, pod_cidr, node_ip, &many)?;
+    let ext = ExternalHost::start(&mut fabric, POD_CIDR, NODE_IP, &many)?;
     node.start_agent()?;
     let client = node.add_pod("client", &[("app", "client")])?;
 

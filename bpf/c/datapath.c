@@ -314,40 +314,35 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
 	return diff == 0;
 }
 
-/* The hairpin source of `family` (see CM_HAIRPIN_V4): 169.254.42.1, or
- * fd00::a9fe:2a01 for IPv6. */
-static __always_inline void hairpin_addr(__u8 family, __u8 *out)
+/* A node-local address of `family` ending in `last`: 169.254.42.<last>,
+ * or fd00::a9fe:2a<last> for IPv6. */
+static __always_inline void node_local_addr(__u8 family, __u8 last, __u8 *out)
 {
 	__builtin_memset(out, 0, 16);
 	if (family == CM_FAMILY_V4) {
-		__be32 a = bpf_htonl(CM_HAIRPIN_V4);
-
-		__builtin_memcpy(out, &a, 4);
+		out[0] = 169;
+		out[1] = 254;
+		out[2] = 42;
+		out[3] = last;
 	} else {
 		out[0] = 0xfd;
 		out[12] = 0xa9;
 		out[13] = 0xfe;
 		out[14] = 0x2a;
-		out[15] = 0x01;
+		out[15] = last;
 	}
 }
 
-/* The address of the agent's proxy (see CM_PROXY_V4): 169.254.42.2, or
- * fd00::a9fe:2a02 for IPv6. */
+/* The hairpin source of `family` (see CM_HAIRPIN_V4). */
+static __always_inline void hairpin_addr(__u8 family, __u8 *out)
+{
+	node_local_addr(family, CM_HAIRPIN_V4 & 0xff, out);
+}
+
+/* The address of the agent's proxy (see CM_PROXY_V4). */
 static __always_inline void proxy_addr(__u8 family, __u8 *out)
 {
-	__builtin_memset(out, 0, 16);
-	if (family == CM_FAMILY_V4) {
-		__be32 a = bpf_htonl(CM_PROXY_V4);
-
-		__builtin_memcpy(out, &a, 4);
-	} else {
-		out[0] = 0xfd;
-		out[12] = 0xa9;
-		out[13] = 0xfe;
-		out[14] = 0x2a;
-		out[15] = 0x02;
-	}
+	node_local_addr(family, CM_PROXY_V4 & 0xff, out);
 }
 
 static __always_inline int ct_create(const struct ct_key *k, __u32 src_identity, __u32 backend_id,

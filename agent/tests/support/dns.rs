@@ -5,12 +5,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -21,7 +16,7 @@ use hickory_proto::{
 };
 use netns::{NetNs, Process};
 
-use super::{Fabric, wait_for};
+use super::{EchoServer, Fabric, Node, NodeSpec, wait_for};
 
 pub const DNS: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 50);
 pub const API: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 51);
@@ -29,6 +24,45 @@ pub const OTHER: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 52);
 pub const WILD: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 53);
 pub const API_MOVED: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 54);
 pub const PORT: u16 = 8080;
+
+/// The node of the DNS tests: its address on the fabric, its pod CIDR.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 1);
+pub const POD_CIDR: &str = "10.12.1.0/24";
+
+/// The `client` pods' policy: lookups of `*.example.test` and
+/// `*.wild.example.test` through the proxy to `DNS`, and TCP 8080 to what
+/// `api.example.test` and `*.wild.example.test` resolve to.
+pub const POLICY: &str = r#"
+kind: CiliumNetworkPolicy
+metadata: {name: client-fqdn, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [192.168.78.50/32]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules: {dns: [{matchPattern: "*.example.test"}, {matchPattern: "*.wild.example.test"}]}
+  - toFQDNs: [{matchName: api.example.test}, {matchPattern: "*.wild.example.test"}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#;
+
+/// Node `n1` of cluster `c1` (ID 1) at `NODE_IP` with `POD_CIDR`, on
+/// `fabric`, with the local etcd at `etcd` (its agent not started yet).
+pub fn dns_node(etcd: String, fabric: &mut Fabric) -> Result<Node> {
+    Node::new(
+        NodeSpec {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            name: "n1".into(),
+            ip: NODE_IP,
+            pod_cidr: POD_CIDR.into(),
+            etcd,
+            clustermesh_dir: None,
+            kubeconfig: None,
+        },
+        fabric,
+    )
+}
 
 /// Where dnsmasq is (Debian's `dnsmasq-base`).
 pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
@@ -39,7 +73,7 @@ pub struct ExternalHost {
     pub ns: NetNs,
     dir: tempfile::TempDir,
     dnsmasq: Option<Process>,
-    servers: Vec<LineServer>,
+    servers: Vec<EchoServer>,
     /// Hosts-file lines besides api's.
     extra_hosts: String,
 }
@@ -71,7 +105,11 @@ impl ExternalHost {
             extra_hosts: extra_hosts.to_string(),
         };
         for ip in [API, OTHER, WILD, API_MOVED] {
-            host.servers.push(LineServer::start(&host.ns, ip)?);
+            host.servers.push(EchoServer::start_in(
+                &host.ns,
+                SocketAddr::from((ip, PORT)),
+                ip.to_string(),
+            )?);
         }
         host.start_dnsmasq()?;
         Ok(host)
@@ -117,52 +155,6 @@ impl ExternalHost {
             .signal(libc::SIGHUP)
             .context("signalling dnsmasq")?;
         Ok(())
-    }
-}
-
-/// A TCP server on `ip:PORT` that answers each connection with a line
-/// naming its address, then echoes one line.
-pub struct LineServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LineServer {
-    pub fn start(ns: &NetNs, ip: Ipv4Addr) -> Result<Self> {
-        let addr = SocketAddr::from((ip, PORT));
-        let listener = ns.enter(move || TcpListener::bind(addr))??;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let _ = s.write_all(format!("{ip}\n").as_bytes());
-                        let mut buf = [0u8; 256];
-                        if let Ok(n) = s.read(&mut buf) {
-                            let _ = s.write_all(&buf[..n]);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for LineServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

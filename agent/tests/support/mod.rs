@@ -340,11 +340,14 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(pod: &Pod, port: u16) -> Result<Self> {
-        let addr = SocketAddr::from((pod.ip, port));
-        let listener = pod.ns.enter(move || TcpListener::bind(addr))??;
+        Self::start_in(&pod.ns, SocketAddr::from((pod.ip, port)), pod.name.clone())
+    }
+
+    /// A server on `addr` inside `ns` that greets with `greeting`.
+    pub fn start_in(ns: &NetNs, addr: SocketAddr, greeting: String) -> Result<Self> {
+        let listener = ns.enter(move || TcpListener::bind(addr))??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let name = pod.name.clone();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -352,7 +355,7 @@ impl EchoServer {
                     Ok((mut s, _)) => {
                         let _ = s.set_nonblocking(false);
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let _ = s.write_all(format!("{name}\n").as_bytes());
+                        let _ = s.write_all(format!("{greeting}\n").as_bytes());
                         let mut buf = [0u8; 256];
                         if let Ok(n) = s.read(&mut buf) {
                             let _ = s.write_all(&buf[..n]);
