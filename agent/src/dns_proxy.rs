@@ -673,29 +673,50 @@ impl Proxy {
                 upstream,
             } => (endpoint, query, upstream),
         };
+        let forward = self.forward_udp(upstream, message, query.id);
+        let exchanged = self
+            .exchange(
+                forward,
+                &endpoint,
+                (client, upstream),
+                &query,
+                Transport::Udp,
+            )
+            .await;
+        if let Some(answer) = exchanged {
+            let _ = socket.send_to(&answer, client).await;
+        }
+    }
+
+    /// Forwards a query (`forward`), reads its answer and releases it:
+    /// the answer to send, or `None` (counted) to send nothing.
+    async fn exchange(
+        &self,
+        forward: impl std::future::Future<Output = io::Result<Vec<u8>>>,
+        endpoint: &DnsEndpoint,
+        (client, upstream): (SocketAddr, SocketAddr),
+        query: &DnsQuery,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         let asked = std::time::Instant::now();
-        let answer = match self.forward_udp(upstream, message, query.id).await {
+        let answer = match forward.await {
             Ok(a) => a,
             Err(e) => {
                 debug!(%upstream, error = %e, "DNS upstream failed");
                 self.metrics.count_dns("upstream_failed");
-                return;
+                return None;
             }
         };
-        if self
-            .release(
-                &endpoint,
-                (client, upstream, asked),
-                &query,
-                &answer,
-                Transport::Udp,
-            )
-            .await
-            .is_some()
-        {
-            self.metrics.count_dns("forwarded");
-            let _ = socket.send_to(&answer, client).await;
-        }
+        self.release(
+            endpoint,
+            (client, upstream, asked),
+            query,
+            &answer,
+            transport,
+        )
+        .await?;
+        self.metrics.count_dns("forwarded");
+        Some(answer)
     }
 
     async fn forward_udp(
@@ -782,32 +803,19 @@ impl Proxy {
                     upstream,
                 } => (endpoint, query, upstream),
             };
-            let asked = std::time::Instant::now();
-            let answer = match self
-                .forward_tcp(&mut upstream_stream, upstream, &message)
-                .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(%upstream, error = %e, "DNS upstream failed");
-                    self.metrics.count_dns("upstream_failed");
-                    return;
-                }
-            };
-            if self
-                .release(
+            let forward = self.forward_tcp(&mut upstream_stream, upstream, &message);
+            let Some(answer) = self
+                .exchange(
+                    forward,
                     &endpoint,
-                    (client, upstream, asked),
+                    (client, upstream),
                     &query,
-                    &answer,
                     Transport::Tcp,
                 )
                 .await
-                .is_none()
-            {
+            else {
                 return;
-            }
-            self.metrics.count_dns("forwarded");
+            };
             if client_stream.write_all(&answer).await.is_err() {
                 return;
             }
