@@ -6,11 +6,9 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::TcpStream,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -18,7 +16,10 @@ use certs::{Ca, CertName, CertificateInfo, TlsFiles, TlsMaterial, Validity};
 use cluster_setup::{ClusterAdminDescriptor, ClusterDescriptor, Component, Layout, UnitCommand};
 use etcd_harness::{EtcdOptions, ServerTls, TestEtcd, free_port};
 use kvstore::{Client, ClientConfig, ClusterName, TlsConfig, keys};
-use support::{ok, s, usage_error};
+use support::{
+    daemons::{Daemon, bin_dir, daemons_or_skip, tool_or_skip},
+    ok, s, usage_error,
+};
 
 mod support;
 
@@ -27,37 +28,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// Whether a tool this test needs is there; outside CI a missing one skips
-/// the test (with the reason on stderr), under `CI=true` it fails it.
-fn tool_or_skip(test: &str, path: &Path, why: &str) -> bool {
-    if path.exists() {
-        return true;
-    }
-    let reason = format!("{} is missing ({why})", path.display());
-    assert!(!netns::in_ci(), "{test}: {reason} and CI=true");
-    eprintln!("skipping {test}: {reason}; not run (under CI=true this fails)");
-    false
-}
-
-/// The daemons' binaries, beside the `clustermesh` binary (built by
-/// `cargo build -p clustermesh-apiserver -p operator -p agent`).
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_clustermesh"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn daemons_or_skip(test: &str) -> bool {
-    Component::ALL.iter().all(|c| {
-        tool_or_skip(
-            test,
-            &bin_dir().join(c.binary()),
-            "build it: cargo build -p clustermesh-apiserver -p operator -p agent",
-        )
-    })
 }
 
 /// `openssl verify -CAfile ca cert` succeeds.
@@ -593,69 +563,6 @@ fn export_writes_descriptors_that_round_trip_and_parse_strictly() {
     );
 }
 
-/// A daemon started from a unit's command line, killed on drop.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &'static str, cmd: &UnitCommand, log: PathBuf) -> Self {
-        let file = fs::File::create(&log).unwrap();
-        let mut command = cmd.command();
-        command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        etcd_harness::die_with_parent(&mut command);
-        let child = command.spawn().unwrap();
-        Self { name, child, log }
-    }
-
-    /// Waits until GET `path` on `addr` answers 200; fails at once with
-    /// the log when the daemon exits.
-    async fn wait_ready(&mut self, addr: &str, path: &str) {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited with {status}:\n{}",
-                    self.name,
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            if http_status(addr, path) == Some(200) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} not ready on {addr}{path} within {READY_TIMEOUT:?}:\n{}",
-                self.name,
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// An etcd client from an admin descriptor's PEM material.
 fn client_config(endpoints: Vec<String>, ca: &str, cert: &str, key: &str) -> ClientConfig {
     let mut config = ClientConfig::new(endpoints);
@@ -737,12 +644,12 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
     let unit = |c: Component| UnitCommand::from_unit_file(&out.join(Layout::unit_file(c))).unwrap();
 
     let mut apiserver = Daemon::start(
-        "apiserver",
+        "apiserver".into(),
         &unit(Component::Apiserver),
         tmp.path().join("apiserver.log"),
     );
     let mut operator = Daemon::start(
-        "operator",
+        "operator".into(),
         &unit(Component::Operator),
         tmp.path().join("operator.log"),
     );
@@ -816,7 +723,7 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
     )
     .unwrap();
     let mut agent = Daemon::start(
-        "agent",
+        "agent".into(),
         &unit(Component::Agent),
         tmp.path().join("agent.log"),
     );

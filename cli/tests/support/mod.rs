@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub(crate) mod daemons;
+
 use std::{
     io::Write,
     path::Path,
