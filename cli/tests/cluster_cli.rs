@@ -14,10 +14,10 @@ use std::{
 
 use certs::{Ca, CertName, CertificateInfo, TlsFiles, TlsMaterial, Validity};
 use cluster_setup::{ClusterAdminDescriptor, ClusterDescriptor, Component, Layout, UnitCommand};
-use etcd_harness::{EtcdOptions, ServerTls, TestEtcd, free_port};
+use etcd_harness::free_port;
 use kvstore::{Client, ClientConfig, ClusterName, TlsConfig, keys};
 use support::{
-    daemons::{Daemon, bin_dir, daemons_or_skip, tool_or_skip},
+    daemons::{Daemon, bin_dir, daemons_or_skip, tls_etcd, tool_or_skip},
     ok, s, usage_error,
 };
 
@@ -583,28 +583,7 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
     let tmp = tempfile::tempdir().unwrap();
     // The cluster's etcd, with a CA of its own that `init` reuses.
     let etcd_ca_dir = tmp.path().join("etcd-pki");
-    let etcd_ca = Ca::generate("test etcd CA", Validity::days(3650).unwrap()).unwrap();
-    etcd_ca.write(&etcd_ca_dir).unwrap();
-    let etcd_server = etcd_ca
-        .issue_server(
-            &CertName::new("etcd").unwrap(),
-            &[],
-            &["127.0.0.1".parse().unwrap()],
-            Validity::days(30).unwrap(),
-        )
-        .unwrap()
-        .write(&etcd_ca_dir)
-        .unwrap();
-    let etcd = TestEtcd::start_with(EtcdOptions {
-        tls: Some(ServerTls {
-            cert: etcd_server.cert,
-            key: etcd_server.key,
-            client_ca: Some(etcd_ca_dir.join("ca.crt")),
-        }),
-        ..EtcdOptions::default()
-    })
-    .await
-    .unwrap();
+    let etcd = tls_etcd(&etcd_ca_dir).await;
 
     let out = tmp.path().join("c4");
     let listen = format!("127.0.0.1:{}", free_port());

@@ -16,11 +16,11 @@ use std::{
 
 use certs::{Ca, CertName, Validity};
 use cluster_setup::{ClusterAdminDescriptor, Component, Layout, UnitCommand};
-use etcd_harness::{EtcdOptions, ServerTls, TestEtcd, free_port};
+use etcd_harness::{TestEtcd, free_port};
 use kvstore::{Client, ClientConfig, TlsConfig, keys};
 use support::{
     Run, clustermesh,
-    daemons::{Daemon, bin_dir, daemons_or_skip},
+    daemons::{Daemon, bin_dir, daemons_or_skip, tls_etcd},
     ok, s,
 };
 
@@ -62,28 +62,7 @@ impl TestCluster {
         let dir = tmp.join(name);
         fs::create_dir_all(&dir).unwrap();
         let etcd_ca_dir = dir.join("etcd-pki");
-        let etcd_ca = Ca::generate("test etcd CA", Validity::days(3650).unwrap()).unwrap();
-        etcd_ca.write(&etcd_ca_dir).unwrap();
-        let etcd_server = etcd_ca
-            .issue_server(
-                &CertName::new("etcd").unwrap(),
-                &[],
-                &["127.0.0.1".parse().unwrap()],
-                Validity::days(30).unwrap(),
-            )
-            .unwrap()
-            .write(&etcd_ca_dir)
-            .unwrap();
-        let etcd = TestEtcd::start_with(EtcdOptions {
-            tls: Some(ServerTls {
-                cert: etcd_server.cert,
-                key: etcd_server.key,
-                client_ca: Some(etcd_ca_dir.join("ca.crt")),
-            }),
-            ..EtcdOptions::default()
-        })
-        .await
-        .unwrap();
+        let etcd = tls_etcd(&etcd_ca_dir).await;
         let out = dir.join("tree");
         let listen = format!("127.0.0.1:{}", free_port());
         let apiserver_health = format!("127.0.0.1:{}", free_port());

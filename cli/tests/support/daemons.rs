@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
+use certs::{Ca, CertName, Validity};
 use cluster_setup::{Component, UnitCommand};
+use etcd_harness::{EtcdOptions, ServerTls, TestEtcd};
 
 /// How long a daemon may take to answer on its health endpoint.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,4 +108,31 @@ pub(crate) fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A real etcd serving mutual TLS on 127.0.0.1, with a CA of its own
+/// written to `ca_dir` (`ca.crt`, `ca.key`; `cluster init` may reuse it).
+pub(crate) async fn tls_etcd(ca_dir: &Path) -> TestEtcd {
+    let etcd_ca = Ca::generate("test etcd CA", Validity::days(3650).unwrap()).unwrap();
+    etcd_ca.write(ca_dir).unwrap();
+    let etcd_server = etcd_ca
+        .issue_server(
+            &CertName::new("etcd").unwrap(),
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Validity::days(30).unwrap(),
+        )
+        .unwrap()
+        .write(ca_dir)
+        .unwrap();
+    TestEtcd::start_with(EtcdOptions {
+        tls: Some(ServerTls {
+            cert: etcd_server.cert,
+            key: etcd_server.key,
+            client_ca: Some(ca_dir.join("ca.crt")),
+        }),
+        ..EtcdOptions::default()
+    })
+    .await
+    .unwrap()
 }
