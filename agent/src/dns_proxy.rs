@@ -74,7 +74,7 @@ pub(crate) struct DnsView {
 struct ViewInner {
     /// (name, address) pairs in the maps: an answer made only of these
     /// need not wait.
-    known: std::collections::HashSet<(fqdn::DnsName, IpAddr)>,
+    known: HashMap<fqdn::DnsName, std::collections::HashSet<IpAddr>>,
     endpoints: HashMap<IpAddr, Arc<DnsEndpoint>>,
     /// The policies' `toFQDNs` selectors: answers for a name one of them
     /// matches wait for the maps.
@@ -95,18 +95,24 @@ impl DnsView {
     /// The loop wrote (or withdrew) these pairs.
     pub(crate) fn learned(&self, diff: &fqdn::CacheDiff) {
         let mut inner = self.inner.write().expect("not poisoned");
-        for (name, ip) in diff.removed() {
-            inner.known.remove(&(name.clone(), ip));
-        }
-        for (name, ip) in diff.added() {
-            inner.known.insert((name.clone(), ip));
+        for (name, change) in diff.iter() {
+            let ips = inner.known.entry(name.clone()).or_default();
+            for ip in &change.removed {
+                ips.remove(ip);
+            }
+            ips.extend(change.added.iter().copied());
+            if ips.is_empty() {
+                inner.known.remove(name);
+            }
         }
     }
 
     fn knows(&self, name: &fqdn::DnsName, ips: &[fqdn::LearnedIp]) -> bool {
         let inner = self.inner.read().expect("not poisoned");
-        ips.iter()
-            .all(|a| inner.known.contains(&(name.clone(), a.ip)))
+        inner
+            .known
+            .get(name)
+            .is_some_and(|known| ips.iter().all(|a| known.contains(&a.ip)))
     }
 
     fn endpoint(&self, ip: IpAddr) -> Option<Arc<DnsEndpoint>> {
