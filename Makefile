@@ -3,7 +3,7 @@
 CARGO ?= cargo
 BENCH ?=
 KEEP ?=
-BENCHES := kvstore allocator datapath apiserver e2e hubble ui k8s kvstoremesh policy dns
+BENCHES := kvstore allocator datapath apiserver e2e hubble ui k8s kvstoremesh policy dns scale
 
 .PHONY: all deps kube-server build test lint demo bench clean
 

@@ -33,7 +33,8 @@ declare -A need=(
   [node]=nodejs
   [npm]=npm
   [/usr/bin/chromium]=chromium
-  # text in its screenshots (chromium only recommends a font)
+  # text in its screenshots (chromium only recommends a font) and in the
+  # benchmarks' plots
   [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
   # cargo install (cargo-nextest below) fetches crates over HTTPS
   [/etc/ssl/certs/ca-certificates.crt]=ca-certificates

@@ -79,6 +79,7 @@ impl Agent {
             .context("preparing the node's network namespace")?;
         let datapath = Datapath::open(DatapathConfig {
             bpffs_dir: c.bpffs_dir.clone(),
+            ipcache_max_entries: c.ipcache_max_entries,
             ..DatapathConfig::default()
         })
         .with_context(|| {

@@ -61,6 +61,7 @@ pub mod env {
     pub const K8S_IN_CLUSTER: &str = "CLUSTERMESH_K8S_IN_CLUSTER";
     pub const K8S_POD_WAIT: &str = "CLUSTERMESH_K8S_POD_WAIT";
     pub const CT_GC_INTERVAL: &str = "CLUSTERMESH_CT_GC_INTERVAL";
+    pub const IPCACHE_MAX_ENTRIES: &str = "CLUSTERMESH_IPCACHE_MAX_ENTRIES";
     pub const CT_TCP_LIFETIME: &str = "CLUSTERMESH_CT_TCP_LIFETIME";
     pub const CT_SYN_LIFETIME: &str = "CLUSTERMESH_CT_SYN_LIFETIME";
     pub const CT_CLOSE_LIFETIME: &str = "CLUSTERMESH_CT_CLOSE_LIFETIME";
@@ -197,6 +198,11 @@ pub struct AgentArgs {
     /// (its labels give the endpoint's identity).
     #[arg(long, env = env::K8S_POD_WAIT, default_value = "10s", value_parser = humantime::parse_duration)]
     pub k8s_pod_wait: Duration,
+    /// Capacity of the BPF ipcache map: every address of every cluster
+    /// (Cilium's 512k by default; a mesh with more remote entries needs
+    /// more, about 50 bytes of kernel memory each).
+    #[arg(long, env = env::IPCACHE_MAX_ENTRIES, default_value_t = bpf::DEFAULT_IPCACHE_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub ipcache_max_entries: u32,
     /// Time between two conntrack garbage collection passes; 0 turns the
     /// collector off (entries then leave only when the LRU map is full).
     #[arg(long, env = env::CT_GC_INTERVAL, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -311,6 +317,8 @@ pub struct AgentConfig {
     pub k8s_pod_wait: Duration,
     /// Conntrack garbage collection.
     pub conntrack_gc: ConntrackGcConfig,
+    /// Capacity of the BPF ipcache map.
+    pub ipcache_max_entries: u32,
     /// The DNS proxy's port.
     pub dns_proxy_port: u16,
     /// What learned names may hold.
@@ -465,6 +473,7 @@ impl AgentArgs {
             },
             k8s_pod_wait: self.k8s_pod_wait,
             conntrack_gc,
+            ipcache_max_entries: self.ipcache_max_entries,
             dns_proxy_port: self.dns_proxy_port,
             fqdn_cache: fqdn::CacheConfig {
                 min_ttl: self.tofqdns_min_ttl,

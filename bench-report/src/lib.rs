@@ -7,6 +7,8 @@
 //!
 //! Not for: anything but benchmark output.
 
+pub mod plot;
+
 use serde_json::Value;
 
 /// Which direction of a metric is an improvement.

@@ -74,6 +74,9 @@ impl Program {
     }
 }
 
+/// The ipcache map's default capacity (Cilium's).
+pub const DEFAULT_IPCACHE_MAX_ENTRIES: u32 = 512 * 1024;
+
 /// Datapath settings. Map sizes apply when a map is first created; pinned
 /// maps are reused with the size they were created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +106,7 @@ impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
             bpffs_dir: Path::new(DEFAULT_MOUNT).join("clustermesh"),
-            ipcache_max_entries: 512 * 1024,
+            ipcache_max_entries: DEFAULT_IPCACHE_MAX_ENTRIES,
             policy_max_entries: 64 * 1024,
             conntrack_max_entries: 64 * 1024,
             services_max_entries: 64 * 1024,

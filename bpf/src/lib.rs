@@ -52,8 +52,8 @@ pub use bpffs::BpffsError;
 pub use conntrack::{CONNTRACK_MAP, ConntrackMap, CtKey, CtScope, CtValue};
 pub use conntrack_gc::{CtGcStats, CtLifetimes, monotonic_now_ns};
 pub use datapath::{
-    Datapath, DatapathConfig, DatapathError, EmptyClassifier, EndpointAttach, EndpointDetach,
-    Program, TestRun, datapath_object,
+    DEFAULT_IPCACHE_MAX_ENTRIES, Datapath, DatapathConfig, DatapathError, EmptyClassifier,
+    EndpointAttach, EndpointDetach, Program, TestRun, datapath_object,
 };
 pub use describe::{Describe, DescribeValue, FieldValue, Fields, fields_line, protocol_name};
 pub use endpoint::{ENDPOINTS_MAP, EndpointInfo, EndpointKey, EndpointMap, EndpointPolicy};

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration::{TestMesh, propagation::Propagation};
+use integration::{TestMesh, proc_stats::cpu_seconds, propagation::Propagation};
 use kvstore::NumericIdentity;
 
 const CLUSTERS: u8 = 3;
@@ -45,18 +45,6 @@ fn sum_metric(text: &str, family: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
         .sum()
-}
-
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may contain spaces).
-    let rest = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
 }
 
 fn run(rt: &tokio::runtime::Runtime, kvstoremesh: bool) -> Result<Run> {

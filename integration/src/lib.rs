@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod proc_stats;
 pub mod propagation;
+pub mod scale;
 
 use agent::{IpCacheView, StatusView};
 use localmesh::{Mesh, MeshSpec};

@@ -1,8 +1,8 @@
 //! Propagation of ipcache changes across the mesh, for the benchmarks: a
-//! writer publishes host entries in one cluster's etcd at a steady rate (one
-//! transaction every 10 ms), and each entry is timed until it is in the BPF
-//! ipcache map of every node of another cluster (maps polled every 0.5 ms);
-//! a raw etcd watch on the writer's etcd, in the same run, is the baseline.
+//! writer publishes host entries in one or more clusters' etcds at a steady
+//! rate (one transaction per cluster every 10 ms), and each entry is timed
+//! until it is in the BPF ipcache maps watched (polled every 0.5 ms); raw
+//! etcd watches on the writers' etcds, in the same run, are the baseline.
 
 use std::{
     collections::HashMap,
@@ -52,6 +52,13 @@ pub fn ip(a: u8, b: u8, i: usize) -> IpAddr {
     ))
 }
 
+/// Where changes are written: a cluster's etcd, and the entry its `n`-th
+/// change (counted over all sources) publishes.
+pub struct Source {
+    pub client: kvstore::Client,
+    pub entry: Box<dyn Fn(usize) -> IpIdentityPair + Send + Sync>,
+}
+
 /// Publishes `rate × seconds` host entries (in `10.150.0.0/16` and up,
 /// under identity `id`) in `from`'s etcd, `rate / 100` every 10 ms in one
 /// transaction, without waiting for the earlier ones, and times each from
@@ -73,76 +80,101 @@ pub async fn measure(
         .iter()
         .map(|n| IpCacheMap::open_pinned(&n.bpffs, IPCACHE_MAP))
         .collect::<Result<_, _>>()?;
-    let prefix = keys::ipcache();
-    let mut watch = client
-        .raw()
-        .watch_client()
-        .watch(
-            prefix.as_str(),
-            Some(WatchOptions::new().with_range(prefix.range_end())),
-        )
-        .await?;
-    watch.message().await?;
-    let total = (rate * seconds) as usize;
     let node_ip: IpAddr = source
         .nodes
         .first()
         .map_or(IpAddr::from([127, 0, 0, 1]), |n| IpAddr::V4(n.ip));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(IpAddr, Instant)>();
-    let writer = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let per_tick = (rate / 100).max(1) as usize;
-            // Each tick's entries go out in one transaction (one etcd
-            // commit), on schedule, without waiting for the earlier ones.
-            let mut in_flight = tokio::task::JoinSet::new();
-            let mut n = 0;
-            while n < total {
-                tick.tick().await;
+    let source = Source {
+        client,
+        entry: Box::new(move |i| IpIdentityPair::host(ip(10, 150, i), id, Some(node_ip))),
+    };
+    measure_sources(vec![source], maps, rate, seconds).await
+}
+
+/// Publishes `rate × seconds` changes spread over `sources` (change `n`
+/// goes to source `n % sources.len()`): every 10 ms, `rate / 100` changes,
+/// one transaction per source, without waiting for the earlier ones. Each
+/// is timed from the moment its transaction is sent until every map of
+/// `maps` holds its entry with its identity; raw etcd watches on the
+/// sources, in the same run, are the baseline.
+pub async fn measure_sources(
+    sources: Vec<Source>,
+    maps: Vec<IpCacheMap>,
+    rate: u64,
+    seconds: u64,
+) -> Result<Propagation> {
+    let prefix = keys::ipcache();
+    let mut watches = Vec::new();
+    for source in &sources {
+        let mut watch = source
+            .client
+            .raw()
+            .watch_client()
+            .watch(
+                prefix.as_str(),
+                Some(WatchOptions::new().with_range(prefix.range_end())),
+            )
+            .await?;
+        watch.message().await?;
+        watches.push(watch);
+    }
+    let total = (rate * seconds) as usize;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(IpIdentityPair, Instant)>();
+    let writer = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let per_tick = (rate / 100).max(1) as usize;
+        // Each tick's entries go out in one transaction per source (one
+        // etcd commit each), on schedule, without waiting for the earlier
+        // ones.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut n = 0;
+        while n < total {
+            tick.tick().await;
+            let mut batches: Vec<Vec<(String, Option<Vec<u8>>)>> = vec![Vec::new(); sources.len()];
+            for i in n..(n + per_tick).min(total) {
+                let s = i % sources.len();
+                let pair = (sources[s].entry)(i);
+                let _ = tx.send((pair.clone(), Instant::now()));
+                batches[s].push((prefix.key(&pair.key()), Some(pair.encode())));
+            }
+            n = (n + per_tick).min(total);
+            for (s, batch) in batches.into_iter().enumerate() {
+                if batch.is_empty() {
+                    continue;
+                }
                 while in_flight.len() >= MAX_TXNS_IN_FLIGHT {
                     in_flight.join_next().await.expect("writes in flight")??;
                 }
-                let batch: Vec<(String, Option<Vec<u8>>)> = (n..(n + per_tick).min(total))
-                    .map(|i| {
-                        let addr = ip(10, 150, i);
-                        let pair = IpIdentityPair::host(addr, id, Some(node_ip));
-                        let _ = tx.send((addr, Instant::now()));
-                        (keys::ipcache().key(&pair.key()), Some(pair.encode()))
-                    })
-                    .collect();
-                n += batch.len();
-                let client = client.clone();
+                let client = sources[s].client.clone();
                 in_flight.spawn(async move { client.write_batch(batch, None).await });
             }
-            while let Some(write) = in_flight.join_next().await {
-                write??;
-            }
-            anyhow::Ok(total as f64 / started.elapsed().as_secs_f64())
-        })
-    };
-    let raw = tokio::spawn(async move {
-        let mut seen = 0;
-        let mut arrivals: HashMap<String, Instant> = HashMap::new();
-        while seen < total {
-            let Ok(Some(resp)) = watch.message().await else {
-                break;
-            };
-            for e in resp.events() {
-                if let Some(kv) = e.kv() {
-                    arrivals.insert(
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        Instant::now(),
-                    );
-                    seen += 1;
+        }
+        while let Some(write) = in_flight.join_next().await {
+            write??;
+        }
+        anyhow::Ok(total as f64 / started.elapsed().as_secs_f64())
+    });
+    // Each raw watch reports arrivals as they come; they are stopped once
+    // every change reached the maps (they see them sooner).
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let mut raw = tokio::task::JoinSet::new();
+    for mut watch in watches {
+        let arrived_tx = arrived_tx.clone();
+        raw.spawn(async move {
+            while let Ok(Some(resp)) = watch.message().await {
+                for e in resp.events() {
+                    if let Some(kv) = e.kv() {
+                        let key = String::from_utf8_lossy(kv.key()).into_owned();
+                        let _ = arrived_tx.send((key, Instant::now()));
+                    }
                 }
             }
-        }
-        arrivals
-    });
-    let mut pending: Vec<(IpAddr, Instant, Vec<bool>)> = Vec::new();
+        });
+    }
+    drop(arrived_tx);
+    let mut pending: Vec<(IpAddr, u32, Instant, Vec<bool>)> = Vec::new();
     let mut latencies = Vec::with_capacity(total * maps.len());
     let mut written_at = HashMap::new();
     // Every entry has until 30 s after the last one was written.
@@ -152,19 +184,20 @@ pub async fn measure(
         if received < total {
             deadline = Instant::now() + Duration::from_secs(30);
         }
-        while let Ok((addr, at)) = rx.try_recv() {
-            pending.push((addr, at, vec![false; maps.len()]));
-            written_at.insert(keys::ipcache().key(&addr.to_string()), at);
+        while let Ok((pair, at)) = rx.try_recv() {
+            let addr = pair.prefix().addr();
+            pending.push((addr, pair.id.get(), at, vec![false; maps.len()]));
+            written_at.insert(keys::ipcache().key(&pair.key()), at);
             received += 1;
         }
-        pending.retain_mut(|(addr, at, done)| {
+        pending.retain_mut(|(addr, id, at, done)| {
             for (i, map) in maps.iter().enumerate() {
                 if !done[i]
                     && map
                         .get(&IpCacheKey::host(*addr))
                         .ok()
                         .flatten()
-                        .is_some_and(|v| v.sec_identity == id.get())
+                        .is_some_and(|v| v.sec_identity == *id)
                 {
                     done[i] = true;
                     latencies.push(at.elapsed().as_secs_f64() * 1000.0);
@@ -176,17 +209,15 @@ pub async fn measure(
     }
     let achieved_per_s = writer.await??;
     if !pending.is_empty() {
-        bail!("{} entries never reached {to}'s maps", pending.len());
+        bail!("{} entries never reached the maps", pending.len());
     }
-    let arrivals = raw.await?;
-    let mut raw_latencies: Vec<f64> = arrivals
-        .iter()
-        .filter_map(|(k, t)| {
-            written_at
-                .get(k)
-                .map(|w| t.duration_since(*w).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    raw.abort_all();
+    let mut raw_latencies = Vec::new();
+    while let Ok((key, t)) = arrived.try_recv() {
+        if let Some(w) = written_at.get(&key) {
+            raw_latencies.push(t.duration_since(*w).as_secs_f64() * 1000.0);
+        }
+    }
     latencies.sort_by(f64::total_cmp);
     raw_latencies.sort_by(f64::total_cmp);
     Ok(Propagation {

@@ -1,0 +1,622 @@
+//! `make bench BENCH=scale` (root): how the agent's cost grows with the
+//! mesh, as curves. Every simulated cluster is a real etcd and a real
+//! `clustermesh-apiserver` (release binary) on 127.0.0.1; only the workloads
+//! are synthetic entries written into its etcd. One real agent (its own
+//! etcd, eBPF maps, a node namespace) connects to them through its
+//! clustermesh config directory ([`integration::scale`]).
+//!
+//! - **clusters**: 8, 32, 128 and 255 remotes of 1,000 ipcache entries and
+//!   100 identities each: time from the config files to every remote ready
+//!   and every entry in the BPF ipcache map (baseline: a raw paginated list
+//!   of the same keys from every etcd at once), agent RSS, TCP connections,
+//!   CPU while idle (10 s). Goals: 255 in ≤ 10 s, idle ≤ 2 % of a core.
+//! - **entries**: 100k, 300k and 1M entries over 8 remotes (10 % as many
+//!   identities): the same sync time and baseline, agent bytes per entry
+//!   (RSS growth), and the BPF map's own memory. Goals: 1M in ≤ 5 s,
+//!   ≤ 200 B per entry.
+//! - **churn**: 1k, 5k and 10k new entries a second over 8 remotes, 5 s
+//!   each: each from its remote etcd's commit to the agent's BPF map, p50 and
+//!   p99 (baseline: raw watches on the same etcds), the rate achieved and
+//!   the agent's CPU. Goal: p99 ≤ 50 ms at 10k/s.
+//! - **recovery**: one remote of 100k entries behind a TCP proxy, cut for
+//!   60 s while 100k changes (50k updates, 25k deletes, 25k adds) land in
+//!   it; from the repair until the map is exactly the remote's state
+//!   (baseline: a raw list of the final state). Goal: ≤ 5 s.
+//!
+//! stdout: one JSON line per figure. stderr: progress, and the results
+//! directory (every line again in `results.jsonl`, and a PNG per curve).
+//! `SCALE_CURVES=clusters,entries` runs some curves only.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use bench_report::{
+    Better::{self, Higher, Lower},
+    plot::{Chart, Series},
+};
+use etcd_harness::TcpProxy;
+use integration::{
+    proc_stats::{cpu_seconds, rss_bytes, tcp_connections},
+    propagation::{self, Source},
+    scale::{
+        self, ENTRIES_PER_IDENTITY, Pki, Remote, ScaleAgent, all_in_map, none_in_map, stride_for,
+    },
+};
+use kvstore::{StoreValue, keys};
+
+const BENCH: bench_report::Bench = bench_report::Bench::new("scale");
+
+const CLUSTER_POINTS: [usize; 4] = [8, 32, 128, 255];
+const ENTRIES_PER_CLUSTER: usize = 1_000;
+const ENTRY_POINTS: [usize; 3] = [100_000, 300_000, 1_000_000];
+const ENTRY_CLUSTERS: usize = 8;
+const CHURN_RATES: [u64; 3] = [1_000, 5_000, 10_000];
+const CHURN_SECONDS: u64 = 5;
+const RECOVERY_ENTRIES: usize = 100_000;
+const PARTITION: Duration = Duration::from_secs(60);
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Room for a million remote entries and the local ones.
+const BIG_IPCACHE: u32 = 2 * 1024 * 1024;
+
+/// Prints a figure and keeps it for `results.jsonl`.
+struct Out {
+    dir: PathBuf,
+    lines: Vec<String>,
+}
+
+impl Out {
+    fn emit(
+        &mut self,
+        metric: &str,
+        value: f64,
+        unit: &str,
+        better: Better,
+        base: Option<(&str, f64)>,
+    ) {
+        let line = BENCH.line(metric, value, unit, better, base);
+        println!("{line}");
+        self.lines.push(line);
+        let _ = fs::write(self.dir.join("results.jsonl"), self.lines.join("\n") + "\n");
+    }
+
+    fn plot(&self, file: &str, chart: Chart) {
+        let path = self.dir.join(file);
+        match chart.draw(&path) {
+            Ok(()) => eprintln!("  plot: {}", path.display()),
+            Err(e) => eprintln!("  plot {file} failed: {e}"),
+        }
+    }
+}
+
+/// `1m`, `300k`, `1k`: the suffix of a metric name.
+fn short(n: usize) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}m", n / 1_000_000)
+    } else if n >= 1_000 && n % 1_000 == 0 {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn results_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("SCALE_RESULTS_DIR").map_or_else(
+        || {
+            localmesh::default_bin_dir().parent().map_or_else(
+                || PathBuf::from("bench-results"),
+                |t| t.join("bench-results"),
+            )
+        },
+        PathBuf::from,
+    );
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let dir = base.join(format!("scale-{stamp}"));
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn main() -> Result<()> {
+    if !integration::can_run("the scale bench") {
+        return Ok(());
+    }
+    integration::require_binaries()?;
+    let files = scale::raise_nofile_limit()?;
+    if files < 8_192 {
+        bail!("the open-file limit is {files}; 255 clusters need at least 8192 (ulimit -Hn)");
+    }
+    let curves =
+        std::env::var("SCALE_CURVES").unwrap_or_else(|_| "clusters,entries,churn,recovery".into());
+    let dir = results_dir()?;
+    eprintln!("scale bench: results and plots in {}", dir.display());
+    let mut out = Out {
+        dir: dir.clone(),
+        lines: Vec::new(),
+    };
+    let bin = localmesh::default_bin_dir();
+    let work = tempfile::Builder::new().prefix("cmscale-").tempdir()?;
+    let pki = Pki::new(&work.path().join("pki"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for curve in curves.split(',') {
+        let started = Instant::now();
+        match curve.trim() {
+            "clusters" => rt.block_on(clusters(&mut out, &pki, &bin, work.path()))?,
+            "entries" => rt.block_on(entries(&mut out, &pki, &bin, work.path()))?,
+            "churn" => rt.block_on(churn(&mut out, &pki, &bin, work.path()))?,
+            "recovery" => rt.block_on(recovery(&mut out, &pki, &bin, work.path()))?,
+            other => bail!(
+                "unknown curve {other:?} in SCALE_CURVES (clusters, entries, churn, recovery)"
+            ),
+        }
+        eprintln!(
+            "scale bench: {curve} done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!("scale bench: results and plots in {}", dir.display());
+    Ok(())
+}
+
+/// Connects a fresh agent to `remotes` and times it until every remote is
+/// ready and `entries` more addresses are in its map. Returns the agent
+/// (still connected), the seconds, and its RSS before connecting.
+async fn sync(
+    remotes: &[Remote],
+    pki: &Pki,
+    bin: &Path,
+    entries: usize,
+    ipcache_max: u32,
+) -> Result<(ScaleAgent, f64, u64)> {
+    let mut agent = ScaleAgent::start(bin, ipcache_max).await?;
+    let base = agent.status()?.maps.get("ipcache").copied().unwrap_or(0);
+    let rss_before = rss_bytes(agent.pid())?;
+    let started = Instant::now();
+    for r in remotes {
+        agent.connect(r, pki, r.listen)?;
+    }
+    let n = remotes.len();
+    agent
+        .wait_for(&format!("{n} remotes and {entries} entries"), |s| {
+            s.remotes.iter().filter(|r| r.ready).count() == n
+                && s.maps.get("ipcache").copied().unwrap_or(0) >= base + entries
+        })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    // The last entry of every remote is in the kernel's map with its identity.
+    let map = agent.ipcache()?;
+    let per = entries / n;
+    let identities = per.div_ceil(ENTRIES_PER_IDENTITY);
+    let stride = stride_for(per);
+    let sample = remotes.iter().map(|r| {
+        let p = r.pair(stride, per - 1, identities, 0);
+        (p.prefix().addr(), p.id.get())
+    });
+    if !all_in_map(&map, sample) {
+        bail!("the map does not hold the remotes' entries although the agent counts them");
+    }
+    Ok((agent, seconds, rss_before))
+}
+
+async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
+    let stride = stride_for(ENTRIES_PER_CLUSTER);
+    let mut remotes: Vec<Remote> = Vec::new();
+    let (mut agent_s, mut raw_s, mut rss_mb, mut conns, mut idle) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for &n in &CLUSTER_POINTS {
+        eprintln!(
+            "clusters: starting remotes {}..{n} (etcd + apiserver each)",
+            remotes.len()
+        );
+        let started = Instant::now();
+        let new = scale::start_remotes(remotes.len()..n, work, pki, bin).await?;
+        for r in &new {
+            r.seed(0..ENTRIES_PER_CLUSTER, stride).await?;
+        }
+        remotes.extend(new);
+        eprintln!(
+            "  {n} remotes up and seeded in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let clients: Vec<_> = remotes.iter().map(|r| r.client.clone()).collect();
+        let (keys_read, raw) =
+            scale::raw_list(&clients, &[keys::ipcache(), keys::identities()]).await?;
+        let (agent, seconds, _) = sync(
+            &remotes,
+            pki,
+            bin,
+            n * ENTRIES_PER_CLUSTER,
+            bpf::DEFAULT_IPCACHE_MAX_ENTRIES,
+        )
+        .await?;
+        let pid = agent.pid();
+        let rss = rss_bytes(pid)? as f64 / (1024.0 * 1024.0);
+        let connections = tcp_connections(pid)?;
+        let cpu0 = cpu_seconds(pid)?;
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let idle_pct = (cpu_seconds(pid)? - cpu0) / IDLE_WINDOW.as_secs_f64() * 100.0;
+        eprintln!(
+            "  {n} clusters: agent synced in {seconds:.2} s (raw list of {keys_read} keys: {raw:.2} s), \
+             RSS {rss:.0} MiB, {connections} TCP connections, idle CPU {idle_pct:.2} %"
+        );
+        drop(agent);
+        out.emit(
+            &format!("sync_{n}_clusters_s"),
+            seconds,
+            "s",
+            Lower,
+            Some((&format!("raw_list_{n}_clusters_s"), raw)),
+        );
+        out.emit(
+            &format!("agent_rss_mib_{n}_clusters"),
+            rss,
+            "MiB",
+            Lower,
+            None,
+        );
+        out.emit(
+            &format!("agent_connections_{n}_clusters"),
+            connections as f64,
+            "connections",
+            Lower,
+            None,
+        );
+        out.emit(
+            &format!("agent_idle_cpu_pct_{n}_clusters"),
+            idle_pct,
+            "%",
+            Lower,
+            None,
+        );
+        agent_s.push((n as f64, seconds));
+        raw_s.push((n as f64, raw));
+        rss_mb.push((n as f64, rss));
+        conns.push((n as f64, connections as f64));
+        idle.push((n as f64, idle_pct));
+    }
+    drop(remotes);
+    out.plot(
+        "clusters_sync.png",
+        Chart {
+            title: "Initial sync vs remote clusters (1,000 entries, 100 identities each)".into(),
+            x_label: "remote clusters".into(),
+            y_label: "seconds".into(),
+            series: vec![
+                Series::new("agent: config → BPF map", agent_s),
+                Series::new("raw paginated list (baseline)", raw_s),
+            ],
+            goal: Some(("≤ 10 s at 255".into(), 10.0)),
+            log_x: true,
+        },
+    );
+    out.plot(
+        "clusters_idle_cpu.png",
+        Chart {
+            title: "Agent CPU while idle vs remote clusters".into(),
+            x_label: "remote clusters".into(),
+            y_label: "% of a core".into(),
+            series: vec![Series::new("agent", idle)],
+            goal: Some(("≤ 2 %".into(), 2.0)),
+            log_x: true,
+        },
+    );
+    out.plot(
+        "clusters_rss.png",
+        Chart {
+            title: "Agent RSS vs remote clusters".into(),
+            x_label: "remote clusters".into(),
+            y_label: "MiB".into(),
+            series: vec![Series::new("agent RSS", rss_mb)],
+            goal: None,
+            log_x: true,
+        },
+    );
+    out.plot(
+        "clusters_connections.png",
+        Chart {
+            title: "Agent TCP connections vs remote clusters".into(),
+            x_label: "remote clusters".into(),
+            y_label: "connections".into(),
+            series: vec![Series::new("agent", conns)],
+            goal: None,
+            log_x: true,
+        },
+    );
+    Ok(())
+}
+
+async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
+    let max = *ENTRY_POINTS.last().expect("points");
+    let stride = stride_for(max / ENTRY_CLUSTERS);
+    eprintln!("entries: starting {ENTRY_CLUSTERS} remotes");
+    let remotes = scale::start_remotes(0..ENTRY_CLUSTERS, work, pki, bin).await?;
+    let clients: Vec<_> = remotes.iter().map(|r| r.client.clone()).collect();
+    let (mut agent_s, mut raw_s, mut per_entry, mut map_per_entry) =
+        (vec![], vec![], vec![], vec![]);
+    let mut seeded = 0;
+    for &total in &ENTRY_POINTS {
+        let per = total / ENTRY_CLUSTERS;
+        let started = Instant::now();
+        for r in &remotes {
+            r.seed(seeded..per, stride).await?;
+        }
+        seeded = per;
+        eprintln!(
+            "  seeded {total} entries in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let (keys_read, raw) =
+            scale::raw_list(&clients, &[keys::ipcache(), keys::identities()]).await?;
+        let (agent, seconds, rss0) = sync(&remotes, pki, bin, total, BIG_IPCACHE).await?;
+        let rss1 = rss_bytes(agent.pid())?;
+        let bytes = rss1.saturating_sub(rss0) as f64 / total as f64;
+        let map_bytes = agent.ipcache_map_bytes()? as f64 / total as f64;
+        eprintln!(
+            "  {total} entries: agent synced in {seconds:.2} s (raw list of {keys_read} keys: {raw:.2} s), \
+             {bytes:.0} B/entry in the agent, BPF ipcache map {map_bytes:.0} B/entry (memlock)"
+        );
+        drop(agent);
+        let s = short(total);
+        out.emit(
+            &format!("sync_{s}_entries_s"),
+            seconds,
+            "s",
+            Lower,
+            Some((&format!("raw_list_{s}_entries_s"), raw)),
+        );
+        out.emit(
+            &format!("agent_bytes_per_entry_{s}"),
+            bytes,
+            "B",
+            Lower,
+            None,
+        );
+        out.emit(
+            &format!("bpf_ipcache_bytes_per_entry_{s}"),
+            map_bytes,
+            "B",
+            Lower,
+            None,
+        );
+        agent_s.push((total as f64, seconds));
+        raw_s.push((total as f64, raw));
+        per_entry.push((total as f64, bytes));
+        map_per_entry.push((total as f64, map_bytes));
+    }
+    out.plot(
+        "entries_sync.png",
+        Chart {
+            title: format!("Initial sync vs remote entries ({ENTRY_CLUSTERS} clusters)"),
+            x_label: "remote ipcache entries".into(),
+            y_label: "seconds".into(),
+            series: vec![
+                Series::new("agent: config → BPF map", agent_s),
+                Series::new("raw paginated list (baseline)", raw_s),
+            ],
+            goal: Some(("≤ 5 s at 1M".into(), 5.0)),
+            log_x: true,
+        },
+    );
+    out.plot(
+        "entries_memory.png",
+        Chart {
+            title: "Memory per remote entry".into(),
+            x_label: "remote ipcache entries".into(),
+            y_label: "bytes per entry".into(),
+            series: vec![
+                Series::new("agent RSS growth", per_entry),
+                Series::new("BPF ipcache map (memlock)", map_per_entry),
+            ],
+            goal: Some(("≤ 200 B in the agent".into(), 200.0)),
+            log_x: true,
+        },
+    );
+    Ok(())
+}
+
+async fn churn(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
+    // Room per remote for the base entries and every change of every rate.
+    let changes: u64 = CHURN_RATES.iter().map(|r| r * CHURN_SECONDS).sum();
+    let stride = stride_for(ENTRIES_PER_CLUSTER + changes as usize / ENTRY_CLUSTERS + 1);
+    eprintln!("churn: starting {ENTRY_CLUSTERS} remotes");
+    let remotes = scale::start_remotes(0..ENTRY_CLUSTERS, work, pki, bin).await?;
+    for r in &remotes {
+        r.seed(0..ENTRIES_PER_CLUSTER, stride).await?;
+    }
+    let (agent, _, _) = sync(
+        &remotes,
+        pki,
+        bin,
+        ENTRY_CLUSTERS * ENTRIES_PER_CLUSTER,
+        bpf::DEFAULT_IPCACHE_MAX_ENTRIES,
+    )
+    .await?;
+    let (mut p50, mut p99, mut raw99) = (vec![], vec![], vec![]);
+    let mut next = ENTRIES_PER_CLUSTER;
+    for &rate in &CHURN_RATES {
+        let sources: Vec<Source> = remotes
+            .iter()
+            .map(|r| {
+                let (index, id, node) = (r.index, r.id, r.node_ip());
+                let first = next;
+                let count = remotes.len();
+                Source {
+                    client: r.client.clone(),
+                    entry: Box::new(move |n| {
+                        // Change n goes to remote n % count: its (n / count)-th new entry.
+                        let j = first + n / count;
+                        kvstore::values::IpIdentityPair::host(
+                            scale::entry_ip(index, stride, j),
+                            scale::identity(id, 0),
+                            Some(node),
+                        )
+                    }),
+                }
+            })
+            .collect();
+        next += (rate * CHURN_SECONDS) as usize / remotes.len() + 1;
+        let cpu0 = cpu_seconds(agent.pid())?;
+        let started = Instant::now();
+        let m = propagation::measure_sources(sources, vec![agent.ipcache()?], rate, CHURN_SECONDS)
+            .await?;
+        let cpu_pct = (cpu_seconds(agent.pid())? - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+        eprintln!(
+            "  {rate}/s: p50 {:.2} ms p99 {:.2} ms (raw watch p50 {:.2} p99 {:.2}), achieved {:.0}/s, agent CPU {cpu_pct:.1} %",
+            m.p50_ms, m.p99_ms, m.raw_p50_ms, m.raw_p99_ms, m.achieved_per_s
+        );
+        let s = short(rate as usize);
+        out.emit(
+            &format!("propagation_p50_ms_{s}_per_s"),
+            m.p50_ms,
+            "ms",
+            Lower,
+            Some((&format!("raw_watch_p50_ms_{s}_per_s"), m.raw_p50_ms)),
+        );
+        out.emit(
+            &format!("propagation_p99_ms_{s}_per_s"),
+            m.p99_ms,
+            "ms",
+            Lower,
+            Some((&format!("raw_watch_p99_ms_{s}_per_s"), m.raw_p99_ms)),
+        );
+        out.emit(
+            &format!("churn_achieved_per_s_{s}_per_s"),
+            m.achieved_per_s,
+            "1/s",
+            Higher,
+            Some((&format!("churn_target_per_s_{s}_per_s"), rate as f64)),
+        );
+        out.emit(
+            &format!("agent_cpu_pct_{s}_per_s"),
+            cpu_pct,
+            "%",
+            Lower,
+            None,
+        );
+        p50.push((rate as f64, m.p50_ms));
+        p99.push((rate as f64, m.p99_ms));
+        raw99.push((rate as f64, m.raw_p99_ms));
+    }
+    out.plot(
+        "churn_propagation.png",
+        Chart {
+            title: format!(
+                "Propagation remote etcd → BPF map vs change rate ({ENTRY_CLUSTERS} clusters)"
+            ),
+            x_label: "changes per second".into(),
+            y_label: "milliseconds".into(),
+            series: vec![
+                Series::new("agent p99", p99),
+                Series::new("agent p50", p50),
+                Series::new("raw etcd watch p99 (baseline)", raw99),
+            ],
+            goal: Some(("p99 ≤ 50 ms at 10k/s".into(), 50.0)),
+            log_x: false,
+        },
+    );
+    Ok(())
+}
+
+async fn recovery(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
+    let partition = std::env::var("SCALE_PARTITION_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(PARTITION, Duration::from_secs);
+    let n = RECOVERY_ENTRIES;
+    let stride = stride_for(n + n / 4);
+    eprintln!("recovery: one remote of {n} entries behind a proxy");
+    let remotes = scale::start_remotes(0..1, work, pki, bin).await?;
+    let remote = &remotes[0];
+    remote.seed(0..n, stride).await?;
+    let identities = n / ENTRIES_PER_IDENTITY;
+    let proxy = TcpProxy::start(remote.listen).await?;
+    let mut agent = ScaleAgent::start(bin, bpf::DEFAULT_IPCACHE_MAX_ENTRIES).await?;
+    let base = agent.status()?.maps.get("ipcache").copied().unwrap_or(0);
+    agent.connect(remote, pki, proxy.addr())?;
+    agent
+        .wait_for("the remote's entries", |s| {
+            s.remotes.iter().any(|r| r.ready)
+                && s.maps.get("ipcache").copied().unwrap_or(0) >= base + n
+        })
+        .await?;
+    proxy.cut();
+    let cut = Instant::now();
+    // 100k changes while cut: 50k entries move to another identity, 25k
+    // are deleted, 25k are new.
+    let (updated, deleted, added) = (0..n / 2, n / 2..n * 3 / 4, n..n + n / 4);
+    let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(n);
+    for j in updated.clone() {
+        let p = remote.pair(stride, j, identities, 1);
+        ops.push((keys::ipcache().key(&p.key()), Some(p.encode())));
+    }
+    for j in deleted.clone() {
+        let p = remote.pair(stride, j, identities, 0);
+        ops.push((keys::ipcache().key(&p.key()), None));
+    }
+    for j in added.clone() {
+        let p = remote.pair(stride, j, identities, 0);
+        ops.push((keys::ipcache().key(&p.key()), Some(p.encode())));
+    }
+    let changes = ops.len();
+    remote.write_ops(ops).await?;
+    eprintln!(
+        "  {changes} changes written {:.1} s into the partition; repairing it after {} s",
+        cut.elapsed().as_secs_f64(),
+        partition.as_secs()
+    );
+    // The partition lasts its full length (a scenario, not a wait for a condition).
+    tokio::time::sleep(partition.saturating_sub(cut.elapsed())).await;
+    let map = agent.ipcache()?;
+    if !none_in_map(&map, [scale::entry_ip(0, stride, n)]) {
+        bail!("the agent saw a change through the cut proxy");
+    }
+    proxy.restore();
+    let repaired = Instant::now();
+    let expect = |j: usize, shift: usize| {
+        let p = remote.pair(stride, j, identities, shift);
+        (p.prefix().addr(), p.id.get())
+    };
+    let converged = loop {
+        let pass = Instant::now();
+        // Cheap probes first: the last of each kind of change.
+        let last = all_in_map(&map, [expect(updated.end - 1, 1), expect(added.end - 1, 0)])
+            && none_in_map(&map, [expect(deleted.end - 1, 0).0]);
+        if last
+            && all_in_map(&map, updated.clone().map(|j| expect(j, 1)))
+            && all_in_map(&map, (deleted.end..n).map(|j| expect(j, 0)))
+            && all_in_map(&map, added.clone().map(|j| expect(j, 0)))
+            && none_in_map(&map, deleted.clone().map(|j| expect(j, 0).0))
+        {
+            break pass.duration_since(repaired).as_secs_f64();
+        }
+        if repaired.elapsed() > scale::DEADLINE {
+            bail!(
+                "the agent did not converge within {:?} of the repair",
+                scale::DEADLINE
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (_, raw) = scale::raw_list(
+        &[remote.client.clone()],
+        &[keys::ipcache(), keys::identities()],
+    )
+    .await?;
+    eprintln!(
+        "  converged exactly {converged:.2} s after the repair (raw list of the final state: {raw:.2} s)"
+    );
+    out.emit(
+        &format!("recovery_{}_changes_s", short(changes)),
+        converged,
+        "s",
+        Lower,
+        Some((&format!("raw_list_{}_final_state_s", short(n)), raw)),
+    );
+    drop(agent);
+    Ok(())
+}
