@@ -25,14 +25,6 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// before a request's deadline and well before a session lease's TTL.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// First and longest pause between attempts of a request that failed on
-/// one etcd member, before it is sent again (to another member, as the
-/// channel balances): short, because a dead member refuses at once and the
-/// others answer, yet growing, so that a cluster that is down entirely is
-/// not hammered until the request's deadline.
-const FAILOVER_MIN: Duration = Duration::from_millis(10);
-const FAILOVER_MAX: Duration = Duration::from_millis(500);
-
 /// Whether a request that failed on one member may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -49,26 +41,30 @@ enum Retry {
 /// Whether `error` is the failure of one member or connection, after which
 /// the request may go to another (see [`Retry`]).
 fn may_retry(error: &etcd_client::Error, retry: Retry) -> bool {
-    let status = match error {
-        etcd_client::Error::GRpcStatus(status) => status,
-        etcd_client::Error::TransportError(_) => return true,
-        _ => return false,
-    };
+    match error {
+        etcd_client::Error::GRpcStatus(status) => may_send_again(status, retry == Retry::Always),
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a request that failed with `status` on one etcd member (or
+/// connection) may be sent again, to another member: always when it was
+/// never sent (no connection could be made), and when it is `idempotent`
+/// (a read) also after etcd's own unavailability ("leader changed", "no
+/// leader") or a connection that broke under it. A write whose answer was
+/// lost is not repeated: it may have been applied.
+pub fn may_send_again(status: &tonic::Status, idempotent: bool) -> bool {
     let message = status.message();
-    // tonic's words for a connection that could not be made: the request
-    // was never sent.
+    // tonic's words for a connection that could not be made.
     let not_sent = message.contains("connect error") || message.contains("error trying to connect");
     match status.code() {
-        tonic::Code::Unavailable if not_sent => true,
-        // etcd's own "etcdserver: leader changed", "no leader", a reset
-        // connection: the outcome is unknown.
-        tonic::Code::Unavailable | tonic::Code::Unknown => {
-            retry == Retry::Always
-                && (message.starts_with("etcdserver:")
-                    || message.contains("transport")
+        tonic::Code::Unavailable => not_sent || idempotent,
+        tonic::Code::Unknown => {
+            idempotent
+                && (message.contains("transport")
                     || message.contains("connection")
-                    || message.contains("h2 protocol error")
-                    || status.code() == tonic::Code::Unavailable)
+                    || message.contains("h2 protocol error"))
         }
         _ => false,
     }
@@ -394,7 +390,7 @@ impl Client {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + within;
-        let mut backoff = Backoff::new(FAILOVER_MIN, FAILOVER_MAX);
+        let mut backoff = Backoff::for_failover();
         loop {
             match attempt().await {
                 Err(e) if may_retry(&e, retry) => {
