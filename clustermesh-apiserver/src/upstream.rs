@@ -82,6 +82,9 @@ pub enum UpstreamError {
 pub struct Upstream {
     channel: Channel,
     endpoints: String,
+    /// Attempts of a call that fails on one member: 1 with a single
+    /// endpoint, else three per member (see [`Upstream::call`]).
+    max_attempts: u32,
     request_timeout: Duration,
 }
 
@@ -132,6 +135,10 @@ impl Upstream {
         Ok(Self {
             channel,
             endpoints: config.endpoints.join(","),
+            max_attempts: match config.endpoints.len() {
+                0 | 1 => 1,
+                n => 3 * n as u32,
+            },
             request_timeout: config.request_timeout,
         })
     }
@@ -261,7 +268,9 @@ impl Upstream {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let call = async {
             let mut backoff = kvstore::Backoff::for_failover();
+            let mut attempts = 0;
             loop {
+                attempts += 1;
                 let outcome = match self.ready_grpc().await {
                     Ok(grpc) => Ok(call(grpc).await.map(tonic::Response::into_inner)),
                     Err(status) => Err(status),
@@ -275,7 +284,7 @@ impl Upstream {
                     Resend::Write => kvstore::may_send_again(failed, false),
                     Resend::Read => kvstore::may_send_again(failed, true),
                 };
-                if !again {
+                if !again || attempts >= self.max_attempts {
                     return outcome;
                 }
                 let delay = backoff.next_delay();

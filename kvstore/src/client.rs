@@ -264,6 +264,11 @@ pub struct LockGuard {
 pub struct Client {
     inner: etcd_client::Client,
     endpoints: String,
+    /// Attempts of a request that fails on one member: 1 with a single
+    /// endpoint (nowhere else to go: a refusal is the answer), else three
+    /// per member, so that the balancer finds a live one, yet a cluster
+    /// that is down entirely fails a request within about 2 s.
+    max_attempts: u32,
     request_timeout: Duration,
 }
 
@@ -331,6 +336,10 @@ impl Client {
         Ok(Self {
             inner,
             endpoints,
+            max_attempts: match config.endpoints.len() {
+                0 | 1 => 1,
+                n => 3 * n as u32,
+            },
             request_timeout: config.request_timeout,
         })
     }
@@ -377,8 +386,8 @@ impl Client {
     }
 
     /// Calls `attempt` until it succeeds, fails in a way `retry` does not
-    /// allow to repeat, or the next attempt would start after `within`;
-    /// returns the last outcome.
+    /// allow to repeat, was made `max_attempts` times, or the next attempt
+    /// would start after `within`; returns the last outcome.
     async fn attempts<T, F, Fut>(
         &self,
         retry: Retry,
@@ -391,9 +400,11 @@ impl Client {
     {
         let deadline = tokio::time::Instant::now() + within;
         let mut backoff = Backoff::for_failover();
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match attempt().await {
-                Err(e) if may_retry(&e, retry) => {
+                Err(e) if attempts < self.max_attempts && may_retry(&e, retry) => {
                     let delay = backoff.next_delay();
                     if tokio::time::Instant::now() + delay >= deadline {
                         return Err(e);
