@@ -3,7 +3,7 @@
 //! flags and environment win over the file).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -355,9 +355,17 @@ impl AgentArgs {
             }
         }
         let from_file: Vec<String> = full[1..].to_vec();
+        let file_len = full.len();
         full.extend(args.into_iter().skip(1));
-        // Later flags win: command-line values come after the file's.
-        let deduped = dedupe_flags(full);
+        // Later flags win: command-line values come after the file's. A
+        // list flag (`--etcd-endpoints`) may be repeated on the command
+        // line; its values add up, and replace the file's.
+        let lists: HashSet<String> = <Self as clap::CommandFactory>::command()
+            .get_arguments()
+            .filter(|a| matches!(a.get_action(), clap::ArgAction::Append))
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let deduped = dedupe_flags(full, file_len, &lists);
         Self::try_parse_from(&deduped).map_err(|e| match &file {
             // Say where a bad value came from: the file's keys are the flags.
             Some(path) if blames_file(&e, &from_file, &deduped) => {
@@ -519,34 +527,57 @@ fn file_args(path: &PathBuf) -> Result<Vec<String>, String> {
 }
 
 /// Keeps only the last occurrence of each `--flag value` pair (the file's
-/// values come first, so the command line wins). `--config` is dropped.
-fn dedupe_flags(args: Vec<String>) -> Vec<String> {
-    let mut pairs: Vec<(String, Option<String>)> = Vec::new();
+/// values, the first `file_len - 1` arguments after the program, come
+/// first, so the command line wins), except for the flags in `lists`: those
+/// keep every occurrence of the command line, or else the file's. `--config`
+/// is dropped.
+fn dedupe_flags(args: Vec<String>, file_len: usize, lists: &HashSet<String>) -> Vec<String> {
+    // (flag, value, from the file)
+    let mut pairs: Vec<(String, Option<String>, bool)> = Vec::new();
     let mut iter = args.into_iter();
     let program = iter.next().unwrap_or_default();
     let mut rest: Vec<String> = iter.collect();
+    let file_args = file_len.saturating_sub(1);
+    let total = rest.len();
     rest.reverse();
     while let Some(arg) = rest.pop() {
+        // The popped argument's position among those after the program.
+        let file = total - rest.len() - 1 < file_args;
         if let Some((flag, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
-            pairs.push((flag.to_string(), Some(value.to_string())));
+            pairs.push((flag.to_string(), Some(value.to_string()), file));
         } else if arg.starts_with("--") {
             let value = if rest.last().is_some_and(|next| !next.starts_with("--")) {
                 rest.pop()
             } else {
                 None
             };
-            pairs.push((arg, value));
+            pairs.push((arg, value, file));
         } else {
-            pairs.push((arg, None));
+            pairs.push((arg, None, file));
         }
     }
-    let mut seen = std::collections::HashSet::new();
+    let on_command_line: HashSet<String> = pairs
+        .iter()
+        .filter(|(_, _, file)| !file)
+        .map(|(flag, _, _)| flag.clone())
+        .collect();
+    let mut seen = HashSet::new();
     let mut kept: Vec<(String, Option<String>)> = pairs
         .into_iter()
         .rev()
-        .filter(|(flag, _)| {
-            flag != "--config" && (!flag.starts_with("--") || seen.insert(flag.clone()))
+        .filter(|(flag, _, file)| {
+            if flag == "--config" {
+                return false;
+            }
+            if !flag.starts_with("--") {
+                return true;
+            }
+            if lists.contains(flag) {
+                return !(*file && on_command_line.contains(flag));
+            }
+            seen.insert(flag.clone())
         })
+        .map(|(flag, value, _)| (flag, value))
         .collect();
     kept.reverse();
     let mut out = vec![program];
@@ -653,6 +684,31 @@ mod tests {
         assert_eq!(a.cluster_name, "c2");
         assert_eq!(a.etcd_endpoints, ["http://a:1", "http://b:2"]);
         assert_eq!(a.sync_timeout, Duration::from_secs(5));
+
+        // Several etcd members: comma-separated or a repeated flag, which
+        // replace the file's list.
+        let a = AgentArgs::parse_with_file(args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--etcd-endpoints",
+            "http://c:3,http://d:4",
+            "--etcd-endpoints=http://e:5",
+        ]))
+        .unwrap();
+        assert_eq!(a.etcd_endpoints, ["http://c:3", "http://d:4", "http://e:5"]);
+        let a = AgentArgs::parse_with_file(args(&[
+            "--cluster-name=c2",
+            "--cluster-id=2",
+            "--node-name=n",
+            "--node-ip=10.0.0.1",
+            "--etcd-endpoints=http://a:1",
+            "--etcd-endpoints=http://b:2",
+            "--etcd-endpoints=http://c:3",
+        ]))
+        .unwrap();
+        assert_eq!(a.etcd_endpoints, ["http://a:1", "http://b:2", "http://c:3"]);
+        let config = a.into_config().unwrap();
+        assert_eq!(config.etcd.endpoints.len(), 3);
     }
 
     #[test]

@@ -315,6 +315,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.max_connected_clusters, MaxConnectedClusters::C511);
         assert_eq!(config.listen.port(), 1234);
+        // Several etcd members: comma-separated or a repeated flag.
+        let config = parse(&[
+            "--cluster-name=c1",
+            "--cluster-id=1",
+            "--etcd-endpoints=http://a:1",
+            "--etcd-endpoints=http://b:2,http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.etcd.endpoints,
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
     }
 
     #[test]

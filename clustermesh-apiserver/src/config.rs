@@ -97,6 +97,14 @@ pub struct WatchConfig {
     /// [`WatchConfig::DEFAULT_MAX_BACKOFF`].
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// An upstream watch that received nothing from etcd for this long asks
+    /// for its progress, and one that gets no answer within
+    /// `progress_timeout` is taken for dead (its etcd member hangs without
+    /// closing the connection) and resumed, on another member if there are
+    /// several. Defaults [`WatchConfig::DEFAULT_PROGRESS_AFTER`] and
+    /// [`WatchConfig::DEFAULT_PROGRESS_TIMEOUT`].
+    pub progress_after: Duration,
+    pub progress_timeout: Duration,
 }
 
 impl WatchConfig {
@@ -117,6 +125,11 @@ impl WatchConfig {
     /// ...and 5 s: an etcd that stays down is asked at most every 5 s per
     /// upstream watch, and is found within 5 s of its return.
     pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+    /// 30 s: a quiet range costs one small request every 30 s (etcd 3.4
+    /// notifies progress on its own only every 10 minutes)...
+    pub const DEFAULT_PROGRESS_AFTER: Duration = Duration::from_secs(30);
+    /// ...and etcd, which answers at once, has 10 s to do so.
+    pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 impl Default for WatchConfig {
@@ -127,6 +140,8 @@ impl Default for WatchConfig {
             fan_out_linger: Self::DEFAULT_FAN_OUT_LINGER,
             min_backoff: Self::DEFAULT_MIN_BACKOFF,
             max_backoff: Self::DEFAULT_MAX_BACKOFF,
+            progress_after: Self::DEFAULT_PROGRESS_AFTER,
+            progress_timeout: Self::DEFAULT_PROGRESS_TIMEOUT,
         }
     }
 }

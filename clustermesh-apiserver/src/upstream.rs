@@ -34,6 +34,15 @@ pub(crate) mod path {
     pub(crate) const MAINTENANCE_STATUS: &str = "/etcdserverpb.Maintenance/Status";
     pub(crate) const LOCK_LOCK: &str = "/v3lockpb.Lock/Lock";
     pub(crate) const LOCK_UNLOCK: &str = "/v3lockpb.Lock/Unlock";
+
+    /// Whether a call changes nothing, so that it may be sent again to
+    /// another member after any failure of the one it was on.
+    pub(crate) fn is_read(path: &str) -> bool {
+        matches!(
+            path,
+            KV_RANGE | MAINTENANCE_STATUS | LEASE_TIME_TO_LIVE | LEASE_LEASES
+        )
+    }
 }
 
 /// Largest message accepted from etcd: a big range response (a whole prefix
@@ -63,10 +72,19 @@ pub enum UpstreamError {
 /// The apiserver's own connection to the cluster's etcd: raw gRPC calls that
 /// forward requests as they are (same fields, same errors), over one
 /// balanced HTTP/2 channel. Cheap to clone.
+///
+/// With several etcd members, a unary call that fails on one of them is
+/// sent again (the channel picks a member afresh) when that is safe: always
+/// when it never left (the member refused the connection), and for reads
+/// also after the member or its connection failed under it
+/// ([`kvstore::may_send_again`]).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     channel: Channel,
     endpoints: String,
+    /// Attempts of a call that fails on one member: 1 with a single
+    /// endpoint, else three per member (see [`Upstream::call`]).
+    max_attempts: u32,
     request_timeout: Duration,
 }
 
@@ -117,6 +135,10 @@ impl Upstream {
         Ok(Self {
             channel,
             endpoints: config.endpoints.join(","),
+            max_attempts: match config.endpoints.len() {
+                0 | 1 => 1,
+                n => 3 * n as u32,
+            },
             request_timeout: config.request_timeout,
         })
     }
@@ -141,34 +163,42 @@ impl Upstream {
         req: Req,
     ) -> Result<Resp, Status>
     where
-        Req: Message + Send + Sync + 'static,
+        Req: Message + Clone + Send + Sync + 'static,
         Resp: Message + Default + Send + Sync + 'static,
     {
-        self.unary_with(path, req, ProtoCodec::<Req, Resp>::default())
-            .await
+        self.unary_with::<ProtoCodec<Req, Resp>>(path, req).await
     }
 
     /// One unary call whose messages are passed through as bytes.
     pub(crate) async fn unary_raw(&self, path: &'static str, req: Bytes) -> Result<Bytes, Status> {
-        self.unary_with(path, req, RawCodec).await
+        self.unary_with::<RawCodec>(path, req).await
     }
 
-    async fn unary_with<C>(
-        &self,
-        path: &'static str,
-        req: C::Encode,
-        codec: C,
-    ) -> Result<C::Decode, Status>
+    async fn unary_with<C>(&self, path: &'static str, req: C::Encode) -> Result<C::Decode, Status>
     where
-        C: Codec,
-        C::Encode: Send + Sync + 'static,
+        C: Codec + Default,
+        C::Encode: Clone + Send + Sync + 'static,
         C::Decode: Send + Sync + 'static,
     {
-        let call = |mut grpc: Grpc<Channel>| async move {
-            grpc.unary(Request::new(req), PathAndQuery::from_static(path), codec)
+        let call = |mut grpc: Grpc<Channel>| {
+            let req = req.clone();
+            async move {
+                grpc.unary(
+                    Request::new(req),
+                    PathAndQuery::from_static(path),
+                    C::default(),
+                )
                 .await
+            }
         };
-        self.call(NO_ANSWER, call).await?.map_err(transport_failure)
+        let resend = if path::is_read(path) {
+            Resend::Read
+        } else {
+            Resend::Write
+        };
+        self.call(NO_ANSWER, resend, call)
+            .await?
+            .map_err(transport_failure)
     }
 
     /// A bidirectional stream (watch, lease keep-alive). No deadline: the
@@ -183,32 +213,87 @@ impl Upstream {
         Req: Message + Send + Sync + 'static,
         Resp: Message + Default + Send + Sync + 'static,
     {
-        let open = |mut grpc: Grpc<Channel>| async move {
-            let codec = ProtoCodec::<Req, Resp>::default();
-            grpc.streaming(
-                Request::new(requests),
-                PathAndQuery::from_static(path),
-                codec,
-            )
-            .await
-        };
-        self.call(NOT_OPENED, open).await?
+        self.streaming_with_metadata(path, requests, &[]).await
     }
 
-    /// Runs `call` on a ready client, within the request timeout. The outer
-    /// error is the channel's failure or the timeout (etcd counts as
+    /// [`Upstream::streaming`] with gRPC metadata (e.g. etcd's
+    /// `hasleader`). Opened once: the requests cannot be sent again.
+    pub(crate) async fn streaming_with_metadata<Req, Resp, S>(
+        &self,
+        path: &'static str,
+        requests: S,
+        metadata: &[(&'static str, &'static str)],
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        S: Stream<Item = Req> + Send + 'static,
+        Req: Message + Send + Sync + 'static,
+        Resp: Message + Default + Send + Sync + 'static,
+    {
+        let mut requests = Some(requests);
+        let open = |mut grpc: Grpc<Channel>| {
+            let requests = requests.take();
+            async move {
+                // Resend::Never: called once.
+                let Some(requests) = requests else {
+                    return Err(Status::internal("a stream's requests are sent once"));
+                };
+                let mut request = Request::new(requests);
+                for (key, value) in metadata {
+                    request
+                        .metadata_mut()
+                        .insert(*key, tonic::metadata::MetadataValue::from_static(value));
+                }
+                let codec = ProtoCodec::<Req, Resp>::default();
+                grpc.streaming(request, PathAndQuery::from_static(path), codec)
+                    .await
+            }
+        };
+        self.call(NOT_OPENED, Resend::Never, open).await?
+    }
+
+    /// Runs `call` on a ready client, within the request timeout, and again
+    /// (after a short backoff) while it fails on one member in a way that
+    /// allows it ([`kvstore::may_send_again`], as `resend` says). The
+    /// outer error is the channel's failure or the timeout (etcd counts as
     /// unavailable); the inner result is the call's own.
     async fn call<T, Fut>(
         &self,
         what: &str,
-        call: impl FnOnce(Grpc<Channel>) -> Fut,
+        resend: Resend,
+        mut call: impl FnMut(Grpc<Channel>) -> Fut,
     ) -> Result<Result<T, Status>, Status>
     where
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let call = async {
-            let grpc = self.ready_grpc().await?;
-            Ok(call(grpc).await.map(tonic::Response::into_inner))
+            let mut backoff = kvstore::Backoff::for_failover();
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let outcome = match self.ready_grpc().await {
+                    Ok(grpc) => Ok(call(grpc).await.map(tonic::Response::into_inner)),
+                    Err(status) => Err(status),
+                };
+                let failed = match &outcome {
+                    Ok(Err(status)) | Err(status) => status,
+                    Ok(Ok(_)) => return outcome,
+                };
+                let again = match resend {
+                    Resend::Never => false,
+                    Resend::Write => kvstore::may_send_again(failed, false),
+                    Resend::Read => kvstore::may_send_again(failed, true),
+                };
+                if !again || attempts >= self.max_attempts {
+                    return outcome;
+                }
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay >= deadline {
+                    return outcome;
+                }
+                tracing::debug!(endpoints = %self.endpoints, error = %failed, "an etcd call failed on one member; sending it again");
+                tokio::time::sleep(delay).await;
+            }
         };
         match tokio::time::timeout(self.request_timeout, call).await {
             Ok(result) => result,
@@ -237,6 +322,17 @@ impl Upstream {
         let response: PbRangeResponse = self.unary(path::KV_RANGE, request).await?;
         Ok(response.header.unwrap_or_default())
     }
+}
+
+/// Whether a call that failed on one member is sent again.
+#[derive(Debug, Clone, Copy)]
+enum Resend {
+    /// Never (a stream: its requests are consumed by the first attempt).
+    Never,
+    /// Only when it never left.
+    Write,
+    /// Also after the member or its connection failed under it.
+    Read,
 }
 
 fn unreachable(e: &tonic::transport::Error) -> Status {

@@ -58,6 +58,10 @@ pub struct TestEtcd {
     metrics_port: u16,
     child: Option<Child>,
     paused: bool,
+    /// `--name`, and the member list of the cluster it belongs to (`None`:
+    /// a cluster of itself).
+    name: String,
+    initial_cluster: Option<String>,
 }
 
 impl TestEtcd {
@@ -70,22 +74,55 @@ impl TestEtcd {
     pub async fn start_with(options: EtcdOptions) -> Result<Self> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let mut etcd = Self {
-                options: options.clone(),
-                dir: temp_dir().context("create a temp dir for etcd")?,
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
-                child: None,
-                paused: false,
-            };
+            let mut etcd = Self::unstarted(options.clone(), "test")?;
             match etcd.spawn_and_wait().await {
                 Ok(()) => return Ok(etcd),
-                Err(e) if etcd.log().contains("address already in use") => last_error = Some(e),
+                Err(e) if etcd.ports_taken() => last_error = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last_error.expect("at least one attempt")).context("etcd ports kept being taken")
+    }
+
+    /// A server on fresh ports with a fresh temp dir, not started yet.
+    pub(crate) fn unstarted(options: EtcdOptions, name: &str) -> Result<Self> {
+        Ok(Self {
+            options,
+            dir: temp_dir().context("create a temp dir for etcd")?,
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            child: None,
+            paused: false,
+            name: name.to_string(),
+            initial_cluster: None,
+        })
+    }
+
+    /// Makes the server a member of the cluster `members` (`name=peer URL`
+    /// pairs, comma-separated), before its first start.
+    pub(crate) fn set_initial_cluster(&mut self, members: String) {
+        self.initial_cluster = Some(members);
+    }
+
+    /// `name=http://127.0.0.1:<peer port>`, this member's entry in an
+    /// `--initial-cluster` list.
+    pub(crate) fn initial_cluster_entry(&self) -> String {
+        format!("{}={}", self.name, self.peer_url())
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Whether a start failed because another process took one of the ports.
+    pub(crate) fn ports_taken(&self) -> bool {
+        self.log().contains("address already in use")
+    }
+
+    /// The member name (`--name`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123`.
@@ -236,16 +273,29 @@ impl TestEtcd {
     }
 
     async fn spawn_and_wait(&mut self) -> Result<()> {
+        let log_start = self.spawn()?;
+        self.wait_ready(log_start).await
+    }
+
+    /// Starts the process without waiting; returns where this run's log
+    /// starts, for [`TestEtcd::wait_ready`]. (Members of a new cluster
+    /// become healthy only once a quorum runs, so a cluster spawns them all
+    /// before waiting.)
+    pub(crate) fn spawn(&mut self) -> Result<u64> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .context("open the etcd log")?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         let client = self.endpoint();
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| self.initial_cluster_entry());
         let mut cmd = Command::new("etcd");
-        cmd.arg("--name=test")
+        cmd.arg(format!("--name={}", self.name))
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -254,7 +304,7 @@ impl TestEtcd {
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
             .arg(format!("--listen-metrics-urls={}", self.metrics_url()))
             .arg("--logger=zap")
             .arg("--log-outputs=stderr");
@@ -275,10 +325,11 @@ impl TestEtcd {
             .spawn()
             .context("run `etcd` (Debian package etcd-server; `make test` installs it)")?;
         self.child = Some(child);
-        self.wait_ready(log_start).await
+        Ok(log_start)
     }
 
-    async fn wait_ready(&mut self, log_start: u64) -> Result<()> {
+    /// Waits until the server answers `/health` (which needs a leader).
+    pub(crate) async fn wait_ready(&mut self, log_start: u64) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self

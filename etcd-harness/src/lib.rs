@@ -7,6 +7,9 @@
 //! the test panics. etcd is started with `PR_SET_PDEATHSIG`, so even a test
 //! process killed by a timeout does not leave an etcd behind.
 //!
+//! [`TestEtcdCluster`] runs three such servers as one etcd cluster, to kill
+//! and restart members (the leader, or the one a client is on).
+//!
 //! [`TcpProxy`] sits between a client and a server and can cut and restore
 //! the connection, to partition a watcher from an etcd that keeps running.
 //!
@@ -14,11 +17,13 @@
 //!
 //! Not for production: the product's binaries connect to an etcd they are given.
 
+mod cluster;
 mod etcd;
 mod port;
 mod proxy;
 mod wait;
 
+pub use cluster::{CLUSTER_SIZE, TestEtcdCluster};
 pub use etcd::{EtcdOptions, ServerTls, TestEtcd};
 pub use port::free_port;
 pub use proxy::TcpProxy;

@@ -11,6 +11,14 @@ pub(crate) const ETCD_RETRY_MIN: Duration = Duration::from_millis(100);
 /// is noticed within 5 s, and a fleet of agents does not hammer it.
 pub(crate) const ETCD_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// First and longest pause between attempts of a request that failed on
+/// one etcd member, before it is sent again (to another member, as the
+/// channel balances): short, because a dead member refuses at once and the
+/// others answer, yet growing, so that a cluster that is down entirely is
+/// not hammered until the request's deadline.
+const FAILOVER_MIN: Duration = Duration::from_millis(10);
+const FAILOVER_MAX: Duration = Duration::from_millis(500);
+
 /// Capped exponential backoff with jitter, for reconnects and retries.
 ///
 /// Each delay is drawn uniformly from `[d/2, d]` where `d` doubles from `min`
@@ -38,6 +46,12 @@ impl Backoff {
     /// 5 s.
     pub fn for_etcd() -> Self {
         Self::new(ETCD_RETRY_MIN, ETCD_RETRY_MAX)
+    }
+
+    /// The schedule for sending a request again after one etcd member
+    /// failed it: from 10 ms, doubling, up to 500 ms.
+    pub fn for_failover() -> Self {
+        Self::new(FAILOVER_MIN, FAILOVER_MAX)
     }
 
     /// The next delay.

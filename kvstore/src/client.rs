@@ -5,7 +5,7 @@ use etcd_client::{
     LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
 };
 
-use crate::{error::Error, prefix::KeyPrefix};
+use crate::{backoff::Backoff, error::Error, prefix::KeyPrefix};
 
 /// Largest response the client accepts: pages of a list and watch batches can
 /// be large (tonic's default is 4 MiB).
@@ -24,6 +24,51 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// [`ClientConfig::keepalive_timeout`]: a dead peer is noticed within 10 s,
 /// before a request's deadline and well before a session lease's TTL.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Whether a request that failed on one member may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// A read (or a write whose repetition changes nothing, e.g. a revoke):
+    /// again after any failure of the member or the connection.
+    Always,
+    /// A write: again only when it certainly did not reach etcd (the
+    /// connection could not be made), since a write whose answer was lost
+    /// may have been applied (a transaction's second run would see its own
+    /// first).
+    IfNotSent,
+}
+
+/// Whether `error` is the failure of one member or connection, after which
+/// the request may go to another (see [`Retry`]).
+fn may_retry(error: &etcd_client::Error, retry: Retry) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => may_send_again(status, retry == Retry::Always),
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a request that failed with `status` on one etcd member (or
+/// connection) may be sent again, to another member: always when it was
+/// never sent (no connection could be made), and when it is `idempotent`
+/// (a read) also after etcd's own unavailability ("leader changed", "no
+/// leader") or a connection that broke under it. A write whose answer was
+/// lost is not repeated: it may have been applied.
+pub fn may_send_again(status: &tonic::Status, idempotent: bool) -> bool {
+    let message = status.message();
+    // tonic's words for a connection that could not be made.
+    let not_sent = message.contains("connect error") || message.contains("error trying to connect");
+    match status.code() {
+        tonic::Code::Unavailable => not_sent || idempotent,
+        tonic::Code::Unknown => {
+            idempotent
+                && (message.contains("transport")
+                    || message.contains("connection")
+                    || message.contains("h2 protocol error"))
+        }
+        _ => false,
+    }
+}
 
 /// TLS to etcd (or to a `clustermesh-apiserver`, which speaks etcd's API).
 #[derive(Clone, Default)]
@@ -219,6 +264,11 @@ pub struct LockGuard {
 pub struct Client {
     inner: etcd_client::Client,
     endpoints: String,
+    /// Attempts of a request that fails on one member: 1 with a single
+    /// endpoint (nowhere else to go: a refusal is the answer), else three
+    /// per member, so that the balancer finds a live one, yet a cluster
+    /// that is down entirely fails a request within about 2 s.
+    max_attempts: u32,
     request_timeout: Duration,
 }
 
@@ -237,14 +287,17 @@ impl Client {
     pub async fn connect(config: &ClientConfig) -> Result<Self, Error> {
         let client = Self::connect_lazy(config).await?;
         let endpoints = client.endpoints.clone();
-        let mut maintenance = client.inner.maintenance_client();
-        match tokio::time::timeout(config.connect_timeout * 2, maintenance.status()).await {
+        let timeout = config.connect_timeout * 2;
+        // Any member that answers will do: a dead one among several is
+        // failed over like in any request.
+        let status = client.attempts(Retry::Always, timeout, || {
+            let mut maintenance = client.inner.maintenance_client();
+            async move { maintenance.status().await }
+        });
+        match tokio::time::timeout(timeout, status).await {
             Ok(Ok(_)) => Ok(client),
             Ok(Err(source)) => Err(Error::Connect { endpoints, source }),
-            Err(_) => Err(Error::ConnectTimeout {
-                endpoints,
-                timeout: config.connect_timeout * 2,
-            }),
+            Err(_) => Err(Error::ConnectTimeout { endpoints, timeout }),
         }
     }
 
@@ -256,7 +309,12 @@ impl Client {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(config.keepalive_interval, config.keepalive_timeout)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others cancels the client's watches
+            // (and refuses its requests) once it has no leader, instead of
+            // serving a history that no longer grows; the client then goes
+            // to another member.
+            .with_require_leader(true);
         if let Some(tls) = &config.tls {
             let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
             if let Some((cert, key)) = &tls.identity_pem {
@@ -278,6 +336,10 @@ impl Client {
         Ok(Self {
             inner,
             endpoints,
+            max_attempts: match config.endpoints.len() {
+                0 | 1 => 1,
+                n => 3 * n as u32,
+            },
             request_timeout: config.request_timeout,
         })
     }
@@ -292,11 +354,23 @@ impl Client {
         self.inner.clone()
     }
 
-    async fn call<T, F>(&self, op: &'static str, key: &str, fut: F) -> Result<T, Error>
+    /// Runs a request with the request timeout: `attempt` sends it, and is
+    /// called again (with a short backoff) while it fails on one member in a
+    /// way `retry` allows; the channel sends each attempt to a member
+    /// chosen afresh, and one that refuses connections is passed over.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        retry: Retry,
+        attempt: F,
+    ) -> Result<T, Error>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.request_timeout, fut).await {
+        let attempts = self.attempts(retry, self.request_timeout, attempt);
+        match tokio::time::timeout(self.request_timeout, attempts).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(Error::Request {
                 op,
@@ -308,6 +382,38 @@ impl Client {
                 key: key.to_string(),
                 timeout: self.request_timeout,
             }),
+        }
+    }
+
+    /// Calls `attempt` until it succeeds, fails in a way `retry` does not
+    /// allow to repeat, was made `max_attempts` times, or the next attempt
+    /// would start after `within`; returns the last outcome.
+    async fn attempts<T, F, Fut>(
+        &self,
+        retry: Retry,
+        within: Duration,
+        mut attempt: F,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut backoff = Backoff::for_failover();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match attempt().await {
+                Err(e) if attempts < self.max_attempts && may_retry(&e, retry) => {
+                    let delay = backoff.next_delay();
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(endpoints = %self.endpoints, error = %e, "an etcd request failed on one member; sending it again");
+                    tokio::time::sleep(delay).await;
+                }
+                outcome => return outcome,
+            }
         }
     }
 
@@ -325,8 +431,12 @@ impl Client {
 
     /// Server status: version, etcd cluster ID, revision.
     pub async fn status(&self) -> Result<ServerStatus, Error> {
-        let mut m = self.inner.maintenance_client();
-        let s = self.call("status", "", m.status()).await?;
+        let s = self
+            .call("status", "", Retry::Always, || {
+                let mut m = self.inner.maintenance_client();
+                async move { m.status().await }
+            })
+            .await?;
         let header = s.header();
         Ok(ServerStatus {
             version: s.version().to_string(),
@@ -345,8 +455,12 @@ impl Client {
 
     /// One key, if it exists, and the revision of the read.
     pub async fn get_at(&self, key: &str) -> Result<(Option<Kv>, i64), Error> {
-        let mut kv = self.kv();
-        let resp = self.call("get", key, kv.get(key, None)).await?;
+        let resp = self
+            .call("get", key, Retry::Always, || {
+                let mut kv = self.kv();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().first().map(Kv::from_etcd), revision))
     }
@@ -381,16 +495,15 @@ impl Client {
 
     /// Number of keys under `prefix`.
     pub async fn count(&self, prefix: &KeyPrefix) -> Result<i64, Error> {
-        let mut kv = self.kv();
         let opts = GetOptions::new()
             .with_range(prefix.range_end())
             .with_count_only();
         let resp = self
-            .call(
-                "count",
-                prefix.as_str(),
-                kv.get(prefix.as_str(), Some(opts)),
-            )
+            .call("count", prefix.as_str(), Retry::Always, || {
+                let mut kv = self.kv();
+                let opts = opts.clone();
+                async move { kv.get(prefix.as_str(), Some(opts)).await }
+            })
             .await?;
         Ok(resp.count())
     }
@@ -416,9 +529,14 @@ impl Client {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<i64, Error> {
-        let mut kv = self.kv();
         let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
-        let resp = self.call("put", key, kv.put(key, value, opts)).await?;
+        let resp = self
+            .call("put", key, Retry::IfNotSent, || {
+                let mut kv = self.kv();
+                let (value, opts) = (value.clone(), opts.clone());
+                async move { kv.put(key, value, opts).await }
+            })
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
@@ -457,8 +575,12 @@ impl Client {
     /// writes above cover the common cases) with the request timeout; `op`
     /// and `key` name it in errors.
     pub async fn txn(&self, op: &'static str, key: &str, txn: Txn) -> Result<TxnResponse, Error> {
-        let mut kv = self.kv();
-        self.call(op, key, kv.txn(txn)).await
+        self.call(op, key, Retry::IfNotSent, || {
+            let mut kv = self.kv();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     /// Writes several keys at once, in one transaction: all or none.
@@ -501,9 +623,11 @@ impl Client {
 
     /// Deletes a key. Returns whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let mut kv = self.kv();
         Ok(self
-            .call("delete", key, kv.delete(key, None))
+            .call("delete", key, Retry::IfNotSent, || {
+                let mut kv = self.kv();
+                async move { kv.delete(key, None).await }
+            })
             .await?
             .deleted()
             > 0)
@@ -519,47 +643,56 @@ impl Client {
 
     /// Deletes every key under `prefix`. Returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &KeyPrefix) -> Result<i64, Error> {
-        let mut kv = self.kv();
         let opts = DeleteOptions::new().with_range(prefix.range_end());
         Ok(self
-            .call(
-                "delete prefix",
-                prefix.as_str(),
-                kv.delete(prefix.as_str(), Some(opts)),
-            )
+            .call("delete prefix", prefix.as_str(), Retry::IfNotSent, || {
+                let mut kv = self.kv();
+                let opts = opts.clone();
+                async move { kv.delete(prefix.as_str(), Some(opts)).await }
+            })
             .await?
             .deleted())
     }
 
     /// Compacts the history up to `revision` (tests and maintenance).
     pub async fn compact(&self, revision: i64) -> Result<(), Error> {
-        let mut kv = self.kv();
-        self.call("compact", "", kv.compact(revision, None)).await?;
+        self.call("compact", "", Retry::Always, || {
+            let mut kv = self.kv();
+            async move { kv.compact(revision, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s).
     pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, Error> {
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let mut lease = self.inner.lease_client();
         let resp = self
-            .call("grant lease", "", lease.grant(secs, None))
+            .call("grant lease", "", Retry::IfNotSent, || {
+                let mut lease = self.inner.lease_client();
+                async move { lease.grant(secs, None).await }
+            })
             .await?;
         Ok(LeaseId(resp.id()))
     }
 
     /// Revokes a lease: every key attached to it is deleted.
     pub async fn revoke_lease(&self, id: LeaseId) -> Result<(), Error> {
-        let mut lease = self.inner.lease_client();
-        self.call("revoke lease", "", lease.revoke(id.0)).await?;
+        self.call("revoke lease", "", Retry::Always, || {
+            let mut lease = self.inner.lease_client();
+            async move { lease.revoke(id.0).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Remaining TTL of a lease in seconds, `None` if it has expired.
     pub async fn lease_ttl(&self, id: LeaseId) -> Result<Option<i64>, Error> {
-        let mut lease = self.inner.lease_client();
         let resp = self
-            .call("lease ttl", "", lease.time_to_live(id.0, None))
+            .call("lease ttl", "", Retry::Always, || {
+                let mut lease = self.inner.lease_client();
+                async move { lease.time_to_live(id.0, None).await }
+            })
             .await?;
         Ok((resp.ttl() > 0).then_some(resp.ttl()))
     }
@@ -572,8 +705,13 @@ impl Client {
         lease: LeaseId,
         timeout: Duration,
     ) -> Result<LockGuard, Error> {
-        let mut lock = self.inner.lock_client();
-        let fut = lock.lock(name, Some(LockOptions::new().with_lease(lease.0)));
+        let fut = self.attempts(Retry::IfNotSent, timeout, || {
+            let mut lock = self.inner.lock_client();
+            async move {
+                lock.lock(name, Some(LockOptions::new().with_lease(lease.0)))
+                    .await
+            }
+        });
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(resp)) => Ok(LockGuard {
                 name: name.to_string(),
@@ -593,9 +731,12 @@ impl Client {
 
     /// Releases a lock.
     pub async fn unlock(&self, guard: LockGuard) -> Result<(), Error> {
-        let mut lock = self.inner.lock_client();
-        self.call("unlock", &guard.name, lock.unlock(guard.key))
-            .await?;
+        self.call("unlock", &guard.name, Retry::Always, || {
+            let mut lock = self.inner.lock_client();
+            let key = guard.key.clone();
+            async move { lock.unlock(key).await }
+        })
+        .await?;
         Ok(())
     }
 }
@@ -625,10 +766,13 @@ impl Pager {
         if self.revision > 0 {
             opts = opts.with_revision(self.revision);
         }
-        let mut kv = self.client.kv();
         let resp = self
             .client
-            .call("list", self.prefix.as_str(), kv.get(start, Some(opts)))
+            .call("list", self.prefix.as_str(), Retry::Always, || {
+                let mut kv = self.client.kv();
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
             .await?;
         if self.revision == 0
             && let Some(h) = resp.header()

@@ -47,7 +47,9 @@ pub use allocator::{
     Allocation, Allocator, AllocatorConfig, AllocatorError, AllocatorRunner, AllocatorStats,
 };
 pub use backoff::Backoff;
-pub use client::{Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig};
+pub use client::{
+    Client, ClientConfig, Kv, LeaseId, LockGuard, Pager, ServerStatus, TlsConfig, may_send_again,
+};
 pub use cluster::{
     ClusterError, ClusterId, ClusterName, MAX_CLUSTER_NAME_LEN, MaxConnectedClusters,
 };

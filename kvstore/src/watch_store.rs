@@ -9,7 +9,7 @@ use std::{
 };
 
 use etcd_client::{EventType, WatchOptions};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -62,6 +62,15 @@ pub struct WatchStoreConfig {
     /// Retry delays after a failure: from 100 ms, doubling, up to 5 s.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A watch that received nothing for this long asks etcd for its
+    /// progress; default 30 s. (etcd 3.4 sends progress notifications on its
+    /// own only every 10 minutes.)
+    pub progress_after: Duration,
+    /// A progress request not answered within this is taken for a dead
+    /// stream (a member or proxy that hangs without closing the
+    /// connection): the watch resumes, on another member if there are
+    /// several. Default 10 s.
+    pub progress_timeout: Duration,
     /// Name for logs (e.g. `c2/ipcache`). Default: the prefix.
     pub name: String,
 }
@@ -72,6 +81,14 @@ const PAGE_SIZE: usize = 5_000;
 /// Events buffered for a slow consumer: about one page's worth of changes
 /// before the store waits (and stops reading etcd).
 const CHANNEL_CAPACITY: usize = 4_096;
+/// Default [`WatchStoreConfig::progress_after`].
+const PROGRESS_AFTER: Duration = Duration::from_secs(30);
+/// Default [`WatchStoreConfig::progress_timeout`]: etcd answers a progress
+/// request at once; 10 s rides out a busy server.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `watch_id` of etcd's answers to a progress request: they are for
+/// the whole stream.
+const STREAM_WATCH_ID: i64 = -1;
 
 impl WatchStoreConfig {
     pub fn new(prefix: KeyPrefix) -> Self {
@@ -84,6 +101,8 @@ impl WatchStoreConfig {
             channel_capacity: CHANNEL_CAPACITY,
             min_backoff: ETCD_RETRY_MIN,
             max_backoff: ETCD_RETRY_MAX,
+            progress_after: PROGRESS_AFTER,
+            progress_timeout: PROGRESS_TIMEOUT,
         }
     }
 
@@ -125,6 +144,7 @@ pub struct WatchStoreStats {
     lists: AtomicU64,
     watch_starts: AtomicU64,
     errors: AtomicU64,
+    progress_requests: AtomicU64,
     revision: AtomicI64,
     synced: AtomicBool,
     watching: AtomicBool,
@@ -165,6 +185,11 @@ impl WatchStoreStats {
     /// Failures (each followed by a retry).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+    /// Progress requests sent after quiet periods (each either answered or
+    /// followed by a resume).
+    pub fn progress_requests(&self) -> u64 {
+        self.progress_requests.load(Ordering::Relaxed)
     }
     /// Revision the store has seen everything up to.
     pub fn revision(&self) -> i64 {
@@ -577,14 +602,35 @@ impl<V: StoreValue> Session<'_, V> {
             prefix: prefix.to_string(),
             reason,
         };
+        // Liveness: after a quiet period, ask for progress; no answer in
+        // time means the stream hangs (its member or a proxy stopped without
+        // closing it) and the watch resumes elsewhere.
+        let mut quiet_until = Instant::now() + self.config.progress_after;
+        let mut answer_due: Option<Instant> = None;
         loop {
-            let Some(resp) = stream
-                .message()
-                .await
-                .map_err(|source| watch_error(prefix.as_str(), source))?
-            else {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = tokio::time::sleep_until(answer_due.unwrap_or(quiet_until)) => {
+                    if answer_due.is_some() {
+                        return Err(broken(format!(
+                            "no answer to a progress request within {:?}",
+                            self.config.progress_timeout
+                        )));
+                    }
+                    self.stats.progress_requests.fetch_add(1, Ordering::Relaxed);
+                    stream
+                        .request_progress()
+                        .await
+                        .map_err(|source| watch_error(prefix.as_str(), source))?;
+                    answer_due = Some(Instant::now() + self.config.progress_timeout);
+                    continue;
+                }
+            };
+            let Some(resp) = message.map_err(|source| watch_error(prefix.as_str(), source))? else {
                 return Err(broken("stream closed by the server".into()));
             };
+            quiet_until = Instant::now() + self.config.progress_after;
+            answer_due = None;
             if let Some(header) = resp.header() {
                 if st.cluster_id != 0
                     && header.cluster_id() != 0
@@ -630,8 +676,12 @@ impl<V: StoreValue> Session<'_, V> {
             }
             if resp.events().is_empty() {
                 // A progress notification: everything up to the header's
-                // revision has been delivered to this (synced) watcher.
+                // revision has been delivered to this (synced) watcher. Not
+                // so an answer to a progress request: etcd 3.4 answers it
+                // with its current revision even while the watcher still
+                // catches up, so it only shows that the stream lives.
                 if !resp.created()
+                    && resp.watch_id() != STREAM_WATCH_ID
                     && let Some(header) = resp.header()
                 {
                     st.revision = st.revision.max(header.revision());

@@ -428,6 +428,23 @@ mod tests {
     }
 
     #[test]
+    fn several_etcd_members() {
+        let comma = parse(&["--etcd-endpoints", "http://a:1,http://b:2,http://c:3"]).unwrap();
+        assert_eq!(
+            comma.etcd.endpoints,
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        let repeated = parse(&[
+            "--etcd-endpoints",
+            "http://a:1",
+            "--etcd-endpoints",
+            "http://b:2,http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(repeated.etcd.endpoints, comma.etcd.endpoints);
+    }
+
+    #[test]
     fn ipam_flags() {
         let c = parse(&[
             "--pod-cidr-pool",

@@ -139,7 +139,7 @@ impl fmt::Debug for WatchHub {
 
 impl WatchHub {
     pub fn new(upstream: Upstream, config: WatchConfig, metrics: Metrics) -> Arc<Self> {
-        let ctx = HubContext::new(upstream, metrics, config.min_backoff, config.max_backoff);
+        let ctx = HubContext::new(upstream, metrics, &config);
         Arc::new(Self {
             ctx: Arc::new(ctx),
             config,

@@ -1,12 +1,22 @@
-use etcd_client::proto::PbWatchResponse;
+use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
 use kvstore::Backoff;
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::debug;
 
 use super::{context::HubContext, revision::Revision, watch_key::WatchKey};
 use crate::upstream::path;
+
+/// The `watch_id` of etcd's answers to a progress request: they are for
+/// the whole stream.
+const STREAM_WATCH_ID: i64 = -1;
+
+/// gRPC metadata that makes etcd cancel the watch once its member has no
+/// leader (cut off from the others), as etcd's own client asks: the
+/// watch then resumes on a member that still follows the cluster.
+const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
 
 /// What an upstream watch does after a response from etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +95,19 @@ pub(super) async fn run<W: UpstreamWatch>(
     while !stop.is_cancelled() {
         let start = watch.open_at();
         let request = watch.key().create_request(start);
+        // The request side stays open for progress requests.
+        let (requests, requests_rx) = mpsc::channel(2);
+        let _ = requests.try_send(request);
         let opened = tokio::select! {
             () = stop.cancelled() => break,
-            opened = ctx.upstream.streaming(path::WATCH, futures::stream::iter([request])) => opened,
+            opened = ctx.upstream.streaming_with_metadata(
+                path::WATCH,
+                ReceiverStream::new(requests_rx),
+                &[REQUIRE_LEADER],
+            ) => opened,
         };
         let ended = match opened {
-            Ok(stream) => read(watch, ctx, stream, &mut backoff, stop).await,
+            Ok(stream) => read(watch, ctx, stream, &requests, &mut backoff, stop).await,
             Err(status) => Ended::Error(format!("opening the watch failed: {status}")),
         };
         match ended {
@@ -106,14 +123,20 @@ pub(super) async fn run<W: UpstreamWatch>(
     }
 }
 
-/// Reads one upstream stream until it ends.
+/// Reads one upstream stream until it ends. After `progress_after` without
+/// a response it asks etcd for progress, and ends if no answer comes within
+/// `progress_timeout`: a member that hangs without closing the stream
+/// would otherwise hold the watch for ever.
 async fn read<W: UpstreamWatch>(
     watch: &mut W,
     ctx: &HubContext,
     mut stream: Streaming<PbWatchResponse>,
+    requests: &mpsc::Sender<PbWatchRequest>,
     backoff: &mut Backoff,
     stop: &CancellationToken,
 ) -> Ended {
+    let mut quiet_until = Instant::now() + ctx.progress_after;
+    let mut answer_due: Option<Instant> = None;
     loop {
         let message = tokio::select! {
             () = stop.cancelled() => return Ended::Stopped,
@@ -121,8 +144,26 @@ async fn read<W: UpstreamWatch>(
                 watch.flush_due();
                 continue;
             }
+            () = tokio::time::sleep_until(answer_due.unwrap_or(quiet_until)) => {
+                if answer_due.is_some() {
+                    watch.flush();
+                    return Ended::Error(format!(
+                        "no answer to a progress request within {:?}",
+                        ctx.progress_timeout
+                    ));
+                }
+                let progress = PbWatchRequest {
+                    request_union: Some(PbWatchRequestUnion::ProgressRequest(Default::default())),
+                };
+                // Full only if etcd reads no requests: then no answer comes.
+                let _ = requests.try_send(progress);
+                answer_due = Some(Instant::now() + ctx.progress_timeout);
+                continue;
+            }
             message = stream.message() => message,
         };
+        quiet_until = Instant::now() + ctx.progress_after;
+        answer_due = None;
         let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => {
@@ -135,6 +176,16 @@ async fn read<W: UpstreamWatch>(
             }
         };
         ctx.latest.observe(response.header.as_ref());
+        if response.watch_id == STREAM_WATCH_ID
+            && response.events.is_empty()
+            && !response.created
+            && !response.canceled
+        {
+            // An answer to a progress request: the stream lives. Not a
+            // progress claim for this watch: etcd 3.4 answers with its
+            // current revision even while the watch still catches up.
+            continue;
+        }
         let flow = if !response.created && !response.canceled && !response.events.is_empty() {
             watch.events(response)
         } else {

@@ -6,6 +6,7 @@ mod agent;
 mod authorization;
 mod binary;
 mod cluster_config;
+mod etcd_cluster;
 mod etcd_tls;
 mod etcdctl;
 mod fan_out;

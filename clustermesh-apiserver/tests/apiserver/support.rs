@@ -93,13 +93,18 @@ impl TestApiserver {
     }
 
     pub(crate) async fn start_with(etcd: &TestEtcd, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(etcd.endpoints(), tweak).await
+    }
+
+    /// An apiserver in front of the etcd members at `endpoints`.
+    pub(crate) async fn start_on(endpoints: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Self {
         let pki = Pki::new("mesh-ca");
         let server_files = pki.server("apiserver");
         let mut config = Config::new(
             ClusterName::new(CLUSTER).unwrap(),
             ClusterId::new(1, MaxConnectedClusters::C255).unwrap(),
             MaxConnectedClusters::C255,
-            ClientConfig::new(etcd.endpoints()),
+            ClientConfig::new(endpoints),
             server_files.clone(),
         );
         config.listen = "127.0.0.1:0".parse().unwrap();
