@@ -94,9 +94,9 @@ impl Out {
 
 /// `1m`, `300k`, `1k`: the suffix of a metric name.
 fn short(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}m", n / 1_000_000)
-    } else if n >= 1_000 && n % 1_000 == 0 {
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()
@@ -128,6 +128,10 @@ fn main() -> Result<()> {
     if files < 8_192 {
         bail!("the open-file limit is {files}; 255 clusters need at least 8192 (ulimit -Hn)");
     }
+    // Every apiserver watches its certificate files with an inotify
+    // instance of its own: 255 of them, and the agent's, exceed Debian's
+    // default of 128 per user. Raised for the run, restored after.
+    let inotify = InotifyLimit::raise(1024)?;
     let curves =
         std::env::var("SCALE_CURVES").unwrap_or_else(|_| "clusters,entries,churn,recovery".into());
     let dir = results_dir()?;
@@ -160,7 +164,41 @@ fn main() -> Result<()> {
         );
     }
     eprintln!("scale bench: results and plots in {}", dir.display());
+    drop(inotify);
     Ok(())
+}
+
+/// `fs.inotify.max_user_instances`, raised while the bench runs.
+struct InotifyLimit {
+    before: Option<String>,
+}
+
+const INOTIFY_INSTANCES: &str = "/proc/sys/fs/inotify/max_user_instances";
+
+impl InotifyLimit {
+    fn raise(to: u64) -> Result<Self> {
+        let before = fs::read_to_string(INOTIFY_INSTANCES)?;
+        if before.trim().parse::<u64>().unwrap_or(0) >= to {
+            return Ok(Self { before: None });
+        }
+        fs::write(INOTIFY_INSTANCES, to.to_string())
+            .with_context(|| format!("raise {INOTIFY_INSTANCES} to {to}"))?;
+        eprintln!(
+            "scale bench: fs.inotify.max_user_instances {} -> {to} for the run",
+            before.trim()
+        );
+        Ok(Self {
+            before: Some(before),
+        })
+    }
+}
+
+impl Drop for InotifyLimit {
+    fn drop(&mut self) {
+        if let Some(before) = &self.before {
+            let _ = fs::write(INOTIFY_INSTANCES, before.trim());
+        }
+    }
 }
 
 /// Connects a fresh agent to `remotes` and times it until every remote is
@@ -182,12 +220,18 @@ async fn sync(
     }
     let n = remotes.len();
     agent
-        .wait_for(&format!("{n} remotes and {entries} entries"), |s| {
-            s.remotes.iter().filter(|r| r.ready).count() == n
-                && s.maps.get("ipcache").copied().unwrap_or(0) >= base + entries
+        .wait_for(&format!("{entries} entries of {n} remotes"), |s| {
+            s.maps.get("ipcache").copied().unwrap_or(0) >= base + entries
         })
         .await?;
+    // Timed: the entries in the map. The remotes' `ready` flags are
+    // refreshed once a second, so they are waited for after the clock.
     let seconds = started.elapsed().as_secs_f64();
+    agent
+        .wait_for(&format!("{n} remotes ready"), |s| {
+            s.remotes.iter().filter(|r| r.ready).count() == n
+        })
+        .await?;
     // The last entry of every remote is in the kernel's map with its identity.
     let map = agent.ipcache()?;
     let per = entries / n;
@@ -603,7 +647,7 @@ async fn recovery(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (_, raw) = scale::raw_list(
-        &[remote.client.clone()],
+        std::slice::from_ref(&remote.client),
         &[keys::ipcache(), keys::identities()],
     )
     .await?;

@@ -360,7 +360,12 @@ impl ScaleAgent {
     pub async fn start(bin_dir: &Path, ipcache_max_entries: u32) -> Result<Self> {
         let etcd = TestEtcd::start().await.context("the agent's etcd")?;
         let ns = NetNs::unique("cmscale")?;
-        ns.ip(&["link", "add", "fab0", "type", "dummy"])?;
+        // A veth pair inside the namespace holds the node's address (this
+        // kernel may lack the dummy link type).
+        ns.ip(&[
+            "link", "add", "fab0", "type", "veth", "peer", "name", "fab1",
+        ])?;
+        ns.ip(&["link", "set", "fab1", "up"])?;
         ns.ip(&["addr", "add", "192.168.255.1/24", "dev", "fab0"])?;
         ns.ip(&["link", "set", "fab0", "up"])?;
         let dir = tempfile::Builder::new()

@@ -148,12 +148,25 @@ impl RemoteClusters {
     pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (tx, mut changed) = mpsc::channel::<()>(FILE_EVENTS_CAPACITY);
         let _ = std::fs::create_dir_all(&self.dir);
-        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        // Without inotify (no instance left: fs.inotify.max_user_instances)
+        // the directory is still rescanned every RESCAN_INTERVAL; this
+        // sender keeps the channel open (pending, not closed) meanwhile.
+        let _open = tx.clone();
+        let _watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
             let _ = tx.try_send(());
-        })?;
-        if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
-            warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");
-        }
+        }) {
+            Ok(mut watcher) => {
+                if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                    warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");
+                }
+                Some(watcher)
+            }
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot watch files (inotify); rescanning the clustermesh config directory periodically");
+                self.metrics.count_error("config_watch");
+                None
+            }
+        };
         let ids = ClusterIds::default();
         let mut running: BTreeMap<ClusterName, Running> = BTreeMap::new();
         let mut tasks = JoinSet::new();
