@@ -224,26 +224,42 @@ async fn sync(
             s.maps.get("ipcache").copied().unwrap_or(0) >= base + entries
         })
         .await?;
-    // Timed: the entries in the map. The remotes' `ready` flags are
-    // refreshed once a second, so they are waited for after the clock.
+    // Timed: the last entry of every remote in the kernel's map with its
+    // identity (the agent's count comes from its tables). The remotes'
+    // `ready` flags are refreshed once a second, so they are waited for
+    // after the clock.
+    let map = agent.ipcache()?;
+    let per = entries / n;
+    let identities = per.div_ceil(ENTRIES_PER_IDENTITY);
+    let stride = stride_for(per);
+    let sample: Vec<(std::net::IpAddr, u32)> = remotes
+        .iter()
+        .map(|r| {
+            let p = r.pair(stride, per - 1, identities, 0);
+            (p.prefix().addr(), p.id.get())
+        })
+        .collect();
+    while !all_in_map(&map, sample.iter().copied()) {
+        if started.elapsed() > scale::DEADLINE {
+            let missing: Vec<String> = sample
+                .iter()
+                .filter(|e| !all_in_map(&map, [**e]))
+                .map(|(ip, id)| format!("{ip} (identity {id})"))
+                .collect();
+            bail!(
+                "the agent counts {entries} entries, but {} of the remotes' last entries are not in the BPF map: {}",
+                missing.len(),
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let seconds = started.elapsed().as_secs_f64();
     agent
         .wait_for(&format!("{n} remotes ready"), |s| {
             s.remotes.iter().filter(|r| r.ready).count() == n
         })
         .await?;
-    // The last entry of every remote is in the kernel's map with its identity.
-    let map = agent.ipcache()?;
-    let per = entries / n;
-    let identities = per.div_ceil(ENTRIES_PER_IDENTITY);
-    let stride = stride_for(per);
-    let sample = remotes.iter().map(|r| {
-        let p = r.pair(stride, per - 1, identities, 0);
-        (p.prefix().addr(), p.id.get())
-    });
-    if !all_in_map(&map, sample) {
-        bail!("the map does not hold the remotes' entries although the agent counts them");
-    }
     Ok((agent, seconds, rss_before))
 }
 
