@@ -566,12 +566,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// The last lines of a component's log, for error messages.
 fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
     format!(
         "last lines of {}:\n{}",
         path.display(),
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        localmesh::log_tail(path, 20)
     )
 }
