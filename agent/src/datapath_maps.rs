@@ -112,23 +112,29 @@ mod memory {
     /// A map in memory; clones share the content (the test keeps one to
     /// look at what the loop wrote).
     #[derive(Debug)]
-    pub(crate) struct MemoryMap<K, V>(Arc<Mutex<BTreeMap<K, V>>>);
+    pub(crate) struct MemoryMap<K, V>(Arc<Mutex<BTreeMap<K, V>>>, Arc<Mutex<Option<usize>>>);
 
     impl<K, V> Clone for MemoryMap<K, V> {
         fn clone(&self) -> Self {
-            Self(self.0.clone())
+            Self(self.0.clone(), self.1.clone())
         }
     }
 
     impl<K, V> Default for MemoryMap<K, V> {
         fn default() -> Self {
-            Self(Arc::default())
+            Self(Arc::default(), Arc::default())
         }
     }
 
     impl<K: Ord + Clone, V: Clone> MemoryMap<K, V> {
         pub(crate) fn content(&self) -> BTreeMap<K, V> {
             self.0.lock().expect("map").clone()
+        }
+
+        /// The next batch update stops with an error after `applied`
+        /// entries, as the kernel's does when it runs out of memory.
+        pub(crate) fn fail_next_batch(&self, applied: usize) {
+            *self.1.lock().expect("fault") = Some(applied);
         }
     }
 
@@ -145,6 +151,19 @@ mod memory {
             Ok(self.0.lock().expect("map").remove(key).is_some())
         }
         fn batch_upsert(&self, entries: &[(K, V)]) -> Result<(), MapError> {
+            if let Some(applied) = self.1.lock().expect("fault").take() {
+                let applied = applied.min(entries.len());
+                self.0
+                    .lock()
+                    .expect("map")
+                    .extend(entries[..applied].iter().copied());
+                return Err(MapError::BatchUpdate {
+                    map: "memory",
+                    applied,
+                    total: entries.len(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+                });
+            }
             self.0.lock().expect("map").extend(entries.iter().copied());
             Ok(())
         }

@@ -62,13 +62,26 @@ fn flush_pending<K: Ord + Copy, V: Copy>(
 ) -> Result<FlushStats, MapError> {
     let mut stats = FlushStats::default();
     if !pending.upserts.is_empty() {
-        let batch: Vec<(K, V)> = std::mem::take(&mut pending.upserts).into_iter().collect();
-        map.batch_upsert(&batch)?;
+        let batch: Vec<(K, V)> = pending.upserts.iter().map(|(k, v)| (*k, *v)).collect();
+        if let Err(e) = map.batch_upsert(&batch) {
+            // What the kernel did not apply stays queued for the retry.
+            for (k, _) in &batch[..e.applied().min(batch.len())] {
+                pending.upserts.remove(k);
+            }
+            return Err(e);
+        }
+        pending.upserts.clear();
         stats.upserts = batch.len();
     }
     if !hold_deletes && !pending.deletes.is_empty() {
-        let batch: Vec<K> = std::mem::take(&mut pending.deletes).into_iter().collect();
-        map.batch_delete(&batch)?;
+        let batch: Vec<K> = pending.deletes.iter().copied().collect();
+        if let Err(e) = map.batch_delete(&batch) {
+            for k in &batch[..e.applied().min(batch.len())] {
+                pending.deletes.remove(k);
+            }
+            return Err(e);
+        }
+        pending.deletes.clear();
         stats.deletes = batch.len();
     }
     Ok(stats)
@@ -181,18 +194,31 @@ impl<K: Ord + Copy, V: Copy + PartialEq> MapState<K, V> {
     ) -> Result<FlushStats, MapError> {
         let mut stats = FlushStats::default();
         if !self.pending.upserts.is_empty() {
-            let batch: Vec<(K, V)> = std::mem::take(&mut self.pending.upserts)
-                .into_iter()
-                .collect();
-            map.batch_upsert(&batch)?;
+            let batch: Vec<(K, V)> = self.pending.upserts.iter().map(|(k, v)| (*k, *v)).collect();
+            if let Err(e) = map.batch_upsert(&batch) {
+                // What the kernel applied is written; the rest stays
+                // queued for the retry.
+                for (k, v) in &batch[..e.applied().min(batch.len())] {
+                    self.pending.upserts.remove(k);
+                    self.written.insert(*k, *v);
+                }
+                return Err(e);
+            }
+            self.pending.upserts.clear();
             stats.upserts = batch.len();
             // A sorted run: merged in one pass.
             self.written.append(&mut batch.into_iter().collect());
         }
         if !hold_deletes && !self.pending.deletes.is_empty() {
+            let batch: Vec<K> = self.pending.deletes.iter().copied().collect();
+            if let Err(e) = map.batch_delete(&batch) {
+                for k in &batch[..e.applied().min(batch.len())] {
+                    self.pending.deletes.remove(k);
+                    self.written.remove(k);
+                }
+                return Err(e);
+            }
             let deletes = std::mem::take(&mut self.pending.deletes);
-            let batch: Vec<K> = deletes.iter().copied().collect();
-            map.batch_delete(&batch)?;
             stats.deletes = batch.len();
             if batch.len() > self.written.len() / 8 {
                 // Many: one pass over both, as a merge.

@@ -93,6 +93,17 @@ pub enum MapError {
     },
 }
 
+impl MapError {
+    /// How many entries of a batch the kernel applied before it stopped
+    /// (0 for a failure that is not a batch's).
+    pub fn applied(&self) -> usize {
+        match self {
+            Self::BatchUpdate { applied, .. } | Self::BatchDelete { applied, .. } => *applied,
+            _ => 0,
+        }
+    }
+}
+
 /// A handle on a pinned map with keys `K` and values `V` (`#[repr(C)]`
 /// types mirrored in `c/datapath.h`). Operations take `&self`: the kernel
 /// serialises concurrent writers per element.

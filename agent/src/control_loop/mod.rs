@@ -108,7 +108,15 @@ pub(crate) struct ControlLoop {
     fqdn: FqdnState,
     /// What the DNS proxy reads: endpoints with DNS rules, selectors.
     dns_view: Option<Arc<DnsView>>,
+    /// A write of the datapath failed: when to try again, and the wait
+    /// after that one (doubling up to [`RETRY_MAX`]).
+    retry: Option<(tokio::time::Instant, Duration)>,
 }
+
+/// The first wait before a failed datapath write is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between tries of a failed datapath write.
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Publishes the nodes as Hubble peers when they change.
 struct PeerPublisher {
@@ -154,6 +162,7 @@ impl ControlLoop {
                 conntrack: None,
                 fqdn: FqdnState::new(::fqdn::CacheConfig::default(), None),
                 dns_view: None,
+                retry: None,
             },
             LoopHandle { tx },
         )
@@ -239,9 +248,19 @@ impl ControlLoop {
                     tokio::time::sleep_until(sync_deadline).await
                 }
             };
+            let retry_at = self.retry.map(|(at, _)| at);
+            let retry_wait = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = sync_wait => self.sync_timed_out(),
+                // Nothing else may change for a while: what failed is
+                // written without waiting for it.
+                _ = retry_wait => self.apply(),
                 n = self.rx.recv_many(&mut batch, BATCH_SIZE) => {
                     if n == 0 {
                         return Ok(());
@@ -399,7 +418,13 @@ impl ControlLoop {
         }
         match self.dp.flush() {
             Ok(stats) => {
-                if stats.upserts + stats.deletes > 0 {
+                if self.retry.take().is_some() {
+                    info!(
+                        upserts = stats.upserts,
+                        deletes = stats.deletes,
+                        "datapath written after a failed write"
+                    );
+                } else if stats.upserts + stats.deletes > 0 {
                     debug!(
                         upserts = stats.upserts,
                         deletes = stats.deletes,
@@ -408,7 +433,16 @@ impl ControlLoop {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "writing the datapath failed; will retry with the next change");
+                let wait = self.retry.map_or(RETRY_MIN, |(_, w)| w);
+                warn!(
+                    error = %format!("{:#}", anyhow::Error::from(e)),
+                    retry_in = ?wait,
+                    "writing the datapath failed; what is not written stays queued"
+                );
+                self.retry = Some((
+                    tokio::time::Instant::now() + wait,
+                    (wait * 2).min(RETRY_MAX),
+                ));
                 self.metrics.count_error("datapath");
             }
         }

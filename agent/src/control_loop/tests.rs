@@ -323,6 +323,53 @@ fn deletions_wait_until_every_source_synced() {
 }
 
 #[test]
+fn a_failed_write_stays_queued_and_is_tried_again() {
+    let mut h = Harness::new();
+    h.step([register_c2()]);
+    let addresses = ["10.2.0.1", "10.2.0.2", "10.2.0.3"];
+    h.maps.ipcache.fail_next_batch(1);
+    h.step(addresses.map(|a| ip(C2, a, C2_CLIENT)));
+    assert_eq!(
+        h.ipcache().len(),
+        1,
+        "the kernel stopped after one entry of the batch"
+    );
+    let (at, _) = h.control.retry.expect("a retry is scheduled");
+    assert!(at <= tokio::time::Instant::now() + super::RETRY_MIN);
+
+    // The retry (the loop's timer) writes the rest, with no new input.
+    h.control.apply();
+    assert!(h.control.retry.is_none(), "written: no more retries");
+    for a in addresses {
+        assert_eq!(
+            h.ipcache().get(&IpCacheKey::new(prefix(a))),
+            Some(&IpCacheValue::new(C2_CLIENT)),
+            "{a} is written"
+        );
+    }
+}
+
+#[test]
+fn failed_writes_back_off() {
+    let mut h = Harness::new();
+    h.step([register_c2()]);
+    h.maps.ipcache.fail_next_batch(0);
+    h.step([ip(C2, "10.2.0.1", C2_CLIENT)]);
+    let (_, next) = h.control.retry.unwrap();
+    assert_eq!(next, super::RETRY_MIN * 2);
+    for _ in 0..10 {
+        h.maps.ipcache.fail_next_batch(0);
+        h.control.apply();
+    }
+    let (at, next) = h.control.retry.unwrap();
+    assert_eq!(next, super::RETRY_MAX, "doubling stops at the maximum");
+    assert!(at > tokio::time::Instant::now() + super::RETRY_MAX / 2);
+    assert!(h.ipcache().is_empty());
+    h.control.apply();
+    assert_eq!(h.ipcache().len(), 1);
+}
+
+#[test]
 fn a_removed_cluster_is_drained() {
     let mut h = Harness::new();
     let mut node = Node::new(&cluster("c2"), "c2-n1", 2);
