@@ -10,6 +10,15 @@ use notify::{
 };
 use tokio::sync::Notify;
 
+/// Whether a file event may mean that a file's content changed: not a
+/// read (the watcher's owner opening and closing files to re-read them
+/// would otherwise wake itself up again, forever). A lost-events error
+/// counts: look again.
+pub fn may_change_content(event: &notify::Result<notify::Event>) -> bool {
+    !matches!(event, Ok(event) if matches!(event.kind, EventKind::Access(kind)
+        if kind != AccessKind::Close(AccessMode::Write)))
+}
+
 /// Why watching TLS files could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -36,13 +45,8 @@ impl DirWatcher {
         let events = Arc::new(Notify::new());
         let sender = events.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match event {
-                // Our own reads open and close the files; only writes matter.
-                Ok(event)
-                    if matches!(event.kind, EventKind::Access(kind)
-                        if kind != AccessKind::Close(AccessMode::Write)) => {}
-                // Anything else, including a lost-events error: look again.
-                _ => sender.notify_one(),
+            if may_change_content(&event) {
+                sender.notify_one();
             }
         })
         .map_err(WatchError::Start)?;
@@ -94,4 +98,35 @@ fn dirs_of(path: &Path) -> Vec<PathBuf> {
         dirs.push(parent(&target));
     }
     dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::{
+        Event, EventKind,
+        event::{AccessKind, AccessMode, CreateKind, ModifyKind},
+    };
+
+    use super::may_change_content;
+
+    #[test]
+    fn reads_are_not_changes() {
+        let event = |kind| Ok(Event::new(kind));
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Read,
+        ] {
+            assert!(!may_change_content(&event(EventKind::Access(read))));
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(notify::event::RemoveKind::File),
+        ] {
+            assert!(may_change_content(&event(change)), "{change:?}");
+        }
+        assert!(may_change_content(&Err(notify::Error::generic("lost"))));
+    }
 }

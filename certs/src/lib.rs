@@ -49,7 +49,7 @@ pub use crate::{
     certificate_info::{CertificateInfo, CertificateInfoError, peer_common_name},
     client_tls::ClientTls,
     config::Config,
-    dir_watcher::WatchError,
+    dir_watcher::{WatchError, may_change_content},
     issued_cert::IssuedCert,
     metrics::TlsMetrics,
     pem_file::WriteError,

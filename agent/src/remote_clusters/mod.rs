@@ -152,9 +152,14 @@ impl RemoteClusters {
         // the directory is still rescanned every RESCAN_INTERVAL; this
         // sender keeps the channel open (pending, not closed) meanwhile.
         let _open = tx.clone();
-        let _watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = tx.try_send(());
-        }) {
+        let _watcher = match notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| {
+                // Not our own reads of the files (each scan would wake the next).
+                if certs::may_change_content(&event) {
+                    let _ = tx.try_send(());
+                }
+            },
+        ) {
             Ok(mut watcher) => {
                 if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
                     warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");

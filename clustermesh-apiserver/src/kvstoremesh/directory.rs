@@ -67,8 +67,11 @@ impl Directory {
     pub(super) async fn run(self, shutdown: CancellationToken) {
         let (tx, mut changed) = mpsc::channel::<()>(FILE_EVENTS_CAPACITY);
         let _ = std::fs::create_dir_all(&self.dir);
-        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = tx.try_send(());
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Not our own reads of the files (each scan would wake the next).
+            if certs::may_change_content(&event) {
+                let _ = tx.try_send(());
+            }
         });
         // Kept alive for the loop; without it the rescan still finds changes.
         let _watcher = match watcher {
