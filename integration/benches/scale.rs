@@ -25,7 +25,8 @@
 //!
 //! stdout: one JSON line per figure. stderr: progress, and the results
 //! directory (every line again in `results.jsonl`, and a PNG per curve).
-//! `SCALE_CURVES=clusters,entries` runs some curves only.
+//! `SCALE_CURVES=clusters,entries` runs some curves only;
+//! `SCALE_CLUSTER_POINTS=128` and `SCALE_ENTRY_POINTS=1000000` pick points.
 
 use std::{
     fs,
@@ -100,6 +101,22 @@ fn short(n: usize) -> String {
         format!("{}k", n / 1_000)
     } else {
         n.to_string()
+    }
+}
+
+/// The points of a curve: `default`, or those `var` lists (comma-separated,
+/// for a look at one point).
+fn points(var: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match std::env::var(var) {
+        Ok(list) => list
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse()
+                    .with_context(|| format!("{var}: {p:?} is not a number"))
+            })
+            .collect(),
+        Err(_) => Ok(default.to_vec()),
     }
 }
 
@@ -247,9 +264,10 @@ async fn sync(
                 .map(|(ip, id)| format!("{ip} (identity {id})"))
                 .collect();
             bail!(
-                "the agent counts {entries} entries, but {} of the remotes' last entries are not in the BPF map: {}",
+                "the agent counts {entries} entries, but {} of the remotes' last entries are not in the BPF map: {}\n{}",
                 missing.len(),
-                missing.join(", ")
+                missing.join(", "),
+                agent.warnings(20)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -268,7 +286,7 @@ async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
     let mut remotes: Vec<Remote> = Vec::new();
     let (mut agent_s, mut raw_s, mut rss_mb, mut conns, mut idle) =
         (vec![], vec![], vec![], vec![], vec![]);
-    for &n in &CLUSTER_POINTS {
+    for n in points("SCALE_CLUSTER_POINTS", &CLUSTER_POINTS)? {
         eprintln!(
             "clusters: starting remotes {}..{n} (etcd + apiserver each)",
             remotes.len()
@@ -391,7 +409,9 @@ async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
 }
 
 async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
-    let max = *ENTRY_POINTS.last().expect("points");
+    let mut entry_points = points("SCALE_ENTRY_POINTS", &ENTRY_POINTS)?;
+    entry_points.sort_unstable();
+    let max = *entry_points.last().context("SCALE_ENTRY_POINTS is empty")?;
     let stride = stride_for(max / ENTRY_CLUSTERS);
     eprintln!("entries: starting {ENTRY_CLUSTERS} remotes");
     let remotes = scale::start_remotes(0..ENTRY_CLUSTERS, work, pki, bin).await?;
@@ -399,7 +419,7 @@ async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()
     let (mut agent_s, mut raw_s, mut per_entry, mut map_per_entry) =
         (vec![], vec![], vec![], vec![]);
     let mut seeded = 0;
-    for &total in &ENTRY_POINTS {
+    for total in entry_points {
         let per = total / ENTRY_CLUSTERS;
         let started = Instant::now();
         for r in &remotes {

@@ -431,6 +431,24 @@ impl ScaleAgent {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The agent's warnings and errors so far (the last `n`), for error
+    /// messages.
+    pub fn warnings(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        if lines.is_empty() {
+            return "the agent logged no warning".into();
+        }
+        format!(
+            "the agent's last warnings ({} in all):\n{}",
+            lines.len(),
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
+    }
+
     pub fn status(&self) -> Result<StatusView> {
         Ok(ApiClient::new(self.socket()).get::<StatusView>("/v1/status")?)
     }
