@@ -190,6 +190,18 @@ impl RemoteClusters {
             let wanted = scan(&self.dir, &self.local);
             running.retain(|name, r| match wanted.get(name) {
                 Some((_, fingerprint)) if *fingerprint == r.fingerprint => true,
+                // Only the contents of the TLS files it names changed (a
+                // certificate re-issued, a CA added to or retired from the
+                // bundle): the connected session's handshake is done and
+                // stays up; the next connection reads the new files. A
+                // remote not connected now retries with them at once.
+                Some((file, fingerprint))
+                    if r.config.borrow().as_ref() == Some(file) && r.status.view().connected =>
+                {
+                    info!(remote = %name, "remote cluster TLS files changed; the connection stays up, the next one uses them");
+                    r.fingerprint = *fingerprint;
+                    true
+                }
                 Some((file, fingerprint)) => {
                     info!(remote = %name, "remote cluster config changed; reconnecting");
                     r.fingerprint = *fingerprint;
