@@ -159,8 +159,13 @@ fn rotate(args: RotateArgs, out: &mut dyn Write) -> Result<(), CommandError> {
                 .map_err(CommandError::usage)
         })
         .transpose()?;
+    // The state records the new CA's directory: absolute, so that later
+    // phases find it from any working directory.
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("cannot make {} absolute", args.dir.display()))
+        .map_err(CommandError::usage)?;
     let options = RotateOptions {
-        dir: args.dir.clone(),
+        dir,
         new_ca_dir,
         peers,
     };
