@@ -247,11 +247,12 @@ fn bundle_text(cas: &[&PemCert]) -> String {
     cas.iter().map(|c| c.pem.as_str()).collect()
 }
 
+/// The subjects of `cas` (which have commas of their own), joined by ` + `.
 fn subjects(cas: &[PemCert]) -> String {
     cas.iter()
         .map(|c| c.info.subject.as_str())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(" + ")
 }
 
 /// A leaf certificate and its key in the output directory.
