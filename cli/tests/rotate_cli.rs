@@ -145,6 +145,8 @@ fn rotate(phase: &str, dir: &Path, extra: &[&str]) -> Run {
 
 fn rotate_ok(phase: &str, dir: &Path, extra: &[&str]) -> String {
     let run = rotate(phase, dir, extra);
+    // In the test's output when it fails: what each phase said.
+    eprintln!("certs rotate {phase}:\n{}", run.stdout);
     assert_eq!(run.code, 0, "rotate {phase}:\n{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains(&format!("phase {phase} done")),
@@ -229,6 +231,9 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
         .unwrap()
         .write(&short_dir)
         .unwrap();
+    let same_subject_dir = tmp.path().join("same-subject-ca");
+    mesh_ca(&same_subject_dir, "test mesh CA");
+    let missing_dir = tmp.path().join("no-ca-here");
     for (run, reason) in [
         (
             rotate("reissue", &c1.out, &peer),
@@ -265,6 +270,30 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
                 &["--peer", s(&c2.admin), "--new-ca-dir", s(&short_dir)],
             ),
             "would outlive the new CA",
+        ),
+        (
+            rotate(
+                "begin",
+                &c1.out,
+                &["--peer", s(&c2.admin), "--new-ca-dir", s(&same_subject_dir)],
+            ),
+            "the new CA has the subject of a CA in use (CN=test mesh CA, O=clustermesh)",
+        ),
+        (
+            rotate(
+                "begin",
+                &c1.out,
+                &["--peer", s(&c2.admin), "--new-ca-dir", s(&missing_dir)],
+            ),
+            "cannot use the new CA in",
+        ),
+        (
+            rotate(
+                "begin",
+                &c1.out,
+                &["--peer", s(&c2.admin), "--peer", s(&c2.admin)],
+            ),
+            "--peer c2 is given twice",
         ),
         (
             rotate("begin", &c1.out, &[]),
@@ -551,6 +580,18 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
     )
     .await
     .unwrap_or_else(|e| panic!("the new CA's admin-c1 is refused after the old one: {e}"));
+    // The next connection of c2's agents, with the files they mirrored,
+    // gets through too.
+    let mirrored = |f: &str| fs::read_to_string(mirror.join(f)).unwrap();
+    read_cluster_config(
+        &endpoints,
+        "c1",
+        &mirrored("ca.crt"),
+        &mirrored("client.crt"),
+        &mirrored("client.key"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("c2's agents' mirrored files do not reach c1: {e}"));
     // Finished: running finish again changes nothing.
     let after_finish = snapshot().await;
     rotate_ok("finish", &c1.out, &peer);
