@@ -21,7 +21,7 @@ use certs::{Ca, CertName, CertificateInfo, Validity};
 use kvstore::{Client, ClientConfig, ClusterName, TlsConfig, keys, values::RemoteClusterRecord};
 use support::{
     Run, clustermesh,
-    daemons::daemons_or_skip,
+    daemons::{daemons_or_skip, http_get},
     ok, s,
     test_cluster::{
         PICKUP_TIMEOUT, TestCluster, agent_status, mesh_ca, read_admin, refused, try_agent_status,
@@ -592,6 +592,30 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
     )
     .await
     .unwrap_or_else(|e| panic!("c2's agents' mirrored files do not reach c1: {e}"));
+    // The apiserver took the changes into use (at least twice: reissue's
+    // certificate was presented before finish ran; changes close together
+    // are read in one reload) and never found a key that does not belong
+    // to its certificate: the pair was renamed into place at once.
+    let tls_metric = |name: &str| {
+        let text = http_get(&c1.apiserver_health, "/metrics").unwrap_or_default();
+        let prefix = format!("{name}{{role=\"apiserver-server\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<u64>().ok())
+    };
+    etcd_harness::wait_until(
+        "c1's apiserver reloaded its TLS files after each phase",
+        PICKUP_TIMEOUT,
+        || {
+            let reloads = tls_metric("clustermesh_tls_reloads_total");
+            async move { reloads.is_some_and(|n| n >= 2) }
+        },
+    )
+    .await;
+    assert_eq!(
+        tls_metric("clustermesh_tls_reload_failures_total"),
+        Some(0),
+        "the apiserver rejected TLS files during the rotation"
+    );
     // Finished: running finish again changes nothing.
     let after_finish = snapshot().await;
     rotate_ok("finish", &c1.out, &peer);

@@ -41,6 +41,8 @@ pub(crate) struct TestCluster {
     /// The admin descriptor (`cluster export --admin`).
     pub(crate) admin: PathBuf,
     pub(crate) agent_socket: PathBuf,
+    /// The apiserver's `/healthz`, `/readyz` and `/metrics`.
+    pub(crate) apiserver_health: String,
     _agent: Option<Daemon>,
     _node: Option<(netns::NetNs, RemoveDir)>,
     _operator: Option<Daemon>,
@@ -170,6 +172,7 @@ impl TestCluster {
             out,
             admin,
             agent_socket,
+            apiserver_health,
             _agent: agent_daemon,
             _node: node_guard,
             _operator: operator,
