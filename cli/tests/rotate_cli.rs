@@ -419,6 +419,19 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
         },
     )
     .await;
+    // The agent exports the expiry of the certificate it will use next.
+    let serial = certs_in_text(&record.cert)[0].serial.clone();
+    etcd_harness::wait_until(
+        "c2's agent exports the expiry of its new certificate for c1",
+        PICKUP_TIMEOUT,
+        || {
+            let found = remote_cert_metrics(&c2).iter().any(|l| {
+                l.contains("kind=\"cert\"") && l.contains(&format!("serial=\"{serial}\""))
+            });
+            async move { found }
+        },
+    )
+    .await;
     // c1's apiserver presents its new certificate: a client trusting only
     // the new CA gets through (once it reloaded).
     ok(&[
@@ -526,6 +539,17 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
     assert_eq!(files(&c2_view), c1_view_of_c2, "c1's view of c2 changed");
     let record = record_of_c1().await;
     assert!(!record.ca_bundle.contains(&old_pem));
+    etcd_harness::wait_until(
+        "c2's agent exports c1's bundle of the new CA only",
+        PICKUP_TIMEOUT,
+        || {
+            let lines = remote_cert_metrics(&c2);
+            let cas: Vec<&String> = lines.iter().filter(|l| l.contains("kind=\"ca\"")).collect();
+            let only_new = cas.len() == 1 && cas[0].contains(&format!("subject=\"{new_subject}\""));
+            async move { only_new }
+        },
+    )
+    .await;
     for path in files(&mirror).keys() {
         assert!(
             !fs::read_to_string(path).unwrap().contains(&old_pem),
@@ -651,6 +675,19 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
         "60s",
     ]);
     wait_for_file(&c2.remotes_dir().join("c1"), true).await;
+}
+
+/// The certificate expiry series of `c`'s agent for its remote c1.
+fn remote_cert_metrics(c: &TestCluster) -> Vec<String> {
+    http_get(&c.agent_health, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.starts_with("clustermesh_tls_certificate_expiry_seconds{")
+                && l.contains("role=\"remote-cluster-c1\"")
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 fn certs_in_text(pem: &str) -> Vec<CertificateInfo> {

@@ -43,6 +43,8 @@ pub(crate) struct TestCluster {
     pub(crate) agent_socket: PathBuf,
     /// The apiserver's `/healthz`, `/readyz` and `/metrics`.
     pub(crate) apiserver_health: String,
+    /// The agent's `/healthz` and `/metrics`.
+    pub(crate) agent_health: String,
     _agent: Option<Daemon>,
     _node: Option<(netns::NetNs, RemoveDir)>,
     _operator: Option<Daemon>,
@@ -173,6 +175,7 @@ impl TestCluster {
             admin,
             agent_socket,
             apiserver_health,
+            agent_health,
             _agent: agent_daemon,
             _node: node_guard,
             _operator: operator,
