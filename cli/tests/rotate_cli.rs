@@ -495,6 +495,43 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
         "a refused phase changed something"
     );
 
+    // A leaf of the old CA put back (a backup restored): finish is refused
+    // and changes nothing; reissue run again issues it anew.
+    let remote_leaf = old_ca
+        .issue_client(
+            &CertName::new("remote-c1").unwrap(),
+            Validity::days(365).unwrap(),
+        )
+        .unwrap();
+    let agent_dir = c1.out.join("etc/clustermesh/agent");
+    remote_leaf
+        .write_to(&agent_dir.join("remote.crt"), &agent_dir.join("remote.key"))
+        .unwrap();
+    let restored = snapshot().await;
+    refused(
+        &rotate("finish", &c1.out, &peer),
+        64,
+        "etc/clustermesh/agent/remote.crt (CN=remote-c1, O=clustermesh) still chains only to \
+         the old CA (CN=test mesh CA, O=clustermesh): run reissue first",
+    );
+    assert!(
+        snapshot().await == restored,
+        "a refused finish changed something"
+    );
+    let printed = rotate_ok("reissue", &c1.out, &peer);
+    assert!(
+        printed.contains("re-issued") && printed.contains("agent/remote.crt (CN=remote-c1"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("server.crt is already issued by the new CA"),
+        "{printed}"
+    );
+    assert_eq!(
+        certs_in(&agent_dir.join("remote.crt"))[0].issuer,
+        new_subject
+    );
+
     // 3. finish: the old CA leaves every bundle.
     let printed = rotate_ok("finish", &c1.out, &peer);
     assert!(
