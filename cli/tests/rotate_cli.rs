@@ -712,6 +712,19 @@ async fn a_ca_rotation_keeps_the_remotes_connected_and_retires_the_old_ca() {
         "60s",
     ]);
     wait_for_file(&c2.remotes_dir().join("c1"), true).await;
+
+    // A begin after finish starts the next rotation, from the CA now in use.
+    let printed = rotate_ok("begin", &c1.out, &peer);
+    assert!(
+        printed.contains("✔ created the new CA CN=clustermesh-ca c1 rotation 2"),
+        "{printed}"
+    );
+    let next = Ca::load(&c1.out.join("ca-rotation/ca-2")).unwrap();
+    let subjects: Vec<String> = certs_in(&c1.out.join("admin/ca.crt"))
+        .into_iter()
+        .map(|c| c.subject)
+        .collect();
+    assert_eq!(subjects, [new_subject.clone(), next.info().subject.clone()]);
 }
 
 /// The certificate expiry series of `c`'s agent for its remote c1.
