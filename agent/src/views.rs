@@ -157,6 +157,11 @@ pub struct RemoteView {
     pub last_error: Option<String>,
     pub last_error_kind: Option<String>,
     pub failures: u64,
+    /// Sessions established since the agent started: 1 while the first
+    /// connection holds, one more per reconnect (after a failure, a changed
+    /// config file or a resync).
+    #[serde(default)]
+    pub connects: u64,
     /// `kvstoremesh` when the remote is read through the local
     /// kvstoremesh cache (its cluster config says `cached`); absent when
     /// read from the remote's own apiserver.

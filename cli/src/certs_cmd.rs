@@ -1,4 +1,5 @@
-//! `clustermesh certs`: create a CA, issue certificates, show them.
+//! `clustermesh certs`: create a CA, issue certificates, show them, and
+//! rotate a cluster's mesh CA (the work is `cluster_setup::ca_rotation`'s).
 
 use std::{
     io::Write,
@@ -10,8 +11,9 @@ use std::{
 use anyhow::{Context, anyhow};
 use certs::{Ca, CaError, CertName, CertificateInfo, Validity};
 use clap::{ArgGroup, Args, Subcommand};
+use cluster_setup::{Phase, Progress, RotateError, RotateOptions, ca_rotation};
 
-use crate::command_error::CommandError;
+use crate::{command_error::CommandError, connect_cmd, observe_cmd::runtime};
 
 #[derive(Debug, Args)]
 pub(crate) struct CertsArgs {
@@ -28,6 +30,50 @@ enum CertsCommand {
     Issue(IssueArgs),
     /// Show the certificates of a PEM file: subject, names, issuer, expiry.
     Show(ShowArgs),
+    /// Replace the mesh CA of a cluster made by `cluster init`, in three
+    /// phases run in order while every connection stays up: `begin` (a new
+    /// CA beside the old one in every CA bundle, the peers' records of this
+    /// cluster included), `reissue` (every certificate issued again by the
+    /// new CA: same names, same length of validity), `finish` (the old CA
+    /// out of every bundle; refused while a certificate still chains only
+    /// to it). Each phase checks everything before it changes anything,
+    /// prints what it checked and did, and may be run again (an
+    /// interrupted run completes). Install the changed files on the hosts
+    /// between phases; the daemons reload them. See README "Run it on real
+    /// machines", step 6.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RotatePhase {
+    /// A new CA beside the old one in every bundle.
+    Begin,
+    /// Every certificate issued again by the new CA.
+    Reissue,
+    /// The old CA dropped from every bundle.
+    Finish,
+}
+
+#[derive(Debug, Args)]
+struct RotateArgs {
+    /// The phase to run: begin, reissue, finish (in this order).
+    #[arg(value_enum, value_name = "PHASE")]
+    phase: RotatePhase,
+    /// The cluster's `cluster init` output (its CA files, certificates and
+    /// admin access; the rotation's state goes to DIR/ca-rotation).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The admin descriptor of a cluster connected to this one
+    /// (repeatable): its record of this cluster gets each phase's CA
+    /// bundle and certificate. Every cluster this one has a record of must
+    /// be given; so must one connected to it in one direction only.
+    #[arg(long = "peer", value_name = "FILE")]
+    peers: Vec<PathBuf>,
+    /// With begin: the new CA (ca.crt, ca.key) instead of a new one made
+    /// in DIR/ca-rotation/ca-<n>, e.g. one new CA for every cluster of a
+    /// mesh.
+    #[arg(long, value_name = "DIR")]
+    new_ca_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -89,7 +135,88 @@ pub(crate) fn run(args: CertsArgs, out: &mut dyn Write) -> Result<(), CommandErr
         CertsCommand::Init(args) => init(args, out),
         CertsCommand::Issue(args) => issue(args, out),
         CertsCommand::Show(args) => show(args, out),
+        CertsCommand::Rotate(args) => rotate(args, out),
     }
+}
+
+fn rotate(args: RotateArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let phase = match args.phase {
+        RotatePhase::Begin => Phase::Begin,
+        RotatePhase::Reissue => Phase::Reissue,
+        RotatePhase::Finish => Phase::Finish,
+    };
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| connect_cmd::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let new_ca_dir = args
+        .new_ca_dir
+        .as_deref()
+        .map(|d| {
+            std::path::absolute(d)
+                .with_context(|| format!("cannot make {} absolute", d.display()))
+                .map_err(CommandError::usage)
+        })
+        .transpose()?;
+    // The state records the new CA's directory: absolute, so that later
+    // phases find it from any working directory.
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("cannot make {} absolute", args.dir.display()))
+        .map_err(CommandError::usage)?;
+    let options = RotateOptions {
+        dir,
+        new_ca_dir,
+        peers,
+    };
+    let mut io_error = None;
+    let result = runtime()?.block_on(ca_rotation::rotate(phase, &options, &mut |p| {
+        let line = match p {
+            Progress::Done(line) => format!("  ✔ {line}"),
+            Progress::Warning(line) => format!("  ! {line}"),
+        };
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            io_error.get_or_insert(e);
+        }
+    }));
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
+    let what = format!("certs rotate {}", phase.as_str());
+    result.map_err(|e| match e {
+        RotateError::Refused(_) => {
+            CommandError::usage(anyhow!("{what} refused: {e}; nothing was changed"))
+        }
+        RotateError::Unreachable(_) => {
+            CommandError::unavailable(anyhow!("{what} refused: {e}; nothing was changed"))
+        }
+        RotateError::Write { .. } | RotateError::Update { .. } => {
+            CommandError::failed(anyhow::Error::new(e).context(format!(
+                "{what} stopped partway; run it again to complete it"
+            )))
+        }
+    })?;
+    let dir = args.dir.display();
+    let next = match phase {
+        Phase::Begin => format!(
+            "next: install the changed files on the hosts (the daemons reload them), let the \
+             peers' agents mirror their records, and export the descriptors again (`clustermesh \
+             cluster export --dir {dir}`, and with --admin: their CA bundle holds both CAs; one \
+             with the old CA only cannot verify the apiserver once reissue ran), then \
+             `clustermesh certs rotate reissue --dir {dir}` with the same --peer list"
+        ),
+        Phase::Reissue => format!(
+            "next: install the changed files on the hosts, export the admin descriptor again \
+             (`clustermesh cluster export --dir {dir} --admin`: its certificate is new), then \
+             `clustermesh certs rotate finish --dir {dir}` with the same --peer list"
+        ),
+        Phase::Finish => format!(
+            "the old CA is retired: install the changed files on the hosts and export the \
+             descriptors again (`clustermesh cluster export --dir {dir}`)"
+        ),
+    };
+    writeln!(out, "phase {} done; {next}", phase.as_str())?;
+    Ok(())
 }
 
 fn init(args: InitArgs, out: &mut dyn Write) -> Result<(), CommandError> {

@@ -26,7 +26,7 @@ pub(crate) fn is_descriptor(value: &str) -> bool {
     value.contains('.') || value.contains('/') || Path::new(value).is_file()
 }
 
-fn load(path: &Path) -> Result<ClusterAdminDescriptor, CommandError> {
+pub(crate) fn load(path: &Path) -> Result<ClusterAdminDescriptor, CommandError> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {}", path.display()))
         .map_err(CommandError::usage)?;

@@ -91,14 +91,14 @@ pub enum ConnectError {
     },
 }
 
-fn refused(reason: impl Into<String>) -> ConnectError {
+pub(crate) fn refused(reason: impl Into<String>) -> ConnectError {
     ConnectError::Refused(reason.into())
 }
 
 /// A cluster as its admin descriptor reaches it.
-struct Side<'a> {
-    d: &'a ClusterAdminDescriptor,
-    name: ClusterName,
+pub(crate) struct Side<'a> {
+    pub(crate) d: &'a ClusterAdminDescriptor,
+    pub(crate) name: ClusterName,
 }
 
 impl Side<'_> {
@@ -115,7 +115,7 @@ impl Side<'_> {
         )
     }
 
-    fn etcd_config(&self) -> ClientConfig {
+    pub(crate) fn etcd_config(&self) -> ClientConfig {
         let etcd = &self.d.etcd;
         let mut config = ClientConfig::new(etcd.endpoints.clone());
         if let Some(ca) = &etcd.ca_bundle {
@@ -132,7 +132,7 @@ impl Side<'_> {
     }
 
     /// The cluster's etcd, as its administrator.
-    async fn etcd(&self) -> Result<Client, ConnectError> {
+    pub(crate) async fn etcd(&self) -> Result<Client, ConnectError> {
         let what = format!("{}'s etcd", self.name);
         let config = self.etcd_config();
         let client = Client::connect(&config)
@@ -157,7 +157,7 @@ fn with_deadlines(mut config: ClientConfig) -> ClientConfig {
 
 /// Nothing answering is [`ConnectError::Unreachable`]; a TLS or
 /// authorization refusal is a refusal with the reason.
-fn classify(what: &str, config: &ClientConfig, e: &kvstore::Error) -> ConnectError {
+pub(crate) fn classify(what: &str, config: &ClientConfig, e: &kvstore::Error) -> ConnectError {
     let endpoint = config.endpoints.join(",");
     match e.kind() {
         ErrorKind::Unreachable | ErrorKind::Timeout | ErrorKind::UpstreamUnavailable => {
@@ -205,7 +205,7 @@ async fn read_cluster_config(
 }
 
 /// The certificates of a PEM text.
-fn pem_infos(pem: &str) -> Vec<CertificateInfo> {
+pub(crate) fn pem_infos(pem: &str) -> Vec<CertificateInfo> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
         .filter_map(|der| CertificateInfo::from_der(&der).ok())
@@ -213,7 +213,11 @@ fn pem_infos(pem: &str) -> Vec<CertificateInfo> {
 }
 
 /// Refuses a certificate that is not valid now.
-fn check_valid(what: &str, info: &CertificateInfo, now: SystemTime) -> Result<(), ConnectError> {
+pub(crate) fn check_valid(
+    what: &str,
+    info: &CertificateInfo,
+    now: SystemTime,
+) -> Result<(), ConnectError> {
     if now < info.not_before {
         return Err(refused(format!(
             "{what} ({}) is not valid before {}",
@@ -268,7 +272,7 @@ async fn agent_reports(etcd: &Client) -> Result<Vec<AgentReport>, kvstore::Error
 }
 
 /// The remote-cluster records in a cluster's etcd.
-async fn records(etcd: &Client) -> Result<Vec<RemoteClusterRecord>, kvstore::Error> {
+pub(crate) async fn records(etcd: &Client) -> Result<Vec<RemoteClusterRecord>, kvstore::Error> {
     let prefix = keys::remote_cluster_records();
     let (kvs, _) = etcd.list(&prefix, PAGE_SIZE).await?;
     Ok(kvs
@@ -592,7 +596,7 @@ pub async fn disconnect(
     Ok(deleted)
 }
 
-fn side(d: &ClusterAdminDescriptor) -> Result<Side<'_>, ConnectError> {
+pub(crate) fn side(d: &ClusterAdminDescriptor) -> Result<Side<'_>, ConnectError> {
     let name = ClusterName::new(d.name.as_str())
         .map_err(|e| refused(format!("cluster name {:?}: {e}", d.name)))?;
     Ok(Side { d, name })

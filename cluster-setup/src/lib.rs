@@ -13,6 +13,9 @@
 //! - [`connection`]: connecting two clusters from their admin descriptors
 //!   (`clustermesh connect|disconnect|status --from`): the checks against
 //!   the live clusters, and the records the agents mirror.
+//! - [`ca_rotation`]: replacing a cluster's mesh CA in three phases
+//!   (`clustermesh certs rotate begin|reissue|finish`) while its
+//!   connections stay up.
 //! - [`unit_file`]: the unit templates of `deploy/systemd/` (the one source)
 //!   and [`UnitCommand`], the command a rendered unit starts, so that tests
 //!   and harnesses start exactly what systemd would.
@@ -22,6 +25,7 @@
 //! configuration manager: it writes files once; installing them on hosts
 //! is copying (see README.md, "Run it on real machines").
 
+pub mod ca_rotation;
 mod cluster_spec;
 pub mod cluster_tree;
 pub mod connect_checks;
@@ -31,6 +35,7 @@ mod init_record;
 mod layout;
 pub mod unit_file;
 
+pub use ca_rotation::{Phase, RotateError, RotateOptions};
 pub use cluster_spec::{
     ClusterSpec, DEFAULT_AGENT_HEALTH_LISTEN, DEFAULT_APISERVER_HEALTH_LISTEN,
     DEFAULT_APISERVER_LISTEN, DEFAULT_OPERATOR_HEALTH_LISTEN, EtcdEndpoint, Host, HostPort,

@@ -124,9 +124,6 @@ impl RemoteCluster {
         mut config: watch::Receiver<Option<ConfigFile>>,
         shutdown: CancellationToken,
     ) {
-        // Exported while the remote is configured, connected or not: an
-        // expired certificate is a reason not to connect.
-        let mut _certificate = self.track_certificate();
         loop {
             let end = match self.session(&mut config, &shutdown).await {
                 SessionEnd::Failed(failure) => {
@@ -140,12 +137,7 @@ impl RemoteCluster {
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Removed => return self.remove().await,
-                SessionEnd::Resync(why) => {
-                    info!(remote = %self.name, "{why}");
-                    if why == Resync::ConfigChanged {
-                        _certificate = self.track_certificate();
-                    }
-                }
+                SessionEnd::Resync(why) => info!(remote = %self.name, "{why}"),
                 SessionEnd::Failed(_) => unreachable!("handled above"),
             }
         }
@@ -268,19 +260,6 @@ impl RemoteCluster {
         // Every delete reaches the loop before the source is forgotten.
         self.stores.close().await;
         self.control.send(Input::RemoveSource(self.source)).await;
-    }
-
-    /// Loads the client certificate of this remote's config for the expiry
-    /// metric; kept alive by the caller as long as it should be exported.
-    fn track_certificate(&self) -> Option<Arc<certs::TlsMaterial>> {
-        let config = self.config.as_ref().ok()?;
-        let files =
-            certs::TlsFiles::new(&config.cert_file, &config.key_file, &config.trusted_ca_file);
-        let material = Arc::new(certs::TlsMaterial::load(&files).ok()?);
-        self.metrics
-            .tls
-            .track_material(format!("remote-cluster-{}", self.name), &material);
-        Some(material)
     }
 
     /// One connection, from connecting to its end.

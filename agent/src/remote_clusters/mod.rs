@@ -140,6 +140,10 @@ struct Running {
     fingerprint: u64,
     config: watch::Sender<Option<ConfigFile>>,
     status: RemoteStatus,
+    /// The client certificate its config names, exported (expiry) while the
+    /// remote is configured, connected or not (an expired certificate is a
+    /// reason not to connect); loaded again whenever the files change.
+    _certificate: Option<Arc<certs::TlsMaterial>>,
 }
 
 impl RemoteClusters {
@@ -195,9 +199,23 @@ impl RemoteClusters {
             let wanted = scan(&self.dir, &self.local);
             running.retain(|name, r| match wanted.get(name) {
                 Some((_, fingerprint)) if *fingerprint == r.fingerprint => true,
+                // Only the contents of the TLS files it names changed (a
+                // certificate re-issued, a CA added to or retired from the
+                // bundle): the connected session's handshake is done and
+                // stays up; the next connection reads the new files. A
+                // remote not connected now retries with them at once.
+                Some((file, fingerprint))
+                    if r.config.borrow().as_ref() == Some(file) && r.status.view().connected =>
+                {
+                    info!(remote = %name, "remote cluster TLS files changed; the connection stays up, the next one uses them");
+                    r.fingerprint = *fingerprint;
+                    r._certificate = self.track_certificate(name, file);
+                    true
+                }
                 Some((file, fingerprint)) => {
                     info!(remote = %name, "remote cluster config changed; reconnecting");
                     r.fingerprint = *fingerprint;
+                    r._certificate = self.track_certificate(name, file);
                     r.config.send_replace(Some(file.clone()));
                     true
                 }
@@ -215,6 +233,7 @@ impl RemoteClusters {
                 let source = SourceId(next_source);
                 next_source += 1;
                 let status = RemoteStatus::new(&name);
+                let certificate = self.track_certificate(&name, &file);
                 let (config, config_rx) = watch::channel(Some(file.clone()));
                 let remote = RemoteCluster::new(Spec {
                     name: name.clone(),
@@ -234,6 +253,7 @@ impl RemoteClusters {
                         fingerprint,
                         config,
                         status,
+                        _certificate: certificate,
                     },
                 );
             }
@@ -282,6 +302,23 @@ impl RemoteClusters {
             }
         }
         self.control.send(Input::RemoteStatus(views)).await;
+    }
+
+    /// Loads the client certificate `file` names for the expiry metric; the
+    /// series lasts as long as the returned material.
+    fn track_certificate(
+        &self,
+        name: &ClusterName,
+        file: &ConfigFile,
+    ) -> Option<Arc<certs::TlsMaterial>> {
+        let config = file.as_ref().ok()?;
+        let files =
+            certs::TlsFiles::new(&config.cert_file, &config.key_file, &config.trusted_ca_file);
+        let material = Arc::new(certs::TlsMaterial::load(&files).ok()?);
+        self.metrics
+            .tls
+            .track_material(format!("remote-cluster-{name}"), &material);
+        Some(material)
     }
 
     fn clear_metrics(&self, name: &ClusterName) {

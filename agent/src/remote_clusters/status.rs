@@ -36,6 +36,7 @@ impl RemoteStatus {
     pub(super) fn connected(&self, config: String, via: Option<&str>) {
         let mut s = self.lock();
         s.connected = true;
+        s.connects += 1;
         s.config = Some(config);
         s.via = via.map(str::to_string);
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 pub(crate) mod daemons;
+pub(crate) mod test_cluster;
 
 use std::{
     io::Write,
