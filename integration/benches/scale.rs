@@ -26,7 +26,8 @@
 //! stdout: one JSON line per figure. stderr: progress, and the results
 //! directory (every line again in `results.jsonl`, and a PNG per curve).
 //! `SCALE_CURVES=clusters,entries` runs some curves only;
-//! `SCALE_CLUSTER_POINTS=128` and `SCALE_ENTRY_POINTS=1000000` pick points.
+//! `SCALE_CLUSTER_POINTS=128` and `SCALE_ENTRY_POINTS=1000000` pick points;
+//! `SCALE_IDLE_S=60` makes the idle window longer (room for a profiler).
 
 use std::{
     fs,
@@ -316,8 +317,12 @@ async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
         let rss = rss_bytes(pid)? as f64 / (1024.0 * 1024.0);
         let connections = tcp_connections(pid)?;
         let cpu0 = cpu_seconds(pid)?;
-        tokio::time::sleep(IDLE_WINDOW).await;
-        let idle_pct = (cpu_seconds(pid)? - cpu0) / IDLE_WINDOW.as_secs_f64() * 100.0;
+        let idle_window = std::env::var("SCALE_IDLE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(IDLE_WINDOW, Duration::from_secs);
+        tokio::time::sleep(idle_window).await;
+        let idle_pct = (cpu_seconds(pid)? - cpu0) / idle_window.as_secs_f64() * 100.0;
         eprintln!(
             "  {n} clusters: agent synced in {seconds:.2} s (raw list of {keys_read} keys: {raw:.2} s), \
              RSS {rss:.0} MiB, {connections} TCP connections, idle CPU {idle_pct:.2} %"

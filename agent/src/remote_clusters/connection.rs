@@ -44,8 +44,29 @@ use crate::{
     tables::SourceId,
 };
 
-/// How often a connected remote is checked and its status published.
+/// How often a connected remote's status is published, and it is probed
+/// while it does not answer.
 pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes (etcd `Status` calls) a second to remotes that answer, for all of
+/// them together: with hundreds of remotes, a probe a second each was most
+/// of the agent's idle CPU. So up to this many remotes are probed every
+/// check, and beyond it each less often (as Cilium's status checks slow
+/// down with the cluster's size), down to [`SLOWEST_HEALTHY_PROBE`]
+/// checks. A dead connection is also noticed by the HTTP/2 keepalive
+/// (within 10 s); the probe notices an etcd that fails behind a live
+/// apiserver and a restored etcd (its cluster ID or revision). A remote
+/// that does not answer is probed every check, for a fast return.
+const HEALTHY_PROBES_PER_CHECK: usize = 32;
+/// The most checks between two probes of a remote that answers.
+const SLOWEST_HEALTHY_PROBE: usize = 10;
+
+/// Checks between two probes of a remote that answers, with `connected`
+/// remotes.
+fn healthy_probe_every(connected: usize) -> u32 {
+    connected
+        .div_ceil(HEALTHY_PROBES_PER_CHECK)
+        .clamp(1, SLOWEST_HEALTHY_PROBE) as u32
+}
 /// Delays between failed attempts: from half a second, doubling, up to
 /// half a minute (jittered).
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -372,6 +393,8 @@ impl RemoteCluster {
         });
         let mut mirror: Option<MirrorStatus> = None;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
+        // Checks since the last probe, and what it said.
+        let (mut since_probe, mut reachable) = (u32::MAX - 1, true);
         loop {
             let interrupted = tokio::select! {
                 _ = shutdown.cancelled() => Some(Interrupt::Shutdown),
@@ -394,14 +417,18 @@ impl RemoteCluster {
                 Some(Interrupt::Shutdown) => return SessionEnd::Shutdown,
                 Some(Interrupt::ConfigChanged) => return self.config_changed(config),
             }
-            let reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
-                Probe::Answers => true,
-                Probe::Unreachable(failure) => {
-                    self.status.unreachable(&failure);
-                    false
-                }
-                Probe::End(end) => return end,
-            };
+            since_probe += 1;
+            if !reachable || since_probe >= healthy_probe_every(self.ids.len()) {
+                since_probe = 0;
+                reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
+                    Probe::Answers => true,
+                    Probe::Unreachable(failure) => {
+                        self.status.unreachable(&failure);
+                        false
+                    }
+                    Probe::End(end) => return end,
+                };
+            }
             if reachable {
                 self.reach.answers();
                 if self.reach.services_dropped {
@@ -444,5 +471,21 @@ async fn next_event<V>(rx: &mut Option<mpsc::Receiver<Event<V>>>) -> Option<Even
 async fn config_change(config: &mut watch::Receiver<Option<ConfigFile>>) {
     if config.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthy_probe_every;
+
+    #[test]
+    fn probes_slow_down_with_the_number_of_remotes() {
+        assert_eq!(healthy_probe_every(0), 1);
+        assert_eq!(healthy_probe_every(8), 1);
+        assert_eq!(healthy_probe_every(32), 1);
+        assert_eq!(healthy_probe_every(33), 2);
+        assert_eq!(healthy_probe_every(128), 4);
+        assert_eq!(healthy_probe_every(255), 8);
+        assert_eq!(healthy_probe_every(511), 10);
     }
 }

@@ -113,8 +113,12 @@ use crate::{
     views::RemoteView,
 };
 
-/// Rescan of the config directory in case a file event was missed.
+/// Rescan of the config directory without file events (no inotify).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// Rescan with file events: in case one was missed, and for TLS files a
+/// config names outside the directory. Each scan reads every file, which
+/// costs with hundreds of remotes.
+const RESCAN_INTERVAL_WATCHED: Duration = Duration::from_secs(60);
 /// File events buffered before the directory follower reads them (one is
 /// enough to trigger a scan).
 const FILE_EVENTS_CAPACITY: usize = 16;
@@ -164,12 +168,14 @@ impl RemoteClusters {
                 }
             },
         ) {
-            Ok(mut watcher) => {
-                if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            Ok(mut watcher) => match watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(watcher),
+                Err(e) => {
                     warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");
+                    self.metrics.count_error("config_watch");
+                    None
                 }
-                Some(watcher)
-            }
+            },
             Err(e) => {
                 warn!(dir = %self.dir.display(), error = %e, "cannot watch files (inotify); rescanning the clustermesh config directory periodically");
                 self.metrics.count_error("config_watch");
@@ -180,7 +186,11 @@ impl RemoteClusters {
         let mut running: BTreeMap<ClusterName, Running> = BTreeMap::new();
         let mut tasks = JoinSet::new();
         let mut next_source = FIRST_REMOTE_SOURCE;
-        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        let mut rescan = tokio::time::interval(if _watcher.is_some() {
+            RESCAN_INTERVAL_WATCHED
+        } else {
+            RESCAN_INTERVAL
+        });
         let mut publish = tokio::time::interval(CHECK_INTERVAL);
         loop {
             tokio::select! {

@@ -66,6 +66,16 @@ impl ClusterIds {
             .expect("cluster IDs")
             .retain(|_, holder| holder != remote);
     }
+
+    /// How many remotes hold an ID (are connected).
+    pub fn len(&self) -> usize {
+        self.holders.lock().expect("cluster IDs").len()
+    }
+
+    /// Whether no remote holds an ID.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
