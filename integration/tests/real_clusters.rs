@@ -10,6 +10,8 @@
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
+use certs::{Ca, CertificateInfo};
+use cluster_setup::Layout;
 use etcd_harness::{TestEtcd, TestEtcdCluster, wait_until};
 use integration::{
     ClusterSpec, Hosts, Pinger, RealCluster, arg, can_run, clustermesh, mesh_ca, tls_etcd_options,
@@ -58,6 +60,11 @@ fn status_wait(c: &RealCluster) -> String {
         "90s",
     ])
     .unwrap()
+}
+
+/// The certificates of a PEM file (none when it is missing).
+fn certs_in(path: &Path) -> Vec<CertificateInfo> {
+    CertificateInfo::from_pem_file(path).unwrap_or_default()
 }
 
 /// Pings from `from` to `to` while `phase` runs; then waits until 15 more
@@ -261,6 +268,117 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
         "c1's agent holds the same identities and ipcache entries of c2"
     );
     assert!(c1.remote_ready("c2") && c2.remote_ready("c1"));
+
+    // 4. A full rotation of c1's mesh CA under traffic: begin (both CAs
+    //    trusted everywhere, c2's record of c1 included), reissue (every
+    //    leaf from the new CA), finish (the old CA retired). c2's agent
+    //    picks each step up from its etcd.
+    let mirror = c2
+        .out
+        .join("etc/clustermesh/agent")
+        .join(Layout::REMOTES_DIR)
+        .join(".clustermesh-mirror/c1");
+    let subjects = |file: &str| -> Vec<String> {
+        certs_in(&mirror.join(file))
+            .into_iter()
+            .map(|c| c.subject)
+            .collect()
+    };
+    let issuers = |file: &str| -> Vec<String> {
+        certs_in(&mirror.join(file))
+            .into_iter()
+            .map(|c| c.issuer)
+            .collect()
+    };
+    let old_subject = subjects("ca.crt");
+    assert_eq!(old_subject.len(), 1, "{old_subject:?}");
+    let rotate = |phase: &str| {
+        let printed = clustermesh(&[
+            "certs",
+            "rotate",
+            phase,
+            "--dir",
+            arg(&c1.out),
+            "--peer",
+            arg(&c2.admin),
+        ])
+        .unwrap();
+        assert!(
+            printed.contains(&format!("phase {phase} done")),
+            "{printed}"
+        );
+    };
+    under_traffic(
+        "c1's CA rotation",
+        &from,
+        to,
+        async {
+            rotate("begin");
+            let new_subject = Ca::load(&c1.out.join("ca-rotation/ca-1"))
+                .unwrap()
+                .info()
+                .subject
+                .clone();
+            let both = [old_subject[0].clone(), new_subject.clone()];
+            until("c2's agent trusts both of c1's CAs", PICKUP, || {
+                subjects("ca.crt") == both
+            })
+            .await;
+            rotate("reissue");
+            until(
+                "c2's agent has its certificate for c1 from the new CA",
+                PICKUP,
+                || issuers("client.crt") == [new_subject.clone()],
+            )
+            .await;
+            c1.export_admin().unwrap();
+            rotate("finish");
+            until("c2's agent trusts c1's new CA only", PICKUP, || {
+                subjects("ca.crt") == [new_subject.clone()]
+            })
+            .await;
+            c1.export_admin().unwrap();
+            until("both agents have their remote ready", PICKUP, || {
+                c1.remote_ready("c2") && c2.remote_ready("c1")
+            })
+            .await;
+            // The new admin descriptor (new CA only) reaches c1's apiserver.
+            let printed = status_wait(&c1);
+            assert!(printed.contains("remote c2: ready"), "{printed}");
+        },
+        &mut figures,
+    )
+    .await;
+    assert_eq!(c1.remote_state(2).unwrap(), remote_state);
+
+    // 5. Disconnect through the descriptors: the remote and its state go
+    //    away from both agents, and with them the route to c2's pod.
+    assert!(client.pings(server.ip), "c1's pod pings c2's pod before");
+    let printed = clustermesh(&[
+        "disconnect",
+        "--from",
+        arg(&c1.admin),
+        "--to",
+        arg(&c2.admin),
+    ])
+    .unwrap();
+    assert!(printed.contains("disconnected c1 <-> c2"), "{printed}");
+    for c in [&c1, &c2] {
+        let printed = status_wait(c);
+        assert!(printed.contains("connected to no cluster"), "{printed}");
+    }
+    until("both agents dropped the remote", PICKUP, || {
+        c1.remote_gone("c2") && c2.remote_gone("c1")
+    })
+    .await;
+    until("c1's agent dropped c2's state", PICKUP, || {
+        c1.remote_state(2).unwrap() == (vec![], vec![])
+    })
+    .await;
+    until("c1's pod no longer reaches c2's pod", PICKUP, || {
+        !client.pings(server.ip)
+    })
+    .await;
     eprintln!("figures:\n{}", figures.join("\n"));
     drop(late);
 }
