@@ -16,6 +16,7 @@ use std::{
     net::{Ipv4Addr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -513,6 +514,82 @@ impl Drop for RealCluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+    }
+}
+
+/// Samples agents' view of one remote each, every 100 ms on a thread of
+/// its own, until [`RemoteWatch::finish`]: the proof that a remote stayed
+/// ready (and on the session it had) all along, not only at the end.
+pub struct RemoteWatch {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<WatchReport>,
+}
+
+/// What a [`RemoteWatch`] saw.
+#[derive(Debug, Default)]
+pub struct WatchReport {
+    /// Samples taken (of every agent).
+    pub samples: usize,
+    /// Samples where an agent did not answer or had the remote not ready
+    /// or not connected, in words.
+    pub not_ready: Vec<String>,
+    /// Reconnects to the remote meanwhile (its `connects` count went up).
+    pub reconnects: u64,
+}
+
+impl RemoteWatch {
+    /// Watches, on each `(cluster, remote)`, the cluster's agent's view of
+    /// `remote`.
+    pub fn start(watched: &[(&RealCluster, &str)]) -> Self {
+        let watched: Vec<(String, PathBuf, String)> = watched
+            .iter()
+            .map(|(c, r)| (c.name.clone(), c.agent_socket.clone(), (*r).to_owned()))
+            .collect();
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut report = WatchReport::default();
+            let mut first_connects: Vec<Option<u64>> = vec![None; watched.len()];
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(100))
+            {
+                for (i, (cluster, socket, remote)) in watched.iter().enumerate() {
+                    report.samples += 1;
+                    let mut api = ApiClient::new(socket);
+                    api.set_timeout(Duration::from_secs(2));
+                    let status: StatusView = match api.get("/v1/status") {
+                        Ok(s) => s,
+                        Err(e) => {
+                            report.not_ready.push(format!("{cluster}'s agent: {e}"));
+                            continue;
+                        }
+                    };
+                    match status.remotes.iter().find(|r| &r.name == remote) {
+                        Some(r) if r.ready && r.connected => {
+                            let first = *first_connects[i].get_or_insert(r.connects);
+                            report.reconnects =
+                                report.reconnects.max(r.connects.saturating_sub(first));
+                        }
+                        Some(r) => report.not_ready.push(format!(
+                            "{cluster} -> {remote}: ready={} connected={} {}",
+                            r.ready,
+                            r.connected,
+                            r.last_error.clone().unwrap_or_default()
+                        )),
+                        None => report
+                            .not_ready
+                            .push(format!("{cluster} -> {remote}: not configured")),
+                    }
+                }
+            }
+            report
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; what was seen.
+    pub fn finish(self) -> WatchReport {
+        let _ = self.stop.send(());
+        self.thread.join().expect("the watch thread")
     }
 }
 

@@ -14,7 +14,8 @@ use certs::{Ca, CertificateInfo};
 use cluster_setup::Layout;
 use etcd_harness::{TestEtcd, TestEtcdCluster, wait_until};
 use integration::{
-    ClusterSpec, Hosts, Pinger, RealCluster, arg, can_run, clustermesh, mesh_ca, tls_etcd_options,
+    ClusterSpec, Hosts, Pinger, RealCluster, RemoteWatch, arg, can_run, clustermesh, mesh_ca,
+    tls_etcd_options,
 };
 
 /// How long agents may take to pick up (or drop) a remote, or a change.
@@ -67,21 +68,45 @@ fn certs_in(path: &Path) -> Vec<CertificateInfo> {
     CertificateInfo::from_pem_file(path).unwrap_or_default()
 }
 
-/// Pings from `from` to `to` while `phase` runs; then waits until 15 more
-/// replies came and says how many pings were sent and which were lost.
+/// Whether the agents' remotes must be ready in every sample of a phase.
+#[derive(PartialEq)]
+enum Remotes {
+    StayReady,
+    /// A phase that restarts an agent or an apiserver: the remote is away
+    /// while the daemon is (the datapath keeps its state meanwhile).
+    MayBlink,
+}
+
+/// Pings from `from` to `to` while `phase` runs, with `watch` sampling
+/// both agents' remotes; then waits until 15 more replies came and says how
+/// many pings were sent and which were lost, and what the watch saw.
 async fn under_traffic<T>(
     what: &str,
-    from: &str,
-    to: IpAddr,
+    (from, to): (&str, IpAddr),
+    (watch, remotes): (RemoteWatch, Remotes),
     phase: impl std::future::Future<Output = T>,
     figures: &mut Vec<String>,
 ) -> T {
     let pinger = Pinger::start(from, to).unwrap();
     let out = phase.await;
     let (sent, lost) = pinger.stop();
-    let line = format!("{what}: {sent} pings sent, {} lost", lost.len());
+    let seen = watch.finish();
+    let line = format!(
+        "{what}: {sent} pings sent, {} lost; remotes not ready in {} of {} samples, {} reconnects",
+        lost.len(),
+        seen.not_ready.len(),
+        seen.samples,
+        seen.reconnects
+    );
     eprintln!("{line}");
     figures.push(line);
+    if remotes == Remotes::StayReady {
+        assert!(
+            seen.not_ready.is_empty(),
+            "remotes not ready across {what}: {:?}",
+            seen.not_ready
+        );
+    }
     assert!(sent > 15, "pinged across {what}");
     assert!(
         lost.is_empty(),
@@ -185,8 +210,11 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     //    one, every component fails over to it, c2 still sees c1 change.
     let late = under_traffic(
         "c1's etcd leader killed",
-        &from,
-        to,
+        (&from, to),
+        (
+            RemoteWatch::start(&[(&c1, "c2"), (&c2, "c1")]),
+            Remotes::StayReady,
+        ),
         async {
             let leader = etcd1.leader().await.unwrap();
             etcd1.kill(leader);
@@ -242,8 +270,11 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     //    ready again.
     under_traffic(
         "c1's rolling upgrade",
-        &from,
-        to,
+        (&from, to),
+        (
+            RemoteWatch::start(&[(&c1, "c2"), (&c2, "c1")]),
+            Remotes::MayBlink,
+        ),
         async {
             c1.agent.restart().unwrap();
             until("c1's agent is synced with c2 ready", PICKUP, || {
@@ -310,8 +341,11 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     };
     under_traffic(
         "c1's CA rotation",
-        &from,
-        to,
+        (&from, to),
+        (
+            RemoteWatch::start(&[(&c1, "c2"), (&c2, "c1")]),
+            Remotes::StayReady,
+        ),
         async {
             rotate("begin");
             let new_subject = Ca::load(&c1.out.join("ca-rotation/ca-1"))
