@@ -242,6 +242,11 @@ impl UnitDaemon {
         Ok(())
     }
 
+    /// The process ID of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The last lines of the daemon's log.
     pub fn log_tail(&self) -> String {
         localmesh::log_tail(&self.log, 30)
@@ -498,6 +503,14 @@ impl RealCluster {
             .next()
             .with_context(|| format!("no IPv4 address in the CNI result {result}"))?;
         Ok(Pod { netns, ip })
+    }
+
+    /// The process IDs of the running daemons.
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.apiserver, &self.operator, &self.agent]
+            .iter()
+            .filter_map(|d| d.pid())
+            .collect()
     }
 
     /// The last lines of every daemon's log.

@@ -414,5 +414,24 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     })
     .await;
     eprintln!("figures:\n{}", figures.join("\n"));
-    drop(late);
+
+    // Dropped, everything is gone: daemons, namespaces, files.
+    let pids: Vec<u32> = [&c1, &c2].iter().flat_map(|c| c.pids()).collect();
+    let namespaces: Vec<std::path::PathBuf> = [&client, &server, &late]
+        .iter()
+        .map(|p| p.netns.path().to_path_buf())
+        .chain((0..2).map(|i| hosts.host(i).0.path().to_path_buf()))
+        .collect();
+    drop((late, client, server, c1, c2, hosts, etcd1, etcd2));
+    let tree = dir.to_path_buf();
+    drop(tmp);
+    for pid in pids {
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        assert!(!alive, "daemon {pid} killed on drop");
+    }
+    for ns in namespaces {
+        assert!(!ns.exists(), "{} deleted on drop", ns.display());
+    }
+    assert!(!tree.exists(), "{} removed on drop", tree.display());
 }
