@@ -91,8 +91,16 @@ async fn under_traffic<T>(
     let out = phase.await;
     let (sent, lost) = pinger.stop();
     let seen = watch.finish();
+    // Which agent's view the samples not ready were of.
+    let mut by_view = std::collections::BTreeMap::<&str, usize>::new();
+    for s in &seen.not_ready {
+        *by_view
+            .entry(s.split_once(':').map_or(s.as_str(), |(v, _)| v))
+            .or_default() += 1;
+    }
     let line = format!(
-        "{what}: {sent} pings sent, {} lost; remotes not ready in {} of {} samples, {} reconnects",
+        "{what}: {sent} pings sent, {} lost; remotes not ready in {} of {} samples {by_view:?}, \
+         {} sessions started again",
         lost.len(),
         seen.not_ready.len(),
         seen.samples,
