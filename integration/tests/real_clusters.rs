@@ -63,6 +63,44 @@ fn status_wait(c: &RealCluster) -> String {
     .unwrap()
 }
 
+/// How many watchers each running member of `etcd` serves (`None`: down).
+async fn watchers(etcd: &TestEtcdCluster) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for i in 0..etcd_harness::CLUSTER_SIZE {
+        let w = etcd
+            .member(i)
+            .metric("etcd_debugging_mvcc_watcher_total")
+            .await;
+        out.push(w.ok().map(|w| w as u64));
+    }
+    out
+}
+
+/// Runs an `etcdctl` command that must succeed; its stdout.
+fn etcdctl_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run etcdctl");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The raft member ID of member `i` (`etcdctl endpoint status`).
+fn member_id(etcd: &TestEtcdCluster, i: usize, tls: &[String]) -> u64 {
+    let printed = etcdctl_ok(
+        etcd.member(i)
+            .etcdctl()
+            .args(tls)
+            .args(["endpoint", "status", "-w", "json"]),
+    );
+    let status: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    status[0]["Status"]["header"]["member_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no member ID in {printed}"))
+}
+
 /// The certificates of a PEM file (none when it is missing).
 fn certs_in(path: &Path) -> Vec<CertificateInfo> {
     CertificateInfo::from_pem_file(path).unwrap_or_default()
@@ -212,6 +250,12 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     .await;
     let remote_state = c1.remote_state(2).unwrap();
     let from = client.netns.name().to_owned();
+    let etcd_tls = [
+        format!("--cacert={}", c1_etcd_ca.join("ca.crt").display()),
+        format!("--cert={}", c1.out.join("admin/etcd-admin.crt").display()),
+        format!("--key={}", c1.out.join("admin/etcd-admin.key").display()),
+    ];
+    let watchers_before = watchers(&etcd1).await;
     let to = IpAddr::V4(server.ip);
 
     // 2. c1's etcd leader killed under traffic: the others elect a new
@@ -224,7 +268,28 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
             Remotes::StayReady,
         ),
         async {
+            // The leader is made the member the components watch most, so
+            // that killing it cuts their connections, not only the raft.
+            let busiest = watchers(&etcd1)
+                .await
+                .into_iter()
+                .enumerate()
+                .max_by_key(|(_, w)| *w)
+                .map(|(i, _)| i)
+                .unwrap();
             let leader = etcd1.leader().await.unwrap();
+            if leader != busiest {
+                let id = member_id(&etcd1, busiest, &etcd_tls);
+                etcdctl_ok(
+                    etcd1
+                        .member(leader)
+                        .etcdctl()
+                        .args(&etcd_tls)
+                        .args(["move-leader", &format!("{id:x}")]),
+                );
+            }
+            let leader = etcd1.leader().await.unwrap();
+            assert_eq!(leader, busiest, "leadership moved to the busiest member");
             etcd1.kill(leader);
             let new_leader = etcd1.leader().await.unwrap();
             assert_ne!(new_leader, leader);
@@ -261,6 +326,12 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
         &mut figures,
     )
     .await;
+    let line = format!(
+        "c1's etcd watchers per member: {watchers_before:?} before the kill, {:?} after the restart",
+        watchers(&etcd1).await
+    );
+    eprintln!("{line}");
+    figures.push(line);
     assert_eq!(
         c1.remote_state(2).unwrap(),
         remote_state,
