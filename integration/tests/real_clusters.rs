@@ -466,7 +466,7 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     // A new handshake works with the new certificates, not just the
     // sessions kept across the rotation: c1's agent started again connects
     // to c2 with its new remote-c1. (Not c2's agent to c1's apiserver
-    // started again: in 2 of 10 runs it kept failing with `UnknownIssuer`,
+    // started again: in 2 of 12 runs it kept failing with `UnknownIssuer`,
     // its reconnect using the CA bundle of before the rotation; see the
     // README, step 8.)
     c1.agent.restart().unwrap();
