@@ -13,11 +13,12 @@ use std::{
 };
 
 use certs::{Ca, CertName, CertificateInfo, TlsFiles, TlsMaterial, Validity};
-use cluster_setup::{ClusterAdminDescriptor, ClusterDescriptor, Component, Layout, UnitCommand};
+use cluster_setup::{ClusterAdminDescriptor, ClusterDescriptor, Component, Layout};
 use etcd_harness::free_port;
+use integration::UnitDaemon;
 use kvstore::{Client, ClientConfig, ClusterName, TlsConfig, keys};
 use support::{
-    daemons::{Daemon, bin_dir, daemons_or_skip, tls_etcd, tool_or_skip},
+    daemons::{bin_dir, daemons_or_skip, tls_etcd, tool_or_skip},
     ok, s, usage_error,
 };
 
@@ -620,20 +621,22 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
         "--out",
         s(&out),
     ]);
-    let unit = |c: Component| UnitCommand::from_unit_file(&out.join(Layout::unit_file(c))).unwrap();
+    let unit = |c: Component| out.join(Layout::unit_file(c));
 
-    let mut apiserver = Daemon::start(
+    let apiserver = UnitDaemon::start(
         "apiserver".into(),
-        &unit(Component::Apiserver),
+        unit(Component::Apiserver),
         tmp.path().join("apiserver.log"),
-    );
-    let mut operator = Daemon::start(
+        (apiserver_health.clone(), "/readyz"),
+    )
+    .unwrap();
+    let operator = UnitDaemon::start(
         "operator".into(),
-        &unit(Component::Operator),
+        unit(Component::Operator),
         tmp.path().join("operator.log"),
-    );
-    apiserver.wait_ready(&apiserver_health, "/readyz").await;
-    operator.wait_ready(&operator_health, "/healthz").await;
+        (operator_health.clone(), "/healthz"),
+    )
+    .unwrap();
 
     // The admin descriptor reaches etcd and the apiserver (mutual TLS both
     // ways): each serves the cluster config the apiserver published.
@@ -701,12 +704,13 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
         ),
     )
     .unwrap();
-    let mut agent = Daemon::start(
+    let agent = UnitDaemon::start(
         "agent".into(),
-        &unit(Component::Agent),
+        unit(Component::Agent),
         tmp.path().join("agent.log"),
-    );
-    agent.wait_ready(&agent_health, "/healthz").await;
+        (agent_health.clone(), "/healthz"),
+    )
+    .unwrap();
     let nodes = std::sync::Arc::new(
         Client::connect(&client_config(
             admin.etcd.endpoints.clone(),

@@ -11,9 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod pinger;
 pub mod proc_stats;
 pub mod propagation;
+mod real_cluster;
 pub mod scale;
+
+pub use pinger::Pinger;
+pub use real_cluster::{
+    ClusterSpec, Hosts, Pod, READY_TIMEOUT, RealCluster, RemoteWatch, UnitDaemon, WatchReport, arg,
+    clustermesh, mesh_ca, tls_etcd_options,
+};
 
 use agent::{IpCacheView, StatusView};
 use localmesh::{Mesh, MeshSpec};

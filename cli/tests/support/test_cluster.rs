@@ -9,14 +9,15 @@ use std::{
     time::Duration,
 };
 
-use certs::{Ca, Validity};
-use cluster_setup::{ClusterAdminDescriptor, Component, Layout, UnitCommand};
+use certs::Ca;
+use cluster_setup::{ClusterAdminDescriptor, Component, Layout};
 use etcd_harness::{TestEtcd, free_port};
+use integration::UnitDaemon;
 use kvstore::{Client, ClientConfig, TlsConfig, keys};
 
 use super::{
     Run,
-    daemons::{Daemon, bin_dir, tls_etcd},
+    daemons::{bin_dir, tls_etcd},
     ok, s,
 };
 
@@ -45,10 +46,10 @@ pub(crate) struct TestCluster {
     pub(crate) apiserver_health: String,
     /// The agent's `/healthz` and `/metrics`.
     pub(crate) agent_health: String,
-    _agent: Option<Daemon>,
+    _agent: Option<UnitDaemon>,
     _node: Option<(netns::NetNs, RemoveDir)>,
-    _operator: Option<Daemon>,
-    _apiserver: Daemon,
+    _operator: Option<UnitDaemon>,
+    _apiserver: UnitDaemon,
     pub(crate) etcd_client: Client,
     _etcd: TestEtcd,
 }
@@ -100,14 +101,14 @@ impl TestCluster {
             "--out",
             s(&out),
         ]);
-        let unit =
-            |c: Component| UnitCommand::from_unit_file(&out.join(Layout::unit_file(c))).unwrap();
-        let mut apiserver = Daemon::start(
+        let unit = |c: Component| out.join(Layout::unit_file(c));
+        let apiserver = UnitDaemon::start(
             format!("{name} apiserver"),
-            &unit(Component::Apiserver),
+            unit(Component::Apiserver),
             dir.join("apiserver.log"),
-        );
-        apiserver.wait_ready(&apiserver_health, "/readyz").await;
+            (apiserver_health.clone(), "/readyz"),
+        )
+        .unwrap();
         let admin = dir.join(format!("{name}-admin.yaml"));
         ok(&[
             "cluster",
@@ -136,13 +137,15 @@ impl TestCluster {
         let agent_socket = dir.join("agent.sock");
         let (mut operator, mut agent_daemon, mut node_guard) = (None, None, None);
         if agent {
-            let mut op = Daemon::start(
-                format!("{name} operator"),
-                &unit(Component::Operator),
-                dir.join("operator.log"),
+            operator = Some(
+                UnitDaemon::start(
+                    format!("{name} operator"),
+                    unit(Component::Operator),
+                    dir.join("operator.log"),
+                    (operator_health, "/healthz"),
+                )
+                .unwrap(),
             );
-            op.wait_ready(&operator_health, "/healthz").await;
-            operator = Some(op);
             let node = netns::NetNs::unique("cmconn").unwrap();
             node.ip(&["link", "set", "lo", "up"]).unwrap();
             let bpffs = PathBuf::from("/sys/fs/bpf").join(netns::unique_name("cmconn"));
@@ -160,13 +163,15 @@ impl TestCluster {
                 ),
             )
             .unwrap();
-            let mut a = Daemon::start(
-                format!("{name} agent"),
-                &unit(Component::Agent),
-                dir.join("agent.log"),
+            agent_daemon = Some(
+                UnitDaemon::start(
+                    format!("{name} agent"),
+                    unit(Component::Agent),
+                    dir.join("agent.log"),
+                    (agent_health.clone(), "/healthz"),
+                )
+                .unwrap(),
             );
-            a.wait_ready(&agent_health, "/healthz").await;
-            agent_daemon = Some(a);
             node_guard = Some((node, RemoveDir(bpffs)));
         }
         Self {
@@ -240,9 +245,7 @@ pub(crate) fn read_admin(path: &Path) -> ClusterAdminDescriptor {
 
 /// A new mesh CA in `dir`.
 pub(crate) fn mesh_ca(dir: &Path, name: &str) -> Ca {
-    let ca = Ca::generate(name, Validity::days(3650).unwrap()).unwrap();
-    ca.write(dir).unwrap();
-    ca
+    integration::mesh_ca(dir, name).unwrap()
 }
 
 /// `run` was refused with `code` and `reason` in its error.

@@ -32,7 +32,7 @@ pub use error::{Refused, Unavailable};
 pub use interrupt::{Interrupted, catch_interrupts, interrupted};
 pub use mesh::{
     ECHO_PORT, Mesh, MeshSpec, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, admin_client, default_bin_dir,
-    etcd_admin_config, request,
+    etcd_admin_config, request, run_cni,
 };
 pub use process::{is_running, log_tail};
 pub use state::{

@@ -28,7 +28,7 @@ use anyhow::Result;
 
 pub use self::{
     admin::{admin_client, etcd_admin_config},
-    workload::{ECHO_PORT, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, request},
+    workload::{ECHO_PORT, SERVICE_FRONTEND, WORKLOAD_NAMESPACE, request, run_cni},
 };
 use crate::{
     error::refuse,

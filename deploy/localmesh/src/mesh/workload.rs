@@ -275,9 +275,9 @@ fn echo_service() -> serde_json::Value {
 }
 
 /// Runs the CNI plugin: `command` (`ADD`, `DEL`) for `container` in the
-/// namespace `netns`, the network config on stdin, `CNI_ARGS` if given.
-/// Returns its stdout.
-fn run_cni(
+/// named namespace `netns` (under `/run/netns`), the network config on
+/// stdin, `CNI_ARGS` if given. Returns its stdout.
+pub fn run_cni(
     cni: &Path,
     command: &str,
     container: &str,
