@@ -351,6 +351,11 @@ impl Agent {
                 .chain(pod_cidr_v6.map(IpNet::V6))
                 .collect(),
         );
+        let announced = c
+            .clustermesh_config_dir
+            .as_ref()
+            .map(|dir| RemoteClusters::announce(dir, &c.cluster, &mut control))
+            .unwrap_or_default();
         tasks.spawn("control loop", control.run(inner.clone()));
         tasks.spawn(
             "DNS proxy",
@@ -486,6 +491,7 @@ impl Agent {
                 mode: c.mode,
                 control: handle.clone(),
                 metrics: metrics.clone(),
+                announced,
             };
             tasks.spawn("remote clusters", remotes.run(inner.clone()));
         }

@@ -230,6 +230,13 @@ impl ControlLoop {
         }
     }
 
+    /// A remote configured when the agent starts, before it connects: the
+    /// sync waits for it (its cluster ID comes when it connects).
+    pub(crate) fn expect_remote(&mut self, id: SourceId, name: &str, pod_cidr_pools: Vec<IpNet>) {
+        self.sources
+            .register(id, Source::new(name, 0, StoreKind::REMOTE, pod_cidr_pools));
+    }
+
     /// The node's own pod CIDRs, one per family (never routed elsewhere).
     pub(crate) fn set_pod_cidrs(&mut self, cidrs: Vec<IpNet>) {
         self.pod_cidrs = cidrs;

@@ -323,6 +323,32 @@ fn deletions_wait_until_every_source_synced() {
 }
 
 #[test]
+fn a_remote_configured_at_start_keeps_its_entries_until_it_synced() {
+    // Before the restart the pinned map held an address of c2's.
+    let maps = MemoryDatapath::default();
+    let c2_pod = IpCacheKey::new(prefix("10.2.0.7"));
+    maps.ipcache
+        .batch_upsert(&[(c2_pod, IpCacheValue::new(C2_CLIENT))])
+        .unwrap();
+    let mut h = Harness::with_maps(maps);
+    h.control.expect_remote(C2, "c2", Vec::new());
+    // The local cluster syncs before c2 has even connected.
+    h.step(web_policy_synced(WEB_ALLOWS_CLIENTS));
+    assert!(
+        h.ipcache().contains_key(&c2_pod),
+        "c2's entry stays while c2 has not synced"
+    );
+    // c2 connects and delivers its view, with the address in it.
+    h.step([register_c2(), ip(C2, "10.2.0.7", C2_CLIENT)]);
+    h.step(synced(C2, &StoreKind::REMOTE));
+    assert_eq!(
+        h.ipcache().get(&c2_pod),
+        Some(&IpCacheValue::new(C2_CLIENT)),
+        "still there after the sync"
+    );
+}
+
+#[test]
 fn a_failed_write_stays_queued_and_is_tried_again() {
     let mut h = Harness::new();
     h.step([register_c2()]);

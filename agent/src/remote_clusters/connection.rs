@@ -18,7 +18,10 @@
 //! sessions, so a new connection delivers only the difference.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -103,6 +106,8 @@ pub(super) struct RemoteCluster {
     pinned_etcd: Option<u64>,
     backoff: Backoff,
     reach: Reachability,
+    /// See [`Spec::tls_generation`].
+    tls_generation: Arc<AtomicU64>,
 }
 
 /// The facts a [`RemoteCluster`] starts from.
@@ -116,6 +121,9 @@ pub(super) struct Spec {
     pub ids: ClusterIds,
     pub status: RemoteStatus,
     pub metrics: Arc<AgentMetrics>,
+    /// Bumped when only the contents of the TLS files the config names
+    /// change.
+    pub tls_generation: Arc<AtomicU64>,
 }
 
 impl RemoteCluster {
@@ -132,6 +140,7 @@ impl RemoteCluster {
             ids: spec.ids,
             status: spec.status,
             metrics: spec.metrics,
+            tls_generation: spec.tls_generation,
             pinned_etcd: None,
             backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
             reach: Reachability::default(),
@@ -393,6 +402,11 @@ impl RemoteCluster {
         });
         let mut mirror: Option<MirrorStatus> = None;
         let mut check = tokio::time::interval(CHECK_INTERVAL);
+        // The TLS files this session's channel was built from: the channel
+        // reconnects by itself with them, so once they changed and the
+        // remote stops answering (its server presents a certificate of a
+        // new CA, say), the session ends and the next one reads the files.
+        let tls_generation = self.tls_generation.load(Ordering::Relaxed);
         // Checks since the last probe, and what it said.
         let (mut since_probe, mut reachable) = (u32::MAX - 1, true);
         loop {
@@ -422,6 +436,11 @@ impl RemoteCluster {
                 since_probe = 0;
                 reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
                     Probe::Answers => true,
+                    Probe::Unreachable(_)
+                        if self.tls_generation.load(Ordering::Relaxed) != tls_generation =>
+                    {
+                        return SessionEnd::Resync(Resync::TlsFilesChanged);
+                    }
                     Probe::Unreachable(failure) => {
                         self.status.unreachable(&failure);
                         false

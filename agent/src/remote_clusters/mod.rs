@@ -84,7 +84,15 @@ mod status;
 mod stores;
 mod validators;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use kvstore::{ClusterId, ClusterName, MaxConnectedClusters, remote::ClusterIds};
 use notify::{RecursiveMode, Watcher};
@@ -137,6 +145,10 @@ pub(crate) struct RemoteClusters {
     pub mode: MaxConnectedClusters,
     pub control: LoopHandle,
     pub metrics: Arc<AgentMetrics>,
+    /// The remotes configured when the agent started, each with the source
+    /// ID it was announced to the control loop under (see
+    /// [`RemoteClusters::announce`]).
+    pub announced: BTreeMap<ClusterName, SourceId>,
 }
 
 /// A remote being followed.
@@ -148,9 +160,39 @@ struct Running {
     /// remote is configured, connected or not (an expired certificate is a
     /// reason not to connect); loaded again whenever the files change.
     _certificate: Option<Arc<certs::TlsMaterial>>,
+    /// Bumped when only its TLS files' contents change (the session stays
+    /// up, and reconnects with them once the remote stops answering).
+    tls_generation: Arc<AtomicU64>,
 }
 
 impl RemoteClusters {
+    /// The remotes configured in `dir` now, announced to the control loop
+    /// before it runs: until each has synced (or the sync timeout passed),
+    /// nothing is deleted from the datapath. Without this, a restarted
+    /// agent whose local sources synced before it had connected to its
+    /// remotes removed their entries from the pinned maps (and traffic to
+    /// them stopped until they were connected again).
+    pub(crate) fn announce(
+        dir: &std::path::Path,
+        local: &ClusterName,
+        control: &mut crate::control_loop::ControlLoop,
+    ) -> BTreeMap<ClusterName, SourceId> {
+        scan(dir, local)
+            .into_iter()
+            .filter(|(_, (file, _))| file.is_ok())
+            .enumerate()
+            .map(|(i, (name, (file, _)))| {
+                let id = SourceId(FIRST_REMOTE_SOURCE + i as u16);
+                let pools = file
+                    .as_ref()
+                    .map(|c| c.pod_cidr_pools.clone())
+                    .unwrap_or_default();
+                control.expect_remote(id, name.as_str(), pools);
+                (name, id)
+            })
+            .collect()
+    }
+
     /// Follows the config directory until `shutdown`: a connection per
     /// file, told when its file changes or goes.
     pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -185,7 +227,7 @@ impl RemoteClusters {
         let ids = ClusterIds::default();
         let mut running: BTreeMap<ClusterName, Running> = BTreeMap::new();
         let mut tasks = JoinSet::new();
-        let mut next_source = FIRST_REMOTE_SOURCE;
+        let mut next_source = FIRST_REMOTE_SOURCE + self.announced.len() as u16;
         let mut rescan = tokio::time::interval(if _watcher.is_some() {
             RESCAN_INTERVAL_WATCHED
         } else {
@@ -220,6 +262,7 @@ impl RemoteClusters {
                     info!(remote = %name, "remote cluster TLS files changed; the connection stays up, the next one uses them");
                     r.fingerprint = *fingerprint;
                     r._certificate = self.track_certificate(name, file);
+                    r.tls_generation.fetch_add(1, Ordering::Relaxed);
                     true
                 }
                 Some((file, fingerprint)) => {
@@ -240,12 +283,19 @@ impl RemoteClusters {
                     continue;
                 }
                 info!(remote = %name, "remote cluster configured");
-                let source = SourceId(next_source);
-                next_source += 1;
+                let source = match self.announced.get(&name) {
+                    Some(id) => *id,
+                    None => {
+                        next_source += 1;
+                        SourceId(next_source - 1)
+                    }
+                };
                 let status = RemoteStatus::new(&name);
                 let certificate = self.track_certificate(&name, &file);
                 let (config, config_rx) = watch::channel(Some(file.clone()));
+                let tls_generation = Arc::new(AtomicU64::new(0));
                 let remote = RemoteCluster::new(Spec {
+                    tls_generation: tls_generation.clone(),
                     name: name.clone(),
                     config: file,
                     local_id: self.local_id,
@@ -264,6 +314,7 @@ impl RemoteClusters {
                         config,
                         status,
                         _certificate: certificate,
+                        tls_generation,
                     },
                 );
             }

@@ -16,6 +16,9 @@ use crate::{client::Client, values::Timestamp};
 pub enum Resync {
     /// The config file changed (endpoints, certificates…).
     ConfigChanged,
+    /// The TLS files the config names changed while connected, and the
+    /// remote stopped answering: a new connection reads them.
+    TlsFilesChanged,
     /// The remote etcd's revision went below one already seen: it lost its
     /// data (wiped, same cluster ID).
     RevisionWentBackwards { seen: i64, now: i64 },
@@ -28,6 +31,9 @@ impl fmt::Display for Resync {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ConfigChanged => f.write_str("the remote cluster's config changed; reconnecting"),
+            Self::TlsFilesChanged => f.write_str(
+                "the remote does not answer and its TLS files changed since it connected; reconnecting with them",
+            ),
             Self::RevisionWentBackwards { seen, now } => write!(
                 f,
                 "the remote etcd's revision went backwards ({seen} → {now}); re-listing"
