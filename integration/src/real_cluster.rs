@@ -451,6 +451,16 @@ impl RealCluster {
         })
     }
 
+    /// Sessions the agent opened to `remote` since it started.
+    pub fn remote_connects(&self, remote: &str) -> Option<u64> {
+        self.status()
+            .ok()?
+            .remotes
+            .iter()
+            .find(|r| r.name == remote)
+            .map(|r| r.connects)
+    }
+
     /// Whether the agent answers and has no remote `remote` any more.
     pub fn remote_gone(&self, remote: &str) -> bool {
         self.status()

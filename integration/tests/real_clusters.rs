@@ -465,15 +465,23 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     assert_eq!(c1.remote_state(2).unwrap(), remote_state);
     // A new handshake works with the new certificates, not just the
     // sessions kept across the rotation: c1's agent started again connects
-    // to c2 with its new remote-c1. (Not c2's agent to c1's apiserver
-    // started again: in 2 of 12 runs it kept failing with `UnknownIssuer`,
-    // its reconnect using the CA bundle of before the rotation; see the
-    // README, step 8.)
+    // to c2 with its new remote-c1, and c2's agent, whose session to c1
+    // was kept across the rotation, reconnects to c1's apiserver started
+    // again (which presents a certificate of the new CA only) with the
+    // files the rotation changed.
     c1.agent.restart().unwrap();
     until(
         "c1's agent started again has c2 ready with its new certificate",
         PICKUP,
         || c1.remote_ready("c2") && c2.remote_ready("c1"),
+    )
+    .await;
+    let connects = c2.remote_connects("c1").expect("c2 has c1");
+    c1.apiserver.restart().unwrap();
+    until(
+        "c2's agent reconnected to c1's apiserver started again",
+        PICKUP,
+        || c2.remote_ready("c1") && c2.remote_connects("c1") > Some(connects),
     )
     .await;
     until("c1's pod pings c2's pod", PICKUP, || {
