@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, anyhow};
 use certs::{Ca, CaError, CertName, CertificateInfo, Validity};
 use clap::{ArgGroup, Args, Subcommand};
-use cluster_setup::{Phase, Progress, RotateError, RotateOptions, ca_rotation};
+use cluster_setup::{Phase, RotateError, RotateOptions, ca_rotation};
 
 use crate::{command_error::CommandError, connect_cmd, observe_cmd::runtime};
 
@@ -169,19 +169,10 @@ fn rotate(args: RotateArgs, out: &mut dyn Write) -> Result<(), CommandError> {
         new_ca_dir,
         peers,
     };
-    let mut io_error = None;
-    let result = runtime()?.block_on(ca_rotation::rotate(phase, &options, &mut |p| {
-        let line = match p {
-            Progress::Done(line) => format!("  ✔ {line}"),
-            Progress::Warning(line) => format!("  ! {line}"),
-        };
-        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            io_error.get_or_insert(e);
-        }
-    }));
-    if let Some(e) = io_error {
-        return Err(e.into());
-    }
+    let rt = runtime()?;
+    let result = crate::connect_cmd::with_progress(out, |progress| {
+        rt.block_on(ca_rotation::rotate(phase, &options, progress))
+    })?;
     let what = format!("certs rotate {}", phase.as_str());
     result.map_err(|e| match e {
         RotateError::Refused(_) => {

@@ -80,19 +80,10 @@ pub(crate) fn connect(
     let ca = Ca::load(ca_dir)
         .with_context(|| format!("cannot load the CA in {}", ca_dir.display()))
         .map_err(CommandError::usage)?;
-    let mut io_error = None;
-    let result = runtime()?.block_on(connection::connect(&a, &b, mode(how), &ca, &mut |p| {
-        let line = match p {
-            Progress::Done(line) => format!("  ✔ {line}"),
-            Progress::Warning(line) => format!("  ! {line}"),
-        };
-        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            io_error.get_or_insert(e);
-        }
-    }));
-    if let Some(e) = io_error {
-        return Err(e.into());
-    }
+    let rt = runtime()?;
+    let result = with_progress(out, |progress| {
+        rt.block_on(connection::connect(&a, &b, mode(how), &ca, progress))
+    })?;
     result.map_err(|e| command_error("connect", e))?;
     writeln!(
         out,
@@ -256,4 +247,26 @@ fn print(
         ready.1
     )?;
     Ok(())
+}
+
+/// Runs `work`, printing each step it reports as a line (`✔` done, `!` a
+/// warning) as it comes; the first failed write of `out` is the error.
+pub(crate) fn with_progress<T>(
+    out: &mut dyn Write,
+    work: impl FnOnce(&mut dyn FnMut(Progress)) -> T,
+) -> std::io::Result<T> {
+    let mut io_error = None;
+    let result = work(&mut |p| {
+        let line = match p {
+            Progress::Done(line) => format!("  ✔ {line}"),
+            Progress::Warning(line) => format!("  ! {line}"),
+        };
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            io_error.get_or_insert(e);
+        }
+    });
+    match io_error {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
 }
