@@ -593,15 +593,7 @@ pub async fn rotate(
             let mut bundle: Vec<&PemCert> = old.iter().collect();
             let new_pem = pem_certs(new_ca.cert_pem());
             bundle.extend(new_pem.iter());
-            let text = bundle_text(&bundle);
-            write_bundles(&tree, &text, &mut done)?;
-            update_records(&records, &name, &mut done, |p| {
-                (!same_cas(&p.record.ca_bundle, &bundle)).then(|| RemoteClusterRecord {
-                    ca_bundle: text.clone(),
-                    ..p.record.clone()
-                })
-            })
-            .await?;
+            install_bundle(&tree, &records, &name, &bundle, &mut done).await?;
         }
         Phase::Reissue => {
             for (path, text) in &tree.bundles {
@@ -698,15 +690,7 @@ pub async fn rotate(
             }
             let new_pem = pem_certs(new_ca.cert_pem());
             let bundle: Vec<&PemCert> = new_pem.iter().collect();
-            let text = bundle_text(&bundle);
-            write_bundles(&tree, &text, &mut done)?;
-            update_records(&records, &name, &mut done, |p| {
-                (!same_cas(&p.record.ca_bundle, &bundle)).then(|| RemoteClusterRecord {
-                    ca_bundle: text.clone(),
-                    ..p.record.clone()
-                })
-            })
-            .await?;
+            install_bundle(&tree, &records, &name, &bundle, &mut done).await?;
             write_state(dir, rotation, StatePhase::Finished, &new_ca_dir)?;
             if !old.is_empty() {
                 done(format!(
@@ -795,6 +779,26 @@ fn reissue(
 }
 
 /// Writes every bundle file that does not hold `text` yet.
+/// `bundle` becomes the CA bundle of every file of the tree and of every
+/// peer's record of this cluster (those already equal are left alone).
+async fn install_bundle(
+    tree: &Tree,
+    records: &[PeerRecord<'_>],
+    name: &str,
+    bundle: &[&PemCert],
+    done: &mut dyn FnMut(String),
+) -> Result<(), RotateError> {
+    let text = bundle_text(bundle);
+    write_bundles(tree, &text, done)?;
+    update_records(records, name, done, |p| {
+        (!same_cas(&p.record.ca_bundle, bundle)).then(|| RemoteClusterRecord {
+            ca_bundle: text.clone(),
+            ..p.record.clone()
+        })
+    })
+    .await
+}
+
 fn write_bundles(tree: &Tree, text: &str, done: &mut dyn FnMut(String)) -> Result<(), RotateError> {
     for (path, old) in &tree.bundles {
         if old == text {
