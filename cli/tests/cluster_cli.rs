@@ -14,7 +14,6 @@ use std::{
 
 use certs::{Ca, CertName, CertificateInfo, TlsFiles, TlsMaterial, Validity};
 use cluster_setup::{ClusterAdminDescriptor, ClusterDescriptor, Component, Layout};
-use etcd_harness::free_port;
 use integration::UnitDaemon;
 use kvstore::{Client, ClientConfig, ClusterName, TlsConfig, keys};
 use support::{
@@ -587,40 +586,23 @@ async fn the_units_command_lines_start_the_real_daemons_against_etcd_with_mutual
     let etcd = tls_etcd(&etcd_ca_dir).await;
 
     let out = tmp.path().join("c4");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let apiserver_health = format!("127.0.0.1:{}", free_port());
-    let operator_health = format!("127.0.0.1:{}", free_port());
-    let agent_health = format!("127.0.0.1:{}", free_port());
-    ok(&[
-        "cluster",
-        "init",
-        "--name",
+    let init = integration::ClusterInit::new();
+    let args = init.args(
         "c4",
-        "--id",
-        "4",
-        "--etcd-endpoints",
+        4,
+        None,
         &etcd.endpoint(),
-        "--etcd-ca-dir",
-        s(&etcd_ca_dir),
-        "--apiserver-endpoints",
-        &listen,
-        "--apiserver-listen",
-        &listen,
-        "--apiserver-health-listen",
-        &apiserver_health,
-        "--operator-health-listen",
-        &operator_health,
-        "--agent-health-listen",
-        &agent_health,
-        "--pod-cidr-pool",
-        "10.4.0.0/16",
-        "--root",
-        s(&out),
-        "--bin-dir",
-        s(&bin_dir()),
-        "--out",
-        s(&out),
-    ]);
+        &etcd_ca_dir,
+        &out,
+        &bin_dir(),
+    );
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let integration::ClusterInit {
+        apiserver_health,
+        operator_health,
+        agent_health,
+        ..
+    } = init;
     let unit = |c: Component| out.join(Layout::unit_file(c));
 
     let apiserver = UnitDaemon::start(

@@ -19,8 +19,8 @@ pub mod scale;
 
 pub use pinger::Pinger;
 pub use real_cluster::{
-    ClusterSpec, Hosts, Pod, READY_TIMEOUT, RealCluster, RemoteWatch, UnitDaemon, WatchReport, arg,
-    clustermesh, mesh_ca, tls_etcd_options,
+    ClusterInit, ClusterSpec, Hosts, Pod, READY_TIMEOUT, RealCluster, RemoteWatch, UnitDaemon,
+    WatchReport, arg, clustermesh, mesh_ca, tls_etcd_options,
 };
 
 use agent::{IpCacheView, StatusView};

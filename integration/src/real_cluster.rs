@@ -311,6 +311,85 @@ pub struct RealCluster {
     _bpffs: RemoveDir,
 }
 
+/// The addresses a test cluster's components listen on (fresh ports), and
+/// the `cluster init` command line that configures them.
+#[derive(Debug, Clone)]
+pub struct ClusterInit {
+    pub listen: String,
+    pub apiserver_health: String,
+    pub operator_health: String,
+    pub agent_health: String,
+}
+
+impl Default for ClusterInit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClusterInit {
+    pub fn new() -> Self {
+        let addr = || format!("127.0.0.1:{}", free_port());
+        Self {
+            listen: addr(),
+            apiserver_health: addr(),
+            operator_health: addr(),
+            agent_health: addr(),
+        }
+    }
+
+    /// `cluster init` for cluster `name` (ID `id`, pod pool
+    /// `10.<id>.0.0/16`) into `out` (also its `--root`), with the mesh CA
+    /// of `ca_dir` (a new one without), the etcd at `etcd_endpoints` whose
+    /// CA is in `etcd_ca_dir`, and the binaries of `bin_dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn args(
+        &self,
+        name: &str,
+        id: u32,
+        ca_dir: Option<&Path>,
+        etcd_endpoints: &str,
+        etcd_ca_dir: &Path,
+        out: &Path,
+        bin_dir: &Path,
+    ) -> Vec<String> {
+        let mut args: Vec<String> = ["cluster", "init", "--name", name, "--id", &id.to_string()]
+            .map(String::from)
+            .to_vec();
+        if let Some(ca_dir) = ca_dir {
+            args.extend(["--ca-dir".into(), arg(ca_dir).into()]);
+        }
+        args.extend(
+            [
+                "--etcd-endpoints",
+                etcd_endpoints,
+                "--etcd-ca-dir",
+                arg(etcd_ca_dir),
+                "--apiserver-endpoints",
+                &self.listen,
+                "--apiserver-listen",
+                &self.listen,
+                "--apiserver-health-listen",
+                &self.apiserver_health,
+                "--operator-health-listen",
+                &self.operator_health,
+                "--agent-health-listen",
+                &self.agent_health,
+                "--pod-cidr-pool",
+                &format!("10.{id}.0.0/16"),
+                "--root",
+                arg(out),
+                "--bin-dir",
+                arg(bin_dir),
+                "--out",
+                arg(out),
+            ]
+            .map(String::from),
+        );
+        args
+    }
+}
+
 impl RealCluster {
     /// `cluster init` into `dir`, then the apiserver, the admin descriptor,
     /// the operator and the agent, each started once the one before is
@@ -319,45 +398,23 @@ impl RealCluster {
         let name = spec.name;
         fs::create_dir_all(dir)?;
         let out = dir.join("tree");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let apiserver_health = format!("127.0.0.1:{}", free_port());
-        let operator_health = format!("127.0.0.1:{}", free_port());
-        let agent_health = format!("127.0.0.1:{}", free_port());
-        let id = spec.id.to_string();
-        let pool = format!("10.{}.0.0/16", spec.id);
-        let endpoints = spec.etcd_endpoints.join(",");
-        clustermesh(&[
-            "cluster",
-            "init",
-            "--name",
+        let init = ClusterInit::new();
+        let args = init.args(
             name,
-            "--id",
-            &id,
-            "--ca-dir",
-            arg(spec.mesh_ca_dir),
-            "--etcd-endpoints",
-            &endpoints,
-            "--etcd-ca-dir",
-            arg(spec.etcd_ca_dir),
-            "--apiserver-endpoints",
-            &listen,
-            "--apiserver-listen",
-            &listen,
-            "--apiserver-health-listen",
-            &apiserver_health,
-            "--operator-health-listen",
-            &operator_health,
-            "--agent-health-listen",
-            &agent_health,
-            "--pod-cidr-pool",
-            &pool,
-            "--root",
-            arg(&out),
-            "--bin-dir",
-            arg(&localmesh::default_bin_dir()),
-            "--out",
-            arg(&out),
-        ])?;
+            spec.id,
+            Some(spec.mesh_ca_dir),
+            &spec.etcd_endpoints.join(","),
+            spec.etcd_ca_dir,
+            &out,
+            &localmesh::default_bin_dir(),
+        );
+        clustermesh(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let ClusterInit {
+            apiserver_health,
+            operator_health,
+            agent_health,
+            ..
+        } = init;
         let unit = |c: Component| out.join(Layout::unit_file(c));
         let apiserver = UnitDaemon::start(
             format!("{name} apiserver"),

@@ -11,8 +11,8 @@ use std::{
 
 use certs::Ca;
 use cluster_setup::{ClusterAdminDescriptor, Component, Layout};
-use etcd_harness::{TestEtcd, free_port};
-use integration::UnitDaemon;
+use etcd_harness::TestEtcd;
+use integration::{ClusterInit, UnitDaemon};
 use kvstore::{Client, ClientConfig, TlsConfig, keys};
 
 use super::{
@@ -63,44 +63,23 @@ impl TestCluster {
         let etcd_ca_dir = dir.join("etcd-pki");
         let etcd = tls_etcd(&etcd_ca_dir).await;
         let out = dir.join("tree");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let apiserver_health = format!("127.0.0.1:{}", free_port());
-        let operator_health = format!("127.0.0.1:{}", free_port());
-        let agent_health = format!("127.0.0.1:{}", free_port());
-        let id_text = id.to_string();
-        let pool = format!("10.{id}.0.0/16");
-        ok(&[
-            "cluster",
-            "init",
-            "--name",
+        let init = ClusterInit::new();
+        let args = init.args(
             name,
-            "--id",
-            &id_text,
-            "--ca-dir",
-            s(ca_dir),
-            "--etcd-endpoints",
+            id,
+            Some(ca_dir),
             &etcd.endpoint(),
-            "--etcd-ca-dir",
-            s(&etcd_ca_dir),
-            "--apiserver-endpoints",
-            &listen,
-            "--apiserver-listen",
-            &listen,
-            "--apiserver-health-listen",
-            &apiserver_health,
-            "--operator-health-listen",
-            &operator_health,
-            "--agent-health-listen",
-            &agent_health,
-            "--pod-cidr-pool",
-            &pool,
-            "--root",
-            s(&out),
-            "--bin-dir",
-            s(&bin_dir()),
-            "--out",
-            s(&out),
-        ]);
+            &etcd_ca_dir,
+            &out,
+            &bin_dir(),
+        );
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let ClusterInit {
+            apiserver_health,
+            operator_health,
+            agent_health,
+            ..
+        } = init;
         let unit = |c: Component| out.join(Layout::unit_file(c));
         let apiserver = UnitDaemon::start(
             format!("{name} apiserver"),
