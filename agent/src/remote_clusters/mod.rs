@@ -124,7 +124,8 @@ use crate::{
 /// Rescan of the config directory without file events (no inotify).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// Rescan with file events: in case one was missed, and for TLS files a
-/// config names outside the directory. Each scan reads every file, which
+/// config names outside the directory (those inside, the mirror's among
+/// them, are watched). Each scan reads every file, which
 /// costs with hundreds of remotes.
 const RESCAN_INTERVAL_WATCHED: Duration = Duration::from_secs(60);
 /// File events buffered before the directory follower reads them (one is
@@ -210,7 +211,10 @@ impl RemoteClusters {
                 }
             },
         ) {
-            Ok(mut watcher) => match watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            // Recursive: the mirror keeps each remote's TLS files in a
+            // subdirectory, and their changes must be seen at once (the
+            // rescan is slow).
+            Ok(mut watcher) => match watcher.watch(&self.dir, RecursiveMode::Recursive) {
                 Ok(()) => Some(watcher),
                 Err(e) => {
                     warn!(dir = %self.dir.display(), error = %e, "cannot watch the clustermesh config directory; rescanning periodically");
