@@ -102,11 +102,65 @@ impl Failure {
             _ => Self::new(FailureKind::Other, message),
         }
     }
+
+    /// Classifies the failure of a check on a session that was set up and
+    /// answered before. A closed connection there is the remote going away
+    /// (an apiserver stopping closes its connections, and the request in
+    /// flight fails before the next connect is refused), not a refused
+    /// client certificate: unreachable. A failure to set up the next
+    /// session is classified by [`Failure::from_etcd`].
+    pub fn from_session(e: &Error) -> Self {
+        match e.kind() {
+            ErrorKind::ConnectionClosed => Self::new(
+                FailureKind::Unreachable,
+                format!(
+                    "the remote apiserver closed the connection: {}",
+                    e.full_message()
+                ),
+            ),
+            _ => Self::from_etcd(e),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
+
+    #[test]
+    fn a_closed_connection_is_tls_at_setup_and_unreachable_in_a_session() {
+        let closed = Error::Connect {
+            endpoints: "https://127.0.0.1:1".into(),
+            source: etcd_client::Error::IoError(io::Error::from(io::ErrorKind::ConnectionReset)),
+        };
+        assert_eq!(closed.kind(), ErrorKind::ConnectionClosed);
+        let setup = Failure::from_etcd(&closed);
+        assert_eq!(setup.kind, FailureKind::Tls);
+        assert!(setup.message.contains("client certificate"), "{setup:?}");
+        let session = Failure::from_session(&closed);
+        assert_eq!(session.kind, FailureKind::Unreachable);
+        assert!(
+            session
+                .message
+                .starts_with("the remote apiserver closed the connection: "),
+            "{session:?}"
+        );
+        // Everything else is classified the same in both.
+        let refused = Error::Connect {
+            endpoints: "https://127.0.0.1:1".into(),
+            source: etcd_client::Error::IoError(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        };
+        assert_eq!(
+            Failure::from_session(&refused),
+            Failure::from_etcd(&refused)
+        );
+        assert_eq!(
+            Failure::from_session(&refused).kind,
+            FailureKind::Unreachable
+        );
+    }
 
     #[test]
     fn refusals_are_the_remotes_own_claims() {

@@ -94,7 +94,7 @@ pub async fn probe(client: &Client, pinned: Option<u64>, highest: &mut i64) -> P
             *highest = (*highest).max(s.revision);
             Probe::Answers
         }
-        Err(e) => Probe::Unreachable(Failure::from_etcd(&e)),
+        Err(e) => Probe::Unreachable(Failure::from_session(&e)),
     }
 }
 
