@@ -283,8 +283,9 @@ impl Agent {
             (Some(cidr), _) => (cidr, c.pod_cidr_v6),
             (None, Some(cidr)) => {
                 let cidr_v6 = c.pod_cidr_v6.or(remembered_v6);
+                // Published below with the CIDRs: a node without them, even
+                // for a moment, withdraws every remote's route to its pods.
                 info!(%cidr, ipv6 = ?cidr_v6, "reusing the pod CIDRs of the previous run");
-                node_store.upsert(&node);
                 let (client, node_name, token) =
                     (client.clone(), c.node_name.clone(), inner.clone());
                 tasks.spawn("IPAM check", async move {

@@ -17,6 +17,7 @@ use integration::{
     ClusterSpec, Hosts, Pinger, RealCluster, RemoteWatch, arg, can_run, clustermesh, mesh_ca,
     tls_etcd_options,
 };
+use kvstore::{StoreValue, values::Node};
 
 /// How long agents may take to pick up (or drop) a remote, or a change.
 const PICKUP: Duration = Duration::from_secs(90);
@@ -99,6 +100,78 @@ fn member_id(etcd: &TestEtcdCluster, i: usize, tls: &[String]) -> u64 {
     status[0]["Status"]["header"]["member_id"]
         .as_u64()
         .unwrap_or_else(|| panic!("no member ID in {printed}"))
+}
+
+/// Every change of the keys under a prefix from the current revision on,
+/// as `etcdctl watch` prints them, until [`KeyChanges::finish`].
+struct KeyChanges {
+    child: std::process::Child,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// One change: `(key, Some(value))` for a put, `(key, None)` for a delete.
+type Change = (String, Option<String>);
+
+impl KeyChanges {
+    fn start(etcd: &TestEtcdCluster, tls: &[String], prefix: &str) -> Self {
+        let printed = etcdctl_ok(etcd.etcdctl().args(tls).args([
+            "get",
+            "--prefix",
+            prefix,
+            "--keys-only",
+            "-w",
+            "json",
+        ]));
+        let header: serde_json::Value = serde_json::from_str(&printed).unwrap();
+        let revision = header["header"]["revision"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no revision in {printed}"));
+        // From the next revision: nothing is missed while the watch starts.
+        let mut child = etcd
+            .etcdctl()
+            .args(tls)
+            .args(["watch", "--prefix", prefix])
+            .arg(format!("--rev={}", revision + 1))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run etcdctl watch");
+        let mut stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        Self {
+            child,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops the watch; the changes it printed, in order.
+    fn finish(mut self) -> Vec<Change> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = self.reader.take().expect("reader").join().unwrap();
+        let mut lines = text.lines();
+        let mut changes = Vec::new();
+        while let Some(op) = lines.next() {
+            let key = lines.next().unwrap_or_default().to_owned();
+            match op {
+                "PUT" => changes.push((key, Some(lines.next().unwrap_or_default().to_owned()))),
+                "DELETE" => changes.push((key, None)),
+                other => panic!("unexpected etcdctl watch line {other:?} in:\n{text}"),
+            }
+        }
+        changes
+    }
+}
+
+impl Drop for KeyChanges {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The certificates of a PEM file (none when it is missing).
@@ -347,6 +420,9 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
     //    then the operator, each stopped as systemd does and started from
     //    its unit, the next one only once it is back and the remotes are
     //    ready again.
+    // c1's node as c2 routes to it: never without its pod CIDR (c2 would
+    // withdraw the route to c1's pods while the restarted agent starts).
+    let node_changes = KeyChanges::start(&etcd1, &etcd_tls, "cilium/state/nodes/v1/c1/");
     under_traffic(
         "c1's rolling upgrade",
         (&from, to),
@@ -372,6 +448,22 @@ async fn clusters_from_generated_units_keep_traffic_across_failover_upgrade_and_
         &mut figures,
     )
     .await;
+    let node_changes = node_changes.finish();
+    assert!(
+        !node_changes.is_empty(),
+        "the restarted agent wrote its node again"
+    );
+    for (key, value) in &node_changes {
+        let value = value
+            .as_deref()
+            .unwrap_or_else(|| panic!("{key} deleted during the upgrade: {node_changes:?}"));
+        let name = key.strip_prefix("cilium/state/nodes/v1/").unwrap_or(key);
+        let node = Node::decode(name, value.as_bytes()).unwrap();
+        assert!(
+            node.ipv4_alloc_cidr.is_some(),
+            "{key} written without its pod CIDR during the upgrade: {value}"
+        );
+    }
     assert_eq!(
         c1.remote_state(2).unwrap(),
         remote_state,
