@@ -1073,13 +1073,14 @@ async fn fanout_run(side: &FanoutSide<'_>, prefix: &str, n: usize) -> Result<Fan
     drop(latencies);
     eprintln!(
         "  [{name}] {n} watchers: p50 {:.1} ms p99 {:.1} ms, drained {:.1} s after the last put, \
-         {:.0} puts/s, CPU {:.0} %, RSS {:.0} MiB",
+         {:.0} puts/s, CPU {:.0} %, RSS {:.0} MiB, {} streams ended by the server",
         run.p50_ms,
         run.p99_ms,
         drain.elapsed().as_secs_f64(),
         run.achieved_per_s,
         run.cpu_pct,
-        run.rss_mib
+        run.rss_mib,
+        run.disconnected
     );
     // The watchers' connections are closed: let the etcd drop their
     // watches before the next run counts its own.
