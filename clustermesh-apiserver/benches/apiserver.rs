@@ -23,30 +23,24 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, LazyLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use certs::{Ca, CertName, Validity};
-use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion};
-use etcd_harness::{TestEtcd, free_port};
-use futures::StreamExt;
-use prost::{
-    Message,
-    bytes::{Buf, Bytes},
+use etcd_harness::{
+    TestEtcd, free_port,
+    watch_load::{self, RawDecoder, Tally, Target, connect, percentile_ms, watcher},
 };
+use prost::{Message, bytes::Bytes};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
     client::Grpc,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{Codec, EncodeBuf, Encoder},
     codegen::http::uri::PathAndQuery,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
 const PREFIX: &str = "cilium/state/ip/v1/";
@@ -60,13 +54,6 @@ const PUTS: u64 = PUTS_PER_SECOND * WRITE_SECONDS;
 const VALUE_BYTES: usize = 200;
 /// How long after the last put every event must have arrived.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The clock shared by the writer and the watchers (same process).
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn now_ns() -> u64 {
-    EPOCH.elapsed().as_nanos() as u64
-}
 
 fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +83,8 @@ struct Outcome {
 }
 
 async fn run() -> Result<()> {
-    LazyLock::force(&EPOCH);
+    // The clock the values carry starts now.
+    watch_load::now_ns();
     let dir = tempfile::tempdir()?;
     let pki = Pki::new(dir.path())?;
     let server = pki.server()?;
@@ -327,11 +315,6 @@ async fn measure_writes_only(name: &str, etcd: &TestEtcd) -> Result<f64> {
 
 const BENCH: bench_report::Bench = bench_report::Bench::new("apiserver");
 
-enum Target {
-    Plain(String),
-    Tls { url: String, tls: ClientTlsConfig },
-}
-
 /// One setup: connect the watchers, write, wait for every event, measure.
 async fn measure(
     name: &str,
@@ -344,9 +327,7 @@ async fn measure(
     eprintln!("[{name}] connecting {WATCHERS} watchers over {CONNECTIONS} connections{pid}");
     let baseline_watchers = etcd.metric("etcd_debugging_mvcc_watcher_total").await?;
     let stop = CancellationToken::new();
-    let created = Arc::new(AtomicUsize::new(0));
-    let received: Arc<Vec<AtomicU64>> =
-        Arc::new((0..WATCHERS).map(|_| AtomicU64::new(0)).collect());
+    let tally = Tally::new(WATCHERS);
     let mut watchers = JoinSet::new();
     for c in 0..CONNECTIONS {
         let channel = connect(&target).await?;
@@ -354,18 +335,17 @@ async fn measure(
             let index = c * STREAMS_PER_CONNECTION + s;
             watchers.spawn(watcher(
                 channel.clone(),
-                created.clone(),
-                received.clone(),
+                PREFIX.to_owned(),
+                tally.clone(),
                 index,
                 stop.clone(),
+                PUTS as usize,
             ));
         }
     }
-    wait_until(Duration::from_secs(60), || {
-        created.load(Ordering::Relaxed) == WATCHERS
-    })
-    .await
-    .context("watchers were not created")?;
+    wait_until(Duration::from_secs(60), || tally.created() == WATCHERS)
+        .await
+        .context("watchers were not created")?;
     // etcd registers its watchers asynchronously to the created responses.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let etcd_watchers = etcd.metric("etcd_debugging_mvcc_watcher_total").await? - baseline_watchers;
@@ -380,15 +360,14 @@ async fn measure(
     let written = write(etcd).await?;
     let write_rate = written as f64 / write_started.elapsed().as_secs_f64();
     let expected = written * WATCHERS as u64;
-    let total = |r: &[AtomicU64]| r.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
-    let drained = wait_until(DRAIN_TIMEOUT, || total(&received) >= expected).await;
+    let drained = wait_until(DRAIN_TIMEOUT, || tally.total() >= expected).await;
     let etcd_cpu_s = etcd.metric("process_cpu_seconds_total").await? - etcd_cpu_before;
     let proxy_cpu_s = match (proxy_pid, proxy_cpu_before) {
         (Some(pid), Some(before)) => Some(process_cpu_seconds(pid)? - before),
         _ => None,
     };
     let client_cpu_s = own_cpu_seconds() - client_cpu_before;
-    let got = total(&received);
+    let got = tally.total();
     if drained.is_err() {
         eprintln!("[{name}] only {got} of {expected} events arrived within {DRAIN_TIMEOUT:?}");
     }
@@ -401,11 +380,7 @@ async fn measure(
         disconnected_watchers += usize::from(end.disconnected);
     }
     latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     let outcome = Outcome {
         etcd_watchers,
         etcd_cpu_s,
@@ -441,276 +416,13 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result
     Ok(())
 }
 
-async fn connect(target: &Target) -> Result<Channel> {
-    let endpoint = |url: &str| -> Result<Endpoint> {
-        Ok(Endpoint::from_shared(url.to_owned())?
-            .tcp_nodelay(true)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20))
-    };
-    let endpoint = match target {
-        Target::Plain(url) => endpoint(url)?,
-        Target::Tls { url, tls } => endpoint(url)?.tls_config(tls.clone())?,
-    };
-    Ok(endpoint.connect().await?)
-}
-
-/// How one watch stream ended.
-struct WatcherEnd {
-    /// Delivery latencies in microseconds.
-    latencies: Vec<u32>,
-    /// The server ended the stream (a proxy dropping a watcher it found too
-    /// slow) before `stop`.
-    disconnected: bool,
-}
-
-/// One watch stream: creates the watch, then records the delivery latency of
-/// every event until `stop` or until the server ends the stream.
-async fn watcher(
-    channel: Channel,
-    created: Arc<AtomicUsize>,
-    received: Arc<Vec<AtomicU64>>,
-    index: usize,
-    stop: CancellationToken,
-) -> Result<WatcherEnd> {
-    let mut grpc = Grpc::new(channel);
-    grpc.ready().await?;
-    let mut create = PbWatchRequestUnion::CreateRequest(Default::default());
-    if let PbWatchRequestUnion::CreateRequest(c) = &mut create {
-        c.key = PREFIX.as_bytes().to_vec();
-        c.range_end = prefix_end(PREFIX);
-    }
-    let request = PbWatchRequest {
-        request_union: Some(create),
-    };
-    // Keep the request side open: a half-closed stream ends the watch on
-    // grpc-proxy.
-    let requests = futures::stream::iter([request]).chain(futures::stream::pending());
-    let mut stream = grpc
-        .streaming(
-            Request::new(requests),
-            PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
-            BenchCodec,
-        )
-        .await?
-        .into_inner();
-    let mut latencies = Vec::with_capacity(PUTS as usize);
-    let mut disconnected = false;
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => break,
-            message = stream.message() => message,
-        };
-        let Ok(Some(bytes)) = message else {
-            disconnected = true;
-            break;
-        };
-        let now = now_ns();
-        let response = parse_response(&bytes);
-        if response.created {
-            created.fetch_add(1, Ordering::Relaxed);
-        }
-        if response.canceled {
-            bail!("watch canceled");
-        }
-        for sent in &response.sent {
-            latencies.push(((now.saturating_sub(*sent)) / 1_000).min(u64::from(u32::MAX)) as u32);
-        }
-        if !response.sent.is_empty() {
-            received[index].fetch_add(response.sent.len() as u64, Ordering::Relaxed);
-        }
-    }
-    Ok(WatcherEnd {
-        latencies,
-        disconnected,
-    })
-}
-
 /// Puts `PUTS` values at `PUTS_PER_SECOND`, each carrying its send time.
 async fn write(etcd: &TestEtcd) -> Result<u64> {
     let client = etcd_client::Client::connect(etcd.endpoints(), None).await?;
-    let mut interval = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PUTS_PER_SECOND));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    let padding = "x".repeat(VALUE_BYTES - 21);
-    let mut written = 0;
-    for i in 0..PUTS {
-        interval.tick().await;
-        while in_flight.len() >= 64 {
-            if let Some(result) = in_flight.next().await {
-                let _: () = result?;
-                written += 1;
-            }
-        }
-        let mut kv = client.kv_client();
-        let key = format!("{PREFIX}default/10.0.{}.{}", (i % 1000) / 250, i % 250);
-        let value = format!("{:020} {padding}", now_ns());
-        in_flight.push(async move {
-            kv.put(key, value, None)
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        });
-        // Drive completions without waiting.
-        while let Some(Some(result)) = futures::FutureExt::now_or_never(in_flight.next()) {
-            result?;
-            written += 1;
-        }
-    }
-    while let Some(result) = in_flight.next().await {
-        result?;
-        written += 1;
-    }
-    Ok(written)
-}
-
-/// The parts of a `WatchResponse` the benchmark needs, read straight from
-/// the wire (decoding 500,000 events a second into structs would make the
-/// load generator the bottleneck).
-struct ParsedResponse {
-    created: bool,
-    canceled: bool,
-    /// Send timestamps found in the events' values.
-    sent: Vec<u64>,
-}
-
-fn parse_response(bytes: &[u8]) -> ParsedResponse {
-    let mut response = ParsedResponse {
-        created: false,
-        canceled: false,
-        sent: Vec::new(),
-    };
-    for (field, value) in Fields::new(bytes) {
-        match (field, value) {
-            (3, Value::Varint(v)) => response.created = v != 0,
-            (4, Value::Varint(v)) => response.canceled = v != 0,
-            (11, Value::Bytes(event)) => {
-                let kv = Fields::new(event).find_map(|(f, v)| match (f, v) {
-                    (2, Value::Bytes(kv)) => Some(kv),
-                    _ => None,
-                });
-                let value = kv.and_then(|kv| {
-                    Fields::new(kv).find_map(|(f, v)| match (f, v) {
-                        (5, Value::Bytes(value)) => Some(value),
-                        _ => None,
-                    })
-                });
-                if let Some(sent) = value
-                    .and_then(|v| v.get(..20))
-                    .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok())
-                {
-                    response.sent.push(sent);
-                }
-            }
-            _ => {}
-        }
-    }
-    response
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-/// The fields of one protobuf message.
-struct Fields<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.buf.split_first()?;
-            self.buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(value);
-            }
-        }
-        None
-    }
-}
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = (u32, Value<'a>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let key = self.varint()?;
-        let field = (key >> 3) as u32;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                self.buf = self.buf.get(8..)?;
-                Value::Fixed
-            }
-            2 => {
-                let len = self.varint()? as usize;
-                let (bytes, rest) = (self.buf.get(..len)?, self.buf.get(len..)?);
-                self.buf = rest;
-                Value::Bytes(bytes)
-            }
-            5 => {
-                self.buf = self.buf.get(4..)?;
-                Value::Fixed
-            }
-            _ => return None,
-        };
-        Some((field, value))
-    }
-}
-
-/// Encodes watch requests with prost, hands responses over as bytes.
-#[derive(Clone, Copy)]
-struct BenchCodec;
-
-impl Codec for BenchCodec {
-    type Encode = PbWatchRequest;
-    type Decode = Bytes;
-    type Encoder = BenchCodec;
-    type Decoder = BenchCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for BenchCodec {
-    type Item = PbWatchRequest;
-    type Error = Status;
-
-    fn encode(&mut self, item: PbWatchRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(e.to_string()))
-    }
-}
-
-impl Decoder for BenchCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
+    watch_load::write(&client, PUTS, PUTS_PER_SECOND, VALUE_BYTES, |i| {
+        format!("{PREFIX}default/10.0.{}.{}", (i % 1000) / 250, i % 250)
+    })
+    .await
 }
 
 /// CPU time (user + system) of a process so far, from /proc.
@@ -907,14 +619,14 @@ impl Codec for ProbeCodec {
     type Encode = etcd_client::proto::PbRangeRequest;
     type Decode = Bytes;
     type Encoder = ProbeCodec;
-    type Decoder = BenchCodec;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         *self
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        BenchCodec
+        RawDecoder
     }
 }
 

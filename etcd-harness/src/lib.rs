@@ -15,6 +15,9 @@
 //!
 //! [`wait_until`] and [`eventually`] wait for a condition with a deadline.
 //!
+//! [`watch_load`] is a benchmark's watch load: lightweight `Watch` clients
+//! that time every event, and a writer of time-stamped values.
+//!
 //! Not for production: the product's binaries connect to an etcd they are given.
 
 mod cluster;
@@ -22,6 +25,7 @@ mod etcd;
 mod port;
 mod proxy;
 mod wait;
+pub mod watch_load;
 
 pub use cluster::{CLUSTER_SIZE, TestEtcdCluster};
 pub use etcd::{EtcdOptions, ServerTls, TestEtcd};

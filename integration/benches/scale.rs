@@ -22,16 +22,27 @@
 //!   60 s while 100k changes (50k updates, 25k deletes, 25k adds) land in
 //!   it; from the repair until the map is exactly the remote's state
 //!   (baseline: a raw list of the final state). Goal: ≤ 5 s.
+//! - **fanout**: 1,000 and 5,000 watchers of the ipcache prefix on one
+//!   apiserver, each a lightweight etcd `Watch` client on a mutual-TLS
+//!   connection of its own, while 1,000 puts a second land in its etcd for
+//!   10 s: delivery p50 and p99 (put sent → event received, from a timestamp
+//!   in the value), the apiserver's RSS and CPU, the watches it holds on its
+//!   etcd, the rate achieved (baseline: as many watchers, each on its own
+//!   mutual-TLS connection, straight on an etcd serving TLS, same writes,
+//!   same clock). Goals: p99 ≤ 100 ms at 5,000 watchers, one upstream watch
+//!   per prefix. A watcher that misses an event fails the curve.
 //!
 //! stdout: one JSON line per figure. stderr: progress, and the results
 //! directory (every line again in `results.jsonl`, and a PNG per curve).
 //! `SCALE_CURVES=clusters,entries` runs some curves only;
-//! `SCALE_CLUSTER_POINTS=128` and `SCALE_ENTRY_POINTS=1000000` pick points;
-//! `SCALE_IDLE_S=60` makes the idle window longer (room for a profiler).
+//! `SCALE_CLUSTER_POINTS=128`, `SCALE_ENTRY_POINTS=1000000` and
+//! `SCALE_FANOUT_POINTS=1000` pick points; `SCALE_IDLE_S=60` makes the idle
+//! window longer (room for a profiler).
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -40,7 +51,12 @@ use bench_report::{
     Better::{self, Higher, Lower},
     plot::{Chart, Series},
 };
-use etcd_harness::TcpProxy;
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use etcd_harness::{
+    EtcdOptions, ServerTls, TcpProxy, TestEtcd,
+    watch_load::{self, Tally, Target},
+};
+use futures::StreamExt;
 use integration::{
     proc_stats::{cpu_seconds, rss_bytes, tcp_connections},
     propagation::{self, Source},
@@ -61,6 +77,20 @@ const CHURN_SECONDS: u64 = 5;
 const RECOVERY_ENTRIES: usize = 100_000;
 const PARTITION: Duration = Duration::from_secs(60);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+const FANOUT_POINTS: [usize; 2] = [1_000, 5_000];
+const FANOUT_PER_S: u64 = 1_000;
+const FANOUT_SECONDS: u64 = 10;
+/// Each put's value: about an ipcache entry's size.
+const FANOUT_VALUE_BYTES: usize = 200;
+/// Watcher connections (TCP + TLS handshakes) being set up at once.
+const FANOUT_CONNECTING: usize = 64;
+/// How long the watchers may go without receiving anything after the last
+/// put before the events they lack count as missing (a backlog still
+/// draining is slow, not lost)…
+const FANOUT_STALL: Duration = Duration::from_secs(15);
+/// …and how long the drain may take in all.
+const FANOUT_DRAIN: Duration = Duration::from_secs(600);
+const FANOUT_GOAL_MS: f64 = 100.0;
 /// Room for a million remote entries and the local ones.
 const BIG_IPCACHE: u32 = 2 * 1024 * 1024;
 
@@ -150,8 +180,8 @@ fn main() -> Result<()> {
     // instance of its own: 255 of them, and the agent's, exceed Debian's
     // default of 128 per user. Raised for the run, restored after.
     let inotify = InotifyLimit::raise(1024)?;
-    let curves =
-        std::env::var("SCALE_CURVES").unwrap_or_else(|_| "clusters,entries,churn,recovery".into());
+    let curves = std::env::var("SCALE_CURVES")
+        .unwrap_or_else(|_| "clusters,entries,churn,recovery,fanout".into());
     let dir = results_dir()?;
     eprintln!("scale bench: results and plots in {}", dir.display());
     let mut out = Out {
@@ -172,8 +202,9 @@ fn main() -> Result<()> {
             "entries" => rt.block_on(entries(&mut out, &pki, &bin, work.path()))?,
             "churn" => rt.block_on(churn(&mut out, &pki, &bin, work.path()))?,
             "recovery" => rt.block_on(recovery(&mut out, &pki, &bin, work.path()))?,
+            "fanout" => rt.block_on(fanout(&mut out, &pki, &bin, work.path()))?,
             other => bail!(
-                "unknown curve {other:?} in SCALE_CURVES (clusters, entries, churn, recovery)"
+                "unknown curve {other:?} in SCALE_CURVES (clusters, entries, churn, recovery, fanout)"
             ),
         }
         eprintln!(
@@ -704,4 +735,404 @@ async fn recovery(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
     );
     drop(agent);
     Ok(())
+}
+
+/// What one side of a fan-out point measured.
+#[derive(Debug)]
+struct FanoutRun {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Events some watcher did not receive (see [`FANOUT_STALL`]).
+    missing_events: u64,
+    /// Watchers that missed at least one event.
+    short_watchers: usize,
+    /// Watch streams the server ended before the bench stopped them.
+    disconnected: usize,
+    /// Watches the server's etcd holds for the watchers (etcd's
+    /// `etcd_debugging_mvcc_watcher_total`, minus before they connected).
+    etcd_watchers: f64,
+    /// The serving process's CPU over the writes and the drain, % of a core.
+    cpu_pct: f64,
+    /// Its RSS with every watcher connected, after the drain.
+    rss_mib: f64,
+    achieved_per_s: f64,
+}
+
+/// Where the fan-out watchers connect, and how the writer reaches the etcd.
+struct FanoutSide<'a> {
+    name: &'a str,
+    target: Target,
+    /// The etcd written to and whose watchers are counted.
+    etcd: &'a TestEtcd,
+    /// TLS for the writer's connection to `etcd` (`None`: plain).
+    etcd_tls: Option<TlsOptions>,
+    /// The process serving the watchers (the apiserver, or the etcd).
+    pid: u32,
+}
+
+async fn fanout(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> {
+    let prefix = keys::ipcache().as_str().to_owned();
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(fs::read(&pki.ca_file)?))
+        .identity(Identity::from_pem(
+            fs::read(&pki.client.cert)?,
+            fs::read(&pki.client.key)?,
+        ));
+    // The clock the values carry starts now.
+    watch_load::now_ns();
+    eprintln!(
+        "fanout: one remote (etcd + apiserver), and an etcd serving mutual TLS for the baseline"
+    );
+    let remotes = scale::start_remotes(0..1, work, pki, bin).await?;
+    let remote = &remotes[0];
+    let apiserver_pid = remote.apiserver_pid().context("the apiserver runs")?;
+    let raw = TestEtcd::start_with(EtcdOptions {
+        tls: Some(ServerTls {
+            cert: pki.server.cert.clone(),
+            key: pki.server.key.clone(),
+            client_ca: Some(pki.ca_file.clone()),
+        }),
+        ..EtcdOptions::default()
+    })
+    .await
+    .context("the baseline's etcd")?;
+    let raw_pid = raw.pid().context("the baseline's etcd runs")?;
+    let (mut p99, mut p50, mut raw99, mut cpu, mut raw_cpu, mut rss) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut failures = Vec::new();
+    for n in points("SCALE_FANOUT_POINTS", &FANOUT_POINTS)? {
+        let ours = fanout_run(
+            &FanoutSide {
+                name: "apiserver",
+                target: Target::Tls {
+                    url: format!("https://{}", remote.listen),
+                    tls: tls.clone(),
+                },
+                etcd: &remote.etcd,
+                etcd_tls: None,
+                pid: apiserver_pid,
+            },
+            &prefix,
+            n,
+        )
+        .await?;
+        let direct = fanout_run(
+            &FanoutSide {
+                name: "raw etcd",
+                target: Target::Tls {
+                    url: raw.endpoint(),
+                    tls: tls.clone(),
+                },
+                etcd: &raw,
+                etcd_tls: Some(tls.clone()),
+                pid: raw_pid,
+            },
+            &prefix,
+            n,
+        )
+        .await?;
+        let w = format!("{n}_watchers");
+        out.emit(
+            &format!("fanout_p50_ms_{w}"),
+            ours.p50_ms,
+            "ms",
+            Lower,
+            Some((&format!("raw_etcd_watch_p50_ms_{w}"), direct.p50_ms)),
+        );
+        out.emit(
+            &format!("fanout_p99_ms_{w}"),
+            ours.p99_ms,
+            "ms",
+            Lower,
+            Some((&format!("raw_etcd_watch_p99_ms_{w}"), direct.p99_ms)),
+        );
+        out.emit(
+            &format!("fanout_apiserver_rss_mib_{w}"),
+            ours.rss_mib,
+            "MiB",
+            Lower,
+            None,
+        );
+        out.emit(
+            &format!("fanout_apiserver_cpu_pct_{w}"),
+            ours.cpu_pct,
+            "%",
+            Lower,
+            Some((&format!("raw_etcd_cpu_pct_{w}"), direct.cpu_pct)),
+        );
+        out.emit(
+            &format!("fanout_upstream_etcd_watchers_{w}"),
+            ours.etcd_watchers,
+            "watchers",
+            Lower,
+            Some((&format!("raw_etcd_watchers_{w}"), direct.etcd_watchers)),
+        );
+        out.emit(
+            &format!("fanout_achieved_per_s_{w}"),
+            ours.achieved_per_s,
+            "1/s",
+            Higher,
+            Some((
+                &format!("raw_etcd_achieved_per_s_{w}"),
+                direct.achieved_per_s,
+            )),
+        );
+        out.emit(
+            &format!("fanout_missing_events_{w}"),
+            ours.missing_events as f64,
+            "events",
+            Lower,
+            Some((
+                &format!("raw_etcd_missing_events_{w}"),
+                direct.missing_events as f64,
+            )),
+        );
+        for (side, run) in [("the apiserver", &ours), ("raw etcd", &direct)] {
+            if run.missing_events > 0 || run.disconnected > 0 {
+                failures.push(format!(
+                    "{n} watchers on {side}: {} watchers missed {} events in all, {} streams ended by the server",
+                    run.short_watchers, run.missing_events, run.disconnected
+                ));
+            }
+        }
+        p99.push((n as f64, ours.p99_ms));
+        p50.push((n as f64, ours.p50_ms));
+        raw99.push((n as f64, direct.p99_ms));
+        cpu.push((n as f64, ours.cpu_pct));
+        raw_cpu.push((n as f64, direct.cpu_pct));
+        rss.push((n as f64, ours.rss_mib));
+    }
+    out.plot(
+        "fanout_delivery.png",
+        Chart {
+            title: format!(
+                "Watch delivery vs watchers on one apiserver ({FANOUT_PER_S} puts/s, a mutual-TLS connection per watcher)"
+            ),
+            x_label: "watchers".into(),
+            y_label: "milliseconds".into(),
+            series: vec![
+                Series::new("apiserver p99", p99),
+                Series::new("apiserver p50", p50),
+                Series::new("raw etcd watch p99 (baseline)", raw99),
+            ],
+            goal: Some((
+                format!("p99 ≤ {FANOUT_GOAL_MS} ms at 5,000"),
+                FANOUT_GOAL_MS,
+            )),
+            log_x: false,
+        },
+    );
+    out.plot(
+        "fanout_cpu.png",
+        Chart {
+            title: format!("CPU serving the watchers vs watchers ({FANOUT_PER_S} puts/s)"),
+            x_label: "watchers".into(),
+            y_label: "% of a core".into(),
+            series: vec![
+                Series::new("apiserver", cpu),
+                Series::new("raw etcd (baseline)", raw_cpu),
+            ],
+            goal: None,
+            log_x: false,
+        },
+    );
+    out.plot(
+        "fanout_rss.png",
+        Chart {
+            title: "Apiserver RSS vs watchers".into(),
+            x_label: "watchers".into(),
+            y_label: "MiB".into(),
+            series: vec![Series::new("apiserver RSS", rss)],
+            goal: None,
+            log_x: false,
+        },
+    );
+    if !failures.is_empty() {
+        bail!(
+            "watchers missed events, the fan-out figures are not valid: {}",
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// `n` watchers of `prefix` on `side`, each on a connection of its own,
+/// while the writer puts [`FANOUT_PER_S`] values a second for
+/// [`FANOUT_SECONDS`] into the side's etcd.
+async fn fanout_run(side: &FanoutSide<'_>, prefix: &str, n: usize) -> Result<FanoutRun> {
+    let name = side.name;
+    let puts = FANOUT_PER_S * FANOUT_SECONDS;
+    let watchers_metric = "etcd_debugging_mvcc_watcher_total";
+    let etcd_watchers_before = side.etcd.metric(watchers_metric).await?;
+    eprintln!(
+        "fanout: [{name}] connecting {n} watchers, {FANOUT_CONNECTING} connections at a time"
+    );
+    let started = Instant::now();
+    let tally = Tally::new(n);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut watchers = tokio::task::JoinSet::new();
+    let mut channels = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let mut attempt = 0;
+            loop {
+                match watch_load::connect(&side.target).await {
+                    Ok(channel) => return Ok((i, channel)),
+                    Err(e) if attempt < 3 => {
+                        attempt += 1;
+                        eprintln!("  [{name}] watcher {i}: {e:#}; again");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) => return Err(e.context(format!("connect watcher {i} to {name}"))),
+                }
+            }
+        })
+        .buffer_unordered(FANOUT_CONNECTING);
+    let mut connected = 0;
+    while let Some(result) = channels.next().await {
+        let (i, channel) = result?;
+        watchers.spawn(watch_load::watcher(
+            channel,
+            prefix.to_owned(),
+            Arc::clone(&tally),
+            i,
+            stop.clone(),
+            puts as usize,
+        ));
+        connected += 1;
+        if connected % 500 == 0 || connected == n {
+            eprintln!(
+                "  [{name}] {connected}/{n} connected ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    drop(channels);
+    let created = Instant::now();
+    while tally.created() < n {
+        if created.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "[{name}] only {} of {n} watches were created within 120 s",
+                tally.created()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // etcd registers its watchers asynchronously to the created responses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let etcd_watchers = side.etcd.metric(watchers_metric).await? - etcd_watchers_before;
+    eprintln!(
+        "  [{name}] {n} watches created in {:.1} s; the etcd holds {etcd_watchers} watchers for them; \
+         writing {puts} puts at {FANOUT_PER_S}/s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let cpu0 = cpu_seconds(side.pid)?;
+    let window = Instant::now();
+    let (written, write_s) =
+        fanout_write(side.etcd.endpoints(), side.etcd_tls.clone(), prefix).await?;
+    let expected = written * n as u64;
+    let drain = Instant::now();
+    let (mut seen, mut progress) = (tally.total(), Instant::now());
+    while seen < expected && drain.elapsed() < FANOUT_DRAIN && progress.elapsed() < FANOUT_STALL {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = tally.total();
+        if now > seen {
+            (seen, progress) = (now, Instant::now());
+        }
+    }
+    let cpu_pct = (cpu_seconds(side.pid)? - cpu0) / window.elapsed().as_secs_f64() * 100.0;
+    let rss_mib = rss_bytes(side.pid)? as f64 / (1024.0 * 1024.0);
+    let got = tally.total();
+    let short_watchers = tally.short_of(written);
+    if got < expected {
+        eprintln!(
+            "  [{name}] only {got} of {expected} events arrived ({short_watchers} watchers short; \
+             nothing for {FANOUT_STALL:?}, or {FANOUT_DRAIN:?} since the last put)"
+        );
+    }
+    stop.cancel();
+    let mut latencies: Vec<u32> = Vec::with_capacity(expected as usize);
+    let mut disconnected = 0;
+    while let Some(result) = watchers.join_next().await {
+        let end = result??;
+        latencies.extend(end.latencies);
+        disconnected += usize::from(end.disconnected);
+    }
+    latencies.sort_unstable();
+    let run = FanoutRun {
+        p50_ms: watch_load::percentile_ms(&latencies, 0.50),
+        p99_ms: watch_load::percentile_ms(&latencies, 0.99),
+        missing_events: expected.saturating_sub(got),
+        short_watchers,
+        disconnected,
+        etcd_watchers,
+        cpu_pct,
+        rss_mib,
+        achieved_per_s: written as f64 / write_s,
+    };
+    drop(latencies);
+    eprintln!(
+        "  [{name}] {n} watchers: p50 {:.1} ms p99 {:.1} ms, drained {:.1} s after the last put, \
+         {:.0} puts/s, CPU {:.0} %, RSS {:.0} MiB, {} streams ended by the server",
+        run.p50_ms,
+        run.p99_ms,
+        drain.elapsed().as_secs_f64(),
+        run.achieved_per_s,
+        run.cpu_pct,
+        run.rss_mib,
+        run.disconnected
+    );
+    // The watchers' connections are closed: let the etcd drop their
+    // watches before the next run counts its own.
+    let settle = Instant::now();
+    while side.etcd.metric(watchers_metric).await? > etcd_watchers_before
+        && settle.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(run)
+}
+
+/// Puts [`FANOUT_PER_S`] × [`FANOUT_SECONDS`] time-stamped values under
+/// `prefix` into the etcd at `endpoints`, from a thread and a runtime of
+/// their own (so that the watchers' work does not slow the writes down).
+/// Returns the puts done and the seconds they took.
+async fn fanout_write(
+    endpoints: Vec<String>,
+    tls: Option<TlsOptions>,
+    prefix: &str,
+) -> Result<(u64, f64)> {
+    let prefix = prefix.to_owned();
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let run = || -> Result<(u64, f64)> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let options = tls.map(|tls| ConnectOptions::new().with_tls(tls));
+                let client = etcd_client::Client::connect(endpoints, options).await?;
+                let started = Instant::now();
+                let written = watch_load::write(
+                    &client,
+                    FANOUT_PER_S * FANOUT_SECONDS,
+                    FANOUT_PER_S,
+                    FANOUT_VALUE_BYTES,
+                    // A key of its own per put (10.200.0.0 onwards).
+                    |i| {
+                        format!(
+                            "{prefix}10.{}.{}.{}",
+                            200 + i / 65_536,
+                            (i / 256) % 256,
+                            i % 256
+                        )
+                    },
+                )
+                .await?;
+                Ok((written, started.elapsed().as_secs_f64()))
+            })
+        };
+        let _ = done.send(run());
+    });
+    result.await.context("the writer's thread ended")?
 }
