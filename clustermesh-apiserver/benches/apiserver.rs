@@ -30,15 +30,13 @@ use anyhow::{Context, Result, bail};
 use certs::{Ca, CertName, Validity};
 use etcd_harness::{
     TestEtcd, free_port,
-    watch_load::{self, RawDecoder, Tally, Target, connect, percentile_ms, watcher},
+    watch_load::{self, RequestCodec, Tally, Target, connect, percentile_ms, watcher},
 };
-use prost::{Message, bytes::Bytes};
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    Request, Status,
+    Request,
     client::Grpc,
-    codec::{Codec, EncodeBuf, Encoder},
     codegen::http::uri::PathAndQuery,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
@@ -605,39 +603,10 @@ async fn probe(channel: Channel) -> Result<()> {
     grpc.unary(
         Request::new(request),
         PathAndQuery::from_static("/etcdserverpb.KV/Range"),
-        ProbeCodec,
+        RequestCodec::<etcd_client::proto::PbRangeRequest>::new(),
     )
     .await?;
     Ok(())
-}
-
-/// Encodes a range request; ignores the response's content.
-#[derive(Clone, Copy)]
-struct ProbeCodec;
-
-impl Codec for ProbeCodec {
-    type Encode = etcd_client::proto::PbRangeRequest;
-    type Decode = Bytes;
-    type Encoder = ProbeCodec;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for ProbeCodec {
-    type Item = etcd_client::proto::PbRangeRequest;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(e.to_string()))
-    }
 }
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {

@@ -21,10 +21,7 @@ use std::{
 use anyhow::Result;
 use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion};
 use futures::StreamExt;
-use prost::{
-    Message,
-    bytes::{Buf, Bytes},
-};
+use prost::bytes::{Buf, Bytes};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
@@ -138,7 +135,7 @@ pub async fn watcher(
         .streaming(
             Request::new(requests),
             PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
-            WatchCodec,
+            RequestCodec::<PbWatchRequest>::new(),
         )
         .await?
         .into_inner();
@@ -329,14 +326,34 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-/// Encodes watch requests with prost, hands responses over as bytes.
-#[derive(Clone, Copy)]
-pub struct WatchCodec;
+/// Encodes requests of type `T` with prost, hands responses over as bytes
+/// (the watchers' codec, and any probe's that ignores the answer).
+pub struct RequestCodec<T>(std::marker::PhantomData<fn(T)>);
 
-impl Codec for WatchCodec {
-    type Encode = PbWatchRequest;
+impl<T> RequestCodec<T> {
+    pub const fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for RequestCodec<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for RequestCodec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for RequestCodec<T> {}
+
+impl<T: prost::Message + Send + 'static> Codec for RequestCodec<T> {
+    type Encode = T;
     type Decode = Bytes;
-    type Encoder = WatchCodec;
+    type Encoder = Self;
     type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
@@ -348,11 +365,11 @@ impl Codec for WatchCodec {
     }
 }
 
-impl Encoder for WatchCodec {
-    type Item = PbWatchRequest;
+impl<T: prost::Message + Send + 'static> Encoder for RequestCodec<T> {
+    type Item = T;
     type Error = Status;
 
-    fn encode(&mut self, item: PbWatchRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
             .map_err(|e| Status::internal(e.to_string()))
     }
@@ -380,6 +397,8 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     #[test]
