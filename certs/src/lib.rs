@@ -52,7 +52,7 @@ pub use crate::{
     dir_watcher::{WatchError, may_change_content},
     issued_cert::IssuedCert,
     metrics::TlsMetrics,
-    pem_file::WriteError,
+    pem_file::{WriteError, write_atomically},
     server_tls::ServerTls,
     tls_files::TlsFiles,
     tls_handle::{ReloadStats, TlsHandle},

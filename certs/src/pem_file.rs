@@ -1,7 +1,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -31,19 +31,16 @@ pub enum WriteError {
 /// the old file or the complete new one: write a temporary file in the same
 /// directory with the final `mode`, flush it to disk, rename it over `path`.
 /// The mode is set when the file is created, so a key is never readable by
-/// others, not even for a moment.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), WriteError> {
-    let wrap = |source| WriteError::Write {
-        path: path.to_owned(),
-        source,
-    };
+/// others, not even for a moment. The temporary name is random, so that
+/// writers of one directory never share one.
+pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     let file_name = path
         .file_name()
-        .ok_or_else(|| wrap(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{:016x}",
         file_name.to_string_lossy(),
@@ -55,6 +52,8 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // Exactly `mode`, whatever the umask took away at creation.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -64,7 +63,15 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(wrap)
+    result
+}
+
+/// [`write_atomically`], its failure naming the file.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), WriteError> {
+    write_atomically(path, contents, mode).map_err(|source| WriteError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates `dir` (and its parents) if it is missing.

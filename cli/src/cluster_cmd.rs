@@ -5,7 +5,6 @@
 use std::{
     io::Write,
     net::SocketAddr,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -236,27 +235,7 @@ fn export(args: ExportArgs, out: &mut dyn Write) -> Result<(), CommandError> {
 /// Replaces `path` with `data`; the new file has `mode` from its creation
 /// (a secret is never readable by others, not even for a moment).
 fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    certs::write_atomically(path, data, mode)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, CommandError> {

@@ -15,9 +15,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::Write,
     net::IpAddr,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -745,31 +743,10 @@ fn check_path(what: &'static str, path: &Path) -> Result<(), InitError> {
 /// Writes `data` so that readers see the old file or the whole new one,
 /// with `mode` from the start.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), InitError> {
-    let wrap = |source| InitError::Write {
+    certs::write_atomically(path, data, mode).map_err(|source| InitError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(wrap)
+    })
 }
 
 /// Reads the admin descriptor of the cluster init made in `dir` (the

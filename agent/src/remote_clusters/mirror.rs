@@ -16,8 +16,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -178,17 +176,7 @@ fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<boo
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(false);
     }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    certs::write_atomically(path, bytes, mode)?;
     Ok(true)
 }
 

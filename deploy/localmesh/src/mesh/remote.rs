@@ -374,9 +374,7 @@ fn remote_config_text(
 /// reader never sees half a file.
 fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    certs::write_atomically(&dir.join(name), text.as_bytes(), 0o644)?;
     Ok(())
 }
 
