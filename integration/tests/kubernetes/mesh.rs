@@ -325,6 +325,15 @@ fn two_kubernetes_clusters_policy_and_global_service() {
         || mesh.reaches("c2", "client", c1_echo),
     );
     for n in ["n1", "n2"] {
+        // The request above proves only the node of c1's echo; a watch the
+        // outage expired ("too old resource version") re-lists after the
+        // watcher's backoff, so each node gets its moment.
+        wait_for(&format!("{n} to see the policy deleted"), || {
+            mesh.status("c1", n)
+                .kubernetes
+                .and_then(|k| k.resources.get("ciliumnetworkpolicies").map(|r| r.objects))
+                == Some(0)
+        });
         let k = mesh.status("c1", n).kubernetes.unwrap();
         assert!(k.connected && k.disconnects >= 1, "{n}: {k:?}");
         assert_eq!(
