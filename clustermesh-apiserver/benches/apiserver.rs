@@ -370,14 +370,8 @@ async fn measure(
         eprintln!("[{name}] only {got} of {expected} events arrived within {DRAIN_TIMEOUT:?}");
     }
     stop.cancel();
-    let mut latencies = Vec::with_capacity(expected as usize);
-    let mut disconnected_watchers = 0;
-    while let Some(result) = watchers.join_next().await {
-        let end = result??;
-        latencies.extend(end.latencies);
-        disconnected_watchers += usize::from(end.disconnected);
-    }
-    latencies.sort_unstable();
+    let (latencies, disconnected_watchers) =
+        watch_load::gather(&mut watchers, expected as usize).await?;
     let percentile = |p: f64| percentile_ms(&latencies, p);
     let outcome = Outcome {
         etcd_watchers,

@@ -215,6 +215,23 @@ pub async fn write(
     Ok(written)
 }
 
+/// Waits for every watcher of `watchers` (after their `stop`): all their
+/// latencies, sorted, and how many streams the server ended.
+pub async fn gather(
+    watchers: &mut tokio::task::JoinSet<Result<WatcherEnd>>,
+    expected: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let mut latencies = Vec::with_capacity(expected);
+    let mut disconnected = 0;
+    while let Some(result) = watchers.join_next().await {
+        let end = result??;
+        latencies.extend(end.latencies);
+        disconnected += usize::from(end.disconnected);
+    }
+    latencies.sort_unstable();
+    Ok((latencies, disconnected))
+}
+
 /// The `p` percentile (0..1) of sorted latencies in microseconds, in
 /// milliseconds (NaN when there is none).
 pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {

@@ -1051,14 +1051,7 @@ async fn fanout_run(side: &FanoutSide<'_>, prefix: &str, n: usize) -> Result<Fan
         );
     }
     stop.cancel();
-    let mut latencies: Vec<u32> = Vec::with_capacity(expected as usize);
-    let mut disconnected = 0;
-    while let Some(result) = watchers.join_next().await {
-        let end = result??;
-        latencies.extend(end.latencies);
-        disconnected += usize::from(end.disconnected);
-    }
-    latencies.sort_unstable();
+    let (latencies, disconnected) = watch_load::gather(&mut watchers, expected as usize).await?;
     let run = FanoutRun {
         p50_ms: watch_load::percentile_ms(&latencies, 0.50),
         p99_ms: watch_load::percentile_ms(&latencies, 0.99),
