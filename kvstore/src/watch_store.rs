@@ -9,7 +9,10 @@ use std::{
 };
 
 use etcd_client::{EventType, WatchOptions};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -73,6 +76,14 @@ pub struct WatchStoreConfig {
     pub progress_timeout: Duration,
     /// Name for logs (e.g. `c2/ipcache`). Default: the prefix.
     pub name: String,
+    /// When the etcd behind the store lost its data (its revision went
+    /// backwards, or another etcd cluster answers), the entries the new
+    /// list lacks stay delivered instead of being deleted: no
+    /// [`Event::Delete`] is sent for them (counted by
+    /// [`WatchStoreStats::kept_after_data_loss`]); only a watched delete
+    /// removes them. For state that the consumer can put back (see
+    /// [`WatchStoreStats::data_losses`]). Default: off (they are deleted).
+    pub keep_on_data_loss: bool,
 }
 
 /// Keys per page of a list: large enough that a 100k-entry list takes 20
@@ -103,7 +114,14 @@ impl WatchStoreConfig {
             max_backoff: ETCD_RETRY_MAX,
             progress_after: PROGRESS_AFTER,
             progress_timeout: PROGRESS_TIMEOUT,
+            keep_on_data_loss: false,
         }
+    }
+
+    /// Sets [`WatchStoreConfig::keep_on_data_loss`].
+    pub fn keeping_entries_on_data_loss(mut self) -> Self {
+        self.keep_on_data_loss = true;
+        self
     }
 
     pub fn with_canary(mut self, canary: impl Into<String>) -> Self {
@@ -151,6 +169,9 @@ pub struct WatchStoreStats {
     waiting_for_canary: AtomicBool,
     invalid_by_reason: Mutex<BTreeMap<InvalidReason, u64>>,
     last_error: Mutex<Option<(ErrorKind, String)>>,
+    kept_after_data_loss: AtomicU64,
+    /// Data losses noticed, counted once their list is done.
+    data_losses: watch::Sender<u64>,
 }
 
 impl WatchStoreStats {
@@ -210,6 +231,17 @@ impl WatchStoreStats {
     /// The last failure, if any, with its class.
     pub fn last_error(&self) -> Option<(ErrorKind, String)> {
         self.last_error.lock().expect("stats lock").clone()
+    }
+    /// Entries kept although the list after a data loss lacked them
+    /// ([`WatchStoreConfig::keep_on_data_loss`]).
+    pub fn kept_after_data_loss(&self) -> u64 {
+        self.kept_after_data_loss.load(Ordering::Relaxed)
+    }
+    /// Times the etcd behind the store lost its data (revision gone
+    /// backwards, or another etcd cluster answering). The receiver sees
+    /// each one once the list that follows it is delivered.
+    pub fn data_losses(&self) -> watch::Receiver<u64> {
+        self.data_losses.subscribe()
     }
 }
 
@@ -324,6 +356,8 @@ struct State {
     /// The next list decodes and validates even the values the consumer
     /// already has (a new connection may come with a new validator).
     revalidate: bool,
+    /// The next list follows a data loss.
+    after_data_loss: bool,
 }
 
 /// Why a cycle ended without an error.
@@ -546,13 +580,29 @@ impl<V: StoreValue> Session<'_, V> {
                 }
             }
         }
-        // Sweep: whatever the consumer has and the list did not contain is gone.
-        let vanished: Vec<ShortKey> = st
+        // Sweep: whatever the consumer has and the list did not contain is
+        // gone, unless it went with lost data and the consumer keeps it.
+        let mut vanished: Vec<ShortKey> = st
             .known
             .iter()
             .filter(|(_, (_, g))| *g != generation)
             .map(|(k, _)| k.clone())
             .collect();
+        let data_lost = std::mem::take(&mut st.after_data_loss);
+        if data_lost && self.config.keep_on_data_loss {
+            if !vanished.is_empty() {
+                warn!(store = %self.config.name, kept = vanished.len(),
+                    "entries lost with etcd's data are kept until deleted");
+            }
+            self.stats
+                .kept_after_data_loss
+                .fetch_add(vanished.len() as u64, Ordering::Relaxed);
+            for key in vanished.drain(..) {
+                if let Some(entry) = st.known.get_mut(key.as_str()) {
+                    entry.1 = generation;
+                }
+            }
+        }
         for key in vanished {
             st.known.remove(key.as_str());
             self.stats.deletes.fetch_add(1, Ordering::Relaxed);
@@ -575,6 +625,9 @@ impl<V: StoreValue> Session<'_, V> {
         self.stats.revision.store(st.revision, Ordering::Relaxed);
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         debug!(store = %self.config.name, revision = st.revision, entries = st.known.len(), "listed");
+        if data_lost {
+            self.stats.data_losses.send_modify(|n| *n += 1);
+        }
         if !st.synced {
             st.synced = true;
             self.stats.synced.store(true, Ordering::Relaxed);
@@ -637,6 +690,7 @@ impl<V: StoreValue> Session<'_, V> {
                     && header.cluster_id() != st.cluster_id
                 {
                     warn!(store = %self.config.name, "a different etcd cluster answers now; listing again");
+                    st.after_data_loss = true;
                     return Ok(Flow::Relist);
                 }
                 // etcd stamps every response with its current revision, which
@@ -651,6 +705,7 @@ impl<V: StoreValue> Session<'_, V> {
                         seen = st.revision,
                         "etcd's revision went backwards (its data was lost); listing again"
                     );
+                    st.after_data_loss = true;
                     return Ok(Flow::Relist);
                 }
             }

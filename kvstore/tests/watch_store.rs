@@ -360,6 +360,64 @@ async fn relists_when_etcd_lost_its_data() {
     assert_eq!(mirror.duplicate_count(), 0);
 }
 
+#[tokio::test]
+async fn keeps_entries_lost_with_the_data_when_asked_until_a_watched_delete() {
+    let mut etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    for i in 0..20 {
+        c.put(&format!("p/k{i:02}"), "old").await.unwrap();
+    }
+    let mirror = Mirror::<RawEntry>::watch(&c, config("p").keeping_entries_on_data_loss());
+    let mut losses = mirror.stats.data_losses();
+    wait_until("synced", || async { mirror.synced() }).await;
+    let before = raw_content(&mirror);
+    assert_eq!(before.len(), 20);
+
+    etcd.wipe_and_restart().await.unwrap();
+    c.put("p/k01", "new").await.unwrap();
+    c.put("p/fresh", "new").await.unwrap();
+    tokio::time::timeout(common::DEADLINE, losses.wait_for(|n| *n == 1))
+        .await
+        .expect("the data loss is signalled")
+        .unwrap();
+
+    // Everything the lost data held stays; the new etcd's writes apply.
+    let mut expected = before;
+    expected.insert("k01".into(), b"new".to_vec());
+    expected.insert("fresh".into(), b"new".to_vec());
+    wait_until("kept entries plus the new etcd's writes", || async {
+        raw_content(&mirror) == expected
+    })
+    .await;
+    assert!(
+        mirror.stats.kept_after_data_loss() >= 18,
+        "k02..k19 were kept: {}",
+        mirror.stats.kept_after_data_loss()
+    );
+    assert!(
+        !mirror
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Delete { .. })),
+        "no delete for what the data loss took"
+    );
+
+    // A watched delete still removes a kept entry (once re-created) and a
+    // new one.
+    c.put("p/k05", "again").await.unwrap();
+    c.delete("p/k05").await.unwrap();
+    c.delete("p/fresh").await.unwrap();
+    expected.remove("k05");
+    expected.remove("fresh");
+    wait_until("watched deletes apply", || async {
+        raw_content(&mirror) == expected
+    })
+    .await;
+    assert_eq!(mirror.duplicate_count(), 0);
+}
+
 /// Runs one connection of a restartable store until its list is complete;
 /// returns the store (for the next connection) and the events it sent.
 async fn one_connection(

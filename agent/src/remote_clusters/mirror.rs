@@ -13,6 +13,14 @@
 //! before the config file appears, so a crash never orphans one). A file
 //! `DIR/c2` it does not own (written by hand, or by the local mesh harness)
 //! wins: the record is not mirrored and a warning says so.
+//!
+//! The records live in the cluster's own etcd, so an etcd that loses its
+//! data (wiped and rebuilt empty, or replaced) would take the mesh's
+//! connections with it. The mirror therefore removes a config only for a
+//! delete it watched (`clustermesh disconnect`): when the etcd's data is
+//! lost while the agent runs, it keeps the configs and stores the records
+//! it holds again (each only if absent, so the agents of a cluster race
+//! harmlessly and a record written since wins).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,7 +28,8 @@ use std::{
 };
 
 use kvstore::{
-    Client, ClusterName, Event, WatchStore, WatchStoreConfig, keys, values::RemoteClusterRecord,
+    Client, ClusterName, Event, StoreValue, WatchStore, WatchStoreConfig, keys,
+    values::RemoteClusterRecord,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,18 +52,29 @@ impl ConfigMirror {
     /// complete view of them (after the first list, then every change).
     pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = WatchStoreConfig::new(keys::remote_cluster_records())
-            .with_name("remote cluster records");
+            .with_name("remote cluster records")
+            .keeping_entries_on_data_loss();
         let (store, mut events) =
             WatchStore::<RemoteClusterRecord>::new(self.client.clone(), config);
+        let mut losses = store.stats().data_losses();
         let token = shutdown.child_token();
         let watch = tokio::spawn(store.run(token.clone()));
         let mut records = BTreeMap::new();
         let mut synced = false;
         let mut shadowed = BTreeSet::new();
         loop {
+            // Events first: a restore works from every change received.
             let event = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 e = events.recv() => e,
+                changed = losses.changed(), if synced => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.restore(&records).await;
+                    continue;
+                }
             };
             match event {
                 None => break,
@@ -85,6 +105,27 @@ impl ConfigMirror {
         token.cancel();
         let _ = watch.await;
         Ok(())
+    }
+
+    /// Stores again the records the local etcd lost (each only if absent).
+    async fn restore(&self, records: &BTreeMap<String, RemoteClusterRecord>) {
+        let mut restored = 0;
+        for (name, record) in records {
+            let Ok(remote) = ClusterName::new(name.as_str()) else {
+                continue;
+            };
+            let key = keys::remote_cluster_record(&remote);
+            match self.client.create(&key, record.encode(), None).await {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => warn!(remote = %name, error = %e,
+                    "the local etcd lost its data; cannot store this remote cluster's record again \
+                     (its config stays mirrored; run `clustermesh connect` again)"),
+            }
+        }
+        warn!(kept = records.len(), restored,
+            "the local etcd lost its data: the remote cluster configs stay, \
+             and their records were stored again");
     }
 }
 
