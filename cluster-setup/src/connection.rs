@@ -517,6 +517,7 @@ pub async fn connect(
             cert: cert.cert_pem().to_owned(),
             key: cert.key_pem().to_owned(),
             pod_cidr_pools: target.d.pod_cidr_pools.clone(),
+            service_cache_ttl: None,
         };
         let key = keys::remote_cluster_record(&target.name);
         let etcd = etcd_of(source);

@@ -298,7 +298,7 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
     assert!(
         !mesh
             .state
-            .cluster("c1")?
+            .node("c1", "n1")?
             .clustermesh_dir
             .join("c2")
             .exists(),
@@ -321,7 +321,7 @@ fn connect_refuses_a_wrong_ca_and_a_wrong_cluster_id() -> anyhow::Result<()> {
     assert!(
         !mesh
             .state
-            .cluster("c1")?
+            .node("c1", "n1")?
             .clustermesh_dir
             .join("c3")
             .exists()

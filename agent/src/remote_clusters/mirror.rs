@@ -234,6 +234,7 @@ mod tests {
             cert: "CERT".into(),
             key: "KEY".into(),
             pod_cidr_pools: Vec::new(),
+            service_cache_ttl: None,
         }
     }
 

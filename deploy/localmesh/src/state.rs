@@ -34,6 +34,9 @@ pub struct NodeInfo {
     pub bpffs: PathBuf,
     pub health: String,
     pub state_dir: PathBuf,
+    /// The agent's clustermesh config directory (its own, as on a real
+    /// host: the agent mirrors the remote-cluster records into it).
+    pub clustermesh_dir: PathBuf,
     pub agent: Option<ProcessInfo>,
     /// The agent's Hubble server socket (`None`: a mesh from before Hubble).
     #[serde(default)]
@@ -107,8 +110,6 @@ pub struct ClusterInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr_pool_v6: Option<String>,
     pub certs: ClusterCerts,
-    /// The directory agents read remote cluster configs from.
-    pub clustermesh_dir: PathBuf,
     pub etcd: Option<ProcessInfo>,
     pub operator: Option<ProcessInfo>,
     pub apiserver: Option<ProcessInfo>,

@@ -38,6 +38,11 @@ pub struct RemoteClusterRecord {
     /// inside them); empty when not known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pod_cidr_pools: Vec<ipnet::IpNet>,
+    /// Drop the remote's services after it has been unreachable this long
+    /// (a duration such as `30s`; the config file's `service-cache-ttl`).
+    /// `None`: keep them, as Cilium does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cache_ttl: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteClusterRecord {
@@ -52,12 +57,19 @@ impl std::fmt::Debug for RemoteClusterRecord {
 }
 
 impl RemoteClusterRecord {
+    /// How a config file the agents mirrored from a record begins (the
+    /// files someone else wrote are theirs to remove).
+    pub const MIRRORED_HEADER: &str = "# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent (`clustermesh connect`); edits here are overwritten.";
+
+    /// Whether a config file's text is one the agents mirrored.
+    pub fn is_mirrored(text: &str) -> bool {
+        text.starts_with(Self::MIRRORED_HEADER)
+    }
+
     /// The text of the agent's config file for this remote, naming the
     /// files where the PEM material was written.
     pub fn config_text(&self, ca: &Path, cert: &Path, key: &Path) -> String {
-        let mut t = String::from(
-            "# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent (`clustermesh connect`); edits here are overwritten.\nendpoints:\n",
-        );
+        let mut t = format!("{}\nendpoints:\n", Self::MIRRORED_HEADER);
         for e in &self.endpoints {
             t.push_str(&format!("- {e}\n"));
         }
@@ -70,6 +82,9 @@ impl RemoteClusterRecord {
         if !self.pod_cidr_pools.is_empty() {
             let pools: Vec<String> = self.pod_cidr_pools.iter().map(|p| p.to_string()).collect();
             t.push_str(&format!("pod-cidr-pools: [{}]\n", pools.join(", ")));
+        }
+        if let Some(ttl) = &self.service_cache_ttl {
+            t.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
         t
     }
@@ -102,6 +117,16 @@ impl StoreValue for RemoteClusterRecord {
                 key,
                 InvalidReason::MissingField,
                 "endpoints, cert and key are required",
+            ));
+        }
+        if let Some(ttl) = &record.service_cache_ttl
+            && let Err(e) = humantime::parse_duration(ttl)
+        {
+            return Err(DecodeError::new(
+                Self::KIND,
+                key,
+                InvalidReason::Malformed,
+                format!("serviceCacheTtl {ttl:?}: {e}"),
             ));
         }
         Ok(record)
@@ -187,7 +212,33 @@ mod tests {
             cert: "CERT".into(),
             key: "KEY".into(),
             pod_cidr_pools: vec!["10.2.0.0/16".parse().unwrap()],
+            service_cache_ttl: None,
         }
+    }
+
+    #[test]
+    fn a_service_cache_ttl_reaches_the_config_file_and_must_parse() {
+        let mut r = record();
+        r.service_cache_ttl = Some("2s".into());
+        assert_eq!(RemoteClusterRecord::decode("c2", &r.encode()).unwrap(), r);
+        let text = r.config_text(
+            Path::new("/d/ca.crt"),
+            Path::new("/d/c.crt"),
+            Path::new("/d/c.key"),
+        );
+        let c: crate::remote::RemoteClusterConfig = serde_norway::from_str(&text).unwrap();
+        assert_eq!(c.service_cache_ttl, Some(std::time::Duration::from_secs(2)));
+        assert!(RemoteClusterRecord::is_mirrored(&text));
+        assert!(!RemoteClusterRecord::is_mirrored("endpoints: []\n"));
+        r.service_cache_ttl = Some("soon".into());
+        let e = RemoteClusterRecord::decode("c2", &r.encode()).unwrap_err();
+        assert_eq!(e.reason, InvalidReason::Malformed);
+        // Without one, the field is not written (older agents read it).
+        assert!(
+            !String::from_utf8(record().encode())
+                .unwrap()
+                .contains("serviceCacheTtl")
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl Mesh {
         if let Some(v6) = n.ipv6 {
             topology::add_ipv6(&n.netns, "fab0", v6, plan::FABRIC_V6_PREFIX_LEN)?;
         }
-        std::fs::create_dir_all(&c.clustermesh_dir)?;
+        std::fs::create_dir_all(&n.clustermesh_dir)?;
         if c.kube.is_some() {
             let ip = n.ip;
             self.kube_register_node(cluster, node, ip)?;

@@ -126,7 +126,6 @@ pub(super) fn cluster(
         pod_cidr_pool: format!("10.{i}.0.0/16"),
         pod_cidr_pool_v6: Some(pod_cidr_pool_v6(i)),
         certs,
-        clustermesh_dir: dir.join("clustermesh"),
         etcd: None,
         operator: None,
         apiserver: None,
@@ -229,6 +228,7 @@ fn node(state: &MeshState, i: u8, j: u8, cluster_dir: &Path) -> NodeInfo {
             .join(format!("c{i}-n{j}")),
         health: format!("{ip}:{AGENT_HEALTH_PORT}"),
         state_dir: dir.join("state"),
+        clustermesh_dir: dir.join("clustermesh"),
         agent: None,
         hubble_socket: Some(dir.join("hubble.sock")),
     }
@@ -369,7 +369,7 @@ pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
     flags.extend([
         (
             "--clustermesh-config",
-            c.clustermesh_dir.display().to_string(),
+            n.clustermesh_dir.display().to_string(),
         ),
         ("--bpffs-dir", n.bpffs.display().to_string()),
         ("--api-socket", n.api_socket.display().to_string()),

@@ -1,9 +1,18 @@
-//! Connecting clusters: the checks `connect` makes before changing
-//! anything, and the remote-cluster config files the agents read.
+//! Connecting clusters. Without kvstoremesh, through the product: each
+//! cluster's admin descriptor, as `clustermesh cluster export` writes one
+//! for a cluster on real hosts, and [`cluster_setup::connection`], which
+//! checks against the live clusters and stores each side's record in its
+//! own etcd, where every agent mirrors it into its own config directory.
+//! With kvstoremesh (which reads config files only, so far), the harness
+//! checks the same decisions ([`cluster_setup::connect_checks`]) and writes
+//! the files itself.
 
 use anyhow::{Context, Result, bail};
-use cluster_setup::{Progress, connect_checks};
-use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys};
+use cluster_setup::{
+    ClientCert, ClusterAdminDescriptor, ConnectError, ConnectMode, DESCRIPTOR_VERSION, EtcdAccess,
+    Progress, connect_checks, connection,
+};
+use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys, values::RemoteClusterRecord};
 
 use super::{
     Mesh,
@@ -13,23 +22,46 @@ use super::{
 use crate::state::ClusterInfo;
 
 impl Mesh {
-    /// Checks that `from`'s agents can use `to`, then writes the remote
-    /// config (and, bidirectionally, the reverse). Returns what was checked.
+    /// Checks that `from`'s agents can use `to`, then connects them (and,
+    /// bidirectionally, the reverse). Returns what was checked.
     pub fn connect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<Vec<String>> {
         self.state.distinct_clusters("connect", from, to)?;
-        let mut checks = self.check_connect(from, to)?;
+        let checks = if self.uses_kvstoremesh(from, to)? {
+            let mut checks = self.check_connect(from, to)?;
+            if bidirectional {
+                checks.extend(self.check_connect(to, from)?);
+            }
+            self.write_remote_config(from, to, None)?;
+            if bidirectional {
+                self.write_remote_config(to, from, None)?;
+            }
+            checks
+        } else {
+            let (a, b) = (self.admin_descriptor(from)?, self.admin_descriptor(to)?);
+            let ca = crate::pki::ca(self.state.ca_cert.parent().expect("pki dir"))?;
+            let mut checks = Vec::new();
+            runtime()?
+                .block_on(connection::connect(
+                    &a,
+                    &b,
+                    connect_mode(bidirectional),
+                    &ca,
+                    &mut |p| checks.push(line(p)),
+                ))
+                .map_err(from_connect_error)?;
+            checks
+        };
+        self.record_remote(from, to)?;
         if bidirectional {
-            checks.extend(self.check_connect(to, from)?);
-        }
-        self.write_remote_config(from, to, None)?;
-        if bidirectional {
-            self.write_remote_config(to, from, None)?;
+            self.record_remote(to, from)?;
         }
         self.state.save()?;
         Ok(checks)
     }
 
-    /// Removes the remote config(s); agents drain that cluster's entries.
+    /// Disconnects: the stored records go (the agents remove their mirrored
+    /// files and drain that cluster's entries), and so do the config files
+    /// the harness wrote itself.
     pub fn disconnect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<()> {
         self.state.distinct_clusters("disconnect", from, to)?;
         let pairs: Vec<(&str, &str)> = if bidirectional {
@@ -37,29 +69,136 @@ impl Mesh {
         } else {
             vec![(from, to)]
         };
+        // The files the harness wrote itself (kvstoremesh, a test's own).
+        let mut files = Vec::new();
+        for (a, b) in &pairs {
+            let c = self.state.cluster(a)?;
+            let dirs = c
+                .nodes
+                .iter()
+                .map(|n| n.clustermesh_dir.clone())
+                .chain(c.kvstoremesh.as_ref().map(|k| k.config_dir.clone()));
+            // Not the agents' mirrored files: the agents remove those.
+            files.extend(dirs.map(|d| d.join(b)).filter(|f| {
+                std::fs::read_to_string(f).is_ok_and(|t| !RemoteClusterRecord::is_mirrored(&t))
+            }));
+        }
+        // The records first: when they cannot go, nothing changes.
+        let stored = runtime()?.block_on(connection::disconnect(
+            &self.admin_descriptor(from)?,
+            &self.admin_descriptor(to)?,
+            connect_mode(bidirectional),
+        ));
+        match stored {
+            Ok(_) => {}
+            Err(ConnectError::Refused(_)) if !files.is_empty() => {}
+            Err(e) => return Err(from_connect_error(e)),
+        }
+        for file in files {
+            std::fs::remove_file(&file).with_context(|| format!("remove {}", file.display()))?;
+        }
         for (a, b) in pairs {
-            let c = self.state.cluster_mut(a)?;
-            let _ = std::fs::remove_file(c.clustermesh_dir.join(b));
-            if let Some(k) = &c.kvstoremesh {
-                let _ = std::fs::remove_file(k.config_dir.join(b));
-            }
-            c.remotes.retain(|r| r != b);
+            self.state.cluster_mut(a)?.remotes.retain(|r| r != b);
         }
         self.state.save()
     }
 
     /// Writes the remote config without `connect`'s checks (to test what
-    /// agents do with a bad peer).
+    /// agents do with a bad peer): a file in each agent's directory, as an
+    /// administrator could write by hand.
     pub fn write_remote_config_unchecked(&mut self, from: &str, to: &str) -> Result<()> {
         self.write_remote_config(from, to, None)?;
+        self.record_remote(from, to)?;
         self.state.save()
     }
 
     /// Sets how long `from`'s agents keep `to`'s services while `to` is
-    /// unreachable (rewrites the remote config; agents reconnect).
+    /// unreachable: in the stored record (the agents mirror it), or in the
+    /// files where the harness wrote them (kvstoremesh). Agents reconnect.
     pub fn set_service_cache_ttl(&mut self, from: &str, to: &str, ttl: &str) -> Result<()> {
-        self.write_remote_config(from, to, Some(ttl))?;
-        self.state.save()
+        if self.uses_kvstoremesh(from, to)? {
+            self.write_remote_config(from, to, Some(ttl))?;
+            return self.state.save();
+        }
+        let c = self.state.cluster(from)?;
+        let name = kvstore::ClusterName::new(to)?;
+        let key = keys::remote_cluster_record(&name);
+        runtime()?.block_on(async {
+            let etcd = admin_client(c).await?;
+            let kv = etcd
+                .get(&key)
+                .await?
+                .with_context(|| format!("{from} is not connected to {to} ({key} is missing)"))?;
+            let mut record = RemoteClusterRecord::decode(to, &kv.value)?;
+            record.service_cache_ttl = Some(ttl.to_owned());
+            etcd.put(&key, record.encode()).await?;
+            anyhow::Ok(())
+        })
+    }
+
+    /// Cluster `name`'s admin descriptor: what `clustermesh cluster export`
+    /// writes for a cluster on real hosts, from the mesh's files.
+    pub fn admin_descriptor(&self, name: &str) -> Result<ClusterAdminDescriptor> {
+        let c = self.state.cluster(name)?;
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+        };
+        let etcd_tls = c
+            .etcd_tls
+            .as_ref()
+            .map(|t| -> Result<_> {
+                Ok((
+                    read(&t.ca)?,
+                    ClientCert {
+                        cert: read(&t.admin_cert)?,
+                        key: read(&t.admin_key)?,
+                    },
+                ))
+            })
+            .transpose()?;
+        let pools = c
+            .pod_cidr_pools()
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()?;
+        let descriptor = ClusterAdminDescriptor {
+            version: DESCRIPTOR_VERSION,
+            kind: ClusterAdminDescriptor::KIND.to_owned(),
+            name: c.name.clone(),
+            id: c.id,
+            max_connected_clusters: kvstore::MaxConnectedClusters::default().as_u32(),
+            apiserver_endpoints: vec![c.apiserver_endpoint.clone()],
+            ca_bundle: read(&c.certs.ca)?,
+            pod_cidr_pools: pools,
+            admin: ClientCert {
+                cert: read(&c.certs.admin_cert)?,
+                key: read(&c.certs.admin_key)?,
+            },
+            etcd: EtcdAccess {
+                endpoints: vec![c.etcd_endpoint.clone()],
+                ca_bundle: etcd_tls.as_ref().map(|(ca, _)| ca.clone()),
+                client: etcd_tls.map(|(_, client)| client),
+            },
+        };
+        descriptor
+            .validate()
+            .with_context(|| format!("{name}'s admin descriptor"))?;
+        Ok(descriptor)
+    }
+
+    /// Whether either cluster runs kvstoremesh.
+    fn uses_kvstoremesh(&self, from: &str, to: &str) -> Result<bool> {
+        Ok(self.state.cluster(from)?.kvstoremesh.is_some()
+            || self.state.cluster(to)?.kvstoremesh.is_some())
+    }
+
+    /// Records that `from` has remote `to` (the caller saves the state).
+    fn record_remote(&mut self, from: &str, to: &str) -> Result<()> {
+        let c = self.state.cluster_mut(from)?;
+        if !c.remotes.iter().any(|r| r == to) {
+            c.remotes.push(to.to_string());
+        }
+        Ok(())
     }
 
     /// Writes `from`'s config for remote `to` (atomically) and records the
@@ -86,8 +225,14 @@ impl Mesh {
             direct.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
         direct.push_str(&pools);
+        let agent_dirs: Vec<std::path::PathBuf> =
+            c.nodes.iter().map(|n| n.clustermesh_dir.clone()).collect();
         match &c.kvstoremesh {
-            None => write_atomically(&c.clustermesh_dir, to, &direct)?,
+            None => {
+                for dir in &agent_dirs {
+                    write_atomically(dir, to, &direct)?;
+                }
+            }
             Some(k) => {
                 // kvstoremesh reaches the remote (and applies the service
                 // cache TTL); the agents read its cache on their own
@@ -101,11 +246,10 @@ impl Mesh {
                     &k.local_key,
                 );
                 cached.push_str(&pools);
-                write_atomically(&c.clustermesh_dir, to, &cached)?;
+                for dir in &agent_dirs {
+                    write_atomically(dir, to, &cached)?;
+                }
             }
-        }
-        if !c.remotes.iter().any(|r| r == to) {
-            c.remotes.push(to.to_string());
         }
         Ok(())
     }
@@ -183,6 +327,23 @@ impl Mesh {
             &capacities,
         )?));
         Ok(checks)
+    }
+}
+
+fn connect_mode(bidirectional: bool) -> ConnectMode {
+    if bidirectional {
+        ConnectMode::Bidirectional
+    } else {
+        ConnectMode::Unicast
+    }
+}
+
+/// A cluster that does not answer is the peer's unavailability (exit 69);
+/// a refusal is a configuration problem (exit 1).
+fn from_connect_error(e: ConnectError) -> anyhow::Error {
+    match e {
+        ConnectError::Unreachable { .. } => anyhow::Error::new(crate::Unavailable(e.to_string())),
+        ConnectError::Refused(reason) => anyhow::anyhow!(reason),
     }
 }
 
