@@ -10,6 +10,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kvstore::{
     Allocator, AllocatorConfig, Client, Event, IdentityCache, RawEntry, Session, StoreValue,
     SyncStore, SyncStoreConfig, WatchStore, WatchStoreConfig, keys,
+    remote::ConfigMirror,
     values::{
         IpIdentityPair, IpamAssignment, Node, NodeAddress, NodeCidr, PolicyDocument, ServiceDef,
         Timestamp,
@@ -31,7 +32,7 @@ use crate::{
     kubernetes::Kubernetes,
     metrics::AgentMetrics,
     plumbing,
-    remote_clusters::{AgentReporter, ConfigMirror, RemoteClusters},
+    remote_clusters::{AgentReporter, RemoteClusters},
     routes::{self, Routes},
     tables::SourceId,
 };
@@ -483,6 +484,7 @@ impl Agent {
                 client: client.clone(),
                 dir: dir.clone(),
                 local: c.cluster.clone(),
+                through_cache: c.kvstoremesh_cache.clone(),
             };
             tasks.spawn("remote cluster config mirror", mirror.run(inner.clone()));
             let remotes = RemoteClusters {

@@ -32,6 +32,7 @@ pub mod env {
     pub const ETCD_CERT: &str = "CLUSTERMESH_ETCD_CERT";
     pub const ETCD_KEY: &str = "CLUSTERMESH_ETCD_KEY";
     pub const CLUSTERMESH_CONFIG_DIR: &str = "CLUSTERMESH_CLUSTERMESH_CONFIG";
+    pub const KVSTOREMESH_CACHE: &str = "CLUSTERMESH_KVSTOREMESH_CACHE";
     pub const BPFFS_DIR: &str = "CLUSTERMESH_BPFFS_DIR";
     pub const API_SOCKET: &str = "CLUSTERMESH_API_SOCKET";
     pub const STATE_DIR: &str = "CLUSTERMESH_STATE_DIR";
@@ -124,6 +125,13 @@ pub struct AgentArgs {
     /// Directory with one file per remote cluster (file name = cluster name).
     #[arg(long = "clustermesh-config", env = env::CLUSTERMESH_CONFIG_DIR)]
     pub clustermesh_config: Option<PathBuf>,
+    /// The cluster runs kvstoremesh: read every connected remote from the
+    /// local apiserver's cache. The file (remote cluster config format:
+    /// endpoints, trusted-ca-file, cert-file, key-file) says how to reach
+    /// the local apiserver, with a `local-<cluster>` certificate; the
+    /// configs mirrored from the stored records then name it.
+    #[arg(long, env = env::KVSTOREMESH_CACHE, requires = "clustermesh_config")]
+    pub kvstoremesh_cache: Option<PathBuf>,
     /// bpffs directory for this node's pinned maps.
     #[arg(long, env = env::BPFFS_DIR, default_value = "/sys/fs/bpf/clustermesh")]
     pub bpffs_dir: PathBuf,
@@ -272,6 +280,8 @@ pub enum ConfigError {
     PodCidr(Ipv4Net),
     #[error("--pod-cidr-v6 {0} is too small (at least /126)")]
     PodCidrV6(Ipv6Net),
+    #[error("--kvstoremesh-cache: {0}")]
+    KvstoremeshCache(String),
     #[error("--node-netns {0} does not exist")]
     NodeNetns(PathBuf),
     #[error("config file {path}: {reason}")]
@@ -299,6 +309,8 @@ pub struct AgentConfig {
     pub node_ipv6: Option<Ipv6Addr>,
     pub etcd: ClientConfig,
     pub clustermesh_config_dir: Option<PathBuf>,
+    /// How to reach the local kvstoremesh cache (`--kvstoremesh-cache`).
+    pub kvstoremesh_cache: Option<kvstore::remote::RemoteClusterConfig>,
     pub bpffs_dir: PathBuf,
     pub api_socket: PathBuf,
     pub state_dir: PathBuf,
@@ -413,6 +425,12 @@ impl AgentArgs {
         {
             return Err(ConfigError::PodCidrV6(cidr));
         }
+        let kvstoremesh_cache = self
+            .kvstoremesh_cache
+            .as_deref()
+            .map(kvstore::remote::RemoteClusterConfig::load)
+            .transpose()
+            .map_err(ConfigError::KvstoremeshCache)?;
         let node_netns = self.node_netns.as_deref().map(crate::plumbing::netns_path);
         if let Some(path) = &node_netns
             && !path.exists()
@@ -463,6 +481,7 @@ impl AgentArgs {
             node_ipv6: self.node_ipv6,
             etcd,
             clustermesh_config_dir: self.clustermesh_config,
+            kvstoremesh_cache,
             bpffs_dir: self.bpffs_dir,
             api_socket: self.api_socket,
             state_dir: self.state_dir,

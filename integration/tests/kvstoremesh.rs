@@ -12,7 +12,7 @@ use integration::{TestMesh, can_run, wait_for};
 use kvstore::{
     StoreValue,
     keys::{self, StateKind},
-    values::PolicyDocument,
+    values::{PolicyDocument, RemoteClusterRecord},
 };
 
 const FRONTEND: &str = "10.96.0.10:80";
@@ -201,6 +201,31 @@ spec:
         deleted_before,
         "a kvstoremesh restart deletes nothing in the agents"
     );
+
+    // The connections came through the records `connect` stored: each
+    // kvstoremesh mirrored them (it alone reaches the remotes), each agent a
+    // file naming its own apiserver, and no node holds a remote-<c> key.
+    for c in CLUSTERS {
+        let cluster = mesh.state.cluster(c)?.clone();
+        let k = cluster.kvstoremesh.clone().expect("a kvstoremesh");
+        for other in CLUSTERS.iter().filter(|o| **o != c) {
+            let text = std::fs::read_to_string(k.config_dir.join(other))?;
+            assert!(
+                RemoteClusterRecord::is_mirrored(&text),
+                "{c}'s kvstoremesh file for {other}: {text}"
+            );
+            for n in NODES {
+                let dir = mesh.node(c, n)?.clustermesh_dir.clone();
+                let text = std::fs::read_to_string(dir.join(other))?;
+                assert!(
+                    RemoteClusterRecord::is_mirrored(&text)
+                        && text.contains(&cluster.apiserver_endpoint),
+                    "{c}/{n}'s file for {other} names its own apiserver: {text}"
+                );
+                assert!(!dir.join(".clustermesh-mirror").join(other).exists());
+            }
+        }
+    }
 
     // c2's etcd wiped: its components publish again, and c1's cache (and
     // agents) are swept to exactly the new state.

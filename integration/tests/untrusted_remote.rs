@@ -326,6 +326,13 @@ fn a_wiped_remote_etcd_is_noticed_and_converges_exactly() -> anyhow::Result<()> 
             .iter()
             .any(|e| e.prefix == "10.2.250.1/32")
     );
+    // The wipe took c2's stored record of its connection to c1 too: c2's
+    // agent kept the mirrored config and stored the record again.
+    let record = keys::remote_cluster_record(&kvstore::ClusterName::new("c1")?);
+    wait_for("c2's agent stores its record of c1 again", || {
+        mesh.list("c2", &keys::remote_cluster_records())
+            .is_ok_and(|kvs| kvs.iter().any(|kv| kv.key == record))
+    });
     mesh.add_endpoint("c2", "n1", "after-wipe", &[("app", "late")], None)?;
     let late = format!("{}/32", mesh.state.endpoint("c2", "after-wipe")?.ip);
     wait_for("c1 learns c2's endpoint created after the wipe", || {

@@ -49,6 +49,10 @@ pub const IPAM: &str = "cilium/ipam/v1";
 /// [`crate::values::RemoteClusterRecord`], mirrored by every agent into its
 /// clustermesh config directory.
 pub const REMOTE_CLUSTER_RECORDS: &str = "clustermesh/admin/remote-clusters";
+/// Present once a remote-cluster record was ever stored (the mirrors write
+/// it; a disconnect never deletes it): an etcd without it that a node's
+/// mirror remembers records of lost its data (our extension, local).
+pub const REMOTE_CLUSTER_RECORDS_MARK: &str = "clustermesh/admin/remote-clusters-stored";
 /// What each agent reports of itself (our extension, local, leased):
 /// `clustermesh/status/agents/<node>` → [`crate::values::AgentReport`].
 pub const AGENT_REPORTS: &str = "clustermesh/status/agents";

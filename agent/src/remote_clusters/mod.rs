@@ -78,7 +78,6 @@
 mod config;
 mod connection;
 mod failure;
-mod mirror;
 mod report;
 mod status;
 mod stores;
@@ -104,6 +103,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::config::RemoteClusterConfig;
+pub(crate) use self::report::AgentReporter;
 #[cfg(test)]
 pub(crate) use self::validators::{
     REMOTE_IPCACHE_RESERVED, ipcache_validator, node_validator, service_validator,
@@ -113,7 +113,6 @@ use self::{
     connection::{CHECK_INTERVAL, RemoteCluster, Spec},
     status::RemoteStatus,
 };
-pub(crate) use self::{mirror::ConfigMirror, report::AgentReporter};
 use crate::{
     control_loop::{Input, LoopHandle, StoreKind},
     metrics::{AgentMetrics, RemoteKindLabel, RemoteLabel, RemoteReasonLabel},

@@ -237,6 +237,18 @@ impl Kvstoremesh {
             %health_addr,
             "kvstoremesh mirroring"
         );
+        // The connections stored by `clustermesh connect`, as config files.
+        let mirror = kvstore::remote::ConfigMirror {
+            client: local.clone(),
+            dir: config.clustermesh_config.clone(),
+            local: config.cluster_name.clone(),
+            through_cache: None,
+        };
+        spawn_logged(
+            &tasks,
+            "mirroring the stored remote cluster records stopped",
+            mirror.run(shutdown.clone()),
+        );
         let directory = Directory {
             dir: config.clustermesh_config.clone(),
             local_name: config.cluster_name.clone(),

@@ -201,12 +201,14 @@ impl Mesh {
             }
             if spec.kvstoremesh {
                 let (cert, key) = pki::local_reader(&ca, &dir.join("certs"), &name)?;
-                cluster.kvstoremesh = Some(plan::kvstoremesh(
-                    &cluster,
-                    &dir.join("kvstoremesh"),
-                    cert,
-                    key,
-                ));
+                let k = plan::kvstoremesh(&cluster, &dir.join("kvstoremesh"), cert, key);
+                std::fs::create_dir_all(&k.config_dir)?;
+                certs::write_atomically(
+                    &k.cache_access,
+                    plan::cache_access_text(&cluster, &k).as_bytes(),
+                    0o644,
+                )?;
+                cluster.kvstoremesh = Some(k);
             }
             s.clusters.push(cluster);
         }

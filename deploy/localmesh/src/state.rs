@@ -150,6 +150,10 @@ pub struct KvstoremeshInfo {
     /// to read the cache.
     pub local_cert: PathBuf,
     pub local_key: PathBuf,
+    /// The agents' `--kvstoremesh-cache` file: their own apiserver, with
+    /// `local_cert`.
+    #[serde(default)]
+    pub cache_access: PathBuf,
     pub process: Option<ProcessInfo>,
 }
 

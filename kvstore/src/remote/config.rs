@@ -44,6 +44,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RemoteClusterConfig {
+    /// Reads one config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text =
+            std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        serde_norway::from_slice(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
     /// The etcd client config for this remote: its endpoints, mutual TLS
     /// with the named files (read now), and deadlines short enough that a
     /// dead remote is noticed in seconds.

@@ -59,35 +59,62 @@ impl std::fmt::Debug for RemoteClusterRecord {
 impl RemoteClusterRecord {
     /// How a config file the agents mirrored from a record begins (the
     /// files someone else wrote are theirs to remove).
-    pub const MIRRORED_HEADER: &str = "# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent (`clustermesh connect`); edits here are overwritten.";
+    pub const MIRRORED_HEADER: &str = "# Mirrored from clustermesh/admin/remote-clusters/ in the local etcd\n# by the agent or kvstoremesh (`clustermesh connect`); edits here are overwritten.";
 
-    /// Whether a config file's text is one the agents mirrored.
+    /// Whether a config file's text is one the agents mirrored (by its
+    /// first line, which every version wrote alike).
     pub fn is_mirrored(text: &str) -> bool {
-        text.starts_with(Self::MIRRORED_HEADER)
+        let first = Self::MIRRORED_HEADER.lines().next().unwrap_or_default();
+        text.lines().next() == Some(first)
     }
 
     /// The text of the agent's config file for this remote, naming the
     /// files where the PEM material was written.
     pub fn config_text(&self, ca: &Path, cert: &Path, key: &Path) -> String {
-        let mut t = format!("{}\nendpoints:\n", Self::MIRRORED_HEADER);
-        for e in &self.endpoints {
-            t.push_str(&format!("- {e}\n"));
-        }
-        t.push_str(&format!(
-            "trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
-            ca.display(),
-            cert.display(),
-            key.display()
-        ));
-        if !self.pod_cidr_pools.is_empty() {
-            let pools: Vec<String> = self.pod_cidr_pools.iter().map(|p| p.to_string()).collect();
-            t.push_str(&format!("pod-cidr-pools: [{}]\n", pools.join(", ")));
-        }
+        let mut t = mirrored_text(&self.endpoints, ca, cert, key);
+        self.push_pools(&mut t);
         if let Some(ttl) = &self.service_cache_ttl {
             t.push_str(&format!("service-cache-ttl: {ttl}\n"));
         }
         t
     }
+
+    /// The text of an agent's config file for this remote behind
+    /// kvstoremesh: the remote is read from the local apiserver's cache
+    /// (reached as `local` says); the record gives only the pod CIDR pools
+    /// (kvstoremesh applies the service cache TTL).
+    pub fn cached_config_text(&self, local: &crate::remote::RemoteClusterConfig) -> String {
+        let mut t = mirrored_text(
+            &local.endpoints,
+            &local.trusted_ca_file,
+            &local.cert_file,
+            &local.key_file,
+        );
+        self.push_pools(&mut t);
+        t
+    }
+
+    fn push_pools(&self, t: &mut String) {
+        if !self.pod_cidr_pools.is_empty() {
+            let pools: Vec<String> = self.pod_cidr_pools.iter().map(|p| p.to_string()).collect();
+            t.push_str(&format!("pod-cidr-pools: [{}]\n", pools.join(", ")));
+        }
+    }
+}
+
+/// A mirrored config file's header and connection lines.
+fn mirrored_text(endpoints: &[String], ca: &Path, cert: &Path, key: &Path) -> String {
+    let mut t = format!("{}\nendpoints:\n", RemoteClusterRecord::MIRRORED_HEADER);
+    for e in endpoints {
+        t.push_str(&format!("- {e}\n"));
+    }
+    t.push_str(&format!(
+        "trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    t
 }
 
 impl StoreValue for RemoteClusterRecord {

@@ -152,8 +152,20 @@ pub(super) fn kvstoremesh(
         health: format!("{}:{KVSTOREMESH_HEALTH_PORT}", c.cp_ip),
         local_cert,
         local_key,
+        cache_access: dir.join("cache.yaml"),
         process: None,
     }
+}
+
+/// The text of the agents' `--kvstoremesh-cache` file.
+pub(super) fn cache_access_text(c: &ClusterInfo, k: &KvstoremeshInfo) -> String {
+    format!(
+        "# How the agents read the kvstoremesh cache: their own apiserver.\nendpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
+        c.apiserver_endpoint,
+        c.certs.ca.display(),
+        k.local_cert.display(),
+        k.local_key.display()
+    )
 }
 
 /// kvstoremesh's flags (`clustermesh-apiserver kvstoremesh …`): it writes
@@ -380,6 +392,12 @@ pub(super) fn agent_args(c: &ClusterInfo, n: &NodeInfo) -> Vec<String> {
         ("--pod-cidr-pool", c.pod_cidr_pools().join(",")),
     ]);
     args.extend(component_args(c, c.id, &flags));
+    if let Some(k) = &c.kvstoremesh {
+        args.extend([
+            "--kvstoremesh-cache".to_string(),
+            k.cache_access.display().to_string(),
+        ]);
+    }
     if let Some(k) = &c.kube {
         args.extend([
             "--k8s-kubeconfig".to_string(),

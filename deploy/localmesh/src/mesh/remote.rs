@@ -1,56 +1,40 @@
-//! Connecting clusters. Without kvstoremesh, through the product: each
-//! cluster's admin descriptor, as `clustermesh cluster export` writes one
-//! for a cluster on real hosts, and [`cluster_setup::connection`], which
-//! checks against the live clusters and stores each side's record in its
-//! own etcd, where every agent mirrors it into its own config directory.
-//! With kvstoremesh (which reads config files only, so far), the harness
-//! checks the same decisions ([`cluster_setup::connect_checks`]) and writes
-//! the files itself.
+//! Connecting clusters, through the product: each cluster's admin
+//! descriptor, as `clustermesh cluster export` writes one for a cluster on
+//! real hosts, and [`cluster_setup::connection`], which checks against the
+//! live clusters and stores each side's record in its own etcd. Every
+//! agent mirrors the record into its own config directory; with
+//! kvstoremesh, kvstoremesh mirrors it (to reach the remote) and the agents
+//! mirror a file naming their own apiserver's cache (`--kvstoremesh-cache`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cluster_setup::{
     ClientCert, ClusterAdminDescriptor, ConnectError, ConnectMode, DESCRIPTOR_VERSION, EtcdAccess,
-    Progress, connect_checks, connection,
+    Progress, connection,
 };
-use kvstore::{Client, ClientConfig, StoreValue, TlsConfig, keys, values::RemoteClusterRecord};
+use kvstore::{StoreValue, keys, values::RemoteClusterRecord};
 
 use super::{
     Mesh,
-    admin::{admin_client, runtime, with_admin_timeouts},
-    node::agent_status,
+    admin::{admin_client, runtime},
 };
-use crate::state::ClusterInfo;
 
 impl Mesh {
     /// Checks that `from`'s agents can use `to`, then connects them (and,
     /// bidirectionally, the reverse). Returns what was checked.
     pub fn connect(&mut self, from: &str, to: &str, bidirectional: bool) -> Result<Vec<String>> {
         self.state.distinct_clusters("connect", from, to)?;
-        let checks = if self.uses_kvstoremesh(from, to)? {
-            let mut checks = self.check_connect(from, to)?;
-            if bidirectional {
-                checks.extend(self.check_connect(to, from)?);
-            }
-            self.write_remote_config(from, to, None)?;
-            if bidirectional {
-                self.write_remote_config(to, from, None)?;
-            }
-            checks
-        } else {
-            let (a, b) = (self.admin_descriptor(from)?, self.admin_descriptor(to)?);
-            let ca = crate::pki::ca(self.state.ca_cert.parent().expect("pki dir"))?;
-            let mut checks = Vec::new();
-            runtime()?
-                .block_on(connection::connect(
-                    &a,
-                    &b,
-                    connect_mode(bidirectional),
-                    &ca,
-                    &mut |p| checks.push(line(p)),
-                ))
-                .map_err(from_connect_error)?;
-            checks
-        };
+        let (a, b) = (self.admin_descriptor(from)?, self.admin_descriptor(to)?);
+        let ca = crate::pki::ca(self.state.ca_cert.parent().expect("pki dir"))?;
+        let mut checks = Vec::new();
+        runtime()?
+            .block_on(connection::connect(
+                &a,
+                &b,
+                connect_mode(bidirectional),
+                &ca,
+                &mut |p| checks.push(line(p)),
+            ))
+            .map_err(from_connect_error)?;
         self.record_remote(from, to)?;
         if bidirectional {
             self.record_remote(to, from)?;
@@ -107,19 +91,15 @@ impl Mesh {
     /// agents do with a bad peer): a file in each agent's directory, as an
     /// administrator could write by hand.
     pub fn write_remote_config_unchecked(&mut self, from: &str, to: &str) -> Result<()> {
-        self.write_remote_config(from, to, None)?;
+        self.write_remote_config(from, to)?;
         self.record_remote(from, to)?;
         self.state.save()
     }
 
-    /// Sets how long `from`'s agents keep `to`'s services while `to` is
-    /// unreachable: in the stored record (the agents mirror it), or in the
-    /// files where the harness wrote them (kvstoremesh). Agents reconnect.
+    /// Sets how long `from` keeps `to`'s services while `to` is
+    /// unreachable, in the stored record: the agents (or kvstoremesh, which
+    /// then applies it) mirror it and reconnect.
     pub fn set_service_cache_ttl(&mut self, from: &str, to: &str, ttl: &str) -> Result<()> {
-        if self.uses_kvstoremesh(from, to)? {
-            self.write_remote_config(from, to, Some(ttl))?;
-            return self.state.save();
-        }
         let c = self.state.cluster(from)?;
         let name = kvstore::ClusterName::new(to)?;
         let key = keys::remote_cluster_record(&name);
@@ -186,12 +166,6 @@ impl Mesh {
         Ok(descriptor)
     }
 
-    /// Whether either cluster runs kvstoremesh.
-    fn uses_kvstoremesh(&self, from: &str, to: &str) -> Result<bool> {
-        Ok(self.state.cluster(from)?.kvstoremesh.is_some()
-            || self.state.cluster(to)?.kvstoremesh.is_some())
-    }
-
     /// Records that `from` has remote `to` (the caller saves the state).
     fn record_remote(&mut self, from: &str, to: &str) -> Result<()> {
         let c = self.state.cluster_mut(from)?;
@@ -206,12 +180,7 @@ impl Mesh {
     /// agents' file names `to`'s apiserver; with it, kvstoremesh's file
     /// does, and the agents' file names `from`'s own apiserver (with the
     /// `local-<from>` certificate), where kvstoremesh mirrors `to`.
-    fn write_remote_config(
-        &mut self,
-        from: &str,
-        to: &str,
-        service_cache_ttl: Option<&str>,
-    ) -> Result<()> {
+    fn write_remote_config(&mut self, from: &str, to: &str) -> Result<()> {
         let target = self.state.cluster(to)?.clone();
         let c = self.state.cluster_mut(from)?;
         let pools = format!("pod-cidr-pools: [{}]\n", target.pod_cidr_pools().join(", "));
@@ -221,9 +190,6 @@ impl Mesh {
             &c.certs.remote_cert,
             &c.certs.remote_key,
         );
-        if let Some(ttl) = service_cache_ttl {
-            direct.push_str(&format!("service-cache-ttl: {ttl}\n"));
-        }
         direct.push_str(&pools);
         let agent_dirs: Vec<std::path::PathBuf> =
             c.nodes.iter().map(|n| n.clustermesh_dir.clone()).collect();
@@ -252,81 +218,6 @@ impl Mesh {
             }
         }
         Ok(())
-    }
-
-    /// The checks `connect` makes before changing anything: measured here
-    /// (mesh.json, the agents' sockets), decided by the product's
-    /// [`cluster_setup::connect_checks`], as `connect --from ADMIN.yaml`
-    /// decides them.
-    fn check_connect(&self, from: &str, to: &str) -> Result<Vec<String>> {
-        let a = self.state.cluster(from)?;
-        let b = self.state.cluster(to)?;
-        let mut checks = vec![connect_checks::names(&a.name, &b.name)?];
-        let remote = runtime()?.block_on(read_cluster_config(a, b))?;
-        if remote.id != b.id {
-            bail!(
-                "{to}'s apiserver publishes cluster ID {} but the mesh expects {}",
-                remote.id,
-                b.id
-            );
-        }
-        let mode = remote.mode().map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
-        // Our own mode, as our apiserver publishes it in our etcd.
-        let own = runtime()?.block_on(async {
-            let name = kvstore::ClusterName::new(a.name.as_str())?;
-            let kv = admin_client(a)
-                .await?
-                .get(&keys::cluster_config(&name))
-                .await?
-                .with_context(|| format!("{from} publishes no cilium/cluster-config/{from}"))?;
-            anyhow::Ok(kvstore::values::ClusterConfig::decode(&a.name, &kv.value)?)
-        })?;
-        let own_mode = own.mode().map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
-        checks.push(connect_checks::ids(
-            (&a.name, own.id),
-            (&b.name, remote.id),
-            own_mode,
-        )?);
-        checks.push(connect_checks::modes((from, own_mode), (to, mode))?);
-        checks.push(format!("{from}'s remote certificate is accepted by {to}'s apiserver and {to}'s server certificate is trusted (mutual TLS)"));
-        let pools = |c: &ClusterInfo| -> Result<Vec<ipnet::IpNet>> {
-            Ok(c.pod_cidr_pools()
-                .iter()
-                .map(|p| p.parse())
-                .collect::<Result<_, _>>()?)
-        };
-        checks.push(line(connect_checks::pod_cidrs(
-            (from, &pools(a)?),
-            (to, &pools(b)?),
-        )?));
-        let (ids_a, ips_a, ips_b) = runtime()?.block_on(async {
-            let ca = admin_client(a).await?;
-            let cb = admin_client(b).await?;
-            anyhow::Ok((
-                ca.count(&keys::identity_masters()).await?,
-                ca.count(&keys::ipcache()).await?,
-                cb.count(&keys::ipcache()).await?,
-            ))
-        })?;
-        checks.push(connect_checks::identity_headroom(
-            from, a.id, own_mode, ids_a,
-        )?);
-        // Every agent of `from` holds both clusters' entries: the smallest
-        // ipcache map among them, as the agents report it from the kernel.
-        let capacities: Vec<(String, usize)> = a
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let status = agent_status(n).ok()?;
-                Some((n.name.clone(), *status.map_capacity.get("ipcache")?))
-            })
-            .collect();
-        checks.push(line(connect_checks::ipcache_headroom(
-            from,
-            ips_a + ips_b,
-            &capacities,
-        )?));
-        Ok(checks)
     }
 }
 
@@ -376,44 +267,4 @@ fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> Result<()>
     std::fs::create_dir_all(dir)?;
     certs::write_atomically(&dir.join(name), text.as_bytes(), 0o644)?;
     Ok(())
-}
-
-/// Reads `to`'s cluster config through its apiserver with `from`'s remote
-/// certificate: proves reachability, mutual TLS trust and authorization.
-async fn read_cluster_config(
-    from: &ClusterInfo,
-    to: &ClusterInfo,
-) -> Result<kvstore::values::ClusterConfig> {
-    let tls = TlsConfig::from_files(
-        &from.certs.ca,
-        Some((&from.certs.remote_cert, &from.certs.remote_key)),
-    )?;
-    let config =
-        with_admin_timeouts(ClientConfig::new([to.apiserver_endpoint.clone()]).with_tls(tls));
-    let client = Client::connect(&config).await.map_err(|e| {
-        let message = format!(
-            "{} cannot use {}'s apiserver at {} ({}): {}",
-            from.name,
-            to.name,
-            to.apiserver_endpoint,
-            e.kind(),
-            e.full_message()
-        );
-        // Nothing answering is the peer's unavailability (exit 69); a TLS or
-        // authorization refusal is a configuration problem (exit 1).
-        match e.kind() {
-            kvstore::ErrorKind::Unreachable
-            | kvstore::ErrorKind::ConnectionClosed
-            | kvstore::ErrorKind::UpstreamUnavailable
-            | kvstore::ErrorKind::Timeout => anyhow::Error::new(crate::Unavailable(message)),
-            _ => anyhow::anyhow!(message),
-        }
-    })?;
-    let name = kvstore::ClusterName::new(to.name.as_str())?;
-    let kv = client
-        .get(&keys::cluster_config(&name))
-        .await
-        .map_err(|e| anyhow::anyhow!("reading {}'s cluster config: {}", to.name, e.full_message()))?
-        .with_context(|| format!("{} publishes no cilium/cluster-config/{}", to.name, to.name))?;
-    Ok(kvstore::values::ClusterConfig::decode(&to.name, &kv.value)?)
 }
