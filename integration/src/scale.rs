@@ -316,9 +316,9 @@ pub async fn start_remotes(
     Ok(remotes)
 }
 
-/// Lists `prefix` of every client at once, page by page with the page size
-/// the agent's stores use, decoding nothing: the plainest read of the same
-/// data.
+/// Lists `prefix` of every client at once, page by page with the first
+/// page size the agent's stores use and no growth, decoding nothing: the
+/// plainest read of the same data.
 /// Returns the keys read and the seconds taken.
 pub async fn raw_list(clients: &[Client], prefixes: &[KeyPrefix]) -> Result<(usize, f64)> {
     let started = Instant::now();
@@ -329,7 +329,7 @@ pub async fn raw_list(clients: &[Client], prefixes: &[KeyPrefix]) -> Result<(usi
     )
     .map(|(client, prefix)| async move {
         let page = WatchStoreConfig::new(prefix.clone()).page_size;
-        let mut pager = client.pager(prefix, page);
+        let mut pager = client.pager(prefix, page).with_fixed_page_size();
         let mut n = 0;
         while let Some(page) = pager.next_page().await? {
             n += page.len();

@@ -66,7 +66,15 @@ async fn paginated_list_is_one_snapshot_and_prefixes_are_exact() {
         .unwrap();
 
     let prefix = KeyPrefix::new("nodes/c1");
+    // The default pager grows its pages to a byte budget: 7, then the rest.
     let mut pager = c.pager(&prefix, 7);
+    let mut sizes = Vec::new();
+    while let Some(page) = pager.next_page().await.unwrap() {
+        sizes.push(page.len());
+    }
+    assert_eq!(sizes, [7, 243]);
+
+    let mut pager = c.pager(&prefix, 7).with_fixed_page_size();
     let first = pager.next_page().await.unwrap().unwrap();
     assert_eq!(first.len(), 7);
     let revision = pager.revision();
