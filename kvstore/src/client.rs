@@ -748,7 +748,7 @@ impl Client {
 /// A paginated list of a prefix at one revision: the first page fixes the
 /// revision, later pages read at it, so the result is one consistent snapshot.
 ///
-/// Pages after the first hold about [`PAGE_BYTES`] (at most [`MAX_PAGE`]
+/// Pages after the first hold about 8 MiB (at most 100,000
 /// keys, at least as many as the first): etcd 3.4 walks its index over the
 /// whole rest of the range for every page, whatever its limit, so a list
 /// costs the square of the keys over the page size. At 1M ipcache entries,
@@ -768,9 +768,9 @@ pub struct Pager {
 
 /// What a page after the first aims to hold: a few times what one etcd
 /// response carries comfortably, small beside the agent's own tables.
-pub const PAGE_BYTES: usize = 8 << 20;
+const PAGE_BYTES: usize = 8 << 20;
 /// The most keys a page asks for.
-pub const MAX_PAGE: i64 = 100_000;
+const MAX_PAGE: i64 = 100_000;
 
 /// Keys for the next page after one of `keys` keys and `bytes` bytes.
 fn next_page_size(keys: usize, bytes: usize, min: i64) -> i64 {
