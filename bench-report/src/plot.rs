@@ -102,6 +102,7 @@ impl Chart {
                 let mut chart = $chart;
                 chart
                     .configure_mesh()
+                    .x_label_formatter(&|x| axis_number(*x))
                     .x_desc(self.x_label.as_str())
                     .y_desc(self.y_label.as_str())
                     .label_style(("sans-serif", 14))
@@ -176,8 +177,39 @@ impl Chart {
     }
 }
 
+/// An axis label: `700k`, `1M`, `1.5M`, `32`, `0.25` (not `700000.0`, which
+/// runs into its neighbours on a log axis).
+fn axis_number(v: f64) -> String {
+    let trim = |s: String| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s
+        }
+    };
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{}M", trim(format!("{:.2}", v / 1e6)))
+    } else if a >= 1e3 {
+        format!("{}k", trim(format!("{:.2}", v / 1e3)))
+    } else {
+        trim(format!("{v:.2}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn axis_numbers_are_short() {
+        use super::axis_number;
+        assert_eq!(axis_number(700_000.0), "700k");
+        assert_eq!(axis_number(1_000_000.0), "1M");
+        assert_eq!(axis_number(1_500_000.0), "1.5M");
+        assert_eq!(axis_number(255.0), "255");
+        assert_eq!(axis_number(0.25), "0.25");
+        assert_eq!(axis_number(0.0), "0");
+    }
+
     use super::*;
 
     fn chart(log_x: bool, points: Vec<(f64, f64)>) -> Chart {

@@ -251,13 +251,15 @@ impl Drop for InotifyLimit {
 }
 
 /// Connects a fresh agent to `remotes` and times it until every remote is
-/// ready and `entries` more addresses are in its map. Returns the agent
-/// (still connected), the seconds, and its RSS before connecting.
+/// ready and `entries` more addresses (seeded with `stride`) are in its
+/// map. Returns the agent (still connected), the seconds, and its RSS
+/// before connecting.
 async fn sync(
     remotes: &[Remote],
     pki: &Pki,
     bin: &Path,
     entries: usize,
+    stride: usize,
     ipcache_max: u32,
 ) -> Result<(ScaleAgent, f64, u64)> {
     let mut agent = ScaleAgent::start(bin, ipcache_max).await?;
@@ -280,7 +282,6 @@ async fn sync(
     let map = agent.ipcache()?;
     let per = entries / n;
     let identities = per.div_ceil(ENTRIES_PER_IDENTITY);
-    let stride = stride_for(per);
     let sample: Vec<(std::net::IpAddr, u32)> = remotes
         .iter()
         .map(|r| {
@@ -341,6 +342,7 @@ async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
             pki,
             bin,
             n * ENTRIES_PER_CLUSTER,
+            stride,
             bpf::DEFAULT_IPCACHE_MAX_ENTRIES,
         )
         .await?;
@@ -468,7 +470,7 @@ async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()
         );
         let (keys_read, raw) =
             scale::raw_list(&clients, &[keys::ipcache(), keys::identities()]).await?;
-        let (agent, seconds, rss0) = sync(&remotes, pki, bin, total, BIG_IPCACHE).await?;
+        let (agent, seconds, rss0) = sync(&remotes, pki, bin, total, stride, BIG_IPCACHE).await?;
         let rss1 = rss_bytes(agent.pid())?;
         let bytes = rss1.saturating_sub(rss0) as f64 / total as f64;
         let map_bytes = agent.ipcache_map_bytes()? as f64 / total as f64;
@@ -549,6 +551,7 @@ async fn churn(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()> 
         pki,
         bin,
         ENTRY_CLUSTERS * ENTRIES_PER_CLUSTER,
+        stride,
         bpf::DEFAULT_IPCACHE_MAX_ENTRIES,
     )
     .await?;
