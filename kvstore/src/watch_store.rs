@@ -58,7 +58,8 @@ pub struct WatchStoreConfig {
     /// Full key of a canary to wait for before the first list (the writer's
     /// "initial sync done" mark). Default: none.
     pub canary: Option<String>,
-    /// Keys per page of the initial list. Default 5,000.
+    /// Keys of the first page of a list (later pages grow to about 8 MiB;
+    /// see [`crate::Pager`]). Default 5,000.
     pub page_size: usize,
     /// Events buffered for a slow consumer before the store waits. Default 4,096.
     pub channel_capacity: usize,
