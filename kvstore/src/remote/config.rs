@@ -48,7 +48,12 @@ impl RemoteClusterConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text =
             std::fs::read(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
-        serde_norway::from_slice(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+        Self::parse(path, &text)
+    }
+
+    /// Parses the text of the config file at `path`.
+    fn parse(path: &Path, text: &[u8]) -> Result<Self, String> {
+        serde_norway::from_slice(text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
     /// The etcd client config for this remote: its endpoints, mutual TLS
@@ -113,8 +118,7 @@ pub fn scan(dir: &Path, local: &ClusterName) -> BTreeMap<ClusterName, (ConfigFil
         };
         let mut h = DefaultHasher::new();
         text.hash(&mut h);
-        let parsed = serde_norway::from_slice::<RemoteClusterConfig>(&text)
-            .map_err(|e| format!("config file {}: {e}", path.display()));
+        let parsed = RemoteClusterConfig::parse(&path, &text);
         if let Ok(c) = &parsed {
             for f in [&c.trusted_ca_file, &c.cert_file, &c.key_file] {
                 std::fs::read(f).unwrap_or_default().hash(&mut h);

@@ -157,14 +157,14 @@ pub(super) fn kvstoremesh(
     }
 }
 
-/// The text of the agents' `--kvstoremesh-cache` file.
+/// The text of the agents' `--kvstoremesh-cache` file: their own
+/// apiserver, with the `local-<cluster>` certificate.
 pub(super) fn cache_access_text(c: &ClusterInfo, k: &KvstoremeshInfo) -> String {
-    format!(
-        "# How the agents read the kvstoremesh cache: their own apiserver.\nendpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
-        c.apiserver_endpoint,
-        c.certs.ca.display(),
-        k.local_cert.display(),
-        k.local_key.display()
+    super::remote::remote_config_text(
+        &c.apiserver_endpoint,
+        &c.certs.ca,
+        &k.local_cert,
+        &k.local_key,
     )
 }
 

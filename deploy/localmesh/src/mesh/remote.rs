@@ -205,12 +205,7 @@ impl Mesh {
                 // apiserver, and still check the remote's routes against
                 // its pools.
                 write_atomically(&k.config_dir, to, &direct)?;
-                let mut cached = remote_config_text(
-                    &c.apiserver_endpoint,
-                    &c.certs.ca,
-                    &k.local_cert,
-                    &k.local_key,
-                );
+                let mut cached = super::plan::cache_access_text(c, k);
                 cached.push_str(&pools);
                 for dir in &agent_dirs {
                     write_atomically(dir, to, &cached)?;
@@ -247,7 +242,7 @@ fn line(p: Progress) -> String {
 }
 
 /// A remote config file's text: where to connect and with which files.
-fn remote_config_text(
+pub(super) fn remote_config_text(
     endpoint: &str,
     ca: &std::path::Path,
     cert: &std::path::Path,
