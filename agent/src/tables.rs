@@ -14,7 +14,10 @@ use kvstore::{
     values::{ClusterService, IpIdentityPair, Node, PolicyDocument, ServiceDef},
 };
 
+use self::claims::{PrefixClaims, Stored};
 use crate::{hubble::FlowDirectory, policy_resolver::NamedPorts};
+
+mod claims;
 
 /// Ports an ipcache entry's endpoint declares by name.
 pub(crate) type PortNames = Box<[(Box<str>, bpf::Protocol, u16)]>;
@@ -128,7 +131,7 @@ pub(crate) struct Tables {
     /// Which source delivered each identity (to drain a source).
     identity_sources: HashMap<SourceId, HashSet<NumericIdentity>>,
     /// Prefix → what each source says about it.
-    ipcache: HashMap<IpNet, Claims>,
+    ipcache: PrefixClaims,
     /// Prefixes per source (counts only; listing scans, as only draining
     /// and re-syncing a source need it).
     ip_counts: HashMap<SourceId, usize>,
@@ -264,22 +267,15 @@ impl Tables {
         prefix: IpNet,
         entry: IpEntry,
     ) -> (Option<IpEntry>, Option<IpEntry>) {
-        let before = self.ip_winner(&prefix);
         let stored = self.store(entry);
-        let added = match self.ipcache.get_mut(&prefix) {
-            Some(claims) => claims.set(source, stored),
-            None => {
-                self.ipcache.insert(prefix, Claims::One(source, stored));
-                true
-            }
-        };
-        if added {
+        let set = self.ipcache.set(prefix, source, stored);
+        if set.added {
             *self.ip_counts.entry(source).or_default() += 1;
             if source.is_local() {
                 self.local_ips.insert(prefix);
             }
         }
-        (before, self.ip_winner(&prefix))
+        (set.before.map(|s| self.load(s)), Some(self.load(set.after)))
     }
 
     /// Sets the ports `source`'s entry for `prefix` declares by name (the
@@ -313,21 +309,11 @@ impl Tables {
     ) -> (Option<IpEntry>, Option<IpEntry>) {
         self.named_ports.remove(source, prefix);
         let before = self.ip_winner(&prefix);
-        if let Some(claims) = self.ipcache.get_mut(&prefix)
-            && let Some(now_empty) = claims.remove(source)
-        {
-            if now_empty {
-                self.ipcache.remove(&prefix);
-            }
+        if self.ipcache.remove(&prefix, source).is_some() {
             if let Some(n) = self.ip_counts.get_mut(&source) {
                 *n = n.saturating_sub(1);
             }
-            if source.is_local()
-                && !self
-                    .ipcache
-                    .get(&prefix)
-                    .is_some_and(|c| c.sources().any(SourceId::is_local))
-            {
+            if source.is_local() && !self.ipcache.claimed_by(&prefix, SourceId::is_local) {
                 self.local_ips.remove(&prefix);
             }
         }
@@ -336,7 +322,7 @@ impl Tables {
 
     /// The entry the datapath uses for `prefix`: the lowest source's.
     pub(crate) fn ip_winner(&self, prefix: &IpNet) -> Option<IpEntry> {
-        self.ipcache.get(prefix).map(|c| self.load(c.winner()))
+        self.ipcache.winner(prefix).map(|s| self.load(s))
     }
 
     fn store(&mut self, entry: IpEntry) -> Stored {
@@ -367,11 +353,7 @@ impl Tables {
 
     /// Prefixes a source delivered (a scan: for draining and re-syncing).
     pub(crate) fn ips_of(&self, source: SourceId) -> Vec<IpNet> {
-        self.ipcache
-            .iter()
-            .filter(|(_, c)| c.sources().any(|s| s == source))
-            .map(|(p, _)| *p)
-            .collect()
+        self.ipcache.prefixes_of(source)
     }
 
     /// Number of prefixes with an entry.
@@ -392,83 +374,6 @@ impl Tables {
             .filter(|p| p.prefix_len() == p.max_prefix_len())
             .filter_map(|p| Some((p.addr(), self.ip_winner(p)?.identity)))
             .collect()
-    }
-}
-
-/// An ipcache entry as the tables keep it (8 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stored {
-    identity: u32,
-    host: u32,
-}
-
-/// What the sources say about one prefix; almost always a single claim, kept
-/// inline (an agent holds one per IP of the whole mesh).
-#[derive(Debug, Clone)]
-enum Claims {
-    One(SourceId, Stored),
-    /// Sorted by source. Boxed so that a claim stays 16 bytes.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<(SourceId, Stored)>>),
-}
-
-impl Claims {
-    fn winner(&self) -> Stored {
-        match self {
-            Self::One(_, e) => *e,
-            Self::Many(v) => v[0].1,
-        }
-    }
-
-    fn sources(&self) -> impl Iterator<Item = SourceId> + '_ {
-        let (one, many) = match self {
-            Self::One(s, _) => (Some(*s), None),
-            Self::Many(v) => (None, Some(v.iter().map(|(s, _)| *s))),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-
-    /// Sets a source's claim; returns whether the source is new here.
-    fn set(&mut self, source: SourceId, entry: Stored) -> bool {
-        match self {
-            Self::One(s, e) if *s == source => {
-                *e = entry;
-                false
-            }
-            Self::One(s, e) => {
-                let mut v = vec![(*s, *e), (source, entry)];
-                v.sort_by_key(|(s, _)| *s);
-                *self = Self::Many(Box::new(v));
-                true
-            }
-            Self::Many(v) => match v.binary_search_by_key(&source, |(s, _)| *s) {
-                Ok(i) => {
-                    v[i].1 = entry;
-                    false
-                }
-                Err(i) => {
-                    v.insert(i, (source, entry));
-                    true
-                }
-            },
-        }
-    }
-
-    /// Removes a source's claim: `None` if it had none, else whether no
-    /// claim is left.
-    fn remove(&mut self, source: SourceId) -> Option<bool> {
-        match self {
-            Self::One(s, _) if *s == source => Some(true),
-            Self::One(..) => None,
-            Self::Many(v) => {
-                let i = v.binary_search_by_key(&source, |(s, _)| *s).ok()?;
-                v.remove(i);
-                if v.len() == 1 {
-                    *self = Self::One(v[0].0, v[0].1);
-                }
-                Some(false)
-            }
-        }
     }
 }
 
@@ -499,11 +404,6 @@ mod tests {
         );
         assert_eq!(t.delete_ip(remote, p), (Some(entry(700)), None));
         assert_eq!(t.ip_count(remote), 0);
-    }
-
-    #[test]
-    fn claims_stay_small() {
-        assert_eq!(std::mem::size_of::<Claims>(), 16);
     }
 
     #[test]
