@@ -225,6 +225,26 @@ impl Kv {
             lease: kv.lease(),
         }
     }
+
+    /// Takes the key and value out of etcd's answer, without a copy.
+    pub(crate) fn from_etcd_owned(kv: etcd_client::KeyValue) -> Self {
+        let (create_revision, mod_revision, version, lease) = (
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version(),
+            kv.lease(),
+        );
+        let (key, value) = kv.into_key_value();
+        Self {
+            key: String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            value,
+            create_revision,
+            mod_revision,
+            version,
+            lease,
+        }
+    }
 }
 
 /// An etcd lease ID.
@@ -797,7 +817,7 @@ impl Pager {
         if self.revision > 0 {
             opts = opts.with_revision(self.revision);
         }
-        let resp = self
+        let mut resp = self
             .client
             .call("list", self.prefix.as_str(), Retry::Always, || {
                 let mut kv = self.client.kv();
@@ -811,12 +831,15 @@ impl Pager {
             self.revision = h.revision();
             self.cluster_id = h.cluster_id();
         }
-        let page: Vec<Kv> = resp.kvs().iter().map(Kv::from_etcd).collect();
-        if resp.more()
-            && let Some(last) = resp.kvs().last()
-        {
+        let kvs = resp.take_kvs();
+        // From the raw key: a key that is not UTF-8 reads differently.
+        let next = kvs.last().filter(|_| resp.more()).map(|last| {
             let mut next = last.key().to_vec();
             next.push(0);
+            next
+        });
+        let page: Vec<Kv> = kvs.into_iter().map(Kv::from_etcd_owned).collect();
+        if let Some(next) = next {
             self.next_key = Some(next);
             if self.grow {
                 let bytes: usize = page.iter().map(|kv| kv.key.len() + kv.value.len()).sum();

@@ -568,18 +568,30 @@ impl<V: StoreValue> Session<'_, V> {
         st.generation = st.generation.wrapping_add(1);
         let generation = st.generation;
         let mut upserts = Vec::new();
-        while let Some(page) = pager.next_page().await? {
-            for kv in page {
-                if let Some(event) = self.apply_put(st, &kv, generation) {
-                    upserts.push(event);
+        let mut page = pager.next_page().await?;
+        while let Some(kvs) = page.take() {
+            // The next page is read while this one is decoded and delivered
+            // (etcd and the consumer work at once); page by page, so memory
+            // stays bounded on large lists.
+            let deliver = async {
+                upserts.reserve(kvs.len());
+                for kv in kvs {
+                    if let Some(event) = self.apply_put(st, &kv, generation) {
+                        upserts.push(event);
+                    }
                 }
-            }
-            // Deliver page by page so memory stays bounded on large lists.
-            for event in upserts.drain(..) {
-                if self.send(event).await.is_err() {
-                    return Ok(Some(Flow::Stop));
+                for event in upserts.drain(..) {
+                    if self.send(event).await.is_err() {
+                        return Err(());
+                    }
                 }
+                Ok(())
+            };
+            let (next, delivered) = tokio::join!(pager.next_page(), deliver);
+            if delivered.is_err() {
+                return Ok(Some(Flow::Stop));
             }
+            page = next?;
         }
         // Sweep: whatever the consumer has and the list did not contain is
         // gone, unless it went with lost data and the consumer keeps it.
