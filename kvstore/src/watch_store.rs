@@ -341,16 +341,21 @@ impl<V> std::fmt::Debug for RestartableWatchStore<V> {
 /// What the store remembers between list and watch cycles.
 #[derive(Default)]
 struct State {
-    /// Valid keys delivered to the consumer → (hash of value, list
-    /// generation). Compact: a remote cluster's store holds one per entry.
-    known: HashMap<ShortKey, (u64, u32)>,
+    /// Valid keys delivered to the consumer → what was delivered. Compact:
+    /// a remote cluster's store holds one per entry (32 bytes).
+    known: HashMap<ShortKey, Seen>,
     /// Keys with an invalid value that were already logged.
     logged_invalid: HashSet<String>,
     /// Everything up to this revision has been delivered.
     revision: i64,
     /// etcd cluster ID of the data delivered.
     cluster_id: u64,
-    generation: u32,
+    /// The mark of the current (or last) list: lists alternate marks, and
+    /// the entries without the current one after a list were not in it.
+    mark: bool,
+    /// A list started and did not finish: the marks of its entries are
+    /// mixed.
+    list_open: bool,
     need_list: bool,
     canary_seen: bool,
     synced: bool,
@@ -565,8 +570,7 @@ impl<V: StoreValue> Session<'_, V> {
         let mut pager = self
             .client
             .pager(&self.config.prefix, self.config.page_size);
-        st.generation = st.generation.wrapping_add(1);
-        let generation = st.generation;
+        let mark = st.begin_list();
         let mut upserts = Vec::new();
         let mut page = pager.next_page().await?;
         while let Some(kvs) = page.take() {
@@ -576,7 +580,7 @@ impl<V: StoreValue> Session<'_, V> {
             let deliver = async {
                 upserts.reserve(kvs.len());
                 for kv in kvs {
-                    if let Some(event) = self.apply_put(st, &kv, generation) {
+                    if let Some(event) = self.apply_put(st, &kv, mark) {
                         upserts.push(event);
                     }
                 }
@@ -598,7 +602,7 @@ impl<V: StoreValue> Session<'_, V> {
         let mut vanished: Vec<ShortKey> = st
             .known
             .iter()
-            .filter(|(_, (_, g))| *g != generation)
+            .filter(|(_, seen)| seen.mark() != mark)
             .map(|(k, _)| k.clone())
             .collect();
         let data_lost = std::mem::take(&mut st.after_data_loss);
@@ -611,8 +615,8 @@ impl<V: StoreValue> Session<'_, V> {
                 .kept_after_data_loss
                 .fetch_add(vanished.len() as u64, Ordering::Relaxed);
             for key in vanished.drain(..) {
-                if let Some(entry) = st.known.get_mut(key.as_str()) {
-                    entry.1 = generation;
+                if let Some(seen) = st.known.get_mut(key.as_str()) {
+                    seen.set_mark(mark);
                 }
             }
         }
@@ -630,6 +634,7 @@ impl<V: StoreValue> Session<'_, V> {
             }
         }
         st.revalidate = false;
+        st.list_open = false;
         st.revision = pager.revision();
         st.cluster_id = pager.cluster_id();
         self.stats
@@ -760,7 +765,7 @@ impl<V: StoreValue> Session<'_, V> {
                 let kv = Kv::from_etcd(kv);
                 st.revision = st.revision.max(kv.mod_revision);
                 let outgoing = match event.event_type() {
-                    EventType::Put => self.apply_put(st, &kv, st.generation),
+                    EventType::Put => self.apply_put(st, &kv, st.mark),
                     EventType::Delete => self.apply_delete(st, &kv.key),
                 };
                 if let Some(event) = outgoing
@@ -777,15 +782,15 @@ impl<V: StoreValue> Session<'_, V> {
     }
 
     /// Decodes a put; returns the event to emit, if any.
-    fn apply_put(&self, st: &mut State, kv: &Kv, generation: u32) -> Option<Event<V>> {
+    fn apply_put(&self, st: &mut State, kv: &Kv, mark: bool) -> Option<Event<V>> {
         let key = self.config.relative(&kv.key)?;
-        let hash = hash_bytes(&kv.value);
-        let unchanged = st.known.get(key).is_some_and(|entry| entry.0 == hash);
+        let seen = Seen::new(hash_bytes(&kv.value), mark);
+        let unchanged = st.known.get(key).is_some_and(|s| s.same_value(seen));
         if unchanged
             && !st.revalidate
-            && let Some(entry) = st.known.get_mut(key)
+            && let Some(s) = st.known.get_mut(key)
         {
-            entry.1 = generation;
+            s.set_mark(mark);
             return None;
         }
         let decoded = V::decode(key, &kv.value).and_then(|value| match self.validator {
@@ -795,7 +800,7 @@ impl<V: StoreValue> Session<'_, V> {
         match decoded {
             Ok(value) => {
                 st.logged_invalid.remove(key);
-                st.known.insert(ShortKey::new(key), (hash, generation));
+                st.known.insert(ShortKey::new(key), seen);
                 if unchanged {
                     return None;
                 }
@@ -851,8 +856,93 @@ fn watch_error(prefix: &str, source: etcd_client::Error) -> Error {
     }
 }
 
+impl State {
+    /// Starts a list; returns its mark. After a list that did not finish,
+    /// every entry is marked as not seen first.
+    fn begin_list(&mut self) -> bool {
+        self.mark = !self.mark;
+        if std::mem::replace(&mut self.list_open, true) {
+            for seen in self.known.values_mut() {
+                seen.set_mark(!self.mark);
+            }
+        }
+        self.mark
+    }
+}
+
+/// What the store keeps of a delivered value (8 bytes): a hash of it, and
+/// in the top bit the mark of the list (or watch) that delivered it last.
+#[derive(Debug, Clone, Copy)]
+struct Seen(u64);
+
+impl Seen {
+    const MARK: u64 = 1 << 63;
+
+    fn new(hash: u64, mark: bool) -> Self {
+        let mut seen = Self(hash & !Self::MARK);
+        seen.set_mark(mark);
+        seen
+    }
+
+    /// The same value (by its hash's other 63 bits).
+    fn same_value(self, other: Self) -> bool {
+        (self.0 ^ other.0) & !Self::MARK == 0
+    }
+
+    fn mark(self) -> bool {
+        self.0 & Self::MARK != 0
+    }
+
+    fn set_mark(&mut self, mark: bool) {
+        self.0 = (self.0 & !Self::MARK) | if mark { Self::MARK } else { 0 };
+    }
+}
+
 fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_kept_in_8_bytes_and_an_entry_in_32() {
+        assert_eq!(std::mem::size_of::<Seen>(), 8);
+        assert_eq!(std::mem::size_of::<(ShortKey, Seen)>(), 32);
+        let seen = Seen::new(u64::MAX, false);
+        assert!(!seen.mark());
+        assert!(seen.same_value(Seen::new(u64::MAX, true)));
+        assert!(!seen.same_value(Seen::new(u64::MAX - 1, false)));
+    }
+
+    #[test]
+    fn a_list_after_one_that_did_not_finish_sees_nothing_yet() {
+        let mut st = State::default();
+        for k in ["a", "b", "c"] {
+            st.known.insert(ShortKey::new(k), Seen::new(1, st.mark));
+        }
+        // A list that finishes: what it did not mark is swept.
+        let mark = st.begin_list();
+        st.known.get_mut("a").unwrap().set_mark(mark);
+        st.list_open = false;
+        st.known.retain(|_, s| s.mark() == mark);
+        assert_eq!(st.known.len(), 1);
+        st.known.insert(ShortKey::new("b"), Seen::new(1, st.mark));
+        // A list that fails after seeing "a", then one that sees "a" too:
+        // "b" was in neither (its mark is the one the last list gives).
+        let failed = st.begin_list();
+        st.known.get_mut("a").unwrap().set_mark(failed);
+        let mark = st.begin_list();
+        st.known.get_mut("a").unwrap().set_mark(mark);
+        let unseen: Vec<&str> = st
+            .known
+            .iter()
+            .filter(|(_, s)| s.mark() != mark)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(unseen, ["b"]);
+    }
 }
