@@ -227,7 +227,7 @@ impl Peers {
         if !fqdns.is_empty()
             && labels
                 .iter()
-                .any(|l| l.source == FQDN_SOURCE && fqdns.contains(&l.key))
+                .any(|l| l.source == FQDN_SOURCE && fqdns.iter().any(|f| *f == l.key))
         {
             return true;
         }

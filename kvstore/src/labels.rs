@@ -1,4 +1,11 @@
-use std::{fmt, str::FromStr};
+use std::{
+    borrow::Borrow,
+    collections::HashSet,
+    fmt,
+    ops::Deref,
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
 
 /// Label naming the cluster of a workload; part of every identity in a mesh.
 pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
@@ -21,29 +28,155 @@ pub enum LabelError {
     DuplicateKey { first: String, second: String },
 }
 
+/// The text of a label's source, key or value: immutable and shared. An
+/// agent keeps the labels of every identity of the mesh, and their sources
+/// and keys are few ([`Label::new`] shares them: one copy each).
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelText(Arc<str>);
+
+/// Texts shared so far, and the most kept: a remote cluster chooses its
+/// label keys, so what is beyond the limit is simply not shared.
+static SHARED_TEXTS: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+const MAX_SHARED_TEXTS: usize = 4096;
+const MAX_SHARED_LEN: usize = 128;
+
+impl LabelText {
+    /// The text, with one copy for every label that names it (up to a
+    /// limit).
+    pub fn shared(s: &str) -> Self {
+        if s.len() > MAX_SHARED_LEN {
+            return Self(s.into());
+        }
+        let mut texts = SHARED_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+        let texts = texts.get_or_insert_with(HashSet::new);
+        if let Some(t) = texts.get(s) {
+            return Self(t.clone());
+        }
+        let t: Arc<str> = s.into();
+        if texts.len() < MAX_SHARED_TEXTS {
+            texts.insert(t.clone());
+        }
+        Self(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for LabelText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for LabelText {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for LabelText {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LabelText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for LabelText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for LabelText {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for LabelText {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&String> for LabelText {
+    fn from(s: &String) -> Self {
+        Self(s.as_str().into())
+    }
+}
+
+impl From<LabelText> for String {
+    fn from(t: LabelText) -> Self {
+        t.0.to_string()
+    }
+}
+
+impl PartialEq<str> for LabelText {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for LabelText {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for LabelText {
+    fn eq(&self, other: &String) -> bool {
+        &*self.0 == other.as_str()
+    }
+}
+
+impl PartialEq<LabelText> for str {
+    fn eq(&self, other: &LabelText) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<LabelText> for &str {
+    fn eq(&self, other: &LabelText) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<LabelText> for String {
+    fn eq(&self, other: &LabelText) -> bool {
+        self.as_str() == &*other.0
+    }
+}
+
 /// One `source:key=value` label.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
-    pub source: String,
-    pub key: String,
-    pub value: String,
+    pub source: LabelText,
+    pub key: LabelText,
+    pub value: LabelText,
 }
 
 impl Label {
-    pub fn new(
-        source: impl Into<String>,
-        key: impl Into<String>,
-        value: impl Into<String>,
-    ) -> Self {
+    /// A label; its source and key are shared with every label that names
+    /// them.
+    pub fn new(source: impl AsRef<str>, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         Self {
-            source: source.into(),
-            key: key.into(),
-            value: value.into(),
+            source: LabelText::shared(source.as_ref()),
+            key: LabelText::shared(key.as_ref()),
+            value: LabelText::from(value.as_ref()),
         }
     }
 
     /// A `k8s:` label.
-    pub fn k8s(key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn k8s(key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         Self::new(SOURCE_K8S, key, value)
     }
 }
@@ -104,6 +237,8 @@ impl Labels {
             }
             set.insert(label);
         }
+        // Kept for the identity's life: no room to spare.
+        set.0.shrink_to_fit();
         Ok(set)
     }
 
@@ -237,6 +372,21 @@ mod tests {
             "k8s:=x".parse::<Label>(),
             Err(LabelError::EmptyKey("k8s:=x".into()))
         );
+    }
+
+    #[test]
+    fn sources_and_keys_are_shared() {
+        let a = Label::k8s("app", "a");
+        let b: Label = "k8s:app=b".parse().unwrap();
+        assert!(Arc::ptr_eq(&a.key.0, &b.key.0));
+        assert!(Arc::ptr_eq(&a.source.0, &b.source.0));
+        assert_eq!(a.key, "app");
+        assert_eq!(b.to_string(), "k8s:app=b");
+        let long = "k".repeat(MAX_SHARED_LEN + 1);
+        assert!(!Arc::ptr_eq(
+            &LabelText::shared(&long).0,
+            &LabelText::shared(&long).0
+        ));
     }
 
     #[test]

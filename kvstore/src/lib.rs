@@ -58,7 +58,7 @@ pub use identity::{IdentityRange, NumericIdentity};
 pub use identity_cache::{IdentityCache, IdentityCacheRunner, remote_identity_validator};
 pub use identity_gc::{GcRound, IdentityGc, IdentityGcConfig};
 pub use labels::{
-    CLUSTER_LABEL, Label, LabelError, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
+    CLUSTER_LABEL, Label, LabelError, LabelText, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
 };
 pub use prefix::KeyPrefix;
 pub use session::{
