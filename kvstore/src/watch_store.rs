@@ -571,21 +571,16 @@ impl<V: StoreValue> Session<'_, V> {
             .client
             .pager(&self.config.prefix, self.config.page_size);
         let mark = st.begin_list();
-        let mut upserts = Vec::new();
         let mut page = pager.next_page().await?;
         while let Some(kvs) = page.take() {
             // The next page is read while this one is decoded and delivered
             // (etcd and the consumer work at once); page by page, so memory
             // stays bounded on large lists.
             let deliver = async {
-                upserts.reserve(kvs.len());
                 for kv in kvs {
-                    if let Some(event) = self.apply_put(st, &kv, mark) {
-                        upserts.push(event);
-                    }
-                }
-                for event in upserts.drain(..) {
-                    if self.send(event).await.is_err() {
+                    if let Some(event) = self.apply_put(st, &kv, mark)
+                        && self.send(event).await.is_err()
+                    {
                         return Err(());
                     }
                 }
