@@ -87,8 +87,8 @@ impl TestEtcd {
     /// A server on fresh ports with a fresh temp dir, not started yet.
     pub(crate) fn unstarted(options: EtcdOptions, name: &str) -> Result<Self> {
         Ok(Self {
+            dir: temp_dir(options.on_disk).context("create a temp dir for etcd")?,
             options,
-            dir: temp_dir().context("create a temp dir for etcd")?,
             client_port: free_port(),
             peer_port: free_port(),
             metrics_port: free_port(),
@@ -376,14 +376,16 @@ impl Drop for TestEtcd {
     }
 }
 
-fn temp_dir() -> std::io::Result<TempDir> {
+/// A directory for etcd's data: in tmpfs unless `on_disk`.
+fn temp_dir(on_disk: bool) -> std::io::Result<TempDir> {
     let builder = {
         let mut b = tempfile::Builder::new();
         b.prefix("etcd-harness-");
         b
     };
     let shm = Path::new("/dev/shm");
-    if shm.is_dir()
+    if !on_disk
+        && shm.is_dir()
         && let Ok(dir) = builder.tempdir_in(shm)
     {
         return Ok(dir);

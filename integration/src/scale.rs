@@ -115,6 +115,11 @@ pub struct Remote {
     log: PathBuf,
 }
 
+/// Remotes whose etcd keeps its data in tmpfs (fast); the others keep it
+/// on disk: every etcd preallocates a 64 MiB write-ahead log, and 255 of
+/// them in tmpfs would hold 16 GiB of memory.
+pub const TMPFS_REMOTES: usize = 64;
+
 impl Remote {
     /// Starts the `index`-th remote: etcd, then its apiserver, both ready.
     pub async fn start(index: usize, dir: &Path, pki: &Pki, bin_dir: &Path) -> Result<Self> {
@@ -123,6 +128,7 @@ impl Remote {
         let etcd = TestEtcd::start_with(EtcdOptions {
             // A million keys and their history fit comfortably.
             extra_args: vec!["--quota-backend-bytes=8589934592".into()],
+            on_disk: index >= TMPFS_REMOTES,
             ..EtcdOptions::default()
         })
         .await
