@@ -485,4 +485,15 @@ mod tests {
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
         assert!(!alive, "etcd process killed on drop");
     }
+
+    #[test]
+    fn data_goes_to_tmpfs_unless_on_disk() {
+        let shm = Path::new("/dev/shm");
+        let disk = temp_dir(true).unwrap();
+        assert!(!disk.path().starts_with(shm), "{}", disk.path().display());
+        if shm.is_dir() {
+            let fast = temp_dir(false).unwrap();
+            assert!(fast.path().starts_with(shm), "{}", fast.path().display());
+        }
+    }
 }

@@ -2,4 +2,4 @@
 //! after it (the format is shared with kvstoremesh, in [`kvstore::remote`]).
 
 pub use kvstore::remote::RemoteClusterConfig;
-pub(super) use kvstore::remote::{ConfigFile, scan};
+pub(super) use kvstore::remote::{ConfigFile, ConfigScanner, scan};

@@ -109,7 +109,7 @@ pub(crate) use self::validators::{
     REMOTE_IPCACHE_RESERVED, ipcache_validator, node_validator, service_validator,
 };
 use self::{
-    config::{ConfigFile, scan},
+    config::{ConfigFile, ConfigScanner, scan},
     connection::{CHECK_INTERVAL, RemoteCluster, Spec},
     status::RemoteStatus,
 };
@@ -237,6 +237,7 @@ impl RemoteClusters {
             RESCAN_INTERVAL
         });
         let mut publish = tokio::time::interval(CHECK_INTERVAL);
+        let mut scanner = ConfigScanner::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -251,7 +252,7 @@ impl RemoteClusters {
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             }
-            let wanted = scan(&self.dir, &self.local);
+            let wanted = scanner.scan(&self.dir, &self.local);
             running.retain(|name, r| match wanted.get(name) {
                 Some((_, fingerprint)) if *fingerprint == r.fingerprint => true,
                 // Only the contents of the TLS files it names changed (a

@@ -13,7 +13,7 @@ use kvstore::{
     Client, ClusterId, ClusterName, MaxConnectedClusters, RawEntry, SessionHandle, SyncStore,
     keys::StateKind,
     remote::ClusterIds,
-    remote::{ConfigFile, scan},
+    remote::{ConfigFile, ConfigScanner},
 };
 use notify::{RecursiveMode, Watcher};
 use tokio::{
@@ -94,6 +94,7 @@ impl Directory {
         let mut rescan = tokio::time::interval(self.rescan_interval);
         let mut refresh = tokio::time::interval(self.timing.check_interval);
         let mut first_scan = true;
+        let mut scanner = ConfigScanner::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,7 +123,7 @@ impl Directory {
                     // Its file may be back: scan.
                 }
             }
-            let wanted = scan(&self.dir, &self.local_name);
+            let wanted = scanner.scan(&self.dir, &self.local_name);
             if first_scan {
                 self.board.set_initial(wanted.keys().cloned());
                 first_scan = false;

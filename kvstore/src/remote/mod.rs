@@ -17,7 +17,7 @@ mod session;
 
 pub use accept::accept_cluster_config;
 pub use cluster_ids::ClusterIds;
-pub use config::{ConfigFile, RemoteClusterConfig, scan};
+pub use config::{ConfigFile, ConfigScanner, RemoteClusterConfig, scan};
 pub use failure::{Failure, FailureKind};
 pub use mirror::ConfigMirror;
 pub use reach::reach;
