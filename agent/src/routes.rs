@@ -15,7 +15,7 @@ use std::{
         Arc,
         mpsc::{self, Receiver, RecvTimeoutError, Sender},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -75,7 +75,14 @@ pub(crate) struct Routes {
     refused: Vec<RefusedRoute>,
     /// Remotes whose refusal gauges are exported.
     published: BTreeSet<String>,
+    /// The node's own networks as last read, and when.
+    host_networks: Option<(Instant, Vec<IpNet>)>,
 }
+
+/// How long the node's own networks, once read, stand for a sync. Reading
+/// them runs `ip` three times (a fork of the agent each), and while a mesh
+/// of hundreds of remotes connects, syncs follow each other back to back.
+const HOST_NETWORKS_TTL: Duration = Duration::from_secs(2);
 
 impl Routes {
     pub(crate) fn new(
@@ -90,6 +97,7 @@ impl Routes {
             installed: BTreeMap::new(),
             refused: Vec::new(),
             published: BTreeSet::new(),
+            host_networks: None,
         }
     }
 
@@ -118,8 +126,19 @@ impl Routes {
     fn sync(&mut self, request: &RouteRequest) -> bool {
         let netns = self.netns.clone();
         let netns = netns.as_deref();
-        let host_networks = match plumbing::host_networks(netns) {
-            Ok(n) => n,
+        let cached = self
+            .host_networks
+            .take()
+            .filter(|(at, _)| at.elapsed() < HOST_NETWORKS_TTL);
+        let read = match cached {
+            Some(c) => Ok(c),
+            None => plumbing::host_networks(netns).map(|n| (Instant::now(), n)),
+        };
+        let host_networks = match read {
+            Ok((at, n)) => {
+                self.host_networks = Some((at, n.clone()));
+                n
+            }
             Err(e) => {
                 // Without them no remote claim can be checked: route nothing
                 // new from remotes until they can be read.

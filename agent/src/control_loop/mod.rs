@@ -111,7 +111,14 @@ pub(crate) struct ControlLoop {
     /// A write of the datapath failed: when to try again, and the wait
     /// after that one (doubling up to [`RETRY_MAX`]).
     retry: Option<(tokio::time::Instant, Duration)>,
+    /// When free heap memory was last given back (see
+    /// [`ControlLoop::mark_synced`]).
+    trimmed: Option<Instant>,
 }
+
+/// The least time between two returns of free heap memory while sources
+/// sync: each walks the whole heap, and 255 remotes sync 1,020 stores.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The first wait before a failed datapath write is tried again.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -163,6 +170,7 @@ impl ControlLoop {
                 fqdn: FqdnState::new(::fqdn::CacheConfig::default(), None),
                 dns_view: None,
                 retry: None,
+                trimmed: None,
             },
             LoopHandle { tx },
         )
@@ -342,10 +350,15 @@ impl ControlLoop {
 
     /// A kind of a source delivered its initial view.
     fn mark_synced(&mut self, source: SourceId, kind: StoreKind) {
+        let all = self.sources.mark_synced(source, kind);
         // An initial list is a burst of short-lived allocations (decoded
-        // values, channel buffers); give what is free back to the system.
-        crate::memory::release_free_memory();
-        if self.sources.mark_synced(source, kind) {
+        // values, channel buffers); give what is free back to the system,
+        // at the latest when everything synced.
+        if all || self.trimmed.is_none_or(|t| t.elapsed() >= TRIM_INTERVAL) {
+            crate::memory::release_free_memory();
+            self.trimmed = Some(Instant::now());
+        }
+        if all {
             info!("every source is synced; reconciling the datapath");
             self.complete_sync();
         }
