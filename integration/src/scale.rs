@@ -48,10 +48,17 @@ const TXN_OPS: usize = 128;
 
 /// One CA for the whole bench, the apiservers' server certificate (for
 /// 127.0.0.1) and the agent's client certificate (`remote-scale`).
+///
+/// The agent's files (its certificate and a copy of the CA) are in a
+/// directory of their own: every apiserver watches the directory of its
+/// TLS files, so each read of a file there woke all the apiservers (and
+/// cost the reader the kernel's fan-out to them), which no real mesh does.
 pub struct Pki {
     pub ca_file: PathBuf,
     pub server: TlsFiles,
     pub client: TlsFiles,
+    /// The CA, as the agent reads it.
+    pub client_ca_file: PathBuf,
 }
 
 impl Pki {
@@ -67,13 +74,18 @@ impl Pki {
                 validity,
             )?
             .write(dir)?;
+        let client_dir = dir.join("agent");
+        fs::create_dir_all(&client_dir)?;
         let client = ca
             .issue_client(&CertName::new(format!("remote-{LOCAL_CLUSTER}"))?, validity)?
-            .write(dir)?;
+            .write(&client_dir)?;
+        let client_ca_file = client_dir.join(Ca::CERT_FILE);
+        fs::copy(dir.join(Ca::CERT_FILE), &client_ca_file)?;
         Ok(Self {
             ca_file: dir.join(Ca::CERT_FILE),
             server,
             client,
+            client_ca_file,
         })
     }
 }
@@ -279,7 +291,7 @@ impl Remote {
     pub fn config_file(&self, pki: &Pki, endpoint: SocketAddr) -> String {
         format!(
             "endpoints:\n- https://{endpoint}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\n",
-            pki.ca_file.display(),
+            pki.client_ca_file.display(),
             pki.client.cert.display(),
             pki.client.key.display()
         )
