@@ -111,9 +111,10 @@ pub(crate) struct ControlLoop {
     /// A write of the datapath failed: when to try again, and the wait
     /// after that one (doubling up to [`RETRY_MAX`]).
     retry: Option<(tokio::time::Instant, Duration)>,
-    /// When free heap memory was last given back (see
-    /// [`ControlLoop::mark_synced`]).
+    /// When free heap memory was last given back, and when it is to be
+    /// next (see [`ControlLoop::mark_synced`]).
     trimmed: Option<Instant>,
+    trim_due: Option<tokio::time::Instant>,
 }
 
 /// The least time between two returns of free heap memory while sources
@@ -171,6 +172,7 @@ impl ControlLoop {
                 dns_view: None,
                 retry: None,
                 trimmed: None,
+                trim_due: None,
             },
             LoopHandle { tx },
         )
@@ -270,9 +272,17 @@ impl ControlLoop {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let trim_at = self.trim_due;
+            let trim_wait = async {
+                match trim_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = sync_wait => self.sync_timed_out(),
+                _ = trim_wait => self.release_free_memory(),
                 // Nothing else may change for a while: what failed is
                 // written without waiting for it.
                 _ = retry_wait => self.apply(),
@@ -352,16 +362,26 @@ impl ControlLoop {
     fn mark_synced(&mut self, source: SourceId, kind: StoreKind) {
         let all = self.sources.mark_synced(source, kind);
         // An initial list is a burst of short-lived allocations (decoded
-        // values, channel buffers); give what is free back to the system,
-        // at the latest when everything synced.
-        if all || self.trimmed.is_none_or(|t| t.elapsed() >= TRIM_INTERVAL) {
-            crate::memory::release_free_memory();
-            self.trimmed = Some(Instant::now());
+        // values, channel buffers, pages): give what is free back to the
+        // system, at most once a second, and once more a second after
+        // everything synced (when the stores have let go of their lists).
+        match self.trimmed {
+            Some(t) if t.elapsed() < TRIM_INTERVAL => {
+                self.trim_due.get_or_insert((t + TRIM_INTERVAL).into());
+            }
+            _ => self.release_free_memory(),
         }
         if all {
             info!("every source is synced; reconciling the datapath");
             self.complete_sync();
+            self.trim_due = Some(tokio::time::Instant::now() + TRIM_INTERVAL);
         }
+    }
+
+    fn release_free_memory(&mut self) {
+        crate::memory::release_free_memory();
+        self.trimmed = Some(Instant::now());
+        self.trim_due = None;
     }
 
     /// The view is complete: regenerate from it, then write deletions.
