@@ -39,13 +39,16 @@ pub(super) struct Set {
     pub added: bool,
 }
 
+/// Prefix → every claim, sorted by source (prefixes with more than one).
+type SharedClaims = HashMap<IpNet, Vec<(SourceId, Stored)>>;
+
 /// Prefix → the claims of the sources, the lowest source winning.
 #[derive(Debug, Default)]
 pub(super) struct PrefixClaims {
     v4: HashMap<Ipv4Net, Top>,
     v6: HashMap<Ipv6Net, Top>,
     /// Every claim of a prefix more than one source claims, sorted by source.
-    shared: HashMap<IpNet, Vec<(SourceId, Stored)>>,
+    shared: SharedClaims,
 }
 
 impl PrefixClaims {
@@ -57,13 +60,7 @@ impl PrefixClaims {
     }
 
     /// The winning claim, and the side table of shared prefixes.
-    fn top_mut(
-        &mut self,
-        prefix: &IpNet,
-    ) -> (
-        Option<&mut Top>,
-        &mut HashMap<IpNet, Vec<(SourceId, Stored)>>,
-    ) {
+    fn top_mut(&mut self, prefix: &IpNet) -> (Option<&mut Top>, &mut SharedClaims) {
         let top = match prefix {
             IpNet::V4(p) => self.v4.get_mut(p),
             IpNet::V6(p) => self.v6.get_mut(p),
