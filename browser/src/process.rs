@@ -51,6 +51,10 @@ impl ChromiumProcess {
         // removed again if anything below fails
         let user_data_dir = UserDataDir::create().map_err(spawn_error)?;
         let log = File::create(user_data_dir.0.join(LOG_FILE)).map_err(spawn_error)?;
+        // Chromium's own temp files (`org.chromium.Chromium.*`) go with the
+        // user-data dir instead of staying in /tmp after a kill.
+        let tmp = user_data_dir.0.join("tmp");
+        std::fs::create_dir(&tmp).map_err(spawn_error)?;
         let mut command = Command::new(&options.chromium);
         command
             .args([
@@ -75,6 +79,7 @@ impl ChromiumProcess {
             .arg(format!("--user-data-dir={}", user_data_dir.0.display()))
             .arg("--remote-debugging-port=0")
             .arg("about:blank")
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_error)?)
             .stderr(log)
@@ -244,5 +249,29 @@ mod tests {
         let path = a.0.clone();
         drop(a);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn chromium_keeps_its_temp_files_in_the_user_data_dir() {
+        let Some(chromium) =
+            crate::chromium_or_skip("chromium_keeps_its_temp_files_in_the_user_data_dir")
+        else {
+            return;
+        };
+        let process = ChromiumProcess::spawn(&LaunchOptions {
+            chromium,
+            width: 400,
+            height: 300,
+        })
+        .unwrap();
+        let environ = std::fs::read(format!("/proc/{}/environ", process.pid())).unwrap();
+        let tmpdir = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"TMPDIR="))
+            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()));
+        let dir = process.user_data_dir().to_path_buf();
+        assert_eq!(tmpdir, Some(dir.join("tmp")));
+        drop(process);
+        assert!(!dir.exists(), "removed with the user-data dir");
     }
 }
