@@ -216,14 +216,7 @@ pub struct Kv {
 
 impl Kv {
     pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
-        Self {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
-            version: kv.version(),
-            lease: kv.lease(),
-        }
+        Self::from_etcd_owned(kv.clone())
     }
 
     /// Takes the key and value out of etcd's answer, without a copy.
