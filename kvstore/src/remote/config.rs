@@ -157,9 +157,7 @@ impl Stamp {
             ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
-}
 
-impl Stamp {
     /// Changed longer than `settle` before `now` (seconds since the epoch).
     fn settled(&self, now: Duration, settle: Duration) -> bool {
         let at =
@@ -184,6 +182,9 @@ impl ConfigScanner {
     ) -> BTreeMap<ClusterName, (ConfigFile, u64)> {
         let mut out = BTreeMap::new();
         let mut seen = HashSet::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let Ok(entries) = std::fs::read_dir(dir) else {
             self.files.clear();
             return out;
@@ -204,7 +205,7 @@ impl ConfigScanner {
             if path.is_dir() {
                 continue;
             }
-            let Some((hash, Some(parsed))) = self.read(&path, true) else {
+            let Some((hash, Some(parsed))) = self.read(&path, true, now) else {
                 continue;
             };
             seen.insert(path);
@@ -213,7 +214,7 @@ impl ConfigScanner {
             if let Ok(c) = &parsed {
                 for f in [&c.trusted_ca_file, &c.cert_file, &c.key_file] {
                     // A file that cannot be read counts as empty.
-                    let file_hash = match self.read(f, false) {
+                    let file_hash = match self.read(f, false, now) {
                         Some((hash, _)) => hash,
                         None => hash_of(&[]),
                     };
@@ -228,16 +229,18 @@ impl ConfigScanner {
     }
 
     /// A file's hash (and, for a config file, what it says): from the last
-    /// read if its metadata is the same, else read again. `None`: it
-    /// cannot be read.
-    fn read(&mut self, path: &Path, config: bool) -> Option<(u64, Option<ConfigFile>)> {
+    /// read if its metadata is the same (and settled at `now`), else read
+    /// again. `None`: it cannot be read.
+    fn read(
+        &mut self,
+        path: &Path,
+        config: bool,
+        now: Duration,
+    ) -> Option<(u64, Option<ConfigFile>)> {
         let Some(stamp) = Stamp::of(path) else {
             self.files.remove(path);
             return None;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         if let Some(r) = self.files.get(path)
             && r.stamp == stamp
             && stamp.settled(now, self.settle)
