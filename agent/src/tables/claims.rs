@@ -118,27 +118,19 @@ impl PrefixClaims {
             };
         };
         let before = Some(top.stored);
-        if !top.shared {
-            if top.source == source {
-                top.stored = stored;
-                return Set {
-                    before,
-                    after: stored,
-                    added: false,
-                };
-            }
-            let mut all = vec![(top.source, top.stored), (source, stored)];
-            all.sort_by_key(|(s, _)| *s);
-            (top.source, top.stored) = all[0];
-            top.shared = true;
-            shared.insert(prefix, all);
+        if !top.shared && top.source == source {
+            top.stored = stored;
             return Set {
                 before,
-                after: top.stored,
-                added: true,
+                after: stored,
+                added: false,
             };
         }
-        let all = shared.get_mut(&prefix).expect("shared claims kept");
+        // A second source: every claim moves to the side table.
+        let all = shared
+            .entry(prefix)
+            .or_insert_with(|| vec![(top.source, top.stored)]);
+        top.shared = true;
         let added = match all.binary_search_by_key(&source, |(s, _)| *s) {
             Ok(i) => {
                 all[i].1 = stored;
