@@ -4,7 +4,7 @@ use std::{
     fmt,
     ops::Deref,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
 };
 
 /// Label naming the cluster of a workload; part of every identity in a mesh.
@@ -36,7 +36,7 @@ pub struct LabelText(Arc<str>);
 
 /// Texts shared so far, and the most kept: a remote cluster chooses its
 /// label keys, so what is beyond the limit is simply not shared.
-static SHARED_TEXTS: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+static SHARED_TEXTS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
 const MAX_SHARED_TEXTS: usize = 4096;
 const MAX_SHARED_LEN: usize = 128;
 
@@ -48,7 +48,6 @@ impl LabelText {
             return Self(s.into());
         }
         let mut texts = SHARED_TEXTS.lock().unwrap_or_else(|e| e.into_inner());
-        let texts = texts.get_or_insert_with(HashSet::new);
         if let Some(t) = texts.get(s) {
             return Self(t.clone());
         }
