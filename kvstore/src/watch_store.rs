@@ -85,6 +85,11 @@ pub struct WatchStoreConfig {
     /// removes them. For state that the consumer can put back (see
     /// [`WatchStoreStats::data_losses`]). Default: off (they are deleted).
     pub keep_on_data_loss: bool,
+    /// Changed when the server is known to answer again (a probe of it
+    /// did): a store waiting out its backoff after a failure retries at
+    /// once instead of up to [`WatchStoreConfig::max_backoff`] later. A
+    /// change since the failed attempt started counts. Default: none.
+    pub retry_now: Option<watch::Receiver<u64>>,
 }
 
 /// Keys per page of a list: large enough that a 100k-entry list takes 20
@@ -116,7 +121,14 @@ impl WatchStoreConfig {
             progress_after: PROGRESS_AFTER,
             progress_timeout: PROGRESS_TIMEOUT,
             keep_on_data_loss: false,
+            retry_now: None,
         }
+    }
+
+    /// Sets [`WatchStoreConfig::retry_now`].
+    pub fn with_retry_signal(mut self, retry_now: watch::Receiver<u64>) -> Self {
+        self.retry_now = Some(retry_now);
+        self
     }
 
     /// Sets [`WatchStoreConfig::keep_on_data_loss`].
@@ -449,6 +461,11 @@ impl<V: StoreValue> RestartableWatchStore<V> {
             stats: &self.stats,
         };
         loop {
+            // Only a retry signal from now on counts for this attempt.
+            let mut retry_now = self.config.retry_now.clone();
+            if let Some(signal) = &mut retry_now {
+                signal.borrow_and_update();
+            }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = session.cycle(&mut self.state, &mut backoff) => r,
@@ -462,7 +479,14 @@ impl<V: StoreValue> RestartableWatchStore<V> {
                     let message = e.full_message();
                     warn!(store = %self.config.name, error = %message, "watch store interrupted; retrying");
                     *self.stats.last_error.lock().expect("stats lock") = Some((e.kind(), message));
-                    if !backoff.wait(shutdown).await {
+                    let waited = tokio::select! {
+                        waited = backoff.wait(shutdown) => waited,
+                        () = signalled(&mut retry_now) => {
+                            debug!(store = %self.config.name, "the server answers again; retrying now");
+                            true
+                        }
+                    };
+                    if !waited {
                         break;
                     }
                 }
@@ -489,6 +513,18 @@ impl<V: StoreValue> RestartableWatchStore<V> {
                 return;
             }
         }
+    }
+}
+
+/// Resolves when `signal` changes (never without one, or once its sender
+/// is gone).
+async fn signalled(signal: &mut Option<watch::Receiver<u64>>) {
+    let changed = match signal {
+        Some(signal) => signal.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }
 

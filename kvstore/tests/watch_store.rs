@@ -139,6 +139,40 @@ async fn survives_etcd_kill_and_restart_with_changes_in_between() {
 }
 
 #[tokio::test]
+async fn a_retry_signal_cuts_the_backoff_short() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
+        .await
+        .unwrap();
+    let direct = client(&etcd).await;
+    let through_proxy = client_at(&proxy.url()).await;
+    direct.put("r/before", "v").await.unwrap();
+    // A backoff far beyond the test's deadline: only the signal can bring
+    // the store back in time.
+    let mut c = config("r");
+    c.min_backoff = Duration::from_secs(600);
+    c.max_backoff = Duration::from_secs(600);
+    let signal = tokio::sync::watch::Sender::new(0u64);
+    let mirror = Mirror::<RawEntry>::watch(&through_proxy, c.with_retry_signal(signal.subscribe()));
+    wait_until("synced", || async { mirror.synced() }).await;
+
+    proxy.cut();
+    wait_until("the store noticed the cut", || async {
+        mirror.stats.errors() >= 1
+    })
+    .await;
+    direct.put("r/during", "v").await.unwrap();
+    proxy.restore();
+    signal.send_modify(|n| *n += 1);
+
+    wait_until("the store is back and delivered the change", || async {
+        mirror.snapshot().contains_key("during")
+    })
+    .await;
+    assert!(mirror.stats.watch_starts() >= 2, "the watch was restarted");
+}
+
+#[tokio::test]
 async fn relists_after_compaction_past_its_revision() {
     let etcd = TestEtcd::start().await.unwrap();
     let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
