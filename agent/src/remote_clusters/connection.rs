@@ -47,8 +47,8 @@ use crate::{
     tables::SourceId,
 };
 
-/// How often a connected remote's status is published, and it is probed
-/// while it does not answer.
+/// How often the remotes' status is published, and a connected remote is
+/// probed while it does not answer.
 pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Probes (etcd `Status` calls) a second to remotes that answer, for all of
 /// them together: with hundreds of remotes, a probe a second each was most
@@ -312,6 +312,7 @@ impl RemoteCluster {
         let end = self
             .watch(&client, &cluster_config, id, config, shutdown)
             .await;
+        self.status.ended();
         self.stores.stop().await;
         self.ids.release(&self.name);
         end
@@ -341,8 +342,9 @@ impl RemoteCluster {
         Ok((client, cluster_config, id))
     }
 
-    /// Watching: the stores list and watch; the remote is checked every
-    /// [`CHECK_INTERVAL`] until the session ends.
+    /// Watching: the stores list and watch; the remote is probed (every
+    /// [`CHECK_INTERVAL`] while it does not answer, less often while it
+    /// does) until the session ends.
     async fn watch(
         &mut self,
         client: &Client,
@@ -381,6 +383,7 @@ impl RemoteCluster {
             },
             shutdown,
         );
+        self.status.watching(&self.stores.stats(), cached);
         let ttl = self.service_cache_ttl();
         // The stores just started list everything: services dropped before
         // this session come back with that list.
@@ -400,26 +403,28 @@ impl RemoteCluster {
             tokio::spawn(store.run(mirror_watch));
             rx
         });
-        let mut mirror: Option<MirrorStatus> = None;
-        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        // The first probe at once.
+        let mut next_probe = tokio::time::Instant::now();
+        // What the last probe said.
+        let mut answered = true;
         // The TLS files this session's channel was built from: the channel
         // reconnects by itself with them, so once they changed and the
         // remote stops answering (its server presents a certificate of a
         // new CA, say), the session ends and the next one reads the files.
         let tls_generation = self.tls_generation.load(Ordering::Relaxed);
-        // Checks since the last probe, and what it said.
-        let (mut since_probe, mut reachable) = (u32::MAX - 1, true);
         loop {
             let interrupted = tokio::select! {
                 _ = shutdown.cancelled() => Some(Interrupt::Shutdown),
                 _ = config_change(config) => Some(Interrupt::ConfigChanged),
-                _ = check.tick() => None,
+                _ = tokio::time::sleep_until(next_probe) => None,
                 event = next_event(&mut mirror_events) => {
                     match event {
                         Some(Event::Upsert { key, value }) if key == self.name.as_str() => {
-                            mirror = Some(value);
+                            self.status.mirror(Some(value));
                         }
-                        Some(Event::Delete { key }) if key == self.name.as_str() => mirror = None,
+                        Some(Event::Delete { key }) if key == self.name.as_str() => {
+                            self.status.mirror(None);
+                        }
                         Some(_) => {}
                         None => mirror_events = None,
                     }
@@ -431,23 +436,37 @@ impl RemoteCluster {
                 Some(Interrupt::Shutdown) => return SessionEnd::Shutdown,
                 Some(Interrupt::ConfigChanged) => return self.config_changed(config),
             }
-            since_probe += 1;
-            if !reachable || since_probe >= healthy_probe_every(self.ids.len()) {
-                since_probe = 0;
-                reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
-                    Probe::Answers => true,
-                    Probe::Unreachable(_)
-                        if self.tls_generation.load(Ordering::Relaxed) != tls_generation =>
-                    {
-                        return SessionEnd::Resync(Resync::TlsFilesChanged);
-                    }
-                    Probe::Unreachable(failure) => {
-                        self.status.unreachable(&failure);
-                        false
-                    }
-                    Probe::End(end) => return end,
-                };
+            let reachable = match probe(client, self.pinned_etcd, &mut highest_revision).await {
+                Probe::Answers => {
+                    self.status.probed(true);
+                    true
+                }
+                Probe::Unreachable(_)
+                    if self.tls_generation.load(Ordering::Relaxed) != tls_generation =>
+                {
+                    return SessionEnd::Resync(Resync::TlsFilesChanged);
+                }
+                Probe::Unreachable(failure) => {
+                    self.status.unreachable(&failure);
+                    false
+                }
+                Probe::End(end) => return end,
+            };
+            if reachable && !answered {
+                // Back from a partition or an outage: the stores need not
+                // wait out their backoff (up to 5 s) to list again.
+                self.stores.retry_now();
             }
+            answered = reachable;
+            // The next probe: soon while it does not answer (for a fast
+            // return, and the service cache TTL), less often with many
+            // remotes while it does.
+            let checks = if reachable {
+                healthy_probe_every(self.ids.len())
+            } else {
+                1
+            };
+            next_probe = tokio::time::Instant::now() + CHECK_INTERVAL * checks;
             if reachable {
                 self.reach.answers();
                 if self.reach.services_dropped {
@@ -466,13 +485,6 @@ impl RemoteCluster {
                     self.drop_services(ttl).await;
                 }
             }
-            self.status.update(
-                &self.name,
-                reachable,
-                &self.stores.stats(),
-                cached,
-                mirror.as_ref().filter(|_| reachable),
-            );
         }
     }
 }

@@ -152,6 +152,13 @@ pub(crate) struct RemoteClusters {
 }
 
 /// A remote being followed.
+/// The remotes' views as last published, with their
+/// [`RemoteStatus::fingerprint`]s.
+#[derive(Default)]
+struct Published {
+    views: BTreeMap<ClusterName, (u64, RemoteView)>,
+}
+
 struct Running {
     fingerprint: u64,
     config: watch::Sender<Option<ConfigFile>>,
@@ -238,6 +245,7 @@ impl RemoteClusters {
         });
         let mut publish = tokio::time::interval(CHECK_INTERVAL);
         let mut scanner = ConfigScanner::default();
+        let mut published = Published::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -247,7 +255,7 @@ impl RemoteClusters {
                 }
                 _ = rescan.tick() => {}
                 _ = publish.tick() => {
-                    self.publish_status(&running).await;
+                    self.publish_status(&running, &mut published).await;
                     continue;
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -323,15 +331,41 @@ impl RemoteClusters {
                 );
             }
             self.metrics.remote_clusters.set(running.len() as i64);
-            self.publish_status(&running).await;
+            self.publish_status(&running, &mut published).await;
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
 
-    async fn publish_status(&self, running: &BTreeMap<ClusterName, Running>) {
-        let views: Vec<RemoteView> = running.values().map(|r| r.status.view()).collect();
-        for v in &views {
+    /// Sends the remotes' views to the control loop and the metrics, when
+    /// one of them changed since `published`.
+    async fn publish_status(
+        &self,
+        running: &BTreeMap<ClusterName, Running>,
+        published: &mut Published,
+    ) {
+        let before = published.views.len();
+        published.views.retain(|name, _| running.contains_key(name));
+        let mut changed = published.views.len() != before;
+        let mut updated = Vec::new();
+        for (name, r) in running {
+            let fingerprint = r.status.fingerprint();
+            if published
+                .views
+                .get(name)
+                .is_some_and(|(f, _)| *f == fingerprint)
+            {
+                continue;
+            }
+            let view = r.status.view();
+            updated.push(view.clone());
+            published.views.insert(name.clone(), (fingerprint, view));
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+        for v in &updated {
             let label = RemoteLabel {
                 cluster: v.name.clone(),
             };
@@ -366,6 +400,7 @@ impl RemoteClusters {
                     .set(*n as i64);
             }
         }
+        let views = published.views.values().map(|(_, v)| v.clone()).collect();
         self.control.send(Input::RemoteStatus(views)).await;
     }
 

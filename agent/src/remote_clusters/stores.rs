@@ -9,7 +9,7 @@ use kvstore::{
     Validator, WatchStoreConfig, WatchStoreStats, WatchTask, keys, remote_identity_validator,
     values::{ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::validators::{ipcache_validator, node_validator, service_validator};
@@ -49,12 +49,14 @@ impl<V: StoreValue> Store<V> {
         state: keys::StateKind,
         forwarders: &mut JoinSet<()>,
         control: &LoopHandle,
+        retry_now: &watch::Sender<u64>,
         wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
     ) -> Self {
         let source = keys::Source::State;
         let config = WatchStoreConfig::new(state.prefix(remote, source))
             .relative_to(state.relative_to(remote, source))
-            .with_name(format!("{remote}/{}", kind.as_str()));
+            .with_name(format!("{remote}/{}", kind.as_str()))
+            .with_retry_signal(retry_now.subscribe());
         let (store, rx) = RestartableWatchStore::new(config);
         let control = control.clone();
         forwarders.spawn(async move {
@@ -102,12 +104,16 @@ pub(super) struct RemoteStores {
     nodes: Store<Node>,
     services: Store<ClusterService>,
     forwarders: JoinSet<()>,
+    /// Wakes the stores waiting to retry after a failure.
+    retry_now: watch::Sender<u64>,
 }
 
 impl RemoteStores {
     pub(super) fn new(remote: &ClusterName, source: SourceId, control: &LoopHandle) -> Self {
         let mut forwarders = JoinSet::new();
         let f = &mut forwarders;
+        let retry_now = watch::Sender::new(0);
+        let r = &retry_now;
         Self {
             identities: Store::new(
                 remote,
@@ -115,6 +121,7 @@ impl RemoteStores {
                 keys::StateKind::Identities,
                 f,
                 control,
+                r,
                 move |e| Input::Identity(source, e),
             ),
             ipcache: Store::new(
@@ -123,6 +130,7 @@ impl RemoteStores {
                 keys::StateKind::Ip,
                 f,
                 control,
+                r,
                 move |e| Input::Ip(source, IpEvent::from_event(e, true)),
             ),
             nodes: Store::new(
@@ -131,6 +139,7 @@ impl RemoteStores {
                 keys::StateKind::Nodes,
                 f,
                 control,
+                r,
                 move |e| Input::Node(source, e),
             ),
             services: Store::new(
@@ -139,10 +148,18 @@ impl RemoteStores {
                 keys::StateKind::Services,
                 f,
                 control,
+                r,
                 move |e| Input::Service(source, e),
             ),
             forwarders,
+            retry_now,
         }
+    }
+
+    /// The remote answers again: the stores waiting out a backoff after a
+    /// failure retry now.
+    pub(super) fn retry_now(&self) {
+        self.retry_now.send_modify(|n| *n += 1);
     }
 
     /// Starts listing and watching through `connection`, with the checks of
@@ -194,6 +211,7 @@ impl RemoteStores {
             nodes,
             services,
             mut forwarders,
+            retry_now: _,
         } = self;
         drop((identities, ipcache, nodes, services));
         while forwarders.join_next().await.is_some() {}
