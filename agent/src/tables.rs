@@ -252,6 +252,11 @@ impl Tables {
     }
 
     /// Identities a source delivered (to drain it).
+    /// How many identities `source` delivered.
+    pub(crate) fn identity_count(&self, source: SourceId) -> usize {
+        self.identity_sources.get(&source).map_or(0, |s| s.len())
+    }
+
     pub(crate) fn identities_of(&self, source: SourceId) -> Vec<NumericIdentity> {
         self.identity_sources
             .get(&source)
@@ -449,6 +454,7 @@ mod tests {
             IdentityUpsert::Unchanged
         );
         assert_eq!(t.identities_of(SourceId(2)).len(), 1);
+        assert_eq!(t.identity_count(SourceId(2)), 1);
         assert!(t.delete_identity(SourceId(2), NumericIdentity::new(70000)));
     }
 

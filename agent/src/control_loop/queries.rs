@@ -181,7 +181,7 @@ impl ControlLoop {
         let identities_by_source: HashMap<SourceId, usize> = self
             .sources
             .iter()
-            .map(|(s, _)| (s, self.tables.identities_of(s).len()))
+            .map(|(s, _)| (s, self.tables.identity_count(s)))
             .collect();
         StatusView {
             cluster: self.config.cluster.to_string(),
