@@ -133,20 +133,30 @@ impl RemoteStatus {
         });
     }
 
+    /// Changes what a watching session reads, if `set` says it changed
+    /// (counted only then: a probe a second that finds the same is no
+    /// change).
+    fn change_live(&self, set: impl FnOnce(&mut Live) -> bool) {
+        let mut s = self.0.state.lock().expect("remote status");
+        if let Some(live) = &mut s.live
+            && set(live)
+        {
+            self.0.version.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The last probe's answer.
     pub(super) fn probed(&self, reachable: bool) {
-        let mut s = self.change();
-        if let Some(live) = &mut s.live {
-            live.reachable = reachable;
-        }
+        self.change_live(|live| std::mem::replace(&mut live.reachable, reachable) != reachable);
     }
 
     /// How kvstoremesh sees the remote (`None`: it does not say).
     pub(super) fn mirror(&self, mirror: Option<MirrorStatus>) {
-        let mut s = self.change();
-        if let Some(live) = &mut s.live {
+        self.change_live(|live| {
+            let changed = live.mirror != mirror;
             live.mirror = mirror;
-        }
+            changed
+        });
     }
 
     /// The session stopped watching: the view keeps what it showed last.
@@ -282,7 +292,9 @@ mod tests {
         assert_eq!(s.view(), view);
 
         s.probed(true);
-        assert_ne!(s.fingerprint(), quiet, "a probe's answer is a change");
+        assert_eq!(s.fingerprint(), quiet, "a probe that finds the same");
+        s.probed(false);
+        assert_ne!(s.fingerprint(), quiet, "a probe that finds it gone");
     }
 
     #[test]
