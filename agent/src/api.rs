@@ -160,6 +160,7 @@ async fn query(State(s): State<Arc<ApiState>>, q: Query) -> Response {
         Some(Answer::Map(Ok(v))) => json(StatusCode::OK, &v),
         Some(Answer::Map(Err(e))) => error(404, e),
         Some(Answer::Fqdn(v)) => json(StatusCode::OK, &v),
+        Some(Answer::Report(v)) => json(StatusCode::OK, &v),
         None => error(503, "the agent is shutting down"),
     }
 }

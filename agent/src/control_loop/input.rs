@@ -5,7 +5,10 @@ use std::time::Instant;
 use ipnet::IpNet;
 use kvstore::{
     Event, keys,
-    values::{ClusterService, IdentityEntry, IpIdentityPair, Node, PolicyDocument, ServiceDef},
+    values::{
+        AgentReport, ClusterService, IdentityEntry, IpIdentityPair, Node, PolicyDocument,
+        ServiceDef,
+    },
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,6 +144,10 @@ impl IpEvent {
 #[derive(Debug, Clone)]
 pub(crate) enum Query {
     Status,
+    /// The agent's report of itself to its cluster's etcd: a small part of
+    /// the status, cheap enough to ask for every few seconds with hundreds
+    /// of remotes.
+    Report,
     Identities,
     IpCache,
     Policy(EndpointId),
@@ -154,6 +161,7 @@ pub(crate) enum Query {
 #[derive(Debug, Clone)]
 pub(crate) enum Answer {
     Status(Box<StatusView>),
+    Report(AgentReport),
     Identities(Vec<IdentityView>),
     IpCache(Vec<IpCacheView>),
     Policy(Option<PolicyView>),

@@ -1,10 +1,13 @@
 //! Answers to `debug` queries and `status`: views of the loop's state and
 //! of the maps as the kernel holds them. Read-only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bpf::protocol_name;
-use kvstore::{Labels, NumericIdentity};
+use kvstore::{
+    Labels, NumericIdentity,
+    values::{AgentRemoteReport, AgentReport},
+};
 
 use super::{Answer, ControlLoop, Query};
 use crate::{
@@ -23,6 +26,7 @@ impl ControlLoop {
     pub(super) fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Status => Answer::Status(Box::new(self.status())),
+            Query::Report => Answer::Report(self.report()),
             Query::Fqdn => Answer::Fqdn(self.fqdn_view()),
             Query::Identities => {
                 let mut all: Vec<IdentityView> = self
@@ -177,6 +181,47 @@ impl ControlLoop {
         result.map_err(|e| e.to_string())
     }
 
+    fn map_capacities(&self) -> BTreeMap<String, usize> {
+        self.dp
+            .datapath()
+            .capacities()
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c as usize))
+            .collect()
+    }
+
+    fn map_entries(&self) -> BTreeMap<String, usize> {
+        self.map_sizes()
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect()
+    }
+
+    fn report(&self) -> AgentReport {
+        AgentReport {
+            node: self.config.node_name.to_string(),
+            synced: self.sources.is_synced(),
+            maps: self.map_entries(),
+            map_capacity: self.map_capacities(),
+            remotes: self
+                .remotes
+                .iter()
+                .map(|r| AgentRemoteReport {
+                    name: r.name.clone(),
+                    connected: r.connected,
+                    ready: r.ready,
+                    error: (!r.ready)
+                        .then(|| match (&r.last_error_kind, &r.last_error) {
+                            (Some(k), Some(e)) => Some(format!("{k}: {e}")),
+                            (None, Some(e)) => Some(e.clone()),
+                            _ => None,
+                        })
+                        .flatten(),
+                })
+                .collect(),
+        }
+    }
+
     fn status(&self) -> StatusView {
         let identities_by_source: HashMap<SourceId, usize> = self
             .sources
@@ -201,18 +246,8 @@ impl ControlLoop {
             synced: self.sources.is_synced(),
             sync_timed_out: self.sources.timed_out(),
             endpoints: self.endpoints.len(),
-            maps: self
-                .map_sizes()
-                .into_iter()
-                .map(|(n, s)| (n.to_string(), s))
-                .collect(),
-            map_capacity: self
-                .dp
-                .datapath()
-                .capacities()
-                .into_iter()
-                .map(|(n, c)| (n.to_string(), c as usize))
-                .collect(),
+            maps: self.map_entries(),
+            map_capacity: self.map_capacities(),
             sources: self.sources.views(|id| {
                 (
                     self.tables.ip_count(id),

@@ -802,3 +802,46 @@ spec:
     assert!(https(&h).is_empty());
     assert!(!h.identities().contains_key(&learned));
 }
+
+#[test]
+fn the_report_is_the_status_in_brief() {
+    let mut h = Harness::new();
+    h.step([register_c2()]);
+    let down = crate::views::RemoteView {
+        name: "c2".into(),
+        connected: false,
+        last_error_kind: Some("unreachable".into()),
+        last_error: Some("connection refused".into()),
+        ..Default::default()
+    };
+    let up = crate::views::RemoteView {
+        name: "c3".into(),
+        connected: true,
+        ready: true,
+        last_error: Some("an old error".into()),
+        ..Default::default()
+    };
+    h.step([Input::RemoteStatus(vec![down, up])]);
+    let Answer::Status(status) = h.control.answer(Query::Status) else {
+        unreachable!()
+    };
+    let Answer::Report(report) = h.control.answer(Query::Report) else {
+        unreachable!()
+    };
+    assert_eq!(report.node, status.node);
+    assert_eq!(report.synced, status.synced);
+    assert_eq!(report.maps, status.maps);
+    assert_eq!(report.map_capacity, status.map_capacity);
+    let remotes: Vec<_> = report
+        .remotes
+        .iter()
+        .map(|r| (r.name.as_str(), r.connected, r.ready, r.error.as_deref()))
+        .collect();
+    assert_eq!(
+        remotes,
+        [
+            ("c2", false, false, Some("unreachable: connection refused")),
+            ("c3", true, true, None),
+        ]
+    );
+}

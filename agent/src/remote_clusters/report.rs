@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use kvstore::{
-    Client, SessionHandle, StoreValue, keys,
-    values::{AgentRemoteReport, AgentReport},
-};
+use kvstore::{Client, SessionHandle, StoreValue, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -34,30 +31,8 @@ impl AgentReporter {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            let Some(Answer::Status(status)) = self.control.query(Query::Status).await else {
+            let Some(Answer::Report(report)) = self.control.query(Query::Report).await else {
                 return Ok(());
-            };
-            let report = AgentReport {
-                node: status.node.clone(),
-                synced: status.synced,
-                maps: status.maps.clone(),
-                map_capacity: status.map_capacity.clone(),
-                remotes: status
-                    .remotes
-                    .iter()
-                    .map(|r| AgentRemoteReport {
-                        name: r.name.clone(),
-                        connected: r.connected,
-                        ready: r.ready,
-                        error: (!r.ready)
-                            .then(|| match (&r.last_error_kind, &r.last_error) {
-                                (Some(k), Some(e)) => Some(format!("{k}: {e}")),
-                                (None, Some(e)) => Some(e.clone()),
-                                _ => None,
-                            })
-                            .flatten(),
-                    })
-                    .collect(),
             };
             let lease = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
