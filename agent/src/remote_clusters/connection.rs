@@ -20,7 +20,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -55,18 +55,21 @@ pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// of the agent's idle CPU. So up to this many remotes are probed every
 /// check, and beyond it each less often (as Cilium's status checks slow
 /// down with the cluster's size), down to [`SLOWEST_HEALTHY_PROBE`]
-/// checks. A dead connection is also noticed by the HTTP/2 keepalive
-/// (within 10 s); the probe notices an etcd that fails behind a live
-/// apiserver and a restored etcd (its cluster ID or revision). A remote
-/// that does not answer is probed every check, for a fast return.
+/// checks. The probe notices a remote that stops answering, an etcd that
+/// fails behind a live apiserver and a restored etcd (its cluster ID or
+/// revision); its answers also keep the connection's HTTP/2 keepalive
+/// quiet, which pings only after a silence a second longer than the
+/// probes' period (and closes a connection that died without a word 3 s
+/// later). A remote that does not answer is probed every check, for a
+/// fast return.
 const HEALTHY_PROBES_PER_CHECK: usize = 32;
 /// The most checks between two probes of a remote that answers.
 const SLOWEST_HEALTHY_PROBE: usize = 10;
 
-/// Checks between two probes of a remote that answers, with `connected`
+/// Checks between two probes of a remote that answers, with `configured`
 /// remotes.
-fn healthy_probe_every(connected: usize) -> u32 {
-    connected
+fn healthy_probe_every(configured: usize) -> u32 {
+    configured
         .div_ceil(HEALTHY_PROBES_PER_CHECK)
         .clamp(1, SLOWEST_HEALTHY_PROBE) as u32
 }
@@ -108,6 +111,8 @@ pub(super) struct RemoteCluster {
     reach: Reachability,
     /// See [`Spec::tls_generation`].
     tls_generation: Arc<AtomicU64>,
+    /// See [`Spec::configured`].
+    configured: Arc<AtomicUsize>,
 }
 
 /// The facts a [`RemoteCluster`] starts from.
@@ -124,6 +129,8 @@ pub(super) struct Spec {
     /// Bumped when only the contents of the TLS files the config names
     /// change.
     pub tls_generation: Arc<AtomicU64>,
+    /// Remotes configured, connected or not: how often each is probed.
+    pub configured: Arc<AtomicUsize>,
 }
 
 impl RemoteCluster {
@@ -141,6 +148,7 @@ impl RemoteCluster {
             status: spec.status,
             metrics: spec.metrics,
             tls_generation: spec.tls_generation,
+            configured: spec.configured,
             pinned_etcd: None,
             backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
             reach: Reachability::default(),
@@ -318,10 +326,18 @@ impl RemoteCluster {
         end
     }
 
+    /// How often a remote that answers is probed, with the remotes
+    /// configured now.
+    fn healthy_probe_period(&self) -> Duration {
+        CHECK_INTERVAL * healthy_probe_every(self.configured.load(Ordering::Relaxed))
+    }
+
     /// Connecting: TLS, the remote etcd's identity, its cluster config.
     async fn connect(&mut self) -> Result<(Client, ClusterConfig, ClusterId), Failure> {
+        let probe_every = self.healthy_probe_period();
         let (client, cluster_config) =
-            kvstore::remote::reach(&self.name, &self.config, &mut self.pinned_etcd).await?;
+            kvstore::remote::reach(&self.name, &self.config, &mut self.pinned_etcd, probe_every)
+                .await?;
         let id = self
             .ids
             .admit(&self.name, &cluster_config, self.local_id, self.mode)?;
@@ -461,12 +477,12 @@ impl RemoteCluster {
             // The next probe: soon while it does not answer (for a fast
             // return, and the service cache TTL), less often with many
             // remotes while it does.
-            let checks = if reachable {
-                healthy_probe_every(self.ids.len())
-            } else {
-                1
-            };
-            next_probe = tokio::time::Instant::now() + CHECK_INTERVAL * checks;
+            next_probe = tokio::time::Instant::now()
+                + if reachable {
+                    self.healthy_probe_period()
+                } else {
+                    CHECK_INTERVAL
+                };
             if reachable {
                 self.reach.answers();
                 if self.reach.services_dropped {

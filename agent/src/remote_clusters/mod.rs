@@ -88,7 +88,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -246,6 +246,7 @@ impl RemoteClusters {
         let mut publish = tokio::time::interval(CHECK_INTERVAL);
         let mut scanner = ConfigScanner::default();
         let mut published = Published::default();
+        let configured = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -261,6 +262,7 @@ impl RemoteClusters {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             }
             let wanted = scanner.scan(&self.dir, &self.local);
+            configured.store(wanted.len(), Ordering::Relaxed);
             running.retain(|name, r| match wanted.get(name) {
                 Some((_, fingerprint)) if *fingerprint == r.fingerprint => true,
                 // Only the contents of the TLS files it names changed (a
@@ -307,6 +309,7 @@ impl RemoteClusters {
                 let (config, config_rx) = watch::channel(Some(file.clone()));
                 let tls_generation = Arc::new(AtomicU64::new(0));
                 let remote = RemoteCluster::new(Spec {
+                    configured: configured.clone(),
                     tls_generation: tls_generation.clone(),
                     name: name.clone(),
                     config: file,

@@ -199,8 +199,13 @@ impl Mirror {
 
     /// Connecting: TLS, the remote etcd's identity, its cluster config.
     async fn connect(&mut self) -> Result<(Client, ClusterConfig, ClusterId), Failure> {
-        let (client, cluster_config) =
-            kvstore::remote::reach(&self.name, &self.file, &mut self.pinned_etcd).await?;
+        let (client, cluster_config) = kvstore::remote::reach(
+            &self.name,
+            &self.file,
+            &mut self.pinned_etcd,
+            self.timing.check_interval,
+        )
+        .await?;
         let id = self
             .ids
             .admit(&self.name, &cluster_config, self.local_id, self.mode)?;
