@@ -38,6 +38,7 @@ pub mod remote;
 mod session;
 mod short_key;
 mod sync_store;
+mod tick_grid;
 mod value;
 pub mod values;
 mod watch_store;
@@ -65,6 +66,7 @@ pub use session::{
     DEFAULT_SESSION_TTL, SESSION_RETRY_INTERVAL, Session, SessionHandle, SessionState,
 };
 pub use sync_store::{SyncStatus, SyncStore, SyncStoreConfig, SyncStoreRunner};
+pub use tick_grid::on_grid;
 pub use value::{DecodeError, InvalidReason, RawEntry, StoreValue};
 pub use watch_store::{
     Event, RestartableWatchStore, Validator, WatchStore, WatchStoreConfig, WatchStoreStats,

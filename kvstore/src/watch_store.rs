@@ -22,6 +22,7 @@ use crate::{
     error::{Error, ErrorKind},
     prefix::KeyPrefix,
     short_key::ShortKey,
+    tick_grid::on_grid,
     value::{DecodeError, InvalidReason, StoreValue},
 };
 
@@ -103,6 +104,10 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(30);
 /// Default [`WatchStoreConfig::progress_timeout`]: etcd answers a progress
 /// request at once; 10 s rides out a busy server.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Progress requests of quiet watches go out on a grid whose step is this
+/// fraction of [`WatchStoreConfig::progress_after`] (1 s for the default
+/// 30 s), so that those of many watches share a wakeup ([`on_grid`]).
+const PROGRESS_GRID_DIVISOR: u32 = 30;
 /// The `watch_id` of etcd's answers to a progress request: they are for
 /// the whole stream.
 const STREAM_WATCH_ID: i64 = -1;
@@ -707,7 +712,8 @@ impl<V: StoreValue> Session<'_, V> {
         // Liveness: after a quiet period, ask for progress; no answer in
         // time means the stream hangs (its member or a proxy stopped without
         // closing it) and the watch resumes elsewhere.
-        let mut quiet_until = Instant::now() + self.config.progress_after;
+        let grid = self.config.progress_after / PROGRESS_GRID_DIVISOR;
+        let mut quiet_until = on_grid(Instant::now() + self.config.progress_after, grid);
         let mut answer_due: Option<Instant> = None;
         loop {
             let message = tokio::select! {
@@ -731,7 +737,7 @@ impl<V: StoreValue> Session<'_, V> {
             let Some(resp) = message.map_err(|source| watch_error(prefix.as_str(), source))? else {
                 return Err(broken("stream closed by the server".into()));
             };
-            quiet_until = Instant::now() + self.config.progress_after;
+            quiet_until = on_grid(Instant::now() + self.config.progress_after, grid);
             answer_due = None;
             if let Some(header) = resp.header() {
                 if st.cluster_id != 0

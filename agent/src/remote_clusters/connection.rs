@@ -27,7 +27,7 @@ use std::{
 
 use kvstore::{
     Backoff, Client, ClusterId, ClusterName, Event, KeyPrefix, MaxConnectedClusters, WatchStore,
-    WatchStoreConfig, keys,
+    WatchStoreConfig, keys, on_grid,
     remote::{ClusterIds, Probe, Reachability, probe},
     values::{ClusterConfig, MirrorStatus},
 };
@@ -477,12 +477,17 @@ impl RemoteCluster {
             // The next probe: soon while it does not answer (for a fast
             // return, and the service cache TTL), less often with many
             // remotes while it does.
-            next_probe = tokio::time::Instant::now()
-                + if reachable {
-                    self.healthy_probe_period()
-                } else {
-                    CHECK_INTERVAL
-                };
+            // On a grid: the probes of many remotes due in the same second
+            // share one wakeup.
+            next_probe = on_grid(
+                tokio::time::Instant::now()
+                    + if reachable {
+                        self.healthy_probe_period()
+                    } else {
+                        CHECK_INTERVAL
+                    },
+                CHECK_INTERVAL,
+            );
             if reachable {
                 self.reach.answers();
                 if self.reach.services_dropped {
