@@ -20,6 +20,18 @@ fn config(prefix: &str) -> WatchStoreConfig {
     c
 }
 
+/// An etcd, a proxy in front of it that a test can cut, and a client of
+/// each.
+async fn etcd_behind_proxy() -> (TestEtcd, TcpProxy, kvstore::Client, kvstore::Client) {
+    let etcd = TestEtcd::start().await.unwrap();
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
+        .await
+        .unwrap();
+    let direct = client(&etcd).await;
+    let through_proxy = client_at(&proxy.url()).await;
+    (etcd, proxy, direct, through_proxy)
+}
+
 #[tokio::test]
 async fn lists_then_watches_in_order() {
     let etcd = TestEtcd::start().await.unwrap();
@@ -93,12 +105,7 @@ async fn waits_for_the_canary() {
 
 #[tokio::test]
 async fn survives_etcd_kill_and_restart_with_changes_in_between() {
-    let mut etcd = TestEtcd::start().await.unwrap();
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
-        .await
-        .unwrap();
-    let direct = client(&etcd).await;
-    let through_proxy = client_at(&proxy.url()).await;
+    let (mut etcd, proxy, direct, through_proxy) = etcd_behind_proxy().await;
     for i in 0..50 {
         direct
             .put(&format!("p/k{i:02}"), format!("v{i}"))
@@ -140,12 +147,7 @@ async fn survives_etcd_kill_and_restart_with_changes_in_between() {
 
 #[tokio::test]
 async fn a_retry_signal_cuts_the_backoff_short() {
-    let etcd = TestEtcd::start().await.unwrap();
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
-        .await
-        .unwrap();
-    let direct = client(&etcd).await;
-    let through_proxy = client_at(&proxy.url()).await;
+    let (_etcd, proxy, direct, through_proxy) = etcd_behind_proxy().await;
     direct.put("r/before", "v").await.unwrap();
     // A backoff far beyond the test's deadline: only the signal can bring
     // the store back in time.
@@ -174,12 +176,7 @@ async fn a_retry_signal_cuts_the_backoff_short() {
 
 #[tokio::test]
 async fn relists_after_compaction_past_its_revision() {
-    let etcd = TestEtcd::start().await.unwrap();
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap())
-        .await
-        .unwrap();
-    let direct = client(&etcd).await;
-    let through_proxy = client_at(&proxy.url()).await;
+    let (_etcd, proxy, direct, through_proxy) = etcd_behind_proxy().await;
     for i in 0..30 {
         direct
             .put(&format!("p/k{i:02}"), format!("v{i}"))
