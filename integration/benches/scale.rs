@@ -58,7 +58,7 @@ use etcd_harness::{
 };
 use futures::StreamExt;
 use integration::{
-    proc_stats::{cpu_seconds, rss_bytes, tcp_connections},
+    proc_stats::{cpu_seconds, rss_bytes, settled_rss_bytes, tcp_connections},
     propagation::{self, Source},
     scale::{
         self, ENTRIES_PER_IDENTITY, Pki, Remote, ScaleAgent, all_in_map, none_in_map, stride_for,
@@ -77,6 +77,11 @@ const CHURN_SECONDS: u64 = 5;
 const RECOVERY_ENTRIES: usize = 100_000;
 const PARTITION: Duration = Duration::from_secs(60);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// The agent's memory after a sync is read once it stopped dropping for
+/// this long (it gives freed memory back a second after the last store
+/// synced; read earlier, the figure depended on the race).
+const RSS_QUIET: Duration = Duration::from_millis(1_500);
+const RSS_DEADLINE: Duration = Duration::from_secs(10);
 const FANOUT_POINTS: [usize; 2] = [1_000, 5_000];
 const FANOUT_PER_S: u64 = 1_000;
 const FANOUT_SECONDS: u64 = 10;
@@ -347,7 +352,7 @@ async fn clusters(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<(
         )
         .await?;
         let pid = agent.pid();
-        let rss = rss_bytes(pid)? as f64 / (1024.0 * 1024.0);
+        let rss = settled_rss_bytes(pid, RSS_QUIET, RSS_DEADLINE).await? as f64 / (1024.0 * 1024.0);
         let connections = tcp_connections(pid)?;
         let cpu0 = cpu_seconds(pid)?;
         let idle_window = std::env::var("SCALE_IDLE_S")
@@ -471,7 +476,7 @@ async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()
         let (keys_read, raw) =
             scale::raw_list(&clients, &[keys::ipcache(), keys::identities()]).await?;
         let (agent, seconds, rss0) = sync(&remotes, pki, bin, total, stride, BIG_IPCACHE).await?;
-        let rss1 = rss_bytes(agent.pid())?;
+        let rss1 = settled_rss_bytes(agent.pid(), RSS_QUIET, RSS_DEADLINE).await?;
         let bytes = rss1.saturating_sub(rss0) as f64 / total as f64;
         let map_bytes = agent.ipcache_map_bytes()? as f64 / total as f64;
         eprintln!(

@@ -1,7 +1,11 @@
 //! What a process costs, read from `/proc`: CPU time, resident memory,
 //! established TCP connections.
 
-use std::{collections::HashSet, fs};
+use std::{
+    collections::HashSet,
+    fs,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
@@ -26,6 +30,25 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS in /proc/PID/status")?;
     Ok(kb * 1024)
+}
+
+/// Resident memory of a process once it settled: sampled every 100 ms
+/// until it has not dropped for `quiet` (an agent gives freed memory back
+/// a second after a sync), the lowest sample; after `deadline`, the lowest
+/// so far.
+pub async fn settled_rss_bytes(pid: u32, quiet: Duration, deadline: Duration) -> Result<u64> {
+    let started = Instant::now();
+    let mut lowest = rss_bytes(pid)?;
+    let mut dropped = Instant::now();
+    while dropped.elapsed() < quiet && started.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_bytes(pid)?;
+        if now < lowest {
+            lowest = now;
+            dropped = Instant::now();
+        }
+    }
+    Ok(lowest)
 }
 
 /// Established TCP connections a process holds (its sockets matched
