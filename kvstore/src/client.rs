@@ -507,6 +507,7 @@ impl Client {
             grow: true,
             revision: 0,
             cluster_id: 0,
+            count: 0,
         }
     }
 
@@ -777,6 +778,7 @@ pub struct Pager {
     grow: bool,
     revision: i64,
     cluster_id: u64,
+    count: i64,
 }
 
 /// What a page after the first aims to hold: a few times what one etcd
@@ -823,6 +825,7 @@ impl Pager {
         {
             self.revision = h.revision();
             self.cluster_id = h.cluster_id();
+            self.count = resp.count();
         }
         let kvs = resp.take_kvs();
         // From the raw key: a key that is not UTF-8 reads differently.
@@ -850,6 +853,12 @@ impl Pager {
     /// The etcd cluster ID that answered (known after the first page).
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
+    }
+
+    /// The keys in the range, as the first page's answer counted them (0
+    /// before it, or if the server did not say).
+    pub fn count(&self) -> i64 {
+        self.count
     }
 }
 

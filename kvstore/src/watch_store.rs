@@ -104,6 +104,9 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(30);
 /// Default [`WatchStoreConfig::progress_timeout`]: etcd answers a progress
 /// request at once; 10 s rides out a busy server.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most keys a list makes room for up front, whatever the server
+/// counts (a remote's answer is not trusted with the agent's memory).
+const RESERVE_MAX: usize = 1 << 20;
 /// Progress requests of quiet watches go out on a grid whose step is this
 /// fraction of [`WatchStoreConfig::progress_after`] (1 s for the default
 /// 30 s), so that those of many watches share a wakeup ([`on_grid`]).
@@ -613,6 +616,11 @@ impl<V: StoreValue> Session<'_, V> {
             .pager(&self.config.prefix, self.config.page_size);
         let mark = st.begin_list();
         let mut page = pager.next_page().await?;
+        // Room for every key at once instead of growing the table page by
+        // page (each growth copies it and faults in fresh memory); the
+        // server's count is trusted up to a bound.
+        let expected = usize::try_from(pager.count()).unwrap_or(0).min(RESERVE_MAX);
+        st.known.reserve(expected.saturating_sub(st.known.len()));
         while let Some(kvs) = page.take() {
             // The next page is read while this one is decoded and delivered
             // (etcd and the consumer work at once); page by page, so memory

@@ -75,8 +75,14 @@ async fn paginated_list_is_one_snapshot_and_prefixes_are_exact() {
     assert_eq!(sizes, [7, 243]);
 
     let mut pager = c.pager(&prefix, 7).with_fixed_page_size();
+    assert_eq!(pager.count(), 0, "not known before the first page");
     let first = pager.next_page().await.unwrap().unwrap();
     assert_eq!(first.len(), 7);
+    assert_eq!(
+        pager.count(),
+        250,
+        "the whole range, counted by the first page"
+    );
     let revision = pager.revision();
     // A write after the first page must not show up in later pages.
     c.put("nodes/c1/zzz", "late").await.unwrap();
