@@ -151,14 +151,11 @@ pub(crate) struct RemoteClusters {
     pub announced: BTreeMap<ClusterName, SourceId>,
 }
 
-/// A remote being followed.
 /// The remotes' views as last published, with their
 /// [`RemoteStatus::fingerprint`]s.
-#[derive(Default)]
-struct Published {
-    views: BTreeMap<ClusterName, (u64, RemoteView)>,
-}
+type Published = BTreeMap<ClusterName, (u64, RemoteView)>;
 
+/// A remote being followed.
 struct Running {
     fingerprint: u64,
     config: watch::Sender<Option<ConfigFile>>,
@@ -347,28 +344,25 @@ impl RemoteClusters {
         running: &BTreeMap<ClusterName, Running>,
         published: &mut Published,
     ) {
-        let before = published.views.len();
-        published.views.retain(|name, _| running.contains_key(name));
-        let mut changed = published.views.len() != before;
+        let before = published.len();
+        published.retain(|name, _| running.contains_key(name));
+        let removed = published.len() != before;
         let mut updated = Vec::new();
         for (name, r) in running {
             let fingerprint = r.status.fingerprint();
-            if published
-                .views
-                .get(name)
-                .is_some_and(|(f, _)| *f == fingerprint)
-            {
+            if published.get(name).is_some_and(|(f, _)| *f == fingerprint) {
                 continue;
             }
-            let view = r.status.view();
-            updated.push(view.clone());
-            published.views.insert(name.clone(), (fingerprint, view));
-            changed = true;
+            published.insert(name.clone(), (fingerprint, r.status.view()));
+            updated.push(name);
         }
-        if !changed {
+        if !removed && updated.is_empty() {
             return;
         }
-        for v in &updated {
+        for v in updated
+            .into_iter()
+            .filter_map(|name| published.get(name).map(|(_, v)| v))
+        {
             let label = RemoteLabel {
                 cluster: v.name.clone(),
             };
@@ -403,7 +397,7 @@ impl RemoteClusters {
                     .set(*n as i64);
             }
         }
-        let views = published.views.values().map(|(_, v)| v.clone()).collect();
+        let views = published.values().map(|(_, v)| v.clone()).collect();
         self.control.send(Input::RemoteStatus(views)).await;
     }
 
