@@ -508,6 +508,7 @@ impl Client {
             revision: 0,
             cluster_id: 0,
             count: 0,
+            bytes_per_key: 0,
         }
     }
 
@@ -779,6 +780,8 @@ pub struct Pager {
     revision: i64,
     cluster_id: u64,
     count: i64,
+    /// Bytes of keys and values per key in the last page.
+    bytes_per_key: usize,
 }
 
 /// What a page after the first aims to hold: a few times what one etcd
@@ -837,8 +840,9 @@ impl Pager {
         let page: Vec<Kv> = kvs.into_iter().map(Kv::from_etcd_owned).collect();
         if let Some(next) = next {
             self.next_key = Some(next);
+            let bytes: usize = page.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+            self.bytes_per_key = bytes.div_ceil(page.len().max(1));
             if self.grow {
-                let bytes: usize = page.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
                 self.page_size = next_page_size(page.len(), bytes, self.min_page_size);
             }
         }
@@ -859,6 +863,18 @@ impl Pager {
     /// before it, or if the server did not say).
     pub fn count(&self) -> i64 {
         self.count
+    }
+
+    /// The bytes of keys and values the next page should hold, from the
+    /// last page's; 0 when the list is complete (and before the first
+    /// page).
+    pub fn next_page_bytes(&self) -> usize {
+        if self.next_key.is_none() {
+            return 0;
+        }
+        usize::try_from(self.page_size)
+            .unwrap_or(0)
+            .saturating_mul(self.bytes_per_key)
     }
 }
 

@@ -32,6 +32,7 @@ mod identity_cache;
 mod identity_gc;
 pub mod keys;
 mod labels;
+mod list_budget;
 mod prefix;
 pub mod reason;
 pub mod remote;
@@ -61,6 +62,7 @@ pub use identity_gc::{GcRound, IdentityGc, IdentityGcConfig};
 pub use labels::{
     CLUSTER_LABEL, Label, LabelError, LabelText, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
 };
+pub use list_budget::ListBudget;
 pub use prefix::KeyPrefix;
 pub use session::{
     DEFAULT_SESSION_TTL, SESSION_RETRY_INTERVAL, Session, SessionHandle, SessionState,

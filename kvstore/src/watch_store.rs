@@ -20,6 +20,7 @@ use crate::{
     backoff::{Backoff, ETCD_RETRY_MAX, ETCD_RETRY_MIN},
     client::{Client, Kv},
     error::{Error, ErrorKind},
+    list_budget::ListBudget,
     prefix::KeyPrefix,
     short_key::ShortKey,
     tick_grid::on_grid,
@@ -91,6 +92,10 @@ pub struct WatchStoreConfig {
     /// once instead of up to [`WatchStoreConfig::max_backoff`] later. A
     /// change since the failed attempt started counts. Default: none.
     pub retry_now: Option<watch::Receiver<u64>>,
+    /// Room for list pages shared with other stores: a list reads its next
+    /// page while delivering the current one only while the budget has
+    /// room (see [`ListBudget`]). Default: none (always reads ahead).
+    pub list_budget: Option<ListBudget>,
 }
 
 /// Keys per page of a list: large enough that a 100k-entry list takes 20
@@ -130,7 +135,14 @@ impl WatchStoreConfig {
             progress_timeout: PROGRESS_TIMEOUT,
             keep_on_data_loss: false,
             retry_now: None,
+            list_budget: None,
         }
+    }
+
+    /// Sets [`WatchStoreConfig::list_budget`].
+    pub fn with_list_budget(mut self, budget: ListBudget) -> Self {
+        self.list_budget = Some(budget);
+        self
     }
 
     /// Sets [`WatchStoreConfig::retry_now`].
@@ -621,10 +633,9 @@ impl<V: StoreValue> Session<'_, V> {
         // server's count is trusted up to a bound.
         let expected = usize::try_from(pager.count()).unwrap_or(0).min(RESERVE_MAX);
         st.known.reserve(expected.saturating_sub(st.known.len()));
+        // The budget's room for `page` (none for the first page).
+        let mut room = None;
         while let Some(kvs) = page.take() {
-            // The next page is read while this one is decoded and delivered
-            // (etcd and the consumer work at once); page by page, so memory
-            // stays bounded on large lists.
             let deliver = async {
                 for kv in kvs {
                     if let Some(event) = self.apply_put(st, &kv, mark)
@@ -635,12 +646,36 @@ impl<V: StoreValue> Session<'_, V> {
                 }
                 Ok(())
             };
-            let (next, delivered) = tokio::join!(pager.next_page(), deliver);
-            if delivered.is_err() {
-                return Ok(Some(Flow::Stop));
+            let next_bytes = pager.next_page_bytes();
+            let budget = self.config.list_budget.as_ref().filter(|_| next_bytes > 0);
+            let read_ahead = match budget {
+                None => Some(None),
+                Some(budget) => budget.try_take(next_bytes).map(Some),
+            };
+            if let Some(next_room) = read_ahead {
+                // The next page is read while this one is decoded and
+                // delivered (etcd and the consumer work at once); page by
+                // page, so memory stays bounded on large lists.
+                let (next, delivered) = tokio::join!(pager.next_page(), deliver);
+                if delivered.is_err() {
+                    return Ok(Some(Flow::Stop));
+                }
+                room = next_room;
+                page = next?;
+            } else {
+                // No room to read ahead: this page first, then room for
+                // the next, waited for holding none.
+                if deliver.await.is_err() {
+                    return Ok(Some(Flow::Stop));
+                }
+                drop(room.take());
+                if let Some(budget) = budget {
+                    room = Some(budget.take(next_bytes).await);
+                }
+                page = pager.next_page().await?;
             }
-            page = next?;
         }
+        drop(room);
         // Sweep: whatever the consumer has and the list did not contain is
         // gone, unless it went with lost data and the consumer keeps it.
         let mut vanished: Vec<ShortKey> = st

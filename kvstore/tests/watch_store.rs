@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use common::{Mirror, client, client_at, etcd_content, raw_content, wait_until};
 use etcd_harness::{TcpProxy, TestEtcd};
 use kvstore::{
-    DecodeError, Event, InvalidReason, KeyPrefix, NumericIdentity, RawEntry, RestartableWatchStore,
-    StoreValue, WatchStore, WatchStoreConfig, keys, values::IpIdentityPair,
+    DecodeError, Event, InvalidReason, KeyPrefix, ListBudget, NumericIdentity, RawEntry,
+    RestartableWatchStore, StoreValue, WatchStore, WatchStoreConfig, keys, values::IpIdentityPair,
 };
 
 fn config(prefix: &str) -> WatchStoreConfig {
@@ -63,6 +63,41 @@ async fn lists_then_watches_in_order() {
     assert_eq!(events[42], Event::Delete { key: "k01".into() });
     assert_eq!(mirror.stats.entries(), 40);
     assert_eq!(mirror.duplicate_count(), 0);
+}
+
+#[tokio::test]
+async fn lists_sharing_a_budget_too_small_to_read_ahead_deliver_every_key() {
+    let etcd = TestEtcd::start().await.unwrap();
+    let c = client(&etcd).await;
+    // 60 values of 200 KB under each of two prefixes: after a first page
+    // of 7 keys, pages of about 8 MiB, far more than the budget of 1 MiB.
+    let value = "x".repeat(200 << 10);
+    for prefix in ["a", "b"] {
+        for i in 0..60 {
+            c.put(&format!("{prefix}/k{i:02}"), value.clone())
+                .await
+                .unwrap();
+        }
+    }
+    let budget = ListBudget::new(1 << 20);
+    let mirrors: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|p| Mirror::<RawEntry>::watch(&c, config(p).with_list_budget(budget.clone())))
+        .collect();
+    for (prefix, mirror) in ["a", "b"].into_iter().zip(&mirrors) {
+        wait_until("synced", || async { mirror.synced() }).await;
+        assert_eq!(
+            raw_content(mirror),
+            etcd_content(&c, &KeyPrefix::new(prefix)).await
+        );
+        assert_eq!(
+            mirror.events.lock().unwrap().len(),
+            61,
+            "60 upserts, Synced"
+        );
+        assert_eq!(mirror.duplicate_count(), 0);
+    }
+    assert_eq!(budget.available(), 1 << 20, "every page gave its room back");
 }
 
 #[tokio::test]

@@ -26,8 +26,8 @@ use std::{
 };
 
 use kvstore::{
-    Backoff, Client, ClusterId, ClusterName, Event, KeyPrefix, MaxConnectedClusters, WatchStore,
-    WatchStoreConfig, keys, on_grid,
+    Backoff, Client, ClusterId, ClusterName, Event, KeyPrefix, ListBudget, MaxConnectedClusters,
+    WatchStore, WatchStoreConfig, keys, on_grid,
     remote::{ClusterIds, Probe, Reachability, probe},
     values::{ClusterConfig, MirrorStatus},
 };
@@ -131,11 +131,13 @@ pub(super) struct Spec {
     pub tls_generation: Arc<AtomicU64>,
     /// Remotes configured, connected or not: how often each is probed.
     pub configured: Arc<AtomicUsize>,
+    /// Room for list pages, shared by every remote's stores.
+    pub list_budget: ListBudget,
 }
 
 impl RemoteCluster {
     pub(super) fn new(spec: Spec) -> Self {
-        let stores = RemoteStores::new(&spec.name, spec.source, &spec.control);
+        let stores = RemoteStores::new(&spec.name, spec.source, &spec.control, &spec.list_budget);
         Self {
             stores,
             name: spec.name,

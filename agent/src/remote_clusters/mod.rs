@@ -93,7 +93,7 @@ use std::{
     time::Duration,
 };
 
-use kvstore::{ClusterId, ClusterName, MaxConnectedClusters, remote::ClusterIds};
+use kvstore::{ClusterId, ClusterName, ListBudget, MaxConnectedClusters, remote::ClusterIds};
 use notify::{RecursiveMode, Watcher};
 use tokio::{
     sync::{mpsc, watch},
@@ -244,6 +244,7 @@ impl RemoteClusters {
         let mut scanner = ConfigScanner::default();
         let mut published = Published::default();
         let configured = Arc::new(AtomicUsize::new(0));
+        let list_budget = ListBudget::new(ListBudget::DEFAULT_BYTES);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -307,6 +308,7 @@ impl RemoteClusters {
                 let tls_generation = Arc::new(AtomicU64::new(0));
                 let remote = RemoteCluster::new(Spec {
                     configured: configured.clone(),
+                    list_budget: list_budget.clone(),
                     tls_generation: tls_generation.clone(),
                     name: name.clone(),
                     config: file,

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use kvstore::{
-    Client, ClusterId, ClusterName, MaxConnectedClusters, RestartableWatchStore, StoreValue,
-    Validator, WatchStoreConfig, WatchStoreStats, WatchTask, keys, remote_identity_validator,
+    Client, ClusterId, ClusterName, ListBudget, MaxConnectedClusters, RestartableWatchStore,
+    StoreValue, Validator, WatchStoreConfig, WatchStoreStats, WatchTask, keys,
+    remote_identity_validator,
     values::{ClusterService, IdentityEntry, IpIdentityPair, Node},
 };
 use tokio::{sync::watch, task::JoinSet};
@@ -49,14 +50,15 @@ impl<V: StoreValue> Store<V> {
         state: keys::StateKind,
         forwarders: &mut JoinSet<()>,
         control: &LoopHandle,
-        retry_now: &watch::Sender<u64>,
+        (retry_now, budget): (&watch::Sender<u64>, &ListBudget),
         wrap: impl Fn(kvstore::Event<V>) -> Input + Send + 'static,
     ) -> Self {
         let source = keys::Source::State;
         let config = WatchStoreConfig::new(state.prefix(remote, source))
             .relative_to(state.relative_to(remote, source))
             .with_name(format!("{remote}/{}", kind.as_str()))
-            .with_retry_signal(retry_now.subscribe());
+            .with_retry_signal(retry_now.subscribe())
+            .with_list_budget(budget.clone());
         let (store, rx) = RestartableWatchStore::new(config);
         let control = control.clone();
         forwarders.spawn(async move {
@@ -109,11 +111,17 @@ pub(super) struct RemoteStores {
 }
 
 impl RemoteStores {
-    pub(super) fn new(remote: &ClusterName, source: SourceId, control: &LoopHandle) -> Self {
+    /// `budget`: room for list pages, shared with every other remote.
+    pub(super) fn new(
+        remote: &ClusterName,
+        source: SourceId,
+        control: &LoopHandle,
+        budget: &ListBudget,
+    ) -> Self {
         let mut forwarders = JoinSet::new();
         let f = &mut forwarders;
         let retry_now = watch::Sender::new(0);
-        let r = &retry_now;
+        let r = (&retry_now, budget);
         Self {
             identities: Store::new(
                 remote,
