@@ -51,6 +51,7 @@ pub use conntrack_gc::ConntrackGcConfig;
 pub use debug::{DebugArgs, run_debug};
 pub use endpoint::{Endpoint, EndpointId, EndpointRequest};
 pub use hubble::{FlowIngestor, HubbleConfig};
+pub use memory::tune_heap;
 pub use metrics::AgentMetrics;
 pub use policy_resolver::{
     DEFAULT_DNS_PROXY_PORT, DirectionRules, EndpointRules, NamedPorts, PortNames, RuleCookies,

@@ -38,13 +38,16 @@ fn main() -> ExitCode {
     match command {
         Err(e) => flags_error(e).into(),
         Ok(Command::Debug(d)) => debug(&d).into(),
-        Ok(Command::Run(a)) => Daemon::new("clustermesh-agent")
-            .log_env(agent::env::LOG)
-            .run(|shutdown| async move {
-                let config = a.into_config().map_err(DaemonError::usage)?;
-                Agent::new(config).run(shutdown).await?;
-                Ok(())
-            }),
+        Ok(Command::Run(a)) => {
+            agent::tune_heap();
+            Daemon::new("clustermesh-agent")
+                .log_env(agent::env::LOG)
+                .run(|shutdown| async move {
+                    let config = a.into_config().map_err(DaemonError::usage)?;
+                    Agent::new(config).run(shutdown).await?;
+                    Ok(())
+                })
+        }
     }
 }
 
