@@ -37,7 +37,9 @@
 //! `SCALE_CURVES=clusters,entries` runs some curves only;
 //! `SCALE_CLUSTER_POINTS=128`, `SCALE_ENTRY_POINTS=1000000` and
 //! `SCALE_FANOUT_POINTS=1000` pick points; `SCALE_IDLE_S=60` makes the idle
-//! window longer (room for a profiler).
+//! window longer (room for a profiler), and `SCALE_HOLD_S=60` keeps each
+//! entries point's agent running that long after its figures (room to
+//! inspect its memory).
 
 use std::{
     fs,
@@ -483,6 +485,13 @@ async fn entries(out: &mut Out, pki: &Pki, bin: &Path, work: &Path) -> Result<()
             "  {total} entries: agent synced in {seconds:.2} s (raw list of {keys_read} keys: {raw:.2} s), \
              {bytes:.0} B/entry in the agent, BPF ipcache map {map_bytes:.0} B/entry (memlock)"
         );
+        if let Some(hold) = std::env::var("SCALE_HOLD_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            eprintln!("  holding the agent (pid {}) for {hold} s", agent.pid());
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
         drop(agent);
         let s = short(total);
         out.emit(

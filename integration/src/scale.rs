@@ -181,6 +181,7 @@ impl Remote {
                 .arg("--tls-client-ca")
                 .arg(&pki.ca_file)
                 .env("CLUSTERMESH_LOG", "warn")
+                .env("CM_MALLOC_REPORT", "1")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
@@ -403,7 +404,16 @@ impl ScaleAgent {
             dir,
         };
         let log = fs::File::create(agent.log())?;
-        let mut cmd = Command::new(bin_dir.join("clustermesh-agent"));
+        let wrap = std::env::var("SCALE_AGENT_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrap).arg(bin_dir.join("clustermesh-agent"));
+                cmd
+            }
+            None => Command::new(bin_dir.join("clustermesh-agent")),
+        };
         cmd.arg("run")
             .args(["--cluster-name", LOCAL_CLUSTER])
             .args(["--cluster-id", &LOCAL_ID.to_string()])
@@ -426,6 +436,7 @@ impl ScaleAgent {
             .args(["--ipcache-max-entries", &ipcache_max_entries.to_string()])
             .args(["--ct-gc-interval", "0s"])
             .env("CLUSTERMESH_LOG", "warn")
+            .env("CM_MALLOC_REPORT", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
