@@ -37,9 +37,10 @@
 //! `SCALE_CURVES=clusters,entries` runs some curves only;
 //! `SCALE_CLUSTER_POINTS=128`, `SCALE_ENTRY_POINTS=1000000` and
 //! `SCALE_FANOUT_POINTS=1000` pick points; `SCALE_IDLE_S=60` makes the idle
-//! window longer (room for a profiler), and `SCALE_HOLD_S=60` keeps each
+//! window longer (room for a profiler), `SCALE_HOLD_S=60` keeps each
 //! entries point's agent running that long after its figures (room to
-//! inspect its memory).
+//! inspect its memory), and `SCALE_AGENT_WRAP="heaptrack -o /tmp/agent"`
+//! runs the agent under a tool.
 
 use std::{
     fs,

@@ -404,6 +404,10 @@ impl ScaleAgent {
             dir,
         };
         let log = fs::File::create(agent.log())?;
+        // A tool to run the agent under (`SCALE_AGENT_WRAP`, for example
+        // `heaptrack -o FILE`); the figures read from the process (RSS, CPU)
+        // are then the tool's, unless it executes the agent in its place
+        // (`env VAR=value`).
         let wrap = std::env::var("SCALE_AGENT_WRAP").unwrap_or_default();
         let mut wrap = wrap.split_whitespace();
         let mut cmd = match wrap.next() {
