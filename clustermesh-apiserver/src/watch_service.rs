@@ -1,8 +1,10 @@
 use std::{
     convert::Infallible,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
+
+use futures::stream::Empty;
 
 use etcd_client::proto::PbWatchRequest;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -19,12 +21,14 @@ use crate::{
     authorizer::Authorizer,
     etcd_error::EtcdError,
     metrics::Metrics,
-    watch_hub::{Outbox, OutboxStream, WatchCodec, WatchHub, WatchMessage, WatchStream},
+    watch_hub::{NoResponse, Outbox, OutboxStream, WatchBody, WatchCodec, WatchHub, WatchStream},
 };
 
 /// etcd's `Watch` gRPC service, written out by hand instead of with the
-/// generated `WatchServer` so that responses can use [`WatchCodec`] (one
-/// encoding per upstream response, whatever the number of watchers).
+/// generated `WatchServer` so that responses are encoded once per upstream
+/// response, whatever the number of watchers, and sent by reference
+/// ([`WatchBody`]): tonic reads the requests and writes the response's
+/// headers, the body is ours.
 #[derive(Clone)]
 pub(crate) struct WatchService {
     inner: Arc<Inner>,
@@ -85,7 +89,23 @@ where
         match req.uri().path() {
             "/etcdserverpb.Watch/Watch" => Box::pin(async move {
                 let mut grpc = Grpc::new(WatchCodec);
-                Ok(grpc.streaming(WatchMethod(inner), req).await)
+                let outbox = Arc::new(Mutex::new(None));
+                let response = grpc
+                    .streaming(
+                        WatchMethod {
+                            inner,
+                            outbox: outbox.clone(),
+                        },
+                        req,
+                    )
+                    .await;
+                let outbox = outbox.lock().unwrap_or_else(PoisonError::into_inner).take();
+                // Without the outbox the request was refused before the
+                // method ran: tonic's response says why.
+                Ok(match outbox {
+                    Some(stream) => response.map(|_| Body::new(WatchBody::new(stream))),
+                    None => response,
+                })
             }),
             _ => Box::pin(async move {
                 Ok(Status::from(EtcdError::Unimplemented {
@@ -98,15 +118,22 @@ where
     }
 }
 
-struct WatchMethod(Arc<Inner>);
+/// The method as tonic calls it. The response stream tonic gets is empty:
+/// the outbox's stream is left in `outbox` for the body that replaces
+/// tonic's.
+struct WatchMethod {
+    inner: Arc<Inner>,
+    outbox: Arc<Mutex<Option<OutboxStream>>>,
+}
 
 impl StreamingService<PbWatchRequest> for WatchMethod {
-    type Response = WatchMessage;
-    type ResponseStream = OutboxStream;
-    type Future = BoxFuture<Response<OutboxStream>, Status>;
+    type Response = NoResponse;
+    type ResponseStream = Empty<Result<NoResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<PbWatchRequest>>) -> Self::Future {
-        let inner = self.0.clone();
+        let inner = self.inner.clone();
+        let slot = self.outbox.clone();
         Box::pin(async move {
             // Every connection reaches gRPC only after a verified handshake;
             // without the info (impossible) the stream is treated as unknown.
@@ -135,7 +162,8 @@ impl StreamingService<PbWatchRequest> for WatchMethod {
                 closed,
                 inner.shutdown.clone(),
             ));
-            Ok(Response::new(stream))
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(stream);
+            Ok(Response::new(futures::stream::empty()))
         })
     }
 }

@@ -37,12 +37,14 @@ mod revision;
 mod shared_watch;
 mod subscriber;
 mod upstream_watch;
+mod watch_body;
 mod watch_key;
 mod watch_message;
 mod watch_stream;
 
 pub(crate) use outbox::{Outbox, OutboxStream};
-pub(crate) use watch_message::{WatchCodec, WatchMessage};
+pub(crate) use watch_body::WatchBody;
+pub(crate) use watch_message::{NoResponse, WatchCodec};
 pub(crate) use watch_stream::WatchStream;
 
 use self::{

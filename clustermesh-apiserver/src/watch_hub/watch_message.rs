@@ -22,7 +22,8 @@ pub(crate) enum WatchMessage {
     /// of it as it goes out. Protobuf fields may come in any order, so the
     /// result is an ordinary `WatchResponse` to the client, and fanning an
     /// upstream response out to N watchers costs N reference counts and N
-    /// copies into the socket buffer instead of N encodings.
+    /// encryptions as it is written to their connections instead of N
+    /// encodings (see [`super::WatchBody`]).
     ///
     /// `events` says whether the body carries events (and not only a
     /// progress header); consecutive event bodies of one watcher may be
@@ -61,19 +62,24 @@ pub(crate) fn encode_shared(response: &PbWatchResponse) -> Bytes {
     buf.freeze()
 }
 
-/// The codec of the downstream Watch service: decodes `WatchRequest`s,
-/// encodes [`WatchMessage`]s.
+/// The codec tonic uses for the downstream Watch service: it decodes
+/// `WatchRequest`s. Responses never go through it: [`super::WatchBody`]
+/// writes them, with shared bodies sent by reference.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct WatchCodec;
 
+/// A response tonic would encode: there is none.
+#[derive(Debug)]
+pub(crate) enum NoResponse {}
+
 impl Codec for WatchCodec {
-    type Encode = WatchMessage;
+    type Encode = NoResponse;
     type Decode = PbWatchRequest;
-    type Encoder = WatchEncoder;
+    type Encoder = NoEncoder;
     type Decoder = ProtoDecoder<PbWatchRequest>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        WatchEncoder
+        NoEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -82,122 +88,24 @@ impl Codec for WatchCodec {
 }
 
 #[derive(Debug)]
-pub(crate) struct WatchEncoder;
+pub(crate) struct NoEncoder;
 
-impl Encoder for WatchEncoder {
-    type Item = WatchMessage;
+impl Encoder for NoEncoder {
+    type Item = NoResponse;
     type Error = Status;
 
-    fn encode(&mut self, item: WatchMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        match item {
-            WatchMessage::Shared { watch_id, body, .. } => {
-                put_shared(watch_id, [body], dst);
-                Ok(())
-            }
-            WatchMessage::Merged { watch_id, bodies } => {
-                put_shared(watch_id, bodies, dst);
-                Ok(())
-            }
-            WatchMessage::Owned(response) => response
-                .encode(dst)
-                .map_err(|e| Status::internal(format!("encode: {e}"))),
-            // The response stream turns `Close` into the end of the stream
-            // and never hands it to the encoder.
-            WatchMessage::Close(status) => Err(status),
-        }
+    fn encode(&mut self, item: NoResponse, _dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {}
     }
 }
 
-/// Writes a [`WatchMessage::Shared`] or [`WatchMessage::Merged`]: the watch
-/// ID field, then the bodies.
-fn put_shared(watch_id: i64, bodies: impl IntoIterator<Item = Bytes>, dst: &mut impl BufMut) {
+/// Writes the watch ID field that goes in front of a shared body (nothing
+/// for 0, protobuf's default).
+pub(super) fn put_watch_id(watch_id: i64, dst: &mut impl BufMut) {
     if watch_id != 0 {
         encode_key(WATCH_ID_FIELD, WireType::Varint, dst);
         // Negative IDs (-1 for progress responses) are ten-byte varints, as
         // protobuf encodes every negative int64.
         encode_varint(watch_id as u64, dst);
-    }
-    for body in bodies {
-        dst.put(body);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use etcd_client::{
-        EventType,
-        proto::{PbEvent, PbKeyValue, PbResponseHeader},
-    };
-
-    use super::*;
-
-    #[test]
-    fn shared_body_plus_watch_id_is_a_plain_response() {
-        let response = PbWatchResponse {
-            header: Some(PbResponseHeader {
-                cluster_id: 7,
-                member_id: 8,
-                revision: 42,
-                raft_term: 2,
-            }),
-            events: vec![PbEvent {
-                r#type: EventType::Put as i32,
-                kv: Some(PbKeyValue {
-                    key: b"cilium/state/x".to_vec(),
-                    value: b"v".to_vec(),
-                    create_revision: 40,
-                    mod_revision: 42,
-                    version: 3,
-                    lease: 0,
-                }),
-                prev_kv: None,
-            }],
-            ..PbWatchResponse::default()
-        };
-        let body = encode_shared(&response);
-        for watch_id in [0, 1, 300, -1] {
-            let mut out = BytesMut::new();
-            put_shared(watch_id, [body.clone()], &mut out);
-            let decoded = PbWatchResponse::decode(&out[..]).unwrap();
-            assert_eq!(
-                decoded,
-                PbWatchResponse {
-                    watch_id,
-                    ..response.clone()
-                }
-            );
-        }
-    }
-
-    #[test]
-    fn merged_bodies_are_one_response_with_all_events_and_the_last_header() {
-        let response = |revision: i64, key: &str| PbWatchResponse {
-            header: Some(PbResponseHeader {
-                cluster_id: 7,
-                member_id: 8,
-                revision,
-                raft_term: 2,
-            }),
-            events: vec![PbEvent {
-                r#type: EventType::Delete as i32,
-                kv: Some(PbKeyValue {
-                    key: key.as_bytes().to_vec(),
-                    mod_revision: revision,
-                    ..PbKeyValue::default()
-                }),
-                prev_kv: None,
-            }],
-            ..PbWatchResponse::default()
-        };
-        let (first, second) = (response(10, "a"), response(11, "b"));
-        let mut out = BytesMut::new();
-        put_shared(5, [encode_shared(&first), encode_shared(&second)], &mut out);
-        let decoded = PbWatchResponse::decode(&out[..]).unwrap();
-        assert_eq!(decoded.watch_id, 5);
-        assert_eq!(decoded.header, second.header);
-        assert_eq!(
-            decoded.events,
-            [first.events[0].clone(), second.events[0].clone()]
-        );
     }
 }
