@@ -91,6 +91,16 @@ pub struct WatchConfig {
     /// every etcd response on its own. Default
     /// [`WatchConfig::DEFAULT_FAN_OUT_LINGER`].
     pub fan_out_linger: Duration,
+    /// With many watchers the linger grows, so that one shared watch sends
+    /// at most about this many responses a second to its watchers in all:
+    /// the period is the watchers over this (10 ms for 1,000 watchers and
+    /// 50 ms for 5,000 at the default), never below `fan_out_linger` nor
+    /// above [`WatchConfig::MAX_FAN_OUT_LINGER`]. Each response costs the
+    /// server a write to its client's connection and the client a read,
+    /// whatever the events it carries: fewer, larger responses are what
+    /// lets one server keep thousands of watchers up to date. Default
+    /// [`WatchConfig::DEFAULT_FAN_OUT_RESPONSES_PER_S`].
+    pub fan_out_responses_per_s: u32,
     /// Delay before re-opening a broken upstream watch: from `min_backoff`,
     /// doubling up to `max_backoff`. Defaults
     /// [`WatchConfig::DEFAULT_MIN_BACKOFF`] and
@@ -120,6 +130,13 @@ impl WatchConfig {
     /// 5 ms: invisible next to the network and etcd's own latency, and at
     /// 1,000 writes/s it turns five responses per watcher into one.
     pub const DEFAULT_FAN_OUT_LINGER: Duration = Duration::from_millis(5);
+    /// 100,000 responses a second: about what one core writes over TLS
+    /// connections (a write system call each) besides the rest of the
+    /// server's work.
+    pub const DEFAULT_FAN_OUT_RESPONSES_PER_S: u32 = 100_000;
+    /// 100 ms: however many watchers, an event waits at most this long to
+    /// be fanned out.
+    pub const MAX_FAN_OUT_LINGER: Duration = Duration::from_millis(100);
     /// 100 ms: an etcd restart is resumed from almost at once...
     pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(100);
     /// ...and 5 s: an etcd that stays down is asked at most every 5 s per
@@ -138,6 +155,7 @@ impl Default for WatchConfig {
             outbox_capacity: Self::DEFAULT_OUTBOX_CAPACITY,
             history_events: Self::DEFAULT_HISTORY_EVENTS,
             fan_out_linger: Self::DEFAULT_FAN_OUT_LINGER,
+            fan_out_responses_per_s: Self::DEFAULT_FAN_OUT_RESPONSES_PER_S,
             min_backoff: Self::DEFAULT_MIN_BACKOFF,
             max_backoff: Self::DEFAULT_MAX_BACKOFF,
             progress_after: Self::DEFAULT_PROGRESS_AFTER,

@@ -119,6 +119,8 @@ pub(super) struct SharedWatch {
     key: WatchKey,
     /// See [`WatchConfig::fan_out_linger`].
     fan_out_linger: Duration,
+    /// See [`WatchConfig::fan_out_responses_per_s`].
+    fan_out_responses_per_s: u32,
     /// See [`WatchConfig::history_events`].
     history_events: usize,
     state: Mutex<State>,
@@ -145,6 +147,7 @@ impl SharedWatch {
         Self {
             key,
             fan_out_linger: config.fan_out_linger,
+            fan_out_responses_per_s: config.fan_out_responses_per_s,
             history_events: config.history_events,
             state: Mutex::new(State {
                 subscribers: Vec::new(),
@@ -335,19 +338,37 @@ impl SharedWatch {
             ctx: &ctx,
             pending: Vec::new(),
             last_fan_out: None,
+            watchers: 0,
             opened: false,
         };
         upstream_watch::run(&mut feed, &ctx, &self.stop).await;
         ctx.registry.finished(&self);
     }
 
+    /// How long events are collected between two fan-outs to `watchers`;
+    /// see [`WatchConfig::fan_out_responses_per_s`].
+    fn linger(&self, watchers: usize) -> Duration {
+        let spread = Duration::from_secs_f64(
+            watchers as f64 / f64::from(self.fan_out_responses_per_s.max(1)),
+        );
+        spread
+            .min(WatchConfig::MAX_FAN_OUT_LINGER)
+            .max(self.fan_out_linger)
+    }
+
     /// Sends batches (in revision order) to every live watcher and keeps
     /// them as history. A watcher that takes them all whole gets one
     /// response: the encoded batches back to back, which is one
-    /// `WatchResponse` with every event and the last header.
-    fn fan_out(&self, ctx: &HubContext, batches: Vec<Batch>) {
+    /// `WatchResponse` with every event and the last header. Returns the
+    /// live watchers.
+    fn fan_out(&self, ctx: &HubContext, batches: Vec<Batch>) -> usize {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-            return;
+            return self
+                .lock()
+                .subscribers
+                .iter()
+                .filter(|s| s.is_live())
+                .count();
         };
         let (min_rev, max_rev) = (first.min_rev, last.max_rev);
         let events: usize = batches.iter().map(|b| b.events.len()).sum();
@@ -363,8 +384,9 @@ impl SharedWatch {
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
         let capacity = self.history_events;
         let mut st = self.lock();
-        let mut sent = 0;
+        let (mut sent, mut live) = (0, 0);
         for sub in st.subscribers.iter_mut().filter(|s| s.is_live()) {
+            live += 1;
             if max_rev <= sub.cursor {
                 continue;
             }
@@ -393,6 +415,7 @@ impl SharedWatch {
         }
         drop(st);
         ctx.metrics.events_sent(sent);
+        live
     }
 
     /// A progress notification: etcd has sent everything up to its revision.
@@ -543,12 +566,13 @@ fn compaction_response(watch_id: i64, upstream: &PbWatchResponse) -> WatchMessag
 
 /// A shared watch's upstream side: hands etcd's responses to the watch.
 ///
-/// Events are fanned out at once when the previous fan-out is at least
-/// `fan_out_linger` old; while they arrive faster, they are collected and
-/// fanned out together when the linger period is over (or a batch grows
-/// large), one response per watcher for the lot: at high rates that divides
-/// the responses, and the CPU spent on each, by the number of events per
-/// period, for at most `fan_out_linger` of delay.
+/// Events are fanned out at once when the previous fan-out is at least a
+/// linger period old; while they arrive faster, they are collected and
+/// fanned out together when the period is over (or a batch grows large),
+/// one response per watcher for the lot: at high rates that divides the
+/// responses, and the CPU spent on each, by the number of events per
+/// period, for at most a period of delay. The period is `fan_out_linger`,
+/// longer with many watchers ([`SharedWatch::linger`]).
 struct Feed<'a> {
     watch: &'a SharedWatch,
     ctx: &'a HubContext,
@@ -556,6 +580,8 @@ struct Feed<'a> {
     pending: Vec<Batch>,
     /// The last fan-out of the current upstream stream.
     last_fan_out: Option<Instant>,
+    /// Live watchers at the last fan-out.
+    watchers: usize,
     /// Whether the watch was opened before (a re-opening is a restart).
     opened: bool,
 }
@@ -592,10 +618,11 @@ impl UpstreamWatch for Feed<'_> {
         let events: usize = self.pending.iter().map(|b| b.events.len()).sum();
         if self
             .last_fan_out
-            .is_none_or(|at| now >= at + self.watch.fan_out_linger)
+            .is_none_or(|at| now >= at + self.watch.linger(self.watchers))
             || events >= REPLAY_EVENTS_PER_RESPONSE
         {
-            self.watch
+            self.watchers = self
+                .watch
                 .fan_out(self.ctx, std::mem::take(&mut self.pending));
             self.last_fan_out = Some(now);
         }
@@ -612,18 +639,40 @@ impl UpstreamWatch for Feed<'_> {
     }
 
     fn flush(&mut self) {
-        self.watch
+        self.watchers = self
+            .watch
             .fan_out(self.ctx, std::mem::take(&mut self.pending));
     }
 
     fn flush_at(&self) -> Option<Instant> {
         self.last_fan_out
             .filter(|_| !self.pending.is_empty())
-            .map(|at| at + self.watch.fan_out_linger)
+            .map(|at| at + self.watch.linger(self.watchers))
     }
 
     fn flush_due(&mut self) {
         self.flush();
         self.last_fan_out = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linger_grows_with_the_watchers_within_bounds() {
+        let watch = SharedWatch::new(
+            WatchKey::from_request(b"a/", b"a0", false),
+            Revision::new(1),
+            &WatchConfig::default(),
+            CancellationToken::new(),
+        );
+        let ms = |watchers| watch.linger(watchers).as_secs_f64() * 1000.0;
+        assert_eq!(ms(0), 5.0, "a few watchers: the configured linger");
+        assert_eq!(ms(100), 5.0);
+        assert_eq!(ms(1_000), 10.0);
+        assert_eq!(ms(5_000), 50.0);
+        assert_eq!(ms(1_000_000), 100.0, "never above the maximum");
     }
 }
