@@ -4,9 +4,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures::stream::Empty;
-
 use etcd_client::proto::PbWatchRequest;
+use futures::stream::Empty;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     Request, Response, Status, Streaming,

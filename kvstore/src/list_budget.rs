@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How many bytes of list pages (keys and values; decoded, a page takes
-/// about twice that) the watch stores sharing it hold at once, beyond each
+/// How many bytes of list pages (their keys and values; decoded, a page
+/// takes more) the watch stores sharing it hold at once, beyond each
 /// list's first page (at most [`crate::WatchStoreConfig::page_size`] keys).
 ///
 /// Without it, every store that lists reads its next page while it
@@ -30,7 +30,7 @@ impl ListBudget {
     pub fn new(bytes: usize) -> Self {
         let total_kib = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS as u32);
+            .max(1);
         Self {
             kib: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
