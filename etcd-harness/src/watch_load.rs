@@ -128,9 +128,14 @@ pub async fn watcher(
     let request = PbWatchRequest {
         request_union: Some(create),
     };
-    // Keep the request side open: a half-closed stream ends the watch on
-    // grpc-proxy.
-    let requests = futures::stream::iter([request]).chain(futures::stream::pending());
+    // Keep the request side open until `stop`: a half-closed stream ends
+    // the watch on grpc-proxy. At `stop` it ends, and with it the stream:
+    // a request side left open for ever kept the stream, and the
+    // connection, open after the watcher was gone, with the server still
+    // sending to it.
+    let ended = stop.clone().cancelled_owned();
+    let requests = futures::stream::iter([request])
+        .chain(futures::stream::once(ended).filter_map(|()| async { None::<PbWatchRequest> }));
     let mut stream = grpc
         .streaming(
             Request::new(requests),
