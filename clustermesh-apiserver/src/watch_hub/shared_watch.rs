@@ -360,15 +360,10 @@ impl SharedWatch {
     /// them as history. A watcher that takes them all whole gets one
     /// response: the encoded batches back to back, which is one
     /// `WatchResponse` with every event and the last header. Returns the
-    /// live watchers.
-    fn fan_out(&self, ctx: &HubContext, batches: Vec<Batch>) -> usize {
+    /// live watchers (none without batches: nothing was sent).
+    fn fan_out(&self, ctx: &HubContext, batches: Vec<Batch>) -> Option<usize> {
         let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-            return self
-                .lock()
-                .subscribers
-                .iter()
-                .filter(|s| s.is_live())
-                .count();
+            return None;
         };
         let (min_rev, max_rev) = (first.min_rev, last.max_rev);
         let events: usize = batches.iter().map(|b| b.events.len()).sum();
@@ -415,7 +410,7 @@ impl SharedWatch {
         }
         drop(st);
         ctx.metrics.events_sent(sent);
-        live
+        Some(live)
     }
 
     /// A progress notification: etcd has sent everything up to its revision.
@@ -621,9 +616,7 @@ impl UpstreamWatch for Feed<'_> {
             .is_none_or(|at| now >= at + self.watch.linger(self.watchers))
             || events >= REPLAY_EVENTS_PER_RESPONSE
         {
-            self.watchers = self
-                .watch
-                .fan_out(self.ctx, std::mem::take(&mut self.pending));
+            self.flush();
             self.last_fan_out = Some(now);
         }
         Flow::Continue
@@ -639,9 +632,10 @@ impl UpstreamWatch for Feed<'_> {
     }
 
     fn flush(&mut self) {
-        self.watchers = self
-            .watch
-            .fan_out(self.ctx, std::mem::take(&mut self.pending));
+        let pending = std::mem::take(&mut self.pending);
+        if let Some(watchers) = self.watch.fan_out(self.ctx, pending) {
+            self.watchers = watchers;
+        }
     }
 
     fn flush_at(&self) -> Option<Instant> {

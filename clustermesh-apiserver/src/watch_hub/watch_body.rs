@@ -119,45 +119,33 @@ fn chunks(message: WatchMessage, out: &mut VecDeque<Bytes>) -> Result<(), Status
         // The outbox's stream turns `Close` into its end and never yields it.
         WatchMessage::Close(status) => return Err(status),
     };
-    let mut head = BytesMut::with_capacity(PREFIX_LEN + 11);
-    head.put_bytes(0, PREFIX_LEN);
-    put_watch_id(watch_id, &mut head);
-    let len = head.len() - PREFIX_LEN + bodies.iter().map(Bytes::len).sum::<usize>();
-    let mut prefix = &mut head[..PREFIX_LEN];
-    put_prefix(len, &mut prefix)?;
-    // Runs of small bodies (the head first) are copied into one chunk each.
-    let mut run: Vec<Bytes> = vec![head.freeze()];
-    let mut run_len = run[0].len();
+    // Runs of small bodies, the prefix and watch ID first, are copied into
+    // one chunk each; large bodies go between them as they are.
+    let small: usize = bodies
+        .iter()
+        .map(Bytes::len)
+        .filter(|&n| n < BY_REFERENCE)
+        .sum();
+    let mut run = BytesMut::with_capacity((PREFIX_LEN + 11 + small).min(COPY_MAX));
+    run.put_bytes(0, PREFIX_LEN);
+    put_watch_id(watch_id, &mut run);
+    let len = run.len() - PREFIX_LEN + bodies.iter().map(Bytes::len).sum::<usize>();
+    put_prefix(len, &mut &mut run[..PREFIX_LEN])?;
     for body in bodies {
-        if body.len() >= BY_REFERENCE {
-            copy_run(&mut run, &mut run_len, out);
+        let by_reference = body.len() >= BY_REFERENCE;
+        if !run.is_empty() && (by_reference || run.len() + body.len() > COPY_MAX) {
+            out.push_back(run.split().freeze());
+        }
+        if by_reference {
             out.push_back(body);
-            continue;
+        } else {
+            run.extend_from_slice(&body);
         }
-        if run_len + body.len() > COPY_MAX {
-            copy_run(&mut run, &mut run_len, out);
-        }
-        run_len += body.len();
-        run.push(body);
     }
-    copy_run(&mut run, &mut run_len, out);
+    if !run.is_empty() {
+        out.push_back(run.freeze());
+    }
     Ok(())
-}
-
-/// Appends the bodies of `run` to `out` as one chunk (a lone one as it is).
-fn copy_run(run: &mut Vec<Bytes>, run_len: &mut usize, out: &mut VecDeque<Bytes>) {
-    match run.len() {
-        0 => {}
-        1 => out.extend(run.pop().filter(|b| !b.is_empty())),
-        _ => {
-            let mut chunk = BytesMut::with_capacity(*run_len);
-            for body in run.drain(..) {
-                chunk.extend_from_slice(&body);
-            }
-            out.push_back(chunk.freeze());
-        }
-    }
-    *run_len = 0;
 }
 
 /// gRPC's prefix of a message of `len` bytes.
