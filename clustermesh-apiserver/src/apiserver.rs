@@ -1,7 +1,7 @@
 use std::{fmt, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use certs::{ServerTls, TlsMetrics};
-use etcd_client::proto::{PbKvServer, PbLeaseServer, PbMaintenanceServer};
+use etcd_client::proto::{PbLeaseServer, PbMaintenanceServer};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
@@ -17,7 +17,7 @@ use crate::{
     cluster_config_publisher::{ClusterConfigPublisher, PublisherStatus},
     config::Config,
     health_server::HealthServer,
-    kv_service::KvService,
+    kv_service::KvRouter,
     lease_service::LeaseService,
     lock_service::LockService,
     maintenance_service::MaintenanceService,
@@ -272,10 +272,7 @@ impl Apiserver {
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(PbKvServer::new(KvService::new(
-                guard.clone(),
-                upstream.clone(),
-            )))
+            .add_service(KvRouter::new(guard.clone(), upstream.clone()))
             .add_service(watch)
             .add_service(PbLeaseServer::new(LeaseService::new(
                 guard.clone(),
