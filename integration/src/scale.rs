@@ -20,6 +20,7 @@ use agent::{ApiClient, StatusView};
 use anyhow::{Context, Result, bail};
 use bpf::{IPCACHE_MAP, IpCacheKey, IpCacheMap};
 use certs::{Ca, CertName, TlsFiles, Validity};
+use etcd_client::GetOptions;
 use etcd_harness::{EtcdOptions, TestEtcd, free_port};
 use futures::{StreamExt, TryStreamExt, stream};
 use kvstore::{
@@ -336,7 +337,8 @@ pub async fn start_remotes(
 }
 
 /// Lists `prefix` of every client at once, page by page with the first
-/// page size the agent's stores use and no growth, decoding nothing: the
+/// page size the agent's stores use and no growth, with etcd-client's plain
+/// `get` (etcd's answer decoded into messages, the values left alone): the
 /// plainest read of the same data.
 /// Returns the keys read and the seconds taken.
 pub async fn raw_list(clients: &[Client], prefixes: &[KeyPrefix]) -> Result<(usize, f64)> {
@@ -347,11 +349,31 @@ pub async fn raw_list(clients: &[Client], prefixes: &[KeyPrefix]) -> Result<(usi
             .flat_map(|c| prefixes.iter().map(move |p| (c, p))),
     )
     .map(|(client, prefix)| async move {
-        let page = WatchStoreConfig::new(prefix.clone()).page_size;
-        let mut pager = client.pager(prefix, page).with_fixed_page_size();
-        let mut n = 0;
-        while let Some(page) = pager.next_page().await? {
-            n += page.len();
+        let page = WatchStoreConfig::new(prefix.clone()).page_size as i64;
+        let mut kv = client
+            .raw()
+            .kv_client()
+            .max_decoding_message_size(256 << 20);
+        let (mut start, mut revision, mut n) = (prefix.as_str().as_bytes().to_vec(), 0, 0);
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(prefix.range_end())
+                .with_limit(page);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let answer = kv.get(start.clone(), Some(options)).await?;
+            if revision == 0 {
+                revision = answer.header().map_or(0, |h| h.revision());
+            }
+            n += answer.kvs().len();
+            match answer.kvs().last() {
+                Some(last) if answer.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
         }
         anyhow::Ok(n)
     })
