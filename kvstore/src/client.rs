@@ -5,7 +5,16 @@ use etcd_client::{
     LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
 };
 
-use crate::{backoff::Backoff, error::Error, prefix::KeyPrefix};
+use etcd_client::proto::PbRangeRequest;
+use prost::{Message, bytes::Bytes};
+use tonic::{
+    client::Grpc,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::{Uri, uri::PathAndQuery},
+    transport::{Endpoint, channel::Change},
+};
+
+use crate::{backoff::Backoff, error::Error, page::Page, prefix::KeyPrefix};
 
 /// Largest response the client accepts: pages of a list and watch batches can
 /// be large (tonic's default is 4 MiB).
@@ -240,6 +249,72 @@ impl Kv {
     }
 }
 
+/// The header etcd-client adds with `with_require_leader`: a member without
+/// a leader refuses the request instead of answering from a stale state.
+const REQUIRE_LEADER_HEADER: &str = "hasleader";
+
+/// Builds the balanced channel etcd-client sends on, as etcd-client does,
+/// and keeps a handle on it for the calls [`Client`] makes itself.
+struct KeepChannel<'a>(&'a mut Option<tonic::transport::Channel>);
+
+impl etcd_client::BalancedChannelBuilder for KeepChannel<'_> {
+    type Error = tonic::transport::Error;
+
+    fn balanced_channel(
+        self,
+        buffer_size: usize,
+    ) -> Result<
+        (
+            etcd_client::Channel,
+            tokio::sync::mpsc::Sender<Change<Uri, Endpoint>>,
+        ),
+        Self::Error,
+    > {
+        let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
+        *self.0 = Some(channel.clone());
+        Ok((etcd_client::Channel::Tonic(channel), updates))
+    }
+}
+
+/// Encodes a `RangeRequest`; hands the answer over as bytes, for [`Page`].
+#[derive(Debug, Clone, Copy)]
+struct RangeCodec;
+
+impl Codec for RangeCodec {
+    type Encode = PbRangeRequest;
+    type Decode = Bytes;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl Encoder for RangeCodec {
+    type Item = PbRangeRequest;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: PbRangeRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for RangeCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
 /// An etcd lease ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseId(pub i64);
@@ -276,6 +351,8 @@ pub struct LockGuard {
 #[derive(Clone)]
 pub struct Client {
     inner: etcd_client::Client,
+    /// The channel `inner` sends on, for the calls made here directly.
+    channel: tonic::transport::Channel,
     endpoints: String,
     /// Attempts of a request that fails on one member: 1 with a single
     /// endpoint (nowhere else to go: a refusal is the answer), else three
@@ -340,14 +417,20 @@ impl Client {
         }
         // `connect` only builds the balanced channel; it does no I/O while no
         // user/password is configured, so it finishes immediately.
-        let inner = etcd_client::Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|source| Error::Connect {
-                endpoints: endpoints.clone(),
-                source,
-            })?;
+        let mut channel = None;
+        let inner = etcd_client::Client::connect_with_balanced_channel(
+            &config.endpoints,
+            Some(options),
+            KeepChannel(&mut channel),
+        )
+        .await
+        .map_err(|source| Error::Connect {
+            endpoints: endpoints.clone(),
+            source,
+        })?;
         Ok(Self {
             inner,
+            channel: channel.expect("the client built its channel"),
             endpoints,
             max_attempts: match config.endpoints.len() {
                 0 | 1 => 1,
@@ -436,6 +519,35 @@ impl Client {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// One `Range`, its answer read in place rather than decoded into a
+    /// message per key (see [`Page`]). On the channel `inner` uses, with the
+    /// header its requests carry.
+    async fn range_page(&self, request: &PbRangeRequest) -> Result<Page, etcd_client::Error> {
+        let mut grpc = Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        grpc.ready()
+            .await
+            .map_err(etcd_client::Error::TransportError)?;
+        let mut request = tonic::Request::new(request.clone());
+        request.metadata_mut().insert(
+            REQUIRE_LEADER_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        let message = grpc
+            .unary(
+                request,
+                PathAndQuery::from_static("/etcdserverpb.KV/Range"),
+                RangeCodec,
+            )
+            .await
+            .map_err(etcd_client::Error::GRpcStatus)?
+            .into_inner();
+        Page::decode(message).map_err(|e| {
+            etcd_client::Error::GRpcStatus(tonic::Status::internal(format!(
+                "decode the range's answer: {e}"
+            )))
+        })
+    }
+
     fn kv(&self) -> etcd_client::KvClient {
         self.inner
             .kv_client()
@@ -488,7 +600,7 @@ impl Client {
         let mut pager = self.pager(prefix, page_size);
         let mut all = Vec::new();
         while let Some(page) = pager.next_page().await? {
-            all.extend(page);
+            all.extend(page.iter().map(|kv| kv.to_kv()));
         }
         Ok((all, pager.revision()))
     }
@@ -805,42 +917,38 @@ impl Pager {
     }
 
     /// The next page, `None` when the list is complete.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Kv>>, Error> {
-        let Some(start) = self.next_key.take() else {
+    pub async fn next_page(&mut self) -> Result<Option<Page>, Error> {
+        let Some(key) = self.next_key.take() else {
             return Ok(None);
         };
-        let mut opts = GetOptions::new()
-            .with_range(self.range_end.clone())
-            .with_limit(self.page_size);
-        if self.revision > 0 {
-            opts = opts.with_revision(self.revision);
-        }
-        let mut resp = self
+        let request = PbRangeRequest {
+            key,
+            range_end: self.range_end.clone(),
+            limit: self.page_size,
+            // 0 (the first page): the current revision.
+            revision: self.revision,
+            ..PbRangeRequest::default()
+        };
+        let page = self
             .client
             .call("list", self.prefix.as_str(), Retry::Always, || {
-                let mut kv = self.client.kv();
-                let (start, opts) = (start.clone(), opts.clone());
-                async move { kv.get(start, Some(opts)).await }
+                self.client.range_page(&request)
             })
             .await?;
-        if self.revision == 0
-            && let Some(h) = resp.header()
-        {
-            self.revision = h.revision();
-            self.cluster_id = h.cluster_id();
-            self.count = resp.count();
+        if self.revision == 0 {
+            self.revision = page.revision;
+            self.cluster_id = page.cluster_id;
+            self.count = page.count;
         }
-        let kvs = resp.take_kvs();
         // From the raw key: a key that is not UTF-8 reads differently.
-        let next = kvs.last().filter(|_| resp.more()).map(|last| {
-            let mut next = last.key().to_vec();
+        let next = page.last_key().filter(|_| page.more).map(|last| {
+            let mut next = last.to_vec();
             next.push(0);
             next
         });
-        let page: Vec<Kv> = kvs.into_iter().map(Kv::from_etcd_owned).collect();
         if let Some(next) = next {
             self.next_key = Some(next);
-            let bytes: usize = page.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+            let bytes = page.data_bytes();
             self.bytes_per_key = bytes.div_ceil(page.len().max(1));
             if self.grow {
                 self.page_size = next_page_size(page.len(), bytes, self.min_page_size);

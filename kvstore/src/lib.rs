@@ -33,6 +33,7 @@ mod identity_gc;
 pub mod keys;
 mod labels;
 mod list_budget;
+mod page;
 mod prefix;
 pub mod reason;
 pub mod remote;
@@ -63,6 +64,7 @@ pub use labels::{
     CLUSTER_LABEL, Label, LabelError, LabelText, Labels, NAMESPACE_LABEL, SOURCE_K8S, SOURCE_UNSPEC,
 };
 pub use list_budget::ListBudget;
+pub use page::{KvRef, Page};
 pub use prefix::KeyPrefix;
 pub use session::{
     DEFAULT_SESSION_TTL, SESSION_RETRY_INTERVAL, Session, SessionHandle, SessionState,

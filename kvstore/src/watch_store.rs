@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     backoff::{Backoff, ETCD_RETRY_MAX, ETCD_RETRY_MIN},
-    client::{Client, Kv},
+    client::Client,
     error::{Error, ErrorKind},
     list_budget::ListBudget,
     prefix::KeyPrefix,
@@ -637,8 +637,8 @@ impl<V: StoreValue> Session<'_, V> {
         let mut room = None;
         while let Some(kvs) = page.take() {
             let deliver = async {
-                for kv in kvs {
-                    if let Some(event) = self.apply_put(st, &kv, mark)
+                for kv in kvs.iter() {
+                    if let Some(event) = self.apply_put(st, &kv.key, kv.value, mark)
                         && self.send(event).await.is_err()
                     {
                         return Err(());
@@ -842,11 +842,12 @@ impl<V: StoreValue> Session<'_, V> {
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
-                let kv = Kv::from_etcd(kv);
-                st.revision = st.revision.max(kv.mod_revision);
+                // A key that is not UTF-8 reads with replacement characters.
+                let key = String::from_utf8_lossy(kv.key());
+                st.revision = st.revision.max(kv.mod_revision());
                 let outgoing = match event.event_type() {
-                    EventType::Put => self.apply_put(st, &kv, st.mark),
-                    EventType::Delete => self.apply_delete(st, &kv.key),
+                    EventType::Put => self.apply_put(st, &key, kv.value(), st.mark),
+                    EventType::Delete => self.apply_delete(st, &key),
                 };
                 if let Some(event) = outgoing
                     && self.send(event).await.is_err()
@@ -862,9 +863,15 @@ impl<V: StoreValue> Session<'_, V> {
     }
 
     /// Decodes a put; returns the event to emit, if any.
-    fn apply_put(&self, st: &mut State, kv: &Kv, mark: bool) -> Option<Event<V>> {
-        let key = self.config.relative(&kv.key)?;
-        let seen = Seen::new(hash_bytes(&kv.value), mark);
+    fn apply_put(
+        &self,
+        st: &mut State,
+        full_key: &str,
+        value: &[u8],
+        mark: bool,
+    ) -> Option<Event<V>> {
+        let key = self.config.relative(full_key)?;
+        let seen = Seen::new(hash_bytes(value), mark);
         let unchanged = st.known.get(key).is_some_and(|s| s.same_value(seen));
         if unchanged
             && !st.revalidate
@@ -873,7 +880,7 @@ impl<V: StoreValue> Session<'_, V> {
             s.set_mark(mark);
             return None;
         }
-        let decoded = V::decode(key, &kv.value).and_then(|value| match self.validator {
+        let decoded = V::decode(key, value).and_then(|value| match self.validator {
             Some(validate) => validate(key, &value).map(|()| value),
             None => Ok(value),
         });

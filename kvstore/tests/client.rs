@@ -86,9 +86,9 @@ async fn paginated_list_is_one_snapshot_and_prefixes_are_exact() {
     let revision = pager.revision();
     // A write after the first page must not show up in later pages.
     c.put("nodes/c1/zzz", "late").await.unwrap();
-    let mut all = first;
+    let mut all = first.to_kvs();
     while let Some(page) = pager.next_page().await.unwrap() {
-        all.extend(page);
+        all.extend(page.to_kvs());
     }
     assert_eq!(pager.revision(), revision);
     assert_eq!(
