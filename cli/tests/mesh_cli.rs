@@ -477,8 +477,13 @@ fn ctrl_c_during_up_removes_what_was_started() {
     netns::skip_unless_root!();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
+    // A subnet of its own, far from the first free ones: once this `up`
+    // releases its subnet, another test's `up` may take it at once, and its
+    // namespaces (of the same prefix) would read as left behind here.
+    // (172.31 is the host-clash test's.)
     let up = Command::new(env!("CARGO_BIN_EXE_clustermesh"))
-        .args(["up", "--dir", s(&d), "--clusters", "2", "--nodes", "2"])
+        .args(["up", "--dir", s(&d), "--subnet", "172.30.0.0/16"])
+        .args(["--clusters", "2", "--nodes", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
