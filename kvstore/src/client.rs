@@ -524,9 +524,13 @@ impl Client {
     /// header its requests carry.
     async fn range_page(&self, request: &PbRangeRequest) -> Result<Page, etcd_client::Error> {
         let mut grpc = Grpc::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        grpc.ready()
-            .await
-            .map_err(etcd_client::Error::TransportError)?;
+        // As tonic's generated clients (etcd-client's) report it, so that
+        // errors read and retry the same on either path.
+        grpc.ready().await.map_err(|e| {
+            etcd_client::Error::GRpcStatus(tonic::Status::unknown(format!(
+                "Service was not ready: {e}"
+            )))
+        })?;
         let mut request = tonic::Request::new(request.clone());
         request.metadata_mut().insert(
             REQUIRE_LEADER_HEADER,
