@@ -2,11 +2,12 @@ use std::{fmt, future::Future, path::Path, time::Duration};
 
 use etcd_client::{
     Certificate, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
+    LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse, proto::PbRangeRequest,
 };
-
-use etcd_client::proto::PbRangeRequest;
-use prost::{Message, bytes::Bytes};
+use prost::{
+    Message,
+    bytes::{Buf, Bytes},
+};
 use tonic::{
     client::Grpc,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -310,7 +311,6 @@ impl Decoder for RangeCodec {
     type Error = tonic::Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
-        use prost::bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
@@ -430,7 +430,9 @@ impl Client {
         })?;
         Ok(Self {
             inner,
-            channel: channel.expect("the client built its channel"),
+            channel: channel.ok_or_else(|| {
+                Error::Config("etcd-client connected without building its channel".into())
+            })?,
             endpoints,
             max_attempts: match config.endpoints.len() {
                 0 | 1 => 1,
