@@ -225,27 +225,16 @@ pub struct Kv {
 }
 
 impl Kv {
+    /// A copy of one key-value of etcd's answer (a key that is not UTF-8
+    /// reads with replacement characters).
     pub(crate) fn from_etcd(kv: &etcd_client::KeyValue) -> Self {
-        Self::from_etcd_owned(kv.clone())
-    }
-
-    /// Takes the key and value out of etcd's answer, without a copy.
-    pub(crate) fn from_etcd_owned(kv: etcd_client::KeyValue) -> Self {
-        let (create_revision, mod_revision, version, lease) = (
-            kv.create_revision(),
-            kv.mod_revision(),
-            kv.version(),
-            kv.lease(),
-        );
-        let (key, value) = kv.into_key_value();
         Self {
-            key: String::from_utf8(key)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            value,
-            create_revision,
-            mod_revision,
-            version,
-            lease,
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            version: kv.version(),
+            lease: kv.lease(),
         }
     }
 }
